@@ -1,0 +1,245 @@
+//! Datapath counters: what the sans-IO stack counts, and how a worker publishes them to readers.
+//!
+//! The stack counts into plain integers ([`StackCounters`]); the worker adds its ring-level counts and stores
+//! the totals into [`SharedCounters`] once per batch. Each shared counter has one writer (its worker), so a
+//! relaxed store suffices and readers (the control thread) never stop the datapath.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal: $doc:literal,)*) => {
+        /// Why a frame was dropped. Every drop is counted under exactly one reason.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(usize)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The reason's name in stats and metrics (snake_case).
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$variant => $name,)* }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    MalformedEthernet => "malformed_ethernet": "Frame shorter than an Ethernet header.",
+    NotOurMac => "not_our_mac": "Unicast frame for another MAC address.",
+    UnsupportedEthertype => "unsupported_ethertype": "Neither ARP nor IPv4.",
+    MalformedArp => "malformed_arp": "Truncated ARP, or not Ethernet/IPv4 ARP.",
+    ArpNotForUs => "arp_not_for_us": "ARP request for an address the appliance does not own.",
+    MalformedIpv4 => "malformed_ipv4": "Truncated IPv4 header, bad version, header or total length.",
+    BadIpv4Checksum => "bad_ipv4_checksum": "IPv4 header checksum does not verify.",
+    Ipv4Fragment => "ipv4_fragment": "IPv4 fragments are not reassembled.",
+    NotOurAddress => "not_our_address": "IPv4 packet for an address the appliance does not own.",
+    MalformedIcmp => "malformed_icmp": "Truncated ICMP or bad ICMP checksum.",
+    IcmpNotHandled => "icmp_not_handled": "ICMP other than an echo request.",
+    MalformedTcp => "malformed_tcp": "Truncated TCP header.",
+    MalformedUdp => "malformed_udp": "Truncated UDP header.",
+    TcpNoListener => "tcp_no_listener": "TCP to a port nothing serves (answered with RST unless it was one).",
+    UdpNoListener => "udp_no_listener": "UDP to a port nothing serves (answered with ICMP port unreachable).",
+    UnsupportedProtocol => "unsupported_protocol": "IPv4 protocol other than ICMP, TCP or UDP.",
+    IcmpRateLimited => "icmp_rate_limited": "An ICMP error or RST was due but the rate limit was reached.",
+    NeighbourUnresolved => "neighbour_unresolved": "A packet waiting for ARP resolution timed out or found the queue full.",
+    NoRoute => "no_route": "No interface or gateway reaches the destination.",
+    TxRingFull => "tx_ring_full": "The TX ring had no room for the frame.",
+    NoFreeFrame => "no_free_frame": "No free UMEM frame for an originated packet.",
+}
+
+/// Counters of the sans-IO stack (owned by one worker, plain integers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackCounters {
+    /// Drops by [`DropReason`].
+    pub drops: [u64; DropReason::COUNT],
+    /// ARP requests for our addresses answered.
+    pub arp_replies: u64,
+    /// ARP requests sent to resolve neighbours.
+    pub arp_requests: u64,
+    /// ICMP echo requests answered.
+    pub icmp_echo_replies: u64,
+    /// TCP resets sent.
+    pub tcp_resets: u64,
+    /// ICMP destination-unreachable messages sent.
+    pub icmp_unreachables: u64,
+}
+
+impl StackCounters {
+    /// Counts one drop.
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    /// The count for one drop reason.
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+}
+
+/// Counters of the worker's rings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Frames handed to a TX ring.
+    pub tx_frames: u64,
+    /// Bytes handed to a TX ring.
+    pub tx_bytes: u64,
+    /// Batches in which the TX ring could not take every frame.
+    pub tx_ring_full: u64,
+    /// Times the fill ring could not be topped up because no frame was free.
+    pub fill_starved: u64,
+    /// Frames the kernel dropped because the RX ring was full (XDP_STATISTICS).
+    pub kernel_rx_ring_full: u64,
+    /// Frames the kernel dropped for lack of fill-ring entries (XDP_STATISTICS).
+    pub kernel_fill_ring_empty: u64,
+    /// Frames the kernel dropped for other reasons (XDP_STATISTICS).
+    pub kernel_rx_dropped: u64,
+}
+
+/// A snapshot of one worker's counters, as read by the control thread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    /// Ring-level counters.
+    pub rings: RingCounters,
+    /// Stack counters.
+    pub stack: StackCounters,
+    /// UMEM frames currently owned by userspace (free pool and fill ring) — the leak check.
+    pub free_frames: u64,
+    /// UMEM frames in total.
+    pub total_frames: u64,
+}
+
+const RING_FIELDS: usize = 9;
+const STACK_FIELDS: usize = 5;
+const SLOTS: usize = RING_FIELDS + STACK_FIELDS + DropReason::COUNT + 2;
+
+/// One worker's counters, written by the worker with relaxed stores and read by anyone.
+#[derive(Debug)]
+pub struct SharedCounters {
+    slots: [AtomicU64; SLOTS],
+}
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters {
+            slots: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl SharedCounters {
+    /// Publishes a snapshot (called by the owning worker only).
+    pub fn publish(&self, s: &WorkerSnapshot) {
+        let r = &s.rings;
+        let st = &s.stack;
+        let values = [
+            r.rx_frames,
+            r.rx_bytes,
+            r.tx_frames,
+            r.tx_bytes,
+            r.tx_ring_full,
+            r.fill_starved,
+            r.kernel_rx_ring_full,
+            r.kernel_fill_ring_empty,
+            r.kernel_rx_dropped,
+            st.arp_replies,
+            st.arp_requests,
+            st.icmp_echo_replies,
+            st.tcp_resets,
+            st.icmp_unreachables,
+        ];
+        for (slot, v) in self.slots.iter().zip(values.iter().chain(st.drops.iter())) {
+            slot.store(*v, Relaxed);
+        }
+        self.slots[SLOTS - 2].store(s.free_frames, Relaxed);
+        self.slots[SLOTS - 1].store(s.total_frames, Relaxed);
+    }
+
+    /// Reads the latest published snapshot.
+    pub fn snapshot(&self) -> WorkerSnapshot {
+        let v: Vec<u64> = self.slots.iter().map(|s| s.load(Relaxed)).collect();
+        let mut drops = [0; DropReason::COUNT];
+        drops.copy_from_slice(
+            &v[RING_FIELDS + STACK_FIELDS..RING_FIELDS + STACK_FIELDS + DropReason::COUNT],
+        );
+        WorkerSnapshot {
+            rings: RingCounters {
+                rx_frames: v[0],
+                rx_bytes: v[1],
+                tx_frames: v[2],
+                tx_bytes: v[3],
+                tx_ring_full: v[4],
+                fill_starved: v[5],
+                kernel_rx_ring_full: v[6],
+                kernel_fill_ring_empty: v[7],
+                kernel_rx_dropped: v[8],
+            },
+            stack: StackCounters {
+                drops,
+                arp_replies: v[9],
+                arp_requests: v[10],
+                icmp_echo_replies: v[11],
+                tcp_resets: v[12],
+                icmp_unreachables: v[13],
+            },
+            free_frames: v[SLOTS - 2],
+            total_frames: v[SLOTS - 1],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_then_snapshot_round_trips_every_field() {
+        let mut s = WorkerSnapshot {
+            rings: RingCounters {
+                rx_frames: 1,
+                rx_bytes: 2,
+                tx_frames: 3,
+                tx_bytes: 4,
+                tx_ring_full: 5,
+                fill_starved: 6,
+                kernel_rx_ring_full: 7,
+                kernel_fill_ring_empty: 8,
+                kernel_rx_dropped: 9,
+            },
+            stack: StackCounters {
+                arp_replies: 10,
+                arp_requests: 11,
+                icmp_echo_replies: 12,
+                tcp_resets: 13,
+                icmp_unreachables: 14,
+                ..Default::default()
+            },
+            free_frames: 15,
+            total_frames: 16,
+        };
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            s.stack.drops[*r as usize] = 100 + i as u64;
+        }
+        let shared = SharedCounters::default();
+        shared.publish(&s);
+        assert_eq!(shared.snapshot(), s);
+    }
+
+    #[test]
+    fn reason_names_are_unique() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}

@@ -1,0 +1,22 @@
+//! xlb's datapath.
+//!
+//! - [`wire`]: zero-copy packet views and builders, checksums.
+//! - [`local`]: the appliance's own presence on its links (ARP, ICMP echo, RST/unreachable), sans-IO.
+//! - [`neighbour`]: ARP resolution of next hops, sans-IO.
+//! - [`pipeline`]: the contract between a worker and the packet logic it drives.
+//! - [`xsk`]: AF_XDP ports (UMEM, rings), the XDP filter program, and run-to-completion workers.
+//! - [`counters`]: per-worker counters readable while the datapath runs.
+//! - [`config`]: the `[node]` and `[[interface]]` parts of the appliance config.
+
+pub mod addr;
+pub mod config;
+pub mod counters;
+pub mod local;
+pub mod neighbour;
+pub mod pipeline;
+pub mod reflect;
+pub mod wire;
+pub mod xsk;
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,419 @@
+//! The appliance's own network presence (sans-IO): ARP for its addresses, ICMP echo, and clear answers for
+//! traffic it does not serve (TCP RST, ICMP port unreachable), plus the neighbour table and routes that
+//! upper stages use to reach backends.
+//!
+//! [`LocalStack`] implements [`Pipeline`]; its input is a frame and the time, its output a [`Verdict`] and
+//! frames pulled with `poll_transmit`. No I/O happens here.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::addr::Ipv4Net;
+use crate::counters::{DropReason, StackCounters};
+use crate::neighbour::{NeighbourConfig, NeighbourTable};
+use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
+use crate::wire::build::{self, ResetFor, Unreachable, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use crate::wire::{checksum, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
+
+/// One link the worker is attached to (one port).
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// The interface's MAC address.
+    pub mac: EthernetAddress,
+    /// The appliance's own addresses on this link; their prefixes are the directly connected subnets.
+    pub addresses: Vec<Ipv4Net>,
+    /// Next hop for destinations outside the connected subnets.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// Settings of the local stack.
+#[derive(Debug, Clone)]
+pub struct LocalConfig {
+    /// The links, indexed by [`PortId`].
+    pub links: Vec<Link>,
+    /// Neighbour table settings.
+    pub neighbours: NeighbourConfig,
+    /// ICMP errors and TCP resets per second (token bucket, burst of the same size / 10).
+    pub icmp_rate: u32,
+}
+
+/// A route to a destination: out of `port`, from our `source` address, via `next_hop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The port to send on.
+    pub port: PortId,
+    /// Our address on that link.
+    pub source: Ipv4Addr,
+    /// The neighbour to send to (the destination itself or the gateway).
+    pub next_hop: Ipv4Addr,
+}
+
+/// A token bucket limiting ICMP errors and resets, as the kernel's `icmp_ratelimit` does.
+#[derive(Debug, Clone)]
+struct RateLimiter {
+    per_sec: u32,
+    burst: u32,
+    tokens: u32,
+    last: Option<Instant>,
+}
+
+impl RateLimiter {
+    fn new(per_sec: u32) -> Self {
+        let burst = (per_sec / 10).max(1);
+        RateLimiter {
+            per_sec,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    fn allow(&mut self, now: Instant) -> bool {
+        let last = *self.last.get_or_insert(now);
+        let refill = (now.saturating_duration_since(last).as_micros() * u128::from(self.per_sec)
+            / 1_000_000) as u32;
+        if refill > 0 {
+            self.tokens = (self.tokens + refill).min(self.burst);
+            self.last = Some(now);
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Which ports answer ARP for an owned address (bit i = port i).
+type PortMask = u64;
+
+/// The appliance's own stack on one worker.
+pub struct LocalStack {
+    links: Vec<Link>,
+    owned: HashMap<Ipv4Addr, PortMask>,
+    neighbours: NeighbourTable,
+    counters: StackCounters,
+    limiter: RateLimiter,
+}
+
+impl LocalStack {
+    /// A stack serving `config.links`; the links' addresses are owned and answered for.
+    pub fn new(config: LocalConfig) -> Self {
+        assert!(config.links.len() <= 64, "at most 64 ports per worker");
+        let mut owned = HashMap::new();
+        for (port, link) in config.links.iter().enumerate() {
+            for net in &link.addresses {
+                *owned.entry(net.addr).or_insert(0) |= 1 << port;
+            }
+        }
+        let macs = config.links.iter().map(|l| l.mac).collect();
+        LocalStack {
+            neighbours: NeighbourTable::new(config.neighbours, macs),
+            links: config.links,
+            owned,
+            counters: StackCounters::default(),
+            limiter: RateLimiter::new(config.icmp_rate),
+        }
+    }
+
+    /// Adds an address owned on `port` that is not a connected subnet (a VIP).
+    pub fn add_owned(&mut self, port: PortId, addr: Ipv4Addr) {
+        *self.owned.entry(addr).or_insert(0) |= 1 << port;
+    }
+
+    /// Whether `addr` belongs to the appliance.
+    pub fn owns(&self, addr: Ipv4Addr) -> bool {
+        self.owned.contains_key(&addr)
+    }
+
+    /// The route to `dst`: a connected subnet first, then the first link with a gateway.
+    pub fn route(&self, dst: Ipv4Addr) -> Option<Route> {
+        let connected = self.links.iter().enumerate().find_map(|(port, link)| {
+            link.addresses
+                .iter()
+                .find(|n| n.prefix < 32 && n.contains(dst))
+                .map(|n| Route {
+                    port,
+                    source: n.addr,
+                    next_hop: dst,
+                })
+        });
+        connected.or_else(|| {
+            self.links.iter().enumerate().find_map(|(port, link)| {
+                let gw = link.gateway?;
+                let source = link.addresses.iter().find(|n| n.contains(gw))?.addr;
+                Some(Route {
+                    port,
+                    source,
+                    next_hop: gw,
+                })
+            })
+        })
+    }
+
+    /// The neighbour table (for upper stages that forward to backends).
+    pub fn neighbours(&mut self) -> &mut NeighbourTable {
+        &mut self.neighbours
+    }
+
+    fn handle_arp(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
+        let data = frame.data_mut();
+        let Some(arp) = data.get_mut(ETH_HEADER_LEN..ETH_HEADER_LEN + 28) else {
+            return Verdict::Drop(DropReason::MalformedArp);
+        };
+        // Ethernet (1), IPv4, 6-byte MACs, 4-byte addresses.
+        if arp[0..2] != [0, 1]
+            || arp[2..4] != ETHERTYPE_IPV4.to_be_bytes()
+            || arp[4] != 6
+            || arp[5] != 4
+        {
+            return Verdict::Drop(DropReason::MalformedArp);
+        }
+        let operation = u16::from_be_bytes([arp[6], arp[7]]);
+        let sender_mac = EthernetAddress::from_bytes(&arp[8..14]);
+        let sender_ip = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
+        let target_ip = Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]);
+        let for_us = self
+            .owned
+            .get(&target_ip)
+            .is_some_and(|mask| mask & (1 << port) != 0);
+        if !for_us {
+            return Verdict::Drop(DropReason::ArpNotForUs);
+        }
+        if sender_mac.is_unicast() && !sender_ip.is_unspecified() {
+            self.neighbours
+                .learn(now, port, target_ip, sender_ip, sender_mac, true);
+        }
+        if operation != 1 {
+            return Verdict::Consumed;
+        }
+        let mac = self.links[port].mac;
+        let len = build::arp(
+            frame.buffer_mut(),
+            sender_mac,
+            2,
+            (mac, target_ip),
+            (sender_mac, sender_ip),
+        );
+        frame.set_len(len);
+        self.counters.arp_replies += 1;
+        Verdict::Transmit(port)
+    }
+
+    fn handle_ipv4(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
+        let data = frame.data();
+        let ip = &data[ETH_HEADER_LEN..];
+        if ip.len() < 20 || ip[0] >> 4 != 4 {
+            return Verdict::Drop(DropReason::MalformedIpv4);
+        }
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let total_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if header_len < 20 || total_len < header_len || total_len > ip.len() {
+            return Verdict::Drop(DropReason::MalformedIpv4);
+        }
+        if checksum::checksum(&ip[..header_len]) != 0 {
+            return Verdict::Drop(DropReason::BadIpv4Checksum);
+        }
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        if !self.owns(dst) {
+            return Verdict::Drop(DropReason::NotOurAddress);
+        }
+        let flags_frag = u16::from_be_bytes([ip[6], ip[7]]);
+        if flags_frag & 0x3fff != 0 {
+            return Verdict::Drop(DropReason::Ipv4Fragment);
+        }
+        let protocol = ip[9];
+        // Drop Ethernet padding and anything past the IPv4 total length.
+        frame.set_len(ETH_HEADER_LEN + total_len);
+        let l4 = ETH_HEADER_LEN + header_len;
+        match protocol {
+            1 => self.handle_icmp(port, frame, l4),
+            6 => self.handle_tcp(now, port, frame, l4, src, dst),
+            17 => self.handle_udp(now, port, frame, l4, src, dst),
+            _ => Verdict::Drop(DropReason::UnsupportedProtocol),
+        }
+    }
+
+    /// Turns an echo request into its reply in place: swap addresses, type 8 → 0, checksums updated
+    /// incrementally.
+    fn handle_icmp(&mut self, port: PortId, frame: &mut Frame<'_>, l4: usize) -> Verdict {
+        let data = frame.data_mut();
+        let icmp = &data[l4..];
+        if icmp.len() < 8 || checksum::checksum(icmp) != 0 {
+            return Verdict::Drop(DropReason::MalformedIcmp);
+        }
+        if icmp[0] != 8 || icmp[1] != 0 {
+            return Verdict::Drop(DropReason::IcmpNotHandled);
+        }
+        let old_word = u16::from_be_bytes([icmp[0], icmp[1]]);
+        let old_csum = u16::from_be_bytes([icmp[2], icmp[3]]);
+        data[l4] = 0;
+        data[l4 + 2..l4 + 4]
+            .copy_from_slice(&checksum::update16(old_csum, old_word, 0).to_be_bytes());
+        self.swap_to_reply(port, data);
+        self.counters.icmp_echo_replies += 1;
+        Verdict::Transmit(port)
+    }
+
+    /// Rewrites Ethernet and IPv4 headers of a received packet to answer its sender (TTL reset to 64).
+    fn swap_to_reply(&self, port: PortId, data: &mut [u8]) {
+        let (eth, ip) = data.split_at_mut(ETH_HEADER_LEN);
+        eth.copy_within(6..12, 0);
+        eth[6..12].copy_from_slice(&self.links[port].mac.0);
+        let mut addrs = [0u8; 8];
+        addrs.copy_from_slice(&ip[12..20]);
+        ip[12..16].copy_from_slice(&addrs[4..8]);
+        ip[16..20].copy_from_slice(&addrs[0..4]);
+        let old_ttl_word = u16::from_be_bytes([ip[8], ip[9]]);
+        ip[8] = build::DEFAULT_TTL;
+        let new_ttl_word = u16::from_be_bytes([ip[8], ip[9]]);
+        let csum = checksum::update16(
+            u16::from_be_bytes([ip[10], ip[11]]),
+            old_ttl_word,
+            new_ttl_word,
+        );
+        ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    }
+
+    fn handle_tcp(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Verdict {
+        let data = frame.data();
+        let tcp = &data[l4..];
+        if tcp.len() < 20
+            || usize::from(tcp[12] >> 4) * 4 < 20
+            || usize::from(tcp[12] >> 4) * 4 > tcp.len()
+        {
+            return Verdict::Drop(DropReason::MalformedTcp);
+        }
+        if checksum::l4_checksum(src.octets(), dst.octets(), 6, tcp) != 0 {
+            return Verdict::Drop(DropReason::MalformedTcp);
+        }
+        self.counters.drop(DropReason::TcpNoListener);
+        let flags = tcp[13];
+        let (fin, syn, rst, ack) = (
+            flags & 0x01 != 0,
+            flags & 0x02 != 0,
+            flags & 0x04 != 0,
+            flags & 0x10 != 0,
+        );
+        if rst {
+            return Verdict::Consumed;
+        }
+        if !self.limiter.allow(now) {
+            self.counters.drop(DropReason::IcmpRateLimited);
+            return Verdict::Consumed;
+        }
+        let payload_len = tcp.len() - usize::from(tcp[12] >> 4) * 4;
+        let seg = ResetFor {
+            peer: (src, u16::from_be_bytes([tcp[0], tcp[1]])),
+            local: (dst, u16::from_be_bytes([tcp[2], tcp[3]])),
+            seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
+            ack: ack.then(|| u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]])),
+            seq_len: payload_len as u32 + u32::from(syn) + u32::from(fin),
+        };
+        let peer_mac = EthernetAddress::from_bytes(&data[6..12]);
+        let len = build::tcp_reset(frame.buffer_mut(), peer_mac, self.links[port].mac, &seg);
+        frame.set_len(len);
+        self.counters.tcp_resets += 1;
+        Verdict::Transmit(port)
+    }
+
+    fn handle_udp(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Verdict {
+        let data = frame.data();
+        let udp = &data[l4..];
+        if udp.len() < 8 || usize::from(u16::from_be_bytes([udp[4], udp[5]])) > udp.len() {
+            return Verdict::Drop(DropReason::MalformedUdp);
+        }
+        self.counters.drop(DropReason::UdpNoListener);
+        if !self.limiter.allow(now) {
+            self.counters.drop(DropReason::IcmpRateLimited);
+            return Verdict::Consumed;
+        }
+        // Quote the offending IP header and 8 bytes of its payload (RFC 792), copied out before the frame
+        // is overwritten by the answer.
+        let mut quote = [0u8; 60 + 8];
+        let quote_len = (l4 - ETH_HEADER_LEN) + 8;
+        quote[..quote_len].copy_from_slice(&data[ETH_HEADER_LEN..l4 + 8]);
+        let peer_mac = EthernetAddress::from_bytes(&data[6..12]);
+        let len = build::icmp_unreachable(
+            frame.buffer_mut(),
+            peer_mac,
+            self.links[port].mac,
+            dst,
+            src,
+            Unreachable::Port,
+            &quote[..quote_len],
+        );
+        frame.set_len(len);
+        self.counters.icmp_unreachables += 1;
+        Verdict::Transmit(port)
+    }
+}
+
+impl Pipeline for LocalStack {
+    fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
+        let verdict = self.classify(now, port, frame);
+        if let Verdict::Drop(reason) = verdict {
+            self.counters.drop(reason);
+        }
+        verdict
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
+        self.neighbours.poll_transmit(now, buf, &mut self.counters)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.neighbours.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.neighbours.handle_timeout(now, &mut self.counters);
+    }
+
+    fn counters(&self) -> &StackCounters {
+        &self.counters
+    }
+}
+
+impl LocalStack {
+    /// Ethernet-level checks, then ARP or IPv4.
+    fn classify(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
+        let data = frame.data();
+        if data.len() < ETH_HEADER_LEN {
+            return Verdict::Drop(DropReason::MalformedEthernet);
+        }
+        let dst = EthernetAddress::from_bytes(&data[0..6]);
+        if dst.is_unicast() && dst != self.links[port].mac {
+            return Verdict::Drop(DropReason::NotOurMac);
+        }
+        match u16::from_be_bytes([data[12], data[13]]) {
+            ETHERTYPE_ARP => self.handle_arp(now, port, frame),
+            ETHERTYPE_IPV4 => self.handle_ipv4(now, port, frame),
+            _ => Verdict::Drop(DropReason::UnsupportedEthertype),
+        }
+    }
+}
+
+/// Default ICMP error / RST rate per worker.
+pub const DEFAULT_ICMP_RATE: u32 = 1000;
+
+#[cfg(test)]
+mod tests;

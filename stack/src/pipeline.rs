@@ -1,0 +1,99 @@
+//! The contract between a worker (the I/O driver) and the packet logic it runs (sans-IO).
+//!
+//! A worker receives a batch of frames, hands each to [`Pipeline::process`] with the current time, and acts on
+//! the [`Verdict`]: transmit the (possibly rewritten) frame on a port, or recycle it. Frames the pipeline
+//! originates itself (ARP requests, packets released after ARP resolution) are pulled with
+//! [`Pipeline::poll_transmit`] into free frames. Time only enters as an argument, so tests drive a pipeline with
+//! byte buffers and a fake clock.
+
+use std::time::Instant;
+
+use crate::counters::{DropReason, StackCounters};
+
+/// Index of a port (an AF_XDP socket on one interface queue) within its worker.
+pub type PortId = usize;
+
+/// What to do with a frame after processing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the frame (rewritten in place) out of this port.
+    Transmit(PortId),
+    /// The frame was used up without a reply (e.g. an ARP reply that was learned); recycle it.
+    Consumed,
+    /// Drop the frame, counted under this reason.
+    Drop(DropReason),
+}
+
+/// A received frame: a UMEM frame's buffer (its full capacity) and the length of the packet in it.
+///
+/// Processing may rewrite the packet and change its length up to the buffer's capacity.
+#[derive(Debug)]
+pub struct Frame<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl<'a> Frame<'a> {
+    /// Wraps `buf` holding a packet of `len` bytes (`len <= buf.len()`).
+    pub fn new(buf: &'a mut [u8], len: usize) -> Self {
+        assert!(
+            len <= buf.len(),
+            "frame length {len} exceeds buffer capacity {}",
+            buf.len()
+        );
+        Frame { buf, len }
+    }
+
+    /// The packet.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The packet, mutable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+
+    /// The whole buffer, to build a packet of a different length; follow with [`Frame::set_len`].
+    pub fn buffer_mut(&mut self) -> &mut [u8] {
+        self.buf
+    }
+
+    /// Packet length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the packet is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Buffer capacity.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Sets the packet length (clamped to the capacity).
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(self.buf.len());
+    }
+}
+
+/// Sans-IO packet logic driven by a worker.
+pub trait Pipeline: Send {
+    /// Handles one received frame from `port` at time `now`, rewriting it in place if it is answered or forwarded.
+    fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict;
+
+    /// Writes the next frame the pipeline originated into `buf`; returns its port and length, or `None`.
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)>;
+
+    /// When [`Pipeline::handle_timeout`] should next be called.
+    fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Advances timers (neighbour expiry, ARP retries, later connection expiry) to `now`.
+    fn handle_timeout(&mut self, now: Instant);
+
+    /// The pipeline's counters.
+    fn counters(&self) -> &StackCounters;
+}

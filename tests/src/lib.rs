@@ -1,0 +1,2 @@
+//! Lab harness: see [`lab`].
+pub mod lab;
