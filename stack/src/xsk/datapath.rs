@@ -204,12 +204,9 @@ impl Datapath {
             .collect()
     }
 
-    /// Filter verdict counters of every interface.
-    pub fn filter_stats(&self) -> Vec<(String, FilterStats)> {
-        self.filters
-            .iter()
-            .filter_map(|(name, f)| f.stats().ok().map(|s| (name.clone(), s)))
-            .collect()
+    /// Attach mode and verdict counters of every interface's filter.
+    pub fn filter_stats(&self) -> Vec<(String, AttachedMode, FilterStats)> {
+        self.filters.iter().map(|(name, f)| (name.clone(), f.mode(), f.stats().unwrap_or_default())).collect()
     }
 
     /// Whether every worker thread is still running.

@@ -87,9 +87,11 @@ pub struct XdpFilter {
     stats_fd: RawFd,
 }
 
-// SAFETY: the libbpf object is only used through `&mut self` or read-only map syscalls; it has no thread
-// affinity.
+// SAFETY: the libbpf object has no thread affinity. Methods taking `&self` only issue bpf(2) map syscalls on
+// file descriptors, which the kernel serialises; the object itself is touched only in `attach` and `drop`.
 unsafe impl Send for XdpFilter {}
+// SAFETY: see above.
+unsafe impl Sync for XdpFilter {}
 
 impl XdpFilter {
     /// Loads the filter and attaches it to `ifname` in `mode` (auto tries native, then generic). An existing

@@ -1,1 +1,121 @@
-fn main() {}
+//! `xlbctl`: the control CLI of a running xlb (talks to its control socket).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use xlb_tools::config::Config;
+use xlb_tools::control;
+
+#[derive(Parser)]
+#[command(name = "xlbctl", version, about = "Control a running xlb")]
+struct Cli {
+    /// Control socket of the node (default: the one named in --config, else /run/xlb/xlb.sock).
+    #[arg(long, short, global = true, env = "XLB_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Config file of the node, to find its control socket.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print the raw JSON document.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Node name, uptime and whether every worker runs.
+    Status,
+    /// Datapath counters per worker and interface.
+    Stats,
+}
+
+fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
+    if let Some(s) = &cli.socket {
+        return Ok(s.clone());
+    }
+    if let Some(c) = &cli.config {
+        return Ok(Config::load(c)?.node.control_socket);
+    }
+    Ok(PathBuf::from("/run/xlb/xlb.sock"))
+}
+
+fn get(cli: &Cli, path: &str) -> Result<Value, String> {
+    let (status, body) = control::request(&socket_path(cli)?, "GET", path)?;
+    if status != 200 {
+        return Err(body["error"].as_str().unwrap_or("request failed").to_string());
+    }
+    Ok(body)
+}
+
+fn print_stats(doc: &Value) {
+    let rows: [(&str, &str); 9] = [
+        ("rx frames", "rx_frames"),
+        ("tx frames", "tx_frames"),
+        ("rx bytes", "rx_bytes"),
+        ("tx bytes", "tx_bytes"),
+        ("arp replies", "arp_replies"),
+        ("echo replies", "icmp_echo_replies"),
+        ("tcp resets", "tcp_resets"),
+        ("icmp unreach", "icmp_unreachables"),
+        ("free frames", "free_frames"),
+    ];
+    let workers = doc["workers"].as_array().cloned().unwrap_or_default();
+    print!("{:<16}", "worker");
+    for w in &workers {
+        print!("{:>14}", w["name"].as_str().unwrap_or("?"));
+    }
+    println!("{:>14}", "total");
+    for (label, key) in rows {
+        print!("{label:<16}");
+        for w in &workers {
+            print!("{:>14}", w[key].as_u64().unwrap_or(0));
+        }
+        println!("{:>14}", doc["totals"][key].as_u64().unwrap_or(0));
+    }
+    let drops = doc["totals"]["drops"].as_object().cloned().unwrap_or_default();
+    let nonzero: Vec<_> = drops.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).collect();
+    println!("\ndrops{}", if nonzero.is_empty() { ": none" } else { "" });
+    for (reason, n) in nonzero {
+        println!("  {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
+    }
+    println!("\n{:<10}{:>9}{:>14}{:>16}{:>14}", "interface", "xdp", "to xlb", "to kernel", "no socket");
+    for i in doc["interfaces"].as_array().into_iter().flatten() {
+        println!(
+            "{:<10}{:>9}{:>14}{:>16}{:>14}",
+            i["name"].as_str().unwrap_or("?"),
+            i["xdp_mode"].as_str().unwrap_or("?"),
+            i["to_socket"].as_u64().unwrap_or(0),
+            i["passed_not_ours"].as_u64().unwrap_or(0),
+            i["passed_no_socket"].as_u64().unwrap_or(0)
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Status => get(&cli, "/v1/status").map(|doc| {
+            if cli.json {
+                println!("{doc:#}");
+            } else {
+                println!(
+                    "node {}: up {} s, workers {}",
+                    doc["node"].as_str().unwrap_or("?"),
+                    doc["uptime_s"],
+                    if doc["healthy"].as_bool() == Some(true) { "running" } else { "NOT all running" }
+                );
+            }
+        }),
+        Command::Stats => get(&cli, "/v1/stats").map(|doc| if cli.json { println!("{doc:#}") } else { print_stats(&doc) }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xlbctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The appliance config file (TOML). Sections owned by the datapath are defined in `xlb_stack::config`;
+//! later milestones add `[[listener]]`, `[[group]]` and `[ha]` here.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use xlb_stack::config::{validate_interfaces, DatapathConfig, InterfaceConfig, NodeConfig};
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[[interface]]` sections.
+    #[serde(rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+    /// `[datapath]` (optional).
+    #[serde(default)]
+    pub datapath: DatapathConfig,
+}
+
+impl Config {
+    /// Parses and validates config text. Errors name the bad field.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        validate_interfaces(&config.interfaces, &config.datapath)?;
+        if config.node.name.is_empty() {
+            return Err("node.name: must not be empty".into());
+        }
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a config file. Errors start with the file name.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [node]
+        name = "lb1"
+        control_socket = "/run/xlb/lb1.sock"
+
+        [[interface]]
+        name = "ext0"
+        queues = [0]
+        cores = [0]
+        xdp_mode = "auto"
+        zero_copy = "auto"
+        idle = "adaptive"
+        addresses = ["198.18.0.10/24"]
+    "#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert_eq!(c.node.name, "lb1");
+        assert_eq!(c.interfaces.len(), 1);
+        assert_eq!(c.interfaces[0].addresses[0].to_string(), "198.18.0.10/24");
+        assert_eq!(c.datapath.batch_size, 64);
+    }
+
+    #[test]
+    fn names_unknown_and_missing_fields() {
+        let e = Config::parse(&EXAMPLE.replace("control_socket", "control_sock")).unwrap_err();
+        assert!(e.contains("control_sock"), "{e}");
+        let e = Config::parse(&EXAMPLE.replace("[node]", "[nodes]")).unwrap_err();
+        assert!(e.contains("nodes"), "{e}");
+        let e = Config::parse(&format!("{EXAMPLE}\n[datapath]\nbatch_size = 0\n")).unwrap_err();
+        assert!(e.starts_with("datapath.batch_size"), "{e}");
+        let e = Config::parse(&EXAMPLE.replace("queues = [0]", "queues = [\"zero\"]")).unwrap_err();
+        assert!(e.contains("queues"), "{e}");
+    }
+}

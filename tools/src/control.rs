@@ -1,0 +1,152 @@
+//! The control API: HTTP/1.1 + JSON over the node's Unix socket, served by a thread beside the workers.
+//!
+//! Read-only for now: `GET /v1/status` and `GET /v1/stats`. The control-plane milestone adds writes (listeners,
+//! servers, reload) on the same socket.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Answers a request: (method, path) → (status code, JSON body).
+pub type Handler = dyn Fn(&str, &str) -> (u16, Value) + Send + Sync;
+
+/// The control socket server. Dropping it stops the thread and removes the socket file.
+pub struct ControlServer {
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ControlServer {
+    /// Binds `path` (replacing a stale socket file, creating the directory) and serves `handler`.
+    pub fn start(path: &Path, handler: Arc<Handler>) -> Result<ControlServer, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("node.control_socket: creating {}: {e}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(format!("node.control_socket: {} is in use by a running xlb", path.display()));
+            }
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path).map_err(|e| format!("node.control_socket: binding {}: {e}", path.display()))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("xlb-control".into())
+            .spawn(move || serve(listener, handler, stop2))
+            .map_err(|e| e.to_string())?;
+        Ok(ControlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn serve(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                if let Err(e) = answer(stream, &*handler) {
+                    tracing::debug!(error = %e, "control request failed");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Reads one request (bounded size and time) and writes one response.
+fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut len = 0;
+    let (status, body) = loop {
+        let n = stream.read(&mut buf[len..])?;
+        if n == 0 {
+            return Ok(());
+        }
+        len += n;
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf[..len]) {
+            Ok(httparse::Status::Complete(_)) => {
+                break handler(req.method.unwrap_or(""), req.path.unwrap_or(""));
+            }
+            Ok(httparse::Status::Partial) if len < buf.len() => continue,
+            Ok(httparse::Status::Partial) => break (431, json!({"error": "request headers too large"})),
+            Err(e) => break (400, json!({"error": format!("bad HTTP request: {e}")})),
+        }
+    };
+    let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Error",
+    };
+    write!(stream, "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+    stream.write_all(&body)
+}
+
+/// Sends `method path` to the control socket and returns (status, JSON body). Used by `xlbctl` and tests.
+pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Value), String> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot connect to {} ({e}): is xlb running?", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| format!("reading the response from {}: {e}", socket.display()))?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    let body_at = match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("malformed response from the control socket".into()),
+    };
+    let status = resp.code.unwrap_or(0);
+    let body = serde_json::from_slice(&raw[body_at..]).map_err(|e| format!("response body is not JSON: {e}"))?;
+    Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_json_and_rejects_unknown_paths() {
+        let dir = std::env::temp_dir().join(format!("xlb-control-test-{}", std::process::id()));
+        let path = dir.join("c.sock");
+        let handler: Arc<Handler> = Arc::new(|method, path| match (method, path) {
+            ("GET", "/v1/status") => (200, json!({"ok": true})),
+            _ => (404, json!({"error": "no such endpoint"})),
+        });
+        let server = ControlServer::start(&path, handler).unwrap();
+        assert_eq!(request(&path, "GET", "/v1/status").unwrap(), (200, json!({"ok": true})));
+        assert_eq!(request(&path, "GET", "/nope").unwrap().0, 404);
+        // A second server on the same socket is refused while the first runs.
+        let again = ControlServer::start(&path, Arc::new(|_: &str, _: &str| (200, json!({}))));
+        assert!(again.err().unwrap().contains("in use"));
+        drop(server);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,87 @@
+//! The stats document served at `GET /v1/stats`: per-worker counters, drops by reason, filter verdicts.
+
+use serde_json::{json, Map, Value};
+use xlb_stack::counters::{DropReason, WorkerSnapshot};
+use xlb_stack::xsk::filter::FilterStats;
+
+/// One worker's counters as JSON.
+pub fn worker_json(name: &str, s: &WorkerSnapshot) -> Value {
+    let drops: Map<String, Value> = DropReason::ALL.iter().map(|r| (r.name().to_string(), json!(s.stack.drops_of(*r)))).collect();
+    json!({
+        "name": name,
+        "rx_frames": s.rings.rx_frames,
+        "rx_bytes": s.rings.rx_bytes,
+        "tx_frames": s.rings.tx_frames,
+        "tx_bytes": s.rings.tx_bytes,
+        "tx_ring_full": s.rings.tx_ring_full,
+        "fill_starved": s.rings.fill_starved,
+        "kernel_rx_ring_full": s.rings.kernel_rx_ring_full,
+        "kernel_fill_ring_empty": s.rings.kernel_fill_ring_empty,
+        "kernel_rx_dropped": s.rings.kernel_rx_dropped,
+        "arp_replies": s.stack.arp_replies,
+        "arp_requests": s.stack.arp_requests,
+        "icmp_echo_replies": s.stack.icmp_echo_replies,
+        "tcp_resets": s.stack.tcp_resets,
+        "icmp_unreachables": s.stack.icmp_unreachables,
+        "drops": drops,
+        "free_frames": s.free_frames,
+        "total_frames": s.total_frames,
+    })
+}
+
+/// One interface's filter verdicts as JSON.
+pub fn filter_json(name: &str, mode: &str, f: &FilterStats) -> Value {
+    json!({
+        "name": name,
+        "xdp_mode": mode,
+        "to_socket": f.to_socket,
+        "passed_not_ours": f.passed_not_ours,
+        "passed_no_socket": f.passed_no_socket,
+        "passed_malformed": f.passed_malformed,
+    })
+}
+
+/// Sums the numeric fields (and the `drops` map) of several worker documents.
+pub fn totals(workers: &[Value]) -> Value {
+    let mut total = Map::new();
+    for w in workers {
+        for (k, v) in w.as_object().into_iter().flatten() {
+            match (k.as_str(), v) {
+                ("drops", Value::Object(d)) => {
+                    let entry = total.entry("drops").or_insert_with(|| json!({}));
+                    for (reason, n) in d {
+                        let cur = entry[reason].as_u64().unwrap_or(0);
+                        entry[reason] = json!(cur + n.as_u64().unwrap_or(0));
+                    }
+                }
+                (_, Value::Number(n)) => {
+                    let cur = total.get(k).and_then(Value::as_u64).unwrap_or(0);
+                    total.insert(k.clone(), json!(cur + n.as_u64().unwrap_or(0)));
+                }
+                _ => {}
+            }
+        }
+    }
+    Value::Object(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn totals_sum_counters_and_drops() {
+        let mut a = WorkerSnapshot::default();
+        a.rings.rx_frames = 3;
+        a.stack.drop(DropReason::TcpNoListener);
+        let mut b = WorkerSnapshot::default();
+        b.rings.rx_frames = 4;
+        b.stack.drop(DropReason::TcpNoListener);
+        b.stack.drop(DropReason::NotOurMac);
+        let t = totals(&[worker_json("w0", &a), worker_json("w1", &b)]);
+        assert_eq!(t["rx_frames"], 7);
+        assert_eq!(t["drops"]["tcp_no_listener"], 2);
+        assert_eq!(t["drops"]["not_our_mac"], 1);
+        assert!(t.get("name").is_none());
+    }
+}
