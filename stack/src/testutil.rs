@@ -1,7 +1,7 @@
 //! Test packets built with smoltcp's setters, independently of xlb's own builders, so a test compares xlb's
 //! output with a second implementation rather than with itself.
 
-use smoltcp::wire::{IpAddress, Ipv4Address};
+use smoltcp::wire::IpAddress;
 
 use crate::wire::*;
 
@@ -109,7 +109,7 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
         return false;
     }
     let (src, dst) = (
-        IpAddress::Ipv4(Ipv4Address::from(ip.src_addr())),
+        IpAddress::Ipv4(ip.src_addr()),
         IpAddress::Ipv4(ip.dst_addr()),
     );
     match ip.next_header() {

@@ -23,7 +23,8 @@ pub struct Config {
 impl Config {
     /// Parses and validates config text. Errors name the bad field.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         validate_interfaces(&config.interfaces, &config.datapath)?;
         if config.node.name.is_empty() {
             return Err("node.name: must not be empty".into());

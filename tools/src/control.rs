@@ -27,15 +27,20 @@ impl ControlServer {
     /// Binds `path` (replacing a stale socket file, creating the directory) and serves `handler`.
     pub fn start(path: &Path, handler: Arc<Handler>) -> Result<ControlServer, String> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("node.control_socket: creating {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("node.control_socket: creating {}: {e}", dir.display()))?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
-                return Err(format!("node.control_socket: {} is in use by a running xlb", path.display()));
+                return Err(format!(
+                    "node.control_socket: {} is in use by a running xlb",
+                    path.display()
+                ));
             }
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path).map_err(|e| format!("node.control_socket: binding {}: {e}", path.display()))?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("node.control_socket: binding {}: {e}", path.display()))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -43,7 +48,11 @@ impl ControlServer {
             .name("xlb-control".into())
             .spawn(move || serve(listener, handler, stop2))
             .map_err(|e| e.to_string())?;
-        Ok(ControlServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+        Ok(ControlServer {
+            path: path.to_path_buf(),
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -65,7 +74,9 @@ fn serve(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
                     tracing::debug!(error = %e, "control request failed");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
                 std::thread::sleep(Duration::from_millis(100));
@@ -93,7 +104,9 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
                 break handler(req.method.unwrap_or(""), req.path.unwrap_or(""));
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            Ok(httparse::Status::Partial) => break (431, json!({"error": "request headers too large"})),
+            Ok(httparse::Status::Partial) => {
+                break (431, json!({"error": "request headers too large"}))
+            }
             Err(e) => break (400, json!({"error": format!("bad HTTP request: {e}")})),
         }
     };
@@ -111,11 +124,24 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
 
 /// Sends `method path` to the control socket and returns (status, JSON body). Used by `xlbctl` and tests.
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Value), String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| format!("cannot connect to {} ({e}): is xlb running?", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        format!(
+            "cannot connect to {} ({e}): is xlb running?",
+            socket.display()
+        )
+    })?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).map_err(|e| format!("reading the response from {}: {e}", socket.display()))?;
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("reading the response from {}: {e}", socket.display()))?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let body_at = match resp.parse(&raw) {
@@ -123,7 +149,8 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Value), 
         _ => return Err("malformed response from the control socket".into()),
     };
     let status = resp.code.unwrap_or(0);
-    let body = serde_json::from_slice(&raw[body_at..]).map_err(|e| format!("response body is not JSON: {e}"))?;
+    let body = serde_json::from_slice(&raw[body_at..])
+        .map_err(|e| format!("response body is not JSON: {e}"))?;
     Ok((status, body))
 }
 
@@ -140,7 +167,10 @@ mod tests {
             _ => (404, json!({"error": "no such endpoint"})),
         });
         let server = ControlServer::start(&path, handler).unwrap();
-        assert_eq!(request(&path, "GET", "/v1/status").unwrap(), (200, json!({"ok": true})));
+        assert_eq!(
+            request(&path, "GET", "/v1/status").unwrap(),
+            (200, json!({"ok": true}))
+        );
         assert_eq!(request(&path, "GET", "/nope").unwrap().0, 404);
         // A second server on the same socket is refused while the first runs.
         let again = ControlServer::start(&path, Arc::new(|_: &str, _: &str| (200, json!({}))));

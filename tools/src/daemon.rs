@@ -17,7 +17,11 @@ use crate::stats;
 
 /// Builds the stats document from the running datapath.
 fn stats_document(node: &str, started: Instant, dp: &Datapath) -> Value {
-    let workers: Vec<Value> = dp.worker_counters().iter().map(|(name, s)| stats::worker_json(name, s)).collect();
+    let workers: Vec<Value> = dp
+        .worker_counters()
+        .iter()
+        .map(|(name, s)| stats::worker_json(name, s))
+        .collect();
     let interfaces: Vec<Value> = dp
         .filter_stats()
         .iter()
@@ -41,11 +45,19 @@ fn stats_document(node: &str, started: Instant, dp: &Datapath) -> Value {
 /// Runs the appliance until SIGINT or SIGTERM.
 pub fn run(config: Config) -> Result<(), String> {
     let started = Instant::now();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| format!("installing signal handlers: {e}"))?;
-    let neighbours = NeighbourConfig { capacity: config.datapath.neighbours, ..Default::default() };
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let neighbours = NeighbourConfig {
+        capacity: config.datapath.neighbours,
+        ..Default::default()
+    };
     let icmp_rate = config.datapath.icmp_rate;
     let dp = Datapath::start(&config.interfaces, &config.datapath, |plan| {
-        LocalStack::new(LocalConfig { links: plan.links.clone(), neighbours: neighbours.clone(), icmp_rate })
+        LocalStack::new(LocalConfig {
+            links: plan.links.clone(),
+            neighbours: neighbours.clone(),
+            icmp_rate,
+        })
     })
     .map_err(|e| e.to_string())?;
     let dp = Arc::new(dp);
@@ -53,9 +65,15 @@ pub fn run(config: Config) -> Result<(), String> {
     let node = config.node.name.clone();
     let dp_for_api = dp.clone();
     let handler: Arc<Handler> = Arc::new(move |method, path| match (method, path) {
-        ("GET", "/v1/status") => (200, json!({"node": node, "uptime_s": started.elapsed().as_secs(), "healthy": dp_for_api.healthy()})),
+        ("GET", "/v1/status") => (
+            200,
+            json!({"node": node, "uptime_s": started.elapsed().as_secs(), "healthy": dp_for_api.healthy()}),
+        ),
         ("GET", "/v1/stats") => (200, stats_document(&node, started, &dp_for_api)),
-        (_, "/v1/status" | "/v1/stats") => (405, json!({"error": format!("{method} not allowed on {path}")})),
+        (_, "/v1/status" | "/v1/stats") => (
+            405,
+            json!({"error": format!("{method} not allowed on {path}")}),
+        ),
         _ => (404, json!({"error": format!("no endpoint {path}")})),
     });
     let control = ControlServer::start(&config.node.control_socket, handler)?;
@@ -67,7 +85,10 @@ pub fn run(config: Config) -> Result<(), String> {
             break Ok(());
         }
         if !dp.healthy() {
-            break Err("a worker thread stopped unexpectedly (see the log above); shutting down".to_string());
+            break Err(
+                "a worker thread stopped unexpectedly (see the log above); shutting down"
+                    .to_string(),
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     };

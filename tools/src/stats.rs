@@ -6,7 +6,10 @@ use xlb_stack::xsk::filter::FilterStats;
 
 /// One worker's counters as JSON.
 pub fn worker_json(name: &str, s: &WorkerSnapshot) -> Value {
-    let drops: Map<String, Value> = DropReason::ALL.iter().map(|r| (r.name().to_string(), json!(s.stack.drops_of(*r)))).collect();
+    let drops: Map<String, Value> = DropReason::ALL
+        .iter()
+        .map(|r| (r.name().to_string(), json!(s.stack.drops_of(*r))))
+        .collect();
     json!({
         "name": name,
         "rx_frames": s.rings.rx_frames,

@@ -206,7 +206,10 @@ impl Datapath {
 
     /// Attach mode and verdict counters of every interface's filter.
     pub fn filter_stats(&self) -> Vec<(String, AttachedMode, FilterStats)> {
-        self.filters.iter().map(|(name, f)| (name.clone(), f.mode(), f.stats().unwrap_or_default())).collect()
+        self.filters
+            .iter()
+            .map(|(name, f)| (name.clone(), f.mode(), f.stats().unwrap_or_default()))
+            .collect()
     }
 
     /// Whether every worker thread is still running.

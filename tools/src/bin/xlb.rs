@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use xlb_tools::config::Config;
 
 #[derive(Parser)]
-#[command(name = "xlb", version, about = "xlb load-balancer appliance (AF_XDP datapath)")]
+#[command(
+    name = "xlb",
+    version,
+    about = "xlb load-balancer appliance (AF_XDP datapath)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,12 +41,24 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     let result = match cli.command {
         Command::Check { config } => Config::load(&config).map(|c| {
-            let workers = c.interfaces.iter().flat_map(|i| i.cores.iter()).collect::<std::collections::BTreeSet<_>>().len();
-            println!("{}: OK ({} interface(s), {} worker(s))", config.display(), c.interfaces.len(), workers);
+            let workers = c
+                .interfaces
+                .iter()
+                .flat_map(|i| i.cores.iter())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len();
+            println!(
+                "{}: OK ({} interface(s), {} worker(s))",
+                config.display(),
+                c.interfaces.len(),
+                workers
+            );
         }),
         Command::Run { config } => Config::load(&config).and_then(xlb_tools::daemon::run),
     };

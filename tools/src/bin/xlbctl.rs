@@ -45,7 +45,10 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
 fn get(cli: &Cli, path: &str) -> Result<Value, String> {
     let (status, body) = control::request(&socket_path(cli)?, "GET", path)?;
     if status != 200 {
-        return Err(body["error"].as_str().unwrap_or("request failed").to_string());
+        return Err(body["error"]
+            .as_str()
+            .unwrap_or("request failed")
+            .to_string());
     }
     Ok(body)
 }
@@ -75,13 +78,22 @@ fn print_stats(doc: &Value) {
         }
         println!("{:>14}", doc["totals"][key].as_u64().unwrap_or(0));
     }
-    let drops = doc["totals"]["drops"].as_object().cloned().unwrap_or_default();
-    let nonzero: Vec<_> = drops.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).collect();
+    let drops = doc["totals"]["drops"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let nonzero: Vec<_> = drops
+        .iter()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .collect();
     println!("\ndrops{}", if nonzero.is_empty() { ": none" } else { "" });
     for (reason, n) in nonzero {
         println!("  {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
     }
-    println!("\n{:<10}{:>9}{:>14}{:>16}{:>14}", "interface", "xdp", "to xlb", "to kernel", "no socket");
+    println!(
+        "\n{:<10}{:>9}{:>14}{:>16}{:>14}",
+        "interface", "xdp", "to xlb", "to kernel", "no socket"
+    );
     for i in doc["interfaces"].as_array().into_iter().flatten() {
         println!(
             "{:<10}{:>9}{:>14}{:>16}{:>14}",
@@ -105,11 +117,21 @@ fn main() -> ExitCode {
                     "node {}: up {} s, workers {}",
                     doc["node"].as_str().unwrap_or("?"),
                     doc["uptime_s"],
-                    if doc["healthy"].as_bool() == Some(true) { "running" } else { "NOT all running" }
+                    if doc["healthy"].as_bool() == Some(true) {
+                        "running"
+                    } else {
+                        "NOT all running"
+                    }
                 );
             }
         }),
-        Command::Stats => get(&cli, "/v1/stats").map(|doc| if cli.json { println!("{doc:#}") } else { print_stats(&doc) }),
+        Command::Stats => get(&cli, "/v1/stats").map(|doc| {
+            if cli.json {
+                println!("{doc:#}")
+            } else {
+                print_stats(&doc)
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,53 @@
+# xlb — build, demo, tests and benchmarks. Run as root on Debian (AF_XDP, XDP and network namespaces need it).
+
+CARGO ?= cargo
+# Debian packages for the build (clang for the XDP filter; libelf, zlib, m4, pkg-config for libxdp/libbpf) and
+# the real peers the tests, demo and benchmarks run against.
+DEBIAN_PACKAGES = build-essential clang llvm libelf-dev libbpf-dev linux-libc-dev m4 libpcap-dev zlib1g-dev \
+	pkg-config iproute2 iputils-ping ethtool curl socat netcat-openbsd nftables tcpdump openssl \
+	nginx haproxy wrk nghttp2-client keepalived python3 python3-scapy
+# Keep installed daemons (nginx, haproxy, keepalived) from starting: tests start their own inside namespaces.
+POLICY_RC = /usr/sbin/policy-rc.d
+
+.PHONY: all deps build release demo test unit integration lint bench bench-quick clean
+
+all: build
+
+deps:
+	@command -v apt-get >/dev/null || { echo "make deps needs Debian/Ubuntu (apt-get)"; exit 1; }
+	@created=0; if [ ! -e $(POLICY_RC) ]; then printf '#!/bin/sh\nexit 101\n' > $(POLICY_RC); chmod +x $(POLICY_RC); created=1; fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; rc=$$?; \
+	[ $$created = 1 ] && rm -f $(POLICY_RC); exit $$rc
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust (rustup) first"; exit 1; }
+	@echo "deps: OK"
+
+build:
+	$(CARGO) build --workspace --bins
+
+release:
+	$(CARGO) build --workspace --bins --release
+
+# Installs deps, builds release binaries and runs the netns lab demo (removed again at the end).
+demo: deps release
+	XLB_BIN_DIR=$(CURDIR)/target/release ./target/release/xlb-demo
+
+# Unit and integration tests (integration tests build netns labs: run as root).
+test: build
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: release
+	./target/release/xlb-perf xdp-loop
+
+bench-quick: release
+	./target/release/xlb-perf xdp-loop --quick
+
+clean:
+	$(CARGO) clean
