@@ -1,4 +1,8 @@
-//! L4 load balancing (listeners, FULLNAT/DR forwarding, connection table, schedulers, health checks).
+//! L4 load balancing: TCP and UDP listeners on VIP:port forwarded to server groups (FULLNAT and DR), with a
+//! per-worker connection table, IPVS-style schedulers and health checks. Everything here is sans-IO.
 //!
-//! Not implemented yet: this crate is the home of the L4 issue (#3). It will plug into the stack's
-//! [`Pipeline`](../xlb_stack/pipeline/trait.Pipeline.html) as a sans-IO stage.
+//! - [`sched`]: schedulers (rr, wrr, wlc, sh, mh) and the Maglev table.
+//! - [`health`]: health-check state machines (tcp, udp, http probes from the appliance's own stack).
+
+pub mod health;
+pub mod sched;

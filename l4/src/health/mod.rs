@@ -1,0 +1,1 @@
+//! Health checks: see the module docs once written.

@@ -1,0 +1,1 @@
+//! Schedulers: see the module docs once written.
