@@ -1,8 +1,16 @@
 //! L4 load balancing: TCP and UDP listeners on VIP:port forwarded to server groups (FULLNAT and DR), with a
 //! per-worker connection table, IPVS-style schedulers and health checks. Everything here is sans-IO.
 //!
+//! - [`config`]: `[[listener]]`, `[[group]]`, `[l4]`.
+//! - [`forward`]: the forwarder stage (FULLNAT, DR, hand-off between workers).
+//! - [`stats`]: per listener / server counters and the health board.
+//! - [`conn`]: the connection table, state tracking and timer wheel.
 //! - [`sched`]: schedulers (rr, wrr, wlc, sh, mh) and the Maglev table.
 //! - [`health`]: health-check state machines (tcp, udp, http probes from the appliance's own stack).
 
+pub mod config;
+pub mod conn;
+pub mod forward;
 pub mod health;
 pub mod sched;
+pub mod stats;

@@ -34,19 +34,13 @@ impl FromStr for Ipv4Net {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (
-                a,
-                p.parse::<u8>()
-                    .map_err(|_| format!("bad prefix length in {s:?}"))?,
-            ),
+            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| format!("bad prefix length in {s:?}"))?),
             None => (s, 32),
         };
         if prefix > 32 {
             return Err(format!("prefix length {prefix} > 32 in {s:?}"));
         }
-        let addr = addr
-            .parse()
-            .map_err(|_| format!("bad IPv4 address in {s:?}"))?;
+        let addr = addr.parse().map_err(|_| format!("bad IPv4 address in {s:?}"))?;
         Ok(Ipv4Net { addr, prefix })
     }
 }
@@ -69,10 +63,7 @@ mod tests {
         assert!(!n.contains(Ipv4Addr::new(198, 18, 1, 1)));
         let host: Ipv4Net = "198.18.0.100".parse().unwrap();
         assert_eq!(host.prefix, 32);
-        assert!(
-            host.contains(Ipv4Addr::new(198, 18, 0, 100))
-                && !host.contains(Ipv4Addr::new(198, 18, 0, 101))
-        );
+        assert!(host.contains(Ipv4Addr::new(198, 18, 0, 100)) && !host.contains(Ipv4Addr::new(198, 18, 0, 101)));
         assert!("198.18.0.1/33".parse::<Ipv4Net>().is_err());
         assert!("198.18.0/24".parse::<Ipv4Net>().is_err());
         assert!("0.0.0.0/0"

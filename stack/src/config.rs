@@ -121,10 +121,7 @@ fn nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ipv4Net>, D::Error> {
 }
 
 /// Checks interfaces and datapath settings beyond what parsing checks. The error names the field.
-pub fn validate_interfaces(
-    interfaces: &[InterfaceConfig],
-    datapath: &DatapathConfig,
-) -> Result<(), String> {
+pub fn validate_interfaces(interfaces: &[InterfaceConfig], datapath: &DatapathConfig) -> Result<(), String> {
     if interfaces.is_empty() {
         return Err("interface: at least one [[interface]] is required".into());
     }
@@ -152,9 +149,7 @@ pub fn validate_interfaces(
             return Err(format!("{at}.queues: a queue is listed twice"));
         }
         if iface.cores.iter().collect::<HashSet<_>>().len() != iface.cores.len() {
-            return Err(format!(
-                "{at}.cores: two queues of one interface on one core"
-            ));
+            return Err(format!("{at}.cores: two queues of one interface on one core"));
         }
         if iface.addresses.is_empty() {
             return Err(format!("{at}.addresses: at least one address is required"));
@@ -177,9 +172,7 @@ pub fn validate_interfaces(
             ));
         }
     }
-    let cores = core_affinity::get_core_ids()
-        .map(|c| c.len())
-        .unwrap_or(usize::MAX);
+    let cores = core_affinity::get_core_ids().map(|c| c.len()).unwrap_or(usize::MAX);
     for (i, iface) in interfaces.iter().enumerate() {
         if let Some(c) = iface.cores.iter().find(|c| **c >= cores) {
             return Err(format!(

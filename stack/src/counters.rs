@@ -51,6 +51,11 @@ drop_reasons! {
     NoRoute => "no_route": "No interface or gateway reaches the destination.",
     TxRingFull => "tx_ring_full": "The TX ring had no room for the frame.",
     NoFreeFrame => "no_free_frame": "No free UMEM frame for an originated packet.",
+    NoHealthyServer => "no_healthy_server": "New flow for a listener whose servers are all down or drained (answered with RST or ICMP unreachable).",
+    ConnTableFull => "conn_table_full": "New FULLNAT flow while the connection table is full.",
+    LocalPortsExhausted => "local_ports_exhausted": "New FULLNAT flow with no free local port on the local IP.",
+    NoConnection => "no_connection": "Packet of no known connection that cannot start one (not a SYN, or a reply to a free local port).",
+    HandoffFull => "handoff_full": "Frame for another worker's flow, but the hand-off queue was full.",
 }
 
 /// Counters of the sans-IO stack (owned by one worker, plain integers).
@@ -169,9 +174,7 @@ impl SharedCounters {
     pub fn snapshot(&self) -> WorkerSnapshot {
         let v: Vec<u64> = self.slots.iter().map(|s| s.load(Relaxed)).collect();
         let mut drops = [0; DropReason::COUNT];
-        drops.copy_from_slice(
-            &v[RING_FIELDS + STACK_FIELDS..RING_FIELDS + STACK_FIELDS + DropReason::COUNT],
-        );
+        drops.copy_from_slice(&v[RING_FIELDS + STACK_FIELDS..RING_FIELDS + STACK_FIELDS + DropReason::COUNT]);
         WorkerSnapshot {
             rings: RingCounters {
                 rx_frames: v[0],

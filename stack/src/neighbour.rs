@@ -130,13 +130,7 @@ impl NeighbourTable {
 
     /// The MAC of `next_hop` if resolved and fresh. Starts resolution (`source` is our address on `port` used
     /// as the ARP sender) when it is unknown, and a refresh when it is close to expiry.
-    pub fn resolve(
-        &mut self,
-        now: Instant,
-        port: PortId,
-        source: Ipv4Addr,
-        next_hop: Ipv4Addr,
-    ) -> Resolution {
+    pub fn resolve(&mut self, now: Instant, port: PortId, source: Ipv4Addr, next_hop: Ipv4Addr) -> Resolution {
         let refresh_window = self.config.retransmit * u32::from(self.config.max_probes);
         match self.entries.get_mut(&next_hop) {
             Some(n) => match &mut n.state {
@@ -167,14 +161,7 @@ impl NeighbourTable {
                         probes: 0,
                         next_probe: now,
                     };
-                    self.entries.insert(
-                        next_hop,
-                        Neighbour {
-                            port,
-                            source,
-                            state,
-                        },
-                    );
+                    self.entries.insert(next_hop, Neighbour { port, source, state });
                     self.probes_due.push_back(next_hop);
                 }
                 Resolution::Pending
@@ -268,9 +255,7 @@ impl NeighbourTable {
                     *probes += 1;
                     *next_probe = now + self.config.retransmit;
                 }
-                State::Reachable {
-                    refreshing: true, ..
-                } => {}
+                State::Reachable { refreshing: true, .. } => {}
                 State::Reachable { .. } => continue,
             }
             counters.arp_requests += 1;
@@ -334,10 +319,7 @@ impl NeighbourTable {
         });
         if abandoned {
             for slot in self.waiting.iter_mut() {
-                if slot
-                    .as_ref()
-                    .is_some_and(|w| !self.entries.contains_key(&w.next_hop))
-                {
+                if slot.as_ref().is_some_and(|w| !self.entries.contains_key(&w.next_hop)) {
                     let w = slot.take().expect("checked is_some");
                     self.spare.push(w.data);
                     counters.drop(DropReason::NeighbourUnresolved);
@@ -384,9 +366,7 @@ mod tests {
         t.enqueue(PEER_IP, &packet(2)).unwrap();
 
         let mut buf = [0u8; 2048];
-        let (port, len) = t
-            .poll_transmit(t0, &mut buf, &mut c)
-            .expect("an ARP request");
+        let (port, len) = t.poll_transmit(t0, &mut buf, &mut c).expect("an ARP request");
         assert_eq!(port, 0);
         let eth = EthernetFrame::new_checked(&buf[..len]).unwrap();
         assert!(eth.dst_addr().is_broadcast());
@@ -410,10 +390,7 @@ mod tests {
         tags.sort();
         assert_eq!(tags, vec![1, 2]);
         assert_eq!(t.waiting(), 0);
-        assert_eq!(
-            t.resolve(t0, 0, OUR_IP, PEER_IP),
-            Resolution::Ready(PEER_MAC)
-        );
+        assert_eq!(t.resolve(t0, 0, OUR_IP, PEER_IP), Resolution::Ready(PEER_MAC));
     }
 
     #[test]
@@ -447,10 +424,7 @@ mod tests {
         for i in 0..4 {
             t.enqueue(PEER_IP, &packet(i)).unwrap();
         }
-        assert_eq!(
-            t.enqueue(PEER_IP, &packet(9)),
-            Err(DropReason::NeighbourUnresolved)
-        );
+        assert_eq!(t.enqueue(PEER_IP, &packet(9)), Err(DropReason::NeighbourUnresolved));
         assert_eq!(
             t.enqueue(Ipv4Addr::new(198, 19, 0, 3), &packet(9)),
             Err(DropReason::NeighbourUnresolved)
@@ -472,15 +446,9 @@ mod tests {
         assert!(t.poll_transmit(t0, &mut buf, &mut c).is_none());
         // Close to expiry: still usable, and a refresh request goes out once.
         let late = t0 + Duration::from_secs(58);
-        assert_eq!(
-            t.resolve(late, 0, OUR_IP, PEER_IP),
-            Resolution::Ready(PEER_MAC)
-        );
+        assert_eq!(t.resolve(late, 0, OUR_IP, PEER_IP), Resolution::Ready(PEER_MAC));
         assert!(t.poll_transmit(late, &mut buf, &mut c).is_some());
-        assert_eq!(
-            t.resolve(late, 0, OUR_IP, PEER_IP),
-            Resolution::Ready(PEER_MAC)
-        );
+        assert_eq!(t.resolve(late, 0, OUR_IP, PEER_IP), Resolution::Ready(PEER_MAC));
         assert!(t.poll_transmit(late, &mut buf, &mut c).is_none());
         // Never answered: the entry expires.
         t.handle_timeout(t0 + Duration::from_secs(61), &mut c);

@@ -60,9 +60,6 @@ mod tests {
         assert_eq!(&buf[6..12], &[1; 6]);
         let mut short = [0u8; 8];
         let mut f = Frame::new(&mut short, 8);
-        assert!(matches!(
-            r.process(Instant::now(), 0, &mut f),
-            Verdict::Drop(_)
-        ));
+        assert!(matches!(r.process(Instant::now(), 0, &mut f), Verdict::Drop(_)));
     }
 }

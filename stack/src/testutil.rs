@@ -108,10 +108,7 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
     if !ip.verify_checksum() {
         return false;
     }
-    let (src, dst) = (
-        IpAddress::Ipv4(ip.src_addr()),
-        IpAddress::Ipv4(ip.dst_addr()),
-    );
+    let (src, dst) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
     match ip.next_header() {
         IpProtocol::Tcp => TcpPacket::new_checked(ip.payload())
             .unwrap()
@@ -119,9 +116,7 @@ pub fn checksums_valid(frame: &[u8]) -> bool {
         IpProtocol::Udp => UdpPacket::new_checked(ip.payload())
             .unwrap()
             .verify_checksum(&src, &dst),
-        IpProtocol::Icmp => Icmpv4Packet::new_checked(ip.payload())
-            .unwrap()
-            .verify_checksum(),
+        IpProtocol::Icmp => Icmpv4Packet::new_checked(ip.payload()).unwrap().verify_checksum(),
         _ => true,
     }
 }

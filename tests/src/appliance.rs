@@ -26,11 +26,8 @@ impl Appliance {
     pub fn start(lab: &Lab, ns: &Netns, name: &str, config: &str) -> Result<Appliance> {
         let socket = lab.dir().join(format!("{name}.sock"));
         let path = lab.dir().join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            config.replace("CONTROL_SOCKET", &socket.display().to_string()),
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, config.replace("CONTROL_SOCKET", &socket.display().to_string()))
+            .with_context(|| format!("writing {}", path.display()))?;
         let xlb = workspace_bin("xlb")?;
         let proc = lab.spawn(
             ns,
@@ -62,8 +59,7 @@ impl Appliance {
     /// The stats document (`xlbctl stats --json`).
     pub fn stats(&self) -> Result<Value> {
         let out = self.xlbctl(&["stats", "--json"])?;
-        serde_json::from_str(&out)
-            .with_context(|| format!("xlbctl stats --json printed non-JSON: {out}"))
+        serde_json::from_str(&out).with_context(|| format!("xlbctl stats --json printed non-JSON: {out}"))
     }
 
     /// A counter from the stats totals, e.g. `"tcp_resets"`, or `"drops.tcp_no_listener"`.

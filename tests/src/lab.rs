@@ -115,8 +115,7 @@ impl Lab {
             next_id(),
             sanitize(test_name, 40)
         ));
-        fs::create_dir(&dir)
-            .with_context(|| format!("cannot create lab directory {}", dir.display()))?;
+        fs::create_dir(&dir).with_context(|| format!("cannot create lab directory {}", dir.display()))?;
         Ok(Lab {
             test_name: test_name.to_owned(),
             dir,
@@ -193,17 +192,13 @@ impl Lab {
         );
         let stdout_path = self.dir.join(format!("{base}.stdout"));
         let stderr_path = self.dir.join(format!("{base}.stderr"));
-        let create = |path: &Path| {
-            File::create(path).with_context(|| format!("cannot create log {}", path.display()))
-        };
+        let create = |path: &Path| File::create(path).with_context(|| format!("cannot create log {}", path.display()));
         let mut cmd = ns.command(program, args);
         cmd.stdin(Stdio::null())
             .stdout(create(&stdout_path)?)
             .stderr(create(&stderr_path)?);
         let cmdline = render(&cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{cmdline}`"))?;
+        let child = cmd.spawn().with_context(|| format!("cannot start `{cmdline}`"))?;
         let shared = Arc::new(ProcShared {
             pid: child.id(),
             cmdline,
@@ -230,11 +225,7 @@ impl Drop for Lab {
             }
         }
         if std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") {
-            eprintln!(
-                "xlb lab `{}`: keeping logs in {}",
-                self.test_name,
-                self.dir.display()
-            );
+            eprintln!("xlb lab `{}`: keeping logs in {}", self.test_name, self.dir.display());
         } else if let Err(err) = fs::remove_dir_all(&self.dir) {
             eprintln!("xlb lab: cannot remove {}: {err}", self.dir.display());
         }
@@ -250,10 +241,7 @@ fn stop_all(procs: &[Arc<ProcShared>], grace: Duration) {
         }
     }
     poll_until(grace, || {
-        procs
-            .iter()
-            .all(|p| !matches!(p.try_wait(), Ok(None)))
-            .then_some(())
+        procs.iter().all(|p| !matches!(p.try_wait(), Ok(None))).then_some(())
     });
     for proc in procs {
         if let Err(err) = proc.kill_and_reap() {
@@ -375,8 +363,8 @@ impl Netns {
     /// The MAC address of `ifname`, from `ip -j link show`.
     pub fn mac(&self, ifname: &str) -> Result<[u8; 6]> {
         let json = self.ip(&["-j", "link", "show", "dev", ifname])?;
-        let links: serde_json::Value = serde_json::from_str(&json)
-            .with_context(|| format!("cannot parse `ip -j link show` output: {json}"))?;
+        let links: serde_json::Value =
+            serde_json::from_str(&json).with_context(|| format!("cannot parse `ip -j link show` output: {json}"))?;
         let text = links
             .get(0)
             .and_then(|link| link.get("address"))
@@ -397,8 +385,7 @@ impl Netns {
     /// change the host.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         check_sysctl_key(key)?;
-        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")])
-            .map(drop)
+        self.run("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
     }
 
     /// Reads sysctl `key` in the namespace (trimmed).
@@ -432,24 +419,42 @@ impl Netns {
             .parse()
             .with_context(|| format!("`{addr}` is not an IPv4 address"))?;
         check_lab_ip(ip, addr)?;
-        self.run("ping", &["-n", "-q", "-c", "1", "-W", "1", addr])
-            .map(drop)
+        self.run("ping", &["-n", "-q", "-c", "1", "-W", "1", addr]).map(drop)
+    }
+
+    /// Moves the calling thread (only it, not the process) into this
+    /// namespace, with `setns(2)` on `/run/netns/<name>`.
+    ///
+    /// Afterwards every socket the thread opens, every interface name it
+    /// resolves and every netlink request it makes (e.g. attaching an XDP
+    /// program) acts inside the namespace. There is no way back: use a
+    /// dedicated thread that ends before the lab is dropped, and do all
+    /// namespace-bound teardown (closing sockets, detaching XDP programs) on
+    /// that thread. Processes it starts inherit the namespace. Note that
+    /// `/sys/class/net` still shows the namespace sysfs was mounted in.
+    pub fn enter_current_thread(&self) -> Result<()> {
+        let path = Path::new("/run/netns").join(&self.name);
+        let file = File::open(&path).with_context(|| format!("cannot open namespace file {}", path.display()))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+        // SAFETY: setns(2) takes a valid open descriptor, which `file` keeps
+        // alive for the duration of the call.
+        if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot enter network namespace {}", self.name));
+        }
+        Ok(())
     }
 
     /// Waits until a TCP socket in the namespace listens on `port`.
     pub fn wait_tcp_listen(&self, port: u16, timeout: Duration) -> Result<()> {
         let filter = format!("sport = :{port}");
-        wait_until_ok(
-            timeout,
-            &format!("TCP port {port} to listen in {}", self.name),
-            || {
-                let out = self.run("ss", &["-H", "-l", "-t", "-n", &filter])?;
-                if out.trim().is_empty() {
-                    bail!("nothing listens on TCP port {port} yet");
-                }
-                Ok(())
-            },
-        )
+        wait_until_ok(timeout, &format!("TCP port {port} to listen in {}", self.name), || {
+            let out = self.run("ss", &["-H", "-l", "-t", "-n", &filter])?;
+            if out.trim().is_empty() {
+                bail!("nothing listens on TCP port {port} yet");
+            }
+            Ok(())
+        })
     }
 }
 
@@ -487,9 +492,8 @@ impl ProcShared {
         // SAFETY: kill(2) has no memory-safety preconditions. The child is not
         // reaped (checked above while holding the lock), so `pid` is still ours.
         if unsafe { libc::kill(pid, sig) } != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("cannot send signal {sig} to `{}` (pid {pid})", self.cmdline)
-            });
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("cannot send signal {sig} to `{}` (pid {pid})", self.cmdline));
         }
         Ok(true)
     }
@@ -579,11 +583,7 @@ impl Proc {
         if self.shared.signal(sig)? {
             Ok(())
         } else {
-            bail!(
-                "`{}` (pid {}) has already exited",
-                self.cmdline(),
-                self.pid()
-            )
+            bail!("`{}` (pid {}) has already exited", self.cmdline(), self.pid())
         }
     }
 
@@ -636,17 +636,12 @@ pub fn require_root() -> Result<()> {
 /// Polls `f` with growing intervals (1 ms up to 50 ms) until it returns true;
 /// errors naming `what` if that has not happened within `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
-    poll_until(timeout, || f().then_some(()))
-        .ok_or_else(|| anyhow!("timed out after {timeout:?} waiting for {what}"))
+    poll_until(timeout, || f().then_some(())).ok_or_else(|| anyhow!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Like [`wait_until`] for a fallible probe: returns the first `Ok` value, or
 /// on timeout an error naming `what` and the probe's last error.
-pub fn wait_until_ok<T>(
-    timeout: Duration,
-    what: &str,
-    mut f: impl FnMut() -> Result<T>,
-) -> Result<T> {
+pub fn wait_until_ok<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let mut last_err = None;
     poll_until(timeout, || match f() {
         Ok(value) => Some(value),
@@ -671,11 +666,7 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         Some(dir) => vec![PathBuf::from(dir)],
         None => {
             let exe = std::env::current_exe().context("cannot locate the running executable")?;
-            exe.ancestors()
-                .skip(1)
-                .take(2)
-                .map(Path::to_path_buf)
-                .collect()
+            exe.ancestors().skip(1).take(2).map(Path::to_path_buf).collect()
         }
     };
     dirs.iter()
@@ -747,10 +738,7 @@ fn creator_pid(name: &str) -> Option<u32> {
 fn remove_netns(name: &str) -> Result<()> {
     // A process left in the namespace would keep it (and its interfaces) alive.
     let pids = run_checked(ip_command(&["netns", "pids", name]), None)?;
-    for pid in pids
-        .lines()
-        .filter_map(|l| l.trim().parse::<libc::pid_t>().ok())
-    {
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<libc::pid_t>().ok()) {
         if u32::try_from(pid).is_ok_and(|p| p == std::process::id()) {
             continue;
         }
@@ -815,12 +803,8 @@ fn execute(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Result<
         }
         None => Stdio::null(),
     };
-    cmd.stdin(stdin)
-        .stdout(stdout.try_clone()?)
-        .stderr(stderr.try_clone()?);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
+    cmd.stdin(stdin).stdout(stdout.try_clone()?).stderr(stderr.try_clone()?);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start `{line}`"))?;
     drop(cmd); // closes our copies of the child's stdio
     let status = match poll_until(timeout, || child.try_wait().transpose()) {
         Some(status) => status.with_context(|| format!("cannot wait for `{line}`"))?,
@@ -906,13 +890,7 @@ fn quote(arg: &str) -> Cow<'_, str> {
 /// Replaces characters unfit for file names and cuts to `max` characters.
 fn sanitize(s: &str, max: usize) -> String {
     s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
         .take(max)
         .collect()
 }
@@ -943,9 +921,9 @@ fn check_lab_ip(ip: Ipv4Addr, shown: &str) -> Result<()> {
 /// Accepts `a.b.c.d` or `a.b.c.d/len` inside 198.18.0.0/15 with `len >= 15`.
 fn check_lab_cidr(cidr: &str) -> Result<()> {
     let (addr, prefix) = cidr.split_once('/').unwrap_or((cidr, "32"));
-    let ip: Ipv4Addr = addr.parse().map_err(|_| {
-        anyhow!("`{cidr}` refused: the lab only allows IPv4 addresses in 198.18.0.0/15")
-    })?;
+    let ip: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| anyhow!("`{cidr}` refused: the lab only allows IPv4 addresses in 198.18.0.0/15"))?;
     check_lab_ip(ip, cidr)?;
     match prefix.parse::<u8>() {
         Ok(15..=32) => Ok(()),
@@ -1027,10 +1005,7 @@ mod tests {
 
     #[test]
     fn helpers() {
-        assert_eq!(
-            parse_mac("02:00:0a:FF:00:01").unwrap(),
-            [2, 0, 10, 255, 0, 1]
-        );
+        assert_eq!(parse_mac("02:00:0a:FF:00:01").unwrap(), [2, 0, 10, 255, 0, 1]);
         assert!(parse_mac("02:00:0a").is_err());
         assert_eq!(quote("TCP:198.18.0.1:80"), "TCP:198.18.0.1:80");
         assert_eq!(quote("a b'c"), r"'a b'\''c'");

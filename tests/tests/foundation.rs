@@ -90,21 +90,14 @@ fn kernel_client_resolves_and_pings_an_address_only_xlb_owns() -> Result<()> {
 
     // No kernel interface holds the address: only xlb can answer ARP and ping for it.
     let addrs = lb.ip(&["-o", "addr"])?;
-    ensure!(
-        !addrs.contains(XLB_IP),
-        "the kernel must not own {XLB_IP}: {addrs}"
-    );
+    ensure!(!addrs.contains(XLB_IP), "the kernel must not own {XLB_IP}: {addrs}");
 
     let out = client.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", XLB_IP])?;
     ensure!(out.contains("3 received"), "ping output: {out}");
 
     let neigh = client.ip(&["neigh", "show", XLB_IP])?;
     let mac = lb.mac("ext0")?;
-    let mac_text = mac
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let mac_text = mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     ensure!(
         neigh.contains(&mac_text),
         "client resolved {XLB_IP} to {neigh:?}, expected ext0's MAC {mac_text}"
@@ -125,10 +118,7 @@ fn syn_to_an_unserved_port_is_reset_and_counted_while_kernel_traffic_passes() ->
     let echo = lab.spawn(
         &lb,
         "socat",
-        &[
-            &format!("TCP-LISTEN:2222,bind={KERNEL_IP},reuseaddr,fork"),
-            "EXEC:cat",
-        ],
+        &[&format!("TCP-LISTEN:2222,bind={KERNEL_IP},reuseaddr,fork"), "EXEC:cat"],
     )?;
     lb.wait_tcp_listen(2222, Duration::from_secs(5))?;
     let xlb = Appliance::start(&lab, &lb, "lb1", &config("adaptive"))?;
@@ -136,12 +126,7 @@ fn syn_to_an_unserved_port_is_reset_and_counted_while_kernel_traffic_passes() ->
     // A TCP SYN to a port xlb does not serve: the kernel client sees "connection refused" (an RST).
     let out = client.output(
         "socat",
-        &[
-            "-T",
-            "3",
-            "-",
-            &format!("TCP:{XLB_IP}:22,connect-timeout=3"),
-        ],
+        &["-T", "3", "-", &format!("TCP:{XLB_IP}:22,connect-timeout=3")],
     )?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -155,22 +140,13 @@ fn syn_to_an_unserved_port_is_reset_and_counted_while_kernel_traffic_passes() ->
     );
 
     // UDP to an unserved port: ICMP port unreachable.
-    let out = client.output(
-        "sh",
-        &[
-            "-c",
-            &format!("echo query | socat -T 2 - UDP:{XLB_IP}:5353"),
-        ],
-    )?;
+    let out = client.output("sh", &["-c", &format!("echo query | socat -T 2 - UDP:{XLB_IP}:5353")])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         stderr.contains("Connection refused"),
         "expected ICMP port unreachable, socat said: {stderr}"
     );
-    ensure!(
-        xlb.total("icmp_unreachables")? >= 1,
-        "no ICMP unreachable counted"
-    );
+    ensure!(xlb.total("icmp_unreachables")? >= 1, "no ICMP unreachable counted");
     ensure!(
         xlb.total("drops.udp_no_listener")? >= 1,
         "no udp_no_listener drop counted"
@@ -184,9 +160,7 @@ fn syn_to_an_unserved_port_is_reset_and_counted_while_kernel_traffic_passes() ->
     )?;
     ensure!(reply == "to the kernel\n", "kernel echo answered {reply:?}");
     let stats = xlb.stats()?;
-    let passed = stats["interfaces"][0]["passed_not_ours"]
-        .as_u64()
-        .unwrap_or(0);
+    let passed = stats["interfaces"][0]["passed_not_ours"].as_u64().unwrap_or(0);
     ensure!(
         passed > 0,
         "the XDP filter passed nothing to the kernel: {}",
@@ -226,19 +200,14 @@ fn malformed_frames_are_counted_drops_and_xlb_keeps_serving() -> Result<()> {
         ("malformed_ipv4", 1),
         ("malformed_udp", 1),
     ];
-    wait_until_ok(
-        Duration::from_secs(5),
-        "malformed frames to be counted",
-        || {
-            let drops = xlb.stats()?["totals"]["drops"].clone();
-            for (reason, n) in expect {
-                let delta =
-                    drops[reason].as_u64().unwrap_or(0) - before[reason].as_u64().unwrap_or(0);
-                ensure!(delta == n, "{reason}: {delta} new drops, expected {n}");
-            }
-            Ok(())
-        },
-    )?;
+    wait_until_ok(Duration::from_secs(5), "malformed frames to be counted", || {
+        let drops = xlb.stats()?["totals"]["drops"].clone();
+        for (reason, n) in expect {
+            let delta = drops[reason].as_u64().unwrap_or(0) - before[reason].as_u64().unwrap_or(0);
+            ensure!(delta == n, "{reason}: {delta} new drops, expected {n}");
+        }
+        Ok(())
+    })?;
     // Still serving.
     xlb.proc().check_running()?;
     client
@@ -252,10 +221,7 @@ fn sigterm_detaches_the_filter_and_the_kernel_takes_over_the_link() -> Result<()
     let (lab, client, lb) = two_namespaces("shutdown")?;
     let xlb = Appliance::start(&lab, &lb, "lb1", &config("busy"))?;
     let link = lb.ip(&["link", "show", "ext0"])?;
-    ensure!(
-        link.contains("xdp"),
-        "no XDP program on ext0 while xlb runs: {link}"
-    );
+    ensure!(link.contains("xdp"), "no XDP program on ext0 while xlb runs: {link}");
     client.ping(XLB_IP)?;
 
     let status = xlb.terminate()?;
@@ -271,10 +237,7 @@ fn sigterm_detaches_the_filter_and_the_kernel_takes_over_the_link() -> Result<()
     );
     // The kernel's own address keeps working; xlb's is gone.
     client.ping(KERNEL_IP)?;
-    ensure!(
-        client.ping(XLB_IP).is_err(),
-        "{XLB_IP} still answers after xlb stopped"
-    );
+    ensure!(client.ping(XLB_IP).is_err(), "{XLB_IP} still answers after xlb stopped");
     Ok(())
 }
 
@@ -301,11 +264,7 @@ fn check_names_the_bad_field() -> Result<()> {
     );
 
     let cases = [
-        (
-            "typo.toml",
-            config("adaptive").replace("queues", "queus"),
-            "queus",
-        ),
+        ("typo.toml", config("adaptive").replace("queues", "queus"), "queus"),
         ("idle.toml", config("lazy"), "lazy"),
         (
             "cores.toml",

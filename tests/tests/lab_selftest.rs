@@ -6,9 +6,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use xlb_tests::lab::{
-    netns_list, reap_stale_namespaces, wait_until, wait_until_ok, workspace_bin, Lab, Netns,
-};
+use xlb_tests::lab::{netns_list, reap_stale_namespaces, wait_until, wait_until_ok, workspace_bin, Lab, Netns};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -34,9 +32,7 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 fn has_address(ns: &Netns, ifname: &str, addr: &str) -> bool {
-    ns.ip(&["-o", "addr", "show", "dev", ifname])
-        .unwrap()
-        .contains(addr)
+    ns.ip(&["-o", "addr", "show", "dev", ifname]).unwrap().contains(addr)
 }
 
 #[test]
@@ -71,14 +67,12 @@ fn bridge_joins_three_namespaces() {
     let hosts: Vec<Netns> = (1..=3)
         .map(|i| {
             let host = lab.netns(&format!("h{i}")).unwrap();
-            lab.veth((&host, "eth0"), (&switch, &format!("port{i}")))
-                .unwrap();
+            lab.veth((&host, "eth0"), (&switch, &format!("port{i}"))).unwrap();
             host.addr("eth0", &format!("198.18.1.{i}/24")).unwrap();
             host
         })
         .collect();
-    lab.bridge(&switch, "br0", &["port1", "port2", "port3"])
-        .unwrap();
+    lab.bridge(&switch, "br0", &["port1", "port2", "port3"]).unwrap();
 
     let ports = switch.ip(&["-o", "link", "show", "master", "br0"]).unwrap();
     assert_eq!(ports.lines().count(), 3, "bridge ports: {ports}");
@@ -98,11 +92,7 @@ fn socat_echo_server_answers_across_namespaces() {
         .spawn(
             &server_ns,
             "socat",
-            &[
-                "-d",
-                "TCP-LISTEN:7000,bind=198.18.2.1,reuseaddr,fork",
-                "PIPE",
-            ],
+            &["-d", "TCP-LISTEN:7000,bind=198.18.2.1,reuseaddr,fork", "PIPE"],
         )
         .unwrap();
     server_ns.wait_tcp_listen(7000, TIMEOUT).unwrap();
@@ -133,17 +123,11 @@ fn proc_captures_output_and_waits_boundedly() {
     assert_eq!(echo.stdout(), "to-out\n");
     assert_eq!(echo.stderr(), "to-err\n");
     let err = format!("{:#}", echo.check_running().unwrap_err());
-    assert!(
-        err.contains("to-err") && err.contains("exit status: 3"),
-        "{err}"
-    );
+    assert!(err.contains("to-err") && err.contains("exit status: 3"), "{err}");
 
     let sleeper = lab.spawn(&ns, "sleep", &["1000"]).unwrap();
     let start = Instant::now();
-    assert_eq!(
-        sleeper.wait_timeout(Duration::from_millis(200)).unwrap(),
-        None
-    );
+    assert_eq!(sleeper.wait_timeout(Duration::from_millis(200)).unwrap(), None);
     assert!(start.elapsed() < Duration::from_secs(2));
     assert!(sleeper.is_running());
     // The spawned pid is sleep's own pid: `ip netns exec` execs the program.
@@ -165,13 +149,8 @@ fn drop_removes_namespaces_and_processes() {
     // A spawned process whose Proc outlives the lab, and a background child
     // the lab never saw.
     let sleeper = lab.spawn(&a, "sleep", &["1000"]).unwrap();
-    let parent = lab
-        .spawn(&b, "sh", &["-c", "sleep 1000 & echo $!; wait"])
-        .unwrap();
-    let orphan: u32 = wait_until_ok(TIMEOUT, "background pid", || {
-        Ok(parent.stdout().trim().parse()?)
-    })
-    .unwrap();
+    let parent = lab.spawn(&b, "sh", &["-c", "sleep 1000 & echo $!; wait"]).unwrap();
+    let orphan: u32 = wait_until_ok(TIMEOUT, "background pid", || Ok(parent.stdout().trim().parse()?)).unwrap();
     assert!(pid_alive(orphan));
     let dir = lab.dir().to_owned();
     assert!(dir.is_dir());
@@ -186,10 +165,7 @@ fn drop_removes_namespaces_and_processes() {
     if std::env::var("XLB_LAB_KEEP").as_deref() != Ok("1") {
         assert!(!dir.exists());
     }
-    assert!(
-        a.ping("198.18.3.2").is_err(),
-        "namespace handle still works"
-    );
+    assert!(a.ping("198.18.3.2").is_err(), "namespace handle still works");
 }
 
 #[test]
@@ -227,10 +203,7 @@ fn namespaces_of_dead_processes_are_reaped() {
     child.wait().unwrap();
     let stale = format!("xlb{dead_pid:x}n0-stale");
     let ip = |args: &[&str]| {
-        let status = std::process::Command::new("ip")
-            .args(args)
-            .status()
-            .unwrap();
+        let status = std::process::Command::new("ip").args(args).status().unwrap();
         assert!(status.success(), "ip {args:?}: {status}");
     };
     ip(&["netns", "add", &stale]);
@@ -275,10 +248,7 @@ fn addresses_outside_lab_range_are_refused() {
     assert!(ns.ping("10.0.0.1").is_err());
     ns.route(&["198.18.9.0/24", "via", "198.19.255.1"]).unwrap();
     let routes = ns.ip(&["route", "show"]).unwrap();
-    assert!(
-        routes.contains("198.18.9.0/24 via 198.19.255.1"),
-        "{routes}"
-    );
+    assert!(routes.contains("198.18.9.0/24 via 198.19.255.1"), "{routes}");
     assert!(!routes.contains("10.0.0.0"), "{routes}");
 }
 
@@ -288,22 +258,13 @@ fn failed_commands_report_command_status_and_stderr() {
     let ns = lab.netns("errs").unwrap();
 
     let err = format!("{:#}", ns.ip(&["link", "set", "nope0", "up"]).unwrap_err());
-    assert!(
-        err.contains(&format!("ip -n {} link set nope0 up", ns.name())),
-        "{err}"
-    );
+    assert!(err.contains(&format!("ip -n {} link set nope0 up", ns.name())), "{err}");
     assert!(err.contains("exit status: 1"), "{err}");
     assert!(err.contains("nope0") && err.contains("stderr:"), "{err}");
 
-    let err = format!(
-        "{:#}",
-        ns.run("sh", &["-c", "echo oops >&2; exit 7"]).unwrap_err()
-    );
+    let err = format!("{:#}", ns.run("sh", &["-c", "echo oops >&2; exit 7"]).unwrap_err());
     assert!(err.contains("sh -c 'echo oops >&2; exit 7'"), "{err}");
-    assert!(
-        err.contains("exit status: 7") && err.contains("oops"),
-        "{err}"
-    );
+    assert!(err.contains("exit status: 7") && err.contains("oops"), "{err}");
 
     // `output` reports without judging the status.
     let out = ns.output("sh", &["-c", "echo fine; exit 5"]).unwrap();
@@ -382,11 +343,9 @@ fn wait_until_is_bounded_and_names_the_wait() {
     .unwrap();
     assert_eq!(calls, 3);
 
-    let err = wait_until_ok(
-        Duration::from_millis(50),
-        "a probe",
-        || -> anyhow::Result<()> { anyhow::bail!("probe says no") },
-    )
+    let err = wait_until_ok(Duration::from_millis(50), "a probe", || -> anyhow::Result<()> {
+        anyhow::bail!("probe says no")
+    })
     .unwrap_err();
     assert!(err.to_string().contains("probe says no"), "{err}");
 }
@@ -397,9 +356,7 @@ fn workspace_bin_finds_built_binaries() {
         let found = workspace_bin("xlb-demo").unwrap();
         assert_eq!(
             found.canonicalize().unwrap(),
-            Path::new(env!("CARGO_BIN_EXE_xlb-demo"))
-                .canonicalize()
-                .unwrap()
+            Path::new(env!("CARGO_BIN_EXE_xlb-demo")).canonicalize().unwrap()
         );
     }
     let err = workspace_bin("no-such-xlb-binary").unwrap_err().to_string();

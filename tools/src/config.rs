@@ -1,9 +1,10 @@
-//! The appliance config file (TOML). Sections owned by the datapath are defined in `xlb_stack::config`;
-//! later milestones add `[[listener]]`, `[[group]]` and `[ha]` here.
+//! The appliance config file (TOML). Sections are defined where they are used: `[node]`, `[[interface]]` and
+//! `[datapath]` in `xlb_stack::config`, `[[listener]]`, `[[group]]` and `[l4]` in `xlb_l4::config`.
 
 use std::path::Path;
 
 use serde::Deserialize;
+use xlb_l4::config::{GroupConfig, L4Config, ListenerConfig};
 use xlb_stack::config::{validate_interfaces, DatapathConfig, InterfaceConfig, NodeConfig};
 
 /// The whole config file.
@@ -18,14 +19,23 @@ pub struct Config {
     /// `[datapath]` (optional).
     #[serde(default)]
     pub datapath: DatapathConfig,
+    /// `[[listener]]` sections.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[[group]]` sections.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupConfig>,
+    /// `[l4]` (optional).
+    #[serde(default)]
+    pub l4: L4Config,
 }
 
 impl Config {
     /// Parses and validates config text. Errors name the bad field.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         validate_interfaces(&config.interfaces, &config.datapath)?;
+        xlb_l4::config::validate(&config.listeners, &config.groups, &config.l4, &config.interfaces)?;
         if config.node.name.is_empty() {
             return Err("node.name: must not be empty".into());
         }

@@ -39,8 +39,8 @@ impl ControlServer {
             }
             let _ = std::fs::remove_file(path);
         }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| format!("node.control_socket: binding {}: {e}", path.display()))?;
+        let listener =
+            UnixListener::bind(path).map_err(|e| format!("node.control_socket: binding {}: {e}", path.display()))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
@@ -74,9 +74,7 @@ fn serve(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
                     tracing::debug!(error = %e, "control request failed");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
                 std::thread::sleep(Duration::from_millis(100));
@@ -104,9 +102,7 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
                 break handler(req.method.unwrap_or(""), req.path.unwrap_or(""));
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            Ok(httparse::Status::Partial) => {
-                break (431, json!({"error": "request headers too large"}))
-            }
+            Ok(httparse::Status::Partial) => break (431, json!({"error": "request headers too large"})),
             Err(e) => break (400, json!({"error": format!("bad HTTP request: {e}")})),
         }
     };
@@ -124,12 +120,8 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
 
 /// Sends `method path` to the control socket and returns (status, JSON body). Used by `xlbctl` and tests.
 pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Value), String> {
-    let mut stream = UnixStream::connect(socket).map_err(|e| {
-        format!(
-            "cannot connect to {} ({e}): is xlb running?",
-            socket.display()
-        )
-    })?;
+    let mut stream = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {} ({e}): is xlb running?", socket.display()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -149,8 +141,7 @@ pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Value), 
         _ => return Err("malformed response from the control socket".into()),
     };
     let status = resp.code.unwrap_or(0);
-    let body = serde_json::from_slice(&raw[body_at..])
-        .map_err(|e| format!("response body is not JSON: {e}"))?;
+    let body = serde_json::from_slice(&raw[body_at..]).map_err(|e| format!("response body is not JSON: {e}"))?;
     Ok((status, body))
 }
 
@@ -167,10 +158,7 @@ mod tests {
             _ => (404, json!({"error": "no such endpoint"})),
         });
         let server = ControlServer::start(&path, handler).unwrap();
-        assert_eq!(
-            request(&path, "GET", "/v1/status").unwrap(),
-            (200, json!({"ok": true}))
-        );
+        assert_eq!(request(&path, "GET", "/v1/status").unwrap(), (200, json!({"ok": true})));
         assert_eq!(request(&path, "GET", "/nope").unwrap().0, 404);
         // A second server on the same socket is refused while the first runs.
         let again = ControlServer::start(&path, Arc::new(|_: &str, _: &str| (200, json!({}))));

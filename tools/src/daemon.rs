@@ -6,17 +6,17 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use signal_hook::consts::{SIGINT, SIGTERM};
-use xlb_stack::local::{LocalConfig, LocalStack};
-use xlb_stack::neighbour::NeighbourConfig;
-use xlb_stack::xsk::filter::AttachedMode;
+use xlb_stack::xsk::datapath::plan_workers;
+use xlb_stack::xsk::filter::{AddrKind, AttachedMode};
 use xlb_stack::xsk::Datapath;
 
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
+use crate::lb::{vip_interface, L4Shared, PipelineFactory};
 use crate::stats;
 
 /// Builds the stats document from the running datapath.
-fn stats_document(node: &str, started: Instant, dp: &Datapath) -> Value {
+fn stats_document(node: &str, started: Instant, dp: &Datapath, config: &Config, l4: &L4Shared) -> Value {
     let workers: Vec<Value> = dp
         .worker_counters()
         .iter()
@@ -39,6 +39,7 @@ fn stats_document(node: &str, started: Instant, dp: &Datapath) -> Value {
         "totals": stats::totals(&workers),
         "workers": workers,
         "interfaces": interfaces,
+        "l4": stats::l4_json(config, l4),
     })
 }
 
@@ -47,33 +48,28 @@ pub fn run(config: Config) -> Result<(), String> {
     let started = Instant::now();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
-    let neighbours = NeighbourConfig {
-        capacity: config.datapath.neighbours,
-        ..Default::default()
-    };
-    let icmp_rate = config.datapath.icmp_rate;
-    let dp = Datapath::start(&config.interfaces, &config.datapath, |plan| {
-        LocalStack::new(LocalConfig {
-            links: plan.links.clone(),
-            neighbours: neighbours.clone(),
-            icmp_rate,
-        })
-    })
-    .map_err(|e| e.to_string())?;
+    let workers = plan_workers(&config.interfaces).map_err(|e| e.to_string())?.len();
+    let mut factory = PipelineFactory::new(&config, workers, started);
+    let l4 = factory.shared();
+    let dp =
+        Datapath::start(&config.interfaces, &config.datapath, |plan| factory.make(plan)).map_err(|e| e.to_string())?;
+    for (i, listener) in config.listeners.iter().enumerate() {
+        dp.add_address(vip_interface(&config, i), listener.vip, AddrKind::Vip)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(listener = %listener.name, vip = %listener.vip, port = listener.port, protocol = ?listener.protocol, "listener up");
+    }
     let dp = Arc::new(dp);
 
     let node = config.node.name.clone();
     let dp_for_api = dp.clone();
+    let config_for_api = config.clone();
     let handler: Arc<Handler> = Arc::new(move |method, path| match (method, path) {
         ("GET", "/v1/status") => (
             200,
             json!({"node": node, "uptime_s": started.elapsed().as_secs(), "healthy": dp_for_api.healthy()}),
         ),
-        ("GET", "/v1/stats") => (200, stats_document(&node, started, &dp_for_api)),
-        (_, "/v1/status" | "/v1/stats") => (
-            405,
-            json!({"error": format!("{method} not allowed on {path}")}),
-        ),
+        ("GET", "/v1/stats") => (200, stats_document(&node, started, &dp_for_api, &config_for_api, &l4)),
+        (_, "/v1/status" | "/v1/stats") => (405, json!({"error": format!("{method} not allowed on {path}")})),
         _ => (404, json!({"error": format!("no endpoint {path}")})),
     });
     let control = ControlServer::start(&config.node.control_socket, handler)?;
@@ -85,10 +81,7 @@ pub fn run(config: Config) -> Result<(), String> {
             break Ok(());
         }
         if !dp.healthy() {
-            break Err(
-                "a worker thread stopped unexpectedly (see the log above); shutting down"
-                    .to_string(),
-            );
+            break Err("a worker thread stopped unexpectedly (see the log above); shutting down".to_string());
         }
         std::thread::sleep(Duration::from_millis(50));
     };

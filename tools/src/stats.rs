@@ -1,8 +1,12 @@
 //! The stats document served at `GET /v1/stats`: per-worker counters, drops by reason, filter verdicts.
 
 use serde_json::{json, Map, Value};
+use xlb_l4::stats::L4Counters;
 use xlb_stack::counters::{DropReason, WorkerSnapshot};
 use xlb_stack::xsk::filter::FilterStats;
+
+use crate::config::Config;
+use crate::lb::L4Shared;
 
 /// One worker's counters as JSON.
 pub fn worker_json(name: &str, s: &WorkerSnapshot) -> Value {
@@ -66,6 +70,78 @@ pub fn totals(workers: &[Value]) -> Value {
         }
     }
     Value::Object(total)
+}
+
+/// Listeners and their servers, summed over workers, with health: what `xlbctl list` shows.
+pub fn l4_json(config: &Config, l4: &L4Shared) -> Value {
+    let shape: Vec<usize> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            config
+                .groups
+                .iter()
+                .find(|g| g.name == l.group)
+                .map_or(0, |g| g.servers.len())
+        })
+        .collect();
+    let mut total = L4Counters::new(&shape);
+    let per_worker: Vec<L4Counters> = l4.counters.iter().map(|c| c.snapshot()).collect();
+    for c in &per_worker {
+        total.add(c);
+    }
+    let listeners: Vec<Value> = config
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let g = config.groups.iter().position(|g| g.name == l.group).unwrap_or(0);
+            let lc = &total.listeners[i];
+            let servers: Vec<Value> = config.groups[g]
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(s, server)| {
+                    let sc = &total.servers[i][s];
+                    json!({
+                        "addr": server.addr.to_string(),
+                        "weight": server.weight,
+                        "healthy": l4.board.is_up(g, s),
+                        "active_conns": sc.active,
+                        "inactive_conns": sc.inactive,
+                        "conns_total": sc.conns_total,
+                        "packets_in": sc.packets_in,
+                        "bytes_in": sc.bytes_in,
+                        "packets_out": sc.packets_out,
+                        "bytes_out": sc.bytes_out,
+                    })
+                })
+                .collect();
+            json!({
+                "name": l.name,
+                "vip": l.vip.to_string(),
+                "port": l.port,
+                "protocol": format!("{:?}", l.protocol).to_lowercase(),
+                "scheduler": l.scheduler.as_str(),
+                "forwarding": format!("{:?}", l.forwarding).to_lowercase(),
+                "group": l.group,
+                "conns_total": lc.conns_total,
+                "packets_in": lc.packets_in,
+                "bytes_in": lc.bytes_in,
+                "packets_out": lc.packets_out,
+                "bytes_out": lc.bytes_out,
+                "no_server": lc.no_server,
+                "stateless": lc.stateless,
+                "servers": servers,
+            })
+        })
+        .collect();
+    let workers: Vec<Value> = per_worker
+        .iter()
+        .enumerate()
+        .map(|(w, c)| json!({"worker": w, "conns": c.conns, "handoff_out": c.handoff_out, "handoff_in": c.handoff_in, "expired": c.expired}))
+        .collect();
+    json!({ "conns": total.conns, "listeners": listeners, "workers": workers })
 }
 
 #[cfg(test)]

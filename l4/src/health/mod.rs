@@ -1,1 +1,753 @@
-//! Health checks: see the module docs once written.
+//! Health checks of server groups, run from the appliance's own stack (sans-IO).
+//!
+//! [`HealthChecker`] originates IPv4 probe packets from a local address and consumes the replies; no kernel
+//! socket is involved. The caller drives it like the rest of the stack: it passes time in, pulls packets to
+//! send with [`HealthChecker::poll_transmit`] (IPv4 without Ethernet: the caller routes them to the server
+//! and resolves the next hop), offers received packets with [`HealthChecker::handle_packet`], sleeps until
+//! [`HealthChecker::poll_timeout`], and drains state changes with [`HealthChecker::poll_event`]. The core
+//! logs nothing; the caller logs the events.
+//!
+//! # Semantics
+//!
+//! - Every target is probed each `interval_ms`; first probes are spread over one interval by the target's
+//!   index, so targets sharing an interval never probe in the same instant. A probe that has not succeeded
+//!   `timeout_ms` after it was sent has failed.
+//! - Targets start **up**, so traffic flows at startup (as IPVS with keepalived does by default). `fall`
+//!   consecutive failures take an up target down ([`HealthEvent::Down`]); `rise` consecutive successes
+//!   bring a down target up ([`HealthEvent::Up`]). Events are emitted on transitions only.
+//! - A dead server is reported within `fall x interval + timeout` of its death (sooner when it refuses:
+//!   RST and ICMP unreachable fail a probe at once), given enough probe ports that no probe waits for one.
+//! - Probe kinds: see [`CheckKind`] and the `tcp_probe` module. ICMP "fragmentation needed" is a path MTU
+//!   signal and does not fail a probe; other destination-unreachable codes do.
+//!
+//! # Ports
+//!
+//! Each in-flight probe has its own source port from [`ProbePorts`], taken round-robin and never one whose
+//! previous probe is still in flight. When every port is in flight, due probes wait for one to free (counted
+//! in [`HealthCounters::port_waits`]). Replies are matched by destination port, then checked against the
+//! probe's addresses, ports and (TCP) sequence numbers.
+//!
+//! # Replies
+//!
+//! [`HealthChecker::handle_packet`] returns `true` when the packet is about a live probe: a reply from its
+//! server to its port, or an ICMP error quoting it. A packet that matches a live probe but fails its L4
+//! (or ICMP) checksum is consumed and ignored (counted in [`HealthCounters::bad_checksum`]) so that the
+//! caller does not answer a corrupt packet. Packets to a checker port with no live probe (late replies of a
+//! finished probe) are *not* consumed: the local stack answers them as for any closed port, with a RST or an
+//! ICMP port unreachable, which is the right end for a stray segment.
+//!
+//! # Allocation
+//!
+//! Everything is reserved in [`HealthChecker::new`]: per-target request bytes, the port table, the timer
+//! heap and queues. The HTTP response reader keeps the 12 bytes of the status line in a fixed array.
+
+mod config;
+mod http;
+mod packets;
+mod tcp_probe;
+
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+pub use config::{
+    CheckKind, HealthCheckConfig, DEFAULT_FALL, DEFAULT_INTERVAL_MS, DEFAULT_PATH, DEFAULT_PAYLOAD, DEFAULT_RISE,
+    DEFAULT_TIMEOUT_MS, MAX_HOST_LEN, MAX_INTERVAL_MS, MAX_PATH_LEN, MAX_PAYLOAD_LEN,
+};
+
+use packets::{IcmpQuote, Ipv4View, TcpOut, TcpView, UdpView};
+use tcp_probe::{Mode, Step, TcpProbe};
+
+/// Largest packet [`HealthChecker::poll_transmit`] writes; its buffer must hold at least this many bytes.
+/// (The config limits keep the biggest probe, an HTTP request with the longest path and host, below it.)
+pub const MAX_PACKET_LEN: usize = 1500;
+
+/// Identity of a target: the server `server` of group `group` (indices in the configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetId {
+    /// Index of the server group.
+    pub group: usize,
+    /// Index of the server in its group.
+    pub server: usize,
+}
+
+/// A server to check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// Its identity, reported in events.
+    pub id: TargetId,
+    /// The address and port probed.
+    pub server: SocketAddrV4,
+    /// Our local address on the server's link: the probes' source.
+    pub source: Ipv4Addr,
+    /// How to check it (must pass [`HealthCheckConfig::validate`]).
+    pub check: HealthCheckConfig,
+}
+
+/// The local ports the checker may use as probe source ports: `base + k * stride` for `k` in `0..count`.
+///
+/// A stride lets several workers share a range (worker `w` of `n` gets `base + w`, stride `n`) or match the
+/// NIC's RSS spread so replies come back to the worker that sent the probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbePorts {
+    /// The first port.
+    pub base: u16,
+    /// How many ports (at least 1); also the most probes in flight at once.
+    pub count: u16,
+    /// Distance between two ports (at least 1).
+    pub stride: u16,
+}
+
+impl ProbePorts {
+    /// Port number `k`.
+    pub fn port(&self, k: usize) -> u16 {
+        (usize::from(self.base) + k * usize::from(self.stride)) as u16
+    }
+
+    /// The index `k` of `port`, if it is one of ours.
+    pub fn index(&self, port: u16) -> Option<usize> {
+        let off = port.checked_sub(self.base)?;
+        let (k, rem) = (off / self.stride, off % self.stride);
+        (rem == 0 && k < self.count).then_some(usize::from(k))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let last = u32::from(self.base) + u32::from(self.count.saturating_sub(1)) * u32::from(self.stride);
+        if self.base == 0 || self.count == 0 || self.stride == 0 || last > u32::from(u16::MAX) {
+            return Err(format!("invalid probe ports {self:?}"));
+        }
+        Ok(())
+    }
+}
+
+/// A change of a target's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEvent {
+    /// The target passed `rise` consecutive probes while down.
+    Up(TargetId),
+    /// The target failed `fall` consecutive probes while up.
+    Down(TargetId),
+}
+
+/// Why a probe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No success within `timeout_ms`.
+    Timeout,
+    /// tcp/http: the server answered the SYN with a RST.
+    Refused,
+    /// http: the server reset the connection before the status line.
+    Reset,
+    /// An ICMP destination unreachable (with this code) quoting the probe.
+    Unreachable(u8),
+    /// http: a status that does not match `expect_status`.
+    BadStatus(u16),
+    /// http: a response that is not HTTP/1.x, or a close before the status line.
+    BadResponse,
+}
+
+/// What the checker did, for `xlbctl stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthCounters {
+    /// Probes started.
+    pub probes: u64,
+    /// Probes that succeeded.
+    pub successes: u64,
+    /// Probes that failed (any [`Failure`]).
+    pub failures: u64,
+    /// Of the failures, the timeouts.
+    pub timeouts: u64,
+    /// Packets about a live probe dropped for a bad L4 or ICMP checksum.
+    pub bad_checksum: u64,
+    /// Times a due probe had to wait because every probe port was in flight.
+    pub port_waits: u64,
+}
+
+/// A probe in flight.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// Tells this probe's deadline timer from older ones.
+    serial: u64,
+    /// Index of its port in [`ProbePorts`].
+    slot: usize,
+    port: u16,
+    deadline: Instant,
+    /// The TCP connection (tcp and http), `None` for udp.
+    tcp: Option<TcpProbe>,
+}
+
+/// A RST owed for a connection of a finished probe.
+#[derive(Debug, Clone, Copy)]
+struct Teardown {
+    port: u16,
+    seq: u32,
+}
+
+/// A target and its state.
+struct Checked {
+    target: Target,
+    /// The HTTP request or UDP payload, rendered once.
+    payload: Box<[u8]>,
+    up: bool,
+    successes: u32,
+    failures: u32,
+    last_failure: Option<Failure>,
+    next_probe: Instant,
+    probe: Option<Probe>,
+    teardown: Option<Teardown>,
+    /// Queued in `HealthChecker::due`.
+    in_due: bool,
+    /// Queued in `HealthChecker::ready`.
+    in_ready: bool,
+}
+
+impl Checked {
+    fn owes(&self) -> bool {
+        self.teardown.is_some() || self.probe.and_then(|p| p.tcp).is_some_and(|tcp| tcp.owes())
+    }
+
+    fn local(&self, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(self.target.source, port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// The target's next probe is due.
+    Due,
+    /// The probe with this serial times out.
+    Deadline(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    target: usize,
+    kind: TimerKind,
+}
+
+/// The health checks of one worker (sans-IO).
+pub struct HealthChecker {
+    targets: Vec<Checked>,
+    by_id: HashMap<TargetId, usize>,
+    ports: ProbePorts,
+    /// Port slot → the target whose probe holds it.
+    slots: Vec<Option<usize>>,
+    next_slot: usize,
+    in_flight: usize,
+    timers: BinaryHeap<Reverse<Timer>>,
+    /// Targets whose probe is due but not sent yet (waiting for `poll_transmit` or a free port).
+    due: VecDeque<usize>,
+    /// Targets owing a segment (request, ACK, teardown RST).
+    ready: VecDeque<usize>,
+    events: VecDeque<HealthEvent>,
+    epoch: Instant,
+    /// The latest time passed in.
+    now: Instant,
+    next_serial: u64,
+    counters: HealthCounters,
+}
+
+impl HealthChecker {
+    /// A checker for `targets`, starting at `now`, with probe source ports from `ports`.
+    ///
+    /// Targets start up (see the module docs). Target `i` of `n` is first probed at
+    /// `now + interval * i / n`.
+    ///
+    /// # Panics
+    ///
+    /// If a target's check does not pass [`HealthCheckConfig::validate`], two targets share an id, or `ports`
+    /// is empty, has a zero base or stride, or runs past port 65535. These are configuration errors the
+    /// caller checks first.
+    pub fn new(now: Instant, targets: Vec<Target>, ports: ProbePorts) -> Self {
+        if let Err(e) = ports.check() {
+            panic!("{e}");
+        }
+        let n = targets.len();
+        let mut by_id = HashMap::with_capacity(n);
+        let mut timers = BinaryHeap::with_capacity(3 * n + 1);
+        let checked: Vec<Checked> = targets
+            .into_iter()
+            .enumerate()
+            .map(|(i, target)| {
+                if let Err(e) = target.check.validate() {
+                    panic!("target {:?}: {e}", target.id);
+                }
+                assert!(
+                    by_id.insert(target.id, i).is_none(),
+                    "target {:?} listed twice",
+                    target.id
+                );
+                let offset = spread(target.check.interval(), i, n);
+                let next_probe = now + offset;
+                timers.push(Reverse(Timer {
+                    at: next_probe,
+                    target: i,
+                    kind: TimerKind::Due,
+                }));
+                Checked {
+                    payload: target.check.probe_payload(target.server).into_boxed_slice(),
+                    target,
+                    up: true,
+                    successes: 0,
+                    failures: 0,
+                    last_failure: None,
+                    next_probe,
+                    probe: None,
+                    teardown: None,
+                    in_due: false,
+                    in_ready: false,
+                }
+            })
+            .collect();
+        HealthChecker {
+            targets: checked,
+            by_id,
+            ports,
+            slots: vec![None; usize::from(ports.count)],
+            next_slot: 0,
+            in_flight: 0,
+            timers,
+            due: VecDeque::with_capacity(n),
+            ready: VecDeque::with_capacity(n),
+            events: VecDeque::with_capacity(2 * n),
+            epoch: now,
+            now,
+            next_serial: 0,
+            counters: HealthCounters::default(),
+        }
+    }
+
+    /// Writes the next packet to send into `buf` (an IPv4 packet, no Ethernet header) and returns its
+    /// length: owed segments of open probes first, then due probes. Call until it returns `None` after every
+    /// `handle_packet` and `handle_timeout`.
+    ///
+    /// Runs expired timers first, so a caller that only polls here still sees timeouts.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` is shorter than [`MAX_PACKET_LEN`].
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
+        assert!(
+            buf.len() >= MAX_PACKET_LEN,
+            "health check transmit buffer below MAX_PACKET_LEN"
+        );
+        self.handle_timeout(now);
+        while let Some(&i) = self.ready.front() {
+            let len = self.emit_owed(i, buf);
+            if len.is_none() || !self.targets[i].owes() {
+                self.ready.pop_front();
+                self.targets[i].in_ready = false;
+            }
+            if len.is_some() {
+                return len;
+            }
+        }
+        while let Some(&i) = self.due.front() {
+            if self.targets[i].probe.is_some() {
+                // One probe per target at a time (`on_due` does not queue a target in flight; kept as a guard).
+                self.due.pop_front();
+                self.targets[i].in_due = false;
+                continue;
+            }
+            let slot = self.free_slot()?;
+            self.due.pop_front();
+            self.targets[i].in_due = false;
+            return Some(self.start_probe(now, i, slot, buf));
+        }
+        None
+    }
+
+    /// Offers a received IPv4 packet (no Ethernet header). Returns `true` if it was about one of our live
+    /// probes (a reply to it, or an ICMP error quoting it) and is consumed; `false` if the caller should
+    /// handle it as usual. See the module docs for corrupt and late packets.
+    pub fn handle_packet(&mut self, now: Instant, packet: &[u8]) -> bool {
+        self.now = self.now.max(now);
+        let Some(ip) = packets::ipv4(packet) else {
+            return false;
+        };
+        match ip.protocol {
+            packets::PROTO_TCP => self.handle_tcp(now, &ip),
+            packets::PROTO_UDP => self.handle_udp(now, &ip),
+            packets::PROTO_ICMP => self.handle_icmp(now, &ip),
+            _ => false,
+        }
+    }
+
+    /// When [`HealthChecker::handle_timeout`] (or `poll_transmit`) has work next: a probe due or timing out,
+    /// or the latest time passed in if packets are ready to send now.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let send_now = !self.ready.is_empty() || (!self.due.is_empty() && self.has_free_slot());
+        let timer = self.timers.peek().map(|t| t.0.at);
+        match (send_now, timer) {
+            (true, Some(at)) => Some(at.min(self.now)),
+            (true, None) => Some(self.now),
+            (false, timer) => timer,
+        }
+    }
+
+    /// Runs the timers expired at `now`: probes that timed out fail, due targets queue their probe for
+    /// [`HealthChecker::poll_transmit`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        while let Some(&Reverse(timer)) = self.timers.peek() {
+            if timer.at > now {
+                break;
+            }
+            self.timers.pop();
+            let i = timer.target;
+            match timer.kind {
+                TimerKind::Deadline(serial) => {
+                    if self.targets[i].probe.is_some_and(|p| p.serial == serial) {
+                        self.time_out(i);
+                    }
+                }
+                TimerKind::Due => self.on_due(now, i),
+            }
+        }
+    }
+
+    /// The next state change, oldest first.
+    pub fn poll_event(&mut self) -> Option<HealthEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether the target is up (unknown ids are reported down).
+    pub fn is_up(&self, id: TargetId) -> bool {
+        self.by_id.get(&id).is_some_and(|&i| self.targets[i].up)
+    }
+
+    /// Why the target's latest failed probe failed (for status displays), if one failed.
+    pub fn last_failure(&self, id: TargetId) -> Option<Failure> {
+        self.by_id.get(&id).and_then(|&i| self.targets[i].last_failure)
+    }
+
+    /// Whether a local port belongs to the checker. The caller sends TCP and UDP packets to (a probe source
+    /// address, such a port) to [`HealthChecker::handle_packet`]; ICMP errors should be offered too.
+    pub fn owns_port(&self, port: u16) -> bool {
+        self.ports.index(port).is_some()
+    }
+
+    /// The checker's counters.
+    pub fn counters(&self) -> &HealthCounters {
+        &self.counters
+    }
+
+    // --- scheduling ---
+
+    fn on_due(&mut self, now: Instant, i: usize) {
+        let port_free = self.has_free_slot();
+        let t = &mut self.targets[i];
+        let interval = t.target.check.interval();
+        // Keep the phase; skip rounds missed while the caller was not polling.
+        let mut next = t.next_probe + interval;
+        while next <= now {
+            next += interval;
+        }
+        t.next_probe = next;
+        self.timers.push(Reverse(Timer {
+            at: next,
+            target: i,
+            kind: TimerKind::Due,
+        }));
+        if t.probe.is_none() && !t.in_due {
+            t.in_due = true;
+            if !port_free {
+                self.counters.port_waits += 1;
+            }
+            self.due.push_back(i);
+        }
+    }
+
+    fn has_free_slot(&self) -> bool {
+        self.in_flight < self.slots.len()
+    }
+
+    /// The next free port slot at or after the round-robin cursor.
+    fn free_slot(&mut self) -> Option<usize> {
+        if !self.has_free_slot() {
+            return None;
+        }
+        let n = self.slots.len();
+        let slot = (0..n)
+            .map(|k| (self.next_slot + k) % n)
+            .find(|&k| self.slots[k].is_none())?;
+        self.next_slot = (slot + 1) % n;
+        Some(slot)
+    }
+
+    fn start_probe(&mut self, now: Instant, i: usize, slot: usize, buf: &mut [u8]) -> usize {
+        let port = self.ports.port(slot);
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.slots[slot] = Some(i);
+        self.in_flight += 1;
+        self.counters.probes += 1;
+        let t = &mut self.targets[i];
+        let deadline = now + t.target.check.timeout();
+        self.timers.push(Reverse(Timer {
+            at: deadline,
+            target: i,
+            kind: TimerKind::Deadline(serial),
+        }));
+        let local = t.local(port);
+        let (tcp, len) = match t.target.check.kind {
+            CheckKind::Udp => (None, packets::udp(buf, local, t.target.server, &t.payload)),
+            CheckKind::Tcp | CheckKind::Http => {
+                let probe = TcpProbe::new(isn(now - self.epoch, port, serial));
+                let syn = probe.syn();
+                let out = TcpOut {
+                    src: local,
+                    dst: t.target.server,
+                    seq: syn.seq,
+                    ack: syn.ack,
+                    flags: syn.flags,
+                    mss: Some(packets::MSS),
+                    payload: syn.payload,
+                };
+                (Some(probe), packets::tcp(buf, &out))
+            }
+        };
+        t.probe = Some(Probe {
+            serial,
+            slot,
+            port,
+            deadline,
+            tcp,
+        });
+        len
+    }
+
+    /// Writes one segment target `i` owes: a teardown RST first, then the probe's request or ACK.
+    fn emit_owed(&mut self, i: usize, buf: &mut [u8]) -> Option<usize> {
+        let t = &mut self.targets[i];
+        let server = t.target.server;
+        if let Some(td) = t.teardown.take() {
+            let out = TcpOut {
+                src: t.local(td.port),
+                dst: server,
+                seq: td.seq,
+                ack: 0,
+                flags: packets::RST,
+                mss: None,
+                payload: &[],
+            };
+            return Some(packets::tcp(buf, &out));
+        }
+        let probe = t.probe.as_mut()?;
+        let seg = probe.tcp.as_mut()?.poll_segment(&t.payload)?;
+        let out = TcpOut {
+            src: SocketAddrV4::new(t.target.source, probe.port),
+            dst: server,
+            seq: seg.seq,
+            ack: seg.ack,
+            flags: seg.flags,
+            mss: None,
+            payload: seg.payload,
+        };
+        Some(packets::tcp(buf, &out))
+    }
+
+    fn queue_ready(&mut self, i: usize) {
+        let t = &mut self.targets[i];
+        if !t.in_ready && t.owes() {
+            t.in_ready = true;
+            self.ready.push_back(i);
+        }
+    }
+
+    /// Fails target `i`'s probe for a timeout, resetting its connection if the server holds one.
+    fn time_out(&mut self, i: usize) {
+        let connected = self.targets[i]
+            .probe
+            .and_then(|p| p.tcp)
+            .is_some_and(|tcp| tcp.connected());
+        self.finish(i, Err(Failure::Timeout), connected);
+    }
+
+    /// Ends target `i`'s probe with `result`; `teardown`: the server holds a connection to reset.
+    fn finish(&mut self, i: usize, result: Result<(), Failure>, teardown: bool) {
+        let t = &mut self.targets[i];
+        let Some(probe) = t.probe.take() else {
+            return;
+        };
+        self.slots[probe.slot] = None;
+        self.in_flight -= 1;
+        if let Some(tcp) = probe.tcp.filter(|_| teardown) {
+            t.teardown = Some(Teardown {
+                port: probe.port,
+                seq: tcp.snd_nxt,
+            });
+        }
+        let check = &t.target.check;
+        match result {
+            Ok(()) => {
+                self.counters.successes += 1;
+                t.failures = 0;
+                t.successes = t.successes.saturating_add(1);
+                if !t.up && t.successes >= check.rise {
+                    t.up = true;
+                    self.events.push_back(HealthEvent::Up(t.target.id));
+                }
+            }
+            Err(failure) => {
+                self.counters.failures += 1;
+                if failure == Failure::Timeout {
+                    self.counters.timeouts += 1;
+                }
+                t.last_failure = Some(failure);
+                t.successes = 0;
+                t.failures = t.failures.saturating_add(1);
+                if t.up && t.failures >= check.fall {
+                    t.up = false;
+                    self.events.push_back(HealthEvent::Down(t.target.id));
+                }
+            }
+        }
+        self.queue_ready(i);
+    }
+
+    // --- replies ---
+
+    /// The target whose live probe uses local `port` and whose kind carries `protocol`.
+    fn live_probe(&self, port: u16, protocol: u8) -> Option<usize> {
+        let i = self.slots[self.ports.index(port)?]?;
+        let kind = self.targets[i].target.check.kind;
+        let matches = match protocol {
+            packets::PROTO_UDP => kind == CheckKind::Udp,
+            _ => kind != CheckKind::Udp,
+        };
+        matches.then_some(i)
+    }
+
+    /// Whether a packet from `src:src_port` to `dst` comes from target `i`'s server to its source address.
+    fn sent_by_server(&self, i: usize, src: Ipv4Addr, src_port: u16, dst: Ipv4Addr) -> bool {
+        let t = &self.targets[i].target;
+        src == *t.server.ip() && src_port == t.server.port() && dst == t.source
+    }
+
+    /// Fails target `i`'s probe if its deadline passed (the packet is then too late to count).
+    fn expired(&mut self, now: Instant, i: usize) -> bool {
+        let late = self.targets[i].probe.is_some_and(|p| now >= p.deadline);
+        if late {
+            self.time_out(i);
+        }
+        late
+    }
+
+    fn handle_tcp(&mut self, now: Instant, ip: &Ipv4View<'_>) -> bool {
+        let Some(seg) = packets::tcp_view(ip.payload) else {
+            return false;
+        };
+        let Some(i) = self.live_probe(seg.dst_port, packets::PROTO_TCP) else {
+            return false;
+        };
+        if !self.sent_by_server(i, ip.src, seg.src_port, ip.dst) || self.expired(now, i) {
+            return false;
+        }
+        if !packets::l4_checksum_ok(ip, ip.payload) {
+            self.counters.bad_checksum += 1;
+            return true;
+        }
+        self.on_tcp_segment(i, &seg);
+        true
+    }
+
+    fn on_tcp_segment(&mut self, i: usize, seg: &TcpView<'_>) {
+        let t = &mut self.targets[i];
+        let check = &t.target.check;
+        let mode = match check.kind {
+            CheckKind::Http => Mode::Http,
+            _ => Mode::Connect,
+        };
+        let Some(tcp) = t.probe.as_mut().and_then(|p| p.tcp.as_mut()) else {
+            return;
+        };
+        match tcp.on_segment(mode, seg, |code| check.status_ok(code)) {
+            Step::Ignored => {}
+            Step::Pending => self.queue_ready(i),
+            Step::Done { result, teardown } => self.finish(i, result, teardown),
+        }
+    }
+
+    fn handle_udp(&mut self, now: Instant, ip: &Ipv4View<'_>) -> bool {
+        let Some(UdpView {
+            src_port,
+            dst_port,
+            datagram,
+        }) = packets::udp_view(ip.payload)
+        else {
+            return false;
+        };
+        let Some(i) = self.live_probe(dst_port, packets::PROTO_UDP) else {
+            return false;
+        };
+        if !self.sent_by_server(i, ip.src, src_port, ip.dst) || self.expired(now, i) {
+            return false;
+        }
+        if !packets::l4_checksum_ok(ip, datagram) {
+            self.counters.bad_checksum += 1;
+            return true;
+        }
+        self.finish(i, Ok(()), false);
+        true
+    }
+
+    fn handle_icmp(&mut self, now: Instant, ip: &Ipv4View<'_>) -> bool {
+        let Some(quote) = packets::icmp_quote(ip.payload) else {
+            return false;
+        };
+        let Some(i) = self.quoted_probe(ip, &quote) else {
+            return false;
+        };
+        if self.expired(now, i) {
+            return false;
+        }
+        if !quote.checksum_ok {
+            self.counters.bad_checksum += 1;
+            return true;
+        }
+        if quote.icmp_type == packets::ICMP_UNREACHABLE && quote.code != packets::ICMP_FRAG_NEEDED {
+            // The server cannot be reached, so neither can a RST: no teardown.
+            self.finish(i, Err(Failure::Unreachable(quote.code)), false);
+        }
+        true
+    }
+
+    /// The target whose live probe `quote` quotes (sent from our address to its server, from its port, and
+    /// for TCP with a sequence number it sent).
+    fn quoted_probe(&self, ip: &Ipv4View<'_>, quote: &IcmpQuote<'_>) -> Option<usize> {
+        let (src_port, dst_port) = quote.ports();
+        let i = self.live_probe(src_port, quote.protocol)?;
+        let t = &self.targets[i];
+        let ours = quote.src == t.target.source
+            && ip.dst == t.target.source
+            && quote.dst == *t.target.server.ip()
+            && dst_port == t.target.server.port()
+            && matches!(quote.protocol, packets::PROTO_TCP | packets::PROTO_UDP);
+        let seq_ok = match t.probe.and_then(|p| p.tcp) {
+            Some(tcp) => tcp.sent_seq(quote.tcp_seq()),
+            None => true,
+        };
+        (ours && seq_ok).then_some(i)
+    }
+}
+
+/// Offset of target `i` of `n`'s first probe: `interval * i / n`.
+fn spread(interval: Duration, i: usize, n: usize) -> Duration {
+    let nanos = interval.as_nanos() * i as u128 / n.max(1) as u128;
+    Duration::from_nanos(nanos as u64)
+}
+
+/// An initial sequence number that differs per probe and is hard to guess off-path: the time since the
+/// checker started, the port and the probe serial, mixed (splitmix64 finalizer).
+fn isn(elapsed: Duration, port: u16, serial: u64) -> u32 {
+    let mut x = (elapsed.as_nanos() as u64) ^ (u64::from(port) << 48) ^ serial.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) as u32
+}

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::addr::Ipv4Net;
 use crate::counters::{DropReason, StackCounters};
-use crate::neighbour::{NeighbourConfig, NeighbourTable};
+use crate::neighbour::{NeighbourConfig, NeighbourTable, Resolution};
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
 use crate::wire::build::{self, ResetFor, Unreachable, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::{checksum, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
@@ -70,8 +70,7 @@ impl RateLimiter {
 
     fn allow(&mut self, now: Instant) -> bool {
         let last = *self.last.get_or_insert(now);
-        let refill = (now.saturating_duration_since(last).as_micros() * u128::from(self.per_sec)
-            / 1_000_000) as u32;
+        let refill = (now.saturating_duration_since(last).as_micros() * u128::from(self.per_sec) / 1_000_000) as u32;
         if refill > 0 {
             self.tokens = (self.tokens + refill).min(self.burst);
             self.last = Some(now);
@@ -88,18 +87,158 @@ impl RateLimiter {
 /// Which ports answer ARP for an owned address (bit i = port i).
 type PortMask = u64;
 
-/// The appliance's own stack on one worker.
-pub struct LocalStack {
+/// A validated, unfragmented IPv4 packet for an owned address, as offered to an [`Ipv4Handler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Meta {
+    /// Source address.
+    pub src: Ipv4Addr,
+    /// Destination address (owned by the appliance).
+    pub dst: Ipv4Addr,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Offset of the transport header in the frame.
+    pub l4: usize,
+}
+
+/// What an upper stage (L4, later L7 and HA) may use of the local stack: routes, neighbours, counters.
+pub struct StackContext<'a> {
+    /// The links, by port.
+    pub links: &'a [Link],
+    /// The neighbour table.
+    pub neighbours: &'a mut NeighbourTable,
+    /// The stack's counters (drops by reason).
+    pub counters: &'a mut StackCounters,
+}
+
+impl StackContext<'_> {
+    /// The route to `dst`: a connected subnet first, then the first link with a gateway.
+    pub fn route(&self, dst: Ipv4Addr) -> Option<Route> {
+        route(self.links, dst)
+    }
+
+    /// Completes the IPv4 packet at `buf[ETH_HEADER_LEN..len]` for sending to `dst`: routes it, resolves the
+    /// next hop and writes the Ethernet header. `Ok(port)`: send `buf[..len]` on `port` now. `Err(None)`: the
+    /// packet was queued until ARP resolves (the buffer may be reused). `Err(Some(reason))`: drop it.
+    pub fn deliver(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        len: usize,
+        dst: Ipv4Addr,
+    ) -> Result<PortId, Option<DropReason>> {
+        let Some(r) = self.route(dst) else {
+            return Err(Some(DropReason::NoRoute));
+        };
+        build::ethernet(buf, EthernetAddress([0; 6]), self.links[r.port].mac, ETHERTYPE_IPV4);
+        match self.neighbours.resolve(now, r.port, r.source, r.next_hop) {
+            Resolution::Ready(mac) => {
+                buf[0..6].copy_from_slice(&mac.0);
+                Ok(r.port)
+            }
+            Resolution::Pending => match self.neighbours.enqueue(r.next_hop, &buf[..len]) {
+                Ok(()) => Err(None),
+                Err(reason) => Err(Some(reason)),
+            },
+        }
+    }
+}
+
+/// What an upper stage did with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handled {
+    /// Not the stage's: the local stack handles it.
+    Pass,
+    /// Done: act on this verdict.
+    Verdict(Verdict),
+    /// Refuse it as if nothing listened (TCP RST or ICMP port unreachable, rate-limited), counted under the
+    /// reason.
+    Reject(DropReason),
+}
+
+/// An upper stage offered every IPv4 packet for an owned address before the local stack answers it.
+pub trait Ipv4Handler: Send {
+    /// Handles the packet (rewriting `frame` in place), or passes it to the local stack.
+    fn handle(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        ip: &Ipv4Meta,
+        cx: &mut StackContext<'_>,
+    ) -> Handled;
+
+    /// Writes the next frame the stage originates into `buf` (see [`Pipeline::poll_transmit`]).
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)>;
+
+    /// When [`Ipv4Handler::handle_timeout`] should next run.
+    fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Advances the stage's timers.
+    fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>);
+}
+
+/// No upper stage: the local stack answers everything itself.
+#[derive(Debug, Default)]
+pub struct NoHandler;
+
+impl Ipv4Handler for NoHandler {
+    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, _: &Ipv4Meta, _: &mut StackContext<'_>) -> Handled {
+        Handled::Pass
+    }
+    fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _: Instant, _: &mut StackContext<'_>) {}
+}
+
+/// The route to `dst` over `links`: a connected subnet first, then the first link with a gateway.
+pub fn route(links: &[Link], dst: Ipv4Addr) -> Option<Route> {
+    let connected = links.iter().enumerate().find_map(|(port, link)| {
+        link.addresses
+            .iter()
+            .find(|n| n.prefix < 32 && n.contains(dst))
+            .map(|n| Route {
+                port,
+                source: n.addr,
+                next_hop: dst,
+            })
+    });
+    connected.or_else(|| {
+        links.iter().enumerate().find_map(|(port, link)| {
+            let gw = link.gateway?;
+            let source = link.addresses.iter().find(|n| n.contains(gw))?.addr;
+            Some(Route {
+                port,
+                source,
+                next_hop: gw,
+            })
+        })
+    })
+}
+
+/// The appliance's own stack on one worker, with an optional upper stage `H`.
+pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     links: Vec<Link>,
     owned: HashMap<Ipv4Addr, PortMask>,
     neighbours: NeighbourTable,
     counters: StackCounters,
     limiter: RateLimiter,
+    handler: H,
 }
 
-impl LocalStack {
+impl LocalStack<NoHandler> {
     /// A stack serving `config.links`; the links' addresses are owned and answered for.
     pub fn new(config: LocalConfig) -> Self {
+        LocalStack::with_handler(config, NoHandler)
+    }
+}
+
+impl<H: Ipv4Handler> LocalStack<H> {
+    /// A stack with the upper stage `handler`.
+    pub fn with_handler(config: LocalConfig, handler: H) -> Self {
         assert!(config.links.len() <= 64, "at most 64 ports per worker");
         let mut owned = HashMap::new();
         for (port, link) in config.links.iter().enumerate() {
@@ -114,7 +253,18 @@ impl LocalStack {
             owned,
             counters: StackCounters::default(),
             limiter: RateLimiter::new(config.icmp_rate),
+            handler,
         }
+    }
+
+    /// The upper stage.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The upper stage, mutable.
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
     }
 
     /// Adds an address owned on `port` that is not a connected subnet (a VIP).
@@ -129,27 +279,7 @@ impl LocalStack {
 
     /// The route to `dst`: a connected subnet first, then the first link with a gateway.
     pub fn route(&self, dst: Ipv4Addr) -> Option<Route> {
-        let connected = self.links.iter().enumerate().find_map(|(port, link)| {
-            link.addresses
-                .iter()
-                .find(|n| n.prefix < 32 && n.contains(dst))
-                .map(|n| Route {
-                    port,
-                    source: n.addr,
-                    next_hop: dst,
-                })
-        });
-        connected.or_else(|| {
-            self.links.iter().enumerate().find_map(|(port, link)| {
-                let gw = link.gateway?;
-                let source = link.addresses.iter().find(|n| n.contains(gw))?.addr;
-                Some(Route {
-                    port,
-                    source,
-                    next_hop: gw,
-                })
-            })
-        })
+        route(&self.links, dst)
     }
 
     /// The neighbour table (for upper stages that forward to backends).
@@ -163,27 +293,19 @@ impl LocalStack {
             return Verdict::Drop(DropReason::MalformedArp);
         };
         // Ethernet (1), IPv4, 6-byte MACs, 4-byte addresses.
-        if arp[0..2] != [0, 1]
-            || arp[2..4] != ETHERTYPE_IPV4.to_be_bytes()
-            || arp[4] != 6
-            || arp[5] != 4
-        {
+        if arp[0..2] != [0, 1] || arp[2..4] != ETHERTYPE_IPV4.to_be_bytes() || arp[4] != 6 || arp[5] != 4 {
             return Verdict::Drop(DropReason::MalformedArp);
         }
         let operation = u16::from_be_bytes([arp[6], arp[7]]);
         let sender_mac = EthernetAddress::from_bytes(&arp[8..14]);
         let sender_ip = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
         let target_ip = Ipv4Addr::new(arp[24], arp[25], arp[26], arp[27]);
-        let for_us = self
-            .owned
-            .get(&target_ip)
-            .is_some_and(|mask| mask & (1 << port) != 0);
+        let for_us = self.owned.get(&target_ip).is_some_and(|mask| mask & (1 << port) != 0);
         if !for_us {
             return Verdict::Drop(DropReason::ArpNotForUs);
         }
         if sender_mac.is_unicast() && !sender_ip.is_unspecified() {
-            self.neighbours
-                .learn(now, port, target_ip, sender_ip, sender_mac, true);
+            self.neighbours.learn(now, port, target_ip, sender_ip, sender_mac, true);
         }
         if operation != 1 {
             return Verdict::Consumed;
@@ -228,10 +350,21 @@ impl LocalStack {
         // Drop Ethernet padding and anything past the IPv4 total length.
         frame.set_len(ETH_HEADER_LEN + total_len);
         let l4 = ETH_HEADER_LEN + header_len;
+        let meta = Ipv4Meta { src, dst, protocol, l4 };
+        let mut cx = StackContext {
+            links: &self.links,
+            neighbours: &mut self.neighbours,
+            counters: &mut self.counters,
+        };
+        let (tcp_reason, udp_reason) = match self.handler.handle(now, port, frame, &meta, &mut cx) {
+            Handled::Verdict(verdict) => return verdict,
+            Handled::Reject(reason) => (reason, reason),
+            Handled::Pass => (DropReason::TcpNoListener, DropReason::UdpNoListener),
+        };
         match protocol {
             1 => self.handle_icmp(port, frame, l4),
-            6 => self.handle_tcp(now, port, frame, l4, src, dst),
-            17 => self.handle_udp(now, port, frame, l4, src, dst),
+            6 => self.handle_tcp(now, port, frame, l4, src, dst, tcp_reason),
+            17 => self.handle_udp(now, port, frame, l4, src, dst, udp_reason),
             _ => Verdict::Drop(DropReason::UnsupportedProtocol),
         }
     }
@@ -250,8 +383,7 @@ impl LocalStack {
         let old_word = u16::from_be_bytes([icmp[0], icmp[1]]);
         let old_csum = u16::from_be_bytes([icmp[2], icmp[3]]);
         data[l4] = 0;
-        data[l4 + 2..l4 + 4]
-            .copy_from_slice(&checksum::update16(old_csum, old_word, 0).to_be_bytes());
+        data[l4 + 2..l4 + 4].copy_from_slice(&checksum::update16(old_csum, old_word, 0).to_be_bytes());
         self.swap_to_reply(port, data);
         self.counters.icmp_echo_replies += 1;
         Verdict::Transmit(port)
@@ -269,14 +401,12 @@ impl LocalStack {
         let old_ttl_word = u16::from_be_bytes([ip[8], ip[9]]);
         ip[8] = build::DEFAULT_TTL;
         let new_ttl_word = u16::from_be_bytes([ip[8], ip[9]]);
-        let csum = checksum::update16(
-            u16::from_be_bytes([ip[10], ip[11]]),
-            old_ttl_word,
-            new_ttl_word,
-        );
+        let csum = checksum::update16(u16::from_be_bytes([ip[10], ip[11]]), old_ttl_word, new_ttl_word);
         ip[10..12].copy_from_slice(&csum.to_be_bytes());
     }
 
+    /// Answers a TCP segment nothing serves with an RST (unless it is one), counted under `reason`.
+    #[allow(clippy::too_many_arguments)]
     fn handle_tcp(
         &mut self,
         now: Instant,
@@ -285,19 +415,17 @@ impl LocalStack {
         l4: usize,
         src: Ipv4Addr,
         dst: Ipv4Addr,
+        reason: DropReason,
     ) -> Verdict {
         let data = frame.data();
         let tcp = &data[l4..];
-        if tcp.len() < 20
-            || usize::from(tcp[12] >> 4) * 4 < 20
-            || usize::from(tcp[12] >> 4) * 4 > tcp.len()
-        {
+        if tcp.len() < 20 || usize::from(tcp[12] >> 4) * 4 < 20 || usize::from(tcp[12] >> 4) * 4 > tcp.len() {
             return Verdict::Drop(DropReason::MalformedTcp);
         }
         if checksum::l4_checksum(src.octets(), dst.octets(), 6, tcp) != 0 {
             return Verdict::Drop(DropReason::MalformedTcp);
         }
-        self.counters.drop(DropReason::TcpNoListener);
+        self.counters.drop(reason);
         let flags = tcp[13];
         let (fin, syn, rst, ack) = (
             flags & 0x01 != 0,
@@ -327,6 +455,8 @@ impl LocalStack {
         Verdict::Transmit(port)
     }
 
+    /// Answers a UDP datagram nothing serves with ICMP port unreachable, counted under `reason`.
+    #[allow(clippy::too_many_arguments)]
     fn handle_udp(
         &mut self,
         now: Instant,
@@ -335,13 +465,14 @@ impl LocalStack {
         l4: usize,
         src: Ipv4Addr,
         dst: Ipv4Addr,
+        reason: DropReason,
     ) -> Verdict {
         let data = frame.data();
         let udp = &data[l4..];
         if udp.len() < 8 || usize::from(u16::from_be_bytes([udp[4], udp[5]])) > udp.len() {
             return Verdict::Drop(DropReason::MalformedUdp);
         }
-        self.counters.drop(DropReason::UdpNoListener);
+        self.counters.drop(reason);
         if !self.limiter.allow(now) {
             self.counters.drop(DropReason::IcmpRateLimited);
             return Verdict::Consumed;
@@ -367,7 +498,7 @@ impl LocalStack {
     }
 }
 
-impl Pipeline for LocalStack {
+impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
     fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
         let verdict = self.classify(now, port, frame);
         if let Verdict::Drop(reason) = verdict {
@@ -377,15 +508,32 @@ impl Pipeline for LocalStack {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
-        self.neighbours.poll_transmit(now, buf, &mut self.counters)
+        if let Some(out) = self.neighbours.poll_transmit(now, buf, &mut self.counters) {
+            return Some(out);
+        }
+        let mut cx = StackContext {
+            links: &self.links,
+            neighbours: &mut self.neighbours,
+            counters: &mut self.counters,
+        };
+        self.handler.poll_transmit(now, buf, &mut cx)
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        self.neighbours.poll_timeout()
+        match (self.neighbours.poll_timeout(), self.handler.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.neighbours.handle_timeout(now, &mut self.counters);
+        let mut cx = StackContext {
+            links: &self.links,
+            neighbours: &mut self.neighbours,
+            counters: &mut self.counters,
+        };
+        self.handler.handle_timeout(now, &mut cx);
     }
 
     fn counters(&self) -> &StackCounters {
@@ -393,7 +541,7 @@ impl Pipeline for LocalStack {
     }
 }
 
-impl LocalStack {
+impl<H: Ipv4Handler> LocalStack<H> {
     /// Ethernet-level checks, then ARP or IPv4.
     fn classify(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
         let data = frame.data();

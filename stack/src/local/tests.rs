@@ -1,8 +1,6 @@
 use super::*;
 use crate::testutil::*;
-use crate::wire::{
-    ArpOperation, ArpPacket, EthernetFrame, Icmpv4Message, Icmpv4Packet, Ipv4Packet, TcpPacket,
-};
+use crate::wire::{ArpOperation, ArpPacket, EthernetFrame, Icmpv4Message, Icmpv4Packet, Ipv4Packet, TcpPacket};
 
 fn stack() -> LocalStack {
     stack_with_rate(DEFAULT_ICMP_RATE)
@@ -137,10 +135,7 @@ fn udp_to_unserved_port_gets_port_unreachable_quoting_the_datagram() {
     let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
     assert_eq!(icmp.msg_type(), Icmpv4Message::DstUnreachable);
     assert_eq!(icmp.msg_code(), 3);
-    assert_eq!(
-        &ip.payload()[8..],
-        &request[ETH_HEADER_LEN..ETH_HEADER_LEN + 28]
-    );
+    assert_eq!(&ip.payload()[8..], &request[ETH_HEADER_LEN..ETH_HEADER_LEN + 28]);
     assert_eq!(s.counters().icmp_unreachables, 1);
 }
 
@@ -176,23 +171,14 @@ fn drops_with_reasons() {
     let mut s = stack();
     let mut bad_csum = echo_request_frame(XLB_IP, 1, 1, b"x");
     bad_csum[ETH_HEADER_LEN + 10] ^= 0xff;
-    assert_eq!(
-        run(&mut s, &bad_csum).0,
-        Verdict::Drop(DropReason::BadIpv4Checksum)
-    );
+    assert_eq!(run(&mut s, &bad_csum).0, Verdict::Drop(DropReason::BadIpv4Checksum));
 
     let not_ours = echo_request_frame(Ipv4Addr::new(198, 18, 0, 99), 1, 1, b"x");
-    assert_eq!(
-        run(&mut s, &not_ours).0,
-        Verdict::Drop(DropReason::NotOurAddress)
-    );
+    assert_eq!(run(&mut s, &not_ours).0, Verdict::Drop(DropReason::NotOurAddress));
 
     let mut other_mac = echo_request_frame(XLB_IP, 1, 1, b"x");
     other_mac[0..6].copy_from_slice(&[0x02, 9, 9, 9, 9, 9]);
-    assert_eq!(
-        run(&mut s, &other_mac).0,
-        Verdict::Drop(DropReason::NotOurMac)
-    );
+    assert_eq!(run(&mut s, &other_mac).0, Verdict::Drop(DropReason::NotOurMac));
 
     let mut fragment = udp_frame(53, b"abc");
     let ip = &mut fragment[ETH_HEADER_LEN..];
@@ -200,25 +186,16 @@ fn drops_with_reasons() {
     ip[10..12].copy_from_slice(&[0, 0]);
     let c = checksum::checksum(&ip[..20]);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    assert_eq!(
-        run(&mut s, &fragment).0,
-        Verdict::Drop(DropReason::Ipv4Fragment)
-    );
+    assert_eq!(run(&mut s, &fragment).0, Verdict::Drop(DropReason::Ipv4Fragment));
 
     let mut ipv6 = udp_frame(53, b"abc");
     ipv6[12..14].copy_from_slice(&[0x86, 0xdd]);
-    assert_eq!(
-        run(&mut s, &ipv6).0,
-        Verdict::Drop(DropReason::UnsupportedEthertype)
-    );
+    assert_eq!(run(&mut s, &ipv6).0, Verdict::Drop(DropReason::UnsupportedEthertype));
 
     let mut bad_tcp = tcp_frame(80, 1, 0, 0x02, b"");
     let last = bad_tcp.len() - 1;
     bad_tcp[last] ^= 0x55;
-    assert_eq!(
-        run(&mut s, &bad_tcp).0,
-        Verdict::Drop(DropReason::MalformedTcp)
-    );
+    assert_eq!(run(&mut s, &bad_tcp).0, Verdict::Drop(DropReason::MalformedTcp));
     assert_eq!(s.counters().tcp_resets, 0);
 
     let total: u64 = s.counters().drops.iter().sum();

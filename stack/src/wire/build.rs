@@ -43,12 +43,7 @@ pub fn arp(
 }
 
 /// Writes an ARP request for `target_ip` from (`mac`, `ip`) and returns the frame length.
-pub fn arp_request(
-    buf: &mut [u8],
-    mac: EthernetAddress,
-    ip: Ipv4Addr,
-    target_ip: Ipv4Addr,
-) -> usize {
+pub fn arp_request(buf: &mut [u8], mac: EthernetAddress, ip: Ipv4Addr, target_ip: Ipv4Addr) -> usize {
     arp(
         buf,
         EthernetAddress::BROADCAST,
@@ -59,14 +54,7 @@ pub fn arp_request(
 }
 
 /// Writes a 20-byte IPv4 header (no options, DF set) at the start of `buf`, with its checksum.
-pub fn ipv4_header(
-    buf: &mut [u8],
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    protocol: u8,
-    payload_len: usize,
-    ttl: u8,
-) {
+pub fn ipv4_header(buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload_len: usize, ttl: u8) {
     let h = &mut buf[..IPV4_HEADER_LEN];
     h[0] = 0x45;
     h[1] = 0;
@@ -98,12 +86,7 @@ pub struct ResetFor {
 }
 
 /// Writes a TCP RST answering `seg` into `buf` (Ethernet from `eth_src` to `eth_dst`), returns the frame length.
-pub fn tcp_reset(
-    buf: &mut [u8],
-    eth_dst: EthernetAddress,
-    eth_src: EthernetAddress,
-    seg: &ResetFor,
-) -> usize {
+pub fn tcp_reset(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddress, seg: &ResetFor) -> usize {
     ethernet(buf, eth_dst, eth_src, ETHERTYPE_IPV4);
     let ip_at = ETH_HEADER_LEN;
     ipv4_header(
@@ -155,14 +138,7 @@ pub fn icmp_unreachable(
 ) -> usize {
     let icmp_len = 8 + original.len();
     ethernet(buf, eth_dst, eth_src, ETHERTYPE_IPV4);
-    ipv4_header(
-        &mut buf[ETH_HEADER_LEN..],
-        local,
-        peer,
-        1,
-        icmp_len,
-        DEFAULT_TTL,
-    );
+    ipv4_header(&mut buf[ETH_HEADER_LEN..], local, peer, 1, icmp_len, DEFAULT_TTL);
     let at = ETH_HEADER_LEN + IPV4_HEADER_LEN;
     let m = &mut buf[at..at + icmp_len];
     m[0] = 3;

@@ -143,9 +143,6 @@ mod tests {
         seg[7] = 0;
         let c = l4_checksum(src, dst, 17, &seg);
         seg[6..8].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(
-            !fold(pseudo_header_sum(src, dst, 17, seg.len() as u16) + sum(&seg)),
-            0
-        );
+        assert_eq!(!fold(pseudo_header_sum(src, dst, 17, seg.len() as u16) + sum(&seg)), 0);
     }
 }

@@ -9,8 +9,8 @@ pub mod build;
 pub mod checksum;
 
 pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol,
-    Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
+    ArpHardware, ArpOperation, ArpPacket, EthernetAddress, EthernetFrame, EthernetProtocol, Icmpv4Message,
+    Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket,
 };
 pub use std::net::Ipv4Addr;
 

@@ -21,6 +21,10 @@ use crate::xsk::worker::{FrameCounts, Worker, WorkerOptions};
 pub struct WorkerPlan {
     /// Worker name (`w<core>`).
     pub name: String,
+    /// Index of the worker (0..workers), in core order.
+    pub index: usize,
+    /// Number of workers.
+    pub workers: usize,
     /// Core the worker is pinned to.
     pub core: usize,
     /// The worker's ports as (interface index in config, queue id), in [`PortId`](crate::pipeline::PortId) order.
@@ -73,6 +77,8 @@ pub fn plan_workers(interfaces: &[InterfaceConfig]) -> Result<Vec<WorkerPlan>, D
         for (&queue, &core) in iface.queues.iter().zip(&iface.cores) {
             let plan = by_core.entry(core).or_insert_with(|| WorkerPlan {
                 name: format!("w{core}"),
+                index: 0,
+                workers: 0,
                 core,
                 ports: vec![],
                 links: vec![],
@@ -85,7 +91,13 @@ pub fn plan_workers(interfaces: &[InterfaceConfig]) -> Result<Vec<WorkerPlan>, D
             }
         }
     }
-    Ok(by_core.into_values().collect())
+    let mut plans: Vec<WorkerPlan> = by_core.into_values().collect();
+    let workers = plans.len();
+    for (index, plan) in plans.iter_mut().enumerate() {
+        plan.index = index;
+        plan.workers = workers;
+    }
+    Ok(plans)
 }
 
 struct RunningWorker {
@@ -128,9 +140,7 @@ impl Datapath {
         };
         for plan in &plans {
             let ports_per_worker = plan.ports.len() as u32;
-            let frames = datapath
-                .umem_frames
-                .max(datapath.ring_size * 2 * ports_per_worker);
+            let frames = datapath.umem_frames.max(datapath.ring_size * 2 * ports_per_worker);
             let (umem, descs) = create_umem(frames, datapath.ring_size)
                 .map_err(|e| DatapathError::Other(format!("worker {}: {e}", plan.name)))?;
             let mut ports = Vec::new();
@@ -145,7 +155,10 @@ impl Datapath {
                 };
                 let port = open_port(&umem, &spec, datapath.ring_size)?;
                 filter.register_socket(queue, port.fd()).map_err(|e| {
-                    DatapathError::Other(format!("interface {} queue {queue}: registering the AF_XDP socket in the XDP filter: {e}", iface.name))
+                    DatapathError::Other(format!(
+                        "interface {} queue {queue}: registering the AF_XDP socket in the XDP filter: {e}",
+                        iface.name
+                    ))
                 })?;
                 tracing::info!(iface = %iface.name, queue, worker = %plan.name, zero_copy = port.zero_copy, "AF_XDP socket bound");
                 ports.push(port);
@@ -163,9 +176,7 @@ impl Datapath {
             let thread = std::thread::Builder::new()
                 .name(format!("xlb-{}", plan.name))
                 .spawn(move || worker.run(&stop).frames())
-                .map_err(|e| {
-                    DatapathError::Other(format!("spawning worker thread {}: {e}", plan.name))
-                })?;
+                .map_err(|e| DatapathError::Other(format!("spawning worker thread {}: {e}", plan.name)))?;
             dp.workers.push(RunningWorker {
                 name: plan.name.clone(),
                 counters,
@@ -182,18 +193,11 @@ impl Datapath {
     }
 
     /// Makes the filter of interface `i` (config order) send frames for `addr` to the workers.
-    pub fn add_address(
-        &self,
-        i: usize,
-        addr: Ipv4Addr,
-        kind: AddrKind,
-    ) -> Result<(), DatapathError> {
+    pub fn add_address(&self, i: usize, addr: Ipv4Addr, kind: AddrKind) -> Result<(), DatapathError> {
         let (name, filter) = &self.filters[i];
-        filter.add_address(addr, kind).map_err(|e| {
-            DatapathError::Other(format!(
-                "interface {name}: adding {addr} to the XDP address map: {e}"
-            ))
-        })
+        filter
+            .add_address(addr, kind)
+            .map_err(|e| DatapathError::Other(format!("interface {name}: adding {addr} to the XDP address map: {e}")))
     }
 
     /// Latest counters of every worker, by worker name.

@@ -103,31 +103,18 @@ impl XdpFilter {
             iface: ifname.to_string(),
             source,
         };
-        let cname = CString::new(ifname).map_err(|_| {
-            err(
-                "bad interface name",
-                io::Error::from(io::ErrorKind::InvalidInput),
-            )
-        })?;
+        let cname = CString::new(ifname)
+            .map_err(|_| err("bad interface name", io::Error::from(io::ErrorKind::InvalidInput)))?;
         // SAFETY: plain libc call with a valid C string.
         let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) } as i32;
         if ifindex == 0 {
             return Err(err("looking up the interface", io::Error::last_os_error()));
         }
         // SAFETY: the buffer is a static ELF object that outlives the call; libbpf copies what it keeps.
-        let object = unsafe {
-            sys::bpf_object__open_mem(
-                FILTER_OBJECT.as_ptr().cast(),
-                FILTER_OBJECT.len(),
-                std::ptr::null(),
-            )
-        };
-        let object = NonNull::new(object).ok_or_else(|| {
-            err(
-                "opening the embedded BPF object",
-                io::Error::last_os_error(),
-            )
-        })?;
+        let object =
+            unsafe { sys::bpf_object__open_mem(FILTER_OBJECT.as_ptr().cast(), FILTER_OBJECT.len(), std::ptr::null()) };
+        let object =
+            NonNull::new(object).ok_or_else(|| err("opening the embedded BPF object", io::Error::last_os_error()))?;
         let mut filter = XdpFilter {
             object,
             ifname: ifname.to_string(),
@@ -146,9 +133,7 @@ impl XdpFilter {
                 io::Error::from_raw_os_error(-rc),
             ));
         }
-        filter.xsks_fd = filter
-            .map_fd("xlb_xsks")
-            .map_err(|e| err("finding map xlb_xsks", e))?;
+        filter.xsks_fd = filter.map_fd("xlb_xsks").map_err(|e| err("finding map xlb_xsks", e))?;
         filter.addrs_fd = filter
             .map_fd("xlb_addrs")
             .map_err(|e| err("finding map xlb_addrs", e))?;
@@ -190,25 +175,16 @@ impl XdpFilter {
                 filter.mode = attached;
                 return Ok(filter);
             }
-            tracing::debug!(
-                iface = ifname,
-                ?attached,
-                errno = -rc,
-                "XDP attach attempt failed"
-            );
+            tracing::debug!(iface = ifname, ?attached, errno = -rc, "XDP attach attempt failed");
             last = Some(io::Error::from_raw_os_error(-rc));
         }
-        Err(err(
-            "attaching the XDP filter",
-            last.expect("at least one attempt"),
-        ))
+        Err(err("attaching the XDP filter", last.expect("at least one attempt")))
     }
 
     fn map_fd(&self, name: &str) -> io::Result<RawFd> {
         let cname = CString::new(name).expect("no NUL");
         // SAFETY: valid object and C string.
-        let map =
-            unsafe { sys::bpf_object__find_map_by_name(self.object.as_ptr(), cname.as_ptr()) };
+        let map = unsafe { sys::bpf_object__find_map_by_name(self.object.as_ptr(), cname.as_ptr()) };
         if map.is_null() {
             return Err(io::Error::from_raw_os_error(libc::ENOENT));
         }
@@ -233,11 +209,7 @@ impl XdpFilter {
 
     /// Makes the filter send frames for `addr` to userspace.
     pub fn add_address(&self, addr: Ipv4Addr, kind: AddrKind) -> io::Result<()> {
-        self.update(
-            self.addrs_fd,
-            &u32::from_ne_bytes(addr.octets()),
-            &(kind as u32),
-        )
+        self.update(self.addrs_fd, &u32::from_ne_bytes(addr.octets()), &(kind as u32))
     }
 
     /// Returns frames for `addr` to the kernel.
@@ -253,9 +225,7 @@ impl XdpFilter {
 
     fn update<K, V>(&self, fd: RawFd, key: &K, value: &V) -> io::Result<()> {
         // SAFETY: key and value point to values of the map's key and value types (u32 in every xlb map).
-        let rc = unsafe {
-            sys::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), 0)
-        };
+        let rc = unsafe { sys::bpf_map_update_elem(fd, (key as *const K).cast(), (value as *const V).cast(), 0) };
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(-rc));
         }
@@ -271,11 +241,7 @@ impl XdpFilter {
             let key = key as u32;
             // SAFETY: a per-CPU array lookup writes one u64 per possible CPU into `values`.
             let rc = unsafe {
-                sys::bpf_map_lookup_elem(
-                    self.stats_fd,
-                    (&key as *const u32).cast(),
-                    values.as_mut_ptr().cast(),
-                )
+                sys::bpf_map_lookup_elem(self.stats_fd, (&key as *const u32).cast(), values.as_mut_ptr().cast())
             };
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(-rc));

@@ -8,9 +8,12 @@ use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 
 use xsk_rs::config::{BindFlags, FrameSize, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
-use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+use xsk_rs::{CompQueue, FillQueue, RxQueue, Socket, TxQueue};
 
 use crate::config::ZeroCopy;
+
+/// The UMEM and frame descriptor types of the AF_XDP binding, for code that drives a [`Port`]'s rings itself.
+pub use xsk_rs::{FrameDesc, Umem};
 
 /// Size of every UMEM frame (one page: fits a 1500-byte MTU frame plus headroom, and is what zero-copy
 /// drivers expect).
@@ -34,6 +37,67 @@ impl Port {
     /// The socket's file descriptor (for the XDP filter's socket map and for poll(2)).
     pub fn fd(&self) -> RawFd {
         self.rx.fd().as_raw_fd()
+    }
+
+    // A small batch API over the four rings, for programs that drive a port without a worker (load
+    // generators, tests). The worker uses the rings directly.
+
+    /// Takes up to `descs.len()` received frames off the RX ring into `descs`; returns how many.
+    ///
+    /// # Safety
+    ///
+    /// The port must have been opened on the UMEM whose frames are handed to it. The received frames are the
+    /// caller's until given back to a fill or TX ring.
+    pub unsafe fn rx_batch(&mut self, descs: &mut [FrameDesc]) -> usize {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.rx.consume(descs) }
+    }
+
+    /// Puts as many of `descs` as fit on the TX ring and, if the kernel asks for it, wakes it to send;
+    /// returns how many were queued. Call it with an empty slice to only wake the kernel: in copy mode the
+    /// kernel sends a limited number of frames per wake-up, so frames can still wait in the ring.
+    ///
+    /// # Safety
+    ///
+    /// The frames must belong to this port's UMEM and be owned by the caller; the queued ones belong to the
+    /// kernel until they come back through [`Port::complete_batch`].
+    pub unsafe fn tx_batch(&mut self, descs: &[FrameDesc]) -> io::Result<usize> {
+        let room = self.tx.nb_free(descs.len() as u32) as usize;
+        // SAFETY: forwarded to the caller.
+        let queued = unsafe { self.tx.produce(&descs[..room.min(descs.len())]) };
+        if self.tx.needs_wakeup() {
+            self.tx.wakeup()?;
+        }
+        Ok(queued)
+    }
+
+    /// Gives as many of `descs` as fit to the fill ring, waking the kernel if it asks for it; returns how
+    /// many were given.
+    ///
+    /// # Safety
+    ///
+    /// The frames must belong to this port's UMEM and be owned by the caller; the given ones belong to the
+    /// kernel until they come back through [`Port::rx_batch`].
+    pub unsafe fn fill_batch(&mut self, descs: &[FrameDesc]) -> usize {
+        let room = self.fill.nb_free(descs.len() as u32) as usize;
+        // SAFETY: forwarded to the caller.
+        let given = unsafe { self.fill.produce(&descs[..room.min(descs.len())]) };
+        if given > 0 && self.fill.needs_wakeup() {
+            // A failed wake-up only delays reception until the next one.
+            let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+        }
+        given
+    }
+
+    /// Takes up to `descs.len()` frames the kernel has finished transmitting off the completion ring into
+    /// `descs`; returns how many. Their data lengths read 0 again.
+    ///
+    /// # Safety
+    ///
+    /// The port must have been opened on the UMEM whose frames were sent through it.
+    pub unsafe fn complete_batch(&mut self, descs: &mut [FrameDesc]) -> usize {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.comp.consume(descs) }
     }
 }
 
@@ -60,9 +124,7 @@ fn io_cause(e: &(dyn std::error::Error + 'static)) -> io::Error {
 
 fn hint(err: &io::Error, zero_copy: bool) -> &'static str {
     match err.raw_os_error() {
-        Some(libc::EPERM) | Some(libc::EACCES) => {
-            " (needs root or CAP_NET_ADMIN + CAP_NET_RAW + CAP_BPF)"
-        }
+        Some(libc::EPERM) | Some(libc::EACCES) => " (needs root or CAP_NET_ADMIN + CAP_NET_RAW + CAP_BPF)",
         Some(libc::EINVAL) => " (queue id out of range for this interface? see `ethtool -l`)",
         Some(libc::EOPNOTSUPP) if zero_copy => {
             " (the driver has no zero-copy AF_XDP support; use zero_copy = \"auto\" or \"off\")"
@@ -91,16 +153,14 @@ pub struct PortSpec {
 
 /// Creates a UMEM of `frames` frames and ring size `ring_size`; returns it with every frame descriptor.
 pub fn create_umem(frames: u32, ring_size: u32) -> io::Result<(Umem, Vec<FrameDesc>)> {
-    let ring =
-        QueueSize::new(ring_size).map_err(|e| io::Error::other(format!("ring size: {e}")))?;
+    let ring = QueueSize::new(ring_size).map_err(|e| io::Error::other(format!("ring size: {e}")))?;
     let config = UmemConfig::builder()
         .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| io::Error::other(e.to_string()))?)
         .fill_queue_size(ring)
         .comp_queue_size(ring)
         .build()
         .map_err(|e| io::Error::other(e.to_string()))?;
-    let frames = NonZeroU32::new(frames)
-        .ok_or_else(|| io::Error::other("datapath.umem_frames must be > 0"))?;
+    let frames = NonZeroU32::new(frames).ok_or_else(|| io::Error::other("datapath.umem_frames must be > 0"))?;
     Umem::new(config, frames, false).map_err(|e| {
         let cause = io_cause(&e);
         let hint = hint(&cause, false);

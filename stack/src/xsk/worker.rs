@@ -81,13 +81,7 @@ pub struct Worker<P: Pipeline> {
 
 impl<P: Pipeline> Worker<P> {
     /// A worker over `ports` sharing `umem` whose frames are `frames`.
-    pub fn new(
-        options: WorkerOptions,
-        umem: Umem,
-        frames: Vec<FrameDesc>,
-        ports: Vec<Port>,
-        pipeline: P,
-    ) -> Self {
+    pub fn new(options: WorkerOptions, umem: Umem, frames: Vec<FrameDesc>, ports: Vec<Port>, pipeline: P) -> Self {
         let n = ports.len();
         let batch = options.batch_size.max(1);
         let now = Instant::now();
@@ -97,9 +91,7 @@ impl<P: Pipeline> Worker<P> {
             in_fill: vec![0; n],
             in_tx: vec![0; n],
             scratch: vec![FrameDesc::default(); batch.max(options.ring_size as usize)],
-            tx_batches: (0..n)
-                .map(|_| Vec::with_capacity(batch * (n + 1)))
-                .collect(),
+            tx_batches: (0..n).map(|_| Vec::with_capacity(batch * (n + 1))).collect(),
             rings: RingCounters::default(),
             tx_ring_full_frames: 0,
             shared: Arc::new(SharedCounters::default()),
@@ -171,10 +163,7 @@ impl<P: Pipeline> Worker<P> {
 
     /// Sleeps in poll(2) on every port until a frame arrives or the next timer (at most [`MAX_SLEEP`]).
     fn sleep(&mut self, now: Instant) {
-        let timeout = self
-            .next_timer
-            .saturating_duration_since(now)
-            .min(MAX_SLEEP);
+        let timeout = self.next_timer.saturating_duration_since(now).min(MAX_SLEEP);
         let mut fds: [libc::pollfd; 64] = [libc::pollfd {
             fd: -1,
             events: 0,
@@ -186,13 +175,7 @@ impl<P: Pipeline> Worker<P> {
         }
         let n = self.ports.len().min(64);
         // SAFETY: `fds[..n]` are initialised pollfd structs.
-        unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                n as libc::nfds_t,
-                timeout.as_millis() as i32,
-            )
-        };
+        unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout.as_millis() as i32) };
     }
 
     /// One turn of the loop. Returns the number of frames received, sent or reclaimed (0 = idle).
@@ -339,9 +322,7 @@ impl<P: Pipeline> Worker<P> {
                 return;
             }
             let port = &mut self.ports[p];
-            let k = want
-                .min(self.free.len())
-                .min(port.fill.nb_free(want as u32) as usize);
+            let k = want.min(self.free.len()).min(port.fill.nb_free(want as u32) as usize);
             let from = self.free.len() - k;
             // SAFETY: free frames are ours; the fill ring owns them until they come back on the RX ring.
             let given = unsafe { port.fill.produce(&self.free[from..]) };

@@ -50,9 +50,7 @@ fn demo(hold: Duration) -> Result<()> {
     let xlb = Appliance::start(&lab, &lb, "demo-lb1", CONFIG)?;
     show("ext0", &lb.ip(&["link", "show", "ext0"])?);
 
-    step(
-        "client pings 198.18.0.10 (owned only by xlb): ARP and ICMP answered from the AF_XDP stack",
-    );
+    step("client pings 198.18.0.10 (owned only by xlb): ARP and ICMP answered from the AF_XDP stack");
     show(
         "client",
         &client.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", "198.18.0.10"])?,
@@ -60,17 +58,11 @@ fn demo(hold: Duration) -> Result<()> {
     show("client", &client.ip(&["neigh", "show", "198.18.0.10"])?);
 
     step("TCP to a port xlb does not serve: RST (connection refused), counted");
-    let out = client.output(
-        "socat",
-        &["-T", "2", "-", "TCP:198.18.0.10:22,connect-timeout=2"],
-    )?;
+    let out = client.output("socat", &["-T", "2", "-", "TCP:198.18.0.10:22,connect-timeout=2"])?;
     show("client", String::from_utf8_lossy(&out.stderr).trim());
 
     step("the kernel's own address on the same link still works (XDP_PASS)");
-    show(
-        "client",
-        &client.run("ping", &["-c", "1", "-W", "2", "198.18.0.2"])?,
-    );
+    show("client", &client.run("ping", &["-c", "1", "-W", "2", "198.18.0.2"])?);
 
     step("xlbctl stats");
     show("xlbctl", &xlb.xlbctl(&["stats"])?);

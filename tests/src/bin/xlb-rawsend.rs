@@ -21,17 +21,11 @@ fn send(iface: &str, frames: &[Vec<u8>]) -> Result<(), String> {
     unsafe {
         let ifindex = libc::if_nametoindex(name.as_ptr());
         if ifindex == 0 {
-            return Err(format!(
-                "interface {iface}: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("interface {iface}: {}", std::io::Error::last_os_error()));
         }
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         if fd < 0 {
-            return Err(format!(
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("AF_PACKET socket: {}", std::io::Error::last_os_error()));
         }
         let mut addr: libc::sockaddr_ll = std::mem::zeroed();
         addr.sll_family = libc::AF_PACKET as u16;

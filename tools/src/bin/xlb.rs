@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use xlb_tools::config::Config;
 
 #[derive(Parser)]
-#[command(
-    name = "xlb",
-    version,
-    about = "xlb load-balancer appliance (AF_XDP datapath)"
-)]
+#[command(name = "xlb", version, about = "xlb load-balancer appliance (AF_XDP datapath)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,9 +37,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let result = match cli.command {
         Command::Check { config } => Config::load(&config).map(|c| {

@@ -45,10 +45,7 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
 fn get(cli: &Cli, path: &str) -> Result<Value, String> {
     let (status, body) = control::request(&socket_path(cli)?, "GET", path)?;
     if status != 200 {
-        return Err(body["error"]
-            .as_str()
-            .unwrap_or("request failed")
-            .to_string());
+        return Err(body["error"].as_str().unwrap_or("request failed").to_string());
     }
     Ok(body)
 }
@@ -78,14 +75,8 @@ fn print_stats(doc: &Value) {
         }
         println!("{:>14}", doc["totals"][key].as_u64().unwrap_or(0));
     }
-    let drops = doc["totals"]["drops"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let nonzero: Vec<_> = drops
-        .iter()
-        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
-        .collect();
+    let drops = doc["totals"]["drops"].as_object().cloned().unwrap_or_default();
+    let nonzero: Vec<_> = drops.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).collect();
     println!("\ndrops{}", if nonzero.is_empty() { ": none" } else { "" });
     for (reason, n) in nonzero {
         println!("  {reason:<24}{:>14}", n.as_u64().unwrap_or(0));

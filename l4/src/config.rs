@@ -1,0 +1,296 @@
+//! L4 config: `[[listener]]`, `[[group]]` and `[l4]`, with validation that names the bad field.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::Deserialize;
+use xlb_stack::config::InterfaceConfig;
+
+use crate::conn::{Forwarding, Proto, Timeouts};
+use crate::health::HealthCheckConfig;
+use crate::sched::SchedulerKind;
+
+/// `[[listener]]`: a VIP:port served by a group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name (stats, logs).
+    pub name: String,
+    /// Virtual IP.
+    pub vip: Ipv4Addr,
+    /// Port.
+    pub port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: Proto,
+    /// Scheduler.
+    #[serde(default = "default_scheduler")]
+    pub scheduler: SchedulerKind,
+    /// `fullnat` or `dr`.
+    #[serde(default = "default_forwarding")]
+    pub forwarding: Forwarding,
+    /// Server group name.
+    pub group: String,
+    /// Interface the VIP is announced on (ARP); default: the one whose subnet holds the VIP, else the first.
+    #[serde(default)]
+    pub interface: Option<String>,
+}
+
+fn default_scheduler() -> SchedulerKind {
+    SchedulerKind::Wrr
+}
+
+fn default_forwarding() -> Forwarding {
+    Forwarding::Fullnat
+}
+
+/// A server of a group.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port.
+    pub addr: SocketAddrV4,
+    /// Weight; 0 drains the server (no new flows, existing ones continue).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// `[[group]]`: backend servers and their health check.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Name, referenced by listeners.
+    pub name: String,
+    /// Servers.
+    pub servers: Vec<ServerConfig>,
+    /// Health check; without one every server is considered healthy.
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+/// `[l4]`: connection table and FULLNAT settings (optional).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct L4Config {
+    /// Connections per worker (memory is reserved up front: about 100 bytes per entry plus index).
+    pub conn_table_size: usize,
+    /// Local ports FULLNAT uses towards backends, inclusive. Ports are split between workers.
+    pub local_port_min: u16,
+    /// Upper end of the local port range.
+    pub local_port_max: u16,
+    /// Per-state timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Default for L4Config {
+    fn default() -> Self {
+        L4Config {
+            conn_table_size: 262_144,
+            local_port_min: 10_000,
+            local_port_max: 60_999,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Local ports reserved for health-check probes (outside the FULLNAT range by validation).
+pub const PROBE_PORT_BASE: u16 = 61_000;
+/// Number of probe ports.
+pub const PROBE_PORTS: u16 = 1_000;
+
+/// Checks listeners and groups against each other and the interfaces. Errors name the field.
+pub fn validate(
+    listeners: &[ListenerConfig],
+    groups: &[GroupConfig],
+    l4: &L4Config,
+    interfaces: &[InterfaceConfig],
+) -> Result<(), String> {
+    let mut group_names = HashSet::new();
+    for (i, g) in groups.iter().enumerate() {
+        let at = format!("group[{i}] ({})", g.name);
+        if g.name.is_empty() {
+            return Err(format!("group[{i}].name: must not be empty"));
+        }
+        if !group_names.insert(g.name.as_str()) {
+            return Err(format!("{at}.name: defined twice"));
+        }
+        if g.servers.len() > usize::from(u16::MAX) {
+            return Err(format!("{at}.servers: too many servers"));
+        }
+        let mut seen = HashSet::new();
+        for s in &g.servers {
+            if !seen.insert(s.addr) {
+                return Err(format!("{at}.servers: {} listed twice", s.addr));
+            }
+            if s.addr.port() == 0 {
+                return Err(format!("{at}.servers: {} has port 0", s.addr));
+            }
+        }
+        if let Some(hc) = &g.health_check {
+            hc.validate().map_err(|e| format!("{at}.{e}"))?;
+        }
+    }
+    let own: HashSet<Ipv4Addr> = interfaces
+        .iter()
+        .flat_map(|i| i.addresses.iter().map(|n| n.addr))
+        .collect();
+    let mut endpoints = HashSet::new();
+    let mut names = HashSet::new();
+    for (i, l) in listeners.iter().enumerate() {
+        let at = format!("listener[{i}] ({})", l.name);
+        if !names.insert(l.name.as_str()) {
+            return Err(format!("{at}.name: defined twice"));
+        }
+        if !endpoints.insert((l.vip, l.port, l.protocol)) {
+            return Err(format!(
+                "{at}: {}:{} {:?} is served by another listener",
+                l.vip, l.port, l.protocol
+            ));
+        }
+        if l.port == 0 {
+            return Err(format!("{at}.port: must not be 0"));
+        }
+        if own.contains(&l.vip) {
+            return Err(format!(
+                "{at}.vip: {} is an interface address; VIPs must be separate addresses",
+                l.vip
+            ));
+        }
+        let Some(group) = groups.iter().find(|g| g.name == l.group) else {
+            return Err(format!("{at}.group: no [[group]] named {:?}", l.group));
+        };
+        if let Some(name) = &l.interface {
+            if !interfaces.iter().any(|i| &i.name == name) {
+                return Err(format!("{at}.interface: no [[interface]] named {name:?}"));
+            }
+        }
+        for s in &group.servers {
+            let connected = interfaces
+                .iter()
+                .any(|i| i.addresses.iter().any(|n| n.prefix < 32 && n.contains(*s.addr.ip())));
+            let routed = interfaces.iter().any(|i| i.gateway.is_some());
+            if !connected && !routed {
+                return Err(format!(
+                    "{at}: server {} of group {:?} is on no interface's subnet and no gateway is set",
+                    s.addr, group.name
+                ));
+            }
+            if l.forwarding == Forwarding::Dr && !connected {
+                return Err(format!(
+                    "{at}.forwarding: dr needs server {} on a directly connected subnet",
+                    s.addr
+                ));
+            }
+            if l.forwarding == Forwarding::Dr && s.addr.port() != l.port {
+                return Err(format!(
+                    "{at}.forwarding: dr cannot change the port ({} vs listener port {})",
+                    s.addr, l.port
+                ));
+            }
+        }
+    }
+    if l4.conn_table_size == 0 {
+        return Err("l4.conn_table_size: must be at least 1".into());
+    }
+    if l4.local_port_min < 1024 || l4.local_port_min > l4.local_port_max {
+        return Err("l4.local_port_min: must be >= 1024 and <= local_port_max".into());
+    }
+    if l4.local_port_max >= PROBE_PORT_BASE {
+        return Err(format!(
+            "l4.local_port_max: must be below {PROBE_PORT_BASE} (ports above are for health checks)"
+        ));
+    }
+    l4.timeouts.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Doc {
+        #[serde(default)]
+        listener: Vec<ListenerConfig>,
+        #[serde(default)]
+        group: Vec<GroupConfig>,
+        #[serde(default)]
+        l4: L4Config,
+        interface: Vec<InterfaceConfig>,
+    }
+
+    const BASE: &str = r#"
+        [[interface]]
+        name = "ext0"
+        queues = [0]
+        cores = [0]
+        addresses = ["198.18.0.10/24"]
+        [[interface]]
+        name = "int0"
+        queues = [0]
+        cores = [0]
+        addresses = ["198.19.0.10/24"]
+
+        [[listener]]
+        name = "web"
+        vip = "198.18.0.100"
+        port = 80
+        protocol = "tcp"
+        scheduler = "wrr"
+        forwarding = "fullnat"
+        group = "web"
+
+        [[group]]
+        name = "web"
+        servers = [{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 3 }]
+        health_check = { kind = "tcp", interval_ms = 500, timeout_ms = 300, rise = 2, fall = 2 }
+    "#;
+
+    fn check(text: &str) -> Result<(), String> {
+        let d: Doc = toml::from_str(text).map_err(|e| e.to_string())?;
+        validate(&d.listener, &d.group, &d.l4, &d.interface)
+    }
+
+    #[test]
+    fn documented_example_is_valid() {
+        check(BASE).unwrap();
+        let d: Doc = toml::from_str(BASE).unwrap();
+        assert_eq!(d.listener[0].scheduler, SchedulerKind::Wrr);
+        assert_eq!(d.group[0].servers[1].weight, 3);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                BASE.replace("group = \"web\"", "group = \"api\""),
+                "listener[0] (web).group",
+            ),
+            (
+                BASE.replace("vip = \"198.18.0.100\"", "vip = \"198.18.0.10\""),
+                "listener[0] (web).vip",
+            ),
+            (
+                BASE.replace("198.19.0.3:8080", "198.20.0.3:8080"),
+                "is on no interface's subnet",
+            ),
+            (
+                BASE.replace("forwarding = \"fullnat\"", "forwarding = \"dr\""),
+                "listener[0] (web).forwarding",
+            ),
+            (
+                BASE.replace("scheduler = \"wrr\"", "scheduler = \"fastest\""),
+                "fastest",
+            ),
+            (BASE.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "sctp"),
+            (format!("{BASE}\n[l4]\nlocal_port_max = 62000\n"), "l4.local_port_max"),
+            (BASE.replace("198.19.0.3:8080", "198.19.0.2:8080"), "listed twice"),
+        ];
+        for (text, expected) in cases {
+            let e = check(&text).unwrap_err();
+            assert!(e.contains(expected), "expected {expected:?} in: {e}");
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The per-worker connection table: fixed capacity, O(1) lookup by either direction, expiry by a timer wheel.
+//!
+//! Entries live in a slab allocated once at the configured capacity. Each connection is indexed under its
+//! client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local address), both in one
+//! hash map sized up front. A packet touches one hash lookup and one entry; expiry never scans the table.
+//!
+//! [`Conn`] is plain data holding everything needed to keep forwarding, so HA session sync can export and
+//! import entries as they are.
+
+pub mod state;
+pub mod wheel;
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::{Duration, Instant};
+
+use xlb_stack::wire::EthernetAddress;
+
+pub use state::{ConnState, Dir, FinSeen, TcpFlags, Timeouts};
+use wheel::{Due, TimerWheel, NIL};
+
+/// Granularity of connection timeouts.
+pub const TICK: Duration = Duration::from_millis(100);
+/// Slots of the timer wheel (covers 409.6 s at 100 ms; longer timeouts are re-armed).
+const WHEEL_SLOTS: usize = 4096;
+
+/// Transport protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum Proto {
+    /// TCP.
+    Tcp = 6,
+    /// UDP.
+    Udp = 17,
+}
+
+/// How packets reach the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Full NAT: client → VIP becomes local IP:port → backend; replies come back through xlb.
+    Fullnat,
+    /// Direct routing: only the destination MAC is rewritten; the backend holds the VIP and replies directly.
+    Dr,
+}
+
+/// A lookup key: one direction of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Protocol.
+    pub proto: Proto,
+    /// Source address and port of the packet.
+    pub src: SocketAddrV4,
+    /// Destination address and port of the packet.
+    pub dst: SocketAddrV4,
+}
+
+/// A tracked connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    /// Protocol.
+    pub proto: Proto,
+    /// Forwarding method.
+    pub forwarding: Forwarding,
+    /// The client.
+    pub client: SocketAddrV4,
+    /// The listener's VIP and port.
+    pub vip: SocketAddrV4,
+    /// FULLNAT: the local address and port used towards the backend. DR: equal to `client`.
+    pub local: SocketAddrV4,
+    /// The chosen backend server.
+    pub backend: SocketAddrV4,
+    /// Listener index (config order).
+    pub listener: u16,
+    /// Server index within the listener's group.
+    pub server: u16,
+    /// TCP state (or `Udp`).
+    pub state: ConnState,
+    /// FINs seen.
+    pub fins: FinSeen,
+    /// Port the client's packets arrive on; replies leave there ("out where it came in").
+    pub client_port: u8,
+    /// MAC the client's packets came from (the client or the router before it); replies go to it.
+    pub client_mac: EthernetAddress,
+    /// Packets seen from the client (HA syncs a session after a threshold).
+    pub client_packets: u32,
+}
+
+impl Conn {
+    /// The key of client → VIP packets.
+    pub fn client_key(&self) -> FlowKey {
+        FlowKey {
+            proto: self.proto,
+            src: self.client,
+            dst: self.vip,
+        }
+    }
+
+    /// The key of backend → local packets (FULLNAT only).
+    pub fn server_key(&self) -> Option<FlowKey> {
+        (self.forwarding == Forwarding::Fullnat).then_some(FlowKey {
+            proto: self.proto,
+            src: self.backend,
+            dst: self.local,
+        })
+    }
+}
+
+/// Index of an entry in the table.
+pub type ConnId = u32;
+
+/// The table is at capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableFull;
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    conn: Conn,
+    /// Deadline in ticks.
+    expires: u64,
+    /// Wheel link.
+    next: u32,
+    live: bool,
+}
+
+/// The connection table of one worker.
+pub struct ConnTable {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    index: HashMap<FlowKey, ConnId, ahash::RandomState>,
+    wheel: TimerWheel,
+    epoch: Instant,
+    timeouts: Timeouts,
+}
+
+impl ConnTable {
+    /// A table for `capacity` connections, all memory reserved now.
+    pub fn new(capacity: usize, timeouts: Timeouts, now: Instant) -> Self {
+        let blank = Entry {
+            conn: Conn {
+                proto: Proto::Tcp,
+                forwarding: Forwarding::Fullnat,
+                client: SocketAddrV4::new(0.into(), 0),
+                vip: SocketAddrV4::new(0.into(), 0),
+                local: SocketAddrV4::new(0.into(), 0),
+                backend: SocketAddrV4::new(0.into(), 0),
+                listener: 0,
+                server: 0,
+                state: ConnState::Close,
+                fins: FinSeen::default(),
+                client_port: 0,
+                client_mac: EthernetAddress([0; 6]),
+                client_packets: 0,
+            },
+            expires: 0,
+            next: NIL,
+            live: false,
+        };
+        ConnTable {
+            entries: vec![blank; capacity],
+            free: (0..capacity as u32).rev().collect(),
+            index: HashMap::with_capacity_and_hasher(capacity * 2, ahash::RandomState::new()),
+            wheel: TimerWheel::new(WHEEL_SLOTS, 0),
+            epoch: now,
+            timeouts,
+        }
+    }
+
+    /// Number of live connections.
+    pub fn len(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    /// Whether no connection is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Maximum number of connections.
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// The configured timeouts.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    fn tick(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u64
+    }
+
+    fn deadline(&self, now: Instant, state: ConnState) -> u64 {
+        self.tick(now) + (self.timeouts.of(state).as_millis() / TICK.as_millis()) as u64
+    }
+
+    /// The connection a packet with `key` belongs to.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<ConnId> {
+        self.index.get(key).copied()
+    }
+
+    /// A connection.
+    #[inline]
+    pub fn get(&self, id: ConnId) -> &Conn {
+        &self.entries[id as usize].conn
+    }
+
+    /// A connection, mutable. Call [`ConnTable::touch`] after changing its state.
+    #[inline]
+    pub fn get_mut(&mut self, id: ConnId) -> &mut Conn {
+        &mut self.entries[id as usize].conn
+    }
+
+    /// Inserts a connection expiring after the timeout of its state.
+    pub fn insert(&mut self, now: Instant, conn: Conn) -> Result<ConnId, TableFull> {
+        let id = self.free.pop().ok_or(TableFull)?;
+        let expires = self.deadline(now, conn.state);
+        self.entries[id as usize] = Entry {
+            conn,
+            expires,
+            next: NIL,
+            live: true,
+        };
+        self.index.insert(conn.client_key(), id);
+        if let Some(k) = conn.server_key() {
+            self.index.insert(k, id);
+        }
+        let entries = &mut self.entries;
+        self.wheel.insert(id, expires, |i, n| entries[i as usize].next = n);
+        Ok(id)
+    }
+
+    /// Restarts the connection's timeout from `now` for its current state (O(1): the wheel re-arms lazily).
+    #[inline]
+    pub fn touch(&mut self, id: ConnId, now: Instant) {
+        let deadline = self.deadline(now, self.entries[id as usize].conn.state);
+        self.entries[id as usize].expires = deadline;
+    }
+
+    /// When the connection expires if not touched again.
+    pub fn expires_in(&self, id: ConnId, now: Instant) -> Duration {
+        let left = self.entries[id as usize].expires.saturating_sub(self.tick(now));
+        TICK * left as u32
+    }
+
+    /// Expires connections whose deadline passed, at most `budget` visits per call; `on_expired` sees each
+    /// removed connection (to release its local port and update counters). Returns the number removed.
+    pub fn expire(&mut self, now: Instant, budget: usize, mut on_expired: impl FnMut(&Conn)) -> usize {
+        let now_tick = self.tick(now);
+        let mut removed = 0;
+        let entries = std::cell::RefCell::new(&mut self.entries);
+        let index = &mut self.index;
+        let free = &mut self.free;
+        self.wheel.advance(
+            now_tick,
+            budget,
+            |id| entries.borrow()[id as usize].next,
+            |id, n| entries.borrow_mut()[id as usize].next = n,
+            |id, tick| {
+                let mut e = entries.borrow_mut();
+                let entry = &mut e[id as usize];
+                if entry.expires > tick {
+                    return Due::Later(entry.expires);
+                }
+                entry.live = false;
+                index.remove(&entry.conn.client_key());
+                if let Some(k) = entry.conn.server_key() {
+                    index.remove(&k);
+                }
+                on_expired(&entry.conn);
+                free.push(id);
+                removed += 1;
+                Due::Expired
+            },
+        );
+        removed
+    }
+
+    /// Every live connection (for dumps and HA export).
+    pub fn iter(&self) -> impl Iterator<Item = &Conn> {
+        self.entries.iter().filter(|e| e.live).map(|e| &e.conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn conn(client_port: u16, lport: u16, forwarding: Forwarding) -> Conn {
+        Conn {
+            proto: Proto::Tcp,
+            forwarding,
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), client_port),
+            vip: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80),
+            local: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 10), lport),
+            backend: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 8080),
+            listener: 0,
+            server: 0,
+            state: ConnState::SynRecv,
+            fins: FinSeen::default(),
+            client_port: 0,
+            client_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            client_packets: 1,
+        }
+    }
+
+    #[test]
+    fn lookup_by_both_directions() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(16, Timeouts::default(), t0);
+        let c = conn(40000, 5000, Forwarding::Fullnat);
+        let id = t.insert(t0, c).unwrap();
+        assert_eq!(t.lookup(&c.client_key()), Some(id));
+        assert_eq!(t.lookup(&c.server_key().unwrap()), Some(id));
+        let dr = conn(40001, 0, Forwarding::Dr);
+        let id2 = t.insert(t0, dr).unwrap();
+        assert_eq!(t.lookup(&dr.client_key()), Some(id2));
+        assert_eq!(dr.server_key(), None);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn expires_by_state_timeout_and_touch_extends() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(16, Timeouts::default(), t0);
+        let c = conn(40000, 5000, Forwarding::Fullnat);
+        let id = t.insert(t0, c).unwrap();
+        // SynRecv: 60 s.
+        assert_eq!(t.expire(t0 + Duration::from_secs(59), usize::MAX, |_| {}), 0);
+        t.get_mut(id).state = ConnState::Established;
+        t.touch(id, t0 + Duration::from_secs(59));
+        assert_eq!(
+            t.expire(t0 + Duration::from_secs(61), usize::MAX, |_| {}),
+            0,
+            "touched: now 900 s"
+        );
+        assert_eq!(t.expire(t0 + Duration::from_secs(958), usize::MAX, |_| {}), 0);
+        let mut seen = vec![];
+        assert_eq!(
+            t.expire(t0 + Duration::from_secs(960), usize::MAX, |c| seen.push(*c)),
+            1
+        );
+        assert_eq!(seen[0].client, c.client);
+        assert!(t.is_empty());
+        assert_eq!(t.lookup(&c.client_key()), None);
+        assert_eq!(t.lookup(&c.server_key().unwrap()), None);
+    }
+
+    #[test]
+    fn full_table_refuses_and_frees_after_expiry() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(2, Timeouts::default(), t0);
+        t.insert(t0, conn(1, 1, Forwarding::Fullnat)).unwrap();
+        t.insert(t0, conn(2, 2, Forwarding::Fullnat)).unwrap();
+        assert_eq!(t.insert(t0, conn(3, 3, Forwarding::Fullnat)), Err(TableFull));
+        t.expire(t0 + Duration::from_secs(61), usize::MAX, |_| {});
+        assert!(t
+            .insert(t0 + Duration::from_secs(61), conn(3, 3, Forwarding::Fullnat))
+            .is_ok());
+    }
+
+    #[test]
+    fn many_connections_expire_without_loss_under_a_budget() {
+        let t0 = Instant::now();
+        let n = 10_000;
+        let mut t = ConnTable::new(n, Timeouts::default(), t0);
+        for i in 0..n as u16 {
+            t.insert(
+                t0 + Duration::from_millis(u64::from(i)),
+                conn(i, i, Forwarding::Fullnat),
+            )
+            .unwrap();
+        }
+        let mut removed = 0;
+        let mut now = t0 + Duration::from_secs(70);
+        for _ in 0..100 {
+            removed += t.expire(now, 500, |_| {});
+            now += Duration::from_millis(10);
+        }
+        assert_eq!(removed, n);
+        assert!(t.is_empty());
+    }
+}

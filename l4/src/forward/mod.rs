@@ -1,0 +1,634 @@
+//! The L4 forwarder: the sans-IO stage that turns client packets for a listener into packets for a backend
+//! (FULLNAT or DR) and FULLNAT replies back into packets for the client.
+//!
+//! It plugs into the local stack as its [`Ipv4Handler`]: the stack validates Ethernet and IPv4 and offers each
+//! packet for an owned address here first. Per packet the forwarder does one connection-table lookup, the
+//! rewrite (incremental checksums) and a neighbour lookup; new flows also run the scheduler.
+//!
+//! Ownership: with several workers, every flow has one owner — the hash of the client side for packets to a
+//! VIP, the local port for FULLNAT replies (ports are split between workers), worker 0 for health-check probes.
+//! A worker that receives another's packet hands it over ([`handoff`]), so the connection entry is only ever
+//! touched by its owner.
+
+pub mod handoff;
+pub mod lports;
+pub mod nat;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xlb_stack::counters::DropReason;
+use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use xlb_stack::pipeline::{Frame, PortId, Verdict};
+use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN};
+
+use crate::config::{GroupConfig, L4Config, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
+use crate::conn::state::next_state;
+use crate::conn::{Conn, ConnId, ConnState, ConnTable, Dir, FinSeen, FlowKey, Forwarding, Proto, TableFull, TcpFlags};
+use crate::health::HealthChecker;
+use crate::sched::hash::hash_5tuple;
+use crate::sched::{MaglevTable, Scheduler, ServerView};
+use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
+use handoff::Handoff;
+use lports::LocalPorts;
+
+/// Connections visited per expiry call, so a mass expiry never stalls the datapath.
+const EXPIRE_BUDGET: usize = 4096;
+/// How often counters are published and the health board is read.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// What one worker's forwarder serves.
+pub struct ForwarderConfig {
+    /// Listeners (config order).
+    pub listeners: Vec<ListenerConfig>,
+    /// Groups (config order).
+    pub groups: Vec<GroupConfig>,
+    /// Table and port settings.
+    pub l4: L4Config,
+    /// The appliance's local IPs (FULLNAT sources and health-check sources).
+    pub local_ips: Vec<Ipv4Addr>,
+    /// This worker's index and the number of workers.
+    pub worker: usize,
+    /// Number of workers.
+    pub workers: usize,
+    /// Interface index (config order) of each of this worker's ports.
+    pub port_ifaces: Vec<usize>,
+}
+
+/// A listener at run time.
+struct Listener {
+    config: ListenerConfig,
+    group: usize,
+    servers: Vec<ServerView>,
+    scheduler: Scheduler,
+    maglev: MaglevTable,
+}
+
+impl Listener {
+    fn rebuild(&mut self) {
+        self.scheduler.rebuild(&self.servers);
+        self.maglev = MaglevTable::new(&self.servers, MaglevTable::DEFAULT_SIZE);
+    }
+}
+
+/// Which role a packet's destination plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A listener's VIP:port (client → VIP).
+    Listener(usize),
+    /// A FULLNAT local address (backend → LIP:lport).
+    Reply,
+    /// A health-check probe port.
+    Probe,
+}
+
+/// The L4 forwarder of one worker.
+pub struct Forwarder {
+    listeners: Vec<Listener>,
+    by_endpoint: HashMap<(Proto, SocketAddrV4), usize>,
+    conns: ConnTable,
+    lports: LocalPorts,
+    local_ips: Vec<Ipv4Addr>,
+    worker: usize,
+    workers: usize,
+    port_ifaces: Vec<usize>,
+    iface_ports: HashMap<usize, PortId>,
+    handoff: Option<Handoff>,
+    health: Option<HealthChecker>,
+    board: Arc<HealthBoard>,
+    group_health: Vec<Vec<bool>>,
+    counters: L4Counters,
+    shared: Arc<SharedL4Counters>,
+    next_housekeeping: Instant,
+}
+
+impl Forwarder {
+    /// A forwarder for `config`. `handoff` is this worker's end of the hand-off mesh (with several workers),
+    /// `health` the health checker (on the one worker that runs checks), `board` the shared health states and
+    /// `shared` where this worker publishes its counters.
+    pub fn new(
+        config: ForwarderConfig,
+        handoff: Option<Handoff>,
+        health: Option<HealthChecker>,
+        board: Arc<HealthBoard>,
+        shared: Arc<SharedL4Counters>,
+        now: Instant,
+    ) -> Self {
+        let group_index: HashMap<&str, usize> = config
+            .groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.name.as_str(), i))
+            .collect();
+        let mut listeners = Vec::new();
+        let mut by_endpoint = HashMap::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let group = group_index[l.group.as_str()];
+            let servers: Vec<ServerView> = config.groups[group]
+                .servers
+                .iter()
+                .map(|s| ServerView {
+                    addr: s.addr,
+                    weight: s.weight,
+                    healthy: true,
+                    active: 0,
+                    inactive: 0,
+                })
+                .collect();
+            let vip = SocketAddrV4::new(l.vip, l.port);
+            by_endpoint.insert((l.protocol, vip), i);
+            listeners.push(Listener {
+                scheduler: Scheduler::new(l.scheduler, &servers),
+                maglev: MaglevTable::new(&servers, MaglevTable::DEFAULT_SIZE),
+                config: l.clone(),
+                group,
+                servers,
+            });
+        }
+        let sizes: Vec<usize> = listeners.iter().map(|l| l.servers.len()).collect();
+        let iface_ports = config
+            .port_ifaces
+            .iter()
+            .enumerate()
+            .map(|(port, iface)| (*iface, port))
+            .collect();
+        Forwarder {
+            conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
+            lports: LocalPorts::new(
+                &config.local_ips,
+                config.l4.local_port_min,
+                config.l4.local_port_max,
+                config.worker,
+                config.workers,
+            ),
+            group_health: config.groups.iter().map(|g| vec![true; g.servers.len()]).collect(),
+            counters: L4Counters::new(&sizes),
+            local_ips: config.local_ips,
+            worker: config.worker,
+            workers: config.workers.max(1),
+            port_ifaces: config.port_ifaces,
+            iface_ports,
+            listeners,
+            by_endpoint,
+            handoff,
+            health,
+            board,
+            shared,
+            next_housekeeping: now,
+        }
+    }
+
+    /// The connection table.
+    pub fn conns(&self) -> &ConnTable {
+        &self.conns
+    }
+
+    /// This worker's counters (as of now, not as published).
+    pub fn counters(&self) -> &L4Counters {
+        &self.counters
+    }
+
+    fn role(&self, proto: Proto, dst: SocketAddrV4) -> Option<Role> {
+        if let Some(&l) = self.by_endpoint.get(&(proto, dst)) {
+            return Some(Role::Listener(l));
+        }
+        if !self.local_ips.contains(dst.ip()) {
+            return None;
+        }
+        if self.lports.in_range(dst.port()) {
+            Some(Role::Reply)
+        } else if (PROBE_PORT_BASE..PROBE_PORT_BASE + PROBE_PORTS).contains(&dst.port()) {
+            Some(Role::Probe)
+        } else {
+            None
+        }
+    }
+
+    /// The worker that owns a packet's flow.
+    fn owner(&self, role: Role, key: &FlowKey) -> usize {
+        if self.workers == 1 {
+            return 0;
+        }
+        match role {
+            Role::Listener(_) => (hash_5tuple(key.proto as u8, key.src, key.dst) % self.workers as u64) as usize,
+            Role::Reply => self.lports.owner(key.dst.port()),
+            Role::Probe => 0,
+        }
+    }
+
+    /// Handles a packet this worker owns.
+    #[allow(clippy::too_many_arguments)]
+    fn process_owned(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        key: FlowKey,
+        role: Role,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        match role {
+            Role::Listener(l) => match self.conns.lookup(&key) {
+                Some(id) => Handled::Verdict(self.forward_client(now, id, port, frame, l4, cx)),
+                None => self.new_flow(now, l, port, frame, l4, key, cx),
+            },
+            Role::Reply => match self.conns.lookup(&key) {
+                Some(id) => Handled::Verdict(self.forward_reply(now, id, frame, l4, cx)),
+                None => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
+            },
+            Role::Probe => {
+                // Late or stray packets to a probe port are the local stack's (RST / unreachable).
+                let consumed = self
+                    .health
+                    .as_mut()
+                    .is_some_and(|h| h.handle_packet(now, &frame.data()[ETH_HEADER_LEN..]));
+                if consumed {
+                    Handled::Verdict(Verdict::Consumed)
+                } else {
+                    Handled::Pass
+                }
+            }
+        }
+    }
+
+    /// A packet from a client with no connection entry: schedule it, or refuse it.
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow(
+        &mut self,
+        now: Instant,
+        l: usize,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        key: FlowKey,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        let listener = &mut self.listeners[l];
+        let forwarding = listener.config.forwarding;
+        if key.proto == Proto::Tcp {
+            let flags = TcpFlags::from_byte(frame.data()[l4 + 13]);
+            if !flags.syn || flags.ack {
+                // Mid-flow packet without state: DR can still send it where a stateless hash says (this keeps
+                // DR flows alive after a table loss); FULLNAT cannot translate it.
+                return match forwarding {
+                    Forwarding::Dr => Handled::Verdict(self.forward_stateless(now, l, frame, key, cx)),
+                    Forwarding::Fullnat => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
+                };
+            }
+        }
+        let Some(server) = listener.scheduler.pick(&listener.servers, key.src) else {
+            self.counters.listeners[l].no_server += 1;
+            return Handled::Reject(DropReason::NoHealthyServer);
+        };
+        let backend = listener.servers[server].addr;
+        let local = match forwarding {
+            Forwarding::Dr => key.src,
+            Forwarding::Fullnat => {
+                let Some(route) = cx.route(*backend.ip()) else {
+                    return Handled::Verdict(Verdict::Drop(DropReason::NoRoute));
+                };
+                let Some(lport) = self.lports.take(route.source) else {
+                    return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
+                };
+                SocketAddrV4::new(route.source, lport)
+            }
+        };
+        let conn = Conn {
+            proto: key.proto,
+            forwarding,
+            client: key.src,
+            vip: key.dst,
+            local,
+            backend,
+            listener: l as u16,
+            server: server as u16,
+            state: if key.proto == Proto::Tcp {
+                ConnState::SynRecv
+            } else {
+                ConnState::Udp
+            },
+            fins: FinSeen::default(),
+            client_port: port as u8,
+            client_mac: EthernetAddress::from_bytes(&frame.data()[6..12]),
+            client_packets: 0,
+        };
+        match self.conns.insert(now, conn) {
+            Ok(id) => {
+                self.account(&conn, conn.state.is_active(), 1);
+                self.counters.listeners[l].conns_total += 1;
+                self.counters.servers[l][server].conns_total += 1;
+                Handled::Verdict(self.forward_client(now, id, port, frame, l4, cx))
+            }
+            Err(TableFull) => {
+                if forwarding == Forwarding::Fullnat {
+                    self.lports.give_back(*local.ip(), local.port());
+                    return Handled::Verdict(Verdict::Drop(DropReason::ConnTableFull));
+                }
+                Handled::Verdict(self.forward_stateless(now, l, frame, key, cx))
+            }
+        }
+    }
+
+    /// DR without a table entry: the listener's Maglev table picks the server from the flow's hash, the same
+    /// way on every worker and every node.
+    fn forward_stateless(
+        &mut self,
+        now: Instant,
+        l: usize,
+        frame: &mut Frame<'_>,
+        key: FlowKey,
+        cx: &mut StackContext<'_>,
+    ) -> Verdict {
+        let listener = &self.listeners[l];
+        let Some(server) = listener.maglev.lookup(hash_5tuple(key.proto as u8, key.src, key.dst)) else {
+            self.counters.listeners[l].no_server += 1;
+            return Verdict::Drop(DropReason::NoHealthyServer);
+        };
+        let backend = listener.servers[server].addr;
+        self.counters.listeners[l].stateless += 1;
+        let len = frame.len() as u64;
+        self.counters.listeners[l].packets_in += 1;
+        self.counters.listeners[l].bytes_in += len;
+        self.counters.servers[l][server].packets_in += 1;
+        self.counters.servers[l][server].bytes_in += len;
+        deliver(now, frame, *backend.ip(), cx)
+    }
+
+    /// Adjusts the active/inactive count of a connection's server by `delta`.
+    fn account(&mut self, conn: &Conn, active: bool, delta: i32) {
+        let s = &mut self.listeners[usize::from(conn.listener)].servers[usize::from(conn.server)];
+        let n = if active { &mut s.active } else { &mut s.inactive };
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// Tracks TCP state for a segment in `dir`; returns nothing, updates the entry and the server's counts.
+    fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) {
+        let conn = *self.conns.get(id);
+        if conn.proto != Proto::Tcp {
+            return;
+        }
+        let mut fins = conn.fins;
+        let state = next_state(conn.state, &mut fins, dir, TcpFlags::from_byte(frame[l4 + 13]));
+        if state != conn.state {
+            if state.is_active() != conn.state.is_active() {
+                self.account(&conn, conn.state.is_active(), -1);
+                self.account(&conn, state.is_active(), 1);
+            }
+            let c = self.conns.get_mut(id);
+            c.state = state;
+        }
+        self.conns.get_mut(id).fins = fins;
+    }
+
+    /// Client → backend on an existing connection.
+    fn forward_client(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        cx: &mut StackContext<'_>,
+    ) -> Verdict {
+        self.track(id, Dir::FromClient, frame.data(), l4);
+        self.conns.touch(id, now);
+        let c = self.conns.get_mut(id);
+        c.client_packets = c.client_packets.saturating_add(1);
+        // Follow the client's first hop if it moves (router failover): replies go where packets come from.
+        c.client_port = port as u8;
+        c.client_mac = EthernetAddress::from_bytes(&frame.data()[6..12]);
+        let c = *c;
+        let len = frame.len() as u64;
+        let (l, s) = (usize::from(c.listener), usize::from(c.server));
+        self.counters.listeners[l].packets_in += 1;
+        self.counters.listeners[l].bytes_in += len;
+        self.counters.servers[l][s].packets_in += 1;
+        self.counters.servers[l][s].bytes_in += len;
+        if c.forwarding == Forwarding::Fullnat {
+            nat::rewrite(frame.data_mut(), l4, c.proto, c.local, c.backend);
+        }
+        deliver(now, frame, *c.backend.ip(), cx)
+    }
+
+    /// Backend → client on an existing FULLNAT connection: translate back and send where the client is.
+    fn forward_reply(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        cx: &mut StackContext<'_>,
+    ) -> Verdict {
+        self.track(id, Dir::FromServer, frame.data(), l4);
+        self.conns.touch(id, now);
+        let c = *self.conns.get(id);
+        let len = frame.len() as u64;
+        let (l, s) = (usize::from(c.listener), usize::from(c.server));
+        self.counters.listeners[l].packets_out += 1;
+        self.counters.listeners[l].bytes_out += len;
+        self.counters.servers[l][s].packets_out += 1;
+        self.counters.servers[l][s].bytes_out += len;
+        let data = frame.data_mut();
+        nat::rewrite(data, l4, c.proto, c.vip, c.client);
+        let port = usize::from(c.client_port);
+        data[0..6].copy_from_slice(&c.client_mac.0);
+        data[6..12].copy_from_slice(&cx.links[port].mac.0);
+        Verdict::Transmit(port)
+    }
+
+    /// Copies a frame to its owner worker.
+    fn hand_off(&mut self, owner: usize, port: PortId, frame: &Frame<'_>) -> Handled {
+        let iface = self.port_ifaces[port];
+        match self.handoff.as_mut().map(|h| h.send(owner, iface, frame.data())) {
+            Some(Ok(())) => {
+                self.counters.handoff_out += 1;
+                Handled::Verdict(Verdict::Consumed)
+            }
+            _ => Handled::Verdict(Verdict::Drop(DropReason::HandoffFull)),
+        }
+    }
+
+    /// Processes frames other workers handed over; returns the first that is to be sent.
+    fn process_handed(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        loop {
+            let handed = self.handoff.as_mut()?.receive()?;
+            let len = handed.len;
+            buf[..len].copy_from_slice(&handed.buf[..len]);
+            let iface = handed.iface;
+            self.handoff.as_mut()?.recycle(handed);
+            self.counters.handoff_in += 1;
+            let Some(&port) = self.iface_ports.get(&iface) else {
+                cx.counters.drop(DropReason::NoRoute);
+                continue;
+            };
+            let mut frame = Frame::new(buf, len);
+            // The sender validated the frame before handing it over.
+            let l4 = ETH_HEADER_LEN + usize::from(frame.data()[ETH_HEADER_LEN] & 0x0f) * 4;
+            let proto = if frame.data()[ETH_HEADER_LEN + 9] == 6 {
+                Proto::Tcp
+            } else {
+                Proto::Udp
+            };
+            let (src, dst) = nat::endpoints(frame.data(), l4);
+            let key = FlowKey { proto, src, dst };
+            let Some(role) = self.role(proto, dst) else { continue };
+            match self.process_owned(now, port, &mut frame, l4, key, role, cx) {
+                Handled::Verdict(Verdict::Transmit(q)) => return Some((q, frame.len())),
+                Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
+                Handled::Verdict(Verdict::Consumed) | Handled::Pass => {}
+            }
+        }
+    }
+
+    /// Applies health changes from the board to every listener's servers.
+    fn sync_health(&mut self) {
+        for (g, states) in self.group_health.iter_mut().enumerate() {
+            for (s, up) in states.iter_mut().enumerate() {
+                let now_up = self.board.is_up(g, s);
+                if now_up == *up {
+                    continue;
+                }
+                *up = now_up;
+                for l in self.listeners.iter_mut().filter(|l| l.group == g) {
+                    l.servers[s].healthy = now_up;
+                    l.rebuild();
+                }
+            }
+        }
+    }
+
+    /// Runs the health checker's timers and records its verdicts on the board.
+    fn run_health(&mut self, now: Instant) {
+        let Some(h) = &mut self.health else { return };
+        h.handle_timeout(now);
+        while let Some(event) = h.poll_event() {
+            let (id, up) = match event {
+                crate::health::HealthEvent::Up(id) => (id, true),
+                crate::health::HealthEvent::Down(id) => (id, false),
+            };
+            let (g, s) = (id.group, id.server);
+            self.board.set(g, s, up);
+            let addr = self.listeners.iter().find(|l| l.group == g).map(|l| l.servers[s].addr);
+            if up {
+                tracing::info!(group = g, server = ?addr, "server is up (health check)");
+            } else {
+                tracing::warn!(group = g, server = ?addr, "server is DOWN (health check): taken out of scheduling");
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.counters.conns = self.conns.len() as u64;
+        for (l, listener) in self.listeners.iter().enumerate() {
+            for (s, view) in listener.servers.iter().enumerate() {
+                self.counters.servers[l][s].active = u64::from(view.active);
+                self.counters.servers[l][s].inactive = u64::from(view.inactive);
+            }
+        }
+        self.shared.publish(&self.counters);
+    }
+}
+
+/// Sends a rewritten frame towards `dst` through the neighbour table.
+fn deliver(now: Instant, frame: &mut Frame<'_>, dst: Ipv4Addr, cx: &mut StackContext<'_>) -> Verdict {
+    let len = frame.len();
+    match cx.deliver(now, frame.buffer_mut(), len, dst) {
+        Ok(port) => Verdict::Transmit(port),
+        Err(None) => Verdict::Consumed,
+        Err(Some(reason)) => Verdict::Drop(reason),
+    }
+}
+
+impl Ipv4Handler for Forwarder {
+    fn handle(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        ip: &Ipv4Meta,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        let proto = match ip.protocol {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            // ICMP errors quoting a health probe (port unreachable for UDP checks) go to the checker; they reach
+            // it when they arrive on its worker, otherwise the probe fails by timeout instead.
+            1 => {
+                let consumed = self
+                    .health
+                    .as_mut()
+                    .is_some_and(|h| h.handle_packet(now, &frame.data()[ETH_HEADER_LEN..]));
+                return if consumed {
+                    Handled::Verdict(Verdict::Consumed)
+                } else {
+                    Handled::Pass
+                };
+            }
+            _ => return Handled::Pass,
+        };
+        let header = if proto == Proto::Tcp { 20 } else { 8 };
+        if frame.len() < ip.l4 + header {
+            return Handled::Pass; // the local stack counts it as malformed
+        }
+        let (src, dst) = nat::endpoints(frame.data(), ip.l4);
+        let key = FlowKey { proto, src, dst };
+        let Some(role) = self.role(proto, dst) else {
+            return Handled::Pass;
+        };
+        let owner = self.owner(role, &key);
+        if owner != self.worker {
+            return self.hand_off(owner, port, frame);
+        }
+        self.process_owned(now, port, frame, ip.l4, key, role, cx)
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        if let Some(out) = self.process_handed(now, buf, cx) {
+            return Some(out);
+        }
+        let health = self.health.as_mut()?;
+        while let Some(len) = health.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
+            let ip = &buf[ETH_HEADER_LEN..];
+            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            if let Ok(port) = cx.deliver(now, buf, ETH_HEADER_LEN + len, dst) {
+                return Some((port, ETH_HEADER_LEN + len));
+            }
+        }
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let h = self.health.as_ref().and_then(HealthChecker::poll_timeout);
+        Some(h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping)))
+    }
+
+    fn handle_timeout(&mut self, now: Instant, _cx: &mut StackContext<'_>) {
+        self.run_health(now);
+        if now < self.next_housekeeping {
+            return;
+        }
+        self.next_housekeeping = now + HOUSEKEEPING;
+        let (lports, listeners, counters) = (&mut self.lports, &mut self.listeners, &mut self.counters);
+        let expired = self.conns.expire(now, EXPIRE_BUDGET, |c| {
+            if c.forwarding == Forwarding::Fullnat {
+                lports.give_back(*c.local.ip(), c.local.port());
+            }
+            let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];
+            let n = if c.state.is_active() {
+                &mut s.active
+            } else {
+                &mut s.inactive
+            };
+            *n = n.saturating_sub(1);
+        });
+        counters.expired += expired as u64;
+        self.sync_health();
+        self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,173 @@
+//! Address and port rewriting with incremental checksum updates (RFC 1624).
+//!
+//! FULLNAT rewrites both endpoints of a packet: the IPv4 header checksum covers the addresses, and the TCP/UDP
+//! checksum covers them through the pseudo-header plus the ports. Only the changed words enter the update, so
+//! the cost does not depend on the payload size.
+
+use std::net::SocketAddrV4;
+
+use xlb_stack::wire::checksum::{update16, update32};
+use xlb_stack::wire::ETH_HEADER_LEN;
+
+use crate::conn::Proto;
+
+/// Offset of the checksum field in the transport header.
+fn l4_checksum_at(proto: Proto) -> usize {
+    match proto {
+        Proto::Tcp => 16,
+        Proto::Udp => 6,
+    }
+}
+
+/// Source and destination of the IPv4 packet in `frame` whose transport header starts at `l4`.
+pub fn endpoints(frame: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
+    let ip = &frame[ETH_HEADER_LEN..];
+    let src = SocketAddrV4::new(
+        [ip[12], ip[13], ip[14], ip[15]].into(),
+        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+    );
+    let dst = SocketAddrV4::new(
+        [ip[16], ip[17], ip[18], ip[19]].into(),
+        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
+    );
+    (src, dst)
+}
+
+/// Rewrites the packet's source to `src` and destination to `dst` (addresses and ports), updating the IPv4
+/// and transport checksums incrementally. A UDP datagram without checksum (0) stays without.
+pub fn rewrite(frame: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst: SocketAddrV4) {
+    let (old_src, old_dst) = endpoints(frame, l4);
+    let (os, od, ns, nd) = (
+        old_src.ip().octets(),
+        old_dst.ip().octets(),
+        src.ip().octets(),
+        dst.ip().octets(),
+    );
+
+    let ip = &mut frame[ETH_HEADER_LEN..];
+    let ip_csum = update32(update32(u16::from_be_bytes([ip[10], ip[11]]), os, ns), od, nd);
+    ip[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    ip[12..16].copy_from_slice(&ns);
+    ip[16..20].copy_from_slice(&nd);
+
+    let t = &mut frame[l4..];
+    t[0..2].copy_from_slice(&src.port().to_be_bytes());
+    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    let at = l4_checksum_at(proto);
+    let old = u16::from_be_bytes([t[at], t[at + 1]]);
+    if proto == Proto::Udp && old == 0 {
+        return;
+    }
+    let mut c = update32(update32(old, os, ns), od, nd);
+    c = update16(c, old_src.port(), src.port());
+    c = update16(c, old_dst.port(), dst.port());
+    if proto == Proto::Udp && c == 0 {
+        c = 0xffff; // 0 means "no checksum" in UDP
+    }
+    t[at..at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use xlb_stack::wire::{IpProtocol, Ipv4Packet, TcpPacket, UdpPacket};
+
+    /// An Ethernet+IPv4+TCP/UDP frame built and checksummed by smoltcp.
+    fn frame(proto: Proto, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+        use smoltcp::wire::IpAddress;
+        let l4_len = if proto == Proto::Tcp { 20 } else { 8 } + payload.len();
+        let mut buf = vec![0u8; ETH_HEADER_LEN + 20 + l4_len];
+        buf[12] = 0x08;
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[ETH_HEADER_LEN..]);
+        ip.set_version(4);
+        ip.set_header_len(20);
+        ip.set_total_len((20 + l4_len) as u16);
+        ip.set_hop_limit(64);
+        ip.set_next_header(if proto == Proto::Tcp {
+            IpProtocol::Tcp
+        } else {
+            IpProtocol::Udp
+        });
+        ip.set_src_addr(*src.ip());
+        ip.set_dst_addr(*dst.ip());
+        ip.fill_checksum();
+        let (s, d) = (IpAddress::Ipv4(*src.ip()), IpAddress::Ipv4(*dst.ip()));
+        let seg = &mut buf[ETH_HEADER_LEN + 20..];
+        if proto == Proto::Tcp {
+            let mut t = TcpPacket::new_unchecked(seg);
+            t.set_src_port(src.port());
+            t.set_dst_port(dst.port());
+            t.set_header_len(20);
+            t.set_syn(true);
+            t.payload_mut().copy_from_slice(payload);
+            t.fill_checksum(&s, &d);
+        } else {
+            let mut u = UdpPacket::new_unchecked(seg);
+            u.set_src_port(src.port());
+            u.set_dst_port(dst.port());
+            u.set_len(l4_len as u16);
+            u.payload_mut().copy_from_slice(payload);
+            u.fill_checksum(&s, &d);
+        }
+        buf
+    }
+
+    fn valid(buf: &[u8], proto: Proto) -> bool {
+        use smoltcp::wire::IpAddress;
+        let ip = Ipv4Packet::new_checked(&buf[ETH_HEADER_LEN..]).unwrap();
+        let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+        ip.verify_checksum()
+            && match proto {
+                Proto::Tcp => TcpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&s, &d),
+                Proto::Udp => UdpPacket::new_checked(ip.payload()).unwrap().verify_checksum(&s, &d),
+            }
+    }
+
+    fn sa(a: [u8; 4], p: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::from(a), p)
+    }
+
+    #[test]
+    fn fullnat_round_trip_keeps_checksums_valid() {
+        for proto in [Proto::Tcp, Proto::Udp] {
+            for (i, payload) in [&b""[..], b"x", b"hello world, odd length!", &[0xff; 1000]]
+                .iter()
+                .enumerate()
+            {
+                let client = sa([198, 18, 0, 1], 40000 + i as u16);
+                let vip = sa([198, 18, 0, 100], 80);
+                let lip = sa([198, 19, 0, 10], 10_000 + i as u16);
+                let backend = sa([198, 19, 0, 2], 8080);
+                let mut f = frame(proto, client, vip, payload);
+                let l4 = ETH_HEADER_LEN + 20;
+                rewrite(&mut f, l4, proto, lip, backend);
+                assert!(valid(&f, proto), "{proto:?} forward, payload {i}");
+                assert_eq!(endpoints(&f, l4), (lip, backend));
+                // And a reply translated back.
+                let mut r = frame(proto, backend, lip, payload);
+                rewrite(&mut r, l4, proto, vip, client);
+                assert!(valid(&r, proto), "{proto:?} reply, payload {i}");
+                assert_eq!(endpoints(&r, l4), (vip, client));
+                assert_eq!(&r[l4 + if proto == Proto::Tcp { 20 } else { 8 }..], *payload);
+            }
+        }
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without() {
+        let mut f = frame(Proto::Udp, sa([198, 18, 0, 1], 1), sa([198, 18, 0, 100], 53), b"q");
+        let l4 = ETH_HEADER_LEN + 20;
+        f[l4 + 6] = 0;
+        f[l4 + 7] = 0;
+        rewrite(
+            &mut f,
+            l4,
+            Proto::Udp,
+            sa([198, 19, 0, 10], 10_001),
+            sa([198, 19, 0, 2], 53),
+        );
+        assert_eq!(&f[l4 + 6..l4 + 8], &[0, 0]);
+        assert!(Ipv4Packet::new_checked(&f[ETH_HEADER_LEN..]).unwrap().verify_checksum());
+    }
+}

@@ -1,0 +1,521 @@
+//! The forwarder on byte buffers: a `LocalStack<Forwarder>` fed frames built with smoltcp, outputs checked
+//! with smoltcp.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::{IpAddress, TcpSeqNumber};
+use xlb_stack::counters::DropReason;
+use xlb_stack::local::{Link, LocalConfig, LocalStack};
+use xlb_stack::neighbour::NeighbourConfig;
+use xlb_stack::pipeline::{Frame, Pipeline, Verdict};
+use xlb_stack::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETH_HEADER_LEN,
+};
+
+use super::handoff::Handoff;
+use super::*;
+use crate::config::{GroupConfig, L4Config, ListenerConfig, ServerConfig};
+use crate::sched::SchedulerKind;
+
+const EXT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x10]);
+const INT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 1, 0x10]);
+const CLIENT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 1]);
+const B1_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 1, 2]);
+const B2_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 1, 3]);
+const LIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+
+fn sa(a: [u8; 4], p: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(a), p)
+}
+
+fn client() -> SocketAddrV4 {
+    sa([198, 18, 0, 1], 40000)
+}
+
+fn vip() -> SocketAddrV4 {
+    sa([198, 18, 0, 100], 80)
+}
+
+fn backends() -> [SocketAddrV4; 2] {
+    [sa([198, 19, 0, 2], 80), sa([198, 19, 0, 3], 80)]
+}
+
+struct Setup {
+    forwarding: Forwarding,
+    protocol: Proto,
+    weights: [u32; 2],
+    table: usize,
+    worker: usize,
+    workers: usize,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            forwarding: Forwarding::Fullnat,
+            protocol: Proto::Tcp,
+            weights: [1, 1],
+            table: 1024,
+            worker: 0,
+            workers: 1,
+        }
+    }
+}
+
+fn stack_with(setup: Setup, handoff: Option<Handoff>, learn: bool) -> LocalStack<Forwarder> {
+    let now = Instant::now();
+    let group = GroupConfig {
+        name: "web".into(),
+        servers: backends()
+            .iter()
+            .zip(setup.weights)
+            .map(|(a, w)| ServerConfig { addr: *a, weight: w })
+            .collect(),
+        health_check: None,
+    };
+    let listener = ListenerConfig {
+        name: "web".into(),
+        vip: *vip().ip(),
+        port: vip().port(),
+        protocol: setup.protocol,
+        scheduler: SchedulerKind::Rr,
+        forwarding: setup.forwarding,
+        group: "web".into(),
+        interface: None,
+    };
+    let config = ForwarderConfig {
+        listeners: vec![listener],
+        groups: vec![group],
+        l4: L4Config {
+            conn_table_size: setup.table,
+            ..Default::default()
+        },
+        local_ips: vec![Ipv4Addr::new(198, 18, 0, 10), LIP],
+        worker: setup.worker,
+        workers: setup.workers,
+        port_ifaces: vec![0, 1],
+    };
+    let forwarder = Forwarder::new(
+        config,
+        handoff,
+        None,
+        Arc::new(HealthBoard::new(&[2])),
+        Arc::new(SharedL4Counters::new(&[2])),
+        now,
+    );
+    let mut stack = LocalStack::with_handler(
+        LocalConfig {
+            links: vec![
+                Link {
+                    mac: EXT_MAC,
+                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                    gateway: None,
+                },
+                Link {
+                    mac: INT_MAC,
+                    addresses: vec!["198.19.0.10/24".parse().unwrap()],
+                    gateway: None,
+                },
+            ],
+            neighbours: NeighbourConfig::default(),
+            icmp_rate: 1000,
+        },
+        forwarder,
+    );
+    stack.add_owned(0, *vip().ip());
+    if learn {
+        stack.neighbours().learn(now, 1, LIP, *backends()[0].ip(), B1_MAC, true);
+        stack.neighbours().learn(now, 1, LIP, *backends()[1].ip(), B2_MAC, true);
+    }
+    stack
+}
+
+fn stack(setup: Setup) -> LocalStack<Forwarder> {
+    stack_with(setup, None, true)
+}
+
+/// An Ethernet/IPv4/TCP-or-UDP frame with valid checksums.
+fn packet(
+    proto: Proto,
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let l4_len = if proto == Proto::Tcp { 20 } else { 8 } + payload.len();
+    let mut buf = vec![0u8; ETH_HEADER_LEN + 20 + l4_len];
+    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+    eth.set_src_addr(src_mac);
+    eth.set_dst_addr(dst_mac);
+    eth.set_ethertype(EthernetProtocol::Ipv4);
+    let mut ip = Ipv4Packet::new_unchecked(&mut buf[ETH_HEADER_LEN..]);
+    ip.set_version(4);
+    ip.set_header_len(20);
+    ip.set_total_len((20 + l4_len) as u16);
+    ip.set_hop_limit(64);
+    ip.set_next_header(if proto == Proto::Tcp {
+        IpProtocol::Tcp
+    } else {
+        IpProtocol::Udp
+    });
+    ip.set_src_addr(*src.ip());
+    ip.set_dst_addr(*dst.ip());
+    ip.fill_checksum();
+    let (s, d) = (IpAddress::Ipv4(*src.ip()), IpAddress::Ipv4(*dst.ip()));
+    let seg = &mut buf[ETH_HEADER_LEN + 20..];
+    if proto == Proto::Tcp {
+        let mut t = TcpPacket::new_unchecked(seg);
+        t.set_src_port(src.port());
+        t.set_dst_port(dst.port());
+        t.set_header_len(20);
+        t.set_seq_number(TcpSeqNumber(1000));
+        t.set_ack_number(TcpSeqNumber(if flags & 0x10 != 0 { 5000 } else { 0 }));
+        t.clear_flags();
+        t.set_syn(flags & 0x02 != 0);
+        t.set_ack(flags & 0x10 != 0);
+        t.set_fin(flags & 0x01 != 0);
+        t.set_rst(flags & 0x04 != 0);
+        t.set_window_len(1000);
+        t.payload_mut().copy_from_slice(payload);
+        t.fill_checksum(&s, &d);
+    } else {
+        let mut u = UdpPacket::new_unchecked(seg);
+        u.set_src_port(src.port());
+        u.set_dst_port(dst.port());
+        u.set_len(l4_len as u16);
+        u.payload_mut().copy_from_slice(payload);
+        u.fill_checksum(&s, &d);
+    }
+    buf
+}
+
+const SYN: u8 = 0x02;
+const SYNACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+
+fn from_client(proto: Proto, flags: u8, payload: &[u8]) -> Vec<u8> {
+    packet(proto, CLIENT_MAC, EXT_MAC, client(), vip(), flags, payload)
+}
+
+fn run(stack: &mut LocalStack<Forwarder>, now: Instant, port: usize, pkt: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; 2048];
+    buf[..pkt.len()].copy_from_slice(pkt);
+    let mut f = Frame::new(&mut buf, pkt.len());
+    let v = stack.process(now, port, &mut f);
+    let len = f.len();
+    (v, buf[..len].to_vec())
+}
+
+/// Addresses, ports and checksum validity of an output frame.
+fn inspect(frame: &[u8]) -> (EthernetAddress, EthernetAddress, SocketAddrV4, SocketAddrV4, bool) {
+    let eth = EthernetFrame::new_checked(frame).unwrap();
+    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+    let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
+    let (sp, dp, l4_ok) = match ip.next_header() {
+        IpProtocol::Tcp => {
+            let t = TcpPacket::new_checked(ip.payload()).unwrap();
+            (t.src_port(), t.dst_port(), t.verify_checksum(&s, &d))
+        }
+        _ => {
+            let u = UdpPacket::new_checked(ip.payload()).unwrap();
+            (u.src_port(), u.dst_port(), u.verify_checksum(&s, &d))
+        }
+    };
+    let ok = ip.verify_checksum() && l4_ok;
+    (
+        eth.dst_addr(),
+        eth.src_addr(),
+        SocketAddrV4::new(ip.src_addr(), sp),
+        SocketAddrV4::new(ip.dst_addr(), dp),
+        ok,
+    )
+}
+
+#[test]
+fn fullnat_tcp_round_trip() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let (v, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(v, Verdict::Transmit(1), "to the backend link");
+    let (edst, esrc, src, dst, ok) = inspect(&out);
+    assert!(ok, "checksums valid after rewrite");
+    assert_eq!((edst, esrc), (B1_MAC, INT_MAC));
+    assert_eq!(*src.ip(), LIP);
+    assert!((10_000..=60_999).contains(&src.port()));
+    assert_eq!(dst, backends()[0]);
+    let local = src;
+
+    // The backend's SYN-ACK to LIP:lport goes back to the client from the VIP.
+    let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, SYNACK, b"");
+    let (v, out) = run(&mut s, now, 1, &reply);
+    assert_eq!(v, Verdict::Transmit(0), "out where the client came in");
+    let (edst, esrc, src, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!((edst, esrc, src, dst), (CLIENT_MAC, EXT_MAC, vip(), client()));
+
+    // Handshake completes: established, counted active.
+    let (v, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, ACK, b"GET / HTTP/1.0\r\n\r\n"));
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(inspect(&out).3, backends()[0]);
+    let f = s.handler();
+    assert_eq!(f.conns().len(), 1);
+    assert_eq!(f.conns().iter().next().unwrap().state, ConnState::Established);
+    assert_eq!(f.counters().listeners[0].conns_total, 1);
+    assert_eq!(f.counters().listeners[0].packets_in, 2);
+    assert_eq!(f.counters().listeners[0].packets_out, 1);
+    assert_eq!(f.listeners[0].servers[0].active, 1);
+}
+
+#[test]
+fn round_robin_spreads_new_flows_and_each_flow_sticks() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let mut chosen = vec![];
+    for port in 0..4u16 {
+        let syn = packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], 41000 + port),
+            vip(),
+            SYN,
+            b"",
+        );
+        let (_, out) = run(&mut s, now, 0, &syn);
+        chosen.push(inspect(&out).3);
+        // A retransmitted SYN of the same flow goes to the same backend.
+        let (_, again) = run(&mut s, now, 0, &syn);
+        assert_eq!(inspect(&again).3, *chosen.last().unwrap());
+    }
+    assert_eq!(chosen, vec![backends()[0], backends()[1], backends()[0], backends()[1]]);
+}
+
+#[test]
+fn mid_flow_packet_without_state_is_dropped_in_fullnat() {
+    let mut s = stack(Setup::default());
+    let (v, _) = run(&mut s, Instant::now(), 0, &from_client(Proto::Tcp, ACK, b"x"));
+    assert_eq!(v, Verdict::Drop(DropReason::NoConnection));
+    let stray = packet(
+        Proto::Tcp,
+        B1_MAC,
+        INT_MAC,
+        backends()[0],
+        SocketAddrV4::new(LIP, 12345),
+        ACK,
+        b"",
+    );
+    assert_eq!(
+        run(&mut s, Instant::now(), 1, &stray).0,
+        Verdict::Drop(DropReason::NoConnection)
+    );
+}
+
+#[test]
+fn all_servers_drained_new_flows_get_rst_and_udp_unreachable() {
+    let mut s = stack(Setup {
+        weights: [0, 0],
+        ..Default::default()
+    });
+    let (v, out) = run(&mut s, Instant::now(), 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(v, Verdict::Transmit(0));
+    let tcp = TcpPacket::new_checked(&out[ETH_HEADER_LEN + 20..]).unwrap();
+    assert!(tcp.rst());
+    assert_eq!(s.counters().drops_of(DropReason::NoHealthyServer), 1);
+    assert_eq!(s.counters().tcp_resets, 1);
+    assert_eq!(s.handler().counters().listeners[0].no_server, 1);
+
+    let mut u = stack(Setup {
+        weights: [0, 0],
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let (v, out) = run(&mut u, Instant::now(), 0, &from_client(Proto::Udp, 0, b"q"));
+    assert_eq!(v, Verdict::Transmit(0));
+    assert_eq!(out[ETH_HEADER_LEN + 20], 3, "ICMP destination unreachable");
+    assert_eq!(u.counters().drops_of(DropReason::NoHealthyServer), 1);
+}
+
+#[test]
+fn fullnat_udp_round_trip() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let (v, out) = run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"ping"));
+    assert_eq!(v, Verdict::Transmit(1));
+    let (_, _, local, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!(dst, backends()[0]);
+    let reply = packet(Proto::Udp, B1_MAC, INT_MAC, backends()[0], local, 0, b"pong");
+    let (v, out) = run(&mut s, now, 1, &reply);
+    assert_eq!(v, Verdict::Transmit(0));
+    let (_, _, src, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!((src, dst), (vip(), client()));
+    assert_eq!(&out[out.len() - 4..], b"pong");
+}
+
+#[test]
+fn dr_rewrites_only_the_mac() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        forwarding: Forwarding::Dr,
+        ..Default::default()
+    });
+    let syn = from_client(Proto::Tcp, SYN, b"");
+    let (v, out) = run(&mut s, now, 0, &syn);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(&out[0..6], &B1_MAC.0);
+    assert_eq!(&out[6..12], &INT_MAC.0);
+    assert_eq!(&out[12..], &syn[12..], "IP packet untouched");
+    // Mid-flow packet of an unknown DR flow: forwarded statelessly (Maglev), not dropped.
+    let mid = packet(
+        Proto::Tcp,
+        CLIENT_MAC,
+        EXT_MAC,
+        sa([198, 18, 0, 9], 1234),
+        vip(),
+        ACK,
+        b"x",
+    );
+    let (v, _) = run(&mut s, now, 0, &mid);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(s.handler().counters().listeners[0].stateless, 1);
+}
+
+#[test]
+fn unresolved_backend_is_arped_and_the_packet_released() {
+    let now = Instant::now();
+    let mut s = stack_with(Setup::default(), None, false);
+    let (v, _) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(v, Verdict::Consumed, "queued until ARP resolves");
+    let mut buf = vec![0u8; 2048];
+    let (port, len) = s.poll_transmit(now, &mut buf).expect("an ARP request");
+    assert_eq!(port, 1);
+    assert_eq!(&buf[12..14], &[0x08, 0x06]);
+    assert_eq!(
+        &buf[ETH_HEADER_LEN + 24..ETH_HEADER_LEN + 28],
+        &backends()[0].ip().octets()
+    );
+    assert!(len >= 42);
+    s.neighbours().learn(now, 1, LIP, *backends()[0].ip(), B1_MAC, false);
+    let (port, len) = s.poll_transmit(now, &mut buf).expect("the released SYN");
+    assert_eq!(port, 1);
+    let (edst, _, _, dst, ok) = inspect(&buf[..len]);
+    assert!(ok);
+    assert_eq!((edst, dst), (B1_MAC, backends()[0]));
+}
+
+#[test]
+fn expiry_frees_the_entry_and_its_local_port() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    let local = inspect(&out).2;
+    let free_before = s.handler().lports.free(LIP);
+    s.handle_timeout(now + Duration::from_secs(59));
+    assert_eq!(s.handler().conns().len(), 1);
+    s.handle_timeout(now + Duration::from_secs(61));
+    assert_eq!(s.handler().conns().len(), 0, "syn_recv timeout is 60 s");
+    assert_eq!(s.handler().lports.free(LIP), free_before + 1);
+    assert_eq!(s.handler().listeners[0].servers[0].inactive, 0);
+    // The port is reusable but goes to the back of the queue.
+    let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, ACK, b"");
+    assert_eq!(
+        run(&mut s, now + Duration::from_secs(62), 1, &reply).0,
+        Verdict::Drop(DropReason::NoConnection)
+    );
+}
+
+#[test]
+fn full_table_drops_new_fullnat_flows() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        table: 1,
+        ..Default::default()
+    });
+    assert_eq!(
+        run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b"")).0,
+        Verdict::Transmit(1)
+    );
+    let other = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([198, 18, 0, 2], 5), vip(), SYN, b"");
+    assert_eq!(run(&mut s, now, 0, &other).0, Verdict::Drop(DropReason::ConnTableFull));
+}
+
+#[test]
+fn two_workers_hand_packets_to_the_flow_owner() {
+    let now = Instant::now();
+    let mut mesh = Handoff::mesh(2, 16);
+    let h1 = mesh.pop().unwrap();
+    let h0 = mesh.pop().unwrap();
+    let mut w0 = stack_with(
+        Setup {
+            worker: 0,
+            workers: 2,
+            ..Default::default()
+        },
+        Some(h0),
+        true,
+    );
+    let mut w1 = stack_with(
+        Setup {
+            worker: 1,
+            workers: 2,
+            ..Default::default()
+        },
+        Some(h1),
+        true,
+    );
+    let mut buf = vec![0u8; 2048];
+    let mut handed = 0;
+    for port in 0..16u16 {
+        let c = sa([198, 18, 0, 1], 42000 + port);
+        let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, c, vip(), SYN, b"");
+        // Every SYN arrives at worker 0 (as if RSS put them all on queue 0).
+        let (v, out) = run(&mut w0, now, 0, &syn);
+        let (owner_out, owner) = match v {
+            Verdict::Transmit(1) => (out, 0),
+            Verdict::Consumed => {
+                handed += 1;
+                let (port, len) = w1
+                    .poll_transmit(now, &mut buf)
+                    .expect("worker 1 forwards the handed SYN");
+                assert_eq!(port, 1);
+                (buf[..len].to_vec(), 1)
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let local = inspect(&owner_out).2;
+        assert_eq!(
+            usize::from(local.port() % 2),
+            owner,
+            "the owner picks a local port it owns"
+        );
+        // The backend's reply lands on the *other* worker's queue; it is handed back to the owner.
+        let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, inspect(&owner_out).3, local, SYNACK, b"");
+        let (receiver, other) = if owner == 0 {
+            (&mut w1, &mut w0)
+        } else {
+            (&mut w0, &mut w1)
+        };
+        assert_eq!(run(receiver, now, 1, &reply).0, Verdict::Consumed);
+        let (port, len) = other.poll_transmit(now, &mut buf).expect("owner translates the reply");
+        assert_eq!(port, 0);
+        assert_eq!(inspect(&buf[..len]).3, c);
+    }
+    assert!(
+        handed > 0 && handed < 16,
+        "flows split between the two workers ({handed} of 16 handed)"
+    );
+    let total = w0.handler().conns().len() + w1.handler().conns().len();
+    assert_eq!(total, 16, "each flow has exactly one entry, at its owner");
+    assert_eq!(
+        w0.counters().drops_of(DropReason::NoConnection) + w1.counters().drops_of(DropReason::NoConnection),
+        0
+    );
+}

@@ -1,0 +1,256 @@
+//! L4 counters: per listener and per (listener, server), owned by each worker and published for the control
+//! thread, plus the health board the health checker writes.
+//!
+//! Like the stack's counters, a worker counts into plain integers and stores them into atomics periodically
+//! (one writer per slot, relaxed stores), so reading never stops the datapath.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+/// Counters of one listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerCounters {
+    /// Packets from clients.
+    pub packets_in: u64,
+    /// Bytes from clients (IP length).
+    pub bytes_in: u64,
+    /// Packets to clients (FULLNAT replies).
+    pub packets_out: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// Connections created.
+    pub conns_total: u64,
+    /// New flows refused because no server was available.
+    pub no_server: u64,
+    /// New flows forwarded without a table entry (table full, DR: Maglev).
+    pub stateless: u64,
+}
+
+/// Counters of one server of one listener.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerCounters {
+    /// Packets forwarded to the server.
+    pub packets_in: u64,
+    /// Bytes forwarded to the server.
+    pub bytes_in: u64,
+    /// Packets from the server (FULLNAT).
+    pub packets_out: u64,
+    /// Bytes from the server.
+    pub bytes_out: u64,
+    /// Connections scheduled to the server.
+    pub conns_total: u64,
+    /// Connections in an active state now (established TCP, UDP).
+    pub active: u64,
+    /// Other connections now (handshake, closing).
+    pub inactive: u64,
+}
+
+const LISTENER_FIELDS: usize = 7;
+const SERVER_FIELDS: usize = 7;
+const GLOBAL_FIELDS: usize = 4;
+
+/// All L4 counters of one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct L4Counters {
+    /// Per listener (config order).
+    pub listeners: Vec<ListenerCounters>,
+    /// Per listener, per server of its group.
+    pub servers: Vec<Vec<ServerCounters>>,
+    /// Connections in the table.
+    pub conns: u64,
+    /// Frames handed to another worker.
+    pub handoff_out: u64,
+    /// Frames received from another worker.
+    pub handoff_in: u64,
+    /// Connections expired.
+    pub expired: u64,
+}
+
+impl L4Counters {
+    /// Zeroed counters for listeners whose groups have `servers_per_listener[i]` servers.
+    pub fn new(servers_per_listener: &[usize]) -> Self {
+        L4Counters {
+            listeners: vec![ListenerCounters::default(); servers_per_listener.len()],
+            servers: servers_per_listener
+                .iter()
+                .map(|n| vec![ServerCounters::default(); *n])
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds `other` into `self` (same shape).
+    pub fn add(&mut self, other: &L4Counters) {
+        for (a, b) in self.listeners.iter_mut().zip(&other.listeners) {
+            a.packets_in += b.packets_in;
+            a.bytes_in += b.bytes_in;
+            a.packets_out += b.packets_out;
+            a.bytes_out += b.bytes_out;
+            a.conns_total += b.conns_total;
+            a.no_server += b.no_server;
+            a.stateless += b.stateless;
+        }
+        for (la, lb) in self.servers.iter_mut().zip(&other.servers) {
+            for (a, b) in la.iter_mut().zip(lb) {
+                a.packets_in += b.packets_in;
+                a.bytes_in += b.bytes_in;
+                a.packets_out += b.packets_out;
+                a.bytes_out += b.bytes_out;
+                a.conns_total += b.conns_total;
+                a.active += b.active;
+                a.inactive += b.inactive;
+            }
+        }
+        self.conns += other.conns;
+        self.handoff_out += other.handoff_out;
+        self.handoff_in += other.handoff_in;
+        self.expired += other.expired;
+    }
+}
+
+/// One worker's published L4 counters.
+#[derive(Debug)]
+pub struct SharedL4Counters {
+    shape: Vec<usize>,
+    slots: Vec<AtomicU64>,
+}
+
+impl SharedL4Counters {
+    /// Slots for listeners with `servers_per_listener[i]` servers.
+    pub fn new(servers_per_listener: &[usize]) -> Self {
+        let n = GLOBAL_FIELDS
+            + servers_per_listener
+                .iter()
+                .map(|s| LISTENER_FIELDS + s * SERVER_FIELDS)
+                .sum::<usize>();
+        SharedL4Counters {
+            shape: servers_per_listener.to_vec(),
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Publishes `c` (by its one writer).
+    pub fn publish(&self, c: &L4Counters) {
+        let mut i = 0;
+        let mut put = |v: u64| {
+            self.slots[i].store(v, Relaxed);
+            i += 1;
+        };
+        for v in [c.conns, c.handoff_out, c.handoff_in, c.expired] {
+            put(v);
+        }
+        for (l, servers) in c.listeners.iter().zip(&c.servers) {
+            for v in [
+                l.packets_in,
+                l.bytes_in,
+                l.packets_out,
+                l.bytes_out,
+                l.conns_total,
+                l.no_server,
+                l.stateless,
+            ] {
+                put(v);
+            }
+            for s in servers {
+                for v in [
+                    s.packets_in,
+                    s.bytes_in,
+                    s.packets_out,
+                    s.bytes_out,
+                    s.conns_total,
+                    s.active,
+                    s.inactive,
+                ] {
+                    put(v);
+                }
+            }
+        }
+    }
+
+    /// Reads the latest published counters.
+    pub fn snapshot(&self) -> L4Counters {
+        let mut i = 0;
+        let mut get = || {
+            let v = self.slots[i].load(Relaxed);
+            i += 1;
+            v
+        };
+        let mut c = L4Counters::new(&self.shape);
+        c.conns = get();
+        c.handoff_out = get();
+        c.handoff_in = get();
+        c.expired = get();
+        for (l, servers) in c.listeners.iter_mut().zip(c.servers.iter_mut()) {
+            *l = ListenerCounters {
+                packets_in: get(),
+                bytes_in: get(),
+                packets_out: get(),
+                bytes_out: get(),
+                conns_total: get(),
+                no_server: get(),
+                stateless: get(),
+            };
+            for s in servers.iter_mut() {
+                *s = ServerCounters {
+                    packets_in: get(),
+                    bytes_in: get(),
+                    packets_out: get(),
+                    bytes_out: get(),
+                    conns_total: get(),
+                    active: get(),
+                    inactive: get(),
+                };
+            }
+        }
+        c
+    }
+}
+
+/// Health of every server of every group, written by the worker running the health checks.
+#[derive(Debug)]
+pub struct HealthBoard {
+    up: Vec<Vec<AtomicBool>>,
+}
+
+impl HealthBoard {
+    /// All servers up, for groups of these sizes.
+    pub fn new(group_sizes: &[usize]) -> Self {
+        HealthBoard {
+            up: group_sizes
+                .iter()
+                .map(|n| (0..*n).map(|_| AtomicBool::new(true)).collect())
+                .collect(),
+        }
+    }
+
+    /// Records a server's health.
+    pub fn set(&self, group: usize, server: usize, up: bool) {
+        self.up[group][server].store(up, Relaxed);
+    }
+
+    /// A server's health.
+    pub fn is_up(&self, group: usize, server: usize) -> bool {
+        self.up[group][server].load(Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_snapshot_round_trip() {
+        let mut c = L4Counters::new(&[2, 1]);
+        c.conns = 5;
+        c.handoff_in = 7;
+        c.listeners[1].stateless = 3;
+        c.servers[0][1].active = 9;
+        c.servers[1][0].bytes_out = 11;
+        let s = SharedL4Counters::new(&[2, 1]);
+        s.publish(&c);
+        assert_eq!(s.snapshot(), c);
+        let mut total = L4Counters::new(&[2, 1]);
+        total.add(&c);
+        total.add(&c);
+        assert_eq!(total.servers[0][1].active, 18);
+    }
+}

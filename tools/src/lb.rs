@@ -1,0 +1,182 @@
+//! Builds each worker's pipeline from the config: the local stack with the L4 forwarder on top, the hand-off
+//! mesh between workers, the health checker (on worker 0) and the shared counters the control API reads.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use xlb_l4::config::{PROBE_PORTS, PROBE_PORT_BASE};
+use xlb_l4::forward::handoff::Handoff;
+use xlb_l4::forward::{Forwarder, ForwarderConfig};
+use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
+use xlb_l4::stats::{HealthBoard, SharedL4Counters};
+use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
+use xlb_stack::neighbour::NeighbourConfig;
+use xlb_stack::wire::EthernetAddress;
+use xlb_stack::xsk::WorkerPlan;
+
+use crate::config::Config;
+
+/// Frames each worker may have in flight to other workers.
+const HANDOFF_DEPTH: usize = 1024;
+
+/// The pipeline every worker runs.
+pub type LbPipeline = LocalStack<Forwarder>;
+
+/// What the pipelines share with the control thread.
+pub struct L4Shared {
+    /// Health of every server.
+    pub board: Arc<HealthBoard>,
+    /// Each worker's published counters, by worker index.
+    pub counters: Vec<Arc<SharedL4Counters>>,
+}
+
+/// Builds pipelines for the planned workers (call [`PipelineFactory::make`] once per plan, any order).
+pub struct PipelineFactory {
+    config: Config,
+    handoffs: Vec<Option<Handoff>>,
+    health: Option<HealthChecker>,
+    shared: Arc<L4Shared>,
+}
+
+/// The interface index a listener's VIP is announced on.
+pub fn vip_interface(config: &Config, listener: usize) -> usize {
+    let l = &config.listeners[listener];
+    if let Some(name) = &l.interface {
+        return config.interfaces.iter().position(|i| &i.name == name).unwrap_or(0);
+    }
+    config
+        .interfaces
+        .iter()
+        .position(|i| i.addresses.iter().any(|n| n.prefix < 32 && n.contains(l.vip)))
+        .unwrap_or(0)
+}
+
+/// Links of all interfaces (for routing decisions made outside a worker; MACs are not needed there).
+fn links(config: &Config) -> Vec<Link> {
+    config
+        .interfaces
+        .iter()
+        .map(|i| Link {
+            mac: EthernetAddress([0; 6]),
+            addresses: i.addresses.clone(),
+            gateway: i.gateway,
+        })
+        .collect()
+}
+
+/// The health-check targets of every group that has a check; probes leave from our address on the server's link.
+fn health_targets(config: &Config) -> Vec<Target> {
+    let links = links(config);
+    let mut targets = Vec::new();
+    for (g, group) in config.groups.iter().enumerate() {
+        let Some(check) = &group.health_check else { continue };
+        for (s, server) in group.servers.iter().enumerate() {
+            let Some(r) = route(&links, *server.addr.ip()) else {
+                continue;
+            };
+            targets.push(Target {
+                id: TargetId { group: g, server: s },
+                server: server.addr,
+                source: r.source,
+                check: check.clone(),
+            });
+        }
+    }
+    targets
+}
+
+impl PipelineFactory {
+    /// Prepares pipelines for `workers` workers.
+    pub fn new(config: &Config, workers: usize, now: Instant) -> Self {
+        let handoffs = if workers > 1 {
+            Handoff::mesh(workers, HANDOFF_DEPTH).into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let targets = health_targets(config);
+        let health = (!targets.is_empty()).then(|| {
+            HealthChecker::new(
+                now,
+                targets,
+                ProbePorts {
+                    base: PROBE_PORT_BASE,
+                    count: PROBE_PORTS,
+                    stride: 1,
+                },
+            )
+        });
+        let shape: Vec<usize> = config
+            .listeners
+            .iter()
+            .map(|l| {
+                config
+                    .groups
+                    .iter()
+                    .find(|g| g.name == l.group)
+                    .map_or(0, |g| g.servers.len())
+            })
+            .collect();
+        let group_sizes: Vec<usize> = config.groups.iter().map(|g| g.servers.len()).collect();
+        let shared = Arc::new(L4Shared {
+            board: Arc::new(HealthBoard::new(&group_sizes)),
+            counters: (0..workers).map(|_| Arc::new(SharedL4Counters::new(&shape))).collect(),
+        });
+        PipelineFactory {
+            config: config.clone(),
+            handoffs,
+            health,
+            shared,
+        }
+    }
+
+    /// What the control thread reads.
+    pub fn shared(&self) -> Arc<L4Shared> {
+        self.shared.clone()
+    }
+
+    /// The pipeline of the worker planned as `plan`.
+    pub fn make(&mut self, plan: &WorkerPlan) -> LbPipeline {
+        let config = &self.config;
+        let local_ips: Vec<Ipv4Addr> = config
+            .interfaces
+            .iter()
+            .flat_map(|i| i.addresses.iter().map(|n| n.addr))
+            .collect();
+        let forwarder = Forwarder::new(
+            ForwarderConfig {
+                listeners: config.listeners.clone(),
+                groups: config.groups.clone(),
+                l4: config.l4.clone(),
+                local_ips,
+                worker: plan.index,
+                workers: plan.workers,
+                port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
+            },
+            self.handoffs.get_mut(plan.index).and_then(Option::take),
+            if plan.index == 0 { self.health.take() } else { None },
+            self.shared.board.clone(),
+            self.shared.counters[plan.index].clone(),
+            Instant::now(),
+        );
+        let neighbours = NeighbourConfig {
+            capacity: config.datapath.neighbours,
+            ..Default::default()
+        };
+        let mut stack = LocalStack::with_handler(
+            LocalConfig {
+                links: plan.links.clone(),
+                neighbours,
+                icmp_rate: config.datapath.icmp_rate,
+            },
+            forwarder,
+        );
+        for l in 0..config.listeners.len() {
+            let iface = vip_interface(config, l);
+            if let Some(port) = plan.ports.iter().position(|(i, _)| *i == iface) {
+                stack.add_owned(port, config.listeners[l].vip);
+            }
+        }
+        stack
+    }
+}
