@@ -329,6 +329,71 @@ impl NeighbourTable {
     }
 }
 
+/// A neighbour learned by one worker, for the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeighbourUpdate {
+    /// Interface index (config order).
+    pub iface: usize,
+    /// The neighbour's address.
+    pub ip: Ipv4Addr,
+    /// Its MAC address.
+    pub mac: EthernetAddress,
+}
+
+/// One worker's end of the neighbour-sharing mesh.
+///
+/// An ARP reply arrives on whichever queue the neighbour's NIC picks, not necessarily at the worker that asked,
+/// so whatever a worker learns from ARP it passes to the others (bounded channels; a full channel only means
+/// that worker resolves the neighbour itself).
+pub struct NeighbourSync {
+    worker: usize,
+    peers: Vec<crossbeam_channel::Sender<NeighbourUpdate>>,
+    inbox: crossbeam_channel::Receiver<NeighbourUpdate>,
+    port_ifaces: Vec<usize>,
+}
+
+impl NeighbourSync {
+    /// Sync ends for workers whose ports serve the interfaces `port_ifaces[worker][port]`.
+    pub fn mesh(port_ifaces: Vec<Vec<usize>>) -> Vec<NeighbourSync> {
+        let (tx, rx): (Vec<_>, Vec<_>) = port_ifaces.iter().map(|_| crossbeam_channel::bounded(1024)).unzip();
+        rx.into_iter()
+            .zip(port_ifaces)
+            .enumerate()
+            .map(|(worker, (inbox, port_ifaces))| NeighbourSync {
+                worker,
+                peers: tx.clone(),
+                inbox,
+                port_ifaces,
+            })
+            .collect()
+    }
+
+    /// Tells the other workers that `ip` on this worker's `port` is at `mac`.
+    pub fn publish(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        let update = NeighbourUpdate {
+            iface: self.port_ifaces[port],
+            ip,
+            mac,
+        };
+        for (w, peer) in self.peers.iter().enumerate() {
+            if w != self.worker {
+                let _ = peer.try_send(update);
+            }
+        }
+    }
+
+    /// The next update from another worker, as (this worker's port, ip, mac); updates for interfaces this
+    /// worker does not serve are skipped.
+    pub fn receive(&self) -> Option<(PortId, Ipv4Addr, EthernetAddress)> {
+        while let Ok(u) = self.inbox.try_recv() {
+            if let Some(port) = self.port_ifaces.iter().position(|i| *i == u.iface) {
+                return Some((port, u.ip, u.mac));
+            }
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,6 +528,18 @@ mod tests {
         assert!(t.is_empty());
         t.learn(t0, 0, OUR_IP, PEER_IP, PEER_MAC, true);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn sync_passes_learned_neighbours_to_the_other_workers_only() {
+        let mut mesh = NeighbourSync::mesh(vec![vec![0, 1], vec![1, 0]]);
+        let w1 = mesh.pop().unwrap();
+        let w0 = mesh.pop().unwrap();
+        // Worker 0 learns PEER on its port 1, which is interface 1: worker 1 serves interface 1 on its port 0.
+        w0.publish(1, PEER_IP, PEER_MAC);
+        assert_eq!(w1.receive(), Some((0, PEER_IP, PEER_MAC)));
+        assert_eq!(w1.receive(), None);
+        assert_eq!(w0.receive(), None, "no echo to the publisher");
     }
 
     #[test]

@@ -546,3 +546,158 @@ fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouc
     );
     Ok(())
 }
+
+#[test]
+fn two_queues_both_directions_of_every_flow_are_handled_by_its_owner() -> Result<()> {
+    let lab = Lab::new("twoq")?;
+    let client = lab.netns("client")?;
+    let lb = lab.netns("lb")?;
+    let srv = lab.netns("servers")?;
+    // Two-queue veths: the sender's kernel spreads flows over both queues, so flows and their replies arrive
+    // on either worker.
+    let q2 = ["numtxqueues", "2", "numrxqueues", "2"];
+    for (a_ns, a, b_ns, b) in [(&client, "cli0", &lb, "ext0"), (&lb, "int0", &srv, "srv0")] {
+        let mut args = vec!["link", "add", a];
+        args.extend(q2);
+        args.extend(["type", "veth", "peer", "name", b]);
+        args.extend(q2);
+        args.extend(["netns", b_ns.name()]);
+        a_ns.ip(&args)?;
+    }
+    client.addr("cli0", "198.18.0.1/24")?;
+    lb.link_up("ext0")?;
+    lb.link_up("int0")?;
+    for s in SERVERS {
+        srv.addr("srv0", &format!("{s}/24"))?;
+    }
+    client.disable_offloads("cli0")?;
+    srv.disable_offloads("srv0")?;
+    let t = TwoArm {
+        lab,
+        client,
+        lb,
+        servers: srv,
+    };
+    let _sinks = sinks(&t, "tcp", 8080)?;
+    let cfg = config(&listener("web", 80, "tcp", "rr"), &servers(8080, [1, 1, 1]), "")
+        .replace("queues = [0]\ncores = [0]", "queues = [0, 1]\ncores = [0, 1]");
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &cfg)?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    let names = in_ns(&t.client, move || {
+        (0..200).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+    });
+    let names = names.with_context(|| format!("stats: {:#}", xlb.stats().unwrap_or_default()))?;
+    ensure!(names.len() == 200, "every connection answered and echoed");
+    let workers = wait_until_ok(TIMEOUT, "per-worker counters", || {
+        let w = xlb.stats()?["l4"]["workers"].clone();
+        // Exactly one entry per flow, at its owner (entries stay in TIME_WAIT for 120 s).
+        let conns: u64 = (0..2).map(|i| w[i]["conns"].as_u64().unwrap_or(0)).sum();
+        ensure!(conns == 200, "{conns} connection entries for 200 flows: {w}");
+        Ok(w)
+    })?;
+    let rx: Vec<u64> = xlb.stats()?["workers"]
+        .as_array()
+        .context("workers")?
+        .iter()
+        .map(|w| w["rx_frames"].as_u64().unwrap_or(0))
+        .collect();
+    eprintln!("rx frames per worker: {rx:?}; l4 per worker: {workers}");
+    ensure!(
+        rx.len() == 2 && rx.iter().all(|n| *n > 0),
+        "both queues must receive traffic: {rx:?}"
+    );
+    ensure!(
+        workers[0]["handoff_out"].as_u64() > Some(0) && workers[1]["handoff_out"].as_u64() > Some(0),
+        "frames crossed between the workers in both directions: {workers}"
+    );
+    // A packet handled by a worker that does not own its flow would find no entry: none did.
+    ensure!(
+        xlb.total("drops.no_connection")? == 0,
+        "a packet missed its connection entry"
+    );
+    ensure!(xlb.total("drops.handoff_full")? == 0, "hand-off queue overflowed");
+    Ok(())
+}
+
+#[test]
+fn direct_routing_one_arm_backends_answer_clients_directly() -> Result<()> {
+    let lab = Lab::new("dr")?;
+    let net = lab.netns("net")?;
+    let client = lab.netns("client")?;
+    let lb = lab.netns("lb")?;
+    lab.veth((&client, "cli0"), (&net, "p-cli"))?;
+    lab.veth((&lb, "ext0"), (&net, "p-lb"))?;
+    let mut ports = vec!["p-cli", "p-lb"];
+    let mut servers = vec![];
+    let srv_ports = ["p-s1", "p-s2", "p-s3"];
+    for (i, port) in srv_ports.iter().enumerate() {
+        let s = lab.netns(&format!("s{}", i + 1))?;
+        lab.veth((&s, "eth0"), (&net, port))?;
+        s.addr("eth0", &format!("198.18.0.{}/24", 21 + i))?;
+        // The DR recipe: the VIP on loopback, never answered in ARP.
+        s.addr("lo", &format!("{VIP}/32"))?;
+        s.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+        s.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+        servers.push(s);
+    }
+    ports.extend(srv_ports);
+    lab.bridge(&net, "br0", &ports)?;
+    client.addr("cli0", "198.18.0.1/24")?;
+    lb.addr("ext0", "198.18.0.2/24")?;
+    client.disable_offloads("cli0")?;
+    let _sinks = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| sink(&lab, s, "tcp", &format!("0.0.0.0:80"), &format!("s{}", i + 1)))
+        .collect::<Result<Vec<_>>>()?;
+    for s in &servers {
+        s.wait_tcp_listen(80, TIMEOUT)?;
+    }
+    let cfg = format!(
+        r#"
+[node]
+name = "lb1"
+control_socket = "CONTROL_SOCKET"
+
+[[interface]]
+name = "ext0"
+queues = [0]
+cores = [0]
+addresses = ["198.18.0.10/24"]
+
+[[listener]]
+name = "web"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+forwarding = "dr"
+group = "web"
+
+[[group]]
+name = "web"
+servers = [{{ addr = "198.18.0.21:80" }}, {{ addr = "198.18.0.22:80" }}, {{ addr = "198.18.0.23:80" }}]
+"#
+    );
+    let xlb = Appliance::start(&lab, &lb, "lb1", &cfg)?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    let names = in_ns(&client, move || {
+        (0..300).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+    })?;
+    let by_server = count(&names);
+    ensure!(
+        by_server.len() == 3 && by_server.values().all(|n| *n == 100),
+        "rr over 3 DR servers: {by_server:?}"
+    );
+    let l = wait_until_ok(TIMEOUT, "counters", || {
+        let l = listener_stats(&xlb, 0)?;
+        ensure!(l["conns_total"] == 300, "{} connections counted", l["conns_total"]);
+        Ok(l)
+    })?;
+    ensure!(
+        l["packets_out"] == 0,
+        "DR replies must bypass xlb, yet it forwarded {} replies",
+        l["packets_out"]
+    );
+    Ok(())
+}

@@ -48,8 +48,8 @@ pub fn run(config: Config) -> Result<(), String> {
     let started = Instant::now();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
-    let workers = plan_workers(&config.interfaces).map_err(|e| e.to_string())?.len();
-    let mut factory = PipelineFactory::new(&config, workers, started);
+    let plans = plan_workers(&config.interfaces).map_err(|e| e.to_string())?;
+    let mut factory = PipelineFactory::new(&config, &plans, started);
     let l4 = factory.shared();
     let dp =
         Datapath::start(&config.interfaces, &config.datapath, |plan| factory.make(plan)).map_err(|e| e.to_string())?;

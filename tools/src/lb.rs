@@ -11,7 +11,7 @@ use xlb_l4::forward::{Forwarder, ForwarderConfig};
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::stats::{HealthBoard, SharedL4Counters};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
-use xlb_stack::neighbour::NeighbourConfig;
+use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
 use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::WorkerPlan;
 
@@ -36,6 +36,7 @@ pub struct PipelineFactory {
     config: Config,
     handoffs: Vec<Option<Handoff>>,
     health: Option<HealthChecker>,
+    neighbour_sync: Vec<Option<NeighbourSync>>,
     shared: Arc<L4Shared>,
 }
 
@@ -87,8 +88,18 @@ fn health_targets(config: &Config) -> Vec<Target> {
 }
 
 impl PipelineFactory {
-    /// Prepares pipelines for `workers` workers.
-    pub fn new(config: &Config, workers: usize, now: Instant) -> Self {
+    /// Prepares pipelines for the planned workers.
+    pub fn new(config: &Config, plans: &[WorkerPlan], now: Instant) -> Self {
+        let workers = plans.len();
+        let neighbour_sync = if workers > 1 {
+            let port_ifaces = plans
+                .iter()
+                .map(|p| p.ports.iter().map(|(iface, _)| *iface).collect())
+                .collect();
+            NeighbourSync::mesh(port_ifaces).into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
         let handoffs = if workers > 1 {
             Handoff::mesh(workers, HANDOFF_DEPTH).into_iter().map(Some).collect()
         } else {
@@ -126,6 +137,7 @@ impl PipelineFactory {
             config: config.clone(),
             handoffs,
             health,
+            neighbour_sync,
             shared,
         }
     }
@@ -171,6 +183,9 @@ impl PipelineFactory {
             },
             forwarder,
         );
+        if let Some(sync) = self.neighbour_sync.get_mut(plan.index).and_then(Option::take) {
+            stack.set_neighbour_sync(sync);
+        }
         for l in 0..config.listeners.len() {
             let iface = vip_interface(config, l);
             if let Some(port) = plan.ports.iter().position(|(i, _)| *i == iface) {

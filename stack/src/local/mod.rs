@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::addr::Ipv4Net;
 use crate::counters::{DropReason, StackCounters};
-use crate::neighbour::{NeighbourConfig, NeighbourTable, Resolution};
+use crate::neighbour::{NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
 use crate::wire::build::{self, ResetFor, Unreachable, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::{checksum, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
@@ -227,6 +227,7 @@ pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     counters: StackCounters,
     limiter: RateLimiter,
     handler: H,
+    sync: Option<NeighbourSync>,
 }
 
 impl LocalStack<NoHandler> {
@@ -254,7 +255,13 @@ impl<H: Ipv4Handler> LocalStack<H> {
             counters: StackCounters::default(),
             limiter: RateLimiter::new(config.icmp_rate),
             handler,
+            sync: None,
         }
+    }
+
+    /// Shares what this stack learns from ARP with the other workers' stacks (and applies what they learn).
+    pub fn set_neighbour_sync(&mut self, sync: NeighbourSync) {
+        self.sync = Some(sync);
     }
 
     /// The upper stage.
@@ -306,6 +313,9 @@ impl<H: Ipv4Handler> LocalStack<H> {
         }
         if sender_mac.is_unicast() && !sender_ip.is_unspecified() {
             self.neighbours.learn(now, port, target_ip, sender_ip, sender_mac, true);
+            if let Some(sync) = &self.sync {
+                sync.publish(port, sender_ip, sender_mac);
+            }
         }
         if operation != 1 {
             return Verdict::Consumed;
@@ -508,6 +518,13 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
+        if let Some(sync) = &self.sync {
+            while let Some((port, ip, mac)) = sync.receive() {
+                if let Some(source) = self.links[port].addresses.first().map(|n| n.addr) {
+                    self.neighbours.learn(now, port, source, ip, mac, true);
+                }
+            }
+        }
         if let Some(out) = self.neighbours.poll_transmit(now, buf, &mut self.counters) {
             return Some(out);
         }
