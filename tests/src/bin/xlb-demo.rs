@@ -1,5 +1,5 @@
-//! `xlb-demo`: builds a netns lab, runs xlb in it with an embedded default config, and shows what it does
-//! with real kernel peers. Everything is removed at the end (also on failure).
+//! `xlb-demo`: builds a netns lab with real backends, runs xlb in it with an embedded default config, and
+//! shows what it does with real kernel peers. Everything is removed at the end (also on failure).
 //!
 //! `xlb-demo [--hold SECONDS]` keeps the lab up that long (at most an hour) before tearing it down, so it can be
 //! explored with `ip netns exec`.
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use xlb_tests::appliance::Appliance;
-use xlb_tests::lab::Lab;
+use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab};
 
 const CONFIG: &str = r#"
 [node]
@@ -22,7 +22,30 @@ queues = [0]
 cores = [0]
 idle = "adaptive"
 addresses = ["198.18.0.10/24"]
+
+[[interface]]
+name = "int0"
+queues = [0]
+cores = [0]
+idle = "adaptive"
+addresses = ["198.19.0.10/24"]
+
+[[listener]]
+name = "web"
+vip = "198.18.0.100"
+port = 80
+protocol = "tcp"
+scheduler = "wrr"
+forwarding = "fullnat"
+group = "web"
+
+[[group]]
+name = "web"
+servers = [{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 1 }, { addr = "198.19.0.4:8080", weight = 2 }]
+health_check = { kind = "http", path = "/", interval_ms = 500, timeout_ms = 300, rise = 2, fall = 2 }
 "#;
+
+const BACKENDS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
 
 fn step(title: &str) {
     println!("\n=== {title}");
@@ -38,27 +61,56 @@ fn demo(hold: Duration) -> Result<()> {
     let lab = Lab::new("demo")?;
     let client = lab.netns("client")?;
     let lb = lab.netns("lb")?;
+    let servers = lab.netns("servers")?;
     lab.veth((&client, "cli0"), (&lb, "ext0"))?;
+    lab.veth((&lb, "int0"), (&servers, "srv0"))?;
     client.addr("cli0", "198.18.0.1/24")?;
     lb.addr("ext0", "198.18.0.2/24")?;
+    lb.link_up("int0")?;
+    for b in BACKENDS {
+        servers.addr("srv0", &format!("{b}/24"))?;
+    }
+    // AF_XDP frames carry no checksum-offload state, so the veth peers send complete checksums.
     client.disable_offloads("cli0")?;
-    step("lab: client 198.18.0.1 <-veth-> lb (kernel 198.18.0.2, xlb owns 198.18.0.10)");
-    show("lb", &lb.ip(&["-br", "addr"])?);
+    servers.disable_offloads("srv0")?;
+    step("lab: client 198.18.0.1 -> [ext0 | xlb: VIP 198.18.0.100 | int0] -> backends 198.19.0.2-4:8080");
+    let bench = workspace_bin("xlb-bench")?.display().to_string();
+    let mut backends = Vec::new();
+    for (i, b) in BACKENDS.iter().enumerate() {
+        let name = format!("s{}", i + 1);
+        backends.push(lab.spawn(&servers, &bench, &["sink", "--listen", &format!("{b}:8080"), "--proto", "http", "--name", &name])?);
+    }
+    servers.wait_tcp_listen(8080, Duration::from_secs(5))?;
+    show("servers", "three HTTP backends (xlb-bench sink) answering `server=NAME`");
 
     step("starting xlb with the embedded config");
     show("config", CONFIG.trim());
     let xlb = Appliance::start(&lab, &lb, "demo-lb1", CONFIG)?;
-    show("ext0", &lb.ip(&["link", "show", "ext0"])?);
 
-    step("client pings 198.18.0.10 (owned only by xlb): ARP and ICMP answered from the AF_XDP stack");
-    show(
-        "client",
-        &client.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", "198.18.0.10"])?,
-    );
-    show("client", &client.ip(&["neigh", "show", "198.18.0.10"])?);
+    step("client: 8 HTTP requests to the VIP, new connection each (wrr 1:1:2)");
+    for _ in 0..8 {
+        show("curl", client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim());
+    }
 
-    step("TCP to a port xlb does not serve: RST (connection refused), counted");
-    let out = client.output("socat", &["-T", "2", "-", "TCP:198.18.0.10:22,connect-timeout=2"])?;
+    step("xlbctl list");
+    show("xlbctl", &xlb.xlbctl(&["list"])?);
+
+    step("backend s3 dies: the HTTP health check takes it out (fall 2 x 500 ms)");
+    backends[2].kill();
+    wait_until_ok(Duration::from_secs(10), "s3 to be marked down", || {
+        let list = xlb.xlbctl(&["list"])?;
+        anyhow::ensure!(list.contains("DOWN"), "not yet");
+        Ok(())
+    })?;
+    show("xlbctl", &xlb.xlbctl(&["list"])?);
+    for _ in 0..4 {
+        show("curl", client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim());
+    }
+
+    step("the appliance's own presence: ping and ARP for the VIP, RST for a port nobody serves");
+    show("client", &client.run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "198.18.0.100"])?);
+    show("client", &client.ip(&["neigh", "show", "198.18.0.100"])?);
+    let out = client.output("curl", &["-sS", "-m", "2", "http://198.18.0.100:22/"])?;
     show("client", String::from_utf8_lossy(&out.stderr).trim());
 
     step("the kernel's own address on the same link still works (XDP_PASS)");
@@ -68,12 +120,7 @@ fn demo(hold: Duration) -> Result<()> {
     show("xlbctl", &xlb.xlbctl(&["stats"])?);
 
     if !hold.is_zero() {
-        step(&format!(
-            "holding the lab for {} s (namespaces: {} {})",
-            hold.as_secs(),
-            client.name(),
-            lb.name()
-        ));
+        step(&format!("holding the lab for {} s (namespaces: {} {} {})", hold.as_secs(), client.name(), lb.name(), servers.name()));
         std::thread::sleep(hold);
     }
     step("stopping xlb (SIGTERM) and removing the lab");

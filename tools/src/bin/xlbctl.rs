@@ -30,6 +30,8 @@ enum Command {
     Status,
     /// Datapath counters per worker and interface.
     Stats,
+    /// Listeners and their servers with weights, health and connections (like `ipvsadm -Ln`).
+    List,
 }
 
 fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
@@ -97,6 +99,33 @@ fn print_stats(doc: &Value) {
     }
 }
 
+fn print_list(doc: &Value) {
+    println!("{:<5}{:<24}{:<10}{:<9}{}", "Prot", "LocalAddress:Port", "Scheduler", "Forward", "Listener");
+    println!("  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}", "RemoteAddress:Port", "Weight", "Health", "ActiveConn", "InActConn", "TotalConns");
+    for l in doc["l4"]["listeners"].as_array().into_iter().flatten() {
+        println!(
+            "{:<5}{:<24}{:<10}{:<9}{} (group {})",
+            l["protocol"].as_str().unwrap_or("?").to_uppercase(),
+            format!("{}:{}", l["vip"].as_str().unwrap_or("?"), l["port"].as_u64().unwrap_or(0)),
+            l["scheduler"].as_str().unwrap_or("?"),
+            l["forwarding"].as_str().unwrap_or("?"),
+            l["name"].as_str().unwrap_or("?"),
+            l["group"].as_str().unwrap_or("?"),
+        );
+        for s in l["servers"].as_array().into_iter().flatten() {
+            println!(
+                "  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}",
+                s["addr"].as_str().unwrap_or("?"),
+                s["weight"].as_u64().unwrap_or(0),
+                if s["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
+                s["active_conns"].as_u64().unwrap_or(0),
+                s["inactive_conns"].as_u64().unwrap_or(0),
+                s["conns_total"].as_u64().unwrap_or(0),
+            );
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -121,6 +150,13 @@ fn main() -> ExitCode {
                 println!("{doc:#}")
             } else {
                 print_stats(&doc)
+            }
+        }),
+        Command::List => get(&cli, "/v1/stats").map(|doc| {
+            if cli.json {
+                println!("{:#}", doc["l4"]);
+            } else {
+                print_list(&doc)
             }
         }),
     };
