@@ -1,0 +1,277 @@
+//! `xlb-bench`: load generators and a backend server for benchmarking xlb.
+//!
+//! ```text
+//! xlb-bench tcp-cps --target IP:PORT [--conns-per-sec R|unlimited] [--concurrency N]
+//!                   [--duration S] [--request BYTES [--response-expect BYTES]] [--linger0]
+//! xlb-bench udp     --target IP:PORT --mode rr|blast [--size B] [--rate PPS]
+//!                   [--duration S] [--concurrency N] [--window W]
+//! xlb-bench http    --target IP:PORT [--path /] [--host H] [--connections N]
+//!                   [--keepalive|--new-conn] [--rate R] [--duration S]
+//! xlb-bench sink    --listen IP:PORT --proto tcp|udp|http [--name NAME] [--threads N]
+//! ```
+//!
+//! Load subcommands also take `--count N` (stop after N operations),
+//! `--timeout MS` (per connect/response/reply) and `--json` (one JSON object
+//! on stdout). A human summary always goes to stderr, and a progress line
+//! once per second when stderr is a terminal. SIGINT/SIGTERM stop a run
+//! early; it still reports. The sink prints a JSON summary line on stdout
+//! when it gets SIGINT or SIGTERM, and exits 0.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use xlb_perf::gen::http::{self, HttpConfig};
+use xlb_perf::gen::report;
+use xlb_perf::gen::sink::{Sink, SinkConfig, SinkProto};
+use xlb_perf::gen::tcp::{self, TcpCpsConfig};
+use xlb_perf::gen::udp::{self, UdpConfig, UdpMode};
+use xlb_perf::gen::{check_server_name, parse_rate, parse_seconds, RunLimits, StopFlag};
+
+/// Load generators and a backend server for benchmarking xlb.
+#[derive(Debug, Parser)]
+#[command(name = "xlb-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open and close TCP connections, as fast as possible or at a fixed rate.
+    TcpCps(TcpCpsArgs),
+    /// UDP request/response (RTT, loss) or one-way blast.
+    Udp(UdpArgs),
+    /// HTTP/1.1 GET load, closed loop or open loop at a fixed rate.
+    Http(HttpArgs),
+    /// Backend server naming itself in its answers; prints counts on SIGTERM.
+    Sink(SinkArgs),
+}
+
+/// Options of every load generator.
+#[derive(Debug, Args)]
+struct CommonArgs {
+    /// Seconds of load.
+    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "S")]
+    duration: Duration,
+    /// Stop after this many operations, even if time is left.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Timeout of each connect, response or reply, in milliseconds.
+    #[arg(long, default_value_t = 2000, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    timeout: u64,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+impl CommonArgs {
+    fn limits(&self) -> RunLimits {
+        RunLimits {
+            duration: self.duration,
+            count: self.count,
+            timeout: Duration::from_millis(self.timeout),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct TcpCpsArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Connections per second in total, or `unlimited`.
+    #[arg(long, default_value = "unlimited", value_parser = parse_rate_arg, value_name = "R")]
+    conns_per_sec: Rate,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    concurrency: usize,
+    /// Send this many bytes on each connection and wait for an answer.
+    #[arg(long, value_name = "BYTES")]
+    request: Option<usize>,
+    /// Bytes of answer to wait for (default: up to the first newline).
+    #[arg(long, value_name = "BYTES", requires = "request")]
+    response_expect: Option<usize>,
+    /// Close connections with RST instead of FIN (no TIME_WAIT).
+    #[arg(long)]
+    linger0: bool,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct UdpArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// `rr`: request/response with RTT and loss; `blast`: send only.
+    #[arg(long, value_enum)]
+    mode: UdpMode,
+    /// Payload bytes per datagram (rr: at least 48, blast: at least 16).
+    #[arg(long, default_value_t = 64, value_name = "B")]
+    size: usize,
+    /// Datagrams per second in total (default: closed loop for rr, as fast
+    /// as possible for blast).
+    #[arg(long, value_parser = parse_rate_arg, value_name = "PPS")]
+    rate: Option<Rate>,
+    /// Worker sockets.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    concurrency: usize,
+    /// rr closed loop: datagrams in flight per worker.
+    #[arg(long, default_value_t = 1, value_name = "W")]
+    window: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct HttpArgs {
+    /// Server address.
+    #[arg(long, value_name = "IP:PORT")]
+    target: SocketAddr,
+    /// Request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Host header (default: the target address).
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// Connections (worker threads).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    connections: usize,
+    /// Keep connections alive between requests (the default).
+    #[arg(long, conflicts_with = "new_conn")]
+    keepalive: bool,
+    /// Open a new connection for every request.
+    #[arg(long)]
+    new_conn: bool,
+    /// Requests per second in total: open loop, latency from the intended
+    /// send time (default: closed loop).
+    #[arg(long, value_parser = parse_rate_arg, value_name = "R")]
+    rate: Option<Rate>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+struct SinkArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "IP:PORT")]
+    listen: SocketAddr,
+    /// Protocol to serve.
+    #[arg(long, value_enum)]
+    proto: SinkProto,
+    /// Name put into answers (default: the listen address).
+    #[arg(long, value_parser = parse_name)]
+    name: Option<String>,
+    /// TCP and HTTP: event-loop threads (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: Option<u16>,
+}
+
+/// A rate from the command line; `None` is `unlimited`.
+#[derive(Debug, Clone, Copy)]
+struct Rate(Option<f64>);
+
+fn parse_rate_arg(text: &str) -> Result<Rate, String> {
+    parse_rate(text).map(Rate)
+}
+
+fn parse_name(text: &str) -> Result<String, String> {
+    check_server_name(text).map(|()| text.to_owned())
+}
+
+/// A flag set by SIGINT and SIGTERM.
+fn stop_on_signals() -> Result<StopFlag> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install a signal handler")?;
+    }
+    Ok(stop)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xlb-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let stop = stop_on_signals()?;
+    match cli.command {
+        Command::TcpCps(args) => {
+            let config = TcpCpsConfig {
+                target: args.target,
+                rate: args.conns_per_sec.0,
+                concurrency: args.concurrency,
+                request: args.request,
+                response_expect: args.response_expect,
+                linger0: args.linger0,
+                limits: args.common.limits(),
+            };
+            report::print(&tcp::run(&config, stop)?, args.common.json)
+        }
+        Command::Udp(args) => {
+            let config = UdpConfig {
+                target: args.target,
+                mode: args.mode,
+                size: args.size,
+                rate: args.rate.and_then(|rate| rate.0),
+                concurrency: args.concurrency,
+                window: args.window,
+                limits: args.common.limits(),
+            };
+            report::print(&udp::run(&config, stop)?, args.common.json)
+        }
+        Command::Http(args) => {
+            let config = HttpConfig {
+                target: args.target,
+                path: args.path,
+                host: args.host,
+                connections: args.connections,
+                keepalive: args.keepalive || !args.new_conn,
+                rate: args.rate.and_then(|rate| rate.0),
+                limits: args.common.limits(),
+            };
+            report::print(&http::run(&config, stop)?, args.common.json)
+        }
+        Command::Sink(args) => {
+            let name = match args.name {
+                Some(name) => name,
+                None => {
+                    let name = args.listen.to_string();
+                    check_server_name(&name).map_err(anyhow::Error::msg)?;
+                    name
+                }
+            };
+            let config = SinkConfig {
+                listen: args.listen,
+                proto: args.proto,
+                name,
+                threads: args.threads.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, usize::from),
+                    usize::from,
+                ),
+            };
+            let sink = Sink::bind(config.clone()).with_context(|| format!("cannot listen on {}", config.listen))?;
+            eprintln!(
+                "xlb-bench sink: {} `{}` listening on {}",
+                config.proto.as_str(),
+                config.name,
+                sink.local_addr()?
+            );
+            let summary = sink.run(&stop)?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,622 @@
+//! HTTP/1.1 GET load.
+//!
+//! `connections` workers each drive one connection at a time: kept alive
+//! between requests (`keepalive`), or a new one per request (sent with
+//! `Connection: close`).
+//!
+//! - Closed loop (no rate): each worker sends its next request as soon as the
+//!   previous answer arrived, until the duration ends. The response latency
+//!   runs from the request's first byte to the answer's last.
+//! - Open loop (`rate`): request `i` is due at `start + i / rate`, for exactly
+//!   `round(rate × duration)` requests. Workers take due requests in order,
+//!   and the response latency runs from the request's *intended* send time,
+//!   so time spent waiting for a busy connection (or connecting) counts:
+//!   this corrects for coordinated omission. Requests a worker could not even
+//!   start within one timeout after the end of the duration are reported as
+//!   `not_issued`.
+//!
+//! Every issued request is either completed (a whole answer arrived, whatever
+//! its status) or counted as one failure, so `issued == completed + failed`.
+//! Answers name their server by an `X-Server` header or a body starting with
+//! `server=NAME`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::report::{self, FailureKind, Failures, Latency, Report, ServerCounts};
+use super::{server_name, LiveCounters, Pacer, Progress, RunLimits, StopFlag};
+
+/// Largest response head accepted.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Body bytes kept to look for `server=NAME`; the rest is read and dropped.
+const BODY_PREFIX: usize = 256;
+
+/// Parameters of an HTTP run.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Server address.
+    pub target: SocketAddr,
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// `Host` header; `None`: the target address.
+    pub host: Option<String>,
+    /// Worker connections.
+    pub connections: usize,
+    /// Keep connections alive (`true`) or open one per request.
+    pub keepalive: bool,
+    /// Requests per second in total (open loop); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Duration, count and per-step timeout.
+    pub limits: RunLimits,
+}
+
+/// The parameters as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpParams {
+    /// Server address.
+    pub target: String,
+    /// Request path.
+    pub path: String,
+    /// `Host` header sent.
+    pub host: String,
+    /// Worker connections.
+    pub connections: usize,
+    /// Whether connections are kept alive.
+    pub keepalive: bool,
+    /// Requests per second asked for (`null`: closed loop).
+    pub rate: Option<f64>,
+    /// Seconds of load.
+    pub duration_s: f64,
+    /// Request limit.
+    pub count: Option<u64>,
+    /// Timeout of connect and of each read or write, in milliseconds.
+    pub timeout_ms: u64,
+    /// What response latency is measured from: `intended` (open loop) or
+    /// `send` (closed loop).
+    pub latency_from: &'static str,
+}
+
+/// Request counts.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HttpCounts {
+    /// Open loop: requests on the schedule.
+    pub scheduled: Option<u64>,
+    /// Requests started.
+    pub issued: u64,
+    /// Open loop: scheduled requests never started (`scheduled - issued`).
+    pub not_issued: Option<u64>,
+    /// Requests that got a whole answer.
+    pub completed: u64,
+    /// Requests that failed (`issued - completed`).
+    pub failed: u64,
+    /// TCP connections opened.
+    pub connections_opened: u64,
+}
+
+/// Latency percentiles of an HTTP run, in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpLatency {
+    /// TCP handshakes.
+    pub connect: Latency,
+    /// Requests, see [`HttpParams::latency_from`].
+    pub response: Latency,
+}
+
+/// Result of an HTTP run.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpReport {
+    /// Always `"http"`.
+    pub scenario: &'static str,
+    /// What was asked for.
+    pub params: HttpParams,
+    /// Seconds from start to the last completed request.
+    pub elapsed_s: f64,
+    /// Completed requests per second.
+    pub rate: f64,
+    /// Request counts.
+    pub counts: HttpCounts,
+    /// Failed requests by kind.
+    pub failures: Failures,
+    /// Completed requests by status code.
+    pub status: BTreeMap<String, u64>,
+    /// Latency percentiles.
+    pub latency_us: HttpLatency,
+    /// Completed requests per server name.
+    pub servers: ServerCounts,
+}
+
+impl Report for HttpReport {
+    fn human(&self) -> String {
+        let p = &self.params;
+        let c = &self.counts;
+        let mode = match p.rate {
+            Some(rate) => format!("open loop {rate}/s"),
+            None => format!("closed loop {} conns", p.connections),
+        };
+        let statuses: Vec<String> = self.status.iter().map(|(code, n)| format!("{code}={n}")).collect();
+        let mut lines = vec![
+            format!(
+                "http {} ({mode}, {}): {} of {} requests completed in {:.2} s = {:.0}/s; {}",
+                p.target,
+                if p.keepalive { "keep-alive" } else { "new conn" },
+                c.completed,
+                c.issued,
+                self.elapsed_s,
+                self.rate,
+                self.failures.human()
+            ),
+            format!(
+                "  status: {}; connections opened {}",
+                statuses.join(" "),
+                c.connections_opened
+            ),
+        ];
+        if let Some(n) = c.not_issued.filter(|&n| n > 0) {
+            lines.push(format!("  NOT ISSUED: {n} scheduled requests (generator too slow)"));
+        }
+        lines.push(self.latency_us.connect.human("connect"));
+        lines.push(self.latency_us.response.human("response"));
+        lines.extend(report::servers_human(&self.servers));
+        lines.join("\n")
+    }
+}
+
+struct WorkerResult {
+    issued: u64,
+    completed: u64,
+    opened: u64,
+    failures: Failures,
+    status: BTreeMap<u16, u64>,
+    connect: Histogram<u64>,
+    response: Histogram<u64>,
+    servers: ServerCounts,
+    last_completed: Option<Instant>,
+    first_error: Option<String>,
+}
+
+/// Runs an HTTP load; returns when all workers are done.
+pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
+    if config.connections == 0 {
+        bail!("--connections must be at least 1");
+    }
+    if !config.path.starts_with('/') || config.path.contains(char::is_whitespace) {
+        bail!("--path must start with `/` and contain no whitespace");
+    }
+    let host = config.host.clone().unwrap_or_else(|| config.target.to_string());
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        bail!("--host must be non-empty and contain no whitespace");
+    }
+    let connection = if config.keepalive { "" } else { "Connection: close\r\n" };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-bench\r\nAccept: */*\r\n{connection}\r\n",
+        config.path
+    )
+    .into_bytes();
+
+    let live = Arc::new(LiveCounters::default());
+    let pacer = Pacer::new(&config.limits, config.rate, stop);
+    let progress = Progress::start("http", config.limits.duration, Arc::clone(&live));
+    let results = thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.connections)
+            .map(|_| scope.spawn(|| worker(config, &request, &pacer, &live)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("an http worker panicked")))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    drop(progress);
+
+    let mut counts = HttpCounts {
+        scheduled: pacer.scheduled(),
+        ..HttpCounts::default()
+    };
+    let mut failures = Failures::default();
+    let mut status = BTreeMap::new();
+    let (mut connect, mut response) = (report::histogram(), report::histogram());
+    let mut servers = ServerCounts::new();
+    let mut last = pacer.start();
+    for r in &results {
+        counts.issued += r.issued;
+        counts.completed += r.completed;
+        counts.connections_opened += r.opened;
+        failures.merge(&r.failures);
+        for (code, n) in &r.status {
+            *status.entry(code.to_string()).or_default() += n;
+        }
+        report::merge(&mut connect, &r.connect);
+        report::merge(&mut response, &r.response);
+        report::merge_counts(&mut servers, &r.servers);
+        last = last.max(r.last_completed.unwrap_or(last));
+    }
+    counts.failed = failures.total();
+    counts.not_issued = counts.scheduled.map(|s| s.saturating_sub(counts.issued));
+    if let Some(err) = results.iter().find_map(|r| r.first_error.as_ref()) {
+        eprintln!("http: first failure: {err}");
+    }
+    let elapsed = (last - pacer.start()).as_secs_f64();
+    Ok(HttpReport {
+        scenario: "http",
+        params: HttpParams {
+            target: config.target.to_string(),
+            path: config.path.clone(),
+            host,
+            connections: config.connections,
+            keepalive: config.keepalive,
+            rate: config.rate,
+            duration_s: config.limits.duration.as_secs_f64(),
+            count: config.limits.count,
+            timeout_ms: config.limits.timeout.as_millis() as u64,
+            latency_from: if config.rate.is_some() { "intended" } else { "send" },
+        },
+        elapsed_s: report::round3(elapsed),
+        rate: if elapsed > 0.0 {
+            report::round3(counts.completed as f64 / elapsed)
+        } else {
+            0.0
+        },
+        counts,
+        failures,
+        status,
+        latency_us: HttpLatency {
+            connect: Latency::from_histogram(&connect),
+            response: Latency::from_histogram(&response),
+        },
+        servers,
+    })
+}
+
+fn worker(config: &HttpConfig, request: &[u8], pacer: &Pacer, live: &LiveCounters) -> WorkerResult {
+    let mut r = WorkerResult {
+        issued: 0,
+        completed: 0,
+        opened: 0,
+        failures: Failures::default(),
+        status: BTreeMap::new(),
+        connect: report::histogram(),
+        response: report::histogram(),
+        servers: ServerCounts::new(),
+        last_completed: None,
+        first_error: None,
+    };
+    let timeout = config.limits.timeout;
+    let mut conn: Option<Conn<TcpStream>> = None;
+    while let Some(slot) = pacer.take() {
+        if let Some(at) = slot.intended {
+            if !pacer.wait_until(at) {
+                break;
+            }
+        }
+        r.issued += 1;
+        let outcome = (|| -> io::Result<(Response, Instant)> {
+            let conn = match &mut conn {
+                Some(conn) => conn,
+                None => {
+                    let started = Instant::now();
+                    let stream = TcpStream::connect_timeout(&config.target, timeout)?;
+                    report::record(&mut r.connect, started.elapsed());
+                    r.opened += 1;
+                    conn.insert(Conn::connected(stream, timeout)?)
+                }
+            };
+            let sent_at = Instant::now();
+            conn.stream.write_all(request)?;
+            Ok((conn.read_response()?, sent_at))
+        })();
+        match outcome {
+            Ok((response, sent_at)) => {
+                let now = Instant::now();
+                report::record(&mut r.response, now - slot.intended.unwrap_or(sent_at));
+                r.completed += 1;
+                r.last_completed = Some(now);
+                *r.status.entry(response.status).or_default() += 1;
+                if let Some(name) = response.server {
+                    *r.servers.entry(name).or_default() += 1;
+                }
+                if !(config.keepalive && response.keep_alive) {
+                    conn = None;
+                }
+                live.ok();
+            }
+            Err(err) => {
+                r.failures.add(FailureKind::of(&err));
+                if r.first_error.is_none() {
+                    r.first_error = Some(err.to_string());
+                }
+                conn = None;
+                live.failed();
+            }
+        }
+    }
+    r
+}
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body (1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes.
+    Length(usize),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the server closes the connection.
+    UntilClose,
+}
+
+/// What the generator needs from a response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    len: usize,
+    status: u16,
+    framing: Framing,
+    keep_alive: bool,
+    server: Option<String>,
+}
+
+/// Parses a response head; `Ok(None)` if more bytes are needed.
+fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(err) => return Err(protocol_error(format!("bad response head: {err}"))),
+    };
+    let status = resp.code.unwrap_or(0);
+    let http10 = resp.version == Some(0);
+    let mut keep_alive = !http10;
+    let mut length = None;
+    let mut chunked = false;
+    let mut server = None;
+    for header in resp.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or("").trim();
+        let name = header.name;
+        if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    keep_alive = false;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .parse()
+                .map_err(|_| protocol_error(format!("bad Content-Length `{value}`")))?;
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.to_ascii_lowercase().contains("chunked");
+        } else if name.eq_ignore_ascii_case("x-server") && !value.is_empty() {
+            server = Some(value.to_owned());
+        }
+    }
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        keep_alive = false;
+        Framing::UntilClose
+    };
+    Ok(Some(Head {
+        len,
+        status,
+        framing,
+        keep_alive,
+        server,
+    }))
+}
+
+fn protocol_error(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// A completed response.
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    server: Option<String>,
+    keep_alive: bool,
+}
+
+/// A client connection (any byte stream) with its unread bytes.
+struct Conn<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl Conn<TcpStream> {
+    /// Wraps a connected socket, setting its timeouts.
+    fn connected(stream: TcpStream, timeout: Duration) -> io::Result<Conn<TcpStream>> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn::new(stream))
+    }
+}
+
+impl<S: Read> Conn<S> {
+    fn new(stream: S) -> Conn<S> {
+        Conn {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Reads more bytes; `Ok(false)` at end of stream.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    /// Like [`Conn::fill`], with end of stream an error.
+    fn fill_or_eof(&mut self, what: &str) -> io::Result<()> {
+        if self.fill()? {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("connection closed in {what}"),
+            ))
+        }
+    }
+
+    /// Consumes `n` body bytes (reading as needed), keeping a prefix in `keep`.
+    fn consume(&mut self, mut n: usize, keep: &mut Vec<u8>) -> io::Result<()> {
+        while n > 0 {
+            if self.buf.is_empty() {
+                self.fill_or_eof("the response body")?;
+            }
+            let take = n.min(self.buf.len());
+            let room = BODY_PREFIX.saturating_sub(keep.len()).min(take);
+            keep.extend_from_slice(&self.buf[..room]);
+            self.buf.drain(..take);
+            n -= take;
+        }
+        Ok(())
+    }
+
+    /// Consumes one CRLF-terminated line and returns it without the CRLF.
+    fn line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
+                self.buf.drain(..pos + 2);
+                return Ok(line);
+            }
+            if self.buf.len() > MAX_HEAD {
+                return Err(protocol_error("chunk line too long".to_owned()));
+            }
+            self.fill_or_eof("a chunked body")?;
+        }
+    }
+
+    fn read_response(&mut self) -> io::Result<Response> {
+        let head = loop {
+            match parse_head(&self.buf)? {
+                // Interim answers (100 Continue) precede the real one.
+                Some(head) if (100..200).contains(&head.status) && head.status != 101 => {
+                    self.buf.drain(..head.len);
+                }
+                Some(head) => break head,
+                None if self.buf.len() > MAX_HEAD => return Err(protocol_error("response head too large".to_owned())),
+                None => self.fill_or_eof("the response head")?,
+            }
+        };
+        self.buf.drain(..head.len);
+        let mut body = Vec::new();
+        match head.framing {
+            Framing::Empty => {}
+            Framing::Length(n) => self.consume(n, &mut body)?,
+            Framing::Chunked => loop {
+                let line = self.line()?;
+                let size = line.split(';').next().unwrap_or("").trim();
+                let size =
+                    usize::from_str_radix(size, 16).map_err(|_| protocol_error(format!("bad chunk size `{line}`")))?;
+                if size == 0 {
+                    // Trailers, up to the empty line.
+                    while !self.line()?.is_empty() {}
+                    break;
+                }
+                self.consume(size, &mut body)?;
+                if !self.line()?.is_empty() {
+                    return Err(protocol_error("chunk not followed by CRLF".to_owned()));
+                }
+            },
+            Framing::UntilClose => loop {
+                let n = self.buf.len();
+                self.consume(n, &mut body)?;
+                if !self.fill()? {
+                    break;
+                }
+            },
+        }
+        Ok(Response {
+            status: head.status,
+            server: head.server.or_else(|| server_name(&body)),
+            keep_alive: head.keep_alive,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_heads() {
+        let sink = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Server: s1\r\n\r\nserver=s1\n";
+        let head = parse_head(sink).unwrap().unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.framing, Framing::Length(10));
+        assert!(head.keep_alive);
+        assert_eq!(head.server.as_deref(), Some("s1"));
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-").unwrap().is_none());
+        let close = parse_head(b"HTTP/1.0 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!(close.framing, Framing::UntilClose);
+        assert!(!close.keep_alive);
+        let chunked = parse_head(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(chunked.unwrap().framing, Framing::Chunked);
+        let empty = parse_head(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap();
+        let empty = empty.unwrap();
+        assert_eq!((empty.framing, empty.keep_alive), (Framing::Empty, false));
+        assert!(parse_head(b"NOT HTTP\r\n\r\n").is_err());
+    }
+
+    fn read_all(bytes: &[u8]) -> io::Result<Vec<Response>> {
+        let mut conn = Conn::new(bytes);
+        let mut responses = Vec::new();
+        while !conn.buf.is_empty() || conn.fill()? {
+            responses.push(conn.read_response()?);
+        }
+        Ok(responses)
+    }
+
+    #[test]
+    fn bodies_of_every_framing() {
+        let stream = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nserver=s1\n\
+            HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            7;ext=1\r\nserver=\r\n3\r\ns2\n\r\n0\r\nTrailer: x\r\n\r\n\
+            HTTP/1.1 503 Busy\r\nX-Server: s3\r\nContent-Length: 0\r\n\r\n\
+            HTTP/1.0 200 OK\r\n\r\nserver=s4\nuntil close";
+        let responses = read_all(stream).unwrap();
+        let seen: Vec<(u16, Option<&str>, bool)> = responses
+            .iter()
+            .map(|r| (r.status, r.server.as_deref(), r.keep_alive))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (200, Some("s1"), true),
+                (200, Some("s2"), true),
+                (503, Some("s3"), true),
+                (200, Some("s4"), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_bodies_are_errors() {
+        let short = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nserver";
+        let err = read_all(short).unwrap_err();
+        assert_eq!(FailureKind::of(&err), FailureKind::Closed);
+        let bad_chunk = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+        let err = read_all(bad_chunk).unwrap_err();
+        assert_eq!(FailureKind::of(&err), FailureKind::Protocol);
+    }
+}
