@@ -76,6 +76,9 @@ fn hint_for(err: &io::Error) -> &'static str {
 }
 
 /// The filter program loaded and attached to one interface.
+///
+/// Attaching and detaching use the network namespace of the calling thread: drop the filter on a thread in
+/// the namespace it was attached in (xlb does both on its main thread).
 pub struct XdpFilter {
     object: NonNull<sys::bpf_object>,
     ifname: String,

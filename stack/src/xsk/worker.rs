@@ -85,7 +85,7 @@ impl<P: Pipeline> Worker<P> {
         let n = ports.len();
         let batch = options.batch_size.max(1);
         let now = Instant::now();
-        Worker {
+        let mut worker = Worker {
             total: frames.len(),
             free: frames,
             in_fill: vec![0; n],
@@ -101,7 +101,10 @@ impl<P: Pipeline> Worker<P> {
             umem,
             ports,
             pipeline,
-        }
+        };
+        // Fill the rings now, so frames arriving before the worker's first turn are not dropped.
+        worker.refill();
+        worker
     }
 
     /// The counters this worker publishes (clone the `Arc` before running the worker).
@@ -163,7 +166,11 @@ impl<P: Pipeline> Worker<P> {
 
     /// Sleeps in poll(2) on every port until a frame arrives or the next timer (at most [`MAX_SLEEP`]).
     fn sleep(&mut self, now: Instant) {
-        let timeout = self.next_timer.saturating_duration_since(now).min(MAX_SLEEP);
+        let mut timeout = self.next_timer.saturating_duration_since(now).min(MAX_SLEEP);
+        if self.in_tx.iter().any(|n| *n > 0) {
+            // poll(2) wakes for received frames only; completed TX frames are reclaimed on the next turn.
+            timeout = timeout.min(Duration::from_millis(1));
+        }
         let mut fds: [libc::pollfd; 64] = [libc::pollfd {
             fd: -1,
             events: 0,
@@ -278,33 +285,36 @@ impl<P: Pipeline> Worker<P> {
     /// Hands each port's pending TX frames to its TX ring; frames that do not fit are dropped (counted).
     fn flush_tx(&mut self) -> usize {
         let mut total = 0;
+        let ring = self.options.ring_size;
         for q in 0..self.ports.len() {
             let pending = self.tx_batches[q].len();
-            if pending == 0 {
-                continue;
-            }
             let port = &mut self.ports[q];
-            let room = (port.tx.nb_free(pending as u32) as usize).min(pending);
-            // SAFETY: these frames are ours and are handed to the kernel until they come back on the
-            // completion ring.
-            let sent = unsafe { port.tx.produce(&self.tx_batches[q][..room]) };
-            for desc in &self.tx_batches[q][..sent] {
-                self.rings.tx_bytes += desc.lengths().data() as u64;
+            if pending > 0 {
+                let room = (port.tx.nb_free(pending as u32) as usize).min(pending);
+                // SAFETY: these frames are ours and are handed to the kernel until they come back on the
+                // completion ring.
+                let sent = unsafe { port.tx.produce(&self.tx_batches[q][..room]) };
+                for desc in &self.tx_batches[q][..sent] {
+                    self.rings.tx_bytes += desc.lengths().data() as u64;
+                }
+                self.rings.tx_frames += sent as u64;
+                self.in_tx[q] += sent;
+                if sent < pending {
+                    self.rings.tx_ring_full += 1;
+                    self.tx_ring_full_frames += (pending - sent) as u64;
+                    self.free.extend_from_slice(&self.tx_batches[q][sent..]);
+                }
+                self.tx_batches[q].clear();
+                total += sent;
             }
-            self.rings.tx_frames += sent as u64;
-            self.in_tx[q] += sent;
-            if sent < pending {
-                self.rings.tx_ring_full += 1;
-                self.tx_ring_full_frames += (pending - sent) as u64;
-                self.free.extend_from_slice(&self.tx_batches[q][sent..]);
-            }
-            self.tx_batches[q].clear();
-            if port.tx.needs_wakeup() {
+            // Kick the kernel whenever frames wait in the TX ring, not only when new ones were added: copy-mode
+            // drivers (veth) send only part of the ring per wake-up, and the rest would wait for more traffic.
+            let waiting = self.in_tx[q] > 0 && port.tx.nb_free_exact() < ring;
+            if (pending > 0 || waiting) && port.tx.needs_wakeup() {
                 if let Err(e) = port.tx.wakeup() {
                     tracing::warn!(iface = %port.ifname, queue = port.queue, error = %e, "TX wakeup failed");
                 }
             }
-            total += sent;
         }
         total
     }
