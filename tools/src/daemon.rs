@@ -51,6 +51,7 @@ pub fn run(config: Config) -> Result<(), String> {
     let plans = plan_workers(&config.interfaces).map_err(|e| e.to_string())?;
     let mut factory = PipelineFactory::new(&config, &plans, started);
     let l4 = factory.shared();
+    let l4_rates = l4.clone();
     let dp =
         Datapath::start(&config.interfaces, &config.datapath, |plan| factory.make(plan)).map_err(|e| e.to_string())?;
     for (i, listener) in config.listeners.iter().enumerate() {
@@ -75,7 +76,12 @@ pub fn run(config: Config) -> Result<(), String> {
     let control = ControlServer::start(&config.node.control_socket, handler)?;
     tracing::info!(node = %config.node.name, socket = %config.node.control_socket.display(), "xlb running");
 
+    let mut last_sample = (Instant::now(), l4_rates.conns_total());
     let outcome = loop {
+        if last_sample.0.elapsed() >= Duration::from_secs(1) {
+            let totals = l4_rates.sample_rates(&last_sample.1, last_sample.0.elapsed());
+            last_sample = (Instant::now(), totals);
+        }
         if let Some(sig) = signals.pending().next() {
             tracing::info!(signal = sig, "shutting down");
             break Ok(());

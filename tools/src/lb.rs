@@ -2,8 +2,9 @@
 //! mesh between workers, the health checker (on worker 0) and the shared counters the control API reads.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use xlb_l4::config::{PROBE_PORTS, PROBE_PORT_BASE};
 use xlb_l4::forward::handoff::Handoff;
@@ -29,6 +30,33 @@ pub struct L4Shared {
     pub board: Arc<HealthBoard>,
     /// Each worker's published counters, by worker index.
     pub counters: Vec<Arc<SharedL4Counters>>,
+    /// New connections per second per listener, sampled by the main thread ([`L4Shared::sample_rates`]).
+    pub conns_per_sec: Vec<AtomicU64>,
+}
+
+impl L4Shared {
+    /// Connections created so far per listener, summed over workers.
+    pub fn conns_total(&self) -> Vec<u64> {
+        let mut totals = Vec::new();
+        for worker in &self.counters {
+            let c = worker.snapshot();
+            totals.resize(c.listeners.len(), 0);
+            for (t, l) in totals.iter_mut().zip(&c.listeners) {
+                *t += l.conns_total;
+            }
+        }
+        totals
+    }
+
+    /// Updates `conns_per_sec` from the totals now and `last` (the totals `elapsed` ago); returns the totals now.
+    pub fn sample_rates(&self, last: &[u64], elapsed: Duration) -> Vec<u64> {
+        let now = self.conns_total();
+        for (i, rate) in self.conns_per_sec.iter().enumerate() {
+            let delta = now.get(i).copied().unwrap_or(0).saturating_sub(last.get(i).copied().unwrap_or(0));
+            rate.store((delta as f64 / elapsed.as_secs_f64().max(1e-3)).round() as u64, Ordering::Relaxed);
+        }
+        now
+    }
 }
 
 /// Builds pipelines for the planned workers (call [`PipelineFactory::make`] once per plan, any order).
@@ -132,6 +160,7 @@ impl PipelineFactory {
         let shared = Arc::new(L4Shared {
             board: Arc::new(HealthBoard::new(&group_sizes)),
             counters: (0..workers).map(|_| Arc::new(SharedL4Counters::new(&shape))).collect(),
+            conns_per_sec: shape.iter().map(|_| AtomicU64::new(0)).collect(),
         });
         PipelineFactory {
             config: config.clone(),

@@ -126,6 +126,7 @@ pub fn l4_json(config: &Config, l4: &L4Shared) -> Value {
                 "forwarding": format!("{:?}", l.forwarding).to_lowercase(),
                 "group": l.group,
                 "conns_total": lc.conns_total,
+                "conns_per_sec": l4.conns_per_sec.get(i).map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed)),
                 "packets_in": lc.packets_in,
                 "bytes_in": lc.bytes_in,
                 "packets_out": lc.packets_out,

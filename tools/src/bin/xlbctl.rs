@@ -100,17 +100,18 @@ fn print_stats(doc: &Value) {
 }
 
 fn print_list(doc: &Value) {
-    println!("{:<5}{:<24}{:<10}{:<9}{}", "Prot", "LocalAddress:Port", "Scheduler", "Forward", "Listener");
+    println!("{:<5}{:<24}{:<10}{:<9}Listener", "Prot", "LocalAddress:Port", "Scheduler", "Forward");
     println!("  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}", "RemoteAddress:Port", "Weight", "Health", "ActiveConn", "InActConn", "TotalConns");
     for l in doc["l4"]["listeners"].as_array().into_iter().flatten() {
         println!(
-            "{:<5}{:<24}{:<10}{:<9}{} (group {})",
+            "{:<5}{:<24}{:<10}{:<9}{} (group {}, {} new conn/s)",
             l["protocol"].as_str().unwrap_or("?").to_uppercase(),
             format!("{}:{}", l["vip"].as_str().unwrap_or("?"), l["port"].as_u64().unwrap_or(0)),
             l["scheduler"].as_str().unwrap_or("?"),
             l["forwarding"].as_str().unwrap_or("?"),
             l["name"].as_str().unwrap_or("?"),
             l["group"].as_str().unwrap_or("?"),
+            l["conns_per_sec"].as_u64().unwrap_or(0),
         );
         for s in l["servers"].as_array().into_iter().flatten() {
             println!(
