@@ -21,7 +21,9 @@ fn main() {
         .args(["-c", src, "-o"])
         .arg(&out)
         .status()
-        .unwrap_or_else(|e| panic!("cannot run `{clang}` to build the XDP filter ({e}); run `make deps` (needs clang, libbpf-dev)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{clang}` to build the XDP filter ({e}); run `make deps` (needs clang, libbpf-dev)")
+        });
     assert!(
         status.success(),
         "`{clang}` failed to compile {src}; see the error above"

@@ -648,7 +648,7 @@ fn direct_routing_one_arm_backends_answer_clients_directly() -> Result<()> {
     let _sinks = servers
         .iter()
         .enumerate()
-        .map(|(i, s)| sink(&lab, s, "tcp", &format!("0.0.0.0:80"), &format!("s{}", i + 1)))
+        .map(|(i, s)| sink(&lab, s, "tcp", "0.0.0.0:80", &format!("s{}", i + 1)))
         .collect::<Result<Vec<_>>>()?;
     for s in &servers {
         s.wait_tcp_listen(80, TIMEOUT)?;

@@ -52,8 +52,15 @@ impl L4Shared {
     pub fn sample_rates(&self, last: &[u64], elapsed: Duration) -> Vec<u64> {
         let now = self.conns_total();
         for (i, rate) in self.conns_per_sec.iter().enumerate() {
-            let delta = now.get(i).copied().unwrap_or(0).saturating_sub(last.get(i).copied().unwrap_or(0));
-            rate.store((delta as f64 / elapsed.as_secs_f64().max(1e-3)).round() as u64, Ordering::Relaxed);
+            let delta = now
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(last.get(i).copied().unwrap_or(0));
+            rate.store(
+                (delta as f64 / elapsed.as_secs_f64().max(1e-3)).round() as u64,
+                Ordering::Relaxed,
+            );
         }
         now
     }

@@ -78,10 +78,25 @@ fn demo(hold: Duration) -> Result<()> {
     let mut backends = Vec::new();
     for (i, b) in BACKENDS.iter().enumerate() {
         let name = format!("s{}", i + 1);
-        backends.push(lab.spawn(&servers, &bench, &["sink", "--listen", &format!("{b}:8080"), "--proto", "http", "--name", &name])?);
+        backends.push(lab.spawn(
+            &servers,
+            &bench,
+            &[
+                "sink",
+                "--listen",
+                &format!("{b}:8080"),
+                "--proto",
+                "http",
+                "--name",
+                &name,
+            ],
+        )?);
     }
     servers.wait_tcp_listen(8080, Duration::from_secs(5))?;
-    show("servers", "three HTTP backends (xlb-bench sink) answering `server=NAME`");
+    show(
+        "servers",
+        "three HTTP backends (xlb-bench sink) answering `server=NAME`",
+    );
 
     step("starting xlb with the embedded config");
     show("config", CONFIG.trim());
@@ -89,7 +104,10 @@ fn demo(hold: Duration) -> Result<()> {
 
     step("client: 8 HTTP requests to the VIP, new connection each (wrr 1:1:2)");
     for _ in 0..8 {
-        show("curl", client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim());
+        show(
+            "curl",
+            client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim(),
+        );
     }
 
     step("xlbctl list");
@@ -104,11 +122,17 @@ fn demo(hold: Duration) -> Result<()> {
     })?;
     show("xlbctl", &xlb.xlbctl(&["list"])?);
     for _ in 0..4 {
-        show("curl", client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim());
+        show(
+            "curl",
+            client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim(),
+        );
     }
 
     step("the appliance's own presence: ping and ARP for the VIP, RST for a port nobody serves");
-    show("client", &client.run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "198.18.0.100"])?);
+    show(
+        "client",
+        &client.run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "198.18.0.100"])?,
+    );
     show("client", &client.ip(&["neigh", "show", "198.18.0.100"])?);
     let out = client.output("curl", &["-sS", "-m", "2", "http://198.18.0.100:22/"])?;
     show("client", String::from_utf8_lossy(&out.stderr).trim());
@@ -120,7 +144,13 @@ fn demo(hold: Duration) -> Result<()> {
     show("xlbctl", &xlb.xlbctl(&["stats"])?);
 
     if !hold.is_zero() {
-        step(&format!("holding the lab for {} s (namespaces: {} {} {})", hold.as_secs(), client.name(), lb.name(), servers.name()));
+        step(&format!(
+            "holding the lab for {} s (namespaces: {} {} {})",
+            hold.as_secs(),
+            client.name(),
+            lb.name(),
+            servers.name()
+        ));
         std::thread::sleep(hold);
     }
     step("stopping xlb (SIGTERM) and removing the lab");

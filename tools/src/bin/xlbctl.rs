@@ -100,13 +100,23 @@ fn print_stats(doc: &Value) {
 }
 
 fn print_list(doc: &Value) {
-    println!("{:<5}{:<24}{:<10}{:<9}Listener", "Prot", "LocalAddress:Port", "Scheduler", "Forward");
-    println!("  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}", "RemoteAddress:Port", "Weight", "Health", "ActiveConn", "InActConn", "TotalConns");
+    println!(
+        "{:<5}{:<24}{:<10}{:<9}Listener",
+        "Prot", "LocalAddress:Port", "Scheduler", "Forward"
+    );
+    println!(
+        "  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}",
+        "RemoteAddress:Port", "Weight", "Health", "ActiveConn", "InActConn", "TotalConns"
+    );
     for l in doc["l4"]["listeners"].as_array().into_iter().flatten() {
         println!(
             "{:<5}{:<24}{:<10}{:<9}{} (group {}, {} new conn/s)",
             l["protocol"].as_str().unwrap_or("?").to_uppercase(),
-            format!("{}:{}", l["vip"].as_str().unwrap_or("?"), l["port"].as_u64().unwrap_or(0)),
+            format!(
+                "{}:{}",
+                l["vip"].as_str().unwrap_or("?"),
+                l["port"].as_u64().unwrap_or(0)
+            ),
             l["scheduler"].as_str().unwrap_or("?"),
             l["forwarding"].as_str().unwrap_or("?"),
             l["name"].as_str().unwrap_or("?"),
@@ -118,7 +128,11 @@ fn print_list(doc: &Value) {
                 "  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}",
                 s["addr"].as_str().unwrap_or("?"),
                 s["weight"].as_u64().unwrap_or(0),
-                if s["healthy"].as_bool() == Some(true) { "up" } else { "DOWN" },
+                if s["healthy"].as_bool() == Some(true) {
+                    "up"
+                } else {
+                    "DOWN"
+                },
                 s["active_conns"].as_u64().unwrap_or(0),
                 s["inactive_conns"].as_u64().unwrap_or(0),
                 s["conns_total"].as_u64().unwrap_or(0),
