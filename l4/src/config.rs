@@ -8,10 +8,11 @@ use xlb_stack::config::InterfaceConfig;
 
 use crate::conn::{Forwarding, Proto, Timeouts};
 use crate::health::HealthCheckConfig;
+use crate::layout::RemovedServerPolicy;
 use crate::sched::SchedulerKind;
 
 /// `[[listener]]`: a VIP:port served by a group.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Name (stats, logs).
@@ -44,7 +45,7 @@ fn default_forwarding() -> Forwarding {
 }
 
 /// A server of a group.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address and port.
@@ -59,7 +60,7 @@ fn default_weight() -> u32 {
 }
 
 /// `[[group]]`: backend servers and their health check.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     /// Name, referenced by listeners.
@@ -72,7 +73,7 @@ pub struct GroupConfig {
 }
 
 /// `[l4]`: connection table and FULLNAT settings (optional).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct L4Config {
     /// Connections per worker (memory is reserved up front: about 100 bytes per entry plus index).
@@ -83,6 +84,8 @@ pub struct L4Config {
     pub local_port_max: u16,
     /// Per-state timeouts.
     pub timeouts: Timeouts,
+    /// What happens to established connections of a server removed from its group (live changes).
+    pub on_server_removed: RemovedServerPolicy,
 }
 
 impl Default for L4Config {
@@ -92,6 +95,7 @@ impl Default for L4Config {
             local_port_min: 10_000,
             local_port_max: 60_999,
             timeouts: Timeouts::default(),
+            on_server_removed: RemovedServerPolicy::Keep,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: `[[listener]]`, `[[group]]`, `[l4]`.
 //! - [`forward`]: the forwarder stage (FULLNAT, DR, hand-off between workers).
+//! - [`layout`]: stable listener / server slots across live reconfigurations.
 //! - [`stats`]: per listener / server counters and the health board.
 //! - [`conn`]: the connection table, state tracking and timer wheel.
 //! - [`sched`]: schedulers (rr, wrr, wlc, sh, mh) and the Maglev table.
@@ -12,5 +13,6 @@ pub mod config;
 pub mod conn;
 pub mod forward;
 pub mod health;
+pub mod layout;
 pub mod sched;
 pub mod stats;

@@ -205,31 +205,53 @@ impl SharedL4Counters {
     }
 }
 
-/// Health of every server of every group, written by the worker running the health checks.
+/// Health of every health-check target ([`crate::layout::Layout::targets`]), written by the worker running the
+/// checks and read by every worker.
 #[derive(Debug)]
 pub struct HealthBoard {
-    up: Vec<Vec<AtomicBool>>,
+    up: Vec<AtomicBool>,
 }
 
 impl HealthBoard {
-    /// All servers up, for groups of these sizes.
-    pub fn new(group_sizes: &[usize]) -> Self {
+    /// `targets` targets, all up.
+    pub fn new(targets: usize) -> Self {
         HealthBoard {
-            up: group_sizes
-                .iter()
-                .map(|n| (0..*n).map(|_| AtomicBool::new(true)).collect())
-                .collect(),
+            up: (0..targets).map(|_| AtomicBool::new(true)).collect(),
         }
     }
 
-    /// Records a server's health.
-    pub fn set(&self, group: usize, server: usize, up: bool) {
-        self.up[group][server].store(up, Relaxed);
+    /// A board for `targets` targets whose states are taken from `old` where `carry(i)` names the old index of
+    /// target `i` (new targets start up).
+    pub fn carried_over(targets: usize, old: &HealthBoard, carry: impl Fn(usize) -> Option<usize>) -> Self {
+        let board = HealthBoard::new(targets);
+        for i in 0..targets {
+            if let Some(j) = carry(i) {
+                board.set(i, old.is_up(j));
+            }
+        }
+        board
     }
 
-    /// A server's health.
-    pub fn is_up(&self, group: usize, server: usize) -> bool {
-        self.up[group][server].load(Relaxed)
+    /// Number of targets.
+    pub fn len(&self) -> usize {
+        self.up.len()
+    }
+
+    /// Whether there are no targets.
+    pub fn is_empty(&self) -> bool {
+        self.up.is_empty()
+    }
+
+    /// Records a target's health.
+    pub fn set(&self, target: usize, up: bool) {
+        if let Some(slot) = self.up.get(target) {
+            slot.store(up, Relaxed);
+        }
+    }
+
+    /// A target's health (unknown targets are up).
+    pub fn is_up(&self, target: usize) -> bool {
+        self.up.get(target).is_none_or(|s| s.load(Relaxed))
     }
 }
 

@@ -18,6 +18,10 @@ pub struct NodeConfig {
     pub name: String,
     /// Unix socket of the control API (`xlbctl` talks to it).
     pub control_socket: PathBuf,
+    /// Prometheus metrics (`GET /metrics`) on this TCP address of a kernel interface (management network, not
+    /// the datapath); off if unset.
+    #[serde(default)]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 /// How the XDP filter is attached.

@@ -56,6 +56,7 @@ drop_reasons! {
     LocalPortsExhausted => "local_ports_exhausted": "New FULLNAT flow with no free local port on the local IP.",
     NoConnection => "no_connection": "Packet of no known connection that cannot start one (not a SYN, or a reply to a free local port).",
     HandoffFull => "handoff_full": "Frame for another worker's flow, but the hand-off queue was full.",
+    ServerRemoved => "server_removed": "Packet of a connection whose server was removed, with the reset policy (answered with RST or ICMP unreachable).",
 }
 
 /// Counters of the sans-IO stack (owned by one worker, plain integers).

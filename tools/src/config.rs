@@ -34,12 +34,41 @@ impl Config {
     /// Parses and validates config text. Errors name the bad field.
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
-        validate_interfaces(&config.interfaces, &config.datapath)?;
-        xlb_l4::config::validate(&config.listeners, &config.groups, &config.l4, &config.interfaces)?;
-        if config.node.name.is_empty() {
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the whole config (also after a change through the control API). Errors name the field.
+    pub fn validate(&self) -> Result<(), String> {
+        validate_interfaces(&self.interfaces, &self.datapath)?;
+        xlb_l4::config::validate(&self.listeners, &self.groups, &self.l4, &self.interfaces)?;
+        if self.node.name.is_empty() {
             return Err("node.name: must not be empty".into());
         }
-        Ok(config)
+        Ok(())
+    }
+
+    /// Whether a change from `self` to `new` needs a restart (interfaces, datapath or node settings changed,
+    /// or L4 table settings): those are not applied live.
+    pub fn restart_needed(&self, new: &Config) -> Option<&'static str> {
+        if format!("{:?}", self.interfaces) != format!("{:?}", new.interfaces) {
+            return Some("interface");
+        }
+        if format!("{:?}", self.datapath) != format!("{:?}", new.datapath) {
+            return Some("datapath");
+        }
+        if format!("{:?}", self.node) != format!("{:?}", new.node) {
+            return Some("node");
+        }
+        let (a, b) = (&self.l4, &new.l4);
+        if a.conn_table_size != b.conn_table_size
+            || a.local_port_min != b.local_port_min
+            || a.local_port_max != b.local_port_max
+            || a.timeouts != b.timeouts
+        {
+            return Some("l4 (conn_table_size, local ports, timeouts)");
+        }
+        None
     }
 
     /// Reads, parses and validates a config file. Errors start with the file name.

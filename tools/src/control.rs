@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-/// Answers a request: (method, path) → (status code, JSON body).
-pub type Handler = dyn Fn(&str, &str) -> (u16, Value) + Send + Sync;
+/// Answers a request: (method, path, body) → (status code, JSON body).
+pub type Handler = dyn Fn(&str, &str, &[u8]) -> (u16, Value) + Send + Sync;
 
 /// The control socket server. Dropping it stops the thread and removes the socket file.
 pub struct ControlServer {
@@ -87,7 +87,7 @@ fn serve(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
 fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let mut buf = vec![0u8; 16 * 1024];
+    let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     let (status, body) = loop {
         let n = stream.read(&mut buf[len..])?;
@@ -98,8 +98,21 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break handler(req.method.unwrap_or(""), req.path.unwrap_or(""));
+            Ok(httparse::Status::Complete(head)) => {
+                let content_length = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if head + content_length > buf.len() {
+                    break (413, json!({"error": format!("request body over {MAX_REQUEST} bytes")}));
+                }
+                if len < head + content_length {
+                    continue;
+                }
+                let (method, path) = (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string());
+                break handler(&method, &path, &buf[head..head + content_length]);
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             Ok(httparse::Status::Partial) => break (431, json!({"error": "request headers too large"})),
@@ -112,22 +125,30 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
         _ => "Error",
     };
     write!(stream, "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
     stream.write_all(&body)
 }
 
-/// Sends `method path` to the control socket and returns (status, JSON body). Used by `xlbctl` and tests.
-pub fn request(socket: &Path, method: &str, path: &str) -> Result<(u16, Value), String> {
+/// Largest request (headers and body) the control socket reads.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Sends `method path` (with an optional JSON body) to the control socket and returns (status, JSON body).
+/// Used by `xlbctl` and tests.
+pub fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {} ({e}): is xlb running?", socket.display()))?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    let payload = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: xlb\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        payload.len()
     )
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
@@ -153,15 +174,18 @@ mod tests {
     fn serves_json_and_rejects_unknown_paths() {
         let dir = std::env::temp_dir().join(format!("xlb-control-test-{}", std::process::id()));
         let path = dir.join("c.sock");
-        let handler: Arc<Handler> = Arc::new(|method, path| match (method, path) {
+        let handler: Arc<Handler> = Arc::new(|method, path, _body| match (method, path) {
             ("GET", "/v1/status") => (200, json!({"ok": true})),
             _ => (404, json!({"error": "no such endpoint"})),
         });
         let server = ControlServer::start(&path, handler).unwrap();
-        assert_eq!(request(&path, "GET", "/v1/status").unwrap(), (200, json!({"ok": true})));
-        assert_eq!(request(&path, "GET", "/nope").unwrap().0, 404);
+        assert_eq!(
+            request(&path, "GET", "/v1/status", None).unwrap(),
+            (200, json!({"ok": true}))
+        );
+        assert_eq!(request(&path, "GET", "/nope", None).unwrap().0, 404);
         // A second server on the same socket is refused while the first runs.
-        let again = ControlServer::start(&path, Arc::new(|_: &str, _: &str| (200, json!({}))));
+        let again = ControlServer::start(&path, Arc::new(|_: &str, _: &str, _: &[u8]| (200, json!({}))));
         assert!(again.err().unwrap().contains("in use"));
         drop(server);
         assert!(!path.exists());

@@ -1,99 +1,81 @@
-//! `xlb run`: starts the datapath with the local stack on every worker, serves the control API, and stops
-//! cleanly on SIGINT/SIGTERM (workers stopped, XDP filters detached, control socket removed).
+//! `xlb run`: starts the datapath with the L4 pipeline on every worker, serves the control API (and metrics),
+//! applies the config file again on SIGHUP, and stops cleanly on SIGINT/SIGTERM (workers stopped, XDP filters
+//! detached, control socket removed).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use xlb_stack::xsk::datapath::plan_workers;
-use xlb_stack::xsk::filter::{AddrKind, AttachedMode};
+use xlb_stack::xsk::filter::AddrKind;
 use xlb_stack::xsk::Datapath;
 
+use crate::api::Api;
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
-use crate::lb::{vip_interface, L4Shared, PipelineFactory};
-use crate::stats;
+use crate::lb::{vip_interface, PipelineFactory};
+use crate::metrics;
 
-/// Builds the stats document from the running datapath.
-fn stats_document(node: &str, started: Instant, dp: &Datapath, config: &Config, l4: &L4Shared) -> Value {
-    let workers: Vec<Value> = dp
-        .worker_counters()
-        .iter()
-        .map(|(name, s)| stats::worker_json(name, s))
-        .collect();
-    let interfaces: Vec<Value> = dp
-        .filter_stats()
-        .iter()
-        .map(|(name, mode, f)| {
-            let mode = match mode {
-                AttachedMode::Native => "native",
-                AttachedMode::Generic => "generic",
-            };
-            stats::filter_json(name, mode, f)
-        })
-        .collect();
-    json!({
-        "node": node,
-        "uptime_s": started.elapsed().as_secs(),
-        "totals": stats::totals(&workers),
-        "workers": workers,
-        "interfaces": interfaces,
-        "l4": stats::l4_json(config, l4),
-    })
-}
-
-/// Runs the appliance until SIGINT or SIGTERM.
-pub fn run(config: Config) -> Result<(), String> {
+/// Runs the appliance until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP and `xlbctl reload`.
+pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let started = Instant::now();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     let plans = plan_workers(&config.interfaces).map_err(|e| e.to_string())?;
-    let mut factory = PipelineFactory::new(&config, &plans, started);
-    let l4 = factory.shared();
-    let l4_rates = l4.clone();
+    let (mut factory, runtime) = PipelineFactory::new(&config, &plans, started);
     let dp =
         Datapath::start(&config.interfaces, &config.datapath, |plan| factory.make(plan)).map_err(|e| e.to_string())?;
-    for (i, listener) in config.listeners.iter().enumerate() {
-        dp.add_address(vip_interface(&config, i), listener.vip, AddrKind::Vip)
+    for listener in &config.listeners {
+        dp.add_address(vip_interface(&config, listener), listener.vip, AddrKind::Vip)
             .map_err(|e| e.to_string())?;
         tracing::info!(listener = %listener.name, vip = %listener.vip, port = listener.port, protocol = ?listener.protocol, "listener up");
     }
-    let dp = Arc::new(dp);
+    let api = Arc::new(Api::new(runtime, Arc::new(dp), started, config_path));
 
-    let node = config.node.name.clone();
-    let dp_for_api = dp.clone();
-    let config_for_api = config.clone();
-    let handler: Arc<Handler> = Arc::new(move |method, path| match (method, path) {
-        ("GET", "/v1/status") => (
-            200,
-            json!({"node": node, "uptime_s": started.elapsed().as_secs(), "healthy": dp_for_api.healthy()}),
-        ),
-        ("GET", "/v1/stats") => (200, stats_document(&node, started, &dp_for_api, &config_for_api, &l4)),
-        (_, "/v1/status" | "/v1/stats") => (405, json!({"error": format!("{method} not allowed on {path}")})),
-        _ => (404, json!({"error": format!("no endpoint {path}")})),
-    });
+    let for_control = api.clone();
+    let handler: Arc<Handler> = Arc::new(move |method, path, body| for_control.handle(method, path, body));
     let control = ControlServer::start(&config.node.control_socket, handler)?;
+    let metrics_server = match config.node.metrics_address {
+        Some(addr) => {
+            let for_metrics = api.clone();
+            let server = metrics::start(addr, Arc::new(move || for_metrics.stats()))?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+            Some(server)
+        }
+        None => None,
+    };
     tracing::info!(node = %config.node.name, socket = %config.node.control_socket.display(), "xlb running");
 
-    let mut last_sample = (Instant::now(), l4_rates.conns_total());
+    let mut last_sample = Instant::now();
     let outcome = loop {
-        if last_sample.0.elapsed() >= Duration::from_secs(1) {
-            let totals = l4_rates.sample_rates(&last_sample.1, last_sample.0.elapsed());
-            last_sample = (Instant::now(), totals);
+        match signals.pending().next() {
+            Some(SIGHUP) => match api.reload() {
+                Ok(summary) => tracing::info!(%summary, "reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload on SIGHUP refused; running config unchanged"),
+            },
+            Some(sig) => {
+                tracing::info!(signal = sig, "shutting down");
+                break Ok(());
+            }
+            None => {}
         }
-        if let Some(sig) = signals.pending().next() {
-            tracing::info!(signal = sig, "shutting down");
-            break Ok(());
-        }
-        if !dp.healthy() {
+        if !api.datapath().healthy() {
             break Err("a worker thread stopped unexpectedly (see the log above); shutting down".to_string());
+        }
+        if last_sample.elapsed() >= Duration::from_secs(1) {
+            api.sample_rates();
+            last_sample = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
     };
 
+    drop(metrics_server);
     drop(control);
-    let dp = Arc::try_unwrap(dp).map_err(|_| "datapath still shared at shutdown".to_string())?;
+    let dp = Arc::try_unwrap(api)
+        .ok()
+        .and_then(|api| Arc::try_unwrap(api.into_datapath()).ok())
+        .ok_or_else(|| "datapath still shared at shutdown".to_string())?;
     for (worker, frames) in dp.stop() {
         if frames.free + frames.in_fill != frames.total {
             tracing::warn!(worker, ?frames, "UMEM frames unaccounted for at shutdown");

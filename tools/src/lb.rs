@@ -1,91 +1,59 @@
-//! Builds each worker's pipeline from the config: the local stack with the L4 forwarder on top, the hand-off
-//! mesh between workers, the health checker (on worker 0) and the shared counters the control API reads.
+//! The L4 part of the appliance outside the datapath: builds each worker's pipeline (local stack + L4
+//! forwarder, hand-off mesh, neighbour sharing, the health checker on worker 0), and [`L4Runtime`], the
+//! control-plane state that applies configuration changes live.
+//!
+//! A change is validated as a whole config first; then the runtime computes the next [`Layout`] (stable slots,
+//! so live connections keep their meaning), a health board carried over from the current one, fresh counter
+//! slots and a new health checker, and sends each worker a [`ForwarderUpdate`] over a channel. Workers apply it
+//! between batches; nothing on the packet path takes a lock.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xlb_l4::config::{PROBE_PORTS, PROBE_PORT_BASE};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use xlb_l4::config::{GroupConfig, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
 use xlb_l4::forward::handoff::Handoff;
-use xlb_l4::forward::{Forwarder, ForwarderConfig};
+use xlb_l4::forward::{Forwarder, ForwarderConfig, ForwarderUpdate};
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
-use xlb_l4::stats::{HealthBoard, SharedL4Counters};
+use xlb_l4::layout::Layout;
+use xlb_l4::stats::{HealthBoard, L4Counters, SharedL4Counters};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
 use xlb_stack::wire::EthernetAddress;
-use xlb_stack::xsk::WorkerPlan;
+use xlb_stack::xsk::filter::AddrKind;
+use xlb_stack::xsk::{Datapath, WorkerPlan};
 
 use crate::config::Config;
 
 /// Frames each worker may have in flight to other workers.
 const HANDOFF_DEPTH: usize = 1024;
+/// Configuration updates that may queue for a worker.
+const UPDATE_DEPTH: usize = 16;
 
 /// The pipeline every worker runs.
 pub type LbPipeline = LocalStack<Forwarder>;
 
-/// What the pipelines share with the control thread.
-pub struct L4Shared {
-    /// Health of every server.
-    pub board: Arc<HealthBoard>,
-    /// Each worker's published counters, by worker index.
-    pub counters: Vec<Arc<SharedL4Counters>>,
-    /// New connections per second per listener, sampled by the main thread ([`L4Shared::sample_rates`]).
-    pub conns_per_sec: Vec<AtomicU64>,
-}
-
-impl L4Shared {
-    /// Connections created so far per listener, summed over workers.
-    pub fn conns_total(&self) -> Vec<u64> {
-        let mut totals = Vec::new();
-        for worker in &self.counters {
-            let c = worker.snapshot();
-            totals.resize(c.listeners.len(), 0);
-            for (t, l) in totals.iter_mut().zip(&c.listeners) {
-                *t += l.conns_total;
-            }
-        }
-        totals
-    }
-
-    /// Updates `conns_per_sec` from the totals now and `last` (the totals `elapsed` ago); returns the totals now.
-    pub fn sample_rates(&self, last: &[u64], elapsed: Duration) -> Vec<u64> {
-        let now = self.conns_total();
-        for (i, rate) in self.conns_per_sec.iter().enumerate() {
-            let delta = now
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(last.get(i).copied().unwrap_or(0));
-            rate.store(
-                (delta as f64 / elapsed.as_secs_f64().max(1e-3)).round() as u64,
-                Ordering::Relaxed,
-            );
-        }
-        now
-    }
-}
-
-/// Builds pipelines for the planned workers (call [`PipelineFactory::make`] once per plan, any order).
-pub struct PipelineFactory {
-    config: Config,
-    handoffs: Vec<Option<Handoff>>,
-    health: Option<HealthChecker>,
-    neighbour_sync: Vec<Option<NeighbourSync>>,
-    shared: Arc<L4Shared>,
-}
-
-/// The interface index a listener's VIP is announced on.
-pub fn vip_interface(config: &Config, listener: usize) -> usize {
-    let l = &config.listeners[listener];
-    if let Some(name) = &l.interface {
+/// The interface index the VIP of `listener` is announced on: its `interface`, else the interface whose subnet
+/// holds the VIP, else the first.
+pub fn vip_interface(config: &Config, listener: &ListenerConfig) -> usize {
+    if let Some(name) = &listener.interface {
         return config.interfaces.iter().position(|i| &i.name == name).unwrap_or(0);
     }
     config
         .interfaces
         .iter()
-        .position(|i| i.addresses.iter().any(|n| n.prefix < 32 && n.contains(l.vip)))
+        .position(|i| i.addresses.iter().any(|n| n.prefix < 32 && n.contains(listener.vip)))
         .unwrap_or(0)
+}
+
+/// The VIP interface of every listener slot of `layout`.
+fn vip_ifaces(config: &Config, layout: &Layout) -> Vec<usize> {
+    layout
+        .listeners
+        .iter()
+        .map(|l| vip_interface(config, &l.config))
+        .collect()
 }
 
 /// Links of all interfaces (for routing decisions made outside a worker; MACs are not needed there).
@@ -101,86 +69,94 @@ fn links(config: &Config) -> Vec<Link> {
         .collect()
 }
 
-/// The health-check targets of every group that has a check; probes leave from our address on the server's link.
-fn health_targets(config: &Config) -> Vec<Target> {
+/// A health checker for the layout's targets. Target ids carry the target's index on the board in `group`.
+fn health_checker(config: &Config, layout: &Layout, now: Instant) -> Option<HealthChecker> {
     let links = links(config);
-    let mut targets = Vec::new();
-    for (g, group) in config.groups.iter().enumerate() {
-        let Some(check) = &group.health_check else { continue };
-        for (s, server) in group.servers.iter().enumerate() {
-            let Some(r) = route(&links, *server.addr.ip()) else {
-                continue;
-            };
-            targets.push(Target {
-                id: TargetId { group: g, server: s },
-                server: server.addr,
-                source: r.source,
-                check: check.clone(),
-            });
-        }
-    }
-    targets
+    let targets: Vec<Target> = layout
+        .targets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let source = route(&links, *t.addr.ip())?.source;
+            Some(Target {
+                id: TargetId { group: i, server: 0 },
+                server: t.addr,
+                source,
+                check: t.check.clone(),
+            })
+        })
+        .collect();
+    (!targets.is_empty()).then(|| {
+        HealthChecker::new(
+            now,
+            targets,
+            ProbePorts {
+                base: PROBE_PORT_BASE,
+                count: PROBE_PORTS,
+                stride: 1,
+            },
+        )
+    })
+}
+
+/// Builds the worker pipelines (call [`PipelineFactory::make`] once per plan) and the runtime that controls them.
+pub struct PipelineFactory {
+    config: Config,
+    layout: Arc<Layout>,
+    handoffs: Vec<Option<Handoff>>,
+    neighbour_sync: Vec<Option<NeighbourSync>>,
+    updates: Vec<Option<Receiver<ForwarderUpdate>>>,
+    health: Option<HealthChecker>,
+    board: Arc<HealthBoard>,
+    counters: Vec<Arc<SharedL4Counters>>,
 }
 
 impl PipelineFactory {
-    /// Prepares pipelines for the planned workers.
-    pub fn new(config: &Config, plans: &[WorkerPlan], now: Instant) -> Self {
+    /// Prepares pipelines for the planned workers; returns the factory and the control-plane runtime.
+    pub fn new(config: &Config, plans: &[WorkerPlan], now: Instant) -> (PipelineFactory, L4Runtime) {
         let workers = plans.len();
-        let neighbour_sync = if workers > 1 {
+        let layout = Arc::new(Layout::new(
+            &config.listeners,
+            &config.groups,
+            config.l4.on_server_removed,
+        ));
+        let (handoffs, neighbour_sync) = if workers > 1 {
             let port_ifaces = plans
                 .iter()
                 .map(|p| p.ports.iter().map(|(iface, _)| *iface).collect())
                 .collect();
-            NeighbourSync::mesh(port_ifaces).into_iter().map(Some).collect()
-        } else {
-            vec![None]
-        };
-        let handoffs = if workers > 1 {
-            Handoff::mesh(workers, HANDOFF_DEPTH).into_iter().map(Some).collect()
-        } else {
-            vec![None]
-        };
-        let targets = health_targets(config);
-        let health = (!targets.is_empty()).then(|| {
-            HealthChecker::new(
-                now,
-                targets,
-                ProbePorts {
-                    base: PROBE_PORT_BASE,
-                    count: PROBE_PORTS,
-                    stride: 1,
-                },
+            (
+                Handoff::mesh(workers, HANDOFF_DEPTH).into_iter().map(Some).collect(),
+                NeighbourSync::mesh(port_ifaces).into_iter().map(Some).collect(),
             )
-        });
-        let shape: Vec<usize> = config
-            .listeners
-            .iter()
-            .map(|l| {
-                config
-                    .groups
-                    .iter()
-                    .find(|g| g.name == l.group)
-                    .map_or(0, |g| g.servers.len())
-            })
+        } else {
+            (vec![None], vec![None])
+        };
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(UPDATE_DEPTH)).unzip();
+        let board = Arc::new(HealthBoard::new(layout.targets.len()));
+        let counters: Vec<_> = (0..workers)
+            .map(|_| Arc::new(SharedL4Counters::new(&layout.shape())))
             .collect();
-        let group_sizes: Vec<usize> = config.groups.iter().map(|g| g.servers.len()).collect();
-        let shared = Arc::new(L4Shared {
-            board: Arc::new(HealthBoard::new(&group_sizes)),
-            counters: (0..workers).map(|_| Arc::new(SharedL4Counters::new(&shape))).collect(),
-            conns_per_sec: shape.iter().map(|_| AtomicU64::new(0)).collect(),
-        });
-        PipelineFactory {
+        let runtime = L4Runtime {
             config: config.clone(),
+            layout: layout.clone(),
+            board: board.clone(),
+            counters: counters.clone(),
+            updates: senders,
+            rates: Vec::new(),
+            last_totals: (now, Vec::new()),
+        };
+        let factory = PipelineFactory {
+            config: config.clone(),
+            health: health_checker(config, &layout, now),
+            layout,
             handoffs,
-            health,
             neighbour_sync,
-            shared,
-        }
-    }
-
-    /// What the control thread reads.
-    pub fn shared(&self) -> Arc<L4Shared> {
-        self.shared.clone()
+            updates: receivers.into_iter().map(Some).collect(),
+            board,
+            counters,
+        };
+        (factory, runtime)
     }
 
     /// The pipeline of the worker planned as `plan`.
@@ -193,8 +169,8 @@ impl PipelineFactory {
             .collect();
         let forwarder = Forwarder::new(
             ForwarderConfig {
-                listeners: config.listeners.clone(),
-                groups: config.groups.clone(),
+                layout: self.layout.clone(),
+                vip_ifaces: vip_ifaces(config, &self.layout),
                 l4: config.l4.clone(),
                 local_ips,
                 worker: plan.index,
@@ -203,8 +179,9 @@ impl PipelineFactory {
             },
             self.handoffs.get_mut(plan.index).and_then(Option::take),
             if plan.index == 0 { self.health.take() } else { None },
-            self.shared.board.clone(),
-            self.shared.counters[plan.index].clone(),
+            self.board.clone(),
+            self.counters[plan.index].clone(),
+            self.updates.get_mut(plan.index).and_then(Option::take),
             Instant::now(),
         );
         let neighbours = NeighbourConfig {
@@ -222,12 +199,189 @@ impl PipelineFactory {
         if let Some(sync) = self.neighbour_sync.get_mut(plan.index).and_then(Option::take) {
             stack.set_neighbour_sync(sync);
         }
-        for l in 0..config.listeners.len() {
-            let iface = vip_interface(config, l);
-            if let Some(port) = plan.ports.iter().position(|(i, _)| *i == iface) {
-                stack.add_owned(port, config.listeners[l].vip);
+        stack
+    }
+}
+
+/// The control plane's view and handle of the running L4 configuration.
+pub struct L4Runtime {
+    config: Config,
+    layout: Arc<Layout>,
+    board: Arc<HealthBoard>,
+    counters: Vec<Arc<SharedL4Counters>>,
+    updates: Vec<Sender<ForwarderUpdate>>,
+    rates: Vec<u64>,
+    last_totals: (Instant, Vec<u64>),
+}
+
+impl L4Runtime {
+    /// The running config.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The current slots.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Whether a health target is up.
+    pub fn target_up(&self, target: usize) -> bool {
+        self.board.is_up(target)
+    }
+
+    /// L4 counters summed over workers, and each worker's.
+    pub fn counters(&self) -> (L4Counters, Vec<L4Counters>) {
+        let per_worker: Vec<L4Counters> = self.counters.iter().map(|c| c.snapshot()).collect();
+        let mut total = L4Counters::new(&self.layout.shape());
+        for c in &per_worker {
+            total.add(c);
+        }
+        (total, per_worker)
+    }
+
+    /// New connections per second per listener slot over the last sampling period.
+    pub fn conns_per_sec(&self, slot: usize) -> u64 {
+        self.rates.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Samples connection totals for the per-second rates (call about once a second).
+    pub fn sample_rates(&mut self, now: Instant) {
+        let totals: Vec<u64> = self.counters().0.listeners.iter().map(|l| l.conns_total).collect();
+        let (then, last) = &self.last_totals;
+        let secs = now.saturating_duration_since(*then).as_secs_f64().max(1e-3);
+        self.rates = totals
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.saturating_sub(last.get(i).copied().unwrap_or(0)) as f64 / secs).round() as u64)
+            .collect();
+        self.last_totals = (now, totals);
+    }
+
+    /// Validates `new` and applies its listeners and groups to the running workers and XDP filters. Changes to
+    /// interfaces, the datapath, the node or the connection table are refused (they need a restart). Nothing
+    /// is applied if anything is invalid.
+    pub fn apply(&mut self, new: Config, dp: &Datapath) -> Result<String, String> {
+        new.validate()?;
+        if let Some(section) = self.config.restart_needed(&new) {
+            return Err(format!(
+                "{section}: changes to this section need a restart; nothing was applied"
+            ));
+        }
+        let summary = summarize(&self.config, &new);
+        let layout = Arc::new(self.layout.next(&new.listeners, &new.groups, new.l4.on_server_removed));
+        let old = &self.layout;
+        let board = Arc::new(HealthBoard::carried_over(layout.targets.len(), &self.board, |i| {
+            let t = &layout.targets[i];
+            old.targets
+                .iter()
+                .position(|o| o.group == t.group && o.addr == t.addr && o.check == t.check)
+        }));
+        let counters: Vec<_> = self
+            .counters
+            .iter()
+            .map(|_| Arc::new(SharedL4Counters::new(&layout.shape())))
+            .collect();
+        // Counters restart from what workers had: seed the new slots with the last published values.
+        for (new_c, old_c) in counters.iter().zip(&self.counters) {
+            let mut c = L4Counters::new(&layout.shape());
+            c.add(&old_c.snapshot());
+            new_c.publish(&c);
+        }
+        let mut health = health_checker(&new, &layout, Instant::now());
+        if let Some(h) = &mut health {
+            for i in 0..layout.targets.len() {
+                h.assume(TargetId { group: i, server: 0 }, board.is_up(i));
             }
         }
-        stack
+        // VIPs: announce new ones before workers use them; withdraw removed ones after.
+        let vips = |c: &Config| -> Vec<(usize, Ipv4Addr)> {
+            let mut v: Vec<(usize, Ipv4Addr)> = c.listeners.iter().map(|l| (vip_interface(c, l), l.vip)).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let (before, after) = (vips(&self.config), vips(&new));
+        for &(iface, vip) in after.iter().filter(|v| !before.contains(v)) {
+            dp.add_address(iface, vip, AddrKind::Vip).map_err(|e| e.to_string())?;
+        }
+        for (w, tx) in self.updates.iter().enumerate() {
+            let update = ForwarderUpdate {
+                layout: layout.clone(),
+                vip_ifaces: vip_ifaces(&new, &layout),
+                board: board.clone(),
+                counters: counters[w].clone(),
+                health: if w == 0 { health.take() } else { None },
+            };
+            tx.send_timeout(update, Duration::from_secs(2))
+                .map_err(|_| format!("worker {w} does not take updates"))?;
+        }
+        for &(iface, vip) in before.iter().filter(|v| !after.contains(v)) {
+            dp.remove_address(iface, vip).map_err(|e| e.to_string())?;
+        }
+        self.config = new;
+        self.layout = layout;
+        self.board = board;
+        self.counters = counters;
+        tracing::info!(change = %summary, "configuration applied");
+        Ok(summary)
+    }
+
+    /// The running config with `edit` applied (for API changes), not yet validated or applied.
+    pub fn edited(
+        &self,
+        edit: impl FnOnce(&mut Vec<ListenerConfig>, &mut Vec<GroupConfig>) -> Result<(), String>,
+    ) -> Result<Config, String> {
+        let mut c = self.config.clone();
+        edit(&mut c.listeners, &mut c.groups)?;
+        Ok(c)
+    }
+}
+
+/// A one-line description of what changes between two configs.
+fn summarize(old: &Config, new: &Config) -> String {
+    let mut parts = Vec::new();
+    for l in &new.listeners {
+        match old.listeners.iter().find(|o| o.name == l.name) {
+            None => parts.push(format!("listener {} added", l.name)),
+            Some(o) if o != l => parts.push(format!("listener {} changed", l.name)),
+            _ => {}
+        }
+    }
+    for o in old
+        .listeners
+        .iter()
+        .filter(|o| !new.listeners.iter().any(|l| l.name == o.name))
+    {
+        parts.push(format!("listener {} removed", o.name));
+    }
+    for g in &new.groups {
+        let old_g = old.groups.iter().find(|o| o.name == g.name);
+        for s in &g.servers {
+            match old_g.and_then(|o| o.servers.iter().find(|x| x.addr == s.addr)) {
+                None => parts.push(format!("server {} added to {}", s.addr, g.name)),
+                Some(x) if x.weight != s.weight => parts.push(format!(
+                    "server {} of {} weight {} -> {}",
+                    s.addr, g.name, x.weight, s.weight
+                )),
+                _ => {}
+            }
+        }
+        for x in old_g.map(|o| o.servers.as_slice()).unwrap_or_default() {
+            if !g.servers.iter().any(|s| s.addr == x.addr) {
+                parts.push(format!("server {} removed from {}", x.addr, g.name));
+            }
+        }
+        if old_g.is_some_and(|o| o.health_check != g.health_check) {
+            parts.push(format!("health check of {} changed", g.name));
+        }
+    }
+    if old.l4.on_server_removed != new.l4.on_server_removed {
+        parts.push("on_server_removed changed".into());
+    }
+    if parts.is_empty() {
+        "no change".into()
+    } else {
+        parts.join("; ")
     }
 }

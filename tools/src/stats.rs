@@ -1,12 +1,10 @@
 //! The stats document served at `GET /v1/stats`: per-worker counters, drops by reason, filter verdicts.
 
 use serde_json::{json, Map, Value};
-use xlb_l4::stats::L4Counters;
 use xlb_stack::counters::{DropReason, WorkerSnapshot};
 use xlb_stack::xsk::filter::FilterStats;
 
-use crate::config::Config;
-use crate::lb::L4Shared;
+use crate::lb::L4Runtime;
 
 /// One worker's counters as JSON.
 pub fn worker_json(name: &str, s: &WorkerSnapshot) -> Value {
@@ -72,41 +70,33 @@ pub fn totals(workers: &[Value]) -> Value {
     Value::Object(total)
 }
 
-/// Listeners and their servers, summed over workers, with health: what `xlbctl list` shows.
-pub fn l4_json(config: &Config, l4: &L4Shared) -> Value {
-    let shape: Vec<usize> = config
-        .listeners
-        .iter()
-        .map(|l| {
-            config
-                .groups
-                .iter()
-                .find(|g| g.name == l.group)
-                .map_or(0, |g| g.servers.len())
-        })
-        .collect();
-    let mut total = L4Counters::new(&shape);
-    let per_worker: Vec<L4Counters> = l4.counters.iter().map(|c| c.snapshot()).collect();
-    for c in &per_worker {
-        total.add(c);
-    }
-    let listeners: Vec<Value> = config
+/// Listeners and their servers, summed over workers, with health: what `xlbctl list` shows. Removed listeners
+/// are left out; removed servers are listed (marked) while connections still use them.
+pub fn l4_json(runtime: &L4Runtime) -> Value {
+    let (total, per_worker) = runtime.counters();
+    let layout = runtime.layout();
+    let listeners: Vec<Value> = layout
         .listeners
         .iter()
         .enumerate()
-        .map(|(i, l)| {
-            let g = config.groups.iter().position(|g| g.name == l.group).unwrap_or(0);
-            let lc = &total.listeners[i];
-            let servers: Vec<Value> = config.groups[g]
+        .filter(|(_, l)| !l.removed)
+        .map(|(i, slot)| {
+            let l = &slot.config;
+            let lc = total.listeners.get(i).copied().unwrap_or_default();
+            let servers: Vec<Value> = slot
                 .servers
                 .iter()
                 .enumerate()
-                .map(|(s, server)| {
-                    let sc = &total.servers[i][s];
-                    json!({
+                .filter_map(|(s, server)| {
+                    let sc = total.servers.get(i).and_then(|v| v.get(s)).copied().unwrap_or_default();
+                    if server.removed && sc.active + sc.inactive == 0 {
+                        return None;
+                    }
+                    Some(json!({
                         "addr": server.addr.to_string(),
                         "weight": server.weight,
-                        "healthy": l4.board.is_up(g, s),
+                        "removed": server.removed,
+                        "healthy": server.target.is_none_or(|t| runtime.target_up(t)),
                         "active_conns": sc.active,
                         "inactive_conns": sc.inactive,
                         "conns_total": sc.conns_total,
@@ -114,7 +104,7 @@ pub fn l4_json(config: &Config, l4: &L4Shared) -> Value {
                         "bytes_in": sc.bytes_in,
                         "packets_out": sc.packets_out,
                         "bytes_out": sc.bytes_out,
-                    })
+                    }))
                 })
                 .collect();
             json!({
@@ -126,7 +116,7 @@ pub fn l4_json(config: &Config, l4: &L4Shared) -> Value {
                 "forwarding": format!("{:?}", l.forwarding).to_lowercase(),
                 "group": l.group,
                 "conns_total": lc.conns_total,
-                "conns_per_sec": l4.conns_per_sec.get(i).map_or(0, |r| r.load(std::sync::atomic::Ordering::Relaxed)),
+                "conns_per_sec": runtime.conns_per_sec(i),
                 "packets_in": lc.packets_in,
                 "bytes_in": lc.bytes_in,
                 "packets_out": lc.packets_out,

@@ -25,7 +25,7 @@ pub const TICK: Duration = Duration::from_millis(100);
 const WHEEL_SLOTS: usize = 4096;
 
 /// Transport protocol of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum Proto {
@@ -36,7 +36,7 @@ pub enum Proto {
 }
 
 /// How packets reach the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Forwarding {
     /// Full NAT: client → VIP becomes local IP:port → backend; replies come back through xlb.

@@ -120,7 +120,7 @@ pub fn next_state(state: ConnState, fins: &mut FinSeen, dir: Dir, flags: TcpFlag
 }
 
 /// Per-state timeouts in seconds (config `[l4.timeouts]`), defaults as IPVS.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Established TCP.

@@ -19,15 +19,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
+
 use xlb_stack::counters::DropReason;
 use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN};
 
-use crate::config::{GroupConfig, L4Config, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
+use crate::config::{L4Config, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::state::next_state;
 use crate::conn::{Conn, ConnId, ConnState, ConnTable, Dir, FinSeen, FlowKey, Forwarding, Proto, TableFull, TcpFlags};
 use crate::health::HealthChecker;
+use crate::layout::{Layout, ListenerSlot, RemovedServerPolicy};
 use crate::sched::hash::hash_5tuple;
 use crate::sched::{MaglevTable, Scheduler, ServerView};
 use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
@@ -41,15 +44,15 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 /// What one worker's forwarder serves.
 pub struct ForwarderConfig {
-    /// Listeners (config order).
-    pub listeners: Vec<ListenerConfig>,
-    /// Groups (config order).
-    pub groups: Vec<GroupConfig>,
+    /// Listener and server slots.
+    pub layout: Arc<Layout>,
+    /// Interface index (config order) each listener slot's VIP is announced on.
+    pub vip_ifaces: Vec<usize>,
     /// Table and port settings.
     pub l4: L4Config,
     /// The appliance's local IPs (FULLNAT sources and health-check sources).
     pub local_ips: Vec<Ipv4Addr>,
-    /// This worker's index and the number of workers.
+    /// This worker's index.
     pub worker: usize,
     /// Number of workers.
     pub workers: usize,
@@ -57,16 +60,81 @@ pub struct ForwarderConfig {
     pub port_ifaces: Vec<usize>,
 }
 
+/// A new configuration for a running forwarder, published by the control thread.
+pub struct ForwarderUpdate {
+    /// The new slots (a successor of the current layout).
+    pub layout: Arc<Layout>,
+    /// Interface of each listener slot's VIP.
+    pub vip_ifaces: Vec<usize>,
+    /// The health board for the new layout's targets.
+    pub board: Arc<HealthBoard>,
+    /// Where to publish counters of the new shape.
+    pub counters: Arc<SharedL4Counters>,
+    /// The new health checker (for the worker that runs checks).
+    pub health: Option<HealthChecker>,
+}
+
 /// A listener at run time.
 struct Listener {
     config: ListenerConfig,
-    group: usize,
+    removed: bool,
     servers: Vec<ServerView>,
+    /// Per server slot: removed from the group.
+    removed_servers: Vec<bool>,
+    /// Per server slot: its health target on the board.
+    targets: Vec<Option<usize>>,
     scheduler: Scheduler,
     maglev: MaglevTable,
 }
 
 impl Listener {
+    fn from_slot(slot: &ListenerSlot) -> Listener {
+        let servers: Vec<ServerView> = slot
+            .servers
+            .iter()
+            .map(|s| ServerView {
+                addr: s.addr,
+                weight: s.weight,
+                healthy: true,
+                active: 0,
+                inactive: 0,
+            })
+            .collect();
+        Listener {
+            scheduler: Scheduler::new(slot.config.scheduler, &servers),
+            maglev: MaglevTable::new(&servers, MaglevTable::DEFAULT_SIZE),
+            config: slot.config.clone(),
+            removed: slot.removed,
+            removed_servers: slot.servers.iter().map(|s| s.removed).collect(),
+            targets: slot.servers.iter().map(|s| s.target).collect(),
+            servers,
+        }
+    }
+
+    /// Takes a slot's new config, keeping connection counts and health of known servers.
+    fn update(&mut self, slot: &ListenerSlot) {
+        if slot.config.scheduler != self.config.scheduler {
+            self.scheduler = Scheduler::new(slot.config.scheduler, &self.servers);
+        }
+        self.config = slot.config.clone();
+        self.removed = slot.removed;
+        for (i, s) in slot.servers.iter().enumerate() {
+            match self.servers.get_mut(i) {
+                Some(view) => view.weight = s.weight,
+                None => self.servers.push(ServerView {
+                    addr: s.addr,
+                    weight: s.weight,
+                    healthy: true,
+                    active: 0,
+                    inactive: 0,
+                }),
+            }
+        }
+        self.removed_servers = slot.servers.iter().map(|s| s.removed).collect();
+        self.targets = slot.servers.iter().map(|s| s.target).collect();
+        self.rebuild();
+    }
+
     fn rebuild(&mut self) {
         self.scheduler.rebuild(&self.servers);
         self.maglev = MaglevTable::new(&self.servers, MaglevTable::DEFAULT_SIZE);
@@ -86,8 +154,13 @@ enum Role {
 
 /// The L4 forwarder of one worker.
 pub struct Forwarder {
+    layout: Arc<Layout>,
     listeners: Vec<Listener>,
     by_endpoint: HashMap<(Proto, SocketAddrV4), usize>,
+    vip_ifaces: Vec<usize>,
+    /// VIPs this worker's stack owns now, as (port, address).
+    owned_vips: Vec<(PortId, Ipv4Addr)>,
+    vips_dirty: bool,
     conns: ConnTable,
     lports: LocalPorts,
     local_ips: Vec<Ipv4Addr>,
@@ -98,7 +171,7 @@ pub struct Forwarder {
     handoff: Option<Handoff>,
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
-    group_health: Vec<Vec<bool>>,
+    updates: Option<Receiver<ForwarderUpdate>>,
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
     next_housekeeping: Instant,
@@ -106,55 +179,25 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// A forwarder for `config`. `handoff` is this worker's end of the hand-off mesh (with several workers),
-    /// `health` the health checker (on the one worker that runs checks), `board` the shared health states and
-    /// `shared` where this worker publishes its counters.
+    /// `health` the health checker (on the one worker that runs checks), `board` the shared health states,
+    /// `shared` where this worker publishes its counters and `updates` where new configurations arrive.
     pub fn new(
         config: ForwarderConfig,
         handoff: Option<Handoff>,
         health: Option<HealthChecker>,
         board: Arc<HealthBoard>,
         shared: Arc<SharedL4Counters>,
+        updates: Option<Receiver<ForwarderUpdate>>,
         now: Instant,
     ) -> Self {
-        let group_index: HashMap<&str, usize> = config
-            .groups
-            .iter()
-            .enumerate()
-            .map(|(i, g)| (g.name.as_str(), i))
-            .collect();
-        let mut listeners = Vec::new();
-        let mut by_endpoint = HashMap::new();
-        for (i, l) in config.listeners.iter().enumerate() {
-            let group = group_index[l.group.as_str()];
-            let servers: Vec<ServerView> = config.groups[group]
-                .servers
-                .iter()
-                .map(|s| ServerView {
-                    addr: s.addr,
-                    weight: s.weight,
-                    healthy: true,
-                    active: 0,
-                    inactive: 0,
-                })
-                .collect();
-            let vip = SocketAddrV4::new(l.vip, l.port);
-            by_endpoint.insert((l.protocol, vip), i);
-            listeners.push(Listener {
-                scheduler: Scheduler::new(l.scheduler, &servers),
-                maglev: MaglevTable::new(&servers, MaglevTable::DEFAULT_SIZE),
-                config: l.clone(),
-                group,
-                servers,
-            });
-        }
-        let sizes: Vec<usize> = listeners.iter().map(|l| l.servers.len()).collect();
+        let listeners: Vec<Listener> = config.layout.listeners.iter().map(Listener::from_slot).collect();
         let iface_ports = config
             .port_ifaces
             .iter()
             .enumerate()
             .map(|(port, iface)| (*iface, port))
             .collect();
-        Forwarder {
+        let mut f = Forwarder {
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
             lports: LocalPorts::new(
                 &config.local_ips,
@@ -163,21 +206,91 @@ impl Forwarder {
                 config.worker,
                 config.workers,
             ),
-            group_health: config.groups.iter().map(|g| vec![true; g.servers.len()]).collect(),
-            counters: L4Counters::new(&sizes),
+            counters: L4Counters::new(&config.layout.shape()),
+            layout: config.layout,
+            by_endpoint: HashMap::new(),
+            vip_ifaces: config.vip_ifaces,
+            owned_vips: Vec::new(),
+            vips_dirty: true,
             local_ips: config.local_ips,
             worker: config.worker,
             workers: config.workers.max(1),
             port_ifaces: config.port_ifaces,
             iface_ports,
             listeners,
-            by_endpoint,
             handoff,
             health,
             board,
+            updates,
             shared,
             next_housekeeping: now,
+        };
+        f.index_endpoints();
+        f
+    }
+
+    /// Maps each VIP:port to its listener: live listeners first, tombstones only where no live listener took
+    /// the endpoint (so connections of a removed listener keep flowing while its VIP is still ours).
+    fn index_endpoints(&mut self) {
+        self.by_endpoint.clear();
+        for live in [true, false] {
+            for (i, l) in self.listeners.iter().enumerate().filter(|(_, l)| l.removed != live) {
+                let key = (l.config.protocol, SocketAddrV4::new(l.config.vip, l.config.port));
+                self.by_endpoint.entry(key).or_insert(i);
+            }
         }
+    }
+
+    /// Applies a new configuration. Connections keep their listener and server slots.
+    fn apply(&mut self, update: ForwarderUpdate) {
+        for (i, slot) in update.layout.listeners.iter().enumerate() {
+            match self.listeners.get_mut(i) {
+                Some(l) => l.update(slot),
+                None => self.listeners.push(Listener::from_slot(slot)),
+            }
+        }
+        self.layout = update.layout;
+        self.vip_ifaces = update.vip_ifaces;
+        self.vips_dirty = true;
+        self.index_endpoints();
+        let shape = self.layout.shape();
+        self.counters.listeners.resize(shape.len(), Default::default());
+        self.counters.servers.resize(shape.len(), Vec::new());
+        for (servers, n) in self.counters.servers.iter_mut().zip(shape) {
+            servers.resize(n, Default::default());
+        }
+        self.board = update.board;
+        self.shared = update.counters;
+        if update.health.is_some() {
+            self.health = update.health;
+        }
+        self.sync_health();
+    }
+
+    /// Makes the stack own exactly the VIPs of live listeners on their interfaces' ports.
+    fn reconcile_vips(&mut self, cx: &mut StackContext<'_>) {
+        let mut wanted = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate().filter(|(_, l)| !l.removed) {
+            let port = self.vip_ifaces.get(i).and_then(|iface| self.iface_ports.get(iface));
+            if let Some(&port) = port {
+                if !wanted.contains(&(port, l.config.vip)) {
+                    wanted.push((port, l.config.vip));
+                }
+            }
+        }
+        for &(port, vip) in self.owned_vips.iter().filter(|v| !wanted.contains(v)) {
+            cx.set_owned(port, vip, false);
+        }
+        for &(port, vip) in &wanted {
+            cx.set_owned(port, vip, true);
+        }
+        self.owned_vips = wanted;
+        self.vips_dirty = false;
+    }
+
+    /// The current layout.
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
     }
 
     /// The connection table.
@@ -232,7 +345,7 @@ impl Forwarder {
     ) -> Handled {
         match role {
             Role::Listener(l) => match self.conns.lookup(&key) {
-                Some(id) => Handled::Verdict(self.forward_client(now, id, port, frame, l4, cx)),
+                Some(id) => self.forward_client(now, id, port, frame, l4, cx),
                 None => self.new_flow(now, l, port, frame, l4, key, cx),
             },
             Role::Reply => match self.conns.lookup(&key) {
@@ -267,6 +380,14 @@ impl Forwarder {
         cx: &mut StackContext<'_>,
     ) -> Handled {
         let listener = &mut self.listeners[l];
+        if listener.removed {
+            let reason = if key.proto == Proto::Tcp {
+                DropReason::TcpNoListener
+            } else {
+                DropReason::UdpNoListener
+            };
+            return Handled::Reject(reason);
+        }
         let forwarding = listener.config.forwarding;
         if key.proto == Proto::Tcp {
             let flags = TcpFlags::from_byte(frame.data()[l4 + 13]);
@@ -320,7 +441,7 @@ impl Forwarder {
                 self.account(&conn, conn.state.is_active(), 1);
                 self.counters.listeners[l].conns_total += 1;
                 self.counters.servers[l][server].conns_total += 1;
-                Handled::Verdict(self.forward_client(now, id, port, frame, l4, cx))
+                self.forward_client(now, id, port, frame, l4, cx)
             }
             Err(TableFull) => {
                 if forwarding == Forwarding::Fullnat {
@@ -372,14 +493,7 @@ impl Forwarder {
         }
         let mut fins = conn.fins;
         let state = next_state(conn.state, &mut fins, dir, TcpFlags::from_byte(frame[l4 + 13]));
-        if state != conn.state {
-            if state.is_active() != conn.state.is_active() {
-                self.account(&conn, conn.state.is_active(), -1);
-                self.account(&conn, state.is_active(), 1);
-            }
-            let c = self.conns.get_mut(id);
-            c.state = state;
-        }
+        self.set_state(id, state);
         self.conns.get_mut(id).fins = fins;
     }
 
@@ -392,7 +506,13 @@ impl Forwarder {
         frame: &mut Frame<'_>,
         l4: usize,
         cx: &mut StackContext<'_>,
-    ) -> Verdict {
+    ) -> Handled {
+        if self.server_reset(id) {
+            // The server was removed with the reset policy: close the entry and refuse the client.
+            self.set_state(id, ConnState::Close);
+            self.conns.touch(id, now);
+            return Handled::Reject(DropReason::ServerRemoved);
+        }
         self.track(id, Dir::FromClient, frame.data(), l4);
         self.conns.touch(id, now);
         let c = self.conns.get_mut(id);
@@ -410,7 +530,24 @@ impl Forwarder {
         if c.forwarding == Forwarding::Fullnat {
             nat::rewrite(frame.data_mut(), l4, c.proto, c.local, c.backend);
         }
-        deliver(now, frame, *c.backend.ip(), cx)
+        Handled::Verdict(deliver(now, frame, *c.backend.ip(), cx))
+    }
+
+    /// Whether the connection's server was removed and its connections are to be reset.
+    fn server_reset(&self, id: ConnId) -> bool {
+        let c = self.conns.get(id);
+        self.layout.removed_server_policy == RemovedServerPolicy::Reset
+            && self.listeners[usize::from(c.listener)].removed_servers[usize::from(c.server)]
+    }
+
+    /// Moves a connection to `state`, keeping the server's active/inactive counts right.
+    fn set_state(&mut self, id: ConnId, state: ConnState) {
+        let conn = *self.conns.get(id);
+        if conn.state.is_active() != state.is_active() {
+            self.account(&conn, conn.state.is_active(), -1);
+            self.account(&conn, state.is_active(), 1);
+        }
+        self.conns.get_mut(id).state = state;
     }
 
     /// Backend → client on an existing FULLNAT connection: translate back and send where the client is.
@@ -422,6 +559,9 @@ impl Forwarder {
         l4: usize,
         cx: &mut StackContext<'_>,
     ) -> Verdict {
+        if self.server_reset(id) {
+            return Verdict::Drop(DropReason::ServerRemoved);
+        }
         self.track(id, Dir::FromServer, frame.data(), l4);
         self.conns.touch(id, now);
         let c = *self.conns.get(id);
@@ -485,22 +625,23 @@ impl Forwarder {
 
     /// Applies health changes from the board to every listener's servers.
     fn sync_health(&mut self) {
-        for (g, states) in self.group_health.iter_mut().enumerate() {
-            for (s, up) in states.iter_mut().enumerate() {
-                let now_up = self.board.is_up(g, s);
-                if now_up == *up {
-                    continue;
+        for l in self.listeners.iter_mut() {
+            let mut changed = false;
+            for (view, target) in l.servers.iter_mut().zip(&l.targets) {
+                let up = target.is_none_or(|t| self.board.is_up(t));
+                if view.healthy != up {
+                    view.healthy = up;
+                    changed = true;
                 }
-                *up = now_up;
-                for l in self.listeners.iter_mut().filter(|l| l.group == g) {
-                    l.servers[s].healthy = now_up;
-                    l.rebuild();
-                }
+            }
+            if changed {
+                l.rebuild();
             }
         }
     }
 
-    /// Runs the health checker's timers and records its verdicts on the board.
+    /// Runs the health checker's timers and records its verdicts on the board. The checker's target ids carry
+    /// the target's index on the board in `group` (see `xlb_tools::lb`).
     fn run_health(&mut self, now: Instant) {
         let Some(h) = &mut self.health else { return };
         h.handle_timeout(now);
@@ -509,13 +650,13 @@ impl Forwarder {
                 crate::health::HealthEvent::Up(id) => (id, true),
                 crate::health::HealthEvent::Down(id) => (id, false),
             };
-            let (g, s) = (id.group, id.server);
-            self.board.set(g, s, up);
-            let addr = self.listeners.iter().find(|l| l.group == g).map(|l| l.servers[s].addr);
+            self.board.set(id.group, up);
+            let target = self.layout.targets.get(id.group);
+            let (group, server) = target.map_or((String::new(), None), |t| (t.group.clone(), Some(t.addr)));
             if up {
-                tracing::info!(group = g, server = ?addr, "server is up (health check)");
+                tracing::info!(group, server = ?server, "server is up (health check)");
             } else {
-                tracing::warn!(group = g, server = ?addr, "server is DOWN (health check): taken out of scheduling");
+                tracing::warn!(group, server = ?server, "server is DOWN (health check): taken out of scheduling");
             }
         }
     }
@@ -605,7 +746,13 @@ impl Ipv4Handler for Forwarder {
         Some(h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping)))
     }
 
-    fn handle_timeout(&mut self, now: Instant, _cx: &mut StackContext<'_>) {
+    fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
+        while let Some(update) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
+            self.apply(update);
+        }
+        if self.vips_dirty {
+            self.reconcile_vips(cx);
+        }
         self.run_health(now);
         if now < self.next_housekeeping {
             return;

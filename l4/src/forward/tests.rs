@@ -17,6 +17,7 @@ use xlb_stack::wire::{
 use super::handoff::Handoff;
 use super::*;
 use crate::config::{GroupConfig, L4Config, ListenerConfig, ServerConfig};
+use crate::layout::{Layout, RemovedServerPolicy};
 use crate::sched::SchedulerKind;
 
 const EXT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x10]);
@@ -49,6 +50,7 @@ struct Setup {
     table: usize,
     worker: usize,
     workers: usize,
+    policy: RemovedServerPolicy,
 }
 
 impl Default for Setup {
@@ -60,11 +62,21 @@ impl Default for Setup {
             table: 1024,
             worker: 0,
             workers: 1,
+            policy: RemovedServerPolicy::Keep,
         }
     }
 }
 
 fn stack_with(setup: Setup, handoff: Option<Handoff>, learn: bool) -> LocalStack<Forwarder> {
+    stack_with_updates(setup, handoff, learn, None)
+}
+
+fn stack_with_updates(
+    setup: Setup,
+    handoff: Option<Handoff>,
+    learn: bool,
+    updates: Option<crossbeam_channel::Receiver<ForwarderUpdate>>,
+) -> LocalStack<Forwarder> {
     let now = Instant::now();
     let group = GroupConfig {
         name: "web".into(),
@@ -85,9 +97,10 @@ fn stack_with(setup: Setup, handoff: Option<Handoff>, learn: bool) -> LocalStack
         group: "web".into(),
         interface: None,
     };
+    let layout = Layout::new(&[listener], &[group], setup.policy);
     let config = ForwarderConfig {
-        listeners: vec![listener],
-        groups: vec![group],
+        layout: Arc::new(layout),
+        vip_ifaces: vec![0],
         l4: L4Config {
             conn_table_size: setup.table,
             ..Default::default()
@@ -101,8 +114,9 @@ fn stack_with(setup: Setup, handoff: Option<Handoff>, learn: bool) -> LocalStack
         config,
         handoff,
         None,
-        Arc::new(HealthBoard::new(&[2])),
+        Arc::new(HealthBoard::new(0)),
         Arc::new(SharedL4Counters::new(&[2])),
+        updates,
         now,
     );
     let mut stack = LocalStack::with_handler(
@@ -517,5 +531,169 @@ fn two_workers_hand_packets_to_the_flow_owner() {
     assert_eq!(
         w0.counters().drops_of(DropReason::NoConnection) + w1.counters().drops_of(DropReason::NoConnection),
         0
+    );
+}
+
+/// The web listener/group of these tests with the given servers (address, weight).
+fn web(servers: &[(SocketAddrV4, u32)]) -> (ListenerConfig, GroupConfig) {
+    let group = GroupConfig {
+        name: "web".into(),
+        servers: servers
+            .iter()
+            .map(|(a, w)| ServerConfig { addr: *a, weight: *w })
+            .collect(),
+        health_check: None,
+    };
+    let listener = ListenerConfig {
+        name: "web".into(),
+        vip: *vip().ip(),
+        port: vip().port(),
+        protocol: Proto::Tcp,
+        scheduler: SchedulerKind::Rr,
+        forwarding: Forwarding::Fullnat,
+        group: "web".into(),
+        interface: None,
+    };
+    (listener, group)
+}
+
+/// Sends a new config to a running forwarder and lets it apply it.
+fn reconfigure(
+    s: &mut LocalStack<Forwarder>,
+    tx: &crossbeam_channel::Sender<ForwarderUpdate>,
+    servers: &[(SocketAddrV4, u32)],
+    policy: RemovedServerPolicy,
+    now: Instant,
+) {
+    let (l, g) = web(servers);
+    let layout = s.handler().layout().next(&[l], &[g], policy);
+    let shape = layout.shape();
+    tx.send(ForwarderUpdate {
+        layout: Arc::new(layout),
+        vip_ifaces: vec![0],
+        board: Arc::new(HealthBoard::new(0)),
+        counters: Arc::new(SharedL4Counters::new(&shape)),
+        health: None,
+    })
+    .unwrap();
+    s.handle_timeout(now + Duration::from_secs(1));
+}
+
+#[test]
+fn live_reconfiguration_keeps_existing_flows_on_their_server() {
+    let now = Instant::now();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut s = stack_with_updates(Setup::default(), None, true, Some(rx));
+    let flow = |port: u16| {
+        packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], port),
+            vip(),
+            SYN,
+            b"",
+        )
+    };
+    let data = |port: u16| {
+        packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], port),
+            vip(),
+            ACK,
+            b"x",
+        )
+    };
+    // Two flows: one per backend (rr).
+    assert_eq!(inspect(&run(&mut s, now, 0, &flow(1)).1).3, backends()[0]);
+    assert_eq!(inspect(&run(&mut s, now, 0, &flow(2)).1).3, backends()[1]);
+
+    // Add a third server with weight 5 and drain the first: new flows avoid the drained one.
+    let third = sa([198, 19, 0, 4], 80);
+    s.neighbours().learn(now, 1, LIP, *third.ip(), B2_MAC, true);
+    reconfigure(
+        &mut s,
+        &tx,
+        &[(backends()[0], 0), (backends()[1], 1), (third, 5)],
+        RemovedServerPolicy::Keep,
+        now,
+    );
+    let later = now + Duration::from_secs(2);
+    let new_targets: Vec<_> = (10..14)
+        .map(|p| inspect(&run(&mut s, later, 0, &flow(p)).1).3)
+        .collect();
+    assert!(
+        !new_targets.contains(&backends()[0]),
+        "drained server got a new flow: {new_targets:?}"
+    );
+    assert!(new_targets.contains(&third));
+    // Existing flows keep their servers, including the drained one.
+    assert_eq!(inspect(&run(&mut s, later, 0, &data(1)).1).3, backends()[0]);
+    assert_eq!(inspect(&run(&mut s, later, 0, &data(2)).1).3, backends()[1]);
+
+    // Remove the second server with the keep policy: its flow continues.
+    reconfigure(
+        &mut s,
+        &tx,
+        &[(backends()[0], 1), (third, 1)],
+        RemovedServerPolicy::Keep,
+        later,
+    );
+    assert_eq!(run(&mut s, later, 0, &data(2)).0, Verdict::Transmit(1));
+    assert_eq!(inspect(&run(&mut s, later, 0, &data(2)).1).3, backends()[1]);
+    // Counters follow the slots: the second server's slot still counts its flow.
+    assert_eq!(s.handler().counters().servers[0].len(), 3);
+
+    // Now with the reset policy: the removed server's flow is refused (RST to the client).
+    reconfigure(
+        &mut s,
+        &tx,
+        &[(backends()[0], 1), (third, 1)],
+        RemovedServerPolicy::Reset,
+        later,
+    );
+    let (v, out) = run(&mut s, later, 0, &data(2));
+    assert_eq!(v, Verdict::Transmit(0), "an RST back to the client");
+    assert!(TcpPacket::new_checked(&out[ETH_HEADER_LEN + 20..]).unwrap().rst());
+    assert_eq!(s.counters().drops_of(DropReason::ServerRemoved), 1);
+    // Flows of servers still in the group are untouched.
+    assert_eq!(inspect(&run(&mut s, later, 0, &data(1)).1).3, backends()[0]);
+}
+
+#[test]
+fn removed_listener_refuses_new_flows_but_keeps_established_ones_while_its_vip_is_served() {
+    let now = Instant::now();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut s = stack_with_updates(Setup::default(), None, true, Some(rx));
+    let syn = from_client(Proto::Tcp, SYN, b"");
+    assert_eq!(run(&mut s, now, 0, &syn).0, Verdict::Transmit(1));
+    // A layout without the listener.
+    let layout = s.handler().layout().next(&[], &[], RemovedServerPolicy::Keep);
+    let shape = layout.shape();
+    tx.send(ForwarderUpdate {
+        layout: Arc::new(layout),
+        vip_ifaces: vec![0],
+        board: Arc::new(HealthBoard::new(0)),
+        counters: Arc::new(SharedL4Counters::new(&shape)),
+        health: None,
+    })
+    .unwrap();
+    s.handle_timeout(now + Duration::from_secs(1));
+    // Re-add ownership as if another listener still used the VIP (the stack would otherwise drop it).
+    s.add_owned(0, *vip().ip());
+    let later = now + Duration::from_secs(2);
+    assert_eq!(
+        run(&mut s, later, 0, &from_client(Proto::Tcp, ACK, b"x")).0,
+        Verdict::Transmit(1),
+        "established flow continues"
+    );
+    let other = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([198, 18, 0, 7], 7), vip(), SYN, b"");
+    let (v, out) = run(&mut s, later, 0, &other);
+    assert_eq!(v, Verdict::Transmit(0));
+    assert!(
+        TcpPacket::new_checked(&out[ETH_HEADER_LEN + 20..]).unwrap().rst(),
+        "new flow refused"
     );
 }

@@ -30,7 +30,7 @@ pub const MAX_PAYLOAD_LEN: usize = 1024;
 pub const MAX_INTERVAL_MS: u64 = 86_400_000;
 
 /// The kind of probe.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckKind {
     /// A TCP handshake: SYN-ACK is success, RST or ICMP unreachable is failure.
@@ -42,7 +42,7 @@ pub enum CheckKind {
 }
 
 /// `health_check` of a server group.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// The probe: `"tcp"`, `"udp"` or `"http"`.

@@ -421,6 +421,17 @@ impl HealthChecker {
         self.by_id.get(&id).is_some_and(|&i| self.targets[i].up)
     }
 
+    /// Sets a target's state without an event, e.g. to carry a known state over to a checker rebuilt after a
+    /// configuration change. Unknown ids are ignored.
+    pub fn assume(&mut self, id: TargetId, up: bool) {
+        if let Some(&i) = self.by_id.get(&id) {
+            let t = &mut self.targets[i];
+            t.up = up;
+            t.successes = 0;
+            t.failures = 0;
+        }
+    }
+
     /// Why the target's latest failed probe failed (for status displays), if one failed.
     pub fn last_failure(&self, id: TargetId) -> Option<Failure> {
         self.by_id.get(&id).and_then(|&i| self.targets[i].last_failure)

@@ -67,7 +67,7 @@ impl ServerView {
 }
 
 /// Which scheduling algorithm a listener uses (configuration names: `rr`, `wrr`, `wlc`, `sh`, `mh`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
     /// Round robin.

@@ -108,9 +108,24 @@ pub struct StackContext<'a> {
     pub neighbours: &'a mut NeighbourTable,
     /// The stack's counters (drops by reason).
     pub counters: &'a mut StackCounters,
+    owned: &'a mut HashMap<Ipv4Addr, PortMask>,
 }
 
 impl StackContext<'_> {
+    /// Makes the stack own `addr` on `port` (answer ARP there, accept packets for it), or stop owning it there.
+    /// Used for VIPs added or removed while running.
+    pub fn set_owned(&mut self, port: PortId, addr: Ipv4Addr, owned: bool) {
+        let mask = self.owned.entry(addr).or_insert(0);
+        if owned {
+            *mask |= 1 << port;
+        } else {
+            *mask &= !(1 << port);
+            if *mask == 0 {
+                self.owned.remove(&addr);
+            }
+        }
+    }
+
     /// The route to `dst`: a connected subnet first, then the first link with a gateway.
     pub fn route(&self, dst: Ipv4Addr) -> Option<Route> {
         route(self.links, dst)
@@ -365,6 +380,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             links: &self.links,
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
+            owned: &mut self.owned,
         };
         let (tcp_reason, udp_reason) = match self.handler.handle(now, port, frame, &meta, &mut cx) {
             Handled::Verdict(verdict) => return verdict,
@@ -532,6 +548,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             links: &self.links,
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
+            owned: &mut self.owned,
         };
         self.handler.poll_transmit(now, buf, &mut cx)
     }
@@ -549,6 +566,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             links: &self.links,
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
+            owned: &mut self.owned,
         };
         self.handler.handle_timeout(now, &mut cx);
     }

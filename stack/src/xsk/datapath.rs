@@ -200,6 +200,16 @@ impl Datapath {
             .map_err(|e| DatapathError::Other(format!("interface {name}: adding {addr} to the XDP address map: {e}")))
     }
 
+    /// Returns frames for `addr` on interface `i` to the kernel (a VIP that is no longer served).
+    pub fn remove_address(&self, i: usize, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        let (name, filter) = &self.filters[i];
+        filter.remove_address(addr).map_err(|e| {
+            DatapathError::Other(format!(
+                "interface {name}: removing {addr} from the XDP address map: {e}"
+            ))
+        })
+    }
+
     /// Latest counters of every worker, by worker name.
     pub fn worker_counters(&self) -> Vec<(String, WorkerSnapshot)> {
         self.workers

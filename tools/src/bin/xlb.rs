@@ -54,7 +54,7 @@ fn main() -> ExitCode {
                 workers
             );
         }),
-        Command::Run { config } => Config::load(&config).and_then(xlb_tools::daemon::run),
+        Command::Run { config } => Config::load(&config).and_then(|c| xlb_tools::daemon::run(c, config.clone())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::Value;
+use serde_json::{json, Value};
 use xlb_tools::config::Config;
 use xlb_tools::control;
 
@@ -29,9 +29,77 @@ enum Command {
     /// Node name, uptime and whether every worker runs.
     Status,
     /// Datapath counters per worker and interface.
-    Stats,
+    Stats {
+        /// Print again every SECONDS (until interrupted).
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
     /// Listeners and their servers with weights, health and connections (like `ipvsadm -Ln`).
     List,
+    /// The running listeners, groups and [l4] settings (JSON).
+    Config,
+    /// Re-read the config file and apply the difference (like SIGHUP).
+    Reload,
+    /// Change a group's servers.
+    Server {
+        #[command(subcommand)]
+        action: ServerAction,
+    },
+    /// Add or remove listeners.
+    Listener {
+        #[command(subcommand)]
+        action: ListenerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerAction {
+    /// Add a server to a group (weight 1 unless given).
+    Add {
+        group: String,
+        addr: String,
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Set a server's weight.
+    Set {
+        group: String,
+        addr: String,
+        #[arg(long)]
+        weight: u32,
+    },
+    /// Weight 0: no new flows; established ones continue.
+    Drain { group: String, addr: String },
+    /// Remove a server (its established flows follow `[l4] on_server_removed`).
+    Remove { group: String, addr: String },
+}
+
+#[derive(Subcommand)]
+enum ListenerAction {
+    /// Add (or replace) a listener.
+    Add {
+        name: String,
+        #[arg(long)]
+        vip: String,
+        #[arg(long)]
+        port: u16,
+        /// tcp | udp
+        #[arg(long, default_value = "tcp")]
+        protocol: String,
+        /// rr | wrr | wlc | sh | mh
+        #[arg(long, default_value = "wrr")]
+        scheduler: String,
+        /// fullnat | dr
+        #[arg(long, default_value = "fullnat")]
+        forwarding: String,
+        #[arg(long)]
+        group: String,
+        /// Interface to announce the VIP on.
+        #[arg(long)]
+        interface: Option<String>,
+    },
+    /// Remove a listener.
+    Remove { name: String },
 }
 
 fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
@@ -44,12 +112,27 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
     Ok(PathBuf::from("/run/xlb/xlb.sock"))
 }
 
-fn get(cli: &Cli, path: &str) -> Result<Value, String> {
-    let (status, body) = control::request(&socket_path(cli)?, "GET", path)?;
+fn call(cli: &Cli, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
+    let (status, reply) = control::request(&socket_path(cli)?, method, path, body)?;
     if status != 200 {
-        return Err(body["error"].as_str().unwrap_or("request failed").to_string());
+        return Err(reply["error"].as_str().unwrap_or("request failed").to_string());
     }
-    Ok(body)
+    Ok(reply)
+}
+
+fn get(cli: &Cli, path: &str) -> Result<Value, String> {
+    call(cli, "GET", path, None)
+}
+
+/// Sends a change and prints what was applied.
+fn change(cli: &Cli, method: &str, path: &str, body: Option<Value>) -> Result<(), String> {
+    let reply = call(cli, method, path, body.as_ref())?;
+    if cli.json {
+        println!("{reply:#}");
+    } else {
+        println!("applied: {}", reply["applied"].as_str().unwrap_or("?"));
+    }
+    Ok(())
 }
 
 fn print_stats(doc: &Value) {
@@ -141,41 +224,98 @@ fn print_list(doc: &Value) {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Status => get(&cli, "/v1/status").map(|doc| {
+fn run(cli: &Cli) -> Result<(), String> {
+    match &cli.command {
+        Command::Status => {
+            let doc = get(cli, "/v1/status")?;
             if cli.json {
                 println!("{doc:#}");
             } else {
+                let state = if doc["healthy"].as_bool() == Some(true) {
+                    "running"
+                } else {
+                    "NOT all running"
+                };
                 println!(
-                    "node {}: up {} s, workers {}",
+                    "node {}: up {} s, workers {state}",
                     doc["node"].as_str().unwrap_or("?"),
-                    doc["uptime_s"],
-                    if doc["healthy"].as_bool() == Some(true) {
-                        "running"
-                    } else {
-                        "NOT all running"
-                    }
+                    doc["uptime_s"]
                 );
             }
-        }),
-        Command::Stats => get(&cli, "/v1/stats").map(|doc| {
+            Ok(())
+        }
+        Command::Stats { watch } => loop {
+            let doc = get(cli, "/v1/stats")?;
             if cli.json {
                 println!("{doc:#}")
             } else {
                 print_stats(&doc)
             }
-        }),
-        Command::List => get(&cli, "/v1/stats").map(|doc| {
+            match watch {
+                Some(secs) => {
+                    std::thread::sleep(std::time::Duration::from_secs((*secs).max(1)));
+                    println!();
+                }
+                None => return Ok(()),
+            }
+        },
+        Command::List => {
+            let doc = get(cli, "/v1/stats")?;
             if cli.json {
                 println!("{:#}", doc["l4"]);
             } else {
                 print_list(&doc)
             }
-        }),
-    };
-    match result {
+            Ok(())
+        }
+        Command::Config => {
+            println!("{:#}", get(cli, "/v1/config")?);
+            Ok(())
+        }
+        Command::Reload => change(cli, "POST", "/v1/reload", None),
+        Command::Server { action } => match action {
+            ServerAction::Add { group, addr, weight } => {
+                let body = weight.map(|w| json!({ "weight": w })).unwrap_or_else(|| json!({}));
+                change(cli, "PUT", &format!("/v1/groups/{group}/servers/{addr}"), Some(body))
+            }
+            ServerAction::Set { group, addr, weight } => change(
+                cli,
+                "PUT",
+                &format!("/v1/groups/{group}/servers/{addr}"),
+                Some(json!({ "weight": weight })),
+            ),
+            ServerAction::Drain { group, addr } => {
+                change(cli, "POST", &format!("/v1/groups/{group}/servers/{addr}/drain"), None)
+            }
+            ServerAction::Remove { group, addr } => {
+                change(cli, "DELETE", &format!("/v1/groups/{group}/servers/{addr}"), None)
+            }
+        },
+        Command::Listener { action } => match action {
+            ListenerAction::Add {
+                name,
+                vip,
+                port,
+                protocol,
+                scheduler,
+                forwarding,
+                group,
+                interface,
+            } => {
+                let body = json!({
+                    "name": name, "vip": vip, "port": port, "protocol": protocol, "scheduler": scheduler,
+                    "forwarding": forwarding, "group": group, "interface": interface,
+                });
+                change(cli, "PUT", &format!("/v1/listeners/{name}"), Some(body))
+            }
+            ListenerAction::Remove { name } => change(cli, "DELETE", &format!("/v1/listeners/{name}"), None),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("xlbctl: {e}");

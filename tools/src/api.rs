@@ -1,0 +1,297 @@
+//! The control API: routes HTTP+JSON requests on the control socket to reads of the running state and to
+//! configuration changes. Every change is validated as a whole config and applied live (see [`L4Runtime`]);
+//! an invalid change is refused with the field named and leaves the running config untouched.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/v1/status` | node, uptime, whether every worker runs |
+//! | GET | `/v1/stats` | counters: workers, interfaces, L4 listeners and servers |
+//! | GET | `/v1/config` | running listeners, groups and `[l4]` |
+//! | GET, PUT, DELETE | `/v1/listeners/{name}` | a listener (PUT body: the `[[listener]]` fields as JSON) |
+//! | GET, PUT, DELETE | `/v1/groups/{name}` | a group (PUT body: the `[[group]]` fields as JSON) |
+//! | PUT, DELETE | `/v1/groups/{group}/servers/{ip:port}` | add or set a server (body `{"weight": N}`), remove it |
+//! | POST | `/v1/groups/{group}/servers/{ip:port}/drain` | weight 0: no new flows, existing ones continue |
+//! | POST | `/v1/reload` | re-read the config file and apply the difference |
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use xlb_l4::config::{GroupConfig, ListenerConfig, ServerConfig};
+use xlb_stack::xsk::filter::AttachedMode;
+use xlb_stack::xsk::Datapath;
+
+use crate::config::Config;
+use crate::lb::L4Runtime;
+use crate::stats;
+
+/// The control plane of a running appliance.
+pub struct Api {
+    runtime: Mutex<L4Runtime>,
+    dp: Arc<Datapath>,
+    started: Instant,
+    config_path: PathBuf,
+}
+
+type Reply = (u16, Value);
+
+fn error(status: u16, message: impl Into<String>) -> Reply {
+    (status, json!({ "error": message.into() }))
+}
+
+impl Api {
+    /// The API over a running datapath and its L4 runtime; `config_path` is what reload re-reads.
+    pub fn new(runtime: L4Runtime, dp: Arc<Datapath>, started: Instant, config_path: PathBuf) -> Api {
+        Api {
+            runtime: Mutex::new(runtime),
+            dp,
+            started,
+            config_path,
+        }
+    }
+
+    /// The datapath.
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.dp
+    }
+
+    /// Gives up the API, returning the datapath (for shutdown).
+    pub fn into_datapath(self) -> Arc<Datapath> {
+        self.dp
+    }
+
+    fn runtime(&self) -> MutexGuard<'_, L4Runtime> {
+        // Only control-plane threads take this lock; a panic while holding it leaves valid state behind.
+        self.runtime.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Samples per-listener connection rates (the main thread calls this once a second).
+    pub fn sample_rates(&self) {
+        self.runtime().sample_rates(Instant::now());
+    }
+
+    /// Re-reads the config file and applies the difference.
+    pub fn reload(&self) -> Result<String, String> {
+        let new = Config::load(&self.config_path)?;
+        let mut rt = self.runtime();
+        rt.apply(new, &self.dp)
+    }
+
+    /// The stats document.
+    pub fn stats(&self) -> Value {
+        let rt = self.runtime();
+        let workers: Vec<Value> = self
+            .dp
+            .worker_counters()
+            .iter()
+            .map(|(name, s)| stats::worker_json(name, s))
+            .collect();
+        let interfaces: Vec<Value> = self
+            .dp
+            .filter_stats()
+            .iter()
+            .map(|(name, mode, f)| {
+                let mode = match mode {
+                    AttachedMode::Native => "native",
+                    AttachedMode::Generic => "generic",
+                };
+                stats::filter_json(name, mode, f)
+            })
+            .collect();
+        json!({
+            "node": rt.config().node.name,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "totals": stats::totals(&workers),
+            "workers": workers,
+            "interfaces": interfaces,
+            "l4": stats::l4_json(&rt),
+        })
+    }
+
+    /// Answers one request.
+    pub fn handle(&self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let path = path.split('?').next().unwrap_or(path);
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, parts.as_slice()) {
+            ("GET", ["v1", "status"]) => {
+                let rt = self.runtime();
+                (
+                    200,
+                    json!({"node": rt.config().node.name, "uptime_s": self.started.elapsed().as_secs(), "healthy": self.dp.healthy()}),
+                )
+            }
+            ("GET", ["v1", "stats"]) => (200, self.stats()),
+            ("GET", ["v1", "config"]) => {
+                let rt = self.runtime();
+                let c = rt.config();
+                (200, json!({"listeners": c.listeners, "groups": c.groups, "l4": c.l4}))
+            }
+            ("POST", ["v1", "reload"]) => match self.reload() {
+                Ok(summary) => (200, json!({"applied": summary})),
+                Err(e) => error(400, e),
+            },
+            ("GET", ["v1", "listeners"]) => (200, json!(self.runtime().config().listeners)),
+            ("GET", ["v1", "groups"]) => (200, json!(self.runtime().config().groups)),
+            ("GET", ["v1", "listeners", name]) => {
+                match self.runtime().config().listeners.iter().find(|l| l.name == *name) {
+                    Some(l) => (200, json!(l)),
+                    None => error(404, format!("no listener {name:?}")),
+                }
+            }
+            ("GET", ["v1", "groups", name]) => match self.runtime().config().groups.iter().find(|g| g.name == *name) {
+                Some(g) => (200, json!(g)),
+                None => error(404, format!("no group {name:?}")),
+            },
+            ("PUT", ["v1", "listeners", name]) => self.put_listener(name, body),
+            ("DELETE", ["v1", "listeners", name]) => self.change(|listeners, _| {
+                let before = listeners.len();
+                listeners.retain(|l| l.name != *name);
+                found(before != listeners.len(), "listener", name)
+            }),
+            ("PUT", ["v1", "groups", name]) => self.put_group(name, body),
+            ("DELETE", ["v1", "groups", name]) => self.change(|_, groups| {
+                let before = groups.len();
+                groups.retain(|g| g.name != *name);
+                found(before != groups.len(), "group", name)
+            }),
+            ("PUT", ["v1", "groups", group, "servers", addr]) => self.put_server(group, addr, body),
+            ("POST", ["v1", "groups", group, "servers", addr, "drain"]) => {
+                self.put_server(group, addr, br#"{"weight": 0}"#)
+            }
+            ("DELETE", ["v1", "groups", group, "servers", addr]) => match addr.parse::<SocketAddrV4>() {
+                Ok(addr) => self.change(|_, groups| {
+                    let g = group_mut(groups, group)?;
+                    let before = g.servers.len();
+                    g.servers.retain(|s| s.addr != addr);
+                    found(before != g.servers.len(), "server", &addr.to_string())
+                }),
+                Err(_) => error(400, format!("server address {addr:?} is not ip:port")),
+            },
+            (_, ["v1", ..]) => error(404, format!("no endpoint {method} {path}")),
+            _ => error(404, format!("no endpoint {path} (the API is under /v1)")),
+        }
+    }
+
+    /// Applies an edit of the running listeners and groups: validated as a whole, then applied live.
+    fn change(&self, edit: impl FnOnce(&mut Vec<ListenerConfig>, &mut Vec<GroupConfig>) -> Result<(), Reply>) -> Reply {
+        let mut rt = self.runtime();
+        let mut failure = None;
+        let candidate = rt.edited(|l, g| {
+            edit(l, g).map_err(|reply| {
+                failure = Some(reply);
+                String::new()
+            })
+        });
+        let new = match (candidate, failure) {
+            (_, Some(reply)) => return reply,
+            (Err(e), None) => return error(400, e),
+            (Ok(c), None) => c,
+        };
+        match rt.apply(new, &self.dp) {
+            Ok(summary) => (200, json!({ "applied": summary })),
+            Err(e) => error(400, e),
+        }
+    }
+
+    fn put_listener(&self, name: &str, body: &[u8]) -> Reply {
+        let mut value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return error(400, format!("listener: body is not JSON: {e}")),
+        };
+        if let Some(obj) = value.as_object_mut() {
+            obj.entry("name").or_insert_with(|| json!(name));
+        }
+        let listener: ListenerConfig = match serde_json::from_value(value) {
+            Ok(l) => l,
+            Err(e) => return error(400, format!("listener: {e}")),
+        };
+        if listener.name != name {
+            return error(
+                400,
+                format!("listener.name: {:?} does not match the path ({name:?})", listener.name),
+            );
+        }
+        self.change(|listeners, _| {
+            match listeners.iter_mut().find(|l| l.name == name) {
+                Some(l) => *l = listener,
+                None => listeners.push(listener),
+            }
+            Ok(())
+        })
+    }
+
+    fn put_group(&self, name: &str, body: &[u8]) -> Reply {
+        let mut value: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return error(400, format!("group: body is not JSON: {e}")),
+        };
+        if let Some(obj) = value.as_object_mut() {
+            obj.entry("name").or_insert_with(|| json!(name));
+        }
+        let group: GroupConfig = match serde_json::from_value(value) {
+            Ok(g) => g,
+            Err(e) => return error(400, format!("group: {e}")),
+        };
+        if group.name != name {
+            return error(
+                400,
+                format!("group.name: {:?} does not match the path ({name:?})", group.name),
+            );
+        }
+        self.change(|_, groups| {
+            match groups.iter_mut().find(|g| g.name == name) {
+                Some(g) => *g = group,
+                None => groups.push(group),
+            }
+            Ok(())
+        })
+    }
+
+    fn put_server(&self, group: &str, addr: &str, body: &[u8]) -> Reply {
+        let Ok(addr) = addr.parse::<SocketAddrV4>() else {
+            return error(400, format!("server address {addr:?} is not ip:port"));
+        };
+        let weight = if body.is_empty() {
+            None
+        } else {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(v) => match &v["weight"] {
+                    Value::Null => None,
+                    w => match w.as_u64().and_then(|w| u32::try_from(w).ok()) {
+                        Some(w) => Some(w),
+                        None => return error(400, format!("server.weight: {w} is not a non-negative integer")),
+                    },
+                },
+                Err(e) => return error(400, format!("server: body is not JSON: {e}")),
+            }
+        };
+        self.change(|_, groups| {
+            let g = group_mut(groups, group)?;
+            match g.servers.iter_mut().find(|s| s.addr == addr) {
+                Some(s) => s.weight = weight.unwrap_or(s.weight),
+                None => g.servers.push(ServerConfig {
+                    addr,
+                    weight: weight.unwrap_or(1),
+                }),
+            }
+            Ok(())
+        })
+    }
+}
+
+fn group_mut<'a>(groups: &'a mut [GroupConfig], name: &str) -> Result<&'a mut GroupConfig, Reply> {
+    groups
+        .iter_mut()
+        .find(|g| g.name == name)
+        .ok_or_else(|| error(404, format!("no group {name:?}")))
+}
+
+fn found(found: bool, what: &str, name: &str) -> Result<(), Reply> {
+    if found {
+        Ok(())
+    } else {
+        Err(error(404, format!("no {what} {name:?}")))
+    }
+}
