@@ -75,6 +75,11 @@ impl Appliance {
         }
     }
 
+    /// The control socket path.
+    pub fn socket(&self) -> &PathBuf {
+        &self.socket
+    }
+
     /// The config file path.
     pub fn config_path(&self) -> &PathBuf {
         &self.config

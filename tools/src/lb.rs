@@ -305,6 +305,7 @@ impl L4Runtime {
         for &(iface, vip) in after.iter().filter(|v| !before.contains(v)) {
             dp.add_address(iface, vip, AddrKind::Vip).map_err(|e| e.to_string())?;
         }
+        let (applied_tx, applied_rx) = bounded(self.updates.len());
         for (w, tx) in self.updates.iter().enumerate() {
             let update = ForwarderUpdate {
                 layout: layout.clone(),
@@ -312,9 +313,16 @@ impl L4Runtime {
                 board: board.clone(),
                 counters: counters[w].clone(),
                 health: if w == 0 { health.take() } else { None },
+                applied: Some(applied_tx.clone()),
             };
             tx.send_timeout(update, Duration::from_secs(2))
                 .map_err(|_| format!("worker {w} does not take updates"))?;
+        }
+        // Return only once every worker runs the new configuration, so callers can rely on it.
+        for _ in 0..self.updates.len() {
+            applied_rx
+                .recv_timeout(Duration::from_secs(2))
+                .map_err(|_| "a worker did not apply the update within 2 s".to_string())?;
         }
         for &(iface, vip) in before.iter().filter(|v| !after.contains(v)) {
             dp.remove_address(iface, vip).map_err(|e| e.to_string())?;

@@ -72,6 +72,8 @@ pub struct ForwarderUpdate {
     pub counters: Arc<SharedL4Counters>,
     /// The new health checker (for the worker that runs checks).
     pub health: Option<HealthChecker>,
+    /// Told once the update is applied.
+    pub applied: Option<crossbeam_channel::Sender<usize>>,
 }
 
 /// A listener at run time.
@@ -265,6 +267,9 @@ impl Forwarder {
             self.health = update.health;
         }
         self.sync_health();
+        if let Some(applied) = update.applied {
+            let _ = applied.try_send(self.worker);
+        }
     }
 
     /// Makes the stack own exactly the VIPs of live listeners on their interfaces' ports.

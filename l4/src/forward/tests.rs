@@ -574,6 +574,7 @@ fn reconfigure(
         board: Arc::new(HealthBoard::new(0)),
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
+        applied: None,
     })
     .unwrap();
     s.handle_timeout(now + Duration::from_secs(1));
@@ -678,6 +679,7 @@ fn removed_listener_refuses_new_flows_but_keeps_established_ones_while_its_vip_i
         board: Arc::new(HealthBoard::new(0)),
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
+        applied: None,
     })
     .unwrap();
     s.handle_timeout(now + Duration::from_secs(1));

@@ -1,0 +1,347 @@
+//! Control-plane acceptance: live changes through `xlbctl` and reload while TCP streams run through xlb; the
+//! metrics endpoint parsed by a Prometheus text parser.
+//!
+//! Lab as in `l4.rs`: client ── [ext0 | xlb | int0] ── servers 198.19.0.2-.5 (`xlb-bench sink`, names s1-s4).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use xlb_tests::appliance::Appliance;
+use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+
+const VIP: &str = "198.18.0.100";
+const SERVERS: [&str; 4] = ["198.19.0.2", "198.19.0.3", "198.19.0.4", "198.19.0.5"];
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = ns.clone();
+    std::thread::spawn(move || {
+        ns.enter_current_thread()?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+struct Setup {
+    lab: Lab,
+    client: Netns,
+    lb: Netns,
+    _sinks: Vec<Proc>,
+}
+
+fn setup(name: &str) -> Result<Setup> {
+    let lab = Lab::new(name)?;
+    let client = lab.netns("client")?;
+    let lb = lab.netns("lb")?;
+    let servers = lab.netns("servers")?;
+    lab.veth((&client, "cli0"), (&lb, "ext0"))?;
+    lab.veth((&lb, "int0"), (&servers, "srv0"))?;
+    client.addr("cli0", "198.18.0.1/24")?;
+    lb.addr("ext0", "198.18.0.2/24")?;
+    lb.link_up("int0")?;
+    for s in SERVERS {
+        servers.addr("srv0", &format!("{s}/24"))?;
+    }
+    client.disable_offloads("cli0")?;
+    servers.disable_offloads("srv0")?;
+    let bench = workspace_bin("xlb-bench")?.display().to_string();
+    let sinks = SERVERS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let name = format!("s{}", i + 1);
+            lab.spawn(
+                &servers,
+                &bench,
+                &[
+                    "sink",
+                    "--listen",
+                    &format!("{ip}:8080"),
+                    "--proto",
+                    "tcp",
+                    "--name",
+                    &name,
+                ],
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    servers.wait_tcp_listen(8080, TIMEOUT)?;
+    Ok(Setup {
+        lab,
+        client,
+        lb,
+        _sinks: sinks,
+    })
+}
+
+fn config(servers: &str, extra_node: &str) -> String {
+    format!(
+        r#"
+[node]
+name = "lb1"
+control_socket = "CONTROL_SOCKET"
+{extra_node}
+
+[[interface]]
+name = "ext0"
+queues = [0]
+cores = [0]
+addresses = ["198.18.0.10/24"]
+
+[[interface]]
+name = "int0"
+queues = [0]
+cores = [0]
+addresses = ["198.19.0.10/24"]
+
+[[listener]]
+name = "web"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "wrr"
+group = "web"
+
+[[group]]
+name = "web"
+servers = [{servers}]
+"#
+    )
+}
+
+/// One connection: send a line, return the server name.
+fn hello(target: SocketAddr) -> Result<String> {
+    let stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    let mut s = BufReader::new(stream);
+    s.get_mut().write_all(b"hi\n")?;
+    let mut line = String::new();
+    s.read_line(&mut line)?;
+    Ok(line.trim().trim_start_matches("server=").to_string())
+}
+
+/// A stream of deterministic data echoed back for `seconds`, checked byte for byte. Returns (server, bytes).
+fn stream(target: SocketAddr, seconds: u64) -> Result<(String, u64)> {
+    let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let mut reader = s.try_clone()?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let writer = std::thread::spawn(move || -> Result<u64> {
+        let (mut sent, mut x) = (0u64, 7u32);
+        let mut buf = vec![0u8; 2048];
+        while Instant::now() < deadline {
+            for b in buf.iter_mut() {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                *b = (x >> 16) as u8;
+            }
+            s.write_all(&buf)?;
+            sent += buf.len() as u64;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok(sent)
+    });
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        reader.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let server = String::from_utf8_lossy(&head)
+        .trim()
+        .trim_start_matches("server=")
+        .to_string();
+    let (mut x, mut received) = (7u32, 0u64);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = reader.read(&mut buf).with_context(|| format!("stream via {server}"))?;
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            ensure!(*b == (x >> 16) as u8, "stream via {server}: byte {received} differs");
+            received += 1;
+        }
+    }
+    let sent = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    ensure!(received == sent, "stream via {server}: sent {sent}, echoed {received}");
+    Ok((server, sent))
+}
+
+fn names(client: &Netns, target: SocketAddr, n: usize) -> Result<Vec<String>> {
+    in_ns(client, move || (0..n).map(|_| hello(target)).collect())
+}
+
+#[test]
+fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -> Result<()> {
+    let t = setup("live")?;
+    let initial = r#"{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 1 }"#;
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(initial, ""))?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+
+    // 20 long streams, spread over s1 and s2.
+    let client = t.client.clone();
+    let streams = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let hs: Vec<_> = (0..20)
+                .map(|_| std::thread::spawn(move || stream(target, 10)))
+                .collect();
+            Ok(hs
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked"))))
+                .collect::<Vec<_>>())
+        })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Add a server: new flows reach it.
+    xlb.xlbctl(&["server", "add", "web", "198.19.0.4:8080", "--weight", "2"])?;
+    let n = names(&t.client, target, 40)?;
+    ensure!(n.iter().any(|s| s == "s3"), "added server gets no flows: {n:?}");
+    // Drain s2: no new flows for it.
+    xlb.xlbctl(&["server", "drain", "web", "198.19.0.3:8080"])?;
+    let n = names(&t.client, target, 40)?;
+    ensure!(!n.iter().any(|s| s == "s2"), "drained server got new flows: {n:?}");
+    // Weights: s1 3, s3 1 → 3:1.
+    xlb.xlbctl(&["server", "set", "web", "198.19.0.2:8080", "--weight", "3"])?;
+    xlb.xlbctl(&["server", "set", "web", "198.19.0.4:8080", "--weight", "1"])?;
+    let n = names(&t.client, target, 40)?;
+    let s1 = n.iter().filter(|s| *s == "s1").count();
+    ensure!(s1 == 30, "weights 3:1 over 40 new flows give 30 to s1, got {s1}: {n:?}");
+
+    // A second listener comes and goes while the first one's streams run.
+    xlb.xlbctl(&[
+        "listener",
+        "add",
+        "api",
+        "--vip",
+        "198.18.0.101",
+        "--port",
+        "81",
+        "--scheduler",
+        "rr",
+        "--group",
+        "web",
+    ])?;
+    let api: SocketAddr = "198.18.0.101:81".parse()?;
+    let n = names(&t.client, api, 4)?;
+    ensure!(n.len() == 4, "second listener answers");
+    xlb.xlbctl(&["listener", "remove", "api"])?;
+    let refused = in_ns(&t.client, move || {
+        Ok(TcpStream::connect_timeout(&api, Duration::from_secs(2)).is_err())
+    })?;
+    ensure!(refused, "removed listener still accepts connections");
+
+    // Invalid changes are refused with the field named; the running config is untouched.
+    let before = xlb.xlbctl(&["config"])?;
+    let err = xlb
+        .xlbctl(&[
+            "listener",
+            "add",
+            "bad",
+            "--vip",
+            "198.18.0.10",
+            "--port",
+            "80",
+            "--group",
+            "web",
+        ])
+        .unwrap_err();
+    ensure!(
+        format!("{err:#}").contains(".vip"),
+        "error does not name the vip: {err:#}"
+    );
+    let err = xlb.xlbctl(&["server", "add", "nosuch", "198.19.0.5:8080"]).unwrap_err();
+    ensure!(format!("{err:#}").contains("no group"), "{err:#}");
+    let err = xlb.xlbctl(&["server", "add", "web", "198.20.0.5:8080"]).unwrap_err();
+    ensure!(format!("{err:#}").contains("198.20.0.5:8080"), "{err:#}");
+    ensure!(
+        xlb.xlbctl(&["config"])? == before,
+        "a refused change altered the running config"
+    );
+
+    // Reload a changed config file: s4 joins, s1 leaves (established flows kept, the default policy).
+    let reloaded = r#"{ addr = "198.19.0.3:8080", weight = 1 }, { addr = "198.19.0.5:8080", weight = 1 }"#;
+    std::fs::write(
+        xlb.config_path(),
+        config(reloaded, "").replace("CONTROL_SOCKET", &xlb.socket().display().to_string()),
+    )?;
+    xlb.xlbctl(&["reload"])?;
+    let n = names(&t.client, target, 20)?;
+    ensure!(
+        n.iter().all(|s| s == "s2" || s == "s4"),
+        "after reload new flows go to s2 and s4 only: {n:?}"
+    );
+    // SIGHUP does the same: back to the initial servers.
+    std::fs::write(
+        xlb.config_path(),
+        config(initial, "").replace("CONTROL_SOCKET", &xlb.socket().display().to_string()),
+    )?;
+    xlb.proc().signal(libc::SIGHUP)?;
+    wait_until_ok(TIMEOUT, "SIGHUP reload", || {
+        let n = names(&t.client, target, 6)?;
+        ensure!(n.iter().all(|s| s == "s1" || s == "s2"), "after SIGHUP: {n:?}");
+        Ok(())
+    })?;
+
+    // Every stream finished byte-exact, whatever happened to its server's weight or membership.
+    let results = streams.join().map_err(|_| anyhow::anyhow!("streams panicked"))??;
+    let mut bytes = 0;
+    for r in results {
+        let (_, b) = r?;
+        bytes += b;
+    }
+    eprintln!("20 streams, {bytes} bytes, all byte-exact through 9 live changes");
+    ensure!(
+        xlb.total("drops.no_connection")? == 0,
+        "packets of live flows were dropped"
+    );
+    Ok(())
+}
+
+#[test]
+fn metrics_endpoint_serves_prometheus_text() -> Result<()> {
+    let t = setup("metrics")?;
+    let servers = r#"{ addr = "198.19.0.2:8080" }, { addr = "198.19.0.3:8080" }"#;
+    let xlb = Appliance::start(
+        &t.lab,
+        &t.lb,
+        "lb1",
+        &config(servers, r#"metrics_address = "198.18.0.2:9100""#),
+    )?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    names(&t.client, target, 10)?;
+    let text = wait_until_ok(TIMEOUT, "metrics to show 10 connections", || {
+        let text = t
+            .client
+            .run("curl", &["-sS", "-m", "3", "http://198.18.0.2:9100/metrics"])?;
+        if !text.contains("xlb_listener_connections_total{") {
+            bail!("no listener metrics yet");
+        }
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+        let conns: f64 = scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == "xlb_listener_connections_total" && s.labels.get("listener") == Some("web"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum();
+        ensure!(conns == 10.0, "xlb_listener_connections_total = {conns}");
+        Ok(text)
+    })?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let up: Vec<_> = scrape.samples.iter().filter(|s| s.metric == "xlb_server_up").collect();
+    ensure!(up.len() == 2, "one xlb_server_up per server: {up:?}");
+    ensure!(
+        scrape.samples.iter().any(|s| s.metric == "xlb_drops_total"),
+        "drops by reason exported"
+    );
+    let _ = xlb;
+    Ok(())
+}
