@@ -196,7 +196,21 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
                 .collect::<Vec<_>>())
         })
     });
-    std::thread::sleep(Duration::from_secs(1));
+    // The connection table shows the 20 established streams, with their servers.
+    let conns = wait_until_ok(TIMEOUT, "20 established connections", || {
+        let out = xlb.xlbctl(&["conns", "--listener", "web", "--state", "established", "--json"])?;
+        let doc: serde_json::Value = serde_json::from_str(&out)?;
+        let n = doc["conns"].as_array().map_or(0, |a| a.len());
+        ensure!(n == 20, "{n} established connections listed");
+        Ok(doc)
+    })?;
+    ensure!(
+        conns["conns"][0]["server"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(":8080")),
+        "{conns}"
+    );
+    eprintln!("{}", xlb.xlbctl(&["conns", "--limit", "3"])?);
 
     // Add a server: new flows reach it.
     xlb.xlbctl(&["server", "add", "web", "198.19.0.4:8080", "--weight", "2"])?;

@@ -12,6 +12,7 @@
 //! | PUT, DELETE | `/v1/groups/{group}/servers/{ip:port}` | add or set a server (body `{"weight": N}`), remove it |
 //! | POST | `/v1/groups/{group}/servers/{ip:port}/drain` | weight 0: no new flows, existing ones continue |
 //! | POST | `/v1/reload` | re-read the config file and apply the difference |
+//! | GET | `/v1/conns?listener=&server=&client=&state=&limit=` | connection entries (default limit 1000) |
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use xlb_l4::config::{GroupConfig, ListenerConfig, ServerConfig};
+use xlb_l4::forward::ConnFilter;
 use xlb_stack::xsk::filter::AttachedMode;
 use xlb_stack::xsk::Datapath;
 
@@ -112,9 +114,10 @@ impl Api {
 
     /// Answers one request.
     pub fn handle(&self, method: &str, path: &str, body: &[u8]) -> Reply {
-        let path = path.split('?').next().unwrap_or(path);
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
+            ("GET", ["v1", "conns"]) => self.conns(query),
             ("GET", ["v1", "status"]) => {
                 let rt = self.runtime();
                 (
@@ -193,6 +196,61 @@ impl Api {
             Ok(summary) => (200, json!({ "applied": summary })),
             Err(e) => error(400, e),
         }
+    }
+
+    /// `GET /v1/conns?listener=&server=&client=&state=&limit=`: connection entries from every worker.
+    fn conns(&self, query: &str) -> Reply {
+        let mut filter = ConnFilter::default();
+        let mut limit = 1000;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "listener" => filter.listener = Some(value.to_string()),
+                "state" => filter.state = Some(value.to_string()),
+                "server" => match value.parse() {
+                    Ok(a) => filter.server = Some(a),
+                    Err(_) => return error(400, format!("server: {value:?} is not ip:port")),
+                },
+                "client" => match value.parse() {
+                    Ok(a) => filter.client = Some(a),
+                    Err(_) => return error(400, format!("client: {value:?} is not an IPv4 address")),
+                },
+                "limit" => match value.parse() {
+                    Ok(n) => limit = n,
+                    Err(_) => return error(400, format!("limit: {value:?} is not a number")),
+                },
+                other => {
+                    return error(
+                        400,
+                        format!("unknown filter {other:?} (listener, server, client, state, limit)"),
+                    )
+                }
+            }
+        }
+        let conns = match self.runtime().conns(&filter, limit) {
+            Ok(c) => c,
+            Err(e) => return error(500, e),
+        };
+        let rows: Vec<Value> = conns
+            .iter()
+            .map(|i| {
+                let c = &i.conn;
+                json!({
+                    "listener": i.listener,
+                    "protocol": format!("{:?}", c.proto).to_lowercase(),
+                    "forwarding": format!("{:?}", c.forwarding).to_lowercase(),
+                    "client": c.client.to_string(),
+                    "vip": c.vip.to_string(),
+                    "local": c.local.to_string(),
+                    "server": c.backend.to_string(),
+                    "state": c.state.name(),
+                    "expires_in_s": i.expires_in.as_secs_f64(),
+                    "client_packets": c.client_packets,
+                    "worker": i.worker,
+                })
+            })
+            .collect();
+        (200, json!({ "conns": rows }))
     }
 
     fn put_listener(&self, name: &str, body: &[u8]) -> Reply {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use xlb_l4::config::{GroupConfig, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
 use xlb_l4::forward::handoff::Handoff;
-use xlb_l4::forward::{Forwarder, ForwarderConfig, ForwarderUpdate};
+use xlb_l4::forward::{ConnFilter, ConnInfo, ControlMessage, Forwarder, ForwarderConfig, ForwarderUpdate};
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedL4Counters};
@@ -105,7 +105,7 @@ pub struct PipelineFactory {
     layout: Arc<Layout>,
     handoffs: Vec<Option<Handoff>>,
     neighbour_sync: Vec<Option<NeighbourSync>>,
-    updates: Vec<Option<Receiver<ForwarderUpdate>>>,
+    updates: Vec<Option<Receiver<ControlMessage>>>,
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
     counters: Vec<Arc<SharedL4Counters>>,
@@ -209,7 +209,7 @@ pub struct L4Runtime {
     layout: Arc<Layout>,
     board: Arc<HealthBoard>,
     counters: Vec<Arc<SharedL4Counters>>,
-    updates: Vec<Sender<ForwarderUpdate>>,
+    updates: Vec<Sender<ControlMessage>>,
     rates: Vec<u64>,
     last_totals: (Instant, Vec<u64>),
 }
@@ -315,7 +315,7 @@ impl L4Runtime {
                 health: if w == 0 { health.take() } else { None },
                 applied: Some(applied_tx.clone()),
             };
-            tx.send_timeout(update, Duration::from_secs(2))
+            tx.send_timeout(ControlMessage::Update(update), Duration::from_secs(2))
                 .map_err(|_| format!("worker {w} does not take updates"))?;
         }
         // Return only once every worker runs the new configuration, so callers can rely on it.
@@ -333,6 +333,30 @@ impl L4Runtime {
         self.counters = counters;
         tracing::info!(change = %summary, "configuration applied");
         Ok(summary)
+    }
+
+    /// Up to `limit` connection entries matching `filter`, from every worker.
+    pub fn conns(&self, filter: &ConnFilter, limit: usize) -> Result<Vec<ConnInfo>, String> {
+        let (reply_tx, reply_rx) = bounded(self.updates.len());
+        for tx in &self.updates {
+            let message = ControlMessage::DumpConns {
+                filter: filter.clone(),
+                limit,
+                reply: reply_tx.clone(),
+            };
+            tx.send_timeout(message, Duration::from_secs(2))
+                .map_err(|_| "a worker does not answer".to_string())?;
+        }
+        let mut all = Vec::new();
+        for _ in 0..self.updates.len() {
+            all.extend(
+                reply_rx
+                    .recv_timeout(Duration::from_secs(2))
+                    .map_err(|_| "a worker did not answer in 2 s")?,
+            );
+        }
+        all.truncate(limit);
+        Ok(all)
     }
 
     /// The running config with `edit` applied (for API changes), not yet validated or applied.

@@ -282,6 +282,15 @@ impl ConnTable {
     pub fn iter(&self) -> impl Iterator<Item = &Conn> {
         self.entries.iter().filter(|e| e.live).map(|e| &e.conn)
     }
+
+    /// Every live connection with its id.
+    pub fn iter_ids(&self) -> impl Iterator<Item = (ConnId, &Conn)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.live)
+            .map(|(i, e)| (i as ConnId, &e.conn))
+    }
 }
 
 #[cfg(test)]

@@ -76,6 +76,47 @@ pub struct ForwarderUpdate {
     pub applied: Option<crossbeam_channel::Sender<usize>>,
 }
 
+/// What the control thread sends a running forwarder.
+pub enum ControlMessage {
+    /// Apply a new configuration.
+    Update(ForwarderUpdate),
+    /// Send back up to `limit` connection entries matching `filter`.
+    DumpConns {
+        /// Which entries.
+        filter: ConnFilter,
+        /// At most this many.
+        limit: usize,
+        /// Where the entries go.
+        reply: crossbeam_channel::Sender<Vec<ConnInfo>>,
+    },
+}
+
+/// Which connections a dump returns (all set fields must match).
+#[derive(Debug, Clone, Default)]
+pub struct ConnFilter {
+    /// Listener name.
+    pub listener: Option<String>,
+    /// Backend server.
+    pub server: Option<SocketAddrV4>,
+    /// Client address.
+    pub client: Option<Ipv4Addr>,
+    /// State name (`established`, `syn_recv`, … see [`ConnState::name`]).
+    pub state: Option<String>,
+}
+
+/// A connection entry as dumped for the control API.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The entry.
+    pub conn: Conn,
+    /// Its listener's name.
+    pub listener: String,
+    /// Time left before it expires if no packet comes.
+    pub expires_in: Duration,
+    /// The worker holding it.
+    pub worker: usize,
+}
+
 /// A listener at run time.
 struct Listener {
     config: ListenerConfig,
@@ -173,7 +214,7 @@ pub struct Forwarder {
     handoff: Option<Handoff>,
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
-    updates: Option<Receiver<ForwarderUpdate>>,
+    control: Option<Receiver<ControlMessage>>,
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
     next_housekeeping: Instant,
@@ -182,14 +223,14 @@ pub struct Forwarder {
 impl Forwarder {
     /// A forwarder for `config`. `handoff` is this worker's end of the hand-off mesh (with several workers),
     /// `health` the health checker (on the one worker that runs checks), `board` the shared health states,
-    /// `shared` where this worker publishes its counters and `updates` where new configurations arrive.
+    /// `shared` where this worker publishes its counters and `control` where new configurations and queries arrive.
     pub fn new(
         config: ForwarderConfig,
         handoff: Option<Handoff>,
         health: Option<HealthChecker>,
         board: Arc<HealthBoard>,
         shared: Arc<SharedL4Counters>,
-        updates: Option<Receiver<ForwarderUpdate>>,
+        control: Option<Receiver<ControlMessage>>,
         now: Instant,
     ) -> Self {
         let listeners: Vec<Listener> = config.layout.listeners.iter().map(Listener::from_slot).collect();
@@ -223,7 +264,7 @@ impl Forwarder {
             handoff,
             health,
             board,
-            updates,
+            control,
             shared,
             next_housekeeping: now,
         };
@@ -291,6 +332,29 @@ impl Forwarder {
         }
         self.owned_vips = wanted;
         self.vips_dirty = false;
+    }
+
+    /// Up to `limit` connection entries matching `filter` (control path: scans the table).
+    pub fn dump(&self, now: Instant, filter: &ConnFilter, limit: usize) -> Vec<ConnInfo> {
+        let name = |c: &Conn| {
+            self.listeners
+                .get(usize::from(c.listener))
+                .map_or("", |l| l.config.name.as_str())
+        };
+        self.conns
+            .iter_ids()
+            .filter(|(_, c)| filter.listener.as_deref().is_none_or(|l| name(c) == l))
+            .filter(|(_, c)| filter.server.is_none_or(|s| c.backend == s))
+            .filter(|(_, c)| filter.client.is_none_or(|ip| *c.client.ip() == ip))
+            .filter(|(_, c)| filter.state.as_deref().is_none_or(|s| c.state.name() == s))
+            .take(limit)
+            .map(|(id, c)| ConnInfo {
+                conn: *c,
+                listener: name(c).to_string(),
+                expires_in: self.conns.expires_in(id, now),
+                worker: self.worker,
+            })
+            .collect()
     }
 
     /// The current layout.
@@ -752,8 +816,13 @@ impl Ipv4Handler for Forwarder {
     }
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
-        while let Some(update) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
-            self.apply(update);
+        while let Some(message) = self.control.as_ref().and_then(|c| c.try_recv().ok()) {
+            match message {
+                ControlMessage::Update(update) => self.apply(update),
+                ControlMessage::DumpConns { filter, limit, reply } => {
+                    let _ = reply.try_send(self.dump(now, &filter, limit));
+                }
+            }
         }
         if self.vips_dirty {
             self.reconcile_vips(cx);

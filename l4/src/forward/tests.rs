@@ -75,7 +75,7 @@ fn stack_with_updates(
     setup: Setup,
     handoff: Option<Handoff>,
     learn: bool,
-    updates: Option<crossbeam_channel::Receiver<ForwarderUpdate>>,
+    updates: Option<crossbeam_channel::Receiver<ControlMessage>>,
 ) -> LocalStack<Forwarder> {
     let now = Instant::now();
     let group = GroupConfig {
@@ -560,7 +560,7 @@ fn web(servers: &[(SocketAddrV4, u32)]) -> (ListenerConfig, GroupConfig) {
 /// Sends a new config to a running forwarder and lets it apply it.
 fn reconfigure(
     s: &mut LocalStack<Forwarder>,
-    tx: &crossbeam_channel::Sender<ForwarderUpdate>,
+    tx: &crossbeam_channel::Sender<ControlMessage>,
     servers: &[(SocketAddrV4, u32)],
     policy: RemovedServerPolicy,
     now: Instant,
@@ -568,14 +568,14 @@ fn reconfigure(
     let (l, g) = web(servers);
     let layout = s.handler().layout().next(&[l], &[g], policy);
     let shape = layout.shape();
-    tx.send(ForwarderUpdate {
+    tx.send(ControlMessage::Update(ForwarderUpdate {
         layout: Arc::new(layout),
         vip_ifaces: vec![0],
         board: Arc::new(HealthBoard::new(0)),
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
         applied: None,
-    })
+    }))
     .unwrap();
     s.handle_timeout(now + Duration::from_secs(1));
 }
@@ -673,14 +673,14 @@ fn removed_listener_refuses_new_flows_but_keeps_established_ones_while_its_vip_i
     // A layout without the listener.
     let layout = s.handler().layout().next(&[], &[], RemovedServerPolicy::Keep);
     let shape = layout.shape();
-    tx.send(ForwarderUpdate {
+    tx.send(ControlMessage::Update(ForwarderUpdate {
         layout: Arc::new(layout),
         vip_ifaces: vec![0],
         board: Arc::new(HealthBoard::new(0)),
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
         applied: None,
-    })
+    }))
     .unwrap();
     s.handle_timeout(now + Duration::from_secs(1));
     // Re-add ownership as if another listener still used the VIP (the stack would otherwise drop it).

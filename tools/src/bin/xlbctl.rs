@@ -38,6 +38,22 @@ enum Command {
     List,
     /// The running listeners, groups and [l4] settings (JSON).
     Config,
+    /// Connection entries, optionally filtered.
+    Conns {
+        #[arg(long)]
+        listener: Option<String>,
+        /// Backend server ip:port.
+        #[arg(long)]
+        server: Option<String>,
+        /// Client address.
+        #[arg(long)]
+        client: Option<String>,
+        /// syn_recv | established | fin_wait | time_wait | close | udp
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Re-read the config file and apply the difference (like SIGHUP).
     Reload,
     /// Change a group's servers.
@@ -224,6 +240,27 @@ fn print_list(doc: &Value) {
     }
 }
 
+fn print_conns(doc: &Value) {
+    println!(
+        "{:<5}{:<22}{:<22}{:<22}{:<22}{:<12}{:>9}{:>4}",
+        "Prot", "Client", "VIP", "Local", "Server", "State", "Expires", "W"
+    );
+    for c in doc["conns"].as_array().into_iter().flatten() {
+        let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+        println!(
+            "{:<5}{:<22}{:<22}{:<22}{:<22}{:<12}{:>8.0}s{:>4}",
+            s("protocol").to_uppercase(),
+            s("client"),
+            s("vip"),
+            s("local"),
+            s("server"),
+            s("state"),
+            c["expires_in_s"].as_f64().unwrap_or(0.0),
+            c["worker"].as_u64().unwrap_or(0),
+        );
+    }
+}
+
 fn run(cli: &Cli) -> Result<(), String> {
     match &cli.command {
         Command::Status => {
@@ -273,6 +310,32 @@ fn run(cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reload => change(cli, "POST", "/v1/reload", None),
+        Command::Conns {
+            listener,
+            server,
+            client,
+            state,
+            limit,
+        } => {
+            let mut query = format!("limit={limit}");
+            for (k, v) in [
+                ("listener", listener),
+                ("server", server),
+                ("client", client),
+                ("state", state),
+            ] {
+                if let Some(v) = v {
+                    query.push_str(&format!("&{k}={v}"));
+                }
+            }
+            let doc = get(cli, &format!("/v1/conns?{query}"))?;
+            if cli.json {
+                println!("{doc:#}");
+            } else {
+                print_conns(&doc);
+            }
+            Ok(())
+        }
         Command::Server { action } => match action {
             ServerAction::Add { group, addr, weight } => {
                 let body = weight.map(|w| json!({ "weight": w })).unwrap_or_else(|| json!({}));
