@@ -315,7 +315,7 @@ impl L4Runtime {
                 health: if w == 0 { health.take() } else { None },
                 applied: Some(applied_tx.clone()),
             };
-            tx.send_timeout(ControlMessage::Update(update), Duration::from_secs(2))
+            tx.send_timeout(ControlMessage::Update(Box::new(update)), Duration::from_secs(2))
                 .map_err(|_| format!("worker {w} does not take updates"))?;
         }
         // Return only once every worker runs the new configuration, so callers can rely on it.

@@ -79,7 +79,7 @@ pub struct ForwarderUpdate {
 /// What the control thread sends a running forwarder.
 pub enum ControlMessage {
     /// Apply a new configuration.
-    Update(ForwarderUpdate),
+    Update(Box<ForwarderUpdate>),
     /// Send back up to `limit` connection entries matching `filter`.
     DumpConns {
         /// Which entries.
@@ -818,7 +818,7 @@ impl Ipv4Handler for Forwarder {
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
         while let Some(message) = self.control.as_ref().and_then(|c| c.try_recv().ok()) {
             match message {
-                ControlMessage::Update(update) => self.apply(update),
+                ControlMessage::Update(update) => self.apply(*update),
                 ControlMessage::DumpConns { filter, limit, reply } => {
                     let _ = reply.try_send(self.dump(now, &filter, limit));
                 }

@@ -568,14 +568,14 @@ fn reconfigure(
     let (l, g) = web(servers);
     let layout = s.handler().layout().next(&[l], &[g], policy);
     let shape = layout.shape();
-    tx.send(ControlMessage::Update(ForwarderUpdate {
+    tx.send(ControlMessage::Update(Box::new(ForwarderUpdate {
         layout: Arc::new(layout),
         vip_ifaces: vec![0],
         board: Arc::new(HealthBoard::new(0)),
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
         applied: None,
-    }))
+    })))
     .unwrap();
     s.handle_timeout(now + Duration::from_secs(1));
 }
@@ -673,14 +673,14 @@ fn removed_listener_refuses_new_flows_but_keeps_established_ones_while_its_vip_i
     // A layout without the listener.
     let layout = s.handler().layout().next(&[], &[], RemovedServerPolicy::Keep);
     let shape = layout.shape();
-    tx.send(ControlMessage::Update(ForwarderUpdate {
+    tx.send(ControlMessage::Update(Box::new(ForwarderUpdate {
         layout: Arc::new(layout),
         vip_ifaces: vec![0],
         board: Arc::new(HealthBoard::new(0)),
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
         applied: None,
-    }))
+    })))
     .unwrap();
     s.handle_timeout(now + Duration::from_secs(1));
     // Re-add ownership as if another listener still used the VIP (the stack would otherwise drop it).
