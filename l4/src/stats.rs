@@ -46,7 +46,7 @@ pub struct ServerCounters {
 
 const LISTENER_FIELDS: usize = 7;
 const SERVER_FIELDS: usize = 7;
-const GLOBAL_FIELDS: usize = 4;
+const GLOBAL_FIELDS: usize = 7;
 
 /// All L4 counters of one worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +63,12 @@ pub struct L4Counters {
     pub handoff_in: u64,
     /// Connections expired.
     pub expired: u64,
+    /// Connections installed from HA peers.
+    pub imported: u64,
+    /// Synced connections that could not be installed (unknown listener or server, table full).
+    pub import_skipped: u64,
+    /// Sync events dropped because the sync channel was full.
+    pub sync_dropped: u64,
 }
 
 impl L4Counters {
@@ -104,6 +110,9 @@ impl L4Counters {
         self.handoff_out += other.handoff_out;
         self.handoff_in += other.handoff_in;
         self.expired += other.expired;
+        self.imported += other.imported;
+        self.import_skipped += other.import_skipped;
+        self.sync_dropped += other.sync_dropped;
     }
 }
 
@@ -135,7 +144,15 @@ impl SharedL4Counters {
             self.slots[i].store(v, Relaxed);
             i += 1;
         };
-        for v in [c.conns, c.handoff_out, c.handoff_in, c.expired] {
+        for v in [
+            c.conns,
+            c.handoff_out,
+            c.handoff_in,
+            c.expired,
+            c.imported,
+            c.import_skipped,
+            c.sync_dropped,
+        ] {
             put(v);
         }
         for (l, servers) in c.listeners.iter().zip(&c.servers) {
@@ -179,6 +196,9 @@ impl SharedL4Counters {
         c.handoff_out = get();
         c.handoff_in = get();
         c.expired = get();
+        c.imported = get();
+        c.import_skipped = get();
+        c.sync_dropped = get();
         for (l, servers) in c.listeners.iter_mut().zip(c.servers.iter_mut()) {
             *l = ListenerCounters {
                 packets_in: get(),

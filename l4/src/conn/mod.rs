@@ -85,6 +85,8 @@ pub struct Conn {
     pub client_mac: EthernetAddress,
     /// Packets seen from the client (HA syncs a session after a threshold).
     pub client_packets: u32,
+    /// Sent to the HA peers (so its expiry is announced too).
+    pub synced: bool,
 }
 
 impl Conn {
@@ -132,6 +134,8 @@ pub struct ConnTable {
     wheel: TimerWheel,
     epoch: Instant,
     timeouts: Timeouts,
+    /// Removed entries still linked in the wheel; their slots are freed when the wheel reaches them.
+    zombies: usize,
 }
 
 impl ConnTable {
@@ -152,6 +156,7 @@ impl ConnTable {
                 client_port: 0,
                 client_mac: EthernetAddress([0; 6]),
                 client_packets: 0,
+                synced: false,
             },
             expires: 0,
             next: NIL,
@@ -164,12 +169,27 @@ impl ConnTable {
             wheel: TimerWheel::new(WHEEL_SLOTS, 0),
             epoch: now,
             timeouts,
+            zombies: 0,
         }
+    }
+
+    /// Removes a connection now (a peer announced its end). Its slot is reused once the timer wheel passes it.
+    pub fn remove(&mut self, id: ConnId) -> Conn {
+        let entry = &mut self.entries[id as usize];
+        debug_assert!(entry.live);
+        entry.live = false;
+        let conn = entry.conn;
+        self.index.remove(&conn.client_key());
+        if let Some(k) = conn.server_key() {
+            self.index.remove(&k);
+        }
+        self.zombies += 1;
+        conn
     }
 
     /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.entries.len() - self.free.len()
+        self.entries.len() - self.free.len() - self.zombies
     }
 
     /// Whether no connection is tracked.
@@ -215,8 +235,27 @@ impl ConnTable {
 
     /// Inserts a connection expiring after the timeout of its state.
     pub fn insert(&mut self, now: Instant, conn: Conn) -> Result<ConnId, TableFull> {
+        let timeout = self.timeouts.of(conn.state);
+        self.insert_expiring(now, conn, timeout)
+    }
+
+    /// Inserts a connection expiring after `timeout` (an entry synced from a peer keeps its remaining time).
+    /// An entry with the same client key is replaced.
+    pub fn insert_expiring(&mut self, now: Instant, conn: Conn, timeout: Duration) -> Result<ConnId, TableFull> {
+        if let Some(id) = self.lookup(&conn.client_key()) {
+            let old = self.entries[id as usize].conn;
+            if let Some(k) = old.server_key() {
+                self.index.remove(&k);
+            }
+            self.entries[id as usize].conn = conn;
+            self.entries[id as usize].expires = self.tick(now) + (timeout.as_millis() / TICK.as_millis()) as u64;
+            if let Some(k) = conn.server_key() {
+                self.index.insert(k, id);
+            }
+            return Ok(id);
+        }
         let id = self.free.pop().ok_or(TableFull)?;
-        let expires = self.deadline(now, conn.state);
+        let expires = self.tick(now) + (timeout.as_millis() / TICK.as_millis()) as u64;
         self.entries[id as usize] = Entry {
             conn,
             expires,
@@ -253,6 +292,7 @@ impl ConnTable {
         let entries = std::cell::RefCell::new(&mut self.entries);
         let index = &mut self.index;
         let free = &mut self.free;
+        let zombies = &mut self.zombies;
         self.wheel.advance(
             now_tick,
             budget,
@@ -261,6 +301,12 @@ impl ConnTable {
             |id, tick| {
                 let mut e = entries.borrow_mut();
                 let entry = &mut e[id as usize];
+                if !entry.live {
+                    // Removed earlier: only now is it out of the wheel and its slot reusable.
+                    *zombies -= 1;
+                    free.push(id);
+                    return Due::Expired;
+                }
                 if entry.expires > tick {
                     return Due::Later(entry.expires);
                 }
@@ -313,6 +359,7 @@ mod tests {
             client_port: 0,
             client_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             client_packets: 1,
+            synced: false,
         }
     }
 
@@ -356,6 +403,32 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.lookup(&c.client_key()), None);
         assert_eq!(t.lookup(&c.server_key().unwrap()), None);
+    }
+
+    #[test]
+    fn removed_entries_vanish_at_once_and_their_slot_returns_later() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(1, Timeouts::default(), t0);
+        let c = conn(1, 1, Forwarding::Fullnat);
+        let id = t.insert(t0, c).unwrap();
+        t.remove(id);
+        assert_eq!(t.lookup(&c.client_key()), None);
+        assert_eq!(t.lookup(&c.server_key().unwrap()), None);
+        assert_eq!((t.len(), t.iter().count()), (0, 0));
+        assert_eq!(
+            t.insert(t0, conn(2, 2, Forwarding::Fullnat)),
+            Err(TableFull),
+            "slot still in the wheel"
+        );
+        assert_eq!(
+            t.expire(t0 + Duration::from_secs(61), usize::MAX, |_| panic!(
+                "no callback for removed"
+            )),
+            0
+        );
+        assert!(t
+            .insert(t0 + Duration::from_secs(61), conn(2, 2, Forwarding::Fullnat))
+            .is_ok());
     }
 
     #[test]

@@ -9,10 +9,33 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
+/// One local IP's ports: free ones in reuse order, and which are in use (imported connections may use a port
+/// that is still queued; it is skipped when it comes up).
+#[derive(Debug)]
+struct Pool {
+    free: VecDeque<u16>,
+    taken: Vec<u64>,
+}
+
+impl Pool {
+    fn is_taken(&self, port: u16) -> bool {
+        self.taken[usize::from(port) / 64] & (1 << (port % 64)) != 0
+    }
+
+    fn set_taken(&mut self, port: u16, taken: bool) {
+        let (word, bit) = (usize::from(port) / 64, 1u64 << (port % 64));
+        if taken {
+            self.taken[word] |= bit;
+        } else {
+            self.taken[word] &= !bit;
+        }
+    }
+}
+
 /// Local port pools of one worker.
 #[derive(Debug)]
 pub struct LocalPorts {
-    pools: HashMap<Ipv4Addr, VecDeque<u16>>,
+    pools: HashMap<Ipv4Addr, Pool>,
     min: u16,
     max: u16,
     worker: u16,
@@ -24,8 +47,20 @@ impl LocalPorts {
     pub fn new(local_ips: &[Ipv4Addr], min: u16, max: u16, worker: usize, workers: usize) -> Self {
         let (worker, workers) = (worker as u16, workers.max(1) as u16);
         let ports: VecDeque<u16> = (min..=max).filter(|p| p % workers == worker).collect();
+        let pools = local_ips
+            .iter()
+            .map(|ip| {
+                (
+                    *ip,
+                    Pool {
+                        free: ports.clone(),
+                        taken: vec![0; 1024],
+                    },
+                )
+            })
+            .collect();
         LocalPorts {
-            pools: local_ips.iter().map(|ip| (*ip, ports.clone())).collect(),
+            pools,
             min,
             max,
             worker,
@@ -35,14 +70,31 @@ impl LocalPorts {
 
     /// Takes a free port on `ip`, or `None` if the pool is empty or `ip` is not a local IP.
     pub fn take(&mut self, ip: Ipv4Addr) -> Option<u16> {
-        self.pools.get_mut(&ip)?.pop_front()
+        let pool = self.pools.get_mut(&ip)?;
+        while let Some(port) = pool.free.pop_front() {
+            if !pool.is_taken(port) {
+                pool.set_taken(port, true);
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Marks `port` on `ip` as used by a connection that did not take it here (synced from a peer).
+    pub fn mark_taken(&mut self, ip: Ipv4Addr, port: u16) {
+        if let Some(pool) = self.pools.get_mut(&ip) {
+            pool.set_taken(port, true);
+        }
     }
 
     /// Returns a port taken earlier.
     pub fn give_back(&mut self, ip: Ipv4Addr, port: u16) {
         debug_assert!(self.owns(port));
         if let Some(pool) = self.pools.get_mut(&ip) {
-            pool.push_back(port);
+            if pool.is_taken(port) {
+                pool.set_taken(port, false);
+                pool.free.push_back(port);
+            }
         }
     }
 
@@ -63,7 +115,9 @@ impl LocalPorts {
 
     /// Free ports on `ip`.
     pub fn free(&self, ip: Ipv4Addr) -> usize {
-        self.pools.get(&ip).map_or(0, VecDeque::len)
+        self.pools
+            .get(&ip)
+            .map_or(0, |p| p.free.iter().filter(|port| !p.is_taken(**port)).count())
     }
 }
 
@@ -98,5 +152,18 @@ mod tests {
             assert!(taken.insert(p.take(LIP).unwrap()));
         }
         assert_eq!(p.free(LIP), 0);
+    }
+
+    #[test]
+    fn imported_ports_are_skipped_until_given_back() {
+        let mut p = LocalPorts::new(&[LIP], 30_000, 30_003, 0, 1);
+        p.mark_taken(LIP, 30_000);
+        p.mark_taken(LIP, 30_002);
+        assert_eq!(p.free(LIP), 2);
+        assert_eq!(p.take(LIP), Some(30_001));
+        assert_eq!(p.take(LIP), Some(30_003));
+        assert_eq!(p.take(LIP), None);
+        p.give_back(LIP, 30_000);
+        assert_eq!(p.take(LIP), Some(30_000));
     }
 }

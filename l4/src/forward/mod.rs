@@ -89,6 +89,29 @@ pub enum ControlMessage {
         /// Where the entries go.
         reply: crossbeam_channel::Sender<Vec<ConnInfo>>,
     },
+    /// Install connections synced from a peer, with their remaining time.
+    Import(Vec<(Conn, Duration)>),
+    /// Remove connections a peer announced as ended.
+    Forget(Vec<FlowKey>),
+    /// Send back every connection with its remaining time (bulk resync for a peer).
+    Export {
+        /// Where the entries go.
+        reply: crossbeam_channel::Sender<Vec<(Conn, Duration)>>,
+    },
+}
+
+/// What the forwarder tells session sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncEvent {
+    /// A connection to (re)send to the peers, with the time it has left.
+    Upsert {
+        /// The entry (its listener and server indices are this node's; peers map them by VIP and address).
+        conn: Conn,
+        /// Time left before it expires.
+        remaining: Duration,
+    },
+    /// A synced connection ended.
+    Delete(FlowKey),
 }
 
 /// Which connections a dump returns (all set fields must match).
@@ -215,6 +238,8 @@ pub struct Forwarder {
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
     control: Option<Receiver<ControlMessage>>,
+    sync_out: Option<crossbeam_channel::Sender<SyncEvent>>,
+    sync_threshold: u32,
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
     next_housekeeping: Instant,
@@ -265,6 +290,8 @@ impl Forwarder {
             health,
             board,
             control,
+            sync_out: None,
+            sync_threshold: 3,
             shared,
             next_housekeeping: now,
         };
@@ -504,6 +531,7 @@ impl Forwarder {
             client_port: port as u8,
             client_mac: EthernetAddress::from_bytes(&frame.data()[6..12]),
             client_packets: 0,
+            synced: false,
         };
         match self.conns.insert(now, conn) {
             Ok(id) => {
@@ -555,15 +583,79 @@ impl Forwarder {
     }
 
     /// Tracks TCP state for a segment in `dir`; returns nothing, updates the entry and the server's counts.
-    fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) {
+    fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) -> bool {
         let conn = *self.conns.get(id);
         if conn.proto != Proto::Tcp {
-            return;
+            return false;
         }
         let mut fins = conn.fins;
         let state = next_state(conn.state, &mut fins, dir, TcpFlags::from_byte(frame[l4 + 13]));
         self.set_state(id, state);
         self.conns.get_mut(id).fins = fins;
+        state != conn.state
+    }
+
+    /// Tells session sync about a connection once it has seen `sync_threshold` client packets, and again on
+    /// every state change after that.
+    fn maybe_sync(&mut self, id: ConnId, changed: bool, now: Instant) {
+        let Some(out) = &self.sync_out else { return };
+        let c = *self.conns.get(id);
+        if (!c.synced && c.client_packets >= self.sync_threshold) || (c.synced && changed) {
+            let remaining = self.conns.expires_in(id, now);
+            if out.try_send(SyncEvent::Upsert { conn: c, remaining }).is_ok() {
+                self.conns.get_mut(id).synced = true;
+            } else {
+                self.counters.sync_dropped += 1;
+            }
+        }
+    }
+
+    /// Sends session-sync events to `out`: a connection is synced after `threshold` client packets.
+    pub fn enable_sync(&mut self, out: crossbeam_channel::Sender<SyncEvent>, threshold: u32) {
+        self.sync_out = Some(out);
+        self.sync_threshold = threshold.max(1);
+    }
+
+    /// Installs a connection synced from a peer: it keeps its server, local port and remaining time. Returns
+    /// false if its listener (VIP:port) or server is not configured here.
+    fn import(&mut self, now: Instant, mut conn: Conn, remaining: Duration) -> bool {
+        let Some(&l) = self.by_endpoint.get(&(conn.proto, conn.vip)) else {
+            return false;
+        };
+        let Some(s) = self.listeners[l].servers.iter().position(|v| v.addr == conn.backend) else {
+            return false;
+        };
+        if let Some(id) = self.conns.lookup(&conn.client_key()) {
+            let old = *self.conns.get(id);
+            self.account(&old, old.state.is_active(), -1);
+        }
+        conn.listener = l as u16;
+        conn.server = s as u16;
+        conn.synced = false;
+        let client_port = self.vip_ifaces.get(l).and_then(|iface| self.iface_ports.get(iface));
+        conn.client_port = client_port.copied().unwrap_or(0) as u8;
+        if conn.forwarding == Forwarding::Fullnat {
+            self.lports.mark_taken(*conn.local.ip(), conn.local.port());
+        }
+        match self.conns.insert_expiring(now, conn, remaining) {
+            Ok(_) => {
+                self.account(&conn, conn.state.is_active(), 1);
+                self.counters.imported += 1;
+                true
+            }
+            Err(TableFull) => false,
+        }
+    }
+
+    /// Removes a connection a peer announced as ended.
+    fn forget(&mut self, key: &FlowKey) {
+        if let Some(id) = self.conns.lookup(key) {
+            let c = self.conns.remove(id);
+            self.account(&c, c.state.is_active(), -1);
+            if c.forwarding == Forwarding::Fullnat && self.lports.owns(c.local.port()) {
+                self.lports.give_back(*c.local.ip(), c.local.port());
+            }
+        }
     }
 
     /// Client → backend on an existing connection.
@@ -582,7 +674,7 @@ impl Forwarder {
             self.conns.touch(id, now);
             return Handled::Reject(DropReason::ServerRemoved);
         }
-        self.track(id, Dir::FromClient, frame.data(), l4);
+        let changed = self.track(id, Dir::FromClient, frame.data(), l4);
         self.conns.touch(id, now);
         let c = self.conns.get_mut(id);
         c.client_packets = c.client_packets.saturating_add(1);
@@ -590,6 +682,7 @@ impl Forwarder {
         c.client_port = port as u8;
         c.client_mac = EthernetAddress::from_bytes(&frame.data()[6..12]);
         let c = *c;
+        self.maybe_sync(id, changed, now);
         let len = frame.len() as u64;
         let (l, s) = (usize::from(c.listener), usize::from(c.server));
         self.counters.listeners[l].packets_in += 1;
@@ -631,8 +724,9 @@ impl Forwarder {
         if self.server_reset(id) {
             return Verdict::Drop(DropReason::ServerRemoved);
         }
-        self.track(id, Dir::FromServer, frame.data(), l4);
+        let changed = self.track(id, Dir::FromServer, frame.data(), l4);
         self.conns.touch(id, now);
+        self.maybe_sync(id, changed, now);
         let c = *self.conns.get(id);
         let len = frame.len() as u64;
         let (l, s) = (usize::from(c.listener), usize::from(c.server));
@@ -822,6 +916,26 @@ impl Ipv4Handler for Forwarder {
                 ControlMessage::DumpConns { filter, limit, reply } => {
                     let _ = reply.try_send(self.dump(now, &filter, limit));
                 }
+                ControlMessage::Import(conns) => {
+                    for (conn, remaining) in conns {
+                        if !self.import(now, conn, remaining) {
+                            self.counters.import_skipped += 1;
+                        }
+                    }
+                }
+                ControlMessage::Forget(keys) => {
+                    for key in &keys {
+                        self.forget(key);
+                    }
+                }
+                ControlMessage::Export { reply } => {
+                    let all = self
+                        .conns
+                        .iter_ids()
+                        .map(|(id, c)| (*c, self.conns.expires_in(id, now)))
+                        .collect();
+                    let _ = reply.try_send(all);
+                }
             }
         }
         if self.vips_dirty {
@@ -833,9 +947,13 @@ impl Ipv4Handler for Forwarder {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         let (lports, listeners, counters) = (&mut self.lports, &mut self.listeners, &mut self.counters);
+        let sync_out = &self.sync_out;
         let expired = self.conns.expire(now, EXPIRE_BUDGET, |c| {
-            if c.forwarding == Forwarding::Fullnat {
+            if c.forwarding == Forwarding::Fullnat && lports.owns(c.local.port()) {
                 lports.give_back(*c.local.ip(), c.local.port());
+            }
+            if let (true, Some(out)) = (c.synced, sync_out) {
+                let _ = out.try_send(SyncEvent::Delete(c.client_key()));
             }
             let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];
             let n = if c.state.is_active() {

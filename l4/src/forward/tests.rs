@@ -699,3 +699,83 @@ fn removed_listener_refuses_new_flows_but_keeps_established_ones_while_its_vip_i
         "new flow refused"
     );
 }
+
+#[test]
+fn synced_connection_continues_on_the_peer_without_rescheduling() {
+    let now = Instant::now();
+    // Node A forwards a flow; after 3 client packets it is exported.
+    let mut a = stack(Setup::default());
+    let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
+    a.handler_mut().enable_sync(sync_tx, 3);
+    let (_, out) = run(&mut a, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    let local = inspect(&out).2;
+    run(
+        &mut a,
+        now,
+        1,
+        &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, SYNACK, b""),
+    );
+    run(&mut a, now, 0, &from_client(Proto::Tcp, ACK, b""));
+    assert!(sync_rx.try_recv().is_err(), "2 client packets: below the threshold");
+    run(&mut a, now, 0, &from_client(Proto::Tcp, ACK, b"data"));
+    let Ok(SyncEvent::Upsert { conn, remaining }) = sync_rx.try_recv() else {
+        panic!("no upsert after 3 packets")
+    };
+    assert_eq!(
+        (conn.client, conn.backend, conn.local, conn.state),
+        (client(), backends()[0], local, ConnState::Established)
+    );
+    assert!(remaining > Duration::from_secs(800));
+    // A state change is synced again.
+    run(&mut a, now, 0, &from_client(Proto::Tcp, 0x11, b""));
+    assert!(matches!(sync_rx.try_recv(), Ok(SyncEvent::Upsert { conn, .. }) if conn.state == ConnState::FinWait));
+
+    // Node B (same config, rr would pick server 0 first anyway: make it pick 1 by sending another flow first).
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let mut b = stack_with_updates(Setup::default(), None, true, Some(rx));
+    run(
+        &mut b,
+        now,
+        0,
+        &packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([198, 18, 0, 9], 9), vip(), SYN, b""),
+    );
+    tx.send(ControlMessage::Import(vec![(conn, remaining)])).unwrap();
+    b.handle_timeout(now);
+    // The backend's reply to the synced LIP:lport is translated back to the client by B.
+    let (v, out) = run(
+        &mut b,
+        now,
+        1,
+        &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, ACK, b"reply"),
+    );
+    assert_eq!(v, Verdict::Transmit(0));
+    assert_eq!((inspect(&out).2, inspect(&out).3), (vip(), client()));
+    // The client's next packet goes to the same server and local port, not rescheduled.
+    let (v, out) = run(&mut b, now, 0, &from_client(Proto::Tcp, ACK, b"more"));
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!((inspect(&out).2, inspect(&out).3), (local, backends()[0]));
+    assert_eq!(b.handler().counters().imported, 1);
+    // B never hands out the imported local port itself.
+    for p in 0..200u16 {
+        let (_, out) = run(
+            &mut b,
+            now,
+            0,
+            &packet(
+                Proto::Tcp,
+                CLIENT_MAC,
+                EXT_MAC,
+                sa([198, 18, 0, 3], 3000 + p),
+                vip(),
+                SYN,
+                b"",
+            ),
+        );
+        assert_ne!(inspect(&out).2, local, "imported local port reused");
+    }
+    // A delete from the peer removes it.
+    tx.send(ControlMessage::Forget(vec![conn.client_key()])).unwrap();
+    b.handle_timeout(now);
+    let (v, _) = run(&mut b, now, 0, &from_client(Proto::Tcp, ACK, b"late"));
+    assert_eq!(v, Verdict::Drop(DropReason::NoConnection));
+}
