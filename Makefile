@@ -5,11 +5,11 @@ CARGO ?= cargo
 # the real peers the tests, demo and benchmarks run against.
 DEBIAN_PACKAGES = build-essential clang llvm libelf-dev libbpf-dev linux-libc-dev m4 libpcap-dev zlib1g-dev \
 	pkg-config iproute2 iputils-ping ethtool curl socat netcat-openbsd nftables tcpdump openssl \
-	nginx haproxy wrk nghttp2-client keepalived python3 python3-scapy
+	nginx haproxy wrk nghttp2-client keepalived python3 python3-scapy util-linux conntrack librsvg2-bin
 # Keep installed daemons (nginx, haproxy, keepalived) from starting: tests start their own inside namespaces.
 POLICY_RC = /usr/sbin/policy-rc.d
 
-.PHONY: all deps build release demo test unit integration lint bench bench-quick clean
+.PHONY: all deps build release demo test unit integration lint bench bench-quick bench-loop clean
 
 all: build
 
@@ -43,11 +43,17 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# xlb vs the Linux kernel doing the same FULLNAT, in one run (~3-10 min; BENCH_QUICK=1 for a ~30 s smoke run).
+# Writes perf/results/<date>-<host>.json and SVG plots; see perf/README.md.
 bench: release
-	./target/release/xlb-perf xdp-loop
+	./target/release/xlb-suite $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 bench-quick: release
-	./target/release/xlb-perf xdp-loop --quick
+	./target/release/xlb-suite --quick
+
+# The raw AF_XDP loop alone (the limit the suite reports against).
+bench-loop: release
+	./target/release/xlb-perf xdp-loop
 
 clean:
 	$(CARGO) clean

@@ -5,3 +5,4 @@
 //! generators, plus the `sink` backend server they are measured against.
 
 pub mod gen;
+pub mod suite;

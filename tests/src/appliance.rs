@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+use crate::lab::{workspace_bin, Lab, Netns, Proc};
 
 /// How long xlb gets to attach its filters and open its sockets.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,10 +40,18 @@ impl Appliance {
             socket,
             config: path,
         };
-        wait_until_ok(START_TIMEOUT, "xlb control API to answer", || {
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        loop {
+            // An xlb that exited (bad config, missing privilege) fails the start at once, with its stderr.
             appliance.proc.check_running()?;
-            appliance.xlbctl(&["status"])
-        })?;
+            match appliance.xlbctl(&["status"]) {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    bail!("xlb control API did not answer within {START_TIMEOUT:?}: {e:#}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
         Ok(appliance)
     }
 

@@ -1,0 +1,86 @@
+//! `xlb-suite`: the comparative benchmark — xlb against Linux kernel NAT (nftables) in one netns lab.
+//!
+//! ```text
+//! xlb-suite [--quick] [--reps N] [--duration S] [--out DIR] [--no-raw-loop] [--scenario NAME]...
+//! ```
+//!
+//! `BENCH_QUICK=1` in the environment is the same as `--quick`: one repetition of 3 s runs (about a minute).
+//! The full run does 3 repetitions of 10 s runs (a few minutes). Prints progress on stderr, the comparison
+//! table on stdout, and writes `<out>/<date>-<host>.json`, `-latency.svg` and `-throughput.svg`. Needs root.
+//! See perf/README.md for what is measured and how to read it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use xlb_perf::suite::scenarios::Scenario;
+use xlb_perf::suite::{self, SuiteOptions};
+
+/// xlb against Linux kernel NAT: connection rate, packet rate and latency through each, in one netns lab.
+#[derive(Debug, Parser)]
+#[command(name = "xlb-suite", version)]
+struct Cli {
+    /// Smoke mode: 1 repetition of 3 s runs and the quick raw loop (about a minute).
+    #[arg(long, env = "BENCH_QUICK")]
+    quick: bool,
+    /// Repetitions per system (default 3; 1 with --quick). Medians are reported.
+    #[arg(long, value_name = "N")]
+    reps: Option<usize>,
+    /// Seconds of load per run (default 10; 3 with --quick).
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Directory for the results file and plots (created if missing).
+    #[arg(long, default_value = "perf/results", value_name = "DIR")]
+    out: PathBuf,
+    /// Skip the raw AF_XDP loop reference (`xlb-perf xdp-loop`).
+    #[arg(long)]
+    no_raw_loop: bool,
+    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency. Default: all.
+    #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
+    scenarios: Vec<Scenario>,
+}
+
+fn parse_scenario(name: &str) -> Result<Scenario, String> {
+    Scenario::from_name(name).ok_or_else(|| {
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown scenario `{name}` (one of: {})", names.join(", "))
+    })
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xlb-suite: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut opts = SuiteOptions::new(cli.quick, cli.reps, cli.duration, cli.out, !cli.no_raw_loop)?;
+    if !cli.scenarios.is_empty() {
+        opts.scenarios = Scenario::ALL
+            .into_iter()
+            .filter(|s| cli.scenarios.contains(s))
+            .collect();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install a signal handler")?;
+    }
+    let outcome = suite::run(&opts, &stop)?;
+    println!("{}", outcome.table);
+    println!("results: {}", outcome.files.json.display());
+    println!(
+        "plots:   {}, {}",
+        outcome.files.latency_svg.display(),
+        outcome.files.throughput_svg.display()
+    );
+    eprintln!("xlb-suite: done in {:.0} s", outcome.elapsed.as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,320 @@
+//! CPU-time accounting around one measured run.
+//!
+//! Three sources, all read before and after a run:
+//!
+//! - `/proc/stat` (first line): busy time of every CPU of the host by kind (user, system, irq, softirq);
+//! - `/proc/PID/stat`: user and system time of a live process, all its threads summed (the xlb daemon, the
+//!   sinks);
+//! - `getrusage(RUSAGE_CHILDREN)`: time of children reaped so far. The suite reaps nothing but the generator
+//!   while a run is measured, so the difference is the generator's own time.
+//!
+//! None of this separates softirq work by whom it was done for: a packet's receive path runs in softirq on
+//! whichever CPU raised it, often the sender's. [`CpuUsage`] keeps every raw figure so the approximation
+//! behind [`CpuUsage::lb_cpu_s`] stays visible in the results file.
+
+use std::fs;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+/// User and system seconds of one process (or a set of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ProcTimes {
+    /// Seconds in user mode.
+    pub user_s: f64,
+    /// Seconds in the kernel on the process's behalf.
+    pub system_s: f64,
+}
+
+impl ProcTimes {
+    /// User plus system seconds.
+    pub fn total(&self) -> f64 {
+        self.user_s + self.system_s
+    }
+
+    fn minus(&self, earlier: &ProcTimes) -> ProcTimes {
+        ProcTimes {
+            user_s: (self.user_s - earlier.user_s).max(0.0),
+            system_s: (self.system_s - earlier.system_s).max(0.0),
+        }
+    }
+
+    fn plus(&self, other: &ProcTimes) -> ProcTimes {
+        ProcTimes {
+            user_s: self.user_s + other.user_s,
+            system_s: self.system_s + other.system_s,
+        }
+    }
+}
+
+/// Host-wide CPU seconds by kind, summed over all CPUs (from `/proc/stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct HostTimes {
+    /// User and nice time.
+    pub user_s: f64,
+    /// System time (syscalls, kernel threads).
+    pub system_s: f64,
+    /// Hard interrupt time.
+    pub irq_s: f64,
+    /// Softirq time (the network receive path, NAT, forwarding).
+    pub softirq_s: f64,
+    /// Idle and iowait time.
+    pub idle_s: f64,
+    /// Time stolen by a hypervisor.
+    pub steal_s: f64,
+}
+
+impl HostTimes {
+    /// All non-idle time.
+    pub fn busy(&self) -> f64 {
+        self.user_s + self.system_s + self.irq_s + self.softirq_s + self.steal_s
+    }
+
+    /// Kernel time: system, irq and softirq.
+    pub fn kernel(&self) -> f64 {
+        self.system_s + self.irq_s + self.softirq_s
+    }
+
+    fn minus(&self, earlier: &HostTimes) -> HostTimes {
+        let d = |a: f64, b: f64| (a - b).max(0.0);
+        HostTimes {
+            user_s: d(self.user_s, earlier.user_s),
+            system_s: d(self.system_s, earlier.system_s),
+            irq_s: d(self.irq_s, earlier.irq_s),
+            softirq_s: d(self.softirq_s, earlier.softirq_s),
+            idle_s: d(self.idle_s, earlier.idle_s),
+            steal_s: d(self.steal_s, earlier.steal_s),
+        }
+    }
+}
+
+/// Clock ticks per second of `/proc` times.
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
+
+/// Reads the aggregate `cpu` line of `/proc/stat`.
+pub fn host_times() -> Result<HostTimes> {
+    let text = fs::read_to_string("/proc/stat").context("cannot read /proc/stat")?;
+    parse_proc_stat(&text, ticks_per_second())
+}
+
+fn parse_proc_stat(text: &str, hz: f64) -> Result<HostTimes> {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .context("no aggregate cpu line in /proc/stat")?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse::<f64>().map(|t| t / hz))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad /proc/stat line: {line}"))?;
+    if v.len() < 8 {
+        bail!("short /proc/stat line: {line}");
+    }
+    // user nice system idle iowait irq softirq steal [guest guest_nice] (guest time is inside user)
+    Ok(HostTimes {
+        user_s: v[0] + v[1],
+        system_s: v[2],
+        idle_s: v[3] + v[4],
+        irq_s: v[5],
+        softirq_s: v[6],
+        steal_s: v[7],
+    })
+}
+
+/// User and system time of live process `pid`, all threads included.
+pub fn proc_times(pid: u32) -> Result<ProcTimes> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_pid_stat(&text, ticks_per_second()).with_context(|| format!("bad {path}: {text}"))
+}
+
+fn parse_pid_stat(text: &str, hz: f64) -> Result<ProcTimes> {
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after the last `)`.
+    let rest = &text[text.rfind(')').context("no `)`")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After `)`: state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let tick = |i: usize| -> Result<f64> {
+        let raw = fields.get(i).context("too few fields")?;
+        Ok(raw.parse::<f64>()? / hz)
+    };
+    Ok(ProcTimes {
+        user_s: tick(11)?,
+        system_s: tick(12)?,
+    })
+}
+
+/// Time of every child reaped so far (`getrusage(RUSAGE_CHILDREN)`).
+pub fn children_times() -> ProcTimes {
+    // SAFETY: an all-zero rusage is a valid value for getrusage(2) to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return ProcTimes::default();
+    }
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    ProcTimes {
+        user_s: secs(usage.ru_utime),
+        system_s: secs(usage.ru_stime),
+    }
+}
+
+/// Whether the running kernel accounts softirq time separately from tasks (`CONFIG_IRQ_TIME_ACCOUNTING`);
+/// `None` if its config cannot be read (`/boot/config-<release>` or `/proc/config.gz` through `zcat`).
+///
+/// Without it, softirq work that runs inside a task's system call (on veth: the whole receive path of a
+/// packet the task sends) is charged to that task's system time as well as to the host's softirq time.
+pub fn irq_time_accounting() -> Option<bool> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let config = fs::read_to_string(format!("/boot/config-{}", release.trim()))
+        .ok()
+        .or_else(|| {
+            let out = std::process::Command::new("zcat")
+                .arg("/proc/config.gz")
+                .output()
+                .ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        })?;
+    config_flag(&config, "CONFIG_IRQ_TIME_ACCOUNTING")
+}
+
+fn config_flag(config: &str, name: &str) -> Option<bool> {
+    config.lines().find_map(|line| {
+        if line == format!("{name}=y") {
+            Some(true)
+        } else if line == format!("# {name} is not set") {
+            Some(false)
+        } else {
+            None
+        }
+    })
+}
+
+/// Everything read at one instant.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    at: Instant,
+    host: HostTimes,
+    children: ProcTimes,
+    lb: Option<ProcTimes>,
+    sinks: ProcTimes,
+}
+
+impl CpuSample {
+    /// Samples the host, reaped children, the load balancer process `lb_pid` (if it is one) and `sink_pids`.
+    pub fn take(lb_pid: Option<u32>, sink_pids: &[u32]) -> Result<CpuSample> {
+        let sinks = sink_pids
+            .iter()
+            .map(|&pid| proc_times(pid))
+            .try_fold(ProcTimes::default(), |acc, t| t.map(|t| acc.plus(&t)))?;
+        Ok(CpuSample {
+            at: Instant::now(),
+            host: host_times()?,
+            children: children_times(),
+            lb: lb_pid.map(proc_times).transpose()?,
+            sinks,
+        })
+    }
+}
+
+/// CPU seconds spent during one run, by whom (as far as it can be told).
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUsage {
+    /// Wall-clock seconds between the samples.
+    pub wall_s: f64,
+    /// Host-wide time by kind, all CPUs.
+    pub host: HostTimes,
+    /// The generator process.
+    pub generator: ProcTimes,
+    /// The sink processes together.
+    pub sinks: ProcTimes,
+    /// The xlb process (xlb runs only).
+    pub xlb_process: Option<ProcTimes>,
+    /// The load balancer's CPU seconds: xlb: its process's user + system time; kernel: host system + irq +
+    /// softirq time minus the generator's and sinks' system time.
+    pub lb_cpu_s: f64,
+    /// The same formula for both systems: all busy time on the host minus the generator's and sinks' user +
+    /// system time. Includes every softirq (also the client's and servers' own TCP/UDP work) and anything
+    /// else running on the host.
+    pub residual_cpu_s: f64,
+}
+
+impl CpuUsage {
+    /// The usage between `before` and `after`.
+    pub fn between(before: &CpuSample, after: &CpuSample) -> CpuUsage {
+        let host = after.host.minus(&before.host);
+        let generator = after.children.minus(&before.children);
+        let sinks = after.sinks.minus(&before.sinks);
+        let xlb_process = match (&before.lb, &after.lb) {
+            (Some(b), Some(a)) => Some(a.minus(b)),
+            _ => None,
+        };
+        let lb_cpu_s = match xlb_process {
+            Some(x) => x.total(),
+            None => (host.kernel() - generator.system_s - sinks.system_s).max(0.0),
+        };
+        let residual_cpu_s = (host.busy() - generator.total() - sinks.total()).max(0.0);
+        CpuUsage {
+            wall_s: (after.at - before.at).as_secs_f64(),
+            host,
+            generator,
+            sinks,
+            xlb_process,
+            lb_cpu_s,
+            residual_cpu_s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat() {
+        let text = "cpu  100 5 200 1000 10 3 40 0 0 0\ncpu0 50 0 100 500 5 1 20 0 0 0\n";
+        let t = parse_proc_stat(text, 100.0).unwrap();
+        assert_eq!(t.user_s, 1.05);
+        assert_eq!(t.system_s, 2.0);
+        assert_eq!(t.idle_s, 10.1);
+        assert_eq!(t.irq_s, 0.03);
+        assert_eq!(t.softirq_s, 0.4);
+        assert!((t.busy() - 3.48).abs() < 1e-9);
+        assert!(parse_proc_stat("cpu 1 2\n", 100.0).is_err());
+    }
+
+    #[test]
+    fn parses_pid_stat_with_odd_names() {
+        let text = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1000 0 0";
+        let t = parse_pid_stat(text, 100.0).unwrap();
+        assert_eq!(t.user_s, 2.5);
+        assert_eq!(t.system_s, 0.75);
+        assert!(parse_pid_stat("42 (x) S 1", 100.0).is_err());
+    }
+
+    #[test]
+    fn kernel_config_flags() {
+        let c = "CONFIG_A=y\n# CONFIG_IRQ_TIME_ACCOUNTING is not set\n";
+        assert_eq!(config_flag(c, "CONFIG_IRQ_TIME_ACCOUNTING"), Some(false));
+        assert_eq!(config_flag(c, "CONFIG_A"), Some(true));
+        assert_eq!(config_flag(c, "CONFIG_B"), None);
+    }
+
+    #[test]
+    fn own_process_times_are_readable() {
+        let t = proc_times(std::process::id()).unwrap();
+        assert!(t.total() >= 0.0);
+        assert!(host_times().unwrap().busy() > 0.0);
+    }
+}

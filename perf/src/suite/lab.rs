@@ -1,0 +1,225 @@
+//! The suite's two-arm lab, its backends and the generator runner.
+//!
+//! ```text
+//!  client                 lb                                   servers
+//!  cli0 198.18.0.1/24 ── ext0 (kernel 198.18.0.2/24)   int0 ── srv0 198.19.0.2/.3/.4 /24
+//!                        xlb: 198.18.0.10, VIP .100    xlb: 198.19.0.10
+//! ```
+//!
+//! The same lab, sinks and sysctls serve both systems; only what runs in `lb` changes (see
+//! [`super::systems`]). Each server address has a TCP sink on [`TCP_PORT`] and a UDP sink on [`UDP_PORT`]
+//! (`xlb-bench sink`, unpinned). Generators run in `client`, pinned to core [`GENERATOR_CORE`] with
+//! `taskset` when it is installed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+
+use super::cpu::{CpuSample, CpuUsage};
+
+/// The virtual IP both systems serve.
+pub const VIP: &str = "198.18.0.100";
+/// The client's address.
+pub const CLIENT_CIDR: &str = "198.18.0.1/24";
+/// The kernel address of `lb`'s external interface (both systems).
+pub const LB_EXT_KERNEL_CIDR: &str = "198.18.0.2/24";
+/// The load balancer's own address on the external side (xlb) — unused by the kernel peer.
+pub const LB_EXT_CIDR: &str = "198.18.0.10/24";
+/// The load balancer's address towards the servers, also the FULLNAT/SNAT source.
+pub const LB_INT_IP: &str = "198.19.0.10";
+/// Prefix length of the server subnet.
+pub const INT_PREFIX: u8 = 24;
+/// Backend addresses.
+pub const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
+/// Port of the TCP VIP listener.
+pub const VIP_TCP_PORT: u16 = 80;
+/// Port of the UDP VIP listener.
+pub const VIP_UDP_PORT: u16 = 53;
+/// Port the TCP sinks listen on.
+pub const TCP_PORT: u16 = 8080;
+/// Port the UDP sinks listen on.
+pub const UDP_PORT: u16 = 5353;
+/// Core the generator is pinned to; xlb's worker gets the other one.
+pub const GENERATOR_CORE: usize = 0;
+/// Core xlb's datapath worker is pinned to.
+pub const XLB_CORE: usize = 1;
+
+/// How long sinks may take to start.
+const SINK_START: Duration = Duration::from_secs(10);
+/// Extra time a generator gets beyond its duration before it is killed.
+const GENERATOR_GRACE: Duration = Duration::from_secs(30);
+
+/// The lab, its namespaces and the running sinks.
+pub struct SuiteLab {
+    /// Sinks (dropped before the lab, which stops them anyway).
+    sinks: Vec<Proc>,
+    /// The `xlb-bench` binary.
+    bench: PathBuf,
+    /// Whether generators are pinned with `taskset`.
+    pinned: bool,
+    /// The client namespace.
+    pub client: Netns,
+    /// The load balancer's namespace.
+    pub lb: Netns,
+    /// The servers' namespace.
+    pub servers: Netns,
+    /// The lab; dropped last, removing every namespace.
+    pub lab: Lab,
+}
+
+/// One generator run: its JSON report and the CPU time around it.
+#[derive(Debug, Clone)]
+pub struct GeneratorRun {
+    /// The command line.
+    pub cmdline: String,
+    /// The generator's JSON report.
+    pub report: Value,
+    /// CPU seconds during the run.
+    pub cpu: CpuUsage,
+}
+
+impl SuiteLab {
+    /// Builds the lab, sets the sysctls and starts the six sinks.
+    pub fn build() -> Result<SuiteLab> {
+        let bench = workspace_bin("xlb-bench")?;
+        let lab = Lab::new("xlb-suite")?;
+        let client = lab.netns("client")?;
+        let lb = lab.netns("lb")?;
+        let servers = lab.netns("servers")?;
+        lab.veth((&client, "cli0"), (&lb, "ext0"))?;
+        lab.veth((&lb, "int0"), (&servers, "srv0"))?;
+        client.addr("cli0", CLIENT_CIDR)?;
+        lb.addr("ext0", LB_EXT_KERNEL_CIDR)?;
+        lb.link_up("int0")?;
+        for s in SERVERS {
+            servers.addr("srv0", &format!("{s}/{INT_PREFIX}"))?;
+        }
+        // AF_XDP frames carry no checksum-offload state: peers must send complete checksums. The kernel peer
+        // sees the same frames.
+        ensure!(
+            client.disable_offloads("cli0")? && servers.disable_offloads("srv0")?,
+            "ethtool is not installed: it is needed to turn off checksum offload on the lab's veths"
+        );
+        // Many short connections: a wide port range, and reuse of ports in TIME_WAIT.
+        for ns in [&client, &servers] {
+            ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
+            ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
+        }
+        let pinned = which("taskset");
+        if !pinned {
+            eprintln!("xlb-suite: taskset (util-linux) not found: the generator runs unpinned");
+        }
+        let mut suite = SuiteLab {
+            sinks: Vec::new(),
+            bench,
+            pinned,
+            client,
+            lb,
+            servers,
+            lab,
+        };
+        suite.start_sinks()?;
+        Ok(suite)
+    }
+
+    fn start_sinks(&mut self) -> Result<()> {
+        let bench = self.bench.display().to_string();
+        for (proto, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT)] {
+            for (i, ip) in SERVERS.iter().enumerate() {
+                let listen = format!("{ip}:{port}");
+                let name = format!("s{}", i + 1);
+                let args = ["sink", "--listen", &listen, "--proto", proto, "--name", &name];
+                let sink = self.lab.spawn(&self.servers, &bench, &args)?;
+                wait_until_ok(SINK_START, &format!("{proto} sink {name} to listen"), || {
+                    sink.check_running()?;
+                    ensure!(sink.stderr().contains("listening on"), "not listening yet");
+                    Ok(())
+                })?;
+                self.sinks.push(sink);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether generators are pinned to [`GENERATOR_CORE`].
+    pub fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// Pids of the sinks, for CPU accounting.
+    pub fn sink_pids(&self) -> Vec<u32> {
+        self.sinks.iter().map(Proc::pid).collect()
+    }
+
+    /// Errors if a sink has died.
+    pub fn check_sinks(&self) -> Result<()> {
+        self.sinks.iter().try_for_each(Proc::check_running)
+    }
+
+    /// Runs `xlb-bench ARGS --json` once from the client namespace without CPU accounting or pinning, for
+    /// probes; bounded by the lab's command timeout.
+    pub fn probe(&self, args: &[&str]) -> Result<Value> {
+        let mut full = args.to_vec();
+        full.push("--json");
+        let out = self.client.run(&self.bench.display().to_string(), &full)?;
+        parse_report(&out, &full.join(" "))
+    }
+
+    /// Runs the generator `xlb-bench ARGS --json` (pinned to the generator core) from the client namespace
+    /// for at most `duration` plus a grace period, measuring CPU time around it. `lb_pid` is the load
+    /// balancer's process, if it has one.
+    pub fn run_generator(&self, args: &[String], duration: Duration, lb_pid: Option<u32>) -> Result<GeneratorRun> {
+        let bench = self.bench.display().to_string();
+        let core = GENERATOR_CORE.to_string();
+        let mut argv: Vec<&str> = Vec::new();
+        let program = if self.pinned {
+            argv.extend(["-c", &core, &bench]);
+            "taskset"
+        } else {
+            &bench
+        };
+        argv.extend(args.iter().map(String::as_str));
+        argv.push("--json");
+        let sinks = self.sink_pids();
+        let before = CpuSample::take(lb_pid, &sinks)?;
+        let proc = self.lab.spawn(&self.client, program, &argv)?;
+        // Reaping the generator here is what puts its times into RUSAGE_CHILDREN.
+        let status = proc.wait_timeout(duration + GENERATOR_GRACE)?;
+        let after = CpuSample::take(lb_pid, &sinks)?;
+        let Some(status) = status else {
+            proc.kill();
+            bail!(
+                "`{}` did not finish within {:?}",
+                proc.cmdline(),
+                duration + GENERATOR_GRACE
+            );
+        };
+        if !status.success() {
+            bail!("`{}` failed with {status}; stderr:\n{}", proc.cmdline(), proc.stderr());
+        }
+        let report = parse_report(&proc.stdout(), proc.cmdline())?;
+        Ok(GeneratorRun {
+            cmdline: proc.cmdline().to_owned(),
+            report,
+            cpu: CpuUsage::between(&before, &after),
+        })
+    }
+}
+
+/// The last line of a generator's stdout as JSON.
+fn parse_report(stdout: &str, what: &str) -> Result<Value> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .with_context(|| format!("`{what}` printed nothing on stdout"))?;
+    serde_json::from_str(line).with_context(|| format!("`{what}` printed no JSON: {stdout}"))
+}
+
+/// Whether `program` is in `$PATH`.
+pub fn which(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}

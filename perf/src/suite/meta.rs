@@ -1,0 +1,126 @@
+//! What the results file records besides measurements: parameters, versions, host name and date.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::lab::{self, GENERATOR_CORE, XLB_CORE};
+use super::systems::{self, NFT_RULESET};
+use super::SuiteOptions;
+
+/// Everything that shaped the numbers, for the results file.
+pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
+    let scenarios: BTreeMap<&str, Vec<String>> = opts
+        .scenarios
+        .iter()
+        .map(|s| (s.name(), s.generator_args(opts.duration)))
+        .collect();
+    json!({
+        "reps": opts.reps,
+        "duration_s": opts.duration.as_secs_f64(),
+        "order": "per repetition: xlb (all scenarios), then kernel (all scenarios)",
+        "lab": {
+            "client": lab::CLIENT_CIDR,
+            "lb_ext_kernel": lab::LB_EXT_KERNEL_CIDR,
+            "lb_int": format!("{}/{}", lab::LB_INT_IP, lab::INT_PREFIX),
+            "vip": lab::VIP,
+            "servers": lab::SERVERS,
+            "sinks": {"tcp_port": lab::TCP_PORT, "udp_port": lab::UDP_PORT, "pinned": false},
+            "offloads_off": ["cli0", "srv0"],
+            "sysctls": {"client+servers": {"net.ipv4.ip_local_port_range": "1024 65000", "net.ipv4.tcp_tw_reuse": 1}},
+        },
+        "generator": {"core": GENERATOR_CORE, "pinned": pinned, "scenarios": scenarios},
+        "xlb": {"core": XLB_CORE, "idle": "busy", "config": systems::xlb_config()},
+        "kernel": {"nft_ruleset": NFT_RULESET, "ip_forward": 1, "vip_on": "ext0 (/32)"},
+    })
+}
+
+/// Kernel, nftables and xlb versions, and the machine.
+pub fn versions(host: &str) -> Value {
+    let first_line = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+    };
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    json!({
+        "uname_r": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
+        "nft": first_line("nft", &["--version"]),
+        "xlb": env!("CARGO_PKG_VERSION"),
+        "git": first_line("git", &["rev-parse", "--short", "HEAD"]),
+        "host": host,
+        "cpu_model": cpu_model,
+        "cpus": std::thread::available_parallelism().map_or(0, usize::from),
+    })
+}
+
+/// The host name (from the kernel).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "host".to_owned())
+}
+
+/// `name` with anything but ASCII letters, digits, `-`, `_` and `.` replaced, for a file name.
+pub fn file_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// `YYYY-MM-DD` (UTC) of a Unix time in seconds.
+pub fn utc_date(unix_s: u64) -> String {
+    let days = (unix_s / 86_400) as i64;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Proleptic Gregorian calendar date of a day count since 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    // Shift to 0000-03-01 so leap days fall at the end of each 400-year era's years.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1st
+    let mp = (5 * doy + 2) / 153; // month from March, 0..11
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        assert_eq!(utc_date(1_709_251_199), "2024-02-29");
+        assert_eq!(utc_date(1_735_689_600), "2025-01-01");
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(file_safe("a b/c.d"), "a_b_c.d");
+    }
+}

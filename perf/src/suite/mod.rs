@@ -1,0 +1,336 @@
+//! `xlb-suite`: xlb against the Linux kernel's own NAT, in one lab, on the same cores and backends.
+//!
+//! The suite builds a two-arm netns lab ([`lab`]), then for each repetition sets up xlb, runs every
+//! [`scenarios::Scenario`], tears xlb down, sets up the kernel peer, runs the same scenarios and tears it
+//! down again ([`systems`]), so the systems alternate and share whatever drift the machine has. It reports
+//! medians over the repetitions ([`report`]), CPU seconds per run ([`cpu`]), the raw AF_XDP loop limit as a
+//! reference ([`rawloop`]) and draws two plots ([`svg`]); [`meta`] records parameters and versions.
+//!
+//! Every load is bounded by its duration (plus a grace period) and every lab is removed on drop, also when
+//! a step fails. Nothing here asserts speed: the suite measures and reports.
+
+pub mod cpu;
+pub mod lab;
+pub mod meta;
+pub mod rawloop;
+pub mod report;
+pub mod scenarios;
+pub mod svg;
+pub mod systems;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use lab::{SuiteLab, GENERATOR_CORE, XLB_CORE};
+use rawloop::RawLoop;
+use report::{OutputFiles, RunRecord, SystemRecord};
+use scenarios::Scenario;
+use systems::{RunningSystem, SystemKind};
+
+/// Seconds per generator run in full mode.
+pub const FULL_SECONDS: f64 = 10.0;
+/// Seconds per generator run in quick mode.
+pub const QUICK_SECONDS: f64 = 3.0;
+/// Repetitions in full mode.
+pub const FULL_REPS: usize = 3;
+/// Longest run accepted for `--duration`.
+pub const MAX_SECONDS: f64 = 600.0;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SuiteOptions {
+    /// Quick mode: short runs, one repetition, the quick raw loop.
+    pub quick: bool,
+    /// Repetitions per system (each runs every scenario).
+    pub reps: usize,
+    /// Seconds of load per generator run.
+    pub duration: Duration,
+    /// Directory for the JSON file and the plots.
+    pub out: PathBuf,
+    /// Whether to run `xlb-perf xdp-loop`.
+    pub raw_loop: bool,
+    /// Scenarios to run, in run order (default: all).
+    pub scenarios: Vec<Scenario>,
+}
+
+impl SuiteOptions {
+    /// Defaults for `quick`, overridden by explicit `reps` and `seconds`.
+    pub fn new(quick: bool, reps: Option<usize>, seconds: Option<f64>, out: PathBuf, raw_loop: bool) -> Result<Self> {
+        let reps = reps.unwrap_or(if quick { 1 } else { FULL_REPS });
+        if reps == 0 || reps > 100 {
+            bail!("--reps must be 1 to 100");
+        }
+        let seconds = seconds.unwrap_or(if quick { QUICK_SECONDS } else { FULL_SECONDS });
+        if !(0.5..=MAX_SECONDS).contains(&seconds) {
+            bail!("--duration must be 0.5 to {MAX_SECONDS} seconds");
+        }
+        Ok(SuiteOptions {
+            quick,
+            reps,
+            duration: Duration::from_secs_f64(seconds),
+            out,
+            raw_loop,
+            scenarios: Scenario::ALL.to_vec(),
+        })
+    }
+}
+
+/// What a finished suite produced.
+#[derive(Debug)]
+pub struct SuiteOutcome {
+    /// The comparison table (text, with the raw-loop line).
+    pub table: String,
+    /// The files written.
+    pub files: OutputFiles,
+    /// Wall-clock time of the whole suite.
+    pub elapsed: Duration,
+}
+
+/// Runs the suite; `stop` (set by SIGINT/SIGTERM) aborts it between runs, still tearing the lab down.
+pub fn run(opts: &SuiteOptions, stop: &AtomicBool) -> Result<SuiteOutcome> {
+    let started = Instant::now();
+    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    if cores < 2 {
+        bail!("the suite needs at least 2 CPUs (generator on core {GENERATOR_CORE}, xlb on core {XLB_CORE})");
+    }
+    progress(&format!(
+        "{} mode: {} repetition(s) x {} systems x {} scenarios, {:.0} s each",
+        if opts.quick { "quick" } else { "full" },
+        opts.reps,
+        SystemKind::ALL.len(),
+        opts.scenarios.len(),
+        opts.duration.as_secs_f64()
+    ));
+
+    let raw = if opts.raw_loop {
+        progress("raw AF_XDP loop: xlb-perf xdp-loop");
+        let raw = RawLoop::measure(opts.quick);
+        if let Some(err) = &raw.error {
+            progress(&format!("raw loop: n/a ({err})"));
+        }
+        raw
+    } else {
+        RawLoop::skipped()
+    };
+    check_stop(stop)?;
+
+    let (runs, system_records, pinned) = measure_all(opts, stop)?;
+
+    let medians = report::medians(&runs);
+    let rows = report::table(&medians);
+    let irq_time = cpu::irq_time_accounting();
+    let table = report::render_table(&rows, &notes(&raw, &medians, irq_time));
+
+    let host = meta::hostname();
+    let date = meta::utc_date(started_unix.as_secs());
+    let stem = format!("{date}-{}", meta::file_safe(&host));
+    let files = OutputFiles::new(&opts.out, &stem);
+    let versions = meta::versions(&host);
+    let subtitle = format!(
+        "{host}, kernel {}, {} mode, {} rep(s) x {:.0} s; veth pairs in network namespaces (software path)",
+        versions["uname_r"].as_str().unwrap_or("?"),
+        if opts.quick { "quick" } else { "full" },
+        opts.reps,
+        opts.duration.as_secs_f64()
+    );
+    let elapsed = started.elapsed();
+    let document = json!({
+        "suite": "xlb-suite",
+        "schema": 1,
+        "date": date,
+        "host": host,
+        "started_unix_s": started_unix.as_secs(),
+        "elapsed_s": report_round(elapsed.as_secs_f64()),
+        "mode": if opts.quick { "quick" } else { "full" },
+        "params": meta::params(opts, pinned),
+        "versions": versions,
+        "irq_time_accounting": irq_time,
+        "raw_loop": raw,
+        "xlb_udp_fraction_of_raw_loop": report::xlb_loop_fraction(&raw, &medians),
+        "medians": medians,
+        "table": rows,
+        "runs": runs,
+        "systems": system_records,
+    });
+    report::write_files(&files, &document, &runs, &medians, &subtitle)?;
+    Ok(SuiteOutcome { table, files, elapsed })
+}
+
+/// Builds the lab and runs every repetition of every system and scenario.
+fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>, Vec<SystemRecord>, bool)> {
+    progress("building the lab and starting 6 sinks");
+    let lab = SuiteLab::build()?;
+    let mut runs = Vec::new();
+    let mut records = Vec::new();
+    for rep in 0..opts.reps {
+        for kind in SystemKind::ALL {
+            check_stop(stop)?;
+            progress(&format!("rep {}/{}: {} up", rep + 1, opts.reps, kind.name()));
+            let system = RunningSystem::start(kind, &lab)?;
+            let outcome = run_scenarios(&lab, &system, rep, opts, stop);
+            // Tear down even after a failed scenario; the scenario's error is the one reported.
+            let stopped = system.stop(&lab);
+            runs.extend(outcome?);
+            records.push(SystemRecord {
+                rep,
+                system: kind,
+                stop: stopped.with_context(|| format!("stopping {}", kind.name()))?,
+            });
+        }
+    }
+    let pinned = lab.pinned();
+    drop(lab);
+    Ok((runs, records, pinned))
+}
+
+/// Checks that traffic flows through `system`, then runs every scenario once.
+fn run_scenarios(
+    lab: &SuiteLab,
+    system: &RunningSystem,
+    rep: usize,
+    opts: &SuiteOptions,
+    stop: &AtomicBool,
+) -> Result<Vec<RunRecord>> {
+    probe(lab, system)?;
+    let mut out = Vec::new();
+    for &scenario in &opts.scenarios {
+        check_stop(stop)?;
+        let args = scenario.generator_args(opts.duration);
+        let run = lab
+            .run_generator(&args, opts.duration, system.pid())
+            .with_context(|| format!("{} through {}", scenario.name(), system.kind().name()))?;
+        system.check()?;
+        lab.check_sinks()?;
+        let metrics = scenario.extract(&run.report, &run.cpu)?;
+        let headline = metrics
+            .iter()
+            .find(|(k, _)| *k == scenario.headline())
+            .map_or(0.0, |(_, v)| *v);
+        progress(&format!(
+            "  {:<10} {:<6} {} = {:.1} (LB CPU {:.2} s in {:.1} s)",
+            scenario.name(),
+            system.kind().name(),
+            scenario.headline(),
+            headline,
+            run.cpu.lb_cpu_s,
+            run.cpu.wall_s
+        ));
+        out.push(RunRecord {
+            rep,
+            system: system.kind(),
+            scenario,
+            command: run.cmdline,
+            metrics: metrics.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            cpu: run.cpu,
+            generator: run.report,
+        });
+    }
+    Ok(out)
+}
+
+/// How long a freshly set-up system gets to pass traffic (ARP, XDP attach).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A few connections and datagrams through the VIP must all succeed, and the connections must reach every
+/// server, before anything is measured.
+fn probe(lab: &SuiteLab, system: &RunningSystem) -> Result<()> {
+    let tcp_target = format!("{}:{}", lab::VIP, lab::VIP_TCP_PORT);
+    let udp_target = format!("{}:{}", lab::VIP, lab::VIP_UDP_PORT);
+    xlb_tests::lab::wait_until_ok(
+        PROBE_TIMEOUT,
+        &format!("traffic through {}", system.kind().name()),
+        || {
+            system.check()?;
+            let tcp = lab.probe(&[
+                "tcp-cps",
+                "--target",
+                &tcp_target,
+                "--count",
+                "30",
+                "--request",
+                "16",
+                "--duration",
+                "5",
+                "--timeout",
+                "500",
+            ])?;
+            let completed = tcp.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
+            let servers = tcp["servers"].as_object().map_or(0, |s| s.len());
+            if completed != 30 || servers != lab::SERVERS.len() {
+                bail!("tcp probe: {completed}/30 connections completed, {servers} servers answered");
+            }
+            let udp = lab.probe(&[
+                "udp",
+                "--target",
+                &udp_target,
+                "--mode",
+                "rr",
+                "--count",
+                "30",
+                "--duration",
+                "5",
+                "--timeout",
+                "500",
+            ])?;
+            let received = udp.pointer("/counts/received").and_then(Value::as_u64).unwrap_or(0);
+            if received != 30 {
+                bail!("udp probe: {received}/30 replies");
+            }
+            Ok(())
+        },
+    )
+}
+
+/// Lines printed under the table: the raw loop and how to read the CPU rows.
+fn notes(raw: &RawLoop, medians: &report::Medians, irq_time: Option<bool>) -> Vec<String> {
+    let mut notes = vec![
+        report::raw_loop_line(raw, medians),
+        "LB CPU: xlb = its process's user+system time (it busy-polls one core by design); kernel = host \
+         system+irq+softirq time minus the generator's and sinks' system time. See perf/README.md."
+            .to_owned(),
+    ];
+    if irq_time == Some(false) {
+        notes.push(
+            "This kernel lacks CONFIG_IRQ_TIME_ACCOUNTING: NAT work done in softirq inside the generator's and \
+             sinks' system calls is charged to them, so the kernel's LB CPU is a lower bound; compare the \
+             host CPU per operation rows instead."
+                .to_owned(),
+        );
+    }
+    notes
+}
+
+fn check_stop(stop: &AtomicBool) -> Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn progress(msg: &str) {
+    eprintln!("xlb-suite: {msg}");
+}
+
+fn report_round(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let q = SuiteOptions::new(true, None, None, "x".into(), true).unwrap();
+        assert_eq!((q.reps, q.duration.as_secs_f64()), (1, QUICK_SECONDS));
+        let f = SuiteOptions::new(false, Some(5), Some(2.0), "x".into(), true).unwrap();
+        assert_eq!((f.reps, f.duration.as_secs_f64()), (5, 2.0));
+        assert!(SuiteOptions::new(false, Some(0), None, "x".into(), true).is_err());
+        assert!(SuiteOptions::new(false, None, Some(0.0), "x".into(), true).is_err());
+    }
+}

@@ -1,0 +1,416 @@
+//! Results: per-run records, medians, the comparison table and the files written.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::cpu::CpuUsage;
+use super::rawloop::RawLoop;
+use super::scenarios::{Better, Scenario, LATENCY_PERCENTILES};
+use super::svg::{self, LatencySeries, ThroughputPanel};
+use super::systems::{StopReport, SystemKind};
+
+/// One generator run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Repetition, from 0.
+    pub rep: usize,
+    /// The system measured.
+    pub system: SystemKind,
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The generator command line.
+    pub command: String,
+    /// Metric values (see [`Scenario::metrics`]).
+    pub metrics: BTreeMap<String, f64>,
+    /// CPU seconds during the run.
+    pub cpu: CpuUsage,
+    /// The generator's raw JSON report.
+    pub generator: Value,
+}
+
+/// What a system left behind when it was stopped after a repetition.
+#[derive(Debug, Clone, Serialize)]
+pub struct SystemRecord {
+    /// Repetition, from 0.
+    pub rep: usize,
+    /// The system.
+    pub system: SystemKind,
+    /// Its final stats.
+    #[serde(flatten)]
+    pub stop: StopReport,
+}
+
+/// One row of the comparison table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// Scenario name.
+    pub scenario: &'static str,
+    /// Metric key.
+    pub metric: &'static str,
+    /// Label shown in the table.
+    pub label: &'static str,
+    /// Median over the repetitions for xlb.
+    pub xlb: Option<f64>,
+    /// Median over the repetitions for the kernel.
+    pub kernel: Option<f64>,
+    /// `xlb / kernel`, when both are known and the kernel's is not 0.
+    pub ratio: Option<f64>,
+    /// Which direction is better.
+    pub better: Better,
+}
+
+/// Medians by scenario, then system, then metric.
+pub type Medians = BTreeMap<&'static str, BTreeMap<&'static str, BTreeMap<&'static str, f64>>>;
+
+/// The median of `values` (mean of the middle two for an even count); `None` if empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// Values of `metric` over the repetitions of (`scenario`, `system`), in repetition order.
+pub fn series(runs: &[RunRecord], scenario: Scenario, system: SystemKind, metric: &str) -> Vec<f64> {
+    let mut selected: Vec<&RunRecord> = runs
+        .iter()
+        .filter(|r| r.scenario == scenario && r.system == system)
+        .collect();
+    selected.sort_by_key(|r| r.rep);
+    selected.iter().filter_map(|r| r.metrics.get(metric).copied()).collect()
+}
+
+/// Medians of every metric of every scenario and system.
+pub fn medians(runs: &[RunRecord]) -> Medians {
+    let mut out = Medians::new();
+    for scenario in Scenario::ALL {
+        for system in SystemKind::ALL {
+            let per_metric = scenario
+                .metrics()
+                .iter()
+                .filter_map(|m| median(&series(runs, scenario, system, m.key)).map(|v| (m.key, v)))
+                .collect();
+            out.entry(scenario.name())
+                .or_default()
+                .insert(system.name(), per_metric);
+        }
+    }
+    out
+}
+
+/// The comparison table's rows.
+pub fn table(medians: &Medians) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for scenario in Scenario::ALL {
+        let get = |system: SystemKind, key: &str| {
+            medians
+                .get(scenario.name())
+                .and_then(|s| s.get(system.name()))
+                .and_then(|m| m.get(key))
+                .copied()
+        };
+        for m in scenario.metrics() {
+            let (xlb, kernel) = (get(SystemKind::Xlb, m.key), get(SystemKind::Kernel, m.key));
+            if xlb.is_none() && kernel.is_none() {
+                continue; // scenario not run
+            }
+            let ratio = match (xlb, kernel) {
+                (Some(x), Some(k)) if k != 0.0 => Some(x / k),
+                _ => None,
+            };
+            rows.push(Row {
+                scenario: scenario.name(),
+                metric: m.key,
+                label: m.label,
+                xlb,
+                kernel,
+                ratio,
+                better: m.better,
+            });
+        }
+    }
+    rows
+}
+
+/// A table number: integers for large values, a few decimals for small ones.
+pub fn fmt_value(v: Option<f64>) -> String {
+    match v {
+        None => "-".to_owned(),
+        Some(v) if v.abs() >= 100.0 => format!("{v:.0}"),
+        Some(v) if v.abs() >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    }
+}
+
+/// The raw-loop summary line, with xlb's UDP packet rate as a fraction of the loop's.
+pub fn raw_loop_line(raw: &RawLoop, medians: &Medians) -> String {
+    match raw.reflected_pps {
+        Some(pps) => {
+            let xlb = medians
+                .get(Scenario::UdpPps64.name())
+                .and_then(|s| s.get(SystemKind::Xlb.name()))
+                .and_then(|m| m.get("pps"))
+                .copied();
+            let fraction = xlb_loop_fraction(raw, medians)
+                .map(|f| {
+                    format!(
+                        "; xlb udp_pps_64 forwards {} packets/s (2 per reply) = {:.1}% of it",
+                        fmt_value(xlb.map(|x| 2.0 * x)),
+                        100.0 * f
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "raw AF_XDP loop ({}): {} frames/s reflected{fraction}",
+                raw.command,
+                fmt_value(Some(pps))
+            )
+        }
+        None => format!(
+            "raw AF_XDP loop ({}): n/a ({})",
+            if raw.command.is_empty() {
+                "xlb-perf xdp-loop"
+            } else {
+                &raw.command
+            },
+            raw.error.as_deref().unwrap_or("no number")
+        ),
+    }
+}
+
+/// Packets xlb forwards per second in `udp_pps_64` (two per reply: the request and the reply) divided by
+/// the raw loop's reflected frames per second.
+pub fn xlb_loop_fraction(raw: &RawLoop, medians: &Medians) -> Option<f64> {
+    let pps = medians
+        .get(Scenario::UdpPps64.name())?
+        .get(SystemKind::Xlb.name())?
+        .get("pps")?;
+    let reflected = raw.reflected_pps.filter(|r| *r > 0.0)?;
+    Some(2.0 * pps / reflected)
+}
+
+/// The table as text, followed by `notes` (one line each).
+pub fn render_table(rows: &[Row], notes: &[String]) -> String {
+    let header = ["scenario", "metric", "xlb", "kernel", "ratio"];
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.scenario.to_owned(),
+                r.label.to_owned(),
+                fmt_value(r.xlb),
+                fmt_value(r.kernel),
+                r.ratio.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}")),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, row: [&str; 5]| {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4]
+        );
+    };
+    line(&mut out, header);
+    let total: usize = widths.iter().sum::<usize>() + 8;
+    let _ = writeln!(out, "{}", "-".repeat(total));
+    let mut last = "";
+    for row in &cells {
+        let scenario = if row[0] == last { "" } else { row[0].as_str() };
+        last = &row[0];
+        line(&mut out, [scenario, &row[1], &row[2], &row[3], &row[4]]);
+    }
+    for note in notes {
+        let _ = writeln!(out, "{note}");
+    }
+    out
+}
+
+/// Paths of the files written for one suite run.
+#[derive(Debug, Clone)]
+pub struct OutputFiles {
+    /// `<date>-<host>.json`.
+    pub json: PathBuf,
+    /// `<date>-<host>-latency.svg`.
+    pub latency_svg: PathBuf,
+    /// `<date>-<host>-throughput.svg`.
+    pub throughput_svg: PathBuf,
+}
+
+impl OutputFiles {
+    /// The files for `stem` (`<date>-<host>`) in `dir`.
+    pub fn new(dir: &Path, stem: &str) -> OutputFiles {
+        OutputFiles {
+            json: dir.join(format!("{stem}.json")),
+            latency_svg: dir.join(format!("{stem}-latency.svg")),
+            throughput_svg: dir.join(format!("{stem}-throughput.svg")),
+        }
+    }
+}
+
+/// Writes the JSON document and both plots.
+pub fn write_files(
+    files: &OutputFiles,
+    document: &Value,
+    runs: &[RunRecord],
+    medians: &Medians,
+    subtitle: &str,
+) -> Result<()> {
+    if let Some(dir) = files.json.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let write =
+        |path: &Path, text: &str| fs::write(path, text).with_context(|| format!("cannot write {}", path.display()));
+    write(&files.json, &(serde_json::to_string_pretty(document)? + "\n"))?;
+    write(&files.latency_svg, &latency_svg(runs, medians, subtitle))?;
+    write(&files.throughput_svg, &throughput_svg(runs, medians, subtitle))?;
+    Ok(())
+}
+
+fn latency_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> String {
+    let points: Vec<(&str, Option<f64>)> = LATENCY_PERCENTILES.iter().map(|(_, label, q)| (*label, *q)).collect();
+    let series: Vec<LatencySeries> = SystemKind::ALL
+        .iter()
+        .map(|&system| {
+            let med = medians.get(Scenario::Latency.name()).and_then(|s| s.get(system.name()));
+            let median = LATENCY_PERCENTILES
+                .iter()
+                .map(|(key, _, _)| med.and_then(|m| m.get(key)).copied().unwrap_or(0.0))
+                .collect();
+            let per_key: Vec<Vec<f64>> = LATENCY_PERCENTILES
+                .iter()
+                .map(|(key, _, _)| series(runs, Scenario::Latency, system, key))
+                .collect();
+            let n = per_key.iter().map(Vec::len).min().unwrap_or(0);
+            let reps = (0..n).map(|r| per_key.iter().map(|v| v[r]).collect()).collect();
+            LatencySeries {
+                label: system.name().to_owned(),
+                median,
+                reps,
+            }
+        })
+        .collect();
+    let title = format!(
+        "UDP round-trip latency through the LB (open loop, {} req/s, 64 B)",
+        super::scenarios::LATENCY_RATE
+    );
+    svg::latency_plot(&title, subtitle, &points, &series)
+}
+
+fn throughput_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> String {
+    let panel = |scenario: Scenario, title: &str| {
+        let key = scenario.headline();
+        ThroughputPanel {
+            title: title.to_owned(),
+            systems: SystemKind::ALL
+                .iter()
+                .map(|&s| (s.name().to_owned(), series(runs, scenario, s, key)))
+                .collect(),
+            medians: SystemKind::ALL
+                .iter()
+                .map(|s| {
+                    medians
+                        .get(scenario.name())
+                        .and_then(|m| m.get(s.name()))
+                        .and_then(|m| m.get(key))
+                        .copied()
+                        .unwrap_or(0.0)
+                })
+                .collect(),
+        }
+    };
+    svg::throughput_plot(
+        "Throughput through the LB per repetition",
+        subtitle,
+        &[
+            panel(Scenario::TcpCps, "tcp_cps: connections/s"),
+            panel(Scenario::UdpPps64, "udp_pps_64: replies/s (64 B)"),
+        ],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn raw_loop_line_with_and_without_a_number() {
+        let mut m = Medians::new();
+        m.entry("udp_pps_64")
+            .or_default()
+            .insert("xlb", [("pps", 100_000.0)].into_iter().collect());
+        let raw = RawLoop {
+            reflected_pps: Some(1_000_000.0),
+            command: "xlb-perf xdp-loop".into(),
+            report: None,
+            error: None,
+        };
+        assert_eq!(xlb_loop_fraction(&raw, &m), Some(0.2));
+        assert!(raw_loop_line(&raw, &m).contains("20.0% of it"));
+        let missing = RawLoop {
+            reflected_pps: None,
+            error: Some("workspace binary `xlb-perf` not found".into()),
+            ..raw
+        };
+        assert_eq!(xlb_loop_fraction(&missing, &m), None);
+        assert!(raw_loop_line(&missing, &m).contains("n/a (workspace binary"));
+    }
+
+    #[test]
+    fn table_has_every_metric_and_ratios() {
+        let mut m = Medians::new();
+        for s in Scenario::ALL {
+            for sys in SystemKind::ALL {
+                let v = if sys == SystemKind::Xlb { 2.0 } else { 4.0 };
+                let metrics = s.metrics().iter().map(|d| (d.key, v)).collect();
+                m.entry(s.name()).or_default().insert(sys.name(), metrics);
+            }
+        }
+        let rows = table(&m);
+        let n: usize = Scenario::ALL.iter().map(|s| s.metrics().len()).sum();
+        assert_eq!(rows.len(), n);
+        assert!(rows.iter().all(|r| r.ratio == Some(0.5)));
+        let text = render_table(&rows, &["raw".to_owned()]);
+        assert!(text.starts_with("scenario"));
+        assert!(text.contains("connections/s") && text.trim_end().ends_with("raw"));
+        // Every data line lines up with the header.
+        let widths: Vec<usize> = text.lines().take(3).map(|l| l.chars().count()).collect();
+        assert_eq!(widths[0], widths[2], "{text}");
+    }
+}

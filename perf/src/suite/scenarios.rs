@@ -1,0 +1,372 @@
+//! The measured scenarios: the generator command of each and the metrics taken from its report.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::cpu::CpuUsage;
+use super::lab::{VIP, VIP_TCP_PORT, VIP_UDP_PORT};
+
+/// One scenario, run for each system in each repetition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scenario {
+    /// New TCP connections per second, each with one 64-byte request and its answer.
+    TcpCps,
+    /// Closed-loop UDP request/response with 64-byte payloads: packets per second through the LB.
+    #[serde(rename = "udp_pps_64")]
+    UdpPps64,
+    /// Open-loop UDP request/response at a fixed moderate rate: round-trip latency percentiles.
+    Latency,
+}
+
+/// How a metric compares between systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// More is better (rates).
+    Higher,
+    /// Less is better (latency, loss, CPU).
+    Lower,
+}
+
+/// A metric of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricDef {
+    /// Key in the results file.
+    pub key: &'static str,
+    /// Label in the table.
+    pub label: &'static str,
+    /// Which direction is better.
+    pub better: Better,
+    /// Where the value comes from.
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// A number in the generator report (JSON pointer), times a factor.
+    Report(&'static str, f64),
+    /// The load balancer's CPU seconds ([`CpuUsage::lb_cpu_s`]).
+    LbCpu,
+    /// The report number at the pointer divided by the load balancer's CPU seconds per wall second: work per
+    /// CPU-second.
+    PerLbCpu(&'static str),
+    /// Busy CPU time of the whole host in µs divided by the operation count at the pointer.
+    HostCpuPerOp(&'static str),
+}
+
+const fn metric(key: &'static str, label: &'static str, better: Better, source: Source) -> MetricDef {
+    MetricDef {
+        key,
+        label,
+        better,
+        source,
+    }
+}
+
+const TCP_CPS_METRICS: &[MetricDef] = &[
+    metric(
+        "conns_per_s",
+        "connections/s",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "connect_p50_us",
+        "connect p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p50", 1.0),
+    ),
+    metric(
+        "connect_p99_us",
+        "connect p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p99", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed connections",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "conns_per_cpu_s",
+        "connections per LB CPU-s",
+        Better::Higher,
+        Source::PerLbCpu("/rate"),
+    ),
+    metric(
+        "host_cpu_us_per_conn",
+        "host CPU µs per connection",
+        Better::Lower,
+        Source::HostCpuPerOp("/counts/completed"),
+    ),
+];
+
+const UDP_PPS_METRICS: &[MetricDef] = &[
+    metric(
+        "pps",
+        "replies/s received",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "loss_pct",
+        "loss (%)",
+        Better::Lower,
+        Source::Report("/loss_ratio", 100.0),
+    ),
+    metric(
+        "rtt_p99_us",
+        "rtt p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/rtt/p99", 1.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "pps_per_cpu_s",
+        "replies per LB CPU-s",
+        Better::Higher,
+        Source::PerLbCpu("/rate"),
+    ),
+    metric(
+        "host_cpu_us_per_reply",
+        "host CPU µs per reply",
+        Better::Lower,
+        Source::HostCpuPerOp("/counts/received"),
+    ),
+];
+
+const LATENCY_METRICS: &[MetricDef] = &[
+    metric(
+        "p50_us",
+        "rtt p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/rtt/p50", 1.0),
+    ),
+    metric(
+        "p90_us",
+        "rtt p90 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/rtt/p90", 1.0),
+    ),
+    metric(
+        "p99_us",
+        "rtt p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/rtt/p99", 1.0),
+    ),
+    metric(
+        "p99_9_us",
+        "rtt p99.9 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/rtt/p99_9", 1.0),
+    ),
+    metric(
+        "max_us",
+        "rtt max (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/rtt/max", 1.0),
+    ),
+    metric(
+        "loss_pct",
+        "loss (%)",
+        Better::Lower,
+        Source::Report("/loss_ratio", 100.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "host_cpu_us_per_req",
+        "host CPU µs per request",
+        Better::Lower,
+        Source::HostCpuPerOp("/counts/received"),
+    ),
+];
+
+/// Fixed rate of the latency scenario, datagrams per second.
+pub const LATENCY_RATE: u32 = 10_000;
+
+/// Keys of the latency percentiles, in plot order, with their x-axis labels and quantiles (`None`: max).
+pub const LATENCY_PERCENTILES: [(&str, &str, Option<f64>); 5] = [
+    ("p50_us", "p50", Some(0.5)),
+    ("p90_us", "p90", Some(0.9)),
+    ("p99_us", "p99", Some(0.99)),
+    ("p99_9_us", "p99.9", Some(0.999)),
+    ("max_us", "max", None),
+];
+
+impl Scenario {
+    /// Every scenario, in run order.
+    pub const ALL: [Scenario; 3] = [Scenario::TcpCps, Scenario::UdpPps64, Scenario::Latency];
+
+    /// The name used in the table and the results file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::TcpCps => "tcp_cps",
+            Scenario::UdpPps64 => "udp_pps_64",
+            Scenario::Latency => "latency",
+        }
+    }
+
+    /// The scenario called `name` (see [`Scenario::name`]).
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The metrics, in table order.
+    pub fn metrics(self) -> &'static [MetricDef] {
+        match self {
+            Scenario::TcpCps => TCP_CPS_METRICS,
+            Scenario::UdpPps64 => UDP_PPS_METRICS,
+            Scenario::Latency => LATENCY_METRICS,
+        }
+    }
+
+    /// The metric that sums the scenario up (plots, the test's check, the ratio it is known by).
+    pub fn headline(self) -> &'static str {
+        match self {
+            Scenario::TcpCps => "conns_per_s",
+            Scenario::UdpPps64 => "pps",
+            Scenario::Latency => "p99_us",
+        }
+    }
+
+    /// `xlb-bench` arguments (without `--json`) for a run of `duration`.
+    pub fn generator_args(self, duration: Duration) -> Vec<String> {
+        let secs = format!("{}", duration.as_secs_f64());
+        let args: Vec<String> = match self {
+            Scenario::TcpCps => vec![
+                "tcp-cps".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_TCP_PORT}"),
+                "--concurrency".into(),
+                "8".into(),
+                "--request".into(),
+                "64".into(),
+            ],
+            Scenario::UdpPps64 => vec![
+                "udp".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_UDP_PORT}"),
+                "--mode".into(),
+                "rr".into(),
+                "--size".into(),
+                "64".into(),
+                "--concurrency".into(),
+                "8".into(),
+                "--window".into(),
+                "32".into(),
+            ],
+            Scenario::Latency => vec![
+                "udp".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_UDP_PORT}"),
+                "--mode".into(),
+                "rr".into(),
+                "--size".into(),
+                "64".into(),
+                "--rate".into(),
+                LATENCY_RATE.to_string(),
+            ],
+        };
+        args.into_iter().chain(["--duration".into(), secs]).collect()
+    }
+
+    /// The metric values of one run, in [`Scenario::metrics`] order.
+    pub fn extract(self, report: &Value, cpu: &CpuUsage) -> Result<Vec<(&'static str, f64)>> {
+        let number = |pointer: &str| -> Result<f64> {
+            report
+                .pointer(pointer)
+                .and_then(Value::as_f64)
+                .with_context(|| format!("{}: no number at {pointer} in the generator report", self.name()))
+        };
+        self.metrics()
+            .iter()
+            .map(|m| {
+                let value = match m.source {
+                    Source::Report(pointer, factor) => number(pointer)? * factor,
+                    Source::LbCpu => cpu.lb_cpu_s,
+                    Source::HostCpuPerOp(pointer) => {
+                        let ops = number(pointer)?;
+                        if ops > 0.0 {
+                            cpu.host.busy() * 1e6 / ops
+                        } else {
+                            0.0
+                        }
+                    }
+                    Source::PerLbCpu(pointer) => {
+                        let cores = if cpu.wall_s > 0.0 {
+                            cpu.lb_cpu_s / cpu.wall_s
+                        } else {
+                            0.0
+                        };
+                        if cores > 0.0 {
+                            number(pointer)? / cores
+                        } else {
+                            0.0
+                        }
+                    }
+                };
+                Ok((m.key, value))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::suite::cpu::{HostTimes, ProcTimes};
+    use serde_json::json;
+
+    fn cpu(lb: f64, wall: f64) -> CpuUsage {
+        CpuUsage {
+            wall_s: wall,
+            host: HostTimes {
+                user_s: 2.0,
+                softirq_s: 1.0,
+                ..HostTimes::default()
+            },
+            generator: ProcTimes::default(),
+            sinks: ProcTimes::default(),
+            xlb_process: None,
+            lb_cpu_s: lb,
+            residual_cpu_s: 0.0,
+        }
+    }
+
+    #[test]
+    fn serialized_names_match() {
+        for s in Scenario::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+            assert_eq!(Scenario::from_name(s.name()), Some(s));
+        }
+    }
+
+    #[test]
+    fn args_end_with_duration() {
+        for s in Scenario::ALL {
+            let args = s.generator_args(Duration::from_secs(3));
+            assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "3".to_owned()]);
+            assert!(s.metrics().iter().any(|m| m.key == s.headline()));
+        }
+    }
+
+    #[test]
+    fn per_cpu_second_divides_by_cores_used() {
+        let report = json!({"rate": 1000.0, "latency_us": {"connect": {"p50": 10, "p99": 20}},
+                            "counts": {"failed": 0, "completed": 4000}});
+        let m = Scenario::TcpCps.extract(&report, &cpu(5.0, 10.0)).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).unwrap().1;
+        assert_eq!(get("conns_per_s"), 1000.0);
+        assert_eq!(get("conns_per_cpu_s"), 2000.0);
+        assert_eq!(get("connect_p99_us"), 20.0);
+        // 2 s user + 1 s softirq for 4000 connections.
+        assert_eq!(get("host_cpu_us_per_conn"), 750.0);
+        assert!(Scenario::UdpPps64.extract(&report, &cpu(1.0, 1.0)).is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! `xlb-suite --quick` end to end: a real xlb and the kernel NAT peer in a netns lab.
+//!
+//! Checks that every scenario ran through both systems and produced numbers, and that the results file and
+//! plots are written and parse — never that anything is fast. Needs root and the workspace binaries (`xlb`,
+//! `xlbctl`, `xlb-bench`; `make test` builds them first). Takes about a minute.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use xlb_tests::lab::{require_root, workspace_bin};
+
+/// Upper bound for the whole quick run (it normally takes about a minute).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Scenario names and the headline metric of each, as in the results file.
+const SCENARIOS: [(&str, &str); 3] = [("tcp_cps", "conns_per_s"), ("udp_pps_64", "pps"), ("latency", "p99_us")];
+
+/// A scratch directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `program args`, killing it after `timeout`; returns (success, stdout, stderr).
+fn run_bounded(program: &str, args: &[&str], timeout: Duration) -> Result<(bool, String, String)> {
+    let dir = TempDir::new("xlb-suite-test-logs")?;
+    let (out_path, err_path) = (dir.0.join("stdout"), dir.0.join("stderr"));
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?)
+        .spawn()
+        .with_context(|| format!("cannot start {program}"))?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            // SIGTERM first: the suite then tears its lab down.
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(10));
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "{program} did not finish within {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Ok((
+        status.success(),
+        std::fs::read_to_string(&out_path)?,
+        std::fs::read_to_string(&err_path)?,
+    ))
+}
+
+/// The single file in `dir` whose name ends with `suffix`.
+fn one_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    let found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix))
+        })
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!("expected one *{suffix} in {}, found {found:?}", dir.display()),
+    }
+}
+
+#[test]
+fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
+    require_root()?;
+    for bin in ["xlb", "xlbctl", "xlb-bench"] {
+        workspace_bin(bin)?;
+    }
+    let out = TempDir::new("xlb-suite-test-out")?;
+    let out_dir = out.0.display().to_string();
+    let (ok, stdout, stderr) = run_bounded(
+        env!("CARGO_BIN_EXE_xlb-suite"),
+        &["--quick", "--reps", "1", "--out", &out_dir],
+        SUITE_TIMEOUT,
+    )?;
+    ensure!(ok, "xlb-suite failed; stderr:\n{stderr}\nstdout:\n{stdout}");
+    eprintln!("{stdout}");
+    ensure!(
+        stdout.contains("scenario") && stdout.contains("ratio"),
+        "no table on stdout:\n{stdout}"
+    );
+    ensure!(
+        stdout.contains("raw AF_XDP loop"),
+        "no raw loop line (number or n/a):\n{stdout}"
+    );
+
+    let json_path = one_file(&out.0, ".json")?;
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)
+        .with_context(|| format!("{} is not JSON", json_path.display()))?;
+    for (scenario, metric) in SCENARIOS {
+        for system in ["xlb", "kernel"] {
+            let value = doc["medians"][scenario][system][metric]
+                .as_f64()
+                .with_context(|| format!("no median {scenario}/{system}/{metric} in {json_path:?}"))?;
+            ensure!(value > 0.0, "{scenario}/{system}/{metric} = {value}");
+        }
+    }
+    let runs = doc["runs"].as_array().context("no runs array")?;
+    ensure!(runs.len() == SCENARIOS.len() * 2, "expected 6 runs, got {}", runs.len());
+    for run in runs {
+        ensure!(run["generator"].is_object(), "a run lacks its generator report: {run}");
+        ensure!(run["cpu"]["lb_cpu_s"].is_number(), "a run lacks CPU seconds: {run}");
+    }
+    ensure!(doc["versions"]["uname_r"].is_string(), "no kernel version recorded");
+
+    for suffix in ["-latency.svg", "-throughput.svg"] {
+        let path = one_file(&out.0, suffix)?;
+        let svg = std::fs::read_to_string(&path)?;
+        ensure!(svg.starts_with("<svg"), "{} does not start with <svg", path.display());
+        ensure!(svg.trim_end().ends_with("</svg>"), "{} is truncated", path.display());
+    }
+    Ok(())
+}
