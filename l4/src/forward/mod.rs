@@ -93,6 +93,9 @@ pub enum ControlMessage {
     Import(Vec<(Conn, Duration)>),
     /// Remove connections a peer announced as ended.
     Forget(Vec<FlowKey>),
+    /// HA: become active (master: own VIPs and floating IPs) or passive (backup: own none, keep forwarding
+    /// what still arrives).
+    SetActive(bool),
     /// Send back every connection with its remaining time (bulk resync for a peer).
     Export {
         /// Where the entries go.
@@ -227,6 +230,10 @@ pub struct Forwarder {
     /// VIPs this worker's stack owns now, as (port, address).
     owned_vips: Vec<(PortId, Ipv4Addr)>,
     vips_dirty: bool,
+    /// Whether this node serves (an HA master, or no HA): only then are VIPs and floating IPs owned.
+    active: bool,
+    /// Floating local IPs of an HA pair, as (interface index, address).
+    floating_ips: Vec<(usize, Ipv4Addr)>,
     conns: ConnTable,
     lports: LocalPorts,
     local_ips: Vec<Ipv4Addr>,
@@ -280,6 +287,8 @@ impl Forwarder {
             vip_ifaces: config.vip_ifaces,
             owned_vips: Vec::new(),
             vips_dirty: true,
+            active: true,
+            floating_ips: Vec::new(),
             local_ips: config.local_ips,
             worker: config.worker,
             workers: config.workers.max(1),
@@ -343,11 +352,24 @@ impl Forwarder {
     /// Makes the stack own exactly the VIPs of live listeners on their interfaces' ports.
     fn reconcile_vips(&mut self, cx: &mut StackContext<'_>) {
         let mut wanted = Vec::new();
-        for (i, l) in self.listeners.iter().enumerate().filter(|(_, l)| !l.removed) {
+        // A backup of an HA pair owns nothing that moves: the master answers for VIPs and floating local IPs.
+        let listeners = self
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.removed && self.active);
+        for (i, l) in listeners {
             let port = self.vip_ifaces.get(i).and_then(|iface| self.iface_ports.get(iface));
             if let Some(&port) = port {
                 if !wanted.contains(&(port, l.config.vip)) {
                     wanted.push((port, l.config.vip));
+                }
+            }
+        }
+        if self.active {
+            for &(iface, ip) in &self.floating_ips {
+                if let Some(&port) = self.iface_ports.get(&iface) {
+                    wanted.push((port, ip));
                 }
             }
         }
@@ -359,6 +381,23 @@ impl Forwarder {
         }
         self.owned_vips = wanted;
         self.vips_dirty = false;
+    }
+
+    /// The floating local IP on the route's link, if any.
+    fn floating_source(&self, route: &xlb_stack::local::Route, cx: &StackContext<'_>) -> Option<Ipv4Addr> {
+        let link = cx.links.get(route.port)?;
+        self.floating_ips
+            .iter()
+            .map(|(_, ip)| *ip)
+            .find(|ip| link.addresses.iter().any(|n| n.prefix < 32 && n.contains(*ip)))
+    }
+
+    /// Declares the floating local IPs of an HA pair, as (interface index, address). They are FULLNAT sources on
+    /// their links and owned only while this node is active (master). Their ports come from the pools, so they
+    /// must also be in `local_ips`.
+    pub fn set_floating_ips(&mut self, ips: Vec<(usize, Ipv4Addr)>) {
+        self.floating_ips = ips;
+        self.vips_dirty = true;
     }
 
     /// Up to `limit` connection entries matching `filter` (control path: scans the table).
@@ -507,10 +546,13 @@ impl Forwarder {
                 let Some(route) = cx.route(*backend.ip()) else {
                     return Handled::Verdict(Verdict::Drop(DropReason::NoRoute));
                 };
-                let Some(lport) = self.lports.take(route.source) else {
+                // In an HA pair the floating local IP of the link is the source, so replies reach whichever
+                // node is master.
+                let source = self.floating_source(&route, cx).unwrap_or(route.source);
+                let Some(lport) = self.lports.take(source) else {
                     return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
                 };
-                SocketAddrV4::new(route.source, lport)
+                SocketAddrV4::new(source, lport)
             }
         };
         let conn = Conn {
@@ -922,6 +964,10 @@ impl Ipv4Handler for Forwarder {
                             self.counters.import_skipped += 1;
                         }
                     }
+                }
+                ControlMessage::SetActive(active) => {
+                    self.active = active;
+                    self.vips_dirty = true;
                 }
                 ControlMessage::Forget(keys) => {
                     for key in &keys {
