@@ -1,3 +1,11 @@
 //! High availability (VRRP v3 election, session sync over multicast, takeover).
 //!
-//! Not implemented yet: this crate is the home of the HA issue (#6).
+//! - [`vrrp`]: VRRP version 3 (RFC 5798) for IPv4, a sans-IO virtual router deciding which appliance holds the
+//!   virtual addresses; interoperates with keepalived.
+//! - [`net`]: the thin socket drivers (VRRP raw socket, gratuitous ARP, sync UDP multicast).
+//! - [`sync`]: session sync, sans-IO: authenticated, reliable, batched connection-table replication between
+//!   nodes, with bulk resync of a (re)starting node.
+
+pub mod net;
+pub mod sync;
+pub mod vrrp;

@@ -13,9 +13,12 @@
 //! | POST | `/v1/groups/{group}/servers/{ip:port}/drain` | weight 0: no new flows, existing ones continue |
 //! | POST | `/v1/reload` | re-read the config file and apply the difference |
 //! | GET | `/v1/conns?listener=&server=&client=&state=&limit=` | connection entries (default limit 1000) |
+//! | GET | `/v1/ha` | HA state (master/backup), resync, sync counters |
+//! | POST | `/v1/ha/drain` | hand mastership over (maintenance), like SIGUSR2 |
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -26,6 +29,7 @@ use xlb_stack::xsk::filter::AttachedMode;
 use xlb_stack::xsk::Datapath;
 
 use crate::config::Config;
+use crate::ha::HaStatus;
 use crate::lb::L4Runtime;
 use crate::stats;
 
@@ -35,6 +39,7 @@ pub struct Api {
     dp: Arc<Datapath>,
     started: Instant,
     config_path: PathBuf,
+    ha: Option<(Arc<HaStatus>, Arc<AtomicBool>)>,
 }
 
 type Reply = (u16, Value);
@@ -51,7 +56,13 @@ impl Api {
             dp,
             started,
             config_path,
+            ha: None,
         }
+    }
+
+    /// Serves HA status and drain requests from a running HA node.
+    pub fn set_ha(&mut self, status: Arc<HaStatus>, drain: Arc<AtomicBool>) {
+        self.ha = Some((status, drain));
     }
 
     /// The datapath.
@@ -109,6 +120,7 @@ impl Api {
             "workers": workers,
             "interfaces": interfaces,
             "l4": stats::l4_json(&rt),
+            "ha": self.ha.as_ref().map(|(status, _)| status.json()),
         })
     }
 
@@ -126,6 +138,17 @@ impl Api {
                 )
             }
             ("GET", ["v1", "stats"]) => (200, self.stats()),
+            ("GET", ["v1", "ha"]) => match &self.ha {
+                Some((status, _)) => (200, status.json()),
+                None => (200, json!({"state": "disabled"})),
+            },
+            ("POST", ["v1", "ha", "drain"]) => match &self.ha {
+                Some((_, drain)) => {
+                    drain.store(true, std::sync::atomic::Ordering::Relaxed);
+                    (200, json!({"applied": "draining: mastership handed over"}))
+                }
+                None => error(400, "ha: no [ha] section configured"),
+            },
             ("GET", ["v1", "config"]) => {
                 let rt = self.runtime();
                 let c = rt.config();

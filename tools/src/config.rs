@@ -7,6 +7,8 @@ use serde::Deserialize;
 use xlb_l4::config::{GroupConfig, L4Config, ListenerConfig};
 use xlb_stack::config::{validate_interfaces, DatapathConfig, InterfaceConfig, NodeConfig};
 
+use crate::ha_config::HaConfig;
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +30,9 @@ pub struct Config {
     /// `[l4]` (optional).
     #[serde(default)]
     pub l4: L4Config,
+    /// `[ha]` (optional): this node is part of an HA pair.
+    #[serde(default)]
+    pub ha: Option<HaConfig>,
 }
 
 impl Config {
@@ -42,6 +47,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         validate_interfaces(&self.interfaces, &self.datapath)?;
         xlb_l4::config::validate(&self.listeners, &self.groups, &self.l4, &self.interfaces)?;
+        if let Some(ha) = &self.ha {
+            ha.validate(&self.interfaces)?;
+        }
         if self.node.name.is_empty() {
             return Err("node.name: must not be empty".into());
         }
@@ -59,6 +67,9 @@ impl Config {
         }
         if format!("{:?}", self.node) != format!("{:?}", new.node) {
             return Some("node");
+        }
+        if self.ha != new.ha {
+            return Some("ha");
         }
         let (a, b) = (&self.l4, &new.l4);
         if a.conn_table_size != b.conn_table_size

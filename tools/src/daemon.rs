@@ -1,12 +1,12 @@
 //! `xlb run`: starts the datapath with the L4 pipeline on every worker, serves the control API (and metrics),
-//! applies the config file again on SIGHUP, and stops cleanly on SIGINT/SIGTERM (workers stopped, XDP filters
+//! applies the config file again on SIGHUP, hands HA mastership over on SIGUSR2 (drain), and stops cleanly on SIGINT/SIGTERM (workers stopped, XDP filters
 //! detached, control socket removed).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use xlb_stack::xsk::datapath::plan_workers;
 use xlb_stack::xsk::filter::AddrKind;
 use xlb_stack::xsk::Datapath;
@@ -14,13 +14,14 @@ use xlb_stack::xsk::Datapath;
 use crate::api::Api;
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
-use crate::lb::{vip_interface, PipelineFactory};
+use crate::ha;
+use crate::lb::{floating_ips, vip_interface, PipelineFactory};
 use crate::metrics;
 
 /// Runs the appliance until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP and `xlbctl reload`.
 pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let started = Instant::now();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     let plans = plan_workers(&config.interfaces).map_err(|e| e.to_string())?;
     let (mut factory, runtime) = PipelineFactory::new(&config, &plans, started);
@@ -31,7 +32,18 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         tracing::info!(listener = %listener.name, vip = %listener.vip, port = listener.port, protocol = ?listener.protocol, "listener up");
     }
-    let api = Arc::new(Api::new(runtime, Arc::new(dp), started, config_path));
+    for (iface, ip) in floating_ips(&config) {
+        dp.add_address(iface, ip, AddrKind::Local).map_err(|e| e.to_string())?;
+    }
+    let ha_node = match (&config.ha, factory.take_sync_events()) {
+        (Some(_), Some(events)) => Some(ha::start(&config, runtime.worker_channels(), events)?),
+        _ => None,
+    };
+    let mut api = Api::new(runtime, Arc::new(dp), started, config_path);
+    if let Some(node) = &ha_node {
+        api.set_ha(node.status(), node.drain_handle());
+    }
+    let api = Arc::new(api);
 
     let for_control = api.clone();
     let handler: Arc<Handler> = Arc::new(move |method, path, body| for_control.handle(method, path, body));
@@ -54,6 +66,10 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
                 Ok(summary) => tracing::info!(%summary, "reloaded on SIGHUP"),
                 Err(e) => tracing::error!(error = %e, "reload on SIGHUP refused; running config unchanged"),
             },
+            Some(SIGUSR2) => match &ha_node {
+                Some(node) => node.drain(),
+                None => tracing::warn!("SIGUSR2 (drain) ignored: no [ha] section"),
+            },
             Some(sig) => {
                 tracing::info!(signal = sig, "shutting down");
                 break Ok(());
@@ -70,6 +86,8 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(50));
     };
 
+    // Hand mastership over first (priority-0 advert), while the datapath still forwards.
+    drop(ha_node);
     drop(metrics_server);
     drop(control);
     let dp = Arc::try_unwrap(api)

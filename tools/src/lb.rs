@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use xlb_l4::config::{GroupConfig, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
 use xlb_l4::forward::handoff::Handoff;
-use xlb_l4::forward::{ConnFilter, ConnInfo, ControlMessage, Forwarder, ForwarderConfig, ForwarderUpdate};
+use xlb_l4::forward::{ConnFilter, ConnInfo, ControlMessage, Forwarder, ForwarderConfig, ForwarderUpdate, SyncEvent};
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedL4Counters};
@@ -28,8 +28,10 @@ use crate::config::Config;
 
 /// Frames each worker may have in flight to other workers.
 const HANDOFF_DEPTH: usize = 1024;
-/// Configuration updates that may queue for a worker.
-const UPDATE_DEPTH: usize = 16;
+/// Configuration updates and HA messages that may queue for a worker.
+const UPDATE_DEPTH: usize = 256;
+/// Session-sync events that may queue between the workers and the sync driver.
+const SYNC_EVENTS_DEPTH: usize = 65_536;
 
 /// The pipeline every worker runs.
 pub type LbPipeline = LocalStack<Forwarder>;
@@ -109,6 +111,22 @@ pub struct PipelineFactory {
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
     counters: Vec<Arc<SharedL4Counters>>,
+    sync_events: (Sender<SyncEvent>, Option<Receiver<SyncEvent>>),
+}
+
+/// Floating local IPs of the `[ha]` section, as (interface index, address).
+pub fn floating_ips(config: &Config) -> Vec<(usize, Ipv4Addr)> {
+    let Some(ha) = &config.ha else { return Vec::new() };
+    ha.local_ips
+        .iter()
+        .filter_map(|net| {
+            let iface = config
+                .interfaces
+                .iter()
+                .position(|i| i.addresses.iter().any(|a| a.prefix < 32 && a.contains(net.addr)))?;
+            Some((iface, net.addr))
+        })
+        .collect()
 }
 
 impl PipelineFactory {
@@ -155,19 +173,30 @@ impl PipelineFactory {
             updates: receivers.into_iter().map(Some).collect(),
             board,
             counters,
+            sync_events: {
+                let (tx, rx) = bounded(SYNC_EVENTS_DEPTH);
+                (tx, Some(rx))
+            },
         };
         (factory, runtime)
+    }
+
+    /// Session-sync events of every worker (HA only; taken once by the sync driver).
+    pub fn take_sync_events(&mut self) -> Option<Receiver<SyncEvent>> {
+        self.sync_events.1.take()
     }
 
     /// The pipeline of the worker planned as `plan`.
     pub fn make(&mut self, plan: &WorkerPlan) -> LbPipeline {
         let config = &self.config;
-        let local_ips: Vec<Ipv4Addr> = config
+        let floating = floating_ips(config);
+        let mut local_ips: Vec<Ipv4Addr> = config
             .interfaces
             .iter()
             .flat_map(|i| i.addresses.iter().map(|n| n.addr))
             .collect();
-        let forwarder = Forwarder::new(
+        local_ips.extend(floating.iter().map(|(_, ip)| *ip));
+        let mut forwarder = Forwarder::new(
             ForwarderConfig {
                 layout: self.layout.clone(),
                 vip_ifaces: vip_ifaces(config, &self.layout),
@@ -184,6 +213,12 @@ impl PipelineFactory {
             self.updates.get_mut(plan.index).and_then(Option::take),
             Instant::now(),
         );
+        if let Some(ha) = &config.ha {
+            // An HA node starts as a backup; the election makes it active.
+            forwarder.set_active(false);
+            forwarder.set_floating_ips(floating);
+            forwarder.enable_sync(self.sync_events.0.clone(), ha.sync_threshold);
+        }
         let neighbours = NeighbourConfig {
             capacity: config.datapath.neighbours,
             ..Default::default()
@@ -333,6 +368,11 @@ impl L4Runtime {
         self.counters = counters;
         tracing::info!(change = %summary, "configuration applied");
         Ok(summary)
+    }
+
+    /// The channels to every worker (for the HA driver: activation, imports, exports).
+    pub fn worker_channels(&self) -> Vec<Sender<ControlMessage>> {
+        self.updates.clone()
     }
 
     /// Up to `limit` connection entries matching `filter`, from every worker.

@@ -5,6 +5,8 @@
 //! - [`control`]: the control API (HTTP+JSON on the node's Unix socket) and its client.
 //! - [`metrics`]: Prometheus text rendering of the stats document and its HTTP server.
 //! - [`stats`]: the stats document served by the control API.
+//! - [`ha`]: the HA driver: VRRP and session sync over kernel sockets, driving the workers.
+//! - [`ha_config`]: the `[ha]` section.
 //! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder) from the config.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
 
@@ -12,6 +14,8 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod ha;
+pub mod ha_config;
 pub mod lb;
 pub mod metrics;
 pub mod stats;

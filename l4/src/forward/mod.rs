@@ -392,6 +392,12 @@ impl Forwarder {
             .find(|ip| link.addresses.iter().any(|n| n.prefix < 32 && n.contains(*ip)))
     }
 
+    /// Starts active (serving) or passive (an HA backup until elected).
+    pub fn set_active(&mut self, active: bool) {
+        self.active = active;
+        self.vips_dirty = true;
+    }
+
     /// Declares the floating local IPs of an HA pair, as (interface index, address). They are FULLNAT sources on
     /// their links and owned only while this node is active (master). Their ports come from the pools, so they
     /// must also be in `local_ips`.

@@ -66,6 +66,17 @@ enum Command {
         #[command(subcommand)]
         action: ListenerAction,
     },
+    /// HA state; `xlbctl ha drain` hands mastership over for maintenance.
+    Ha {
+        #[command(subcommand)]
+        action: Option<HaAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HaAction {
+    /// Hand mastership over to the peer and stay backup (then restart or upgrade this node).
+    Drain,
 }
 
 #[derive(Subcommand)]
@@ -310,6 +321,30 @@ fn run(cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reload => change(cli, "POST", "/v1/reload", None),
+        Command::Ha {
+            action: Some(HaAction::Drain),
+        } => change(cli, "POST", "/v1/ha/drain", None),
+        Command::Ha { action: None } => {
+            let doc = get(cli, "/v1/ha")?;
+            if cli.json {
+                println!("{doc:#}");
+            } else {
+                println!(
+                    "ha: {}{}, resynced {}, sync records sent {} received {}, rejected {}",
+                    doc["state"].as_str().unwrap_or("?"),
+                    if doc["draining"].as_bool() == Some(true) {
+                        " (draining)"
+                    } else {
+                        ""
+                    },
+                    doc["resynced"],
+                    doc["sync_records_sent"],
+                    doc["sync_records_received"],
+                    doc["sync_rejected"]
+                );
+            }
+            Ok(())
+        }
         Command::Conns {
             listener,
             server,

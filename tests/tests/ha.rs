@@ -1,0 +1,479 @@
+//! HA acceptance: two xlb nodes on shared links, long-lived flows through the VIP, the master killed or drained.
+//!
+//! Lab: `net` holds two bridges. br-ext: client (198.18.0.1), lb1 (kernel .2, xlb .10), lb2 (kernel .3, xlb .11);
+//! VIP 198.18.0.100. br-int: lb1 (xlb 198.19.0.10), lb2 (xlb 198.19.0.11), servers 198.19.0.2-.4; the floating
+//! local IP 198.19.0.20 is the FULLNAT source and moves with mastership. VRRP and sync run on ext0's kernel
+//! address (advert interval 200 ms).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use xlb_tests::appliance::Appliance;
+use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+
+const VIP: &str = "198.18.0.100";
+const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = ns.clone();
+    std::thread::spawn(move || {
+        ns.enter_current_thread()?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread panicked"))?
+}
+
+struct Pair {
+    lab: Lab,
+    client: Netns,
+    lbs: [Netns; 2],
+    _sinks: Vec<Proc>,
+}
+
+fn pair(name: &str) -> Result<Pair> {
+    let lab = Lab::new(name)?;
+    let net = lab.netns("net")?;
+    let client = lab.netns("client")?;
+    let lb1 = lab.netns("lb1")?;
+    let lb2 = lab.netns("lb2")?;
+    let servers = lab.netns("servers")?;
+    lab.veth((&client, "cli0"), (&net, "p-cli"))?;
+    lab.veth((&lb1, "ext0"), (&net, "p-lb1e"))?;
+    lab.veth((&lb2, "ext0"), (&net, "p-lb2e"))?;
+    lab.veth((&lb1, "int0"), (&net, "p-lb1i"))?;
+    lab.veth((&lb2, "int0"), (&net, "p-lb2i"))?;
+    lab.veth((&servers, "srv0"), (&net, "p-srv"))?;
+    lab.bridge(&net, "br-ext", &["p-cli", "p-lb1e", "p-lb2e"])?;
+    lab.bridge(&net, "br-int", &["p-lb1i", "p-lb2i", "p-srv"])?;
+    client.addr("cli0", "198.18.0.1/24")?;
+    lb1.addr("ext0", "198.18.0.2/24")?;
+    lb2.addr("ext0", "198.18.0.3/24")?;
+    for lb in [&lb1, &lb2] {
+        lb.link_up("int0")?;
+        // Kernel-to-kernel sync datagrams cross the XDP filter (XDP_PASS): complete checksums needed.
+        lb.disable_offloads("ext0")?;
+    }
+    for s in SERVERS {
+        servers.addr("srv0", &format!("{s}/24"))?;
+    }
+    client.disable_offloads("cli0")?;
+    servers.disable_offloads("srv0")?;
+    let bench = workspace_bin("xlb-bench")?.display().to_string();
+    let mut sinks = Vec::new();
+    for (i, ip) in SERVERS.iter().enumerate() {
+        let name = format!("s{}", i + 1);
+        sinks.push(lab.spawn(
+            &servers,
+            &bench,
+            &[
+                "sink",
+                "--listen",
+                &format!("{ip}:8080"),
+                "--proto",
+                "tcp",
+                "--name",
+                &name,
+            ],
+        )?);
+        sinks.push(lab.spawn(
+            &servers,
+            &bench,
+            &[
+                "sink",
+                "--listen",
+                &format!("{ip}:5353"),
+                "--proto",
+                "udp",
+                "--name",
+                &name,
+            ],
+        )?);
+    }
+    servers.wait_tcp_listen(8080, TIMEOUT)?;
+    std::fs::write(
+        lab.dir().join("sync.key"),
+        b"0123456789abcdef0123456789abcdef-xlb-test-key",
+    )?;
+    Ok(Pair {
+        lab,
+        client,
+        lbs: [lb1, lb2],
+        _sinks: sinks,
+    })
+}
+
+fn config(lab: &Lab, node: usize, priority: u8) -> String {
+    let key = lab.dir().join("sync.key").display().to_string();
+    format!(
+        r#"
+[node]
+name = "lb{n}"
+control_socket = "CONTROL_SOCKET"
+
+[[interface]]
+name = "ext0"
+queues = [0]
+cores = [0]
+addresses = ["198.18.0.{ext}/24"]
+
+[[interface]]
+name = "int0"
+queues = [0]
+cores = [0]
+addresses = ["198.19.0.{int}/24"]
+
+[[listener]]
+name = "web"
+vip = "{VIP}"
+port = 80
+protocol = "tcp"
+scheduler = "rr"
+group = "web"
+
+[[listener]]
+name = "dns"
+vip = "{VIP}"
+port = 53
+protocol = "udp"
+scheduler = "rr"
+group = "dns"
+
+[[group]]
+name = "web"
+servers = [{{ addr = "198.19.0.2:8080" }}, {{ addr = "198.19.0.3:8080" }}, {{ addr = "198.19.0.4:8080" }}]
+
+[[group]]
+name = "dns"
+servers = [{{ addr = "198.19.0.2:5353" }}, {{ addr = "198.19.0.3:5353" }}, {{ addr = "198.19.0.4:5353" }}]
+
+[ha]
+vrid = 51
+priority = {priority}
+advert_interval_cs = 20
+interface = "ext0"
+local_ips = ["198.19.0.20/24"]
+sync_group = "224.0.0.81:8848"
+sync_threshold = 3
+auth_key_file = "{key}"
+"#,
+        n = node + 1,
+        ext = 10 + node,
+        int = 10 + node,
+    )
+}
+
+fn ha_state(xlb: &Appliance) -> Result<serde_json::Value> {
+    Ok(serde_json::from_str(&xlb.xlbctl(&["ha", "--json"])?)?)
+}
+
+/// Starts both nodes and waits until lb1 (priority 200) is master and lb2 backup.
+fn start_pair(t: &Pair) -> Result<(Appliance, Appliance)> {
+    let lb1 = Appliance::start(&t.lab, &t.lbs[0], "lb1", &config(&t.lab, 0, 200))?;
+    let lb2 = Appliance::start(&t.lab, &t.lbs[1], "lb2", &config(&t.lab, 1, 100))?;
+    wait_until_ok(Duration::from_secs(15), "lb1 master, lb2 backup", || {
+        let (a, b) = (ha_state(&lb1)?, ha_state(&lb2)?);
+        ensure!(
+            a["state"] == "master" && b["state"] == "backup",
+            "lb1 {} lb2 {}",
+            a["state"],
+            b["state"]
+        );
+        Ok(())
+    })?;
+    Ok((lb1, lb2))
+}
+
+/// Streams `seconds` of data through one connection, checking the echo byte for byte. Records the longest
+/// pause between two echoed chunks in `gap_ms`.
+fn stream(target: SocketAddr, seconds: u64, gap_ms: Arc<AtomicU64>) -> Result<u64> {
+    let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = s.try_clone()?;
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let writer = std::thread::spawn(move || -> Result<u64> {
+        let (mut sent, mut x) = (0u64, 3u32);
+        let mut buf = vec![0u8; 512];
+        while Instant::now() < deadline {
+            for b in buf.iter_mut() {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                *b = (x >> 16) as u8;
+            }
+            s.write_all(&buf)?;
+            sent += buf.len() as u64;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.shutdown(std::net::Shutdown::Write)?;
+        Ok(sent)
+    });
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        reader.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let (mut x, mut received) = (3u32, 0u64);
+    let mut buf = vec![0u8; 65536];
+    let mut last = Instant::now();
+    loop {
+        let n = reader.read(&mut buf).context("stream read")?;
+        if n == 0 {
+            break;
+        }
+        let gap = last.elapsed().as_millis() as u64;
+        gap_ms.fetch_max(gap, Ordering::Relaxed);
+        last = Instant::now();
+        for b in &buf[..n] {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            ensure!(*b == (x >> 16) as u8, "byte {received} differs");
+            received += 1;
+        }
+    }
+    let sent = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    ensure!(received == sent, "sent {sent}, echoed {received}");
+    Ok(sent)
+}
+
+/// UDP flows: each socket asks `WHO?` every 50 ms for `seconds`; returns per flow the servers that answered and
+/// the number of answers.
+fn udp_flows(target: SocketAddr, flows: usize, seconds: u64) -> Result<Vec<(Vec<String>, usize)>> {
+    let handles: Vec<_> = (0..flows)
+        .map(|_| {
+            std::thread::spawn(move || -> Result<(Vec<String>, usize)> {
+                let sock = UdpSocket::bind("198.18.0.1:0")?;
+                sock.connect(target)?;
+                sock.set_read_timeout(Some(Duration::from_millis(200)))?;
+                let deadline = Instant::now() + Duration::from_secs(seconds);
+                let (mut servers, mut answers) = (Vec::<String>::new(), 0);
+                let mut buf = [0u8; 64];
+                while Instant::now() < deadline {
+                    sock.send(b"WHO?")?;
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        answers += 1;
+                        let name = String::from_utf8_lossy(&buf[..n])
+                            .trim()
+                            .trim_start_matches("server=")
+                            .to_string();
+                        if servers.last() != Some(&name) {
+                            servers.push(name);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok((servers, answers))
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().map_err(|_| anyhow::anyhow!("udp flow panicked"))?)
+        .collect()
+}
+
+/// Runs TCP streams and UDP flows through the VIP while `event` happens after 3 s; checks every flow survived.
+fn failover(
+    t: &Pair,
+    lb1: &Appliance,
+    lb2: &Appliance,
+    streams: usize,
+    event: impl FnOnce() -> Result<()>,
+) -> Result<Duration> {
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    let udp: SocketAddr = format!("{VIP}:53").parse()?;
+    let gap = Arc::new(AtomicU64::new(0));
+    let client = t.client.clone();
+    let g = gap.clone();
+    let tcp = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let hs: Vec<_> = (0..streams)
+                .map(|_| {
+                    let g = g.clone();
+                    std::thread::spawn(move || stream(target, 12, g))
+                })
+                .collect();
+            Ok(hs
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("panicked"))))
+                .collect::<Vec<_>>())
+        })
+    });
+    let client = t.client.clone();
+    let udp_flows = std::thread::spawn(move || in_ns(&client, move || udp_flows(udp, 10, 12)));
+    // Let every flow pass the sync threshold, check the backup holds them, then fail.
+    wait_until_ok(Duration::from_secs(5), "the backup to hold the synced flows", || {
+        let conns: serde_json::Value = serde_json::from_str(&lb2.xlbctl(&["conns", "--json", "--limit", "10000"])?)?;
+        let n = conns["conns"].as_array().map_or(0, |a| a.len());
+        ensure!(n >= streams + 10, "{n} synced entries on the backup");
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    let failed_at = Instant::now();
+    event()?;
+    // Traffic flows again when a new connection through the VIP succeeds.
+    let client = t.client.clone();
+    let back = in_ns(&client, move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(s) = TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+                s.set_read_timeout(Some(Duration::from_millis(500)))?;
+                let mut r = BufReader::new(s);
+                r.get_mut().write_all(b"x\n")?;
+                let mut line = String::new();
+                if r.read_line(&mut line).is_ok() && line.starts_with("server=") {
+                    return Ok(Instant::now());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        anyhow::bail!("no new connection through the VIP within 10 s")
+    })?;
+    let failover = back - failed_at;
+    let results = tcp.join().map_err(|_| anyhow::anyhow!("streams panicked"))??;
+    let mut ok = 0;
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(_) => ok += 1,
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    ensure!(
+        ok == streams,
+        "{ok} of {streams} TCP streams survived byte-exact; failures: {errors:?}"
+    );
+    let flows = udp_flows.join().map_err(|_| anyhow::anyhow!("udp panicked"))??;
+    for (servers, answers) in &flows {
+        ensure!(
+            servers.len() == 1,
+            "a UDP flow changed server across the failover: {servers:?}"
+        );
+        ensure!(*answers > 100, "a UDP flow got only {answers} answers");
+    }
+    eprintln!(
+        "failover: new connections flow {} ms after the event; longest pause seen by a stream {} ms; {ok} streams byte-exact, 10 UDP flows kept their server; lb2 {}",
+        failover.as_millis(),
+        gap.load(Ordering::Relaxed),
+        ha_state(lb2).map(|s| s.to_string()).unwrap_or_default()
+    );
+    let _ = lb1;
+    Ok(failover)
+}
+
+#[test]
+fn master_killed_streams_continue_on_the_backup() -> Result<()> {
+    let t = pair("hakill")?;
+    let (lb1, lb2) = start_pair(&t)?;
+    let pid = lb1.proc().pid();
+    failover(&t, &lb1, &lb2, 50, || {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        Ok(())
+    })?;
+    ensure!(ha_state(&lb2)?["state"] == "master");
+    Ok(())
+}
+
+#[test]
+fn drained_master_hands_over_without_loss() -> Result<()> {
+    let t = pair("hadrain")?;
+    let (lb1, lb2) = start_pair(&t)?;
+    failover(&t, &lb1, &lb2, 20, || lb1.xlbctl(&["ha", "drain"]).map(drop))?;
+    ensure!(ha_state(&lb2)?["state"] == "master");
+    let s1 = ha_state(&lb1)?;
+    ensure!(
+        s1["draining"] == true && s1["state"] != "master",
+        "lb1 after drain: {s1}"
+    );
+    Ok(())
+}
+
+#[test]
+fn forged_sync_and_vrrp_packets_change_nothing_and_are_counted() -> Result<()> {
+    let t = pair("haforge")?;
+    let (lb1, lb2) = start_pair(&t)?;
+    let before = ha_state(&lb2)?;
+    // Random bytes and a message-shaped datagram with a wrong key, to the sync group.
+    in_ns(&t.client, || {
+        let sock = UdpSocket::bind("198.18.0.1:0")?;
+        sock.set_multicast_ttl_v4(1)?;
+        let mut forged = b"XLBS".to_vec();
+        forged.extend((0..200u8).map(|i| i.wrapping_mul(37)));
+        for _ in 0..5 {
+            sock.send_to(&forged, "224.0.0.81:8848")?;
+            sock.send_to(&[0u8; 40], "224.0.0.81:8848")?;
+        }
+        Ok(())
+    })?;
+    // A VRRP advert claiming priority 255 with a broken checksum.
+    in_ns(&t.client, || {
+        // SAFETY: raw socket for protocol 112, closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, 112) };
+        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let ttl: libc::c_int = 255;
+        // SAFETY: valid option value of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_TTL,
+                (&ttl as *const libc::c_int).cast(),
+                4,
+            )
+        };
+        let iface = libc::in_addr {
+            s_addr: u32::from_ne_bytes([198, 18, 0, 1]),
+        };
+        // SAFETY: valid option value of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MULTICAST_IF,
+                (&iface as *const libc::in_addr).cast(),
+                4,
+            )
+        };
+        let advert = [0x31, 51, 255, 1, 0, 20, 0xde, 0xad, 198, 18, 0, 100];
+        let mut dst: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        dst.sin_family = libc::AF_INET as u16;
+        dst.sin_addr.s_addr = u32::from_ne_bytes([224, 0, 0, 18]);
+        for _ in 0..5 {
+            // SAFETY: valid buffers of the lengths passed.
+            unsafe {
+                libc::sendto(
+                    fd,
+                    advert.as_ptr().cast(),
+                    advert.len(),
+                    0,
+                    (&dst as *const libc::sockaddr_in).cast(),
+                    16,
+                )
+            };
+        }
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(fd) };
+        Ok(())
+    })?;
+    let after = wait_until_ok(TIMEOUT, "forged packets to be counted", || {
+        let s = ha_state(&lb2)?;
+        ensure!(
+            s["sync_rejected"].as_u64() >= Some(10) && s["vrrp_rejected"].as_u64() >= Some(5),
+            "{s}"
+        );
+        Ok(s)
+    })?;
+    ensure!(
+        after["sync_records_received"] == before["sync_records_received"],
+        "forged records installed: {after}"
+    );
+    ensure!(
+        ha_state(&lb1)?["state"] == "master" && after["state"] == "backup",
+        "mastership changed"
+    );
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `[ha]`: the node's part in an HA pair (VRRP election, session sync, what moves on takeover).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use xlb_stack::addr::Ipv4Net;
+use xlb_stack::config::InterfaceConfig;
+
+/// `[ha]` settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// VRRP virtual router id (1-255), the same on every node of the pair.
+    pub vrid: u8,
+    /// VRRP priority (1-254; the higher wins).
+    pub priority: u8,
+    /// Advertisement interval in centiseconds (default 100 = 1 s; sub-second allowed, e.g. 20).
+    #[serde(default = "default_advert")]
+    pub advert_interval_cs: u16,
+    /// Take mastership back from a lower-priority master (default true).
+    #[serde(default = "default_true")]
+    pub preempt: bool,
+    /// Wait this long before preempting (ms).
+    #[serde(default)]
+    pub preempt_delay_ms: u64,
+    /// Interface of the VRRP and sync traffic; its kernel (management) address is the source.
+    pub interface: String,
+    /// VIPs that move with mastership (default: every listener's VIP).
+    #[serde(default)]
+    pub vips: Vec<Ipv4Addr>,
+    /// Floating local IPs with prefix (`198.19.0.20/24`): FULLNAT sources that move with mastership, so
+    /// backends' replies for synced connections reach the new master.
+    #[serde(default, with = "nets")]
+    pub local_ips: Vec<Ipv4Net>,
+    /// Multicast group and port of session sync.
+    #[serde(default = "default_group")]
+    pub sync_group: SocketAddrV4,
+    /// A connection is synced after this many client packets (default 3).
+    #[serde(default = "default_threshold")]
+    pub sync_threshold: u32,
+    /// File with the shared key (at least 32 bytes) authenticating VRRP-independent sync messages.
+    pub auth_key_file: PathBuf,
+    /// Unicast peers: sync messages also go to them (for networks without multicast).
+    #[serde(default)]
+    pub peers: Vec<Ipv4Addr>,
+}
+
+fn default_advert() -> u16 {
+    100
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_group() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(224, 0, 0, 81), 8848)
+}
+
+fn default_threshold() -> u32 {
+    3
+}
+
+mod nets {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use xlb_stack::addr::Ipv4Net;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ipv4Net>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| s.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(nets: &[Ipv4Net], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(nets.iter().map(|n| n.to_string()))
+    }
+}
+
+impl HaConfig {
+    /// Checks the section against the interfaces; names the field.
+    pub fn validate(&self, interfaces: &[InterfaceConfig]) -> Result<(), String> {
+        if self.vrid == 0 {
+            return Err("ha.vrid: must be 1-255".into());
+        }
+        if self.priority == 0 || self.priority == 255 {
+            return Err("ha.priority: must be 1-254 (xlb never owns the VIPs as interface addresses)".into());
+        }
+        if self.advert_interval_cs == 0 || self.advert_interval_cs > 4095 {
+            return Err("ha.advert_interval_cs: must be 1-4095".into());
+        }
+        if !interfaces.iter().any(|i| i.name == self.interface) {
+            return Err(format!("ha.interface: no [[interface]] named {:?}", self.interface));
+        }
+        if !self.sync_group.ip().is_multicast() {
+            return Err(format!(
+                "ha.sync_group: {} is not a multicast address",
+                self.sync_group.ip()
+            ));
+        }
+        if self.sync_threshold == 0 {
+            return Err("ha.sync_threshold: must be at least 1".into());
+        }
+        for net in &self.local_ips {
+            if !interfaces
+                .iter()
+                .any(|i| i.addresses.iter().any(|a| a.prefix < 32 && a.contains(net.addr)))
+            {
+                return Err(format!("ha.local_ips: {net} is on no interface's subnet"));
+            }
+            if interfaces
+                .iter()
+                .any(|i| i.addresses.iter().any(|a| a.addr == net.addr))
+            {
+                return Err(format!(
+                    "ha.local_ips: {} is an interface address (floating IPs must be separate)",
+                    net.addr
+                ));
+            }
+        }
+        Ok(())
+    }
+}
