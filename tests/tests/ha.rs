@@ -477,3 +477,107 @@ fn forged_sync_and_vrrp_packets_change_nothing_and_are_counted() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn restarted_node_resyncs_and_takes_traffic_back_without_loss() -> Result<()> {
+    let t = pair("harestart")?;
+    let (lb1, lb2) = start_pair(&t)?;
+    let lab = &t.lab;
+    let lb1_ns = t.lbs[0].clone();
+    let mut restarted = None;
+    // Maintenance of lb1 while flows run: drain (lb2 takes over), stop, start again (an upgrade would swap the
+    // binary here). The new lb1 pulls the table from lb2, then preempts back (priority 200).
+    failover(&t, &lb1, &lb2, 20, || {
+        lb1.xlbctl(&["ha", "drain"])?;
+        wait_until_ok(TIMEOUT, "lb2 to take over", || {
+            ensure!(ha_state(&lb2)?["state"] == "master", "not yet");
+            Ok(())
+        })?;
+        let status = lb1.terminate()?;
+        ensure!(status.success(), "lb1 exited with {status}");
+        let again = Appliance::start(lab, &lb1_ns, "lb1-new", &config(lab, 0, 200))?;
+        wait_until_ok(
+            Duration::from_secs(10),
+            "the restarted lb1 to resync and become master",
+            || {
+                let s = ha_state(&again)?;
+                ensure!(s["resynced"] == true && s["state"] == "master", "{s}");
+                Ok(())
+            },
+        )?;
+        restarted = Some(again);
+        Ok(())
+    })?;
+    let again = restarted.context("lb1 was not restarted")?;
+    let s = ha_state(&again)?;
+    ensure!(
+        s["sync_records_received"].as_u64() > Some(0),
+        "the restarted node received no table: {s}"
+    );
+    ensure!(
+        ha_state(&lb2)?["state"] == "backup",
+        "lb2 did not yield to the restarted lb1"
+    );
+    Ok(())
+}
+
+#[test]
+fn sync_converges_when_a_share_of_sync_messages_is_dropped() -> Result<()> {
+    let t = pair("haloss")?;
+    let (lb1, lb2) = start_pair(&t)?;
+    // lb2 loses half of the sync datagrams it receives (data, acks, heartbeats alike).
+    t.lbs[1].run("nft", &["add", "table", "ip", "loss"])?;
+    t.lbs[1].run(
+        "nft",
+        &["add chain ip loss input { type filter hook input priority 0; }"],
+    )?;
+    t.lbs[1].run(
+        "nft",
+        &["add rule ip loss input udp dport 8848 numgen random mod 2 0 counter drop"],
+    )?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    // 40 connections that stay open (established, synced after 3 client packets).
+    let client = t.client.clone();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let mut conns = Vec::new();
+            for _ in 0..40 {
+                let s = TcpStream::connect_timeout(&target, TIMEOUT)?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                let mut r = BufReader::new(s);
+                for i in 0..3 {
+                    r.get_mut().write_all(format!("line {i}\n").as_bytes())?;
+                    let mut line = String::new();
+                    r.read_line(&mut line)?;
+                }
+                conns.push(r);
+            }
+            let _ = rx.recv_timeout(Duration::from_secs(30));
+            Ok(conns.len())
+        })
+    });
+    let established = |xlb: &Appliance| -> Result<usize> {
+        let doc: serde_json::Value =
+            serde_json::from_str(&xlb.xlbctl(&["conns", "--listener", "web", "--state", "established", "--json"])?)?;
+        Ok(doc["conns"].as_array().map_or(0, |a| a.len()))
+    };
+    wait_until_ok(
+        Duration::from_secs(20),
+        "the backup's table to converge despite loss",
+        || {
+            let (a, b) = (established(&lb1)?, established(&lb2)?);
+            ensure!(a == 40 && b == 40, "master {a}, backup {b} established entries");
+            Ok(())
+        },
+    )?;
+    let dropped = t.lbs[1].run("nft", &["list", "table", "ip", "loss"])?;
+    eprintln!(
+        "converged with loss: {}",
+        dropped.lines().find(|l| l.contains("counter")).unwrap_or("").trim()
+    );
+    ensure!(!dropped.contains("packets 0 "), "nothing was dropped: {dropped}");
+    let _ = tx.send(());
+    ensure!(holder.join().map_err(|_| anyhow::anyhow!("holder panicked"))?? == 40);
+    Ok(())
+}
