@@ -11,7 +11,6 @@
 //! A crash is a SIGKILL of keepalived's VRRP child (run with `-R`, so the parent does not respawn it): killing
 //! only the parent makes the child stop cleanly, with a priority-0 advert.
 
-use std::io;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,15 +19,15 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use xlb_ha::net::{GarpSocket, VrrpSocket};
 use xlb_ha::vrrp::{
     VrrpConfig, VrrpCounters, VrrpEvent, VrrpRouter, VrrpState, MAX_PACKET_LEN, VRRP_MULTICAST, VRRP_PROTOCOL,
 };
 use xlb_stack::wire::{EthernetAddress, IpProtocol, Ipv4Packet};
-use xlb_tests::lab::{wait_until, wait_until_ok, Lab, Netns, Proc};
+use xlb_tests::keepalived::{Keepalived, KeepalivedConfig, KEEPALIVED};
+use xlb_tests::lab::{wait_until, wait_until_ok, Lab, Netns};
 
-const KEEPALIVED: &str = "/usr/sbin/keepalived";
 const VRID: u8 = 51;
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 100);
 const KAD_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
@@ -86,86 +85,6 @@ fn obs_sees_vip_at(obs: &Netns, mac: [u8; 6]) -> Result<bool> {
 // ---------------------------------------------------------------------------
 // keepalived
 // ---------------------------------------------------------------------------
-
-struct Keepalived {
-    proc: Proc,
-    vrrp_pidfile: std::path::PathBuf,
-}
-
-impl Keepalived {
-    /// Starts keepalived in `ns` as a VRRP v3 Backup with `priority` and `advert_int` (seconds).
-    fn start(lab: &Lab, ns: &Netns, priority: u8, advert_int: &str) -> Result<Keepalived> {
-        let dir = lab.dir();
-        let conf = dir.join("keepalived.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "global_defs {{\n    router_id kad\n    vrrp_version 3\n}}\n\
-                 vrrp_instance VI_1 {{\n    state BACKUP\n    interface eth0\n    virtual_router_id {VRID}\n    \
-                 priority {priority}\n    advert_int {advert_int}\n    \
-                 virtual_ipaddress {{\n        {VIP}/32\n    }}\n}}\n"
-            ),
-        )?;
-        let vrrp_pidfile = dir.join("keepalived-vrrp.pid");
-        let pidfile = dir.join("keepalived.pid");
-        let path = |p: &Path| p.to_str().map(str::to_owned).context("lab path is not UTF-8");
-        let args = [
-            "-n".to_owned(), // stay in the foreground: the lab tracks the parent
-            "-l".to_owned(), // log to the console (the lab captures it)
-            "-D".to_owned(),
-            "-G".to_owned(), // no syslog
-            "-P".to_owned(), // VRRP only
-            "-R".to_owned(), // do not respawn a killed VRRP child: a SIGKILL is a crash
-            "-f".to_owned(),
-            path(&conf)?,
-            "-p".to_owned(),
-            path(&pidfile)?,
-            "-r".to_owned(),
-            path(&vrrp_pidfile)?,
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let proc = lab.spawn(ns, KEEPALIVED, &args)?;
-        Ok(Keepalived { proc, vrrp_pidfile })
-    }
-
-    fn log(&self) -> String {
-        self.proc.stdout() + &self.proc.stderr()
-    }
-
-    /// The pid of the VRRP child process.
-    fn vrrp_pid(&self) -> Result<libc::pid_t> {
-        let text = std::fs::read_to_string(&self.vrrp_pidfile)
-            .with_context(|| format!("no VRRP pid file {}", self.vrrp_pidfile.display()))?;
-        text.trim()
-            .parse()
-            .with_context(|| format!("bad VRRP pid file: {text:?}"))
-    }
-
-    /// Kills the VRRP child with SIGKILL (no priority-0 advert, VIP left configured) and waits for the parent
-    /// to exit.
-    fn crash(&self) -> Result<()> {
-        let pid = self.vrrp_pid()?;
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is keepalived's live VRRP child.
-        if unsafe { libc::kill(pid, libc::SIGKILL) } != 0 {
-            return Err(io::Error::last_os_error()).with_context(|| format!("kill -9 {pid}"));
-        }
-        match self.proc.wait_timeout(TIMEOUT)? {
-            Some(_) => Ok(()),
-            None => bail!("keepalived did not exit after its VRRP child was killed"),
-        }
-    }
-
-    fn check_log_clean(&self) -> Result<()> {
-        let log = self.log();
-        for complaint in ["checksum", "invalid", "Invalid", "mismatch", "TTL"] {
-            ensure!(
-                !log.contains(complaint),
-                "keepalived complains ({complaint}) about our adverts:\n{log}"
-            );
-        }
-        Ok(())
-    }
-}
 
 // ---------------------------------------------------------------------------
 // xlb's router on a raw socket
@@ -373,9 +292,20 @@ fn skew_time(priority: u8, interval_cs: u16) -> Duration {
 #[test]
 fn keepalived_master_then_crash_xlb_takes_over() -> Result<()> {
     let t = topology("keepalived_master_then_crash_xlb_takes_over")?;
-    let ka = Keepalived::start(&t.lab, &t.kad, 200, "1")?;
+    let ka = Keepalived::start(
+        &t.lab,
+        &t.kad,
+        &KeepalivedConfig {
+            name: "kad",
+            interface: "eth0",
+            vrid: VRID,
+            priority: 200,
+            advert_int: "1",
+            vip: &VIP.to_string(),
+        },
+    )?;
     wait_until_ok(TIMEOUT, "keepalived to become MASTER and take the VIP", || {
-        ka.proc.check_running()?;
+        ka.proc().check_running()?;
         ensure!(has_vip(&t.kad)?, "no VIP in kad yet");
         Ok(())
     })?;
@@ -449,9 +379,20 @@ fn xlb_master_keepalived_backup_then_clean_handover() -> Result<()> {
     xlb.wait_event(VrrpEvent::BecameMaster, TIMEOUT)?;
     wait_until(TIMEOUT, "the VIP on xr", || has_vip(&t.xr).unwrap_or(false))?;
 
-    let ka = Keepalived::start(&t.lab, &t.kad, 100, "0.5")?;
+    let ka = Keepalived::start(
+        &t.lab,
+        &t.kad,
+        &KeepalivedConfig {
+            name: "kad",
+            interface: "eth0",
+            vrid: VRID,
+            priority: 100,
+            advert_int: "0.5",
+            vip: &VIP.to_string(),
+        },
+    )?;
     wait_until_ok(TIMEOUT, "keepalived to enter BACKUP", || {
-        ka.proc.check_running()?;
+        ka.proc().check_running()?;
         ensure!(ka.log().contains("Entering BACKUP STATE"), "not yet");
         Ok(())
     })?;

@@ -581,3 +581,110 @@ fn sync_converges_when_a_share_of_sync_messages_is_dropped() -> Result<()> {
     ensure!(holder.join().map_err(|_| anyhow::anyhow!("holder panicked"))?? == 40);
     Ok(())
 }
+
+/// MAC of the neighbour entry the client has for the VIP, as "aa:bb:..".
+fn client_vip_mac(client: &Netns) -> Result<String> {
+    let _ = client.output("ping", &["-c", "1", "-W", "1", VIP])?;
+    let neigh = client.ip(&["neigh", "show", VIP])?;
+    Ok(neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("")
+        .to_string())
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+#[test]
+fn keepalived_as_the_other_router_both_ways() -> Result<()> {
+    use xlb_tests::keepalived::{Keepalived, KeepalivedConfig};
+    let t = pair("hakad")?;
+    let (xlb_ns, kad_ns) = (&t.lbs[0], &t.lbs[1]);
+    // keepalived (priority 200) is master first; xlb (100) must yield.
+    let kad = Keepalived::start(
+        &t.lab,
+        kad_ns,
+        &KeepalivedConfig {
+            name: "kad1",
+            interface: "ext0",
+            vrid: 51,
+            priority: 200,
+            advert_int: "0.2",
+            vip: VIP,
+        },
+    )?;
+    let xlb = Appliance::start(&t.lab, xlb_ns, "lb1", &config(&t.lab, 0, 100))?;
+    wait_until_ok(Duration::from_secs(15), "keepalived master, xlb backup", || {
+        ensure!(kad.log().contains("Entering MASTER STATE"), "keepalived not master yet");
+        ensure!(ha_state(&xlb)?["state"] == "backup", "xlb {}", ha_state(&xlb)?["state"]);
+        Ok(())
+    })?;
+    let (xlb_mac, kad_mac) = (mac_text(xlb_ns.mac("ext0")?), mac_text(kad_ns.mac("ext0")?));
+    ensure!(
+        client_vip_mac(&t.client)? == kad_mac,
+        "the VIP is not at keepalived's node"
+    );
+
+    // keepalived crashes: xlb takes over and the client's ARP entry moves to xlb.
+    let crashed = Instant::now();
+    kad.crash()?;
+    kad_ns.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "ext0"])?; // a dead box answers nothing
+    wait_until_ok(Duration::from_secs(10), "xlb to become master", || {
+        ensure!(ha_state(&xlb)?["state"] == "master", "not yet");
+        Ok(())
+    })?;
+    eprintln!(
+        "xlb took over from a crashed keepalived in {} ms",
+        crashed.elapsed().as_millis()
+    );
+    wait_until_ok(TIMEOUT, "the client to reach the VIP at xlb", || {
+        ensure!(client_vip_mac(&t.client)? == xlb_mac, "neighbour not updated yet");
+        Ok(())
+    })?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    in_ns(&t.client, move || {
+        let s = TcpStream::connect_timeout(&target, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut r = BufReader::new(s);
+        r.get_mut().write_all(b"hi\n")?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        ensure!(line.starts_with("server="), "{line:?}");
+        Ok(())
+    })?;
+
+    // The other way round: keepalived (50) joins and stays backup; xlb drains and keepalived takes over.
+    let kad2 = Keepalived::start(
+        &t.lab,
+        kad_ns,
+        &KeepalivedConfig {
+            name: "kad2",
+            interface: "ext0",
+            vrid: 51,
+            priority: 50,
+            advert_int: "0.2",
+            vip: VIP,
+        },
+    )?;
+    wait_until_ok(TIMEOUT, "keepalived to be backup", || {
+        ensure!(kad2.log().contains("Entering BACKUP STATE"), "not yet");
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    ensure!(
+        !kad2.log().contains("Entering MASTER STATE"),
+        "keepalived took over from a higher-priority xlb"
+    );
+    ensure!(ha_state(&xlb)?["state"] == "master");
+    kad2.check_log_clean()?;
+    xlb.xlbctl(&["ha", "drain"])?;
+    wait_until_ok(TIMEOUT, "keepalived to take over after xlb's drain", || {
+        ensure!(kad2.log().contains("Entering MASTER STATE"), "not yet");
+        ensure!(ha_state(&xlb)?["state"] != "master", "xlb still master");
+        Ok(())
+    })?;
+    Ok(())
+}
