@@ -1,4 +1,6 @@
-//! Test support for xlb: the netns [`lab`] harness, the [`appliance`] runner and a [`keepalived`] peer.
+//! Test support for xlb: the netns [`lab`] harness, the [`appliance`] runner a [`keepalived`] peer and client-side
+//! [`traffic`].
 pub mod appliance;
 pub mod keepalived;
 pub mod lab;
+pub mod traffic;

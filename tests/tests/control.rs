@@ -3,27 +3,16 @@
 //!
 //! Lab as in `l4.rs`: client ── [ext0 | xlb | int0] ── servers 198.19.0.2-.5 (`xlb-bench sink`, names s1-s4).
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+use xlb_tests::traffic::{echo_stream, hellos, in_ns, StreamPace, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 4] = ["198.19.0.2", "198.19.0.3", "198.19.0.4", "198.19.0.5"];
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let ns = ns.clone();
-    std::thread::spawn(move || {
-        ns.enter_current_thread()?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
-}
 
 struct Setup {
     lab: Lab,
@@ -112,70 +101,6 @@ servers = [{servers}]
     )
 }
 
-/// One connection: send a line, return the server name.
-fn hello(target: SocketAddr) -> Result<String> {
-    let stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    let mut s = BufReader::new(stream);
-    s.get_mut().write_all(b"hi\n")?;
-    let mut line = String::new();
-    s.read_line(&mut line)?;
-    Ok(line.trim().trim_start_matches("server=").to_string())
-}
-
-/// A stream of deterministic data echoed back for `seconds`, checked byte for byte. Returns (server, bytes).
-fn stream(target: SocketAddr, seconds: u64) -> Result<(String, u64)> {
-    let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    let mut reader = s.try_clone()?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let writer = std::thread::spawn(move || -> Result<u64> {
-        let (mut sent, mut x) = (0u64, 7u32);
-        let mut buf = vec![0u8; 2048];
-        while Instant::now() < deadline {
-            for b in buf.iter_mut() {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                *b = (x >> 16) as u8;
-            }
-            s.write_all(&buf)?;
-            sent += buf.len() as u64;
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        Ok(sent)
-    });
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        reader.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    let server = String::from_utf8_lossy(&head)
-        .trim()
-        .trim_start_matches("server=")
-        .to_string();
-    let (mut x, mut received) = (7u32, 0u64);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = reader.read(&mut buf).with_context(|| format!("stream via {server}"))?;
-        if n == 0 {
-            break;
-        }
-        for b in &buf[..n] {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            ensure!(*b == (x >> 16) as u8, "stream via {server}: byte {received} differs");
-            received += 1;
-        }
-    }
-    let sent = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    ensure!(received == sent, "stream via {server}: sent {sent}, echoed {received}");
-    Ok((server, sent))
-}
-
-fn names(client: &Netns, target: SocketAddr, n: usize) -> Result<Vec<String>> {
-    in_ns(client, move || (0..n).map(|_| hello(target)).collect())
-}
-
 #[test]
 fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -> Result<()> {
     let t = setup("live")?;
@@ -188,7 +113,18 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
     let streams = std::thread::spawn(move || {
         in_ns(&client, move || {
             let hs: Vec<_> = (0..20)
-                .map(|_| std::thread::spawn(move || stream(target, 10)))
+                .map(|_| {
+                    std::thread::spawn(move || {
+                        echo_stream(
+                            target,
+                            StreamPace {
+                                duration: Duration::from_secs(10),
+                                chunk: 2048,
+                                pause: Duration::from_millis(10),
+                            },
+                        )
+                    })
+                })
                 .collect();
             Ok(hs
                 .into_iter()
@@ -214,16 +150,16 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
 
     // Add a server: new flows reach it.
     xlb.xlbctl(&["server", "add", "web", "198.19.0.4:8080", "--weight", "2"])?;
-    let n = names(&t.client, target, 40)?;
+    let n = hellos(&t.client, target, 40)?;
     ensure!(n.iter().any(|s| s == "s3"), "added server gets no flows: {n:?}");
     // Drain s2: no new flows for it.
     xlb.xlbctl(&["server", "drain", "web", "198.19.0.3:8080"])?;
-    let n = names(&t.client, target, 40)?;
+    let n = hellos(&t.client, target, 40)?;
     ensure!(!n.iter().any(|s| s == "s2"), "drained server got new flows: {n:?}");
     // Weights: s1 3, s3 1 → 3:1.
     xlb.xlbctl(&["server", "set", "web", "198.19.0.2:8080", "--weight", "3"])?;
     xlb.xlbctl(&["server", "set", "web", "198.19.0.4:8080", "--weight", "1"])?;
-    let n = names(&t.client, target, 40)?;
+    let n = hellos(&t.client, target, 40)?;
     let s1 = n.iter().filter(|s| *s == "s1").count();
     ensure!(s1 == 30, "weights 3:1 over 40 new flows give 30 to s1, got {s1}: {n:?}");
 
@@ -242,7 +178,7 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
         "web",
     ])?;
     let api: SocketAddr = "198.18.0.101:81".parse()?;
-    let n = names(&t.client, api, 4)?;
+    let n = hellos(&t.client, api, 4)?;
     ensure!(n.len() == 4, "second listener answers");
     xlb.xlbctl(&["listener", "remove", "api"])?;
     let refused = in_ns(&t.client, move || {
@@ -285,7 +221,7 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
         config(reloaded, "").replace("CONTROL_SOCKET", &xlb.socket().display().to_string()),
     )?;
     xlb.xlbctl(&["reload"])?;
-    let n = names(&t.client, target, 20)?;
+    let n = hellos(&t.client, target, 20)?;
     ensure!(
         n.iter().all(|s| s == "s2" || s == "s4"),
         "after reload new flows go to s2 and s4 only: {n:?}"
@@ -297,7 +233,7 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
     )?;
     xlb.proc().signal(libc::SIGHUP)?;
     wait_until_ok(TIMEOUT, "SIGHUP reload", || {
-        let n = names(&t.client, target, 6)?;
+        let n = hellos(&t.client, target, 6)?;
         ensure!(n.iter().all(|s| s == "s1" || s == "s2"), "after SIGHUP: {n:?}");
         Ok(())
     })?;
@@ -306,8 +242,7 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
     let results = streams.join().map_err(|_| anyhow::anyhow!("streams panicked"))??;
     let mut bytes = 0;
     for r in results {
-        let (_, b) = r?;
-        bytes += b;
+        bytes += r?.bytes;
     }
     eprintln!("20 streams, {bytes} bytes, all byte-exact through 9 live changes");
     ensure!(
@@ -328,7 +263,7 @@ fn metrics_endpoint_serves_prometheus_text() -> Result<()> {
         &config(servers, r#"metrics_address = "198.18.0.2:9100""#),
     )?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
-    names(&t.client, target, 10)?;
+    hellos(&t.client, target, 10)?;
     let text = wait_until_ok(TIMEOUT, "metrics to show 10 connections", || {
         let text = t
             .client

@@ -5,7 +5,7 @@
 //! local IP 198.19.0.20 is the FULLNAT source and moves with mastership. VRRP and sync run on ext0's kernel
 //! address (advert interval 200 ms).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,20 +14,10 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+use xlb_tests::traffic::{echo_stream, in_ns, StreamPace, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let ns = ns.clone();
-    std::thread::spawn(move || {
-        ns.enter_current_thread()?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("thread panicked"))?
-}
 
 struct Pair {
     lab: Lab,
@@ -189,56 +179,6 @@ fn start_pair(t: &Pair) -> Result<(Appliance, Appliance)> {
     Ok((lb1, lb2))
 }
 
-/// Streams `seconds` of data through one connection, checking the echo byte for byte. Records the longest
-/// pause between two echoed chunks in `gap_ms`.
-fn stream(target: SocketAddr, seconds: u64, gap_ms: Arc<AtomicU64>) -> Result<u64> {
-    let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = s.try_clone()?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let writer = std::thread::spawn(move || -> Result<u64> {
-        let (mut sent, mut x) = (0u64, 3u32);
-        let mut buf = vec![0u8; 512];
-        while Instant::now() < deadline {
-            for b in buf.iter_mut() {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                *b = (x >> 16) as u8;
-            }
-            s.write_all(&buf)?;
-            sent += buf.len() as u64;
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        Ok(sent)
-    });
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        reader.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    let (mut x, mut received) = (3u32, 0u64);
-    let mut buf = vec![0u8; 65536];
-    let mut last = Instant::now();
-    loop {
-        let n = reader.read(&mut buf).context("stream read")?;
-        if n == 0 {
-            break;
-        }
-        let gap = last.elapsed().as_millis() as u64;
-        gap_ms.fetch_max(gap, Ordering::Relaxed);
-        last = Instant::now();
-        for b in &buf[..n] {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            ensure!(*b == (x >> 16) as u8, "byte {received} differs");
-            received += 1;
-        }
-    }
-    let sent = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    ensure!(received == sent, "sent {sent}, echoed {received}");
-    Ok(sent)
-}
-
 /// UDP flows: each socket asks `WHO?` every 50 ms for `seconds`; returns per flow the servers that answered and
 /// the number of answers.
 fn udp_flows(target: SocketAddr, flows: usize, seconds: u64) -> Result<Vec<(Vec<String>, usize)>> {
@@ -293,7 +233,16 @@ fn failover(
             let hs: Vec<_> = (0..streams)
                 .map(|_| {
                     let g = g.clone();
-                    std::thread::spawn(move || stream(target, 12, g))
+                    std::thread::spawn(move || {
+                        let pace = StreamPace {
+                            duration: Duration::from_secs(12),
+                            chunk: 512,
+                            pause: Duration::from_millis(20),
+                        };
+                        let report = echo_stream(target, pace)?;
+                        g.fetch_max(report.longest_pause.as_millis() as u64, Ordering::Relaxed);
+                        Ok(report.bytes)
+                    })
                 })
                 .collect();
             Ok(hs

@@ -4,29 +4,25 @@
 //! ── srv0 `servers` (198.19.0.2, .3, .4). Servers are `xlb-bench sink` processes; clients are kernel sockets
 //! opened from a thread that entered the client namespace.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+use xlb_tests::traffic::{count, echo_stream, hello, in_ns, StreamPace, TIMEOUT};
+
+/// Pacing of an echo stream: `secs` seconds of `chunk`-byte writes every `pause_ms`.
+fn pace(secs: u64, chunk: usize, pause_ms: u64) -> StreamPace {
+    StreamPace {
+        duration: Duration::from_secs(secs),
+        chunk,
+        pause: Duration::from_millis(pause_ms),
+    }
+}
 
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Runs `f` on a thread inside `ns` (kernel sockets it opens live in that namespace).
-fn in_ns<T: Send + 'static>(ns: &Netns, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    let ns = ns.clone();
-    std::thread::spawn(move || {
-        ns.enter_current_thread()?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
-}
 
 struct TwoArm {
     lab: Lab,
@@ -137,88 +133,6 @@ fn servers(port: u16, weights: [u32; 3]) -> String {
         .join(", ")
 }
 
-/// One TCP connection to `target`: send a line, read `server=NAME`, check the echo, close. Returns NAME.
-fn tcp_hello(target: SocketAddr, from_port: Option<u16>) -> Result<String> {
-    let stream = match from_port {
-        None => TcpStream::connect_timeout(&target, TIMEOUT)?,
-        Some(p) => {
-            // A fixed source port (the kernel client still does the whole TCP exchange).
-            let sock = std::net::TcpListener::bind(("198.18.0.1", 0)).map(drop);
-            sock.ok();
-            bind_connect(p, target)?
-        }
-    };
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    let mut s = BufReader::new(stream);
-    s.get_mut().write_all(b"hello\n")?;
-    let mut line = String::new();
-    s.read_line(&mut line)?;
-    let name = line
-        .trim()
-        .strip_prefix("server=")
-        .with_context(|| format!("unexpected answer {line:?}"))?
-        .to_string();
-    let mut echo = String::new();
-    s.read_line(&mut echo)?;
-    ensure!(echo == "hello\n", "echo was {echo:?}");
-    Ok(name)
-}
-
-/// Connects from a chosen local port (SO_REUSEADDR so quick reuse in TIME_WAIT works).
-fn bind_connect(port: u16, target: SocketAddr) -> Result<TcpStream> {
-    // SAFETY: plain socket calls on a fresh descriptor handed to TcpStream on success.
-    unsafe {
-        use std::os::fd::FromRawFd;
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            (&one as *const libc::c_int).cast(),
-            4,
-        );
-        let mut local: libc::sockaddr_in = std::mem::zeroed();
-        local.sin_family = libc::AF_INET as u16;
-        local.sin_port = port.to_be();
-        if libc::bind(
-            fd,
-            (&local as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
-        {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            bail!("bind to port {port}: {e}");
-        }
-        let SocketAddr::V4(t) = target else { bail!("IPv4 only") };
-        let mut remote: libc::sockaddr_in = std::mem::zeroed();
-        remote.sin_family = libc::AF_INET as u16;
-        remote.sin_port = t.port().to_be();
-        remote.sin_addr.s_addr = u32::from_ne_bytes(t.ip().octets());
-        if libc::connect(
-            fd,
-            (&remote as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as u32,
-        ) != 0
-        {
-            let e = std::io::Error::last_os_error();
-            libc::close(fd);
-            bail!("connect to {target}: {e}");
-        }
-        Ok(TcpStream::from_raw_fd(fd))
-    }
-}
-
-fn count(names: &[String]) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for n in names {
-        *m.entry(n.clone()).or_insert(0) += 1;
-    }
-    m
-}
-
 fn listener_stats(xlb: &Appliance, i: usize) -> Result<serde_json::Value> {
     Ok(xlb.stats()?["l4"]["listeners"][i].clone())
 }
@@ -235,7 +149,7 @@ fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
     )?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     let names = in_ns(&t.client, move || {
-        (0..3000).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+        (0..3000).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     })?;
     let by_server = count(&names);
     // Weights 1:1:2 of 3000 → 750/750/1500, each within 10%.
@@ -275,7 +189,7 @@ fn source_hash_is_sticky_per_client_address() -> Result<()> {
     )?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     let names = in_ns(&t.client, move || {
-        (0..200).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+        (0..200).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     })?;
     let by_server = count(&names);
     ensure!(
@@ -297,7 +211,7 @@ fn drained_server_gets_no_new_flows() -> Result<()> {
     )?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     let names = in_ns(&t.client, move || {
-        (0..300).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+        (0..300).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     })?;
     let by_server = count(&names);
     ensure!(
@@ -392,66 +306,6 @@ fn every_server_drained_tcp_gets_rst_and_udp_gets_unreachable() -> Result<()> {
     Ok(())
 }
 
-/// Echoes `seconds` of deterministic data through one connection and checks it byte for byte.
-fn stream(target: SocketAddr, seconds: u64, chunk: usize) -> Result<(String, u64)> {
-    let mut s = TcpStream::connect_timeout(&target, TIMEOUT)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_nodelay(true)?;
-    let mut reader = s.try_clone()?;
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let writer = std::thread::spawn(move || -> Result<u64> {
-        let mut sent = 0u64;
-        let mut x: u32 = 1;
-        let mut buf = vec![0u8; chunk];
-        while Instant::now() < deadline {
-            for b in buf.iter_mut() {
-                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                *b = (x >> 16) as u8;
-            }
-            s.write_all(&buf)?;
-            sent += chunk as u64;
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        s.shutdown(std::net::Shutdown::Write)?;
-        Ok(sent)
-    });
-    // The first bytes back are `server=NAME\n`, then the echo.
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        reader.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    let name = String::from_utf8_lossy(&head)
-        .trim()
-        .trim_start_matches("server=")
-        .to_string();
-    echo_check(reader, writer)
-        .with_context(|| format!("stream via server {name}"))
-        .map(|sent| (name, sent))
-}
-
-/// Reads the echo of what `writer` sends and checks it byte for byte; returns the byte count.
-fn echo_check(mut reader: TcpStream, writer: std::thread::JoinHandle<Result<u64>>) -> Result<u64> {
-    let mut x: u32 = 1;
-    let mut received = 0u64;
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = reader.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        for b in &buf[..n] {
-            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            ensure!(*b == (x >> 16) as u8, "byte {received} differs");
-            received += 1;
-        }
-    }
-    let sent = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
-    ensure!(received == sent, "sent {sent} bytes, got {received} back");
-    Ok(sent)
-}
-
 #[test]
 fn long_lived_stream_through_fullnat_is_byte_exact() -> Result<()> {
     let t = two_arm("stream")?;
@@ -463,7 +317,8 @@ fn long_lived_stream_through_fullnat_is_byte_exact() -> Result<()> {
         &config(&listener("web", 80, "tcp", "rr"), &servers(8080, [1, 1, 1]), ""),
     )?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
-    let (server, bytes) = in_ns(&t.client, move || stream(target, 30, 16 * 1024))?;
+    let (server, bytes) =
+        in_ns(&t.client, move || echo_stream(target, pace(30, 16 * 1024, 5))).map(|r| (r.server, r.bytes))?;
     eprintln!("30 s stream via {server}: {bytes} bytes echoed byte-exact");
     ensure!(bytes > 1_000_000, "only {bytes} bytes in 30 s");
     ensure!(
@@ -490,7 +345,7 @@ fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouc
     let streams = std::thread::spawn(move || {
         in_ns(&client, move || {
             let handles: Vec<_> = (0..6)
-                .map(|_| std::thread::spawn(move || stream(target, 6, 4096)))
+                .map(|_| std::thread::spawn(move || echo_stream(target, pace(6, 4096, 5))))
                 .collect();
             Ok(handles
                 .into_iter()
@@ -514,7 +369,7 @@ fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouc
         detected.as_millis()
     );
     let names = in_ns(&t.client, move || {
-        (0..60).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+        (0..60).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     })?;
     let by_server = count(&names);
     ensure!(
@@ -526,8 +381,8 @@ fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouc
     let mut healthy = 0;
     for r in &results {
         match r {
-            Ok((name, _)) => {
-                ensure!(name != "s3", "a stream to the killed server finished normally");
+            Ok(report) => {
+                ensure!(report.server != "s3", "a stream to the killed server finished normally");
                 healthy += 1;
             }
             Err(e) => ensure!(
@@ -584,7 +439,7 @@ fn two_queues_both_directions_of_every_flow_are_handled_by_its_owner() -> Result
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &cfg)?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     let names = in_ns(&t.client, move || {
-        (0..200).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+        (0..200).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     });
     let names = names.with_context(|| format!("stats: {:#}", xlb.stats().unwrap_or_default()))?;
     ensure!(names.len() == 200, "every connection answered and echoed");
@@ -682,7 +537,7 @@ servers = [{{ addr = "198.18.0.21:80" }}, {{ addr = "198.18.0.22:80" }}, {{ addr
     let xlb = Appliance::start(&lab, &lb, "lb1", &cfg)?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     let names = in_ns(&client, move || {
-        (0..300).map(|_| tcp_hello(target, None)).collect::<Result<Vec<_>>>()
+        (0..300).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     })?;
     let by_server = count(&names);
     ensure!(
