@@ -112,6 +112,35 @@ pub struct RingCounters {
     pub kernel_rx_dropped: u64,
 }
 
+/// Buckets of the batch-duration histogram: bucket `i` counts turns that took at most 2^i µs (the last bucket
+/// everything longer).
+pub const BATCH_BUCKETS: usize = 18;
+
+/// Histogram of how long a worker's turns with work took (rx batch → pipeline → tx batch): the datapath's own
+/// latency contribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchHistogram {
+    /// Counts per bucket (not cumulative).
+    pub buckets: [u64; BATCH_BUCKETS],
+    /// Sum of all durations, in µs.
+    pub sum_us: u64,
+}
+
+impl BatchHistogram {
+    /// Records one turn of `us` microseconds.
+    #[inline]
+    pub fn record(&mut self, us: u64) {
+        let bucket = (64 - us.saturating_sub(1).leading_zeros()) as usize;
+        self.buckets[bucket.min(BATCH_BUCKETS - 1)] += 1;
+        self.sum_us += us;
+    }
+
+    /// Upper bound of bucket `i` in µs (`None` for the last, unbounded one).
+    pub fn bound_us(i: usize) -> Option<u64> {
+        (i + 1 < BATCH_BUCKETS).then(|| 1u64 << i)
+    }
+}
+
 /// A snapshot of one worker's counters, as read by the control thread.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WorkerSnapshot {
@@ -123,11 +152,14 @@ pub struct WorkerSnapshot {
     pub free_frames: u64,
     /// UMEM frames in total.
     pub total_frames: u64,
+    /// Durations of turns with work.
+    pub batches: BatchHistogram,
 }
 
 const RING_FIELDS: usize = 9;
 const STACK_FIELDS: usize = 5;
-const SLOTS: usize = RING_FIELDS + STACK_FIELDS + DropReason::COUNT + 2;
+const HIST_AT: usize = RING_FIELDS + STACK_FIELDS + DropReason::COUNT + 2;
+const SLOTS: usize = HIST_AT + BATCH_BUCKETS + 1;
 
 /// One worker's counters, written by the worker with relaxed stores and read by anyone.
 #[derive(Debug)]
@@ -167,8 +199,14 @@ impl SharedCounters {
         for (slot, v) in self.slots.iter().zip(values.iter().chain(st.drops.iter())) {
             slot.store(*v, Relaxed);
         }
-        self.slots[SLOTS - 2].store(s.free_frames, Relaxed);
-        self.slots[SLOTS - 1].store(s.total_frames, Relaxed);
+        self.slots[HIST_AT - 2].store(s.free_frames, Relaxed);
+        self.slots[HIST_AT - 1].store(s.total_frames, Relaxed);
+        for (slot, v) in self.slots[HIST_AT..]
+            .iter()
+            .zip(s.batches.buckets.iter().chain([&s.batches.sum_us]))
+        {
+            slot.store(*v, Relaxed);
+        }
     }
 
     /// Reads the latest published snapshot.
@@ -196,8 +234,12 @@ impl SharedCounters {
                 tcp_resets: v[12],
                 icmp_unreachables: v[13],
             },
-            free_frames: v[SLOTS - 2],
-            total_frames: v[SLOTS - 1],
+            free_frames: v[HIST_AT - 2],
+            total_frames: v[HIST_AT - 1],
+            batches: BatchHistogram {
+                buckets: std::array::from_fn(|i| v[HIST_AT + i]),
+                sum_us: v[SLOTS - 1],
+            },
         }
     }
 }
@@ -230,13 +272,37 @@ mod tests {
             },
             free_frames: 15,
             total_frames: 16,
+            batches: BatchHistogram::default(),
         };
+        for us in [1, 2, 3, 900, 1_000_000] {
+            s.batches.record(us);
+        }
         for (i, r) in DropReason::ALL.iter().enumerate() {
             s.stack.drops[*r as usize] = 100 + i as u64;
         }
         let shared = SharedCounters::default();
         shared.publish(&s);
         assert_eq!(shared.snapshot(), s);
+    }
+
+    #[test]
+    fn batch_histogram_buckets_by_powers_of_two() {
+        let mut h = BatchHistogram::default();
+        for us in [0, 1, 2, 3, 4, 5, 1024, 1025] {
+            h.record(us);
+        }
+        // <=1: 0 and 1; <=2: 2; <=4: 3, 4; <=8: 5; <=1024: 1024; <=2048: 1025.
+        assert_eq!(&h.buckets[..4], &[2, 1, 2, 1]);
+        assert_eq!((h.buckets[10], h.buckets[11]), (1, 1));
+        assert_eq!(h.sum_us, 1 + 2 + 3 + 4 + 5 + 1024 + 1025);
+        h.record(u64::MAX / 2);
+        assert_eq!(
+            h.buckets[BATCH_BUCKETS - 1],
+            1,
+            "everything long lands in the last bucket"
+        );
+        assert_eq!(BatchHistogram::bound_us(3), Some(8));
+        assert_eq!(BatchHistogram::bound_us(BATCH_BUCKETS - 1), None);
     }
 
     #[test]

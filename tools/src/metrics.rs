@@ -204,6 +204,7 @@ pub fn render(doc: &Value) -> String {
         }
         family.write(&mut out);
     }
+    render_batch_histogram(&mut out, &workers);
     let mut drops = Family::counter("xlb_drops_total", "Frames dropped by the worker, by reason.");
     for (worker, w) in &workers {
         for (reason, n) in w.get("drops").and_then(Value::as_object).into_iter().flatten() {
@@ -358,6 +359,38 @@ pub fn render(doc: &Value) -> String {
     packets.write(&mut out);
     bytes.write(&mut out);
     out
+}
+
+/// The workers' turn-duration histogram (`batch_us` in the stats document) as a Prometheus histogram.
+fn render_batch_histogram(out: &mut String, workers: &[(String, &Value)]) {
+    const NAME: &str = "xlb_worker_batch_duration_seconds";
+    let mut body = String::new();
+    for (worker, w) in workers {
+        let h = &w["batch_us"];
+        let (Some(le), Some(counts), Some(sum)) = (h["le"].as_array(), h["counts"].as_array(), h["sum"].as_u64())
+        else {
+            continue;
+        };
+        let worker = escape_label(worker);
+        let mut cumulative = 0u64;
+        for (bound, count) in le.iter().zip(counts) {
+            cumulative += count.as_u64().unwrap_or(0);
+            let le = bound
+                .as_u64()
+                .map_or("+Inf".to_string(), |us| format!("{}", us as f64 / 1e6));
+            let _ = writeln!(body, "{NAME}_bucket{{worker=\"{worker}\",le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(body, "{NAME}_sum{{worker=\"{worker}\"}} {}", sum as f64 / 1e6);
+        let _ = writeln!(body, "{NAME}_count{{worker=\"{worker}\"}} {cumulative}");
+    }
+    if !body.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP {NAME} Time a worker's turn with work took: rx batch, processing, tx batch."
+        );
+        let _ = writeln!(out, "# TYPE {NAME} histogram");
+        out.push_str(&body);
+    }
 }
 
 /// A Prometheus metric type (only the two xlb uses).

@@ -1,7 +1,7 @@
 //! The stats document served at `GET /v1/stats`: per-worker counters, drops by reason, filter verdicts.
 
 use serde_json::{json, Map, Value};
-use xlb_stack::counters::{DropReason, WorkerSnapshot};
+use xlb_stack::counters::{BatchHistogram, DropReason, WorkerSnapshot, BATCH_BUCKETS};
 use xlb_stack::xsk::filter::FilterStats;
 
 use crate::lb::L4Runtime;
@@ -30,6 +30,11 @@ pub fn worker_json(name: &str, s: &WorkerSnapshot) -> Value {
         "icmp_unreachables": s.stack.icmp_unreachables,
         "drops": drops,
         "free_frames": s.free_frames,
+        "batch_us": {
+            "le": (0..BATCH_BUCKETS).map(BatchHistogram::bound_us).collect::<Vec<_>>(),
+            "counts": s.batches.buckets.to_vec(),
+            "sum": s.batches.sum_us,
+        },
         "total_frames": s.total_frames,
     })
 }

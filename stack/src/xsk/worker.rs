@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::config::Idle;
-use crate::counters::{DropReason, RingCounters, SharedCounters, WorkerSnapshot};
+use crate::counters::{BatchHistogram, DropReason, RingCounters, SharedCounters, WorkerSnapshot};
 use crate::pipeline::{Frame, Pipeline, Verdict};
 use crate::xsk::port::Port;
 
@@ -74,6 +74,7 @@ pub struct Worker<P: Pipeline> {
     rings: RingCounters,
     /// Frames dropped because a TX ring was full.
     tx_ring_full_frames: u64,
+    batches: BatchHistogram,
     shared: Arc<SharedCounters>,
     next_timer: Instant,
     next_kernel_stats: Instant,
@@ -94,6 +95,7 @@ impl<P: Pipeline> Worker<P> {
             tx_batches: (0..n).map(|_| Vec::with_capacity(batch * (n + 1))).collect(),
             rings: RingCounters::default(),
             tx_ring_full_frames: 0,
+            batches: BatchHistogram::default(),
             shared: Arc::new(SharedCounters::default()),
             next_timer: now,
             next_kernel_stats: now,
@@ -204,6 +206,7 @@ impl<P: Pipeline> Worker<P> {
             self.next_kernel_stats = now + KERNEL_STATS_EVERY;
         }
         if work > 0 {
+            self.batches.record(now.elapsed().as_micros() as u64);
             self.publish();
         }
         work
@@ -367,6 +370,7 @@ impl<P: Pipeline> Worker<P> {
             stack,
             free_frames: (self.free.len() + self.in_fill.iter().sum::<usize>()) as u64,
             total_frames: self.total as u64,
+            batches: self.batches,
         });
     }
 }
