@@ -294,3 +294,20 @@ fn check_names_the_bad_field() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn an_impossible_mode_fails_with_a_clear_cause() -> Result<()> {
+    let (lab, _client, lb) = two_namespaces("zerocopy")?;
+    // veth has no zero-copy AF_XDP: forcing it must fail at start, naming the cause, not run degraded.
+    let cfg = config("adaptive").replace("idle = \"adaptive\"", "idle = \"adaptive\"\nzero_copy = \"on\"");
+    let err = match Appliance::start(&lab, &lb, "lb1", &cfg) {
+        Ok(_) => anyhow::bail!("xlb started with zero_copy = \"on\" on a veth"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(err.contains("zero-copy"), "the error does not name zero-copy: {err}");
+    ensure!(
+        err.contains("ext0") && err.contains("queue 0"),
+        "the error does not name the interface and queue: {err}"
+    );
+    Ok(())
+}
