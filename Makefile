@@ -47,9 +47,11 @@ lint:
 # Writes perf/results/<date>-<host>.json and SVG plots; see perf/README.md.
 bench: release
 	./target/release/xlb-suite $(if $(filter 1,$(BENCH_QUICK)),--quick)
+	./target/release/xlb-perf conntrack-scale $(if $(filter 1,$(BENCH_QUICK)),--quick)
 
 bench-quick: release
 	./target/release/xlb-suite --quick
+	./target/release/xlb-perf conntrack-scale --quick
 
 # The raw AF_XDP loop alone (the limit the suite reports against).
 bench-loop: release

@@ -5,4 +5,5 @@
 //! generators, plus the `sink` backend server they are measured against.
 
 pub mod gen;
+pub mod scale;
 pub mod suite;

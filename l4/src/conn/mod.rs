@@ -197,6 +197,14 @@ impl ConnTable {
         self.len() == 0
     }
 
+    /// Memory reserved for the table: the entry slab plus the index (keys, values and control bytes of the
+    /// hash map at its current capacity).
+    pub fn memory_bytes(&self) -> usize {
+        let entries = self.entries.capacity() * std::mem::size_of::<Entry>();
+        let index = self.index.capacity() * (std::mem::size_of::<FlowKey>() + std::mem::size_of::<ConnId>() + 1);
+        entries + index + self.free.capacity() * std::mem::size_of::<u32>()
+    }
+
     /// Maximum number of connections.
     pub fn capacity(&self) -> usize {
         self.entries.len()

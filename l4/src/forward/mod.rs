@@ -553,9 +553,22 @@ impl Forwarder {
                     return Handled::Verdict(Verdict::Drop(DropReason::NoRoute));
                 };
                 // In an HA pair the floating local IP of the link is the source, so replies reach whichever
-                // node is master.
-                let source = self.floating_source(&route, cx).unwrap_or(route.source);
-                let Some(lport) = self.lports.take(source) else {
+                // node is master. Otherwise every address on the backend's link is a source: when one runs out
+                // of ports the next is used, so sessions scale with the number of local IPs.
+                let taken = match self.floating_source(&route, cx) {
+                    Some(ip) => self.lports.take(ip).map(|p| (ip, p)),
+                    None => {
+                        let link = &cx.links[route.port];
+                        let sources = link
+                            .addresses
+                            .iter()
+                            .filter(|n| n.prefix < 32 && n.contains(*backend.ip()));
+                        sources
+                            .map(|n| n.addr)
+                            .find_map(|ip| self.lports.take(ip).map(|p| (ip, p)))
+                    }
+                };
+                let Some((source, lport)) = taken else {
                     return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
                 };
                 SocketAddrV4::new(source, lport)

@@ -779,3 +779,83 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
     let (v, _) = run(&mut b, now, 0, &from_client(Proto::Tcp, ACK, b"late"));
     assert_eq!(v, Verdict::Drop(DropReason::NoConnection));
 }
+
+#[test]
+fn fullnat_uses_the_next_local_ip_when_one_runs_out_of_ports() {
+    let now = Instant::now();
+    let (listener, group) = web(&[(backends()[0], 1)]);
+    let layout = Layout::new(&[listener], &[group], RemovedServerPolicy::Keep);
+    let second_lip = Ipv4Addr::new(198, 19, 0, 11);
+    let config = ForwarderConfig {
+        layout: Arc::new(layout),
+        vip_ifaces: vec![0],
+        l4: L4Config {
+            conn_table_size: 16,
+            local_port_min: 10_000,
+            local_port_max: 10_001,
+            ..Default::default()
+        },
+        local_ips: vec![LIP, second_lip],
+        worker: 0,
+        workers: 1,
+        port_ifaces: vec![0, 1],
+    };
+    let forwarder = Forwarder::new(
+        config,
+        None,
+        None,
+        Arc::new(HealthBoard::new(0)),
+        Arc::new(SharedL4Counters::new(&[1])),
+        None,
+        now,
+    );
+    let mut s = LocalStack::with_handler(
+        LocalConfig {
+            links: vec![
+                Link {
+                    mac: EXT_MAC,
+                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                    gateway: None,
+                },
+                Link {
+                    mac: INT_MAC,
+                    addresses: vec!["198.19.0.10/24".parse().unwrap(), "198.19.0.11/24".parse().unwrap()],
+                    gateway: None,
+                },
+            ],
+            neighbours: NeighbourConfig::default(),
+            icmp_rate: 1000,
+        },
+        forwarder,
+    );
+    s.add_owned(0, *vip().ip());
+    s.neighbours().learn(now, 1, LIP, *backends()[0].ip(), B1_MAC, true);
+    let sources: Vec<Ipv4Addr> = (0..4u16)
+        .map(|p| {
+            let syn = packet(
+                Proto::Tcp,
+                CLIENT_MAC,
+                EXT_MAC,
+                sa([198, 18, 0, 1], 50_000 + p),
+                vip(),
+                SYN,
+                b"",
+            );
+            *inspect(&run(&mut s, now, 0, &syn).1).2.ip()
+        })
+        .collect();
+    assert_eq!(sources, vec![LIP, LIP, second_lip, second_lip], "2 ports per local IP");
+    let fifth = packet(
+        Proto::Tcp,
+        CLIENT_MAC,
+        EXT_MAC,
+        sa([198, 18, 0, 1], 50_004),
+        vip(),
+        SYN,
+        b"",
+    );
+    assert_eq!(
+        run(&mut s, now, 0, &fifth).0,
+        Verdict::Drop(DropReason::LocalPortsExhausted)
+    );
+}

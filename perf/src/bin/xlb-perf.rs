@@ -87,6 +87,8 @@ struct Cli {
 enum Command {
     /// Raw AF_XDP forwarding rate of the worker loop: frames reflected over a veth pair.
     XdpLoop(XdpLoopArgs),
+    /// Per-packet cost of the L4 forwarder vs concurrent sessions (1k → 1M) and memory per session.
+    ConntrackScale(ScaleArgs),
 }
 
 /// XDP attach mode on both veth ends.
@@ -198,6 +200,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::XdpLoop(args) => xdp_loop(&args),
+        Command::ConntrackScale(args) => conntrack_scale(&args),
     }
 }
 
@@ -310,6 +313,49 @@ impl Drop for StopOnDrop<'_> {
             flag.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Options of `conntrack-scale`.
+#[derive(Args, Debug)]
+struct ScaleArgs {
+    /// Session counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000,1000000")]
+    sizes: Vec<usize>,
+    /// Data packets forwarded per size.
+    #[arg(long, default_value_t = 2_000_000)]
+    packets: usize,
+    /// Smaller run (sizes up to 100k, 200k packets).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn conntrack_scale(args: &ScaleArgs) -> Result<()> {
+    let (sizes, packets) = if args.quick {
+        (
+            args.sizes.iter().copied().filter(|n| *n <= 100_000).collect(),
+            args.packets.min(200_000),
+        )
+    } else {
+        (args.sizes.clone(), args.packets)
+    };
+    eprintln!(
+        "{:>10} {:>14} {:>18} {:>16} {:>14}",
+        "sessions", "ns/packet", "ns/new session", "table B/session", "RSS B/session"
+    );
+    let mut points = Vec::new();
+    for n in sizes {
+        let p = xlb_perf::scale::measure(n, packets)?;
+        eprintln!(
+            "{:>10} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
+            p.sessions, p.ns_per_packet, p.ns_per_new_session, p.table_bytes_per_session, p.rss_bytes_per_session
+        );
+        points.push(p.json());
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "scenario": "conntrack_scale", "packets": packets, "points": points })
+    );
+    Ok(())
 }
 
 fn xdp_loop(args: &XdpLoopArgs) -> Result<()> {
