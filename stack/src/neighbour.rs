@@ -76,7 +76,7 @@ struct Waiting {
 pub struct NeighbourTable {
     config: NeighbourConfig,
     macs: Vec<EthernetAddress>,
-    entries: HashMap<Ipv4Addr, Neighbour>,
+    entries: HashMap<Ipv4Addr, Neighbour, ahash::RandomState>,
     /// Entries that need an ARP request sent now.
     probes_due: VecDeque<Ipv4Addr>,
     /// Slots of waiting packets (`None` = free).
@@ -103,7 +103,7 @@ impl NeighbourTable {
             .map(|_| vec![0u8; config.max_frame].into_boxed_slice())
             .collect();
         NeighbourTable {
-            entries: HashMap::with_capacity(config.capacity),
+            entries: HashMap::with_capacity_and_hasher(config.capacity, ahash::RandomState::new()),
             probes_due: VecDeque::with_capacity(config.capacity),
             waiting: (0..config.queue_len).map(|_| None).collect(),
             spare,

@@ -87,6 +87,9 @@ impl RateLimiter {
 /// Which ports answer ARP for an owned address (bit i = port i).
 type PortMask = u64;
 
+/// Owned addresses, looked up for every packet: a fast (aHash) map rather than SipHash.
+type OwnedAddrs = HashMap<Ipv4Addr, PortMask, ahash::RandomState>;
+
 /// A validated, unfragmented IPv4 packet for an owned address, as offered to an [`Ipv4Handler`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Meta {
@@ -108,7 +111,7 @@ pub struct StackContext<'a> {
     pub neighbours: &'a mut NeighbourTable,
     /// The stack's counters (drops by reason).
     pub counters: &'a mut StackCounters,
-    owned: &'a mut HashMap<Ipv4Addr, PortMask>,
+    owned: &'a mut OwnedAddrs,
 }
 
 impl StackContext<'_> {
@@ -237,7 +240,7 @@ pub fn route(links: &[Link], dst: Ipv4Addr) -> Option<Route> {
 /// The appliance's own stack on one worker, with an optional upper stage `H`.
 pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     links: Vec<Link>,
-    owned: HashMap<Ipv4Addr, PortMask>,
+    owned: OwnedAddrs,
     neighbours: NeighbourTable,
     counters: StackCounters,
     limiter: RateLimiter,
@@ -256,7 +259,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
     /// A stack with the upper stage `handler`.
     pub fn with_handler(config: LocalConfig, handler: H) -> Self {
         assert!(config.links.len() <= 64, "at most 64 ports per worker");
-        let mut owned = HashMap::new();
+        let mut owned = OwnedAddrs::default();
         for (port, link) in config.links.iter().enumerate() {
             for net in &link.addresses {
                 *owned.entry(net.addr).or_insert(0) |= 1 << port;
