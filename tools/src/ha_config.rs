@@ -102,6 +102,17 @@ impl HaConfig {
         if self.sync_threshold == 0 {
             return Err("ha.sync_threshold: must be at least 1".into());
         }
+        match std::fs::metadata(&self.auth_key_file) {
+            Ok(m) if m.len() >= 32 => {}
+            Ok(m) => {
+                return Err(format!(
+                    "ha.auth_key_file: {} holds {} bytes; the shared key needs at least 32",
+                    self.auth_key_file.display(),
+                    m.len()
+                ))
+            }
+            Err(e) => return Err(format!("ha.auth_key_file: {}: {e}", self.auth_key_file.display())),
+        }
         for net in &self.local_ips {
             if !interfaces
                 .iter()
@@ -120,5 +131,94 @@ impl HaConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interfaces() -> Vec<InterfaceConfig> {
+        let ext0 = r#"
+            name = "ext0"
+            queues = [0]
+            cores = [0]
+            addresses = ["198.18.0.10/24"]
+        "#;
+        vec![toml::from_str(ext0).unwrap()]
+    }
+
+    fn ha(key: &std::path::Path) -> HaConfig {
+        toml::from_str(&format!(
+            "vrid = 51\npriority = 100\ninterface = \"ext0\"\nlocal_ips = [\"198.18.0.20/24\"]\nauth_key_file = {:?}\n",
+            key.display().to_string()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn fields_are_checked_and_named() {
+        let dir = std::env::temp_dir().join(format!("xlb-ha-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, [7u8; 40]).unwrap();
+        let ifs = interfaces();
+        let good = ha(&key);
+        assert_eq!(
+            (good.advert_interval_cs, good.sync_threshold, good.preempt),
+            (100, 3, true)
+        );
+        good.validate(&ifs).unwrap();
+        let cases: Vec<(HaConfig, &str)> = vec![
+            (
+                HaConfig {
+                    vrid: 0,
+                    ..good.clone()
+                },
+                "ha.vrid",
+            ),
+            (
+                HaConfig {
+                    priority: 255,
+                    ..good.clone()
+                },
+                "ha.priority",
+            ),
+            (
+                HaConfig {
+                    interface: "eth9".into(),
+                    ..good.clone()
+                },
+                "ha.interface",
+            ),
+            (
+                HaConfig {
+                    sync_group: "198.18.0.1:8848".parse().unwrap(),
+                    ..good.clone()
+                },
+                "ha.sync_group",
+            ),
+            (
+                HaConfig {
+                    local_ips: vec!["198.18.0.10/24".parse().unwrap()],
+                    ..good.clone()
+                },
+                "ha.local_ips",
+            ),
+            (
+                HaConfig {
+                    auth_key_file: dir.join("missing"),
+                    ..good.clone()
+                },
+                "ha.auth_key_file",
+            ),
+        ];
+        for (c, field) in cases {
+            let e = c.validate(&ifs).unwrap_err();
+            assert!(e.starts_with(field), "expected {field}: {e}");
+        }
+        std::fs::write(&key, b"short").unwrap();
+        assert!(good.validate(&ifs).unwrap_err().contains("at least 32"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
