@@ -156,12 +156,23 @@ impl Lab {
     /// straight into `b`'s, so no interface ever appears in the root namespace.
     /// Both ends may be in the same namespace.
     pub fn veth(&self, a: (&Netns, &str), b: (&Netns, &str)) -> Result<()> {
+        self.veth_queues(a, b, 1)
+    }
+
+    /// Like [`Lab::veth`], with `queues` RX and TX queues on each end (the sending kernel spreads flows over
+    /// them, as RSS does on a NIC).
+    pub fn veth_queues(&self, a: (&Netns, &str), b: (&Netns, &str), queues: u32) -> Result<()> {
         let ((ns_a, if_a), (ns_b, if_b)) = (a, b);
         check_ifname(if_a)?;
         check_ifname(if_b)?;
-        ns_a.ip(&[
-            "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", &ns_b.name,
-        ])?;
+        let q = queues.max(1).to_string();
+        let per_end = ["numtxqueues", q.as_str(), "numrxqueues", q.as_str()];
+        let mut args = vec!["link", "add", if_a];
+        args.extend(per_end);
+        args.extend(["type", "veth", "peer", "name", if_b]);
+        args.extend(per_end);
+        args.extend(["netns", ns_b.name.as_str()]);
+        ns_a.ip(&args)?;
         ns_a.link_up(if_a)?;
         ns_b.link_up(if_b)
     }

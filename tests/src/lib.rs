@@ -1,6 +1,7 @@
-//! Test support for xlb: the netns [`lab`] harness, the [`appliance`] runner a [`keepalived`] peer and client-side
-//! [`traffic`].
+//! Test support for xlb: the netns [`lab`] harness, the [`appliance`] runner, a [`keepalived`] peer, shared
+//! [`topology`]s and client-side [`traffic`].
 pub mod appliance;
 pub mod keepalived;
 pub mod lab;
+pub mod topology;
 pub mod traffic;

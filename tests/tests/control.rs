@@ -8,62 +8,18 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use xlb_tests::appliance::Appliance;
-use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+use xlb_tests::lab::{wait_until_ok, Proc};
+use xlb_tests::topology::TwoArm;
 use xlb_tests::traffic::{echo_stream, hellos, in_ns, StreamPace, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 4] = ["198.19.0.2", "198.19.0.3", "198.19.0.4", "198.19.0.5"];
 
-struct Setup {
-    lab: Lab,
-    client: Netns,
-    lb: Netns,
-    _sinks: Vec<Proc>,
-}
-
-fn setup(name: &str) -> Result<Setup> {
-    let lab = Lab::new(name)?;
-    let client = lab.netns("client")?;
-    let lb = lab.netns("lb")?;
-    let servers = lab.netns("servers")?;
-    lab.veth((&client, "cli0"), (&lb, "ext0"))?;
-    lab.veth((&lb, "int0"), (&servers, "srv0"))?;
-    client.addr("cli0", "198.18.0.1/24")?;
-    lb.addr("ext0", "198.18.0.2/24")?;
-    lb.link_up("int0")?;
-    for s in SERVERS {
-        servers.addr("srv0", &format!("{s}/24"))?;
-    }
-    client.disable_offloads("cli0")?;
-    servers.disable_offloads("srv0")?;
-    let bench = workspace_bin("xlb-bench")?.display().to_string();
-    let sinks = SERVERS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            let name = format!("s{}", i + 1);
-            lab.spawn(
-                &servers,
-                &bench,
-                &[
-                    "sink",
-                    "--listen",
-                    &format!("{ip}:8080"),
-                    "--proto",
-                    "tcp",
-                    "--name",
-                    &name,
-                ],
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    servers.wait_tcp_listen(8080, TIMEOUT)?;
-    Ok(Setup {
-        lab,
-        client,
-        lb,
-        _sinks: sinks,
-    })
+/// The two-arm lab with a `tcp` sink on port 8080 of every server.
+fn setup(name: &str) -> Result<(TwoArm, Vec<Proc>)> {
+    let t = TwoArm::new(name, &SERVERS, 1)?;
+    let sinks = t.sinks("tcp", 8080)?;
+    Ok((t, sinks))
 }
 
 fn config(servers: &str, extra_node: &str) -> String {
@@ -103,7 +59,7 @@ servers = [{servers}]
 
 #[test]
 fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -> Result<()> {
-    let t = setup("live")?;
+    let (t, _sinks) = setup("live")?;
     let initial = r#"{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 1 }"#;
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(initial, ""))?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
@@ -254,7 +210,7 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
 
 #[test]
 fn metrics_endpoint_serves_prometheus_text() -> Result<()> {
-    let t = setup("metrics")?;
+    let (t, _sinks) = setup("metrics")?;
     let servers = r#"{ addr = "198.19.0.2:8080" }, { addr = "198.19.0.3:8080" }"#;
     let xlb = Appliance::start(
         &t.lab,

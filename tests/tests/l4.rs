@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
+use xlb_tests::topology::TwoArm;
 use xlb_tests::traffic::{count, echo_stream, hello, in_ns, StreamPace, TIMEOUT};
 
 /// Pacing of an echo stream: `secs` seconds of `chunk`-byte writes every `pause_ms`.
@@ -24,65 +25,14 @@ fn pace(secs: u64, chunk: usize, pause_ms: u64) -> StreamPace {
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
 
-struct TwoArm {
-    lab: Lab,
-    client: Netns,
-    lb: Netns,
-    servers: Netns,
-}
-
-fn two_arm(name: &str) -> Result<TwoArm> {
-    let lab = Lab::new(name)?;
-    let client = lab.netns("client")?;
-    let lb = lab.netns("lb")?;
-    let servers = lab.netns("servers")?;
-    lab.veth((&client, "cli0"), (&lb, "ext0"))?;
-    lab.veth((&lb, "int0"), (&servers, "srv0"))?;
-    client.addr("cli0", "198.18.0.1/24")?;
-    lb.addr("ext0", "198.18.0.2/24")?;
-    lb.link_up("int0")?;
-    for s in SERVERS {
-        servers.addr("srv0", &format!("{s}/24"))?;
-    }
-    // AF_XDP frames carry no checksum-offload state: peers must send complete checksums.
-    client.disable_offloads("cli0")?;
-    servers.disable_offloads("srv0")?;
-    Ok(TwoArm {
-        lab,
-        client,
-        lb,
-        servers,
-    })
-}
-
-fn sink(lab: &Lab, ns: &Netns, proto: &str, addr: &str, name: &str) -> Result<Proc> {
-    let bench = workspace_bin("xlb-bench")?;
+/// A `tcp` sink named `name` in its own namespace `ns` (the DR lab has one namespace per server).
+fn sink(lab: &Lab, ns: &Netns, addr: &str, name: &str) -> Result<Proc> {
+    let bench = workspace_bin("xlb-bench")?.display().to_string();
     lab.spawn(
         ns,
-        &bench.display().to_string(),
-        &["sink", "--listen", addr, "--proto", proto, "--name", name],
+        &bench,
+        &["sink", "--listen", addr, "--proto", "tcp", "--name", name],
     )
-}
-
-/// Starts one sink per server address (`s1`, `s2`, `s3`) on `port`.
-fn sinks(t: &TwoArm, proto: &str, port: u16) -> Result<Vec<Proc>> {
-    let procs = SERVERS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            sink(
-                &t.lab,
-                &t.servers,
-                proto,
-                &format!("{ip}:{port}"),
-                &format!("s{}", i + 1),
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if proto == "tcp" {
-        t.servers.wait_tcp_listen(port, TIMEOUT)?;
-    }
-    Ok(procs)
 }
 
 fn config(listeners: &str, servers: &str, health: &str) -> String {
@@ -139,8 +89,8 @@ fn listener_stats(xlb: &Appliance, i: usize) -> Result<serde_json::Value> {
 
 #[test]
 fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
-    let t = two_arm("wrr")?;
-    let _sinks = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("wrr", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
     let xlb = Appliance::start(
         &t.lab,
         &t.lb,
@@ -179,8 +129,8 @@ fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
 
 #[test]
 fn source_hash_is_sticky_per_client_address() -> Result<()> {
-    let t = two_arm("sh")?;
-    let _sinks = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("sh", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
     let _xlb = Appliance::start(
         &t.lab,
         &t.lb,
@@ -201,8 +151,8 @@ fn source_hash_is_sticky_per_client_address() -> Result<()> {
 
 #[test]
 fn drained_server_gets_no_new_flows() -> Result<()> {
-    let t = two_arm("drain")?;
-    let _sinks = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("drain", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
     let _xlb = Appliance::start(
         &t.lab,
         &t.lb,
@@ -227,8 +177,8 @@ fn drained_server_gets_no_new_flows() -> Result<()> {
 
 #[test]
 fn fullnat_udp_reaches_every_server_and_replies_come_back() -> Result<()> {
-    let t = two_arm("udp")?;
-    let _sinks = sinks(&t, "udp", 5353)?;
+    let t = TwoArm::new("udp", &SERVERS, 1)?;
+    let _sinks = t.sinks("udp", 5353)?;
     let xlb = Appliance::start(
         &t.lab,
         &t.lb,
@@ -272,8 +222,8 @@ fn fullnat_udp_reaches_every_server_and_replies_come_back() -> Result<()> {
 
 #[test]
 fn every_server_drained_tcp_gets_rst_and_udp_gets_unreachable() -> Result<()> {
-    let t = two_arm("alldown")?;
-    let _sinks = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("alldown", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
     let both = format!(
         "{}\n{}",
         listener("web", 80, "tcp", "rr"),
@@ -308,8 +258,8 @@ fn every_server_drained_tcp_gets_rst_and_udp_gets_unreachable() -> Result<()> {
 
 #[test]
 fn long_lived_stream_through_fullnat_is_byte_exact() -> Result<()> {
-    let t = two_arm("stream")?;
-    let _sinks = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("stream", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
     let xlb = Appliance::start(
         &t.lab,
         &t.lb,
@@ -330,8 +280,8 @@ fn long_lived_stream_through_fullnat_is_byte_exact() -> Result<()> {
 
 #[test]
 fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouched() -> Result<()> {
-    let t = two_arm("health")?;
-    let procs = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("health", &SERVERS, 1)?;
+    let procs = t.sinks("tcp", 8080)?;
     let health = "health_check = { kind = \"tcp\", interval_ms = 200, timeout_ms = 100, rise = 2, fall = 2 }";
     let xlb = Appliance::start(
         &t.lab,
@@ -404,36 +354,10 @@ fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouc
 
 #[test]
 fn two_queues_both_directions_of_every_flow_are_handled_by_its_owner() -> Result<()> {
-    let lab = Lab::new("twoq")?;
-    let client = lab.netns("client")?;
-    let lb = lab.netns("lb")?;
-    let srv = lab.netns("servers")?;
-    // Two-queue veths: the sender's kernel spreads flows over both queues, so flows and their replies arrive
+    // Two-queue veths: the sending kernel spreads flows over both queues, so flows and their replies arrive
     // on either worker.
-    let q2 = ["numtxqueues", "2", "numrxqueues", "2"];
-    for (a_ns, a, b_ns, b) in [(&client, "cli0", &lb, "ext0"), (&lb, "int0", &srv, "srv0")] {
-        let mut args = vec!["link", "add", a];
-        args.extend(q2);
-        args.extend(["type", "veth", "peer", "name", b]);
-        args.extend(q2);
-        args.extend(["netns", b_ns.name()]);
-        a_ns.ip(&args)?;
-    }
-    client.addr("cli0", "198.18.0.1/24")?;
-    lb.link_up("ext0")?;
-    lb.link_up("int0")?;
-    for s in SERVERS {
-        srv.addr("srv0", &format!("{s}/24"))?;
-    }
-    client.disable_offloads("cli0")?;
-    srv.disable_offloads("srv0")?;
-    let t = TwoArm {
-        lab,
-        client,
-        lb,
-        servers: srv,
-    };
-    let _sinks = sinks(&t, "tcp", 8080)?;
+    let t = TwoArm::new("twoq", &SERVERS, 2)?;
+    let _sinks = t.sinks("tcp", 8080)?;
     let cfg = config(&listener("web", 80, "tcp", "rr"), &servers(8080, [1, 1, 1]), "")
         .replace("queues = [0]\ncores = [0]", "queues = [0, 1]\ncores = [0, 1]");
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &cfg)?;
@@ -503,7 +427,7 @@ fn direct_routing_one_arm_backends_answer_clients_directly() -> Result<()> {
     let _sinks = servers
         .iter()
         .enumerate()
-        .map(|(i, s)| sink(&lab, s, "tcp", "0.0.0.0:80", &format!("s{}", i + 1)))
+        .map(|(i, s)| sink(&lab, s, "0.0.0.0:80", &format!("s{}", i + 1)))
         .collect::<Result<Vec<_>>>()?;
     for s in &servers {
         s.wait_tcp_listen(80, TIMEOUT)?;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use xlb_tests::appliance::Appliance;
-use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab};
+use xlb_tests::lab::wait_until_ok;
+use xlb_tests::topology::TwoArm;
 
 const CONFIG: &str = r#"
 [node]
@@ -58,41 +59,10 @@ fn show(label: &str, text: &str) {
 }
 
 fn demo(hold: Duration) -> Result<()> {
-    let lab = Lab::new("demo")?;
-    let client = lab.netns("client")?;
-    let lb = lab.netns("lb")?;
-    let servers = lab.netns("servers")?;
-    lab.veth((&client, "cli0"), (&lb, "ext0"))?;
-    lab.veth((&lb, "int0"), (&servers, "srv0"))?;
-    client.addr("cli0", "198.18.0.1/24")?;
-    lb.addr("ext0", "198.18.0.2/24")?;
-    lb.link_up("int0")?;
-    for b in BACKENDS {
-        servers.addr("srv0", &format!("{b}/24"))?;
-    }
-    // AF_XDP frames carry no checksum-offload state, so the veth peers send complete checksums.
-    client.disable_offloads("cli0")?;
-    servers.disable_offloads("srv0")?;
+    let t = TwoArm::new("demo", &BACKENDS, 1)?;
+    let (lab, client, lb, servers) = (&t.lab, &t.client, &t.lb, &t.servers);
     step("lab: client 198.18.0.1 -> [ext0 | xlb: VIP 198.18.0.100 | int0] -> backends 198.19.0.2-4:8080");
-    let bench = workspace_bin("xlb-bench")?.display().to_string();
-    let mut backends = Vec::new();
-    for (i, b) in BACKENDS.iter().enumerate() {
-        let name = format!("s{}", i + 1);
-        backends.push(lab.spawn(
-            &servers,
-            &bench,
-            &[
-                "sink",
-                "--listen",
-                &format!("{b}:8080"),
-                "--proto",
-                "http",
-                "--name",
-                &name,
-            ],
-        )?);
-    }
-    servers.wait_tcp_listen(8080, Duration::from_secs(5))?;
+    let backends = t.sinks("http", 8080)?;
     show(
         "servers",
         "three HTTP backends (xlb-bench sink) answering `server=NAME`",
@@ -100,7 +70,7 @@ fn demo(hold: Duration) -> Result<()> {
 
     step("starting xlb with the embedded config");
     show("config", CONFIG.trim());
-    let xlb = Appliance::start(&lab, &lb, "demo-lb1", CONFIG)?;
+    let xlb = Appliance::start(lab, lb, "demo-lb1", CONFIG)?;
 
     step("client: 8 HTTP requests to the VIP, new connection each (wrr 1:1:2)");
     for _ in 0..8 {
