@@ -16,3 +16,6 @@ pub mod health;
 pub mod layout;
 pub mod sched;
 pub mod stats;
+
+#[cfg(test)]
+mod testutil;

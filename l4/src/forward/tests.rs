@@ -5,20 +5,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smoltcp::wire::{IpAddress, TcpSeqNumber};
 use xlb_stack::counters::DropReason;
 use xlb_stack::local::{Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::NeighbourConfig;
 use xlb_stack::pipeline::{Frame, Pipeline, Verdict};
-use xlb_stack::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETH_HEADER_LEN,
-};
+use xlb_stack::wire::{EthernetAddress, TcpPacket, ETH_HEADER_LEN};
 
 use super::handoff::Handoff;
 use super::*;
 use crate::config::{GroupConfig, L4Config, ListenerConfig, ServerConfig};
 use crate::layout::{Layout, RemovedServerPolicy};
 use crate::sched::SchedulerKind;
+use crate::testutil::{inspect, packet};
 
 const EXT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x10]);
 const INT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 1, 0x10]);
@@ -51,6 +49,10 @@ struct Setup {
     worker: usize,
     workers: usize,
     policy: RemovedServerPolicy,
+    /// The appliance's addresses on the backend link (each one a FULLNAT source).
+    int_addresses: &'static [&'static str],
+    /// FULLNAT local port range.
+    local_ports: (u16, u16),
 }
 
 impl Default for Setup {
@@ -63,6 +65,8 @@ impl Default for Setup {
             worker: 0,
             workers: 1,
             policy: RemovedServerPolicy::Keep,
+            int_addresses: &["198.19.0.10/24"],
+            local_ports: (10_000, 60_999),
         }
     }
 }
@@ -78,34 +82,22 @@ fn stack_with_updates(
     updates: Option<crossbeam_channel::Receiver<ControlMessage>>,
 ) -> LocalStack<Forwarder> {
     let now = Instant::now();
-    let group = GroupConfig {
-        name: "web".into(),
-        servers: backends()
-            .iter()
-            .zip(setup.weights)
-            .map(|(a, w)| ServerConfig { addr: *a, weight: w })
-            .collect(),
-        health_check: None,
-    };
-    let listener = ListenerConfig {
-        name: "web".into(),
-        vip: *vip().ip(),
-        port: vip().port(),
-        protocol: setup.protocol,
-        scheduler: SchedulerKind::Rr,
-        forwarding: setup.forwarding,
-        group: "web".into(),
-        interface: None,
-    };
+    let servers: Vec<(SocketAddrV4, u32)> = backends().into_iter().zip(setup.weights).collect();
+    let (listener, group) = web_with(&servers, setup.protocol, setup.forwarding);
     let layout = Layout::new(&[listener], &[group], setup.policy);
+    let int_addresses: Vec<xlb_stack::addr::Ipv4Net> = setup.int_addresses.iter().map(|a| a.parse().unwrap()).collect();
+    let mut local_ips = vec![Ipv4Addr::new(198, 18, 0, 10)];
+    local_ips.extend(int_addresses.iter().map(|n| n.addr));
     let config = ForwarderConfig {
         layout: Arc::new(layout),
         vip_ifaces: vec![0],
         l4: L4Config {
             conn_table_size: setup.table,
+            local_port_min: setup.local_ports.0,
+            local_port_max: setup.local_ports.1,
             ..Default::default()
         },
-        local_ips: vec![Ipv4Addr::new(198, 18, 0, 10), LIP],
+        local_ips,
         worker: setup.worker,
         workers: setup.workers,
         port_ifaces: vec![0, 1],
@@ -129,7 +121,7 @@ fn stack_with_updates(
                 },
                 Link {
                     mac: INT_MAC,
-                    addresses: vec!["198.19.0.10/24".parse().unwrap()],
+                    addresses: int_addresses,
                     gateway: None,
                 },
             ],
@@ -150,63 +142,6 @@ fn stack(setup: Setup) -> LocalStack<Forwarder> {
     stack_with(setup, None, true)
 }
 
-/// An Ethernet/IPv4/TCP-or-UDP frame with valid checksums.
-fn packet(
-    proto: Proto,
-    src_mac: EthernetAddress,
-    dst_mac: EthernetAddress,
-    src: SocketAddrV4,
-    dst: SocketAddrV4,
-    flags: u8,
-    payload: &[u8],
-) -> Vec<u8> {
-    let l4_len = if proto == Proto::Tcp { 20 } else { 8 } + payload.len();
-    let mut buf = vec![0u8; ETH_HEADER_LEN + 20 + l4_len];
-    let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    eth.set_src_addr(src_mac);
-    eth.set_dst_addr(dst_mac);
-    eth.set_ethertype(EthernetProtocol::Ipv4);
-    let mut ip = Ipv4Packet::new_unchecked(&mut buf[ETH_HEADER_LEN..]);
-    ip.set_version(4);
-    ip.set_header_len(20);
-    ip.set_total_len((20 + l4_len) as u16);
-    ip.set_hop_limit(64);
-    ip.set_next_header(if proto == Proto::Tcp {
-        IpProtocol::Tcp
-    } else {
-        IpProtocol::Udp
-    });
-    ip.set_src_addr(*src.ip());
-    ip.set_dst_addr(*dst.ip());
-    ip.fill_checksum();
-    let (s, d) = (IpAddress::Ipv4(*src.ip()), IpAddress::Ipv4(*dst.ip()));
-    let seg = &mut buf[ETH_HEADER_LEN + 20..];
-    if proto == Proto::Tcp {
-        let mut t = TcpPacket::new_unchecked(seg);
-        t.set_src_port(src.port());
-        t.set_dst_port(dst.port());
-        t.set_header_len(20);
-        t.set_seq_number(TcpSeqNumber(1000));
-        t.set_ack_number(TcpSeqNumber(if flags & 0x10 != 0 { 5000 } else { 0 }));
-        t.clear_flags();
-        t.set_syn(flags & 0x02 != 0);
-        t.set_ack(flags & 0x10 != 0);
-        t.set_fin(flags & 0x01 != 0);
-        t.set_rst(flags & 0x04 != 0);
-        t.set_window_len(1000);
-        t.payload_mut().copy_from_slice(payload);
-        t.fill_checksum(&s, &d);
-    } else {
-        let mut u = UdpPacket::new_unchecked(seg);
-        u.set_src_port(src.port());
-        u.set_dst_port(dst.port());
-        u.set_len(l4_len as u16);
-        u.payload_mut().copy_from_slice(payload);
-        u.fill_checksum(&s, &d);
-    }
-    buf
-}
-
 const SYN: u8 = 0x02;
 const SYNACK: u8 = 0x12;
 const ACK: u8 = 0x10;
@@ -222,31 +157,6 @@ fn run(stack: &mut LocalStack<Forwarder>, now: Instant, port: usize, pkt: &[u8])
     let v = stack.process(now, port, &mut f);
     let len = f.len();
     (v, buf[..len].to_vec())
-}
-
-/// Addresses, ports and checksum validity of an output frame.
-fn inspect(frame: &[u8]) -> (EthernetAddress, EthernetAddress, SocketAddrV4, SocketAddrV4, bool) {
-    let eth = EthernetFrame::new_checked(frame).unwrap();
-    let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
-    let (s, d) = (IpAddress::Ipv4(ip.src_addr()), IpAddress::Ipv4(ip.dst_addr()));
-    let (sp, dp, l4_ok) = match ip.next_header() {
-        IpProtocol::Tcp => {
-            let t = TcpPacket::new_checked(ip.payload()).unwrap();
-            (t.src_port(), t.dst_port(), t.verify_checksum(&s, &d))
-        }
-        _ => {
-            let u = UdpPacket::new_checked(ip.payload()).unwrap();
-            (u.src_port(), u.dst_port(), u.verify_checksum(&s, &d))
-        }
-    };
-    let ok = ip.verify_checksum() && l4_ok;
-    (
-        eth.dst_addr(),
-        eth.src_addr(),
-        SocketAddrV4::new(ip.src_addr(), sp),
-        SocketAddrV4::new(ip.dst_addr(), dp),
-        ok,
-    )
 }
 
 #[test]
@@ -536,6 +446,11 @@ fn two_workers_hand_packets_to_the_flow_owner() {
 
 /// The web listener/group of these tests with the given servers (address, weight).
 fn web(servers: &[(SocketAddrV4, u32)]) -> (ListenerConfig, GroupConfig) {
+    web_with(servers, Proto::Tcp, Forwarding::Fullnat)
+}
+
+/// The web listener/group with a chosen protocol and forwarding method.
+fn web_with(servers: &[(SocketAddrV4, u32)], protocol: Proto, forwarding: Forwarding) -> (ListenerConfig, GroupConfig) {
     let group = GroupConfig {
         name: "web".into(),
         servers: servers
@@ -548,9 +463,9 @@ fn web(servers: &[(SocketAddrV4, u32)]) -> (ListenerConfig, GroupConfig) {
         name: "web".into(),
         vip: *vip().ip(),
         port: vip().port(),
-        protocol: Proto::Tcp,
+        protocol,
         scheduler: SchedulerKind::Rr,
-        forwarding: Forwarding::Fullnat,
+        forwarding,
         group: "web".into(),
         interface: None,
     };
@@ -783,53 +698,12 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
 #[test]
 fn fullnat_uses_the_next_local_ip_when_one_runs_out_of_ports() {
     let now = Instant::now();
-    let (listener, group) = web(&[(backends()[0], 1)]);
-    let layout = Layout::new(&[listener], &[group], RemovedServerPolicy::Keep);
     let second_lip = Ipv4Addr::new(198, 19, 0, 11);
-    let config = ForwarderConfig {
-        layout: Arc::new(layout),
-        vip_ifaces: vec![0],
-        l4: L4Config {
-            conn_table_size: 16,
-            local_port_min: 10_000,
-            local_port_max: 10_001,
-            ..Default::default()
-        },
-        local_ips: vec![LIP, second_lip],
-        worker: 0,
-        workers: 1,
-        port_ifaces: vec![0, 1],
-    };
-    let forwarder = Forwarder::new(
-        config,
-        None,
-        None,
-        Arc::new(HealthBoard::new(0)),
-        Arc::new(SharedL4Counters::new(&[1])),
-        None,
-        now,
-    );
-    let mut s = LocalStack::with_handler(
-        LocalConfig {
-            links: vec![
-                Link {
-                    mac: EXT_MAC,
-                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
-                    gateway: None,
-                },
-                Link {
-                    mac: INT_MAC,
-                    addresses: vec!["198.19.0.10/24".parse().unwrap(), "198.19.0.11/24".parse().unwrap()],
-                    gateway: None,
-                },
-            ],
-            neighbours: NeighbourConfig::default(),
-            icmp_rate: 1000,
-        },
-        forwarder,
-    );
-    s.add_owned(0, *vip().ip());
-    s.neighbours().learn(now, 1, LIP, *backends()[0].ip(), B1_MAC, true);
+    let mut s = stack(Setup {
+        int_addresses: &["198.19.0.10/24", "198.19.0.11/24"],
+        local_ports: (10_000, 10_001),
+        ..Default::default()
+    });
     let sources: Vec<Ipv4Addr> = (0..4u16)
         .map(|p| {
             let syn = packet(
