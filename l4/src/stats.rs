@@ -4,7 +4,10 @@
 //! Like the stack's counters, a worker counts into plain integers and stores them into atomics periodically
 //! (one writer per slot, relaxed stores), so reading never stops the datapath.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 /// Counters of one listener.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,7 +49,7 @@ pub struct ServerCounters {
 
 const LISTENER_FIELDS: usize = 7;
 const SERVER_FIELDS: usize = 7;
-const GLOBAL_FIELDS: usize = 7;
+const GLOBAL_FIELDS: usize = 8;
 
 /// All L4 counters of one worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,6 +66,9 @@ pub struct L4Counters {
     pub handoff_in: u64,
     /// Connections expired.
     pub expired: u64,
+    /// Entries ended early and the flow scheduled again: a client's new SYN on the addresses of a closed
+    /// connection (TIME_WAIT, CLOSE) or of one whose server is down, or a UDP flow whose server is down.
+    pub rescheduled: u64,
     /// Connections installed from HA peers.
     pub imported: u64,
     /// Synced connections that could not be installed (unknown listener or server, table full).
@@ -110,6 +116,7 @@ impl L4Counters {
         self.handoff_out += other.handoff_out;
         self.handoff_in += other.handoff_in;
         self.expired += other.expired;
+        self.rescheduled += other.rescheduled;
         self.imported += other.imported;
         self.import_skipped += other.import_skipped;
         self.sync_dropped += other.sync_dropped;
@@ -149,6 +156,7 @@ impl SharedL4Counters {
             c.handoff_out,
             c.handoff_in,
             c.expired,
+            c.rescheduled,
             c.imported,
             c.import_skipped,
             c.sync_dropped,
@@ -196,6 +204,7 @@ impl SharedL4Counters {
         c.handoff_out = get();
         c.handoff_in = get();
         c.expired = get();
+        c.rescheduled = get();
         c.imported = get();
         c.import_skipped = get();
         c.sync_dropped = get();
@@ -230,6 +239,8 @@ impl SharedL4Counters {
 #[derive(Debug)]
 pub struct HealthBoard {
     up: Vec<AtomicBool>,
+    /// Bumped on every change, so a worker notices one with a single load before it schedules.
+    generation: AtomicU64,
 }
 
 impl HealthBoard {
@@ -237,6 +248,7 @@ impl HealthBoard {
     pub fn new(targets: usize) -> Self {
         HealthBoard {
             up: (0..targets).map(|_| AtomicBool::new(true)).collect(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -265,8 +277,15 @@ impl HealthBoard {
     /// Records a target's health.
     pub fn set(&self, target: usize, up: bool) {
         if let Some(slot) = self.up.get(target) {
-            slot.store(up, Relaxed);
+            if slot.swap(up, Relaxed) != up {
+                self.generation.fetch_add(1, Release);
+            }
         }
+    }
+
+    /// Changes so far: a reader that saw this value and reads the same again has seen every state set before.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Acquire)
     }
 
     /// A target's health (unknown targets are up).

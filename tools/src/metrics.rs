@@ -258,6 +258,10 @@ pub fn render(doc: &Value) -> String {
         "xlb_conntrack_expired_total",
         "Connections expired from the worker's table.",
     );
+    let mut rescheduled = Family::counter(
+        "xlb_conntrack_rescheduled_total",
+        "Entries ended early so the flow is scheduled again (new SYN after close or to a down server).",
+    );
     let mut handoff = Family::counter(
         "xlb_handoff_frames_total",
         "Frames handed to another worker owning their connection (out), or received from one (in).",
@@ -265,11 +269,13 @@ pub fn render(doc: &Value) -> String {
     for (worker, w) in &l4_workers {
         worker_conns.sample(&[("worker", worker)], w.get("conns"));
         expired.sample(&[("worker", worker)], w.get("expired"));
+        rescheduled.sample(&[("worker", worker)], w.get("rescheduled"));
         handoff.sample(&[("worker", worker), ("direction", "in")], w.get("handoff_in"));
         handoff.sample(&[("worker", worker), ("direction", "out")], w.get("handoff_out"));
     }
     worker_conns.write(&mut out);
     expired.write(&mut out);
+    rescheduled.write(&mut out);
     handoff.write(&mut out);
 
     // L4: listeners and their servers.

@@ -3,8 +3,8 @@
 //! Worker `w` of `n` owns the ports `p` with `p % n == w`, so a backend's reply to `LIP:p` can be handed to the
 //! worker holding the connection without any shared state. A port is taken when a connection is created and
 //! returned when its entry expires — after the TIME_WAIT/CLOSE timeouts, which outlast the backend's own
-//! TIME_WAIT — so a port is never reused while a live entry or a backend socket may still hold it. Returned
-//! ports go to the back of the queue: the longest-idle port is reused first.
+//! TIME_WAIT — or when the client starts a new connection on the same addresses (the entry ends early). Returned
+//! ports go to the back of the queue: the longest-idle port is reused first, after every other free port.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;

@@ -244,6 +244,8 @@ pub struct Forwarder {
     handoff: Option<Handoff>,
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
+    /// The board generation the servers' `healthy` flags reflect (`u64::MAX`: not read yet).
+    board_seen: u64,
     control: Option<Receiver<ControlMessage>>,
     sync_out: Option<crossbeam_channel::Sender<SyncEvent>>,
     sync_threshold: u32,
@@ -297,6 +299,7 @@ impl Forwarder {
             listeners,
             handoff,
             health,
+            board_seen: u64::MAX,
             board,
             control,
             sync_out: None,
@@ -486,6 +489,11 @@ impl Forwarder {
     ) -> Handled {
         match role {
             Role::Listener(l) => match self.conns.lookup(&key) {
+                Some(id) if self.starts_over(id, frame.data(), l4) => {
+                    self.end_early(id);
+                    self.counters.rescheduled += 1;
+                    self.new_flow(now, l, port, frame, l4, key, cx)
+                }
                 Some(id) => self.forward_client(now, id, port, frame, l4, cx),
                 None => self.new_flow(now, l, port, frame, l4, key, cx),
             },
@@ -505,6 +513,56 @@ impl Forwarder {
                     Handled::Pass
                 }
             }
+        }
+    }
+
+    /// Whether a client packet on an existing entry starts a new flow instead (IPVS's `conn_reuse_mode` and
+    /// `expire_nodest_conn`, on by default here): a TCP SYN on the addresses of a connection that has closed
+    /// (TIME_WAIT, CLOSE) or whose server is down or removed — sent on, it would be refused or unanswered — or
+    /// any UDP datagram of a flow whose server is down. Established TCP to a down server keeps its server: a
+    /// failed check does not prove the connection dead.
+    fn starts_over(&mut self, id: ConnId, frame: &[u8], l4: usize) -> bool {
+        self.refresh_health();
+        let c = self.conns.get(id);
+        let listener = &self.listeners[usize::from(c.listener)];
+        let server = usize::from(c.server);
+        let down = !listener.servers[server].healthy;
+        match c.proto {
+            Proto::Tcp => {
+                let flags = TcpFlags::from_byte(frame[l4 + 13]);
+                let new_syn = flags.syn && !flags.ack;
+                new_syn
+                    && (matches!(c.state, ConnState::TimeWait | ConnState::Close)
+                        || down
+                        || listener.removed_servers[server])
+            }
+            Proto::Udp => down,
+        }
+    }
+
+    /// Ends a connection before its time: its entry goes, its local port returns to the pool (at the back, so
+    /// it is the last to be reused) and peers are told.
+    fn end_early(&mut self, id: ConnId) {
+        let c = self.conns.remove(id);
+        self.release(&c);
+        if let (true, Some(out)) = (c.synced, &self.sync_out) {
+            let _ = out.try_send(SyncEvent::Delete(c.client_key()));
+        }
+    }
+
+    /// Gives back what a removed connection held: its server's count and its FULLNAT local port.
+    fn release(&mut self, c: &Conn) {
+        self.account(c, c.state.is_active(), -1);
+        if c.forwarding == Forwarding::Fullnat && self.lports.owns(c.local.port()) {
+            self.lports.give_back(*c.local.ip(), c.local.port());
+        }
+    }
+
+    /// Before a scheduling decision: takes health changes another worker's checker made since the last look
+    /// (one atomic load), so no new flow goes to a server the board already says is down.
+    fn refresh_health(&mut self) {
+        if self.board.generation() != self.board_seen {
+            self.sync_health();
         }
     }
 
@@ -541,6 +599,8 @@ impl Forwarder {
                 };
             }
         }
+        self.refresh_health();
+        let listener = &mut self.listeners[l];
         let Some(server) = listener.scheduler.pick(&listener.servers, key.src) else {
             self.counters.listeners[l].no_server += 1;
             return Handled::Reject(DropReason::NoHealthyServer);
@@ -621,6 +681,7 @@ impl Forwarder {
         key: FlowKey,
         cx: &mut StackContext<'_>,
     ) -> Verdict {
+        self.refresh_health();
         let listener = &self.listeners[l];
         let Some(server) = listener.maglev.lookup(hash_5tuple(key.proto as u8, key.src, key.dst)) else {
             self.counters.listeners[l].no_server += 1;
@@ -712,10 +773,7 @@ impl Forwarder {
     fn forget(&mut self, key: &FlowKey) {
         if let Some(id) = self.conns.lookup(key) {
             let c = self.conns.remove(id);
-            self.account(&c, c.state.is_active(), -1);
-            if c.forwarding == Forwarding::Fullnat && self.lports.owns(c.local.port()) {
-                self.lports.give_back(*c.local.ip(), c.local.port());
-            }
+            self.release(&c);
         }
     }
 
@@ -849,6 +907,7 @@ impl Forwarder {
 
     /// Applies health changes from the board to every listener's servers.
     fn sync_health(&mut self) {
+        self.board_seen = self.board.generation();
         for l in self.listeners.iter_mut() {
             let mut changed = false;
             for (view, target) in l.servers.iter_mut().zip(&l.targets) {

@@ -53,6 +53,8 @@ struct Setup {
     int_addresses: &'static [&'static str],
     /// FULLNAT local port range.
     local_ports: (u16, u16),
+    /// Whether the group has a health check (its servers get targets on the health board).
+    checked: bool,
 }
 
 impl Default for Setup {
@@ -67,6 +69,7 @@ impl Default for Setup {
             policy: RemovedServerPolicy::Keep,
             int_addresses: &["198.19.0.10/24"],
             local_ports: (10_000, 60_999),
+            checked: false,
         }
     }
 }
@@ -83,8 +86,12 @@ fn stack_with_updates(
 ) -> LocalStack<Forwarder> {
     let now = Instant::now();
     let servers: Vec<(SocketAddrV4, u32)> = backends().into_iter().zip(setup.weights).collect();
-    let (listener, group) = web_with(&servers, setup.protocol, setup.forwarding);
+    let (listener, mut group) = web_with(&servers, setup.protocol, setup.forwarding);
+    if setup.checked {
+        group.health_check = Some(toml::from_str("kind = \"tcp\"").unwrap());
+    }
     let layout = Layout::new(&[listener], &[group], setup.policy);
+    let board = Arc::new(HealthBoard::new(layout.targets.len()));
     let int_addresses: Vec<xlb_stack::addr::Ipv4Net> = setup.int_addresses.iter().map(|a| a.parse().unwrap()).collect();
     let mut local_ips = vec![Ipv4Addr::new(198, 18, 0, 10)];
     local_ips.extend(int_addresses.iter().map(|n| n.addr));
@@ -106,7 +113,7 @@ fn stack_with_updates(
         config,
         handoff,
         None,
-        Arc::new(HealthBoard::new(0)),
+        board,
         Arc::new(SharedL4Counters::new(&[2])),
         updates,
         now,
@@ -354,6 +361,176 @@ fn expiry_frees_the_entry_and_its_local_port() {
         run(&mut s, now + Duration::from_secs(62), 1, &reply).0,
         Verdict::Drop(DropReason::NoConnection)
     );
+}
+
+/// Client SYN → backend SYN-ACK → client ACK: the connection is established. Returns the local address.
+fn handshake(s: &mut LocalStack<Forwarder>, now: Instant) -> SocketAddrV4 {
+    let (_, out) = run(s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    let (_, _, local, backend, _) = inspect(&out);
+    let mac = if backend == backends()[0] { B1_MAC } else { B2_MAC };
+    run(
+        s,
+        now,
+        1,
+        &packet(Proto::Tcp, mac, INT_MAC, backend, local, SYNACK, b""),
+    );
+    run(s, now, 0, &from_client(Proto::Tcp, ACK, b""));
+    local
+}
+
+const FINACK: u8 = 0x11;
+
+#[test]
+fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let first = handshake(&mut s, now);
+    // Both sides close: TIME_WAIT, which would hold the client's addresses for 120 s.
+    run(&mut s, now, 0, &from_client(Proto::Tcp, FINACK, b""));
+    run(
+        &mut s,
+        now,
+        1,
+        &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], first, FINACK, b""),
+    );
+    assert_eq!(s.handler().conns().iter().next().unwrap().state, ConnState::TimeWait);
+    let free = s.handler().lports.free(LIP);
+
+    // The client reuses its port at once (as after a RST, or with tcp_tw_reuse): a new connection, scheduled
+    // by rr to the next server from a fresh local port; the old port goes back.
+    let (v, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(v, Verdict::Transmit(1));
+    let (_, _, local, backend, _) = inspect(&out);
+    assert_eq!(backend, backends()[1]);
+    assert_ne!(local, first);
+    let f = s.handler();
+    assert_eq!(f.conns().len(), 1);
+    assert_eq!(f.conns().iter().next().unwrap().state, ConnState::SynRecv);
+    assert_eq!(f.lports.free(LIP), free, "one port back, one taken");
+    assert_eq!(f.counters().rescheduled, 1);
+    assert_eq!(f.counters().listeners[0].conns_total, 2);
+    assert_eq!(
+        (f.listeners[0].servers[0].inactive, f.listeners[0].servers[0].active),
+        (0, 0)
+    );
+    assert_eq!(f.listeners[0].servers[1].inactive, 1, "syn_recv counts as inactive");
+    // The old local address is no longer translated.
+    let late = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], first, ACK, b"");
+    assert_eq!(run(&mut s, now, 1, &late).0, Verdict::Drop(DropReason::NoConnection));
+}
+
+#[test]
+fn retransmitted_syn_and_established_flows_keep_their_server() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        checked: true,
+        ..Default::default()
+    });
+    // A retransmitted SYN is the same connection attempt.
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    let (_, out2) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(inspect(&out).2, inspect(&out2).2);
+    assert_eq!(inspect(&out2).3, backends()[0]);
+    run(
+        &mut s,
+        now,
+        1,
+        &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], inspect(&out).2, SYNACK, b""),
+    );
+    run(&mut s, now, 0, &from_client(Proto::Tcp, ACK, b""));
+    // Its server fails its check: the established connection still goes there (a failed probe does not
+    // prove the connection dead), while new flows go to the healthy server.
+    s.handler().board.set(0, false);
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, ACK, b"more"));
+    assert_eq!(inspect(&out).3, backends()[0]);
+    let other = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([198, 18, 0, 2], 7), vip(), SYN, b"");
+    assert_eq!(inspect(&run(&mut s, now, 0, &other).1).3, backends()[1]);
+    assert_eq!(s.handler().counters().rescheduled, 0);
+}
+
+#[test]
+fn a_down_server_gets_no_new_flow_from_the_moment_the_board_says_so() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        checked: true,
+        ..Default::default()
+    });
+    // The checker (possibly on another worker) marks server 0 down; no housekeeping has run since.
+    s.handler().board.set(0, false);
+    for port in 0..4u16 {
+        let syn = packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], 41000 + port),
+            vip(),
+            SYN,
+            b"",
+        );
+        assert_eq!(inspect(&run(&mut s, now, 0, &syn).1).3, backends()[1]);
+    }
+    // And back up: rr uses both again, still without housekeeping.
+    s.handler().board.set(0, true);
+    let chosen: Vec<_> = (4..8u16)
+        .map(|port| {
+            let syn = packet(
+                Proto::Tcp,
+                CLIENT_MAC,
+                EXT_MAC,
+                sa([198, 18, 0, 1], 41000 + port),
+                vip(),
+                SYN,
+                b"",
+            );
+            inspect(&run(&mut s, now, 0, &syn).1).3
+        })
+        .collect();
+    assert!(
+        chosen.contains(&backends()[0]) && chosen.contains(&backends()[1]),
+        "{chosen:?}"
+    );
+}
+
+#[test]
+fn syn_retried_after_its_server_went_down_goes_to_a_healthy_one() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        checked: true,
+        ..Default::default()
+    });
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(inspect(&out).3, backends()[0]);
+    // No SYN-ACK: the server died. Once it is marked down, the client's retry is scheduled again.
+    s.handler().board.set(0, false);
+    let (v, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(inspect(&out).3, backends()[1]);
+    assert_eq!(s.handler().conns().len(), 1);
+    assert_eq!(s.handler().counters().rescheduled, 1);
+}
+
+#[test]
+fn udp_flow_moves_when_its_server_goes_down() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        protocol: Proto::Udp,
+        checked: true,
+        ..Default::default()
+    });
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"q1"));
+    assert_eq!(inspect(&out).3, backends()[0]);
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"q2"));
+    assert_eq!(inspect(&out).3, backends()[0], "a UDP flow sticks to its server");
+    s.handler().board.set(0, false);
+    let (_, out) = run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"q3"));
+    assert_eq!(inspect(&out).3, backends()[1]);
+    assert_eq!(s.handler().counters().rescheduled, 1);
+    // Every server down: the datagram is refused with ICMP unreachable, not sent to a dead server.
+    s.handler().board.set(1, false);
+    let (v, out) = run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"q4"));
+    assert_eq!(v, Verdict::Transmit(0));
+    assert_eq!(out[ETH_HEADER_LEN + 20], 3, "ICMP destination unreachable");
+    assert_eq!(s.handler().conns().len(), 0);
 }
 
 #[test]
