@@ -1,8 +1,8 @@
 //! HTTP/1.1 GET load.
 //!
 //! `connections` workers each drive one connection at a time: kept alive
-//! between requests (`keepalive`), or a new one per request (sent with
-//! `Connection: close`).
+//! between requests (`keepalive`, each opened before the first request), or
+//! a new one per request (sent with `Connection: close`).
 //!
 //! - Closed loop (no rate): each worker sends its next request as soon as the
 //!   previous answer arrived, until the duration ends. The response latency
@@ -290,6 +290,17 @@ fn worker(config: &HttpConfig, request: &[u8], pacer: &Pacer, live: &LiveCounter
     };
     let timeout = config.limits.timeout;
     let mut conn: Option<Conn<TcpStream>> = None;
+    // Kept-alive connections are opened before the first request (as wrk does), so `connections` of them
+    // carry the load even when the others would finish the requests before a slow connect. A failure here
+    // is not a request's: the first request tries again and counts it.
+    if config.keepalive {
+        let started = Instant::now();
+        if let Ok(stream) = TcpStream::connect_timeout(&config.target, timeout) {
+            report::record(&mut r.connect, started.elapsed());
+            r.opened += 1;
+            conn = Conn::connected(stream, timeout).ok();
+        }
+    }
     while let Some(slot) = pacer.take() {
         if let Some(at) = slot.intended {
             if !pacer.wait_until(at) {
