@@ -216,6 +216,7 @@ fn drive(
             while let Some(vip) = router.poll_garp() {
                 garp.send(vip)?;
             }
+            let mut happened = Vec::new();
             while let Some(event) = router.poll_event() {
                 match event {
                     VrrpEvent::BecameMaster if !holds_vip => {
@@ -228,13 +229,17 @@ fn drive(
                     }
                     _ => {}
                 }
-                let _ = events.send((Instant::now(), event));
+                happened.push((Instant::now(), event));
             }
             {
                 let mut s = status.lock().unwrap();
                 s.state = router.state();
                 s.master = router.master();
                 s.counters = *router.counters();
+            }
+            // After the status: a test woken by an event reads the state that event produced.
+            for e in happened {
+                let _ = events.send(e);
             }
             // Input, or sleep until the next timer (or a tick, to see commands).
             let wait = router

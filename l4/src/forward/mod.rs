@@ -889,10 +889,16 @@ impl Forwarder {
             let mut frame = Frame::new(buf, len);
             // The sender validated the frame before handing it over.
             let l4 = ETH_HEADER_LEN + usize::from(frame.data()[ETH_HEADER_LEN] & 0x0f) * 4;
-            let proto = if frame.data()[ETH_HEADER_LEN + 9] == 6 {
-                Proto::Tcp
-            } else {
-                Proto::Udp
+            let proto = match frame.data()[ETH_HEADER_LEN + 9] {
+                6 => Proto::Tcp,
+                17 => Proto::Udp,
+                _ => {
+                    // An ICMP error quoting a health probe.
+                    if let Some(h) = &mut self.health {
+                        h.handle_packet(now, &frame.data()[ETH_HEADER_LEN..]);
+                    }
+                    continue;
+                }
             };
             let (src, dst) = nat::endpoints(frame.data(), l4);
             let key = FlowKey { proto, src, dst };
@@ -978,9 +984,17 @@ impl Ipv4Handler for Forwarder {
         let proto = match ip.protocol {
             6 => Proto::Tcp,
             17 => Proto::Udp,
-            // ICMP errors quoting a health probe (port unreachable for UDP checks) go to the checker; they reach
-            // it when they arrive on its worker, otherwise the probe fails by timeout instead.
+            // ICMP errors quoting a health probe (port unreachable for UDP checks) go to the checker, handed to
+            // its worker (0) when RSS put them elsewhere.
             1 => {
+                if self.worker != 0
+                    && crate::health::quotes_probe(
+                        &frame.data()[ip.l4..],
+                        &(PROBE_PORT_BASE..PROBE_PORT_BASE + PROBE_PORTS),
+                    )
+                {
+                    return self.hand_off(0, port, frame);
+                }
                 let consumed = self
                     .health
                     .as_mut()

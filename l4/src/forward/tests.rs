@@ -534,6 +534,76 @@ fn udp_flow_moves_when_its_server_goes_down() {
 }
 
 #[test]
+fn icmp_unreachable_for_a_udp_probe_reaches_the_checker_from_any_worker() {
+    use crate::health::{HealthChecker, ProbePorts, Target, TargetId};
+    let now = Instant::now();
+    let mut mesh = Handoff::mesh(2, 16);
+    let h1 = mesh.pop().unwrap();
+    let h0 = mesh.pop().unwrap();
+    let setup = |worker| Setup {
+        worker,
+        workers: 2,
+        checked: true,
+        ..Default::default()
+    };
+    let mut w0 = stack_with(setup(0), Some(h0), true);
+    let mut w1 = stack_with(setup(1), Some(h1), true);
+    // Worker 0 checks server 0 by UDP: fall 1, and a timeout long enough that only the ICMP error can fail it.
+    let check = toml::from_str("kind = \"udp\"\ninterval_ms = 1000\ntimeout_ms = 900\nfall = 1").unwrap();
+    let target = Target {
+        id: TargetId { group: 0, server: 0 },
+        server: backends()[0],
+        source: LIP,
+        check,
+    };
+    let ports = ProbePorts {
+        base: PROBE_PORT_BASE,
+        count: PROBE_PORTS,
+        stride: 1,
+    };
+    w0.handler_mut().health = Some(HealthChecker::new(now, vec![target], ports));
+    w0.handle_timeout(now);
+    let mut buf = vec![0u8; 2048];
+    let (port, len) = w0.poll_transmit(now, &mut buf).expect("worker 0 sends the probe");
+    assert_eq!(port, 1);
+    let probe = buf[ETH_HEADER_LEN..len].to_vec();
+
+    // The server's kernel answers port unreachable, and RSS puts the error on worker 1's queue.
+    let mut icmp = vec![0u8; 2048];
+    let quote = &probe[..probe.len().min(28)];
+    let n = xlb_stack::wire::build::icmp_unreachable(
+        &mut icmp,
+        INT_MAC,
+        B1_MAC,
+        *backends()[0].ip(),
+        LIP,
+        xlb_stack::wire::build::Unreachable::Port,
+        quote,
+    );
+    assert_eq!(
+        run(&mut w1, now, 1, &icmp[..n]).0,
+        Verdict::Consumed,
+        "handed to worker 0"
+    );
+    assert_eq!(w1.handler().counters().handoff_out, 1);
+    let later = now + Duration::from_millis(10);
+    assert_eq!(w0.poll_transmit(later, &mut buf), None);
+    w0.handle_timeout(later);
+    assert!(
+        !w0.handler().board.is_up(0),
+        "down on the ICMP error, long before the probe's timeout"
+    );
+    // Other ICMP (an echo request to a local IP) stays with the worker that got it.
+    let echo_to_lb = {
+        let mut e = icmp[..n].to_vec();
+        e[ETH_HEADER_LEN + 20] = 8;
+        e
+    };
+    assert_ne!(run(&mut w1, now, 1, &echo_to_lb).0, Verdict::Consumed);
+    assert_eq!(w1.handler().counters().handoff_out, 1);
+}
+
+#[test]
 fn full_table_drops_new_fullnat_flows() {
     let now = Instant::now();
     let mut s = stack(Setup {
