@@ -49,7 +49,7 @@ pub struct ServerCounters {
 
 const LISTENER_FIELDS: usize = 7;
 const SERVER_FIELDS: usize = 7;
-const GLOBAL_FIELDS: usize = 8;
+const GLOBAL_FIELDS: usize = 9;
 
 /// All L4 counters of one worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub struct L4Counters {
     /// Entries ended early and the flow scheduled again: a client's new SYN on the addresses of a closed
     /// connection (TIME_WAIT, CLOSE) or of one whose server is down, or a UDP flow whose server is down.
     pub rescheduled: u64,
+    /// ICMP errors about a forwarded flow passed on to the other end of its connection.
+    pub icmp_forwarded: u64,
     /// Connections installed from HA peers.
     pub imported: u64,
     /// Synced connections that could not be installed (unknown listener or server, table full).
@@ -117,6 +119,7 @@ impl L4Counters {
         self.handoff_in += other.handoff_in;
         self.expired += other.expired;
         self.rescheduled += other.rescheduled;
+        self.icmp_forwarded += other.icmp_forwarded;
         self.imported += other.imported;
         self.import_skipped += other.import_skipped;
         self.sync_dropped += other.sync_dropped;
@@ -157,6 +160,7 @@ impl SharedL4Counters {
             c.handoff_in,
             c.expired,
             c.rescheduled,
+            c.icmp_forwarded,
             c.imported,
             c.import_skipped,
             c.sync_dropped,
@@ -205,6 +209,7 @@ impl SharedL4Counters {
         c.handoff_in = get();
         c.expired = get();
         c.rescheduled = get();
+        c.icmp_forwarded = get();
         c.imported = get();
         c.import_skipped = get();
         c.sync_dropped = get();

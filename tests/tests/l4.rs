@@ -480,3 +480,66 @@ servers = [{{ addr = "198.18.0.21:80" }}, {{ addr = "198.18.0.22:80" }}, {{ addr
     );
     Ok(())
 }
+
+/// Path-MTU discovery through FULLNAT: a router between the client and xlb has a 1400-byte link towards the
+/// client, whose route still advertises an MSS of 1460, so the backend's full-size (1500-byte) replies cannot
+/// pass the router. The router's "fragmentation needed"
+/// goes to the VIP; xlb passes it on to the backend, about the packet the backend sent, so the backend's
+/// kernel lowers its path MTU and the stream goes on. Dropped, the replies would vanish into a black hole.
+///
+/// `client` (cli0 198.18.1.1, MTU 1400) ── r-cli [router, MTU 1400] r-ext (198.18.0.1) ── ext0 [xlb] int0 ── `servers`.
+#[test]
+fn path_mtu_discovery_works_through_fullnat() -> Result<()> {
+    let lab = Lab::new("pmtu")?;
+    let (client, router, lb, servers) = (
+        lab.netns("client")?,
+        lab.netns("router")?,
+        lab.netns("lb")?,
+        lab.netns("servers")?,
+    );
+    lab.veth((&client, "cli0"), (&router, "r-cli"))?;
+    lab.veth((&router, "r-ext"), (&lb, "ext0"))?;
+    lab.veth((&lb, "int0"), (&servers, "srv0"))?;
+    client.addr("cli0", "198.18.1.1/24")?;
+    router.addr("r-cli", "198.18.1.254/24")?;
+    router.addr("r-ext", "198.18.0.1/24")?;
+    lb.addr("ext0", "198.18.0.2/24")?;
+    servers.addr("srv0", &format!("{}/24", SERVERS[0]))?;
+    client.set_mtu("cli0", 1400)?;
+    router.set_mtu("r-cli", 1400)?;
+    client.route(&["198.18.0.0/24", "via", "198.18.1.254", "advmss", "1460"])?;
+    router.sysctl("net.ipv4.ip_forward", "1")?;
+    for (ns, dev) in [
+        (&client, "cli0"),
+        (&router, "r-cli"),
+        (&router, "r-ext"),
+        (&servers, "srv0"),
+    ] {
+        ns.disable_offloads(dev)?;
+    }
+    let _sink = sink(&lab, &servers, &format!("{}:8080", SERVERS[0]), "s1")?;
+    servers.wait_tcp_listen(8080, TIMEOUT)?;
+    let only_s1 = format!("{{ addr = \"{}:8080\", weight = 1 }}", SERVERS[0]);
+    let xlb = Appliance::start(
+        &lab,
+        &lb,
+        "lb1",
+        &config(&listener("web", 80, "tcp", "rr"), &only_s1, ""),
+    )?;
+
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    // The advertised MSS (1460) lets the backend send 1500-byte packets; 8 KiB writes make it do so.
+    let report = in_ns(&client, move || echo_stream(target, pace(2, 8192, 5)))
+        .with_context(|| format!("stats: {:#}", xlb.stats().unwrap_or_default()))?;
+    ensure!(report.server == "s1" && report.bytes > 100_000, "{report:?}");
+    let forwarded = xlb.stats()?["l4"]["workers"][0]["icmp_forwarded"].as_u64().unwrap_or(0);
+    ensure!(
+        forwarded > 0,
+        "no ICMP error was forwarded: the test did not exercise path-MTU discovery"
+    );
+    eprintln!(
+        "{} bytes echoed byte-exact; {forwarded} ICMP errors passed on",
+        report.bytes
+    );
+    Ok(())
+}

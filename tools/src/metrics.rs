@@ -262,6 +262,10 @@ pub fn render(doc: &Value) -> String {
         "xlb_conntrack_rescheduled_total",
         "Entries ended early so the flow is scheduled again (new SYN after close or to a down server).",
     );
+    let mut icmp_forwarded = Family::counter(
+        "xlb_icmp_errors_forwarded_total",
+        "ICMP errors about a forwarded flow (e.g. fragmentation needed) passed on to the other end.",
+    );
     let mut handoff = Family::counter(
         "xlb_handoff_frames_total",
         "Frames handed to another worker owning their connection (out), or received from one (in).",
@@ -270,12 +274,14 @@ pub fn render(doc: &Value) -> String {
         worker_conns.sample(&[("worker", worker)], w.get("conns"));
         expired.sample(&[("worker", worker)], w.get("expired"));
         rescheduled.sample(&[("worker", worker)], w.get("rescheduled"));
+        icmp_forwarded.sample(&[("worker", worker)], w.get("icmp_forwarded"));
         handoff.sample(&[("worker", worker), ("direction", "in")], w.get("handoff_in"));
         handoff.sample(&[("worker", worker), ("direction", "out")], w.get("handoff_out"));
     }
     worker_conns.write(&mut out);
     expired.write(&mut out);
     rescheduled.write(&mut out);
+    icmp_forwarded.write(&mut out);
     handoff.write(&mut out);
 
     // L4: listeners and their servers.

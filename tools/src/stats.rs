@@ -135,7 +135,7 @@ pub fn l4_json(runtime: &L4Runtime) -> Value {
     let workers: Vec<Value> = per_worker
         .iter()
         .enumerate()
-        .map(|(w, c)| json!({"worker": w, "conns": c.conns, "handoff_out": c.handoff_out, "handoff_in": c.handoff_in, "expired": c.expired, "rescheduled": c.rescheduled}))
+        .map(|(w, c)| json!({"worker": w, "conns": c.conns, "handoff_out": c.handoff_out, "handoff_in": c.handoff_in, "expired": c.expired, "rescheduled": c.rescheduled, "icmp_forwarded": c.icmp_forwarded}))
         .collect();
     json!({ "conns": total.conns, "listeners": listeners, "workers": workers })
 }

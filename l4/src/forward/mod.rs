@@ -11,6 +11,7 @@
 //! touched by its owner.
 
 pub mod handoff;
+pub mod icmp;
 pub mod lports;
 pub mod nat;
 
@@ -853,12 +854,78 @@ impl Forwarder {
         self.counters.listeners[l].bytes_out += len;
         self.counters.servers[l][s].packets_out += 1;
         self.counters.servers[l][s].bytes_out += len;
-        let data = frame.data_mut();
-        nat::rewrite(data, l4, c.proto, c.vip, c.client);
-        let port = usize::from(c.client_port);
-        data[0..6].copy_from_slice(&c.client_mac.0);
-        data[6..12].copy_from_slice(&cx.links[port].mac.0);
-        Verdict::Transmit(port)
+        nat::rewrite(frame.data_mut(), l4, c.proto, c.vip, c.client);
+        toward_client(&c, frame, cx)
+    }
+
+    /// An ICMP message to one of our addresses: an error about a health probe goes to the checker (on worker
+    /// 0), an error about a forwarded flow to the other end of its connection ([`icmp`]); anything else is the
+    /// local stack's (echo, or errors about nothing we know).
+    fn handle_icmp(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        let Some(q) = icmp::quoted(frame.data(), l4) else {
+            return Handled::Pass;
+        };
+        // The quoted packet went out from us: `q.src` is ours, and the flow's key is that of the packets the
+        // other end sends us.
+        let role = self.role(q.proto, q.src);
+        if role == Some(Role::Probe) {
+            if self.worker != 0 {
+                return self.hand_off(0, port, frame);
+            }
+            let consumed = self
+                .health
+                .as_mut()
+                .is_some_and(|h| h.handle_packet(now, &frame.data()[ETH_HEADER_LEN..]));
+            return if consumed {
+                Handled::Verdict(Verdict::Consumed)
+            } else {
+                Handled::Pass
+            };
+        }
+        let Some(role) = role else { return Handled::Pass };
+        let key = FlowKey {
+            proto: q.proto,
+            src: q.dst,
+            dst: q.src,
+        };
+        let owner = self.owner(role, &key);
+        if owner != self.worker {
+            return self.hand_off(owner, port, frame);
+        }
+        let Some(id) = self.conns.lookup(&key) else {
+            return Handled::Pass;
+        };
+        let c = *self.conns.get(id);
+        self.counters.icmp_forwarded += 1;
+        let verdict = match role {
+            // From the client's side, about VIP → client: to the backend, about what it sent (DR: as it is).
+            Role::Listener(_) => {
+                if c.forwarding == Forwarding::Fullnat {
+                    let outer = (*c.local.ip(), *c.backend.ip());
+                    icmp::rewrite(frame.data_mut(), l4, &q, outer, (c.backend, c.local));
+                }
+                deliver(now, frame, *c.backend.ip(), cx)
+            }
+            // From a backend's side, about LIP → backend: to the client, about what it sent.
+            Role::Reply | Role::Probe => {
+                icmp::rewrite(
+                    frame.data_mut(),
+                    l4,
+                    &q,
+                    (*c.vip.ip(), *c.client.ip()),
+                    (c.client, c.vip),
+                );
+                toward_client(&c, frame, cx)
+            }
+        };
+        Handled::Verdict(verdict)
     }
 
     /// Copies a frame to its owner worker.
@@ -889,21 +956,17 @@ impl Forwarder {
             let mut frame = Frame::new(buf, len);
             // The sender validated the frame before handing it over.
             let l4 = ETH_HEADER_LEN + usize::from(frame.data()[ETH_HEADER_LEN] & 0x0f) * 4;
-            let proto = match frame.data()[ETH_HEADER_LEN + 9] {
-                6 => Proto::Tcp,
-                17 => Proto::Udp,
-                _ => {
-                    // An ICMP error quoting a health probe.
-                    if let Some(h) = &mut self.health {
-                        h.handle_packet(now, &frame.data()[ETH_HEADER_LEN..]);
-                    }
-                    continue;
+            let handled = match frame.data()[ETH_HEADER_LEN + 9] {
+                1 => self.handle_icmp(now, port, &mut frame, l4, cx),
+                protocol => {
+                    let proto = if protocol == 6 { Proto::Tcp } else { Proto::Udp };
+                    let (src, dst) = nat::endpoints(frame.data(), l4);
+                    let key = FlowKey { proto, src, dst };
+                    let Some(role) = self.role(proto, dst) else { continue };
+                    self.process_owned(now, port, &mut frame, l4, key, role, cx)
                 }
             };
-            let (src, dst) = nat::endpoints(frame.data(), l4);
-            let key = FlowKey { proto, src, dst };
-            let Some(role) = self.role(proto, dst) else { continue };
-            match self.process_owned(now, port, &mut frame, l4, key, role, cx) {
+            match handled {
                 Handled::Verdict(Verdict::Transmit(q)) => return Some((q, frame.len())),
                 Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
                 Handled::Verdict(Verdict::Consumed) | Handled::Pass => {}
@@ -962,6 +1025,15 @@ impl Forwarder {
     }
 }
 
+/// Sends a frame for `c`'s client out where the client's packets come in, to the hop they come from.
+fn toward_client(c: &Conn, frame: &mut Frame<'_>, cx: &StackContext<'_>) -> Verdict {
+    let port = usize::from(c.client_port);
+    let data = frame.data_mut();
+    data[0..6].copy_from_slice(&c.client_mac.0);
+    data[6..12].copy_from_slice(&cx.links[port].mac.0);
+    Verdict::Transmit(port)
+}
+
 /// Sends a rewritten frame towards `dst` through the neighbour table.
 fn deliver(now: Instant, frame: &mut Frame<'_>, dst: Ipv4Addr, cx: &mut StackContext<'_>) -> Verdict {
     let len = frame.len();
@@ -984,27 +1056,7 @@ impl Ipv4Handler for Forwarder {
         let proto = match ip.protocol {
             6 => Proto::Tcp,
             17 => Proto::Udp,
-            // ICMP errors quoting a health probe (port unreachable for UDP checks) go to the checker, handed to
-            // its worker (0) when RSS put them elsewhere.
-            1 => {
-                if self.worker != 0
-                    && crate::health::quotes_probe(
-                        &frame.data()[ip.l4..],
-                        &(PROBE_PORT_BASE..PROBE_PORT_BASE + PROBE_PORTS),
-                    )
-                {
-                    return self.hand_off(0, port, frame);
-                }
-                let consumed = self
-                    .health
-                    .as_mut()
-                    .is_some_and(|h| h.handle_packet(now, &frame.data()[ETH_HEADER_LEN..]));
-                return if consumed {
-                    Handled::Verdict(Verdict::Consumed)
-                } else {
-                    Handled::Pass
-                };
-            }
+            1 => return self.handle_icmp(now, port, frame, ip.l4, cx),
             _ => return Handled::Pass,
         };
         let header = if proto == Proto::Tcp { 20 } else { 8 };

@@ -21,14 +21,18 @@ fn l4_checksum_at(proto: Proto) -> usize {
 
 /// Source and destination of the IPv4 packet in `frame` whose transport header starts at `l4`.
 pub fn endpoints(frame: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
-    let ip = &frame[ETH_HEADER_LEN..];
+    packet_endpoints(&frame[ETH_HEADER_LEN..], l4 - ETH_HEADER_LEN)
+}
+
+/// Source and destination of the IPv4 `packet` (from its IP header on) whose transport header starts at `l4`.
+pub fn packet_endpoints(packet: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
     let src = SocketAddrV4::new(
-        [ip[12], ip[13], ip[14], ip[15]].into(),
-        u16::from_be_bytes([frame[l4], frame[l4 + 1]]),
+        [packet[12], packet[13], packet[14], packet[15]].into(),
+        u16::from_be_bytes([packet[l4], packet[l4 + 1]]),
     );
     let dst = SocketAddrV4::new(
-        [ip[16], ip[17], ip[18], ip[19]].into(),
-        u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]),
+        [packet[16], packet[17], packet[18], packet[19]].into(),
+        u16::from_be_bytes([packet[l4 + 2], packet[l4 + 3]]),
     );
     (src, dst)
 }
@@ -36,7 +40,13 @@ pub fn endpoints(frame: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
 /// Rewrites the packet's source to `src` and destination to `dst` (addresses and ports), updating the IPv4
 /// and transport checksums incrementally. A UDP datagram without checksum (0) stays without.
 pub fn rewrite(frame: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst: SocketAddrV4) {
-    let (old_src, old_dst) = endpoints(frame, l4);
+    rewrite_packet(&mut frame[ETH_HEADER_LEN..], l4 - ETH_HEADER_LEN, proto, src, dst);
+}
+
+/// [`rewrite`] on an IPv4 `packet` (from its IP header on) that may be cut short after the ports, as the copy
+/// quoted in an ICMP error is: the transport checksum is updated only if `packet` still holds it.
+pub fn rewrite_packet(packet: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst: SocketAddrV4) {
+    let (old_src, old_dst) = packet_endpoints(packet, l4);
     let (os, od, ns, nd) = (
         old_src.ip().octets(),
         old_dst.ip().octets(),
@@ -44,16 +54,18 @@ pub fn rewrite(frame: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst
         dst.ip().octets(),
     );
 
-    let ip = &mut frame[ETH_HEADER_LEN..];
-    let ip_csum = update32(update32(u16::from_be_bytes([ip[10], ip[11]]), os, ns), od, nd);
-    ip[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-    ip[12..16].copy_from_slice(&ns);
-    ip[16..20].copy_from_slice(&nd);
+    let ip_csum = update32(update32(u16::from_be_bytes([packet[10], packet[11]]), os, ns), od, nd);
+    packet[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    packet[12..16].copy_from_slice(&ns);
+    packet[16..20].copy_from_slice(&nd);
 
-    let t = &mut frame[l4..];
+    let t = &mut packet[l4..];
     t[0..2].copy_from_slice(&src.port().to_be_bytes());
     t[2..4].copy_from_slice(&dst.port().to_be_bytes());
     let at = l4_checksum_at(proto);
+    if t.len() < at + 2 {
+        return;
+    }
     let old = u16::from_be_bytes([t[at], t[at + 1]]);
     if proto == Proto::Udp && old == 0 {
         return;

@@ -603,6 +603,161 @@ fn icmp_unreachable_for_a_udp_probe_reaches_the_checker_from_any_worker() {
     assert_eq!(w1.handler().counters().handoff_out, 1);
 }
 
+/// A "fragmentation needed" error from `router` to `to` quoting the first 28 bytes of `original`'s IP packet.
+fn frag_needed(
+    original: &[u8],
+    from_mac: EthernetAddress,
+    to_mac: EthernetAddress,
+    router: Ipv4Addr,
+    to: Ipv4Addr,
+) -> Vec<u8> {
+    let mut buf = vec![0u8; 256];
+    let n = xlb_stack::wire::build::icmp_unreachable(
+        &mut buf,
+        to_mac,
+        from_mac,
+        router,
+        to,
+        xlb_stack::wire::build::Unreachable::Port,
+        &original[ETH_HEADER_LEN..ETH_HEADER_LEN + 28],
+    );
+    buf.truncate(n);
+    // Code 4 with a next-hop MTU of 1400 (the checksum is recomputed by the forwarder; fix it here too).
+    let at = ETH_HEADER_LEN + 20;
+    buf[at + 1] = 4;
+    buf[at + 6..at + 8].copy_from_slice(&1400u16.to_be_bytes());
+    buf[at + 2..at + 4].copy_from_slice(&[0, 0]);
+    let c = xlb_stack::wire::checksum::checksum(&buf[at..]);
+    buf[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
+    buf
+}
+
+/// The outer and the quoted endpoints of an ICMP error frame, and whether its checksums verify.
+fn icmp_about(frame: &[u8]) -> ((Ipv4Addr, Ipv4Addr), (SocketAddrV4, SocketAddrV4), bool) {
+    use xlb_stack::wire::{Icmpv4Packet, Ipv4Packet};
+    let ip = Ipv4Packet::new_checked(&frame[ETH_HEADER_LEN..]).unwrap();
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    let inner = Ipv4Packet::new_unchecked(&ip.payload()[8..]);
+    let ok = ip.verify_checksum() && icmp.verify_checksum() && inner.verify_checksum();
+    let quoted = nat::packet_endpoints(&ip.payload()[8..], 20);
+    ((ip.src_addr(), ip.dst_addr()), quoted, ok)
+}
+
+#[test]
+fn icmp_errors_about_a_fullnat_flow_reach_the_other_end_translated() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let local = handshake(&mut s, now);
+    let backend = backends()[0];
+
+    // A router on the client's path cannot pass the VIP's reply: the error goes to the backend, about the
+    // packet the backend sent (backend → LIP), from the local IP.
+    let reply = packet(Proto::Tcp, EXT_MAC, CLIENT_MAC, vip(), client(), ACK, &[0; 100]);
+    let router = Ipv4Addr::new(198, 18, 0, 254);
+    let err = frag_needed(&reply, CLIENT_MAC, EXT_MAC, router, *vip().ip());
+    let (v, out) = run(&mut s, now, 0, &err);
+    assert_eq!(v, Verdict::Transmit(1), "to the backend link");
+    assert_eq!(&out[0..6], &B1_MAC.0);
+    let (outer, quoted, ok) = icmp_about(&out);
+    assert!(ok, "outer, ICMP and quoted checksums");
+    assert_eq!(outer, (LIP, *backend.ip()));
+    assert_eq!(quoted, (backend, local));
+    assert_eq!(
+        &out[ETH_HEADER_LEN + 26..ETH_HEADER_LEN + 28],
+        &1400u16.to_be_bytes(),
+        "MTU kept"
+    );
+
+    // A router on the backend's path reports a packet LIP → backend: the client hears of its own packet.
+    let sent = packet(Proto::Tcp, INT_MAC, B1_MAC, local, backend, ACK, &[0; 100]);
+    let router = Ipv4Addr::new(198, 19, 0, 254);
+    let err = frag_needed(&sent, B1_MAC, INT_MAC, router, LIP);
+    let (v, out) = run(&mut s, now, 1, &err);
+    assert_eq!(v, Verdict::Transmit(0), "out where the client came in");
+    assert_eq!(&out[0..6], &CLIENT_MAC.0);
+    let (outer, quoted, ok) = icmp_about(&out);
+    assert!(ok);
+    assert_eq!(outer, (*vip().ip(), *client().ip()));
+    assert_eq!(quoted, (client(), vip()));
+    assert_eq!(s.handler().counters().icmp_forwarded, 2);
+
+    // An error about a flow nobody has is the local stack's, not forwarded.
+    let stranger = packet(Proto::Tcp, EXT_MAC, CLIENT_MAC, vip(), sa([198, 18, 0, 7], 1), ACK, b"");
+    let err = frag_needed(
+        &stranger,
+        CLIENT_MAC,
+        EXT_MAC,
+        Ipv4Addr::new(198, 18, 0, 254),
+        *vip().ip(),
+    );
+    assert_ne!(run(&mut s, now, 0, &err).0, Verdict::Transmit(1));
+    assert_eq!(s.handler().counters().icmp_forwarded, 2);
+}
+
+#[test]
+fn icmp_error_about_a_dr_flow_goes_to_its_backend_unchanged() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        forwarding: Forwarding::Dr,
+        ..Default::default()
+    });
+    run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    // The backend answers the client directly from the VIP; a router on the way reports it to the VIP.
+    let reply = packet(Proto::Tcp, B1_MAC, CLIENT_MAC, vip(), client(), ACK, &[0; 100]);
+    let err = frag_needed(&reply, CLIENT_MAC, EXT_MAC, Ipv4Addr::new(198, 18, 0, 254), *vip().ip());
+    let (v, out) = run(&mut s, now, 0, &err);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(&out[0..6], &B1_MAC.0);
+    assert_eq!(&out[12..], &err[12..], "IP packet untouched");
+}
+
+#[test]
+fn icmp_error_landing_on_another_worker_is_handed_to_the_flow_owner() {
+    let now = Instant::now();
+    let mut mesh = Handoff::mesh(2, 16);
+    let h1 = mesh.pop().unwrap();
+    let h0 = mesh.pop().unwrap();
+    let setup = |worker| Setup {
+        worker,
+        workers: 2,
+        ..Default::default()
+    };
+    let mut w0 = stack_with(setup(0), Some(h0), true);
+    let mut w1 = stack_with(setup(1), Some(h1), true);
+    let mut buf = vec![0u8; 2048];
+    let mut checked = [false, false];
+    for port in 0..16u16 {
+        let c = sa([198, 18, 0, 1], 43000 + port);
+        let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, c, vip(), SYN, b"");
+        let owner = match run(&mut w0, now, 0, &syn).0 {
+            Verdict::Transmit(1) => 0,
+            _ => {
+                w1.poll_transmit(now, &mut buf)
+                    .expect("worker 1 forwards the handed SYN");
+                1
+            }
+        };
+        // The error about this flow arrives at the other worker.
+        let reply = packet(Proto::Tcp, EXT_MAC, CLIENT_MAC, vip(), c, ACK, &[0; 100]);
+        let err = frag_needed(&reply, CLIENT_MAC, EXT_MAC, Ipv4Addr::new(198, 18, 0, 254), *vip().ip());
+        let (other, owner_stack) = if owner == 0 {
+            (&mut w1, &mut w0)
+        } else {
+            (&mut w0, &mut w1)
+        };
+        assert_eq!(run(other, now, 0, &err).0, Verdict::Consumed, "handed over");
+        let (p, len) = owner_stack.poll_transmit(now, &mut buf).expect("the owner forwards it");
+        assert_eq!(p, 1);
+        let (outer, quoted, ok) = icmp_about(&buf[..len]);
+        assert!(
+            ok && outer.0 == LIP && backends().contains(&quoted.0),
+            "translated by the owner"
+        );
+        checked[owner] = true;
+    }
+    assert_eq!(checked, [true, true], "flows owned by both workers");
+}
+
 #[test]
 fn full_table_drops_new_fullnat_flows() {
     let now = Instant::now();

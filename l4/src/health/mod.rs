@@ -748,13 +748,6 @@ impl HealthChecker {
     }
 }
 
-/// Whether an ICMP message (from its type byte on) is an error quoting a TCP or UDP packet sent from a probe
-/// port in `ports`: such errors belong to the health checker, on whichever worker they arrive.
-pub fn quotes_probe(icmp: &[u8], ports: &std::ops::Range<u16>) -> bool {
-    packets::icmp_quote(icmp)
-        .is_some_and(|q| matches!(q.protocol, packets::PROTO_TCP | packets::PROTO_UDP) && ports.contains(&q.ports().0))
-}
-
 /// Offset of target `i` of `n`'s first probe: `interval * i / n`.
 fn spread(interval: Duration, i: usize, n: usize) -> Duration {
     let nanos = interval.as_nanos() * i as u128 / n.max(1) as u128;
