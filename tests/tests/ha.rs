@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use xlb_ha::sync::{MessageType, SyncMessage};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
 use xlb_tests::traffic::{echo_stream, in_ns, StreamPace, TIMEOUT};
@@ -424,6 +425,111 @@ fn forged_sync_and_vrrp_packets_change_nothing_and_are_counted() -> Result<()> {
         ha_state(&lb1)?["state"] == "master" && after["state"] == "backup",
         "mastership changed"
     );
+    Ok(())
+}
+
+/// (client, server, state) of every connection entry on `xlb`.
+fn conn_states(xlb: &Appliance) -> Result<Vec<(String, String, String)>> {
+    let v: serde_json::Value = serde_json::from_str(&xlb.xlbctl(&["conns", "--json"])?)?;
+    let mut rows: Vec<_> = v["conns"]
+        .as_array()
+        .context("conns")?
+        .iter()
+        .map(|c| (c["client"].to_string(), c["server"].to_string(), c["state"].to_string()))
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// Genuine sync datagrams recorded off the wire and sent again later (from the client's host) are refused as
+/// replays and counted; the backup's table keeps the state the later messages gave it.
+#[test]
+fn replayed_sync_messages_change_nothing_and_are_counted() -> Result<()> {
+    let t = pair("hareplay")?;
+    let (_lb1, lb2) = start_pair(&t)?;
+    // Record the sync group from the client's host while 5 connections open, talk and close through lb1.
+    let recording = {
+        let client = t.client.clone();
+        std::thread::spawn(move || {
+            in_ns(&client, || {
+                let sock = UdpSocket::bind("0.0.0.0:8848")?;
+                sock.join_multicast_v4(&"224.0.0.81".parse()?, &"198.18.0.1".parse()?)?;
+                sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+                let (mut got, mut buf, until) = (Vec::new(), [0u8; 2048], Instant::now() + Duration::from_secs(4));
+                while Instant::now() < until {
+                    if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                        got.push((from, buf[..n].to_vec()));
+                    }
+                }
+                Ok(got)
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    in_ns(&t.client, move || {
+        for _ in 0..5 {
+            let mut s = BufReader::new(TcpStream::connect_timeout(&target, TIMEOUT)?);
+            s.get_mut().set_read_timeout(Some(TIMEOUT))?;
+            s.get_mut().write_all(b"hello\n")?;
+            let mut line = String::new();
+            s.read_line(&mut line)?;
+            s.read_line(&mut line)?;
+        }
+        Ok(())
+    })?;
+    let recorded = recording.join().map_err(|_| anyhow::anyhow!("recorder panicked"))??;
+    // lb1's datagrams (lb2's own would be refused as our own, not as replays).
+    let lb1_sent: Vec<Vec<u8>> = recorded
+        .into_iter()
+        .filter(|(from, _)| !["198.18.0.3", "198.18.0.11"].contains(&from.ip().to_string().as_str()))
+        .map(|(_, bytes)| bytes)
+        .collect();
+    // Among them, the upserts of the 5 connections as they opened (states older than lb2's now).
+    let records: usize = lb1_sent
+        .iter()
+        .filter_map(|b| SyncMessage::new_checked(&b[..]).ok())
+        .filter(|m| MessageType::from_u8(m.msg_type()) == Some(MessageType::Conns))
+        .map(|m| m.count())
+        .sum();
+    ensure!(
+        records >= 5,
+        "{records} connection records among {} datagrams from lb1",
+        lb1_sent.len()
+    );
+    // The backup knows the 5 connections, closed.
+    let states = wait_until_ok(TIMEOUT, "lb2 to hold the 5 closed connections", || {
+        let rows = conn_states(&lb2)?;
+        ensure!(
+            rows.len() == 5 && rows.iter().all(|r| r.2 != "\"established\"" && r.2 != "\"syn_recv\""),
+            "{rows:?}"
+        );
+        Ok(rows)
+    })?;
+    let before = ha_state(&lb2)?;
+    let n = lb1_sent.len() as u64;
+    in_ns(&t.client, move || {
+        let sock = UdpSocket::bind("198.18.0.1:0")?;
+        sock.set_multicast_ttl_v4(1)?;
+        for bytes in &lb1_sent {
+            sock.send_to(bytes, "224.0.0.81:8848")?;
+        }
+        Ok(())
+    })?;
+    let after = wait_until_ok(TIMEOUT, "the replays to be counted", || {
+        let s = ha_state(&lb2)?;
+        let replayed = s["sync_replayed"].as_u64().unwrap_or(0) - before["sync_replayed"].as_u64().unwrap_or(0);
+        ensure!(replayed >= n, "{replayed} of {n} replays counted: {s}");
+        Ok(s)
+    })?;
+    let replayed = after["sync_replayed"].as_u64().unwrap_or(0) - before["sync_replayed"].as_u64().unwrap_or(0);
+    ensure!(replayed == n, "{replayed} replays counted for {n} sent: {after}");
+    ensure!(
+        after["sync_records_received"] == before["sync_records_received"],
+        "replayed records were taken: {before} -> {after}"
+    );
+    ensure!(conn_states(&lb2)? == states, "the backup's table changed");
+    eprintln!("{n} recorded sync datagrams ({records} connection records) replayed: all refused and counted");
     Ok(())
 }
 

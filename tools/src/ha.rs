@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::{json, Value};
 use xlb_ha::net::{kernel_address, GarpSocket, SyncSocket, VrrpSocket};
-use xlb_ha::sync::{AuthKey, ConnKey, ConnRecord, SyncAction, SyncConfig, SyncReceiver, SyncSender, MAX_MESSAGE_LEN};
+use xlb_ha::sync::{
+    AuthKey, ConnKey, ConnRecord, RecvError, SyncAction, SyncConfig, SyncReceiver, SyncSender, MAX_MESSAGE_LEN,
+};
 use xlb_ha::vrrp::{VrrpConfig, VrrpEvent, VrrpRouter, VrrpState};
 use xlb_l4::conn::Conn;
 use xlb_l4::forward::{ControlMessage, SyncEvent};
@@ -46,6 +48,8 @@ pub struct HaStatus {
     records_sent: AtomicU64,
     records_received: AtomicU64,
     rejected: AtomicU64,
+    /// Of the rejected: authentic messages seen before (replays).
+    replayed: AtomicU64,
     vrrp_rejected: AtomicU64,
     draining: AtomicBool,
 }
@@ -66,6 +70,7 @@ impl HaStatus {
             "sync_records_sent": self.records_sent.load(Ordering::Relaxed),
             "sync_records_received": self.records_received.load(Ordering::Relaxed),
             "sync_rejected": self.rejected.load(Ordering::Relaxed),
+            "sync_replayed": self.replayed.load(Ordering::Relaxed),
             "vrrp_rejected": self.vrrp_rejected.load(Ordering::Relaxed),
         })
     }
@@ -473,8 +478,11 @@ impl SyncLoop {
             let mut forgets: Vec<Vec<xlb_l4::conn::FlowKey>> = vec![Vec::new(); n];
             while let Ok(Some((len, from))) = self.socket.recv(&mut buf) {
                 let now = Instant::now();
-                if self.receiver.handle_message(now, from, &buf[..len]).is_err() {
+                if let Err(e) = self.receiver.handle_message(now, from, &buf[..len]) {
                     self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                    if e == RecvError::Replayed {
+                        self.status.replayed.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 self.act(now, &mut imports, &mut forgets);
             }
