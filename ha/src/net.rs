@@ -1,12 +1,13 @@
-//! The thin I/O drivers of HA: sockets for VRRP adverts, gratuitous ARP and session sync.
+//! Kernel-socket helpers of HA.
 //!
-//! HA control traffic uses kernel sockets on the node's management address of the HA interface (the XDP filter
-//! passes it to the kernel: it is not addressed to a VIP). The protocol logic stays in the sans-IO cores
-//! ([`crate::vrrp`], [`crate::sync`]); these wrappers only move bytes.
+//! The appliance carries its HA traffic on the AF_XDP datapath (see [`crate::frames`]); from the kernel it only
+//! needs [`MulticastMembership`], so the NIC accepts the groups' multicast MACs. [`VrrpSocket`] and
+//! [`GarpSocket`] run the VRRP core over kernel sockets, without a datapath: the keepalived interop test of the
+//! core uses them.
 
 use std::io;
 use std::mem::size_of;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
@@ -55,39 +56,6 @@ pub fn ifindex(ifname: &str) -> io::Result<libc::c_int> {
     Ok(index as libc::c_int)
 }
 
-/// The first IPv4 address the kernel has on `ifname` (the node's management address there).
-pub fn kernel_address(ifname: &str) -> io::Result<Ipv4Addr> {
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below.
-    check(unsafe { libc::getifaddrs(&mut list) }, "getifaddrs")?;
-    let mut found = None;
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: `cur` walks the list getifaddrs returned.
-        let ifa = unsafe { &*cur };
-        // SAFETY: ifa_name is a NUL-terminated string.
-        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
-        if name.to_bytes() == ifname.as_bytes() && !ifa.ifa_addr.is_null() {
-            // SAFETY: a non-null ifa_addr points to a sockaddr.
-            if unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
-                // SAFETY: AF_INET addresses are sockaddr_in.
-                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-                found = Some(Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()));
-                break;
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `list` came from getifaddrs.
-    unsafe { libc::freeifaddrs(list) };
-    found.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("interface {ifname} has no IPv4 address in the kernel: HA (VRRP, sync) needs one as its source"),
-        )
-    })
-}
-
 fn bind_to_device(fd: libc::c_int, ifname: &str) -> io::Result<()> {
     let dev = std::ffi::CString::new(ifname).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `dev` is a valid buffer of the length passed.
@@ -125,6 +93,30 @@ fn join(fd: libc::c_int, group: Ipv4Addr, source: Ipv4Addr, index: libc::c_int) 
         &zero,
         "IP_MULTICAST_LOOP",
     )
+}
+
+/// Membership of multicast groups on one interface, held by a UDP socket that never reads: it makes the NIC
+/// accept the groups' multicast MACs, while the XDP filter hands the frames themselves to the datapath.
+pub struct MulticastMembership {
+    _fd: OwnedFd,
+}
+
+impl MulticastMembership {
+    /// Joins `groups` on `ifname`.
+    pub fn join(ifname: &str, groups: &[Ipv4Addr]) -> io::Result<MulticastMembership> {
+        // SAFETY: plain socket(2) call.
+        let raw = check(
+            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) },
+            "socket(AF_INET, SOCK_DGRAM)",
+        )?;
+        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let index = ifindex(ifname)?;
+        for group in groups {
+            join(fd.as_raw_fd(), *group, Ipv4Addr::UNSPECIFIED, index)?;
+        }
+        Ok(MulticastMembership { _fd: fd })
+    }
 }
 
 /// Waits until `fd` is readable or `timeout` passes; returns whether it is readable.
@@ -283,75 +275,3 @@ impl GarpSocket {
     }
 }
 
-/// The UDP socket of session sync: bound to the group's port on the HA interface, member of the group.
-pub struct SyncSocket {
-    socket: UdpSocket,
-    group: SocketAddrV4,
-}
-
-impl SyncSocket {
-    /// Opens the socket on `ifname` for `group`, sending from `source`.
-    pub fn open(ifname: &str, source: Ipv4Addr, group: SocketAddrV4) -> io::Result<SyncSocket> {
-        // SAFETY: plain socket(2) call.
-        let raw = check(
-            unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) },
-            "socket(AF_INET, SOCK_DGRAM)",
-        )?;
-        // SAFETY: `raw` is a fresh descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let one: libc::c_int = 1;
-        setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_REUSEADDR,
-            &one,
-            "SO_REUSEADDR",
-        )?;
-        bind_to_device(fd.as_raw_fd(), ifname)?;
-        let sin = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: group.port().to_be(),
-            sin_addr: in_addr(Ipv4Addr::UNSPECIFIED),
-            sin_zero: [0; 8],
-        };
-        // SAFETY: `sin` is valid for the length passed.
-        check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                )
-            },
-            "bind the sync socket",
-        )?;
-        join(fd.as_raw_fd(), *group.ip(), source, ifindex(ifname)?)?;
-        let socket = UdpSocket::from(fd);
-        socket.set_nonblocking(true)?;
-        Ok(SyncSocket { socket, group })
-    }
-
-    /// Sends to the group.
-    pub fn send_group(&self, bytes: &[u8]) -> io::Result<()> {
-        self.socket.send_to(bytes, self.group).map(drop)
-    }
-
-    /// Sends to one peer (acks, unicast peers).
-    pub fn send_to(&self, bytes: &[u8], to: SocketAddr) -> io::Result<()> {
-        self.socket.send_to(bytes, to).map(drop)
-    }
-
-    /// One received datagram and its sender, or `None`.
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<(usize, SocketAddr)>> {
-        match self.socket.recv_from(buf) {
-            Ok(r) => Ok(Some(r)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Waits for a datagram for at most `timeout`.
-    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
-        wait_readable(self.socket.as_raw_fd(), timeout)
-    }
-}

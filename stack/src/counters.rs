@@ -57,6 +57,7 @@ drop_reasons! {
     NoConnection => "no_connection": "Packet of no known connection that cannot start one (not a SYN, or a reply to a free local port).",
     HandoffFull => "handoff_full": "Frame for another worker's flow, but the hand-off queue was full.",
     ServerRemoved => "server_removed": "Packet of a connection whose server was removed, with the reset policy (answered with RST or ICMP unreachable).",
+    HaQueueFull => "ha_queue_full": "VRRP or sync packet while the queue to the HA driver was full.",
 }
 
 /// Counters of the sans-IO stack (owned by one worker, plain integers).

@@ -49,6 +49,18 @@ impl Config {
         xlb_l4::config::validate(&self.listeners, &self.groups, &self.l4, &self.interfaces)?;
         if let Some(ha) = &self.ha {
             ha.validate(&self.interfaces)?;
+            // Sync datagrams to the node's own address are told apart by port: keep it off the FULLNAT and
+            // health-probe ports.
+            let port = ha.sync_group.port();
+            let probes = xlb_l4::config::PROBE_PORT_BASE..xlb_l4::config::PROBE_PORT_BASE + xlb_l4::config::PROBE_PORTS;
+            if (self.l4.local_port_min..=self.l4.local_port_max).contains(&port) || probes.contains(&port) {
+                return Err(format!(
+                    "ha.sync_group: port {port} is inside the FULLNAT local ports (l4.local_port_min..max) or the \
+                     health-probe ports {}..{}",
+                    probes.start,
+                    probes.end - 1
+                ));
+            }
         }
         if self.node.name.is_empty() {
             return Err("node.name: must not be empty".into());

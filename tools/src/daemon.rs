@@ -35,8 +35,16 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     for (iface, ip) in floating_ips(&config) {
         dp.add_address(iface, ip, AddrKind::Local).map_err(|e| e.to_string())?;
     }
-    let ha_node = match (&config.ha, factory.take_sync_events()) {
-        (Some(_), Some(events)) => Some(ha::start(&config, runtime.worker_channels(), events)?),
+    let ha_node = match (&config.ha, factory.take_sync_events(), factory.take_ha_link()) {
+        (Some(ha), Some(events), Some(link)) => {
+            // VRRP and sync frames go to the datapath, not the kernel.
+            let iface = ha::ha_interface(&config)?;
+            for group in [xlb_ha::vrrp::VRRP_MULTICAST, *ha.sync_group.ip()] {
+                dp.add_address(iface, group, AddrKind::Group)
+                    .map_err(|e| e.to_string())?;
+            }
+            Some(ha::start(&config, runtime.worker_channels(), events, link)?)
+        }
         _ => None,
     };
     let mut api = Api::new(runtime, Arc::new(dp), started, config_path);

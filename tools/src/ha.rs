@@ -1,6 +1,10 @@
-//! The HA driver: runs the VRRP router and session sync (sans-IO cores in `xlb-ha`) over kernel sockets on the
-//! HA interface (`[ha]`, see `crate::ha_config`), and tells the workers what to own and which connections to
-//! install.
+//! The HA driver: runs the VRRP router and session sync (sans-IO cores in `xlb-ha`) on the HA interface
+//! (`[ha]`, see `crate::ha_config`), and tells the workers what to own and which connections to install.
+//!
+//! HA traffic goes through the AF_XDP datapath: workers hand received VRRP and sync packets to these threads
+//! over channels (`xlb_l4::forward::ha_tap`) and transmit the frames built here (adverts, sync datagrams,
+//! gratuitous ARPs), from the node's own address on the HA interface. So HA fails with the datapath: a node whose
+//! workers stop sends no adverts, and its peer takes over.
 //!
 //! - **VRRP thread**: adverts on a raw socket; on becoming master every worker is made active (owns the VIPs
 //!   and floating local IPs, so it answers ARP for them) and gratuitous ARPs announce them; on becoming backup
@@ -17,14 +21,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde_json::{json, Value};
-use xlb_ha::net::{kernel_address, GarpSocket, SyncSocket, VrrpSocket};
+use xlb_ha::frames::{garp_frame, multicast_frame, udp_packet, udp_payload, SYNC_MULTICAST_TTL};
+use xlb_ha::net::MulticastMembership;
 use xlb_ha::sync::{
     AuthKey, ConnKey, ConnRecord, RecvError, SyncAction, SyncConfig, SyncReceiver, SyncSender, MAX_MESSAGE_LEN,
 };
-use xlb_ha::vrrp::{VrrpConfig, VrrpEvent, VrrpRouter, VrrpState};
+use xlb_ha::vrrp::{VrrpConfig, VrrpEvent, VrrpRouter, VrrpState, VRRP_MULTICAST};
 use xlb_l4::conn::Conn;
+use xlb_l4::forward::ha_tap::HaOutbound;
 use xlb_l4::forward::{ControlMessage, SyncEvent};
 use xlb_l4::sched::hash::hash_5tuple;
+use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::datapath::interface_mac;
 
 use crate::config::Config;
@@ -34,6 +41,44 @@ use crate::lb::{floating_ips, vip_interface};
 const RESYNC_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait in either thread's loop (so a stop request is noticed promptly).
 const TICK: Duration = Duration::from_millis(20);
+/// Longest wait at shutdown for the workers to send the last frames (the priority-0 advert).
+const FLUSH_WAIT: Duration = Duration::from_millis(500);
+
+/// The HA threads' ends of the datapath channels (the workers hold the other ends).
+pub struct HaLink {
+    /// VRRP packets received by any worker.
+    pub vrrp: Receiver<Vec<u8>>,
+    /// Sync datagrams received by any worker.
+    pub sync: Receiver<Vec<u8>>,
+    /// Frames for the worker that transmits for HA.
+    pub out: Sender<HaOutbound>,
+}
+
+/// Where HA frames leave: the HA interface, and every interface's MAC (for gratuitous ARPs).
+#[derive(Clone)]
+struct Egress {
+    out: Sender<HaOutbound>,
+    iface: usize,
+    macs: Vec<EthernetAddress>,
+}
+
+impl Egress {
+    /// Sends a frame on interface `iface`; a full queue drops it (counted by the caller's protocol: VRRP and
+    /// sync both recover from a lost packet).
+    fn frame(&self, iface: usize, frame: Vec<u8>) {
+        let _ = self.out.try_send(HaOutbound::Frame { iface, frame });
+    }
+
+    /// A multicast IPv4 packet on the HA interface.
+    fn multicast(&self, packet: &[u8]) {
+        self.frame(self.iface, multicast_frame(self.macs[self.iface], packet));
+    }
+
+    /// A unicast IPv4 packet, routed by the worker.
+    fn routed(&self, packet: Vec<u8>) {
+        let _ = self.out.try_send(HaOutbound::Routed(packet));
+    }
+}
 
 /// What the HA threads publish for status and stats.
 #[derive(Debug, Default)]
@@ -82,6 +127,8 @@ pub struct HaNode {
     drain: Arc<AtomicBool>,
     status: Arc<HaStatus>,
     threads: Vec<JoinHandle<()>>,
+    out: Sender<HaOutbound>,
+    _membership: MulticastMembership,
 }
 
 impl HaNode {
@@ -107,25 +154,33 @@ impl Drop for HaNode {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Let the workers send what the threads queued last (the hand-over advert) before the datapath stops.
+        let since = Instant::now();
+        while !self.out.is_empty() && since.elapsed() < FLUSH_WAIT {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Starts HA for `config.ha`. `workers` are the workers' control channels; `events` their sync events.
+/// Starts HA for `config.ha`. `workers` are the workers' control channels, `events` their sync events, `link`
+/// the channels to and from the workers for HA traffic.
 pub fn start(
     config: &Config,
     workers: Vec<Sender<ControlMessage>>,
     events: Receiver<SyncEvent>,
+    link: HaLink,
 ) -> Result<HaNode, String> {
     let ha = config.ha.clone().ok_or("no [ha] section")?;
-    let source = kernel_address(&ha.interface).map_err(|e| format!("ha.interface: {e}"))?;
+    let ha_iface = ha_interface(config)?;
+    let source = ha_source(config)?;
     let key = AuthKey::load(&ha.auth_key_file).map_err(|e| format!("ha.auth_key_file: {e}"))?;
     let node_id = node_id(&config.node.name);
     let sync_config = SyncConfig::new(node_id, xlb_ha::sync::random_epoch());
     let sender = SyncSender::new(sync_config.clone(), key.clone(), Instant::now()).map_err(|e| format!("ha: {e}"))?;
     let receiver = SyncReceiver::new(sync_config, key).map_err(|e| format!("ha: {e}"))?;
-    let socket = SyncSocket::open(&ha.interface, source, ha.sync_group)
-        .map_err(|e| format!("ha.sync_group: {} on {}: {e}", ha.sync_group, ha.interface))?;
-    let vrrp_socket = VrrpSocket::open(&ha.interface, source).map_err(|e| format!("ha.interface: VRRP socket: {e}"))?;
+    let membership = MulticastMembership::join(&ha.interface, &[VRRP_MULTICAST, *ha.sync_group.ip()])
+        .map_err(|e| format!("ha.interface: joining the HA multicast groups on {}: {e}", ha.interface))?;
 
     // What moves: VIPs (announced on their interfaces) and floating local IPs.
     let vips: Vec<Ipv4Addr> = if ha.vips.is_empty() {
@@ -148,11 +203,15 @@ pub fn start(
         })
         .collect();
     announce.extend(floating_ips(config));
-    let mut garp = Vec::new();
+    let mut macs = Vec::new();
     for iface in &config.interfaces {
-        let mac = interface_mac(&iface.name).map_err(|e| e.to_string())?;
-        garp.push(GarpSocket::open(&iface.name, mac).map_err(|e| format!("interface {}: {e}", iface.name))?);
+        macs.push(interface_mac(&iface.name).map_err(|e| e.to_string())?);
     }
+    let egress = Egress {
+        out: link.out.clone(),
+        iface: ha_iface,
+        macs,
+    };
 
     let mut vrrp_config = VrrpConfig::new(ha.vrid, ha.priority, source, vips);
     vrrp_config.advert_interval_cs = ha.advert_interval_cs;
@@ -164,19 +223,27 @@ pub fn start(
     let drain = Arc::new(AtomicBool::new(false));
     let status = Arc::new(HaStatus::default());
     let sync = {
-        let (stop, status, workers) = (stop.clone(), status.clone(), workers.clone());
-        let peers: Vec<SocketAddr> = ha
+        let (stop, status, workers, egress) = (stop.clone(), status.clone(), workers.clone(), egress.clone());
+        let peers: Vec<SocketAddrV4> = ha
             .peers
             .iter()
-            .map(|p| SocketAddr::V4(SocketAddrV4::new(*p, ha.sync_group.port())))
+            .map(|p| SocketAddrV4::new(*p, ha.sync_group.port()))
             .collect();
+        let (group, source, inbound) = (
+            ha.sync_group,
+            SocketAddrV4::new(source, ha.sync_group.port()),
+            link.sync,
+        );
         std::thread::Builder::new()
             .name("xlb-ha-sync".into())
             .spawn(move || {
                 SyncLoop {
                     sender,
                     receiver,
-                    socket,
+                    inbound,
+                    egress,
+                    source,
+                    group,
                     peers,
                     workers,
                     events,
@@ -188,14 +255,14 @@ pub fn start(
             .map_err(|e| e.to_string())?
     };
     let vrrp = {
-        let (stop, drain, status) = (stop.clone(), drain.clone(), status.clone());
+        let (stop, drain, status, inbound) = (stop.clone(), drain.clone(), status.clone(), link.vrrp);
         std::thread::Builder::new()
             .name("xlb-ha-vrrp".into())
             .spawn(move || {
                 VrrpLoop {
                     router: VrrpRouter::new(vrrp_config, Instant::now()),
-                    socket: vrrp_socket,
-                    garp,
+                    inbound,
+                    egress,
                     announce,
                     workers,
                     status,
@@ -210,6 +277,29 @@ pub fn start(
         drain,
         status,
         threads: vec![sync, vrrp],
+        out: link.out,
+        _membership: membership,
+    })
+}
+
+/// Index of the `[ha]` interface among the configured interfaces.
+pub fn ha_interface(config: &Config) -> Result<usize, String> {
+    let ha = config.ha.as_ref().ok_or("no [ha] section")?;
+    config
+        .interfaces
+        .iter()
+        .position(|i| i.name == ha.interface)
+        .ok_or_else(|| format!("ha.interface: {} is not a configured [[interface]]", ha.interface))
+}
+
+/// The node's HA address: its first address on the HA interface (VRRP and sync are sent from it).
+pub fn ha_source(config: &Config) -> Result<Ipv4Addr, String> {
+    let i = ha_interface(config)?;
+    config.interfaces[i].addresses.first().map(|n| n.addr).ok_or_else(|| {
+        format!(
+            "ha.interface: {} has no address to send VRRP and sync from",
+            config.interfaces[i].name
+        )
     })
 }
 
@@ -228,8 +318,8 @@ fn owner(conn: &Conn, workers: usize) -> usize {
 
 struct VrrpLoop {
     router: VrrpRouter,
-    socket: VrrpSocket,
-    garp: Vec<GarpSocket>,
+    inbound: Receiver<Vec<u8>>,
+    egress: Egress,
     announce: Vec<(usize, Ipv4Addr)>,
     workers: Vec<Sender<ControlMessage>>,
     status: Arc<HaStatus>,
@@ -242,21 +332,21 @@ impl VrrpLoop {
         }
     }
 
+    fn garp(&self, iface: usize, ip: Ipv4Addr) {
+        if let Some(mac) = self.egress.macs.get(iface) {
+            self.egress.frame(iface, garp_frame(*mac, ip));
+        }
+    }
+
     fn announce(&self) {
         for (iface, ip) in &self.announce {
-            if let Some(s) = self.garp.get(*iface) {
-                if let Err(e) = s.send(*ip) {
-                    tracing::warn!(%ip, error = %e, "gratuitous ARP failed");
-                }
-            }
+            self.garp(*iface, *ip);
         }
     }
 
     fn flush(&mut self, now: Instant, buf: &mut [u8]) {
         while let Some(len) = self.router.poll_transmit(now, buf) {
-            if let Err(e) = self.socket.send(&buf[..len]) {
-                tracing::warn!(error = %e, "sending a VRRP advert failed");
-            }
+            self.egress.multicast(&buf[..len]);
         }
         while let Some(event) = self.router.poll_event() {
             match event {
@@ -285,7 +375,7 @@ impl VrrpLoop {
         // Repeated announcements after a takeover (the router spaces them).
         while let Some(vip) = self.router.poll_garp() {
             if let Some((iface, _)) = self.announce.iter().find(|(_, ip)| *ip == vip) {
-                let _ = self.garp.get(*iface).map(|s| s.send(vip));
+                self.garp(*iface, vip);
             }
         }
     }
@@ -315,15 +405,12 @@ impl VrrpLoop {
                 .router
                 .poll_timeout()
                 .map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
-            if self.socket.wait_readable(wait).unwrap_or(false) {
-                while let Ok(Some(n)) = self.socket.recv(&mut buf) {
-                    let packet = &buf[..n];
-                    if n < 20 || packet[0] >> 4 != 4 {
-                        continue;
-                    }
+            if let Ok(first) = self.inbound.recv_timeout(wait) {
+                for packet in std::iter::once(first).chain(self.inbound.try_iter()) {
+                    // The stack validated the IPv4 header.
                     let ihl = usize::from(packet[0] & 0x0f) * 4;
                     let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-                    if drained || n < ihl {
+                    if drained {
                         continue;
                     }
                     if self
@@ -350,8 +437,12 @@ impl VrrpLoop {
 struct SyncLoop {
     sender: SyncSender,
     receiver: SyncReceiver,
-    socket: SyncSocket,
-    peers: Vec<SocketAddr>,
+    inbound: Receiver<Vec<u8>>,
+    egress: Egress,
+    /// Our HA address and the sync port: the source of every sync datagram.
+    source: SocketAddrV4,
+    group: SocketAddrV4,
+    peers: Vec<SocketAddrV4>,
     workers: Vec<Sender<ControlMessage>>,
     events: Receiver<SyncEvent>,
     status: Arc<HaStatus>,
@@ -361,10 +452,15 @@ struct SyncLoop {
 
 impl SyncLoop {
     fn send(&self, bytes: &[u8]) {
-        let _ = self.socket.send_group(bytes);
+        self.egress
+            .multicast(&udp_packet(self.source, self.group, SYNC_MULTICAST_TTL, bytes));
         for p in &self.peers {
-            let _ = self.socket.send_to(bytes, *p);
+            self.send_to(bytes, *p);
         }
+    }
+
+    fn send_to(&self, bytes: &[u8], to: SocketAddrV4) {
+        self.egress.routed(udp_packet(self.source, to, 64, bytes));
     }
 
     /// The whole connection table of this node, from every worker.
@@ -399,7 +495,9 @@ impl SyncLoop {
                     forgets[w].push(flow);
                 }
                 SyncAction::SendAck { to, bytes } => {
-                    let _ = self.socket.send_to(&bytes, to);
+                    if let SocketAddr::V4(to) = to {
+                        self.send_to(&bytes, to);
+                    }
                 }
                 SyncAction::PeerHeard { peer } => self.sender.handle_heartbeat(now, peer),
                 SyncAction::PeerAck { peer, ack } => self.sender.handle_ack(now, peer, &ack),
@@ -471,14 +569,19 @@ impl SyncLoop {
                 self.send(&bytes);
             }
             let wait = self.sender.poll_timeout().saturating_duration_since(now).min(TICK);
-            if !self.socket.wait_readable(wait).unwrap_or(false) {
+            let Ok(first) = self.inbound.recv_timeout(wait) else {
                 continue;
-            }
+            };
             let mut imports: Vec<Vec<(Conn, Duration)>> = vec![Vec::new(); n];
             let mut forgets: Vec<Vec<xlb_l4::conn::FlowKey>> = vec![Vec::new(); n];
-            while let Ok(Some((len, from))) = self.socket.recv(&mut buf) {
+            let received: Vec<Vec<u8>> = std::iter::once(first).chain(self.inbound.try_iter()).collect();
+            for packet in &received {
                 let now = Instant::now();
-                if let Err(e) = self.receiver.handle_message(now, from, &buf[..len]) {
+                let Some((from, payload)) = udp_payload(packet) else {
+                    self.status.rejected.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                if let Err(e) = self.receiver.handle_message(now, SocketAddr::V4(from), payload) {
                     self.status.rejected.fetch_add(1, Ordering::Relaxed);
                     if e == RecvError::Replayed {
                         self.status.replayed.fetch_add(1, Ordering::Relaxed);

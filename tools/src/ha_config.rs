@@ -90,8 +90,14 @@ impl HaConfig {
         if self.advert_interval_cs == 0 || self.advert_interval_cs > 4095 {
             return Err("ha.advert_interval_cs: must be 1-4095".into());
         }
-        if !interfaces.iter().any(|i| i.name == self.interface) {
+        let Some(iface) = interfaces.iter().find(|i| i.name == self.interface) else {
             return Err(format!("ha.interface: no [[interface]] named {:?}", self.interface));
+        };
+        if iface.addresses.is_empty() {
+            return Err(format!(
+                "ha.interface: {} has no address to send VRRP and sync from",
+                self.interface
+            ));
         }
         if !self.sync_group.ip().is_multicast() {
             return Err(format!(

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use xlb_l4::config::{GroupConfig, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
+use xlb_l4::forward::ha_tap::{HaOutbound, HaTap};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::forward::{ConnFilter, ConnInfo, ControlMessage, Forwarder, ForwarderConfig, ForwarderUpdate, SyncEvent};
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
@@ -25,6 +26,7 @@ use xlb_stack::xsk::filter::AddrKind;
 use xlb_stack::xsk::{Datapath, WorkerPlan};
 
 use crate::config::Config;
+use crate::ha::{ha_interface, ha_source, HaLink};
 
 /// Frames each worker may have in flight to other workers.
 const HANDOFF_DEPTH: usize = 1024;
@@ -32,6 +34,8 @@ const HANDOFF_DEPTH: usize = 1024;
 const UPDATE_DEPTH: usize = 256;
 /// Session-sync events that may queue between the workers and the sync driver.
 const SYNC_EVENTS_DEPTH: usize = 65_536;
+/// Depth of each HA channel (VRRP in, sync in, frames out): HA is a few packets per second, bursts on resync.
+const HA_DEPTH: usize = 4096;
 
 /// The pipeline every worker runs.
 pub type LbPipeline = LocalStack<Forwarder>;
@@ -112,6 +116,11 @@ pub struct PipelineFactory {
     board: Arc<HealthBoard>,
     counters: Vec<Arc<SharedL4Counters>>,
     sync_events: (Sender<SyncEvent>, Option<Receiver<SyncEvent>>),
+    /// HA traffic: the workers' tap (cloned into each), the outbound end for the transmitting worker, and the
+    /// HA threads' ends.
+    ha_tap: Option<HaTap>,
+    ha_out: Option<Receiver<HaOutbound>>,
+    ha_link: Option<HaLink>,
 }
 
 /// Floating local IPs of the `[ha]` section, as (interface index, address).
@@ -164,6 +173,27 @@ impl PipelineFactory {
             rates: Vec::new(),
             last_totals: (now, Vec::new()),
         };
+        let (ha_tap, ha_out, ha_link) = match (&config.ha, ha_interface(config), ha_source(config)) {
+            (Some(ha), Ok(iface), Ok(source)) => {
+                let ((vrrp_tx, vrrp_rx), (sync_tx, sync_rx)) = (bounded(HA_DEPTH), bounded(HA_DEPTH));
+                let (out_tx, out_rx) = bounded(HA_DEPTH);
+                let tap = HaTap {
+                    iface,
+                    source,
+                    sync: ha.sync_group,
+                    vrrp: vrrp_tx,
+                    sync_in: sync_tx,
+                    outbound: None,
+                };
+                let link = HaLink {
+                    vrrp: vrrp_rx,
+                    sync: sync_rx,
+                    out: out_tx,
+                };
+                (Some(tap), Some(out_rx), Some(link))
+            }
+            _ => (None, None, None),
+        };
         let factory = PipelineFactory {
             config: config.clone(),
             health: health_checker(config, &layout, now),
@@ -177,6 +207,9 @@ impl PipelineFactory {
                 let (tx, rx) = bounded(SYNC_EVENTS_DEPTH);
                 (tx, Some(rx))
             },
+            ha_tap,
+            ha_out,
+            ha_link,
         };
         (factory, runtime)
     }
@@ -184,6 +217,11 @@ impl PipelineFactory {
     /// Session-sync events of every worker (HA only; taken once by the sync driver).
     pub fn take_sync_events(&mut self) -> Option<Receiver<SyncEvent>> {
         self.sync_events.1.take()
+    }
+
+    /// The HA threads' ends of the workers' HA channels (HA only; taken once).
+    pub fn take_ha_link(&mut self) -> Option<HaLink> {
+        self.ha_link.take()
     }
 
     /// The pipeline of the worker planned as `plan`.
@@ -218,6 +256,14 @@ impl PipelineFactory {
             forwarder.set_active(false);
             forwarder.set_floating_ips(floating);
             forwarder.enable_sync(self.sync_events.0.clone(), ha.sync_threshold);
+        }
+        if let Some(tap) = &self.ha_tap {
+            // Every worker hands on what it receives; the first with a port on the HA interface transmits.
+            let mut tap = tap.clone();
+            if plan.ports.iter().any(|(iface, _)| *iface == tap.iface) {
+                tap.outbound = self.ha_out.take();
+            }
+            forwarder.set_ha_tap(tap);
         }
         let neighbours = NeighbourConfig {
             capacity: config.datapath.neighbours,

@@ -10,6 +10,7 @@
 //! A worker that receives another's packet hands it over ([`handoff`]), so the connection entry is only ever
 //! touched by its owner.
 
+pub mod ha_tap;
 pub mod handoff;
 pub mod icmp;
 pub mod lports;
@@ -35,6 +36,7 @@ use crate::layout::{Layout, ListenerSlot, RemovedServerPolicy};
 use crate::sched::hash::hash_5tuple;
 use crate::sched::{MaglevTable, Scheduler, ServerView};
 use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
+use ha_tap::{HaOutbound, HaTap};
 use handoff::Handoff;
 use lports::LocalPorts;
 
@@ -42,6 +44,8 @@ use lports::LocalPorts;
 const EXPIRE_BUDGET: usize = 4096;
 /// How often counters are published and the health board is read.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Longest wait before frames from the HA driver are sent, when the worker sleeps (adaptive idle).
+const HA_POLL: Duration = Duration::from_millis(5);
 
 /// What one worker's forwarder serves.
 pub struct ForwarderConfig {
@@ -250,6 +254,10 @@ pub struct Forwarder {
     control: Option<Receiver<ControlMessage>>,
     sync_out: Option<crossbeam_channel::Sender<SyncEvent>>,
     sync_threshold: u32,
+    /// HA traffic to and from the HA driver, and when to look for frames to send next.
+    ha: Option<HaTap>,
+    ha_poll_at: Instant,
+    ha_groups_owned: bool,
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
     next_housekeeping: Instant,
@@ -305,6 +313,9 @@ impl Forwarder {
             control,
             sync_out: None,
             sync_threshold: 3,
+            ha: None,
+            ha_poll_at: now,
+            ha_groups_owned: false,
             shared,
             next_housekeeping: now,
         };
@@ -739,6 +750,67 @@ impl Forwarder {
         self.sync_threshold = threshold.max(1);
     }
 
+    /// Carries HA traffic for the HA driver (see [`ha_tap`]).
+    pub fn set_ha_tap(&mut self, tap: HaTap) {
+        self.ha = Some(tap);
+        self.ha_groups_owned = false;
+    }
+
+    /// Hands an HA packet (VRRP, session sync) to the HA driver.
+    fn tap_ha(&mut self, frame: &Frame<'_>) -> Option<Handled> {
+        let tap = self.ha.as_ref()?;
+        let packet = &frame.data()[ETH_HEADER_LEN..];
+        let kind = tap.classify(packet)?;
+        Some(match tap.sender(kind).try_send(packet.to_vec()) {
+            Ok(()) => Handled::Verdict(Verdict::Consumed),
+            Err(_) => Handled::Verdict(Verdict::Drop(DropReason::HaQueueFull)),
+        })
+    }
+
+    /// The next frame the HA driver wants sent, if this worker transmits for HA.
+    fn ha_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        let outbound = self.ha.as_ref()?.outbound.as_ref()?;
+        while let Ok(out) = outbound.try_recv() {
+            match out {
+                HaOutbound::Frame { iface, frame } => match self.iface_ports.get(&iface) {
+                    Some(&port) if frame.len() <= buf.len() => {
+                        buf[..frame.len()].copy_from_slice(&frame);
+                        return Some((port, frame.len()));
+                    }
+                    _ => cx.counters.drop(DropReason::NoRoute),
+                },
+                HaOutbound::Routed(packet) => {
+                    let len = ETH_HEADER_LEN + packet.len();
+                    if packet.len() < 20 || len > buf.len() {
+                        continue;
+                    }
+                    buf[ETH_HEADER_LEN..len].copy_from_slice(&packet);
+                    let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+                    if let Ok(port) = cx.deliver(now, buf, len, dst) {
+                        return Some((port, len));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Makes the stack accept the HA multicast groups on the HA interface's ports (once).
+    fn own_ha_groups(&mut self, cx: &mut StackContext<'_>) {
+        let Some(tap) = &self.ha else { return };
+        if self.ha_groups_owned {
+            return;
+        }
+        for (port, iface) in self.port_ifaces.iter().enumerate() {
+            if *iface == tap.iface {
+                for group in tap.groups() {
+                    cx.set_owned(port, group, true);
+                }
+            }
+        }
+        self.ha_groups_owned = true;
+    }
+
     /// Installs a connection synced from a peer: it keeps its server, local port and remaining time. Returns
     /// false if its listener (VIP:port) or server is not configured here.
     fn import(&mut self, now: Instant, mut conn: Conn, remaining: Duration) -> bool {
@@ -1053,6 +1125,9 @@ impl Ipv4Handler for Forwarder {
         ip: &Ipv4Meta,
         cx: &mut StackContext<'_>,
     ) -> Handled {
+        if let Some(handled) = self.tap_ha(frame) {
+            return handled;
+        }
         let proto = match ip.protocol {
             6 => Proto::Tcp,
             17 => Proto::Udp,
@@ -1076,6 +1151,9 @@ impl Ipv4Handler for Forwarder {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        if let Some(out) = self.ha_transmit(now, buf, cx) {
+            return Some(out);
+        }
         if let Some(out) = self.process_handed(now, buf, cx) {
             return Some(out);
         }
@@ -1092,7 +1170,11 @@ impl Ipv4Handler for Forwarder {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let h = self.health.as_ref().and_then(HealthChecker::poll_timeout);
-        Some(h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping)))
+        let mut at = h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping));
+        if self.ha.as_ref().is_some_and(|t| t.outbound.is_some()) {
+            at = at.min(self.ha_poll_at);
+        }
+        Some(at)
     }
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
@@ -1131,6 +1213,8 @@ impl Ipv4Handler for Forwarder {
         if self.vips_dirty {
             self.reconcile_vips(cx);
         }
+        self.own_ha_groups(cx);
+        self.ha_poll_at = now + HA_POLL;
         self.run_health(now);
         if now < self.next_housekeeping {
             return;
