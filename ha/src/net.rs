@@ -274,4 +274,3 @@ impl GarpSocket {
         check(sent as libc::c_int, "sendto(AF_PACKET) of a gratuitous ARP").map(drop)
     }
 }
-

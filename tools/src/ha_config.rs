@@ -24,7 +24,7 @@ pub struct HaConfig {
     /// Wait this long before preempting (ms).
     #[serde(default)]
     pub preempt_delay_ms: u64,
-    /// Interface of the VRRP and sync traffic; its kernel (management) address is the source.
+    /// Interface of the VRRP and sync traffic (on the datapath); xlb's first address on it is the source.
     pub interface: String,
     /// VIPs that move with mastership (default: every listener's VIP).
     #[serde(default)]

@@ -5,7 +5,7 @@
 //! - [`control`]: the control API (HTTP+JSON on the node's Unix socket) and its client.
 //! - [`metrics`]: Prometheus text rendering of the stats document and its HTTP server.
 //! - [`stats`]: the stats document served by the control API.
-//! - [`ha`]: the HA driver: VRRP and session sync over kernel sockets, driving the workers.
+//! - [`ha`]: the HA driver: VRRP and session sync over the datapath's HA channels, driving the workers.
 //! - [`ha_config`]: the `[ha]` section.
 //! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder) from the config.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.

@@ -759,6 +759,105 @@ fn icmp_error_landing_on_another_worker_is_handed_to_the_flow_owner() {
 }
 
 #[test]
+fn ha_packets_go_to_the_ha_driver_and_its_frames_leave_through_the_worker() {
+    use super::ha_tap::{HaOutbound, HaTap};
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let (vrrp_tx, vrrp_rx) = crossbeam_channel::bounded(4);
+    let (sync_tx, sync_rx) = crossbeam_channel::bounded(1);
+    let (out_tx, out_rx) = crossbeam_channel::bounded(4);
+    s.handler_mut().set_ha_tap(HaTap {
+        iface: 0,
+        source: Ipv4Addr::new(198, 18, 0, 10),
+        sync: "224.0.0.81:8848".parse().unwrap(),
+        vrrp: vrrp_tx,
+        sync_in: sync_tx,
+        outbound: Some(out_rx),
+    });
+    // The multicast groups become the stack's own on the HA interface at the first timer.
+    s.handle_timeout(now);
+
+    // A peer's sync datagram to the group, then one to our HA address: both to the driver, untouched.
+    let group_mac = EthernetAddress([1, 0, 0x5e, 0, 0, 81]);
+    let peer = sa([198, 18, 0, 11], 8848);
+    let to_group = packet(
+        Proto::Udp,
+        CLIENT_MAC,
+        group_mac,
+        peer,
+        sa([224, 0, 0, 81], 8848),
+        0,
+        b"sync",
+    );
+    assert_eq!(run(&mut s, now, 0, &to_group).0, Verdict::Consumed);
+    assert_eq!(sync_rx.try_recv().unwrap(), to_group[ETH_HEADER_LEN..].to_vec());
+    let to_us = packet(
+        Proto::Udp,
+        CLIENT_MAC,
+        EXT_MAC,
+        peer,
+        sa([198, 18, 0, 10], 8848),
+        0,
+        b"ack",
+    );
+    // The channel holds one: a second datagram before the driver reads is dropped and counted.
+    assert_eq!(run(&mut s, now, 0, &to_us).0, Verdict::Consumed);
+    assert_eq!(run(&mut s, now, 0, &to_us).0, Verdict::Drop(DropReason::HaQueueFull));
+    assert_eq!(sync_rx.try_recv().unwrap(), to_us[ETH_HEADER_LEN..].to_vec());
+    // UDP to our address on another port is not HA's (the local stack answers port unreachable).
+    let other = packet(Proto::Udp, CLIENT_MAC, EXT_MAC, peer, sa([198, 18, 0, 10], 9), 0, b"x");
+    assert_ne!(run(&mut s, now, 0, &other).0, Verdict::Consumed);
+    assert!(sync_rx.try_recv().is_err());
+
+    // A VRRP advert to 224.0.0.18 (protocol 112).
+    let mut advert = packet(
+        Proto::Udp,
+        CLIENT_MAC,
+        EthernetAddress([1, 0, 0x5e, 0, 0, 18]),
+        peer,
+        sa([224, 0, 0, 18], 0),
+        0,
+        b"",
+    );
+    advert[ETH_HEADER_LEN + 9] = 112;
+    advert[ETH_HEADER_LEN + 10..ETH_HEADER_LEN + 12].copy_from_slice(&[0, 0]);
+    let c = xlb_stack::wire::checksum::checksum(&advert[ETH_HEADER_LEN..ETH_HEADER_LEN + 20]);
+    advert[ETH_HEADER_LEN + 10..ETH_HEADER_LEN + 12].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(run(&mut s, now, 0, &advert).0, Verdict::Consumed);
+    assert_eq!(vrrp_rx.try_recv().unwrap(), advert[ETH_HEADER_LEN..].to_vec());
+
+    // The driver's frames: a multicast frame leaves as it is on the interface's port; a unicast packet is
+    // routed (here to a backend whose MAC is known) and gets its Ethernet header.
+    let mut buf = vec![0u8; 2048];
+    out_tx
+        .send(HaOutbound::Frame {
+            iface: 0,
+            frame: to_group.clone(),
+        })
+        .unwrap();
+    let unicast = packet(
+        Proto::Udp,
+        CLIENT_MAC,
+        CLIENT_MAC,
+        sa([198, 19, 0, 10], 8848),
+        backends()[0],
+        0,
+        b"u",
+    );
+    out_tx
+        .send(HaOutbound::Routed(unicast[ETH_HEADER_LEN..].to_vec()))
+        .unwrap();
+    let (port, len) = s.poll_transmit(now, &mut buf).expect("the multicast frame");
+    assert_eq!((port, &buf[..len]), (0, &to_group[..]));
+    let (port, len) = s.poll_transmit(now, &mut buf).expect("the routed packet");
+    assert_eq!(port, 1);
+    assert_eq!(&buf[0..6], &B1_MAC.0);
+    assert_eq!(&buf[ETH_HEADER_LEN..len], &unicast[ETH_HEADER_LEN..]);
+    // While frames may come, a sleeping worker wakes up soon to send them.
+    assert!(s.poll_timeout().unwrap() <= now + HA_POLL);
+}
+
+#[test]
 fn full_table_drops_new_fullnat_flows() {
     let now = Instant::now();
     let mut s = stack(Setup {
