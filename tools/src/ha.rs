@@ -385,6 +385,8 @@ impl VrrpLoop {
         // Join the election only once resynced: a restarted node must not take traffic with an empty table.
         while !self.status.resynced.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(TICK);
+            // Adverts heard before joining are stale by the time the router starts.
+            while self.inbound.try_recv().is_ok() {}
         }
         self.router.start(Instant::now());
         self.status.state.store(1, Ordering::Relaxed);
