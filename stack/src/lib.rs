@@ -15,6 +15,7 @@ pub mod local;
 pub mod neighbour;
 pub mod pipeline;
 pub mod reflect;
+pub mod wake;
 pub mod wire;
 pub mod xsk;
 

@@ -96,4 +96,10 @@ pub trait Pipeline: Send {
 
     /// The pipeline's counters.
     fn counters(&self) -> &StackCounters;
+
+    /// A descriptor that becomes readable when another thread gave the pipeline work (see
+    /// [`crate::wake::Wake`]); an idle worker sleeps on it as well as on its sockets.
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }

@@ -31,6 +31,7 @@ use xlb_l4::conn::Conn;
 use xlb_l4::forward::ha_tap::HaOutbound;
 use xlb_l4::forward::{ControlMessage, SyncEvent};
 use xlb_l4::sched::hash::hash_5tuple;
+use xlb_stack::wake::Wake;
 use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::datapath::interface_mac;
 
@@ -52,12 +53,15 @@ pub struct HaLink {
     pub sync: Receiver<Vec<u8>>,
     /// Frames for the worker that transmits for HA.
     pub out: Sender<HaOutbound>,
+    /// Wakes that worker after something was queued.
+    pub wake: Arc<Wake>,
 }
 
 /// Where HA frames leave: the HA interface, and every interface's MAC (for gratuitous ARPs).
 #[derive(Clone)]
 struct Egress {
     out: Sender<HaOutbound>,
+    wake: Arc<Wake>,
     iface: usize,
     macs: Vec<EthernetAddress>,
 }
@@ -67,6 +71,7 @@ impl Egress {
     /// sync both recover from a lost packet).
     fn frame(&self, iface: usize, frame: Vec<u8>) {
         let _ = self.out.try_send(HaOutbound::Frame { iface, frame });
+        self.wake.signal();
     }
 
     /// A multicast IPv4 packet on the HA interface.
@@ -77,6 +82,7 @@ impl Egress {
     /// A unicast IPv4 packet, routed by the worker.
     fn routed(&self, packet: Vec<u8>) {
         let _ = self.out.try_send(HaOutbound::Routed(packet));
+        self.wake.signal();
     }
 }
 
@@ -209,6 +215,7 @@ pub fn start(
     }
     let egress = Egress {
         out: link.out.clone(),
+        wake: link.wake.clone(),
         iface: ha_iface,
         macs,
     };

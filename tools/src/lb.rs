@@ -21,6 +21,7 @@ use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedL4Counters};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
+use xlb_stack::wake::Wake;
 use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::filter::AddrKind;
 use xlb_stack::xsk::{Datapath, WorkerPlan};
@@ -173,8 +174,9 @@ impl PipelineFactory {
             rates: Vec::new(),
             last_totals: (now, Vec::new()),
         };
-        let (ha_tap, ha_out, ha_link) = match (&config.ha, ha_interface(config), ha_source(config)) {
-            (Some(ha), Ok(iface), Ok(source)) => {
+        let wake = Wake::new().map(Arc::new);
+        let (ha_tap, ha_out, ha_link) = match (&config.ha, ha_interface(config), ha_source(config), wake) {
+            (Some(ha), Ok(iface), Ok(source), Ok(wake)) => {
                 let ((vrrp_tx, vrrp_rx), (sync_tx, sync_rx)) = (bounded(HA_DEPTH), bounded(HA_DEPTH));
                 let (out_tx, out_rx) = bounded(HA_DEPTH);
                 let tap = HaTap {
@@ -184,11 +186,13 @@ impl PipelineFactory {
                     vrrp: vrrp_tx,
                     sync_in: sync_tx,
                     outbound: None,
+                    wake: wake.clone(),
                 };
                 let link = HaLink {
                     vrrp: vrrp_rx,
                     sync: sync_rx,
                     out: out_tx,
+                    wake,
                 };
                 (Some(tap), Some(out_rx), Some(link))
             }

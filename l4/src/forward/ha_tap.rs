@@ -1,6 +1,7 @@
 //! HA traffic on the datapath: VRRP adverts and session-sync datagrams arrive through AF_XDP like every other
 //! frame for the appliance. The forwarder recognises them and hands a copy to the HA driver over a bounded
-//! channel; the frames the driver builds come back the same way and leave through a worker's TX ring.
+//! channel; the frames the driver builds come back the same way and leave through a worker's TX ring (the
+//! driver signals a [`Wake`] so a sleeping worker sends them at once).
 //!
 //! No kernel socket carries HA traffic, so HA shares the datapath's fate: when the workers stop, the node stops
 //! advertising and a peer takes over. HA packets are control traffic (a few per second), so copying them into
@@ -8,7 +9,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use std::sync::Arc;
+
 use crossbeam_channel::{Receiver, Sender};
+use xlb_stack::wake::Wake;
 
 /// The VRRP multicast group (RFC 5798), and IP protocol number.
 pub const VRRP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
@@ -52,6 +56,8 @@ pub struct HaTap {
     pub sync_in: Sender<Vec<u8>>,
     /// What to send (only the worker that transmits for HA holds it).
     pub outbound: Option<Receiver<HaOutbound>>,
+    /// Signalled by the HA driver after it queued something to send, so a sleeping worker wakes up.
+    pub wake: Arc<Wake>,
 }
 
 impl HaTap {
@@ -95,6 +101,7 @@ mod tests {
             vrrp: crossbeam_channel::bounded(1).0,
             sync_in: crossbeam_channel::bounded(1).0,
             outbound: None,
+            wake: Arc::new(Wake::new().unwrap()),
         }
     }
 

@@ -44,8 +44,6 @@ use lports::LocalPorts;
 const EXPIRE_BUDGET: usize = 4096;
 /// How often counters are published and the health board is read.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// Longest wait before frames from the HA driver are sent, when the worker sleeps (adaptive idle).
-const HA_POLL: Duration = Duration::from_millis(5);
 
 /// What one worker's forwarder serves.
 pub struct ForwarderConfig {
@@ -254,9 +252,8 @@ pub struct Forwarder {
     control: Option<Receiver<ControlMessage>>,
     sync_out: Option<crossbeam_channel::Sender<SyncEvent>>,
     sync_threshold: u32,
-    /// HA traffic to and from the HA driver, and when to look for frames to send next.
+    /// HA traffic to and from the HA driver.
     ha: Option<HaTap>,
-    ha_poll_at: Instant,
     ha_groups_owned: bool,
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
@@ -314,7 +311,6 @@ impl Forwarder {
             sync_out: None,
             sync_threshold: 3,
             ha: None,
-            ha_poll_at: now,
             ha_groups_owned: false,
             shared,
             next_housekeeping: now,
@@ -1170,11 +1166,12 @@ impl Ipv4Handler for Forwarder {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let h = self.health.as_ref().and_then(HealthChecker::poll_timeout);
-        let mut at = h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping));
-        if self.ha.as_ref().is_some_and(|t| t.outbound.is_some()) {
-            at = at.min(self.ha_poll_at);
-        }
-        Some(at)
+        Some(h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping)))
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        let tap = self.ha.as_ref()?;
+        tap.outbound.as_ref().map(|_| tap.wake.fd())
     }
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
@@ -1214,7 +1211,6 @@ impl Ipv4Handler for Forwarder {
             self.reconcile_vips(cx);
         }
         self.own_ha_groups(cx);
-        self.ha_poll_at = now + HA_POLL;
         self.run_health(now);
         if now < self.next_housekeeping {
             return;

@@ -193,6 +193,11 @@ pub trait Ipv4Handler: Send {
 
     /// Advances the stage's timers.
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>);
+
+    /// See [`Pipeline::wake_fd`].
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// No upper stage: the local stack answers everything itself.
@@ -576,6 +581,10 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
 
     fn counters(&self) -> &StackCounters {
         &self.counters
+    }
+
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.handler.wake_fd()
     }
 }
 

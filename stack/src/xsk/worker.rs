@@ -182,9 +182,24 @@ impl<P: Pipeline> Worker<P> {
             pfd.fd = port.rx.fd().as_raw_fd();
             pfd.events = libc::POLLIN;
         }
-        let n = self.ports.len().min(64);
+        let mut n = self.ports.len().min(63);
+        let wake = self.pipeline.wake_fd();
+        if let Some(fd) = wake {
+            fds[n] = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            n += 1;
+        }
         // SAFETY: `fds[..n]` are initialised pollfd structs.
         unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout.as_millis() as i32) };
+        if let Some(fd) = wake {
+            if fds[n - 1].revents != 0 {
+                // Cleared before the turn that takes the work, so a signal after this is not lost.
+                crate::wake::Wake::clear(fd);
+            }
+        }
     }
 
     /// One turn of the loop. Returns the number of frames received, sent or reclaimed (0 = idle).
