@@ -22,6 +22,8 @@ const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
 
 struct Pair {
     lab: Lab,
+    /// Queues (and workers) per xlb interface.
+    queues: u32,
     net: Netns,
     client: Netns,
     lbs: [Netns; 2],
@@ -29,6 +31,11 @@ struct Pair {
 }
 
 fn pair(name: &str) -> Result<Pair> {
+    pair_with_queues(name, 1)
+}
+
+/// [`pair`] with `queues` queues on each xlb interface (one worker per queue).
+fn pair_with_queues(name: &str, queues: u32) -> Result<Pair> {
     let lab = Lab::new(name)?;
     let net = lab.netns("net")?;
     let client = lab.netns("client")?;
@@ -36,10 +43,10 @@ fn pair(name: &str) -> Result<Pair> {
     let lb2 = lab.netns("lb2")?;
     let servers = lab.netns("servers")?;
     lab.veth((&client, "cli0"), (&net, "p-cli"))?;
-    lab.veth((&lb1, "ext0"), (&net, "p-lb1e"))?;
-    lab.veth((&lb2, "ext0"), (&net, "p-lb2e"))?;
-    lab.veth((&lb1, "int0"), (&net, "p-lb1i"))?;
-    lab.veth((&lb2, "int0"), (&net, "p-lb2i"))?;
+    lab.veth_queues((&lb1, "ext0"), (&net, "p-lb1e"), queues)?;
+    lab.veth_queues((&lb2, "ext0"), (&net, "p-lb2e"), queues)?;
+    lab.veth_queues((&lb1, "int0"), (&net, "p-lb1i"), queues)?;
+    lab.veth_queues((&lb2, "int0"), (&net, "p-lb2i"), queues)?;
     lab.veth((&servers, "srv0"), (&net, "p-srv"))?;
     lab.bridge(&net, "br-ext", &["p-cli", "p-lb1e", "p-lb2e"])?;
     lab.bridge(&net, "br-int", &["p-lb1i", "p-lb2i", "p-srv"])?;
@@ -93,6 +100,7 @@ fn pair(name: &str) -> Result<Pair> {
     )?;
     Ok(Pair {
         lab,
+        queues,
         net,
         client,
         lbs: [lb1, lb2],
@@ -101,7 +109,12 @@ fn pair(name: &str) -> Result<Pair> {
 }
 
 fn config(lab: &Lab, node: usize, priority: u8) -> String {
+    config_with_queues(lab, node, priority, 1)
+}
+
+fn config_with_queues(lab: &Lab, node: usize, priority: u8, queues: u32) -> String {
     let key = lab.dir().join("sync.key").display().to_string();
+    let list = (0..queues).map(|q| q.to_string()).collect::<Vec<_>>().join(", ");
     format!(
         r#"
 [node]
@@ -110,14 +123,14 @@ control_socket = "CONTROL_SOCKET"
 
 [[interface]]
 name = "ext0"
-queues = [0]
-cores = [0]
+queues = [{list}]
+cores = [{list}]
 addresses = ["198.18.0.{ext}/24"]
 
 [[interface]]
 name = "int0"
-queues = [0]
-cores = [0]
+queues = [{list}]
+cores = [{list}]
 addresses = ["198.19.0.{int}/24"]
 
 [[listener]]
@@ -166,8 +179,8 @@ fn ha_state(xlb: &Appliance) -> Result<serde_json::Value> {
 
 /// Starts both nodes and waits until lb1 (priority 200) is master and lb2 backup.
 fn start_pair(t: &Pair) -> Result<(Appliance, Appliance)> {
-    let lb1 = Appliance::start(&t.lab, &t.lbs[0], "lb1", &config(&t.lab, 0, 200))?;
-    let lb2 = Appliance::start(&t.lab, &t.lbs[1], "lb2", &config(&t.lab, 1, 100))?;
+    let lb1 = Appliance::start(&t.lab, &t.lbs[0], "lb1", &config_with_queues(&t.lab, 0, 200, t.queues))?;
+    let lb2 = Appliance::start(&t.lab, &t.lbs[1], "lb2", &config_with_queues(&t.lab, 1, 100, t.queues))?;
     wait_until_ok(Duration::from_secs(15), "lb1 master, lb2 backup", || {
         let (a, b) = (ha_state(&lb1)?, ha_state(&lb2)?);
         ensure!(
@@ -321,6 +334,22 @@ fn master_killed_streams_continue_on_the_backup() -> Result<()> {
     let (lb1, lb2) = start_pair(&t)?;
     let pid = lb1.proc().pid();
     failover(&t, &lb1, &lb2, 50, || {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        Ok(())
+    })?;
+    ensure!(ha_state(&lb2)?["state"] == "master");
+    Ok(())
+}
+
+/// The same with two workers per node: flows, their replies, HA packets and synced entries land on either
+/// worker and must reach the right one.
+#[test]
+fn two_worker_nodes_fail_over_without_loss() -> Result<()> {
+    let t = pair_with_queues("hakill2q", 2)?;
+    let (lb1, lb2) = start_pair(&t)?;
+    let pid = lb1.proc().pid();
+    failover(&t, &lb1, &lb2, 30, || {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         Ok(())
