@@ -330,10 +330,14 @@ fn failover(
 
 #[test]
 fn master_killed_streams_continue_on_the_backup() -> Result<()> {
-    let t = pair("hakill")?;
-    let (lb1, lb2) = start_pair(&t)?;
+    kill_master_with_streams(&pair("hakill")?, 50)
+}
+
+/// `kill -9` of lb1 (master) while `streams` TCP streams and 10 UDP flows run: lb2 takes over without loss.
+fn kill_master_with_streams(t: &Pair, streams: usize) -> Result<()> {
+    let (lb1, lb2) = start_pair(t)?;
     let pid = lb1.proc().pid();
-    failover(&t, &lb1, &lb2, 50, || {
+    failover(t, &lb1, &lb2, streams, || {
         // SAFETY: plain kill(2) of our own child.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         Ok(())
@@ -346,16 +350,7 @@ fn master_killed_streams_continue_on_the_backup() -> Result<()> {
 /// worker and must reach the right one.
 #[test]
 fn two_worker_nodes_fail_over_without_loss() -> Result<()> {
-    let t = pair_with_queues("hakill2q", 2)?;
-    let (lb1, lb2) = start_pair(&t)?;
-    let pid = lb1.proc().pid();
-    failover(&t, &lb1, &lb2, 30, || {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        Ok(())
-    })?;
-    ensure!(ha_state(&lb2)?["state"] == "master");
-    Ok(())
+    kill_master_with_streams(&pair_with_queues("hakill2q", 2)?, 30)
 }
 
 #[test]

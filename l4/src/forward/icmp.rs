@@ -8,7 +8,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use xlb_stack::wire::checksum::{checksum, update32};
+use xlb_stack::wire::checksum::checksum;
 use xlb_stack::wire::ETH_HEADER_LEN;
 
 use super::nat;
@@ -68,17 +68,7 @@ pub fn rewrite(
     (inner_src, inner_dst): (SocketAddrV4, SocketAddrV4),
 ) {
     let end = ip_end(frame).expect("the caller checked the frame with quoted()");
-    let ip = &mut frame[ETH_HEADER_LEN..];
-    let (old_src, old_dst) = (addr(&ip[12..16]), addr(&ip[16..20]));
-    let (new_src, new_dst) = (outer_src.octets(), outer_dst.octets());
-    let c = update32(
-        update32(u16::from_be_bytes([ip[10], ip[11]]), old_src, new_src),
-        old_dst,
-        new_dst,
-    );
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    ip[12..16].copy_from_slice(&new_src);
-    ip[16..20].copy_from_slice(&new_dst);
+    nat::set_addresses(&mut frame[ETH_HEADER_LEN..], outer_src, outer_dst);
 
     let icmp = &mut frame[l4..end];
     let inner = &mut icmp[ICMP_HEADER_LEN..];
@@ -95,10 +85,6 @@ fn ip_end(frame: &[u8]) -> Option<usize> {
     let total = frame.get(ETH_HEADER_LEN + 2..ETH_HEADER_LEN + 4)?;
     let end = ETH_HEADER_LEN + usize::from(u16::from_be_bytes([total[0], total[1]]));
     (end <= frame.len()).then_some(end)
-}
-
-fn addr(b: &[u8]) -> [u8; 4] {
-    [b[0], b[1], b[2], b[3]]
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! checksum covers them through the pseudo-header plus the ports. Only the changed words enter the update, so
 //! the cost does not depend on the payload size.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xlb_stack::wire::checksum::{update16, update32};
 use xlb_stack::wire::ETH_HEADER_LEN;
@@ -43,6 +43,21 @@ pub fn rewrite(frame: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst
     rewrite_packet(&mut frame[ETH_HEADER_LEN..], l4 - ETH_HEADER_LEN, proto, src, dst);
 }
 
+/// Sets the IPv4 `packet`'s (from its header on) source and destination addresses, updating the header
+/// checksum incrementally. The transport checksum is the caller's.
+pub fn set_addresses(packet: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
+    let (os, od) = (addr(&packet[12..16]), addr(&packet[16..20]));
+    let (ns, nd) = (src.octets(), dst.octets());
+    let c = update32(update32(u16::from_be_bytes([packet[10], packet[11]]), os, ns), od, nd);
+    packet[10..12].copy_from_slice(&c.to_be_bytes());
+    packet[12..16].copy_from_slice(&ns);
+    packet[16..20].copy_from_slice(&nd);
+}
+
+fn addr(b: &[u8]) -> [u8; 4] {
+    [b[0], b[1], b[2], b[3]]
+}
+
 /// [`rewrite`] on an IPv4 `packet` (from its IP header on) that may be cut short after the ports, as the copy
 /// quoted in an ICMP error is: the transport checksum is updated only if `packet` still holds it.
 pub fn rewrite_packet(packet: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst: SocketAddrV4) {
@@ -54,10 +69,7 @@ pub fn rewrite_packet(packet: &mut [u8], l4: usize, proto: Proto, src: SocketAdd
         dst.ip().octets(),
     );
 
-    let ip_csum = update32(update32(u16::from_be_bytes([packet[10], packet[11]]), os, ns), od, nd);
-    packet[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-    packet[12..16].copy_from_slice(&ns);
-    packet[16..20].copy_from_slice(&nd);
+    set_addresses(packet, *src.ip(), *dst.ip());
 
     let t = &mut packet[l4..];
     t[0..2].copy_from_slice(&src.port().to_be_bytes());

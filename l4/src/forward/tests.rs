@@ -149,6 +149,19 @@ fn stack(setup: Setup) -> LocalStack<Forwarder> {
     stack_with(setup, None, true)
 }
 
+/// Workers 0 and 1 of two, joined by a hand-off mesh; `setup(worker)` sets the rest.
+fn two_workers(setup: impl Fn(usize) -> Setup) -> (LocalStack<Forwarder>, LocalStack<Forwarder>) {
+    let mut mesh = Handoff::mesh(2, 16);
+    let h1 = mesh.pop().unwrap();
+    let h0 = mesh.pop().unwrap();
+    let of = |worker| Setup {
+        worker,
+        workers: 2,
+        ..setup(worker)
+    };
+    (stack_with(of(0), Some(h0), true), stack_with(of(1), Some(h1), true))
+}
+
 const SYN: u8 = 0x02;
 const SYNACK: u8 = 0x12;
 const ACK: u8 = 0x10;
@@ -537,17 +550,10 @@ fn udp_flow_moves_when_its_server_goes_down() {
 fn icmp_unreachable_for_a_udp_probe_reaches_the_checker_from_any_worker() {
     use crate::health::{HealthChecker, ProbePorts, Target, TargetId};
     let now = Instant::now();
-    let mut mesh = Handoff::mesh(2, 16);
-    let h1 = mesh.pop().unwrap();
-    let h0 = mesh.pop().unwrap();
-    let setup = |worker| Setup {
-        worker,
-        workers: 2,
+    let (mut w0, mut w1) = two_workers(|_| Setup {
         checked: true,
         ..Default::default()
-    };
-    let mut w0 = stack_with(setup(0), Some(h0), true);
-    let mut w1 = stack_with(setup(1), Some(h1), true);
+    });
     // Worker 0 checks server 0 by UDP: fall 1, and a timeout long enough that only the ICMP error can fail it.
     let check = toml::from_str("kind = \"udp\"\ninterval_ms = 1000\ntimeout_ms = 900\nfall = 1").unwrap();
     let target = Target {
@@ -714,16 +720,7 @@ fn icmp_error_about_a_dr_flow_goes_to_its_backend_unchanged() {
 #[test]
 fn icmp_error_landing_on_another_worker_is_handed_to_the_flow_owner() {
     let now = Instant::now();
-    let mut mesh = Handoff::mesh(2, 16);
-    let h1 = mesh.pop().unwrap();
-    let h0 = mesh.pop().unwrap();
-    let setup = |worker| Setup {
-        worker,
-        workers: 2,
-        ..Default::default()
-    };
-    let mut w0 = stack_with(setup(0), Some(h0), true);
-    let mut w1 = stack_with(setup(1), Some(h1), true);
+    let (mut w0, mut w1) = two_workers(|_| Setup::default());
     let mut buf = vec![0u8; 2048];
     let mut checked = [false, false];
     for port in 0..16u16 {
@@ -876,27 +873,7 @@ fn full_table_drops_new_fullnat_flows() {
 #[test]
 fn two_workers_hand_packets_to_the_flow_owner() {
     let now = Instant::now();
-    let mut mesh = Handoff::mesh(2, 16);
-    let h1 = mesh.pop().unwrap();
-    let h0 = mesh.pop().unwrap();
-    let mut w0 = stack_with(
-        Setup {
-            worker: 0,
-            workers: 2,
-            ..Default::default()
-        },
-        Some(h0),
-        true,
-    );
-    let mut w1 = stack_with(
-        Setup {
-            worker: 1,
-            workers: 2,
-            ..Default::default()
-        },
-        Some(h1),
-        true,
-    );
+    let (mut w0, mut w1) = two_workers(|_| Setup::default());
     let mut buf = vec![0u8; 2048];
     let mut handed = 0;
     for port in 0..16u16 {
