@@ -530,19 +530,22 @@ impl Forwarder {
     /// any UDP datagram of a flow whose server is down. Established TCP to a down server keeps its server: a
     /// failed check does not prove the connection dead.
     fn starts_over(&mut self, id: ConnId, frame: &[u8], l4: usize) -> bool {
+        let proto = self.conns.get(id).proto;
+        if proto == Proto::Tcp {
+            // Only a SYN can start over: other segments cost no more than this look at their flags.
+            let flags = TcpFlags::from_byte(frame[l4 + 13]);
+            if !flags.syn || flags.ack {
+                return false;
+            }
+        }
         self.refresh_health();
         let c = self.conns.get(id);
         let listener = &self.listeners[usize::from(c.listener)];
         let server = usize::from(c.server);
         let down = !listener.servers[server].healthy;
-        match c.proto {
+        match proto {
             Proto::Tcp => {
-                let flags = TcpFlags::from_byte(frame[l4 + 13]);
-                let new_syn = flags.syn && !flags.ack;
-                new_syn
-                    && (matches!(c.state, ConnState::TimeWait | ConnState::Close)
-                        || down
-                        || listener.removed_servers[server])
+                matches!(c.state, ConnState::TimeWait | ConnState::Close) || down || listener.removed_servers[server]
             }
             Proto::Udp => down,
         }
