@@ -9,8 +9,10 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
+use xlb_stack::counters::DropReason;
+
 /// Counters of one listener.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerCounters {
     /// Packets from clients.
     pub packets_in: u64,
@@ -26,6 +28,23 @@ pub struct ListenerCounters {
     pub no_server: u64,
     /// New flows forwarded without a table entry (table full, DR: Maglev).
     pub stateless: u64,
+    /// Packets of the listener's flows dropped or refused, by [`DropReason`] (also counted per worker).
+    pub drops: [u64; DropReason::COUNT],
+}
+
+impl Default for ListenerCounters {
+    fn default() -> Self {
+        ListenerCounters {
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            conns_total: 0,
+            no_server: 0,
+            stateless: 0,
+            drops: [0; DropReason::COUNT],
+        }
+    }
 }
 
 /// Counters of one server of one listener.
@@ -47,7 +66,7 @@ pub struct ServerCounters {
     pub inactive: u64,
 }
 
-const LISTENER_FIELDS: usize = 7;
+const LISTENER_FIELDS: usize = 7 + DropReason::COUNT;
 const SERVER_FIELDS: usize = 7;
 const GLOBAL_FIELDS: usize = 9;
 
@@ -102,6 +121,9 @@ impl L4Counters {
             a.conns_total += b.conns_total;
             a.no_server += b.no_server;
             a.stateless += b.stateless;
+            for (x, y) in a.drops.iter_mut().zip(&b.drops) {
+                *x += y;
+            }
         }
         for (la, lb) in self.servers.iter_mut().zip(&other.servers) {
             for (a, b) in la.iter_mut().zip(lb) {
@@ -179,6 +201,9 @@ impl SharedL4Counters {
             ] {
                 put(v);
             }
+            for v in l.drops {
+                put(v);
+            }
             for s in servers {
                 for v in [
                     s.packets_in,
@@ -222,6 +247,7 @@ impl SharedL4Counters {
                 conns_total: get(),
                 no_server: get(),
                 stateless: get(),
+                drops: std::array::from_fn(|_| get()),
             };
             for s in servers.iter_mut() {
                 *s = ServerCounters {
@@ -309,6 +335,7 @@ mod tests {
         c.conns = 5;
         c.handoff_in = 7;
         c.listeners[1].stateless = 3;
+        c.listeners[1].drops[DropReason::ConnTableFull as usize] = 4;
         c.servers[0][1].active = 9;
         c.servers[1][0].bytes_out = 11;
         let s = SharedL4Counters::new(&[2, 1]);

@@ -253,6 +253,15 @@ fn every_server_drained_tcp_gets_rst_and_udp_gets_unreachable() -> Result<()> {
         "expected ICMP unreachable, got {udp}"
     );
     ensure!(xlb.total("drops.no_healthy_server")? >= 2, "not counted");
+    // And per listener, in the stats and in `xlbctl stats`.
+    wait_until_ok(TIMEOUT, "per-listener drops", || {
+        let (tcp, udp) = (listener_stats(&xlb, 0)?, listener_stats(&xlb, 1)?);
+        let (t, u) = (&tcp["drops"]["no_healthy_server"], &udp["drops"]["no_healthy_server"]);
+        ensure!(t.as_u64() >= Some(1) && u.as_u64() >= Some(1), "tcp {t}, udp {u}");
+        Ok(())
+    })?;
+    let text = xlb.xlbctl(&["stats"])?;
+    ensure!(text.contains("listener web: no_healthy_server"), "{text}");
     Ok(())
 }
 

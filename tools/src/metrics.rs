@@ -333,6 +333,16 @@ pub fn render(doc: &Value) -> String {
     }
     packets.write(&mut out);
     bytes.write(&mut out);
+    let mut listener_drops = Family::counter(
+        "xlb_listener_drops_total",
+        "Packets of the listener's flows dropped or refused, by reason (also in xlb_drops_total).",
+    );
+    for (labels, l) in &listeners {
+        for (reason, n) in l.get("drops").and_then(Value::as_object).into_iter().flatten() {
+            listener_drops.sample(&labels.with(&[("reason", reason)]), Some(n));
+        }
+    }
+    listener_drops.write(&mut out);
 
     let servers: Vec<(&str, String, &Value)> = listeners
         .iter()
@@ -722,7 +732,7 @@ mod tests {
                         "name": "say \"hi\"\\now\nplease", "vip": "10.0.0.11", "port": 53, "protocol": "udp",
                         "scheduler": "rr", "forwarding": "fullnat", "group": "dns", "conns_total": 1,
                         "conns_per_sec": 0, "packets_in": 1, "bytes_in": 60, "packets_out": 1, "bytes_out": 90,
-                        "no_server": 5, "stateless": 2,
+                        "no_server": 5, "stateless": 2, "drops": {"no_healthy_server": 5, "handoff_full": 1},
                         "servers": [server("10.1.0.3:53", true, 0)],
                     },
                 ],
@@ -849,6 +859,12 @@ mod tests {
         // each and the label reads back as the original name.
         let dns = find(&scrape, "xlb_listener_no_server_total", &[("vip", "10.0.0.11")]);
         assert_eq!(dns.value, Sampled::Counter(5.0));
+        let dropped = find(
+            &scrape,
+            "xlb_listener_drops_total",
+            &[("vip", "10.0.0.11"), ("reason", "handoff_full")],
+        );
+        assert_eq!(dropped.value, Sampled::Counter(1.0));
         let name = dns.labels.get("listener").unwrap();
         assert_eq!(name, r#"say \"hi\"\\now\nplease"#);
         assert_eq!(unescape(name), "say \"hi\"\\now\nplease");

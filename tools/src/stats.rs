@@ -128,6 +128,11 @@ pub fn l4_json(runtime: &L4Runtime) -> Value {
                 "bytes_out": lc.bytes_out,
                 "no_server": lc.no_server,
                 "stateless": lc.stateless,
+                "drops": DropReason::ALL
+                    .iter()
+                    .filter(|r| lc.drops[**r as usize] > 0)
+                    .map(|r| (r.name().to_string(), json!(lc.drops[*r as usize])))
+                    .collect::<Map<String, Value>>(),
                 "servers": servers,
             })
         })

@@ -496,17 +496,26 @@ impl Forwarder {
         cx: &mut StackContext<'_>,
     ) -> Handled {
         match role {
-            Role::Listener(l) => match self.conns.lookup(&key) {
-                Some(id) if self.starts_over(id, frame.data(), l4) => {
-                    self.end_early(id);
-                    self.counters.rescheduled += 1;
-                    self.new_flow(now, l, port, frame, l4, key, cx)
-                }
-                Some(id) => self.forward_client(now, id, port, frame, l4, cx),
-                None => self.new_flow(now, l, port, frame, l4, key, cx),
-            },
+            Role::Listener(l) => {
+                let handled = match self.conns.lookup(&key) {
+                    Some(id) if self.starts_over(id, frame.data(), l4) => {
+                        self.end_early(id);
+                        self.counters.rescheduled += 1;
+                        self.new_flow(now, l, port, frame, l4, key, cx)
+                    }
+                    Some(id) => self.forward_client(now, id, port, frame, l4, cx),
+                    None => self.new_flow(now, l, port, frame, l4, key, cx),
+                };
+                self.count_listener_drop(l, &handled);
+                handled
+            }
             Role::Reply => match self.conns.lookup(&key) {
-                Some(id) => Handled::Verdict(self.forward_reply(now, id, frame, l4, cx)),
+                Some(id) => {
+                    let l = usize::from(self.conns.get(id).listener);
+                    let handled = Handled::Verdict(self.forward_reply(now, id, frame, l4, cx));
+                    self.count_listener_drop(l, &handled);
+                    handled
+                }
                 None => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
             },
             Role::Probe => {
@@ -566,6 +575,16 @@ impl Forwarder {
         self.account(c, c.state.is_active(), -1);
         if c.forwarding == Forwarding::Fullnat && self.lports.owns(c.local.port()) {
             self.lports.give_back(*c.local.ip(), c.local.port());
+        }
+    }
+
+    /// Counts a drop or refusal of a packet of listener `l`'s flows under its reason.
+    fn count_listener_drop(&mut self, l: usize, handled: &Handled) {
+        let (Handled::Reject(reason) | Handled::Verdict(Verdict::Drop(reason))) = handled else {
+            return;
+        };
+        if let Some(c) = self.counters.listeners.get_mut(l) {
+            c.drops[*reason as usize] += 1;
         }
     }
 
@@ -1144,7 +1163,11 @@ impl Ipv4Handler for Forwarder {
         };
         let owner = self.owner(role, &key);
         if owner != self.worker {
-            return self.hand_off(owner, port, frame);
+            let handled = self.hand_off(owner, port, frame);
+            if let Role::Listener(l) = role {
+                self.count_listener_drop(l, &handled);
+            }
+            return handled;
         }
         self.process_owned(now, port, frame, ip.l4, key, role, cx)
     }

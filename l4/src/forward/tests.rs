@@ -256,6 +256,12 @@ fn mid_flow_packet_without_state_is_dropped_in_fullnat() {
         run(&mut s, Instant::now(), 1, &stray).0,
         Verdict::Drop(DropReason::NoConnection)
     );
+    // The listener's packet counts under the listener too; the stray reply belongs to no listener.
+    assert_eq!(
+        s.handler().counters().listeners[0].drops[DropReason::NoConnection as usize],
+        1
+    );
+    assert_eq!(s.counters().drops_of(DropReason::NoConnection), 2);
 }
 
 #[test]
@@ -271,6 +277,10 @@ fn all_servers_drained_new_flows_get_rst_and_udp_unreachable() {
     assert_eq!(s.counters().drops_of(DropReason::NoHealthyServer), 1);
     assert_eq!(s.counters().tcp_resets, 1);
     assert_eq!(s.handler().counters().listeners[0].no_server, 1);
+    assert_eq!(
+        s.handler().counters().listeners[0].drops[DropReason::NoHealthyServer as usize],
+        1
+    );
 
     let mut u = stack(Setup {
         weights: [0, 0],

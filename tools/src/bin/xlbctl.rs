@@ -193,6 +193,13 @@ fn print_stats(doc: &Value) {
     for (reason, n) in nonzero {
         println!("  {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
     }
+    // The same drops where they belong to a listener's flows.
+    for l in doc["l4"]["listeners"].as_array().into_iter().flatten() {
+        for (reason, n) in l["drops"].as_object().into_iter().flatten() {
+            let name = l["name"].as_str().unwrap_or("?");
+            println!("  listener {name}: {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
+        }
+    }
     println!(
         "\n{:<10}{:>9}{:>14}{:>16}{:>14}",
         "interface", "xdp", "to xlb", "to kernel", "no socket"
