@@ -438,6 +438,21 @@ fn direct_routing_one_arm_backends_answer_clients_directly() -> Result<()> {
         .enumerate()
         .map(|(i, s)| sink(&lab, s, "0.0.0.0:80", &format!("s{}", i + 1)))
         .collect::<Result<Vec<_>>>()?;
+    // UDP servers answer from the VIP (bound to it), as DR requires.
+    let bench = workspace_bin("xlb-bench")?.display().to_string();
+    let _udp_sinks = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = format!("s{}", i + 1);
+            let listen = format!("{VIP}:53");
+            lab.spawn(
+                s,
+                &bench,
+                &["sink", "--listen", &listen, "--proto", "udp", "--name", &name],
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
     for s in &servers {
         s.wait_tcp_listen(80, TIMEOUT)?;
     }
@@ -462,9 +477,22 @@ scheduler = "rr"
 forwarding = "dr"
 group = "web"
 
+[[listener]]
+name = "dns"
+vip = "{VIP}"
+port = 53
+protocol = "udp"
+scheduler = "rr"
+forwarding = "dr"
+group = "dns"
+
 [[group]]
 name = "web"
 servers = [{{ addr = "198.18.0.21:80" }}, {{ addr = "198.18.0.22:80" }}, {{ addr = "198.18.0.23:80" }}]
+
+[[group]]
+name = "dns"
+servers = [{{ addr = "198.18.0.21:53" }}, {{ addr = "198.18.0.22:53" }}, {{ addr = "198.18.0.23:53" }}]
 "#
     );
     let xlb = Appliance::start(&lab, &lb, "lb1", &cfg)?;
@@ -487,6 +515,34 @@ servers = [{{ addr = "198.18.0.21:80" }}, {{ addr = "198.18.0.22:80" }}, {{ addr
         "DR replies must bypass xlb, yet it forwarded {} replies",
         l["packets_out"]
     );
+    // UDP: 30 flows (a socket each), answered from the VIP by the servers themselves.
+    let names = in_ns(&client, || {
+        (0..30)
+            .map(|_| {
+                let sock = UdpSocket::bind("198.18.0.1:0")?;
+                sock.connect(format!("{VIP}:53"))?;
+                sock.set_read_timeout(Some(TIMEOUT))?;
+                sock.send(b"WHO?")?;
+                let mut buf = [0u8; 256];
+                let n = sock.recv(&mut buf)?;
+                let line = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+                Ok(line.trim_start_matches("server=").to_string())
+            })
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let by_server = count(&names);
+    ensure!(
+        by_server.len() == 3 && by_server.values().all(|n| *n == 10),
+        "rr over 3 DR UDP servers: {by_server:?}"
+    );
+    wait_until_ok(TIMEOUT, "DR UDP counters", || {
+        let dns = listener_stats(&xlb, 1)?;
+        ensure!(
+            dns["packets_in"].as_u64() >= Some(30) && dns["packets_out"] == 0,
+            "DR UDP: {dns}"
+        );
+        Ok(())
+    })?;
     Ok(())
 }
 
