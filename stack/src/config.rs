@@ -22,6 +22,14 @@ pub struct NodeConfig {
     /// the datapath); off if unset.
     #[serde(default)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// The control API also over HTTP on this TCP address of a kernel interface (management network); every
+    /// request must carry `Authorization: Bearer <token>`. Off if unset.
+    #[serde(default)]
+    pub api_address: Option<std::net::SocketAddr>,
+    /// File holding that token (at least 16 characters, surrounding whitespace ignored); required with
+    /// `api_address`.
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// How the XDP filter is attached.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
 use xlb_tests::appliance::Appliance;
-use xlb_tests::lab::{wait_until_ok, Proc};
+use xlb_tests::lab::{wait_until_ok, workspace_bin, Proc};
 use xlb_tests::topology::TwoArm;
 use xlb_tests::traffic::{echo_stream, hellos, in_ns, StreamPace, TIMEOUT};
 
@@ -208,16 +208,19 @@ fn live_changes_and_reload_keep_every_stream_byte_exact_and_new_flows_follow() -
     Ok(())
 }
 
+/// The management network: metrics and the token-protected TCP API on the kernel's address of ext0 (it passes
+/// the XDP filter), used from the client's namespace with curl and xlbctl.
 #[test]
-fn metrics_endpoint_serves_prometheus_text() -> Result<()> {
+fn management_network_serves_metrics_and_the_api_with_a_token() -> Result<()> {
     let (t, _sinks) = setup("metrics")?;
     let servers = r#"{ addr = "198.19.0.2:8080" }, { addr = "198.19.0.3:8080" }"#;
-    let xlb = Appliance::start(
-        &t.lab,
-        &t.lb,
-        "lb1",
-        &config(servers, r#"metrics_address = "198.18.0.2:9100""#),
-    )?;
+    let token_file = t.lab.dir().join("api.token");
+    std::fs::write(&token_file, "s3cr3t-t0ken-for-the-lab\n")?;
+    let node = format!(
+        "metrics_address = \"198.18.0.2:9100\"\napi_address = \"198.18.0.2:9180\"\napi_token_file = \"{}\"",
+        token_file.display()
+    );
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(servers, &node))?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     hellos(&t.client, target, 10)?;
     let text = wait_until_ok(TIMEOUT, "metrics to show 10 connections", || {
@@ -247,6 +250,33 @@ fn metrics_endpoint_serves_prometheus_text() -> Result<()> {
         scrape.samples.iter().any(|s| s.metric == "xlb_drops_total"),
         "drops by reason exported"
     );
-    let _ = xlb;
+
+    // The TCP API: refused without the token, served with it, writes included.
+    let code = |auth: &[&str]| -> Result<String> {
+        let mut args = vec!["-sS", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(auth);
+        args.push("http://198.18.0.2:9180/v1/status");
+        t.client.run("curl", &args)
+    };
+    ensure!(code(&[])? == "401", "no token");
+    ensure!(
+        code(&["-H", "Authorization: Bearer wrong-token-of-some-length"])? == "401",
+        "wrong token"
+    );
+    ensure!(
+        code(&["-H", "Authorization: Bearer s3cr3t-t0ken-for-the-lab"])? == "200",
+        "right token"
+    );
+    let ctl = workspace_bin("xlbctl")?.display().to_string();
+    let token = token_file.display().to_string();
+    let remote = ["--api", "198.18.0.2:9180", "--token-file", token.as_str()];
+    let status = t.client.run(&ctl, &[&remote[..], &["status"]].concat())?;
+    ensure!(status.contains("lb1"), "xlbctl status over TCP: {status}");
+    t.client.run(
+        &ctl,
+        &[&remote[..], &["server", "drain", "web", "198.19.0.3:8080"]].concat(),
+    )?;
+    let weight = xlb.stats()?["l4"]["listeners"][0]["servers"][1]["weight"].clone();
+    ensure!(weight == 0, "drained over the TCP API, weight {weight}");
     Ok(())
 }

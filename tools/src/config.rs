@@ -65,6 +65,9 @@ impl Config {
         if self.node.name.is_empty() {
             return Err("node.name: must not be empty".into());
         }
+        if self.node.api_address.is_some() {
+            api_token(&self.node)?;
+        }
         Ok(())
     }
 
@@ -99,6 +102,26 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
     }
+}
+
+/// The control API token of `node` (`api_token_file`), checked: required with `api_address`, at least 16
+/// characters.
+pub fn api_token(node: &xlb_stack::config::NodeConfig) -> Result<String, String> {
+    let path = node
+        .api_token_file
+        .as_ref()
+        .ok_or("node.api_token_file: required with node.api_address (the TCP API needs a token)")?;
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("node.api_token_file: reading {}: {e}", path.display()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "node.api_token_file: {} must hold one token of at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -139,5 +162,23 @@ mod tests {
         assert!(e.starts_with("datapath.batch_size"), "{e}");
         let e = Config::parse(&EXAMPLE.replace("queues = [0]", "queues = [\"zero\"]")).unwrap_err();
         assert!(e.contains("queues"), "{e}");
+    }
+
+    #[test]
+    fn the_tcp_api_needs_a_real_token() {
+        let with =
+            |extra: &str| EXAMPLE.replace("[node]", &format!("[node]\napi_address = \"198.18.0.2:9180\"\n{extra}"));
+        let e = Config::parse(&with("")).unwrap_err();
+        assert!(e.starts_with("node.api_token_file: required"), "{e}");
+        let dir = std::env::temp_dir().join(format!("xlb-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (short, good) = (dir.join("short"), dir.join("good"));
+        std::fs::write(&short, "tiny\n").unwrap();
+        std::fs::write(&good, "0123456789abcdef\n").unwrap();
+        let e = Config::parse(&with(&format!("api_token_file = {:?}", short.display().to_string()))).unwrap_err();
+        assert!(e.contains("at least 16 characters"), "{e}");
+        let c = Config::parse(&with(&format!("api_token_file = {:?}", good.display().to_string()))).unwrap();
+        assert_eq!(api_token(&c.node).unwrap(), "0123456789abcdef");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -1,9 +1,10 @@
-//! The control API: HTTP/1.1 + JSON over the node's Unix socket, served by a thread beside the workers.
-//!
-//! Read-only for now: `GET /v1/status` and `GET /v1/stats`. The control-plane milestone adds writes (listeners,
-//! servers, reload) on the same socket.
+//! The control API transport: HTTP/1.1 + JSON, one request per connection, served by a thread beside the
+//! workers — on the node's Unix socket (file permissions are the access control) and, optionally, on a TCP
+//! address of the management network where every request must carry `Authorization: Bearer <token>`. The
+//! endpoints are in [`crate::api`].
 
 use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,9 +17,9 @@ use serde_json::{json, Value};
 /// Answers a request: (method, path, body) → (status code, JSON body).
 pub type Handler = dyn Fn(&str, &str, &[u8]) -> (u16, Value) + Send + Sync;
 
-/// The control socket server. Dropping it stops the thread and removes the socket file.
+/// A control API server. Dropping it stops the thread (and removes the Unix socket file).
 pub struct ControlServer {
-    path: PathBuf,
+    path: Option<PathBuf>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -46,10 +47,52 @@ impl ControlServer {
         let stop2 = stop.clone();
         let thread = std::thread::Builder::new()
             .name("xlb-control".into())
-            .spawn(move || serve(listener, handler, stop2))
+            .spawn(move || {
+                serve(
+                    || listener.accept().map(|(s, _)| s),
+                    |s| {
+                        s.set_nonblocking(false)
+                            .and_then(|_| s.set_read_timeout(Some(IO_TIMEOUT)))
+                    },
+                    &*handler,
+                    None,
+                    &stop2,
+                )
+            })
             .map_err(|e| e.to_string())?;
         Ok(ControlServer {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves `handler` on TCP `addr` (a management address), to requests that carry `token`.
+    pub fn start_tcp(addr: SocketAddr, token: String, handler: Arc<Handler>) -> Result<ControlServer, String> {
+        let listener = TcpListener::bind(addr).map_err(|e| format!("node.api_address: binding {addr}: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("node.api_address: {addr}: {e}"))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("xlb-api-tcp".into())
+            .spawn(move || {
+                serve(
+                    || listener.accept().map(|(s, _)| s),
+                    |s| {
+                        s.set_nonblocking(false)?;
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))
+                    },
+                    &*handler,
+                    Some(&token),
+                    &stop2,
+                )
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(ControlServer {
+            path: None,
             stop,
             thread: Some(thread),
         })
@@ -62,15 +105,24 @@ impl Drop for ControlServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
-fn serve(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
+/// Accepts connections until `stop`, answering one request on each (`prepare` sets blocking mode and timeouts).
+fn serve<S: Read + Write>(
+    accept: impl Fn() -> std::io::Result<S>,
+    prepare: impl Fn(&mut S) -> std::io::Result<()>,
+    handler: &Handler,
+    token: Option<&str>,
+    stop: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &*handler) {
+        match accept() {
+            Ok(mut stream) => {
+                if let Err(e) = prepare(&mut stream).and_then(|_| answer(&mut stream, handler, token)) {
                     tracing::debug!(error = %e, "control request failed");
                 }
             }
@@ -83,10 +135,25 @@ fn serve(listener: UnixListener, handler: Arc<Handler>, stop: Arc<AtomicBool>) {
     }
 }
 
-/// Reads one request (bounded size and time) and writes one response.
-fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+/// Whether the request's headers carry `Authorization: Bearer <token>` (compared in constant time).
+fn authorized(headers: &[httparse::Header<'_>], token: &str) -> bool {
+    let expected = format!("Bearer {token}");
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("authorization"))
+        .any(|h| {
+            h.value.len() == expected.len()
+                && h.value
+                    .iter()
+                    .zip(expected.as_bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        })
+}
+
+/// Reads one request (bounded size; the caller bounds the time) and writes one response. With `token`, a
+/// request without it is refused (401) before the handler sees it.
+fn answer(stream: &mut (impl Read + Write), handler: &Handler, token: Option<&str>) -> std::io::Result<()> {
     let mut buf = vec![0u8; MAX_REQUEST];
     let mut len = 0;
     let (status, body) = loop {
@@ -111,6 +178,12 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
                 if len < head + content_length {
                     continue;
                 }
+                if token.is_some_and(|t| !authorized(req.headers, t)) {
+                    break (
+                        401,
+                        json!({"error": "missing or wrong API token (Authorization: Bearer <token>)"}),
+                    );
+                }
                 let (method, path) = (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string());
                 break handler(&method, &path, &buf[head..head + content_length]);
             }
@@ -123,6 +196,7 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
@@ -135,26 +209,59 @@ fn answer(mut stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
 
 /// Largest request (headers and body) the control socket reads.
 const MAX_REQUEST: usize = 64 * 1024;
+/// Longest wait for a request's bytes (and, over TCP, for the response to be taken).
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Sends `method path` (with an optional JSON body) to the control socket and returns (status, JSON body).
 /// Used by `xlbctl` and tests.
 pub fn request(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-    let mut stream = UnixStream::connect(socket)
+    let stream = UnixStream::connect(socket)
         .map_err(|e| format!("cannot connect to {} ({e}): is xlb running?", socket.display()))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
+    exchange(stream, &socket.display().to_string(), None, method, path, body)
+}
+
+/// [`request`] over the TCP API at `addr`, with its `token`.
+pub fn request_tcp(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect to {addr} ({e}): is xlb running with node.api_address?"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    exchange(stream, &addr.to_string(), Some(token), method, path, body)
+}
+
+/// Writes one request to `stream` and reads its response.
+fn exchange(
+    mut stream: impl Read + Write,
+    peer: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: xlb\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+        "{method} {path} HTTP/1.1\r\nHost: xlb\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
         payload.len()
     )
     .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .map_err(|e| format!("reading the response from {}: {e}", socket.display()))?;
+        .map_err(|e| format!("reading the response from {peer}: {e}"))?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let body_at = match resp.parse(&raw) {
@@ -190,5 +297,35 @@ mod tests {
         drop(server);
         assert!(!path.exists());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn with_a_token_only_requests_carrying_it_reach_the_handler() {
+        let handler = |_: &str, _: &str, _: &[u8]| (200, json!({"ok": true}));
+        let status = |request: &str| {
+            let mut ex = crate::testio::Exchange::new(request);
+            answer(&mut ex, &handler, Some("0123456789abcdef")).unwrap();
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            resp.parse(&ex.response).unwrap();
+            resp.code.unwrap()
+        };
+        assert_eq!(status("GET /v1/status HTTP/1.1\r\n\r\n"), 401);
+        assert_eq!(
+            status("GET /v1/status HTTP/1.1\r\nAuthorization: Bearer 0123456789abcdeX\r\n\r\n"),
+            401
+        );
+        assert_eq!(
+            status("GET /v1/status HTTP/1.1\r\nAuthorization: Bearer 0123456789abcde\r\n\r\n"),
+            401
+        );
+        assert_eq!(
+            status("GET /v1/status HTTP/1.1\r\nAuthorization: Basic 0123456789abcdef\r\n\r\n"),
+            401
+        );
+        assert_eq!(
+            status("GET /v1/status HTTP/1.1\r\nauthorization: Bearer 0123456789abcdef\r\n\r\n"),
+            200
+        );
     }
 }

@@ -55,7 +55,16 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
 
     let for_control = api.clone();
     let handler: Arc<Handler> = Arc::new(move |method, path, body| for_control.handle(method, path, body));
-    let control = ControlServer::start(&config.node.control_socket, handler)?;
+    let control = ControlServer::start(&config.node.control_socket, handler.clone())?;
+    let control_tcp = match config.node.api_address {
+        Some(addr) => {
+            let token = crate::config::api_token(&config.node)?;
+            let server = ControlServer::start_tcp(addr, token, handler)?;
+            tracing::info!(%addr, "control API on http://{addr}/v1/ (token required)");
+            Some(server)
+        }
+        None => None,
+    };
     let metrics_server = match config.node.metrics_address {
         Some(addr) => {
             let for_metrics = api.clone();
@@ -97,6 +106,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     // Hand mastership over first (priority-0 advert), while the datapath still forwards.
     drop(ha_node);
     drop(metrics_server);
+    drop(control_tcp);
     drop(control);
     let dp = Arc::try_unwrap(api)
         .ok()

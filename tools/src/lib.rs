@@ -2,7 +2,8 @@
 //!
 //! - [`api`]: the control API routes: reads, live configuration changes, reload.
 //! - [`config`]: the whole config file (`xlb check` / `xlb run`).
-//! - [`control`]: the control API (HTTP+JSON on the node's Unix socket) and its client.
+//! - [`control`]: the control API transport (HTTP+JSON on the node's Unix socket, optionally TCP with a token)
+//!   and its client.
 //! - [`metrics`]: Prometheus text rendering of the stats document and its HTTP server.
 //! - [`stats`]: the stats document served by the control API.
 //! - [`ha`]: the HA driver: VRRP and session sync over the datapath's HA channels, driving the workers.
@@ -19,3 +20,5 @@ pub mod ha_config;
 pub mod lb;
 pub mod metrics;
 pub mod stats;
+#[cfg(test)]
+mod testio;

@@ -1,4 +1,4 @@
-//! `xlbctl`: the control CLI of a running xlb (talks to its control socket).
+//! `xlbctl`: the control CLI of a running xlb (talks to its control socket, or to its TCP API with `--api`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +17,12 @@ struct Cli {
     /// Config file of the node, to find its control socket.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
+    /// The node's TCP control API (`node.api_address`) instead of its Unix socket.
+    #[arg(long, global = true, env = "XLB_API", value_name = "ADDR:PORT")]
+    api: Option<std::net::SocketAddr>,
+    /// File holding the TCP API's token (with --api).
+    #[arg(long, global = true, env = "XLB_API_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// Print the raw JSON document.
     #[arg(long, global = true)]
     json: bool,
@@ -140,7 +146,14 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
 }
 
 fn call(cli: &Cli, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let (status, reply) = control::request(&socket_path(cli)?, method, path, body)?;
+    let (status, reply) = match cli.api {
+        Some(addr) => {
+            let file = cli.token_file.as_ref().ok_or("--api needs --token-file")?;
+            let token = std::fs::read_to_string(file).map_err(|e| format!("--token-file {}: {e}", file.display()))?;
+            control::request_tcp(addr, token.trim(), method, path, body)?
+        }
+        None => control::request(&socket_path(cli)?, method, path, body)?,
+    };
     if status != 200 {
         return Err(reply["error"].as_str().unwrap_or("request failed").to_string());
     }
