@@ -278,5 +278,8 @@ fn management_network_serves_metrics_and_the_api_with_a_token() -> Result<()> {
     )?;
     let weight = xlb.stats()?["l4"]["listeners"][0]["servers"][1]["weight"].clone();
     ensure!(weight == 0, "drained over the TCP API, weight {weight}");
+    // And xlb still stops cleanly with both API servers running.
+    let status = xlb.terminate()?;
+    ensure!(status.success(), "xlb exited with {status}: {}", xlb.proc().stderr());
     Ok(())
 }

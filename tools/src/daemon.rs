@@ -55,16 +55,17 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
 
     let for_control = api.clone();
     let handler: Arc<Handler> = Arc::new(move |method, path, body| for_control.handle(method, path, body));
-    let control = ControlServer::start(&config.node.control_socket, handler.clone())?;
     let control_tcp = match config.node.api_address {
         Some(addr) => {
             let token = crate::config::api_token(&config.node)?;
-            let server = ControlServer::start_tcp(addr, token, handler)?;
+            let server = ControlServer::start_tcp(addr, token, handler.clone())?;
             tracing::info!(%addr, "control API on http://{addr}/v1/ (token required)");
             Some(server)
         }
         None => None,
     };
+    // The servers hold the only references to the API besides `api` itself, so it can be unwrapped at shutdown.
+    let control = ControlServer::start(&config.node.control_socket, handler)?;
     let metrics_server = match config.node.metrics_address {
         Some(addr) => {
             let for_metrics = api.clone();
