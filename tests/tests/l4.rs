@@ -4,6 +4,7 @@
 //! ── srv0 `servers` (198.19.0.2, .3, .4). Servers are `xlb-bench sink` processes; clients are kernel sockets
 //! opened from a thread that entered the client namespace.
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -87,21 +88,42 @@ fn listener_stats(xlb: &Appliance, i: usize) -> Result<serde_json::Value> {
     Ok(xlb.stats()?["l4"]["listeners"][i].clone())
 }
 
-#[test]
-fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
-    let t = TwoArm::new("wrr", &SERVERS, 1)?;
-    let _sinks = t.sinks("tcp", 8080)?;
+/// What [`tcp_hellos`] saw, with the lab still running.
+struct Hellos {
+    /// Connections answered per server name.
+    by_server: BTreeMap<String, usize>,
+    xlb: Appliance,
+    _lab: TwoArm,
+    _sinks: Vec<Proc>,
+}
+
+/// A two-arm lab with TCP sinks behind one `scheduler` listener (server weights `weights`), and which server
+/// answered each of `n` connections from the client.
+fn tcp_hellos(name: &str, scheduler: &str, weights: [u32; 3], n: usize) -> Result<Hellos> {
+    let t = TwoArm::new(name, &SERVERS, 1)?;
+    let sinks = t.sinks("tcp", 8080)?;
     let xlb = Appliance::start(
         &t.lab,
         &t.lb,
         "lb1",
-        &config(&listener("web", 80, "tcp", "wrr"), &servers(8080, [1, 1, 2]), ""),
+        &config(&listener("web", 80, "tcp", scheduler), &servers(8080, weights), ""),
     )?;
     let target: SocketAddr = format!("{VIP}:80").parse()?;
     let names = in_ns(&t.client, move || {
-        (0..3000).map(|_| hello(target)).collect::<Result<Vec<_>>>()
+        (0..n).map(|_| hello(target)).collect::<Result<Vec<_>>>()
     })?;
-    let by_server = count(&names);
+    Ok(Hellos {
+        by_server: count(&names),
+        xlb,
+        _lab: t,
+        _sinks: sinks,
+    })
+}
+
+#[test]
+fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
+    let run = tcp_hellos("wrr", "wrr", [1, 1, 2], 3000)?;
+    let (by_server, xlb) = (&run.by_server, &run.xlb);
     // Weights 1:1:2 of 3000 → 750/750/1500, each within 10%.
     for (name, expected) in [("s1", 750.0), ("s2", 750.0), ("s3", 1500.0)] {
         let got = *by_server.get(name).unwrap_or(&0) as f64;
@@ -112,7 +134,7 @@ fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
     }
     // Counters are published every 100 ms: wait for the last ones.
     let l = wait_until_ok(TIMEOUT, "listener counters to reach 3000 connections", || {
-        let l = listener_stats(&xlb, 0)?;
+        let l = listener_stats(xlb, 0)?;
         ensure!(
             l["conns_total"] == 3000,
             "listener counted {} connections",
@@ -129,19 +151,7 @@ fn fullnat_tcp_wrr_distribution_follows_weights() -> Result<()> {
 
 #[test]
 fn source_hash_is_sticky_per_client_address() -> Result<()> {
-    let t = TwoArm::new("sh", &SERVERS, 1)?;
-    let _sinks = t.sinks("tcp", 8080)?;
-    let _xlb = Appliance::start(
-        &t.lab,
-        &t.lb,
-        "lb1",
-        &config(&listener("web", 80, "tcp", "sh"), &servers(8080, [1, 1, 1]), ""),
-    )?;
-    let target: SocketAddr = format!("{VIP}:80").parse()?;
-    let names = in_ns(&t.client, move || {
-        (0..200).map(|_| hello(target)).collect::<Result<Vec<_>>>()
-    })?;
-    let by_server = count(&names);
+    let by_server = tcp_hellos("sh", "sh", [1, 1, 1], 200)?.by_server;
     ensure!(
         by_server.len() == 1,
         "one client address must always reach one server: {by_server:?}"
@@ -151,19 +161,7 @@ fn source_hash_is_sticky_per_client_address() -> Result<()> {
 
 #[test]
 fn drained_server_gets_no_new_flows() -> Result<()> {
-    let t = TwoArm::new("drain", &SERVERS, 1)?;
-    let _sinks = t.sinks("tcp", 8080)?;
-    let _xlb = Appliance::start(
-        &t.lab,
-        &t.lb,
-        "lb1",
-        &config(&listener("web", 80, "tcp", "rr"), &servers(8080, [1, 0, 1]), ""),
-    )?;
-    let target: SocketAddr = format!("{VIP}:80").parse()?;
-    let names = in_ns(&t.client, move || {
-        (0..300).map(|_| hello(target)).collect::<Result<Vec<_>>>()
-    })?;
-    let by_server = count(&names);
+    let by_server = tcp_hellos("drain", "rr", [1, 0, 1], 300)?.by_server;
     ensure!(
         !by_server.contains_key("s2"),
         "weight 0 must get no new flows: {by_server:?}"

@@ -971,6 +971,11 @@ fn reconfigure(
 ) {
     let (l, g) = web(servers);
     let layout = s.handler().layout().next(&[l], &[g], policy);
+    apply(s, tx, layout, now);
+}
+
+/// Sends `layout` to a running forwarder and lets it apply it (one second after `now`).
+fn apply(s: &mut LocalStack<Forwarder>, tx: &crossbeam_channel::Sender<ControlMessage>, layout: Layout, now: Instant) {
     let shape = layout.shape();
     tx.send(ControlMessage::Update(Box::new(ForwarderUpdate {
         layout: Arc::new(layout),
@@ -1076,17 +1081,7 @@ fn removed_listener_refuses_new_flows_but_keeps_established_ones_while_its_vip_i
     assert_eq!(run(&mut s, now, 0, &syn).0, Verdict::Transmit(1));
     // A layout without the listener.
     let layout = s.handler().layout().next(&[], &[], RemovedServerPolicy::Keep);
-    let shape = layout.shape();
-    tx.send(ControlMessage::Update(Box::new(ForwarderUpdate {
-        layout: Arc::new(layout),
-        vip_ifaces: vec![0],
-        board: Arc::new(HealthBoard::new(0)),
-        counters: Arc::new(SharedL4Counters::new(&shape)),
-        health: None,
-        applied: None,
-    })))
-    .unwrap();
-    s.handle_timeout(now + Duration::from_secs(1));
+    apply(&mut s, &tx, layout, now);
     // Re-add ownership as if another listener still used the VIP (the stack would otherwise drop it).
     s.add_owned(0, *vip().ip());
     let later = now + Duration::from_secs(2);
