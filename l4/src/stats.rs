@@ -11,6 +11,8 @@ use std::sync::atomic::{
 
 use xlb_stack::counters::DropReason;
 
+pub use crate::forward::lports::PortOccupancy;
+
 /// Counters of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListenerCounters {
@@ -68,7 +70,7 @@ pub struct ServerCounters {
 
 const LISTENER_FIELDS: usize = 7 + DropReason::COUNT;
 const SERVER_FIELDS: usize = 7;
-const GLOBAL_FIELDS: usize = 9;
+const GLOBAL_FIELDS: usize = 16;
 
 /// All L4 counters of one worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,6 +98,11 @@ pub struct L4Counters {
     pub import_skipped: u64,
     /// Sync events dropped because the sync channel was full.
     pub sync_dropped: u64,
+    /// Closed or closing connections evicted from a full table to make room for a new one.
+    pub evicted: u64,
+    /// FULLNAT local port pools (summed over workers; `busiest` and `per_pool` too: each worker has its share
+    /// of every pool's range).
+    pub local_ports: PortOccupancy,
 }
 
 impl L4Counters {
@@ -145,6 +152,14 @@ impl L4Counters {
         self.imported += other.imported;
         self.import_skipped += other.import_skipped;
         self.sync_dropped += other.sync_dropped;
+        self.evicted += other.evicted;
+        let (a, b) = (&mut self.local_ports, &other.local_ports);
+        a.pools = a.pools.max(b.pools);
+        a.per_pool += b.per_pool;
+        a.in_use += b.in_use;
+        a.busiest += b.busiest;
+        a.quarantined += b.quarantined;
+        a.quarantine_overflow += b.quarantine_overflow;
     }
 }
 
@@ -186,6 +201,13 @@ impl SharedL4Counters {
             c.imported,
             c.import_skipped,
             c.sync_dropped,
+            c.evicted,
+            c.local_ports.pools,
+            c.local_ports.per_pool,
+            c.local_ports.in_use,
+            c.local_ports.busiest,
+            c.local_ports.quarantined,
+            c.local_ports.quarantine_overflow,
         ] {
             put(v);
         }
@@ -238,6 +260,15 @@ impl SharedL4Counters {
         c.imported = get();
         c.import_skipped = get();
         c.sync_dropped = get();
+        c.evicted = get();
+        c.local_ports = PortOccupancy {
+            pools: get(),
+            per_pool: get(),
+            in_use: get(),
+            busiest: get(),
+            quarantined: get(),
+            quarantine_overflow: get(),
+        };
         for (l, servers) in c.listeners.iter_mut().zip(c.servers.iter_mut()) {
             *l = ListenerCounters {
                 packets_in: get(),
@@ -338,6 +369,8 @@ mod tests {
         c.listeners[1].drops[DropReason::ConnTableFull as usize] = 4;
         c.servers[0][1].active = 9;
         c.servers[1][0].bytes_out = 11;
+        c.evicted = 2;
+        c.local_ports.busiest = 6;
         let s = SharedL4Counters::new(&[2, 1]);
         s.publish(&c);
         assert_eq!(s.snapshot(), c);

@@ -262,6 +262,30 @@ pub fn render(doc: &Value) -> String {
         "xlb_conntrack_rescheduled_total",
         "Entries ended early so the flow is scheduled again (new SYN after close or to a down server).",
     );
+    let mut evicted = Family::counter(
+        "xlb_conntrack_evicted_total",
+        "Closed or closing connections evicted from a full table to make room for a new flow.",
+    );
+    let mut port_pools = Family::gauge(
+        "xlb_local_port_pools",
+        "FULLNAT local port pools in use: one per (local IP, server) pair.",
+    );
+    let mut ports_per_pool = Family::gauge(
+        "xlb_local_port_pool_size",
+        "FULLNAT local ports each (local IP, server) pool has on the worker.",
+    );
+    let mut ports_in_use = Family::gauge(
+        "xlb_local_ports_in_use",
+        "FULLNAT local ports in use (including quarantined ones), over all pools.",
+    );
+    let mut ports_busiest = Family::gauge(
+        "xlb_local_ports_busiest_pool",
+        "FULLNAT local ports in use in the worker's fullest pool (compare with xlb_local_port_pool_size).",
+    );
+    let mut ports_quarantined = Family::gauge(
+        "xlb_local_ports_quarantined",
+        "FULLNAT local ports held back because their server may still hold the tuple in TIME_WAIT.",
+    );
     let mut icmp_forwarded = Family::counter(
         "xlb_icmp_errors_forwarded_total",
         "ICMP errors about a forwarded flow (e.g. fragmentation needed) passed on to the other end.",
@@ -274,6 +298,13 @@ pub fn render(doc: &Value) -> String {
         worker_conns.sample(&[("worker", worker)], w.get("conns"));
         expired.sample(&[("worker", worker)], w.get("expired"));
         rescheduled.sample(&[("worker", worker)], w.get("rescheduled"));
+        evicted.sample(&[("worker", worker)], w.get("evicted"));
+        let ports = w.get("local_ports");
+        port_pools.sample(&[("worker", worker)], ports.and_then(|p| p.get("pools")));
+        ports_per_pool.sample(&[("worker", worker)], ports.and_then(|p| p.get("per_pool")));
+        ports_in_use.sample(&[("worker", worker)], ports.and_then(|p| p.get("in_use")));
+        ports_busiest.sample(&[("worker", worker)], ports.and_then(|p| p.get("busiest_pool")));
+        ports_quarantined.sample(&[("worker", worker)], ports.and_then(|p| p.get("quarantined")));
         icmp_forwarded.sample(&[("worker", worker)], w.get("icmp_forwarded"));
         handoff.sample(&[("worker", worker), ("direction", "in")], w.get("handoff_in"));
         handoff.sample(&[("worker", worker), ("direction", "out")], w.get("handoff_out"));
@@ -281,6 +312,16 @@ pub fn render(doc: &Value) -> String {
     worker_conns.write(&mut out);
     expired.write(&mut out);
     rescheduled.write(&mut out);
+    evicted.write(&mut out);
+    for family in [
+        &port_pools,
+        &ports_per_pool,
+        &ports_in_use,
+        &ports_busiest,
+        &ports_quarantined,
+    ] {
+        family.write(&mut out);
+    }
     icmp_forwarded.write(&mut out);
     handoff.write(&mut out);
 

@@ -140,9 +140,43 @@ pub fn l4_json(runtime: &L4Runtime) -> Value {
     let workers: Vec<Value> = per_worker
         .iter()
         .enumerate()
-        .map(|(w, c)| json!({"worker": w, "conns": c.conns, "handoff_out": c.handoff_out, "handoff_in": c.handoff_in, "expired": c.expired, "rescheduled": c.rescheduled, "icmp_forwarded": c.icmp_forwarded}))
+        .map(|(w, c)| {
+            let p = &c.local_ports;
+            json!({
+                "worker": w,
+                "conns": c.conns,
+                "handoff_out": c.handoff_out,
+                "handoff_in": c.handoff_in,
+                "expired": c.expired,
+                "evicted": c.evicted,
+                "rescheduled": c.rescheduled,
+                "icmp_forwarded": c.icmp_forwarded,
+                "local_ports": {
+                    "pools": p.pools,
+                    "per_pool": p.per_pool,
+                    "in_use": p.in_use,
+                    "busiest_pool": p.busiest,
+                    "quarantined": p.quarantined,
+                    "quarantine_overflow": p.quarantine_overflow,
+                },
+            })
+        })
         .collect();
-    json!({ "conns": total.conns, "listeners": listeners, "workers": workers })
+    let p = &total.local_ports;
+    let local_ports = json!({
+        "pools": p.pools,
+        "per_pool": p.per_pool,
+        "in_use": p.in_use,
+        "busiest_pool": p.busiest,
+        "quarantined": p.quarantined,
+    });
+    json!({
+        "conns": total.conns,
+        "evicted": total.evicted,
+        "local_ports": local_ports,
+        "listeners": listeners,
+        "workers": workers,
+    })
 }
 
 #[cfg(test)]

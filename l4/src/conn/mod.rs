@@ -2,11 +2,16 @@
 //!
 //! Entries live in a slab allocated once at the configured capacity. Each connection is indexed under its
 //! client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local address), both in one
-//! hash map sized up front. A packet touches one hash lookup and one entry; expiry never scans the table.
+//! hash map sized up front. A packet touches one hash lookup and one entry; expiry never scans the table, and
+//! runs with a budget that grows with the insert rate (see the forwarder), so it never falls behind.
+//!
+//! A full table makes room by evicting its oldest closed entries (TIME_WAIT, CLOSE), then its oldest closing
+//! ones (FIN_WAIT), before it refuses a new flow ([`ConnTable::evict_oldest`], as conntrack's early drop).
 //!
 //! [`Conn`] is plain data holding everything needed to keep forwarding, so HA session sync can export and
 //! import entries as they are.
 
+pub mod evict;
 pub mod state;
 pub mod wheel;
 
@@ -16,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use xlb_stack::wire::EthernetAddress;
 
+use evict::{EvictClass, EvictionLists};
 pub use state::{ConnState, Dir, FinSeen, TcpFlags, Timeouts};
-use wheel::{Due, TimerWheel, NIL};
+use wheel::{Due, TimerWheel};
 
 /// Granularity of connection timeouts.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -121,9 +127,9 @@ struct Entry {
     conn: Conn,
     /// Deadline in ticks.
     expires: u64,
-    /// Wheel link.
-    next: u32,
     live: bool,
+    /// The eviction list the entry is on (follows its state, see [`ConnTable::touch`]).
+    class: EvictClass,
 }
 
 /// The connection table of one worker.
@@ -132,10 +138,11 @@ pub struct ConnTable {
     free: Vec<u32>,
     index: HashMap<FlowKey, ConnId, ahash::RandomState>,
     wheel: TimerWheel,
+    evict: EvictionLists,
     epoch: Instant,
     timeouts: Timeouts,
-    /// Removed entries still linked in the wheel; their slots are freed when the wheel reaches them.
-    zombies: usize,
+    /// Entries inserted so far (expiry sizes its work by the insert rate).
+    inserted: u64,
 }
 
 impl ConnTable {
@@ -159,37 +166,41 @@ impl ConnTable {
                 synced: false,
             },
             expires: 0,
-            next: NIL,
             live: false,
+            class: EvictClass::Kept,
         };
         ConnTable {
             entries: vec![blank; capacity],
             free: (0..capacity as u32).rev().collect(),
             index: HashMap::with_capacity_and_hasher(capacity * 2, ahash::RandomState::new()),
-            wheel: TimerWheel::new(WHEEL_SLOTS, 0),
+            wheel: TimerWheel::new(WHEEL_SLOTS, capacity, 0),
+            evict: EvictionLists::new(capacity),
             epoch: now,
             timeouts,
-            zombies: 0,
+            inserted: 0,
         }
     }
 
-    /// Removes a connection now (a peer announced its end). Its slot is reused once the timer wheel passes it.
+    /// Removes a connection now (its flow ended early, a peer announced its end, or it is evicted); its slot is
+    /// free at once.
     pub fn remove(&mut self, id: ConnId) -> Conn {
         let entry = &mut self.entries[id as usize];
         debug_assert!(entry.live);
         entry.live = false;
-        let conn = entry.conn;
+        let (conn, class) = (entry.conn, entry.class);
         self.index.remove(&conn.client_key());
         if let Some(k) = conn.server_key() {
             self.index.remove(&k);
         }
-        self.zombies += 1;
+        self.wheel.unlink(id);
+        self.evict.remove(class, id);
+        self.free.push(id);
         conn
     }
 
     /// Number of live connections.
     pub fn len(&self) -> usize {
-        self.entries.len() - self.free.len() - self.zombies
+        self.entries.len() - self.free.len()
     }
 
     /// Whether no connection is tracked.
@@ -197,12 +208,16 @@ impl ConnTable {
         self.len() == 0
     }
 
-    /// Memory reserved for the table: the entry slab plus the index (keys, values and control bytes of the
-    /// hash map at its current capacity).
+    /// Memory reserved for the table: the entry slab, the index (keys, values and control bytes of the hash map
+    /// at its current capacity), the free list, the timer wheel and the eviction lists.
     pub fn memory_bytes(&self) -> usize {
         let entries = self.entries.capacity() * std::mem::size_of::<Entry>();
         let index = self.index.capacity() * (std::mem::size_of::<FlowKey>() + std::mem::size_of::<ConnId>() + 1);
-        entries + index + self.free.capacity() * std::mem::size_of::<u32>()
+        entries
+            + index
+            + self.free.capacity() * std::mem::size_of::<u32>()
+            + self.wheel.memory_bytes()
+            + self.evict.memory_bytes()
     }
 
     /// Maximum number of connections.
@@ -215,12 +230,17 @@ impl ConnTable {
         &self.timeouts
     }
 
+    /// Connections inserted since the table was made.
+    pub fn inserted(&self) -> u64 {
+        self.inserted
+    }
+
     fn tick(&self, now: Instant) -> u64 {
         (now.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u64
     }
 
-    fn deadline(&self, now: Instant, state: ConnState) -> u64 {
-        self.tick(now) + (self.timeouts.of(state).as_millis() / TICK.as_millis()) as u64
+    fn ticks(timeout: Duration) -> u64 {
+        (timeout.as_millis() / TICK.as_millis()) as u64
     }
 
     /// The connection a packet with `key` belongs to.
@@ -250,40 +270,52 @@ impl ConnTable {
     /// Inserts a connection expiring after `timeout` (an entry synced from a peer keeps its remaining time).
     /// An entry with the same client key is replaced.
     pub fn insert_expiring(&mut self, now: Instant, conn: Conn, timeout: Duration) -> Result<ConnId, TableFull> {
-        if let Some(id) = self.lookup(&conn.client_key()) {
-            let old = self.entries[id as usize].conn;
-            if let Some(k) = old.server_key() {
-                self.index.remove(&k);
+        let expires = self.tick(now) + Self::ticks(timeout);
+        let id = match self.lookup(&conn.client_key()) {
+            Some(id) => {
+                let old = self.entries[id as usize];
+                if let Some(k) = old.conn.server_key() {
+                    self.index.remove(&k);
+                }
+                self.wheel.unlink(id);
+                self.evict.remove(old.class, id);
+                id
             }
-            self.entries[id as usize].conn = conn;
-            self.entries[id as usize].expires = self.tick(now) + (timeout.as_millis() / TICK.as_millis()) as u64;
-            if let Some(k) = conn.server_key() {
-                self.index.insert(k, id);
+            None => {
+                let id = self.free.pop().ok_or(TableFull)?;
+                self.index.insert(conn.client_key(), id);
+                id
             }
-            return Ok(id);
-        }
-        let id = self.free.pop().ok_or(TableFull)?;
-        let expires = self.tick(now) + (timeout.as_millis() / TICK.as_millis()) as u64;
+        };
+        let class = EvictClass::of(conn.state);
         self.entries[id as usize] = Entry {
             conn,
             expires,
-            next: NIL,
             live: true,
+            class,
         };
-        self.index.insert(conn.client_key(), id);
         if let Some(k) = conn.server_key() {
             self.index.insert(k, id);
         }
-        let entries = &mut self.entries;
-        self.wheel.insert(id, expires, |i, n| entries[i as usize].next = n);
+        self.wheel.insert(id, expires);
+        self.evict.push(class, id);
+        self.inserted += 1;
         Ok(id)
     }
 
-    /// Restarts the connection's timeout from `now` for its current state (O(1): the wheel re-arms lazily).
+    /// Restarts the connection's timeout from `now` for its current state (O(1): the wheel re-arms lazily) and
+    /// moves it to the eviction list of its state.
     #[inline]
     pub fn touch(&mut self, id: ConnId, now: Instant) {
-        let deadline = self.deadline(now, self.entries[id as usize].conn.state);
-        self.entries[id as usize].expires = deadline;
+        let tick = self.tick(now);
+        let entry = &mut self.entries[id as usize];
+        entry.expires = tick + Self::ticks(self.timeouts.of(entry.conn.state));
+        let class = EvictClass::of(entry.conn.state);
+        if class != entry.class {
+            let old = std::mem::replace(&mut entry.class, class);
+            self.evict.remove(old, id);
+            self.evict.push(class, id);
+        }
     }
 
     /// When the connection expires if not touched again.
@@ -292,43 +324,54 @@ impl ConnTable {
         TICK * left as u32
     }
 
+    /// Removes the oldest closed (TIME_WAIT, CLOSE), else the oldest closing (FIN_WAIT) connection to make room
+    /// in a full table; returns it with the time it had left, or `None` if no entry is evictable.
+    pub fn evict_oldest(&mut self, now: Instant) -> Option<(Conn, Duration)> {
+        let (_, id) = self.evict.oldest()?;
+        let left = self.expires_in(id, now);
+        Some((self.remove(id), left))
+    }
+
+    /// Whether expiry is behind: some connection may have passed its deadline without being visited yet.
+    pub fn expiry_due(&self, now: Instant) -> bool {
+        self.wheel.is_due(self.tick(now))
+    }
+
+    /// When the next expiry tick begins (now or earlier when expiry is behind).
+    pub fn next_expiry(&self) -> Instant {
+        self.epoch + TICK * self.wheel.current() as u32
+    }
+
     /// Expires connections whose deadline passed, at most `budget` visits per call; `on_expired` sees each
     /// removed connection (to release its local port and update counters). Returns the number removed.
     pub fn expire(&mut self, now: Instant, budget: usize, mut on_expired: impl FnMut(&Conn)) -> usize {
         let now_tick = self.tick(now);
         let mut removed = 0;
-        let entries = std::cell::RefCell::new(&mut self.entries);
-        let index = &mut self.index;
-        let free = &mut self.free;
-        let zombies = &mut self.zombies;
-        self.wheel.advance(
-            now_tick,
-            budget,
-            |id| entries.borrow()[id as usize].next,
-            |id, n| entries.borrow_mut()[id as usize].next = n,
-            |id, tick| {
-                let mut e = entries.borrow_mut();
-                let entry = &mut e[id as usize];
-                if !entry.live {
-                    // Removed earlier: only now is it out of the wheel and its slot reusable.
-                    *zombies -= 1;
-                    free.push(id);
-                    return Due::Expired;
-                }
-                if entry.expires > tick {
-                    return Due::Later(entry.expires);
-                }
-                entry.live = false;
-                index.remove(&entry.conn.client_key());
-                if let Some(k) = entry.conn.server_key() {
-                    index.remove(&k);
-                }
-                on_expired(&entry.conn);
-                free.push(id);
-                removed += 1;
-                Due::Expired
-            },
-        );
+        let ConnTable {
+            entries,
+            index,
+            free,
+            evict,
+            wheel,
+            ..
+        } = self;
+        wheel.advance(now_tick, budget, |id, tick| {
+            let entry = &mut entries[id as usize];
+            debug_assert!(entry.live, "only live entries are in the wheel");
+            if entry.expires > tick {
+                return Due::Later(entry.expires);
+            }
+            entry.live = false;
+            index.remove(&entry.conn.client_key());
+            if let Some(k) = entry.conn.server_key() {
+                index.remove(&k);
+            }
+            evict.remove(entry.class, id);
+            on_expired(&entry.conn);
+            free.push(id);
+            removed += 1;
+            Due::Expired
+        });
         removed
     }
 
@@ -414,7 +457,7 @@ mod tests {
     }
 
     #[test]
-    fn removed_entries_vanish_at_once_and_their_slot_returns_later() {
+    fn removed_entries_vanish_at_once_and_their_slot_is_free_at_once() {
         let t0 = Instant::now();
         let mut t = ConnTable::new(1, Timeouts::default(), t0);
         let c = conn(1, 1, Forwarding::Fullnat);
@@ -423,20 +466,73 @@ mod tests {
         assert_eq!(t.lookup(&c.client_key()), None);
         assert_eq!(t.lookup(&c.server_key().unwrap()), None);
         assert_eq!((t.len(), t.iter().count()), (0, 0));
+        let c2 = conn(2, 2, Forwarding::Fullnat);
+        assert!(t.insert(t0, c2).is_ok(), "the slot left the wheel with the entry");
+        let mut seen = vec![];
         assert_eq!(
-            t.insert(t0, conn(2, 2, Forwarding::Fullnat)),
-            Err(TableFull),
-            "slot still in the wheel"
+            t.expire(t0 + Duration::from_secs(61), usize::MAX, |c| seen.push(c.client)),
+            1
         );
+        assert_eq!(seen, vec![c2.client], "no callback for the removed entry");
+    }
+
+    #[test]
+    fn a_full_table_evicts_closed_then_closing_entries_oldest_first_never_live_ones() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(4, Timeouts::default(), t0);
+        let ids: Vec<ConnId> = (0..4)
+            .map(|i| t.insert(t0, conn(i, i, Forwarding::Fullnat)).unwrap())
+            .collect();
+        let set = |t: &mut ConnTable, id: ConnId, state: ConnState, at: u64| {
+            t.get_mut(id).state = state;
+            t.touch(id, t0 + Duration::from_secs(at));
+        };
+        set(&mut t, ids[0], ConnState::Established, 1);
+        set(&mut t, ids[1], ConnState::FinWait, 2);
+        set(&mut t, ids[2], ConnState::TimeWait, 3);
+        set(&mut t, ids[3], ConnState::Close, 4);
+        let now = t0 + Duration::from_secs(5);
+        assert_eq!(t.insert(now, conn(9, 9, Forwarding::Fullnat)), Err(TableFull));
+        let order: Vec<(u16, Duration)> = std::iter::from_fn(|| t.evict_oldest(now))
+            .map(|(c, left)| (c.client.port(), left))
+            .collect();
+        // TIME_WAIT (120 s from 3 s) and CLOSE (10 s from 4 s) by when they entered, then FIN_WAIT.
         assert_eq!(
-            t.expire(t0 + Duration::from_secs(61), usize::MAX, |_| panic!(
-                "no callback for removed"
-            )),
-            0
+            order,
+            vec![
+                (2, Duration::from_secs(118)),
+                (3, Duration::from_secs(9)),
+                (1, Duration::from_secs(117))
+            ]
         );
-        assert!(t
-            .insert(t0 + Duration::from_secs(61), conn(2, 2, Forwarding::Fullnat))
-            .is_ok());
+        assert_eq!(t.len(), 1, "the established entry stays");
+        assert!(t.lookup(&conn(0, 0, Forwarding::Fullnat).client_key()).is_some());
+        assert!(t.insert(now, conn(9, 9, Forwarding::Fullnat)).is_ok());
+    }
+
+    #[test]
+    fn an_entry_reopened_by_a_syn_is_no_longer_evictable() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(1, Timeouts::default(), t0);
+        let id = t.insert(t0, conn(1, 1, Forwarding::Fullnat)).unwrap();
+        t.get_mut(id).state = ConnState::TimeWait;
+        t.touch(id, t0);
+        t.get_mut(id).state = ConnState::SynRecv;
+        t.touch(id, t0);
+        assert_eq!(t.evict_oldest(t0), None);
+    }
+
+    #[test]
+    fn a_replaced_entry_expires_at_its_new_deadline_even_if_earlier() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(2, Timeouts::default(), t0);
+        let mut c = conn(1, 1, Forwarding::Fullnat);
+        c.state = ConnState::Established;
+        t.insert(t0, c).unwrap(); // 900 s
+        c.state = ConnState::SynRecv;
+        t.insert_expiring(t0, c, Duration::from_secs(5)).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.expire(t0 + Duration::from_secs(5), usize::MAX, |_| {}), 1);
     }
 
     #[test]
@@ -472,5 +568,49 @@ mod tests {
         }
         assert_eq!(removed, n);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn expiry_with_a_budget_scaled_to_inserts_keeps_up_with_any_insert_rate() {
+        // 100k short-lived entries per second for 6 s of 100 ms turns (close timeout 1 s), with the budget the
+        // forwarder uses: a base plus twice the inserts since the last call. The table never holds more than
+        // about one timeout's worth of entries, where a fixed budget fills it.
+        let t0 = Instant::now();
+        let timeouts = Timeouts {
+            tcp_close: 1,
+            ..Timeouts::default()
+        };
+        let mut t = ConnTable::new(150_000, timeouts, t0);
+        let (mut port, mut last_inserted, mut peak) = (0u32, 0u64, 0usize);
+        for turn in 0..60u64 {
+            let now = t0 + TICK * turn as u32;
+            let budget = 256 + 2 * (t.inserted() - last_inserted) as usize;
+            last_inserted = t.inserted();
+            t.expire(now, budget, |_| {});
+            for _ in 0..10_000 {
+                let mut c = conn((port % 65_536) as u16, (port / 65_536) as u16, Forwarding::Dr);
+                c.client = SocketAddrV4::new(Ipv4Addr::from(0xC612_0000 + port), c.client.port());
+                c.state = ConnState::Close;
+                t.insert(now, c).expect("expiry keeps room");
+                port += 1;
+            }
+            peak = peak.max(t.len());
+        }
+        // Entries live 10 ticks after the tick they were inserted in: at most 11 turns' worth, plus the turn
+        // whose expiry has not run yet.
+        assert!(peak <= 12 * 10_000, "peak {peak}: expiry fell behind");
+        // A fixed budget of 4096 visits per turn (milestone 1) could not keep up.
+        let mut fixed = ConnTable::new(150_000, t.timeouts().clone(), t0);
+        let full = (0..60u64).any(|turn| {
+            let now = t0 + TICK * turn as u32;
+            fixed.expire(now, 4096, |_| {});
+            (0..10_000u32).any(|i| {
+                let mut c = conn(0, 0, Forwarding::Dr);
+                c.client = SocketAddrV4::new(Ipv4Addr::from(0xC612_0000 + turn as u32 * 10_000 + i), 1);
+                c.state = ConnState::Close;
+                fixed.insert(now, c).is_err()
+            })
+        });
+        assert!(full, "the comparison shows what the scaled budget fixes");
     }
 }

@@ -10,6 +10,7 @@
 //! A worker that receives another's packet hands it over ([`handoff`]), so the connection entry is only ever
 //! touched by its owner.
 
+mod exhaustion;
 pub mod ha_tap;
 pub mod handoff;
 pub mod icmp;
@@ -36,12 +37,15 @@ use crate::layout::{Layout, ListenerSlot, RemovedServerPolicy};
 use crate::sched::hash::hash_5tuple;
 use crate::sched::{MaglevTable, Scheduler, ServerView};
 use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
+use exhaustion::ExhaustionWarnings;
 use ha_tap::{HaOutbound, HaTap};
 use handoff::Handoff;
-use lports::LocalPorts;
+use lports::{FlowIds, LocalPorts};
 
-/// Connections visited per expiry call, so a mass expiry never stalls the datapath.
-const EXPIRE_BUDGET: usize = 4096;
+/// Connections visited per expiry call at least; the budget grows by twice the connections inserted since the
+/// last call, so expiry keeps up with any insert rate, and a backlog is worked off over the next turns instead of
+/// stalling one.
+const EXPIRE_BASE_BUDGET: usize = 256;
 /// How often counters are published and the health board is read.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
@@ -213,6 +217,17 @@ impl Listener {
     }
 }
 
+/// How a connection entry ended, for its local port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// It expired, or a peer says it did: the server is done with the tuple.
+    Normal,
+    /// It ended before its time (a new SYN rescheduled it): the server may hold the tuple in TIME_WAIT.
+    Early,
+    /// Evicted from a full table with this much time left.
+    Evicted(Duration),
+}
+
 /// Which role a packet's destination plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -258,6 +273,10 @@ pub struct Forwarder {
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
     next_housekeeping: Instant,
+    /// Table inserts when expiry last ran (its budget follows the insert rate).
+    inserted_at_expiry: u64,
+    /// Once-per-interval warnings for exhausted resources.
+    warnings: ExhaustionWarnings,
 }
 
 impl Forwarder {
@@ -314,6 +333,8 @@ impl Forwarder {
             ha_groups_owned: false,
             shared,
             next_housekeeping: now,
+            inserted_at_expiry: 0,
+            warnings: ExhaustionWarnings::default(),
         };
         f.index_endpoints();
         f
@@ -499,12 +520,19 @@ impl Forwarder {
             Role::Listener(l) => {
                 let handled = match self.conns.lookup(&key) {
                     Some(id) if self.starts_over(id, frame.data(), l4) => {
-                        self.end_early(id);
+                        // The old entry goes; its local port stays taken until the new flow has chosen its
+                        // server: on the same server the new flow continues on the same tuple.
+                        let old = self.end_early(id);
                         self.counters.rescheduled += 1;
-                        self.new_flow(now, l, port, frame, l4, key, cx)
+                        let mut reusable = Some(old);
+                        let handled = self.new_flow(now, l, port, frame, l4, key, &mut reusable, cx);
+                        if let Some(old) = reusable {
+                            self.release_port(now, &old, Ending::Early);
+                        }
+                        handled
                     }
                     Some(id) => self.forward_client(now, id, port, frame, l4, cx),
-                    None => self.new_flow(now, l, port, frame, l4, key, cx),
+                    None => self.new_flow(now, l, port, frame, l4, key, &mut None, cx),
                 };
                 self.count_listener_drop(l, &handled);
                 handled
@@ -560,21 +588,61 @@ impl Forwarder {
         }
     }
 
-    /// Ends a connection before its time: its entry goes, its local port returns to the pool (at the back, so
-    /// it is the last to be reused) and peers are told.
-    fn end_early(&mut self, id: ConnId) {
+    /// Ends a connection before its time: its entry goes, its server's count drops and peers are told. The
+    /// caller releases its local port ([`Forwarder::release_port`]) or hands the port to the flow that follows.
+    fn end_early(&mut self, id: ConnId) -> Conn {
         let c = self.conns.remove(id);
-        self.release(&c);
+        self.account(&c, c.state.is_active(), -1);
         if let (true, Some(out)) = (c.synced, &self.sync_out) {
             let _ = out.try_send(SyncEvent::Delete(c.client_key()));
         }
+        c
     }
 
-    /// Gives back what a removed connection held: its server's count and its FULLNAT local port.
-    fn release(&mut self, c: &Conn) {
-        self.account(c, c.state.is_active(), -1);
-        if c.forwarding == Forwarding::Fullnat && self.lports.owns(c.local.port()) {
-            self.lports.give_back(*c.local.ip(), c.local.port());
+    /// Returns a removed FULLNAT connection's local port to its pool: at once if the connection ran its course
+    /// (or the server cannot hold the tuple in TIME_WAIT), else after the time the server may still hold it.
+    fn release_port(&mut self, now: Instant, c: &Conn, ending: Ending) {
+        if c.forwarding != Forwarding::Fullnat {
+            return;
+        }
+        let (ip, port) = (*c.local.ip(), c.local.port());
+        let server_may_wait = c.proto == Proto::Tcp
+            && matches!(
+                c.state,
+                ConnState::Established | ConnState::FinWait | ConnState::TimeWait
+            );
+        let hold = match ending {
+            Ending::Early if server_may_wait => self.conns.timeouts().of(ConnState::TimeWait),
+            Ending::Evicted(left) if server_may_wait => left,
+            _ => return self.lports.give_back(ip, c.backend, port),
+        };
+        let flow = FlowIds {
+            client: c.client,
+            vip: c.vip,
+        };
+        self.lports.give_back_at(ip, c.backend, port, now + hold, flow);
+    }
+
+    /// Makes room in a full table by evicting its oldest closed or closing connection; false if none is
+    /// evictable.
+    fn make_room(&mut self, now: Instant) -> bool {
+        let Some((c, left)) = self.conns.evict_oldest(now) else {
+            return false;
+        };
+        self.account(&c, c.state.is_active(), -1);
+        self.release_port(now, &c, Ending::Evicted(left));
+        if let (true, Some(out)) = (c.synced, &self.sync_out) {
+            let _ = out.try_send(SyncEvent::Delete(c.client_key()));
+        }
+        self.counters.evicted += 1;
+        true
+    }
+
+    /// Inserts a connection, evicting a closed one if the table is full.
+    fn insert_conn(&mut self, now: Instant, conn: Conn, timeout: Duration) -> Result<ConnId, TableFull> {
+        match self.conns.insert_expiring(now, conn, timeout) {
+            Err(TableFull) if self.make_room(now) => self.conns.insert_expiring(now, conn, timeout),
+            result => result,
         }
     }
 
@@ -596,7 +664,9 @@ impl Forwarder {
         }
     }
 
-    /// A packet from a client with no connection entry: schedule it, or refuse it.
+    /// A packet from a client with no connection entry: schedule it, or refuse it. `reusable` is the entry the
+    /// packet's SYN just ended, if any: when the flow goes to the same server, it takes over that entry's local
+    /// port (and leaves `None`), so the server sees the same tuple from the same client.
     #[allow(clippy::too_many_arguments)]
     fn new_flow(
         &mut self,
@@ -606,6 +676,7 @@ impl Forwarder {
         frame: &mut Frame<'_>,
         l4: usize,
         key: FlowKey,
+        reusable: &mut Option<Conn>,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         let listener = &mut self.listeners[l];
@@ -644,24 +715,33 @@ impl Forwarder {
                 };
                 // In an HA pair the floating local IP of the link is the source, so replies reach whichever
                 // node is master. Otherwise every address on the backend's link is a source: when one runs out
-                // of ports the next is used, so sessions scale with the number of local IPs.
-                let taken = match self.floating_source(&route, cx) {
-                    Some(ip) => self.lports.take(ip).map(|p| (ip, p)),
-                    None => {
-                        let link = &cx.links[route.port];
-                        let sources = link
-                            .addresses
-                            .iter()
-                            .filter(|n| n.prefix < 32 && n.contains(*backend.ip()));
-                        sources
-                            .map(|n| n.addr)
-                            .find_map(|ip| self.lports.take(ip).map(|p| (ip, p)))
-                    }
-                };
-                let Some((source, lport)) = taken else {
-                    return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
-                };
-                SocketAddrV4::new(source, lport)
+                // of ports towards this server the next is used, so sessions scale with the number of local IPs.
+                let floating = self.floating_source(&route, cx);
+                let link = &cx.links[route.port];
+                let mut sources = floating.into_iter().chain(
+                    link.addresses
+                        .iter()
+                        .filter(|n| floating.is_none() && n.prefix < 32 && n.contains(*backend.ip()))
+                        .map(|n| n.addr),
+                );
+                let continued = reusable.filter(|old| {
+                    old.forwarding == Forwarding::Fullnat && old.backend == backend && old.proto == key.proto
+                });
+                if let Some(old) = continued {
+                    // The port is still taken by the ended entry: it moves to the new one.
+                    *reusable = None;
+                    old.local
+                } else {
+                    let flow = FlowIds {
+                        client: key.src,
+                        vip: key.dst,
+                    };
+                    let taken = sources.find_map(|ip| self.lports.take(ip, backend, flow).ok().map(|p| (ip, p)));
+                    let Some((source, lport)) = taken else {
+                        return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
+                    };
+                    SocketAddrV4::new(source, lport)
+                }
             }
         };
         let conn = Conn {
@@ -684,7 +764,7 @@ impl Forwarder {
             client_packets: 0,
             synced: false,
         };
-        match self.conns.insert(now, conn) {
+        match self.insert_conn(now, conn, self.conns.timeouts().of(conn.state)) {
             Ok(id) => {
                 self.account(&conn, conn.state.is_active(), 1);
                 self.counters.listeners[l].conns_total += 1;
@@ -693,7 +773,7 @@ impl Forwarder {
             }
             Err(TableFull) => {
                 if forwarding == Forwarding::Fullnat {
-                    self.lports.give_back(*local.ip(), local.port());
+                    self.lports.give_back(*local.ip(), backend, local.port());
                     return Handled::Verdict(Verdict::Drop(DropReason::ConnTableFull));
                 }
                 Handled::Verdict(self.forward_stateless(now, l, frame, key, cx))
@@ -841,6 +921,9 @@ impl Forwarder {
         if let Some(id) = self.conns.lookup(&conn.client_key()) {
             let old = *self.conns.get(id);
             self.account(&old, old.state.is_active(), -1);
+            if old.local != conn.local || old.backend != conn.backend {
+                self.release_port(now, &old, Ending::Normal);
+            }
         }
         conn.listener = l as u16;
         conn.server = s as u16;
@@ -848,23 +931,30 @@ impl Forwarder {
         let client_port = self.vip_ifaces.get(l).and_then(|iface| self.iface_ports.get(iface));
         conn.client_port = client_port.copied().unwrap_or(0) as u8;
         if conn.forwarding == Forwarding::Fullnat {
-            self.lports.mark_taken(*conn.local.ip(), conn.local.port());
+            self.lports
+                .mark_taken(*conn.local.ip(), conn.backend, conn.local.port());
         }
-        match self.conns.insert_expiring(now, conn, remaining) {
+        match self.insert_conn(now, conn, remaining) {
             Ok(_) => {
                 self.account(&conn, conn.state.is_active(), 1);
                 self.counters.imported += 1;
                 true
             }
-            Err(TableFull) => false,
+            Err(TableFull) => {
+                if conn.forwarding == Forwarding::Fullnat {
+                    self.lports.give_back(*conn.local.ip(), conn.backend, conn.local.port());
+                }
+                false
+            }
         }
     }
 
-    /// Removes a connection a peer announced as ended.
-    fn forget(&mut self, key: &FlowKey) {
+    /// Removes a connection a peer announced as ended (its entry expired there: its port is free).
+    fn forget(&mut self, now: Instant, key: &FlowKey) {
         if let Some(id) = self.conns.lookup(key) {
             let c = self.conns.remove(id);
-            self.release(&c);
+            self.account(&c, c.state.is_active(), -1);
+            self.release_port(now, &c, Ending::Normal);
         }
     }
 
@@ -1103,8 +1193,37 @@ impl Forwarder {
         }
     }
 
+    /// Expires connections whose time is up, with a budget that follows the insert rate; what is left over is
+    /// done in the next turns (`poll_timeout` asks for them at once).
+    fn expire(&mut self, now: Instant) {
+        if !self.conns.expiry_due(now) {
+            return;
+        }
+        let inserted = self.conns.inserted() - self.inserted_at_expiry;
+        self.inserted_at_expiry = self.conns.inserted();
+        let budget = EXPIRE_BASE_BUDGET + 2 * inserted as usize;
+        let (lports, listeners, sync_out) = (&mut self.lports, &mut self.listeners, &self.sync_out);
+        let expired = self.conns.expire(now, budget, |c| {
+            if c.forwarding == Forwarding::Fullnat {
+                lports.give_back(*c.local.ip(), c.backend, c.local.port());
+            }
+            if let (true, Some(out)) = (c.synced, sync_out) {
+                let _ = out.try_send(SyncEvent::Delete(c.client_key()));
+            }
+            let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];
+            let n = if c.state.is_active() {
+                &mut s.active
+            } else {
+                &mut s.inactive
+            };
+            *n = n.saturating_sub(1);
+        });
+        self.counters.expired += expired as u64;
+    }
+
     fn publish(&mut self) {
         self.counters.conns = self.conns.len() as u64;
+        self.counters.local_ports = self.lports.occupancy();
         for (l, listener) in self.listeners.iter().enumerate() {
             for (s, view) in listener.servers.iter().enumerate() {
                 self.counters.servers[l][s].active = u64::from(view.active);
@@ -1192,7 +1311,8 @@ impl Ipv4Handler for Forwarder {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let h = self.health.as_ref().and_then(HealthChecker::poll_timeout);
-        Some(h.map_or(self.next_housekeeping, |h| h.min(self.next_housekeeping)))
+        let next = self.next_housekeeping.min(self.conns.next_expiry());
+        Some(h.map_or(next, |h| h.min(next)))
     }
 
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
@@ -1220,7 +1340,7 @@ impl Ipv4Handler for Forwarder {
                 }
                 ControlMessage::Forget(keys) => {
                     for key in &keys {
-                        self.forget(key);
+                        self.forget(now, key);
                     }
                 }
                 ControlMessage::Export { reply } => {
@@ -1238,30 +1358,28 @@ impl Ipv4Handler for Forwarder {
         }
         self.own_ha_groups(cx);
         self.run_health(now);
+        self.expire(now);
         if now < self.next_housekeeping {
             return;
         }
         self.next_housekeeping = now + HOUSEKEEPING;
-        let (lports, listeners, counters) = (&mut self.lports, &mut self.listeners, &mut self.counters);
-        let sync_out = &self.sync_out;
-        let expired = self.conns.expire(now, EXPIRE_BUDGET, |c| {
-            if c.forwarding == Forwarding::Fullnat && lports.owns(c.local.port()) {
-                lports.give_back(*c.local.ip(), c.local.port());
-            }
-            if let (true, Some(out)) = (c.synced, sync_out) {
-                let _ = out.try_send(SyncEvent::Delete(c.client_key()));
-            }
-            let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];
-            let n = if c.state.is_active() {
-                &mut s.active
-            } else {
-                &mut s.inactive
-            };
-            *n = n.saturating_sub(1);
-        });
-        counters.expired += expired as u64;
+        self.lports.release_due(now);
         self.sync_health();
         self.publish();
+        let table_full = self
+            .counters
+            .listeners
+            .iter()
+            .map(|l| l.drops[DropReason::ConnTableFull as usize])
+            .sum();
+        let ports_exhausted = self
+            .counters
+            .listeners
+            .iter()
+            .map(|l| l.drops[DropReason::LocalPortsExhausted as usize])
+            .sum();
+        self.warnings
+            .check(now, self.worker, ports_exhausted, table_full, &self.lports, &self.conns);
     }
 }
 

@@ -371,14 +371,14 @@ fn expiry_frees_the_entry_and_its_local_port() {
     let mut s = stack(Setup::default());
     let (_, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
     let local = inspect(&out).2;
-    let free_before = s.handler().lports.free(LIP);
+    let free_before = s.handler().lports.free(LIP, backends()[0]);
     s.handle_timeout(now + Duration::from_secs(59));
     assert_eq!(s.handler().conns().len(), 1);
     s.handle_timeout(now + Duration::from_secs(61));
     assert_eq!(s.handler().conns().len(), 0, "syn_recv timeout is 60 s");
-    assert_eq!(s.handler().lports.free(LIP), free_before + 1);
+    assert_eq!(s.handler().lports.free(LIP, backends()[0]), free_before + 1);
     assert_eq!(s.handler().listeners[0].servers[0].inactive, 0);
-    // The port is reusable but goes to the back of the queue.
+    // The port is reusable; the old tuple is no longer translated.
     let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, ACK, b"");
     assert_eq!(
         run(&mut s, now + Duration::from_secs(62), 1, &reply).0,
@@ -417,19 +417,21 @@ fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh() {
         &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], first, FINACK, b""),
     );
     assert_eq!(s.handler().conns().iter().next().unwrap().state, ConnState::TimeWait);
-    let free = s.handler().lports.free(LIP);
+    let free = s.handler().lports.free(LIP, backends()[0]);
 
     // The client reuses its port at once (as after a RST, or with tcp_tw_reuse): a new connection, scheduled
-    // by rr to the next server from a fresh local port; the old port goes back.
+    // by rr to the next server, from the client's own port again (a new tuple at that server); the old tuple
+    // may still be in TIME_WAIT at the first server, so its port is quarantined there, not freed.
     let (v, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
     assert_eq!(v, Verdict::Transmit(1));
     let (_, _, local, backend, _) = inspect(&out);
     assert_eq!(backend, backends()[1]);
-    assert_ne!(local, first);
+    assert_eq!(local, first, "the client's port, towards another server");
     let f = s.handler();
     assert_eq!(f.conns().len(), 1);
     assert_eq!(f.conns().iter().next().unwrap().state, ConnState::SynRecv);
-    assert_eq!(f.lports.free(LIP), free, "one port back, one taken");
+    assert_eq!(f.lports.free(LIP, backends()[0]), free, "held in quarantine");
+    assert_eq!(f.lports.occupancy().quarantined, 1);
     assert_eq!(f.counters().rescheduled, 1);
     assert_eq!(f.counters().listeners[0].conns_total, 2);
     assert_eq!(
@@ -437,9 +439,138 @@ fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh() {
         (0, 0)
     );
     assert_eq!(f.listeners[0].servers[1].inactive, 1, "syn_recv counts as inactive");
-    // The old local address is no longer translated.
+    // The old tuple is no longer translated.
     let late = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], first, ACK, b"");
     assert_eq!(run(&mut s, now, 1, &late).0, Verdict::Drop(DropReason::NoConnection));
+    // The quarantine ends after the TIME_WAIT timeout.
+    s.handle_timeout(now + Duration::from_secs(119));
+    assert_eq!(s.handler().lports.free(LIP, backends()[0]), free);
+    s.handle_timeout(now + Duration::from_secs(121));
+    assert_eq!(s.handler().lports.free(LIP, backends()[0]), free + 1);
+}
+
+/// Both sides close a connection from `client`; returns its tuple towards the server.
+fn closed_connection(
+    s: &mut LocalStack<Forwarder>,
+    now: Instant,
+    client: SocketAddrV4,
+) -> (SocketAddrV4, SocketAddrV4) {
+    let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client, vip(), SYN, b"");
+    let (_, out) = run(s, now, 0, &syn);
+    let (_, _, local, backend, _) = inspect(&out);
+    let mac = if backend == backends()[0] { B1_MAC } else { B2_MAC };
+    run(
+        s,
+        now,
+        1,
+        &packet(Proto::Tcp, mac, INT_MAC, backend, local, SYNACK, b""),
+    );
+    run(
+        s,
+        now,
+        0,
+        &packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client, vip(), ACK, b""),
+    );
+    // The server closes first, then the client.
+    run(
+        s,
+        now,
+        1,
+        &packet(Proto::Tcp, mac, INT_MAC, backend, local, FINACK, b""),
+    );
+    run(
+        s,
+        now,
+        0,
+        &packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client, vip(), FINACK, b""),
+    );
+    (local, backend)
+}
+
+#[test]
+fn a_client_reusing_its_4_tuple_reaches_the_same_server_on_the_same_tuple() {
+    let now = Instant::now();
+    // One server takes new flows (the other has weight 0), so the reused 4-tuple goes to the same one.
+    let mut s = stack(Setup {
+        weights: [1, 0],
+        ..Default::default()
+    });
+    let client = sa([198, 18, 0, 1], 40_000);
+    let (local, backend) = closed_connection(&mut s, now, client);
+    assert_eq!(local.port(), 40_000, "the client's own port when free");
+    assert_eq!(s.handler().conns().iter().next().unwrap().state, ConnState::TimeWait);
+    // Its new SYN on the same 4-tuple: the server (in TIME_WAIT) sees the same tuple from the same client,
+    // whose ISN and timestamps have moved on, so it accepts it; nothing is quarantined.
+    let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client, vip(), SYN, b"");
+    let (_, out) = run(&mut s, now + Duration::from_secs(1), 0, &syn);
+    assert_eq!((inspect(&out).2, inspect(&out).3), (local, backend));
+    let f = s.handler();
+    assert_eq!((f.counters().rescheduled, f.conns().len()), (1, 1));
+    assert_eq!(f.lports.occupancy().quarantined, 0);
+    assert_eq!(f.lports.occupancy().in_use, 1);
+    // Another client with the same source port gets another port towards that server.
+    let other = sa([198, 18, 0, 2], 40_000);
+    let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, other, vip(), SYN, b"");
+    let (_, out) = run(&mut s, now + Duration::from_secs(1), 0, &syn);
+    assert_eq!(inspect(&out).3, backend);
+    assert_eq!(inspect(&out).2, SocketAddrV4::new(*local.ip(), 40_001));
+}
+
+#[test]
+fn a_full_table_evicts_its_oldest_closed_connection_for_a_new_flow() {
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        table: 2,
+        ..Default::default()
+    });
+    let (old_local, old_backend) = closed_connection(&mut s, now, sa([198, 18, 0, 1], 40_000));
+    let open = packet(
+        Proto::Tcp,
+        CLIENT_MAC,
+        EXT_MAC,
+        sa([198, 18, 0, 2], 40_001),
+        vip(),
+        SYN,
+        b"",
+    );
+    assert_eq!(run(&mut s, now, 0, &open).0, Verdict::Transmit(1));
+    // Full: the TIME_WAIT entry makes room; its port is held for the server's TIME_WAIT.
+    let third = packet(
+        Proto::Tcp,
+        CLIENT_MAC,
+        EXT_MAC,
+        sa([198, 18, 0, 3], 40_002),
+        vip(),
+        SYN,
+        b"",
+    );
+    assert_eq!(
+        run(&mut s, now + Duration::from_secs(1), 0, &third).0,
+        Verdict::Transmit(1)
+    );
+    let f = s.handler();
+    assert_eq!((f.counters().evicted, f.conns().len()), (1, 2));
+    assert_eq!(f.lports.occupancy().quarantined, 1);
+    let late = packet(Proto::Tcp, B1_MAC, INT_MAC, old_backend, old_local, ACK, b"");
+    assert_eq!(run(&mut s, now, 1, &late).0, Verdict::Drop(DropReason::NoConnection));
+    // Nothing closed is left: the next new flow is refused and counted.
+    let fourth = packet(
+        Proto::Tcp,
+        CLIENT_MAC,
+        EXT_MAC,
+        sa([198, 18, 0, 4], 40_003),
+        vip(),
+        SYN,
+        b"",
+    );
+    assert_eq!(
+        run(&mut s, now + Duration::from_secs(1), 0, &fourth).0,
+        Verdict::Drop(DropReason::ConnTableFull)
+    );
+    assert_eq!(
+        s.handler().counters().listeners[0].drops[DropReason::ConnTableFull as usize],
+        1
+    );
 }
 
 #[test]
@@ -1183,9 +1314,11 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
 fn fullnat_uses_the_next_local_ip_when_one_runs_out_of_ports() {
     let now = Instant::now();
     let second_lip = Ipv4Addr::new(198, 19, 0, 11);
+    // One server takes new flows: ports are counted per (local IP, server).
     let mut s = stack(Setup {
         int_addresses: &["198.19.0.10/24", "198.19.0.11/24"],
         local_ports: (10_000, 10_001),
+        weights: [1, 0],
         ..Default::default()
     });
     let sources: Vec<Ipv4Addr> = (0..4u16)
@@ -1202,7 +1335,11 @@ fn fullnat_uses_the_next_local_ip_when_one_runs_out_of_ports() {
             *inspect(&run(&mut s, now, 0, &syn).1).2.ip()
         })
         .collect();
-    assert_eq!(sources, vec![LIP, LIP, second_lip, second_lip], "2 ports per local IP");
+    assert_eq!(
+        sources,
+        vec![LIP, LIP, second_lip, second_lip],
+        "2 ports per local IP and server"
+    );
     let fifth = packet(
         Proto::Tcp,
         CLIENT_MAC,

@@ -213,6 +213,21 @@ fn print_stats(doc: &Value) {
             println!("  listener {name}: {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
         }
     }
+    let l4 = &doc["l4"];
+    if l4.is_object() {
+        let ports = &l4["local_ports"];
+        let n = |v: &Value| v.as_u64().unwrap_or(0);
+        println!(
+            "\nconnections {}  evicted {}\nlocal ports: {} in use in {} pools of {} (fullest: {}), {} quarantined",
+            n(&l4["conns"]),
+            n(&l4["evicted"]),
+            n(&ports["in_use"]),
+            n(&ports["pools"]),
+            n(&ports["per_pool"]),
+            n(&ports["busiest_pool"]),
+            n(&ports["quarantined"])
+        );
+    }
     println!(
         "\n{:<10}{:>9}{:>14}{:>16}{:>14}",
         "interface", "xdp", "to xlb", "to kernel", "no socket"
