@@ -606,3 +606,136 @@ fn path_mtu_discovery_works_through_fullnat() -> Result<()> {
     );
     Ok(())
 }
+
+/// What [`server_closed_requests`] saw.
+struct ServerClosed {
+    /// Connections that did not get a whole answer, with the first errors.
+    failed: usize,
+    errors: Vec<String>,
+    /// Answers per server name.
+    by_server: BTreeMap<String, usize>,
+    /// TIME_WAIT SYNs the servers' kernels rejected (`TcpExtPAWSTimewait`): a tuple reused by another client.
+    paws_rejects: u64,
+    xlb: Appliance,
+    _lab: TwoArm,
+    _sinks: Vec<Proc>,
+}
+
+/// A two-arm lab with HTTP sinks behind an rr FULLNAT listener configured with `l4` (an `[l4]` section): the
+/// client, whose kernel picks source ports from 40000-40099 only, makes `n` requests with `Connection: close`
+/// one after the other, so every server closes first and holds each tuple in TIME_WAIT.
+fn server_closed_requests(name: &str, l4: &str, n: usize) -> Result<ServerClosed> {
+    let t = TwoArm::new(name, &SERVERS, 1)?;
+    t.client.sysctl("net.ipv4.ip_local_port_range", "40000 40099")?;
+    let sinks = t.sinks("http", 8080)?;
+    let listeners = format!("{l4}\n{}", listener("web", 80, "tcp", "rr"));
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(&listeners, &servers(8080, [1, 1, 1]), ""))?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    let (names, errors) = in_ns(&t.client, move || {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let (mut names, mut errors) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            if Instant::now() > deadline {
+                errors.push("time is up".to_string());
+                break;
+            }
+            match http_close(target) {
+                Ok(name) => names.push(name),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
+        Ok((names, errors))
+    })?;
+    // Absolute values (the namespace is new), without touching nstat's history file.
+    let nstat = t.servers.run("nstat", &["-asz", "TcpExtPAWSTimewait"])?;
+    let paws_rejects = nstat
+        .lines()
+        .find_map(|l| l.strip_prefix("TcpExtPAWSTimewait"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .context("TcpExtPAWSTimewait in nstat")?
+        .parse()?;
+    Ok(ServerClosed {
+        failed: n - names.len(),
+        errors: errors.into_iter().take(3).collect(),
+        by_server: count(&names),
+        paws_rejects,
+        xlb,
+        _lab: t,
+        _sinks: sinks,
+    })
+}
+
+/// One HTTP request with `Connection: close`, read to the end; returns the answering server's name.
+fn http_close(target: SocketAddr) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&target, TIMEOUT).with_context(|| format!("connect to {target}"))?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: xlb\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    ensure!(answer.starts_with("HTTP/1.1 200 OK"), "answer {answer:?}");
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("server="))
+        .map(str::to_string)
+        .with_context(|| format!("no server name in {answer:?}"))
+}
+
+fn drops(xlb: &Appliance, reason: &str) -> Result<u64> {
+    Ok(listener_stats(xlb, 0)?["drops"][reason].as_u64().unwrap_or(0))
+}
+
+#[test]
+fn server_closed_connections_reuse_every_local_port_many_times_without_a_failure() -> Result<()> {
+    // 100 local ports per server, 300 tuples in all: 1500 connections use each tuple five times while the
+    // servers hold every one in TIME_WAIT (60 s) and xlb its entries for 120 s. The client's new SYN on a
+    // 4-tuple in TIME_WAIT reaches the server on the tuple that client used there before (or a fresh one).
+    let n = 1500;
+    let r = server_closed_requests("l4_srvclose", "[l4]\nlocal_port_min = 20000\nlocal_port_max = 20099", n)?;
+    ensure!(r.failed == 0, "{} of {n} connections failed: {:?}", r.failed, r.errors);
+    ensure!(
+        r.by_server.len() == 3 && r.by_server.values().all(|c| *c == n / 3),
+        "rr: {:?}",
+        r.by_server
+    );
+    ensure!(
+        r.paws_rejects == 0,
+        "servers rejected {} SYNs on tuples in TIME_WAIT",
+        r.paws_rejects
+    );
+    let stats = r.xlb.stats()?;
+    ensure!(drops(&r.xlb, "local_ports_exhausted")? == 0, "ports exhausted: {stats}");
+    let ports = &stats["l4"]["local_ports"];
+    ensure!(ports["pools"] == 3 && ports["per_pool"] == 100, "pools: {ports}");
+    ensure!(
+        stats["l4"]["workers"][0]["rescheduled"].as_u64() > Some(1000),
+        "client 4-tuples reused: {stats}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_full_table_evicts_closed_connections_and_new_ones_succeed() -> Result<()> {
+    // 32 entries, each server-closed connection stays in TIME_WAIT for 120 s: from the 33rd connection on, a
+    // new one evicts the oldest closed entry.
+    let n = 300;
+    let r = server_closed_requests("l4_evict", "[l4]\nconn_table_size = 32", n)?;
+    ensure!(r.failed == 0, "{} of {n} connections failed: {:?}", r.failed, r.errors);
+    ensure!(
+        r.paws_rejects == 0,
+        "servers rejected {} SYNs on tuples in TIME_WAIT",
+        r.paws_rejects
+    );
+    let stats = r.xlb.stats()?;
+    let evicted = stats["l4"]["evicted"].as_u64().unwrap_or(0);
+    // Every connection after the 32nd either found its client 4-tuple's entry (the kernel reuses some ports
+    // sooner than others) and started over on it, or evicted the oldest closed entry.
+    let rescheduled = stats["l4"]["workers"][0]["rescheduled"].as_u64().unwrap_or(0);
+    ensure!(
+        evicted > 0 && evicted + rescheduled >= (n - 32) as u64,
+        "evicted {evicted}: {stats}"
+    );
+    ensure!(drops(&r.xlb, "conn_table_full")? == 0, "refused: {stats}");
+    ensure!(stats["l4"]["conns"].as_u64() <= Some(32), "{stats}");
+    Ok(())
+}
