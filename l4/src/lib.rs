@@ -5,6 +5,7 @@
 //! - [`forward`]: the forwarder stage (FULLNAT, DR, hand-off between workers).
 //! - [`layout`]: stable listener / server slots across live reconfigurations.
 //! - [`stats`]: per listener / server counters and the health board.
+//! - [`sync_policy`]: when a connection is announced to HA peers (threshold, state changes, refresh).
 //! - [`conn`]: the connection table, state tracking and timer wheel.
 //! - [`sched`]: schedulers (rr, wrr, wlc, sh, mh) and the Maglev table.
 //! - [`health`]: health-check state machines (tcp, udp, http probes from the appliance's own stack).
@@ -16,6 +17,7 @@ pub mod health;
 pub mod layout;
 pub mod sched;
 pub mod stats;
+pub mod sync_policy;
 
 #[cfg(test)]
 mod testutil;

@@ -179,8 +179,14 @@ fn ha_state(xlb: &Appliance) -> Result<serde_json::Value> {
 
 /// Starts both nodes and waits until lb1 (priority 200) is master and lb2 backup.
 fn start_pair(t: &Pair) -> Result<(Appliance, Appliance)> {
-    let lb1 = Appliance::start(&t.lab, &t.lbs[0], "lb1", &config_with_queues(&t.lab, 0, 200, t.queues))?;
-    let lb2 = Appliance::start(&t.lab, &t.lbs[1], "lb2", &config_with_queues(&t.lab, 1, 100, t.queues))?;
+    start_pair_with(t, "")
+}
+
+/// [`start_pair`] with `extra` appended to both configs (after `[ha]`: more `[ha]` keys, then other tables).
+fn start_pair_with(t: &Pair, extra: &str) -> Result<(Appliance, Appliance)> {
+    let config = |node, priority| config_with_queues(&t.lab, node, priority, t.queues) + extra;
+    let lb1 = Appliance::start(&t.lab, &t.lbs[0], "lb1", &config(0, 200))?;
+    let lb2 = Appliance::start(&t.lab, &t.lbs[1], "lb2", &config(1, 100))?;
     wait_until_ok(Duration::from_secs(15), "lb1 master, lb2 backup", || {
         let (a, b) = (ha_state(&lb1)?, ha_state(&lb2)?);
         ensure!(
@@ -343,6 +349,66 @@ fn kill_master_with_streams(t: &Pair, streams: usize) -> Result<()> {
         Ok(())
     })?;
     ensure!(ha_state(&lb2)?["state"] == "master");
+    Ok(())
+}
+
+/// Established entries of the web listener on `xlb`.
+fn established_web(xlb: &Appliance) -> Result<usize> {
+    let doc: serde_json::Value =
+        serde_json::from_str(&xlb.xlbctl(&["conns", "--listener", "web", "--state", "established", "--json"])?)?;
+    Ok(doc["conns"].as_array().map_or(0, |a| a.len()))
+}
+
+/// Issue 9: a flow that lives much longer than its state's timeout, with traffic, is refreshed on the backup
+/// (`sync_refresh_s`), so it survives `kill -9` of the master. Established timeout 5 s, refresh 1 s, data every
+/// 500 ms; the master is killed after 12 s of streaming (without the refresh, the backup's copy would have
+/// expired 5 s after the handshake and the stream would die with the master).
+#[test]
+fn long_lived_flow_is_refreshed_on_the_backup_and_survives_failover() -> Result<()> {
+    let t = pair("harefresh")?;
+    let (lb1, lb2) = start_pair_with(&t, "sync_refresh_s = 1\n\n[l4.timeouts]\ntcp_established = 5\n")?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    let client = t.client.clone();
+    let stream = std::thread::spawn(move || {
+        in_ns(&client, move || {
+            let pace = StreamPace {
+                duration: Duration::from_secs(20),
+                chunk: 256,
+                pause: Duration::from_millis(500),
+            };
+            echo_stream(target, pace)
+        })
+    });
+    wait_until_ok(TIMEOUT, "the backup to hold the flow", || {
+        ensure!(established_web(&lb2)? == 1, "not synced yet");
+        Ok(())
+    })?;
+    // More than twice the established timeout since the flow was first synced: the backup still holds it.
+    std::thread::sleep(Duration::from_secs(12));
+    ensure!(
+        established_web(&lb2)? == 1,
+        "the backup lost the live flow (its copy expired): {}",
+        lb2.xlbctl(&["conns", "--json"])?
+    );
+    let pid = lb1.proc().pid();
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait_until_ok(Duration::from_secs(10), "lb2 to become master", || {
+        ensure!(ha_state(&lb2)?["state"] == "master", "not yet");
+        Ok(())
+    })?;
+    // The stream runs on through lb2 and every byte comes back as sent.
+    let report = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream panicked"))?
+        .context("the long-lived stream across the failover")?;
+    eprintln!(
+        "long-lived flow: {} bytes byte-exact via {} across kill -9 of the master (longest pause {} ms); lb2 {}",
+        report.bytes,
+        report.server,
+        report.longest_pause.as_millis(),
+        ha_state(&lb2)?
+    );
     Ok(())
 }
 

@@ -48,7 +48,7 @@ impl Config {
         validate_interfaces(&self.interfaces, &self.datapath)?;
         xlb_l4::config::validate(&self.listeners, &self.groups, &self.l4, &self.interfaces)?;
         if let Some(ha) = &self.ha {
-            ha.validate(&self.interfaces)?;
+            ha.validate(&self.interfaces, &self.l4.timeouts)?;
             // Sync datagrams to the node's own address are told apart by port: keep it off the FULLNAT and
             // health-probe ports.
             let port = ha.sync_group.port();
@@ -179,6 +179,32 @@ mod tests {
         assert!(e.contains("at least 16 characters"), "{e}");
         let c = Config::parse(&with(&format!("api_token_file = {:?}", good.display().to_string()))).unwrap();
         assert_eq!(api_token(&c.node).unwrap(), "0123456789abcdef");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_sync_refresh_is_checked_against_the_l4_timeouts() {
+        let dir = std::env::temp_dir().join(format!("xlb-config-refresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("sync.key");
+        std::fs::write(&key, [7u8; 32]).unwrap();
+        let with = |ha: &str, established: u32| {
+            format!(
+                "{EXAMPLE}\n[l4.timeouts]\ntcp_established = {established}\n\n[ha]\nvrid = 51\npriority = 100\n\
+                 interface = \"ext0\"\nauth_key_file = {:?}\n{ha}\n",
+                key.display().to_string()
+            )
+        };
+        // The default refresh (30 s) against a 20 s established timeout.
+        let e = Config::parse(&with("", 20)).unwrap_err();
+        assert!(
+            e.starts_with("ha.sync_refresh_s: 30 s is not below l4.timeouts.tcp_established (20 s)"),
+            "{e}"
+        );
+        let c = Config::parse(&with("sync_refresh_s = 10", 20)).unwrap();
+        assert_eq!(c.ha.unwrap().sync_policy().refresh, std::time::Duration::from_secs(10));
+        let e = Config::parse(&with("sync_refresh_s = 0", 900)).unwrap_err();
+        assert!(e.starts_with("ha.sync_refresh_s: must be at least 1 second"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

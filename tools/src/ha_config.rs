@@ -2,8 +2,11 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use xlb_l4::conn::Timeouts;
+use xlb_l4::sync_policy::SyncPolicy;
 use xlb_stack::addr::Ipv4Net;
 use xlb_stack::config::InterfaceConfig;
 
@@ -39,6 +42,11 @@ pub struct HaConfig {
     /// A connection is synced after this many client packets (default 3).
     #[serde(default = "default_threshold")]
     pub sync_threshold: u32,
+    /// A synced connection with traffic is synced again this many seconds after its last sync (default 30;
+    /// at most half its state's timeout), so the peers' copies of long-lived flows do not expire. Must be
+    /// below `l4.timeouts.tcp_established` and `l4.timeouts.udp`.
+    #[serde(default = "default_refresh")]
+    pub sync_refresh_s: u32,
     /// File with the shared key (at least 32 bytes) authenticating VRRP-independent sync messages.
     pub auth_key_file: PathBuf,
     /// Unicast peers: sync messages also go to them (for networks without multicast).
@@ -62,6 +70,10 @@ fn default_threshold() -> u32 {
     3
 }
 
+fn default_refresh() -> u32 {
+    30
+}
+
 mod nets {
     use serde::{Deserialize, Deserializer, Serializer};
     use xlb_stack::addr::Ipv4Net;
@@ -79,8 +91,16 @@ mod nets {
 }
 
 impl HaConfig {
-    /// Checks the section against the interfaces; names the field.
-    pub fn validate(&self, interfaces: &[InterfaceConfig]) -> Result<(), String> {
+    /// The session-sync policy the workers apply.
+    pub fn sync_policy(&self) -> SyncPolicy {
+        SyncPolicy {
+            threshold: self.sync_threshold,
+            refresh: Duration::from_secs(u64::from(self.sync_refresh_s)),
+        }
+    }
+
+    /// Checks the section against the interfaces and the connection timeouts; names the field.
+    pub fn validate(&self, interfaces: &[InterfaceConfig], timeouts: &Timeouts) -> Result<(), String> {
         if self.vrid == 0 {
             return Err("ha.vrid: must be 1-255".into());
         }
@@ -108,6 +128,9 @@ impl HaConfig {
         if self.sync_threshold == 0 {
             return Err("ha.sync_threshold: must be at least 1".into());
         }
+        self.sync_policy()
+            .validate(timeouts)
+            .map_err(|e| format!("ha.sync_refresh_s: {e}"))?;
         match std::fs::metadata(&self.auth_key_file) {
             Ok(m) if m.len() >= 32 => {}
             Ok(m) => {
@@ -169,12 +192,18 @@ mod tests {
         let key = dir.join("key");
         std::fs::write(&key, [7u8; 40]).unwrap();
         let ifs = interfaces();
+        let timeouts = Timeouts::default();
         let good = ha(&key);
         assert_eq!(
-            (good.advert_interval_cs, good.sync_threshold, good.preempt),
-            (100, 3, true)
+            (
+                good.advert_interval_cs,
+                good.sync_threshold,
+                good.sync_refresh_s,
+                good.preempt
+            ),
+            (100, 3, 30, true)
         );
-        good.validate(&ifs).unwrap();
+        good.validate(&ifs, &timeouts).unwrap();
         let cases: Vec<(HaConfig, &str)> = vec![
             (
                 HaConfig {
@@ -218,13 +247,45 @@ mod tests {
                 },
                 "ha.auth_key_file",
             ),
+            (
+                HaConfig {
+                    sync_refresh_s: 0,
+                    ..good.clone()
+                },
+                "ha.sync_refresh_s",
+            ),
         ];
         for (c, field) in cases {
-            let e = c.validate(&ifs).unwrap_err();
+            let e = c.validate(&ifs, &timeouts).unwrap_err();
             assert!(e.starts_with(field), "expected {field}: {e}");
         }
+        // The refresh must be below the established and UDP timeouts.
+        let short = Timeouts {
+            tcp_established: 30,
+            ..Timeouts::default()
+        };
+        assert_eq!(
+            good.validate(&ifs, &short).unwrap_err(),
+            "ha.sync_refresh_s: 30 s is not below l4.timeouts.tcp_established (30 s): backups would drop live \
+             flows between refreshes"
+        );
+        let udp = Timeouts {
+            udp: 10,
+            ..Timeouts::default()
+        };
+        let e = good.validate(&ifs, &udp).unwrap_err();
+        assert!(
+            e.starts_with("ha.sync_refresh_s: 30 s is not below l4.timeouts.udp (10 s)"),
+            "{e}"
+        );
+        HaConfig {
+            sync_refresh_s: 9,
+            ..good.clone()
+        }
+        .validate(&ifs, &udp)
+        .unwrap();
         std::fs::write(&key, b"short").unwrap();
-        assert!(good.validate(&ifs).unwrap_err().contains("at least 32"));
+        assert!(good.validate(&ifs, &timeouts).unwrap_err().contains("at least 32"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

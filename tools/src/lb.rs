@@ -259,7 +259,7 @@ impl PipelineFactory {
             // An HA node starts as a backup; the election makes it active.
             forwarder.set_active(false);
             forwarder.set_floating_ips(floating);
-            forwarder.enable_sync(self.sync_events.0.clone(), ha.sync_threshold);
+            forwarder.enable_sync(self.sync_events.0.clone(), ha.sync_policy());
         }
         if let Some(tap) = &self.ha_tap {
             // Every worker hands on what it receives; the first with a port on the HA interface transmits.

@@ -104,10 +104,10 @@
 //! - [`record`]: [`ConnRecord`] / [`ConnKey`] and their conversions to and from [`xlb_l4::conn::Conn`].
 //! - [`auth`]: the shared key ([`AuthKey`]) signing and verifying every message.
 //! - [`sender`], [`receiver`]: the state machines.
-//! - [`policy`]: when a connection is worth syncing ([`SyncPolicy`]).
+//!
+//! When a connection is worth syncing is decided by the forwarder, with [`xlb_l4::sync_policy::SyncPolicy`].
 
 pub mod auth;
-pub mod policy;
 pub mod receiver;
 pub mod record;
 pub mod sender;
@@ -119,7 +119,6 @@ mod tests;
 use std::time::Duration;
 
 pub use auth::{AuthKey, KeyError};
-pub use policy::{SyncPolicy, SyncReason};
 pub use receiver::{RecvError, ResyncState, SyncAction, SyncReceiver};
 pub use record::{ConnKey, ConnParts, ConnRecord, ListenerId, RecordError};
 pub use sender::{QueueError, SyncSender};

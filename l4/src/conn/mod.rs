@@ -91,8 +91,17 @@ pub struct Conn {
     pub client_mac: EthernetAddress,
     /// Packets seen from the client (HA syncs a session after a threshold).
     pub client_packets: u32,
-    /// Sent to the HA peers (so its expiry is announced too).
+    /// Sent to the HA peers (so its expiry is announced too). When, and in which state: [`ConnTable::last_sync`].
     pub synced: bool,
+}
+
+/// What HA peers were last told about a connection ([`ConnTable::last_sync`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastSync {
+    /// When the announcement was queued (to the table's [`TICK`], rounded down).
+    pub at: Instant,
+    /// The state it announced.
+    pub state: ConnState,
 }
 
 impl Conn {
@@ -130,6 +139,10 @@ struct Entry {
     live: bool,
     /// The eviction list the entry is on (follows its state, see [`ConnTable::touch`]).
     class: EvictClass,
+    /// Tick of the last session-sync announcement (meaningful when `conn.synced`).
+    synced_tick: u64,
+    /// State of the last session-sync announcement (meaningful when `conn.synced`).
+    synced_state: ConnState,
 }
 
 /// The connection table of one worker.
@@ -168,6 +181,8 @@ impl ConnTable {
             expires: 0,
             live: false,
             class: EvictClass::Kept,
+            synced_tick: 0,
+            synced_state: ConnState::Close,
         };
         ConnTable {
             entries: vec![blank; capacity],
@@ -293,6 +308,8 @@ impl ConnTable {
             expires,
             live: true,
             class,
+            synced_tick: 0,
+            synced_state: conn.state,
         };
         if let Some(k) = conn.server_key() {
             self.index.insert(k, id);
@@ -316,6 +333,25 @@ impl ConnTable {
             self.evict.remove(old, id);
             self.evict.push(class, id);
         }
+    }
+
+    /// Records that the connection was just queued for session sync in its current state: it is now
+    /// [`Conn::synced`], and [`ConnTable::last_sync`] returns `now` and that state.
+    pub fn mark_synced(&mut self, id: ConnId, now: Instant) {
+        let tick = self.tick(now);
+        let entry = &mut self.entries[id as usize];
+        entry.conn.synced = true;
+        entry.synced_tick = tick;
+        entry.synced_state = entry.conn.state;
+    }
+
+    /// What HA peers were last told about the connection (`None`: it was never announced).
+    pub fn last_sync(&self, id: ConnId) -> Option<LastSync> {
+        let entry = &self.entries[id as usize];
+        entry.conn.synced.then(|| LastSync {
+            at: self.epoch + Duration::from_millis(entry.synced_tick * TICK.as_millis() as u64),
+            state: entry.synced_state,
+        })
     }
 
     /// When the connection expires if not touched again.
@@ -454,6 +490,25 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.lookup(&c.client_key()), None);
         assert_eq!(t.lookup(&c.server_key().unwrap()), None);
+    }
+
+    #[test]
+    fn last_sync_is_when_and_in_which_state_it_was_marked() {
+        let t0 = Instant::now();
+        let mut t = ConnTable::new(4, Timeouts::default(), t0);
+        let id = t.insert(t0, conn(40000, 5000, Forwarding::Fullnat)).unwrap();
+        assert_eq!(t.last_sync(id), None);
+        t.get_mut(id).state = ConnState::Established;
+        t.mark_synced(id, t0 + Duration::from_millis(2550));
+        assert!(t.get(id).synced);
+        let expected = LastSync {
+            at: t0 + Duration::from_millis(2500),
+            state: ConnState::Established,
+        };
+        assert_eq!(t.last_sync(id), Some(expected), "to the tick, rounded down");
+        // A later state change is not what the peers were told.
+        t.get_mut(id).state = ConnState::FinWait;
+        assert_eq!(t.last_sync(id), Some(expected));
     }
 
     #[test]

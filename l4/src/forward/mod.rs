@@ -37,6 +37,7 @@ use crate::layout::{Layout, ListenerSlot, RemovedServerPolicy};
 use crate::sched::hash::hash_5tuple;
 use crate::sched::{MaglevTable, Scheduler, ServerView};
 use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
+use crate::sync_policy::SyncPolicy;
 use exhaustion::ExhaustionWarnings;
 use ha_tap::{HaOutbound, HaTap};
 use handoff::Handoff;
@@ -266,7 +267,7 @@ pub struct Forwarder {
     board_seen: u64,
     control: Option<Receiver<ControlMessage>>,
     sync_out: Option<crossbeam_channel::Sender<SyncEvent>>,
-    sync_threshold: u32,
+    sync_policy: SyncPolicy,
     /// HA traffic to and from the HA driver.
     ha: Option<HaTap>,
     ha_groups_owned: bool,
@@ -328,7 +329,7 @@ impl Forwarder {
             board,
             control,
             sync_out: None,
-            sync_threshold: 3,
+            sync_policy: SyncPolicy::default(),
             ha: None,
             ha_groups_owned: false,
             shared,
@@ -593,7 +594,7 @@ impl Forwarder {
     fn end_early(&mut self, id: ConnId) -> Conn {
         let c = self.conns.remove(id);
         self.account(&c, c.state.is_active(), -1);
-        if let (true, Some(out)) = (c.synced, &self.sync_out) {
+        if let (true, Some(out)) = (self.sync_policy.on_end(&c), &self.sync_out) {
             let _ = out.try_send(SyncEvent::Delete(c.client_key()));
         }
         c
@@ -631,7 +632,7 @@ impl Forwarder {
         };
         self.account(&c, c.state.is_active(), -1);
         self.release_port(now, &c, Ending::Evicted(left));
-        if let (true, Some(out)) = (c.synced, &self.sync_out) {
+        if let (true, Some(out)) = (self.sync_policy.on_end(&c), &self.sync_out) {
             let _ = out.try_send(SyncEvent::Delete(c.client_key()));
         }
         self.counters.evicted += 1;
@@ -814,38 +815,43 @@ impl Forwarder {
         *n = n.saturating_add_signed(delta);
     }
 
-    /// Tracks TCP state for a segment in `dir`; returns nothing, updates the entry and the server's counts.
-    fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) -> bool {
+    /// Tracks TCP state for a segment in `dir`: updates the entry and the server's counts.
+    fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) {
         let conn = *self.conns.get(id);
         if conn.proto != Proto::Tcp {
-            return false;
+            return;
         }
         let mut fins = conn.fins;
         let state = next_state(conn.state, &mut fins, dir, TcpFlags::from_byte(frame[l4 + 13]));
         self.set_state(id, state);
         self.conns.get_mut(id).fins = fins;
-        state != conn.state
     }
 
-    /// Tells session sync about a connection once it has seen `sync_threshold` client packets, and again on
-    /// every state change after that.
-    fn maybe_sync(&mut self, id: ConnId, changed: bool, now: Instant) {
+    /// After a packet of a connection (entry touched): queues an upsert for session sync when the policy says
+    /// so (threshold, state change, refresh). One that cannot be queued is counted in `sync_dropped`; the
+    /// connection's last sync stays as it was, so the next packet tries again.
+    fn maybe_sync(&mut self, id: ConnId, now: Instant) {
         let Some(out) = &self.sync_out else { return };
-        let c = *self.conns.get(id);
-        if (!c.synced && c.client_packets >= self.sync_threshold) || (c.synced && changed) {
-            let remaining = self.conns.expires_in(id, now);
-            if out.try_send(SyncEvent::Upsert { conn: c, remaining }).is_ok() {
-                self.conns.get_mut(id).synced = true;
-            } else {
-                self.counters.sync_dropped += 1;
-            }
+        let (c, last) = (self.conns.get(id), self.conns.last_sync(id));
+        let reason = self.sync_policy.after_packet(c, last, now, self.conns.timeouts());
+        if reason.is_none() {
+            return;
+        }
+        let event = SyncEvent::Upsert {
+            conn: *c,
+            remaining: self.conns.expires_in(id, now),
+        };
+        if out.try_send(event).is_ok() {
+            self.conns.mark_synced(id, now);
+        } else {
+            self.counters.sync_dropped += 1;
         }
     }
 
-    /// Sends session-sync events to `out`: a connection is synced after `threshold` client packets.
-    pub fn enable_sync(&mut self, out: crossbeam_channel::Sender<SyncEvent>, threshold: u32) {
+    /// Sends session-sync events to `out`, when `policy` says (see [`SyncPolicy`]).
+    pub fn enable_sync(&mut self, out: crossbeam_channel::Sender<SyncEvent>, policy: SyncPolicy) {
         self.sync_out = Some(out);
-        self.sync_threshold = threshold.max(1);
+        self.sync_policy = policy;
     }
 
     /// Carries HA traffic for the HA driver (see [`ha_tap`]).
@@ -974,7 +980,7 @@ impl Forwarder {
             self.conns.touch(id, now);
             return Handled::Reject(DropReason::ServerRemoved);
         }
-        let changed = self.track(id, Dir::FromClient, frame.data(), l4);
+        self.track(id, Dir::FromClient, frame.data(), l4);
         self.conns.touch(id, now);
         let c = self.conns.get_mut(id);
         c.client_packets = c.client_packets.saturating_add(1);
@@ -982,7 +988,7 @@ impl Forwarder {
         c.client_port = port as u8;
         c.client_mac = EthernetAddress::from_bytes(&frame.data()[6..12]);
         let c = *c;
-        self.maybe_sync(id, changed, now);
+        self.maybe_sync(id, now);
         let len = frame.len() as u64;
         let (l, s) = (usize::from(c.listener), usize::from(c.server));
         self.counters.listeners[l].packets_in += 1;
@@ -1024,9 +1030,9 @@ impl Forwarder {
         if self.server_reset(id) {
             return Verdict::Drop(DropReason::ServerRemoved);
         }
-        let changed = self.track(id, Dir::FromServer, frame.data(), l4);
+        self.track(id, Dir::FromServer, frame.data(), l4);
         self.conns.touch(id, now);
-        self.maybe_sync(id, changed, now);
+        self.maybe_sync(id, now);
         let c = *self.conns.get(id);
         let len = frame.len() as u64;
         let (l, s) = (usize::from(c.listener), usize::from(c.server));
@@ -1202,12 +1208,13 @@ impl Forwarder {
         let inserted = self.conns.inserted() - self.inserted_at_expiry;
         self.inserted_at_expiry = self.conns.inserted();
         let budget = EXPIRE_BASE_BUDGET + 2 * inserted as usize;
-        let (lports, listeners, sync_out) = (&mut self.lports, &mut self.listeners, &self.sync_out);
+        let (lports, listeners) = (&mut self.lports, &mut self.listeners);
+        let (sync_out, sync_policy) = (&self.sync_out, &self.sync_policy);
         let expired = self.conns.expire(now, budget, |c| {
             if c.forwarding == Forwarding::Fullnat {
                 lports.give_back(*c.local.ip(), c.backend, c.local.port());
             }
-            if let (true, Some(out)) = (c.synced, sync_out) {
+            if let (true, Some(out)) = (sync_policy.on_end(c), sync_out) {
                 let _ = out.try_send(SyncEvent::Delete(c.client_key()));
             }
             let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];

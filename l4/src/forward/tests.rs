@@ -1236,7 +1236,7 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
     // Node A forwards a flow; after 3 client packets it is exported.
     let mut a = stack(Setup::default());
     let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
-    a.handler_mut().enable_sync(sync_tx, 3);
+    a.handler_mut().enable_sync(sync_tx, SyncPolicy::default());
     let (_, out) = run(&mut a, now, 0, &from_client(Proto::Tcp, SYN, b""));
     let local = inspect(&out).2;
     run(
@@ -1308,6 +1308,154 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
     b.handle_timeout(now);
     let (v, _) = run(&mut b, now, 0, &from_client(Proto::Tcp, ACK, b"late"));
     assert_eq!(v, Verdict::Drop(DropReason::NoConnection));
+}
+
+/// A sync policy for the refresh tests: threshold 3, refresh 30 s (default timeouts: established 900 s).
+fn refresh_30s() -> SyncPolicy {
+    SyncPolicy {
+        threshold: 3,
+        refresh: Duration::from_secs(30),
+    }
+}
+
+/// Opens the FULLNAT flow of `client()` at `now` (SYN, SYN-ACK, ACK, data: announced at the data, the 3rd
+/// client packet); returns its local address.
+fn open_synced_flow(s: &mut LocalStack<Forwarder>, now: Instant) -> SocketAddrV4 {
+    let (_, out) = run(s, now, 0, &from_client(Proto::Tcp, SYN, b""));
+    let local = inspect(&out).2;
+    let synack = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, SYNACK, b"");
+    run(s, now, 1, &synack);
+    run(s, now, 0, &from_client(Proto::Tcp, ACK, b""));
+    run(s, now, 0, &from_client(Proto::Tcp, ACK, b"data"));
+    local
+}
+
+/// The client-side key of `client()`'s TCP flow.
+fn client_key() -> FlowKey {
+    FlowKey {
+        proto: Proto::Tcp,
+        src: client(),
+        dst: vip(),
+    }
+}
+
+/// The upserts queued so far, as (client, state, remaining).
+fn upserts(rx: &crossbeam_channel::Receiver<SyncEvent>) -> Vec<(SocketAddrV4, ConnState, Duration)> {
+    rx.try_iter()
+        .filter_map(|e| match e {
+            SyncEvent::Upsert { conn, remaining } => Some((conn.client, conn.state, remaining)),
+            SyncEvent::Delete(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_long_lived_flow_with_traffic_is_refreshed_every_period_and_an_idle_one_is_not() {
+    let mut s = stack(Setup::default());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    s.handler_mut().enable_sync(tx, refresh_30s());
+    let t0 = Instant::now();
+    let sec = Duration::from_secs;
+    let local = open_synced_flow(&mut s, t0);
+    // A second flow, announced at t0 too, then idle.
+    let idle = sa([198, 18, 0, 7], 7000);
+    for flags in [SYN, ACK, ACK] {
+        run(
+            &mut s,
+            t0,
+            0,
+            &packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, idle, vip(), flags, b""),
+        );
+    }
+    assert_eq!(
+        upserts(&rx),
+        vec![
+            (client(), ConnState::Established, sec(900)),
+            (idle, ConnState::Established, sec(900))
+        ],
+        "both announced at the threshold"
+    );
+    // The first flow carries a packet every 10 s for 120 s (client data, or server data at 30 and 90 s),
+    // with the housekeeping running: it is announced again at 30, 60, 90 and 120 s, each time with its full
+    // timeout left; the idle flow never.
+    let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, ACK, b"down");
+    let mut announced = Vec::new();
+    for step in 1..=12u64 {
+        let now = t0 + sec(10 * step);
+        if step % 6 == 3 {
+            run(&mut s, now, 1, &reply);
+        } else {
+            run(&mut s, now, 0, &from_client(Proto::Tcp, ACK, b"more"));
+        }
+        s.handle_timeout(now);
+        for (c, state, remaining) in upserts(&rx) {
+            assert_eq!((c, state, remaining), (client(), ConnState::Established, sec(900)));
+            announced.push(10 * step);
+        }
+    }
+    assert_eq!(announced, vec![30, 60, 90, 120]);
+    // A state change is announced at once, 5 s after the last refresh.
+    run(&mut s, t0 + sec(125), 0, &from_client(Proto::Tcp, 0x11, b""));
+    assert_eq!(upserts(&rx), vec![(client(), ConnState::FinWait, sec(120))]);
+    assert_eq!(s.handler().counters().sync_dropped, 0);
+}
+
+#[test]
+fn a_udp_flow_is_refreshed_too() {
+    let mut s = stack(Setup {
+        protocol: Proto::Udp,
+        ..Setup::default()
+    });
+    let (tx, rx) = crossbeam_channel::unbounded();
+    s.handler_mut().enable_sync(tx, refresh_30s());
+    let t0 = Instant::now();
+    let mut announced = Vec::new();
+    for step in 0..=7u64 {
+        let now = t0 + Duration::from_secs(10 * step);
+        run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"q"));
+        announced.extend(
+            upserts(&rx)
+                .into_iter()
+                .map(|(_, state, remaining)| (10 * step, state, remaining)),
+        );
+    }
+    let udp = |at| (at, ConnState::Udp, Duration::from_secs(300));
+    // Threshold at the 3rd datagram (20 s), then every 30 s.
+    assert_eq!(announced, vec![udp(20), udp(50)]);
+}
+
+#[test]
+fn an_announcement_that_cannot_be_queued_is_counted_and_retried_on_the_next_packet() {
+    let mut s = stack(Setup::default());
+    // Room for one event: the threshold upsert fills it until the test drains it.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let filler = tx.clone();
+    s.handler_mut().enable_sync(tx, refresh_30s());
+    let t0 = Instant::now();
+    let sec = Duration::from_secs;
+    open_synced_flow(&mut s, t0);
+    let data = from_client(Proto::Tcp, ACK, b"more");
+    // The refresh at 30 s finds the channel full: counted, and the next packet tries again.
+    run(&mut s, t0 + sec(30), 0, &data);
+    assert_eq!(s.handler().counters().sync_dropped, 1);
+    assert_eq!(upserts(&rx), vec![(client(), ConnState::Established, sec(900))]);
+    run(&mut s, t0 + sec(31), 0, &data);
+    assert_eq!(
+        upserts(&rx),
+        vec![(client(), ConnState::Established, sec(900))],
+        "retried"
+    );
+    // Not again before the next period.
+    run(&mut s, t0 + sec(32), 0, &data);
+    assert!(upserts(&rx).is_empty());
+    // A state change that cannot be queued is retried on the next packet as well (well before a refresh).
+    filler.try_send(SyncEvent::Delete(client_key())).unwrap();
+    run(&mut s, t0 + sec(33), 0, &from_client(Proto::Tcp, 0x11, b""));
+    assert_eq!(s.handler().counters().sync_dropped, 2);
+    assert_eq!(rx.try_recv(), Ok(SyncEvent::Delete(client_key())), "only the filler");
+    run(&mut s, t0 + sec(34), 0, &data);
+    assert_eq!(upserts(&rx), vec![(client(), ConnState::FinWait, sec(120))], "retried");
+    assert_eq!(s.handler().counters().sync_dropped, 2);
 }
 
 #[test]
