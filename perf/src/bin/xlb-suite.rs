@@ -6,7 +6,8 @@
 //!
 //! `BENCH_QUICK=1` in the environment is the same as `--quick`: one repetition of 3 s runs, 2 x 5 s for
 //! `tcp_cps_server_close` (one to two minutes). The full run does 3 repetitions of 10 s runs, 6 x 10 s for
-//! `tcp_cps_server_close` (about ten minutes). Prints progress on stderr, the comparison table on stdout, and writes `<out>/<date>-<host>.json`, `-latency.svg` and `-throughput.svg`. Needs root.
+//! `tcp_cps_server_close` (about ten minutes). Prints progress on stderr, the comparison table on stdout, and
+//! writes `<out>/<date>-<host>.json`, `-latency.svg` and `-throughput.svg`. Needs root.
 //! See perf/README.md for what is measured and how to read it.
 
 use std::path::PathBuf;
