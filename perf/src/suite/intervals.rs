@@ -23,6 +23,14 @@ fn count(report: &Value, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The connect-latency p99 of a generator report in µs (0 if it has none, e.g. no connection completed).
+fn connect_p99(report: &Value) -> f64 {
+    report
+        .pointer("/latency_us/connect/p99")
+        .and_then(Value::as_f64)
+        .unwrap_or(0.0)
+}
+
 fn rate(completed: u64, wall_s: f64) -> f64 {
     if wall_s > 0.0 {
         round1(completed as f64 / wall_s)
@@ -43,10 +51,10 @@ pub fn interval_rates(combined: &Value) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-/// The combined report: per interval its rate (completed / wall-clock seconds), counts, failures and the
-/// TIME_WAIT sockets after it; in total the counts, the overall rate (all completed / all wall-clock
+/// The combined report: per interval its rate (completed / wall-clock seconds), counts, failures, connect p99
+/// and the TIME_WAIT sockets after it; in total the counts, the overall rate (all completed / all wall-clock
 /// seconds), the first, last and slowest interval's rate, `last_vs_first` (0 if the first interval completed
-/// nothing), the answers per server and every raw report.
+/// nothing), the last interval's connect p99, the answers per server and every raw report.
 pub fn combine(scenario: &str, interval_s: f64, cleared: &TimeWaitCleared, intervals: &[Interval]) -> Value {
     let mut rows = Vec::new();
     let (mut completed, mut failed, mut issued, mut wall) = (0u64, 0u64, 0u64, 0.0f64);
@@ -68,6 +76,7 @@ pub fn combine(scenario: &str, interval_s: f64, cleared: &TimeWaitCleared, inter
             "rate": rate(c, it.wall_s),
             "completed": c,
             "failed": f,
+            "connect_p99_us": connect_p99(&it.report),
             "failures": it.report["failures"],
             "wall_s": (it.wall_s * 1000.0).round() / 1000.0,
             "time_wait_after": it.time_wait,
@@ -88,6 +97,7 @@ pub fn combine(scenario: &str, interval_s: f64, cleared: &TimeWaitCleared, inter
         "last_interval_rate": last,
         "min_interval_rate": if min.is_finite() { min } else { 0.0 },
         "last_vs_first": if first > 0.0 { (last / first * 1000.0).round() / 1000.0 } else { 0.0 },
+        "last_interval_connect_p99_us": intervals.last().map_or(0.0, |i| connect_p99(&i.report)),
         "intervals": rows,
         "servers": servers,
         "reports": intervals.iter().map(|i| i.report.clone()).collect::<Vec<_>>(),
@@ -101,6 +111,7 @@ mod tests {
     fn interval(completed: u64, failed: u64, wall_s: f64, tw: u64) -> Interval {
         Interval {
             report: json!({"counts": {"issued": completed + failed, "completed": completed, "failed": failed},
+                           "latency_us": {"connect": {"p99": wall_s * 100.0}},
                            "failures": {"timeout": failed}, "servers": {"s1": completed / 2, "s2": completed - completed / 2}}),
             wall_s,
             time_wait: TimeWait { servers: tw, client: 0 },
@@ -134,6 +145,8 @@ mod tests {
         );
         assert_eq!(c["min_interval_rate"], 37.0);
         assert_eq!(c["last_vs_first"], 0.05);
+        assert_eq!(c["intervals"][1]["connect_p99_us"], 1000.0);
+        assert_eq!(c["last_interval_connect_p99_us"], 800.0);
         assert_eq!(c["servers"]["s1"], 25_000 + 185 + 1_000);
         assert_eq!(c["intervals"][2]["time_wait_after"]["servers"], 52_370);
         assert_eq!(c["reports"].as_array().map(Vec::len), Some(3));
@@ -153,5 +166,6 @@ mod tests {
             (empty["rate"].as_f64(), empty["min_interval_rate"].as_f64()),
             (Some(0.0), Some(0.0))
         );
+        assert_eq!(empty["last_interval_connect_p99_us"], 0.0);
     }
 }

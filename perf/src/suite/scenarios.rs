@@ -228,6 +228,12 @@ const SERVER_CLOSE_METRICS: &[MetricDef] = &[
         Source::Report("/last_vs_first", 1.0),
     ),
     metric(
+        "last_connect_p99_us",
+        "last interval connect p99 (µs)",
+        Better::Lower,
+        Source::Report("/last_interval_connect_p99_us", 1.0),
+    ),
+    metric(
         "failed",
         "failed connections",
         Better::Lower,
