@@ -26,7 +26,8 @@ use xlb_perf::suite::{self, SuiteOptions};
 #[command(name = "xlb-suite", version)]
 struct Cli {
     /// Smoke mode: 1 repetition of 3 s runs (2 x 5 s for tcp_cps_server_close) and the quick raw loop.
-    #[arg(long, env = "BENCH_QUICK")]
+    /// `BENCH_QUICK=1` (or true/yes/on) does the same; `BENCH_QUICK=0` (false/no/off) does not.
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new())]
     quick: bool,
     /// Repetitions per system (default 3; 1 with --quick). Medians are reported.
     #[arg(long, value_name = "N")]
