@@ -252,7 +252,8 @@ impl SuiteLab {
     }
 }
 
-/// TCP sockets in TIME_WAIT, by namespace.
+/// TCP sockets in TIME_WAIT, by namespace: the kernel's `tw` count, which also holds closed sockets still in
+/// FIN_WAIT2 (waiting for the peer's FIN); both mean that side closed first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct TimeWait {
     /// In the servers' namespace: connections the servers closed first.
