@@ -34,16 +34,16 @@
 //! (or ICMP) checksum is consumed and ignored (counted in [`HealthCounters::bad_checksum`]) so that the
 //! caller does not answer a corrupt packet. A reply whose TCP/UDP checksum field holds just the pseudo-header
 //! sum comes from a server with TX checksum offload on a veth or virtual NIC (see [`xlb_stack::offload`]):
-//! every probe then times out, so the first such reply logs the cause and the fix (once per source address
-//! per process).
+//! every probe then times out, so the first such reply logs the cause and the fix (once per probe source
+//! address per process). Packets to a checker port with no live probe (late replies of a finished probe) are
+//! *not* consumed: the local stack answers them as for any closed port, with a RST or an ICMP port
+//! unreachable, which is the right end for a stray segment.
 //!
 //! # Counters
 //!
 //! [`HealthChecker::counters`] are the checker's own; with [`HealthChecker::share_counters`] they are also
 //! published (after every call that changed them) to a [`SharedHealthCounters`] that the control plane reads
-//! for stats and metrics, and a new checker (after a reload) continues from the values published there. Packets to a checker port with no live probe (late replies of a
-//! finished probe) are *not* consumed: the local stack answers them as for any closed port, with a RST or an
-//! ICMP port unreachable, which is the right end for a stray segment.
+//! for stats and metrics, and a new checker (after a reload) continues from the values published there.
 //!
 //! # Allocation
 //!
