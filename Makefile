@@ -43,7 +43,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# xlb vs the Linux kernel doing the same FULLNAT, in one run (~3-10 min; BENCH_QUICK=1 for a ~30 s smoke run).
+# xlb vs the Linux kernel doing the same FULLNAT, in one run (~10 min; BENCH_QUICK=1 for a ~1-2 min smoke run).
 # Writes perf/results/<date>-<host>.json and SVG plots; see perf/README.md.
 bench: release
 	./target/release/xlb-suite $(if $(filter 1,$(BENCH_QUICK)),--quick)

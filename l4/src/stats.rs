@@ -12,6 +12,7 @@ use std::sync::atomic::{
 use xlb_stack::counters::DropReason;
 
 pub use crate::forward::lports::PortOccupancy;
+use crate::health::HealthCounters;
 
 /// Counters of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +294,64 @@ impl SharedL4Counters {
             }
         }
         c
+    }
+}
+
+/// The health checker's counters, published by the worker running the checks (one writer, relaxed stores) for
+/// the control plane; kept across reloads (a new checker continues from them).
+#[derive(Debug, Default)]
+pub struct SharedHealthCounters {
+    probes: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    timeouts: AtomicU64,
+    bad_checksum: AtomicU64,
+    port_waits: AtomicU64,
+}
+
+impl SharedHealthCounters {
+    /// Zeroed counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fields(&self) -> [&AtomicU64; 6] {
+        [
+            &self.probes,
+            &self.successes,
+            &self.failures,
+            &self.timeouts,
+            &self.bad_checksum,
+            &self.port_waits,
+        ]
+    }
+
+    /// Publishes `c` (by its one writer).
+    pub fn publish(&self, c: &HealthCounters) {
+        let values = [
+            c.probes,
+            c.successes,
+            c.failures,
+            c.timeouts,
+            c.bad_checksum,
+            c.port_waits,
+        ];
+        for (slot, v) in self.fields().into_iter().zip(values) {
+            slot.store(v, Relaxed);
+        }
+    }
+
+    /// Reads the latest published counters.
+    pub fn snapshot(&self) -> HealthCounters {
+        let [probes, successes, failures, timeouts, bad_checksum, port_waits] = self.fields().map(|f| f.load(Relaxed));
+        HealthCounters {
+            probes,
+            successes,
+            failures,
+            timeouts,
+            bad_checksum,
+            port_waits,
+        }
     }
 }
 

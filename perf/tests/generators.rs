@@ -139,6 +139,85 @@ fn udp_rcvbuf_errors(ns: &Netns) -> Result<u64> {
         .parse()?)
 }
 
+/// TCP sockets of `ns` in `state` (an `ss` state filter: `time-wait`, `fin-wait-2`, ...).
+fn sockets_in(ns: &Netns, state: &str) -> Result<usize> {
+    Ok(ns.run("ss", &["-Htan", "state", state])?.lines().count())
+}
+
+/// An HTTP server (socat + bash) that answers every request with `Connection: close` and closes 200 ms
+/// after its answer: a client that does not wait for the server's FIN closes first.
+fn slow_closing_server(net: &Net, port: u16) -> Result<Proc> {
+    let script = net.lab.dir().join("slow-close.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/bash\nwhile IFS= read -r line; do [ \"$line\" = $'\\r' ] && break; done\n\
+         printf 'HTTP/1.1 200 OK\\r\\nContent-Length: 10\\r\\nX-Server: slow\\r\\nConnection: close\\r\\n\\r\\nserver=sl\\n'\n\
+         sleep 0.2\n",
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let listen = format!("TCP-LISTEN:{port},bind={SERVER_IP},reuseaddr,fork");
+    let system = format!("SYSTEM:{}", script.display());
+    let server = net.lab.spawn(&net.server, "socat", &[&listen, &system])?;
+    net.server.wait_tcp_listen(port, Duration::from_secs(5))?;
+    Ok(server)
+}
+
+#[test]
+fn http_server_close_waits_for_the_server_to_close_first() -> Result<()> {
+    let net = net("http_server_close_waits_for_the_server_to_close_first")?;
+    let _server = slow_closing_server(&net, 8084)?;
+    let addr = format!("{SERVER_IP}:8084");
+    let run = |mode: &str| {
+        let args = [
+            "http",
+            "--target",
+            &addr,
+            mode,
+            "--connections",
+            "2",
+            "--count",
+            "20",
+            "--duration",
+            "20",
+        ];
+        run_bench(&net, &args)
+    };
+    // Without waiting, the client closes as soon as it has the body: TIME_WAIT on the client (once the
+    // server's FIN arrives, 200 ms after the answer).
+    let report = run("--new-conn")?;
+    assert_eq!(num(&report, "/counts/completed"), 20, "{report}");
+    wait_until_ok(Duration::from_secs(5), "the client's TIME_WAIT states", || {
+        let tw = sockets_in(&net.client, "time-wait")?;
+        ensure!(
+            tw == 20,
+            "--new-conn: {tw} of 20 connections in TIME_WAIT on the client"
+        );
+        Ok(())
+    })?;
+    net.client.run("ss", &["-K", "state", "time-wait"])?;
+    assert_eq!(sockets_in(&net.client, "time-wait")?, 0);
+    // --server-close waits for the server's FIN: every TIME_WAIT is on the server, none on the client.
+    let report = run("--server-close")?;
+    assert_eq!(num(&report, "/counts/completed"), 20, "{report}");
+    assert_eq!(num(&report, "/counts/connections_opened"), 20, "{report}");
+    assert_eq!(report["params"]["server_close"], true, "{report}");
+    assert_eq!(servers(&report), [("slow".to_owned(), 20)], "{report}");
+    wait_until_ok(Duration::from_secs(5), "the server's TIME_WAIT states", || {
+        let tw = sockets_in(&net.server, "time-wait")?;
+        ensure!(
+            tw == 20,
+            "--server-close: {tw} of 20 connections in TIME_WAIT on the server"
+        );
+        Ok(())
+    })?;
+    let client = sockets_in(&net.client, "time-wait")? + sockets_in(&net.client, "fin-wait-2")?;
+    assert_eq!(
+        client, 0,
+        "--server-close: the client closed first on {client} connections"
+    );
+    Ok(())
+}
+
 #[test]
 fn http_new_conn_counts_match_each_sink() -> Result<()> {
     let net = net("http_new_conn_counts_match_each_sink")?;

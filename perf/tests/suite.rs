@@ -12,11 +12,19 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use xlb_tests::lab::{require_root, workspace_bin};
 
-/// Upper bound for the whole quick run (it normally takes about a minute).
+/// Upper bound for the whole quick run (it normally takes one to two minutes).
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Scenario names and the headline metric of each, as in the results file.
-const SCENARIOS: [(&str, &str); 3] = [("tcp_cps", "conns_per_s"), ("udp_pps_64", "pps"), ("latency", "p99_us")];
+const SCENARIOS: [(&str, &str); 4] = [
+    ("tcp_cps", "conns_per_s"),
+    ("udp_pps_64", "pps"),
+    ("latency", "p99_us"),
+    ("tcp_cps_server_close", "conns_per_s"),
+];
+
+/// Intervals of `tcp_cps_server_close` in quick mode.
+const QUICK_INTERVALS: usize = 2;
 
 /// A scratch directory removed on drop.
 struct TempDir(PathBuf);
@@ -125,11 +133,37 @@ fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
         }
     }
     let runs = doc["runs"].as_array().context("no runs array")?;
-    ensure!(runs.len() == SCENARIOS.len() * 2, "expected 6 runs, got {}", runs.len());
+    ensure!(
+        runs.len() == SCENARIOS.len() * 2,
+        "expected {} runs, got {}",
+        SCENARIOS.len() * 2,
+        runs.len()
+    );
     for run in runs {
         ensure!(run["generator"].is_object(), "a run lacks its generator report: {run}");
         ensure!(run["cpu"]["lb_cpu_s"].is_number(), "a run lacks CPU seconds: {run}");
+        if run["scenario"] == "tcp_cps_server_close" {
+            // One rate per interval, and connections closed by the server first: TIME_WAIT on the servers'
+            // side (the client's holds only those of requests it gave up on).
+            let intervals = run["generator"]["intervals"].as_array().context("no intervals")?;
+            ensure!(intervals.len() == QUICK_INTERVALS, "intervals: {intervals:?}");
+            ensure!(
+                intervals.iter().all(|i| i["rate"].is_number()),
+                "intervals: {intervals:?}"
+            );
+            let tw = &intervals[0]["time_wait_after"];
+            let (servers, client) = (tw["servers"].as_u64(), tw["client"].as_u64());
+            ensure!(
+                servers.unwrap_or(0) > client.unwrap_or(u64::MAX),
+                "the servers should hold the TIME_WAIT states: {tw}"
+            );
+        }
     }
+    ensure!(
+        stdout.contains("tcp_cps_server_close, rep 1: connections/s per 5 s interval")
+            && stdout.contains("xlb total / kernel total"),
+        "no per-interval lines:\n{stdout}"
+    );
     ensure!(doc["versions"]["uname_r"].is_string(), "no kernel version recorded");
 
     for suffix in ["-latency.svg", "-throughput.svg"] {

@@ -43,6 +43,7 @@ drop_reasons! {
     IcmpNotHandled => "icmp_not_handled": "ICMP other than an echo request.",
     MalformedTcp => "malformed_tcp": "Truncated TCP header.",
     MalformedUdp => "malformed_udp": "Truncated UDP header.",
+    BadL4Checksum => "bad_l4_checksum": "TCP or UDP checksum does not verify (also partial checksums from a peer with TX checksum offload: see the log).",
     TcpNoListener => "tcp_no_listener": "TCP to a port nothing serves (answered with RST unless it was one).",
     UdpNoListener => "udp_no_listener": "UDP to a port nothing serves (answered with ICMP port unreachable).",
     UnsupportedProtocol => "unsupported_protocol": "IPv4 protocol other than ICMP, TCP or UDP.",

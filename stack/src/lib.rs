@@ -3,6 +3,7 @@
 //! - [`wire`]: zero-copy packet views and builders, checksums.
 //! - [`local`]: the appliance's own presence on its links (ARP, ICMP echo, RST/unreachable), sans-IO.
 //! - [`neighbour`]: ARP resolution of next hops, sans-IO.
+//! - [`offload`]: partial checksums from peers with TX checksum offload, and the hint that names the fix.
 //! - [`pipeline`]: the contract between a worker and the packet logic it drives.
 //! - [`xsk`]: AF_XDP ports (UMEM, rings), the XDP filter program, and run-to-completion workers.
 //! - [`counters`]: per-worker counters readable while the datapath runs.
@@ -13,6 +14,7 @@ pub mod config;
 pub mod counters;
 pub mod local;
 pub mod neighbour;
+pub mod offload;
 pub mod pipeline;
 pub mod reflect;
 pub mod wake;

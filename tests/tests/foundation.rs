@@ -216,6 +216,78 @@ fn malformed_frames_are_counted_drops_and_xlb_keeps_serving() -> Result<()> {
     Ok(())
 }
 
+/// A client whose veth keeps TX checksum offload on (the kernel's default) sends TCP and UDP with partial
+/// checksums (CHECKSUM_PARTIAL: only the pseudo-header sum in the field). xlb cannot trust them: it drops them
+/// as `bad_l4_checksum` (not `malformed_tcp`, and without answering), and logs the cause and the fix once for
+/// the interface.
+#[test]
+fn partial_checksums_from_a_peer_with_tx_offload_are_counted_and_explained() -> Result<()> {
+    let lab = Lab::new("txoffload")?;
+    let client = lab.netns("client")?;
+    let lb = lab.netns("lb")?;
+    lab.veth((&client, "cli0"), (&lb, "ext0"))?;
+    client.addr("cli0", &format!("{CLIENT_IP}/24"))?;
+    lb.addr("ext0", &format!("{KERNEL_IP}/24"))?;
+    // Offloads left as the kernel made them; the test is about TX checksum offload being on.
+    let features = client.run("ethtool", &["-k", "cli0"])?;
+    ensure!(
+        features.contains("tx-checksum-ip-generic: on") || features.contains("tx-checksumming: on"),
+        "cli0 should have TX checksum offload on by default:\n{features}"
+    );
+    let xlb = Appliance::start(&lab, &lb, "lb1", &config("adaptive"))?;
+    client.ping(XLB_IP)?; // ICMP checksums are never offloaded: this works.
+    let before = xlb.total("drops.bad_l4_checksum")?;
+
+    // A TCP connection attempt (SYN, retransmitted once) and a UDP datagram to ports xlb does not serve: with
+    // complete checksums they would be answered with an RST and an ICMP port unreachable.
+    let tcp = client.output(
+        "socat",
+        &["-T", "2", "-", &format!("TCP:{XLB_IP}:22,connect-timeout=2")],
+    )?;
+    ensure!(!tcp.status.success(), "the connection should not have been answered");
+    client.output("sh", &["-c", &format!("echo query | socat -T 1 - UDP:{XLB_IP}:5353")])?;
+
+    let counted = wait_until_ok(Duration::from_secs(5), "bad_l4_checksum drops", || {
+        let n = xlb.total("drops.bad_l4_checksum")? - before;
+        ensure!(n >= 2, "{n} bad_l4_checksum drops");
+        Ok(n)
+    })?;
+    ensure!(
+        xlb.total("drops.malformed_tcp")? == 0,
+        "partial checksums counted as malformed_tcp"
+    );
+    ensure!(
+        xlb.total("tcp_resets")? == 0 && xlb.total("drops.tcp_no_listener")? == 0,
+        "xlb answered a segment whose checksum it could not verify"
+    );
+    let log = xlb.proc().stderr();
+    ensure!(
+        log.matches("partial L4 checksum").count() == 1,
+        "expected the offload hint exactly once ({counted} drops); xlb's log:\n{log}"
+    );
+    let hint = log
+        .lines()
+        .find(|l| l.contains("partial L4 checksum"))
+        .unwrap_or_default();
+    ensure!(
+        hint.contains("ext0") && hint.contains("ethtool -K <peer interface> tx off"),
+        "the hint should name the interface and the fix: {hint}"
+    );
+
+    // With the client's offload off, the same traffic is answered again.
+    client.disable_offloads("cli0")?;
+    let out = client.output(
+        "socat",
+        &["-T", "3", "-", &format!("TCP:{XLB_IP}:22,connect-timeout=3")],
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        stderr.contains("Connection refused"),
+        "expected an RST, socat said: {stderr}"
+    );
+    Ok(())
+}
+
 #[test]
 fn sigterm_detaches_the_filter_and_the_kernel_takes_over_the_link() -> Result<()> {
     let (lab, client, lb) = two_namespaces("shutdown")?;

@@ -359,6 +359,56 @@ fn dead_server_leaves_the_group_within_fall_times_interval_and_others_are_untouc
     Ok(())
 }
 
+/// Servers whose veth has TX checksum offload on answer health checks with partial checksums: the checker
+/// cannot verify them, so every server goes down — but the stats count the discarded replies
+/// (`l4.health.bad_checksum`, also in Prometheus) and the log says why and what to do, once. With the offload
+/// off, the servers come back.
+#[test]
+fn health_replies_with_partial_checksums_are_counted_and_explained() -> Result<()> {
+    let t = TwoArm::new("hcoffload", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
+    t.servers.run("ethtool", &["-K", "srv0", "tx", "on"])?;
+    let health = "health_check = { kind = \"tcp\", interval_ms = 200, timeout_ms = 100, rise = 2, fall = 2 }";
+    let xlb = Appliance::start(
+        &t.lab,
+        &t.lb,
+        "lb1",
+        &config(&listener("web", 80, "tcp", "rr"), &servers(8080, [1, 1, 1]), health),
+    )?;
+    let bad = wait_until_ok(Duration::from_secs(10), "every server down, replies counted", || {
+        let stats = xlb.stats()?;
+        let servers = stats["l4"]["listeners"][0]["servers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            servers.len() == 3 && servers.iter().all(|s| s["healthy"] == false),
+            "servers: {servers:?}"
+        );
+        let bad = stats["l4"]["health"]["bad_checksum"].as_u64().unwrap_or(0);
+        ensure!(bad >= 3, "l4.health: {}", stats["l4"]["health"]);
+        Ok(bad)
+    })?;
+    let log = xlb.proc().stderr();
+    ensure!(
+        log.matches("partial L4 checksum").count() == 1,
+        "expected the offload hint once ({bad} replies discarded); xlb's log:\n{log}"
+    );
+    ensure!(
+        log.contains("health-check reply") && log.contains("ethtool -K <peer interface> tx off"),
+        "the hint should name the health checks and the fix:\n{log}"
+    );
+
+    t.servers.run("ethtool", &["-K", "srv0", "tx", "off"])?;
+    wait_until_ok(Duration::from_secs(10), "the servers to come back", || {
+        let l = listener_stats(&xlb, 0)?;
+        let servers = l["servers"].as_array().cloned().unwrap_or_default();
+        ensure!(servers.iter().all(|s| s["healthy"] == true), "servers: {servers:?}");
+        Ok(())
+    })?;
+    Ok(())
+}
+
 #[test]
 fn two_queues_both_directions_of_every_flow_are_handled_by_its_owner() -> Result<()> {
     // Two-queue veths: the sending kernel spreads flows over both queues, so flows and their replies arrive

@@ -16,9 +16,10 @@ use xlb_l4::config::{GroupConfig, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
 use xlb_l4::forward::ha_tap::{HaOutbound, HaTap};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::forward::{ConnFilter, ConnInfo, ControlMessage, Forwarder, ForwarderConfig, ForwarderUpdate, SyncEvent};
+use xlb_l4::health::HealthCounters;
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::layout::Layout;
-use xlb_l4::stats::{HealthBoard, L4Counters, SharedL4Counters};
+use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
 use xlb_stack::wake::Wake;
@@ -76,8 +77,14 @@ fn links(config: &Config) -> Vec<Link> {
         .collect()
 }
 
-/// A health checker for the layout's targets. Target ids carry the target's index on the board in `group`.
-fn health_checker(config: &Config, layout: &Layout, now: Instant) -> Option<HealthChecker> {
+/// A health checker for the layout's targets, publishing its counters to `shared`. Target ids carry the target's
+/// index on the board in `group`.
+fn health_checker(
+    config: &Config,
+    layout: &Layout,
+    now: Instant,
+    shared: &Arc<SharedHealthCounters>,
+) -> Option<HealthChecker> {
     let links = links(config);
     let targets: Vec<Target> = layout
         .targets
@@ -94,7 +101,7 @@ fn health_checker(config: &Config, layout: &Layout, now: Instant) -> Option<Heal
         })
         .collect();
     (!targets.is_empty()).then(|| {
-        HealthChecker::new(
+        let mut checker = HealthChecker::new(
             now,
             targets,
             ProbePorts {
@@ -102,7 +109,9 @@ fn health_checker(config: &Config, layout: &Layout, now: Instant) -> Option<Heal
                 count: PROBE_PORTS,
                 stride: 1,
             },
-        )
+        );
+        checker.share_counters(shared.clone());
+        checker
     })
 }
 
@@ -165,11 +174,13 @@ impl PipelineFactory {
         let counters: Vec<_> = (0..workers)
             .map(|_| Arc::new(SharedL4Counters::new(&layout.shape())))
             .collect();
+        let health_counters = Arc::new(SharedHealthCounters::new());
         let runtime = L4Runtime {
             config: config.clone(),
             layout: layout.clone(),
             board: board.clone(),
             counters: counters.clone(),
+            health_counters: health_counters.clone(),
             updates: senders,
             rates: Vec::new(),
             last_totals: (now, Vec::new()),
@@ -200,7 +211,7 @@ impl PipelineFactory {
         };
         let factory = PipelineFactory {
             config: config.clone(),
-            health: health_checker(config, &layout, now),
+            health: health_checker(config, &layout, now, &health_counters),
             layout,
             handoffs,
             neighbour_sync,
@@ -284,6 +295,17 @@ impl PipelineFactory {
         if let Some(sync) = self.neighbour_sync.get_mut(plan.index).and_then(Option::take) {
             stack.set_neighbour_sync(sync);
         }
+        stack.set_link_names(
+            plan.ports
+                .iter()
+                .map(|(iface, _)| {
+                    config
+                        .interfaces
+                        .get(*iface)
+                        .map_or_else(String::new, |i| i.name.clone())
+                })
+                .collect(),
+        );
         stack
     }
 }
@@ -294,6 +316,8 @@ pub struct L4Runtime {
     layout: Arc<Layout>,
     board: Arc<HealthBoard>,
     counters: Vec<Arc<SharedL4Counters>>,
+    /// The health checker's counters (whichever checker runs, across reloads).
+    health_counters: Arc<SharedHealthCounters>,
     updates: Vec<Sender<ControlMessage>>,
     rates: Vec<u64>,
     last_totals: (Instant, Vec<u64>),
@@ -313,6 +337,11 @@ impl L4Runtime {
     /// Whether a health target is up.
     pub fn target_up(&self, target: usize) -> bool {
         self.board.is_up(target)
+    }
+
+    /// The health checker's counters (probes, failures, replies dropped for a bad checksum, ...).
+    pub fn health_counters(&self) -> HealthCounters {
+        self.health_counters.snapshot()
     }
 
     /// L4 counters summed over workers, and each worker's.
@@ -373,7 +402,7 @@ impl L4Runtime {
             c.add(&old_c.snapshot());
             new_c.publish(&c);
         }
-        let mut health = health_checker(&new, &layout, Instant::now());
+        let mut health = health_checker(&new, &layout, Instant::now(), &self.health_counters);
         if let Some(h) = &mut health {
             for i in 0..layout.targets.len() {
                 h.assume(TargetId { group: i, server: 0 }, board.is_up(i));

@@ -28,6 +28,37 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request, or to take the response.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The health checker's counters (`l4.health` in the stats document): (field, metric, help).
+const HEALTH_COUNTERS: &[(&str, &str, &str)] = &[
+    ("probes", "xlb_health_probes_total", "Health-check probes started."),
+    (
+        "successes",
+        "xlb_health_successes_total",
+        "Health-check probes that succeeded.",
+    ),
+    (
+        "failures",
+        "xlb_health_failures_total",
+        "Health-check probes that failed (timeouts included).",
+    ),
+    (
+        "timeouts",
+        "xlb_health_timeouts_total",
+        "Health-check probes that timed out.",
+    ),
+    (
+        "bad_checksum",
+        "xlb_health_bad_checksum_total",
+        "Replies to live health-check probes discarded for a bad TCP/UDP/ICMP checksum (partial checksums from a \
+         server with TX checksum offload on veth or a virtual NIC: see the log).",
+    ),
+    (
+        "port_waits",
+        "xlb_health_port_waits_total",
+        "Times a due health-check probe waited because every probe port was in flight.",
+    ),
+];
+
 /// Per-worker counters of the stats document: (field, metric, help).
 const WORKER_COUNTERS: &[(&str, &str, &str)] = &[
     (
@@ -324,6 +355,14 @@ pub fn render(doc: &Value) -> String {
     }
     icmp_forwarded.write(&mut out);
     handoff.write(&mut out);
+
+    // L4: the health checker.
+    let health = l4.and_then(|l| l.get("health"));
+    for (field, name, help) in HEALTH_COUNTERS {
+        let mut family = Family::counter(name, help);
+        family.sample(&[], health.and_then(|h| h.get(field)));
+        family.write(&mut out);
+    }
 
     // L4: listeners and their servers.
     let listeners: Vec<(ListenerLabels, &Value)> = array(l4.and_then(|l| l.get("listeners")))
@@ -782,6 +821,8 @@ mod tests {
                     {"worker": 0, "conns": 4, "handoff_out": 11, "handoff_in": 12, "expired": 13},
                     {"worker": 1, "conns": 3, "handoff_out": 21, "handoff_in": 22, "expired": 23},
                 ],
+                "health": {"probes": 40, "successes": 30, "failures": 10, "timeouts": 9, "bad_checksum": 9,
+                           "port_waits": 0},
             },
         })
     }
@@ -835,6 +876,14 @@ mod tests {
             &[("worker", "w0"), ("reason", "tcp_no_listener")],
         );
         assert_eq!(drop.value, Sampled::Counter(3.0));
+        assert_eq!(
+            find(&scrape, "xlb_health_bad_checksum_total", &[]).value,
+            Sampled::Counter(9.0)
+        );
+        assert_eq!(
+            find(&scrape, "xlb_health_probes_total", &[]).value,
+            Sampled::Counter(40.0)
+        );
         assert_eq!(
             find(&scrape, "xlb_worker_rx_frames_total", &[("worker", "w1")]).value,
             Sampled::Counter(20.0)
@@ -958,6 +1007,7 @@ mod tests {
             "xlb_xdp_frames_total",
             "xlb_server_up",
             "xlb_handoff_frames_total",
+            "xlb_health_bad_checksum_total",
         ] {
             assert!(declared.iter().any(|(n, _)| n == family), "{family} missing");
         }

@@ -1,6 +1,7 @@
 //! The stats document served at `GET /v1/stats`: per-worker counters, drops by reason, filter verdicts.
 
 use serde_json::{json, Map, Value};
+use xlb_l4::health::HealthCounters;
 use xlb_stack::counters::{BatchHistogram, DropReason, WorkerSnapshot, BATCH_BUCKETS};
 use xlb_stack::xsk::filter::FilterStats;
 
@@ -176,6 +177,19 @@ pub fn l4_json(runtime: &L4Runtime) -> Value {
         "local_ports": local_ports,
         "listeners": listeners,
         "workers": workers,
+        "health": health_json(&runtime.health_counters()),
+    })
+}
+
+/// The health checker's counters as JSON.
+pub fn health_json(h: &HealthCounters) -> Value {
+    json!({
+        "probes": h.probes,
+        "successes": h.successes,
+        "failures": h.failures,
+        "timeouts": h.timeouts,
+        "bad_checksum": h.bad_checksum,
+        "port_waits": h.port_waits,
     })
 }
 

@@ -32,9 +32,18 @@
 //! [`HealthChecker::handle_packet`] returns `true` when the packet is about a live probe: a reply from its
 //! server to its port, or an ICMP error quoting it. A packet that matches a live probe but fails its L4
 //! (or ICMP) checksum is consumed and ignored (counted in [`HealthCounters::bad_checksum`]) so that the
-//! caller does not answer a corrupt packet. Packets to a checker port with no live probe (late replies of a
-//! finished probe) are *not* consumed: the local stack answers them as for any closed port, with a RST or an
-//! ICMP port unreachable, which is the right end for a stray segment.
+//! caller does not answer a corrupt packet. A reply whose TCP/UDP checksum field holds just the pseudo-header
+//! sum comes from a server with TX checksum offload on a veth or virtual NIC (see [`xlb_stack::offload`]):
+//! every probe then times out, so the first such reply logs the cause and the fix (once per probe source
+//! address per process). Packets to a checker port with no live probe (late replies of a finished probe) are
+//! *not* consumed: the local stack answers them as for any closed port, with a RST or an ICMP port
+//! unreachable, which is the right end for a stray segment.
+//!
+//! # Counters
+//!
+//! [`HealthChecker::counters`] are the checker's own; with [`HealthChecker::share_counters`] they are also
+//! published (after every call that changed them) to a [`SharedHealthCounters`] that the control plane reads
+//! for stats and metrics, and a new checker (after a reload) continues from the values published there.
 //!
 //! # Allocation
 //!
@@ -52,7 +61,12 @@ mod tests;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use xlb_stack::offload;
+
+use crate::stats::SharedHealthCounters;
 
 pub use config::{
     CheckKind, HealthCheckConfig, DEFAULT_FALL, DEFAULT_INTERVAL_MS, DEFAULT_PATH, DEFAULT_PAYLOAD, DEFAULT_RISE,
@@ -250,6 +264,8 @@ pub struct HealthChecker {
     now: Instant,
     next_serial: u64,
     counters: HealthCounters,
+    /// Where the counters are published, and what was published last.
+    shared: Option<(Arc<SharedHealthCounters>, HealthCounters)>,
 }
 
 impl HealthChecker {
@@ -319,6 +335,25 @@ impl HealthChecker {
             now,
             next_serial: 0,
             counters: HealthCounters::default(),
+            shared: None,
+        }
+    }
+
+    /// Publishes the counters to `shared` from now on, continuing from the values it holds (so a checker
+    /// that replaces another one after a reload keeps the totals growing).
+    pub fn share_counters(&mut self, shared: Arc<SharedHealthCounters>) {
+        let start = shared.snapshot();
+        self.counters = start;
+        self.shared = Some((shared, start));
+    }
+
+    /// Publishes the counters if they changed since the last time.
+    fn publish(&mut self) {
+        if let Some((shared, published)) = &mut self.shared {
+            if *published != self.counters {
+                shared.publish(&self.counters);
+                *published = self.counters;
+            }
         }
     }
 
@@ -337,6 +372,12 @@ impl HealthChecker {
             "health check transmit buffer below MAX_PACKET_LEN"
         );
         self.handle_timeout(now);
+        let out = self.next_packet(now, buf);
+        self.publish();
+        out
+    }
+
+    fn next_packet(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         while let Some(&i) = self.ready.front() {
             let len = self.emit_owed(i, buf);
             if len.is_none() || !self.targets[i].owes() {
@@ -370,12 +411,14 @@ impl HealthChecker {
         let Some(ip) = packets::ipv4(packet) else {
             return false;
         };
-        match ip.protocol {
+        let consumed = match ip.protocol {
             packets::PROTO_TCP => self.handle_tcp(now, &ip),
             packets::PROTO_UDP => self.handle_udp(now, &ip),
             packets::PROTO_ICMP => self.handle_icmp(now, &ip),
             _ => false,
-        }
+        };
+        self.publish();
+        consumed
     }
 
     /// When [`HealthChecker::handle_timeout`] (or `poll_transmit`) has work next: a probe due or timing out,
@@ -409,6 +452,7 @@ impl HealthChecker {
                 TimerKind::Due => self.on_due(now, i),
             }
         }
+        self.publish();
     }
 
     /// The next state change, oldest first.
@@ -661,11 +705,25 @@ impl HealthChecker {
             return false;
         }
         if !packets::l4_checksum_ok(ip, ip.payload) {
-            self.counters.bad_checksum += 1;
+            self.bad_l4_checksum(ip, ip.payload, offload::TCP_CHECKSUM_OFFSET);
             return true;
         }
         self.on_tcp_segment(i, &seg);
         true
+    }
+
+    /// Counts a reply about a live probe whose TCP/UDP checksum does not verify; a partial checksum (the
+    /// server's TX checksum offload) logs the hint, once per our address.
+    fn bad_l4_checksum(&mut self, ip: &Ipv4View<'_>, segment: &[u8], csum_offset: usize) {
+        self.counters.bad_checksum += 1;
+        if offload::is_partial(ip.src, ip.dst, ip.protocol, segment, csum_offset) {
+            offload::warn_once(
+                &format!("health checks from {}", ip.dst),
+                "health checker",
+                ip.src,
+                "health-check reply (the server's health stays unknown and it will be marked DOWN)",
+            );
+        }
     }
 
     fn on_tcp_segment(&mut self, i: usize, seg: &TcpView<'_>) {
@@ -701,7 +759,7 @@ impl HealthChecker {
             return false;
         }
         if !packets::l4_checksum_ok(ip, datagram) {
-            self.counters.bad_checksum += 1;
+            self.bad_l4_checksum(ip, datagram, offload::UDP_CHECKSUM_OFFSET);
             return true;
         }
         self.finish(i, Ok(()), false);

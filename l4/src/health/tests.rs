@@ -3,12 +3,14 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use xlb_stack::wire::build::{self, Unreachable};
 use xlb_stack::wire::{EthernetAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETH_HEADER_LEN};
 
 use super::packets::{self, TcpOut, ACK, FIN, PSH, RST, SYN};
 use super::*;
+use crate::stats::SharedHealthCounters;
 
 const SOURCE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const INTERVAL: Duration = Duration::from_millis(1000);
@@ -650,6 +652,92 @@ fn bad_checksum_is_consumed_but_ignored() {
     assert!(lab.transmit().is_empty());
     assert!(lab.deliver(&reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.counters().successes, 1);
+}
+
+/// Runs `f` with a tracing subscriber on this thread; returns what was logged.
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Sink(Arc::new(Mutex::new(Vec::new())));
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    text
+}
+
+/// `packet` (IPv4, 20-byte header) with its L4 checksum field replaced by the folded pseudo-header sum, as a
+/// server with TX checksum offload sends it on a veth.
+fn with_partial_checksum(mut packet: Vec<u8>, csum_offset: usize) -> Vec<u8> {
+    let ip = read_ipv4(&packet);
+    let (src, dst, protocol) = (
+        ip.src_addr().octets(),
+        ip.dst_addr().octets(),
+        u8::from(ip.next_header()),
+    );
+    let len = (packet.len() - 20) as u16;
+    let pseudo = xlb_stack::wire::checksum::fold(xlb_stack::wire::checksum::pseudo_header_sum(src, dst, protocol, len));
+    packet[20 + csum_offset..20 + csum_offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+    packet
+}
+
+#[test]
+fn partial_checksums_are_counted_published_and_explained_once() {
+    // Our own source address, so no other test shares the once-per-address hint.
+    let mut tcp = target(CheckKind::Tcp, 0);
+    tcp.source = Ipv4Addr::new(198, 18, 0, 77);
+    let mut udp = target(CheckKind::Udp, 1);
+    udp.source = tcp.source;
+    let mut lab = Lab::new(vec![tcp, udp]);
+    let shared = Arc::new(SharedHealthCounters::new());
+    lab.hc.share_counters(shared.clone());
+    let syn = read_tcp(&lab.transmit_one());
+    let good = reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(1), &[]);
+    let log = logged(|| {
+        // A corrupt reply: counted, no hint.
+        let mut corrupt = good.clone();
+        corrupt[20 + 14] ^= 0x01;
+        assert!(lab.deliver(&corrupt));
+        // Partial checksums (TCP, then UDP to the second target's probe): counted, the hint once.
+        assert!(lab.deliver(&with_partial_checksum(good.clone(), 16)));
+        assert!(lab.deliver(&with_partial_checksum(good.clone(), 16)));
+        lab.at(INTERVAL / 2);
+        let datagram = lab.transmit_one();
+        assert!(lab.deliver(&with_partial_checksum(udp_reply(&datagram, b"pong"), 6)));
+    });
+    assert_eq!(lab.hc.counters().bad_checksum, 4);
+    assert_eq!(lab.hc.counters().successes, 0);
+    assert_eq!(log.matches("partial L4 checksum").count(), 1, "{log}");
+    assert!(
+        log.contains("health-check reply") && log.contains("ethtool -K <peer interface> tx off"),
+        "{log}"
+    );
+    // Published for the control plane.
+    assert_eq!(shared.snapshot().bad_checksum, 4);
+    assert_eq!(shared.snapshot().probes, 2);
+    // The probes time out: that is what takes servers down, and the counter tells why.
+    lab.at(INTERVAL / 2 + TIMEOUT);
+    assert_eq!(shared.snapshot().timeouts, 2);
+    // A checker replacing this one (a reload) continues from the published values.
+    let mut next = HealthChecker::new(lab.now, vec![target(CheckKind::Tcp, 0)], PORTS);
+    next.share_counters(shared.clone());
+    assert_eq!(next.counters().bad_checksum, 4);
+    let mut buf = vec![0u8; MAX_PACKET_LEN];
+    assert!(next.poll_transmit(lab.now, &mut buf).is_some());
+    assert_eq!(shared.snapshot().probes, 3);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! xlb-bench udp     --target IP:PORT --mode rr|blast [--size B] [--rate PPS]
 //!                   [--duration S] [--concurrency N] [--window W]
 //! xlb-bench http    --target IP:PORT [--path /] [--host H] [--connections N]
-//!                   [--keepalive|--new-conn] [--rate R] [--duration S]
+//!                   [--keepalive|--new-conn|--server-close] [--rate R] [--duration S]
 //! xlb-bench sink    --listen IP:PORT --proto tcp|udp|http [--name NAME] [--threads N]
 //! ```
 //!
@@ -150,6 +150,10 @@ struct HttpArgs {
     /// Open a new connection for every request.
     #[arg(long)]
     new_conn: bool,
+    /// Open a new connection for every request and let the server close it first: after each answer, wait
+    /// for the server's FIN before closing (the server then holds the TIME_WAIT).
+    #[arg(long, conflicts_with = "keepalive")]
+    server_close: bool,
     /// Requests per second in total: open loop, latency from the intended
     /// send time (default: closed loop).
     #[arg(long, value_parser = parse_rate_arg, value_name = "R")]
@@ -238,7 +242,8 @@ fn run(cli: Cli) -> Result<()> {
                 path: args.path,
                 host: args.host,
                 connections: args.connections,
-                keepalive: args.keepalive || !args.new_conn,
+                keepalive: args.keepalive || !(args.new_conn || args.server_close),
+                server_close: args.server_close,
                 rate: args.rate.and_then(|rate| rate.0),
                 limits: args.common.limits(),
             };

@@ -4,9 +4,10 @@
 //! xlb-suite [--quick] [--reps N] [--duration S] [--out DIR] [--no-raw-loop] [--scenario NAME]...
 //! ```
 //!
-//! `BENCH_QUICK=1` in the environment is the same as `--quick`: one repetition of 3 s runs (about a minute).
-//! The full run does 3 repetitions of 10 s runs (a few minutes). Prints progress on stderr, the comparison
-//! table on stdout, and writes `<out>/<date>-<host>.json`, `-latency.svg` and `-throughput.svg`. Needs root.
+//! `BENCH_QUICK=1` in the environment is the same as `--quick`: one repetition of 3 s runs, 2 x 5 s for
+//! `tcp_cps_server_close` (one to two minutes). The full run does 3 repetitions of 10 s runs, 6 x 10 s for
+//! `tcp_cps_server_close` (about ten minutes). Prints progress on stderr, the comparison table on stdout, and
+//! writes `<out>/<date>-<host>.json`, `-latency.svg` and `-throughput.svg`. Needs root.
 //! See perf/README.md for what is measured and how to read it.
 
 use std::path::PathBuf;
@@ -24,13 +25,14 @@ use xlb_perf::suite::{self, SuiteOptions};
 #[derive(Debug, Parser)]
 #[command(name = "xlb-suite", version)]
 struct Cli {
-    /// Smoke mode: 1 repetition of 3 s runs and the quick raw loop (about a minute).
-    #[arg(long, env = "BENCH_QUICK")]
+    /// Smoke mode: 1 repetition of 3 s runs (2 x 5 s for tcp_cps_server_close) and the quick raw loop.
+    /// `BENCH_QUICK=1` (or true/yes/on) does the same; `BENCH_QUICK=0` (false/no/off) does not.
+    #[arg(long, env = "BENCH_QUICK", value_parser = clap::builder::BoolishValueParser::new())]
     quick: bool,
     /// Repetitions per system (default 3; 1 with --quick). Medians are reported.
     #[arg(long, value_name = "N")]
     reps: Option<usize>,
-    /// Seconds of load per run (default 10; 3 with --quick).
+    /// Seconds of load per run (default 10; 3 with --quick); not tcp_cps_server_close (6 x 10 s, quick 2 x 5 s).
     #[arg(long, value_name = "S")]
     duration: Option<f64>,
     /// Directory for the results file and plots (created if missing).
@@ -39,7 +41,7 @@ struct Cli {
     /// Skip the raw AF_XDP loop reference (`xlb-perf xdp-loop`).
     #[arg(long)]
     no_raw_loop: bool,
-    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency. Default: all.
+    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close. Default: all.
     #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
 }

@@ -4,6 +4,14 @@
 //! between requests (`keepalive`, each opened before the first request), or
 //! a new one per request (sent with `Connection: close`).
 //!
+//! With `server_close` (a new connection per request), a worker waits after
+//! each answer until the server closes the connection, and only then closes
+//! its own side: the server closes first, so the server's end holds the
+//! TIME_WAIT state — what an HTTP server answering `Connection: close` does
+//! to a load balancer's FULLNAT source tuples. A request counts as completed
+//! only once the server's FIN arrived; a server that keeps the connection
+//! open past the timeout, or sends more bytes, fails the request.
+//!
 //! - Closed loop (no rate): each worker sends its next request as soon as the
 //!   previous answer arrived, until the duration ends. The response latency
 //!   runs from the request's first byte to the answer's last.
@@ -53,6 +61,9 @@ pub struct HttpConfig {
     pub connections: usize,
     /// Keep connections alive (`true`) or open one per request.
     pub keepalive: bool,
+    /// New connection per request, closed by the server first (see the module docs); requires
+    /// `keepalive == false`.
+    pub server_close: bool,
     /// Requests per second in total (open loop); `None`: closed loop.
     pub rate: Option<f64>,
     /// Duration, count and per-step timeout.
@@ -72,6 +83,8 @@ pub struct HttpParams {
     pub connections: usize,
     /// Whether connections are kept alive.
     pub keepalive: bool,
+    /// Whether the worker waits for the server to close each connection first.
+    pub server_close: bool,
     /// Requests per second asked for (`null`: closed loop).
     pub rate: Option<f64>,
     /// Seconds of load.
@@ -147,7 +160,13 @@ impl Report for HttpReport {
             format!(
                 "http {} ({mode}, {}): {} of {} requests completed in {:.2} s = {:.0}/s; {}",
                 p.target,
-                if p.keepalive { "keep-alive" } else { "new conn" },
+                if p.keepalive {
+                    "keep-alive"
+                } else if p.server_close {
+                    "new conn, server closes first"
+                } else {
+                    "new conn"
+                },
                 c.completed,
                 c.issued,
                 self.elapsed_s,
@@ -187,6 +206,9 @@ struct WorkerResult {
 pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
     if config.connections == 0 {
         bail!("--connections must be at least 1");
+    }
+    if config.server_close && config.keepalive {
+        bail!("--server-close needs a new connection per request (not --keepalive)");
     }
     if !config.path.starts_with('/') || config.path.contains(char::is_whitespace) {
         bail!("--path must start with `/` and contain no whitespace");
@@ -252,6 +274,7 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
             host,
             connections: config.connections,
             keepalive: config.keepalive,
+            server_close: config.server_close,
             rate: config.rate,
             duration_s: config.limits.duration.as_secs_f64(),
             count: config.limits.count,
@@ -321,7 +344,11 @@ fn worker(config: &HttpConfig, request: &[u8], pacer: &Pacer, live: &LiveCounter
             };
             let sent_at = Instant::now();
             conn.stream.write_all(request)?;
-            Ok((conn.read_response()?, sent_at))
+            let response = conn.read_response()?;
+            if config.server_close {
+                conn.await_close()?;
+            }
+            Ok((response, sent_at))
         })();
         match outcome {
             Ok((response, sent_at)) => {
@@ -474,6 +501,17 @@ impl<S: Read> Conn<S> {
         Ok(n > 0)
     }
 
+    /// Waits for the end of stream after a complete answer: any further byte is a protocol error, a
+    /// server that does not close within the read timeout a timeout.
+    fn await_close(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() || self.fill()? {
+            return Err(protocol_error(
+                "bytes after the answer where the server should have closed".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Like [`Conn::fill`], with end of stream an error.
     fn fill_or_eof(&mut self, what: &str) -> io::Result<()> {
         if self.fill()? {
@@ -619,6 +657,19 @@ mod tests {
                 (200, Some("s4"), false),
             ]
         );
+    }
+
+    #[test]
+    fn server_close_needs_the_end_of_stream() {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nserver=s1\n";
+        let mut closed = Conn::new(&answer[..]);
+        closed.read_response().unwrap();
+        closed.await_close().unwrap();
+        let more = [&answer[..], b"extra"].concat();
+        let mut open = Conn::new(&more[..]);
+        open.read_response().unwrap();
+        let err = open.await_close().unwrap_err();
+        assert_eq!(FailureKind::of(&err), FailureKind::Protocol);
     }
 
     #[test]

@@ -76,6 +76,17 @@ impl HostTimes {
         self.system_s + self.irq_s + self.softirq_s
     }
 
+    fn plus(&self, other: &HostTimes) -> HostTimes {
+        HostTimes {
+            user_s: self.user_s + other.user_s,
+            system_s: self.system_s + other.system_s,
+            irq_s: self.irq_s + other.irq_s,
+            softirq_s: self.softirq_s + other.softirq_s,
+            idle_s: self.idle_s + other.idle_s,
+            steal_s: self.steal_s + other.steal_s,
+        }
+    }
+
     fn minus(&self, earlier: &HostTimes) -> HostTimes {
         let d = |a: f64, b: f64| (a - b).max(0.0);
         HostTimes {
@@ -277,9 +288,65 @@ impl CpuUsage {
     }
 }
 
+impl CpuUsage {
+    /// The usage of consecutive runs together (every figure summed).
+    pub fn sum(parts: &[CpuUsage]) -> CpuUsage {
+        let mut total = CpuUsage {
+            wall_s: 0.0,
+            host: HostTimes::default(),
+            generator: ProcTimes::default(),
+            sinks: ProcTimes::default(),
+            xlb_process: None,
+            lb_cpu_s: 0.0,
+            residual_cpu_s: 0.0,
+        };
+        for p in parts {
+            total.wall_s += p.wall_s;
+            total.host = total.host.plus(&p.host);
+            total.generator = total.generator.plus(&p.generator);
+            total.sinks = total.sinks.plus(&p.sinks);
+            total.xlb_process = match (total.xlb_process, p.xlb_process) {
+                (Some(a), Some(b)) => Some(a.plus(&b)),
+                (a, b) => a.or(b),
+            };
+            total.lb_cpu_s += p.lb_cpu_s;
+            total.residual_cpu_s += p.residual_cpu_s;
+        }
+        total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_consecutive_runs() {
+        let part = |lb: f64, xlb: Option<f64>| CpuUsage {
+            wall_s: 10.0,
+            host: HostTimes {
+                user_s: 1.0,
+                softirq_s: 0.5,
+                ..HostTimes::default()
+            },
+            generator: ProcTimes {
+                user_s: 0.25,
+                system_s: 0.5,
+            },
+            sinks: ProcTimes::default(),
+            xlb_process: xlb.map(|u| ProcTimes {
+                user_s: u,
+                system_s: 0.0,
+            }),
+            lb_cpu_s: lb,
+            residual_cpu_s: 1.0,
+        };
+        let s = CpuUsage::sum(&[part(1.0, Some(1.0)), part(2.0, Some(2.0))]);
+        assert_eq!((s.wall_s, s.lb_cpu_s, s.residual_cpu_s), (20.0, 3.0, 2.0));
+        assert_eq!((s.host.user_s, s.host.softirq_s, s.generator.system_s), (2.0, 1.0, 1.0));
+        assert_eq!(s.xlb_process.map(|p| p.user_s), Some(3.0));
+        assert_eq!(CpuUsage::sum(&[part(1.0, None)]).xlb_process, None);
+    }
 
     #[test]
     fn parses_proc_stat() {

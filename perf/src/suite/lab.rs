@@ -7,14 +7,15 @@
 //! ```
 //!
 //! The same lab, sinks and sysctls serve both systems; only what runs in `lb` changes (see
-//! [`super::systems`]). Each server address has a TCP sink on [`TCP_PORT`] and a UDP sink on [`UDP_PORT`]
-//! (`xlb-bench sink`, unpinned). Generators run in `client`, pinned to core [`GENERATOR_CORE`] with
+//! [`super::systems`]). Each server address has a TCP sink on [`TCP_PORT`], a UDP sink on [`UDP_PORT`] and an
+//! HTTP sink on [`HTTP_PORT`] (`xlb-bench sink`, unpinned). Generators run in `client`, pinned to core [`GENERATOR_CORE`] with
 //! `taskset` when it is installed.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
 use serde_json::Value;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
 
@@ -42,6 +43,12 @@ pub const VIP_UDP_PORT: u16 = 53;
 pub const TCP_PORT: u16 = 8080;
 /// Port the UDP sinks listen on.
 pub const UDP_PORT: u16 = 5353;
+/// Port of the HTTP VIP listener.
+pub const VIP_HTTP_PORT: u16 = 8000;
+/// Port the HTTP sinks listen on (they close the connection after answering `Connection: close`).
+pub const HTTP_PORT: u16 = 8000;
+/// Number of sinks: TCP, UDP and HTTP on every server address.
+pub const SINKS: usize = 3 * SERVERS.len();
 /// Core the generator is pinned to; xlb's worker gets the other one.
 pub const GENERATOR_CORE: usize = 0;
 /// Core xlb's datapath worker is pinned to.
@@ -51,6 +58,8 @@ pub const XLB_CORE: usize = 1;
 const SINK_START: Duration = Duration::from_secs(10);
 /// Extra time a generator gets beyond its duration before it is killed.
 const GENERATOR_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for TIME_WAIT sockets to expire when they cannot be removed (Linux keeps them 60 s).
+const TIME_WAIT_EXPIRY: Duration = Duration::from_secs(70);
 
 /// The lab, its namespaces and the running sinks.
 pub struct SuiteLab {
@@ -82,7 +91,7 @@ pub struct GeneratorRun {
 }
 
 impl SuiteLab {
-    /// Builds the lab, sets the sysctls and starts the six sinks.
+    /// Builds the lab, sets the sysctls and starts the nine sinks.
     pub fn build() -> Result<SuiteLab> {
         let bench = workspace_bin("xlb-bench")?;
         let lab = Lab::new("xlb-suite")?;
@@ -127,7 +136,7 @@ impl SuiteLab {
 
     fn start_sinks(&mut self) -> Result<()> {
         let bench = self.bench.display().to_string();
-        for (proto, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT)] {
+        for (proto, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT), ("http", HTTP_PORT)] {
             for (i, ip) in SERVERS.iter().enumerate() {
                 let listen = format!("{ip}:{port}");
                 let name = format!("s{}", i + 1);
@@ -157,6 +166,40 @@ impl SuiteLab {
     /// Errors if a sink has died.
     pub fn check_sinks(&self) -> Result<()> {
         self.sinks.iter().try_for_each(Proc::check_running)
+    }
+
+    /// TCP sockets in TIME_WAIT in the servers' and the client's namespace.
+    pub fn time_wait(&self) -> Result<TimeWait> {
+        Ok(TimeWait {
+            servers: time_wait_in(&self.servers)?,
+            client: time_wait_in(&self.client)?,
+        })
+    }
+
+    /// Removes every TCP socket in TIME_WAIT from the servers' and the client's namespace, so a system does
+    /// not inherit the TIME_WAIT states another system's connections left on the servers (the server-close
+    /// scenario measures what a system does with its own). Uses `ss -K state time-wait` (sock_diag destroy);
+    /// where the kernel cannot do that, waits for the states to expire (at most [`TIME_WAIT_EXPIRY`]).
+    pub fn clear_time_wait(&self) -> Result<TimeWaitCleared> {
+        let found = self.time_wait()?;
+        let mut how = "none left";
+        if found.servers + found.client > 0 {
+            how = "ss -K state time-wait";
+            for ns in [&self.servers, &self.client] {
+                if ns.run("ss", &["-K", "-H", "state", "time-wait"]).is_err() {
+                    how = "waited for expiry";
+                }
+            }
+            if self.time_wait()?.total() > 0 {
+                how = "waited for expiry";
+                wait_until_ok(TIME_WAIT_EXPIRY, "TIME_WAIT sockets to expire", || {
+                    let left = self.time_wait()?;
+                    ensure!(left.total() == 0, "{left:?} left");
+                    Ok(())
+                })?;
+            }
+        }
+        Ok(TimeWaitCleared { found, how })
     }
 
     /// Runs `xlb-bench ARGS --json` once from the client namespace without CPU accounting or pinning, for
@@ -209,6 +252,46 @@ impl SuiteLab {
     }
 }
 
+/// TCP sockets in TIME_WAIT, by namespace: the kernel's `tw` count, which also holds closed sockets still in
+/// FIN_WAIT2 (waiting for the peer's FIN); both mean that side closed first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TimeWait {
+    /// In the servers' namespace: connections the servers closed first.
+    pub servers: u64,
+    /// In the client's namespace: connections the client closed first.
+    pub client: u64,
+}
+
+impl TimeWait {
+    /// Both namespaces together.
+    pub fn total(&self) -> u64 {
+        self.servers + self.client
+    }
+}
+
+/// What [`SuiteLab::clear_time_wait`] found and how it cleared it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TimeWaitCleared {
+    /// TIME_WAIT sockets before.
+    pub found: TimeWait,
+    /// `none left`, `ss -K state time-wait` or `waited for expiry`.
+    pub how: &'static str,
+}
+
+/// TIME_WAIT sockets of `ns`, from its `/proc/net/sockstat` (per network namespace).
+fn time_wait_in(ns: &Netns) -> Result<u64> {
+    let text = ns.run("cat", &["/proc/net/sockstat"])?;
+    parse_sockstat_tw(&text).with_context(|| format!("no TCP tw count in /proc/net/sockstat of {}: {text}", ns.label()))
+}
+
+/// The `tw` field of the `TCP:` line of `/proc/net/sockstat`.
+fn parse_sockstat_tw(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let at = fields.iter().position(|f| *f == "tw")?;
+    fields.get(at + 1)?.parse().ok()
+}
+
 /// The last line of a generator's stdout as JSON.
 fn parse_report(stdout: &str, what: &str) -> Result<Value> {
     let line = stdout
@@ -222,4 +305,17 @@ fn parse_report(stdout: &str, what: &str) -> Result<Value> {
 /// Whether `program` is in `$PATH`.
 pub fn which(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockstat_time_wait() {
+        let text = "sockets: used 12\nTCP: inuse 3 orphan 0 tw 51234 alloc 5 mem 1\nUDP: inuse 0 mem 0\n";
+        assert_eq!(parse_sockstat_tw(text), Some(51234));
+        assert_eq!(parse_sockstat_tw("UDP: inuse 0 mem 0\n"), None);
+        assert_eq!(parse_sockstat_tw("TCP: inuse 3 orphan 0 tw\n"), None);
+    }
 }

@@ -13,19 +13,28 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
     let scenarios: BTreeMap<&str, Vec<String>> = opts
         .scenarios
         .iter()
-        .map(|s| (s.name(), s.generator_args(opts.duration)))
+        .map(|s| (s.name(), s.generator_args(opts.run_duration(*s))))
         .collect();
     json!({
         "reps": opts.reps,
         "duration_s": opts.duration.as_secs_f64(),
         "order": "per repetition: xlb (all scenarios), then kernel (all scenarios)",
+        "intervals": opts
+            .scenarios
+            .iter()
+            .filter_map(|s| s.intervals(opts.quick).map(|(n, secs)| (s.name(), json!({
+                "count": n,
+                "interval_s": secs,
+                "before_each_system": "TIME_WAIT sockets in the servers' and client's namespaces removed (ss -K)",
+            }))))
+            .collect::<BTreeMap<_, _>>(),
         "lab": {
             "client": lab::CLIENT_CIDR,
             "lb_ext_kernel": lab::LB_EXT_KERNEL_CIDR,
             "lb_int": format!("{}/{}", lab::LB_INT_IP, lab::INT_PREFIX),
             "vip": lab::VIP,
             "servers": lab::SERVERS,
-            "sinks": {"tcp_port": lab::TCP_PORT, "udp_port": lab::UDP_PORT, "pinned": false},
+            "sinks": {"tcp_port": lab::TCP_PORT, "udp_port": lab::UDP_PORT, "http_port": lab::HTTP_PORT, "pinned": false},
             "offloads_off": ["cli0", "srv0"],
             "sysctls": {"client+servers": {"net.ipv4.ip_local_port_range": "1024 65000", "net.ipv4.tcp_tw_reuse": 1}},
         },

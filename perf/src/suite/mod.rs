@@ -10,6 +10,7 @@
 //! a step fails. Nothing here asserts speed: the suite measures and reports.
 
 pub mod cpu;
+pub mod intervals;
 pub mod lab;
 pub mod meta;
 pub mod rawloop;
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use cpu::CpuUsage;
+use intervals::Interval;
 use lab::{SuiteLab, GENERATOR_CORE, XLB_CORE};
 use rawloop::RawLoop;
 use report::{OutputFiles, RunRecord, SystemRecord};
@@ -77,6 +80,15 @@ impl SuiteOptions {
             scenarios: Scenario::ALL.to_vec(),
         })
     }
+
+    /// Seconds of one generator run of `scenario`: the suite's `--duration`, or the interval length of a
+    /// scenario measured in intervals.
+    pub fn run_duration(&self, scenario: Scenario) -> Duration {
+        match scenario.intervals(self.quick) {
+            Some((_, secs)) => Duration::from_secs_f64(secs),
+            None => self.duration,
+        }
+    }
 }
 
 /// What a finished suite produced.
@@ -99,12 +111,18 @@ pub fn run(opts: &SuiteOptions, stop: &AtomicBool) -> Result<SuiteOutcome> {
         bail!("the suite needs at least 2 CPUs (generator on core {GENERATOR_CORE}, xlb on core {XLB_CORE})");
     }
     progress(&format!(
-        "{} mode: {} repetition(s) x {} systems x {} scenarios, {:.0} s each",
+        "{} mode: {} repetition(s) x {} systems x {} scenarios, {:.0} s each{}",
         if opts.quick { "quick" } else { "full" },
         opts.reps,
         SystemKind::ALL.len(),
         opts.scenarios.len(),
-        opts.duration.as_secs_f64()
+        opts.duration.as_secs_f64(),
+        opts.scenarios
+            .iter()
+            .filter_map(|s| s
+                .intervals(opts.quick)
+                .map(|(n, secs)| format!(" ({}: {n} x {secs:.0} s)", s.name())))
+            .collect::<String>()
     ));
 
     let raw = if opts.raw_loop {
@@ -124,7 +142,7 @@ pub fn run(opts: &SuiteOptions, stop: &AtomicBool) -> Result<SuiteOutcome> {
     let medians = report::medians(&runs);
     let rows = report::table(&medians);
     let irq_time = cpu::irq_time_accounting();
-    let table = report::render_table(&rows, &notes(&raw, &medians, irq_time));
+    let table = report::render_table(&rows, &notes(&raw, &runs, &medians, irq_time));
 
     let host = meta::hostname();
     let date = meta::utc_date(started_unix.as_secs());
@@ -163,7 +181,7 @@ pub fn run(opts: &SuiteOptions, stop: &AtomicBool) -> Result<SuiteOutcome> {
 
 /// Builds the lab and runs every repetition of every system and scenario.
 fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>, Vec<SystemRecord>, bool)> {
-    progress("building the lab and starting 6 sinks");
+    progress(&format!("building the lab and starting {} sinks", lab::SINKS));
     let lab = SuiteLab::build()?;
     let mut runs = Vec::new();
     let mut records = Vec::new();
@@ -200,11 +218,17 @@ fn run_scenarios(
     let mut out = Vec::new();
     for &scenario in &opts.scenarios {
         check_stop(stop)?;
-        let args = scenario.generator_args(opts.duration);
-        let run = lab
-            .run_generator(&args, opts.duration, system.pid())
-            .with_context(|| format!("{} through {}", scenario.name(), system.kind().name()))?;
-        system.check()?;
+        let run = match scenario.intervals(opts.quick) {
+            None => {
+                let args = scenario.generator_args(opts.duration);
+                let run = lab
+                    .run_generator(&args, opts.duration, system.pid())
+                    .with_context(|| format!("{} through {}", scenario.name(), system.kind().name()))?;
+                system.check()?;
+                run
+            }
+            Some((count, secs)) => run_intervals(lab, system, scenario, count, secs, stop)?,
+        };
         lab.check_sinks()?;
         let metrics = scenario.extract(&run.report, &run.cpu)?;
         let headline = metrics
@@ -233,14 +257,89 @@ fn run_scenarios(
     Ok(out)
 }
 
+/// Runs `scenario` as `count` back-to-back generator runs of `secs` seconds each and combines them
+/// ([`intervals::combine`]). The servers' and client's TIME_WAIT sockets are cleared first, so the system
+/// starts from the same state whatever ran before it.
+fn run_intervals(
+    lab: &SuiteLab,
+    system: &RunningSystem,
+    scenario: Scenario,
+    count: usize,
+    secs: f64,
+    stop: &AtomicBool,
+) -> Result<lab::GeneratorRun> {
+    let what = || format!("{} through {}", scenario.name(), system.kind().name());
+    let cleared = lab.clear_time_wait().with_context(what)?;
+    if cleared.found.total() > 0 {
+        progress(&format!(
+            "  {} {}: cleared TIME_WAIT left by earlier runs ({} on the servers, {} on the client; {})",
+            scenario.name(),
+            system.kind().name(),
+            cleared.found.servers,
+            cleared.found.client,
+            cleared.how
+        ));
+    }
+    let duration = Duration::from_secs_f64(secs);
+    let args = scenario.generator_args(duration);
+    let mut intervals = Vec::new();
+    let mut cpus = Vec::new();
+    let mut cmdline = String::new();
+    for i in 0..count {
+        check_stop(stop)?;
+        let run = lab.run_generator(&args, duration, system.pid()).with_context(what)?;
+        system.check()?;
+        let time_wait = lab.time_wait()?;
+        let interval = Interval {
+            report: run.report,
+            wall_s: run.cpu.wall_s,
+            time_wait,
+        };
+        let completed = interval
+            .report
+            .pointer("/counts/completed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let failed = interval
+            .report
+            .pointer("/counts/failed")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        progress(&format!(
+            "  {} {:<6} interval {}/{count}: {:.0} conn/s ({completed} completed, {failed} failed in {:.1} s; \
+             TIME_WAIT: servers {}, client {})",
+            scenario.name(),
+            system.kind().name(),
+            i + 1,
+            if interval.wall_s > 0.0 {
+                completed as f64 / interval.wall_s
+            } else {
+                0.0
+            },
+            interval.wall_s,
+            time_wait.servers,
+            time_wait.client
+        ));
+        cmdline = run.cmdline;
+        cpus.push(run.cpu);
+        intervals.push(interval);
+    }
+    Ok(lab::GeneratorRun {
+        cmdline: format!("{cmdline}  ({count} runs back to back)"),
+        report: intervals::combine(scenario.name(), secs, &cleared, &intervals),
+        cpu: CpuUsage::sum(&cpus),
+    })
+}
+
 /// How long a freshly set-up system gets to pass traffic (ARP, XDP attach).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A few connections and datagrams through the VIP must all succeed, and the connections must reach every
-/// server, before anything is measured.
+/// A few connections, datagrams and HTTP requests through the VIP must all succeed, and the connections
+/// must reach every server, before anything is measured.
 fn probe(lab: &SuiteLab, system: &RunningSystem) -> Result<()> {
     let tcp_target = format!("{}:{}", lab::VIP, lab::VIP_TCP_PORT);
     let udp_target = format!("{}:{}", lab::VIP, lab::VIP_UDP_PORT);
+    let http_target = format!("{}:{}", lab::VIP, lab::VIP_HTTP_PORT);
     xlb_tests::lab::wait_until_ok(
         PROBE_TIMEOUT,
         &format!("traffic through {}", system.kind().name()),
@@ -281,19 +380,37 @@ fn probe(lab: &SuiteLab, system: &RunningSystem) -> Result<()> {
             if received != 30 {
                 bail!("udp probe: {received}/30 replies");
             }
+            let http = lab.probe(&[
+                "http",
+                "--target",
+                &http_target,
+                "--server-close",
+                "--count",
+                "30",
+                "--duration",
+                "5",
+                "--timeout",
+                "500",
+            ])?;
+            let completed = http.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
+            let servers = http["servers"].as_object().map_or(0, |s| s.len());
+            if completed != 30 || servers != lab::SERVERS.len() {
+                bail!("http probe: {completed}/30 requests completed, {servers} servers answered");
+            }
             Ok(())
         },
     )
 }
 
 /// Lines printed under the table: the raw loop and how to read the CPU rows.
-fn notes(raw: &RawLoop, medians: &report::Medians, irq_time: Option<bool>) -> Vec<String> {
-    let mut notes = vec![
+fn notes(raw: &RawLoop, runs: &[RunRecord], medians: &report::Medians, irq_time: Option<bool>) -> Vec<String> {
+    let mut notes = report::interval_lines(runs);
+    notes.extend([
         report::raw_loop_line(raw, medians),
         "LB CPU: xlb = its process's user+system time (it busy-polls one core by design); kernel = host \
          system+irq+softirq time minus the generator's and sinks' system time. See perf/README.md."
             .to_owned(),
-    ];
+    ]);
     if irq_time == Some(false) {
         notes.push(
             "This kernel lacks CONFIG_IRQ_TIME_ACCOUNTING: NAT work done in softirq inside the generator's and \

@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::cpu::CpuUsage;
+use super::intervals;
 use super::rawloop::RawLoop;
 use super::scenarios::{Better, Scenario, LATENCY_PERCENTILES};
 use super::svg::{self, LatencySeries, ThroughputPanel};
@@ -202,6 +203,59 @@ pub fn xlb_loop_fraction(raw: &RawLoop, medians: &Medians) -> Option<f64> {
     Some(2.0 * pps / reflected)
 }
 
+/// For every scenario measured in intervals and every repetition: the rate of each interval for both
+/// systems, each system's total and last/first ratio, and xlb's total over the kernel's.
+pub fn interval_lines(runs: &[RunRecord]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for scenario in Scenario::ALL {
+        let mut reps: Vec<usize> = runs.iter().filter(|r| r.scenario == scenario).map(|r| r.rep).collect();
+        reps.dedup();
+        for rep in reps {
+            let of = |system: SystemKind| {
+                runs.iter()
+                    .find(|r| r.scenario == scenario && r.system == system && r.rep == rep)
+            };
+            let Some(secs) = runs
+                .iter()
+                .find(|r| r.scenario == scenario && r.rep == rep)
+                .and_then(|r| r.generator["interval_s"].as_f64())
+            else {
+                continue;
+            };
+            lines.push(format!(
+                "{}, rep {}: connections/s per {secs:.0} s interval",
+                scenario.name(),
+                rep + 1
+            ));
+            let mut totals = Vec::new();
+            for system in SystemKind::ALL {
+                let Some(run) = of(system) else { continue };
+                let rates: Vec<String> = intervals::interval_rates(&run.generator)
+                    .iter()
+                    .map(|r| format!("{:>7}", fmt_value(Some(*r))))
+                    .collect();
+                let total = run.generator.pointer("/counts/completed").and_then(Value::as_f64);
+                totals.push(total);
+                lines.push(format!(
+                    "  {:<7}{}   total {}, last/first interval {}",
+                    system.name(),
+                    rates.join(""),
+                    fmt_value(total),
+                    run.generator["last_vs_first"]
+                        .as_f64()
+                        .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
+                ));
+            }
+            if let [Some(x), Some(k)] = totals[..] {
+                if k > 0.0 {
+                    lines.push(format!("  xlb total / kernel total = {:.2}", x / k));
+                }
+            }
+        }
+    }
+    lines
+}
+
 /// The table as text, followed by `notes` (one line each).
 pub fn render_table(rows: &[Row], notes: &[String]) -> String {
     let header = ["scenario", "metric", "xlb", "kernel", "ratio"];
@@ -354,6 +408,10 @@ fn throughput_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> Stri
         &[
             panel(Scenario::TcpCps, "tcp_cps: connections/s"),
             panel(Scenario::UdpPps64, "udp_pps_64: replies/s (64 B)"),
+            panel(
+                Scenario::TcpCpsServerClose,
+                "tcp_cps_server_close: connections/s (all intervals)",
+            ),
         ],
     )
 }
@@ -390,6 +448,41 @@ mod tests {
         };
         assert_eq!(xlb_loop_fraction(&missing, &m), None);
         assert!(raw_loop_line(&missing, &m).contains("n/a (workspace binary"));
+    }
+
+    #[test]
+    fn interval_lines_show_both_series_and_the_ratio() {
+        let run = |system, completed: f64, rates: &[f64]| RunRecord {
+            rep: 0,
+            system,
+            scenario: Scenario::TcpCpsServerClose,
+            command: String::new(),
+            metrics: BTreeMap::new(),
+            cpu: CpuUsage::sum(&[]),
+            generator: serde_json::json!({
+                "interval_s": 10.0,
+                "counts": {"completed": completed},
+                "last_vs_first": rates[rates.len() - 1] / rates[0],
+                "intervals": rates.iter().map(|r| serde_json::json!({"rate": r})).collect::<Vec<_>>(),
+            }),
+        };
+        let runs = [
+            run(SystemKind::Xlb, 50_000.0, &[5115.0, 37.0]),
+            run(SystemKind::Kernel, 200_000.0, &[15000.0, 15010.0]),
+        ];
+        let lines = interval_lines(&runs);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(lines[0].starts_with("tcp_cps_server_close, rep 1: connections/s per 10 s interval"));
+        assert!(
+            lines[1].contains("5115") && lines[1].contains("37.0") && lines[1].contains("last/first interval 0.01")
+        );
+        assert!(lines[2].starts_with("  kernel") && lines[2].contains("total 200000"));
+        assert_eq!(lines[3], "  xlb total / kernel total = 0.25");
+        // Scenarios run once per repetition give no lines.
+        let mut single = runs[0].clone();
+        single.scenario = Scenario::TcpCps;
+        single.generator = serde_json::json!({"rate": 1.0});
+        assert!(interval_lines(&[single]).is_empty());
     }
 
     #[test]

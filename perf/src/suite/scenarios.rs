@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::cpu::CpuUsage;
-use super::lab::{VIP, VIP_TCP_PORT, VIP_UDP_PORT};
+use super::lab::{VIP, VIP_HTTP_PORT, VIP_TCP_PORT, VIP_UDP_PORT};
 
 /// One scenario, run for each system in each repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -20,6 +20,9 @@ pub enum Scenario {
     UdpPps64,
     /// Open-loop UDP request/response at a fixed moderate rate: round-trip latency percentiles.
     Latency,
+    /// Short HTTP connections that the server closes first (`Connection: close`), for a minute in 10 s
+    /// intervals: whether the rate holds once the servers hold TIME_WAIT states for the LB's source tuples.
+    TcpCpsServerClose,
 }
 
 /// How a metric compares between systems.
@@ -187,6 +190,72 @@ const LATENCY_METRICS: &[MetricDef] = &[
     ),
 ];
 
+const SERVER_CLOSE_METRICS: &[MetricDef] = &[
+    metric(
+        "conns_per_s",
+        "connections/s (all intervals)",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "conns_total",
+        "connections (total)",
+        Better::Higher,
+        Source::Report("/counts/completed", 1.0),
+    ),
+    metric(
+        "first_interval_cps",
+        "first interval conn/s",
+        Better::Higher,
+        Source::Report("/first_interval_rate", 1.0),
+    ),
+    metric(
+        "last_interval_cps",
+        "last interval conn/s",
+        Better::Higher,
+        Source::Report("/last_interval_rate", 1.0),
+    ),
+    metric(
+        "min_interval_cps",
+        "slowest interval conn/s",
+        Better::Higher,
+        Source::Report("/min_interval_rate", 1.0),
+    ),
+    metric(
+        "last_vs_first",
+        "last / first interval",
+        Better::Higher,
+        Source::Report("/last_vs_first", 1.0),
+    ),
+    metric(
+        "last_connect_p99_us",
+        "last interval connect p99 (µs)",
+        Better::Lower,
+        Source::Report("/last_interval_connect_p99_us", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed connections",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "host_cpu_us_per_conn",
+        "host CPU µs per connection",
+        Better::Lower,
+        Source::HostCpuPerOp("/counts/completed"),
+    ),
+];
+
+/// Client connections of the server-close scenario (as `wrk -c16` in issue 9's reproduction).
+pub const SERVER_CLOSE_CONNECTIONS: usize = 16;
+/// Intervals of the server-close scenario and their length, full mode: one minute, as long as Linux keeps
+/// TIME_WAIT, so every source tuple a system hands out more than once in a minute meets its TIME_WAIT state.
+pub const SERVER_CLOSE_FULL: (usize, f64) = (6, 10.0);
+/// The same in quick mode.
+pub const SERVER_CLOSE_QUICK: (usize, f64) = (2, 5.0);
+
 /// Fixed rate of the latency scenario, datagrams per second.
 pub const LATENCY_RATE: u32 = 10_000;
 
@@ -201,7 +270,12 @@ pub const LATENCY_PERCENTILES: [(&str, &str, Option<f64>); 5] = [
 
 impl Scenario {
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 3] = [Scenario::TcpCps, Scenario::UdpPps64, Scenario::Latency];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::TcpCps,
+        Scenario::UdpPps64,
+        Scenario::Latency,
+        Scenario::TcpCpsServerClose,
+    ];
 
     /// The name used in the table and the results file.
     pub fn name(self) -> &'static str {
@@ -209,6 +283,7 @@ impl Scenario {
             Scenario::TcpCps => "tcp_cps",
             Scenario::UdpPps64 => "udp_pps_64",
             Scenario::Latency => "latency",
+            Scenario::TcpCpsServerClose => "tcp_cps_server_close",
         }
     }
 
@@ -223,6 +298,7 @@ impl Scenario {
             Scenario::TcpCps => TCP_CPS_METRICS,
             Scenario::UdpPps64 => UDP_PPS_METRICS,
             Scenario::Latency => LATENCY_METRICS,
+            Scenario::TcpCpsServerClose => SERVER_CLOSE_METRICS,
         }
     }
 
@@ -232,6 +308,16 @@ impl Scenario {
             Scenario::TcpCps => "conns_per_s",
             Scenario::UdpPps64 => "pps",
             Scenario::Latency => "p99_us",
+            Scenario::TcpCpsServerClose => "conns_per_s",
+        }
+    }
+
+    /// Scenarios measured as back-to-back generator runs (intervals): their number and length for `quick`.
+    /// `None`: one run of the suite's `--duration`.
+    pub fn intervals(self, quick: bool) -> Option<(usize, f64)> {
+        match self {
+            Scenario::TcpCpsServerClose => Some(if quick { SERVER_CLOSE_QUICK } else { SERVER_CLOSE_FULL }),
+            _ => None,
         }
     }
 
@@ -271,6 +357,14 @@ impl Scenario {
                 "64".into(),
                 "--rate".into(),
                 LATENCY_RATE.to_string(),
+            ],
+            Scenario::TcpCpsServerClose => vec![
+                "http".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_HTTP_PORT}"),
+                "--server-close".into(),
+                "--connections".into(),
+                SERVER_CLOSE_CONNECTIONS.to_string(),
             ],
         };
         args.into_iter().chain(["--duration".into(), secs]).collect()

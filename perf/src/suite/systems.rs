@@ -3,7 +3,8 @@
 //! Both do FULLNAT with round robin over the same three backends: the client talks to the VIP, the
 //! servers see the load balancer's inner address as the source.
 //!
-//! - **xlb**: `xlb run` with a TCP listener on VIP:80 and a UDP listener on VIP:53, its datapath worker pinned
+//! - **xlb**: `xlb run` with TCP listeners on VIP:80 (TCP sinks) and VIP:8000 (HTTP sinks) and a UDP listener
+//!   on VIP:53, its datapath worker pinned
 //!   to core [`XLB_CORE`] and busy-polling. Stopping it (SIGTERM) detaches its XDP filters.
 //! - **kernel**: `ip_forward`, the VIP as a local address on `ext0` (so the kernel answers ARP for it), the
 //!   inner address on `int0`, and the nftables ruleset [`NFT_RULESET`]: DNAT to `numgen inc mod 3` (round
@@ -15,8 +16,8 @@ use serde_json::Value;
 use xlb_tests::appliance::Appliance;
 
 use super::lab::{
-    SuiteLab, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_TCP_PORT, VIP_UDP_PORT,
-    XLB_CORE,
+    SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_HTTP_PORT,
+    VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
 };
 
 /// Name of the nftables table the kernel peer uses.
@@ -28,6 +29,7 @@ pub const NFT_RULESET: &str = r#"table ip xlbbench {
 		type nat hook prerouting priority dstnat; policy accept;
 		ip daddr 198.18.0.100 tcp dport 80 dnat to numgen inc mod 3 map { 0 : 198.19.0.2, 1 : 198.19.0.3, 2 : 198.19.0.4 } : 8080
 		ip daddr 198.18.0.100 udp dport 53 dnat to numgen inc mod 3 map { 0 : 198.19.0.2, 1 : 198.19.0.3, 2 : 198.19.0.4 } : 5353
+		ip daddr 198.18.0.100 tcp dport 8000 dnat to numgen inc mod 3 map { 0 : 198.19.0.2, 1 : 198.19.0.3, 2 : 198.19.0.4 } : 8000
 	}
 	chain post {
 		type nat hook postrouting priority srcnat; policy accept;
@@ -81,14 +83,17 @@ pub fn xlb_config() -> String {
         )
     };
     format!(
-        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{}\n{}\n{}\n{}\n\
-         [[group]]\nname = \"web\"\nservers = [{}]\n\n[[group]]\nname = \"dns\"\nservers = [{}]\n",
+        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{}\n{}\n{}\n{}\n{}\n\
+         [[group]]\nname = \"web\"\nservers = [{}]\n\n[[group]]\nname = \"dns\"\nservers = [{}]\n\n\
+         [[group]]\nname = \"http\"\nservers = [{}]\n",
         interface("ext0", LB_EXT_CIDR),
         interface("int0", &format!("{LB_INT_IP}/{INT_PREFIX}")),
         listener("web", VIP_TCP_PORT, "tcp"),
         listener("dns", VIP_UDP_PORT, "udp"),
+        listener("http", VIP_HTTP_PORT, "tcp"),
         servers(TCP_PORT),
         servers(UDP_PORT),
+        servers(HTTP_PORT),
     )
 }
 
@@ -231,6 +236,8 @@ mod tests {
             "protocol = \"udp\"",
             "198.19.0.4:8080",
             "198.19.0.2:5353",
+            "port = 8000",
+            "198.19.0.3:8000",
             "idle = \"busy\"",
             "cores = [1]",
             "forwarding = \"fullnat\"",
@@ -241,7 +248,7 @@ mod tests {
 
     #[test]
     fn ruleset_matches_lab_constants() {
-        for needle in [VIP, LB_INT_IP, "8080", "5353", NFT_TABLE] {
+        for needle in [VIP, LB_INT_IP, "8080", "5353", "dport 8000", NFT_TABLE] {
             assert!(NFT_RULESET.contains(needle), "{needle}");
         }
         for s in SERVERS {

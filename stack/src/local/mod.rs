@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::addr::Ipv4Net;
 use crate::counters::{DropReason, StackCounters};
 use crate::neighbour::{NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
+use crate::offload;
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
 use crate::wire::build::{self, ResetFor, Unreachable, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::{checksum, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
@@ -251,6 +252,10 @@ pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     limiter: RateLimiter,
     handler: H,
     sync: Option<NeighbourSync>,
+    /// Interface names by port, for log messages (see [`LocalStack::set_link_names`]).
+    link_names: Vec<String>,
+    /// Ports on which partial checksums were seen (the hint is logged at most once per interface anyway).
+    partial_seen: u64,
 }
 
 impl LocalStack<NoHandler> {
@@ -279,7 +284,39 @@ impl<H: Ipv4Handler> LocalStack<H> {
             limiter: RateLimiter::new(config.icmp_rate),
             handler,
             sync: None,
+            link_names: Vec::new(),
+            partial_seen: 0,
         }
+    }
+
+    /// Names the links' interfaces (by port) in log messages; unnamed ports are called `port N`.
+    pub fn set_link_names(&mut self, names: Vec<String>) {
+        self.link_names = names;
+    }
+
+    /// Whether a frame with a partial checksum (see [`offload`]) arrived on `port`.
+    pub fn partial_checksum_seen(&self, port: PortId) -> bool {
+        self.partial_seen & (1 << port) != 0
+    }
+
+    /// The drop reason of a TCP or UDP segment whose checksum does not verify; the first one with a partial
+    /// checksum on a port logs the offload hint (once per interface per process).
+    fn bad_checksum(&mut self, port: PortId, src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> DropReason {
+        let (offset, what) = if protocol == 6 {
+            (offload::TCP_CHECKSUM_OFFSET, "TCP segment")
+        } else {
+            (offload::UDP_CHECKSUM_OFFSET, "UDP datagram")
+        };
+        if self.partial_seen & (1 << port) == 0 && offload::is_partial(src, dst, protocol, segment, offset) {
+            self.partial_seen |= 1 << port;
+            let name = self
+                .link_names
+                .get(port)
+                .cloned()
+                .unwrap_or_else(|| format!("port {port}"));
+            offload::warn_once(&format!("interface {name}"), &name, src, what);
+        }
+        DropReason::BadL4Checksum
     }
 
     /// Shares what this stack learns from ARP with the other workers' stacks (and applies what they learn).
@@ -457,7 +494,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             return Verdict::Drop(DropReason::MalformedTcp);
         }
         if checksum::l4_checksum(src.octets(), dst.octets(), 6, tcp) != 0 {
-            return Verdict::Drop(DropReason::MalformedTcp);
+            return Verdict::Drop(self.bad_checksum(port, src, dst, 6, tcp));
         }
         self.counters.drop(reason);
         let flags = tcp[13];
@@ -503,8 +540,17 @@ impl<H: Ipv4Handler> LocalStack<H> {
     ) -> Verdict {
         let data = frame.data();
         let udp = &data[l4..];
-        if udp.len() < 8 || usize::from(u16::from_be_bytes([udp[4], udp[5]])) > udp.len() {
+        if udp.len() < 8 {
             return Verdict::Drop(DropReason::MalformedUdp);
+        }
+        let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
+        if udp_len < 8 || udp_len > udp.len() {
+            return Verdict::Drop(DropReason::MalformedUdp);
+        }
+        // A zero checksum field means none was computed (allowed for UDP over IPv4).
+        let datagram = &udp[..udp_len];
+        if datagram[6..8] != [0, 0] && checksum::l4_checksum(src.octets(), dst.octets(), 17, datagram) != 0 {
+            return Verdict::Drop(self.bad_checksum(port, src, dst, 17, datagram));
         }
         self.counters.drop(reason);
         if !self.limiter.allow(now) {

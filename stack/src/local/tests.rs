@@ -195,7 +195,7 @@ fn drops_with_reasons() {
     let mut bad_tcp = tcp_frame(80, 1, 0, 0x02, b"");
     let last = bad_tcp.len() - 1;
     bad_tcp[last] ^= 0x55;
-    assert_eq!(run(&mut s, &bad_tcp).0, Verdict::Drop(DropReason::MalformedTcp));
+    assert_eq!(run(&mut s, &bad_tcp).0, Verdict::Drop(DropReason::BadL4Checksum));
     assert_eq!(s.counters().tcp_resets, 0);
 
     let total: u64 = s.counters().drops.iter().sum();
@@ -279,4 +279,110 @@ fn routes_connected_subnets_first_then_the_gateway() {
     assert_eq!((r.port, r.next_hop), (0, Ipv4Addr::new(198, 18, 0, 7)));
     let r = s.route(Ipv4Addr::new(198, 18, 200, 1)).unwrap();
     assert_eq!((r.port, r.next_hop), (1, Ipv4Addr::new(198, 19, 0, 1)));
+}
+
+/// Offset of the L4 header in the test frames (Ethernet + 20-byte IPv4 header).
+const L4: usize = ETH_HEADER_LEN + 20;
+
+/// `frame` with the L4 checksum field (at `offset` in the L4 header) replaced by the folded pseudo-header sum,
+/// as a Linux sender with TX checksum offload leaves it (CHECKSUM_PARTIAL).
+fn with_partial_checksum(mut frame: Vec<u8>, protocol: u8, offset: usize) -> Vec<u8> {
+    let len = (frame.len() - L4) as u16;
+    let pseudo = checksum::fold(checksum::pseudo_header_sum(
+        CLIENT_IP.octets(),
+        XLB_IP.octets(),
+        protocol,
+        len,
+    ));
+    frame[L4 + offset..L4 + offset + 2].copy_from_slice(&pseudo.to_be_bytes());
+    frame
+}
+
+/// Runs `f` with a tracing subscriber on this thread; returns what was logged.
+fn logged(f: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let out = Sink(Arc::new(Mutex::new(Vec::new())));
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    text
+}
+
+#[test]
+fn l4_checksums_sort_good_corrupt_and_partial_frames() {
+    let mut s = stack();
+    s.set_link_names(vec!["test-l4csum-ext".into(), "test-l4csum-int".into()]);
+    // Correct checksums: answered as closed ports.
+    assert_eq!(run(&mut s, &tcp_frame(81, 1, 0, 0x02, b"")).0, Verdict::Transmit(0));
+    assert_eq!(run(&mut s, &udp_frame(54, b"abc")).0, Verdict::Transmit(0));
+    assert_eq!(s.counters().drops_of(DropReason::TcpNoListener), 1);
+    assert_eq!(s.counters().drops_of(DropReason::UdpNoListener), 1);
+    // UDP without a checksum (field 0) is allowed.
+    let mut no_csum = udp_frame(54, b"abc");
+    no_csum[L4 + 6..L4 + 8].copy_from_slice(&[0, 0]);
+    assert_eq!(run(&mut s, &no_csum).0, Verdict::Transmit(0));
+
+    // Corrupted payloads: bad_l4_checksum, no answer, no hint.
+    let mut bad_tcp = tcp_frame(81, 1, 0, 0x02, b"data");
+    *bad_tcp.last_mut().unwrap() ^= 0x55;
+    let mut bad_udp = udp_frame(54, b"abc");
+    *bad_udp.last_mut().unwrap() ^= 0x55;
+    let log = logged(|| {
+        assert_eq!(run(&mut s, &bad_tcp).0, Verdict::Drop(DropReason::BadL4Checksum));
+        assert_eq!(run(&mut s, &bad_udp).0, Verdict::Drop(DropReason::BadL4Checksum));
+    });
+    assert_eq!(s.counters().drops_of(DropReason::BadL4Checksum), 2);
+    assert!(!s.partial_checksum_seen(0));
+    assert!(log.is_empty(), "{log}");
+    assert_eq!((s.counters().tcp_resets, s.counters().icmp_unreachables), (1, 2));
+
+    // Partial checksums (TX offload on the sender): the same drop, and the hint once for the interface.
+    let partial_tcp = with_partial_checksum(tcp_frame(81, 7, 0, 0x02, b""), 6, 16);
+    let partial_udp = with_partial_checksum(udp_frame(54, b"abc"), 17, 6);
+    let log = logged(|| {
+        for _ in 0..3 {
+            assert_eq!(run(&mut s, &partial_tcp).0, Verdict::Drop(DropReason::BadL4Checksum));
+            assert_eq!(run(&mut s, &partial_udp).0, Verdict::Drop(DropReason::BadL4Checksum));
+        }
+    });
+    assert_eq!(s.counters().drops_of(DropReason::BadL4Checksum), 8);
+    assert!(s.partial_checksum_seen(0) && !s.partial_checksum_seen(1));
+    assert_eq!(log.matches("partial L4 checksum").count(), 1, "{log}");
+    assert!(
+        log.contains("test-l4csum-ext") && log.contains("ethtool -K <peer interface> tx off"),
+        "{log}"
+    );
+    assert_eq!(s.counters().drops_of(DropReason::MalformedTcp), 0);
+
+    // A second stack (another worker) on the same interface does not log it again.
+    let mut other = stack();
+    other.set_link_names(vec!["test-l4csum-ext".into()]);
+    let log = logged(|| {
+        assert_eq!(
+            run(&mut other, &partial_tcp).0,
+            Verdict::Drop(DropReason::BadL4Checksum)
+        );
+    });
+    assert!(other.partial_checksum_seen(0));
+    assert!(log.is_empty(), "{log}");
+
+    // Truncated headers stay malformed.
+    let mut short = tcp_frame(81, 1, 0, 0x02, b"");
+    short[L4 + 12] = 0xf0; // data offset 60 bytes > segment
+    assert_eq!(run(&mut s, &short).0, Verdict::Drop(DropReason::MalformedTcp));
 }

@@ -228,6 +228,21 @@ fn print_stats(doc: &Value) {
             n(&ports["quarantined"])
         );
     }
+    let health = &doc["l4"]["health"];
+    if health["probes"].as_u64().unwrap_or(0) > 0 {
+        let n = |k: &str| health[k].as_u64().unwrap_or(0);
+        println!(
+            "\nhealth checks: {} probes, {} ok, {} failed ({} timeouts), {} replies with a bad checksum",
+            n("probes"),
+            n("successes"),
+            n("failures"),
+            n("timeouts"),
+            n("bad_checksum")
+        );
+        if n("bad_checksum") > 0 {
+            println!("  (bad checksums: servers with TX checksum offload on veth/virtual NICs? see xlb's log)");
+        }
+    }
     println!(
         "\n{:<10}{:>9}{:>14}{:>16}{:>14}",
         "interface", "xdp", "to xlb", "to kernel", "no socket"
