@@ -16,3 +16,6 @@ pub mod http1;
 pub mod proxy;
 pub mod rules;
 pub mod sticky;
+
+#[cfg(test)]
+mod testutil;
