@@ -69,7 +69,10 @@ impl L7Config {
     /// Checks ranges; the error is one line naming the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
-            return Err(format!("l7.max_header_bytes: {} is outside 1024..=1048576", self.max_header_bytes));
+            return Err(format!(
+                "l7.max_header_bytes: {} is outside 1024..=1048576",
+                self.max_header_bytes
+            ));
         }
         let timeouts = [
             ("client_header_timeout_s", self.client_header_timeout_s),
@@ -229,10 +232,13 @@ impl HttpListenerConfig {
             }
             if let Some(p) = &r.path_prefix {
                 if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                    return Err(format!("{at}.path_prefix: {p:?} must start with / and hold no space or control"));
+                    return Err(format!(
+                        "{at}.path_prefix: {p:?} must start with / and hold no space or control"
+                    ));
                 }
             }
-            let actions = usize::from(r.group.is_some()) + usize::from(r.redirect.is_some()) + usize::from(r.fixed.is_some());
+            let actions =
+                usize::from(r.group.is_some()) + usize::from(r.redirect.is_some()) + usize::from(r.fixed.is_some());
             if actions != 1 {
                 return Err(format!("{at}: needs exactly one of group, redirect, fixed"));
             }
@@ -243,7 +249,10 @@ impl HttpListenerConfig {
             }
             if let Some(rd) = &r.redirect {
                 if ![301, 302, 303, 307, 308].contains(&rd.status) {
-                    return Err(format!("{at}.redirect.status: {} is not 301, 302, 303, 307 or 308", rd.status));
+                    return Err(format!(
+                        "{at}.redirect.status: {} is not 301, 302, 303, 307 or 308",
+                        rd.status
+                    ));
                 }
                 if let Some(s) = &rd.scheme {
                     if s != "http" && s != "https" {
@@ -261,11 +270,15 @@ impl HttpListenerConfig {
                 }
                 if let Some(p) = &rd.path {
                     if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                        return Err(format!("{at}.redirect.path: {p:?} must start with / and hold no space or control"));
+                        return Err(format!(
+                            "{at}.redirect.path: {p:?} must start with / and hold no space or control"
+                        ));
                     }
                 }
                 if rd.scheme.is_none() && rd.host.is_none() && rd.port.is_none() && rd.path.is_none() {
-                    return Err(format!("{at}.redirect: would redirect to itself (give scheme, host, port or path)"));
+                    return Err(format!(
+                        "{at}.redirect: would redirect to itself (give scheme, host, port or path)"
+                    ));
                 }
             }
             if let Some(f) = &r.fixed {
@@ -273,13 +286,19 @@ impl HttpListenerConfig {
                     return Err(format!("{at}.fixed.status: {} is outside 200..=599", f.status));
                 }
                 if f.content_type.is_empty() || f.content_type.bytes().any(|b| b < b' ' || b == 0x7f) {
-                    return Err(format!("{at}.fixed.content_type: {:?} is not a header value", f.content_type));
+                    return Err(format!(
+                        "{at}.fixed.content_type: {:?} is not a header value",
+                        f.content_type
+                    ));
                 }
             }
         }
         if let Some(s) = &self.sticky {
             if s.cookie.is_empty() || !s.cookie.bytes().all(is_tchar) {
-                return Err(format!("{at}.sticky.cookie: {:?} is not a cookie name (token characters)", s.cookie));
+                return Err(format!(
+                    "{at}.sticky.cookie: {:?} is not a cookie name (token characters)",
+                    s.cookie
+                ));
             }
             if s.timeout_s > 10 * 365 * 86_400 {
                 return Err(format!("{at}.sticky.timeout_s: {} is over ten years", s.timeout_s));
@@ -293,7 +312,9 @@ impl HttpListenerConfig {
 fn check_host_pattern(host: &str) -> Result<(), String> {
     let name = host.strip_prefix("*.").unwrap_or(host);
     let ok = !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
         && !name.starts_with('.')
         && !name.contains("..");
     if ok {
@@ -357,7 +378,14 @@ mod tests {
         assert_eq!(l.rules.len(), 3);
         assert_eq!(l.rules[1].redirect.as_ref().unwrap().status, 308);
         assert_eq!(l.rules[2].fixed.as_ref().unwrap().content_type, "text/plain");
-        assert_eq!(l.sticky, Some(StickyConfig { mode: StickyMode::Insert, cookie: "XLBSRV".into(), timeout_s: 3600 }));
+        assert_eq!(
+            l.sticky,
+            Some(StickyConfig {
+                mode: StickyMode::Insert,
+                cookie: "XLBSRV".into(),
+                timeout_s: 3600
+            })
+        );
         f.l7.validate().unwrap();
         l.validate("listener[0] (web)", &["web", "api"]).unwrap();
         let s: StickyConfig = toml::from_str("mode = \"rewrite\"\ncookie = \"JSESSIONID\"").unwrap();
@@ -373,28 +401,51 @@ mod tests {
             edit(&mut l);
             l.validate(at, &groups).unwrap_err()
         };
-        assert_eq!(check(&|l| l.group = "nope".into()), "listener[0] (web).group: no group named \"nope\"");
-        assert_eq!(check(&|l| l.rules[0].group = Some("x".into())), "listener[0] (web).rule[0].group: no group named \"x\"");
+        assert_eq!(
+            check(&|l| l.group = "nope".into()),
+            "listener[0] (web).group: no group named \"nope\""
+        );
+        assert_eq!(
+            check(&|l| l.rules[0].group = Some("x".into())),
+            "listener[0] (web).rule[0].group: no group named \"x\""
+        );
         assert!(check(&|l| l.rules[0].host = Some("a b".into())).starts_with("listener[0] (web).rule[0].host: "));
         assert!(check(&|l| l.rules[0].host = Some("*".into())).starts_with("listener[0] (web).rule[0].host: "));
-        assert!(check(&|l| l.rules[0].path_prefix = Some("api".into())).starts_with("listener[0] (web).rule[0].path_prefix: "));
+        assert!(check(&|l| l.rules[0].path_prefix = Some("api".into()))
+            .starts_with("listener[0] (web).rule[0].path_prefix: "));
         assert_eq!(
             check(&|l| l.rules[0].fixed = l.rules[2].fixed.clone()),
             "listener[0] (web).rule[0]: needs exactly one of group, redirect, fixed"
         );
         assert!(check(&|l| l.rules[1].redirect.as_mut().unwrap().status = 305)
             .starts_with("listener[0] (web).rule[1].redirect.status: 305"));
-        assert!(check(&|l| l.rules[1].redirect.as_mut().unwrap().scheme = Some("ftp".into()))
-            .starts_with("listener[0] (web).rule[1].redirect.scheme: "));
+        assert!(
+            check(&|l| l.rules[1].redirect.as_mut().unwrap().scheme = Some("ftp".into()))
+                .starts_with("listener[0] (web).rule[1].redirect.scheme: ")
+        );
         assert!(check(&|l| l.rules[1].redirect.as_mut().unwrap().scheme = None)
             .starts_with("listener[0] (web).rule[1].redirect: would redirect to itself"));
-        assert!(check(&|l| l.rules[2].fixed.as_mut().unwrap().status = 99).starts_with("listener[0] (web).rule[2].fixed.status: "));
-        assert!(check(&|l| l.sticky.as_mut().unwrap().cookie = "a=b".into()).starts_with("listener[0] (web).sticky.cookie: "));
+        assert!(check(&|l| l.rules[2].fixed.as_mut().unwrap().status = 99)
+            .starts_with("listener[0] (web).rule[2].fixed.status: "));
+        assert!(check(&|l| l.sticky.as_mut().unwrap().cookie = "a=b".into())
+            .starts_with("listener[0] (web).sticky.cookie: "));
         assert!(check(&|l| l.protocol = ListenerProtocol::Tcp).starts_with("listener[0] (web).protocol: "));
-        let l7 = L7Config { client_body_timeout_s: 0, ..L7Config::default() };
-        assert_eq!(l7.validate().unwrap_err(), "l7.client_body_timeout_s: 0 is outside 1..=86400 seconds");
-        let l7 = L7Config { max_header_bytes: 10, ..L7Config::default() };
+        let l7 = L7Config {
+            client_body_timeout_s: 0,
+            ..L7Config::default()
+        };
+        assert_eq!(
+            l7.validate().unwrap_err(),
+            "l7.client_body_timeout_s: 0 is outside 1..=86400 seconds"
+        );
+        let l7 = L7Config {
+            max_header_bytes: 10,
+            ..L7Config::default()
+        };
         assert!(l7.validate().unwrap_err().starts_with("l7.max_header_bytes: "));
-        assert!(toml::from_str::<L7Config>("max_header_byte = 1").is_err(), "unknown keys refused");
+        assert!(
+            toml::from_str::<L7Config>("max_header_byte = 1").is_err(),
+            "unknown keys refused"
+        );
     }
 }

@@ -60,7 +60,11 @@ impl RuleSet {
     /// (which validation rules out) are an error naming them.
     pub fn new(cfg: &HttpListenerConfig, groups: &[&str], scheme: &'static str) -> Result<Self, String> {
         let group = |name: &str| {
-            groups.iter().position(|g| *g == name).map(GroupId).ok_or_else(|| format!("no group named {name:?}"))
+            groups
+                .iter()
+                .position(|g| *g == name)
+                .map(GroupId)
+                .ok_or_else(|| format!("no group named {name:?}"))
         };
         let mut rules = Vec::with_capacity(cfg.rules.len());
         for r in &cfg.rules {
@@ -74,9 +78,17 @@ impl RuleSet {
                 (_, _, Some(f)) => RuleAction::Fixed(f.clone()),
                 _ => return Err("a rule needs group, redirect or fixed".to_owned()),
             };
-            rules.push(Rule { host, path_prefix: r.path_prefix.clone(), action });
+            rules.push(Rule {
+                host,
+                path_prefix: r.path_prefix.clone(),
+                action,
+            });
         }
-        Ok(RuleSet { rules, default: RuleAction::Forward(group(&cfg.group)?), scheme })
+        Ok(RuleSet {
+            rules,
+            default: RuleAction::Forward(group(&cfg.group)?),
+            scheme,
+        })
     }
 
     /// The action for a request to `host` (lowercase, no port, as [`crate::http1::request::RequestHead::host`])
@@ -120,9 +132,19 @@ mod tests {
             ..RuleConfig::default()
         };
         let mut redirect = rule(Some("old.example.com"), None, None);
-        redirect.redirect = Some(RedirectConfig { status: 301, scheme: Some("https".into()), host: None, port: None, path: None });
+        redirect.redirect = Some(RedirectConfig {
+            status: 301,
+            scheme: Some("https".into()),
+            host: None,
+            port: None,
+            path: None,
+        });
         let mut fixed = rule(None, Some("/health"), None);
-        fixed.fixed = Some(FixedResponseConfig { status: 200, body: "ok".into(), content_type: "text/plain".into() });
+        fixed.fixed = Some(FixedResponseConfig {
+            status: 200,
+            body: "ok".into(),
+            content_type: "text/plain".into(),
+        });
         let cfg = HttpListenerConfig {
             protocol: crate::config::ListenerProtocol::Http,
             group: "web".into(),
@@ -156,9 +178,20 @@ mod tests {
     #[test]
     fn redirects_keep_host_and_path() {
         let s = set();
-        let RuleAction::Redirect(rd) = s.route("old.example.com", "/a") else { panic!("redirect") };
-        assert_eq!(s.location(rd, "old.example.com", "/a/b?c=d"), "https://old.example.com/a/b?c=d");
-        let rd2 = RedirectConfig { status: 302, scheme: None, host: Some("new.example".into()), port: Some(8443), path: Some("/".into()) };
+        let RuleAction::Redirect(rd) = s.route("old.example.com", "/a") else {
+            panic!("redirect")
+        };
+        assert_eq!(
+            s.location(rd, "old.example.com", "/a/b?c=d"),
+            "https://old.example.com/a/b?c=d"
+        );
+        let rd2 = RedirectConfig {
+            status: 302,
+            scheme: None,
+            host: Some("new.example".into()),
+            port: Some(8443),
+            path: Some("/".into()),
+        };
         assert_eq!(s.location(&rd2, "old", "/x"), "http://new.example:8443/");
         assert_eq!(s.location(rd, "", "/x"), "/x");
     }

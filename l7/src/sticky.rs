@@ -33,7 +33,12 @@ pub fn cookies(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 
 /// The value of the first cookie called `name` in any `Cookie` header.
 pub fn find_cookie<'h>(headers: &'h [Header], name: &str) -> Option<&'h [u8]> {
-    headers.iter().filter(|h| h.is("cookie")).flat_map(|h| cookies(&h.value)).find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| v)
+    headers
+        .iter()
+        .filter(|h| h.is("cookie"))
+        .flat_map(|h| cookies(&h.value))
+        .find(|(n, _)| *n == name.as_bytes())
+        .map(|(_, v)| v)
 }
 
 /// Encodes and decodes the opaque server tokens with a secret (same secret on every worker and HA peer).
@@ -118,7 +123,9 @@ impl StickyCodec {
     pub fn strip_rewritten(&self, headers: &mut [Header], name: &str) -> Option<ServerId> {
         for h in headers.iter_mut().filter(|h| h.is("cookie")) {
             let base = h.value.as_ptr() as usize;
-            let found = cookies(&h.value).find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| (v.as_ptr() as usize - base, v.len()));
+            let found = cookies(&h.value)
+                .find(|(n, _)| *n == name.as_bytes())
+                .map(|(_, v)| (v.as_ptr() as usize - base, v.len()));
             let Some((at, len)) = found else { continue };
             if len < 17 || h.value[at + 16] != b'.' {
                 return None;
@@ -136,7 +143,9 @@ impl StickyCodec {
         let mut done = false;
         for h in headers.iter_mut().filter(|h| h.is("set-cookie")) {
             let v = trim_ows(&h.value);
-            let Some(eq) = v.iter().position(|&b| b == b'=') else { continue };
+            let Some(eq) = v.iter().position(|&b| b == b'=') else {
+                continue;
+            };
             if trim_ows(&v[..eq]) != name.as_bytes() {
                 continue;
             }
@@ -159,13 +168,19 @@ mod tests {
     use crate::testutil::Rng;
 
     fn h(n: &str, v: &str) -> Header {
-        Header { name: n.into(), value: v.as_bytes().to_vec() }
+        Header {
+            name: n.into(),
+            value: v.as_bytes().to_vec(),
+        }
     }
 
     #[test]
     fn cookie_parsing_is_lenient() {
         let got: Vec<_> = cookies(b" a=1;b = 2 ;;c;=x; d=\"q\" ;e=").collect();
-        assert_eq!(got, vec![(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"d", b"q"), (b"e", b"")]);
+        assert_eq!(
+            got,
+            vec![(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"d", b"q"), (b"e", b"")]
+        );
         let headers = [h("Cookie", "x=1"), h("cookie", "SRV=abc; y=2")];
         assert_eq!(find_cookie(&headers, "SRV"), Some(&b"abc"[..]));
         assert_eq!(find_cookie(&headers, "srv"), None, "cookie names are case-sensitive");
@@ -175,11 +190,18 @@ mod tests {
     fn tokens_round_trip_and_are_opaque() {
         let c = StickyCodec::new(0x1234_5678_9abc_def0);
         let mut rng = Rng::new(5);
-        for s in [0, 1, 2, 7, u32::MAX].into_iter().chain((0..1000).map(|_| rng.next() as u32)) {
+        for s in [0, 1, 2, 7, u32::MAX]
+            .into_iter()
+            .chain((0..1000).map(|_| rng.next() as u32))
+        {
             let t = c.encode(ServerId(s));
             assert_eq!(c.decode(&t), Some(ServerId(s)));
         }
-        assert_ne!(c.encode(ServerId(1))[..8], c.encode(ServerId(2))[..8], "neighbours look unrelated");
+        assert_ne!(
+            c.encode(ServerId(1))[..8],
+            c.encode(ServerId(2))[..8],
+            "neighbours look unrelated"
+        );
         let other = StickyCodec::new(42);
         assert_eq!(other.decode(&c.encode(ServerId(3))), None, "another secret refuses it");
         let forged = (0..1000).filter(|_| {
@@ -196,21 +218,32 @@ mod tests {
         let c = StickyCodec::new(9);
         let set = c.insert_cookie("XLB", ServerId(4), 3600);
         let s = String::from_utf8(set.clone()).unwrap();
-        assert!(s.starts_with("XLB=") && s.ends_with("; Max-Age=3600; Path=/; HttpOnly"), "{s}");
+        assert!(
+            s.starts_with("XLB=") && s.ends_with("; Max-Age=3600; Path=/; HttpOnly"),
+            "{s}"
+        );
         let value = &s[4..20];
         let headers = [h("Cookie", &format!("other=1; XLB={value}"))];
         assert_eq!(c.inserted_server(&headers, "XLB"), Some(ServerId(4)));
         assert_eq!(c.inserted_server(&[h("Cookie", "XLB=garbage")], "XLB"), None);
-        assert!(!String::from_utf8(c.insert_cookie("XLB", ServerId(4), 0)).unwrap().contains("Max-Age"));
+        assert!(!String::from_utf8(c.insert_cookie("XLB", ServerId(4), 0))
+            .unwrap()
+            .contains("Max-Age"));
     }
 
     #[test]
     fn rewrite_mode_round_trip() {
         let c = StickyCodec::new(77);
-        let mut resp = vec![h("Set-Cookie", "JSESSIONID=abc123; Path=/; HttpOnly"), h("Set-Cookie", "other=1")];
+        let mut resp = vec![
+            h("Set-Cookie", "JSESSIONID=abc123; Path=/; HttpOnly"),
+            h("Set-Cookie", "other=1"),
+        ];
         assert!(c.rewrite_set_cookie(&mut resp, "JSESSIONID", ServerId(2)));
         let v = String::from_utf8(resp[0].value.clone()).unwrap();
-        assert!(v.starts_with("JSESSIONID=") && v.ends_with(".abc123; Path=/; HttpOnly"), "{v}");
+        assert!(
+            v.starts_with("JSESSIONID=") && v.ends_with(".abc123; Path=/; HttpOnly"),
+            "{v}"
+        );
         assert_eq!(resp[1].value, b"other=1");
         let token = &v[11..27];
         let mut req = vec![h("Cookie", &format!("a=1; JSESSIONID={token}.abc123; b=2"))];

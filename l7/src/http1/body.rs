@@ -29,17 +29,30 @@ pub struct BodyDecoder {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
-    Length { remaining: u64 },
+    Length {
+        remaining: u64,
+    },
     UntilClose,
     /// Reading chunk-size hex digits (`digits` so far).
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// After the size: optional whitespace before `;` or CR.
-    SizeSpace { value: u64 },
+    SizeSpace {
+        value: u64,
+    },
     /// Inside a chunk extension, up to CR.
-    Ext { value: u64 },
+    Ext {
+        value: u64,
+    },
     /// CR seen after the size line; expecting LF.
-    SizeLf { value: u64 },
-    Data { remaining: u64 },
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        remaining: u64,
+    },
     DataCr,
     DataLf,
     /// Start of a trailer line (or the final empty line).
@@ -61,7 +74,14 @@ impl BodyDecoder {
             BodyFraming::Chunked => State::Size { value: 0, digits: 0 },
             BodyFraming::UntilClose => State::UntilClose,
         };
-        BodyDecoder { state, received: 0, max_body, max_trailer_bytes, trailers: Vec::new(), ext_len: 0 }
+        BodyDecoder {
+            state,
+            received: 0,
+            max_body,
+            max_trailer_bytes,
+            trailers: Vec::new(),
+            ext_len: 0,
+        }
     }
 
     /// Whether the body is complete.
@@ -100,14 +120,22 @@ impl BodyDecoder {
                 State::Length { remaining } => {
                     let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len() - i);
                     let left = remaining - n as u64;
-                    self.state = if left == 0 { State::Done } else { State::Length { remaining: left } };
+                    self.state = if left == 0 {
+                        State::Done
+                    } else {
+                        State::Length { remaining: left }
+                    };
                     return self.data(i, &input[i..i + n]);
                 }
                 State::UntilClose => return self.data(i, &input[i..]),
                 State::Data { remaining } => {
                     let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(input.len() - i);
                     let left = remaining - n as u64;
-                    self.state = if left == 0 { State::DataCr } else { State::Data { remaining: left } };
+                    self.state = if left == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { remaining: left }
+                    };
                     return Ok((i + n, Some(BodyEvent::Data(&input[i..i + n]))));
                 }
                 _ => input[i],
@@ -134,8 +162,14 @@ impl BodyDecoder {
                     return Err(Refusal::BadChunk);
                 }
                 let d = u64::from((b as char).to_digit(16).unwrap_or(0));
-                let value = value.checked_mul(16).and_then(|v| v.checked_add(d)).ok_or(Refusal::BadChunk)?;
-                State::Size { value, digits: digits + 1 }
+                let value = value
+                    .checked_mul(16)
+                    .and_then(|v| v.checked_add(d))
+                    .ok_or(Refusal::BadChunk)?;
+                State::Size {
+                    value,
+                    digits: digits + 1,
+                }
             }
             (State::Size { digits: 0, .. }, _) => return Err(Refusal::BadChunk),
             (State::Size { value, .. } | State::SizeSpace { value }, b' ' | b'\t') => State::SizeSpace { value },
@@ -185,9 +219,7 @@ impl BodyDecoder {
                 self.push_trailer(b)?;
                 State::TrailerLineStart
             }
-            (State::TrailerLf | State::EndLf, _) => {
-                return Err(Refusal::BadTrailer)
-            }
+            (State::TrailerLf | State::EndLf, _) => return Err(Refusal::BadTrailer),
             _ => return Err(Refusal::BadChunk),
         })
     }
@@ -272,7 +304,11 @@ mod tests {
     use crate::testutil::{pattern, Rng};
 
     /// Feeds `pieces` and collects the body; returns (body, bytes consumed in total, done).
-    fn run(decoder: &mut BodyDecoder, input: &[u8], piece: &mut dyn FnMut() -> usize) -> Result<(Vec<u8>, usize), Refusal> {
+    fn run(
+        decoder: &mut BodyDecoder,
+        input: &[u8],
+        piece: &mut dyn FnMut() -> usize,
+    ) -> Result<(Vec<u8>, usize), Refusal> {
         let mut body = Vec::new();
         let mut offered = 0;
         let mut consumed = 0;
@@ -381,13 +417,19 @@ mod tests {
             assert_eq!(got, Err(*want), "{:?}", String::from_utf8_lossy(input));
         }
         let mut d = BodyDecoder::new(BodyFraming::Chunked, u64::MAX, 8);
-        assert_eq!(run(&mut d, b"0\r\nX-Long: 123456\r\n\r\n", &mut || 1).map(|_| ()), Err(Refusal::BadTrailer));
+        assert_eq!(
+            run(&mut d, b"0\r\nX-Long: 123456\r\n\r\n", &mut || 1).map(|_| ()),
+            Err(Refusal::BadTrailer)
+        );
     }
 
     #[test]
     fn body_limits() {
         let mut d = BodyDecoder::new(BodyFraming::Chunked, 10, 0);
-        assert_eq!(run(&mut d, b"5\r\nhello\r\n6\r\n", &mut || 1).map(|_| ()), Err(Refusal::BodyTooLarge));
+        assert_eq!(
+            run(&mut d, b"5\r\nhello\r\n6\r\n", &mut || 1).map(|_| ()),
+            Err(Refusal::BodyTooLarge)
+        );
         let mut d = BodyDecoder::new(BodyFraming::Chunked, 10, 0);
         assert!(run(&mut d, b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", &mut || 1).is_ok());
         let mut d = BodyDecoder::new(BodyFraming::UntilClose, 10, 0);

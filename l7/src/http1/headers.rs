@@ -13,8 +13,16 @@ use super::response::ResponseHead;
 use super::{list_elements, BodyFraming, Header, Version};
 
 /// Fields removed from every forwarded message, besides those named in Connection.
-const HOP_BY_HOP: &[&str] =
-    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length"];
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
 
 /// Fields xlb sets itself on the upstream request (a client's copy is dropped or merged).
 const SET_BY_PROXY: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-real-ip", "expect"];
@@ -33,11 +41,18 @@ fn forwardable(h: &Header, connection_tokens: &[&[u8]]) -> bool {
     if HOP_BY_HOP.iter().any(|n| h.is(n)) {
         return false;
     }
-    h.is("host") || !connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
+    h.is("host")
+        || !connection_tokens
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
 }
 
 fn connection_tokens(headers: &[Header]) -> Vec<&[u8]> {
-    headers.iter().filter(|h| h.is("connection")).flat_map(|h| list_elements(&h.value)).collect()
+    headers
+        .iter()
+        .filter(|h| h.is("connection"))
+        .flat_map(|h| list_elements(&h.value))
+        .collect()
 }
 
 fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
@@ -211,7 +226,10 @@ mod tests {
     fn upstream(req: &str, websocket: bool) -> String {
         let req = parse_request(req.as_bytes()).unwrap();
         let mut out = Vec::new();
-        let client = ClientInfo { addr: "192.0.2.7".parse().unwrap(), proto: "http" };
+        let client = ClientInfo {
+            addr: "192.0.2.7".parse().unwrap(),
+            proto: "http",
+        };
         write_upstream_request(&req, client, websocket, &mut out);
         String::from_utf8(out).unwrap()
     }
@@ -242,7 +260,8 @@ mod tests {
 
     #[test]
     fn websocket_upgrade_kept_only_when_tunnelling() {
-        let ws = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: k\r\n\r\n";
+        let ws =
+            "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: k\r\n\r\n";
         let got = upstream(ws, true);
         assert!(got.ends_with("Sec-WebSocket-Key: k\r\nX-Forwarded-For: 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Real-IP: 192.0.2.7\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"), "{got}");
         let got = upstream(ws, false);
@@ -258,31 +277,66 @@ mod tests {
 
     #[test]
     fn response_rewriting() {
-        let to = ClientFraming { version: Version::Http11, framing: BodyFraming::Chunked, keep_alive: true };
+        let to = ClientFraming {
+            version: Version::Http11,
+            framing: BodyFraming::Chunked,
+            keep_alive: true,
+        };
         let got = client(
             "HTTP/1.1 200 Fine\r\nTransfer-Encoding: chunked\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 1\r\nServer: s\r\n\r\n",
             false,
             to,
         );
-        assert_eq!(got, "HTTP/1.1 200 Fine\r\nServer: s\r\nSet-Cookie: s=1\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let to = ClientFraming { version: Version::Http10, framing: BodyFraming::UntilClose, keep_alive: false };
+        assert_eq!(
+            got,
+            "HTTP/1.1 200 Fine\r\nServer: s\r\nSet-Cookie: s=1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        let to = ClientFraming {
+            version: Version::Http10,
+            framing: BodyFraming::UntilClose,
+            keep_alive: false,
+        };
         let got = client("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false, to);
         assert_eq!(got, "HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nConnection: close\r\n\r\n");
-        let to = ClientFraming { version: Version::Http10, framing: BodyFraming::Length(3), keep_alive: true };
+        let to = ClientFraming {
+            version: Version::Http10,
+            framing: BodyFraming::Length(3),
+            keep_alive: true,
+        };
         let got = client("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n", false, to);
-        assert_eq!(got, "HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n");
-        let to = ClientFraming { version: Version::Http11, framing: BodyFraming::None, keep_alive: true };
+        assert_eq!(
+            got,
+            "HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let to = ClientFraming {
+            version: Version::Http11,
+            framing: BodyFraming::None,
+            keep_alive: true,
+        };
         let got = client("HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n", true, to);
-        assert_eq!(got, "HTTP/1.1 200 OK\r\nContent-Length: 300\r\nSet-Cookie: s=1\r\n\r\n", "HEAD keeps the length");
-        let got = client("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n", false, to);
-        assert_eq!(got, "HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: s=1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n");
+        assert_eq!(
+            got, "HTTP/1.1 200 OK\r\nContent-Length: 300\r\nSet-Cookie: s=1\r\n\r\n",
+            "HEAD keeps the length"
+        );
+        let got = client(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            false,
+            to,
+        );
+        assert_eq!(
+            got,
+            "HTTP/1.1 101 Switching Protocols\r\nSet-Cookie: s=1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        );
     }
 
     #[test]
     fn local_responses() {
         let mut out = Vec::new();
         write_local_response(301, &[("Location", b"https://a/")], "text/plain", b"", true, &mut out);
-        assert_eq!(out, b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://a/\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://a/\r\nContent-Length: 0\r\n\r\n"
+        );
         out.clear();
         write_local_response(503, &[], "text/plain", b"no server\n", false, &mut out);
         assert_eq!(

@@ -137,8 +137,14 @@ pub fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 /// `bytes` without leading and trailing spaces and tabs.
 pub fn trim_ows(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != b' ' && b != b'\t').unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|&b| b != b' ' && b != b'\t').map_or(start, |p| p + 1);
+    let start = bytes
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |p| p + 1);
     &bytes[start..end]
 }
 
@@ -233,7 +239,6 @@ pub(crate) fn refusal_from_httparse(e: httparse::Error) -> Refusal {
         httparse::Error::HeaderName => Refusal::BadHeaderName,
         httparse::Error::HeaderValue => Refusal::BadHeaderValue,
         httparse::Error::TooManyHeaders => Refusal::TooManyHeaders,
-        httparse::Error::NewLine => Refusal::BareLf,
         _ => Refusal::BadStartLine,
     }
 }
@@ -300,7 +305,10 @@ pub(crate) fn own_headers(parsed: &[httparse::Header<'_>]) -> Result<Vec<Header>
             if h.name.is_empty() {
                 return Err(Refusal::BadHeaderName);
             }
-            Ok(Header { name: h.name.to_owned(), value: trim_ows(h.value).to_vec() })
+            Ok(Header {
+                name: h.name.to_owned(),
+                value: trim_ows(h.value).to_vec(),
+            })
         })
         .collect()
 }
@@ -341,34 +349,73 @@ mod tests {
         assert_eq!(scan_all(b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n"), Err(Refusal::BareCr));
         assert_eq!(scan_all(b"GET / HTTP/1.1\r\nHost: a\r\n\rX"), Err(Refusal::BareCr));
         assert_eq!(scan_all(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"), Err(Refusal::ObsFold));
-        assert_eq!(scan_all(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n"), Err(Refusal::ObsFold));
+        assert_eq!(
+            scan_all(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n"),
+            Err(Refusal::ObsFold)
+        );
     }
 
     #[test]
     fn framing_rules() {
-        let h = |n: &str, v: &str| Header { name: n.into(), value: v.as_bytes().to_vec() };
+        let h = |n: &str, v: &str| Header {
+            name: n.into(),
+            value: v.as_bytes().to_vec(),
+        };
         let v11 = Version::Http11;
         assert_eq!(declared_framing(&[], v11), Ok(None));
-        assert_eq!(declared_framing(&[h("Content-Length", "12")], v11), Ok(Some(BodyFraming::Length(12))));
-        assert_eq!(declared_framing(&[h("transfer-encoding", "Chunked")], v11), Ok(Some(BodyFraming::Chunked)));
+        assert_eq!(
+            declared_framing(&[h("Content-Length", "12")], v11),
+            Ok(Some(BodyFraming::Length(12)))
+        );
+        assert_eq!(
+            declared_framing(&[h("transfer-encoding", "Chunked")], v11),
+            Ok(Some(BodyFraming::Chunked))
+        );
         let cases: &[(&[Header], Refusal)] = &[
-            (&[h("Content-Length", "1"), h("content-length", "1")], Refusal::DuplicateContentLength),
+            (
+                &[h("Content-Length", "1"), h("content-length", "1")],
+                Refusal::DuplicateContentLength,
+            ),
             (&[h("Content-Length", "1, 1")], Refusal::DuplicateContentLength),
             (&[h("Content-Length", "+1")], Refusal::BadContentLength),
             (&[h("Content-Length", "-1")], Refusal::BadContentLength),
             (&[h("Content-Length", "0x10")], Refusal::BadContentLength),
             (&[h("Content-Length", "")], Refusal::BadContentLength),
             (&[h("Content-Length", "1 2")], Refusal::BadContentLength),
-            (&[h("Content-Length", "99999999999999999999")], Refusal::BadContentLength),
-            (&[h("Content-Length", "3"), h("Transfer-Encoding", "chunked")], Refusal::ContentLengthWithTransferEncoding),
-            (&[h("Transfer-Encoding", "chunked"), h("Content-Length", "3")], Refusal::ContentLengthWithTransferEncoding),
-            (&[h("Transfer-Encoding", "chunked, gzip")], Refusal::TransferEncodingNotChunked),
-            (&[h("Transfer-Encoding", "chunked"), h("Transfer-Encoding", "chunked")], Refusal::TransferEncodingNotChunked),
+            (
+                &[h("Content-Length", "99999999999999999999")],
+                Refusal::BadContentLength,
+            ),
+            (
+                &[h("Content-Length", "3"), h("Transfer-Encoding", "chunked")],
+                Refusal::ContentLengthWithTransferEncoding,
+            ),
+            (
+                &[h("Transfer-Encoding", "chunked"), h("Content-Length", "3")],
+                Refusal::ContentLengthWithTransferEncoding,
+            ),
+            (
+                &[h("Transfer-Encoding", "chunked, gzip")],
+                Refusal::TransferEncodingNotChunked,
+            ),
+            (
+                &[h("Transfer-Encoding", "chunked"), h("Transfer-Encoding", "chunked")],
+                Refusal::TransferEncodingNotChunked,
+            ),
             (&[h("Transfer-Encoding", "gzip")], Refusal::TransferEncodingNotChunked),
-            (&[h("Transfer-Encoding", "xchunked")], Refusal::TransferEncodingNotChunked),
-            (&[h("Transfer-Encoding", "chunked, ")], Refusal::TransferEncodingNotChunked),
+            (
+                &[h("Transfer-Encoding", "xchunked")],
+                Refusal::TransferEncodingNotChunked,
+            ),
+            (
+                &[h("Transfer-Encoding", "chunked, ")],
+                Refusal::TransferEncodingNotChunked,
+            ),
             (&[h("Transfer-Encoding", "")], Refusal::TransferEncodingNotChunked),
-            (&[h("Transfer-Encoding", "gzip, chunked")], Refusal::UnsupportedTransferCoding),
+            (
+                &[h("Transfer-Encoding", "gzip, chunked")],
+                Refusal::UnsupportedTransferCoding,
+            ),
         ];
         for (headers, want) in cases {
             assert_eq!(declared_framing(headers, v11), Err(*want), "{headers:?}");

@@ -127,7 +127,11 @@ fn split_target<'a>(method: &str, target: &'a str) -> Result<(String, Option<&'a
         return Ok((target.to_owned(), None));
     }
     if target == "*" {
-        return if method == "OPTIONS" { Ok((target.to_owned(), None)) } else { Err(Refusal::BadTarget) };
+        return if method == "OPTIONS" {
+            Ok((target.to_owned(), None))
+        } else {
+            Err(Refusal::BadTarget)
+        };
     }
     let rest = strip_prefix_ignore_case(target, "http://")
         .or_else(|| strip_prefix_ignore_case(target, "https://"))
@@ -227,7 +231,10 @@ mod tests {
     #[test]
     fn host_rules() {
         assert_eq!(parse("GET / HTTP/1.1\r\n\r\n"), Err(Refusal::MissingHost));
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), Err(Refusal::MultipleHost));
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Err(Refusal::MultipleHost)
+        );
         assert_eq!(parse("GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), Err(Refusal::BadHost));
         assert_eq!(parse("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), Err(Refusal::BadHost));
         assert_eq!(parse("GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n"), Err(Refusal::BadHost));
@@ -236,7 +243,10 @@ mod tests {
         let r = parse("GET HTTP://Other.example:81/x?y HTTP/1.1\r\nHost: ignored\r\n\r\n").unwrap();
         assert_eq!((r.host.as_str(), r.target.as_str()), ("other.example", "/x?y"));
         assert_eq!(parse("GET http://a HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().target, "/");
-        assert_eq!(parse("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n"), Err(Refusal::BadTarget));
+        assert_eq!(
+            parse("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(Refusal::BadTarget)
+        );
     }
 
     #[test]
@@ -244,7 +254,10 @@ mod tests {
         assert_eq!(parse("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap().target, "*");
         assert_eq!(parse("GET * HTTP/1.1\r\nHost: a\r\n\r\n"), Err(Refusal::BadTarget));
         assert_eq!(parse("GET a/b HTTP/1.1\r\nHost: a\r\n\r\n"), Err(Refusal::BadTarget));
-        assert_eq!(parse("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"), Err(Refusal::MethodNotAllowed));
+        assert_eq!(
+            parse("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Err(Refusal::MethodNotAllowed)
+        );
         assert_eq!(parse("GET / HTTP/2.0\r\nHost: a\r\n\r\n"), Err(Refusal::BadStartLine));
         assert_eq!(parse("GET  / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(Refusal::BadStartLine));
         assert_eq!(parse("G@T / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(Refusal::BadStartLine));
@@ -252,14 +265,35 @@ mod tests {
 
     #[test]
     fn header_syntax() {
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"), Err(Refusal::BadHeaderName));
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nBad\"Name: x\r\n\r\n"), Err(Refusal::BadHeaderName));
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nName : x\r\n\r\n"), Err(Refusal::BadHeaderName));
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n"), Err(Refusal::BadHeaderName));
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n"), Err(Refusal::BadHeaderValue));
-        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n"), Err(Refusal::BadHeaderValue));
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"),
+            Err(Refusal::BadHeaderName)
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nBad\"Name: x\r\n\r\n"),
+            Err(Refusal::BadHeaderName)
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nName : x\r\n\r\n"),
+            Err(Refusal::BadHeaderName)
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\n: x\r\n\r\n"),
+            Err(Refusal::BadHeaderName)
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n"),
+            Err(Refusal::BadHeaderValue)
+        );
+        assert_eq!(
+            parse("GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n"),
+            Err(Refusal::BadHeaderValue)
+        );
         let many: String = (0..=MAX_HEADERS).map(|i| format!("X{i}: v\r\n")).collect();
-        assert_eq!(parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")), Err(Refusal::TooManyHeaders));
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n")),
+            Err(Refusal::TooManyHeaders)
+        );
     }
 
     #[test]
@@ -269,7 +303,10 @@ mod tests {
         assert!(r.expect_continue);
         let r = parse("POST / HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").unwrap();
         assert!(!r.expect_continue, "HTTP/1.0 expectations are ignored");
-        assert_eq!(parse("POST / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n"), Err(Refusal::ExpectationFailed));
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n"),
+            Err(Refusal::ExpectationFailed)
+        );
         let r = parse("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
         assert_eq!(r.framing, BodyFraming::Chunked);
         assert_eq!(
@@ -282,10 +319,20 @@ mod tests {
     fn websocket_upgrade() {
         let ws = "GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
         assert!(parse(ws).unwrap().websocket);
-        assert!(!parse("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").unwrap().websocket);
-        assert!(!parse("POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
-            .unwrap()
-            .websocket);
-        assert!(!parse("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n").unwrap().websocket);
+        assert!(
+            !parse("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n")
+                .unwrap()
+                .websocket
+        );
+        assert!(
+            !parse("POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")
+                .unwrap()
+                .websocket
+        );
+        assert!(
+            !parse("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n")
+                .unwrap()
+                .websocket
+        );
     }
 }

@@ -61,7 +61,14 @@ pub fn parse_response(head: &[u8], request_was_head: bool) -> Result<ResponseHea
             Version::Http11 => !close,
             Version::Http10 => !close && has_token(&headers, "connection", "keep-alive"),
         };
-    Ok(ResponseHead { version, status, reason, headers, framing, keep_alive })
+    Ok(ResponseHead {
+        version,
+        status,
+        reason,
+        headers,
+        framing,
+        keep_alive,
+    })
 }
 
 #[cfg(test)]
@@ -75,11 +82,25 @@ mod tests {
     #[test]
     fn framing_by_status_and_method() {
         let r = parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n").unwrap();
-        assert_eq!((r.status, r.reason.as_str(), r.framing, r.keep_alive), (200, "OK", BodyFraming::Length(3), true));
-        assert_eq!(parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap().framing, BodyFraming::Chunked);
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.framing, r.keep_alive),
+            (200, "OK", BodyFraming::Length(3), true)
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .unwrap()
+                .framing,
+            BodyFraming::Chunked
+        );
         let r = parse("HTTP/1.1 200 OK\r\n\r\n").unwrap();
         assert_eq!((r.framing, r.keep_alive), (BodyFraming::UntilClose, false));
-        for s in ["204 No Content", "304 Not Modified", "100 Continue", "103 Early Hints", "101 Switching"] {
+        for s in [
+            "204 No Content",
+            "304 Not Modified",
+            "100 Continue",
+            "103 Early Hints",
+            "101 Switching",
+        ] {
             let r = parse(&format!("HTTP/1.1 {s}\r\nContent-Length: 10\r\n\r\n")).unwrap();
             assert_eq!(r.framing, BodyFraming::None, "{s}");
         }
@@ -91,9 +112,21 @@ mod tests {
 
     #[test]
     fn keep_alive() {
-        assert!(!parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap().keep_alive);
-        assert!(!parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").unwrap().keep_alive);
-        assert!(parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n").unwrap().keep_alive);
+        assert!(
+            !parse("HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            !parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
+        assert!(
+            parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .keep_alive
+        );
     }
 
     #[test]

@@ -179,7 +179,12 @@ enum ResponsePhase {
     /// Waiting for the response head.
     Head,
     /// Streaming the response body to the client.
-    Body { decoder: BodyDecoder, encoder: BodyEncoder, keep_alive_client: bool, upstream_reusable: bool },
+    Body {
+        decoder: BodyDecoder,
+        encoder: BodyEncoder,
+        keep_alive_client: bool,
+        upstream_reusable: bool,
+    },
 }
 
 /// One client connection of an HTTP listener.
@@ -204,6 +209,8 @@ pub struct HttpProxy {
     next_upstream: u32,
     client_deadline: Option<(Instant, Timer)>,
     upstream_deadline: Option<(Instant, Timer)>,
+    /// A pipelined head already known to be refused: answered once the exchange in flight is over.
+    head_error: Option<Refusal>,
     client_eof: bool,
     closed: bool,
     tunnelled: bool,
@@ -237,6 +244,7 @@ impl HttpProxy {
             next_upstream: 0,
             client_deadline: Some((idle, Timer::ClientIdle)),
             upstream_deadline: None,
+            head_error: None,
             client_eof: false,
             closed: false,
             tunnelled: false,
@@ -282,6 +290,7 @@ impl HttpProxy {
         match &self.request {
             RequestPhase::Head => {
                 self.head_end.is_none()
+                    && self.head_error.is_none()
                     && self.head.len() < self.cfg.limits.max_header_bytes
                     && !self.exchange.as_ref().is_some_and(|e| e.websocket)
             }
@@ -327,10 +336,15 @@ impl HttpProxy {
 
     /// A connection asked for with `ConnectUpstream` is established to `server`.
     pub fn handle_upstream_connected(&mut self, now: Instant, id: UpstreamId, server: ServerId) {
-        let Some(up) = self.upstream.as_mut().filter(|u| u.id == id && !u.connected) else { return };
+        let Some(up) = self.upstream.as_mut().filter(|u| u.id == id && !u.connected) else {
+            return;
+        };
         up.connected = true;
         up.server = Some(server);
-        self.upstream_deadline = Some((now + secs(self.cfg.limits.upstream_response_timeout_s), Timer::UpstreamResponse));
+        self.upstream_deadline = Some((
+            now + secs(self.cfg.limits.upstream_response_timeout_s),
+            Timer::UpstreamResponse,
+        ));
         self.flush();
     }
 
@@ -343,7 +357,11 @@ impl HttpProxy {
         self.upstream_deadline = None;
         self.events.push_back(Event::UpstreamFailed(failure));
         if self.exchange.is_some() {
-            let status = if failure == UpstreamFailure::NoHealthyServer { 503 } else { 502 };
+            let status = if failure == UpstreamFailure::NoHealthyServer {
+                503
+            } else {
+                502
+            };
             self.fail_exchange(now, status);
         }
         self.flush();
@@ -361,7 +379,10 @@ impl HttpProxy {
             self.flush();
             return data.len();
         }
-        self.upstream_deadline = Some((now + secs(self.cfg.limits.upstream_response_timeout_s), Timer::UpstreamResponse));
+        self.upstream_deadline = Some((
+            now + secs(self.cfg.limits.upstream_response_timeout_s),
+            Timer::UpstreamResponse,
+        ));
         let mut used = 0;
         while !self.closed && used < data.len() {
             let n = match self.response {
@@ -419,16 +440,9 @@ impl HttpProxy {
         if self.closed {
             return;
         }
-        if let Some((at, timer)) = self.upstream_deadline {
-            if now >= at {
-                self.upstream_deadline = None;
-                self.events.push_back(Event::Timeout(timer));
-                self.drop_upstream();
-                self.fail_exchange(now, 504);
-            }
-        }
+        // The client's timers first: when both fire, a stalled upload is the client's doing.
         if let Some((at, timer)) = self.client_deadline {
-            if !self.closed && now >= at {
+            if now >= at {
                 self.client_deadline = None;
                 self.events.push_back(Event::Timeout(timer));
                 match timer {
@@ -439,6 +453,14 @@ impl HttpProxy {
                     }
                     _ => self.answer_and_close(408),
                 }
+            }
+        }
+        if let Some((at, timer)) = self.upstream_deadline {
+            if !self.closed && now >= at {
+                self.upstream_deadline = None;
+                self.events.push_back(Event::Timeout(timer));
+                self.drop_upstream();
+                self.fail_exchange(now, 504);
             }
         }
         self.flush();
@@ -463,14 +485,23 @@ impl HttpProxy {
             }
             Ok(None) => {
                 if self.head.len() >= max {
-                    self.refuse(Refusal::HeadTooLarge);
+                    self.refuse_head(Refusal::HeadTooLarge);
                 }
                 take
             }
             Err(r) => {
-                self.refuse(r);
+                self.refuse_head(r);
                 take
             }
+        }
+    }
+
+    /// Refuses a bad head now, or after the exchange in flight (its response comes first).
+    fn refuse_head(&mut self, r: Refusal) {
+        if self.exchange.is_some() {
+            self.head_error = Some(r);
+        } else {
+            self.refuse(r);
         }
     }
 
@@ -478,6 +509,9 @@ impl HttpProxy {
     fn advance(&mut self, now: Instant) {
         if self.closed || self.exchange.is_some() {
             return;
+        }
+        if let Some(r) = self.head_error.take() {
+            return self.refuse(r);
         }
         let Some(end) = self.head_end.take() else {
             if !self.head.is_empty() && self.client_deadline.is_none_or(|(_, t)| t == Timer::ClientIdle) {
@@ -519,9 +553,12 @@ impl HttpProxy {
             action => {
                 let keep_alive = exchange.keep_alive && req.framing == BodyFraming::None;
                 let (status, location, ctype, body) = match action {
-                    RuleAction::Redirect(rd) => {
-                        (rd.status, Some(cfg.rules.location(rd, &req.host, &req.target)), "text/plain", &[][..])
-                    }
+                    RuleAction::Redirect(rd) => (
+                        rd.status,
+                        Some(cfg.rules.location(rd, &req.host, &req.target)),
+                        "text/plain",
+                        &[][..],
+                    ),
                     RuleAction::Fixed(f) => (f.status, None, f.content_type.as_str(), f.body.as_bytes()),
                     RuleAction::Forward(_) => unreachable!("handled above"),
                 };
@@ -539,46 +576,73 @@ impl HttpProxy {
             };
         }
         exchange.websocket = req.websocket;
+        // The upstream connection: the idle one if it serves this group (and the sticky server), else a new one.
+        let sticky_server = exchange.sticky_server;
+        let reuse = self
+            .upstream
+            .as_ref()
+            .is_some_and(|u| u.connected && u.group == group && sticky_server.is_none_or(|s| u.server == Some(s)));
+        if reuse {
+            self.upstream_deadline = Some((
+                now + secs(cfg.limits.upstream_response_timeout_s),
+                Timer::UpstreamResponse,
+            ));
+        } else {
+            self.drop_upstream();
+            let id = UpstreamId(self.next_upstream);
+            self.next_upstream = self.next_upstream.wrapping_add(1);
+            self.upstream = Some(Upstream {
+                id,
+                group,
+                server: None,
+                connected: false,
+            });
+            self.push(Action::ConnectUpstream {
+                id,
+                group,
+                sticky_server,
+            });
+            self.upstream_deadline = Some((
+                now + secs(cfg.limits.upstream_connect_timeout_s),
+                Timer::UpstreamConnect,
+            ));
+        }
         let has_body = !matches!(req.framing, BodyFraming::None | BodyFraming::Length(0));
         if req.expect_continue && has_body {
             self.to_client.extend_from_slice(CONTINUE);
             exchange.sent_continue = true;
         }
-        let client = ClientInfo { addr: self.client_addr, proto: cfg.scheme };
+        let client = ClientInfo {
+            addr: self.client_addr,
+            proto: cfg.scheme,
+        };
         write_upstream_request(&req, client, req.websocket, &mut self.to_upstream);
         if has_body {
-            let encoder = if req.framing == BodyFraming::Chunked { BodyEncoder::Chunked } else { BodyEncoder::Identity };
+            let encoder = if req.framing == BodyFraming::Chunked {
+                BodyEncoder::Chunked
+            } else {
+                BodyEncoder::Identity
+            };
             let trailers = cfg.limits.max_header_bytes;
             self.client_deadline = Some((now + secs(cfg.limits.client_body_timeout_s), Timer::ClientBody));
-            self.request = RequestPhase::Body { decoder: BodyDecoder::new(req.framing, max_body, trailers), encoder };
+            self.request = RequestPhase::Body {
+                decoder: BodyDecoder::new(req.framing, max_body, trailers),
+                encoder,
+            };
         } else {
             exchange.request_done = true;
         }
         self.response = ResponsePhase::Head;
         self.resp_head.clear();
         self.resp_scanner = HeadScanner::default();
-        let sticky_server = exchange.sticky_server;
         self.exchange = Some(exchange);
-
-        let reuse = self.upstream.as_ref().is_some_and(|u| {
-            u.connected && u.group == group && sticky_server.is_none_or(|s| u.server == Some(s))
-        });
-        if reuse {
-            self.upstream_deadline =
-                Some((now + secs(cfg.limits.upstream_response_timeout_s), Timer::UpstreamResponse));
-        } else {
-            self.drop_upstream();
-            let id = UpstreamId(self.next_upstream);
-            self.next_upstream = self.next_upstream.wrapping_add(1);
-            self.upstream = Some(Upstream { id, group, server: None, connected: false });
-            self.push(Action::ConnectUpstream { id, group, sticky_server });
-            self.upstream_deadline = Some((now + secs(cfg.limits.upstream_connect_timeout_s), Timer::UpstreamConnect));
-        }
     }
 
     /// Request body bytes; returns how many were consumed.
     fn read_body(&mut self, now: Instant, data: &[u8]) -> usize {
-        let RequestPhase::Body { decoder, encoder } = &mut self.request else { return 0 };
+        let RequestPhase::Body { decoder, encoder } = &mut self.request else {
+            return 0;
+        };
         let mut used = 0;
         let result = loop {
             match decoder.decode(&data[used..]) {
@@ -649,7 +713,10 @@ impl HttpProxy {
                 return data.len();
             }
         };
-        let exchange = self.exchange.as_ref().expect("a response head is read only during an exchange");
+        let exchange = self
+            .exchange
+            .as_ref()
+            .expect("a response head is read only during an exchange");
         let parsed = parse_response(&self.resp_head[..end], exchange.is_head);
         self.resp_head.clear();
         self.resp_scanner = HeadScanner::default();
@@ -671,7 +738,11 @@ impl HttpProxy {
         if resp.is_interim() {
             // 100 is xlb's to send (it answered Expect itself); 102/103 go to HTTP/1.1 clients.
             if resp.status != 100 && exchange.version == Version::Http11 {
-                let to = ClientFraming { version: Version::Http11, framing: BodyFraming::None, keep_alive: true };
+                let to = ClientFraming {
+                    version: Version::Http11,
+                    framing: BodyFraming::None,
+                    keep_alive: true,
+                };
                 write_client_response(&resp, to, &[], &mut self.to_client);
             }
             return;
@@ -681,7 +752,11 @@ impl HttpProxy {
                 self.bad_response(now, Refusal::BadStartLine);
                 return;
             }
-            let to = ClientFraming { version: Version::Http11, framing: BodyFraming::None, keep_alive: true };
+            let to = ClientFraming {
+                version: Version::Http11,
+                framing: BodyFraming::None,
+                keep_alive: true,
+            };
             write_client_response(&resp, to, &[], &mut self.to_client);
             let upstream = self.upstream.as_ref().map(|u| u.id).expect("connected upstream");
             self.events.push_back(Event::Tunnelled);
@@ -714,21 +789,40 @@ impl HttpProxy {
             }
         }
         let extra: Vec<(&str, &[u8])> = set_cookie.iter().map(|c| ("Set-Cookie", c.as_slice())).collect();
-        let to = ClientFraming { version: exchange.version, framing: client_framing, keep_alive: keep_alive_client };
+        let to = ClientFraming {
+            version: exchange.version,
+            framing: client_framing,
+            keep_alive: keep_alive_client,
+        };
         write_client_response(&resp, to, &extra, &mut self.to_client);
         exchange.response_started = true;
-        self.events.push_back(Event::Answered { status: resp.status, local: false });
-        let encoder = if client_framing == BodyFraming::Chunked { BodyEncoder::Chunked } else { BodyEncoder::Identity };
+        self.events.push_back(Event::Answered {
+            status: resp.status,
+            local: false,
+        });
+        let encoder = if client_framing == BodyFraming::Chunked {
+            BodyEncoder::Chunked
+        } else {
+            BodyEncoder::Identity
+        };
         let decoder = BodyDecoder::new(resp.framing, u64::MAX, cfg.limits.max_header_bytes);
-        self.response =
-            ResponsePhase::Body { decoder, encoder, keep_alive_client, upstream_reusable: resp.keep_alive };
-        if resp.framing == BodyFraming::None {
+        let done = decoder.is_done();
+        self.response = ResponsePhase::Body {
+            decoder,
+            encoder,
+            keep_alive_client,
+            upstream_reusable: resp.keep_alive,
+        };
+        if done {
+            encoder.end(b"", &mut self.to_client);
             self.finish_response(now);
         }
     }
 
     fn read_response_body(&mut self, now: Instant, data: &[u8]) -> usize {
-        let ResponsePhase::Body { decoder, encoder, .. } = &mut self.response else { return 0 };
+        let ResponsePhase::Body { decoder, encoder, .. } = &mut self.response else {
+            return 0;
+        };
         let mut used = 0;
         loop {
             match decoder.decode(&data[used..]) {
@@ -763,8 +857,11 @@ impl HttpProxy {
     }
 
     fn finish_response(&mut self, now: Instant) {
-        let ResponsePhase::Body { keep_alive_client, upstream_reusable, .. } =
-            std::mem::replace(&mut self.response, ResponsePhase::Idle)
+        let ResponsePhase::Body {
+            keep_alive_client,
+            upstream_reusable,
+            ..
+        } = std::mem::replace(&mut self.response, ResponsePhase::Idle)
         else {
             return;
         };
@@ -810,7 +907,14 @@ impl HttpProxy {
         }
         let keep_alive = exchange.keep_alive && exchange.request_done && !self.client_eof;
         let body = format!("{}\n", crate::http1::headers::reason_phrase(status));
-        write_local_response(status, &[], "text/plain", body.as_bytes(), keep_alive, &mut self.to_client);
+        write_local_response(
+            status,
+            &[],
+            "text/plain",
+            body.as_bytes(),
+            keep_alive,
+            &mut self.to_client,
+        );
         self.events.push_back(Event::Answered { status, local: true });
         self.drop_upstream();
         self.response = ResponsePhase::Idle;
@@ -870,3 +974,6 @@ impl HttpProxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
