@@ -285,6 +285,9 @@ impl HttpListenerConfig {
                 if !(200..=599).contains(&f.status) {
                     return Err(format!("{at}.fixed.status: {} is outside 200..=599", f.status));
                 }
+                if matches!(f.status, 204 | 304) && !f.body.is_empty() {
+                    return Err(format!("{at}.fixed.body: a {} response has no body", f.status));
+                }
                 if f.content_type.is_empty() || f.content_type.bytes().any(|b| b < b' ' || b == 0x7f) {
                     return Err(format!(
                         "{at}.fixed.content_type: {:?} is not a header value",
@@ -427,6 +430,10 @@ mod tests {
             .starts_with("listener[0] (web).rule[1].redirect: would redirect to itself"));
         assert!(check(&|l| l.rules[2].fixed.as_mut().unwrap().status = 99)
             .starts_with("listener[0] (web).rule[2].fixed.status: "));
+        assert_eq!(
+            check(&|l| l.rules[2].fixed.as_mut().unwrap().status = 204),
+            "listener[0] (web).rule[2].fixed.body: a 204 response has no body"
+        );
         assert!(check(&|l| l.sticky.as_mut().unwrap().cookie = "a=b".into())
             .starts_with("listener[0] (web).sticky.cookie: "));
         assert!(check(&|l| l.protocol = ListenerProtocol::Tcp).starts_with("listener[0] (web).protocol: "));

@@ -950,6 +950,8 @@ impl HttpProxy {
         self.client_deadline = None;
         self.upstream_deadline = None;
         self.exchange = None;
+        self.request = RequestPhase::Head;
+        self.response = ResponsePhase::Idle;
     }
 
     // ---- output ----
