@@ -69,6 +69,8 @@ pub enum Refusal {
     ExpectationFailed,
     /// CONNECT: not proxied by an HTTP listener, answered 405.
     MethodNotAllowed,
+    /// Upstream bytes when no response is expected (after the end of one, or on an idle connection).
+    UnsolicitedResponse,
 }
 
 impl Refusal {
@@ -110,6 +112,7 @@ impl Refusal {
             Refusal::BadTrailer => "bad_trailer",
             Refusal::ExpectationFailed => "expectation_failed",
             Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::UnsolicitedResponse => "unsolicited_response",
         }
     }
 }

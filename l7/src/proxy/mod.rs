@@ -322,7 +322,7 @@ impl HttpProxy {
         }
         self.client_eof = true;
         // A client may half-close after its request: the response is still delivered, then the connection closed.
-        let waiting_response = self.exchange.as_ref().is_some_and(|e| e.request_done) && self.head.is_empty();
+        let waiting_response = self.exchange.as_ref().is_some_and(|e| e.request_done);
         if !waiting_response {
             // Idle (normal end), mid-head or mid-body (the request is cut short).
             if !self.head.is_empty() || matches!(self.request, RequestPhase::Body { .. }) {
@@ -375,6 +375,8 @@ impl HttpProxy {
         }
         if matches!(self.response, ResponsePhase::Idle) {
             // Bytes from an idle kept-alive upstream: nothing is expected; it cannot be reused.
+            self.events
+                .push_back(Event::UpstreamRefused(Refusal::UnsolicitedResponse));
             self.drop_upstream();
             self.flush();
             return data.len();
@@ -386,12 +388,7 @@ impl HttpProxy {
         let mut used = 0;
         while !self.closed && used < data.len() {
             let n = match self.response {
-                ResponsePhase::Idle => {
-                    // Bytes after the end of the response: the upstream cannot be reused.
-                    self.drop_upstream();
-                    used = data.len();
-                    break;
-                }
+                ResponsePhase::Idle => break,
                 ResponsePhase::Head => self.read_response_head(now, &data[used..]),
                 ResponsePhase::Body { .. } => self.read_response_body(now, &data[used..]),
             };
@@ -400,6 +397,16 @@ impl HttpProxy {
                 break;
             }
         }
+        if !self.closed && used < data.len() && matches!(self.response, ResponsePhase::Idle) {
+            // Bytes after the end of the response, before the next request was even sent: the server is out of
+            // step with xlb (a desync attempt or a broken server). They are dropped with the connection, never
+            // taken as the next request's response.
+            self.events
+                .push_back(Event::UpstreamRefused(Refusal::UnsolicitedResponse));
+            self.drop_upstream();
+            used = data.len();
+        }
+        self.advance(now);
         self.flush();
         if self.closed && !self.tunnelled {
             return data.len();
@@ -432,6 +439,7 @@ impl HttpProxy {
                 }
             }
         }
+        self.advance(now);
         self.flush();
     }
 
@@ -871,13 +879,15 @@ impl HttpProxy {
             self.drop_upstream();
         }
         self.exchange = None;
-        if !keep_alive_client || !request_done || self.client_eof {
+        // After the client's FIN, only complete requests it already sent are still served.
+        if !keep_alive_client || !request_done || (self.client_eof && self.head_end.is_none()) {
             self.close_all();
             return;
         }
         self.request = RequestPhase::Head;
         self.client_deadline = Some((now + secs(self.cfg.limits.client_idle_timeout_s), Timer::ClientIdle));
-        self.advance(now);
+        // The next (pipelined) request starts in `advance`, called by the public handler once it has dealt with
+        // whatever else the upstream sent.
     }
 
     // ---- endings ----

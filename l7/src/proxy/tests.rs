@@ -228,9 +228,7 @@ fn pipelined_requests_answered_in_order() {
         up.starts_with("GET /1 ") && !up.contains("/2"),
         "one request at a time: {up}"
     );
-    // Both responses in one segment: the second is not expected yet, so only the first is taken.
-    let n = h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1");
-    assert_eq!(n, 39);
+    h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1");
     assert!(h.take_upstream(0).starts_with("GET /2 "));
     h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2");
     assert!(h.take_upstream(0).starts_with("GET /3 "));
@@ -240,6 +238,30 @@ fn pipelined_requests_answered_in_order() {
     assert_eq!(bodies, vec!['1', '2', '3']);
     assert!(h.client_pending.is_empty());
     assert_eq!(h.connects.len(), 1);
+}
+
+/// A server that answers more than it was asked (response desync, e.g. it read a body as a second request):
+/// the extra response is never given to the next request; that one goes to a new connection.
+#[test]
+fn extra_upstream_response_never_answers_the_next_request() {
+    let mut h = Harness::new();
+    h.client(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    h.connected(0, 0);
+    h.take_upstream(0);
+    let two = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL";
+    assert_eq!(h.upstream(0, two), two.len());
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+    assert!(h.events.contains(&Event::UpstreamRefused(Refusal::UnsolicitedResponse)));
+    assert_eq!(h.connects.len(), 2, "request 2 on a new connection");
+    h.connected(1, 0);
+    assert!(h.take_upstream(1).starts_with("GET /2 "));
+    h.upstream(1, OK5);
+    let out = h.take_client();
+    assert!(!out.contains("EVIL") && out.ends_with("hello"), "{out}");
+    // Bytes from an idle kept-alive upstream: it is closed.
+    h.upstream(1, b"HTTP/1.1 200 OK\r\n");
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0), UpstreamId(1)]);
+    assert!(!h.client_closed);
 }
 
 /// Each request smuggling vector is refused with 400 (or its own status), named, and nothing reaches a server.
@@ -803,6 +825,20 @@ fn client_half_close_still_gets_response() {
     h.upstream(0, OK5);
     assert!(h.take_client().ends_with("hello"));
     assert!(h.client_closed);
+    // Pipelined requests then FIN: every complete request is answered, then the connection closes.
+    let mut h = Harness::new();
+    h.client(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTT");
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    h.connected(0, 0);
+    h.upstream(0, OK5);
+    assert!(!h.client_closed);
+    assert!(h.take_upstream(0).contains("GET /2 "));
+    h.upstream(0, OK5);
+    assert!(h.client_closed);
+    let out = h.take_client();
+    assert_eq!(out.matches("hello").count(), 2);
+    assert!(out.ends_with("Connection: close\r\n\r\nhello"), "{out}");
     // Mid-body EOF: aborted.
     let mut h = Harness::new();
     h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n123");
