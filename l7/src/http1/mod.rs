@@ -74,6 +74,34 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason, for counter tables.
+    pub const ALL: [Refusal; 24] = [
+        Refusal::BadStartLine,
+        Refusal::BadHeaderName,
+        Refusal::BadHeaderValue,
+        Refusal::ObsFold,
+        Refusal::BareCr,
+        Refusal::BareLf,
+        Refusal::MissingHost,
+        Refusal::MultipleHost,
+        Refusal::BadHost,
+        Refusal::BadTarget,
+        Refusal::DuplicateContentLength,
+        Refusal::BadContentLength,
+        Refusal::ContentLengthWithTransferEncoding,
+        Refusal::TransferEncodingNotChunked,
+        Refusal::UnsupportedTransferCoding,
+        Refusal::TransferEncodingInHttp10,
+        Refusal::HeadTooLarge,
+        Refusal::TooManyHeaders,
+        Refusal::BodyTooLarge,
+        Refusal::BadChunk,
+        Refusal::BadTrailer,
+        Refusal::ExpectationFailed,
+        Refusal::MethodNotAllowed,
+        Refusal::UnsolicitedResponse,
+    ];
+
     /// Status code the proxy answers a client request refused for this reason.
     pub fn status(self) -> u16 {
         match self {
@@ -431,6 +459,8 @@ mod tests {
 
     #[test]
     fn refusal_statuses_and_names() {
+        let names: std::collections::HashSet<_> = Refusal::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), Refusal::ALL.len(), "names are unique");
         assert_eq!(Refusal::HeadTooLarge.status(), 431);
         assert_eq!(Refusal::BodyTooLarge.status(), 413);
         assert_eq!(Refusal::ObsFold.status(), 400);

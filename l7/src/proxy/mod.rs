@@ -135,6 +135,27 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The snapshot for one HTTP listener: `limits` and `listener` validated, rules compiled against `groups`
+    /// (the datapath's group list: [`GroupId`] indexes it), sticky tokens keyed with `sticky_secret`.
+    pub fn new(
+        limits: L7Config,
+        listener: &crate::config::HttpListenerConfig,
+        at: &str,
+        groups: &[&str],
+        sticky_secret: u64,
+    ) -> Result<Self, String> {
+        limits.validate()?;
+        listener.validate(at, groups)?;
+        let rules = RuleSet::new(listener, groups, "http").map_err(|e| format!("{at}: {e}"))?;
+        Ok(ProxyConfig {
+            limits,
+            rules,
+            sticky: listener.sticky.clone(),
+            codec: StickyCodec::new(sticky_secret),
+            scheme: "http",
+        })
+    }
+
     fn max_body(&self) -> u64 {
         if self.limits.max_body_bytes == 0 {
             u64::MAX

@@ -45,15 +45,7 @@ fn listener(sticky: Option<StickyConfig>) -> HttpListenerConfig {
 }
 
 fn config(limits: L7Config, sticky: Option<StickyConfig>) -> Arc<ProxyConfig> {
-    let l = listener(sticky.clone());
-    l.validate("listener[0]", GROUPS).unwrap();
-    Arc::new(ProxyConfig {
-        limits,
-        rules: RuleSet::new(&l, GROUPS, "http").unwrap(),
-        sticky,
-        codec: StickyCodec::new(0xfeed),
-        scheme: "http",
-    })
+    Arc::new(ProxyConfig::new(limits, &listener(sticky), "listener[0]", GROUPS, 0xfeed).unwrap())
 }
 
 /// A fake datapath around one proxy connection.
@@ -424,6 +416,19 @@ fn limits_431_and_413() {
     h.client(b"\r\n1\r\n");
     assert!(h.take_client().starts_with("HTTP/1.1 413 "));
     assert!(h.client_closed && h.upstream_closed == vec![UpstreamId(0)]);
+}
+
+#[test]
+fn bad_request_body_refused() {
+    let mut h = Harness::new();
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
+    h.connected(0, 0);
+    h.client(b"5\r\nhello\r\nzz\r\n");
+    assert!(h.take_client().starts_with("HTTP/1.1 400 "));
+    assert!(h.client_closed && h.upstream_closed == vec![UpstreamId(0)]);
+    assert!(h.events.contains(&Event::ClientRefused(Refusal::BadChunk)));
+    let e = ProxyConfig::new(L7Config::default(), &listener(None), "listener[0] (web)", &["web"], 1).unwrap_err();
+    assert_eq!(e, "listener[0] (web).rule[0].group: no group named \"api\"");
 }
 
 /// Splits `bytes` into pieces of random size (1..=max) and feeds them through `feed`.
