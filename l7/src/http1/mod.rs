@@ -203,7 +203,8 @@ pub enum BodyFraming {
 
 /// Finds the end of a message head in a growing buffer, checking line discipline on the way.
 ///
-/// Feed it the whole buffer each time (it resumes where it stopped, so every byte is looked at once). Leading
+/// Feed it the whole buffer each time (it resumes where it stopped, so every byte is looked at once); once it
+/// has found the end it keeps answering it, and a new scanner is needed for the next head. Leading
 /// empty lines (CRLF) before the start line are allowed (RFC 9112 §2.2); their length is [`HeadScanner::skip`].
 #[derive(Clone, Debug, Default)]
 pub struct HeadScanner {
@@ -243,9 +244,9 @@ impl HeadScanner {
                     ScanState::LineStart
                 }
                 (ScanState::CrAtLineStart, b'\n') => {
-                    let end = self.pos;
-                    *self = HeadScanner::default();
-                    return Ok(Some(end));
+                    // Stays here (and `skip` stays valid) until the owner starts a new scanner for the next head.
+                    self.pos -= 1;
+                    return Ok(Some(self.pos + 1));
                 }
                 (ScanState::Cr | ScanState::CrAtLineStart, _) => return Err(Refusal::BareCr),
             };

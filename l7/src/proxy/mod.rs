@@ -746,7 +746,8 @@ impl HttpProxy {
             .exchange
             .as_ref()
             .expect("a response head is read only during an exchange");
-        let parsed = parse_response(&self.resp_head[..end], exchange.is_head);
+        let skip = self.resp_scanner.skip().min(end);
+        let parsed = parse_response(&self.resp_head[skip..end], exchange.is_head);
         self.resp_head.clear();
         self.resp_scanner = HeadScanner::default();
         let used = end - before;

@@ -207,6 +207,16 @@ fn get_forwarded_and_upstream_reused() {
 }
 
 #[test]
+fn leading_empty_lines_ignored() {
+    let mut h = Harness::new();
+    h.client(b"\r\n\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n");
+    h.connected(0, 0);
+    assert!(h.take_upstream(0).starts_with("GET /a HTTP/1.1\r\n"));
+    h.upstream(0, b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(h.take_client(), "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+}
+
+#[test]
 fn pipelined_requests_answered_in_order() {
     let mut h = Harness::new();
     let mut three = Vec::new();
