@@ -362,6 +362,9 @@ impl HttpProxy {
         };
         up.connected = true;
         up.server = Some(server);
+        if matches!(self.request, RequestPhase::Body { .. }) {
+            self.client_deadline = Some((now + secs(self.cfg.limits.client_body_timeout_s), Timer::ClientBody));
+        }
         self.upstream_deadline = Some((
             now + secs(self.cfg.limits.upstream_response_timeout_s),
             Timer::UpstreamResponse,
@@ -653,7 +656,10 @@ impl HttpProxy {
                 BodyEncoder::Identity
             };
             let trailers = cfg.limits.max_header_bytes;
-            self.client_deadline = Some((now + secs(cfg.limits.client_body_timeout_s), Timer::ClientBody));
+            if reuse {
+                // Otherwise the body timer starts once the upstream is connected: until then xlb is not reading.
+                self.client_deadline = Some((now + secs(cfg.limits.client_body_timeout_s), Timer::ClientBody));
+            }
             self.request = RequestPhase::Body {
                 decoder: BodyDecoder::new(req.framing, max_body, trailers),
                 encoder,

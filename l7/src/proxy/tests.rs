@@ -797,6 +797,15 @@ fn timeouts() {
     assert!(!h.client_closed, "the body timer runs from the last read");
     h.advance(1);
     assert!(h.take_client().starts_with("HTTP/1.1 408 ") && h.client_closed);
+    // The body timer does not run while xlb waits for the upstream connection (it is not reading).
+    let mut h = Harness::new();
+    h.client(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n");
+    h.advance(59);
+    h.connected(0, 0);
+    h.advance(59);
+    assert!(!h.client_closed);
+    h.advance(1);
+    assert!(h.take_client().starts_with("HTTP/1.1 408 "));
     // Upstream connect: 504.
     let mut h = Harness::new();
     h.client(GET);
