@@ -39,7 +39,7 @@ pub enum Refusal {
     MissingHost,
     /// More than one Host header.
     MultipleHost,
-    /// A Host value (or absolute-form authority) that is not a valid host[:port].
+    /// A Host value (or absolute-form authority) that is not a valid `host[:port]`.
     BadHost,
     /// Request target that is not origin-form, absolute-form or `*` (for OPTIONS), or CONNECT's authority-form.
     BadTarget,

@@ -19,6 +19,33 @@
 //!
 //! Allocation: per request, the parsed head (owned headers) and the upstream head; per connection, the head
 //! buffers (grown up to the limit, kept for the next request); action buffers unless recycled.
+//!
+//! ```
+//! use std::{sync::Arc, time::Instant};
+//! use xlb_l7::config::{HttpListenerConfig, L7Config, ListenerProtocol};
+//! use xlb_l7::proxy::{Action, HttpProxy, ProxyConfig, UpstreamId};
+//! use xlb_l7::sticky::ServerId;
+//!
+//! let listener = HttpListenerConfig {
+//!     protocol: ListenerProtocol::Http,
+//!     group: "web".into(),
+//!     rules: vec![],
+//!     sticky: None,
+//! };
+//! let cfg = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 42).unwrap();
+//! let now = Instant::now();
+//! let mut conn = HttpProxy::new(Arc::new(cfg), "192.0.2.1".parse().unwrap(), now);
+//! let req = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+//! assert_eq!(conn.handle_client_bytes(now, req), req.len());
+//! let Some(Action::ConnectUpstream { id, .. }) = conn.poll_action() else { panic!() };
+//! conn.handle_upstream_connected(now, id, ServerId(0)); // the datapath chose server 0 and connected
+//! let Some(Action::SendToUpstream(UpstreamId(0), head)) = conn.poll_action() else { panic!() };
+//! assert!(head.starts_with(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 192.0.2.1\r\n"));
+//! let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
+//! assert_eq!(conn.handle_upstream_bytes(now, id, resp), resp.len());
+//! assert_eq!(conn.poll_action(), Some(Action::SendToClient(resp.to_vec())));
+//! assert!(conn.poll_timeout().is_some()); // the keep-alive idle timer
+//! ```
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
