@@ -1,3 +1,21 @@
-//! L7 (HTTP/HTTPS termination in-stack, forwarding rules, Key Server client).
+//! L7: the sans-IO HTTP/1.1 proxy core for `protocol = "http"` listeners.
 //!
-//! Not implemented yet: L7 follows milestone 1 (the L4 half).
+//! Everything here is a plain state machine over byte buffers with time passed in: no sockets, clocks, threads or
+//! async. The datapath (in-stack TCP termination, upstream connections, scheduling, health) drives it; that glue
+//! is not written yet.
+//!
+//! - [`http1`]: request/response head parsing with RFC 9112 smuggling defences, body framing (Content-Length and
+//!   chunked decoders/encoders), header rewriting for the upstream request and the client response.
+//! - [`rules`]: listener rules (host, path prefix → group, redirect or fixed response).
+//! - [`sticky`]: `Cookie` parsing and the insert / rewrite sticky-session cookies.
+//! - [`config`]: the serde config (`[l7]` limits and timeouts, listener rules, sticky) and its validation.
+//! - [`proxy`]: the per-connection proxy state machine ([`proxy::HttpProxy`]).
+
+pub mod config;
+pub mod http1;
+pub mod proxy;
+pub mod rules;
+pub mod sticky;
+
+#[cfg(test)]
+mod testutil;

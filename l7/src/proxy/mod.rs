@@ -1,0 +1,1046 @@
+//! The per-connection HTTP/1.1 proxy state machine, sans-IO in the quinn-proto shape.
+//!
+//! Inputs (each returns at once; time is passed in):
+//! - [`HttpProxy::handle_client_bytes`] / [`HttpProxy::handle_upstream_bytes`]: bytes received, returning how
+//!   many were consumed. The rest stays in the caller's receive buffer (TCP backpressure) and is offered again
+//!   later: client bytes when [`HttpProxy::wants_client_bytes`] says so.
+//! - [`HttpProxy::handle_upstream_connected`] / [`HttpProxy::handle_upstream_failed`]: the result of a
+//!   [`Action::ConnectUpstream`] (the caller picks the server: scheduling and health are the datapath's).
+//! - [`HttpProxy::handle_client_eof`] / [`HttpProxy::handle_upstream_eof`]: the peer sent FIN.
+//! - [`HttpProxy::handle_timeout`] when [`HttpProxy::poll_timeout`] is reached.
+//!
+//! Outputs: [`HttpProxy::poll_action`] (in order) and [`HttpProxy::poll_event`] (for counters). Byte buffers in
+//! actions can be given back with [`HttpProxy::recycle`], so a connection in steady state does not allocate.
+//!
+//! One request is served at a time: pipelined requests wait (the next head is buffered, bounded by
+//! `max_header_bytes`; beyond that bytes are left unconsumed), so responses are answered in order. After a
+//! WebSocket upgrade answered 101, [`Action::Tunnel`] hands both connections to the caller, which then relays
+//! bytes without the proxy (client bytes after the upgrade request are never consumed by the proxy).
+//!
+//! Allocation: per request, the parsed head (owned headers) and the upstream head; per connection, the head
+//! buffers (grown up to the limit, kept for the next request); action buffers unless recycled.
+//!
+//! ```
+//! use std::{sync::Arc, time::Instant};
+//! use xlb_l7::config::{HttpListenerConfig, L7Config, ListenerProtocol};
+//! use xlb_l7::proxy::{Action, HttpProxy, ProxyConfig, UpstreamId};
+//! use xlb_l7::sticky::ServerId;
+//!
+//! let listener = HttpListenerConfig {
+//!     protocol: ListenerProtocol::Http,
+//!     group: "web".into(),
+//!     rules: vec![],
+//!     sticky: None,
+//! };
+//! let cfg = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 42).unwrap();
+//! let now = Instant::now();
+//! let mut conn = HttpProxy::new(Arc::new(cfg), "192.0.2.1".parse().unwrap(), now);
+//! let req = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+//! assert_eq!(conn.handle_client_bytes(now, req), req.len());
+//! let Some(Action::ConnectUpstream { id, .. }) = conn.poll_action() else { panic!() };
+//! conn.handle_upstream_connected(now, id, ServerId(0)); // the datapath chose server 0 and connected
+//! let Some(Action::SendToUpstream(UpstreamId(0), head)) = conn.poll_action() else { panic!() };
+//! assert!(head.starts_with(b"GET / HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 192.0.2.1\r\n"));
+//! let resp = b"HTTP/1.1 204 No Content\r\n\r\n";
+//! assert_eq!(conn.handle_upstream_bytes(now, id, resp), resp.len());
+//! assert_eq!(conn.poll_action(), Some(Action::SendToClient(resp.to_vec())));
+//! assert!(conn.poll_timeout().is_some()); // the keep-alive idle timer
+//! ```
+
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{L7Config, StickyConfig, StickyMode};
+use crate::http1::body::{BodyDecoder, BodyEncoder, BodyEvent};
+use crate::http1::headers::{
+    write_client_response, write_local_response, write_upstream_request, ClientFraming, ClientInfo, CONTINUE,
+};
+use crate::http1::request::{parse_request, RequestHead};
+use crate::http1::response::{parse_response, ResponseHead};
+use crate::http1::{BodyFraming, HeadScanner, Refusal, Version};
+use crate::rules::{GroupId, RuleAction, RuleSet};
+use crate::sticky::{ServerId, StickyCodec};
+
+/// An upstream connection of one client connection (numbered from 0 per client connection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamId(pub u32);
+
+/// What the caller must do, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Open a connection to a server of `group` (to `sticky_server` if it is healthy), then report it with
+    /// `handle_upstream_connected` or `handle_upstream_failed`.
+    ConnectUpstream {
+        /// The new connection's id.
+        id: UpstreamId,
+        /// Group chosen by the listener rules.
+        group: GroupId,
+        /// Server named by the sticky cookie.
+        sticky_server: Option<ServerId>,
+    },
+    /// Send bytes to the client.
+    SendToClient(Vec<u8>),
+    /// Send bytes to an upstream server.
+    SendToUpstream(UpstreamId, Vec<u8>),
+    /// Close the client connection (after sending what was queued).
+    CloseClient,
+    /// Close an upstream connection.
+    CloseUpstream(UpstreamId),
+    /// The connection switched protocols (WebSocket): relay bytes both ways between the client and `upstream`
+    /// from now on, starting with unconsumed bytes; the proxy takes no more input.
+    Tunnel {
+        /// The upstream connection of the tunnel.
+        upstream: UpstreamId,
+    },
+}
+
+/// Why an upstream connection could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// The group has no healthy server (503).
+    NoHealthyServer,
+    /// The server refused the connection (502).
+    Refused,
+    /// The server reset the connection (502).
+    Reset,
+}
+
+/// Which timer fired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// No new request on a kept-alive connection (closed silently).
+    ClientIdle,
+    /// Request head not complete in time (408).
+    ClientHeader,
+    /// Pause in the request body (408 or close).
+    ClientBody,
+    /// Upstream connection not established (504).
+    UpstreamConnect,
+    /// No response (504) or a pause in it (close).
+    UpstreamResponse,
+}
+
+/// Something to count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A request was refused (answered with `reason.status()`).
+    ClientRefused(Refusal),
+    /// An upstream response was refused (answered 502 if nothing was sent yet).
+    UpstreamRefused(Refusal),
+    /// A timer fired.
+    Timeout(Timer),
+    /// An upstream connection failed.
+    UpstreamFailed(UpstreamFailure),
+    /// A response was completed (`local`: answered by xlb: redirect, fixed response or error).
+    Answered {
+        /// Status code sent.
+        status: u16,
+        /// Answered by xlb itself.
+        local: bool,
+    },
+    /// The exchange was cut short (connection closed mid-message).
+    Aborted,
+    /// The connection became a tunnel.
+    Tunnelled,
+}
+
+/// What every connection of a listener shares (immutable snapshot).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Limits and timeouts.
+    pub limits: L7Config,
+    /// Compiled listener rules.
+    pub rules: RuleSet,
+    /// Sticky sessions.
+    pub sticky: Option<StickyConfig>,
+    /// Token codec for sticky cookies (same secret on every worker and HA peer).
+    pub codec: StickyCodec,
+    /// The listener's scheme (`http`), for X-Forwarded-Proto.
+    pub scheme: &'static str,
+}
+
+impl ProxyConfig {
+    /// The snapshot for one HTTP listener: `limits` and `listener` validated, rules compiled against `groups`
+    /// (the datapath's group list: [`GroupId`] indexes it), sticky tokens keyed with `sticky_secret`.
+    pub fn new(
+        limits: L7Config,
+        listener: &crate::config::HttpListenerConfig,
+        at: &str,
+        groups: &[&str],
+        sticky_secret: u64,
+    ) -> Result<Self, String> {
+        limits.validate()?;
+        listener.validate(at, groups)?;
+        let rules = RuleSet::new(listener, groups, "http").map_err(|e| format!("{at}: {e}"))?;
+        Ok(ProxyConfig {
+            limits,
+            rules,
+            sticky: listener.sticky.clone(),
+            codec: StickyCodec::new(sticky_secret),
+            scheme: "http",
+        })
+    }
+
+    fn max_body(&self) -> u64 {
+        if self.limits.max_body_bytes == 0 {
+            u64::MAX
+        } else {
+            self.limits.max_body_bytes
+        }
+    }
+}
+
+struct Upstream {
+    id: UpstreamId,
+    group: GroupId,
+    server: Option<ServerId>,
+    connected: bool,
+}
+
+/// The request being served.
+struct Exchange {
+    version: Version,
+    is_head: bool,
+    keep_alive: bool,
+    websocket: bool,
+    sent_continue: bool,
+    /// Server named by the request's sticky cookie.
+    sticky_server: Option<ServerId>,
+    /// Bytes of the response were sent to the client.
+    response_started: bool,
+    /// The whole request (head and body) was read from the client.
+    request_done: bool,
+}
+
+enum RequestPhase {
+    /// Reading a request head (also while the previous response is in flight: pipelining).
+    Head,
+    /// Streaming the request body upstream.
+    Body { decoder: BodyDecoder, encoder: BodyEncoder },
+}
+
+enum ResponsePhase {
+    /// No exchange in flight.
+    Idle,
+    /// Waiting for the response head.
+    Head,
+    /// Streaming the response body to the client.
+    Body {
+        decoder: BodyDecoder,
+        encoder: BodyEncoder,
+        keep_alive_client: bool,
+        upstream_reusable: bool,
+    },
+}
+
+/// One client connection of an HTTP listener.
+pub struct HttpProxy {
+    cfg: Arc<ProxyConfig>,
+    client_addr: IpAddr,
+    actions: VecDeque<Action>,
+    events: VecDeque<Event>,
+    spare: Vec<Vec<u8>>,
+    to_client: Vec<u8>,
+    to_upstream: Vec<u8>,
+    head: Vec<u8>,
+    scanner: HeadScanner,
+    /// Length of a complete head in `head` (not yet served).
+    head_end: Option<usize>,
+    resp_head: Vec<u8>,
+    resp_scanner: HeadScanner,
+    request: RequestPhase,
+    response: ResponsePhase,
+    exchange: Option<Exchange>,
+    upstream: Option<Upstream>,
+    next_upstream: u32,
+    client_deadline: Option<(Instant, Timer)>,
+    upstream_deadline: Option<(Instant, Timer)>,
+    /// A pipelined head already known to be refused: answered once the exchange in flight is over.
+    head_error: Option<Refusal>,
+    client_eof: bool,
+    closed: bool,
+    tunnelled: bool,
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+impl HttpProxy {
+    /// A new client connection from `client_addr`, accepted at `now`.
+    pub fn new(cfg: Arc<ProxyConfig>, client_addr: IpAddr, now: Instant) -> Self {
+        let idle = now + secs(cfg.limits.client_idle_timeout_s);
+        HttpProxy {
+            cfg,
+            client_addr,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            spare: Vec::new(),
+            to_client: Vec::new(),
+            to_upstream: Vec::new(),
+            head: Vec::new(),
+            scanner: HeadScanner::default(),
+            head_end: None,
+            resp_head: Vec::new(),
+            resp_scanner: HeadScanner::default(),
+            request: RequestPhase::Head,
+            response: ResponsePhase::Idle,
+            exchange: None,
+            upstream: None,
+            next_upstream: 0,
+            client_deadline: Some((idle, Timer::ClientIdle)),
+            upstream_deadline: None,
+            head_error: None,
+            client_eof: false,
+            closed: false,
+            tunnelled: false,
+        }
+    }
+
+    /// The next action, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// The next event to count.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.client_deadline, self.upstream_deadline) {
+            (Some((a, _)), Some((b, _))) => Some(a.min(b)),
+            (a, b) => a.or(b).map(|(t, _)| t),
+        }
+    }
+
+    /// Gives back a buffer from `SendToClient` / `SendToUpstream` for reuse.
+    pub fn recycle(&mut self, mut buf: Vec<u8>) {
+        if self.spare.len() < 4 {
+            buf.clear();
+            self.spare.push(buf);
+        }
+    }
+
+    /// Whether the connection is finished (closed or tunnelled): no more input is taken.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Whether client bytes would be consumed now (offer unconsumed bytes again when this turns true).
+    pub fn wants_client_bytes(&self) -> bool {
+        if self.closed {
+            return false;
+        }
+        match &self.request {
+            RequestPhase::Head => {
+                self.head_end.is_none()
+                    && self.head_error.is_none()
+                    && self.head.len() < self.cfg.limits.max_header_bytes
+                    && !self.exchange.as_ref().is_some_and(|e| e.websocket)
+            }
+            RequestPhase::Body { .. } => self.upstream.as_ref().is_some_and(|u| u.connected),
+        }
+    }
+
+    /// Client bytes arrived; returns how many were consumed.
+    pub fn handle_client_bytes(&mut self, now: Instant, data: &[u8]) -> usize {
+        let mut used = 0;
+        while !self.closed && used < data.len() && self.wants_client_bytes() {
+            used += match self.request {
+                RequestPhase::Head => self.read_head(now, &data[used..]),
+                RequestPhase::Body { .. } => self.read_body(now, &data[used..]),
+            };
+            self.advance(now);
+        }
+        self.flush();
+        if self.closed {
+            return data.len();
+        }
+        used
+    }
+
+    /// The client sent FIN.
+    pub fn handle_client_eof(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        self.client_eof = true;
+        // A client may half-close after its request: the response is still delivered, then the connection closed.
+        let waiting_response = self.exchange.as_ref().is_some_and(|e| e.request_done);
+        if !waiting_response {
+            // Idle (normal end), mid-head or mid-body (the request is cut short).
+            if !self.head.is_empty() || matches!(self.request, RequestPhase::Body { .. }) {
+                self.events.push_back(Event::Aborted);
+            }
+            self.close_all();
+        }
+        let _ = now;
+        self.flush();
+    }
+
+    /// A connection asked for with `ConnectUpstream` is established to `server`.
+    pub fn handle_upstream_connected(&mut self, now: Instant, id: UpstreamId, server: ServerId) {
+        let Some(up) = self.upstream.as_mut().filter(|u| u.id == id && !u.connected) else {
+            return;
+        };
+        up.connected = true;
+        up.server = Some(server);
+        if matches!(self.request, RequestPhase::Body { .. }) {
+            self.client_deadline = Some((now + secs(self.cfg.limits.client_body_timeout_s), Timer::ClientBody));
+        }
+        self.upstream_deadline = Some((
+            now + secs(self.cfg.limits.upstream_response_timeout_s),
+            Timer::UpstreamResponse,
+        ));
+        self.flush();
+    }
+
+    /// A connection asked for with `ConnectUpstream` failed, or an established one was reset.
+    pub fn handle_upstream_failed(&mut self, now: Instant, id: UpstreamId, failure: UpstreamFailure) {
+        if self.upstream.as_ref().is_none_or(|u| u.id != id) {
+            return;
+        }
+        self.upstream = None;
+        self.upstream_deadline = None;
+        self.events.push_back(Event::UpstreamFailed(failure));
+        if self.exchange.is_some() {
+            let status = if failure == UpstreamFailure::NoHealthyServer {
+                503
+            } else {
+                502
+            };
+            self.fail_exchange(now, status);
+        }
+        self.flush();
+    }
+
+    /// Bytes from an upstream server; returns how many were consumed (after a 101, the rest belongs to the
+    /// tunnel).
+    pub fn handle_upstream_bytes(&mut self, now: Instant, id: UpstreamId, data: &[u8]) -> usize {
+        if self.closed || self.upstream.as_ref().is_none_or(|u| u.id != id || !u.connected) {
+            return data.len();
+        }
+        if matches!(self.response, ResponsePhase::Idle) {
+            // Bytes from an idle kept-alive upstream: nothing is expected; it cannot be reused.
+            self.events
+                .push_back(Event::UpstreamRefused(Refusal::UnsolicitedResponse));
+            self.drop_upstream();
+            self.flush();
+            return data.len();
+        }
+        self.upstream_deadline = Some((
+            now + secs(self.cfg.limits.upstream_response_timeout_s),
+            Timer::UpstreamResponse,
+        ));
+        let mut used = 0;
+        while !self.closed && used < data.len() {
+            let n = match self.response {
+                ResponsePhase::Idle => break,
+                ResponsePhase::Head => self.read_response_head(now, &data[used..]),
+                ResponsePhase::Body { .. } => self.read_response_body(now, &data[used..]),
+            };
+            used += n;
+            if n == 0 {
+                break;
+            }
+        }
+        if !self.closed && used < data.len() && matches!(self.response, ResponsePhase::Idle) {
+            // Bytes after the end of the response, before the next request was even sent: the server is out of
+            // step with xlb (a desync attempt or a broken server). They are dropped with the connection, never
+            // taken as the next request's response.
+            self.events
+                .push_back(Event::UpstreamRefused(Refusal::UnsolicitedResponse));
+            self.drop_upstream();
+            used = data.len();
+        }
+        self.advance(now);
+        self.flush();
+        if self.closed && !self.tunnelled {
+            return data.len();
+        }
+        used
+    }
+
+    /// The upstream server sent FIN.
+    pub fn handle_upstream_eof(&mut self, now: Instant, id: UpstreamId) {
+        if self.closed || self.upstream.as_ref().is_none_or(|u| u.id != id) {
+            return;
+        }
+        match &mut self.response {
+            ResponsePhase::Idle => self.drop_upstream(),
+            ResponsePhase::Head => {
+                self.drop_upstream();
+                self.events.push_back(Event::UpstreamFailed(UpstreamFailure::Reset));
+                self.fail_exchange(now, 502);
+            }
+            ResponsePhase::Body { decoder, encoder, .. } => {
+                if decoder.finish_on_close() {
+                    encoder.end(b"", &mut self.to_client);
+                    if let ResponsePhase::Body { upstream_reusable, .. } = &mut self.response {
+                        *upstream_reusable = false;
+                    }
+                    self.finish_response(now);
+                } else {
+                    self.events.push_back(Event::Aborted);
+                    self.close_all();
+                }
+            }
+        }
+        self.advance(now);
+        self.flush();
+    }
+
+    /// Timers due at `now` fire.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.closed {
+            return;
+        }
+        // The client's timers first: when both fire, a stalled upload is the client's doing.
+        if let Some((at, timer)) = self.client_deadline {
+            if now >= at {
+                self.client_deadline = None;
+                self.events.push_back(Event::Timeout(timer));
+                match timer {
+                    Timer::ClientIdle => self.close_all(),
+                    _ if self.exchange.as_ref().is_some_and(|e| e.response_started) => {
+                        self.events.push_back(Event::Aborted);
+                        self.close_all();
+                    }
+                    _ => self.answer_and_close(408),
+                }
+            }
+        }
+        if let Some((at, timer)) = self.upstream_deadline {
+            if !self.closed && now >= at {
+                self.upstream_deadline = None;
+                self.events.push_back(Event::Timeout(timer));
+                self.drop_upstream();
+                self.fail_exchange(now, 504);
+            }
+        }
+        self.flush();
+    }
+
+    // ---- client side ----
+
+    /// Appends head bytes; returns how many of `data` belong to the head so far.
+    fn read_head(&mut self, now: Instant, data: &[u8]) -> usize {
+        let max = self.cfg.limits.max_header_bytes;
+        if self.head.is_empty() && self.exchange.is_none() {
+            self.client_deadline = Some((now + secs(self.cfg.limits.client_header_timeout_s), Timer::ClientHeader));
+        }
+        let take = data.len().min(max - self.head.len());
+        let before = self.head.len();
+        self.head.extend_from_slice(&data[..take]);
+        match self.scanner.scan(&self.head) {
+            Ok(Some(end)) => {
+                self.head.truncate(end);
+                self.head_end = Some(end);
+                end - before
+            }
+            Ok(None) => {
+                if self.head.len() >= max {
+                    self.refuse_head(Refusal::HeadTooLarge);
+                }
+                take
+            }
+            Err(r) => {
+                self.refuse_head(r);
+                take
+            }
+        }
+    }
+
+    /// Refuses a bad head now, or after the exchange in flight (its response comes first).
+    fn refuse_head(&mut self, r: Refusal) {
+        if self.exchange.is_some() {
+            self.head_error = Some(r);
+        } else {
+            self.refuse(r);
+        }
+    }
+
+    /// Serves a complete buffered head once no exchange is in flight.
+    fn advance(&mut self, now: Instant) {
+        if self.closed || self.exchange.is_some() {
+            return;
+        }
+        if let Some(r) = self.head_error.take() {
+            return self.refuse(r);
+        }
+        let Some(end) = self.head_end.take() else {
+            if !self.head.is_empty() && self.client_deadline.is_none_or(|(_, t)| t == Timer::ClientIdle) {
+                self.client_deadline = Some((now + secs(self.cfg.limits.client_header_timeout_s), Timer::ClientHeader));
+            }
+            return;
+        };
+        let skip = self.scanner.skip().min(end);
+        let parsed = parse_request(&self.head[skip..end]);
+        self.head.clear();
+        self.scanner = HeadScanner::default();
+        match parsed {
+            Ok(req) => self.start_exchange(now, req),
+            Err(r) => self.refuse(r),
+        }
+    }
+
+    fn start_exchange(&mut self, now: Instant, mut req: RequestHead) {
+        self.client_deadline = None;
+        let mut exchange = Exchange {
+            version: req.version,
+            is_head: req.is_head(),
+            keep_alive: req.keep_alive && !self.client_eof,
+            websocket: false,
+            sent_continue: false,
+            sticky_server: None,
+            response_started: false,
+            request_done: false,
+        };
+        let max_body = self.cfg.max_body();
+        if let BodyFraming::Length(n) = req.framing {
+            if n > max_body {
+                return self.refuse(Refusal::BodyTooLarge);
+            }
+        }
+        let cfg = Arc::clone(&self.cfg);
+        let group = match cfg.rules.route(&req.host, req.path()) {
+            RuleAction::Forward(g) => *g,
+            action => {
+                let keep_alive = exchange.keep_alive && req.framing == BodyFraming::None;
+                let (status, location, ctype, body) = match action {
+                    RuleAction::Redirect(rd) => (
+                        rd.status,
+                        Some(cfg.rules.location(rd, &req.host, &req.target)),
+                        "text/plain",
+                        &[][..],
+                    ),
+                    RuleAction::Fixed(f) => (f.status, None, f.content_type.as_str(), f.body.as_bytes()),
+                    RuleAction::Forward(_) => unreachable!("handled above"),
+                };
+                let extra: Vec<(&str, &[u8])> = location.iter().map(|l| ("Location", l.as_bytes())).collect();
+                let body = if exchange.is_head { &[][..] } else { body };
+                write_local_response(status, &extra, ctype, body, keep_alive, &mut self.to_client);
+                self.events.push_back(Event::Answered { status, local: true });
+                return self.end_of_local_answer(now, keep_alive);
+            }
+        };
+        if let Some(sticky) = &cfg.sticky {
+            exchange.sticky_server = match sticky.mode {
+                StickyMode::Insert => cfg.codec.inserted_server(&req.headers, &sticky.cookie),
+                StickyMode::Rewrite => cfg.codec.strip_rewritten(&mut req.headers, &sticky.cookie),
+            };
+        }
+        exchange.websocket = req.websocket;
+        // The upstream connection: the idle one if it serves this group (and the sticky server), else a new one.
+        let sticky_server = exchange.sticky_server;
+        let reuse = self
+            .upstream
+            .as_ref()
+            .is_some_and(|u| u.connected && u.group == group && sticky_server.is_none_or(|s| u.server == Some(s)));
+        if reuse {
+            self.upstream_deadline = Some((
+                now + secs(cfg.limits.upstream_response_timeout_s),
+                Timer::UpstreamResponse,
+            ));
+        } else {
+            self.drop_upstream();
+            let id = UpstreamId(self.next_upstream);
+            self.next_upstream = self.next_upstream.wrapping_add(1);
+            self.upstream = Some(Upstream {
+                id,
+                group,
+                server: None,
+                connected: false,
+            });
+            self.push(Action::ConnectUpstream {
+                id,
+                group,
+                sticky_server,
+            });
+            self.upstream_deadline = Some((
+                now + secs(cfg.limits.upstream_connect_timeout_s),
+                Timer::UpstreamConnect,
+            ));
+        }
+        let has_body = !matches!(req.framing, BodyFraming::None | BodyFraming::Length(0));
+        if req.expect_continue && has_body {
+            self.to_client.extend_from_slice(CONTINUE);
+            exchange.sent_continue = true;
+        }
+        let client = ClientInfo {
+            addr: self.client_addr,
+            proto: cfg.scheme,
+        };
+        write_upstream_request(&req, client, req.websocket, &mut self.to_upstream);
+        if has_body {
+            let encoder = if req.framing == BodyFraming::Chunked {
+                BodyEncoder::Chunked
+            } else {
+                BodyEncoder::Identity
+            };
+            let trailers = cfg.limits.max_header_bytes;
+            if reuse {
+                // Otherwise the body timer starts once the upstream is connected: until then xlb is not reading.
+                self.client_deadline = Some((now + secs(cfg.limits.client_body_timeout_s), Timer::ClientBody));
+            }
+            self.request = RequestPhase::Body {
+                decoder: BodyDecoder::new(req.framing, max_body, trailers),
+                encoder,
+            };
+        } else {
+            exchange.request_done = true;
+        }
+        self.response = ResponsePhase::Head;
+        self.resp_head.clear();
+        self.resp_scanner = HeadScanner::default();
+        self.exchange = Some(exchange);
+    }
+
+    /// Request body bytes; returns how many were consumed.
+    fn read_body(&mut self, now: Instant, data: &[u8]) -> usize {
+        let RequestPhase::Body { decoder, encoder } = &mut self.request else {
+            return 0;
+        };
+        let mut used = 0;
+        let result = loop {
+            match decoder.decode(&data[used..]) {
+                Ok((n, Some(BodyEvent::Data(d)))) => {
+                    encoder.data(d, &mut self.to_upstream);
+                    used += n;
+                }
+                Ok((n, Some(BodyEvent::End))) => {
+                    used += n;
+                    encoder.end(decoder.trailers(), &mut self.to_upstream);
+                    break Ok(true);
+                }
+                Ok((n, None)) => {
+                    used += n;
+                    break Ok(false);
+                }
+                Err(r) => break Err(r),
+            }
+            if used == data.len() && !decoder.is_done() {
+                break Ok(false);
+            }
+        };
+        match result {
+            Ok(true) => {
+                self.request = RequestPhase::Head;
+                self.client_deadline = None;
+                if let Some(e) = self.exchange.as_mut() {
+                    e.request_done = true;
+                }
+            }
+            Ok(false) => {
+                self.client_deadline = Some((now + secs(self.cfg.limits.client_body_timeout_s), Timer::ClientBody));
+                if matches!(self.upstream_deadline, Some((_, Timer::UpstreamResponse))) {
+                    // The server waits for the body: its response timer runs from the last byte sent.
+                    let at = now + secs(self.cfg.limits.upstream_response_timeout_s);
+                    self.upstream_deadline = Some((at, Timer::UpstreamResponse));
+                }
+            }
+            Err(r) => {
+                if self.exchange.as_ref().is_some_and(|e| e.response_started) {
+                    self.events.push_back(Event::ClientRefused(r));
+                    self.events.push_back(Event::Aborted);
+                    self.close_all();
+                } else {
+                    self.refuse(r);
+                }
+            }
+        }
+        used
+    }
+
+    // ---- upstream side ----
+
+    fn read_response_head(&mut self, now: Instant, data: &[u8]) -> usize {
+        let max = self.cfg.limits.max_header_bytes;
+        let take = data.len().min(max - self.resp_head.len());
+        let before = self.resp_head.len();
+        self.resp_head.extend_from_slice(&data[..take]);
+        let end = match self.resp_scanner.scan(&self.resp_head) {
+            Ok(Some(end)) => end,
+            Ok(None) if self.resp_head.len() < max => return take,
+            Ok(None) => {
+                self.bad_response(now, Refusal::HeadTooLarge);
+                return data.len();
+            }
+            Err(r) => {
+                self.bad_response(now, r);
+                return data.len();
+            }
+        };
+        let exchange = self
+            .exchange
+            .as_ref()
+            .expect("a response head is read only during an exchange");
+        let skip = self.resp_scanner.skip().min(end);
+        let parsed = parse_response(&self.resp_head[skip..end], exchange.is_head);
+        self.resp_head.clear();
+        self.resp_scanner = HeadScanner::default();
+        let used = end - before;
+        let resp = match parsed {
+            Ok(r) => r,
+            Err(r) => {
+                self.bad_response(now, r);
+                return used;
+            }
+        };
+        self.start_response(now, resp);
+        used
+    }
+
+    fn start_response(&mut self, now: Instant, mut resp: ResponseHead) {
+        let cfg = Arc::clone(&self.cfg);
+        let exchange = self.exchange.as_mut().expect("exchange in flight");
+        if resp.is_interim() {
+            // 100 is xlb's to send (it answered Expect itself); 102/103 go to HTTP/1.1 clients.
+            if resp.status != 100 && exchange.version == Version::Http11 {
+                let to = ClientFraming {
+                    version: Version::Http11,
+                    framing: BodyFraming::None,
+                    keep_alive: true,
+                };
+                write_client_response(&resp, to, &[], &mut self.to_client);
+            }
+            return;
+        }
+        if resp.status == 101 {
+            if !exchange.websocket {
+                self.bad_response(now, Refusal::BadStartLine);
+                return;
+            }
+            let to = ClientFraming {
+                version: Version::Http11,
+                framing: BodyFraming::None,
+                keep_alive: true,
+            };
+            write_client_response(&resp, to, &[], &mut self.to_client);
+            let upstream = self.upstream.as_ref().map(|u| u.id).expect("connected upstream");
+            self.events.push_back(Event::Tunnelled);
+            self.push(Action::Tunnel { upstream });
+            self.closed = true;
+            self.tunnelled = true;
+            self.client_deadline = None;
+            self.upstream_deadline = None;
+            return;
+        }
+        // A final response: the upgrade (if asked) was declined, so the connection stays HTTP.
+        exchange.websocket = false;
+        let client_framing = match (resp.framing, exchange.version) {
+            (BodyFraming::Chunked | BodyFraming::UntilClose, Version::Http11) => BodyFraming::Chunked,
+            (BodyFraming::Chunked, Version::Http10) => BodyFraming::UntilClose,
+            (f, _) => f,
+        };
+        let keep_alive_client = exchange.keep_alive && client_framing != BodyFraming::UntilClose;
+        let server = self.upstream.as_ref().and_then(|u| u.server);
+        let mut set_cookie = None;
+        if let (Some(sticky), Some(server)) = (&cfg.sticky, server) {
+            match sticky.mode {
+                StickyMode::Insert if exchange.sticky_server != Some(server) => {
+                    set_cookie = Some(cfg.codec.insert_cookie(&sticky.cookie, server, sticky.timeout_s));
+                }
+                StickyMode::Insert => {}
+                StickyMode::Rewrite => {
+                    cfg.codec.rewrite_set_cookie(&mut resp.headers, &sticky.cookie, server);
+                }
+            }
+        }
+        let extra: Vec<(&str, &[u8])> = set_cookie.iter().map(|c| ("Set-Cookie", c.as_slice())).collect();
+        let to = ClientFraming {
+            version: exchange.version,
+            framing: client_framing,
+            keep_alive: keep_alive_client,
+        };
+        write_client_response(&resp, to, &extra, &mut self.to_client);
+        exchange.response_started = true;
+        self.events.push_back(Event::Answered {
+            status: resp.status,
+            local: false,
+        });
+        let encoder = if client_framing == BodyFraming::Chunked {
+            BodyEncoder::Chunked
+        } else {
+            BodyEncoder::Identity
+        };
+        let decoder = BodyDecoder::new(resp.framing, u64::MAX, cfg.limits.max_header_bytes);
+        let done = decoder.is_done();
+        self.response = ResponsePhase::Body {
+            decoder,
+            encoder,
+            keep_alive_client,
+            upstream_reusable: resp.keep_alive,
+        };
+        if done {
+            encoder.end(b"", &mut self.to_client);
+            self.finish_response(now);
+        }
+    }
+
+    fn read_response_body(&mut self, now: Instant, data: &[u8]) -> usize {
+        let ResponsePhase::Body { decoder, encoder, .. } = &mut self.response else {
+            return 0;
+        };
+        let mut used = 0;
+        loop {
+            match decoder.decode(&data[used..]) {
+                Ok((n, Some(BodyEvent::Data(d)))) => {
+                    encoder.data(d, &mut self.to_client);
+                    used += n;
+                    if used == data.len() && !decoder.is_done() {
+                        return used;
+                    }
+                }
+                Ok((n, Some(BodyEvent::End))) => {
+                    encoder.end(decoder.trailers(), &mut self.to_client);
+                    self.finish_response(now);
+                    return used + n;
+                }
+                Ok((n, None)) => return used + n,
+                Err(r) => {
+                    self.events.push_back(Event::UpstreamRefused(r));
+                    self.events.push_back(Event::Aborted);
+                    self.close_all();
+                    return data.len();
+                }
+            }
+        }
+    }
+
+    /// The upstream sent something unacceptable: 502 if the client has seen nothing yet.
+    fn bad_response(&mut self, now: Instant, r: Refusal) {
+        self.events.push_back(Event::UpstreamRefused(r));
+        self.drop_upstream();
+        self.fail_exchange(now, 502);
+    }
+
+    fn finish_response(&mut self, now: Instant) {
+        let ResponsePhase::Body {
+            keep_alive_client,
+            upstream_reusable,
+            ..
+        } = std::mem::replace(&mut self.response, ResponsePhase::Idle)
+        else {
+            return;
+        };
+        let request_done = self.exchange.as_ref().is_some_and(|e| e.request_done);
+        self.upstream_deadline = None;
+        if !(upstream_reusable && request_done) {
+            self.drop_upstream();
+        }
+        self.exchange = None;
+        // After the client's FIN, only complete requests it already sent are still served.
+        if !keep_alive_client || !request_done || (self.client_eof && self.head_end.is_none()) {
+            self.close_all();
+            return;
+        }
+        self.request = RequestPhase::Head;
+        self.client_deadline = Some((now + secs(self.cfg.limits.client_idle_timeout_s), Timer::ClientIdle));
+        // The next (pipelined) request starts in `advance`, called by the public handler once it has dealt with
+        // whatever else the upstream sent.
+    }
+
+    // ---- endings ----
+
+    /// Answers a refused request and closes the connection.
+    fn refuse(&mut self, r: Refusal) {
+        self.events.push_back(Event::ClientRefused(r));
+        self.answer_and_close(r.status());
+    }
+
+    fn answer_and_close(&mut self, status: u16) {
+        let mut body = Vec::new();
+        body.extend_from_slice(crate::http1::headers::reason_phrase(status).as_bytes());
+        body.push(b'\n');
+        write_local_response(status, &[], "text/plain", &body, false, &mut self.to_client);
+        self.events.push_back(Event::Answered { status, local: true });
+        self.close_all();
+    }
+
+    /// The exchange cannot be completed by the upstream: answer `status` if the client has seen nothing yet,
+    /// keeping the connection if the request was read whole; else close.
+    fn fail_exchange(&mut self, now: Instant, status: u16) {
+        let Some(exchange) = &self.exchange else { return };
+        if exchange.response_started {
+            self.events.push_back(Event::Aborted);
+            return self.close_all();
+        }
+        let keep_alive = exchange.keep_alive && exchange.request_done && !self.client_eof;
+        let body = format!("{}\n", crate::http1::headers::reason_phrase(status));
+        write_local_response(
+            status,
+            &[],
+            "text/plain",
+            body.as_bytes(),
+            keep_alive,
+            &mut self.to_client,
+        );
+        self.events.push_back(Event::Answered { status, local: true });
+        self.drop_upstream();
+        self.response = ResponsePhase::Idle;
+        self.end_of_local_answer(now, keep_alive);
+    }
+
+    fn end_of_local_answer(&mut self, now: Instant, keep_alive: bool) {
+        self.exchange = None;
+        self.to_upstream.clear();
+        if !keep_alive {
+            return self.close_all();
+        }
+        self.request = RequestPhase::Head;
+        self.client_deadline = Some((now + secs(self.cfg.limits.client_idle_timeout_s), Timer::ClientIdle));
+        self.advance(now);
+    }
+
+    fn drop_upstream(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            self.to_upstream.clear();
+            self.upstream_deadline = None;
+            self.push(Action::CloseUpstream(up.id));
+        }
+    }
+
+    fn close_all(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.drop_upstream();
+        self.push(Action::CloseClient);
+        self.closed = true;
+        self.client_deadline = None;
+        self.upstream_deadline = None;
+        self.exchange = None;
+        self.request = RequestPhase::Head;
+        self.response = ResponsePhase::Idle;
+    }
+
+    // ---- output ----
+
+    /// Queues an action after the bytes produced so far.
+    fn push(&mut self, action: Action) {
+        self.flush();
+        self.actions.push_back(action);
+    }
+
+    /// Turns produced bytes into send actions (upstream bytes wait for the connection).
+    fn flush(&mut self) {
+        if !self.to_client.is_empty() {
+            let buf = std::mem::replace(&mut self.to_client, self.spare.pop().unwrap_or_default());
+            self.actions.push_back(Action::SendToClient(buf));
+        }
+        if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
+            if !self.to_upstream.is_empty() {
+                let buf = std::mem::replace(&mut self.to_upstream, self.spare.pop().unwrap_or_default());
+                self.actions.push_back(Action::SendToUpstream(up.id, buf));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
