@@ -85,6 +85,15 @@ pub trait Pipeline: Send {
     /// Handles one received frame from `port` at time `now`, rewriting it in place if it is answered or forwarded.
     fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict;
 
+    /// Called for every frame of a received batch before any of them is processed, in the order they will be
+    /// processed: a pipeline may start loading what [`Pipeline::process`] will need (e.g. connection-table lines)
+    /// so the cache misses of the whole batch overlap. A hint only: it must not change any result, and `process`
+    /// must work the same for frames that were never prefetched. The default does nothing.
+    #[inline]
+    fn prefetch(&mut self, port: PortId, frame: &[u8]) {
+        let _ = (port, frame);
+    }
+
     /// Writes the next frame the pipeline originated into `buf`; returns its port and length, or `None`.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)>;
 

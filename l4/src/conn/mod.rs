@@ -1,21 +1,26 @@
 //! The per-worker connection table: fixed capacity, O(1) lookup by either direction, expiry by a timer wheel.
 //!
-//! Entries live in a slab allocated once at the configured capacity. Each connection is indexed under its
-//! client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local address), both in one
-//! hash map sized up front. A packet touches one hash lookup and one entry; expiry never scans the table.
+//! Entries live in a slab allocated once at the configured capacity, one cache line each. Each connection is
+//! indexed under its client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local
+//! address), both in one [`index::Index`] sized up front for twice the capacity: cache-line buckets of short hash
+//! tags and entry numbers, the key itself verified against the entry. A packet touches one index line and one
+//! entry; expiry never scans the table. A batch of packets can hide the memory latency of both: hash every
+//! packet and [`ConnTable::prefetch`] its bucket, then [`ConnTable::prefetch_entry`] its entry, then process.
 //!
 //! [`Conn`] is plain data holding everything needed to keep forwarding, so HA session sync can export and
 //! import entries as they are.
 
+pub mod index;
 pub mod state;
 pub mod wheel;
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use xlb_stack::wire::EthernetAddress;
 
+use crate::sched::hash::hash_5tuple;
+use index::Index;
 pub use state::{ConnState, Dir, FinSeen, TcpFlags, Timeouts};
 use wheel::{Due, TimerWheel, NIL};
 
@@ -112,11 +117,57 @@ impl Conn {
 /// Index of an entry in the table.
 pub type ConnId = u32;
 
+/// The hash of a [`FlowKey`]: [`hash_5tuple`] of its protocol, source and destination, the same value on every
+/// worker and node (it also decides which worker owns a flow). Computed once per packet and used for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowHash(u64);
+
+impl FlowHash {
+    /// The hash of `key`.
+    #[inline]
+    pub fn of(key: &FlowKey) -> FlowHash {
+        FlowHash(hash_5tuple(key.proto as u8, key.src, key.dst))
+    }
+
+    /// The 64-bit value (`hash_5tuple` of the key).
+    #[inline]
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}
+
+/// Starts loading the cache line holding `*p` (a hint: no effect on results, a no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and has no architectural effect, whatever the address.
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Index value of an entry's client-side key.
+#[inline]
+fn client_ref(id: ConnId) -> u32 {
+    id << 1
+}
+
+/// Index value of an entry's server-side key.
+#[inline]
+fn server_ref(id: ConnId) -> u32 {
+    id << 1 | 1
+}
+
 /// The table is at capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
 
+/// A slab entry: one cache line (the index points here; a packet reads and writes only this line).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 struct Entry {
     conn: Conn,
     /// Deadline in ticks.
@@ -130,7 +181,7 @@ struct Entry {
 pub struct ConnTable {
     entries: Vec<Entry>,
     free: Vec<u32>,
-    index: HashMap<FlowKey, ConnId, ahash::RandomState>,
+    index: Index,
     wheel: TimerWheel,
     epoch: Instant,
     timeouts: Timeouts,
@@ -141,6 +192,14 @@ pub struct ConnTable {
 impl ConnTable {
     /// A table for `capacity` connections, all memory reserved now.
     pub fn new(capacity: usize, timeouts: Timeouts, now: Instant) -> Self {
+        // A random secret per table: the (public) flow hash does not tell where a key lands in the index.
+        let secret = std::hash::BuildHasher::hash_one(&ahash::RandomState::new(), 0x786c_62u64);
+        Self::with_secret(capacity, timeouts, now, secret)
+    }
+
+    /// [`ConnTable::new`] with the index's hash secret given (tests).
+    fn with_secret(capacity: usize, timeouts: Timeouts, now: Instant, secret: u64) -> Self {
+        assert!(capacity < 1 << 31, "connection table capacity {capacity} too large");
         let blank = Entry {
             conn: Conn {
                 proto: Proto::Tcp,
@@ -165,7 +224,7 @@ impl ConnTable {
         ConnTable {
             entries: vec![blank; capacity],
             free: (0..capacity as u32).rev().collect(),
-            index: HashMap::with_capacity_and_hasher(capacity * 2, ahash::RandomState::new()),
+            index: Index::new(capacity * 2, secret),
             wheel: TimerWheel::new(WHEEL_SLOTS, 0),
             epoch: now,
             timeouts,
@@ -179,10 +238,7 @@ impl ConnTable {
         debug_assert!(entry.live);
         entry.live = false;
         let conn = entry.conn;
-        self.index.remove(&conn.client_key());
-        if let Some(k) = conn.server_key() {
-            self.index.remove(&k);
-        }
+        unindex(&mut self.index, id, &conn);
         self.zombies += 1;
         conn
     }
@@ -197,12 +253,10 @@ impl ConnTable {
         self.len() == 0
     }
 
-    /// Memory reserved for the table: the entry slab plus the index (keys, values and control bytes of the
-    /// hash map at its current capacity).
+    /// Memory reserved for the table: the entry slab, the index buckets and the free list.
     pub fn memory_bytes(&self) -> usize {
         let entries = self.entries.capacity() * std::mem::size_of::<Entry>();
-        let index = self.index.capacity() * (std::mem::size_of::<FlowKey>() + std::mem::size_of::<ConnId>() + 1);
-        entries + index + self.free.capacity() * std::mem::size_of::<u32>()
+        entries + self.index.memory_bytes() + self.free.capacity() * std::mem::size_of::<u32>()
     }
 
     /// Maximum number of connections.
@@ -226,7 +280,42 @@ impl ConnTable {
     /// The connection a packet with `key` belongs to.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<ConnId> {
-        self.index.get(key).copied()
+        self.lookup_hashed(key, FlowHash::of(key))
+    }
+
+    /// [`ConnTable::lookup`] with the key's hash already computed (`hash` must be `FlowHash::of(key)`).
+    #[inline]
+    pub fn lookup_hashed(&self, key: &FlowKey, hash: FlowHash) -> Option<ConnId> {
+        debug_assert_eq!(hash, FlowHash::of(key));
+        let entries = &self.entries;
+        self.index
+            .find(hash.0, |r| {
+                let c = &entries[(r >> 1) as usize].conn;
+                if r & 1 == 0 {
+                    c.client_key() == *key
+                } else {
+                    c.server_key() == Some(*key)
+                }
+            })
+            .map(|r| r >> 1)
+    }
+
+    /// Starts loading the index bucket of a key into the cache (first step of a batch lookup).
+    #[inline]
+    pub fn prefetch(&self, hash: FlowHash) {
+        self.index.prefetch(hash.0);
+    }
+
+    /// Starts loading the entries a key's index bucket points to (second step of a batch lookup, once the bucket
+    /// is in the cache: reads it).
+    #[inline]
+    pub fn prefetch_entry(&self, hash: FlowHash) {
+        let entries = &self.entries;
+        self.index.home_candidates(hash.0, |r| {
+            if let Some(e) = entries.get((r >> 1) as usize) {
+                prefetch(e);
+            }
+        });
     }
 
     /// A connection.
@@ -253,12 +342,12 @@ impl ConnTable {
         if let Some(id) = self.lookup(&conn.client_key()) {
             let old = self.entries[id as usize].conn;
             if let Some(k) = old.server_key() {
-                self.index.remove(&k);
+                self.index.remove(FlowHash::of(&k).0, server_ref(id));
             }
             self.entries[id as usize].conn = conn;
             self.entries[id as usize].expires = self.tick(now) + (timeout.as_millis() / TICK.as_millis()) as u64;
             if let Some(k) = conn.server_key() {
-                self.index.insert(k, id);
+                self.index_server_key(id, &k);
             }
             return Ok(id);
         }
@@ -270,13 +359,29 @@ impl ConnTable {
             next: NIL,
             live: true,
         };
-        self.index.insert(conn.client_key(), id);
+        self.index
+            .insert(FlowHash::of(&conn.client_key()).0, client_ref(id))
+            .expect("the index has a slot for two keys per entry");
         if let Some(k) = conn.server_key() {
-            self.index.insert(k, id);
+            self.index_server_key(id, &k);
         }
         let entries = &mut self.entries;
         self.wheel.insert(id, expires, |i, n| entries[i as usize].next = n);
         Ok(id)
+    }
+
+    /// Indexes entry `id` under its server-side key `k`. Like the hash map before it, a server key already
+    /// indexed for another entry now leads to `id`.
+    fn index_server_key(&mut self, id: ConnId, k: &FlowKey) {
+        let hash = FlowHash::of(k);
+        if let Some(other) = self.lookup_hashed(k, hash) {
+            if other != id {
+                self.index.remove(hash.0, server_ref(other));
+            }
+        }
+        self.index
+            .insert(hash.0, server_ref(id))
+            .expect("the index has a slot for two keys per entry");
     }
 
     /// Restarts the connection's timeout from `now` for its current state (O(1): the wheel re-arms lazily).
@@ -319,10 +424,7 @@ impl ConnTable {
                     return Due::Later(entry.expires);
                 }
                 entry.live = false;
-                index.remove(&entry.conn.client_key());
-                if let Some(k) = entry.conn.server_key() {
-                    index.remove(&k);
-                }
+                unindex(index, id, &entry.conn);
                 on_expired(&entry.conn);
                 free.push(id);
                 removed += 1;
@@ -344,6 +446,14 @@ impl ConnTable {
             .enumerate()
             .filter(|(_, e)| e.live)
             .map(|(i, e)| (i as ConnId, &e.conn))
+    }
+}
+
+/// Removes both keys of entry `id` holding `conn` from the index (those that still lead to it).
+fn unindex(index: &mut Index, id: ConnId, conn: &Conn) {
+    index.remove(FlowHash::of(&conn.client_key()).0, client_ref(id));
+    if let Some(k) = conn.server_key() {
+        index.remove(FlowHash::of(&k).0, server_ref(id));
     }
 }
 
@@ -369,6 +479,15 @@ mod tests {
             client_packets: 1,
             synced: false,
         }
+    }
+
+    #[test]
+    fn entries_are_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        let t = ConnTable::new(100, Timeouts::default(), Instant::now());
+        assert_eq!(t.entries.as_ptr() as usize % 64, 0);
+        // 100 entries, 200 keys in 40 buckets, the free list.
+        assert_eq!(t.memory_bytes(), 100 * 64 + 40 * 64 + 100 * 4);
     }
 
     #[test]

@@ -254,6 +254,11 @@ impl<P: Pipeline> Worker<P> {
         // SAFETY: frames consumed from the RX ring belong to this UMEM and are owned by us until recycled.
         let n = unsafe { self.ports[p].rx.consume(&mut self.scratch[..batch]) };
         self.in_fill[p] -= n;
+        for desc in &self.scratch[..n] {
+            // SAFETY: as below; the shared view ends before the frame is processed.
+            let data = unsafe { self.umem.data(desc) };
+            self.pipeline.prefetch(p, data.contents());
+        }
         for i in 0..n {
             let mut desc = self.scratch[i];
             let len = desc.lengths().data();
