@@ -35,6 +35,7 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     /// Wraps `buf` holding a packet of `len` bytes (`len <= buf.len()`).
+    #[inline]
     pub fn new(buf: &'a mut [u8], len: usize) -> Self {
         assert!(
             len <= buf.len(),
@@ -45,21 +46,25 @@ impl<'a> Frame<'a> {
     }
 
     /// The packet.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
     /// The packet, mutable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[..self.len]
     }
 
     /// The whole buffer, to build a packet of a different length; follow with [`Frame::set_len`].
+    #[inline]
     pub fn buffer_mut(&mut self) -> &mut [u8] {
         self.buf
     }
 
     /// Packet length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -75,6 +80,7 @@ impl<'a> Frame<'a> {
     }
 
     /// Sets the packet length (clamped to the capacity).
+    #[inline]
     pub fn set_len(&mut self, len: usize) {
         self.len = len.min(self.buf.len());
     }

@@ -231,7 +231,8 @@ enum Role {
 pub struct Forwarder {
     layout: Arc<Layout>,
     listeners: Vec<Listener>,
-    by_endpoint: HashMap<(Proto, SocketAddrV4), usize>,
+    /// Listener by (protocol, VIP:port), looked up for every packet: aHash rather than SipHash.
+    by_endpoint: HashMap<(Proto, SocketAddrV4), usize, ahash::RandomState>,
     vip_ifaces: Vec<usize>,
     /// VIPs this worker's stack owns now, as (port, address).
     owned_vips: Vec<(PortId, Ipv4Addr)>,
@@ -297,7 +298,7 @@ impl Forwarder {
             ),
             counters: L4Counters::new(&config.layout.shape()),
             layout: config.layout,
-            by_endpoint: HashMap::new(),
+            by_endpoint: HashMap::default(),
             vip_ifaces: config.vip_ifaces,
             owned_vips: Vec::new(),
             vips_dirty: true,
