@@ -16,8 +16,9 @@
 //! The bucket and tag come from the flow hash mixed with a per-index random secret, so whoever knows the
 //! (fixed, cluster-wide) flow hash cannot aim many flows at one bucket.
 //!
-//! All memory is allocated in [`Index::new`]; nothing allocates afterwards.
+//! All memory is allocated in [`Index::new`] (in huge pages when large); nothing allocates afterwards.
 
+use super::huge::HugeSlice;
 use crate::sched::hash::mix64;
 
 /// Slots per bucket.
@@ -63,7 +64,7 @@ pub struct IndexFull;
 
 /// A bucketized hash index from 64-bit hashes to `u32` values (see the module documentation).
 pub struct Index {
-    buckets: Box<[Bucket]>,
+    buckets: HugeSlice<Bucket>,
     secret: u64,
     len: usize,
 }
@@ -73,7 +74,7 @@ impl Index {
     pub fn new(keys: usize, secret: u64) -> Self {
         let n = ((keys as f64 / (SLOTS as f64 * LOAD)).ceil() as usize).max(1);
         Index {
-            buckets: vec![Bucket::EMPTY; n].into_boxed_slice(),
+            buckets: HugeSlice::new(Bucket::EMPTY, n),
             secret,
             len: 0,
         }
@@ -94,9 +95,9 @@ impl Index {
         self.buckets.len() * SLOTS
     }
 
-    /// Bytes reserved.
+    /// Bytes reserved (rounded up to whole huge pages when large).
     pub fn memory_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.buckets)
+        self.buckets.reserved_bytes()
     }
 
     /// Home bucket and tag of `hash`.

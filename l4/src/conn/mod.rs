@@ -4,12 +4,13 @@
 //! indexed under its client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local
 //! address), both in one [`index::Index`] sized up front for twice the capacity: cache-line buckets of short hash
 //! tags and entry numbers, the key itself verified against the entry. A packet touches one index line and one
-//! entry; expiry never scans the table. A batch of packets can hide the memory latency of both: hash every
+//! entry; expiry never scans the table. Slab and index are allocated in huge pages when large ([`huge`]). A batch of packets can hide the memory latency of both: hash every
 //! packet and [`ConnTable::prefetch`] its bucket, then [`ConnTable::prefetch_entry`] its entry, then process.
 //!
 //! [`Conn`] is plain data holding everything needed to keep forwarding, so HA session sync can export and
 //! import entries as they are.
 
+pub mod huge;
 pub mod index;
 pub mod state;
 pub mod wheel;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use xlb_stack::wire::EthernetAddress;
 
 use crate::sched::hash::hash_5tuple;
+use huge::HugeSlice;
 use index::Index;
 pub use state::{ConnState, Dir, FinSeen, TcpFlags, Timeouts};
 use wheel::{Due, TimerWheel, NIL};
@@ -179,7 +181,7 @@ struct Entry {
 
 /// The connection table of one worker.
 pub struct ConnTable {
-    entries: Vec<Entry>,
+    entries: HugeSlice<Entry>,
     free: Vec<u32>,
     index: Index,
     wheel: TimerWheel,
@@ -222,7 +224,7 @@ impl ConnTable {
             live: false,
         };
         ConnTable {
-            entries: vec![blank; capacity],
+            entries: HugeSlice::new(blank, capacity),
             free: (0..capacity as u32).rev().collect(),
             index: Index::new(capacity * 2, secret),
             wheel: TimerWheel::new(WHEEL_SLOTS, 0),
@@ -253,10 +255,10 @@ impl ConnTable {
         self.len() == 0
     }
 
-    /// Memory reserved for the table: the entry slab, the index buckets and the free list.
+    /// Memory reserved for the table: the entry slab, the index buckets (both rounded up to whole huge pages
+    /// when large) and the free list.
     pub fn memory_bytes(&self) -> usize {
-        let entries = self.entries.capacity() * std::mem::size_of::<Entry>();
-        entries + self.index.memory_bytes() + self.free.capacity() * std::mem::size_of::<u32>()
+        self.entries.reserved_bytes() + self.index.memory_bytes() + self.free.capacity() * std::mem::size_of::<u32>()
     }
 
     /// Maximum number of connections.
