@@ -594,4 +594,88 @@ mod tests {
         assert_eq!(removed, n);
         assert!(t.is_empty());
     }
+
+    #[test]
+    fn random_inserts_replacements_and_removals_match_a_hashmap() {
+        use std::collections::HashMap;
+        let t0 = Instant::now();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let capacity = 150;
+        let mut t = ConnTable::new(capacity, Timeouts::default(), t0);
+        // key → id, with the hash map's semantics: a server key taken by a newer entry leads to the newer one.
+        let mut model: HashMap<FlowKey, ConnId> = HashMap::new();
+        let mut live: HashMap<ConnId, Conn> = HashMap::new();
+        let mut all_keys = vec![];
+        let (mut refused, mut expired_total) = (0, 0);
+        for round in 0..20_000u64 {
+            // 100 ms per round: entries (60 s in SynRecv) expire and removed slots return during the run.
+            let now = t0 + Duration::from_millis(100 * round);
+            if rand(10) < 9 {
+                // Few client ports and local ports: replacements and shared server keys happen.
+                let forwarding = if rand(4) == 0 {
+                    Forwarding::Dr
+                } else {
+                    Forwarding::Fullnat
+                };
+                let c = conn(rand(4000) as u16, rand(600) as u16, forwarding);
+                match t.insert(now, c) {
+                    Ok(id) => {
+                        if let Some(old) = live.insert(id, c) {
+                            assert_eq!(old.client_key(), c.client_key(), "replaced in place");
+                            if let Some(k) = old.server_key() {
+                                if model.get(&k) == Some(&id) {
+                                    model.remove(&k);
+                                }
+                            }
+                        }
+                        model.insert(c.client_key(), id);
+                        all_keys.push(c.client_key());
+                        if let Some(k) = c.server_key() {
+                            model.insert(k, id);
+                            all_keys.push(k);
+                        }
+                    }
+                    // Full: every slot live or removed and still in the wheel.
+                    Err(TableFull) => {
+                        assert!(t.free.is_empty(), "refused only when full");
+                        refused += 1;
+                    }
+                }
+            } else if let Some(&id) = live.keys().nth(rand(live.len().max(1) as u64) as usize) {
+                let c = t.remove(id);
+                assert_eq!(live.remove(&id), Some(c));
+                model.retain(|_, v| *v != id);
+            }
+            if round % 500 == 0 || round == 19_999 {
+                let mut expired = vec![];
+                t.expire(now, usize::MAX, |c| expired.push(*c));
+                expired_total += expired.len();
+                for c in expired {
+                    let id = model[&c.client_key()];
+                    assert_eq!(live.remove(&id), Some(c));
+                    model.retain(|_, v| *v != id);
+                }
+                assert_eq!(t.len(), live.len());
+                for k in &all_keys {
+                    assert_eq!(t.lookup(k), model.get(k).copied(), "round {round}: {k:?}");
+                }
+            }
+        }
+        // Everything expires: no key leads anywhere.
+        let n = t.expire(t0 + Duration::from_secs(100_000), usize::MAX, |_| {});
+        assert_eq!(n, live.len());
+        assert!(
+            refused > 0 && expired_total > 0,
+            "full {refused} times, {expired_total} expired"
+        );
+        assert!(t.is_empty());
+        assert!(all_keys.iter().all(|k| t.lookup(k).is_none()));
+        assert!(t.index.is_empty());
+    }
 }
