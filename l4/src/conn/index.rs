@@ -7,14 +7,15 @@
 //! entry, and a tag collision costs one more entry comparison, never a wrong answer.
 //!
 //! Overflow: a key goes to the first bucket with a free slot starting at its home bucket (linear probing of
-//! buckets, wrapping at the end). Every bucket counts the keys that live after it but whose home is at or before
-//! it (`passing`); a lookup moves to the next bucket only while that count is non-zero, and a removal
+//! buckets, wrapping at the end). Every bucket counts the keys stored in a later bucket whose probe started at or
+//! before it (`passing`); a lookup moves to the next bucket only while that count is non-zero, and a removal
 //! decrements the counts it incremented, so deletions need neither tombstones nor moving keys. The table is
 //! sized for [`LOAD`] of its slots at the requested number of keys: a Poisson(5) bucket overflows 10 slots with
 //! probability ≈1.4%, so almost every lookup is one line (and an overflowing one reads the adjacent line).
 //!
 //! The bucket and tag come from the flow hash mixed with a per-index random secret, so whoever knows the
-//! (fixed, cluster-wide) flow hash cannot aim many flows at one bucket.
+//! (fixed, cluster-wide) flow hash cannot tell where a key lands and aim many flows at one run of buckets (the
+//! mix is a SplitMix64 finalizer, not a cryptographic function; the secret never leaves the process).
 //!
 //! All memory is allocated in [`Index::new`] (in huge pages when large); nothing allocates afterwards.
 

@@ -2,10 +2,11 @@
 //!
 //! Entries live in a slab allocated once at the configured capacity, one cache line each. Each connection is
 //! indexed under its client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local
-//! address), both in one [`index::Index`] sized up front for twice the capacity: cache-line buckets of short hash
-//! tags and entry numbers, the key itself verified against the entry. A packet touches one index line and one
-//! entry; expiry never scans the table. Slab and index are allocated in huge pages when large ([`huge`]). A batch of packets can hide the memory latency of both: hash every
-//! packet and [`ConnTable::prefetch`] its bucket, then [`ConnTable::prefetch_entry`] its entry, then process.
+//! address), both in one [`index::Index`] sized up front for twice the capacity: cache-line buckets of short
+//! hash tags and entry numbers, the key itself verified against the entry. A packet touches one index line and
+//! one entry; expiry never scans the table. Slab and index are allocated in huge pages when large ([`huge`]).
+//! A batch of packets can hide the memory latency of both: hash every packet and [`ConnTable::prefetch`] its
+//! bucket, then [`ConnTable::prefetch_entry`] its entry, then process.
 //!
 //! [`Conn`] is plain data holding everything needed to keep forwarding, so HA session sync can export and
 //! import entries as they are.
@@ -372,8 +373,8 @@ impl ConnTable {
         Ok(id)
     }
 
-    /// Indexes entry `id` under its server-side key `k`. Like the hash map before it, a server key already
-    /// indexed for another entry now leads to `id`.
+    /// Indexes entry `id` under its server-side key `k`. A server key already indexed for another entry is
+    /// taken over: it leads to the newest entry (and removing the older entry leaves it alone).
     fn index_server_key(&mut self, id: ConnId, k: &FlowKey) {
         let hash = FlowHash::of(k);
         if let Some(other) = self.lookup_hashed(k, hash) {
