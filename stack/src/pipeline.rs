@@ -35,6 +35,7 @@ pub struct Frame<'a> {
 
 impl<'a> Frame<'a> {
     /// Wraps `buf` holding a packet of `len` bytes (`len <= buf.len()`).
+    #[inline]
     pub fn new(buf: &'a mut [u8], len: usize) -> Self {
         assert!(
             len <= buf.len(),
@@ -45,21 +46,25 @@ impl<'a> Frame<'a> {
     }
 
     /// The packet.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
     /// The packet, mutable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[..self.len]
     }
 
     /// The whole buffer, to build a packet of a different length; follow with [`Frame::set_len`].
+    #[inline]
     pub fn buffer_mut(&mut self) -> &mut [u8] {
         self.buf
     }
 
     /// Packet length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
@@ -75,6 +80,7 @@ impl<'a> Frame<'a> {
     }
 
     /// Sets the packet length (clamped to the capacity).
+    #[inline]
     pub fn set_len(&mut self, len: usize) {
         self.len = len.min(self.buf.len());
     }
@@ -84,6 +90,15 @@ impl<'a> Frame<'a> {
 pub trait Pipeline: Send {
     /// Handles one received frame from `port` at time `now`, rewriting it in place if it is answered or forwarded.
     fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict;
+
+    /// Called for every frame of a received batch before any of them is processed, in the order they will be
+    /// processed: a pipeline may start loading what [`Pipeline::process`] will need (e.g. connection-table lines)
+    /// so the cache misses of the whole batch overlap. A hint only: it must not change any result, and `process`
+    /// must work the same for frames that were never prefetched. The default does nothing.
+    #[inline]
+    fn prefetch(&mut self, port: PortId, frame: &[u8]) {
+        let _ = (port, frame);
+    }
 
     /// Writes the next frame the pipeline originated into `buf`; returns its port and length, or `None`.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)>;

@@ -103,6 +103,10 @@ struct Started<P> {
 }
 
 impl<P: Pipeline> Pipeline for Started<P> {
+    fn prefetch(&mut self, port: PortId, frame: &[u8]) {
+        self.inner.prefetch(port, frame);
+    }
+
     fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
         self.inner.process(now, port, frame)
     }

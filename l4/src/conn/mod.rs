@@ -1,9 +1,13 @@
 //! The per-worker connection table: fixed capacity, O(1) lookup by either direction, expiry by a timer wheel.
 //!
-//! Entries live in a slab allocated once at the configured capacity. Each connection is indexed under its
-//! client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local address), both in one
-//! hash map sized up front. A packet touches one hash lookup and one entry; expiry never scans the table, and
-//! runs with a budget that grows with the insert rate (see the forwarder), so it never falls behind.
+//! Entries live in a slab allocated once at the configured capacity, one cache line each. Each connection is
+//! indexed under its client-side key (client → VIP) and, for FULLNAT, its server-side key (backend → local
+//! address), both in one [`index::Index`] sized up front for twice the capacity: cache-line buckets of short
+//! hash tags and entry numbers, the key itself verified against the entry. A packet touches one index line and
+//! one entry; expiry never scans the table, and runs with a budget that grows with the insert rate (see the
+//! forwarder), so it never falls behind. Slab and index are allocated in huge pages when large ([`huge`]).
+//! A batch of packets can hide the memory latency of both: hash every packet and [`ConnTable::prefetch`] its
+//! bucket, then [`ConnTable::prefetch_entry`] its entry, then process.
 //!
 //! A full table makes room by evicting its oldest closed entries (TIME_WAIT, CLOSE), then its oldest closing
 //! ones (FIN_WAIT), before it refuses a new flow ([`ConnTable::evict_oldest`], as conntrack's early drop).
@@ -12,16 +16,20 @@
 //! import entries as they are.
 
 pub mod evict;
+pub mod huge;
+pub mod index;
 pub mod state;
 pub mod wheel;
 
-use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use xlb_stack::wire::EthernetAddress;
 
+use crate::sched::hash::hash_5tuple;
 use evict::{EvictClass, EvictionLists};
+use huge::HugeSlice;
+use index::Index;
 pub use state::{ConnState, Dir, FinSeen, TcpFlags, Timeouts};
 use wheel::{Due, TimerWheel};
 
@@ -91,7 +99,7 @@ pub struct Conn {
     pub client_mac: EthernetAddress,
     /// Packets seen from the client (HA syncs a session after a threshold).
     pub client_packets: u32,
-    /// Sent to the HA peers (so its expiry is announced too). When, and in which state: [`ConnTable::last_sync`].
+    /// Sent to the HA peers (so its expiry is announced too).
     pub synced: bool,
 }
 
@@ -127,29 +135,75 @@ impl Conn {
 /// Index of an entry in the table.
 pub type ConnId = u32;
 
+/// The hash of a [`FlowKey`]: [`hash_5tuple`] of its protocol, source and destination, the same value on every
+/// worker and node (it also decides which worker owns a flow). Computed once per packet and used for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowHash(u64);
+
+impl FlowHash {
+    /// The hash of `key`.
+    #[inline]
+    pub fn of(key: &FlowKey) -> FlowHash {
+        FlowHash(hash_5tuple(key.proto as u8, key.src, key.dst))
+    }
+
+    /// The 64-bit value (`hash_5tuple` of the key).
+    #[inline]
+    pub fn value(self) -> u64 {
+        self.0
+    }
+}
+
+/// Starts loading the cache line holding `*p` (a hint: no effect on results, a no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults and has no architectural effect, whatever the address.
+    #[allow(unused_unsafe)]
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Index value of an entry's client-side key.
+#[inline]
+fn client_ref(id: ConnId) -> u32 {
+    id << 1
+}
+
+/// Index value of an entry's server-side key.
+#[inline]
+fn server_ref(id: ConnId) -> u32 {
+    id << 1 | 1
+}
+
 /// The table is at capacity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableFull;
 
+/// A slab entry: one cache line (the index points here; a packet reads and writes only this line).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 struct Entry {
     conn: Conn,
-    /// Deadline in ticks.
-    expires: u64,
+    /// Deadline in ticks (u32: 13 years of uptime at 100 ms; kept small so an entry is one cache line).
+    expires: u32,
+    /// Tick of the last session-sync announcement (meaningful when `conn.synced`).
+    synced_tick: u32,
+    /// State of the last session-sync announcement (meaningful when `conn.synced`).
+    synced_state: ConnState,
     live: bool,
     /// The eviction list the entry is on (follows its state, see [`ConnTable::touch`]).
     class: EvictClass,
-    /// Tick of the last session-sync announcement (meaningful when `conn.synced`).
-    synced_tick: u64,
-    /// State of the last session-sync announcement (meaningful when `conn.synced`).
-    synced_state: ConnState,
 }
 
 /// The connection table of one worker.
 pub struct ConnTable {
-    entries: Vec<Entry>,
+    entries: HugeSlice<Entry>,
     free: Vec<u32>,
-    index: HashMap<FlowKey, ConnId, ahash::RandomState>,
+    index: Index,
     wheel: TimerWheel,
     evict: EvictionLists,
     epoch: Instant,
@@ -161,6 +215,14 @@ pub struct ConnTable {
 impl ConnTable {
     /// A table for `capacity` connections, all memory reserved now.
     pub fn new(capacity: usize, timeouts: Timeouts, now: Instant) -> Self {
+        // A random secret per table: the (public) flow hash does not tell where a key lands in the index.
+        let secret = std::hash::BuildHasher::hash_one(&ahash::RandomState::new(), 0u64);
+        Self::with_secret(capacity, timeouts, now, secret)
+    }
+
+    /// [`ConnTable::new`] with the index's hash secret given (tests).
+    fn with_secret(capacity: usize, timeouts: Timeouts, now: Instant, secret: u64) -> Self {
+        assert!(capacity < 1 << 31, "connection table capacity {capacity} too large");
         let blank = Entry {
             conn: Conn {
                 proto: Proto::Tcp,
@@ -179,15 +241,15 @@ impl ConnTable {
                 synced: false,
             },
             expires: 0,
-            live: false,
-            class: EvictClass::Kept,
             synced_tick: 0,
             synced_state: ConnState::Close,
+            live: false,
+            class: EvictClass::Kept,
         };
         ConnTable {
-            entries: vec![blank; capacity],
+            entries: HugeSlice::new(blank, capacity),
             free: (0..capacity as u32).rev().collect(),
-            index: HashMap::with_capacity_and_hasher(capacity * 2, ahash::RandomState::new()),
+            index: Index::new(capacity * 2, secret),
             wheel: TimerWheel::new(WHEEL_SLOTS, capacity, 0),
             evict: EvictionLists::new(capacity),
             epoch: now,
@@ -203,10 +265,7 @@ impl ConnTable {
         debug_assert!(entry.live);
         entry.live = false;
         let (conn, class) = (entry.conn, entry.class);
-        self.index.remove(&conn.client_key());
-        if let Some(k) = conn.server_key() {
-            self.index.remove(&k);
-        }
+        unindex(&mut self.index, id, &conn);
         self.wheel.unlink(id);
         self.evict.remove(class, id);
         self.free.push(id);
@@ -223,13 +282,11 @@ impl ConnTable {
         self.len() == 0
     }
 
-    /// Memory reserved for the table: the entry slab, the index (keys, values and control bytes of the hash map
-    /// at its current capacity), the free list, the timer wheel and the eviction lists.
+    /// Memory reserved for the table: the entry slab, the index buckets (both rounded up to whole huge pages
+    /// when large), the free list, the timer wheel's links and the eviction lists.
     pub fn memory_bytes(&self) -> usize {
-        let entries = self.entries.capacity() * std::mem::size_of::<Entry>();
-        let index = self.index.capacity() * (std::mem::size_of::<FlowKey>() + std::mem::size_of::<ConnId>() + 1);
-        entries
-            + index
+        self.entries.reserved_bytes()
+            + self.index.memory_bytes()
             + self.free.capacity() * std::mem::size_of::<u32>()
             + self.wheel.memory_bytes()
             + self.evict.memory_bytes()
@@ -254,6 +311,11 @@ impl ConnTable {
         (now.saturating_duration_since(self.epoch).as_millis() / TICK.as_millis()) as u64
     }
 
+    /// A tick as stored in an entry.
+    fn stored(tick: u64) -> u32 {
+        tick.min(u64::from(u32::MAX)) as u32
+    }
+
     fn ticks(timeout: Duration) -> u64 {
         (timeout.as_millis() / TICK.as_millis()) as u64
     }
@@ -261,7 +323,42 @@ impl ConnTable {
     /// The connection a packet with `key` belongs to.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<ConnId> {
-        self.index.get(key).copied()
+        self.lookup_hashed(key, FlowHash::of(key))
+    }
+
+    /// [`ConnTable::lookup`] with the key's hash already computed (`hash` must be `FlowHash::of(key)`).
+    #[inline]
+    pub fn lookup_hashed(&self, key: &FlowKey, hash: FlowHash) -> Option<ConnId> {
+        debug_assert_eq!(hash, FlowHash::of(key));
+        let entries = &self.entries;
+        self.index
+            .find(hash.0, |r| {
+                let c = &entries[(r >> 1) as usize].conn;
+                if r & 1 == 0 {
+                    c.client_key() == *key
+                } else {
+                    c.server_key() == Some(*key)
+                }
+            })
+            .map(|r| r >> 1)
+    }
+
+    /// Starts loading the index bucket of a key into the cache (first step of a batch lookup).
+    #[inline]
+    pub fn prefetch(&self, hash: FlowHash) {
+        self.index.prefetch(hash.0);
+    }
+
+    /// Starts loading the entries a key's index bucket points to (second step of a batch lookup, once the bucket
+    /// is in the cache: reads it).
+    #[inline]
+    pub fn prefetch_entry(&self, hash: FlowHash) {
+        let entries = &self.entries;
+        self.index.home_candidates(hash.0, |r| {
+            if let Some(e) = entries.get((r >> 1) as usize) {
+                prefetch(e);
+            }
+        });
     }
 
     /// A connection.
@@ -290,7 +387,7 @@ impl ConnTable {
             Some(id) => {
                 let old = self.entries[id as usize];
                 if let Some(k) = old.conn.server_key() {
-                    self.index.remove(&k);
+                    self.index.remove(FlowHash::of(&k).0, server_ref(id));
                 }
                 self.wheel.unlink(id);
                 self.evict.remove(old.class, id);
@@ -298,26 +395,42 @@ impl ConnTable {
             }
             None => {
                 let id = self.free.pop().ok_or(TableFull)?;
-                self.index.insert(conn.client_key(), id);
+                self.index
+                    .insert(FlowHash::of(&conn.client_key()).0, client_ref(id))
+                    .expect("the index has a slot for two keys per entry");
                 id
             }
         };
         let class = EvictClass::of(conn.state);
         self.entries[id as usize] = Entry {
             conn,
-            expires,
-            live: true,
-            class,
+            expires: Self::stored(expires),
             synced_tick: 0,
             synced_state: conn.state,
+            live: true,
+            class,
         };
         if let Some(k) = conn.server_key() {
-            self.index.insert(k, id);
+            self.index_server_key(id, &k);
         }
         self.wheel.insert(id, expires);
         self.evict.push(class, id);
         self.inserted += 1;
         Ok(id)
+    }
+
+    /// Indexes entry `id` under its server-side key `k`. A server key already indexed for another entry is
+    /// taken over: it leads to the newest entry (and removing the older entry leaves it alone).
+    fn index_server_key(&mut self, id: ConnId, k: &FlowKey) {
+        let hash = FlowHash::of(k);
+        if let Some(other) = self.lookup_hashed(k, hash) {
+            if other != id {
+                self.index.remove(hash.0, server_ref(other));
+            }
+        }
+        self.index
+            .insert(hash.0, server_ref(id))
+            .expect("the index has a slot for two keys per entry");
     }
 
     /// Restarts the connection's timeout from `now` for its current state (O(1): the wheel re-arms lazily) and
@@ -326,7 +439,7 @@ impl ConnTable {
     pub fn touch(&mut self, id: ConnId, now: Instant) {
         let tick = self.tick(now);
         let entry = &mut self.entries[id as usize];
-        entry.expires = tick + Self::ticks(self.timeouts.of(entry.conn.state));
+        entry.expires = Self::stored(tick + Self::ticks(self.timeouts.of(entry.conn.state)));
         let class = EvictClass::of(entry.conn.state);
         if class != entry.class {
             let old = std::mem::replace(&mut entry.class, class);
@@ -341,7 +454,7 @@ impl ConnTable {
         let tick = self.tick(now);
         let entry = &mut self.entries[id as usize];
         entry.conn.synced = true;
-        entry.synced_tick = tick;
+        entry.synced_tick = Self::stored(tick);
         entry.synced_state = entry.conn.state;
     }
 
@@ -349,14 +462,14 @@ impl ConnTable {
     pub fn last_sync(&self, id: ConnId) -> Option<LastSync> {
         let entry = &self.entries[id as usize];
         entry.conn.synced.then(|| LastSync {
-            at: self.epoch + Duration::from_millis(entry.synced_tick * TICK.as_millis() as u64),
+            at: self.epoch + TICK * entry.synced_tick,
             state: entry.synced_state,
         })
     }
 
     /// When the connection expires if not touched again.
     pub fn expires_in(&self, id: ConnId, now: Instant) -> Duration {
-        let left = self.entries[id as usize].expires.saturating_sub(self.tick(now));
+        let left = u64::from(self.entries[id as usize].expires).saturating_sub(self.tick(now));
         TICK * left as u32
     }
 
@@ -394,14 +507,11 @@ impl ConnTable {
         wheel.advance(now_tick, budget, |id, tick| {
             let entry = &mut entries[id as usize];
             debug_assert!(entry.live, "only live entries are in the wheel");
-            if entry.expires > tick {
-                return Due::Later(entry.expires);
+            if u64::from(entry.expires) > tick {
+                return Due::Later(u64::from(entry.expires));
             }
             entry.live = false;
-            index.remove(&entry.conn.client_key());
-            if let Some(k) = entry.conn.server_key() {
-                index.remove(&k);
-            }
+            unindex(index, id, &entry.conn);
             evict.remove(entry.class, id);
             on_expired(&entry.conn);
             free.push(id);
@@ -423,6 +533,14 @@ impl ConnTable {
             .enumerate()
             .filter(|(_, e)| e.live)
             .map(|(i, e)| (i as ConnId, &e.conn))
+    }
+}
+
+/// Removes both keys of entry `id` holding `conn` from the index (those that still lead to it).
+fn unindex(index: &mut Index, id: ConnId, conn: &Conn) {
+    index.remove(FlowHash::of(&conn.client_key()).0, client_ref(id));
+    if let Some(k) = conn.server_key() {
+        index.remove(FlowHash::of(&k).0, server_ref(id));
     }
 }
 
@@ -448,6 +566,19 @@ mod tests {
             client_packets: 1,
             synced: false,
         }
+    }
+
+    #[test]
+    fn entries_are_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        let t = ConnTable::new(100, Timeouts::default(), Instant::now());
+        assert_eq!(t.entries.as_ptr() as usize % 64, 0);
+        // 100 entries, 200 keys in 40 buckets, the free list, the wheel (4096 heads, two links per entry) and the
+        // eviction lists (two links per entry).
+        assert_eq!(
+            t.memory_bytes(),
+            100 * 64 + 40 * 64 + 100 * 4 + (4096 + 200) * 4 + 200 * 4
+        );
     }
 
     #[test]
@@ -623,6 +754,90 @@ mod tests {
         }
         assert_eq!(removed, n);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn random_inserts_replacements_and_removals_match_a_hashmap() {
+        use std::collections::HashMap;
+        let t0 = Instant::now();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let capacity = 150;
+        let mut t = ConnTable::new(capacity, Timeouts::default(), t0);
+        // key → id, with the hash map's semantics: a server key taken by a newer entry leads to the newer one.
+        let mut model: HashMap<FlowKey, ConnId> = HashMap::new();
+        let mut live: HashMap<ConnId, Conn> = HashMap::new();
+        let mut all_keys = vec![];
+        let (mut refused, mut expired_total) = (0, 0);
+        for round in 0..20_000u64 {
+            // 100 ms per round: entries (60 s in SynRecv) expire and removed slots return during the run.
+            let now = t0 + Duration::from_millis(100 * round);
+            if rand(10) < 9 {
+                // Few client ports and local ports: replacements and shared server keys happen.
+                let forwarding = if rand(4) == 0 {
+                    Forwarding::Dr
+                } else {
+                    Forwarding::Fullnat
+                };
+                let c = conn(rand(4000) as u16, rand(600) as u16, forwarding);
+                match t.insert(now, c) {
+                    Ok(id) => {
+                        if let Some(old) = live.insert(id, c) {
+                            assert_eq!(old.client_key(), c.client_key(), "replaced in place");
+                            if let Some(k) = old.server_key() {
+                                if model.get(&k) == Some(&id) {
+                                    model.remove(&k);
+                                }
+                            }
+                        }
+                        model.insert(c.client_key(), id);
+                        all_keys.push(c.client_key());
+                        if let Some(k) = c.server_key() {
+                            model.insert(k, id);
+                            all_keys.push(k);
+                        }
+                    }
+                    // Full: every slot live or removed and still in the wheel.
+                    Err(TableFull) => {
+                        assert!(t.free.is_empty(), "refused only when full");
+                        refused += 1;
+                    }
+                }
+            } else if let Some(&id) = live.keys().nth(rand(live.len().max(1) as u64) as usize) {
+                let c = t.remove(id);
+                assert_eq!(live.remove(&id), Some(c));
+                model.retain(|_, v| *v != id);
+            }
+            if round % 500 == 0 || round == 19_999 {
+                let mut expired = vec![];
+                t.expire(now, usize::MAX, |c| expired.push(*c));
+                expired_total += expired.len();
+                for c in expired {
+                    let id = model[&c.client_key()];
+                    assert_eq!(live.remove(&id), Some(c));
+                    model.retain(|_, v| *v != id);
+                }
+                assert_eq!(t.len(), live.len());
+                for k in &all_keys {
+                    assert_eq!(t.lookup(k), model.get(k).copied(), "round {round}: {k:?}");
+                }
+            }
+        }
+        // Everything expires: no key leads anywhere.
+        let n = t.expire(t0 + Duration::from_secs(100_000), usize::MAX, |_| {});
+        assert_eq!(n, live.len());
+        assert!(
+            refused > 0 && expired_total > 0,
+            "full {refused} times, {expired_total} expired"
+        );
+        assert!(t.is_empty());
+        assert!(all_keys.iter().all(|k| t.lookup(k).is_none()));
+        assert!(t.index.is_empty());
     }
 
     #[test]

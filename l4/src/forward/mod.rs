@@ -10,6 +10,7 @@
 //! A worker that receives another's packet hands it over ([`handoff`]), so the connection entry is only ever
 //! touched by its owner.
 
+mod batch;
 mod exhaustion;
 pub mod ha_tap;
 pub mod handoff;
@@ -31,7 +32,9 @@ use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN};
 
 use crate::config::{L4Config, ListenerConfig, PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::state::next_state;
-use crate::conn::{Conn, ConnId, ConnState, ConnTable, Dir, FinSeen, FlowKey, Forwarding, Proto, TableFull, TcpFlags};
+use crate::conn::{
+    Conn, ConnId, ConnState, ConnTable, Dir, FinSeen, FlowHash, FlowKey, Forwarding, Proto, TableFull, TcpFlags,
+};
 use crate::health::HealthChecker;
 use crate::layout::{Layout, ListenerSlot, RemovedServerPolicy};
 use crate::sched::hash::hash_5tuple;
@@ -244,7 +247,8 @@ enum Role {
 pub struct Forwarder {
     layout: Arc<Layout>,
     listeners: Vec<Listener>,
-    by_endpoint: HashMap<(Proto, SocketAddrV4), usize>,
+    /// Listener by (protocol, VIP:port), looked up for every packet: aHash rather than SipHash.
+    by_endpoint: HashMap<(Proto, SocketAddrV4), usize, ahash::RandomState>,
     vip_ifaces: Vec<usize>,
     /// VIPs this worker's stack owns now, as (port, address).
     owned_vips: Vec<(PortId, Ipv4Addr)>,
@@ -254,6 +258,8 @@ pub struct Forwarder {
     /// Floating local IPs of an HA pair, as (interface index, address).
     floating_ips: Vec<(usize, Ipv4Addr)>,
     conns: ConnTable,
+    /// Keys and hashes of the received batch, from [`Ipv4Handler::prefetch`].
+    prefetched: batch::Prefetched,
     lports: LocalPorts,
     local_ips: Vec<Ipv4Addr>,
     worker: usize,
@@ -302,6 +308,7 @@ impl Forwarder {
             .collect();
         let mut f = Forwarder {
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
+            prefetched: batch::Prefetched::new(),
             lports: LocalPorts::new(
                 &config.local_ips,
                 config.l4.local_port_min,
@@ -311,7 +318,7 @@ impl Forwarder {
             ),
             counters: L4Counters::new(&config.layout.shape()),
             layout: config.layout,
-            by_endpoint: HashMap::new(),
+            by_endpoint: HashMap::default(),
             vip_ifaces: config.vip_ifaces,
             owned_vips: Vec::new(),
             vips_dirty: true,
@@ -494,12 +501,13 @@ impl Forwarder {
     }
 
     /// The worker that owns a packet's flow.
-    fn owner(&self, role: Role, key: &FlowKey) -> usize {
+    fn owner(&self, role: Role, key: &FlowKey, hash: FlowHash) -> usize {
         if self.workers == 1 {
             return 0;
         }
         match role {
-            Role::Listener(_) => (hash_5tuple(key.proto as u8, key.src, key.dst) % self.workers as u64) as usize,
+            // `hash` is `hash_5tuple` of the key, as on every worker and node.
+            Role::Listener(_) => (hash.value() % self.workers as u64) as usize,
             Role::Reply => self.lports.owner(key.dst.port()),
             Role::Probe => 0,
         }
@@ -514,12 +522,13 @@ impl Forwarder {
         frame: &mut Frame<'_>,
         l4: usize,
         key: FlowKey,
+        hash: FlowHash,
         role: Role,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         match role {
             Role::Listener(l) => {
-                let handled = match self.conns.lookup(&key) {
+                let handled = match self.conns.lookup_hashed(&key, hash) {
                     Some(id) if self.starts_over(id, frame.data(), l4) => {
                         // The old entry goes; its local port stays taken until the new flow has chosen its
                         // server: on the same server the new flow continues on the same tuple.
@@ -538,7 +547,7 @@ impl Forwarder {
                 self.count_listener_drop(l, &handled);
                 handled
             }
-            Role::Reply => match self.conns.lookup(&key) {
+            Role::Reply => match self.conns.lookup_hashed(&key, hash) {
                 Some(id) => {
                     let l = usize::from(self.conns.get(id).listener);
                     let handled = Handled::Verdict(self.forward_reply(now, id, frame, l4, cx));
@@ -1081,11 +1090,12 @@ impl Forwarder {
             src: q.dst,
             dst: q.src,
         };
-        let owner = self.owner(role, &key);
+        let hash = FlowHash::of(&key);
+        let owner = self.owner(role, &key, hash);
         if owner != self.worker {
             return self.hand_off(owner, port, frame);
         }
-        let Some(id) = self.conns.lookup(&key) else {
+        let Some(id) = self.conns.lookup_hashed(&key, hash) else {
             return Handled::Pass;
         };
         let c = *self.conns.get(id);
@@ -1149,7 +1159,8 @@ impl Forwarder {
                     let (src, dst) = nat::endpoints(frame.data(), l4);
                     let key = FlowKey { proto, src, dst };
                     let Some(role) = self.role(proto, dst) else { continue };
-                    self.process_owned(now, port, &mut frame, l4, key, role, cx)
+                    let hash = FlowHash::of(&key);
+                    self.process_owned(now, port, &mut frame, l4, key, hash, role, cx)
                 }
             };
             match handled {
@@ -1269,6 +1280,7 @@ impl Ipv4Handler for Forwarder {
         ip: &Ipv4Meta,
         cx: &mut StackContext<'_>,
     ) -> Handled {
+        self.prefetched.stage(&self.conns);
         if let Some(handled) = self.tap_ha(frame) {
             return handled;
         }
@@ -1287,7 +1299,8 @@ impl Ipv4Handler for Forwarder {
         let Some(role) = self.role(proto, dst) else {
             return Handled::Pass;
         };
-        let owner = self.owner(role, &key);
+        let hash = self.prefetched.hash(&key);
+        let owner = self.owner(role, &key, hash);
         if owner != self.worker {
             let handled = self.hand_off(owner, port, frame);
             if let Role::Listener(l) = role {
@@ -1295,7 +1308,23 @@ impl Ipv4Handler for Forwarder {
             }
             return handled;
         }
-        self.process_owned(now, port, frame, ip.l4, key, role, cx)
+        self.process_owned(now, port, frame, ip.l4, key, hash, role, cx)
+    }
+
+    /// Hashes the packet's flow key once for the batch and starts loading its index bucket.
+    #[inline]
+    fn prefetch(&mut self, _port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+        let proto = match ip.protocol {
+            6 => Proto::Tcp,
+            17 => Proto::Udp,
+            _ => return,
+        };
+        if frame.len() < ip.l4 + 4 {
+            return;
+        }
+        let (src, dst) = nat::endpoints(frame, ip.l4);
+        let key = FlowKey { proto, src, dst };
+        self.prefetched.push(&self.conns, key, FlowHash::of(&key));
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {

@@ -20,11 +20,13 @@ fn l4_checksum_at(proto: Proto) -> usize {
 }
 
 /// Source and destination of the IPv4 packet in `frame` whose transport header starts at `l4`.
+#[inline(always)]
 pub fn endpoints(frame: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
     packet_endpoints(&frame[ETH_HEADER_LEN..], l4 - ETH_HEADER_LEN)
 }
 
 /// Source and destination of the IPv4 `packet` (from its IP header on) whose transport header starts at `l4`.
+#[inline(always)]
 pub fn packet_endpoints(packet: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
     let src = SocketAddrV4::new(
         [packet[12], packet[13], packet[14], packet[15]].into(),

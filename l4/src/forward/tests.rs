@@ -1502,3 +1502,110 @@ fn fullnat_uses_the_next_local_ip_when_one_runs_out_of_ports() {
         Verdict::Drop(DropReason::LocalPortsExhausted)
     );
 }
+
+/// Runs `batch` through `s` as a worker does with prefetching: every frame prefetched, then each processed.
+fn run_batch(s: &mut LocalStack<Forwarder>, now: Instant, batch: &[(usize, Vec<u8>)]) -> Vec<(Verdict, Vec<u8>)> {
+    let mut bufs: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|(_, p)| {
+            let mut b = vec![0u8; 2048];
+            b[..p.len()].copy_from_slice(p);
+            b
+        })
+        .collect();
+    for ((port, p), b) in batch.iter().zip(&bufs) {
+        s.prefetch(*port, &b[..p.len()]);
+    }
+    batch
+        .iter()
+        .zip(&mut bufs)
+        .map(|((port, p), b)| {
+            let mut f = Frame::new(b, p.len());
+            let v = s.process(now, *port, &mut f);
+            let len = f.len();
+            (v, b[..len].to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn prefetched_batches_give_the_same_results_as_single_packets() {
+    let now = Instant::now();
+    let (mut single, mut batched) = (stack(Setup::default()), stack(Setup::default()));
+    let client_at = |i: u16| sa([198, 18, 0, 1 + (i % 3) as u8], 40_000 + i);
+    let from = |i: u16, flags: u8, payload: &[u8]| {
+        packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client_at(i), vip(), flags, payload)
+    };
+    // Twenty flows opened one packet at a time on both stacks: same servers and local ports.
+    let mut replies = vec![];
+    for i in 0..20 {
+        let (a, b) = (
+            run(&mut single, now, 0, &from(i, SYN, b"")),
+            run(&mut batched, now, 0, &from(i, SYN, b"")),
+        );
+        assert_eq!(a, b);
+        let (_, _, local, backend, _) = inspect(&a.1);
+        let mac = if backend == backends()[0] { B1_MAC } else { B2_MAC };
+        replies.push(packet(Proto::Tcp, mac, INT_MAC, backend, local, SYNACK, b""));
+    }
+    let mut corrupt = from(3, ACK, b"x");
+    corrupt[ETH_HEADER_LEN + 10] ^= 0xff; // IPv4 checksum: dropped by the stack after being prefetched
+    let used: Vec<u16> = replies
+        .iter()
+        .map(|r| u16::from_be_bytes([r[ETH_HEADER_LEN + 22], r[ETH_HEADER_LEN + 23]]))
+        .collect();
+    // Sequentially allocated ports: the top of the range is free (also after the batch's new flows).
+    let free_port = (10_000..=60_999).rev().find(|p| !used.contains(p)).unwrap();
+    let unknown_reply = packet(
+        Proto::Tcp,
+        B1_MAC,
+        INT_MAC,
+        backends()[0],
+        SocketAddrV4::new(LIP, free_port),
+        ACK,
+        b"",
+    );
+    // A batch mixing client data, backend replies, new flows, a packet for no flow, drops and a truncated frame.
+    let mut batch: Vec<(usize, Vec<u8>)> = vec![];
+    for i in 0..20u16 {
+        batch.push((0, from(i, ACK, b"data")));
+        if i % 4 == 0 {
+            batch.push((1, replies[i as usize].clone()));
+        }
+        if i % 5 == 0 {
+            batch.push((0, corrupt.clone()));
+            batch.push((0, from(100 + i, SYN, b"")));
+        }
+    }
+    batch.push((1, unknown_reply));
+    batch.push((0, from(7, ACK, b"again")));
+    batch.push((0, from(7, ACK, b"again")[..ETH_HEADER_LEN + 10].to_vec()));
+    let expected: Vec<(Verdict, Vec<u8>)> = batch.iter().map(|(port, p)| run(&mut single, now, *port, p)).collect();
+    let got = run_batch(&mut batched, now, &batch);
+    assert_eq!(got, expected);
+    assert!(
+        expected.iter().filter(|(v, _)| *v == Verdict::Transmit(1)).count() >= 24,
+        "data and new flows forwarded"
+    );
+    assert!(
+        expected.iter().any(|(v, _)| *v == Verdict::Transmit(0)),
+        "replies forwarded"
+    );
+    let verdicts: Vec<Verdict> = expected.iter().map(|e| e.0).collect();
+    assert!(
+        verdicts.contains(&Verdict::Drop(DropReason::NoConnection)),
+        "{verdicts:?}"
+    );
+    // A batch prefetched twice over (the first never processed) and a packet processed without a prefetch.
+    let again: Vec<(usize, Vec<u8>)> = (0..20).map(|i| (0, from(i, ACK, b"more"))).collect();
+    for (port, p) in &again {
+        batched.prefetch(*port, p);
+    }
+    let expected: Vec<(Verdict, Vec<u8>)> = again.iter().map(|(port, p)| run(&mut single, now, *port, p)).collect();
+    assert_eq!(run_batch(&mut batched, now, &again), expected);
+    assert_eq!(
+        run(&mut batched, now, 0, &from(9, ACK, b"")),
+        run(&mut single, now, 0, &from(9, ACK, b""))
+    );
+    assert_eq!(single.handler().conns().len(), batched.handler().conns().len());
+}

@@ -327,6 +327,10 @@ struct ScaleArgs {
     /// Smaller run (sizes up to 100k, 200k packets).
     #[arg(long)]
     quick: bool,
+    /// Packets per batch (prefetch all, then process each, as a worker does); 1 processes packets one at a time
+    /// without prefetching.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
 }
 
 fn conntrack_scale(args: &ScaleArgs) -> Result<()> {
@@ -339,21 +343,26 @@ fn conntrack_scale(args: &ScaleArgs) -> Result<()> {
         (args.sizes.clone(), args.packets)
     };
     eprintln!(
-        "{:>10} {:>14} {:>18} {:>16} {:>14}",
-        "sessions", "ns/packet", "ns/new session", "table B/session", "RSS B/session"
+        "{:>10} {:>10} {:>14} {:>18} {:>16} {:>14}",
+        "sessions", "ns/packet", "CPU ns/packet", "ns/new session", "table B/session", "RSS B/session"
     );
     let mut points = Vec::new();
     for n in sizes {
-        let p = xlb_perf::scale::measure(n, packets)?;
+        let p = xlb_perf::scale::measure(n, packets, args.batch)?;
         eprintln!(
-            "{:>10} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
-            p.sessions, p.ns_per_packet, p.ns_per_new_session, p.table_bytes_per_session, p.rss_bytes_per_session
+            "{:>10} {:>10.1} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
+            p.sessions,
+            p.ns_per_packet,
+            p.cpu_ns_per_packet,
+            p.ns_per_new_session,
+            p.table_bytes_per_session,
+            p.rss_bytes_per_session
         );
         points.push(p.json());
     }
     println!(
         "{}",
-        serde_json::json!({ "scenario": "conntrack_scale", "packets": packets, "points": points })
+        serde_json::json!({ "scenario": "conntrack_scale", "packets": packets, "batch": args.batch, "points": points })
     );
     Ok(())
 }

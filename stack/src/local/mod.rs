@@ -186,6 +186,15 @@ pub trait Ipv4Handler: Send {
         cx: &mut StackContext<'_>,
     ) -> Handled;
 
+    /// A hint for an IPv4 packet of a received batch, before the batch is processed (see
+    /// [`Pipeline::prefetch`]). Nothing about the packet has been checked but its IPv4 version and header length:
+    /// `ip.l4` may lie beyond the frame, and the packet may be dropped before [`Ipv4Handler::handle`] sees it.
+    /// The default does nothing.
+    #[inline]
+    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+        let _ = (port, frame, ip);
+    }
+
     /// Writes the next frame the stage originates into `buf` (see [`Pipeline::poll_transmit`]).
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)>;
 
@@ -585,6 +594,26 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             self.counters.drop(reason);
         }
         verdict
+    }
+
+    /// Offers IPv4 frames to the handler's prefetch after the few checks needed to find the addresses.
+    #[inline]
+    fn prefetch(&mut self, port: PortId, frame: &[u8]) {
+        if frame.len() < ETH_HEADER_LEN + 20 || frame[12..14] != ETHERTYPE_IPV4.to_be_bytes() {
+            return;
+        }
+        let ip = &frame[ETH_HEADER_LEN..];
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        if ip[0] >> 4 != 4 || header_len < 20 {
+            return;
+        }
+        let meta = Ipv4Meta {
+            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
+            protocol: ip[9],
+            l4: ETH_HEADER_LEN + header_len,
+        };
+        self.handler.prefetch(port, frame, &meta);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {

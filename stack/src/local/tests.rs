@@ -386,3 +386,67 @@ fn l4_checksums_sort_good_corrupt_and_partial_frames() {
     short[L4 + 12] = 0xf0; // data offset 60 bytes > segment
     assert_eq!(run(&mut s, &short).0, Verdict::Drop(DropReason::MalformedTcp));
 }
+
+/// Records what the stack offers to prefetch.
+#[derive(Default)]
+struct PrefetchLog(Vec<(PortId, usize, Ipv4Meta)>);
+
+impl Ipv4Handler for PrefetchLog {
+    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, _: &Ipv4Meta, _: &mut StackContext<'_>) -> Handled {
+        Handled::Pass
+    }
+    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+        self.0.push((port, frame.len(), *ip));
+    }
+    fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _: Instant, _: &mut StackContext<'_>) {}
+}
+
+#[test]
+fn prefetch_offers_ipv4_packets_to_the_handler_and_nothing_else() {
+    let mut s = LocalStack::with_handler(
+        LocalConfig {
+            links: vec![Link {
+                mac: XLB_MAC,
+                addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                gateway: None,
+            }],
+            neighbours: NeighbourConfig::default(),
+            icmp_rate: DEFAULT_ICMP_RATE,
+        },
+        PrefetchLog::default(),
+    );
+    let tcp = tcp_frame(80, 1, 0, 0x02, b"");
+    s.prefetch(0, &tcp);
+    s.prefetch(0, &arp_request_frame(Ipv4Addr::new(198, 18, 0, 10)));
+    s.prefetch(0, &tcp[..ETH_HEADER_LEN + 19]);
+    let mut bad_version = tcp.clone();
+    bad_version[ETH_HEADER_LEN] = 0x65;
+    s.prefetch(0, &bad_version);
+    let mut short_header = tcp.clone();
+    short_header[ETH_HEADER_LEN] = 0x44;
+    s.prefetch(0, &short_header);
+    let log = &s.handler().0;
+    assert_eq!(log.len(), 1, "only the valid IPv4 frame");
+    let (port, len, meta) = log[0];
+    assert_eq!((port, len), (0, tcp.len()));
+    assert_eq!(meta.dst, Ipv4Addr::new(198, 18, 0, 10));
+    assert_eq!((meta.protocol, meta.l4), (6, ETH_HEADER_LEN + 20));
+    assert_eq!(&tcp[26..30], &meta.src.octets());
+    // Prefetching changes nothing: the frame is still answered (RST for the unserved port).
+    assert!(matches!(run_with(&mut s, &tcp).0, Verdict::Transmit(0)));
+}
+
+fn run_with<H: Ipv4Handler>(stack: &mut LocalStack<H>, packet: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; 2048];
+    buf[..packet.len()].copy_from_slice(packet);
+    let mut frame = Frame::new(&mut buf, packet.len());
+    let verdict = stack.process(Instant::now(), 0, &mut frame);
+    let len = frame.len();
+    (verdict, buf[..len].to_vec())
+}

@@ -1,10 +1,10 @@
 //! The run-to-completion worker: rx batch → pipeline → tx batch, on one pinned core.
 //!
 //! A worker owns a UMEM, the ports that share it and a [`Pipeline`]. Each turn of its loop it reclaims
-//! completed TX frames, receives a batch per port, runs every frame through the pipeline, sends what the
-//! pipeline returned or originated, and tops up the fill rings. No locks, no allocation and no syscalls per
-//! packet: the only syscalls are TX/fill wake-ups once per batch when the kernel asks for them, poll(2) when
-//! idle, and a statistics read once a second.
+//! completed TX frames, receives a batch per port, offers every frame of it to [`Pipeline::prefetch`] and then
+//! runs every frame through the pipeline, sends what the pipeline returned or originated, and tops up the fill
+//! rings. No locks, no allocation and no syscalls per packet: the only syscalls are TX/fill wake-ups once per
+//! batch when the kernel asks for them, poll(2) when idle, and a statistics read once a second.
 //!
 //! Frame accounting: every UMEM frame is at any time in exactly one of: the free pool, a fill ring (or the
 //! RX ring it feeds), or a TX ring awaiting completion. [`Worker::frames`] reports the three counts, so a test
@@ -254,6 +254,13 @@ impl<P: Pipeline> Worker<P> {
         // SAFETY: frames consumed from the RX ring belong to this UMEM and are owned by us until recycled.
         let n = unsafe { self.ports[p].rx.consume(&mut self.scratch[..batch]) };
         self.in_fill[p] -= n;
+        // Offer the whole batch to the pipeline first, so the cache misses of its lookups overlap.
+        for desc in &self.scratch[..n] {
+            // SAFETY: `desc` is a received frame of this UMEM that we own; nothing writes it while this shared
+            // view lives (it ends before the frame is processed below).
+            let data = unsafe { self.umem.data(desc) };
+            self.pipeline.prefetch(p, data.contents());
+        }
         for i in 0..n {
             let mut desc = self.scratch[i];
             let len = desc.lengths().data();
