@@ -33,6 +33,7 @@ impl Warned {
 pub struct ExhaustionWarnings {
     ports: Warned,
     table: Warned,
+    quarantine: Warned,
 }
 
 impl ExhaustionWarnings {
@@ -59,6 +60,15 @@ impl ExhaustionWarnings {
                 quarantined = occupancy.quarantined,
                 "FULLNAT local ports exhausted: new flows refused (local_ports_exhausted). Add local IPs on the \
                  servers' link, widen [l4] local_port_min..local_port_max, or shorten [l4.timeouts] tcp_time_wait"
+            );
+        }
+        if let Some(released) = self.quarantine.due(now, lports.occupancy().quarantine_overflow) {
+            tracing::warn!(
+                worker,
+                released,
+                "FULLNAT port quarantine full: ports of connections that ended early were freed before the \
+                 servers' TIME_WAIT ended (a server may refuse a new client's SYN on them). Raise [l4] \
+                 conn_table_size (the quarantine has as many places)"
             );
         }
         if let Some(refused) = self.table.due(now, table_full) {

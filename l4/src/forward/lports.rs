@@ -25,7 +25,8 @@ use std::time::Instant;
 
 /// Pools per worker at most (each is a bitmap of the port range).
 pub const MAX_POOLS: usize = 8192;
-/// Ports held in quarantine at most per worker; beyond it the oldest is released early (counted).
+/// Ports held in quarantine at most per worker unless set otherwise ([`LocalPorts::with_quarantine`]); beyond
+/// it the oldest is released early (counted).
 const QUARANTINE_CAPACITY: usize = 16_384;
 
 /// Why no port could be taken.
@@ -106,6 +107,7 @@ pub struct LocalPorts {
     worker: u16,
     workers: u16,
     quarantine: VecDeque<Quarantined>,
+    quarantine_capacity: usize,
     /// Quarantined ports by (pool, port): the flow each is held for.
     holders: HashMap<(u32, u16), Holder, ahash::RandomState>,
     next_seq: u32,
@@ -136,10 +138,21 @@ impl LocalPorts {
             worker,
             workers,
             quarantine: VecDeque::with_capacity(QUARANTINE_CAPACITY),
+            quarantine_capacity: QUARANTINE_CAPACITY,
             holders: HashMap::with_capacity_and_hasher(QUARANTINE_CAPACITY, ahash::RandomState::new()),
             next_seq: 0,
             quarantine_overflow: 0,
         }
+    }
+
+    /// Room for `capacity` quarantined ports, reserved now. Each early-ended connection may hold one (as many
+    /// as the connection table has entries, so that is the size to give).
+    pub fn with_quarantine(mut self, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        self.quarantine = VecDeque::with_capacity(capacity);
+        self.holders = HashMap::with_capacity_and_hasher(capacity, ahash::RandomState::new());
+        self.quarantine_capacity = capacity;
+        self
     }
 
     fn pool(&self, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u32> {
@@ -262,7 +275,7 @@ impl LocalPorts {
         let Some(pool) = self.pool(local_ip, server) else {
             return;
         };
-        if self.quarantine.len() == QUARANTINE_CAPACITY {
+        if self.quarantine.len() >= self.quarantine_capacity {
             if let Some(oldest) = self.quarantine.pop_front() {
                 self.release(oldest);
                 self.quarantine_overflow += 1;
@@ -484,5 +497,22 @@ mod tests {
         p.release_due(t0 + Duration::from_secs(61));
         assert_eq!(p.free(LIP, S1), 9);
         assert_eq!(p.take(LIP, S1, flow(40_003)), Ok(40_004));
+    }
+
+    #[test]
+    fn a_full_quarantine_releases_its_oldest_port_early_and_counts_it() {
+        let t0 = Instant::now();
+        let mut p = LocalPorts::new(&[LIP], 40_000, 40_009, 0, 1).with_quarantine(2);
+        for port in 40_000..40_003 {
+            assert_eq!(p.take(LIP, S1, flow(port)), Ok(port));
+            p.give_back_at(LIP, S1, port, t0 + Duration::from_secs(60), flow(port));
+        }
+        let o = p.occupancy();
+        assert_eq!((o.quarantined, o.quarantine_overflow, o.in_use), (2, 1, 2));
+        let other = FlowIds {
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 9), 40_000),
+            ..flow(40_000)
+        };
+        assert_eq!(p.take(LIP, S1, other), Ok(40_000), "the oldest went back early");
     }
 }

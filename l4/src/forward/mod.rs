@@ -315,7 +315,8 @@ impl Forwarder {
                 config.l4.local_port_max,
                 config.worker,
                 config.workers,
-            ),
+            )
+            .with_quarantine(config.l4.conn_table_size),
             counters: L4Counters::new(&config.layout.shape()),
             layout: config.layout,
             by_endpoint: HashMap::default(),
