@@ -14,6 +14,7 @@ use xlb_stack::wire::{EthernetAddress, TcpPacket, ETH_HEADER_LEN};
 use super::handoff::Handoff;
 use super::*;
 use crate::config::{GroupConfig, L4Config, ListenerConfig, ServerConfig};
+use crate::conn::{ConnState, Forwarding};
 use crate::layout::{Layout, RemovedServerPolicy};
 use crate::sched::SchedulerKind;
 use crate::testutil::{inspect, packet};

@@ -1,0 +1,386 @@
+//! The L4 flow engine: new flows (scheduling, local ports, table entry), client → server and server → client
+//! forwarding with NAT, TCP state tracking, and how entries end (early, evicted, expired).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use xlb_stack::counters::DropReason;
+use xlb_stack::local::{Handled, StackContext};
+use xlb_stack::pipeline::{Frame, PortId, Verdict};
+use xlb_stack::wire::EthernetAddress;
+
+use crate::conn::state::next_state;
+use crate::conn::{Conn, ConnId, ConnState, Dir, FinSeen, FlowKey, Forwarding, Proto, TableFull, TcpFlags};
+use crate::layout::RemovedServerPolicy;
+use crate::sched::hash::hash_5tuple;
+
+use super::*;
+
+/// How a connection entry ended, for its local port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// It expired, or a peer says it did: the server is done with the tuple.
+    Normal,
+    /// It ended before its time (a new SYN rescheduled it): the server may hold the tuple in TIME_WAIT.
+    Early,
+    /// Evicted from a full table with this much time left.
+    Evicted(Duration),
+}
+
+/// Sends a frame for `c`'s client out where the client's packets come in, to the hop they come from.
+pub(super) fn toward_client(c: &Conn, frame: &mut Frame<'_>, cx: &StackContext<'_>) -> Verdict {
+    let port = usize::from(c.client_port);
+    let data = frame.data_mut();
+    data[0..6].copy_from_slice(&c.client_mac.0);
+    data[6..12].copy_from_slice(&cx.links[port].mac.0);
+    Verdict::Transmit(port)
+}
+
+/// Sends a rewritten frame towards `dst` through the neighbour table.
+pub(super) fn deliver(now: Instant, frame: &mut Frame<'_>, dst: Ipv4Addr, cx: &mut StackContext<'_>) -> Verdict {
+    let len = frame.len();
+    match cx.deliver(now, frame.buffer_mut(), len, dst) {
+        Ok(port) => Verdict::Transmit(port),
+        Err(None) => Verdict::Consumed,
+        Err(Some(reason)) => Verdict::Drop(reason),
+    }
+}
+
+impl Forwarder {
+    /// Whether a client packet on an existing entry starts a new flow instead (IPVS's `conn_reuse_mode` and
+    /// `expire_nodest_conn`, on by default here): a TCP SYN on the addresses of a connection that has closed
+    /// (TIME_WAIT, CLOSE) or whose server is down or removed — sent on, it would be refused or unanswered — or
+    /// any UDP datagram of a flow whose server is down. Established TCP to a down server keeps its server: a
+    /// failed check does not prove the connection dead.
+    pub(super) fn starts_over(&mut self, id: ConnId, frame: &[u8], l4: usize) -> bool {
+        let proto = self.conns.get(id).proto;
+        if proto == Proto::Tcp {
+            // Only a SYN can start over: other segments cost no more than this look at their flags.
+            let flags = TcpFlags::from_byte(frame[l4 + 13]);
+            if !flags.syn || flags.ack {
+                return false;
+            }
+        }
+        self.refresh_health();
+        let c = self.conns.get(id);
+        let listener = &self.listeners[usize::from(c.listener)];
+        let server = usize::from(c.server);
+        let down = !listener.servers[server].healthy;
+        match proto {
+            Proto::Tcp => {
+                matches!(c.state, ConnState::TimeWait | ConnState::Close) || down || listener.removed_servers[server]
+            }
+            Proto::Udp => down,
+        }
+    }
+
+    /// Ends a connection before its time: its entry goes, its server's count drops and peers are told. The
+    /// caller releases its local port ([`Forwarder::release_port`]) or hands the port to the flow that follows.
+    pub(super) fn end_early(&mut self, id: ConnId) -> Conn {
+        let c = self.conns.remove(id);
+        self.account(&c, c.state.is_active(), -1);
+        if let (true, Some(out)) = (self.sync_policy.on_end(&c), &self.sync_out) {
+            let _ = out.try_send(SyncEvent::Delete(c.client_key()));
+        }
+        c
+    }
+
+    /// Returns a removed FULLNAT connection's local port to its pool: at once if the connection ran its course
+    /// (or the server cannot hold the tuple in TIME_WAIT), else after the time the server may still hold it.
+    pub(super) fn release_port(&mut self, now: Instant, c: &Conn, ending: Ending) {
+        if c.forwarding != Forwarding::Fullnat {
+            return;
+        }
+        let (ip, port) = (*c.local.ip(), c.local.port());
+        let server_may_wait = c.proto == Proto::Tcp
+            && matches!(
+                c.state,
+                ConnState::Established | ConnState::FinWait | ConnState::TimeWait
+            );
+        let hold = match ending {
+            Ending::Early if server_may_wait => self.conns.timeouts().of(ConnState::TimeWait),
+            Ending::Evicted(left) if server_may_wait => left,
+            _ => return self.lports.give_back(ip, c.backend, port),
+        };
+        let flow = FlowIds {
+            client: c.client,
+            vip: c.vip,
+        };
+        self.lports.give_back_at(ip, c.backend, port, now + hold, flow);
+    }
+
+    /// Makes room in a full table by evicting its oldest closed or closing connection; false if none is
+    /// evictable.
+    pub(super) fn make_room(&mut self, now: Instant) -> bool {
+        let Some((c, left)) = self.conns.evict_oldest(now) else {
+            return false;
+        };
+        self.account(&c, c.state.is_active(), -1);
+        self.release_port(now, &c, Ending::Evicted(left));
+        if let (true, Some(out)) = (self.sync_policy.on_end(&c), &self.sync_out) {
+            let _ = out.try_send(SyncEvent::Delete(c.client_key()));
+        }
+        self.counters.evicted += 1;
+        true
+    }
+
+    /// Inserts a connection, evicting a closed one if the table is full.
+    pub(super) fn insert_conn(&mut self, now: Instant, conn: Conn, timeout: Duration) -> Result<ConnId, TableFull> {
+        match self.conns.insert_expiring(now, conn, timeout) {
+            Err(TableFull) if self.make_room(now) => self.conns.insert_expiring(now, conn, timeout),
+            result => result,
+        }
+    }
+
+    /// Counts a drop or refusal of a packet of listener `l`'s flows under its reason.
+    pub(super) fn count_listener_drop(&mut self, l: usize, handled: &Handled) {
+        let (Handled::Reject(reason) | Handled::Verdict(Verdict::Drop(reason))) = handled else {
+            return;
+        };
+        if let Some(c) = self.counters.listeners.get_mut(l) {
+            c.drops[*reason as usize] += 1;
+        }
+    }
+
+    /// A packet from a client with no connection entry: schedule it, or refuse it. `reusable` is the entry the
+    /// packet's SYN just ended, if any: when the flow goes to the same server, it takes over that entry's local
+    /// port (and leaves `None`), so the server sees the same tuple from the same client.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_flow(
+        &mut self,
+        now: Instant,
+        l: usize,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        key: FlowKey,
+        reusable: &mut Option<Conn>,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        let listener = &mut self.listeners[l];
+        if listener.removed {
+            let reason = if key.proto == Proto::Tcp {
+                DropReason::TcpNoListener
+            } else {
+                DropReason::UdpNoListener
+            };
+            return Handled::Reject(reason);
+        }
+        let forwarding = listener.config.forwarding;
+        if key.proto == Proto::Tcp {
+            let flags = TcpFlags::from_byte(frame.data()[l4 + 13]);
+            if !flags.syn || flags.ack {
+                // Mid-flow packet without state: DR can still send it where a stateless hash says (this keeps
+                // DR flows alive after a table loss); FULLNAT cannot translate it.
+                return match forwarding {
+                    Forwarding::Dr => Handled::Verdict(self.forward_stateless(now, l, frame, key, cx)),
+                    Forwarding::Fullnat => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
+                };
+            }
+        }
+        self.refresh_health();
+        let listener = &mut self.listeners[l];
+        let Some(server) = listener.scheduler.pick(&listener.servers, key.src) else {
+            self.counters.listeners[l].no_server += 1;
+            return Handled::Reject(DropReason::NoHealthyServer);
+        };
+        let backend = listener.servers[server].addr;
+        let local = match forwarding {
+            Forwarding::Dr => key.src,
+            Forwarding::Fullnat => {
+                let Some(route) = cx.route(*backend.ip()) else {
+                    return Handled::Verdict(Verdict::Drop(DropReason::NoRoute));
+                };
+                // In an HA pair the floating local IP of the link is the source, so replies reach whichever
+                // node is master. Otherwise every address on the backend's link is a source: when one runs out
+                // of ports towards this server the next is used, so sessions scale with the number of local IPs.
+                let floating = self.floating_source(&route, cx);
+                let link = &cx.links[route.port];
+                let mut sources = floating.into_iter().chain(
+                    link.addresses
+                        .iter()
+                        .filter(|n| floating.is_none() && n.prefix < 32 && n.contains(*backend.ip()))
+                        .map(|n| n.addr),
+                );
+                let continued = reusable.filter(|old| {
+                    old.forwarding == Forwarding::Fullnat && old.backend == backend && old.proto == key.proto
+                });
+                if let Some(old) = continued {
+                    // The port is still taken by the ended entry: it moves to the new one.
+                    *reusable = None;
+                    old.local
+                } else {
+                    let flow = FlowIds {
+                        client: key.src,
+                        vip: key.dst,
+                    };
+                    let taken = sources.find_map(|ip| self.lports.take(ip, backend, flow).ok().map(|p| (ip, p)));
+                    let Some((source, lport)) = taken else {
+                        return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
+                    };
+                    SocketAddrV4::new(source, lport)
+                }
+            }
+        };
+        let conn = Conn {
+            proto: key.proto,
+            forwarding,
+            client: key.src,
+            vip: key.dst,
+            local,
+            backend,
+            listener: l as u16,
+            server: server as u16,
+            state: if key.proto == Proto::Tcp {
+                ConnState::SynRecv
+            } else {
+                ConnState::Udp
+            },
+            fins: FinSeen::default(),
+            client_port: port as u8,
+            client_mac: EthernetAddress::from_bytes(&frame.data()[6..12]),
+            client_packets: 0,
+            synced: false,
+        };
+        match self.insert_conn(now, conn, self.conns.timeouts().of(conn.state)) {
+            Ok(id) => {
+                self.account(&conn, conn.state.is_active(), 1);
+                self.counters.listeners[l].conns_total += 1;
+                self.counters.servers[l][server].conns_total += 1;
+                self.forward_client(now, id, port, frame, l4, cx)
+            }
+            Err(TableFull) => {
+                if forwarding == Forwarding::Fullnat {
+                    self.lports.give_back(*local.ip(), backend, local.port());
+                    return Handled::Verdict(Verdict::Drop(DropReason::ConnTableFull));
+                }
+                Handled::Verdict(self.forward_stateless(now, l, frame, key, cx))
+            }
+        }
+    }
+
+    /// DR without a table entry: the listener's Maglev table picks the server from the flow's hash, the same
+    /// way on every worker and every node.
+    pub(super) fn forward_stateless(
+        &mut self,
+        now: Instant,
+        l: usize,
+        frame: &mut Frame<'_>,
+        key: FlowKey,
+        cx: &mut StackContext<'_>,
+    ) -> Verdict {
+        self.refresh_health();
+        let listener = &self.listeners[l];
+        let Some(server) = listener.maglev.lookup(hash_5tuple(key.proto as u8, key.src, key.dst)) else {
+            self.counters.listeners[l].no_server += 1;
+            return Verdict::Drop(DropReason::NoHealthyServer);
+        };
+        let backend = listener.servers[server].addr;
+        self.counters.listeners[l].stateless += 1;
+        let len = frame.len() as u64;
+        self.counters.listeners[l].packets_in += 1;
+        self.counters.listeners[l].bytes_in += len;
+        self.counters.servers[l][server].packets_in += 1;
+        self.counters.servers[l][server].bytes_in += len;
+        deliver(now, frame, *backend.ip(), cx)
+    }
+
+    /// Adjusts the active/inactive count of a connection's server by `delta`.
+    pub(super) fn account(&mut self, conn: &Conn, active: bool, delta: i32) {
+        let s = &mut self.listeners[usize::from(conn.listener)].servers[usize::from(conn.server)];
+        let n = if active { &mut s.active } else { &mut s.inactive };
+        *n = n.saturating_add_signed(delta);
+    }
+
+    /// Tracks TCP state for a segment in `dir`: updates the entry and the server's counts.
+    pub(super) fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) {
+        let conn = *self.conns.get(id);
+        if conn.proto != Proto::Tcp {
+            return;
+        }
+        let mut fins = conn.fins;
+        let state = next_state(conn.state, &mut fins, dir, TcpFlags::from_byte(frame[l4 + 13]));
+        self.set_state(id, state);
+        self.conns.get_mut(id).fins = fins;
+    }
+
+    /// Client → backend on an existing connection.
+    pub(super) fn forward_client(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        if self.server_reset(id) {
+            // The server was removed with the reset policy: close the entry and refuse the client.
+            self.set_state(id, ConnState::Close);
+            self.conns.touch(id, now);
+            return Handled::Reject(DropReason::ServerRemoved);
+        }
+        self.track(id, Dir::FromClient, frame.data(), l4);
+        self.conns.touch(id, now);
+        let c = self.conns.get_mut(id);
+        c.client_packets = c.client_packets.saturating_add(1);
+        // Follow the client's first hop if it moves (router failover): replies go where packets come from.
+        c.client_port = port as u8;
+        c.client_mac = EthernetAddress::from_bytes(&frame.data()[6..12]);
+        let c = *c;
+        self.maybe_sync(id, now);
+        let len = frame.len() as u64;
+        let (l, s) = (usize::from(c.listener), usize::from(c.server));
+        self.counters.listeners[l].packets_in += 1;
+        self.counters.listeners[l].bytes_in += len;
+        self.counters.servers[l][s].packets_in += 1;
+        self.counters.servers[l][s].bytes_in += len;
+        if c.forwarding == Forwarding::Fullnat {
+            nat::rewrite(frame.data_mut(), l4, c.proto, c.local, c.backend);
+        }
+        Handled::Verdict(deliver(now, frame, *c.backend.ip(), cx))
+    }
+
+    /// Whether the connection's server was removed and its connections are to be reset.
+    pub(super) fn server_reset(&self, id: ConnId) -> bool {
+        let c = self.conns.get(id);
+        self.layout.removed_server_policy == RemovedServerPolicy::Reset
+            && self.listeners[usize::from(c.listener)].removed_servers[usize::from(c.server)]
+    }
+
+    /// Moves a connection to `state`, keeping the server's active/inactive counts right.
+    pub(super) fn set_state(&mut self, id: ConnId, state: ConnState) {
+        let conn = *self.conns.get(id);
+        if conn.state.is_active() != state.is_active() {
+            self.account(&conn, conn.state.is_active(), -1);
+            self.account(&conn, state.is_active(), 1);
+        }
+        self.conns.get_mut(id).state = state;
+    }
+
+    /// Backend → client on an existing FULLNAT connection: translate back and send where the client is.
+    pub(super) fn forward_reply(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        cx: &mut StackContext<'_>,
+    ) -> Verdict {
+        if self.server_reset(id) {
+            return Verdict::Drop(DropReason::ServerRemoved);
+        }
+        self.track(id, Dir::FromServer, frame.data(), l4);
+        self.conns.touch(id, now);
+        self.maybe_sync(id, now);
+        let c = *self.conns.get(id);
+        let len = frame.len() as u64;
+        let (l, s) = (usize::from(c.listener), usize::from(c.server));
+        self.counters.listeners[l].packets_out += 1;
+        self.counters.listeners[l].bytes_out += len;
+        self.counters.servers[l][s].packets_out += 1;
+        self.counters.servers[l][s].bytes_out += len;
+        nat::rewrite(frame.data_mut(), l4, c.proto, c.vip, c.client);
+        toward_client(&c, frame, cx)
+    }
+}

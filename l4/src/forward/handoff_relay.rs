@@ -1,0 +1,67 @@
+//! The forwarder's side of the hand-off: packets of flows another worker owns go there; handed packets are
+//! processed here as if received.
+
+use std::time::Instant;
+
+use xlb_stack::counters::DropReason;
+use xlb_stack::local::{Handled, StackContext};
+use xlb_stack::pipeline::{Frame, PortId, Verdict};
+use xlb_stack::wire::ETH_HEADER_LEN;
+
+use crate::conn::{FlowHash, FlowKey, Proto};
+
+use super::*;
+
+impl Forwarder {
+    /// Copies a frame to its owner worker.
+    pub(super) fn hand_off(&mut self, owner: usize, port: PortId, frame: &Frame<'_>) -> Handled {
+        let iface = self.port_ifaces[port];
+        match self.handoff.as_mut().map(|h| h.send(owner, iface, frame.data())) {
+            Some(Ok(())) => {
+                self.counters.handoff_out += 1;
+                Handled::Verdict(Verdict::Consumed)
+            }
+            _ => Handled::Verdict(Verdict::Drop(DropReason::HandoffFull)),
+        }
+    }
+
+    /// Processes frames other workers handed over; returns the first that is to be sent.
+    pub(super) fn process_handed(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        cx: &mut StackContext<'_>,
+    ) -> Option<(PortId, usize)> {
+        loop {
+            let handed = self.handoff.as_mut()?.receive()?;
+            let len = handed.len;
+            buf[..len].copy_from_slice(&handed.buf[..len]);
+            let iface = handed.iface;
+            self.handoff.as_mut()?.recycle(handed);
+            self.counters.handoff_in += 1;
+            let Some(&port) = self.iface_ports.get(&iface) else {
+                cx.counters.drop(DropReason::NoRoute);
+                continue;
+            };
+            let mut frame = Frame::new(buf, len);
+            // The sender validated the frame before handing it over.
+            let l4 = ETH_HEADER_LEN + usize::from(frame.data()[ETH_HEADER_LEN] & 0x0f) * 4;
+            let handled = match frame.data()[ETH_HEADER_LEN + 9] {
+                1 => self.handle_icmp(now, port, &mut frame, l4, cx),
+                protocol => {
+                    let proto = if protocol == 6 { Proto::Tcp } else { Proto::Udp };
+                    let (src, dst) = nat::endpoints(frame.data(), l4);
+                    let key = FlowKey { proto, src, dst };
+                    let Some(role) = self.role(proto, dst) else { continue };
+                    let hash = FlowHash::of(&key);
+                    self.process_owned(now, port, &mut frame, l4, key, hash, role, cx)
+                }
+            };
+            match handled {
+                Handled::Verdict(Verdict::Transmit(q)) => return Some((q, frame.len())),
+                Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
+                Handled::Verdict(Verdict::Consumed) | Handled::Pass => {}
+            }
+        }
+    }
+}
