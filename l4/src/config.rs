@@ -8,8 +8,18 @@ use xlb_stack::config::InterfaceConfig;
 
 use crate::conn::{Forwarding, Proto, Timeouts};
 use crate::health::HealthCheckConfig;
-use crate::layout::RemovedServerPolicy;
 use crate::sched::SchedulerKind;
+
+/// What happens to established connections of a server that is removed from its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemovedServerPolicy {
+    /// Keep forwarding them until they end (IPVS `expire_nodest_conn=0`).
+    #[default]
+    Keep,
+    /// Reset them: the client's next packet is answered with an RST (TCP) or ICMP unreachable (UDP).
+    Reset,
+}
 
 /// `[[listener]]`: a VIP:port served by a group.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]

@@ -9,21 +9,9 @@
 
 use std::net::SocketAddrV4;
 
-use serde::Deserialize;
-
+pub use crate::config::RemovedServerPolicy;
 use crate::config::{GroupConfig, ListenerConfig};
 use crate::health::HealthCheckConfig;
-
-/// What happens to established connections of a server that is removed from its group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RemovedServerPolicy {
-    /// Keep forwarding them until they end (IPVS `expire_nodest_conn=0`).
-    #[default]
-    Keep,
-    /// Reset them: the client's next packet is answered with an RST (TCP) or ICMP unreachable (UDP).
-    Reset,
-}
 
 /// A server slot of a listener.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,7 @@
 //! - [`config`]: `[[listener]]`, `[[group]]`, `[l4]`.
 //! - [`forward`]: the forwarder stage (FULLNAT, DR, hand-off between workers).
 //! - [`layout`]: stable listener / server slots across live reconfigurations.
+//! - [`owner`]: which worker owns a flow (the one rule for hand-off, port split and HA imports).
 //! - [`stats`]: per listener / server counters and the health board.
 //! - [`sync_policy`]: when a connection is announced to HA peers (threshold, state changes, refresh).
 //! - [`conn`]: the connection table, state tracking and timer wheel.
@@ -15,6 +16,7 @@ pub mod conn;
 pub mod forward;
 pub mod health;
 pub mod layout;
+pub mod owner;
 pub mod sched;
 pub mod stats;
 pub mod sync_policy;

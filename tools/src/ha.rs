@@ -30,7 +30,7 @@ use xlb_ha::vrrp::{VrrpConfig, VrrpEvent, VrrpRouter, VrrpState, VRRP_MULTICAST}
 use xlb_l4::conn::Conn;
 use xlb_l4::forward::ha_tap::HaOutbound;
 use xlb_l4::forward::{ControlMessage, SyncEvent};
-use xlb_l4::sched::hash::hash_5tuple;
+use xlb_l4::owner::flow_owner;
 use xlb_stack::wake::Wake;
 use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::datapath::interface_mac;
@@ -318,11 +318,6 @@ fn node_id(name: &str) -> u32 {
     h.max(1)
 }
 
-/// The worker that owns a flow (the same rule as the forwarder's hand-off).
-fn owner(conn: &Conn, workers: usize) -> usize {
-    (hash_5tuple(conn.proto as u8, conn.client, conn.vip) % workers.max(1) as u64) as usize
-}
-
 struct VrrpLoop {
     router: VrrpRouter,
     inbound: Receiver<Vec<u8>>,
@@ -495,13 +490,12 @@ impl SyncLoop {
                     let parts = record.to_conn_parts();
                     let remaining = parts.remaining;
                     let conn = parts.into_conn(0, 0);
-                    imports[owner(&conn, n)].push((conn, remaining));
+                    imports[flow_owner(&conn.client_key(), n)].push((conn, remaining));
                     self.status.records_received.fetch_add(1, Ordering::Relaxed);
                 }
                 SyncAction::Delete(key) => {
                     let flow = key.flow_key();
-                    let w = (hash_5tuple(flow.proto as u8, flow.src, flow.dst) % n.max(1) as u64) as usize;
-                    forgets[w].push(flow);
+                    forgets[flow_owner(&flow, n)].push(flow);
                 }
                 SyncAction::SendAck { to, bytes } => {
                     if let SocketAddr::V4(to) = to {

@@ -23,6 +23,8 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
+use crate::owner::local_port_owner;
+
 /// Pools per worker at most (each is a bitmap of the port range).
 pub const MAX_POOLS: usize = 8192;
 /// Ports held in quarantine at most per worker unless set otherwise ([`LocalPorts::with_quarantine`]); beyond
@@ -122,7 +124,7 @@ impl LocalPorts {
         let mut mine = vec![0u64; span.div_ceil(64)].into_boxed_slice();
         let mut per_pool = 0;
         for i in 0..span {
-            if (usize::from(min) + i) % usize::from(workers) == usize::from(worker) {
+            if local_port_owner(min + i as u16, usize::from(workers)) == usize::from(worker) {
                 mine[i / 64] |= 1 << (i % 64);
                 per_pool += 1;
             }
@@ -313,14 +315,9 @@ impl LocalPorts {
         (self.min..=self.max).contains(&port)
     }
 
-    /// Whether `port` belongs to this worker.
+    /// Whether `port` belongs to this worker ([`crate::owner::local_port_owner`]).
     pub fn owns(&self, port: u16) -> bool {
-        self.in_range(port) && port % self.workers == self.worker
-    }
-
-    /// The worker owning `port` (which must be in range).
-    pub fn owner(&self, port: u16) -> usize {
-        usize::from(port % self.workers)
+        self.in_range(port) && local_port_owner(port, usize::from(self.workers)) == usize::from(self.worker)
     }
 
     /// Free ports on `local_ip` towards `server`.
@@ -404,8 +401,12 @@ mod tests {
         let all1: Vec<u16> = std::iter::from_fn(|| w1.take(LIP, S1, flow(10_000)).ok()).collect();
         assert_eq!(all0, vec![10_000, 10_004, 10_006, 10_008]);
         assert_eq!(all1, vec![10_001, 10_005, 10_007]);
-        assert!(all0.iter().all(|p| w0.owner(*p) == 0 && w0.owns(*p)));
-        assert!(all1.iter().all(|p| w0.owner(*p) == 1 && w1.owns(*p)));
+        assert!(all0
+            .iter()
+            .all(|p| local_port_owner(*p, 2) == 0 && w0.owns(*p) && !w1.owns(*p)));
+        assert!(all1
+            .iter()
+            .all(|p| local_port_owner(*p, 2) == 1 && w1.owns(*p) && !w0.owns(*p)));
         assert_eq!(w0.take(LIP, S1, flow(10_000)), Err(NoPort::Exhausted));
         assert_eq!(w0.free(LIP, S1), 0);
         assert_eq!(

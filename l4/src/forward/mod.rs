@@ -45,6 +45,7 @@ use crate::config::{PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::{ConnTable, FlowHash, FlowKey, Proto};
 use crate::health::HealthChecker;
 use crate::layout::Layout;
+use crate::owner;
 use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
 use crate::sync_policy::SyncPolicy;
 use exhaustion::ExhaustionWarnings;
@@ -215,10 +216,9 @@ impl Forwarder {
             return 0;
         }
         match role {
-            // `hash` is `hash_5tuple` of the key, as on every worker and node.
-            Role::Listener(_) => (hash.value() % self.workers as u64) as usize,
-            Role::Reply => self.lports.owner(key.dst.port()),
-            Role::Probe => 0,
+            Role::Listener(_) => owner::owner_of_hash(hash, self.workers),
+            Role::Reply => owner::local_port_owner(key.dst.port(), self.workers),
+            Role::Probe => owner::PROBE_OWNER,
         }
     }
 
