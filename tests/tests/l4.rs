@@ -776,7 +776,12 @@ fn a_full_table_evicts_closed_connections_and_new_ones_succeed() -> Result<()> {
         "servers rejected {} SYNs on tuples in TIME_WAIT",
         r.paws_rejects
     );
-    let stats = r.xlb.stats()?;
+    // Counters are published every 100 ms: wait until they cover every connection.
+    let stats = wait_until_ok(TIMEOUT, "counters of every connection", || {
+        let stats = r.xlb.stats()?;
+        ensure!(stats["l4"]["listeners"][0]["conns_total"] == n, "{stats}");
+        Ok(stats)
+    })?;
     let evicted = stats["l4"]["evicted"].as_u64().unwrap_or(0);
     // Every connection after the 32nd either found its client 4-tuple's entry (the kernel reuses some ports
     // sooner than others) and started over on it, or evicted the oldest closed entry.

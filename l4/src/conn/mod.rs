@@ -49,6 +49,16 @@ pub enum Proto {
     Udp = 17,
 }
 
+impl Proto {
+    /// The stack's name for the protocol (service table keys).
+    pub fn transport(self) -> xlb_stack::service::Transport {
+        match self {
+            Proto::Tcp => xlb_stack::service::Transport::Tcp,
+            Proto::Udp => xlb_stack::service::Transport::Udp,
+        }
+    }
+}
+
 /// How packets reach the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use xlb_stack::local::StackContext;
+use xlb_stack::service::Transport;
 
 use crate::config::L4Config;
 use crate::conn::{Conn, FlowKey, Forwarding, TableFull};
@@ -127,6 +128,7 @@ impl Forwarder {
         self.vip_ifaces = update.vip_ifaces;
         self.vips_dirty = true;
         self.index_endpoints();
+        self.services_dirty = true;
         let shape = self.layout.shape();
         self.counters.listeners.resize(shape.len(), Default::default());
         self.counters.servers.resize(shape.len(), Vec::new());
@@ -307,5 +309,28 @@ impl Forwarder {
                 }
             }
         }
+    }
+
+    /// Tells the stack's service table what this stage serves: every listener's VIP:port (live ones first, see
+    /// [`Forwarder::index_endpoints`]), and on every local IP the FULLNAT reply ports and the probe ports.
+    pub(super) fn register_services(&mut self, cx: &mut StackContext<'_>) {
+        cx.services.clear_stage(L4_STAGE);
+        for (&(proto, vip), &l) in &self.by_endpoint {
+            cx.services.set(
+                *vip.ip(),
+                proto.transport(),
+                vip.port(),
+                Some(Role::Listener(l).service()),
+            );
+        }
+        let (min, max) = self.lports.range();
+        for &ip in &self.local_ips {
+            for transport in [Transport::Tcp, Transport::Udp] {
+                cx.services.set_range(ip, transport, min..=max, Role::Reply.service());
+                let probes = PROBE_PORT_BASE..=PROBE_PORT_BASE + PROBE_PORTS - 1;
+                cx.services.set_range(ip, transport, probes, Role::Probe.service());
+            }
+        }
+        self.services_dirty = false;
     }
 }

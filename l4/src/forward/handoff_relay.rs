@@ -52,7 +52,9 @@ impl Forwarder {
                     let proto = if protocol == 6 { Proto::Tcp } else { Proto::Udp };
                     let (src, dst) = nat::endpoints(frame.data(), l4);
                     let key = FlowKey { proto, src, dst };
-                    let Some(role) = self.role(proto, dst) else { continue };
+                    let Some(role) = Forwarder::role(cx, proto, dst) else {
+                        continue;
+                    };
                     let hash = FlowHash::of(&key);
                     self.process_owned(now, port, &mut frame, l4, key, hash, role, cx)
                 }

@@ -27,7 +27,7 @@ impl Forwarder {
         };
         // The quoted packet went out from us: `q.src` is ours, and the flow's key is that of the packets the
         // other end sends us.
-        let role = self.role(q.proto, q.src);
+        let role = Forwarder::role(cx, q.proto, q.src);
         if role == Some(Role::Probe) {
             if self.worker != 0 {
                 return self.hand_off(0, port, frame);

@@ -310,6 +310,11 @@ impl LocalPorts {
         }
     }
 
+    /// The FULLNAT port range (every worker's), as (first, last).
+    pub fn range(&self) -> (u16, u16) {
+        (self.min, self.max)
+    }
+
     /// Whether `port` is in the FULLNAT range (any worker's).
     pub fn in_range(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)

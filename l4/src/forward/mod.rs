@@ -39,6 +39,7 @@ use crossbeam_channel::Receiver;
 use xlb_stack::counters::DropReason;
 use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
+use xlb_stack::service::{Service, StageId};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
 use crate::config::{PROBE_PORTS, PROBE_PORT_BASE};
@@ -62,6 +63,13 @@ const EXPIRE_BASE_BUDGET: usize = 256;
 /// How often counters are published and the health board is read.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
+/// This stage's id in the stack's service table ([`xlb_stack::service`]).
+pub const L4_STAGE: StageId = 1;
+/// Service slot of the FULLNAT reply range of a local IP (other slots are listener indices).
+const REPLY_SLOT: u32 = u32::MAX;
+/// Service slot of the health-probe ports of a local IP.
+const PROBE_SLOT: u32 = u32::MAX - 1;
+
 /// Which role a packet's destination plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -71,6 +79,28 @@ enum Role {
     Reply,
     /// A health-check probe port.
     Probe,
+}
+
+impl Role {
+    /// The L4 role of a service registered in the stack's table, if it is this stage's.
+    fn of(service: Option<Service>) -> Option<Role> {
+        let s = service.filter(|s| s.stage == L4_STAGE)?;
+        Some(match s.slot {
+            REPLY_SLOT => Role::Reply,
+            PROBE_SLOT => Role::Probe,
+            l => Role::Listener(l as usize),
+        })
+    }
+
+    /// The service this role is registered as.
+    fn service(self) -> Service {
+        let slot = match self {
+            Role::Listener(l) => l as u32,
+            Role::Reply => REPLY_SLOT,
+            Role::Probe => PROBE_SLOT,
+        };
+        Service { stage: L4_STAGE, slot }
+    }
 }
 
 /// The L4 forwarder of one worker.
@@ -83,6 +113,8 @@ pub struct Forwarder {
     /// VIPs this worker's stack owns now, as (port, address).
     owned_vips: Vec<(PortId, Ipv4Addr)>,
     vips_dirty: bool,
+    /// Whether the stack's service table must be told this stage's services again.
+    services_dirty: bool,
     /// Whether this node serves (an HA master, or no HA): only then are VIPs and floating IPs owned.
     active: bool,
     /// Floating local IPs of an HA pair, as (interface index, address).
@@ -153,6 +185,7 @@ impl Forwarder {
             vip_ifaces: config.vip_ifaces,
             owned_vips: Vec::new(),
             vips_dirty: true,
+            services_dirty: true,
             active: true,
             floating_ips: Vec::new(),
             local_ips: config.local_ips,
@@ -194,20 +227,10 @@ impl Forwarder {
         &self.counters
     }
 
-    fn role(&self, proto: Proto, dst: SocketAddrV4) -> Option<Role> {
-        if let Some(&l) = self.by_endpoint.get(&(proto, dst)) {
-            return Some(Role::Listener(l));
-        }
-        if !self.local_ips.contains(dst.ip()) {
-            return None;
-        }
-        if self.lports.in_range(dst.port()) {
-            Some(Role::Reply)
-        } else if (PROBE_PORT_BASE..PROBE_PORT_BASE + PROBE_PORTS).contains(&dst.port()) {
-            Some(Role::Probe)
-        } else {
-            None
-        }
+    /// The role of a packet to `dst`, from the stack's service table (for packets that did not come through
+    /// the stack's own lookup: handed over by another worker, or quoted in an ICMP error).
+    fn role(cx: &StackContext<'_>, proto: Proto, dst: SocketAddrV4) -> Option<Role> {
+        Role::of(cx.services.lookup(*dst.ip(), proto.transport(), dst.port()))
     }
 
     /// The worker that owns a packet's flow.
@@ -306,7 +329,7 @@ impl Ipv4Handler for Forwarder {
         }
         let (src, dst) = nat::endpoints(frame.data(), ip.l4);
         let key = FlowKey { proto, src, dst };
-        let Some(role) = self.role(proto, dst) else {
+        let Some(role) = Role::of(ip.service) else {
             return Handled::Pass;
         };
         let hash = self.prefetched.hash(&key);
@@ -335,6 +358,10 @@ impl Ipv4Handler for Forwarder {
         let (src, dst) = nat::endpoints(frame, ip.l4);
         let key = FlowKey { proto, src, dst };
         self.prefetched.push(&self.conns, key, FlowHash::of(&key));
+    }
+
+    fn attach(&mut self, cx: &mut StackContext<'_>) {
+        self.register_services(cx);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
@@ -368,6 +395,9 @@ impl Ipv4Handler for Forwarder {
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
         self.handle_control(now);
+        if self.services_dirty {
+            self.register_services(cx);
+        }
         if self.vips_dirty {
             self.reconcile_vips(cx);
         }

@@ -13,6 +13,7 @@ use crate::counters::{DropReason, StackCounters};
 use crate::neighbour::{NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
 use crate::offload;
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
+use crate::service::{Service, ServiceTable, Transport};
 use crate::wire::build::{self, ResetFor, Unreachable, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::{checksum, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
 
@@ -102,6 +103,9 @@ pub struct Ipv4Meta {
     pub protocol: u8,
     /// Offset of the transport header in the frame.
     pub l4: usize,
+    /// The service the destination address:port is registered for ([`crate::service`]); `None` for what no
+    /// stage serves, for ICMP, and in [`Ipv4Handler::prefetch`].
+    pub service: Option<Service>,
 }
 
 /// What an upper stage (L4, later L7 and HA) may use of the local stack: routes, neighbours, counters.
@@ -112,6 +116,8 @@ pub struct StackContext<'a> {
     pub neighbours: &'a mut NeighbourTable,
     /// The stack's counters (drops by reason).
     pub counters: &'a mut StackCounters,
+    /// What each address:port is: stages register their services here.
+    pub services: &'a mut ServiceTable,
     owned: &'a mut OwnedAddrs,
 }
 
@@ -195,6 +201,11 @@ pub trait Ipv4Handler: Send {
         let _ = (port, frame, ip);
     }
 
+    /// Called once when the stack is built: the stage registers its services ([`StackContext::services`]).
+    fn attach(&mut self, cx: &mut StackContext<'_>) {
+        let _ = cx;
+    }
+
     /// Writes the next frame the stage originates into `buf` (see [`Pipeline::poll_transmit`]).
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)>;
 
@@ -256,6 +267,7 @@ pub fn route(links: &[Link], dst: Ipv4Addr) -> Option<Route> {
 pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     links: Vec<Link>,
     owned: OwnedAddrs,
+    services: ServiceTable,
     neighbours: NeighbourTable,
     counters: StackCounters,
     limiter: RateLimiter,
@@ -285,17 +297,27 @@ impl<H: Ipv4Handler> LocalStack<H> {
             }
         }
         let macs = config.links.iter().map(|l| l.mac).collect();
-        LocalStack {
+        let mut stack = LocalStack {
             neighbours: NeighbourTable::new(config.neighbours, macs),
             links: config.links,
             owned,
+            services: ServiceTable::default(),
             counters: StackCounters::default(),
             limiter: RateLimiter::new(config.icmp_rate),
             handler,
             sync: None,
             link_names: Vec::new(),
             partial_seen: 0,
-        }
+        };
+        let mut cx = StackContext {
+            links: &stack.links,
+            neighbours: &mut stack.neighbours,
+            counters: &mut stack.counters,
+            services: &mut stack.services,
+            owned: &mut stack.owned,
+        };
+        stack.handler.attach(&mut cx);
+        stack
     }
 
     /// Names the links' interfaces (by port) in log messages; unnamed ports are called `port N`.
@@ -429,11 +451,25 @@ impl<H: Ipv4Handler> LocalStack<H> {
         // Drop Ethernet padding and anything past the IPv4 total length.
         frame.set_len(ETH_HEADER_LEN + total_len);
         let l4 = ETH_HEADER_LEN + header_len;
-        let meta = Ipv4Meta { src, dst, protocol, l4 };
+        let service = Transport::from_protocol(protocol)
+            .filter(|_| frame.len() >= l4 + 4)
+            .and_then(|t| {
+                let data = frame.data();
+                self.services
+                    .lookup(dst, t, u16::from_be_bytes([data[l4 + 2], data[l4 + 3]]))
+            });
+        let meta = Ipv4Meta {
+            src,
+            dst,
+            protocol,
+            l4,
+            service,
+        };
         let mut cx = StackContext {
             links: &self.links,
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
+            services: &mut self.services,
             owned: &mut self.owned,
         };
         let (tcp_reason, udp_reason) = match self.handler.handle(now, port, frame, &meta, &mut cx) {
@@ -612,6 +648,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
             protocol: ip[9],
             l4: ETH_HEADER_LEN + header_len,
+            service: None,
         };
         self.handler.prefetch(port, frame, &meta);
     }
@@ -631,6 +668,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             links: &self.links,
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
+            services: &mut self.services,
             owned: &mut self.owned,
         };
         self.handler.poll_transmit(now, buf, &mut cx)
@@ -649,6 +687,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             links: &self.links,
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
+            services: &mut self.services,
             owned: &mut self.owned,
         };
         self.handler.handle_timeout(now, &mut cx);

@@ -450,3 +450,58 @@ fn run_with<H: Ipv4Handler>(stack: &mut LocalStack<H>, packet: &[u8]) -> (Verdic
     let len = frame.len();
     (verdict, buf[..len].to_vec())
 }
+
+/// A stage that registers one TCP port of the stack's address and records the service of what it is offered.
+#[derive(Default)]
+struct OnePortStage(Vec<Option<crate::service::Service>>);
+
+impl Ipv4Handler for OnePortStage {
+    fn attach(&mut self, cx: &mut StackContext<'_>) {
+        let service = crate::service::Service { stage: 7, slot: 42 };
+        cx.services.set(
+            Ipv4Addr::new(198, 18, 0, 10),
+            crate::service::Transport::Tcp,
+            80,
+            Some(service),
+        );
+    }
+    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, ip: &Ipv4Meta, _: &mut StackContext<'_>) -> Handled {
+        self.0.push(ip.service);
+        match ip.service {
+            Some(_) => Handled::Verdict(Verdict::Consumed),
+            None => Handled::Pass,
+        }
+    }
+    fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        None
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        None
+    }
+    fn handle_timeout(&mut self, _: Instant, _: &mut StackContext<'_>) {}
+}
+
+#[test]
+fn the_service_table_tells_a_stage_what_a_packet_is_for() {
+    let mut s = LocalStack::with_handler(
+        LocalConfig {
+            links: vec![Link {
+                mac: XLB_MAC,
+                addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                gateway: None,
+            }],
+            neighbours: NeighbourConfig::default(),
+            icmp_rate: DEFAULT_ICMP_RATE,
+        },
+        OnePortStage::default(),
+    );
+    // Registered port: the stage gets it with its service and consumes it.
+    assert_eq!(run_with(&mut s, &tcp_frame(80, 1, 0, 0x02, b"")).0, Verdict::Consumed);
+    // Another port: no service; the stage passes and the stack answers (RST for a port nobody serves).
+    assert!(matches!(
+        run_with(&mut s, &tcp_frame(81, 1, 0, 0x02, b"")).0,
+        Verdict::Transmit(0)
+    ));
+    let expected = Some(crate::service::Service { stage: 7, slot: 42 });
+    assert_eq!(s.handler().0, vec![expected, None]);
+}
