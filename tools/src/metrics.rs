@@ -7,26 +7,19 @@
 //! scrape.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
+
+use crate::http::{self, HttpServer, Limits, Listener, Response};
 
 /// Produces the current stats document (the JSON served at `GET /v1/stats`).
 pub type Source = dyn Fn() -> Value + Send + Sync;
 
 /// The `Content-Type` of the Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Largest request accepted (request line and headers); a scrape request is a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-
-/// How long a client may take to send its request, or to take the response.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The health checker's counters (`l4.health` in the stats document): (field, metric, help).
 const HEALTH_COUNTERS: &[(&str, &str, &str)] = &[
@@ -640,12 +633,18 @@ fn escape_label(value: &str) -> String {
     out
 }
 
-/// The metrics HTTP server. Dropping it stops its thread.
+/// The metrics HTTP server. Dropping it stops it.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: HttpServer,
 }
+
+/// The metrics endpoint's limits: a scrape has no body.
+const LIMITS: Limits = Limits {
+    max_body: 0,
+    header_timeout: Duration::from_secs(5),
+    conn_timeout: Duration::from_secs(10),
+};
 
 /// Binds `addr` and serves `GET /metrics` from [`render`]`(&source())` on a thread of its own.
 pub fn start(addr: SocketAddr, source: Arc<Source>) -> Result<MetricsServer, String> {
@@ -653,20 +652,13 @@ pub fn start(addr: SocketAddr, source: Arc<Source>) -> Result<MetricsServer, Str
     let addr = listener
         .local_addr()
         .map_err(|e| format!("node.metrics_address: {addr}: {e}"))?;
-    listener
-        .set_nonblocking(true)
+    let service: Arc<http::Service> = Arc::new(move |req: http::Request| {
+        let path = req.path.split_once('?').map_or(req.path.as_str(), |(p, _)| p);
+        respond(&req.method, path, &*source)
+    });
+    let server = http::start("xlb-metrics", Listener::Tcp(listener), LIMITS, service)
         .map_err(|e| format!("node.metrics_address: {addr}: {e}"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("xlb-metrics".into())
-        .spawn(move || serve(listener, source, stop2))
-        .map_err(|e| format!("spawning the metrics thread: {e}"))?;
-    Ok(MetricsServer {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
+    Ok(MetricsServer { addr, _server: server })
 }
 
 impl MetricsServer {
@@ -676,89 +668,24 @@ impl MetricsServer {
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Accepts connections until `stop` is set, answering one request per connection.
-fn serve(listener: TcpListener, source: Arc<Source>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, peer)) => {
-                let ready = stream
-                    .set_nonblocking(false)
-                    .and_then(|_| stream.set_read_timeout(Some(IO_TIMEOUT)))
-                    .and_then(|_| stream.set_write_timeout(Some(IO_TIMEOUT)));
-                if let Err(e) = ready.and_then(|_| answer(&mut stream, &*source)) {
-                    tracing::debug!(%peer, error = %e, "metrics request failed");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-/// Reads one request (bounded size; the caller bounds the time) and writes one response.
-fn answer(stream: &mut (impl Read + Write), source: &Source) -> std::io::Result<()> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    let (status, content_type, body) = loop {
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let path = req.path.unwrap_or("");
-                let path = path.split_once('?').map_or(path, |(p, _)| p);
-                break respond(req.method.unwrap_or(""), path, source);
-            }
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            Ok(httparse::Status::Partial) => break (431, "text/plain", "request headers too large\n".to_string()),
-            Err(e) => break (400, "text/plain", format!("bad HTTP request: {e}\n")),
-        }
+/// The answer to `method path`.
+fn respond(method: &str, path: &str, source: &Source) -> Response {
+    let text = |status, content_type, body: String| Response {
+        status,
+        content_type,
+        body: body.into_bytes(),
+        allow: (status == 405).then_some("GET"),
     };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Error",
-    };
-    let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
-    write!(
-        stream,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body.as_bytes())
-}
-
-/// (status, content type, body) for `method path`.
-fn respond(method: &str, path: &str, source: &Source) -> (u16, &'static str, String) {
     match (method, path) {
-        ("GET", "/metrics") => (200, CONTENT_TYPE, render(&source())),
-        ("GET", "/") => (
+        ("GET", "/metrics") => text(200, CONTENT_TYPE, render(&source())),
+        ("GET", "/") => text(
             200,
             "text/html; charset=utf-8",
             "<html><head><title>xlb</title></head><body><h1>xlb</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n"
                 .to_string(),
         ),
-        (_, "/" | "/metrics") => (405, "text/plain", format!("{method} not allowed on {path}\n")),
-        _ => (404, "text/plain", format!("no page {path}; metrics are at /metrics\n")),
+        (_, "/" | "/metrics") => text(405, "text/plain", format!("{method} not allowed on {path}\n")),
+        _ => text(404, "text/plain", format!("no page {path}; metrics are at /metrics\n")),
     }
 }
 
@@ -793,7 +720,7 @@ mod tests {
         json!({
             "node": "lb-a",
             "uptime_s": 3600,
-            "totals": crate::stats::totals(&workers),
+            "totals": {},
             "workers": workers,
             "interfaces": [{
                 "name": "eth1", "xdp_mode": "native", "to_socket": 30, "passed_not_ours": 2,
@@ -1042,11 +969,13 @@ mod tests {
         find(&scrape, "xlb_worker_conntrack_entries", &[("worker", "9")]);
     }
 
-    /// Answers a raw request and returns (status, content type, body).
-    fn get(request: &str) -> (u16, String, String) {
-        let mut ex = crate::testio::Exchange::new(request);
-        answer(&mut ex, &document).unwrap();
-        let raw = ex.response;
+    /// Sends a raw request to a running metrics server and returns (status, content type, body).
+    fn get(server: &MetricsServer, request: &str) -> (u16, String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
         let Ok(httparse::Status::Complete(body_at)) = resp.parse(&raw) else {
@@ -1067,16 +996,24 @@ mod tests {
 
     #[test]
     fn answers_http_requests() {
-        // Over the real socket, `tests/tests/control.rs` scrapes it with curl inside a lab namespace.
-        let (status, content_type, body) = get("GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n");
+        // Over a lab's network, `tests/tests/control.rs` scrapes it with curl inside a namespace.
+        let server = start("127.0.0.1:0".parse().unwrap(), Arc::new(document)).unwrap();
+        let (status, content_type, body) = get(&server, "GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n");
         assert_eq!(status, 200);
-        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        assert!(content_type.starts_with(CONTENT_TYPE), "{content_type}");
         assert_eq!(body, render(&document()));
-        assert_eq!(get("GET /metrics?x=1 HTTP/1.1\r\n\r\n").0, 200);
-        assert_eq!(get("GET / HTTP/1.1\r\n\r\n").0, 200);
-        assert_eq!(get("GET /nope HTTP/1.1\r\n\r\n").0, 404);
-        assert_eq!(get("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
-        assert_eq!(get("NOT HTTP\r\n\r\n").0, 400);
+        assert_eq!(get(&server, "GET /metrics?x=1 HTTP/1.1\r\nHost: xlb\r\n\r\n").0, 200);
+        assert_eq!(get(&server, "GET / HTTP/1.1\r\nHost: xlb\r\n\r\n").0, 200);
+        assert_eq!(get(&server, "GET /nope HTTP/1.1\r\nHost: xlb\r\n\r\n").0, 404);
+        assert_eq!(
+            get(
+                &server,
+                "POST /metrics HTTP/1.1\r\nHost: xlb\r\nContent-Length: 0\r\n\r\n"
+            )
+            .0,
+            405
+        );
+        assert_eq!(get(&server, "NOT HTTP\r\n\r\n").0, 400);
     }
 
     #[test]
