@@ -25,7 +25,7 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 use xlb_api::{Applied, ConnRow, Conns, ErrorReply, Ha, RunningConfig, ServerWeight, StatsDoc, Status};
-use xlb_l4::config::{GroupConfig, ListenerConfig, ServerConfig};
+use xlb_l4::config::{check_name, GroupConfig, ListenerConfig, ServerConfig};
 use xlb_l4::forward::ConnFilter;
 use xlb_stack::xsk::filter::AttachedMode;
 use xlb_stack::xsk::Datapath;
@@ -314,6 +314,9 @@ impl Api {
     }
 
     fn put_listener(&self, name: &str, body: &[u8]) -> Reply {
+        if let Err(e) = check_name(name) {
+            return error(400, format!("listener.name: {e}"));
+        }
         let mut value: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return error(400, format!("listener: body is not JSON: {e}")),
@@ -341,6 +344,9 @@ impl Api {
     }
 
     fn put_group(&self, name: &str, body: &[u8]) -> Reply {
+        if let Err(e) = check_name(name) {
+            return error(400, format!("group.name: {e}"));
+        }
         let mut value: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return error(400, format!("group: body is not JSON: {e}")),
