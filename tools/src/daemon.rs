@@ -70,10 +70,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let metrics_server = match config.node.metrics_address {
         Some(addr) => {
             let for_metrics = api.clone();
-            let server = metrics::start(
-                addr,
-                Arc::new(move || serde_json::to_value(for_metrics.stats()).unwrap_or_default()),
-            )?;
+            let server = metrics::start(addr, Arc::new(move || for_metrics.stats()))?;
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
             Some(server)
         }
