@@ -421,3 +421,41 @@ fn found(found: bool, what: &str, name: &str) -> Result<(), Reply> {
         Err(error(404, format!("no {what} {name:?}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xlb_api::ListenerSpec;
+
+    /// What `xlbctl listener add` sends is a `[[listener]]` table the daemon reads.
+    #[test]
+    fn a_listener_spec_reads_as_a_listener_config() {
+        let spec = ListenerSpec {
+            name: "api".into(),
+            vip: "198.18.0.101".into(),
+            port: 81,
+            protocol: "udp".into(),
+            scheduler: "rr".into(),
+            forwarding: "dr".into(),
+            group: "web".into(),
+            interface: Some("ext0".into()),
+        };
+        let l: ListenerConfig = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(l.name, "api");
+        assert_eq!(l.vip.to_string(), "198.18.0.101");
+        assert_eq!(l.port, 81);
+        assert_eq!(l.scheduler.as_str(), "rr");
+        assert_eq!(format!("{:?}", l.forwarding).to_lowercase(), "dr");
+        assert_eq!(format!("{:?}", l.protocol).to_lowercase(), "udp");
+        assert_eq!(l.interface.as_deref(), Some("ext0"));
+        assert_eq!(l.group, "web");
+    }
+
+    /// A server weight as `xlbctl server add|set` sends it reads as the weight the API applies.
+    #[test]
+    fn server_weights_read_back() {
+        let body = serde_json::to_vec(&ServerWeight { weight: Some(7) }).unwrap();
+        let w: ServerWeight = serde_json::from_slice(&body).unwrap();
+        assert_eq!(w.weight, Some(7));
+    }
+}
