@@ -9,7 +9,7 @@ DEBIAN_PACKAGES = build-essential clang llvm libelf-dev libbpf-dev linux-libc-de
 # Keep installed daemons (nginx, haproxy, keepalived) from starting: tests start their own inside namespaces.
 POLICY_RC = /usr/sbin/policy-rc.d
 
-.PHONY: all deps build release demo test unit integration lint bench bench-quick bench-loop clean
+.PHONY: all deps build ctl release demo test unit integration lint bench bench-quick bench-loop clean
 
 all: build
 
@@ -24,6 +24,10 @@ deps:
 
 build:
 	$(CARGO) build --workspace --bins
+
+# xlbctl alone (no clang, libbpf or libxdp needed): for a management host.
+ctl:
+	$(CARGO) build -p xlbctl --release
 
 release:
 	$(CARGO) build --workspace --bins --release

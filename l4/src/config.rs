@@ -115,6 +115,33 @@ pub const PROBE_PORT_BASE: u16 = 61_000;
 /// Number of probe ports.
 pub const PROBE_PORTS: u16 = 1_000;
 
+/// Longest listener or group name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The rule for listener and group names, shared by config files and the control API (where a name is also a
+/// path segment, `/v1/listeners/{name}`, and a metrics label): 1 to [`MAX_NAME_LEN`] characters of
+/// `[A-Za-z0-9_.-]`, and not `.` or `..`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("{} characters, over the limit of {MAX_NAME_LEN}", name.len()));
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a name"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "{name:?} has {c:?}: names are letters, digits, '_', '.' and '-'"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks listeners and groups against each other and the interfaces. Errors name the field.
 pub fn validate(
     listeners: &[ListenerConfig],
@@ -124,10 +151,8 @@ pub fn validate(
 ) -> Result<(), String> {
     let mut group_names = HashSet::new();
     for (i, g) in groups.iter().enumerate() {
+        check_name(&g.name).map_err(|e| format!("group[{i}].name: {e}"))?;
         let at = format!("group[{i}] ({})", g.name);
-        if g.name.is_empty() {
-            return Err(format!("group[{i}].name: must not be empty"));
-        }
         if !group_names.insert(g.name.as_str()) {
             return Err(format!("{at}.name: defined twice"));
         }
@@ -154,6 +179,7 @@ pub fn validate(
     let mut endpoints = HashSet::new();
     let mut names = HashSet::new();
     for (i, l) in listeners.iter().enumerate() {
+        check_name(&l.name).map_err(|e| format!("listener[{i}].name: {e}"))?;
         let at = format!("listener[{i}] ({})", l.name);
         if !names.insert(l.name.as_str()) {
             return Err(format!("{at}.name: defined twice"));
@@ -276,6 +302,26 @@ mod tests {
     }
 
     #[test]
+    fn names_are_checked_by_one_rule() {
+        for good in ["web", "a", "web-1.v2_x", "..a", &"n".repeat(MAX_NAME_LEN)] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a%00b",
+            "a\0b",
+            "a b",
+            "a/b",
+            "caf\u{e9}",
+            &"n".repeat(MAX_NAME_LEN + 1),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             (
@@ -301,6 +347,18 @@ mod tests {
             (BASE.replace("protocol = \"tcp\"", "protocol = \"sctp\""), "sctp"),
             (format!("{BASE}\n[l4]\nlocal_port_max = 62000\n"), "l4.local_port_max"),
             (BASE.replace("198.19.0.3:8080", "198.19.0.2:8080"), "listed twice"),
+            (
+                BASE.replace("name = \"web\"\n        vip", "name = \"..\"\n        vip"),
+                "listener[0].name",
+            ),
+            (
+                BASE.replace("name = \"web\"\n        vip", "name = \"a/b\"\n        vip"),
+                "listener[0].name",
+            ),
+            (
+                BASE.replace("name = \"web\"\n        servers", "name = \"\"\n        servers"),
+                "group[0].name",
+            ),
         ];
         for (text, expected) in cases {
             let e = check(&text).unwrap_err();

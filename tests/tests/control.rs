@@ -1,9 +1,15 @@
 //! Control-plane acceptance: live changes through `xlbctl` and reload while TCP streams run through xlb; the
-//! metrics endpoint parsed by a Prometheus text parser.
+//! metrics endpoint parsed by a Prometheus text parser; the control API's refusals of malformed, oversized,
+//! slow and non-reading clients (each followed by a normal request that must still be answered).
 //!
 //! Lab as in `l4.rs`: client ── [ext0 | xlb | int0] ── servers 198.19.0.2-.5 (`xlb-bench sink`, names s1-s4).
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Result};
@@ -282,4 +288,272 @@ fn management_network_serves_metrics_and_the_api_with_a_token() -> Result<()> {
     let status = xlb.terminate()?;
     ensure!(status.success(), "xlb exited with {status}: {}", xlb.proc().stderr());
     Ok(())
+}
+
+/// A lab with one xlb (one listener, two servers) for the control API hardening tests.
+fn api_lab(name: &str) -> Result<(TwoArm, Vec<Proc>, Appliance)> {
+    let (t, sinks) = setup(name)?;
+    let servers = r#"{ addr = "198.19.0.2:8080" }, { addr = "198.19.0.3:8080" }"#;
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(servers, ""))?;
+    Ok((t, sinks, xlb))
+}
+
+/// Writes `request` as is to the control socket and reads the whole answer: (status, body).
+fn raw(socket: &Path, request: &[u8]) -> Result<(u16, String)> {
+    let mut s = UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.write_all(request)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no HTTP status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The API still answers a normal request (and the daemon still runs).
+fn still_serves(xlb: &Appliance) -> Result<()> {
+    xlb.proc().check_running()?;
+    let status = xlb.xlbctl(&["status"])?;
+    ensure!(status.contains("lb1"), "xlbctl status after the refusal: {status}");
+    Ok(())
+}
+
+/// The `error` of a JSON refusal.
+fn error_of(body: &str) -> Result<String> {
+    let doc: serde_json::Value = serde_json::from_str(body)?;
+    doc["error"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no error in {body}"))
+}
+
+const LISTENER_BODY: &str = r#"{"vip": "198.18.0.120", "port": 80, "group": "web"}"#;
+
+#[test]
+fn a_content_length_of_u64_max_is_refused_and_the_api_lives_on() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("cl-max")?;
+    let (status, body) = raw(
+        xlb.socket(),
+        format!(
+            "PUT /v1/listeners/x HTTP/1.1\r\nHost: xlb\r\nContent-Length: 18446744073709551615\r\n\r\n{LISTENER_BODY}"
+        )
+        .as_bytes(),
+    )?;
+    ensure!(status == 413, "Content-Length u64::MAX: status {status} {body}");
+    ensure!(error_of(&body)?.contains("Content-Length"), "{body}");
+    still_serves(&xlb)
+}
+
+#[test]
+fn a_negative_content_length_is_refused_not_ignored() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("cl-neg")?;
+    let before = xlb.xlbctl(&["config"])?;
+    let (status, body) = raw(
+        xlb.socket(),
+        format!("PUT /v1/listeners/x HTTP/1.1\r\nHost: xlb\r\nContent-Length: -1\r\n\r\n{LISTENER_BODY}").as_bytes(),
+    )?;
+    ensure!(status == 400, "Content-Length -1: status {status} {body}");
+    ensure!(error_of(&body)?.contains("Content-Length"), "{body}");
+    ensure!(xlb.xlbctl(&["config"])? == before, "the running config changed");
+    still_serves(&xlb)
+}
+
+#[test]
+fn a_chunked_body_is_refused_with_411() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("chunked")?;
+    let before = xlb.xlbctl(&["config"])?;
+    let request = format!(
+        "PUT /v1/listeners/x HTTP/1.1\r\nHost: xlb\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{LISTENER_BODY}\r\n0\r\n\r\n",
+        LISTENER_BODY.len()
+    );
+    let (status, body) = raw(xlb.socket(), request.as_bytes())?;
+    ensure!(status == 411, "chunked body: status {status} {body}");
+    ensure!(error_of(&body)?.contains("Transfer-Encoding"), "{body}");
+    ensure!(xlb.xlbctl(&["config"])? == before, "the running config changed");
+    still_serves(&xlb)
+}
+
+#[test]
+fn conflicting_content_lengths_are_refused() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("cl-dup")?;
+    let before = xlb.xlbctl(&["config"])?;
+    let request = format!(
+        "PUT /v1/listeners/x HTTP/1.1\r\nHost: xlb\r\nContent-Length: 2\r\nContent-Length: {}\r\n\r\n{LISTENER_BODY}",
+        LISTENER_BODY.len()
+    );
+    let (status, body) = raw(xlb.socket(), request.as_bytes())?;
+    ensure!(status == 400, "two Content-Lengths: status {status} {body}");
+    ensure!(error_of(&body)?.contains("Content-Length given 2 times"), "{body}");
+    ensure!(xlb.xlbctl(&["config"])? == before, "the running config changed");
+    still_serves(&xlb)
+}
+
+#[test]
+fn a_body_over_the_limit_is_refused_with_413_unread() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("big-body")?;
+    // The head announces 1 MiB; none of it is sent: the refusal comes from the head alone.
+    let (status, body) = raw(
+        xlb.socket(),
+        b"PUT /v1/listeners/x HTTP/1.1\r\nHost: xlb\r\nContent-Length: 1048576\r\n\r\n",
+    )?;
+    ensure!(status == 413, "1 MiB body: status {status} {body}");
+    ensure!(error_of(&body)?.contains("bytes"), "{body}");
+    still_serves(&xlb)
+}
+
+#[test]
+fn listener_names_outside_the_rule_are_refused() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("names")?;
+    let before = xlb.xlbctl(&["config"])?;
+    for name in ["..", "a%00b", "a%2Fb"] {
+        let (status, body) = raw(
+            xlb.socket(),
+            format!(
+                "PUT /v1/listeners/{name} HTTP/1.1\r\nHost: xlb\r\nContent-Length: {}\r\n\r\n{LISTENER_BODY}",
+                LISTENER_BODY.len()
+            )
+            .as_bytes(),
+        )?;
+        ensure!(status == 400, "listener {name:?}: status {status} {body}");
+        ensure!(error_of(&body)?.contains("listener.name"), "{name:?}: {body}");
+    }
+    // xlbctl names the rule too.
+    let err = xlb
+        .xlbctl(&[
+            "listener",
+            "add",
+            "..",
+            "--vip",
+            "198.18.0.120",
+            "--port",
+            "80",
+            "--group",
+            "web",
+        ])
+        .unwrap_err();
+    ensure!(format!("{err:#}").contains("listener.name"), "{err:#}");
+    ensure!(xlb.xlbctl(&["config"])? == before, "the running config changed");
+    still_serves(&xlb)
+}
+
+#[test]
+fn a_client_that_stops_sending_is_cut_off_while_others_are_served() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("stalled")?;
+    let mut stalled = UnixStream::connect(xlb.socket())?;
+    stalled.write_all(b"GET /v1/status HTTP/1.1\r\nHo")?;
+    // Served while the stalled request is open (its connection has not been answered or closed yet).
+    still_serves(&xlb)?;
+    stalled.set_nonblocking(true)?;
+    let mut byte = [0u8; 1];
+    ensure!(
+        matches!(stalled.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the stalled connection was closed before the other request was answered"
+    );
+    // The server gives up on it: the connection ends (EOF, possibly after a 408) within a generous bound.
+    stalled.set_nonblocking(false)?;
+    stalled.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut rest = Vec::new();
+    let ended = stalled.read_to_end(&mut rest);
+    ensure!(ended.is_ok(), "the stalled connection is still open: {ended:?}");
+    still_serves(&xlb)
+}
+
+#[test]
+fn a_client_that_does_not_read_its_answer_does_not_block_the_api() -> Result<()> {
+    let (t, _sinks) = setup("noread")?;
+    // A group of 6000 servers (not used by a listener) makes `GET /v1/config` far larger than the socket buffers,
+    // so writing it blocks until the client reads.
+    let many: Vec<String> = (2..=201)
+        .flat_map(|host| (1000..1030).map(move |port| format!("{{ addr = \"198.19.0.{host}:{port}\" }}")))
+        .collect();
+    let cfg = format!(
+        "{}\n[[group]]\nname = \"many\"\nservers = [{}]\n",
+        config(r#"{ addr = "198.19.0.2:8080" }"#, ""),
+        many.join(", ")
+    );
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &cfg)?;
+    let answer_len = xlb.xlbctl(&["config"])?.len();
+    let wmem: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_default")?
+        .trim()
+        .parse()?;
+    ensure!(
+        answer_len > 2 * wmem,
+        "GET /v1/config is {answer_len} bytes: not enough to fill a socket buffer of {wmem}"
+    );
+    let mut silent = UnixStream::connect(xlb.socket())?;
+    silent.write_all(b"GET /v1/config HTTP/1.1\r\nHost: xlb\r\n\r\n")?;
+    // The answer is being written to a client that does not read: other requests are answered meanwhile.
+    for _ in 0..5 {
+        still_serves(&xlb)?;
+    }
+    let stats = xlb.stats()?;
+    ensure!(stats["node"] == "lb1", "{stats}");
+    drop(silent);
+    still_serves(&xlb)
+}
+
+#[test]
+fn sigterm_stops_xlb_promptly_while_a_client_trickles() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("trickle-term")?;
+    let request = b"PUT /v1/listeners/slow HTTP/1.1\r\nHost: xlb\r\nContent-Length: 60\r\n\r\n".to_vec();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut trickler = UnixStream::connect(xlb.socket())?;
+    trickler.write_all(&request)?;
+    let sent2 = sent.clone();
+    let total = 60;
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..total {
+            if trickler.write_all(b" ").is_err() {
+                break;
+            }
+            sent2.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    wait_until_ok(TIMEOUT, "the trickler to start", || {
+        ensure!(sent.load(Ordering::SeqCst) >= 2, "not yet");
+        Ok(())
+    })?;
+    let status = xlb.terminate()?;
+    let trickled = sent.load(Ordering::SeqCst);
+    ensure!(status.success(), "xlb exited with {status}: {}", xlb.proc().stderr());
+    ensure!(
+        trickled < total,
+        "xlb exited only after the trickling client had sent its whole body"
+    );
+    ensure!(!xlb.socket().exists(), "control socket left behind");
+    let _ = trickle.join();
+    Ok(())
+}
+
+#[test]
+fn xlbctl_exits_quietly_when_its_reader_goes_away() -> Result<()> {
+    let (_t, _sinks, xlb) = api_lab("epipe")?;
+    let ctl = workspace_bin("xlbctl")?;
+    // `--watch` prints again after `head` has gone: that write meets a closed pipe.
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "set -o pipefail; \"$0\" --socket \"$1\" stats --json --watch 1 | head -1",
+            &ctl.display().to_string(),
+            &xlb.socket().display().to_string(),
+        ])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success(),
+        "xlbctl | head -1 exited with {}: {stderr}",
+        out.status
+    );
+    ensure!(stderr.is_empty(), "xlbctl printed on stderr: {stderr}");
+    ensure!(String::from_utf8_lossy(&out.stdout).trim() == "{", "{out:?}");
+    still_serves(&xlb)
 }

@@ -22,8 +22,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use serde::Serialize;
 use serde_json::{json, Value};
-use xlb_l4::config::{GroupConfig, ListenerConfig, ServerConfig};
+use xlb_api::{Applied, ConnRow, Conns, ErrorReply, Ha, RunningConfig, ServerWeight, StatsDoc, Status};
+use xlb_l4::config::{check_name, GroupConfig, ListenerConfig, ServerConfig};
 use xlb_l4::forward::ConnFilter;
 use xlb_stack::xsk::filter::AttachedMode;
 use xlb_stack::xsk::Datapath;
@@ -45,7 +47,24 @@ pub struct Api {
 type Reply = (u16, Value);
 
 fn error(status: u16, message: impl Into<String>) -> Reply {
-    (status, json!({ "error": message.into() }))
+    reply(status, &ErrorReply::new(message))
+}
+
+/// A typed answer as (status, JSON).
+fn reply(status: u16, body: &impl Serialize) -> Reply {
+    match serde_json::to_value(body) {
+        Ok(v) => (status, v),
+        Err(e) => (500, json!({ "error": format!("encoding the answer: {e}") })),
+    }
+}
+
+fn applied(summary: impl Into<String>) -> Reply {
+    reply(
+        200,
+        &Applied {
+            applied: summary.into(),
+        },
+    )
 }
 
 impl Api {
@@ -93,15 +112,15 @@ impl Api {
     }
 
     /// The stats document.
-    pub fn stats(&self) -> Value {
+    pub fn stats(&self) -> StatsDoc {
         let rt = self.runtime();
-        let workers: Vec<Value> = self
+        let workers: Vec<_> = self
             .dp
             .worker_counters()
             .iter()
-            .map(|(name, s)| stats::worker_json(name, s))
+            .map(|(name, s)| stats::worker(name, s))
             .collect();
-        let interfaces: Vec<Value> = self
+        let interfaces = self
             .dp
             .filter_stats()
             .iter()
@@ -110,18 +129,18 @@ impl Api {
                     AttachedMode::Native => "native",
                     AttachedMode::Generic => "generic",
                 };
-                stats::filter_json(name, mode, f)
+                stats::interface(name, mode, f)
             })
             .collect();
-        json!({
-            "node": rt.config().node.name,
-            "uptime_s": self.started.elapsed().as_secs(),
-            "totals": stats::totals(&workers),
-            "workers": workers,
-            "interfaces": interfaces,
-            "l4": stats::l4_json(&rt),
-            "ha": self.ha.as_ref().map(|(status, _)| status.json()),
-        })
+        StatsDoc {
+            node: rt.config().node.name.clone(),
+            uptime_s: self.started.elapsed().as_secs(),
+            totals: stats::totals(&workers),
+            workers,
+            interfaces,
+            l4: stats::l4(&rt),
+            ha: self.ha.as_ref().map(|(status, _)| status.report()),
+        }
     }
 
     /// Answers one request.
@@ -132,30 +151,48 @@ impl Api {
             ("GET", ["v1", "conns"]) => self.conns(query),
             ("GET", ["v1", "status"]) => {
                 let rt = self.runtime();
-                (
-                    200,
-                    json!({"node": rt.config().node.name, "uptime_s": self.started.elapsed().as_secs(), "healthy": self.dp.healthy()}),
-                )
+                let status = Status {
+                    node: rt.config().node.name.clone(),
+                    uptime_s: self.started.elapsed().as_secs(),
+                    healthy: self.dp.healthy(),
+                };
+                reply(200, &status)
             }
-            ("GET", ["v1", "stats"]) => (200, self.stats()),
+            ("GET", ["v1", "stats"]) => reply(200, &self.stats()),
             ("GET", ["v1", "ha"]) => match &self.ha {
-                Some((status, _)) => (200, status.json()),
-                None => (200, json!({"state": "disabled"})),
+                Some((status, _)) => reply(200, &status.report()),
+                None => reply(
+                    200,
+                    &Ha {
+                        state: "disabled".into(),
+                        counters: None,
+                    },
+                ),
             },
             ("POST", ["v1", "ha", "drain"]) => match &self.ha {
                 Some((_, drain)) => {
                     drain.store(true, std::sync::atomic::Ordering::Relaxed);
-                    (200, json!({"applied": "draining: mastership handed over"}))
+                    applied("draining: mastership handed over")
                 }
                 None => error(400, "ha: no [ha] section configured"),
             },
             ("GET", ["v1", "config"]) => {
                 let rt = self.runtime();
                 let c = rt.config();
-                (200, json!({"listeners": c.listeners, "groups": c.groups, "l4": c.l4}))
+                let running = serde_json::to_value(&c.listeners).and_then(|listeners| {
+                    Ok(RunningConfig {
+                        listeners: serde_json::from_value(listeners)?,
+                        groups: serde_json::from_value(serde_json::to_value(&c.groups)?)?,
+                        l4: serde_json::to_value(&c.l4)?,
+                    })
+                });
+                match running {
+                    Ok(running) => reply(200, &running),
+                    Err(e) => error(500, format!("encoding the running config: {e}")),
+                }
             }
             ("POST", ["v1", "reload"]) => match self.reload() {
-                Ok(summary) => (200, json!({"applied": summary})),
+                Ok(summary) => applied(summary),
                 Err(e) => error(400, e),
             },
             ("GET", ["v1", "listeners"]) => (200, json!(self.runtime().config().listeners)),
@@ -216,7 +253,7 @@ impl Api {
             (Ok(c), None) => c,
         };
         match rt.apply(new, &self.dp) {
-            Ok(summary) => (200, json!({ "applied": summary })),
+            Ok(summary) => applied(summary),
             Err(e) => error(400, e),
         }
     }
@@ -254,29 +291,32 @@ impl Api {
             Ok(c) => c,
             Err(e) => return error(500, e),
         };
-        let rows: Vec<Value> = conns
+        let conns = conns
             .iter()
             .map(|i| {
                 let c = &i.conn;
-                json!({
-                    "listener": i.listener,
-                    "protocol": format!("{:?}", c.proto).to_lowercase(),
-                    "forwarding": format!("{:?}", c.forwarding).to_lowercase(),
-                    "client": c.client.to_string(),
-                    "vip": c.vip.to_string(),
-                    "local": c.local.to_string(),
-                    "server": c.backend.to_string(),
-                    "state": c.state.name(),
-                    "expires_in_s": i.expires_in.as_secs_f64(),
-                    "client_packets": c.client_packets,
-                    "worker": i.worker,
-                })
+                ConnRow {
+                    listener: i.listener.clone(),
+                    protocol: format!("{:?}", c.proto).to_lowercase(),
+                    forwarding: format!("{:?}", c.forwarding).to_lowercase(),
+                    client: c.client.to_string(),
+                    vip: c.vip.to_string(),
+                    local: c.local.to_string(),
+                    server: c.backend.to_string(),
+                    state: c.state.name().to_string(),
+                    expires_in_s: i.expires_in.as_secs_f64(),
+                    client_packets: c.client_packets.into(),
+                    worker: i.worker,
+                }
             })
             .collect();
-        (200, json!({ "conns": rows }))
+        reply(200, &Conns { conns })
     }
 
     fn put_listener(&self, name: &str, body: &[u8]) -> Reply {
+        if let Err(e) = check_name(name) {
+            return error(400, format!("listener.name: {e}"));
+        }
         let mut value: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return error(400, format!("listener: body is not JSON: {e}")),
@@ -304,6 +344,9 @@ impl Api {
     }
 
     fn put_group(&self, name: &str, body: &[u8]) -> Reply {
+        if let Err(e) = check_name(name) {
+            return error(400, format!("group.name: {e}"));
+        }
         let mut value: Value = match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => return error(400, format!("group: body is not JSON: {e}")),
@@ -338,12 +381,14 @@ impl Api {
             None
         } else {
             match serde_json::from_slice::<Value>(body) {
-                Ok(v) => match &v["weight"] {
-                    Value::Null => None,
-                    w => match w.as_u64().and_then(|w| u32::try_from(w).ok()) {
-                        Some(w) => Some(w),
-                        None => return error(400, format!("server.weight: {w} is not a non-negative integer")),
-                    },
+                Ok(v) => match serde_json::from_value::<ServerWeight>(v.clone()) {
+                    Ok(w) => w.weight,
+                    Err(_) => {
+                        return error(
+                            400,
+                            format!("server.weight: {} is not a non-negative integer", v["weight"]),
+                        )
+                    }
                 },
                 Err(e) => return error(400, format!("server: body is not JSON: {e}")),
             }
@@ -374,5 +419,43 @@ fn found(found: bool, what: &str, name: &str) -> Result<(), Reply> {
         Ok(())
     } else {
         Err(error(404, format!("no {what} {name:?}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xlb_api::ListenerSpec;
+
+    /// What `xlbctl listener add` sends is a `[[listener]]` table the daemon reads.
+    #[test]
+    fn a_listener_spec_reads_as_a_listener_config() {
+        let spec = ListenerSpec {
+            name: "api".into(),
+            vip: "198.18.0.101".into(),
+            port: 81,
+            protocol: "udp".into(),
+            scheduler: "rr".into(),
+            forwarding: "dr".into(),
+            group: "web".into(),
+            interface: Some("ext0".into()),
+        };
+        let l: ListenerConfig = serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+        assert_eq!(l.name, "api");
+        assert_eq!(l.vip.to_string(), "198.18.0.101");
+        assert_eq!(l.port, 81);
+        assert_eq!(l.scheduler.as_str(), "rr");
+        assert_eq!(format!("{:?}", l.forwarding).to_lowercase(), "dr");
+        assert_eq!(format!("{:?}", l.protocol).to_lowercase(), "udp");
+        assert_eq!(l.interface.as_deref(), Some("ext0"));
+        assert_eq!(l.group, "web");
+    }
+
+    /// A server weight as `xlbctl server add|set` sends it reads as the weight the API applies.
+    #[test]
+    fn server_weights_read_back() {
+        let body = serde_json::to_vec(&ServerWeight { weight: Some(7) }).unwrap();
+        let w: ServerWeight = serde_json::from_slice(&body).unwrap();
+        assert_eq!(w.weight, Some(7));
     }
 }

@@ -15,8 +15,9 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
 use crate::ha;
-use crate::lb::{floating_ips, vip_interface, PipelineFactory};
+use crate::lb::PipelineFactory;
 use crate::metrics;
+use crate::placement::{floating_ips, ha_interface, vip_interface};
 
 /// Runs the appliance until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP and `xlbctl reload`.
 pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
@@ -38,7 +39,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let ha_node = match (&config.ha, factory.take_sync_events(), factory.take_ha_link()) {
         (Some(ha), Some(events), Some(link)) => {
             // VRRP and sync frames go to the datapath, not the kernel.
-            let iface = ha::ha_interface(&config)?;
+            let iface = ha_interface(&config)?;
             for group in [xlb_ha::vrrp::VRRP_MULTICAST, *ha.sync_group.ip()] {
                 dp.add_address(iface, group, AddrKind::Group)
                     .map_err(|e| e.to_string())?;

@@ -20,7 +20,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use serde_json::{json, Value};
 use xlb_ha::frames::{garp_frame, multicast_frame, udp_packet, udp_payload, SYNC_MULTICAST_TTL};
 use xlb_ha::net::MulticastMembership;
 use xlb_ha::sync::{
@@ -36,7 +35,7 @@ use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::datapath::interface_mac;
 
 use crate::config::Config;
-use crate::lb::{floating_ips, vip_interface};
+use crate::placement::{floating_ips, ha_interface, ha_source, vip_interface, HaLink};
 
 /// How long a starting node waits for a peer's bulk resync before it assumes it is alone.
 const RESYNC_WAIT: Duration = Duration::from_secs(3);
@@ -44,18 +43,6 @@ const RESYNC_WAIT: Duration = Duration::from_secs(3);
 const TICK: Duration = Duration::from_millis(20);
 /// Longest wait at shutdown for the workers to send the last frames (the priority-0 advert).
 const FLUSH_WAIT: Duration = Duration::from_millis(500);
-
-/// The HA threads' ends of the datapath channels (the workers hold the other ends).
-pub struct HaLink {
-    /// VRRP packets received by any worker.
-    pub vrrp: Receiver<Vec<u8>>,
-    /// Sync datagrams received by any worker.
-    pub sync: Receiver<Vec<u8>>,
-    /// Frames for the worker that transmits for HA.
-    pub out: Sender<HaOutbound>,
-    /// Wakes that worker after something was queued.
-    pub wake: Arc<Wake>,
-}
 
 /// Where HA frames leave: the HA interface, and every interface's MAC (for gratuitous ARPs).
 #[derive(Clone)]
@@ -106,24 +93,26 @@ pub struct HaStatus {
 }
 
 impl HaStatus {
-    /// The status as JSON (for `/v1/ha` and stats).
-    pub fn json(&self) -> Value {
+    /// The status as the API reports it (`/v1/ha`, `ha` in the stats document).
+    pub fn report(&self) -> xlb_api::Ha {
         let state = match self.state.load(Ordering::Relaxed) {
             2 => "master",
             1 => "backup",
             _ => "initialize",
         };
-        json!({
-            "state": state,
-            "resynced": self.resynced.load(Ordering::Relaxed),
-            "draining": self.draining.load(Ordering::Relaxed),
-            "became_master": self.became_master.load(Ordering::Relaxed),
-            "sync_records_sent": self.records_sent.load(Ordering::Relaxed),
-            "sync_records_received": self.records_received.load(Ordering::Relaxed),
-            "sync_rejected": self.rejected.load(Ordering::Relaxed),
-            "sync_replayed": self.replayed.load(Ordering::Relaxed),
-            "vrrp_rejected": self.vrrp_rejected.load(Ordering::Relaxed),
-        })
+        xlb_api::Ha {
+            state: state.to_string(),
+            counters: Some(xlb_api::HaCounters {
+                resynced: self.resynced.load(Ordering::Relaxed),
+                draining: self.draining.load(Ordering::Relaxed),
+                became_master: self.became_master.load(Ordering::Relaxed),
+                sync_records_sent: self.records_sent.load(Ordering::Relaxed),
+                sync_records_received: self.records_received.load(Ordering::Relaxed),
+                sync_rejected: self.rejected.load(Ordering::Relaxed),
+                sync_replayed: self.replayed.load(Ordering::Relaxed),
+                vrrp_rejected: self.vrrp_rejected.load(Ordering::Relaxed),
+            }),
+        }
     }
 }
 
@@ -286,27 +275,6 @@ pub fn start(
         threads: vec![sync, vrrp],
         out: link.out,
         _membership: membership,
-    })
-}
-
-/// Index of the `[ha]` interface among the configured interfaces.
-pub fn ha_interface(config: &Config) -> Result<usize, String> {
-    let ha = config.ha.as_ref().ok_or("no [ha] section")?;
-    config
-        .interfaces
-        .iter()
-        .position(|i| i.name == ha.interface)
-        .ok_or_else(|| format!("ha.interface: {} is not a configured [[interface]]", ha.interface))
-}
-
-/// The node's HA address: its first address on the HA interface (VRRP and sync are sent from it).
-pub fn ha_source(config: &Config) -> Result<Ipv4Addr, String> {
-    let i = ha_interface(config)?;
-    config.interfaces[i].addresses.first().map(|n| n.addr).ok_or_else(|| {
-        format!(
-            "ha.interface: {} has no address to send VRRP and sync from",
-            config.interfaces[i].name
-        )
     })
 }
 

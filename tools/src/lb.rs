@@ -28,7 +28,7 @@ use xlb_stack::xsk::filter::AddrKind;
 use xlb_stack::xsk::{Datapath, WorkerPlan};
 
 use crate::config::Config;
-use crate::ha::{ha_interface, ha_source, HaLink};
+use crate::placement::{floating_ips, ha_interface, ha_source, vip_interface, HaLink};
 
 /// Frames each worker may have in flight to other workers.
 const HANDOFF_DEPTH: usize = 1024;
@@ -41,19 +41,6 @@ const HA_DEPTH: usize = 4096;
 
 /// The pipeline every worker runs.
 pub type LbPipeline = LocalStack<Forwarder>;
-
-/// The interface index the VIP of `listener` is announced on: its `interface`, else the interface whose subnet
-/// holds the VIP, else the first.
-pub fn vip_interface(config: &Config, listener: &ListenerConfig) -> usize {
-    if let Some(name) = &listener.interface {
-        return config.interfaces.iter().position(|i| &i.name == name).unwrap_or(0);
-    }
-    config
-        .interfaces
-        .iter()
-        .position(|i| i.addresses.iter().any(|n| n.prefix < 32 && n.contains(listener.vip)))
-        .unwrap_or(0)
-}
 
 /// The VIP interface of every listener slot of `layout`.
 fn vip_ifaces(config: &Config, layout: &Layout) -> Vec<usize> {
@@ -131,21 +118,6 @@ pub struct PipelineFactory {
     ha_tap: Option<HaTap>,
     ha_out: Option<Receiver<HaOutbound>>,
     ha_link: Option<HaLink>,
-}
-
-/// Floating local IPs of the `[ha]` section, as (interface index, address).
-pub fn floating_ips(config: &Config) -> Vec<(usize, Ipv4Addr)> {
-    let Some(ha) = &config.ha else { return Vec::new() };
-    ha.local_ips
-        .iter()
-        .filter_map(|net| {
-            let iface = config
-                .interfaces
-                .iter()
-                .position(|i| i.addresses.iter().any(|a| a.prefix < 32 && a.contains(net.addr)))?;
-            Some((iface, net.addr))
-        })
-        .collect()
 }
 
 impl PipelineFactory {

@@ -1,14 +1,15 @@
-//! The xlb appliance daemon and its control CLI.
+//! The xlb appliance daemon (`xlb`). Its control CLI is the `xlbctl` crate; the API types both share are `xlb-api`.
 //!
 //! - [`api`]: the control API routes: reads, live configuration changes, reload.
 //! - [`config`]: the whole config file (`xlb check` / `xlb run`).
-//! - [`control`]: the control API transport (HTTP+JSON on the node's Unix socket, optionally TCP with a token)
-//!   and its client.
+//! - [`control`]: the control API transport (HTTP+JSON on the node's Unix socket, optionally TCP with a token).
 //! - [`metrics`]: Prometheus text rendering of the stats document and its HTTP server.
 //! - [`stats`]: the stats document served by the control API.
 //! - [`ha`]: the HA driver: VRRP and session sync over the datapath's HA channels, driving the workers.
 //! - [`ha_config`]: the `[ha]` section.
+//! - [`http`]: the HTTP server of the control API and metrics (hyper on a single-threaded tokio runtime).
 //! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder) from the config.
+//! - [`placement`]: which interface carries a VIP, the floating IPs, the HA interface; the HA channel ends.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
 
 pub mod api;
@@ -17,8 +18,8 @@ pub mod control;
 pub mod daemon;
 pub mod ha;
 pub mod ha_config;
+pub mod http;
 pub mod lb;
 pub mod metrics;
+pub mod placement;
 pub mod stats;
-#[cfg(test)]
-mod testio;

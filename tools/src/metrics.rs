@@ -1,651 +1,588 @@
-//! Prometheus metrics: the stats document (see [`crate::stats`]) rendered in the Prometheus text exposition format
-//! (version 0.0.4), served over HTTP at `GET /metrics` on `node.metrics_address`.
+//! Prometheus metrics: the stats document ([`xlb_api::StatsDoc`], what `GET /v1/stats` serves) rendered in the
+//! Prometheus text exposition format (version 0.0.4) by the `prometheus-client` crate, served over HTTP at
+//! `GET /metrics` on `node.metrics_address`.
 //!
-//! [`render`] is a pure function of the stats document, so whatever the control API reports at `GET /v1/stats` is
-//! what Prometheus scrapes. Counters end in `_total`, gauges do not; every family is declared once (`# HELP` and
-//! `# TYPE`) with all its samples right after it. A field missing from the document drops that sample, never the
-//! scrape.
+//! [`render`] is a pure function of the typed document, so whatever the control API reports is what Prometheus
+//! scrapes, and a field renamed in the document is a compile error here. The document is handed to
+//! `prometheus-client` as a [`Collector`] (a snapshot, encoded once per scrape); the library writes the `# HELP`
+//! and `# TYPE` lines, the `_total` suffix of counters, label escaping and the histogram series. Counters end in
+//! `_total`, gauges do not; every family is declared once with all its samples right after it; a family with no
+//! samples is left out.
 
-use std::fmt::Write as _;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::Value;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use xlb_api::stats as doc;
+use xlb_api::StatsDoc;
 
-/// Produces the current stats document (the JSON served at `GET /v1/stats`).
-pub type Source = dyn Fn() -> Value + Send + Sync;
+use crate::http::{self, HttpServer, Limits, Listener, Response};
+
+/// Produces the current stats document.
+pub type Source = dyn Fn() -> StatsDoc + Send + Sync;
 
 /// The `Content-Type` of the Prometheus text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// Largest request accepted (request line and headers); a scrape request is a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-
-/// How long a client may take to send its request, or to take the response.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// The health checker's counters (`l4.health` in the stats document): (field, metric, help).
-const HEALTH_COUNTERS: &[(&str, &str, &str)] = &[
-    ("probes", "xlb_health_probes_total", "Health-check probes started."),
+const HEALTH_COUNTERS: &[Metric<doc::Health>] = &[
     (
-        "successes",
+        |x: &doc::Health| x.probes,
+        "xlb_health_probes_total",
+        "Health-check probes started.",
+    ),
+    (
+        |x: &doc::Health| x.successes,
         "xlb_health_successes_total",
         "Health-check probes that succeeded.",
     ),
     (
-        "failures",
+        |x: &doc::Health| x.failures,
         "xlb_health_failures_total",
         "Health-check probes that failed (timeouts included).",
     ),
     (
-        "timeouts",
+        |x: &doc::Health| x.timeouts,
         "xlb_health_timeouts_total",
         "Health-check probes that timed out.",
     ),
     (
-        "bad_checksum",
+        |x: &doc::Health| x.bad_checksum,
         "xlb_health_bad_checksum_total",
         "Replies to live health-check probes discarded for a bad TCP/UDP/ICMP checksum (partial checksums from a \
          server with TX checksum offload on veth or a virtual NIC: see the log).",
     ),
     (
-        "port_waits",
+        |x: &doc::Health| x.port_waits,
         "xlb_health_port_waits_total",
         "Times a due health-check probe waited because every probe port was in flight.",
     ),
 ];
 
 /// Per-worker counters of the stats document: (field, metric, help).
-const WORKER_COUNTERS: &[(&str, &str, &str)] = &[
+const WORKER_COUNTERS: &[Metric<doc::WorkerCounters>] = &[
     (
-        "rx_frames",
+        |x: &doc::WorkerCounters| x.rx_frames,
         "xlb_worker_rx_frames_total",
         "Frames received from the AF_XDP RX rings.",
     ),
     (
-        "rx_bytes",
+        |x: &doc::WorkerCounters| x.rx_bytes,
         "xlb_worker_rx_bytes_total",
         "Bytes received from the AF_XDP RX rings.",
     ),
     (
-        "tx_frames",
+        |x: &doc::WorkerCounters| x.tx_frames,
         "xlb_worker_tx_frames_total",
         "Frames sent through the AF_XDP TX rings.",
     ),
     (
-        "tx_bytes",
+        |x: &doc::WorkerCounters| x.tx_bytes,
         "xlb_worker_tx_bytes_total",
         "Bytes sent through the AF_XDP TX rings.",
     ),
     (
-        "tx_ring_full",
+        |x: &doc::WorkerCounters| x.tx_ring_full,
         "xlb_worker_tx_ring_full_total",
         "Batches in which a TX ring could not take every frame.",
     ),
     (
-        "fill_starved",
+        |x: &doc::WorkerCounters| x.fill_starved,
         "xlb_worker_fill_starved_total",
         "Times the fill ring could not be topped up because no frame was free.",
     ),
     (
-        "kernel_rx_ring_full",
+        |x: &doc::WorkerCounters| x.kernel_rx_ring_full,
         "xlb_worker_kernel_rx_ring_full_total",
         "Frames the kernel dropped because the RX ring was full (XDP_STATISTICS).",
     ),
     (
-        "kernel_fill_ring_empty",
+        |x: &doc::WorkerCounters| x.kernel_fill_ring_empty,
         "xlb_worker_kernel_fill_ring_empty_total",
         "Frames the kernel dropped for lack of fill-ring entries (XDP_STATISTICS).",
     ),
     (
-        "kernel_rx_dropped",
+        |x: &doc::WorkerCounters| x.kernel_rx_dropped,
         "xlb_worker_kernel_rx_dropped_total",
         "Frames the kernel dropped for other reasons (XDP_STATISTICS).",
     ),
     (
-        "arp_requests",
+        |x: &doc::WorkerCounters| x.arp_requests,
         "xlb_arp_requests_total",
         "ARP requests sent to resolve neighbours.",
     ),
     (
-        "arp_replies",
+        |x: &doc::WorkerCounters| x.arp_replies,
         "xlb_arp_replies_total",
         "ARP requests for the appliance's addresses answered.",
     ),
     (
-        "icmp_echo_replies",
+        |x: &doc::WorkerCounters| x.icmp_echo_replies,
         "xlb_icmp_echo_replies_total",
         "ICMP echo requests answered.",
     ),
-    ("tcp_resets", "xlb_tcp_resets_total", "TCP resets sent."),
     (
-        "icmp_unreachables",
+        |x: &doc::WorkerCounters| x.tcp_resets,
+        "xlb_tcp_resets_total",
+        "TCP resets sent.",
+    ),
+    (
+        |x: &doc::WorkerCounters| x.icmp_unreachables,
         "xlb_icmp_unreachables_total",
         "ICMP destination-unreachable messages sent.",
     ),
 ];
 
 /// Per-worker gauges of the stats document: (field, metric, help).
-const WORKER_GAUGES: &[(&str, &str, &str)] = &[
+const WORKER_GAUGES: &[Metric<doc::WorkerCounters>] = &[
     (
-        "free_frames",
+        |x: &doc::WorkerCounters| x.free_frames,
         "xlb_worker_free_frames",
         "UMEM frames owned by userspace now (free pool and fill ring).",
     ),
     (
-        "total_frames",
+        |x: &doc::WorkerCounters| x.total_frames,
         "xlb_worker_umem_frames",
         "UMEM frames of the worker in total.",
     ),
 ];
 
-/// XDP filter verdicts of the stats document (field and `verdict` label value).
-const XDP_VERDICTS: &[&str] = &["to_socket", "passed_not_ours", "passed_no_socket", "passed_malformed"];
-
 /// Per-listener counters and gauges of the stats document: (field, metric, help).
-const LISTENER_VALUES: &[(&str, &str, &str)] = &[
+const LISTENER_VALUES: &[Metric<doc::Listener>] = &[
     (
-        "conns_total",
+        |x: &doc::Listener| x.conns_total,
         "xlb_listener_connections_total",
         "Connections created for the listener.",
     ),
     (
-        "conns_per_sec",
+        |x: &doc::Listener| x.conns_per_sec,
         "xlb_listener_new_connections_per_second",
         "New connections per second (sampled every second).",
     ),
     (
-        "no_server",
+        |x: &doc::Listener| x.no_server,
         "xlb_listener_no_server_total",
         "New flows refused because no server was available.",
     ),
     (
-        "stateless",
+        |x: &doc::Listener| x.stateless,
         "xlb_listener_stateless_total",
         "New flows forwarded without a connection table entry (table full, or DR with Maglev).",
     ),
 ];
 
 /// Per-server gauges and counters of the stats document: (field, metric, help).
-const SERVER_VALUES: &[(&str, &str, &str)] = &[
+const SERVER_VALUES: &[Metric<doc::Server>] = &[
     (
-        "healthy",
+        |x: &doc::Server| u64::from(x.healthy),
         "xlb_server_up",
         "1 if the server passes its health checks, else 0.",
     ),
-    ("weight", "xlb_server_weight", "The server's scheduling weight."),
     (
-        "active_conns",
+        |x: &doc::Server| u64::from(x.weight),
+        "xlb_server_weight",
+        "The server's scheduling weight.",
+    ),
+    (
+        |x: &doc::Server| x.active_conns,
         "xlb_server_active_connections",
         "Connections to the server in an active state (established TCP, UDP).",
     ),
     (
-        "inactive_conns",
+        |x: &doc::Server| x.inactive_conns,
         "xlb_server_inactive_connections",
         "Other connections to the server (handshake, closing).",
     ),
     (
-        "conns_total",
+        |x: &doc::Server| x.conns_total,
         "xlb_server_connections_total",
         "Connections scheduled to the server.",
     ),
 ];
+
+/// An XDP filter verdict: the `verdict` label value and its count.
+type Verdict = (&'static str, fn(&doc::Interface) -> u64);
+
+/// XDP filter verdicts (the `verdict` label value and its count).
+const XDP_VERDICTS: &[Verdict] = &[
+    ("to_socket", |i| i.to_socket),
+    ("passed_not_ours", |i| i.passed_not_ours),
+    ("passed_no_socket", |i| i.passed_no_socket),
+    ("passed_malformed", |i| i.passed_malformed),
+];
+
+/// A metric read from a part of the document: (value, metric name, help).
+type Metric<T> = (fn(&T) -> u64, &'static str, &'static str);
+
+/// Labels of one sample, in order.
+type Labels = Vec<(&'static str, String)>;
+
+/// One metric family of a scrape: its declaration and its samples.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    samples: Vec<(Labels, u64)>,
+}
+
+impl Family {
+    /// A family whose type follows its name: `..._total` is a counter, anything else a gauge.
+    fn new(name: &'static str, help: &'static str) -> Family {
+        Family {
+            name,
+            help,
+            samples: Vec::new(),
+        }
+    }
+
+    fn sample(&mut self, labels: Labels, value: u64) {
+        self.samples.push((labels, value));
+    }
+
+    /// Encodes the family; nothing if it has no samples.
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.samples.is_empty() {
+            return Ok(());
+        }
+        // prometheus-client adds the `_total` of a counter itself.
+        let (name, kind) = match self.name.strip_suffix("_total") {
+            Some(base) => (base, MetricType::Counter),
+            None => (self.name, MetricType::Gauge),
+        };
+        let mut metric = encoder.encode_descriptor(name, self.help, None, kind)?;
+        for (labels, value) in &self.samples {
+            let write = |sample: &mut MetricEncoder| match kind {
+                MetricType::Counter => sample.encode_counter::<NoLabelSet, _, u64>(value, None),
+                _ => sample.encode_gauge(value),
+            };
+            if labels.is_empty() {
+                write(&mut metric)?;
+            } else {
+                write(&mut metric.encode_family(labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The workers' turn-duration histograms (`batch_us`), in seconds.
+struct BatchHistograms<'a>(&'a [doc::Worker]);
+
+impl BatchHistograms<'_> {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let mut metric = encoder.encode_descriptor(
+            "xlb_worker_batch_duration_seconds",
+            "Time a worker's turn with work took: rx batch, processing, tx batch.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for w in self.0 {
+            let h = &w.batch_us;
+            let buckets: Vec<(f64, u64)> =
+                h.le.iter()
+                    .zip(&h.counts)
+                    .map(|(le, n)| (le.map_or(f64::INFINITY, |us| us as f64 / 1e6), *n))
+                    .collect();
+            let count = h.counts.iter().sum();
+            let labels = [("worker", w.name.as_str())];
+            metric
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(h.sum as f64 / 1e6, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// A stats document as a `prometheus-client` collector: encoded once, on the scrape it was taken for.
+#[derive(Debug)]
+struct Snapshot(StatsDoc);
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let d = &self.0;
+        for family in families_before_histogram(d) {
+            family.encode(&mut encoder)?;
+        }
+        BatchHistograms(&d.workers).encode(&mut encoder)?;
+        for family in families_after_histogram(d) {
+            family.encode(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
 
 /// Renders the stats document as Prometheus text exposition format 0.0.4.
 ///
 /// Label `worker` is the worker's name (`w<core>`); the L4 section lists workers by index, in the same order as the
 /// document's `workers`, so its samples carry the same names. Listeners are labelled `listener`, `vip`, `port` and
 /// `protocol`; servers `listener` and `server` (the server's address).
-pub fn render(doc: &Value) -> String {
+pub fn render(doc: &StatsDoc) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot(doc.clone())));
     let mut out = String::with_capacity(16 * 1024);
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        tracing::warn!(error = %e, "encoding metrics failed");
+    }
+    out
+}
 
-    // Node.
-    let mut up = Family::gauge("xlb_up", "1 while the xlb daemon serves metrics.");
-    up.sample(&[], Some(&Value::from(1)));
-    up.write(&mut out);
-    let mut info = Family::gauge("xlb_node_info", "The node's name, as a label; always 1.");
-    if let Some(node) = label_text(doc.get("node")) {
-        info.sample(&[("node", &node)], Some(&Value::from(1)));
+/// Node and worker families (before the batch histogram).
+fn families_before_histogram(d: &StatsDoc) -> Vec<Family> {
+    let mut out = Vec::new();
+    let mut up = Family::new("xlb_up", "1 while the xlb daemon serves metrics.");
+    up.sample(vec![], 1);
+    out.push(up);
+    let mut info = Family::new("xlb_node_info", "The node's name, as a label; always 1.");
+    info.sample(vec![("node", d.node.clone())], 1);
+    out.push(info);
+    let mut uptime = Family::new("xlb_uptime_seconds", "Seconds since the daemon started.");
+    uptime.sample(vec![], d.uptime_s);
+    out.push(uptime);
+    for (value, name, help) in WORKER_COUNTERS.iter().chain(WORKER_GAUGES) {
+        let mut family = Family::new(name, help);
+        for w in &d.workers {
+            family.sample(vec![("worker", w.name.clone())], value(&w.counters));
+        }
+        out.push(family);
     }
-    info.write(&mut out);
-    let mut uptime = Family::gauge("xlb_uptime_seconds", "Seconds since the daemon started.");
-    uptime.sample(&[], doc.get("uptime_s"));
-    uptime.write(&mut out);
+    out
+}
 
-    // Workers: rings, UMEM, local stack answers and drops.
-    let workers: Vec<(String, &Value)> = array(doc.get("workers"))
-        .iter()
-        .filter_map(|w| Some((label_text(w.get("name"))?, w)))
-        .collect();
-    for (field, name, help) in WORKER_COUNTERS {
-        let mut family = Family::counter(name, help);
-        for (worker, w) in &workers {
-            family.sample(&[("worker", worker)], w.get(field));
-        }
-        family.write(&mut out);
-    }
-    for (field, name, help) in WORKER_GAUGES {
-        let mut family = Family::gauge(name, help);
-        for (worker, w) in &workers {
-            family.sample(&[("worker", worker)], w.get(field));
-        }
-        family.write(&mut out);
-    }
-    render_batch_histogram(&mut out, &workers);
-    let mut drops = Family::counter("xlb_drops_total", "Frames dropped by the worker, by reason.");
-    for (worker, w) in &workers {
-        for (reason, n) in w.get("drops").and_then(Value::as_object).into_iter().flatten() {
-            drops.sample(&[("worker", worker), ("reason", reason)], Some(n));
-        }
-    }
-    drops.write(&mut out);
+/// The name of the worker with index `i` in the document (its index as text if there is none).
+fn worker_name(d: &StatsDoc, i: usize) -> String {
+    d.workers.get(i).map_or_else(|| i.to_string(), |w| w.name.clone())
+}
 
-    // XDP filters.
-    let mut xdp = Family::counter(
+/// The labels every per-listener sample carries, followed by `extra`.
+fn listener_labels(l: &doc::Listener, extra: &[(&'static str, &str)]) -> Labels {
+    let mut labels = vec![
+        ("listener", l.name.clone()),
+        ("vip", l.vip.clone()),
+        ("port", l.port.to_string()),
+        ("protocol", l.protocol.clone()),
+    ];
+    labels.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    labels
+}
+
+/// Drops, XDP, L4 and health families (after the batch histogram).
+fn families_after_histogram(d: &StatsDoc) -> Vec<Family> {
+    let mut out = Vec::new();
+    let mut drops = Family::new("xlb_drops_total", "Frames dropped by the worker, by reason.");
+    for w in &d.workers {
+        for (reason, n) in &w.counters.drops {
+            drops.sample(vec![("worker", w.name.clone()), ("reason", reason.clone())], *n);
+        }
+    }
+    out.push(drops);
+
+    let mut xdp = Family::new(
         "xlb_xdp_frames_total",
         "Frames seen by the interface's XDP filter, by verdict (to_socket: redirected to an AF_XDP socket).",
     );
-    for iface in array(doc.get("interfaces")) {
-        let (Some(name), Some(mode)) = (label_text(iface.get("name")), label_text(iface.get("xdp_mode"))) else {
-            continue;
-        };
-        for verdict in XDP_VERDICTS {
-            xdp.sample(
-                &[("interface", &name), ("xdp_mode", &mode), ("verdict", verdict)],
-                iface.get(verdict),
-            );
+    for iface in &d.interfaces {
+        for (verdict, value) in XDP_VERDICTS {
+            let labels = vec![
+                ("interface", iface.name.clone()),
+                ("xdp_mode", iface.xdp_mode.clone()),
+                ("verdict", verdict.to_string()),
+            ];
+            xdp.sample(labels, value(iface));
         }
     }
-    xdp.write(&mut out);
+    out.push(xdp);
 
     // L4: connection tables and hand-offs.
-    let l4 = doc.get("l4");
-    let mut conns = Family::gauge(
+    let l4 = &d.l4;
+    let mut conns = Family::new(
         "xlb_conntrack_entries",
         "Connections in the connection tables of all workers.",
     );
-    conns.sample(&[], l4.and_then(|l| l.get("conns")));
-    conns.write(&mut out);
-    let l4_workers: Vec<(String, &Value)> = array(l4.and_then(|l| l.get("workers")))
-        .iter()
-        .filter_map(|w| {
-            let index = w.get("worker")?;
-            let name = index
-                .as_u64()
-                .and_then(|i| workers.get(usize::try_from(i).ok()?))
-                .map(|(n, _)| n.clone());
-            Some((name.or_else(|| label_text(Some(index)))?, w))
-        })
-        .collect();
-    let mut worker_conns = Family::gauge(
-        "xlb_worker_conntrack_entries",
-        "Connections in the worker's connection table.",
-    );
-    let mut expired = Family::counter(
-        "xlb_conntrack_expired_total",
-        "Connections expired from the worker's table.",
-    );
-    let mut rescheduled = Family::counter(
-        "xlb_conntrack_rescheduled_total",
-        "Entries ended early so the flow is scheduled again (new SYN after close or to a down server).",
-    );
-    let mut evicted = Family::counter(
-        "xlb_conntrack_evicted_total",
-        "Closed or closing connections evicted from a full table to make room for a new flow.",
-    );
-    let mut port_pools = Family::gauge(
-        "xlb_local_port_pools",
-        "FULLNAT local port pools in use: one per (local IP, server) pair.",
-    );
-    let mut ports_per_pool = Family::gauge(
-        "xlb_local_port_pool_size",
-        "FULLNAT local ports each (local IP, server) pool has on the worker.",
-    );
-    let mut ports_in_use = Family::gauge(
-        "xlb_local_ports_in_use",
-        "FULLNAT local ports in use (including quarantined ones), over all pools.",
-    );
-    let mut ports_busiest = Family::gauge(
-        "xlb_local_ports_busiest_pool",
-        "FULLNAT local ports in use in the worker's fullest pool (compare with xlb_local_port_pool_size).",
-    );
-    let mut ports_quarantined = Family::gauge(
-        "xlb_local_ports_quarantined",
-        "FULLNAT local ports held back because their server may still hold the tuple in TIME_WAIT.",
-    );
-    let mut icmp_forwarded = Family::counter(
-        "xlb_icmp_errors_forwarded_total",
-        "ICMP errors about a forwarded flow (e.g. fragmentation needed) passed on to the other end.",
-    );
-    let mut handoff = Family::counter(
+    conns.sample(vec![], l4.conns);
+    out.push(conns);
+    type PerWorker = (&'static str, &'static str, fn(&doc::L4Worker) -> u64);
+    const PER_WORKER: &[PerWorker] = &[
+        (
+            "xlb_worker_conntrack_entries",
+            "Connections in the worker's connection table.",
+            |w| w.conns,
+        ),
+        (
+            "xlb_conntrack_expired_total",
+            "Connections expired from the worker's table.",
+            |w| w.expired,
+        ),
+        (
+            "xlb_conntrack_rescheduled_total",
+            "Entries ended early so the flow is scheduled again (new SYN after close or to a down server).",
+            |w| w.rescheduled,
+        ),
+        (
+            "xlb_conntrack_evicted_total",
+            "Closed or closing connections evicted from a full table to make room for a new flow.",
+            |w| w.evicted,
+        ),
+        (
+            "xlb_local_port_pools",
+            "FULLNAT local port pools in use: one per (local IP, server) pair.",
+            |w| w.local_ports.pools,
+        ),
+        (
+            "xlb_local_port_pool_size",
+            "FULLNAT local ports each (local IP, server) pool has on the worker.",
+            |w| w.local_ports.per_pool,
+        ),
+        (
+            "xlb_local_ports_in_use",
+            "FULLNAT local ports in use (including quarantined ones), over all pools.",
+            |w| w.local_ports.in_use,
+        ),
+        (
+            "xlb_local_ports_busiest_pool",
+            "FULLNAT local ports in use in the worker's fullest pool (compare with xlb_local_port_pool_size).",
+            |w| w.local_ports.busiest_pool,
+        ),
+        (
+            "xlb_local_ports_quarantined",
+            "FULLNAT local ports held back because their server may still hold the tuple in TIME_WAIT.",
+            |w| w.local_ports.quarantined,
+        ),
+        (
+            "xlb_icmp_errors_forwarded_total",
+            "ICMP errors about a forwarded flow (e.g. fragmentation needed) passed on to the other end.",
+            |w| w.icmp_forwarded,
+        ),
+    ];
+    for (name, help, value) in PER_WORKER {
+        let mut family = Family::new(name, help);
+        for w in &l4.workers {
+            family.sample(vec![("worker", worker_name(d, w.worker))], value(w));
+        }
+        out.push(family);
+    }
+    let mut handoff = Family::new(
         "xlb_handoff_frames_total",
         "Frames handed to another worker owning their connection (out), or received from one (in).",
     );
-    for (worker, w) in &l4_workers {
-        worker_conns.sample(&[("worker", worker)], w.get("conns"));
-        expired.sample(&[("worker", worker)], w.get("expired"));
-        rescheduled.sample(&[("worker", worker)], w.get("rescheduled"));
-        evicted.sample(&[("worker", worker)], w.get("evicted"));
-        let ports = w.get("local_ports");
-        port_pools.sample(&[("worker", worker)], ports.and_then(|p| p.get("pools")));
-        ports_per_pool.sample(&[("worker", worker)], ports.and_then(|p| p.get("per_pool")));
-        ports_in_use.sample(&[("worker", worker)], ports.and_then(|p| p.get("in_use")));
-        ports_busiest.sample(&[("worker", worker)], ports.and_then(|p| p.get("busiest_pool")));
-        ports_quarantined.sample(&[("worker", worker)], ports.and_then(|p| p.get("quarantined")));
-        icmp_forwarded.sample(&[("worker", worker)], w.get("icmp_forwarded"));
-        handoff.sample(&[("worker", worker), ("direction", "in")], w.get("handoff_in"));
-        handoff.sample(&[("worker", worker), ("direction", "out")], w.get("handoff_out"));
+    for w in &l4.workers {
+        let worker = worker_name(d, w.worker);
+        handoff.sample(
+            vec![("worker", worker.clone()), ("direction", "in".into())],
+            w.handoff_in,
+        );
+        handoff.sample(vec![("worker", worker), ("direction", "out".into())], w.handoff_out);
     }
-    worker_conns.write(&mut out);
-    expired.write(&mut out);
-    rescheduled.write(&mut out);
-    evicted.write(&mut out);
-    for family in [
-        &port_pools,
-        &ports_per_pool,
-        &ports_in_use,
-        &ports_busiest,
-        &ports_quarantined,
-    ] {
-        family.write(&mut out);
-    }
-    icmp_forwarded.write(&mut out);
-    handoff.write(&mut out);
+    out.push(handoff);
 
     // L4: the health checker.
-    let health = l4.and_then(|l| l.get("health"));
-    for (field, name, help) in HEALTH_COUNTERS {
-        let mut family = Family::counter(name, help);
-        family.sample(&[], health.and_then(|h| h.get(field)));
-        family.write(&mut out);
+    for (value, name, help) in HEALTH_COUNTERS {
+        let mut family = Family::new(name, help);
+        family.sample(vec![], value(&l4.health));
+        out.push(family);
     }
 
     // L4: listeners and their servers.
-    let listeners: Vec<(ListenerLabels, &Value)> = array(l4.and_then(|l| l.get("listeners")))
-        .iter()
-        .filter_map(|l| Some((ListenerLabels::of(l)?, l)))
-        .collect();
-    let mut listener_info = Family::gauge(
+    let mut listener_info = Family::new(
         "xlb_listener_info",
         "The listener's scheduler, forwarding method and server group, as labels; always 1.",
     );
-    for (labels, l) in &listeners {
-        let (Some(scheduler), Some(forwarding), Some(group)) = (
-            label_text(l.get("scheduler")),
-            label_text(l.get("forwarding")),
-            label_text(l.get("group")),
-        ) else {
-            continue;
-        };
+    for l in &l4.listeners {
         let extra = [
-            ("scheduler", scheduler.as_str()),
-            ("forwarding", &forwarding),
-            ("group", &group),
+            ("scheduler", l.scheduler.as_str()),
+            ("forwarding", l.forwarding.as_str()),
+            ("group", l.group.as_str()),
         ];
-        listener_info.sample(&labels.with(&extra), Some(&Value::from(1)));
+        listener_info.sample(listener_labels(l, &extra), 1);
     }
-    listener_info.write(&mut out);
-    for (field, name, help) in LISTENER_VALUES {
+    out.push(listener_info);
+    for (value, name, help) in LISTENER_VALUES {
         let mut family = Family::new(name, help);
-        for (labels, l) in &listeners {
-            family.sample(&labels.with(&[]), l.get(field));
+        for l in &l4.listeners {
+            family.sample(listener_labels(l, &[]), value(l));
         }
-        family.write(&mut out);
+        out.push(family);
     }
-    let mut packets = Family::counter(
+    let mut packets = Family::new(
         "xlb_listener_packets_total",
         "Packets of the listener's flows: in from clients, out to clients (FULLNAT replies).",
     );
-    let mut bytes = Family::counter(
+    let mut bytes = Family::new(
         "xlb_listener_bytes_total",
         "Bytes (IP length) of the listener's flows: in from clients, out to clients (FULLNAT replies).",
     );
-    for (labels, l) in &listeners {
-        for direction in ["in", "out"] {
-            let labels = labels.with(&[("direction", direction)]);
-            packets.sample(&labels, l.get(format!("packets_{direction}")));
-            bytes.sample(&labels, l.get(format!("bytes_{direction}")));
+    for l in &l4.listeners {
+        for (direction, p, b) in [("in", l.packets_in, l.bytes_in), ("out", l.packets_out, l.bytes_out)] {
+            packets.sample(listener_labels(l, &[("direction", direction)]), p);
+            bytes.sample(listener_labels(l, &[("direction", direction)]), b);
         }
     }
-    packets.write(&mut out);
-    bytes.write(&mut out);
-    let mut listener_drops = Family::counter(
+    out.push(packets);
+    out.push(bytes);
+    let mut listener_drops = Family::new(
         "xlb_listener_drops_total",
         "Packets of the listener's flows dropped or refused, by reason (also in xlb_drops_total).",
     );
-    for (labels, l) in &listeners {
-        for (reason, n) in l.get("drops").and_then(Value::as_object).into_iter().flatten() {
-            listener_drops.sample(&labels.with(&[("reason", reason)]), Some(n));
+    for l in &l4.listeners {
+        for (reason, n) in &l.drops {
+            listener_drops.sample(listener_labels(l, &[("reason", reason)]), *n);
         }
     }
-    listener_drops.write(&mut out);
+    out.push(listener_drops);
 
-    let servers: Vec<(&str, String, &Value)> = listeners
+    let servers: Vec<(&doc::Listener, &doc::Server)> = l4
+        .listeners
         .iter()
-        .flat_map(|(labels, l)| {
-            array(l.get("servers"))
-                .iter()
-                .filter_map(|s| Some((labels.listener.as_str(), label_text(s.get("addr"))?, s)))
-        })
+        .flat_map(|l| l.servers.iter().map(move |s| (l, s)))
         .collect();
-    for (field, name, help) in SERVER_VALUES {
+    let server_labels = |l: &doc::Listener, s: &doc::Server| -> Labels {
+        vec![("listener", l.name.clone()), ("server", s.addr.clone())]
+    };
+    for (value, name, help) in SERVER_VALUES {
         let mut family = Family::new(name, help);
-        for (listener, server, s) in &servers {
-            family.sample(&[("listener", listener), ("server", server)], s.get(field));
+        for (l, s) in &servers {
+            family.sample(server_labels(l, s), value(s));
         }
-        family.write(&mut out);
+        out.push(family);
     }
-    let mut packets = Family::counter(
+    let mut packets = Family::new(
         "xlb_server_packets_total",
         "Packets forwarded to the server (in) and from it (out, FULLNAT).",
     );
-    let mut bytes = Family::counter(
+    let mut bytes = Family::new(
         "xlb_server_bytes_total",
         "Bytes forwarded to the server (in) and from it (out, FULLNAT).",
     );
-    for (listener, server, s) in &servers {
-        for direction in ["in", "out"] {
-            let labels = [
-                ("listener", *listener),
-                ("server", server.as_str()),
-                ("direction", direction),
-            ];
-            packets.sample(&labels, s.get(format!("packets_{direction}")));
-            bytes.sample(&labels, s.get(format!("bytes_{direction}")));
+    for (l, s) in &servers {
+        for (direction, p, b) in [("in", s.packets_in, s.bytes_in), ("out", s.packets_out, s.bytes_out)] {
+            let mut labels = server_labels(l, s);
+            labels.push(("direction", direction.to_string()));
+            packets.sample(labels.clone(), p);
+            bytes.sample(labels, b);
         }
     }
-    packets.write(&mut out);
-    bytes.write(&mut out);
+    out.push(packets);
+    out.push(bytes);
     out
 }
 
-/// The workers' turn-duration histogram (`batch_us` in the stats document) as a Prometheus histogram.
-fn render_batch_histogram(out: &mut String, workers: &[(String, &Value)]) {
-    const NAME: &str = "xlb_worker_batch_duration_seconds";
-    let mut body = String::new();
-    for (worker, w) in workers {
-        let h = &w["batch_us"];
-        let (Some(le), Some(counts), Some(sum)) = (h["le"].as_array(), h["counts"].as_array(), h["sum"].as_u64())
-        else {
-            continue;
-        };
-        let worker = escape_label(worker);
-        let mut cumulative = 0u64;
-        for (bound, count) in le.iter().zip(counts) {
-            cumulative += count.as_u64().unwrap_or(0);
-            let le = bound
-                .as_u64()
-                .map_or("+Inf".to_string(), |us| format!("{}", us as f64 / 1e6));
-            let _ = writeln!(body, "{NAME}_bucket{{worker=\"{worker}\",le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(body, "{NAME}_sum{{worker=\"{worker}\"}} {}", sum as f64 / 1e6);
-        let _ = writeln!(body, "{NAME}_count{{worker=\"{worker}\"}} {cumulative}");
-    }
-    if !body.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP {NAME} Time a worker's turn with work took: rx batch, processing, tx batch."
-        );
-        let _ = writeln!(out, "# TYPE {NAME} histogram");
-        out.push_str(&body);
-    }
-}
-
-/// A Prometheus metric type (only the two xlb uses).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Counter,
-    Gauge,
-}
-
-/// One metric family: its declaration and its samples, rendered together so they stay grouped.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: Kind,
-    /// Rendered sample lines.
-    samples: String,
-}
-
-impl Family {
-    /// A family whose type follows its name: `..._total` is a counter, anything else a gauge.
-    fn new(name: &'static str, help: &'static str) -> Family {
-        let kind = if name.ends_with("_total") {
-            Kind::Counter
-        } else {
-            Kind::Gauge
-        };
-        Family {
-            name,
-            help,
-            kind,
-            samples: String::new(),
-        }
-    }
-
-    fn counter(name: &'static str, help: &'static str) -> Family {
-        debug_assert!(name.ends_with("_total"), "counter {name} must end in _total");
-        Family::new(name, help)
-    }
-
-    fn gauge(name: &'static str, help: &'static str) -> Family {
-        debug_assert!(!name.ends_with("_total"), "gauge {name} must not end in _total");
-        Family::new(name, help)
-    }
-
-    /// Adds a sample; skipped when the value is missing or not a number (booleans count as 1 and 0).
-    fn sample(&mut self, labels: &[(&str, &str)], value: Option<&Value>) {
-        let Some(value) = value.and_then(sample_value) else {
-            return;
-        };
-        self.samples.push_str(self.name);
-        if !labels.is_empty() {
-            self.samples.push('{');
-            for (i, (name, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.samples.push(',');
-                }
-                let _ = write!(self.samples, "{name}=\"{}\"", escape_label(value));
-            }
-            self.samples.push('}');
-        }
-        let _ = writeln!(self.samples, " {value}");
-    }
-
-    /// Appends the declaration and the samples to `out`; nothing if the family has no samples.
-    fn write(&self, out: &mut String) {
-        if self.samples.is_empty() {
-            return;
-        }
-        let kind = match self.kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-        };
-        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
-        let _ = writeln!(out, "# TYPE {} {kind}", self.name);
-        out.push_str(&self.samples);
-    }
-}
-
-/// The labels every per-listener sample carries.
-struct ListenerLabels {
-    listener: String,
-    vip: String,
-    port: String,
-    protocol: String,
-}
-
-impl ListenerLabels {
-    /// The labels of a listener of the stats document; `None` if one is missing.
-    fn of(l: &Value) -> Option<ListenerLabels> {
-        Some(ListenerLabels {
-            listener: label_text(l.get("name"))?,
-            vip: label_text(l.get("vip"))?,
-            port: label_text(l.get("port"))?,
-            protocol: label_text(l.get("protocol"))?,
-        })
-    }
-
-    /// These labels followed by `extra`.
-    fn with<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut labels = vec![
-            ("listener", self.listener.as_str()),
-            ("vip", &self.vip),
-            ("port", &self.port),
-            ("protocol", &self.protocol),
-        ];
-        labels.extend_from_slice(extra);
-        labels
-    }
-}
-
-/// The elements of a JSON array; empty if `v` is missing or not an array.
-fn array(v: Option<&Value>) -> &[Value] {
-    v.and_then(Value::as_array).map_or(&[], Vec::as_slice)
-}
-
-/// A string or number of the document as a label value.
-fn label_text(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-/// A number (integers exactly, not through `f64`) or boolean of the document as a sample value.
-fn sample_value(v: &Value) -> Option<String> {
-    match v {
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
-        _ => None,
-    }
-}
-
-/// Escapes a label value: backslash, double quote and newline.
-fn escape_label(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// The metrics HTTP server. Dropping it stops its thread.
+/// The metrics HTTP server. Dropping it stops it.
 pub struct MetricsServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _server: HttpServer,
 }
+
+/// The metrics endpoint's limits: a scrape has no body.
+const LIMITS: Limits = Limits {
+    max_body: 0,
+    header_timeout: Duration::from_secs(5),
+    conn_timeout: Duration::from_secs(10),
+};
 
 /// Binds `addr` and serves `GET /metrics` from [`render`]`(&source())` on a thread of its own.
 pub fn start(addr: SocketAddr, source: Arc<Source>) -> Result<MetricsServer, String> {
@@ -653,20 +590,13 @@ pub fn start(addr: SocketAddr, source: Arc<Source>) -> Result<MetricsServer, Str
     let addr = listener
         .local_addr()
         .map_err(|e| format!("node.metrics_address: {addr}: {e}"))?;
-    listener
-        .set_nonblocking(true)
+    let service: Arc<http::Service> = Arc::new(move |req: http::Request| {
+        let path = req.path.split_once('?').map_or(req.path.as_str(), |(p, _)| p);
+        respond(&req.method, path, &*source)
+    });
+    let server = http::start("xlb-metrics", Listener::Tcp(listener), LIMITS, service)
         .map_err(|e| format!("node.metrics_address: {addr}: {e}"))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let thread = std::thread::Builder::new()
-        .name("xlb-metrics".into())
-        .spawn(move || serve(listener, source, stop2))
-        .map_err(|e| format!("spawning the metrics thread: {e}"))?;
-    Ok(MetricsServer {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
+    Ok(MetricsServer { addr, _server: server })
 }
 
 impl MetricsServer {
@@ -676,89 +606,24 @@ impl MetricsServer {
     }
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Accepts connections until `stop` is set, answering one request per connection.
-fn serve(listener: TcpListener, source: Arc<Source>, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((mut stream, peer)) => {
-                let ready = stream
-                    .set_nonblocking(false)
-                    .and_then(|_| stream.set_read_timeout(Some(IO_TIMEOUT)))
-                    .and_then(|_| stream.set_write_timeout(Some(IO_TIMEOUT)));
-                if let Err(e) = ready.and_then(|_| answer(&mut stream, &*source)) {
-                    tracing::debug!(%peer, error = %e, "metrics request failed");
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics accept failed");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-/// Reads one request (bounded size; the caller bounds the time) and writes one response.
-fn answer(stream: &mut (impl Read + Write), source: &Source) -> std::io::Result<()> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    let (status, content_type, body) = loop {
-        let n = stream.read(&mut buf[len..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..len]) {
-            Ok(httparse::Status::Complete(_)) => {
-                let path = req.path.unwrap_or("");
-                let path = path.split_once('?').map_or(path, |(p, _)| p);
-                break respond(req.method.unwrap_or(""), path, source);
-            }
-            Ok(httparse::Status::Partial) if len < buf.len() => continue,
-            Ok(httparse::Status::Partial) => break (431, "text/plain", "request headers too large\n".to_string()),
-            Err(e) => break (400, "text/plain", format!("bad HTTP request: {e}\n")),
-        }
+/// The answer to `method path`.
+fn respond(method: &str, path: &str, source: &Source) -> Response {
+    let text = |status, content_type, body: String| Response {
+        status,
+        content_type,
+        body: body.into_bytes(),
+        allow: (status == 405).then_some("GET"),
     };
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Error",
-    };
-    let allow = if status == 405 { "Allow: GET\r\n" } else { "" };
-    write!(
-        stream,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{allow}Connection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body.as_bytes())
-}
-
-/// (status, content type, body) for `method path`.
-fn respond(method: &str, path: &str, source: &Source) -> (u16, &'static str, String) {
     match (method, path) {
-        ("GET", "/metrics") => (200, CONTENT_TYPE, render(&source())),
-        ("GET", "/") => (
+        ("GET", "/metrics") => text(200, CONTENT_TYPE, render(&source())),
+        ("GET", "/") => text(
             200,
             "text/html; charset=utf-8",
             "<html><head><title>xlb</title></head><body><h1>xlb</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n"
                 .to_string(),
         ),
-        (_, "/" | "/metrics") => (405, "text/plain", format!("{method} not allowed on {path}\n")),
-        _ => (404, "text/plain", format!("no page {path}; metrics are at /metrics\n")),
+        (_, "/" | "/metrics") => text(405, "text/plain", format!("{method} not allowed on {path}\n")),
+        _ => text(404, "text/plain", format!("no page {path}; metrics are at /metrics\n")),
     }
 }
 
@@ -766,65 +631,133 @@ fn respond(method: &str, path: &str, source: &Source) -> (u16, &'static str, Str
 mod tests {
     use super::*;
     use prometheus_parse::{Sample, Scrape, Value as Sampled};
-    use serde_json::json;
     use std::collections::HashSet;
 
     /// A stats document shaped like the daemon's: two workers, one interface, two listeners (one with a name that
     /// needs escaping), three servers.
-    fn document() -> Value {
-        let worker = |name: &str, rx: u64, tcp_no_listener: u64| {
-            json!({
-                "name": name, "rx_frames": rx, "rx_bytes": rx * 100, "tx_frames": 5, "tx_bytes": 500,
-                "tx_ring_full": 0, "fill_starved": 1, "kernel_rx_ring_full": 2, "kernel_fill_ring_empty": 3,
-                "kernel_rx_dropped": 4, "arp_replies": 6, "arp_requests": 7, "icmp_echo_replies": 8,
-                "tcp_resets": 9, "icmp_unreachables": 10,
-                "drops": {"tcp_no_listener": tcp_no_listener, "not_our_mac": 0},
-                "free_frames": 4000, "total_frames": 4096,
-            })
+    fn document() -> StatsDoc {
+        let worker = |name: &str, rx: u64, tcp_no_listener: u64| doc::Worker {
+            name: name.into(),
+            counters: doc::WorkerCounters {
+                rx_frames: rx,
+                rx_bytes: rx * 100,
+                tx_frames: 5,
+                tx_bytes: 500,
+                tx_ring_full: 0,
+                fill_starved: 1,
+                kernel_rx_ring_full: 2,
+                kernel_fill_ring_empty: 3,
+                kernel_rx_dropped: 4,
+                arp_replies: 6,
+                arp_requests: 7,
+                icmp_echo_replies: 8,
+                tcp_resets: 9,
+                icmp_unreachables: 10,
+                drops: [
+                    ("tcp_no_listener".to_string(), tcp_no_listener),
+                    ("not_our_mac".to_string(), 0),
+                ]
+                .into_iter()
+                .collect(),
+                free_frames: 4000,
+                total_frames: 4096,
+            },
+            batch_us: doc::BatchHistogram {
+                le: vec![Some(1), Some(2), None],
+                counts: vec![3, 1, 1],
+                sum: 9,
+            },
         };
         let workers = vec![worker("w0", 10, 3), worker("w1", 20, 0)];
-        let server = |addr: &str, healthy: bool, active: u64| {
-            json!({
-                "addr": addr, "weight": 100, "healthy": healthy, "active_conns": active, "inactive_conns": 1,
-                "conns_total": 42, "packets_in": 1000, "bytes_in": 64000, "packets_out": 900,
-                "bytes_out": 18_446_744_073_709_551_615u64,
-            })
+        let server = |addr: &str, healthy: bool, active: u64| doc::Server {
+            addr: addr.into(),
+            weight: 100,
+            removed: false,
+            healthy,
+            active_conns: active,
+            inactive_conns: 1,
+            conns_total: 42,
+            packets_in: 1000,
+            bytes_in: 64000,
+            packets_out: 900,
+            bytes_out: 18_446_744_073_709_551_615,
         };
-        json!({
-            "node": "lb-a",
-            "uptime_s": 3600,
-            "totals": crate::stats::totals(&workers),
-            "workers": workers,
-            "interfaces": [{
-                "name": "eth1", "xdp_mode": "native", "to_socket": 30, "passed_not_ours": 2,
-                "passed_no_socket": 0, "passed_malformed": 1,
+        let l4_worker = |w: usize, conns: u64, base: u64| doc::L4Worker {
+            worker: w,
+            conns,
+            handoff_out: base + 1,
+            handoff_in: base + 2,
+            expired: base + 3,
+            ..doc::L4Worker::default()
+        };
+        StatsDoc {
+            node: "lb-a".into(),
+            uptime_s: 3600,
+            totals: crate::stats::totals(&workers),
+            workers,
+            interfaces: vec![doc::Interface {
+                name: "eth1".into(),
+                xdp_mode: "native".into(),
+                to_socket: 30,
+                passed_not_ours: 2,
+                passed_no_socket: 0,
+                passed_malformed: 1,
             }],
-            "l4": {
-                "conns": 7,
-                "listeners": [
-                    {
-                        "name": "web", "vip": "10.0.0.10", "port": 80, "protocol": "tcp", "scheduler": "wrr",
-                        "forwarding": "fullnat", "group": "web-servers", "conns_total": 42, "conns_per_sec": 3,
-                        "packets_in": 2000, "bytes_in": 128000, "packets_out": 1800, "bytes_out": 900000,
-                        "no_server": 0, "stateless": 0,
-                        "servers": [server("10.1.0.1:8080", true, 4), server("10.1.0.2:8080", false, 0)],
+            l4: doc::L4 {
+                conns: 7,
+                listeners: vec![
+                    doc::Listener {
+                        name: "web".into(),
+                        vip: "10.0.0.10".into(),
+                        port: 80,
+                        protocol: "tcp".into(),
+                        scheduler: "wrr".into(),
+                        forwarding: "fullnat".into(),
+                        group: "web-servers".into(),
+                        conns_total: 42,
+                        conns_per_sec: 3,
+                        packets_in: 2000,
+                        bytes_in: 128000,
+                        packets_out: 1800,
+                        bytes_out: 900000,
+                        servers: vec![server("10.1.0.1:8080", true, 4), server("10.1.0.2:8080", false, 0)],
+                        ..doc::Listener::default()
                     },
-                    {
-                        "name": "say \"hi\"\\now\nplease", "vip": "10.0.0.11", "port": 53, "protocol": "udp",
-                        "scheduler": "rr", "forwarding": "fullnat", "group": "dns", "conns_total": 1,
-                        "conns_per_sec": 0, "packets_in": 1, "bytes_in": 60, "packets_out": 1, "bytes_out": 90,
-                        "no_server": 5, "stateless": 2, "drops": {"no_healthy_server": 5, "handoff_full": 1},
-                        "servers": [server("10.1.0.3:53", true, 0)],
+                    doc::Listener {
+                        name: "say \"hi\"\\now\nplease".into(),
+                        vip: "10.0.0.11".into(),
+                        port: 53,
+                        protocol: "udp".into(),
+                        scheduler: "rr".into(),
+                        forwarding: "fullnat".into(),
+                        group: "dns".into(),
+                        conns_total: 1,
+                        packets_in: 1,
+                        bytes_in: 60,
+                        packets_out: 1,
+                        bytes_out: 90,
+                        no_server: 5,
+                        stateless: 2,
+                        drops: [("no_healthy_server".to_string(), 5), ("handoff_full".to_string(), 1)]
+                            .into_iter()
+                            .collect(),
+                        servers: vec![server("10.1.0.3:53", true, 0)],
+                        ..doc::Listener::default()
                     },
                 ],
-                "workers": [
-                    {"worker": 0, "conns": 4, "handoff_out": 11, "handoff_in": 12, "expired": 13},
-                    {"worker": 1, "conns": 3, "handoff_out": 21, "handoff_in": 22, "expired": 23},
-                ],
-                "health": {"probes": 40, "successes": 30, "failures": 10, "timeouts": 9, "bad_checksum": 9,
-                           "port_waits": 0},
+                workers: vec![l4_worker(0, 4, 10), l4_worker(1, 3, 20)],
+                health: doc::Health {
+                    probes: 40,
+                    successes: 30,
+                    failures: 10,
+                    timeouts: 9,
+                    bad_checksum: 9,
+                    port_waits: 0,
+                },
+                ..doc::L4::default()
             },
-        })
+            ha: None,
+        }
     }
 
     fn parse(text: &str) -> Scrape {
@@ -980,6 +913,7 @@ mod tests {
                 match kind {
                     "counter" => assert!(name.ends_with("_total"), "counter {name}"),
                     "gauge" => assert!(!name.ends_with("_total"), "gauge {name}"),
+                    "histogram" => assert_eq!(name, "xlb_worker_batch_duration_seconds"),
                     other => panic!("unexpected type {other} for {name}"),
                 }
                 declared.push((name.to_string(), kind.to_string()));
@@ -987,8 +921,15 @@ mod tests {
                 let name = rest.split(' ').next().unwrap();
                 assert!(scrape.docs.contains_key(name), "HELP of {name}");
             } else {
-                let name = line.split(['{', ' ']).next().unwrap().to_string();
-                let (family, _) = declared.last().expect("a sample before any TYPE");
+                let mut name = line.split(['{', ' ']).next().unwrap().to_string();
+                let (family, kind) = declared.last().expect("a sample before any TYPE");
+                if kind == "histogram" {
+                    for suffix in ["_bucket", "_sum", "_count"] {
+                        if let Some(base) = name.strip_suffix(suffix) {
+                            name = base.to_string();
+                        }
+                    }
+                }
                 assert_eq!(&name, family, "sample of {name} outside its family");
                 if current.as_ref() != Some(&name) {
                     assert!(closed.insert(name.clone()), "samples of {name} are not grouped");
@@ -998,10 +939,14 @@ mod tests {
         }
         assert_eq!(scrape.docs.len(), declared.len(), "one HELP per family");
         // Every sample was typed by its declaration.
-        assert!(scrape
+        let untyped: Vec<_> = scrape
             .samples
             .iter()
-            .all(|s| matches!(s.value, Sampled::Counter(_) | Sampled::Gauge(_))));
+            .filter(|s| !matches!(s.value, Sampled::Counter(_) | Sampled::Gauge(_) | Sampled::Histogram(_)))
+            // prometheus-parse reads a histogram's `_sum` and `_count` as untyped.
+            .filter(|s| !s.metric.starts_with("xlb_worker_batch_duration_seconds_"))
+            .collect();
+        assert!(untyped.is_empty(), "{untyped:?}");
         for family in [
             "xlb_drops_total",
             "xlb_xdp_frames_total",
@@ -1014,39 +959,37 @@ mod tests {
     }
 
     #[test]
-    fn missing_fields_skip_samples() {
-        for doc in [
-            json!(null),
-            json!([1, 2]),
-            json!({"workers": "nope", "l4": {"listeners": [{"name": 1}]}}),
-        ] {
-            let scrape = parse(&render(&doc));
-            assert_eq!(scrape.samples.len(), 1, "only xlb_up: {doc}");
-        }
-        let mut doc = document();
-        doc["workers"][1].as_object_mut().unwrap().remove("rx_frames");
-        doc["l4"]["listeners"][0]["servers"][0]["healthy"] = json!("maybe");
-        doc["l4"]["workers"][0]["worker"] = json!(9);
-        let scrape = parse(&render(&doc));
-        let rx: Vec<_> = scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == "xlb_worker_rx_frames_total")
-            .collect();
-        assert_eq!(rx.len(), 1);
-        assert!(!scrape
-            .samples
-            .iter()
-            .any(|s| s.metric == "xlb_server_up" && s.labels.get("server") == Some("10.1.0.1:8080")));
+    fn an_empty_document_has_node_samples_only_and_l4_workers_keep_their_index() {
+        let scrape = parse(&render(&StatsDoc::default()));
+        assert!(scrape.samples.iter().all(|s| !s.metric.starts_with("xlb_worker_")
+            && !s.metric.starts_with("xlb_listener_")
+            && !s.metric.starts_with("xlb_server_")));
+        assert_eq!(find(&scrape, "xlb_up", &[]).value, Sampled::Gauge(1.0));
         // An L4 worker index with no matching worker keeps its index as the label.
+        let mut d = document();
+        d.l4.workers[0].worker = 9;
+        let scrape = parse(&render(&d));
         find(&scrape, "xlb_worker_conntrack_entries", &[("worker", "9")]);
     }
 
-    /// Answers a raw request and returns (status, content type, body).
-    fn get(request: &str) -> (u16, String, String) {
-        let mut ex = crate::testio::Exchange::new(request);
-        answer(&mut ex, &document).unwrap();
-        let raw = ex.response;
+    #[test]
+    fn the_batch_histogram_is_cumulative_in_seconds() {
+        let text = render(&document());
+        assert!(
+            text.contains("xlb_worker_batch_duration_seconds_bucket{worker=\"w0\",le=\"1e-06\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("xlb_worker_batch_duration_seconds_bucket{worker=\"w0\",le=\"+Inf\"} 5\n"));
+        assert!(text.contains("xlb_worker_batch_duration_seconds_count{worker=\"w0\"} 5\n"));
+    }
+
+    /// Sends a raw request to a running metrics server and returns (status, content type, body).
+    fn get(server: &MetricsServer, request: &str) -> (u16, String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(server.local_addr()).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).unwrap();
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut resp = httparse::Response::new(&mut headers);
         let Ok(httparse::Status::Complete(body_at)) = resp.parse(&raw) else {
@@ -1067,16 +1010,24 @@ mod tests {
 
     #[test]
     fn answers_http_requests() {
-        // Over the real socket, `tests/tests/control.rs` scrapes it with curl inside a lab namespace.
-        let (status, content_type, body) = get("GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n");
+        // Over a lab's network, `tests/tests/control.rs` scrapes it with curl inside a namespace.
+        let server = start("127.0.0.1:0".parse().unwrap(), Arc::new(document)).unwrap();
+        let (status, content_type, body) = get(&server, "GET /metrics HTTP/1.1\r\nHost: xlb\r\n\r\n");
         assert_eq!(status, 200);
-        assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+        assert!(content_type.starts_with(CONTENT_TYPE), "{content_type}");
         assert_eq!(body, render(&document()));
-        assert_eq!(get("GET /metrics?x=1 HTTP/1.1\r\n\r\n").0, 200);
-        assert_eq!(get("GET / HTTP/1.1\r\n\r\n").0, 200);
-        assert_eq!(get("GET /nope HTTP/1.1\r\n\r\n").0, 404);
-        assert_eq!(get("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").0, 405);
-        assert_eq!(get("NOT HTTP\r\n\r\n").0, 400);
+        assert_eq!(get(&server, "GET /metrics?x=1 HTTP/1.1\r\nHost: xlb\r\n\r\n").0, 200);
+        assert_eq!(get(&server, "GET / HTTP/1.1\r\nHost: xlb\r\n\r\n").0, 200);
+        assert_eq!(get(&server, "GET /nope HTTP/1.1\r\nHost: xlb\r\n\r\n").0, 404);
+        assert_eq!(
+            get(
+                &server,
+                "POST /metrics HTTP/1.1\r\nHost: xlb\r\nContent-Length: 0\r\n\r\n"
+            )
+            .0,
+            405
+        );
+        assert_eq!(get(&server, "NOT HTTP\r\n\r\n").0, 400);
     }
 
     #[test]

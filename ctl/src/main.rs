@@ -1,12 +1,57 @@
 //! `xlbctl`: the control CLI of a running xlb (talks to its control socket, or to its TCP API with `--api`).
+//!
+//! It depends on the API types (`xlb-api`) only, not on the datapath: it builds without clang, libbpf, libxdp or
+//! xsk-rs (`cargo build -p xlbctl`).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use serde_json::{json, Value};
-use xlb_tools::config::Config;
-use xlb_tools::control;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use xlb_api::client::Endpoint;
+use xlb_api::node::{NodeFile, DEFAULT_CONTROL_SOCKET};
+use xlb_api::{Applied, Conns, Ha, ListenerSpec, RunningConfig, ServerWeight, StatsDoc, Status};
+
+/// Prints a line to stdout; a closed stdout (`xlbctl ... | head -1`) ends the program quietly, with success.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*), true)
+    };
+}
+
+/// [`out!`] without the newline.
+macro_rules! out_part {
+    ($($arg:tt)*) => {
+        emit(format_args!($($arg)*), false)
+    };
+}
+
+/// Writes to stdout; on a broken pipe the reader has gone away: exit 0 without a word (no panic, no message).
+fn emit(args: std::fmt::Arguments<'_>, newline: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|_| if newline { stdout.write_all(b"\n") } else { Ok(()) });
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "xlbctl: writing to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Prints a document as pretty JSON.
+fn print_json(doc: &impl Serialize) {
+    match serde_json::to_string_pretty(doc) {
+        Ok(text) => out!("{text}"),
+        Err(e) => out!("{{\"error\": \"{e}\"}}"),
+    }
+}
 
 #[derive(Parser)]
 #[command(name = "xlbctl", version, about = "Control a running xlb")]
@@ -140,184 +185,196 @@ fn socket_path(cli: &Cli) -> Result<PathBuf, String> {
         return Ok(s.clone());
     }
     if let Some(c) = &cli.config {
-        return Ok(Config::load(c)?.node.control_socket);
+        let text = std::fs::read_to_string(c).map_err(|e| format!("{}: {e}", c.display()))?;
+        let file: NodeFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", c.display()))?;
+        return Ok(file.node.control_socket);
     }
-    Ok(PathBuf::from("/run/xlb/xlb.sock"))
+    Ok(PathBuf::from(DEFAULT_CONTROL_SOCKET))
 }
 
-fn call(cli: &Cli, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let (status, reply) = match cli.api {
+/// Sends a request and reads the 200 answer as `T` (any other status: the API's error message).
+fn call<T: DeserializeOwned>(cli: &Cli, method: &str, path: &str, body: Option<&Value>) -> Result<T, String> {
+    match cli.api {
         Some(addr) => {
             let file = cli.token_file.as_ref().ok_or("--api needs --token-file")?;
             let token = std::fs::read_to_string(file).map_err(|e| format!("--token-file {}: {e}", file.display()))?;
-            control::request_tcp(addr, token.trim(), method, path, body)?
+            Endpoint::Tcp {
+                addr,
+                token: token.trim(),
+            }
+            .call(method, path, body)
         }
-        None => control::request(&socket_path(cli)?, method, path, body)?,
-    };
-    if status != 200 {
-        return Err(reply["error"].as_str().unwrap_or("request failed").to_string());
+        None => Endpoint::Unix(&socket_path(cli)?).call(method, path, body),
     }
-    Ok(reply)
 }
 
-fn get(cli: &Cli, path: &str) -> Result<Value, String> {
+fn get<T: DeserializeOwned>(cli: &Cli, path: &str) -> Result<T, String> {
     call(cli, "GET", path, None)
 }
 
 /// Sends a change and prints what was applied.
 fn change(cli: &Cli, method: &str, path: &str, body: Option<Value>) -> Result<(), String> {
-    let reply = call(cli, method, path, body.as_ref())?;
+    let reply: Applied = call(cli, method, path, body.as_ref())?;
     if cli.json {
-        println!("{reply:#}");
+        print_json(&reply);
     } else {
-        println!("applied: {}", reply["applied"].as_str().unwrap_or("?"));
+        out!("applied: {}", reply.applied);
     }
     Ok(())
 }
 
-fn print_stats(doc: &Value) {
-    let rows: [(&str, &str); 9] = [
-        ("rx frames", "rx_frames"),
-        ("tx frames", "tx_frames"),
-        ("rx bytes", "rx_bytes"),
-        ("tx bytes", "tx_bytes"),
-        ("arp replies", "arp_replies"),
-        ("echo replies", "icmp_echo_replies"),
-        ("tcp resets", "tcp_resets"),
-        ("icmp unreach", "icmp_unreachables"),
-        ("free frames", "free_frames"),
+/// A request body from an API type.
+fn body(value: &impl Serialize) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| e.to_string())
+}
+
+fn print_stats(doc: &StatsDoc) {
+    type Field = fn(&xlb_api::WorkerCounters) -> u64;
+    let rows: [(&str, Field); 9] = [
+        ("rx frames", |c| c.rx_frames),
+        ("tx frames", |c| c.tx_frames),
+        ("rx bytes", |c| c.rx_bytes),
+        ("tx bytes", |c| c.tx_bytes),
+        ("arp replies", |c| c.arp_replies),
+        ("echo replies", |c| c.icmp_echo_replies),
+        ("tcp resets", |c| c.tcp_resets),
+        ("icmp unreach", |c| c.icmp_unreachables),
+        ("free frames", |c| c.free_frames),
     ];
-    let workers = doc["workers"].as_array().cloned().unwrap_or_default();
-    print!("{:<16}", "worker");
-    for w in &workers {
-        print!("{:>14}", w["name"].as_str().unwrap_or("?"));
+    out_part!("{:<16}", "worker");
+    for w in &doc.workers {
+        out_part!("{:>14}", w.name);
     }
-    println!("{:>14}", "total");
-    for (label, key) in rows {
-        print!("{label:<16}");
-        for w in &workers {
-            print!("{:>14}", w[key].as_u64().unwrap_or(0));
+    out!("{:>14}", "total");
+    for (label, field) in rows {
+        out_part!("{label:<16}");
+        for w in &doc.workers {
+            out_part!("{:>14}", field(&w.counters));
         }
-        println!("{:>14}", doc["totals"][key].as_u64().unwrap_or(0));
+        out!("{:>14}", field(&doc.totals));
     }
-    let drops = doc["totals"]["drops"].as_object().cloned().unwrap_or_default();
-    let nonzero: Vec<_> = drops.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) > 0).collect();
-    println!("\ndrops{}", if nonzero.is_empty() { ": none" } else { "" });
+    let nonzero: Vec<_> = doc.totals.drops.iter().filter(|(_, n)| **n > 0).collect();
+    out!("\ndrops{}", if nonzero.is_empty() { ": none" } else { "" });
     for (reason, n) in nonzero {
-        println!("  {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
+        out!("  {reason:<24}{n:>14}");
     }
     // The same drops where they belong to a listener's flows.
-    for l in doc["l4"]["listeners"].as_array().into_iter().flatten() {
-        for (reason, n) in l["drops"].as_object().into_iter().flatten() {
-            let name = l["name"].as_str().unwrap_or("?");
-            println!("  listener {name}: {reason:<24}{:>14}", n.as_u64().unwrap_or(0));
+    for l in &doc.l4.listeners {
+        for (reason, n) in &l.drops {
+            out!("  listener {}: {reason:<24}{n:>14}", l.name);
         }
     }
-    let l4 = &doc["l4"];
-    if l4.is_object() {
-        let ports = &l4["local_ports"];
-        let n = |v: &Value| v.as_u64().unwrap_or(0);
-        println!(
-            "\nconnections {}  evicted {}\nlocal ports: {} in use in {} pools of {} (fullest: {}), {} quarantined",
-            n(&l4["conns"]),
-            n(&l4["evicted"]),
-            n(&ports["in_use"]),
-            n(&ports["pools"]),
-            n(&ports["per_pool"]),
-            n(&ports["busiest_pool"]),
-            n(&ports["quarantined"])
-        );
-    }
-    let health = &doc["l4"]["health"];
-    if health["probes"].as_u64().unwrap_or(0) > 0 {
-        let n = |k: &str| health[k].as_u64().unwrap_or(0);
-        println!(
-            "\nhealth checks: {} probes, {} ok, {} failed ({} timeouts), {} replies with a bad checksum",
-            n("probes"),
-            n("successes"),
-            n("failures"),
-            n("timeouts"),
-            n("bad_checksum")
-        );
-        if n("bad_checksum") > 0 {
-            println!("  (bad checksums: servers with TX checksum offload on veth/virtual NICs? see xlb's log)");
-        }
-    }
-    println!(
-        "\n{:<10}{:>9}{:>14}{:>16}{:>14}",
-        "interface", "xdp", "to xlb", "to kernel", "no socket"
+    let l4 = &doc.l4;
+    let ports = &l4.local_ports;
+    out!(
+        "\nconnections {}  evicted {}\nlocal ports: {} in use in {} pools of {} (fullest: {}), {} quarantined",
+        l4.conns,
+        l4.evicted,
+        ports.in_use,
+        ports.pools,
+        ports.per_pool,
+        ports.busiest_pool,
+        ports.quarantined
     );
-    for i in doc["interfaces"].as_array().into_iter().flatten() {
-        println!(
+    let health = &l4.health;
+    if health.probes > 0 {
+        out!(
+            "\nhealth checks: {} probes, {} ok, {} failed ({} timeouts), {} replies with a bad checksum",
+            health.probes,
+            health.successes,
+            health.failures,
+            health.timeouts,
+            health.bad_checksum
+        );
+        if health.bad_checksum > 0 {
+            out!("  (bad checksums: servers with TX checksum offload on veth/virtual NICs? see xlb's log)");
+        }
+    }
+    out!(
+        "\n{:<10}{:>9}{:>14}{:>16}{:>14}",
+        "interface",
+        "xdp",
+        "to xlb",
+        "to kernel",
+        "no socket"
+    );
+    for i in &doc.interfaces {
+        out!(
             "{:<10}{:>9}{:>14}{:>16}{:>14}",
-            i["name"].as_str().unwrap_or("?"),
-            i["xdp_mode"].as_str().unwrap_or("?"),
-            i["to_socket"].as_u64().unwrap_or(0),
-            i["passed_not_ours"].as_u64().unwrap_or(0),
-            i["passed_no_socket"].as_u64().unwrap_or(0)
+            i.name,
+            i.xdp_mode,
+            i.to_socket,
+            i.passed_not_ours,
+            i.passed_no_socket
         );
     }
 }
 
-fn print_list(doc: &Value) {
-    println!(
+fn print_list(doc: &StatsDoc) {
+    out!(
         "{:<5}{:<24}{:<10}{:<9}Listener",
-        "Prot", "LocalAddress:Port", "Scheduler", "Forward"
+        "Prot",
+        "LocalAddress:Port",
+        "Scheduler",
+        "Forward"
     );
-    println!(
+    out!(
         "  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}",
-        "RemoteAddress:Port", "Weight", "Health", "ActiveConn", "InActConn", "TotalConns"
+        "RemoteAddress:Port",
+        "Weight",
+        "Health",
+        "ActiveConn",
+        "InActConn",
+        "TotalConns"
     );
-    for l in doc["l4"]["listeners"].as_array().into_iter().flatten() {
-        println!(
+    for l in &doc.l4.listeners {
+        out!(
             "{:<5}{:<24}{:<10}{:<9}{} (group {}, {} new conn/s)",
-            l["protocol"].as_str().unwrap_or("?").to_uppercase(),
-            format!(
-                "{}:{}",
-                l["vip"].as_str().unwrap_or("?"),
-                l["port"].as_u64().unwrap_or(0)
-            ),
-            l["scheduler"].as_str().unwrap_or("?"),
-            l["forwarding"].as_str().unwrap_or("?"),
-            l["name"].as_str().unwrap_or("?"),
-            l["group"].as_str().unwrap_or("?"),
-            l["conns_per_sec"].as_u64().unwrap_or(0),
+            l.protocol.to_uppercase(),
+            format!("{}:{}", l.vip, l.port),
+            l.scheduler,
+            l.forwarding,
+            l.name,
+            l.group,
+            l.conns_per_sec,
         );
-        for s in l["servers"].as_array().into_iter().flatten() {
-            println!(
+        for s in &l.servers {
+            out!(
                 "  -> {:<24}{:>7}{:>9}{:>12}{:>11}{:>12}",
-                s["addr"].as_str().unwrap_or("?"),
-                s["weight"].as_u64().unwrap_or(0),
-                if s["healthy"].as_bool() == Some(true) {
-                    "up"
-                } else {
-                    "DOWN"
-                },
-                s["active_conns"].as_u64().unwrap_or(0),
-                s["inactive_conns"].as_u64().unwrap_or(0),
-                s["conns_total"].as_u64().unwrap_or(0),
+                s.addr,
+                s.weight,
+                if s.healthy { "up" } else { "DOWN" },
+                s.active_conns,
+                s.inactive_conns,
+                s.conns_total,
             );
         }
     }
 }
 
-fn print_conns(doc: &Value) {
-    println!(
+fn print_conns(doc: &Conns) {
+    out!(
         "{:<5}{:<22}{:<22}{:<22}{:<22}{:<12}{:>9}{:>4}",
-        "Prot", "Client", "VIP", "Local", "Server", "State", "Expires", "W"
+        "Prot",
+        "Client",
+        "VIP",
+        "Local",
+        "Server",
+        "State",
+        "Expires",
+        "W"
     );
-    for c in doc["conns"].as_array().into_iter().flatten() {
-        let s = |k: &str| c[k].as_str().unwrap_or("?").to_string();
-        println!(
+    for c in &doc.conns {
+        out!(
             "{:<5}{:<22}{:<22}{:<22}{:<22}{:<12}{:>8.0}s{:>4}",
-            s("protocol").to_uppercase(),
-            s("client"),
-            s("vip"),
-            s("local"),
-            s("server"),
-            s("state"),
-            c["expires_in_s"].as_f64().unwrap_or(0.0),
-            c["worker"].as_u64().unwrap_or(0),
+            c.protocol.to_uppercase(),
+            c.client,
+            c.vip,
+            c.local,
+            c.server,
+            c.state,
+            c.expires_in_s,
+            c.worker,
         );
     }
 }
@@ -325,49 +382,42 @@ fn print_conns(doc: &Value) {
 fn run(cli: &Cli) -> Result<(), String> {
     match &cli.command {
         Command::Status => {
-            let doc = get(cli, "/v1/status")?;
+            let doc: Status = get(cli, "/v1/status")?;
             if cli.json {
-                println!("{doc:#}");
+                print_json(&doc);
             } else {
-                let state = if doc["healthy"].as_bool() == Some(true) {
-                    "running"
-                } else {
-                    "NOT all running"
-                };
-                println!(
-                    "node {}: up {} s, workers {state}",
-                    doc["node"].as_str().unwrap_or("?"),
-                    doc["uptime_s"]
-                );
+                let state = if doc.healthy { "running" } else { "NOT all running" };
+                out!("node {}: up {} s, workers {state}", doc.node, doc.uptime_s);
             }
             Ok(())
         }
         Command::Stats { watch } => loop {
-            let doc = get(cli, "/v1/stats")?;
+            let doc: StatsDoc = get(cli, "/v1/stats")?;
             if cli.json {
-                println!("{doc:#}")
+                print_json(&doc)
             } else {
                 print_stats(&doc)
             }
             match watch {
                 Some(secs) => {
                     std::thread::sleep(std::time::Duration::from_secs((*secs).max(1)));
-                    println!();
+                    out!("");
                 }
                 None => return Ok(()),
             }
         },
         Command::List => {
-            let doc = get(cli, "/v1/stats")?;
+            let doc: StatsDoc = get(cli, "/v1/stats")?;
             if cli.json {
-                println!("{:#}", doc["l4"]);
+                print_json(&doc.l4);
             } else {
                 print_list(&doc)
             }
             Ok(())
         }
         Command::Config => {
-            println!("{:#}", get(cli, "/v1/config")?);
+            let doc: RunningConfig = get(cli, "/v1/config")?;
+            print_json(&doc);
             Ok(())
         }
         Command::Reload => change(cli, "POST", "/v1/reload", None),
@@ -375,23 +425,22 @@ fn run(cli: &Cli) -> Result<(), String> {
             action: Some(HaAction::Drain),
         } => change(cli, "POST", "/v1/ha/drain", None),
         Command::Ha { action: None } => {
-            let doc = get(cli, "/v1/ha")?;
+            let doc: Ha = get(cli, "/v1/ha")?;
             if cli.json {
-                println!("{doc:#}");
+                print_json(&doc);
             } else {
-                println!(
-                    "ha: {}{}, resynced {}, sync records sent {} received {}, rejected {}",
-                    doc["state"].as_str().unwrap_or("?"),
-                    if doc["draining"].as_bool() == Some(true) {
-                        " (draining)"
-                    } else {
-                        ""
-                    },
-                    doc["resynced"],
-                    doc["sync_records_sent"],
-                    doc["sync_records_received"],
-                    doc["sync_rejected"]
-                );
+                match &doc.counters {
+                    Some(c) => out!(
+                        "ha: {}{}, resynced {}, sync records sent {} received {}, rejected {}",
+                        doc.state,
+                        if c.draining { " (draining)" } else { "" },
+                        c.resynced,
+                        c.sync_records_sent,
+                        c.sync_records_received,
+                        c.sync_rejected
+                    ),
+                    None => out!("ha: {}", doc.state),
+                }
             }
             Ok(())
         }
@@ -413,24 +462,26 @@ fn run(cli: &Cli) -> Result<(), String> {
                     query.push_str(&format!("&{k}={v}"));
                 }
             }
-            let doc = get(cli, &format!("/v1/conns?{query}"))?;
+            let doc: Conns = get(cli, &format!("/v1/conns?{query}"))?;
             if cli.json {
-                println!("{doc:#}");
+                print_json(&doc);
             } else {
                 print_conns(&doc);
             }
             Ok(())
         }
         Command::Server { action } => match action {
-            ServerAction::Add { group, addr, weight } => {
-                let body = weight.map(|w| json!({ "weight": w })).unwrap_or_else(|| json!({}));
-                change(cli, "PUT", &format!("/v1/groups/{group}/servers/{addr}"), Some(body))
-            }
+            ServerAction::Add { group, addr, weight } => change(
+                cli,
+                "PUT",
+                &format!("/v1/groups/{group}/servers/{addr}"),
+                Some(body(&ServerWeight { weight: *weight })?),
+            ),
             ServerAction::Set { group, addr, weight } => change(
                 cli,
                 "PUT",
                 &format!("/v1/groups/{group}/servers/{addr}"),
-                Some(json!({ "weight": weight })),
+                Some(body(&ServerWeight { weight: Some(*weight) })?),
             ),
             ServerAction::Drain { group, addr } => {
                 change(cli, "POST", &format!("/v1/groups/{group}/servers/{addr}/drain"), None)
@@ -450,11 +501,17 @@ fn run(cli: &Cli) -> Result<(), String> {
                 group,
                 interface,
             } => {
-                let body = json!({
-                    "name": name, "vip": vip, "port": port, "protocol": protocol, "scheduler": scheduler,
-                    "forwarding": forwarding, "group": group, "interface": interface,
-                });
-                change(cli, "PUT", &format!("/v1/listeners/{name}"), Some(body))
+                let spec = ListenerSpec {
+                    name: name.clone(),
+                    vip: vip.clone(),
+                    port: *port,
+                    protocol: protocol.clone(),
+                    scheduler: scheduler.clone(),
+                    forwarding: forwarding.clone(),
+                    group: group.clone(),
+                    interface: interface.clone(),
+                };
+                change(cli, "PUT", &format!("/v1/listeners/{name}"), Some(body(&spec)?))
             }
             ListenerAction::Remove { name } => change(cli, "DELETE", &format!("/v1/listeners/{name}"), None),
         },
