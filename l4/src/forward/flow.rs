@@ -271,7 +271,8 @@ impl Forwarder {
     ) -> Verdict {
         self.refresh_health();
         let listener = &self.listeners[l];
-        let Some(server) = listener.maglev.lookup(hash_5tuple(key.proto as u8, key.src, key.dst)) else {
+        let hash = hash_5tuple(key.proto as u8, key.src, key.dst);
+        let Some(server) = listener.maglev.as_ref().and_then(|m| m.lookup(hash)) else {
             self.counters.listeners[l].no_server += 1;
             return Verdict::Drop(DropReason::NoHealthyServer);
         };

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use crate::config::ListenerConfig;
+use crate::conn::Forwarding;
 use crate::layout::ListenerSlot;
 use crate::sched::{MaglevTable, Scheduler, ServerView};
 
@@ -19,7 +20,9 @@ pub(super) struct Listener {
     /// Per server slot: its health target on the board.
     pub(super) targets: Vec<Option<usize>>,
     pub(super) scheduler: Scheduler,
-    pub(super) maglev: MaglevTable,
+    /// DR listeners only: the Maglev table that sends packets of flows without a table entry to the same
+    /// server on every worker and node (FULLNAT cannot forward without an entry, so it needs none).
+    pub(super) maglev: Option<MaglevTable>,
 }
 
 impl Listener {
@@ -37,7 +40,7 @@ impl Listener {
             .collect();
         Listener {
             scheduler: Scheduler::new(slot.config.scheduler, &servers),
-            maglev: MaglevTable::new(&servers, MaglevTable::DEFAULT_SIZE),
+            maglev: stateless_table(&slot.config, &servers),
             config: slot.config.clone(),
             removed: slot.removed,
             removed_servers: slot.servers.iter().map(|s| s.removed).collect(),
@@ -72,8 +75,14 @@ impl Listener {
 
     pub(super) fn rebuild(&mut self) {
         self.scheduler.rebuild(&self.servers);
-        self.maglev = MaglevTable::new(&self.servers, MaglevTable::DEFAULT_SIZE);
+        self.maglev = stateless_table(&self.config, &self.servers);
     }
+}
+
+/// The Maglev table of a DR listener (`None` for FULLNAT): 65 537 entries, rebuilt on every health or weight
+/// change, so listeners that never forward without state do not pay for it.
+fn stateless_table(config: &ListenerConfig, servers: &[ServerView]) -> Option<MaglevTable> {
+    (config.forwarding == Forwarding::Dr).then(|| MaglevTable::new(servers, MaglevTable::DEFAULT_SIZE))
 }
 
 impl Forwarder {
