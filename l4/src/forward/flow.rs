@@ -79,9 +79,7 @@ impl Forwarder {
     pub(super) fn end_early(&mut self, id: ConnId) -> Conn {
         let c = self.conns.remove(id);
         self.account(&c, c.state.is_active(), -1);
-        if let (true, Some(out)) = (self.sync_policy.on_end(&c), &self.sync_out) {
-            let _ = out.try_send(SyncEvent::Delete(c.client_key()));
-        }
+        self.sync_ended(&c);
         c
     }
 
@@ -117,9 +115,7 @@ impl Forwarder {
         };
         self.account(&c, c.state.is_active(), -1);
         self.release_port(now, &c, Ending::Evicted(left));
-        if let (true, Some(out)) = (self.sync_policy.on_end(&c), &self.sync_out) {
-            let _ = out.try_send(SyncEvent::Delete(c.client_key()));
-        }
+        self.sync_ended(&c);
         self.counters.evicted += 1;
         true
     }

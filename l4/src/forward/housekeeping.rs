@@ -17,13 +17,15 @@ impl Forwarder {
         self.inserted_at_expiry = self.conns.inserted();
         let budget = EXPIRE_BASE_BUDGET + 2 * inserted as usize;
         let (lports, listeners) = (&mut self.lports, &mut self.listeners);
-        let (sync_out, sync_policy) = (&self.sync_out, &self.sync_policy);
+        let (sync, sync_policy, counters) = (&mut self.sync, &self.sync_policy, &mut self.counters);
         let expired = self.conns.expire(now, budget, |c| {
             if c.forwarding == Forwarding::Fullnat {
                 lports.give_back(*c.local.ip(), c.backend, c.local.port());
             }
-            if let (true, Some(out)) = (sync_policy.on_end(c), sync_out) {
-                let _ = out.try_send(SyncEvent::Delete(c.client_key()));
+            if let (true, Some(outbox)) = (sync_policy.on_end(c), sync.as_mut()) {
+                if !outbox.push(SyncEvent::Delete(c.client_key())) {
+                    counters.sync_dropped += 1;
+                }
             }
             let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];
             let n = if c.state.is_active() {

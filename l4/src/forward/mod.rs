@@ -134,7 +134,8 @@ pub struct Forwarder {
     /// The board generation the servers' `healthy` flags reflect (`u64::MAX`: not read yet).
     board_seen: u64,
     control: Option<Receiver<ControlMessage>>,
-    sync_out: Option<crossbeam_channel::Sender<SyncEvent>>,
+    /// Session-sync events waiting for the next flush (with HA).
+    sync: Option<sync::SyncOutbox>,
     sync_policy: SyncPolicy,
     /// HA traffic to and from the HA driver.
     ha: Option<HaTap>,
@@ -199,7 +200,7 @@ impl Forwarder {
             board_seen: u64::MAX,
             board,
             control,
-            sync_out: None,
+            sync: None,
             sync_policy: SyncPolicy::default(),
             ha: None,
             ha_groups_owned: false,
@@ -365,6 +366,8 @@ impl Ipv4Handler for Forwarder {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        // Called every turn after the batch: what packets queued for session sync leaves now.
+        self.flush_sync();
         if let Some(out) = self.ha_transmit(now, buf, cx) {
             return Some(out);
         }
@@ -404,6 +407,7 @@ impl Ipv4Handler for Forwarder {
         self.own_ha_groups(cx);
         self.run_health(now);
         self.expire(now);
+        self.flush_sync();
         self.housekeeping(now);
     }
 }

@@ -1247,8 +1247,10 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
         &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, SYNACK, b""),
     );
     run(&mut a, now, 0, &from_client(Proto::Tcp, ACK, b""));
+    a.handler_mut().flush_sync();
     assert!(sync_rx.try_recv().is_err(), "2 client packets: below the threshold");
     run(&mut a, now, 0, &from_client(Proto::Tcp, ACK, b"data"));
+    a.handler_mut().flush_sync();
     let Ok(SyncEvent::Upsert { conn, remaining }) = sync_rx.try_recv() else {
         panic!("no upsert after 3 packets")
     };
@@ -1259,6 +1261,7 @@ fn synced_connection_continues_on_the_peer_without_rescheduling() {
     assert!(remaining > Duration::from_secs(800));
     // A state change is synced again.
     run(&mut a, now, 0, &from_client(Proto::Tcp, 0x11, b""));
+    a.handler_mut().flush_sync();
     assert!(matches!(sync_rx.try_recv(), Ok(SyncEvent::Upsert { conn, .. }) if conn.state == ConnState::FinWait));
 
     // Node B (same config, rr would pick server 0 first anyway: make it pick 1 by sending another flow first).
@@ -1331,17 +1334,12 @@ fn open_synced_flow(s: &mut LocalStack<Forwarder>, now: Instant) -> SocketAddrV4
     local
 }
 
-/// The client-side key of `client()`'s TCP flow.
-fn client_key() -> FlowKey {
-    FlowKey {
-        proto: Proto::Tcp,
-        src: client(),
-        dst: vip(),
-    }
-}
-
-/// The upserts queued so far, as (client, state, remaining).
-fn upserts(rx: &crossbeam_channel::Receiver<SyncEvent>) -> Vec<(SocketAddrV4, ConnState, Duration)> {
+/// The upserts sent so far (the worker's turn flushes the outbox first), as (client, state, remaining).
+fn upserts(
+    s: &mut LocalStack<Forwarder>,
+    rx: &crossbeam_channel::Receiver<SyncEvent>,
+) -> Vec<(SocketAddrV4, ConnState, Duration)> {
+    s.handler_mut().flush_sync();
     rx.try_iter()
         .filter_map(|e| match e {
             SyncEvent::Upsert { conn, remaining } => Some((conn.client, conn.state, remaining)),
@@ -1369,7 +1367,7 @@ fn a_long_lived_flow_with_traffic_is_refreshed_every_period_and_an_idle_one_is_n
         );
     }
     assert_eq!(
-        upserts(&rx),
+        upserts(&mut s, &rx),
         vec![
             (client(), ConnState::Established, sec(900)),
             (idle, ConnState::Established, sec(900))
@@ -1389,7 +1387,7 @@ fn a_long_lived_flow_with_traffic_is_refreshed_every_period_and_an_idle_one_is_n
             run(&mut s, now, 0, &from_client(Proto::Tcp, ACK, b"more"));
         }
         s.handle_timeout(now);
-        for (c, state, remaining) in upserts(&rx) {
+        for (c, state, remaining) in upserts(&mut s, &rx) {
             assert_eq!((c, state, remaining), (client(), ConnState::Established, sec(900)));
             announced.push(10 * step);
         }
@@ -1397,7 +1395,7 @@ fn a_long_lived_flow_with_traffic_is_refreshed_every_period_and_an_idle_one_is_n
     assert_eq!(announced, vec![30, 60, 90, 120]);
     // A state change is announced at once, 5 s after the last refresh.
     run(&mut s, t0 + sec(125), 0, &from_client(Proto::Tcp, 0x11, b""));
-    assert_eq!(upserts(&rx), vec![(client(), ConnState::FinWait, sec(120))]);
+    assert_eq!(upserts(&mut s, &rx), vec![(client(), ConnState::FinWait, sec(120))]);
     assert_eq!(s.handler().counters().sync_dropped, 0);
 }
 
@@ -1415,7 +1413,7 @@ fn a_udp_flow_is_refreshed_too() {
         let now = t0 + Duration::from_secs(10 * step);
         run(&mut s, now, 0, &from_client(Proto::Udp, 0, b"q"));
         announced.extend(
-            upserts(&rx)
+            upserts(&mut s, &rx)
                 .into_iter()
                 .map(|(_, state, remaining)| (10 * step, state, remaining)),
         );
@@ -1426,37 +1424,60 @@ fn a_udp_flow_is_refreshed_too() {
 }
 
 #[test]
-fn an_announcement_that_cannot_be_queued_is_counted_and_retried_on_the_next_packet() {
+fn announcements_wait_in_the_outbox_while_the_sync_channel_is_full() {
     let mut s = stack(Setup::default());
-    // Room for one event: the threshold upsert fills it until the test drains it.
+    // Room for one event in the channel: the threshold upsert fills it until the test drains it.
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let filler = tx.clone();
     s.handler_mut().enable_sync(tx, refresh_30s());
     let t0 = Instant::now();
     let sec = Duration::from_secs;
     open_synced_flow(&mut s, t0);
-    let data = from_client(Proto::Tcp, ACK, b"more");
-    // The refresh at 30 s finds the channel full: counted, and the next packet tries again.
-    run(&mut s, t0 + sec(30), 0, &data);
-    assert_eq!(s.handler().counters().sync_dropped, 1);
-    assert_eq!(upserts(&rx), vec![(client(), ConnState::Established, sec(900))]);
-    run(&mut s, t0 + sec(31), 0, &data);
+    s.handler_mut().flush_sync();
+    // The refresh at 30 s and a state change at 31 s find the channel full: they wait in the outbox, nothing
+    // is lost or counted, and the next packet does not announce again (both were queued).
+    run(&mut s, t0 + sec(30), 0, &from_client(Proto::Tcp, ACK, b"more"));
+    run(&mut s, t0 + sec(31), 0, &from_client(Proto::Tcp, 0x11, b""));
+    run(&mut s, t0 + sec(32), 0, &from_client(Proto::Tcp, ACK, b""));
+    assert_eq!(s.handler().counters().sync_dropped, 0);
+    let mut seen = vec![];
+    for _ in 0..3 {
+        seen.extend(upserts(&mut s, &rx)); // one per flush: the channel holds one
+    }
     assert_eq!(
-        upserts(&rx),
-        vec![(client(), ConnState::Established, sec(900))],
+        seen,
+        vec![
+            (client(), ConnState::Established, sec(900)),
+            (client(), ConnState::Established, sec(900)),
+            (client(), ConnState::FinWait, sec(120)),
+        ]
+    );
+}
+
+#[test]
+fn an_announcement_that_cannot_be_queued_is_counted_and_retried_on_the_next_packet() {
+    let mut s = stack(Setup::default());
+    // An outbox of one event and a channel of one: the threshold upsert fills both until the test drains them.
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    s.handler_mut().enable_sync_with_capacity(tx, refresh_30s(), 1);
+    let t0 = Instant::now();
+    let sec = Duration::from_secs;
+    open_synced_flow(&mut s, t0);
+    s.handler_mut().flush_sync();
+    let data = from_client(Proto::Tcp, ACK, b"more");
+    run(&mut s, t0 + sec(30), 0, &data); // the refresh: queued in the outbox
+    run(&mut s, t0 + sec(31), 0, &from_client(Proto::Tcp, 0x11, b"")); // the state change: outbox full
+    assert_eq!(s.handler().counters().sync_dropped, 1);
+    assert_eq!(upserts(&mut s, &rx), vec![(client(), ConnState::Established, sec(900))]);
+    assert_eq!(upserts(&mut s, &rx), vec![(client(), ConnState::Established, sec(900))]);
+    assert!(upserts(&mut s, &rx).is_empty(), "the state change was not queued");
+    // The next packet announces it.
+    run(&mut s, t0 + sec(32), 0, &data);
+    assert_eq!(
+        upserts(&mut s, &rx),
+        vec![(client(), ConnState::FinWait, sec(120))],
         "retried"
     );
-    // Not again before the next period.
-    run(&mut s, t0 + sec(32), 0, &data);
-    assert!(upserts(&rx).is_empty());
-    // A state change that cannot be queued is retried on the next packet as well (well before a refresh).
-    filler.try_send(SyncEvent::Delete(client_key())).unwrap();
-    run(&mut s, t0 + sec(33), 0, &from_client(Proto::Tcp, 0x11, b""));
-    assert_eq!(s.handler().counters().sync_dropped, 2);
-    assert_eq!(rx.try_recv(), Ok(SyncEvent::Delete(client_key())), "only the filler");
-    run(&mut s, t0 + sec(34), 0, &data);
-    assert_eq!(upserts(&rx), vec![(client(), ConnState::FinWait, sec(120))], "retried");
-    assert_eq!(s.handler().counters().sync_dropped, 2);
+    assert_eq!(s.handler().counters().sync_dropped, 1);
 }
 
 #[test]
