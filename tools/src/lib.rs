@@ -17,6 +17,7 @@ pub mod control;
 pub mod daemon;
 pub mod ha;
 pub mod ha_config;
+pub mod instance;
 pub mod lb;
 pub mod metrics;
 pub mod stats;
