@@ -195,13 +195,23 @@ fn c_name(raw: &[std::os::raw::c_char]) -> String {
 
 /// Detaches the program of `prog_fd` from `ifindex` in the mode of `flags`, only if it is still the one attached.
 fn detach_if_still(ifindex: i32, flags: u32, prog_fd: RawFd) -> io::Result<()> {
-    let opts = sys::bpf_xdp_attach_opts {
-        sz: std::mem::size_of::<sys::bpf_xdp_attach_opts>(),
+    // `bpf_xdp_attach_opts` with its tail padding spelled out: libbpf refuses options whose padding is not zero,
+    // and Rust does not keep padding bytes.
+    #[repr(C)]
+    struct AttachOpts {
+        sz: usize,
+        old_prog_fd: std::os::raw::c_int,
+        zero: u32,
+    }
+    const _: () = assert!(std::mem::size_of::<AttachOpts>() == std::mem::size_of::<sys::bpf_xdp_attach_opts>());
+    let opts = AttachOpts {
+        sz: std::mem::size_of::<AttachOpts>(),
         old_prog_fd: prog_fd,
+        zero: 0,
     };
     // SAFETY: valid options; with `old_prog_fd` set libbpf asks the kernel to detach only that program
     // (XDP_FLAGS_REPLACE: EEXIST if another one is attached).
-    let rc = unsafe { sys::bpf_xdp_detach(ifindex, flags, &opts) };
+    let rc = unsafe { sys::bpf_xdp_detach(ifindex, flags, (&opts as *const AttachOpts).cast()) };
     if rc != 0 {
         return Err(io::Error::from_raw_os_error(-rc));
     }
@@ -480,9 +490,12 @@ impl Drop for XdpFilter {
             // Only our own program: if another took its place, it is not ours to remove.
             match detach_if_still(self.ifindex, self.flags, self.prog_fd) {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    tracing::warn!(iface = %self.ifname, "the XDP program attached now is not xlb's: left in place")
-                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => match KernelXdp::query(self.ifindex) {
+                    Ok(k) if k.attached().is_empty() => {
+                        tracing::warn!(iface = %self.ifname, "the XDP filter was already detached by someone else")
+                    }
+                    _ => tracing::warn!(iface = %self.ifname, "the XDP program attached now is not xlb's: left in place"),
+                },
                 Err(e) => tracing::warn!(iface = %self.ifname, error = %e, "detaching the XDP filter failed"),
             }
         }
