@@ -113,7 +113,8 @@ fn a_second_instance_is_refused_and_a_detached_filter_is_reported() -> Result<()
     ensure!(lines.len() == 1, "expected one error line, got: {stderr}");
     let pid = xlb.proc().pid();
     ensure!(
-        lines[0].contains(&format!("is in use by a running xlb (pid {pid})")) && lines[0].contains("stop that instance"),
+        lines[0].contains(&format!("is in use by a running xlb (pid {pid})"))
+            && lines[0].contains("stop that instance"),
         "the error does not name the running instance and the fix: {stderr}"
     );
 
@@ -150,7 +151,11 @@ fn a_second_instance_is_refused_and_a_detached_filter_is_reported() -> Result<()
     ensure!(human.contains("NOT all running"), "xlbctl status: {human}");
     let modes = xdp_modes(&xlb.stats()?);
     ensure!(
-        modes == [("ext0".to_string(), "detached".to_string()), ("int0".to_string(), "native".to_string())],
+        modes
+            == [
+                ("ext0".to_string(), "detached".to_string()),
+                ("int0".to_string(), "native".to_string())
+            ],
         "{modes:?}"
     );
     // Logged once, however many checks ran since: wait until uptime moved by a few checks.
@@ -161,13 +166,20 @@ fn a_second_instance_is_refused_and_a_detached_filter_is_reported() -> Result<()
         Ok(())
     })?;
     let log = xlb.proc().stderr();
-    ensure!(log.matches(LOST_LOG).count() == 1, "expected the loss logged once:\n{log}");
+    ensure!(
+        log.matches(LOST_LOG).count() == 1,
+        "expected the loss logged once:\n{log}"
+    );
 
     // Stopping leaves int0 clean and does not touch what is (not) on ext0.
     let exit = xlb.terminate()?;
     ensure!(exit.success(), "xlb exited with {exit}: {}", xlb.proc().stderr());
     let links = t.lb.ip(&["link", "show"])?;
-    ensure!(!links.contains("xdp"), "a program left attached: {links}\n{}", xlb.proc().stderr());
+    ensure!(
+        !links.contains("xdp"),
+        "a program left attached: {links}\n{}",
+        xlb.proc().stderr()
+    );
     Ok(())
 }
 
@@ -180,11 +192,15 @@ fn kernel_zero_copy_flags(pid: u32) -> Result<Vec<bool>> {
     let mut flags = Vec::new();
     for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
         if !target.to_string_lossy().starts_with("socket:") {
             continue;
         }
-        let Ok(remote) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else { continue };
+        let Ok(remote) = entry.file_name().to_string_lossy().parse::<libc::c_int>() else {
+            continue;
+        };
         // SAFETY: plain syscall; the returned descriptor is ours.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, remote, 0) } as RawFd;
         if fd < 0 {
@@ -225,12 +241,18 @@ fn the_reported_zero_copy_mode_is_the_kernels_for_both_interfaces_of_a_worker() 
         "one socket per interface expected: {status}"
     );
     let kernel = kernel_zero_copy_flags(xlb.proc().pid())?;
-    ensure!(kernel.len() == 2, "expected two AF_XDP sockets in xlb, found {kernel:?}");
+    ensure!(
+        kernel.len() == 2,
+        "expected two AF_XDP sockets in xlb, found {kernel:?}"
+    );
     let mut from_report: Vec<bool> = reported.iter().map(|(_, zc)| *zc).collect();
     let mut from_kernel = kernel.clone();
     from_report.sort();
     from_kernel.sort();
-    ensure!(from_report == from_kernel, "reported {reported:?}, kernel says {kernel:?}");
+    ensure!(
+        from_report == from_kernel,
+        "reported {reported:?}, kernel says {kernel:?}"
+    );
     // veth has no zero-copy AF_XDP: both are copy mode, the shared-UMEM one included.
     ensure!(kernel.iter().all(|zc| !zc), "veth in zero-copy? {kernel:?}");
     // The stats document says the same.
@@ -246,7 +268,8 @@ fn the_reported_zero_copy_mode_is_the_kernels_for_both_interfaces_of_a_worker() 
     }
     let log = xlb.proc().stderr();
     ensure!(
-        !log.lines().any(|l| l.contains("AF_XDP socket bound") && l.contains(" zero_copy=true")),
+        !log.lines()
+            .any(|l| l.contains("AF_XDP socket bound") && l.contains(" zero_copy=true")),
         "the log claims zero-copy:\n{log}"
     );
     Ok(())

@@ -31,7 +31,11 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let (mut factory, runtime) = PipelineFactory::new(&config, &plans, started);
     // The big tables are reserved before any interface is touched: running out of memory here leaves nothing
     // attached.
-    let mut pipelines = plans.iter().map(|plan| factory.make(plan)).collect::<Vec<_>>().into_iter();
+    let mut pipelines = plans
+        .iter()
+        .map(|plan| factory.make(plan))
+        .collect::<Vec<_>>()
+        .into_iter();
     let dp = Datapath::start(&config.interfaces, &config.datapath, |_| {
         pipelines.next().expect("one pipeline per planned worker")
     })

@@ -45,7 +45,10 @@ fn lock_in(config: &Config, dir: &Path) -> Result<InstanceLock, String> {
     let socket = &config.node.control_socket;
     let mut socket_lock = socket.clone().into_os_string();
     socket_lock.push(".lock");
-    files.push(take(&PathBuf::from(socket_lock), &format!("control socket {}", socket.display()))?);
+    files.push(take(
+        &PathBuf::from(socket_lock),
+        &format!("control socket {}", socket.display()),
+    )?);
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let netns = netns_id();
     for iface in &config.interfaces {
@@ -103,6 +106,50 @@ fn busy_message(what: &str, holder: &str, path: &Path) -> String {
     )
 }
 
+/// Memory `config` reserves at start, estimated: per worker, its connection table and its UMEM.
+pub fn reserved_bytes(config: &Config) -> u64 {
+    let workers = config
+        .interfaces
+        .iter()
+        .flat_map(|i| i.cores.iter())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let umem = u64::from(config.datapath.umem_frames) * u64::from(xlb_stack::xsk::port::FRAME_SIZE);
+    workers * (xlb_l4::config::conn_table_bytes(config.l4.conn_table_size) + umem)
+}
+
+/// The host's memory (`MemTotal` of /proc/meminfo), if it can be read.
+pub fn host_memory_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_total(&text)
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses a config whose tables cannot fit in `host_bytes` of memory (`xlb check` and `xlb run`, before
+/// anything is touched), naming the field.
+pub fn check_memory(config: &Config, host_bytes: Option<u64>) -> Result<(), String> {
+    let Some(host) = host_bytes else {
+        return Ok(());
+    };
+    let need = reserved_bytes(config);
+    if need > host {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        return Err(format!(
+            "l4.conn_table_size: {} connections per worker need about {:.1} GiB in all (with the UMEMs), more than \
+             this host's {:.1} GiB of memory",
+            config.l4.conn_table_size,
+            gib(need),
+            gib(host)
+        ));
+    }
+    Ok(())
+}
+
 /// What the main thread last learned about the datapath from the kernel.
 pub struct DatapathWatch {
     last: Mutex<Vec<InterfaceCheck>>,
@@ -120,7 +167,9 @@ impl DatapathWatch {
                 }
             }
         }
-        DatapathWatch { last: Mutex::new(checks) }
+        DatapathWatch {
+            last: Mutex::new(checks),
+        }
     }
 
     /// Checks again; logs every change once (an error when an interface loses its datapath). Returns whether
@@ -255,7 +304,10 @@ mod tests {
         assert_eq!(text.trim(), std::process::id().to_string());
         // Same control socket: refused, naming it and our pid, on one line.
         let e = lock_in(&a, &d).unwrap_err();
-        assert!(e.starts_with(&format!("control socket {}", d.join("a.sock").display())), "{e}");
+        assert!(
+            e.starts_with(&format!("control socket {}", d.join("a.sock").display())),
+            "{e}"
+        );
         assert!(e.contains(&format!("xlb (pid {})", std::process::id())), "{e}");
         assert!(!e.contains('\n'), "{e}");
         // Another socket, same interface in the same namespace: refused, naming the interface.
@@ -272,14 +324,45 @@ mod tests {
     #[test]
     fn the_refusal_without_a_pid_still_says_what_to_do() {
         let e = busy_message("interface ext0", "", Path::new("/run/xlb/x.lock"));
-        assert!(e.starts_with("interface ext0 is in use by a running xlb (lock /run/xlb/x.lock)"), "{e}");
+        assert!(
+            e.starts_with("interface ext0 is in use by a running xlb (lock /run/xlb/x.lock)"),
+            "{e}"
+        );
         assert!(e.contains("stop that instance first"), "{e}");
+    }
+
+    #[test]
+    fn a_table_larger_than_the_host_is_refused_naming_the_field() {
+        let mut c = config(Path::new("/run/xlb/t.sock"), "ext0");
+        c.l4.conn_table_size = 100_000_000;
+        let need = reserved_bytes(&c);
+        assert_eq!(
+            need,
+            100_000_000 * xlb_l4::config::CONN_BYTES_ESTIMATE + u64::from(c.datapath.umem_frames) * 4096
+        );
+        check_memory(&c, Some(need)).unwrap();
+        check_memory(&c, None).unwrap();
+        let e = check_memory(&c, Some(need - 1)).unwrap_err();
+        assert!(
+            e.starts_with("l4.conn_table_size: 100000000 connections per worker need about"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(
+            parse_mem_total("MemTotal:       16318040 kB\nMemFree: 1 kB\n"),
+            Some(16318040 * 1024)
+        );
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
     }
 
     #[test]
     fn a_lost_interface_shows_in_status_and_stats() {
         use xlb_stack::xsk::filter::{AttachState, AttachedMode};
-        let check = |name: &str, xdp| InterfaceCheck { name: name.into(), xdp, sockets: vec![] };
+        let check = |name: &str, xdp| InterfaceCheck {
+            name: name.into(),
+            xdp,
+            sockets: vec![],
+        };
         let fine = vec![check("ext0", AttachState::Attached(AttachedMode::Native))];
         let mut status = json!({"node": "lb1", "healthy": true});
         annotate_status(&fine, &mut status);
@@ -295,7 +378,8 @@ mod tests {
         assert_eq!(status["healthy"], json!(false));
         let text = status["datapath"].as_str().unwrap();
         assert!(text.starts_with("LOST (int0: XDP filter detached"), "{text}");
-        let mut stats = json!({"interfaces": [{"name": "ext0", "xdp_mode": "native"}, {"name": "int0", "xdp_mode": "native"}]});
+        let mut stats =
+            json!({"interfaces": [{"name": "ext0", "xdp_mode": "native"}, {"name": "int0", "xdp_mode": "native"}]});
         annotate_stats(&lost, &mut stats);
         assert_eq!(stats["interfaces"][0]["xdp_mode"], json!("generic"));
         assert_eq!(stats["interfaces"][1]["xdp_mode"], json!("detached"));

@@ -117,10 +117,13 @@ impl KernelXdp {
 
     /// The programs attached in driver and generic mode (in that order), with the flags that detach each.
     pub fn attached(&self) -> Vec<(u32, u32)> {
-        [(self.drv_prog_id, XDP_FLAGS_DRV_MODE), (self.skb_prog_id, XDP_FLAGS_SKB_MODE)]
-            .into_iter()
-            .filter(|&(id, _)| id != 0)
-            .collect()
+        [
+            (self.drv_prog_id, XDP_FLAGS_DRV_MODE),
+            (self.skb_prog_id, XDP_FLAGS_SKB_MODE),
+        ]
+        .into_iter()
+        .filter(|&(id, _)| id != 0)
+        .collect()
     }
 }
 
@@ -158,7 +161,10 @@ impl std::fmt::Display for AttachState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AttachState::Attached(mode) => write!(f, "XDP filter attached ({})", mode.as_str()),
-            AttachState::Detached => write!(f, "XDP filter detached by someone else: no XDP program on the interface"),
+            AttachState::Detached => write!(
+                f,
+                "XDP filter detached by someone else: no XDP program on the interface"
+            ),
             AttachState::Replaced(id) => write!(f, "XDP filter replaced by another program (id {id})"),
             AttachState::Unknown(cause) => write!(f, "cannot query the interface's XDP program: {cause}"),
         }
@@ -347,8 +353,14 @@ impl XdpFilter {
                 // SAFETY: we own `old_fd`.
                 unsafe { libc::close(old_fd) };
                 match gone {
-                    Ok(()) => tracing::warn!(iface = ifname, prog_id = id, "replaced an XDP filter left by an earlier xlb run"),
-                    Err(e) => tracing::debug!(iface = ifname, prog_id = id, error = %e, "left-over filter went away meanwhile"),
+                    Ok(()) => tracing::warn!(
+                        iface = ifname,
+                        prog_id = id,
+                        "replaced an XDP filter left by an earlier xlb run"
+                    ),
+                    Err(e) => {
+                        tracing::debug!(iface = ifname, prog_id = id, error = %e, "left-over filter went away meanwhile")
+                    }
                 }
             }
         }
@@ -365,7 +377,7 @@ impl XdpFilter {
         for &(flags, attached) in attempts {
             // Attach only where nothing is: a program that appeared meanwhile is not replaced.
             let no_replace = 1u32; // XDP_FLAGS_UPDATE_IF_NOEXIST
-            // SAFETY: valid ifindex and program fd.
+                                   // SAFETY: valid ifindex and program fd.
             let rc = unsafe { sys::bpf_xdp_attach(ifindex, prog_fd, flags | no_replace, std::ptr::null()) };
             if rc == 0 {
                 filter.flags = flags;
@@ -494,7 +506,9 @@ impl Drop for XdpFilter {
                     Ok(k) if k.attached().is_empty() => {
                         tracing::warn!(iface = %self.ifname, "the XDP filter was already detached by someone else")
                     }
-                    _ => tracing::warn!(iface = %self.ifname, "the XDP program attached now is not xlb's: left in place"),
+                    _ => {
+                        tracing::warn!(iface = %self.ifname, "the XDP program attached now is not xlb's: left in place")
+                    }
                 },
                 Err(e) => tracing::warn!(iface = %self.ifname, error = %e, "detaching the XDP filter failed"),
             }
