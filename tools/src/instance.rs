@@ -43,6 +43,9 @@ pub fn lock(config: &Config) -> Result<InstanceLock, String> {
 fn lock_in(config: &Config, dir: &Path) -> Result<InstanceLock, String> {
     let mut files = Vec::new();
     let socket = &config.node.control_socket;
+    if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    }
     let mut socket_lock = socket.clone().into_os_string();
     socket_lock.push(".lock");
     files.push(take(
@@ -298,14 +301,15 @@ mod tests {
     #[test]
     fn a_second_instance_is_refused_naming_the_holder_and_the_lock_is_free_again_after() {
         let d = dir("lock");
-        let a = config(&d.join("a.sock"), "ext0");
+        // The socket's directory is made as the control server would make it.
+        let a = config(&d.join("run").join("a.sock"), "ext0");
         let held = lock_in(&a, &d).unwrap();
-        let text = std::fs::read_to_string(d.join("a.sock.lock")).unwrap();
+        let text = std::fs::read_to_string(d.join("run").join("a.sock.lock")).unwrap();
         assert_eq!(text.trim(), std::process::id().to_string());
         // Same control socket: refused, naming it and our pid, on one line.
         let e = lock_in(&a, &d).unwrap_err();
         assert!(
-            e.starts_with(&format!("control socket {}", d.join("a.sock").display())),
+            e.starts_with(&format!("control socket {}", d.join("run").join("a.sock").display())),
             "{e}"
         );
         assert!(e.contains(&format!("xlb (pid {})", std::process::id())), "{e}");
