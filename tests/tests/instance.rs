@@ -183,6 +183,40 @@ fn a_second_instance_is_refused_and_a_detached_filter_is_reported() -> Result<()
     Ok(())
 }
 
+#[test]
+fn after_a_crash_the_next_instance_takes_over_the_left_over_filter() -> Result<()> {
+    let t = TwoArm::new("crash", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
+    let first = Appliance::start(&t.lab, &t.lb, "lb1", &config())?;
+    one_connection(&t)?;
+    first.proc().signal(libc::SIGKILL)?;
+    ensure!(
+        first.proc().wait_timeout(START_TIMEOUT)?.is_some(),
+        "xlb survived SIGKILL"
+    );
+    let left = t.lb.ip(&["link", "show", "ext0"])?;
+    ensure!(
+        left.contains("xlb_filter") || left.contains("xdp"),
+        "no filter left behind by the crash: {left}"
+    );
+
+    // The dead instance's locks went with it; its filters are replaced, and the new one serves.
+    let second = Appliance::start(&t.lab, &t.lb, "lb2", &config())?;
+    one_connection(&t)?;
+    let log = second.proc().stderr();
+    ensure!(
+        log.matches("replaced an XDP filter left by an earlier xlb run").count() == 2,
+        "expected both left-over filters replaced:\n{log}"
+    );
+    let status = status(&second)?;
+    ensure!(status["datapath"] == "ok", "{status}");
+    let exit = second.terminate()?;
+    ensure!(exit.success(), "xlb exited with {exit}: {}", second.proc().stderr());
+    let links = t.lb.ip(&["link", "show"])?;
+    ensure!(!links.contains("xdp"), "a program left attached: {links}");
+    Ok(())
+}
+
 /// `getsockopt(SOL_XDP, XDP_OPTIONS)` of every AF_XDP socket of process `pid`, through descriptors copied with
 /// `pidfd_getfd` (root).
 fn kernel_zero_copy_flags(pid: u32) -> Result<Vec<bool>> {

@@ -533,3 +533,50 @@ fn possible_cpus() -> io::Result<usize> {
     }
     Ok(n)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_program_is_found_in_the_mode_the_kernel_reports() {
+        let k = KernelXdp {
+            drv_prog_id: 7,
+            skb_prog_id: 0,
+            hw_prog_id: 0,
+        };
+        assert_eq!(k.mode_of(7), Some(AttachedMode::Native));
+        assert_eq!(k.mode_of(8), None);
+        assert_eq!(k.mode_of(0), None);
+        assert_eq!(k.attached(), vec![(7, XDP_FLAGS_DRV_MODE)]);
+        let k = KernelXdp {
+            drv_prog_id: 0,
+            skb_prog_id: 9,
+            hw_prog_id: 0,
+        };
+        assert_eq!(k.mode_of(9), Some(AttachedMode::Generic));
+        assert_eq!(k.attached(), vec![(9, XDP_FLAGS_SKB_MODE)]);
+        assert!(KernelXdp::default().attached().is_empty());
+    }
+
+    #[test]
+    fn attach_states_have_short_words_and_say_what_happened() {
+        assert_eq!(AttachState::Attached(AttachedMode::Native).word(), "native");
+        assert_eq!(AttachState::Attached(AttachedMode::Generic).word(), "generic");
+        assert_eq!(AttachState::Detached.word(), "detached");
+        assert_eq!(AttachState::Replaced(3).word(), "replaced");
+        assert!(AttachState::Attached(AttachedMode::Native).is_attached());
+        assert!(!AttachState::Detached.is_attached());
+        assert!(!AttachState::Unknown("gone".into()).is_attached());
+        assert!(AttachState::Replaced(3).to_string().contains("id 3"));
+    }
+
+    #[test]
+    fn c_names_stop_at_the_first_nul() {
+        let mut raw = [0 as std::os::raw::c_char; 16];
+        for (i, b) in PROGRAM_NAME.bytes().enumerate() {
+            raw[i] = b as std::os::raw::c_char;
+        }
+        assert_eq!(c_name(&raw), PROGRAM_NAME);
+    }
+}
