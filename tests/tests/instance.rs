@@ -217,6 +217,101 @@ fn after_a_crash_the_next_instance_takes_over_the_left_over_filter() -> Result<(
     Ok(())
 }
 
+/// xlb's own filter object, as the build left it, with the program renamed to `foo_filter`: an XDP program
+/// that is not xlb's.
+fn foreign_object(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let target = workspace_bin("xlb")?
+        .parent()
+        .context("binary directory")?
+        .join("build");
+    let mut newest: Option<(std::time::SystemTime, std::path::PathBuf)> = None;
+    for entry in std::fs::read_dir(&target)? {
+        let object = entry?.path().join("out").join("xlb_filter.bpf.o");
+        if let Ok(meta) = std::fs::metadata(&object) {
+            let modified = meta.modified()?;
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, object));
+            }
+        }
+    }
+    let (_, object) = newest.context("no xlb_filter.bpf.o under target/*/build")?;
+    let mut bytes = std::fs::read(&object)?;
+    let (from, to) = (b"xlb_filter", b"foo_filter");
+    let mut i = 0;
+    while i + from.len() <= bytes.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+        }
+        i += 1;
+    }
+    let path = dir.join("foreign.bpf.o");
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}
+
+#[test]
+fn programs_xlb_did_not_attach_are_left_alone() -> Result<()> {
+    let t = TwoArm::new("foreign", &SERVERS, 1)?;
+    let _sinks = t.sinks("tcp", 8080)?;
+    let foreign = foreign_object(t.lab.dir())?.display().to_string();
+
+    // Another program on int0: xlb refuses to start, leaves it, and takes its own filter off ext0 again.
+    t.lb.ip(&["link", "set", "dev", "int0", "xdp", "obj", &foreign, "sec", "xdp"])?;
+    let err = match Appliance::start(&t.lab, &t.lb, "lb1", &config()) {
+        Ok(_) => bail!("xlb started over another XDP program"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("another XDP program is attached on interface int0") && err.contains("foo_filter"),
+        "the error does not name the program: {err}"
+    );
+    ensure!(
+        t.lb.ip(&["link", "show", "int0"])?.contains("foo_filter"),
+        "the other program was removed"
+    );
+    let ext0 = t.lb.ip(&["link", "show", "ext0"])?;
+    ensure!(
+        !ext0.contains("xdp"),
+        "xlb's filter left on ext0 after the failed start: {ext0}"
+    );
+
+    // Without it xlb starts; then someone replaces xlb's program on ext0: reported, and left in place at stop.
+    t.lb.ip(&["link", "set", "dev", "int0", "xdp", "off"])?;
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb2", &config())?;
+    one_connection(&t)?;
+    t.lb.ip(&[
+        "-force", "link", "set", "dev", "ext0", "xdp", "obj", &foreign, "sec", "xdp",
+    ])?;
+    let lost = wait_until_ok(TIMEOUT, "status reports the replaced program", || {
+        let s = status(&xlb)?;
+        ensure!(s["healthy"] == Value::Bool(false), "{s}");
+        Ok(s)
+    })?;
+    let text = lost["datapath"].as_str().unwrap_or("");
+    ensure!(
+        text.contains("ext0: XDP filter replaced by another program (id "),
+        "{lost}"
+    );
+    let modes = xdp_modes(&xlb.stats()?);
+    ensure!(
+        modes
+            == [
+                ("ext0".to_string(), "replaced".to_string()),
+                ("int0".to_string(), "native".to_string())
+            ],
+        "{modes:?}"
+    );
+    let exit = xlb.terminate()?;
+    ensure!(exit.success(), "xlb exited with {exit}: {}", xlb.proc().stderr());
+    ensure!(
+        t.lb.ip(&["link", "show", "ext0"])?.contains("foo_filter"),
+        "xlb detached a program it did not attach"
+    );
+    let int0 = t.lb.ip(&["link", "show", "int0"])?;
+    ensure!(!int0.contains("xdp"), "xlb's own filter left on int0: {int0}");
+    Ok(())
+}
+
 /// `getsockopt(SOL_XDP, XDP_OPTIONS)` of every AF_XDP socket of process `pid`, through descriptors copied with
 /// `pidfd_getfd` (root).
 fn kernel_zero_copy_flags(pid: u32) -> Result<Vec<bool>> {
