@@ -105,6 +105,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     tracing::info!(node = %config.node.name, socket = %config.node.control_socket.display(), "xlb running");
 
     let mut last_sample = Instant::now();
+    let mut drained_for_loss = false;
     let outcome = loop {
         match signals.pending().next() {
             Some(SIGHUP) => match api.reload() {
@@ -125,8 +126,15 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
             break Err("a worker thread stopped unexpectedly (see the log above); shutting down".to_string());
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
-            // Still attached, sockets still open? (Logged once per change, reported by status and stats.)
-            watch.poll(api.datapath());
+            // Still attached, sockets still open? (Logged once per change, reported by status and stats.) A node
+            // that lost its datapath still sends adverts (TX needs no XDP program): hand mastership over.
+            if !watch.poll(api.datapath()) && !drained_for_loss {
+                if let Some(node) = &ha_node {
+                    tracing::error!("datapath lost: handing HA mastership over (drain); restart xlb");
+                    node.drain();
+                }
+                drained_for_loss = true;
+            }
             api.sample_rates();
             last_sample = Instant::now();
         }
