@@ -312,6 +312,38 @@ fn programs_xlb_did_not_attach_are_left_alone() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_table_beyond_the_hosts_memory_fails_run_before_any_interface_is_touched() -> Result<()> {
+    // The largest table validation allows (2^27 places, ~28 GiB per worker) must exceed this host's memory.
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("MemTotal")?;
+    if kib * 1024 >= (1u64 << 27) * 224 {
+        eprintln!("skipped: this host has more memory than the largest connection table takes");
+        return Ok(());
+    }
+    let t = TwoArm::new("bigtable", &SERVERS, 1)?;
+    let text = format!("{}\n[l4]\nconn_table_size = {}\n", config(), 1u64 << 27);
+    let err = match Appliance::start(&t.lab, &t.lb, "lb1", &text) {
+        Ok(_) => bail!("xlb started with a table larger than the host's memory"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("l4.conn_table_size: 134217728 connections per worker need about"),
+        "the error does not name the field: {err}"
+    );
+    let links = t.lb.ip(&["link", "show"])?;
+    ensure!(
+        !links.contains("xdp"),
+        "an XDP program attached by the failed start: {links}"
+    );
+    Ok(())
+}
+
 /// `getsockopt(SOL_XDP, XDP_OPTIONS)` of every AF_XDP socket of process `pid`, through descriptors copied with
 /// `pidfd_getfd` (root).
 fn kernel_zero_copy_flags(pid: u32) -> Result<Vec<bool>> {
