@@ -86,7 +86,8 @@ pub struct GroupConfig {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct L4Config {
-    /// Connections per worker (memory is reserved up front: about 100 bytes per entry plus index).
+    /// Connections per worker (memory is reserved up front: about [`CONN_BYTES_ESTIMATE`] bytes per entry with
+    /// the index and the FULLNAT port quarantine; at most [`MAX_CONN_TABLE_SIZE`]).
     pub conn_table_size: usize,
     /// Local ports FULLNAT uses towards backends, inclusive. Ports are split between workers.
     pub local_port_min: u16,
@@ -107,6 +108,40 @@ impl Default for L4Config {
             timeouts: Timeouts::default(),
             on_server_removed: RemovedServerPolicy::Keep,
         }
+    }
+}
+
+/// Largest `conn_table_size` (per worker): 2^27 entries, about 28 GiB per worker. The table's entry numbers
+/// are 31-bit; anything near that is a typo, not a plan.
+pub const MAX_CONN_TABLE_SIZE: usize = 1 << 27;
+
+/// Bytes one connection-table place reserves, rounded up: the table itself measures 110 (the 64-byte entry,
+/// the index with two keys at half load in 64-byte buckets of ten, the free list, the timer wheel and eviction
+/// links), and the FULLNAT port quarantine sized like the table up to about 110 more (its queue and its hash
+/// map of holders).
+pub const CONN_BYTES_ESTIMATE: u64 = 224;
+
+/// Memory `conn_table_size` reserves per worker, estimated.
+pub fn conn_table_bytes(conn_table_size: usize) -> u64 {
+    conn_table_size as u64 * CONN_BYTES_ESTIMATE
+}
+
+/// Why `ip` cannot be a VIP, if it cannot: addresses no client can send to, or that no router forwards to one
+/// host.
+pub fn unusable_vip(ip: Ipv4Addr) -> Option<&'static str> {
+    let first = ip.octets()[0];
+    if ip.is_broadcast() {
+        Some("the limited broadcast address")
+    } else if first == 0 {
+        Some("in 0.0.0.0/8 (\"this network\", unspecified)")
+    } else if ip.is_loopback() {
+        Some("a loopback address (127.0.0.0/8)")
+    } else if ip.is_multicast() {
+        Some("a multicast address (224.0.0.0/4)")
+    } else if first >= 240 {
+        Some("in the reserved 240.0.0.0/4")
+    } else {
+        None
     }
 }
 
@@ -193,6 +228,9 @@ pub fn validate(
         if l.port == 0 {
             return Err(format!("{at}.port: must not be 0"));
         }
+        if let Some(why) = unusable_vip(l.vip) {
+            return Err(format!("{at}.vip: {} is {why}; a VIP must be a unicast address", l.vip));
+        }
         if own.contains(&l.vip) {
             return Err(format!(
                 "{at}.vip: {} is an interface address; VIPs must be separate addresses",
@@ -234,6 +272,14 @@ pub fn validate(
     }
     if l4.conn_table_size == 0 {
         return Err("l4.conn_table_size: must be at least 1".into());
+    }
+    if l4.conn_table_size > MAX_CONN_TABLE_SIZE {
+        return Err(format!(
+            "l4.conn_table_size: {} is above the maximum {MAX_CONN_TABLE_SIZE} per worker (each place reserves about \
+             {CONN_BYTES_ESTIMATE} bytes: this would be {} GiB per worker)",
+            l4.conn_table_size,
+            conn_table_bytes(l4.conn_table_size) >> 30
+        ));
     }
     if l4.local_port_min < 1024 || l4.local_port_min > l4.local_port_max {
         return Err("l4.local_port_min: must be >= 1024 and <= local_port_max".into());
@@ -359,10 +405,56 @@ mod tests {
                 BASE.replace("name = \"web\"\n        servers", "name = \"\"\n        servers"),
                 "group[0].name",
             ),
+            (
+                format!("{BASE}\n[l4]\nconn_table_size = 10000000000\n"),
+                "l4.conn_table_size: 10000000000 is above the maximum",
+            ),
+            (
+                format!("{BASE}\n[l4]\nconn_table_size = 0\n"),
+                "l4.conn_table_size: must be at least 1",
+            ),
         ];
         for (text, expected) in cases {
             let e = check(&text).unwrap_err();
             assert!(e.contains(expected), "expected {expected:?} in: {e}");
         }
+    }
+
+    #[test]
+    fn unusable_vips_are_refused_naming_the_field() {
+        for (vip, why) in [
+            ("0.0.0.0", "0.0.0.0/8"),
+            ("0.1.2.3", "0.0.0.0/8"),
+            ("255.255.255.255", "limited broadcast"),
+            ("127.0.0.1", "loopback"),
+            ("127.9.9.9", "loopback"),
+            ("224.0.0.18", "multicast"),
+            ("239.255.0.1", "multicast"),
+            ("240.0.0.1", "240.0.0.0/4"),
+            ("250.1.1.1", "240.0.0.0/4"),
+        ] {
+            let e = check(&BASE.replace("198.18.0.100", vip)).unwrap_err();
+            assert!(
+                e.starts_with(&format!("listener[0] (web).vip: {vip} is ")),
+                "{vip}: {e}"
+            );
+            assert!(e.contains(why), "{vip}: {e}");
+        }
+        for vip in ["198.18.0.100", "10.0.0.1", "223.255.255.254", "1.1.1.1"] {
+            check(&BASE.replace("198.18.0.100", vip)).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_largest_table_is_accepted_and_one_more_is_not() {
+        check(&format!("{BASE}\n[l4]\nconn_table_size = {MAX_CONN_TABLE_SIZE}\n")).unwrap();
+        let e = check(&format!(
+            "{BASE}\n[l4]\nconn_table_size = {}\n",
+            MAX_CONN_TABLE_SIZE + 1
+        ))
+        .unwrap_err();
+        assert!(e.starts_with("l4.conn_table_size: "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        assert_eq!(conn_table_bytes(1 << 20), 224 << 20);
     }
 }

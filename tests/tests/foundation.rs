@@ -353,6 +353,16 @@ fn check_names_the_bad_field() -> Result<()> {
             config("adaptive").replace("ring_size = 1024", "ring_size = 1000"),
             "datapath.ring_size",
         ),
+        (
+            "table.toml",
+            format!("{}\n[l4]\nconn_table_size = 10000000000\n", config("adaptive")),
+            "l4.conn_table_size: 10000000000 is above the maximum",
+        ),
+        (
+            "float.toml",
+            format!("{}\n[l4]\nconn_table_size = 1e10\n", config("adaptive")),
+            "(l4.conn_table_size): invalid type",
+        ),
     ];
     for (name, text, field) in cases {
         let out = run_check(name, &text)?;
@@ -361,6 +371,10 @@ fn check_names_the_bad_field() -> Result<()> {
         ensure!(
             stderr.contains(field),
             "{name}: error does not name {field:?}: {stderr}"
+        );
+        ensure!(
+            stderr.trim().lines().count() == 1,
+            "{name}: the error is not one line: {stderr}"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

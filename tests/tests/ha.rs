@@ -434,6 +434,45 @@ fn drained_master_hands_over_without_loss() -> Result<()> {
 }
 
 #[test]
+fn a_master_whose_xdp_filter_is_detached_hands_over() -> Result<()> {
+    let t = pair("halost")?;
+    let (lb1, lb2) = start_pair(&t)?;
+    // Its adverts would still go out (TX needs no XDP program) while nothing reaches its workers.
+    t.lbs[0].ip(&["link", "set", "dev", "ext0", "xdp", "off"])?;
+    wait_until_ok(
+        Duration::from_secs(15),
+        "lb2 master after lb1 lost its datapath",
+        || {
+            let (a, b) = (ha_state(&lb1)?, ha_state(&lb2)?);
+            ensure!(
+                b["state"] == "master" && a["state"] != "master" && a["draining"] == true,
+                "lb1 {a} lb2 {b}"
+            );
+            Ok(())
+        },
+    )?;
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    let answer = in_ns(&t.client, move || {
+        let s = TcpStream::connect_timeout(&target, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut r = BufReader::new(s);
+        r.get_mut().write_all(b"x\n")?;
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        Ok(line)
+    })?;
+    ensure!(answer.starts_with("server="), "no answer through lb2: {answer:?}");
+    ensure!(
+        lb1.proc()
+            .stderr()
+            .contains("datapath lost: handing HA mastership over"),
+        "{}",
+        lb1.proc().stderr()
+    );
+    Ok(())
+}
+
+#[test]
 fn forged_sync_and_vrrp_packets_change_nothing_and_are_counted() -> Result<()> {
     let t = pair("haforge")?;
     let (lb1, lb2) = start_pair(&t)?;

@@ -38,7 +38,7 @@ pub struct Config {
 impl Config {
     /// Parses and validates config text. Errors name the bad field.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         config.validate()?;
         Ok(config)
     }
@@ -104,6 +104,49 @@ impl Config {
     }
 }
 
+/// A TOML error on one line: `line L, column C (table.key): message`.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    match key_at(text, line) {
+        Some(key) => format!("line {line}, column {column} ({key}): {message}"),
+        None => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+/// The `table.key` assigned on line `line` (1-based), if that line is a `key = value`, with the table header
+/// above it.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let here = lines.get(line.checked_sub(1)?)?.trim();
+    let (key, _) = here.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return None;
+    }
+    let table = lines[..line - 1]
+        .iter()
+        .rev()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_start_matches('[').trim_end_matches(']').trim().to_string());
+    Some(match table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    })
+}
+
 /// The control API token of `node` (`api_token_file`), checked: required with `api_address`, at least 16
 /// characters.
 pub fn api_token(node: &xlb_stack::config::NodeConfig) -> Result<String, String> {
@@ -162,6 +205,24 @@ mod tests {
         assert!(e.starts_with("datapath.batch_size"), "{e}");
         let e = Config::parse(&EXAMPLE.replace("queues = [0]", "queues = [\"zero\"]")).unwrap_err();
         assert!(e.contains("queues"), "{e}");
+    }
+
+    #[test]
+    fn toml_errors_are_one_line_with_the_position_and_the_key() {
+        let e = Config::parse(&format!("{EXAMPLE}\n[l4]\nconn_table_size = 1e10\n")).unwrap_err();
+        assert!(!e.contains('\n'), "{e}");
+        let line = EXAMPLE.lines().count() + 2;
+        assert!(
+            e.starts_with(&format!(
+                "line {line}, column 19 (l4.conn_table_size): invalid type: floating point"
+            )),
+            "{e}"
+        );
+        let e = Config::parse(&EXAMPLE.replace("queues = [0]", "queues = [\"zero\"]")).unwrap_err();
+        assert!(e.contains("(interface.queues): invalid type"), "{e}");
+        let e = Config::parse("[node]\nname = \"x\"\nfoo = \n").unwrap_err();
+        assert!(e.starts_with("line 3, column 7 (node.foo): "), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 
     #[test]

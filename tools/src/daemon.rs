@@ -15,6 +15,7 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::control::{ControlServer, Handler};
 use crate::ha;
+use crate::instance::{self, DatapathWatch};
 use crate::lb::PipelineFactory;
 use crate::metrics;
 use crate::placement::{floating_ips, ha_interface, vip_interface};
@@ -22,12 +23,25 @@ use crate::placement::{floating_ips, ha_interface, vip_interface};
 /// Runs the appliance until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP and `xlbctl reload`.
 pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let started = Instant::now();
+    // Before anything is touched: one xlb per control socket and per interface (dropped last, after the filters
+    // are detached).
+    let instance_lock = instance::lock(&config)?;
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])
         .map_err(|e| format!("installing signal handlers: {e}"))?;
     let plans = plan_workers(&config.interfaces).map_err(|e| e.to_string())?;
     let (mut factory, runtime) = PipelineFactory::new(&config, &plans, started);
-    let dp =
-        Datapath::start(&config.interfaces, &config.datapath, |plan| factory.make(plan)).map_err(|e| e.to_string())?;
+    // The big tables are reserved before any interface is touched: running out of memory here leaves nothing
+    // attached.
+    let mut pipelines = plans
+        .iter()
+        .map(|plan| factory.make(plan))
+        .collect::<Vec<_>>()
+        .into_iter();
+    let dp = Datapath::start(&config.interfaces, &config.datapath, |_| {
+        pipelines.next().expect("one pipeline per planned worker")
+    })
+    .map_err(|e| e.to_string())?;
+    let watch = Arc::new(DatapathWatch::new(&dp));
     for listener in &config.listeners {
         dp.add_address(vip_interface(&config, listener), listener.vip, AddrKind::Vip)
             .map_err(|e| e.to_string())?;
@@ -55,7 +69,12 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let api = Arc::new(api);
 
     let for_control = api.clone();
-    let handler: Arc<Handler> = Arc::new(move |method, path, body| for_control.handle(method, path, body));
+    let watched = watch.clone();
+    let handler: Arc<Handler> = Arc::new(move |method, path, body| {
+        let mut reply = for_control.handle(method, path, body);
+        watched.annotate(method, path, &mut reply.1);
+        reply
+    });
     let control_tcp = match config.node.api_address {
         Some(addr) => {
             let token = crate::config::api_token(&config.node)?;
@@ -70,7 +89,17 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     let metrics_server = match config.node.metrics_address {
         Some(addr) => {
             let for_metrics = api.clone();
-            let server = metrics::start(addr, Arc::new(move || for_metrics.stats()))?;
+            let watched = watch.clone();
+            let server = metrics::start(
+                addr,
+                Arc::new(move || {
+                    // The kernel's view of each interface (its XDP mode as attached now) over the counters'.
+                    let doc = for_metrics.stats();
+                    let mut value = serde_json::to_value(&doc).unwrap_or_default();
+                    watched.annotate_stats(&mut value);
+                    serde_json::from_value(value).unwrap_or(doc)
+                }),
+            )?;
             tracing::info!(%addr, "metrics on http://{addr}/metrics");
             Some(server)
         }
@@ -79,6 +108,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
     tracing::info!(node = %config.node.name, socket = %config.node.control_socket.display(), "xlb running");
 
     let mut last_sample = Instant::now();
+    let mut drained_for_loss = false;
     let outcome = loop {
         match signals.pending().next() {
             Some(SIGHUP) => match api.reload() {
@@ -99,6 +129,15 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
             break Err("a worker thread stopped unexpectedly (see the log above); shutting down".to_string());
         }
         if last_sample.elapsed() >= Duration::from_secs(1) {
+            // Still attached, sockets still open? (Logged once per change, reported by status and stats.) A node
+            // that lost its datapath still sends adverts (TX needs no XDP program): hand mastership over.
+            if !watch.poll(api.datapath()) && !drained_for_loss {
+                if let Some(node) = &ha_node {
+                    tracing::error!("datapath lost: handing HA mastership over (drain); restart xlb");
+                    node.drain();
+                }
+                drained_for_loss = true;
+            }
             api.sample_rates();
             last_sample = Instant::now();
         }
@@ -120,5 +159,6 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
         }
     }
     tracing::info!("stopped; XDP filters detached");
+    drop(instance_lock);
     outcome
 }

@@ -19,6 +19,7 @@ pub mod daemon;
 pub mod ha;
 pub mod ha_config;
 pub mod http;
+pub mod instance;
 pub mod lb;
 pub mod metrics;
 pub mod placement;

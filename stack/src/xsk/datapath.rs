@@ -12,8 +12,8 @@ use crate::counters::{SharedCounters, WorkerSnapshot};
 use crate::local::Link;
 use crate::pipeline::Pipeline;
 use crate::wire::EthernetAddress;
-use crate::xsk::filter::{AddrKind, AttachedMode, FilterStats, XdpFilter};
-use crate::xsk::port::{create_umem, open_port, PortSpec};
+use crate::xsk::filter::{AddrKind, AttachState, AttachedMode, FilterStats, XdpFilter};
+use crate::xsk::port::{create_umem, open_port, socket_zero_copy, PortSpec};
 use crate::xsk::worker::{FrameCounts, Worker, WorkerOptions};
 
 /// What one worker will serve, handed to the pipeline factory.
@@ -100,6 +100,38 @@ pub fn plan_workers(interfaces: &[InterfaceConfig]) -> Result<Vec<WorkerPlan>, D
     Ok(plans)
 }
 
+/// One AF_XDP socket of the running datapath, as the kernel reported it at bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// Queue id.
+    pub queue: u32,
+    /// The worker that owns it.
+    pub worker: String,
+    /// Zero-copy as the kernel says (`XDP_OPTIONS`).
+    pub zero_copy: bool,
+    /// Zero-copy as the bind asked.
+    pub requested_zero_copy: bool,
+    fd: std::os::fd::RawFd,
+}
+
+/// One interface of the running datapath as the kernel sees it now ([`Datapath::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceCheck {
+    /// Interface name.
+    pub name: String,
+    /// Whether our XDP program is still attached, and in which mode.
+    pub xdp: AttachState,
+    /// Its sockets, with whether each is still an open AF_XDP socket.
+    pub sockets: Vec<(SocketInfo, bool)>,
+}
+
+impl InterfaceCheck {
+    /// Whether the interface's datapath works: our program attached and every socket open.
+    pub fn ok(&self) -> bool {
+        self.xdp.is_attached() && self.sockets.iter().all(|(_, ok)| *ok)
+    }
+}
+
 struct RunningWorker {
     name: String,
     counters: Arc<SharedCounters>,
@@ -109,6 +141,8 @@ struct RunningWorker {
 /// The running datapath. Dropping or [`Datapath::stop`]ping it stops the workers and detaches the filters.
 pub struct Datapath {
     filters: Vec<(String, XdpFilter)>,
+    /// Sockets per interface (config order).
+    sockets: Vec<Vec<SocketInfo>>,
     workers: Vec<RunningWorker>,
     stop: Arc<AtomicBool>,
 }
@@ -134,6 +168,7 @@ impl Datapath {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut dp = Datapath {
+            sockets: vec![Vec::new(); filters.len()],
             filters,
             workers: Vec::new(),
             stop,
@@ -160,7 +195,15 @@ impl Datapath {
                         iface.name
                     ))
                 })?;
-                tracing::info!(iface = %iface.name, queue, worker = %plan.name, zero_copy = port.zero_copy, "AF_XDP socket bound");
+                // The mode the kernel reports: a socket sharing a UMEM inherits the first binding's mode.
+                tracing::info!(iface = %iface.name, queue, worker = %plan.name, zero_copy = port.zero_copy, requested_zero_copy = port.requested_zero_copy, "AF_XDP socket bound");
+                dp.sockets[i].push(SocketInfo {
+                    queue,
+                    worker: plan.name.clone(),
+                    zero_copy: port.zero_copy,
+                    requested_zero_copy: port.requested_zero_copy,
+                    fd: port.fd(),
+                });
                 ports.push(port);
             }
             let options = WorkerOptions {
@@ -223,6 +266,35 @@ impl Datapath {
         self.filters
             .iter()
             .map(|(name, f)| (name.clone(), f.mode(), f.stats().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The sockets of every interface (config order), as bound.
+    pub fn sockets(&self) -> Vec<(String, Vec<SocketInfo>)> {
+        self.filters
+            .iter()
+            .zip(&self.sockets)
+            .map(|((name, _), s)| (name.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Asks the kernel, for every interface, whether our XDP program is still attached (and how) and whether
+    /// the sockets are still open. A few syscalls per interface: for the control plane, in the datapath's
+    /// network namespace.
+    pub fn check(&self) -> Vec<InterfaceCheck> {
+        let running = self.healthy();
+        self.filters
+            .iter()
+            .zip(&self.sockets)
+            .map(|((name, filter), sockets)| InterfaceCheck {
+                name: name.clone(),
+                xdp: filter.check(),
+                sockets: sockets
+                    .iter()
+                    // A stopped worker closed its sockets (and the descriptor may be reused): not ok.
+                    .map(|s| (s.clone(), running && socket_zero_copy(s.fd).is_ok()))
+                    .collect(),
+            })
             .collect()
     }
 

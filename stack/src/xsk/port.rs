@@ -25,8 +25,11 @@ pub struct Port {
     pub ifname: String,
     /// Queue id on the interface.
     pub queue: u32,
-    /// Whether the socket is bound in zero-copy mode.
+    /// Whether the socket works in zero-copy mode, as the kernel reports it (`XDP_OPTIONS`): a socket that
+    /// shares a UMEM already bound elsewhere inherits that binding's mode whatever its own bind asked.
     pub zero_copy: bool,
+    /// The mode the bind asked for.
+    pub requested_zero_copy: bool,
     pub(crate) rx: RxQueue,
     pub(crate) tx: TxQueue,
     pub(crate) fill: FillQueue,
@@ -138,6 +141,30 @@ fn hint(err: &io::Error, zero_copy: bool) -> &'static str {
     }
 }
 
+/// `SOL_XDP` (uapi `linux/socket.h`).
+const SOL_XDP: libc::c_int = 283;
+/// `XDP_OPTIONS` and its flag (uapi `linux/if_xdp.h`).
+const XDP_OPTIONS: libc::c_int = 8;
+const XDP_OPTIONS_ZEROCOPY: u32 = 1;
+
+/// Whether `XDP_OPTIONS` flags say zero-copy.
+pub fn options_zero_copy(flags: u32) -> bool {
+    flags & XDP_OPTIONS_ZEROCOPY != 0
+}
+
+/// Asks the kernel whether the AF_XDP socket `fd` works in zero-copy mode (`getsockopt(SOL_XDP, XDP_OPTIONS)`).
+/// Fails on a descriptor that is not an AF_XDP socket.
+pub fn socket_zero_copy(fd: RawFd) -> io::Result<bool> {
+    let mut flags: u32 = 0;
+    let mut len = std::mem::size_of::<u32>() as libc::socklen_t;
+    // SAFETY: `struct xdp_options` is one u32; `flags` and `len` outlive the call.
+    let rc = unsafe { libc::getsockopt(fd, SOL_XDP, XDP_OPTIONS, (&mut flags as *mut u32).cast(), &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(options_zero_copy(flags))
+}
+
 /// What to open: one queue of one interface.
 #[derive(Debug, Clone)]
 pub struct PortSpec {
@@ -220,10 +247,13 @@ pub fn open_port(umem: &Umem, spec: &PortSpec, ring_size: u32) -> Result<Port, P
         // (xlb attaches its own filter), as `Socket::new` requires.
         match unsafe { Socket::new(config, umem, &ifname, spec.queue) } {
             Ok((tx, rx, Some((fill, comp)))) => {
+                let zero_copy = socket_zero_copy(rx.fd().as_raw_fd())
+                    .map_err(|e| fail("reading the socket's mode (XDP_OPTIONS)".into(), e, zc))?;
                 return Ok(Port {
                     ifname: spec.ifname.clone(),
                     queue: spec.queue,
-                    zero_copy: zc,
+                    zero_copy,
+                    requested_zero_copy: zc,
                     rx,
                     tx,
                     fill,
@@ -249,4 +279,23 @@ pub fn open_port(umem: &Umem, spec: &PortSpec, ring_size: u32) -> Result<Port, P
         }
     }
     Err(last.expect("at least one attempt"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zero_copy_flag_is_read_from_the_options() {
+        assert!(!options_zero_copy(0));
+        assert!(options_zero_copy(XDP_OPTIONS_ZEROCOPY));
+        assert!(options_zero_copy(XDP_OPTIONS_ZEROCOPY | 0x10));
+        assert!(!options_zero_copy(0x10));
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_an_af_xdp_socket_has_no_mode() {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(socket_zero_copy(udp.as_raw_fd()).is_err());
+    }
 }

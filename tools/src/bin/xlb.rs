@@ -32,6 +32,13 @@ enum Command {
     },
 }
 
+/// What needs the host, not just the file: the tables must fit in its memory.
+fn preflight(path: &std::path::Path, config: Config) -> Result<Config, String> {
+    xlb_tools::instance::check_memory(&config, xlb_tools::instance::host_memory_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(config)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -40,7 +47,7 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let result = match cli.command {
-        Command::Check { config } => Config::load(&config).map(|c| {
+        Command::Check { config } => Config::load(&config).and_then(|c| preflight(&config, c)).map(|c| {
             let workers = c
                 .interfaces
                 .iter()
@@ -54,7 +61,9 @@ fn main() -> ExitCode {
                 workers
             );
         }),
-        Command::Run { config } => Config::load(&config).and_then(|c| xlb_tools::daemon::run(c, config.clone())),
+        Command::Run { config } => Config::load(&config)
+            .and_then(|c| preflight(&config, c))
+            .and_then(|c| xlb_tools::daemon::run(c, config.clone())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
