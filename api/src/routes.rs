@@ -25,14 +25,22 @@ pub struct Applied {
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// The node's name (`[node] name`).
     pub node: String,
     /// Seconds since the daemon started.
     pub uptime_s: u64,
-    /// Every worker thread runs.
+    /// Every worker thread runs and the datapath is attached as started.
     pub healthy: bool,
+    /// `ok`, or `LOST (…)` naming the interfaces whose XDP program or AF_XDP sockets are gone (as the kernel
+    /// says; checked once a second).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath: Option<String>,
+    /// Per interface: `name`, `xdp_mode` (the kernel's), `datapath_ok`, `sockets` (queue, worker, zero_copy as
+    /// the kernel reports it, open).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interfaces: Option<Vec<Value>>,
 }
 
 /// `GET /v1/config`: the running listeners, groups and `[l4]` section, as in the config file. Their types belong

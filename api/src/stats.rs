@@ -17,6 +17,9 @@ pub struct StatsDoc {
     pub totals: WorkerCounters,
     pub workers: Vec<Worker>,
     pub interfaces: Vec<Interface>,
+    /// Every interface's datapath is in place (see [`Interface::datapath_ok`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_ok: Option<bool>,
     pub l4: L4,
     /// `null` without an `[ha]` section.
     pub ha: Option<Ha>,
@@ -105,12 +108,18 @@ pub struct BatchHistogram {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interface {
     pub name: String,
-    /// `native` | `generic`
+    /// `native` | `generic` as the kernel has it attached now (`detached` / `replaced` when lost)
     pub xdp_mode: String,
     pub to_socket: u64,
     pub passed_not_ours: u64,
     pub passed_no_socket: u64,
     pub passed_malformed: u64,
+    /// The XDP program and every AF_XDP socket of the interface are in place (the kernel's view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datapath_ok: Option<bool>,
+    /// Per AF_XDP socket: queue, worker, zero_copy (as the kernel reports it), open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sockets: Option<Vec<serde_json::Value>>,
 }
 
 /// The L4 section.

@@ -138,6 +138,7 @@ impl Api {
             totals: stats::totals(&workers),
             workers,
             interfaces,
+            datapath_ok: None,
             l4: stats::l4(&rt),
             ha: self.ha.as_ref().map(|(status, _)| status.report()),
         }
@@ -155,6 +156,8 @@ impl Api {
                     node: rt.config().node.name.clone(),
                     uptime_s: self.started.elapsed().as_secs(),
                     healthy: self.dp.healthy(),
+                    datapath: None,
+                    interfaces: None,
                 };
                 reply(200, &status)
             }

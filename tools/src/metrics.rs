@@ -702,7 +702,10 @@ mod tests {
                 passed_not_ours: 2,
                 passed_no_socket: 0,
                 passed_malformed: 1,
+                datapath_ok: None,
+                sockets: None,
             }],
+            datapath_ok: None,
             l4: doc::L4 {
                 conns: 7,
                 listeners: vec![

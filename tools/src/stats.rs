@@ -57,6 +57,8 @@ pub fn interface(name: &str, mode: &str, f: &FilterStats) -> Interface {
         passed_not_ours: f.passed_not_ours,
         passed_no_socket: f.passed_no_socket,
         passed_malformed: f.passed_malformed,
+        datapath_ok: None,
+        sockets: None,
     }
 }
 
