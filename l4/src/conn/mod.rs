@@ -531,6 +531,12 @@ impl ConnTable {
         removed
     }
 
+    /// The connection in slot `id`, if the slot holds a live one (table walks go slot by slot up to
+    /// [`ConnTable::capacity`]).
+    pub fn live(&self, id: ConnId) -> Option<&Conn> {
+        self.entries.get(id as usize).filter(|e| e.live).map(|e| &e.conn)
+    }
+
     /// Every live connection (for dumps and HA export).
     pub fn iter(&self) -> impl Iterator<Item = &Conn> {
         self.entries.iter().filter(|e| e.live).map(|e| &e.conn)

@@ -14,6 +14,7 @@ use crate::health::HealthChecker;
 use crate::layout::Layout;
 use crate::stats::{HealthBoard, SharedL4Counters};
 
+use super::scan::{ScanJob, TableScan};
 use super::*;
 
 /// What one worker's forwarder serves.
@@ -88,6 +89,16 @@ pub struct ConnFilter {
     pub client: Option<Ipv4Addr>,
     /// State name (`established`, `syn_recv`, … see [`ConnState::name`]).
     pub state: Option<String>,
+}
+
+impl ConnFilter {
+    /// Whether `c`, of the listener named `listener`, matches every field that is set.
+    pub fn matches(&self, c: &Conn, listener: &str) -> bool {
+        self.listener.as_deref().is_none_or(|l| listener == l)
+            && self.server.is_none_or(|s| c.backend == s)
+            && self.client.is_none_or(|ip| *c.client.ip() == ip)
+            && self.state.as_deref().is_none_or(|s| c.state.name() == s)
+    }
 }
 
 /// A connection entry as dumped for the control API.
@@ -205,17 +216,10 @@ impl Forwarder {
 
     /// Up to `limit` connection entries matching `filter` (control path: scans the table).
     pub fn dump(&self, now: Instant, filter: &ConnFilter, limit: usize) -> Vec<ConnInfo> {
-        let name = |c: &Conn| {
-            self.listeners
-                .get(usize::from(c.listener))
-                .map_or("", |l| l.config.name.as_str())
-        };
+        let name = |c: &Conn| scan::listener_name(&self.listeners, c);
         self.conns
             .iter_ids()
-            .filter(|(_, c)| filter.listener.as_deref().is_none_or(|l| name(c) == l))
-            .filter(|(_, c)| filter.server.is_none_or(|s| c.backend == s))
-            .filter(|(_, c)| filter.client.is_none_or(|ip| *c.client.ip() == ip))
-            .filter(|(_, c)| filter.state.as_deref().is_none_or(|s| c.state.name() == s))
+            .filter(|(_, c)| filter.matches(c, name(c)))
             .take(limit)
             .map(|(id, c)| ConnInfo {
                 conn: *c,
@@ -281,7 +285,12 @@ impl Forwarder {
             match message {
                 ControlMessage::Update(update) => self.apply(*update),
                 ControlMessage::DumpConns { filter, limit, reply } => {
-                    let _ = reply.try_send(self.dump(now, &filter, limit));
+                    self.scans.push_back(TableScan::new(ScanJob::Dump {
+                        filter,
+                        limit,
+                        reply,
+                        found: Vec::new(),
+                    }));
                 }
                 ControlMessage::Import(conns) => {
                     for (conn, remaining) in conns {
@@ -300,12 +309,10 @@ impl Forwarder {
                     }
                 }
                 ControlMessage::Export { reply } => {
-                    let all = self
-                        .conns
-                        .iter_ids()
-                        .map(|(id, c)| (*c, self.conns.expires_in(id, now)))
-                        .collect();
-                    let _ = reply.try_send(all);
+                    self.scans.push_back(TableScan::new(ScanJob::Export {
+                        reply,
+                        found: Vec::new(),
+                    }));
                 }
             }
         }

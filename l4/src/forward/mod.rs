@@ -24,6 +24,7 @@ mod icmp_relay;
 mod listener;
 pub mod lports;
 pub mod nat;
+mod scan;
 mod sync;
 
 pub use control::{ConnFilter, ConnInfo, ControlMessage, ForwarderConfig, ForwarderUpdate};
@@ -134,6 +135,10 @@ pub struct Forwarder {
     /// The board generation the servers' `healthy` flags reflect (`u64::MAX`: not read yet).
     board_seen: u64,
     control: Option<Receiver<ControlMessage>>,
+    /// Table walks for dumps and exports, done a chunk per turn.
+    scans: scan::Scans,
+    /// The time of the last timer call (a due time for [`Ipv4Handler::poll_timeout`] while a walk runs).
+    last_timer: Instant,
     /// Session-sync events waiting for the next flush (with HA).
     sync: Option<sync::SyncOutbox>,
     sync_policy: SyncPolicy,
@@ -201,6 +206,8 @@ impl Forwarder {
             board,
             control,
             sync: None,
+            scans: scan::Scans::new(),
+            last_timer: now,
             sync_policy: SyncPolicy::default(),
             ha: None,
             ha_groups_owned: false,
@@ -387,7 +394,10 @@ impl Ipv4Handler for Forwarder {
 
     fn poll_timeout(&self) -> Option<Instant> {
         let h = self.health.as_ref().and_then(HealthChecker::poll_timeout);
-        let next = self.next_housekeeping.min(self.conns.next_expiry());
+        let mut next = self.next_housekeeping.min(self.conns.next_expiry());
+        if !self.scans.is_empty() {
+            next = self.last_timer; // the walk continues at the next turn
+        }
         Some(h.map_or(next, |h| h.min(next)))
     }
 
@@ -397,7 +407,9 @@ impl Ipv4Handler for Forwarder {
     }
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
+        self.last_timer = now;
         self.handle_control(now);
+        self.scan_step(now);
         if self.services_dirty {
             self.register_services(cx);
         }

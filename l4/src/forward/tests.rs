@@ -1631,3 +1631,67 @@ fn prefetched_batches_give_the_same_results_as_single_packets() {
     );
     assert_eq!(single.handler().conns().len(), batched.handler().conns().len());
 }
+
+#[test]
+fn dumps_and_exports_walk_a_large_table_a_chunk_per_turn() {
+    use super::scan::SLOTS_PER_TURN;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let table = 2 * SLOTS_PER_TURN + 100; // three turns' worth of slots
+    let mut s = stack_with_updates(
+        Setup {
+            table,
+            ..Default::default()
+        },
+        None,
+        true,
+        Some(rx),
+    );
+    let now = Instant::now();
+    for port in [40_000, 40_001, 40_002] {
+        let syn = packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], port),
+            vip(),
+            SYN,
+            b"",
+        );
+        assert_eq!(run(&mut s, now, 0, &syn).0, Verdict::Transmit(1));
+    }
+    let (dump_tx, dump_rx) = crossbeam_channel::bounded(1);
+    let (export_tx, export_rx) = crossbeam_channel::bounded(1);
+    let state = Some("syn_recv".to_string());
+    tx.send(ControlMessage::DumpConns {
+        filter: ConnFilter {
+            state,
+            ..Default::default()
+        },
+        limit: 2,
+        reply: dump_tx,
+    })
+    .unwrap();
+    tx.send(ControlMessage::Export { reply: export_tx }).unwrap();
+    // The dump's limit is reached in the first chunk (the entries sit in the first slots); the export walks
+    // the whole table: three turns, each asking for the next one at once.
+    s.handle_timeout(now);
+    assert_eq!(dump_rx.try_recv().map(|d| d.len()), Ok(2), "limit 2");
+    let mut turns = 0;
+    let export = loop {
+        assert!(
+            s.poll_timeout().is_some_and(|t| t <= now),
+            "a walk in progress asks for the next turn"
+        );
+        s.handle_timeout(now);
+        turns += 1;
+        if let Ok(all) = export_rx.try_recv() {
+            break all;
+        }
+        assert!(turns < 10, "the export never completed");
+    };
+    assert_eq!(turns, 3);
+    let mut clients: Vec<u16> = export.iter().map(|(c, _)| c.client.port()).collect();
+    clients.sort();
+    assert_eq!(clients, vec![40_000, 40_001, 40_002]);
+    assert!(export.iter().all(|(_, left)| *left == Duration::from_secs(60)));
+}
