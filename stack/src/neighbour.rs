@@ -584,7 +584,7 @@ impl NeighbourTable {
     }
 }
 
-/// A neighbour learned by one worker, for the others.
+/// A neighbour learned by one worker, or an ARP reply it did not ask for, for the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NeighbourUpdate {
     /// Interface index (config order).
@@ -593,13 +593,19 @@ pub struct NeighbourUpdate {
     pub ip: Ipv4Addr,
     /// Its MAC address.
     pub mac: EthernetAddress,
+    /// `false`: the publisher accepted it from ARP (receivers record it as learned). `true`: an ARP reply the
+    /// publisher was not resolving; receivers apply it as an ARP reply of their own (it completes or confirms
+    /// only an entry they are resolving, under the same rules).
+    pub claim: bool,
 }
 
 /// One worker's end of the neighbour-sharing mesh.
 ///
 /// An ARP reply arrives on whichever queue the neighbour's NIC picks, not necessarily at the worker that asked,
-/// so whatever a worker learns from ARP it passes to the others (bounded channels; a full channel only means
-/// that worker resolves the neighbour itself).
+/// so whatever a worker learns from ARP it passes to the others, and an ARP reply it did not ask for it passes on
+/// as a claim for the one that did (bounded channels; a full channel only means that worker resolves the
+/// neighbour itself). Updates carry the interface, so each worker applies them to its own port (link) of that
+/// interface: the per-link keying holds across workers.
 pub struct NeighbourSync {
     worker: usize,
     peers: Vec<crossbeam_channel::Sender<NeighbourUpdate>>,
@@ -623,12 +629,23 @@ impl NeighbourSync {
             .collect()
     }
 
-    /// Tells the other workers that `ip` on this worker's `port` is at `mac`.
+    /// Tells the other workers that `ip` on this worker's `port` is at `mac` (accepted from ARP here).
     pub fn publish(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        self.send(port, ip, mac, false);
+    }
+
+    /// Passes an ARP reply received on `port` that this worker was not resolving to the others, one of which may
+    /// be.
+    pub fn publish_claim(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        self.send(port, ip, mac, true);
+    }
+
+    fn send(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress, claim: bool) {
         let update = NeighbourUpdate {
             iface: self.port_ifaces[port],
             ip,
             mac,
+            claim,
         };
         for (w, peer) in self.peers.iter().enumerate() {
             if w != self.worker {
@@ -637,12 +654,12 @@ impl NeighbourSync {
         }
     }
 
-    /// The next update from another worker, as (this worker's port, ip, mac); updates for interfaces this
-    /// worker does not serve are skipped.
-    pub fn receive(&self) -> Option<(PortId, Ipv4Addr, EthernetAddress)> {
+    /// The next update from another worker, with this worker's port for its interface; updates for interfaces
+    /// this worker does not serve are skipped.
+    pub fn receive(&self) -> Option<(PortId, NeighbourUpdate)> {
         while let Ok(u) = self.inbox.try_recv() {
             if let Some(port) = self.port_ifaces.iter().position(|i| *i == u.iface) {
-                return Some((port, u.ip, u.mac));
+                return Some((port, u));
             }
         }
         None
@@ -793,8 +810,22 @@ mod tests {
         let w0 = mesh.pop().unwrap();
         // Worker 0 learns PEER on its port 1, which is interface 1: worker 1 serves interface 1 on its port 0.
         w0.publish(1, PEER_IP, PEER_MAC);
-        assert_eq!(w1.receive(), Some((0, PEER_IP, PEER_MAC)));
+        let learned = NeighbourUpdate {
+            iface: 1,
+            ip: PEER_IP,
+            mac: PEER_MAC,
+            claim: false,
+        };
+        assert_eq!(w1.receive(), Some((0, learned)));
         assert_eq!(w1.receive(), None);
+        w0.publish_claim(0, PEER_IP, OTHER_MAC);
+        let claim = NeighbourUpdate {
+            iface: 0,
+            mac: OTHER_MAC,
+            claim: true,
+            ..learned
+        };
+        assert_eq!(w1.receive(), Some((1, claim)));
         assert_eq!(w0.receive(), None, "no echo to the publisher");
     }
 

@@ -469,9 +469,17 @@ impl<H: Ipv4Handler> LocalStack<H> {
                     }
                     None
                 }
-                ArpOutcome::Unchanged => None,
                 // A request from a host we are not resolving is ordinary traffic (clients asking for a VIP).
-                ArpOutcome::Unknown if !reply => None,
+                ArpOutcome::Unchanged | ArpOutcome::Unknown if !reply => None,
+                // A reply this worker did not ask for may answer another worker's request (replies land on any
+                // queue): passed on as a claim, which only a worker resolving that address accepts.
+                ArpOutcome::Unchanged | ArpOutcome::Unknown if self.sync.is_some() => {
+                    if let Some(sync) = &self.sync {
+                        sync.publish_claim(port, ip, mac);
+                    }
+                    None
+                }
+                ArpOutcome::Unchanged => None,
                 ArpOutcome::Unknown => Some(DropReason::ArpUnsolicited),
                 ArpOutcome::Locked => Some(DropReason::ArpLocked),
             },
@@ -725,14 +733,20 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
         if let Some(sync) = &self.sync {
-            while let Some((port, ip, mac)) = sync.receive() {
-                // Another worker accepted it from ARP on this link; the subnet check is repeated all the same.
+            while let Some((port, u)) = sync.receive() {
+                // Another worker checked the sender's link and subnet; the subnet check is repeated all the same.
                 let source = self.links[port]
                     .addresses
                     .iter()
-                    .find(|n| n.prefix < 32 && n.contains(ip));
-                if let Some(source) = source.map(|n| n.addr) {
-                    self.neighbours.learn(now, port, source, ip, mac, true);
+                    .find(|n| n.prefix < 32 && n.contains(u.ip));
+                let Some(source) = source.map(|n| n.addr) else {
+                    continue;
+                };
+                if u.claim {
+                    // As an ARP reply received here: completes or confirms only what this worker is resolving.
+                    let _ = self.neighbours.on_arp(now, port, u.ip, u.mac, true);
+                } else {
+                    self.neighbours.learn(now, port, source, u.ip, u.mac, true);
                 }
             }
         }

@@ -582,3 +582,38 @@ fn run_with<H: Ipv4Handler>(stack: &mut LocalStack<H>, packet: &[u8]) -> (Verdic
     let len = frame.len();
     (verdict, buf[..len].to_vec())
 }
+
+#[test]
+fn a_reply_landing_on_another_worker_completes_the_resolving_workers_entry() {
+    let now = Instant::now();
+    let mut mesh = NeighbourSync::mesh(vec![vec![0, 1], vec![0, 1]]);
+    let (mut w0, mut w1) = (stack(), stack());
+    w1.set_neighbour_sync(mesh.pop().unwrap());
+    w0.set_neighbour_sync(mesh.pop().unwrap());
+    // Worker 0 resolves the backend and queues a packet for it.
+    assert_eq!(
+        w0.neighbours().resolve(now, 1, INT_IP, BACKEND_IP),
+        crate::neighbour::Resolution::Pending
+    );
+    w0.neighbours().enqueue(1, BACKEND_IP, &[0x5a; 60]).unwrap();
+    let mut buf = vec![0u8; 2048];
+    assert!(w0.poll_transmit(now, &mut buf).is_some(), "the ARP request");
+    // The answer lands on worker 1, which was not resolving it: not learned there, passed on, not counted.
+    let mut reply = arp_frame(ArpOperation::Reply, (BACKEND_MAC, BACKEND_IP), INT_IP);
+    reply[0..6].copy_from_slice(&INT_MAC.0);
+    assert_eq!(run_on(&mut w1, now, 1, &reply), Verdict::Consumed);
+    assert!(w1.neighbours().is_empty());
+    assert_eq!(w1.counters().drops_of(DropReason::ArpUnsolicited), 0);
+    // Worker 0 takes it as its answer and releases the packet to the backend's MAC.
+    let (port, len) = w0.poll_transmit(now, &mut buf).expect("the released packet");
+    assert_eq!((port, len, &buf[0..6]), (1, 60, &BACKEND_MAC.0[..]));
+    assert_eq!(w0.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
+    // A forged claim from the client link is refused where it lands and never reaches worker 0.
+    let forged = arp_frame(ArpOperation::Reply, (FORGED_MAC, BACKEND_IP), XLB_IP);
+    assert_eq!(
+        run_on(&mut w1, now + Duration::from_secs(5), 0, &forged),
+        Verdict::Drop(DropReason::ArpWrongLink)
+    );
+    assert!(w0.poll_transmit(now, &mut buf).is_none());
+    assert_eq!(w0.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
+}
