@@ -20,7 +20,8 @@
 //!
 //! All memory is reserved up front. A full table makes room for a new entry by evicting the entry least recently
 //! used to send (entries never used to send go first), but never one with packets waiting or used within
-//! `keep_used`; only when every entry is that busy is the new next hop refused (`neighbour_table_full`).
+//! `keep_used`; only when every entry is that busy is the new next hop refused (`neighbour_table_full`, logged at
+//! most once per 10 s).
 //! Timers (probe retries, expiry) sit in a binary heap with at most one live item per entry (a deadline that
 //! moves later is re-armed lazily when its old item comes up), so `handle_timeout` costs O(entries due) and
 //! `poll_timeout` O(1), whatever the table's size.
@@ -154,7 +155,12 @@ pub struct NeighbourTable {
     evictions: u64,
     /// Heap items looked at by `handle_timeout` (a work counter for tests).
     timer_visits: u64,
+    /// When a full table may be logged again, and the refusals since the last line.
+    full_log: (Option<Instant>, u64),
 }
+
+/// How often a table full of busy entries is logged.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Result of [`NeighbourTable::resolve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,6 +199,7 @@ impl NeighbourTable {
             config,
             evictions: 0,
             timer_visits: 0,
+            full_log: (None, 0),
         }
     }
 
@@ -271,6 +278,26 @@ impl NeighbourTable {
         }
     }
 
+    /// Logs a refused next hop, at most once per [`FULL_LOG_INTERVAL`].
+    fn log_full(&mut self, now: Instant, next_hop: Ipv4Addr) {
+        let (next, refused) = &mut self.full_log;
+        *refused += 1;
+        if next.is_some_and(|t| now < t) {
+            return;
+        }
+        *next = Some(now + FULL_LOG_INTERVAL);
+        tracing::warn!(
+            next_hop = %next_hop,
+            capacity = self.config.capacity,
+            refused = *refused,
+            "neighbour table full of entries in use (packets waiting, or used within {} s): next hops refused \
+             ({} since the last such line; counted as neighbour_table_full); raise datapath.neighbours",
+            self.config.keep_used.as_secs(),
+            *refused
+        );
+        *refused = 0;
+    }
+
     fn new_entry(port: PortId, source: Ipv4Addr, state: State) -> Neighbour {
         Neighbour {
             port,
@@ -300,6 +327,8 @@ impl NeighbourTable {
                 n.used = Some(now);
                 Self::queue_probe(&mut self.probes_due, key, &mut n);
                 self.entries.insert(key, n);
+            } else {
+                self.log_full(now, next_hop);
             }
             return Resolution::Pending;
         }
