@@ -365,6 +365,12 @@ impl HealthChecker {
             buf.len() >= MAX_PACKET_LEN,
             "health check transmit buffer below MAX_PACKET_LEN"
         );
+        if self.ready.is_empty() && self.due.is_empty() && self.timers.peek().is_none_or(|(at, _)| at > now) {
+            // Nothing owed, due or expired (the common case: a worker calls this every turn): no timer to run and
+            // no counter changed since the last publish.
+            self.now = self.now.max(now);
+            return None;
+        }
         self.handle_timeout(now);
         let out = self.next_packet(now, buf);
         self.publish();
