@@ -49,6 +49,11 @@ drop_reasons! {
     UnsupportedProtocol => "unsupported_protocol": "IPv4 protocol other than ICMP, TCP or UDP.",
     IcmpRateLimited => "icmp_rate_limited": "An ICMP error or RST was due but the rate limit was reached.",
     NeighbourUnresolved => "neighbour_unresolved": "A packet waiting for ARP resolution timed out or found the queue full.",
+    NeighbourTableFull => "neighbour_table_full": "A new next hop found the neighbour table full of entries in use (none idle to evict): raise datapath.neighbours.",
+    ArpWrongLink => "arp_wrong_link": "ARP whose sender claims an address of another interface's subnet (e.g. a backend's address on the client link): not learned (answered if it was a request for us).",
+    ArpNotInSubnet => "arp_not_in_subnet": "ARP whose sender address is outside the receiving interface's subnets: not learned (answered if it was a request for us).",
+    ArpUnsolicited => "arp_unsolicited": "ARP reply (gratuitous or unsolicited) for an address the appliance was not resolving: ARP never creates neighbour entries.",
+    ArpLocked => "arp_locked": "ARP changing a neighbour's MAC within locktime (1 s) of its last change: ignored, the first answer wins.",
     NoRoute => "no_route": "No interface or gateway reaches the destination.",
     TxRingFull => "tx_ring_full": "The TX ring had no room for the frame.",
     NoFreeFrame => "no_free_frame": "No free UMEM frame for an originated packet.",
@@ -62,7 +67,7 @@ drop_reasons! {
 }
 
 /// Counters of the sans-IO stack (owned by one worker, plain integers).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackCounters {
     /// Drops by [`DropReason`].
     pub drops: [u64; DropReason::COUNT],
@@ -76,6 +81,19 @@ pub struct StackCounters {
     pub tcp_resets: u64,
     /// ICMP destination-unreachable messages sent.
     pub icmp_unreachables: u64,
+}
+
+impl Default for StackCounters {
+    fn default() -> Self {
+        StackCounters {
+            drops: [0; DropReason::COUNT],
+            arp_replies: 0,
+            arp_requests: 0,
+            icmp_echo_replies: 0,
+            tcp_resets: 0,
+            icmp_unreachables: 0,
+        }
+    }
 }
 
 impl StackCounters {

@@ -5,9 +5,29 @@
 //! dropped (counted). Resolved entries expire after `reachable_time`; an entry in use near its expiry is
 //! refreshed by a new request while the old MAC keeps being used, so established flows see no gap.
 //!
-//! All memory is reserved up front: the table refuses new entries beyond its capacity rather than grow.
+//! # Keying and what ARP may change
+//!
+//! Entries are keyed by (link, address): a link is an interface (several ports on queues of one interface share
+//! it), so what arrives on one link never touches another link's entries. [`NeighbourTable::on_arp`] applies
+//! the policy of Linux's defaults (`arp_accept=0`): an ARP packet never creates an entry (entries are created
+//! only when the appliance itself needs a next hop, by [`NeighbourTable::resolve`]); it completes an entry being
+//! resolved, confirms one being refreshed, and may change the MAC of an existing entry of its own link, but not
+//! within `locktime` of the previous change (as Linux's `locktime`: the first answer wins, so two hosts
+//! answering for one address do not make the entry flap). The caller checks first that the sender's address
+//! belongs to the link's subnets (see `LocalStack`).
+//!
+//! # Bounds and timers
+//!
+//! All memory is reserved up front. A full table makes room for a new entry by evicting the entry least recently
+//! used to send (entries never used to send go first), but never one with packets waiting or used within
+//! `keep_used`; only when every entry is that busy is the new next hop refused (`neighbour_table_full`, logged at
+//! most once per 10 s).
+//! Timers (probe retries, expiry) sit in a binary heap with at most one live item per entry (a deadline that
+//! moves later is re-armed lazily when its old item comes up), so `handle_timeout` costs O(entries due) and
+//! `poll_timeout` O(1), whatever the table's size.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::counters::{DropReason, StackCounters};
@@ -29,6 +49,10 @@ pub struct NeighbourConfig {
     pub queue_len: usize,
     /// Largest packet that may wait (bigger ones are dropped).
     pub max_frame: usize,
+    /// An entry's MAC changed by ARP is not changed again by ARP before this long (Linux `locktime`).
+    pub locktime: Duration,
+    /// An entry used to send within this long is never evicted to make room.
+    pub keep_used: Duration,
 }
 
 impl Default for NeighbourConfig {
@@ -40,6 +64,8 @@ impl Default for NeighbourConfig {
             max_probes: 3,
             queue_len: 256,
             max_frame: 2048,
+            locktime: Duration::from_secs(1),
+            keep_used: Duration::from_secs(5),
         }
     }
 }
@@ -56,36 +82,85 @@ enum State {
     },
 }
 
+/// (link, address): a link is identified by its first port.
+type Key = (u16, Ipv4Addr);
+
 #[derive(Debug, Clone, Copy)]
 struct Neighbour {
+    /// The port to send on (the link's first port).
     port: PortId,
     /// Our address on the link used as the ARP sender address.
     source: Ipv4Addr,
     state: State,
+    /// When the MAC was last set (for `locktime`).
+    changed: Option<Instant>,
+    /// When the entry was last used to send (`None`: never).
+    used: Option<Instant>,
+    /// Packets waiting for this entry.
+    queued: u16,
+    /// In `probes_due`.
+    probe_queued: bool,
+    /// The time of this entry's live item in the timer heap.
+    timer: Option<Instant>,
+}
+
+impl Neighbour {
+    fn deadline(&self) -> Instant {
+        match self.state {
+            State::Incomplete { next_probe, .. } => next_probe,
+            State::Reachable { expires, .. } => expires,
+        }
+    }
 }
 
 /// A packet waiting for its next hop to be resolved.
 struct Waiting {
-    next_hop: Ipv4Addr,
+    key: Key,
     port: PortId,
     len: usize,
     data: Box<[u8]>,
+}
+
+/// What [`NeighbourTable::on_arp`] did with an ARP packet's sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArpOutcome {
+    /// An entry was completed, confirmed or changed: worth sharing with the other workers.
+    Learned,
+    /// The sender's entry already says so (nothing to share).
+    Unchanged,
+    /// No entry for the sender on this link: ARP does not create entries.
+    Unknown,
+    /// The entry's MAC was changed less than `locktime` ago: ignored.
+    Locked,
 }
 
 /// The neighbour table of one worker.
 pub struct NeighbourTable {
     config: NeighbourConfig,
     macs: Vec<EthernetAddress>,
-    entries: HashMap<Ipv4Addr, Neighbour, ahash::RandomState>,
+    /// Port → its link (the link's first port).
+    links: Vec<u16>,
+    entries: HashMap<Key, Neighbour, ahash::RandomState>,
+    /// Probe retries and expiry: (time, entry); an item is live only if the entry's `timer` names its time.
+    timers: BinaryHeap<Reverse<(Instant, Key)>>,
     /// Entries that need an ARP request sent now.
-    probes_due: VecDeque<Ipv4Addr>,
+    probes_due: VecDeque<Key>,
     /// Slots of waiting packets (`None` = free).
     waiting: Vec<Option<Waiting>>,
     /// Spare buffers for `waiting` slots, so queueing never allocates.
     spare: Vec<Box<[u8]>>,
     /// Set when some waiting packet's neighbour became reachable.
     released: bool,
+    /// Entries evicted to make room (for tests and logs).
+    evictions: u64,
+    /// Heap items looked at by `handle_timeout` (a work counter for tests).
+    timer_visits: u64,
+    /// When a full table may be logged again, and the refusals since the last line.
+    full_log: (Option<Instant>, u64),
 }
+
+/// How often a table full of busy entries is logged.
+const FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Result of [`NeighbourTable::resolve`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,20 +172,39 @@ pub enum Resolution {
 }
 
 impl NeighbourTable {
-    /// A table for a worker whose ports have these MAC addresses.
+    /// A table for a worker whose ports have these MAC addresses; ports with the same MAC are one link (queues
+    /// of one interface).
     pub fn new(config: NeighbourConfig, port_macs: Vec<EthernetAddress>) -> Self {
+        let links = (0..port_macs.len())
+            .map(|p| port_macs.iter().position(|m| *m == port_macs[p]).unwrap_or(p) as u16)
+            .collect();
+        Self::with_links(config, port_macs, links)
+    }
+
+    /// A table whose port `p` belongs to the link `links[p]` (the link's first port).
+    pub fn with_links(config: NeighbourConfig, port_macs: Vec<EthernetAddress>, links: Vec<u16>) -> Self {
+        assert_eq!(port_macs.len(), links.len(), "one link per port");
         let spare = (0..config.queue_len)
             .map(|_| vec![0u8; config.max_frame].into_boxed_slice())
             .collect();
         NeighbourTable {
             entries: HashMap::with_capacity_and_hasher(config.capacity, ahash::RandomState::new()),
+            timers: BinaryHeap::with_capacity(2 * config.capacity + 1),
             probes_due: VecDeque::with_capacity(config.capacity),
             waiting: (0..config.queue_len).map(|_| None).collect(),
             spare,
             released: false,
             macs: port_macs,
+            links,
             config,
+            evictions: 0,
+            timer_visits: 0,
+            full_log: (None, 0),
         }
+    }
+
+    fn key(&self, port: PortId, ip: Ipv4Addr) -> Key {
+        (self.links.get(port).copied().unwrap_or(port as u16), ip)
     }
 
     /// Number of entries (resolved or not).
@@ -128,53 +222,150 @@ impl NeighbourTable {
         self.waiting.iter().filter(|w| w.is_some()).count()
     }
 
+    /// Entries evicted so far to make room for new ones.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Timer items `handle_timeout` has looked at so far (a measure of its work, for tests).
+    pub fn timer_visits(&self) -> u64 {
+        self.timer_visits
+    }
+
+    /// The MAC of `ip` on `port`'s link, if resolved (whatever its age; no side effects).
+    pub fn lookup(&self, port: PortId, ip: Ipv4Addr) -> Option<EthernetAddress> {
+        match self.entries.get(&self.key(port, ip))?.state {
+            State::Reachable { mac, .. } => Some(mac),
+            State::Incomplete { .. } => None,
+        }
+    }
+
+    /// Puts the entry's timer item at `at` unless an earlier live item exists.
+    fn arm(timers: &mut BinaryHeap<Reverse<(Instant, Key)>>, key: Key, n: &mut Neighbour, at: Instant) {
+        if n.timer.is_none_or(|t| at < t) {
+            n.timer = Some(at);
+            timers.push(Reverse((at, key)));
+        }
+    }
+
+    fn queue_probe(probes_due: &mut VecDeque<Key>, key: Key, n: &mut Neighbour) {
+        if !n.probe_queued {
+            n.probe_queued = true;
+            probes_due.push_back(key);
+        }
+    }
+
+    /// Makes room for one more entry: evicts the least recently used entry that has no packet waiting and was not
+    /// used within `keep_used` (never-used entries first). Returns whether there is room.
+    fn make_room(&mut self, now: Instant) -> bool {
+        if self.entries.len() < self.config.capacity {
+            return true;
+        }
+        let keep = self.config.keep_used;
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, n)| n.queued == 0 && n.used.is_none_or(|u| now.saturating_duration_since(u) >= keep))
+            .min_by_key(|(_, n)| n.used)
+            .map(|(k, _)| *k);
+        match victim {
+            Some(k) => {
+                self.entries.remove(&k);
+                self.evictions += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Logs a refused next hop, at most once per [`FULL_LOG_INTERVAL`].
+    fn log_full(&mut self, now: Instant, next_hop: Ipv4Addr) {
+        let (next, refused) = &mut self.full_log;
+        *refused += 1;
+        if next.is_some_and(|t| now < t) {
+            return;
+        }
+        *next = Some(now + FULL_LOG_INTERVAL);
+        tracing::warn!(
+            next_hop = %next_hop,
+            capacity = self.config.capacity,
+            refused = *refused,
+            "neighbour table full of entries in use (packets waiting, or used within {} s): next hops refused \
+             ({} since the last such line; counted as neighbour_table_full); raise datapath.neighbours",
+            self.config.keep_used.as_secs(),
+            *refused
+        );
+        *refused = 0;
+    }
+
+    fn new_entry(port: PortId, source: Ipv4Addr, state: State) -> Neighbour {
+        Neighbour {
+            port,
+            source,
+            state,
+            changed: None,
+            used: None,
+            queued: 0,
+            probe_queued: false,
+            timer: None,
+        }
+    }
+
     /// The MAC of `next_hop` if resolved and fresh. Starts resolution (`source` is our address on `port` used
-    /// as the ARP sender) when it is unknown, and a refresh when it is close to expiry.
+    /// as the ARP sender) when it is unknown, and a refresh when it is close to expiry. A new entry in a full
+    /// table evicts an idle one (see the module docs).
     pub fn resolve(&mut self, now: Instant, port: PortId, source: Ipv4Addr, next_hop: Ipv4Addr) -> Resolution {
         let refresh_window = self.config.retransmit * u32::from(self.config.max_probes);
-        match self.entries.get_mut(&next_hop) {
-            Some(n) => match &mut n.state {
-                State::Reachable {
-                    mac,
-                    expires,
-                    refreshing,
-                } if now < *expires => {
-                    if !*refreshing && *expires - now <= refresh_window {
-                        *refreshing = true;
-                        self.probes_due.push_back(next_hop);
-                    }
-                    Resolution::Ready(*mac)
+        let key = self.key(port, next_hop);
+        if !self.entries.contains_key(&key) {
+            if self.make_room(now) {
+                let state = State::Incomplete {
+                    probes: 0,
+                    next_probe: now,
+                };
+                let mut n = Self::new_entry(key.0 as PortId, source, state);
+                n.used = Some(now);
+                Self::queue_probe(&mut self.probes_due, key, &mut n);
+                self.entries.insert(key, n);
+            } else {
+                self.log_full(now, next_hop);
+            }
+            return Resolution::Pending;
+        }
+        let n = self.entries.get_mut(&key).expect("checked above");
+        n.used = Some(now);
+        match &mut n.state {
+            State::Reachable {
+                mac,
+                expires,
+                refreshing,
+            } if now < *expires => {
+                let mac = *mac;
+                if !*refreshing && *expires - now <= refresh_window {
+                    *refreshing = true;
+                    Self::queue_probe(&mut self.probes_due, key, n);
                 }
-                State::Reachable { .. } => {
-                    n.state = State::Incomplete {
-                        probes: 0,
-                        next_probe: now,
-                    };
-                    self.probes_due.push_back(next_hop);
-                    Resolution::Pending
-                }
-                State::Incomplete { .. } => Resolution::Pending,
-            },
-            None => {
-                if self.entries.len() < self.config.capacity {
-                    let state = State::Incomplete {
-                        probes: 0,
-                        next_probe: now,
-                    };
-                    self.entries.insert(next_hop, Neighbour { port, source, state });
-                    self.probes_due.push_back(next_hop);
-                }
+                Resolution::Ready(mac)
+            }
+            State::Reachable { .. } => {
+                n.state = State::Incomplete {
+                    probes: 0,
+                    next_probe: now,
+                };
+                Self::queue_probe(&mut self.probes_due, key, n);
                 Resolution::Pending
             }
+            State::Incomplete { .. } => Resolution::Pending,
         }
     }
 
     /// Copies `packet` (a full Ethernet frame; its destination MAC is filled in on release) to wait for
-    /// `next_hop`. Fails with the drop reason when the queue is full, the packet too big or the neighbour
-    /// unknown (call [`NeighbourTable::resolve`] first).
-    pub fn enqueue(&mut self, next_hop: Ipv4Addr, packet: &[u8]) -> Result<(), DropReason> {
-        let Some(n) = self.entries.get(&next_hop) else {
-            return Err(DropReason::NeighbourUnresolved);
+    /// `next_hop` on `port`'s link. Fails with the drop reason when the queue is full, the packet too big, or the
+    /// neighbour has no entry (the table was full of busy entries: see [`NeighbourTable::resolve`]).
+    pub fn enqueue(&mut self, port: PortId, next_hop: Ipv4Addr, packet: &[u8]) -> Result<(), DropReason> {
+        let key = self.key(port, next_hop);
+        let Some(n) = self.entries.get_mut(&key) else {
+            return Err(DropReason::NeighbourTableFull);
         };
         if packet.len() > self.config.max_frame {
             return Err(DropReason::NeighbourUnresolved);
@@ -184,8 +375,9 @@ impl NeighbourTable {
         };
         let mut data = self.spare.pop().expect("one spare buffer per free slot");
         data[..packet.len()].copy_from_slice(packet);
+        n.queued += 1;
         *slot = Some(Waiting {
-            next_hop,
+            key,
             port: n.port,
             len: packet.len(),
             data,
@@ -193,8 +385,9 @@ impl NeighbourTable {
         Ok(())
     }
 
-    /// Learns `ip` is at `mac` on `port` from an ARP packet. Existing entries are updated; a new entry is
-    /// created only when `create` (the ARP was addressed to us, RFC 826).
+    /// Records that `ip` on `port`'s link is at `mac`, trusted (another worker's accepted ARP, or a test's
+    /// setup): completes or overwrites an existing entry; creates one only when `create` (evicting an idle entry
+    /// of a full table).
     pub fn learn(
         &mut self,
         now: Instant,
@@ -204,32 +397,92 @@ impl NeighbourTable {
         mac: EthernetAddress,
         create: bool,
     ) {
+        let key = self.key(port, ip);
         let expires = now + self.config.reachable_time;
         let reachable = State::Reachable {
             mac,
             expires,
             refreshing: false,
         };
-        let room = self.entries.len() < self.config.capacity;
-        match self.entries.get_mut(&ip) {
-            Some(n) => {
-                if matches!(n.state, State::Incomplete { .. }) {
-                    self.released = true;
+        let existed = self.entries.contains_key(&key);
+        let room = existed || (create && self.make_room(now));
+        if !room {
+            return;
+        }
+        let n = self
+            .entries
+            .entry(key)
+            .or_insert_with(|| Self::new_entry(key.0 as PortId, source, reachable));
+        if matches!(n.state, State::Incomplete { .. }) {
+            self.released = true;
+        }
+        if !existed || !matches!(n.state, State::Reachable { mac: old, .. } if old == mac) {
+            n.changed = Some(now);
+        }
+        n.state = reachable;
+        Self::arm(&mut self.timers, key, n, expires);
+    }
+
+    /// Applies what an ARP packet received on `port` says about its sender (`ip` at `mac`); `reply`: an ARP
+    /// reply (else a request). The caller has checked that `ip` belongs to the link's subnets. Never creates an
+    /// entry (see the module docs).
+    pub fn on_arp(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+        reply: bool,
+    ) -> ArpOutcome {
+        let key = self.key(port, ip);
+        let Some(n) = self.entries.get_mut(&key) else {
+            return ArpOutcome::Unknown;
+        };
+        let expires = now + self.config.reachable_time;
+        let locked = n
+            .changed
+            .is_some_and(|c| now.saturating_duration_since(c) < self.config.locktime);
+        match n.state {
+            State::Incomplete { .. } => {
+                // The answer we asked for (or the host asking us meanwhile): resolved.
+                n.state = State::Reachable {
+                    mac,
+                    expires,
+                    refreshing: false,
+                };
+                n.changed = Some(now);
+                self.released = true;
+                Self::arm(&mut self.timers, key, n, expires);
+                ArpOutcome::Learned
+            }
+            State::Reachable {
+                mac: old, refreshing, ..
+            } => {
+                if old != mac && locked {
+                    return ArpOutcome::Locked;
                 }
-                n.port = port;
-                n.state = reachable;
+                let confirms = refreshing && reply;
+                if old == mac && !confirms {
+                    return ArpOutcome::Unchanged;
+                }
+                if old != mac {
+                    n.changed = Some(now);
+                }
+                if let State::Reachable {
+                    mac: m,
+                    expires: e,
+                    refreshing: r,
+                } = &mut n.state
+                {
+                    *m = mac;
+                    if confirms {
+                        // An answer to our refresh: trusted for another `reachable_time` (re-armed lazily).
+                        *e = expires;
+                        *r = false;
+                    }
+                }
+                ArpOutcome::Learned
             }
-            None if create && room => {
-                self.entries.insert(
-                    ip,
-                    Neighbour {
-                        port,
-                        source,
-                        state: reachable,
-                    },
-                );
-            }
-            None => {}
         }
     }
 
@@ -246,20 +499,26 @@ impl NeighbourTable {
             }
             self.released = false;
         }
-        while let Some(ip) = self.probes_due.pop_front() {
-            let Some(n) = self.entries.get_mut(&ip) else {
+        while let Some(key) = self.probes_due.pop_front() {
+            let Some(n) = self.entries.get_mut(&key) else {
                 continue;
             };
+            if !n.probe_queued {
+                continue; // a stale item of an evicted and re-created entry
+            }
+            n.probe_queued = false;
             match &mut n.state {
                 State::Incomplete { probes, next_probe } => {
                     *probes += 1;
                     *next_probe = now + self.config.retransmit;
+                    let at = *next_probe;
+                    Self::arm(&mut self.timers, key, n, at);
                 }
                 State::Reachable { refreshing: true, .. } => {}
                 State::Reachable { .. } => continue,
             }
             counters.arp_requests += 1;
-            let len = build::arp_request(buf, self.macs[n.port], n.source, ip);
+            let len = build::arp_request(buf, self.macs[n.port], n.source, key.1);
             return Some((n.port, len));
         }
         None
@@ -268,13 +527,13 @@ impl NeighbourTable {
     fn release_one(&mut self, buf: &mut [u8]) -> Option<(PortId, usize)> {
         for slot in self.waiting.iter_mut() {
             let Some(w) = slot else { continue };
-            let Some(Neighbour {
-                state: State::Reachable { mac, .. },
-                ..
-            }) = self.entries.get(&w.next_hop)
-            else {
+            let Some(n) = self.entries.get_mut(&w.key) else {
                 continue;
             };
+            let State::Reachable { mac, .. } = n.state else {
+                continue;
+            };
+            n.queued = n.queued.saturating_sub(1);
             let (port, len) = (w.port, w.len);
             buf[..len].copy_from_slice(&w.data[..len]);
             buf[0..6].copy_from_slice(&mac.0);
@@ -287,39 +546,64 @@ impl NeighbourTable {
         None
     }
 
-    /// Earliest time a probe retry or expiry is due.
+    /// Earliest time a probe retry or expiry may be due (O(1): the timer heap's first item).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.entries
-            .values()
-            .map(|n| match n.state {
-                State::Incomplete { next_probe, .. } => next_probe,
-                State::Reachable { expires, .. } => expires,
-            })
-            .min()
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Retries or abandons unresolved entries and removes expired ones. Packets waiting for an abandoned
-    /// entry are dropped and counted.
+    /// entry are dropped and counted. Looks only at the timer items due.
     pub fn handle_timeout(&mut self, now: Instant, counters: &mut StackCounters) {
         let max_probes = self.config.max_probes;
         let mut abandoned = false;
-        let probes_due = &mut self.probes_due;
-        self.entries.retain(|ip, n| match n.state {
-            State::Incomplete { probes, next_probe } if next_probe <= now => {
-                if probes >= max_probes {
-                    abandoned = true;
-                    false
-                } else {
-                    probes_due.push_back(*ip);
-                    true
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.timer_visits += 1;
+            let Some(n) = self.entries.get_mut(&key) else {
+                continue;
+            };
+            if n.timer != Some(at) {
+                continue; // superseded by an earlier item
+            }
+            n.timer = None;
+            let deadline = n.deadline();
+            if deadline > now {
+                // The deadline moved later since this item was pushed: re-arm.
+                Self::arm(&mut self.timers, key, n, deadline);
+                continue;
+            }
+            match n.state {
+                State::Incomplete { probes, .. } => {
+                    if n.probe_queued {
+                        continue; // the request goes out with the next poll_transmit, which re-arms
+                    }
+                    if probes >= max_probes {
+                        abandoned |= n.queued > 0;
+                        self.entries.remove(&key);
+                    } else {
+                        Self::queue_probe(&mut self.probes_due, key, n);
+                    }
+                }
+                State::Reachable { .. } => {
+                    if n.queued == 0 {
+                        self.entries.remove(&key);
+                    } else {
+                        // Expired with packets waiting (a resolve is under way): resolve again.
+                        n.state = State::Incomplete {
+                            probes: 0,
+                            next_probe: now,
+                        };
+                        Self::queue_probe(&mut self.probes_due, key, n);
+                    }
                 }
             }
-            State::Reachable { expires, .. } => expires > now,
-            State::Incomplete { .. } => true,
-        });
+        }
         if abandoned {
             for slot in self.waiting.iter_mut() {
-                if slot.as_ref().is_some_and(|w| !self.entries.contains_key(&w.next_hop)) {
+                if slot.as_ref().is_some_and(|w| !self.entries.contains_key(&w.key)) {
                     let w = slot.take().expect("checked is_some");
                     self.spare.push(w.data);
                     counters.drop(DropReason::NeighbourUnresolved);
@@ -329,7 +613,7 @@ impl NeighbourTable {
     }
 }
 
-/// A neighbour learned by one worker, for the others.
+/// A neighbour learned by one worker, or an ARP reply it did not ask for, for the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NeighbourUpdate {
     /// Interface index (config order).
@@ -338,13 +622,19 @@ pub struct NeighbourUpdate {
     pub ip: Ipv4Addr,
     /// Its MAC address.
     pub mac: EthernetAddress,
+    /// `false`: the publisher accepted it from ARP (receivers record it as learned). `true`: an ARP reply the
+    /// publisher was not resolving; receivers apply it as an ARP reply of their own (it completes or confirms
+    /// only an entry they are resolving, under the same rules).
+    pub claim: bool,
 }
 
 /// One worker's end of the neighbour-sharing mesh.
 ///
 /// An ARP reply arrives on whichever queue the neighbour's NIC picks, not necessarily at the worker that asked,
-/// so whatever a worker learns from ARP it passes to the others (bounded channels; a full channel only means
-/// that worker resolves the neighbour itself).
+/// so whatever a worker learns from ARP it passes to the others, and an ARP reply it did not ask for it passes on
+/// as a claim for the one that did (bounded channels; a full channel only means that worker resolves the
+/// neighbour itself). Updates carry the interface, so each worker applies them to its own port (link) of that
+/// interface: the per-link keying holds across workers.
 pub struct NeighbourSync {
     worker: usize,
     peers: Vec<crossbeam_channel::Sender<NeighbourUpdate>>,
@@ -368,12 +658,23 @@ impl NeighbourSync {
             .collect()
     }
 
-    /// Tells the other workers that `ip` on this worker's `port` is at `mac`.
+    /// Tells the other workers that `ip` on this worker's `port` is at `mac` (accepted from ARP here).
     pub fn publish(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        self.send(port, ip, mac, false);
+    }
+
+    /// Passes an ARP reply received on `port` that this worker was not resolving to the others, one of which may
+    /// be.
+    pub fn publish_claim(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        self.send(port, ip, mac, true);
+    }
+
+    fn send(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress, claim: bool) {
         let update = NeighbourUpdate {
             iface: self.port_ifaces[port],
             ip,
             mac,
+            claim,
         };
         for (w, peer) in self.peers.iter().enumerate() {
             if w != self.worker {
@@ -382,12 +683,12 @@ impl NeighbourSync {
         }
     }
 
-    /// The next update from another worker, as (this worker's port, ip, mac); updates for interfaces this
-    /// worker does not serve are skipped.
-    pub fn receive(&self) -> Option<(PortId, Ipv4Addr, EthernetAddress)> {
+    /// The next update from another worker, with this worker's port for its interface; updates for interfaces
+    /// this worker does not serve are skipped.
+    pub fn receive(&self) -> Option<(PortId, NeighbourUpdate)> {
         while let Ok(u) = self.inbox.try_recv() {
             if let Some(port) = self.port_ifaces.iter().position(|i| *i == u.iface) {
-                return Some((port, u.ip, u.mac));
+                return Some((port, u));
             }
         }
         None
@@ -427,8 +728,8 @@ mod tests {
         let mut t = table();
         let mut c = StackCounters::default();
         assert_eq!(t.resolve(t0, 0, OUR_IP, PEER_IP), Resolution::Pending);
-        t.enqueue(PEER_IP, &packet(1)).unwrap();
-        t.enqueue(PEER_IP, &packet(2)).unwrap();
+        t.enqueue(0, PEER_IP, &packet(1)).unwrap();
+        t.enqueue(0, PEER_IP, &packet(2)).unwrap();
 
         let mut buf = [0u8; 2048];
         let (port, len) = t.poll_transmit(t0, &mut buf, &mut c).expect("an ARP request");
@@ -465,7 +766,7 @@ mod tests {
         let mut c = StackCounters::default();
         let mut buf = [0u8; 2048];
         t.resolve(t0, 0, OUR_IP, PEER_IP);
-        t.enqueue(PEER_IP, &packet(1)).unwrap();
+        t.enqueue(0, PEER_IP, &packet(1)).unwrap();
         let mut now = t0;
         let mut requests = 0;
         for _ in 0..10 {
@@ -487,12 +788,13 @@ mod tests {
         let mut t = table();
         t.resolve(t0, 0, OUR_IP, PEER_IP);
         for i in 0..4 {
-            t.enqueue(PEER_IP, &packet(i)).unwrap();
+            t.enqueue(0, PEER_IP, &packet(i)).unwrap();
         }
-        assert_eq!(t.enqueue(PEER_IP, &packet(9)), Err(DropReason::NeighbourUnresolved));
+        assert_eq!(t.enqueue(0, PEER_IP, &packet(9)), Err(DropReason::NeighbourUnresolved));
         assert_eq!(
-            t.enqueue(Ipv4Addr::new(198, 19, 0, 3), &packet(9)),
-            Err(DropReason::NeighbourUnresolved)
+            t.enqueue(0, Ipv4Addr::new(198, 19, 0, 3), &packet(9)),
+            Err(DropReason::NeighbourTableFull),
+            "no entry: resolve was not called"
         );
     }
 
@@ -537,8 +839,22 @@ mod tests {
         let w0 = mesh.pop().unwrap();
         // Worker 0 learns PEER on its port 1, which is interface 1: worker 1 serves interface 1 on its port 0.
         w0.publish(1, PEER_IP, PEER_MAC);
-        assert_eq!(w1.receive(), Some((0, PEER_IP, PEER_MAC)));
+        let learned = NeighbourUpdate {
+            iface: 1,
+            ip: PEER_IP,
+            mac: PEER_MAC,
+            claim: false,
+        };
+        assert_eq!(w1.receive(), Some((0, learned)));
         assert_eq!(w1.receive(), None);
+        w0.publish_claim(0, PEER_IP, OTHER_MAC);
+        let claim = NeighbourUpdate {
+            iface: 0,
+            mac: OTHER_MAC,
+            claim: true,
+            ..learned
+        };
+        assert_eq!(w1.receive(), Some((1, claim)));
         assert_eq!(w0.receive(), None, "no echo to the publisher");
     }
 
@@ -556,5 +872,190 @@ mod tests {
             t.resolve(t0, 0, OUR_IP, Ipv4Addr::new(198, 19, 0, i));
         }
         assert_eq!(t.len(), 2);
+    }
+
+    const OTHER_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 0, 3]);
+    const PORT1_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 1, 1]);
+
+    fn two_link_table(capacity: usize) -> NeighbourTable {
+        NeighbourTable::new(
+            NeighbourConfig {
+                capacity,
+                queue_len: 4,
+                ..Default::default()
+            },
+            vec![OUR_MAC, PORT1_MAC],
+        )
+    }
+
+    /// Resolves `ip` on `port` and answers the request (a solicited reply), returning the time after.
+    fn resolved(t: &mut NeighbourTable, now: Instant, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        let mut c = StackCounters::default();
+        let mut buf = [0u8; 2048];
+        assert_eq!(t.resolve(now, port, OUR_IP, ip), Resolution::Pending);
+        assert!(t.poll_transmit(now, &mut buf, &mut c).is_some(), "an ARP request");
+        assert_eq!(t.on_arp(now, port, ip, mac, true), ArpOutcome::Learned);
+    }
+
+    #[test]
+    fn entries_are_per_link() {
+        let t0 = Instant::now();
+        let mut t = two_link_table(16);
+        resolved(&mut t, t0, 1, PEER_IP, PEER_MAC);
+        // An ARP about the same address on the other link touches nothing here, and creates nothing there.
+        assert_eq!(t.on_arp(t0, 0, PEER_IP, OTHER_MAC, true), ArpOutcome::Unknown);
+        assert_eq!(t.lookup(1, PEER_IP), Some(PEER_MAC));
+        assert_eq!(t.lookup(0, PEER_IP), None);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.resolve(t0, 1, OUR_IP, PEER_IP), Resolution::Ready(PEER_MAC));
+    }
+
+    #[test]
+    fn ports_with_one_mac_are_one_link() {
+        let t0 = Instant::now();
+        let mut t = NeighbourTable::new(NeighbourConfig::default(), vec![OUR_MAC, OUR_MAC]);
+        resolved(&mut t, t0, 0, PEER_IP, PEER_MAC);
+        // The answer may come in on the interface's other queue.
+        assert_eq!(t.lookup(1, PEER_IP), Some(PEER_MAC));
+        assert_eq!(t.on_arp(t0, 1, PEER_IP, PEER_MAC, false), ArpOutcome::Unchanged);
+    }
+
+    #[test]
+    fn arp_never_creates_entries() {
+        let t0 = Instant::now();
+        let mut t = two_link_table(16);
+        assert_eq!(t.on_arp(t0, 0, PEER_IP, PEER_MAC, true), ArpOutcome::Unknown);
+        assert_eq!(t.on_arp(t0, 0, PEER_IP, PEER_MAC, false), ArpOutcome::Unknown);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn mac_changes_are_locked_for_locktime_and_unsolicited_arp_does_not_extend_expiry() {
+        let t0 = Instant::now();
+        let mut t = two_link_table(16);
+        resolved(&mut t, t0, 1, PEER_IP, PEER_MAC);
+        // A second answer with another MAC right after the first: the first wins.
+        assert_eq!(t.on_arp(t0, 1, PEER_IP, OTHER_MAC, true), ArpOutcome::Locked);
+        assert_eq!(t.lookup(1, PEER_IP), Some(PEER_MAC));
+        // After locktime an ARP from its own link may move the address (a failover).
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(t.on_arp(later, 1, PEER_IP, OTHER_MAC, false), ArpOutcome::Learned);
+        assert_eq!(t.lookup(1, PEER_IP), Some(OTHER_MAC));
+        assert_eq!(t.on_arp(later, 1, PEER_IP, PEER_MAC, false), ArpOutcome::Locked);
+        // The same MAC again, unsolicited, changes nothing: the entry still expires on time.
+        assert_eq!(t.on_arp(later, 1, PEER_IP, OTHER_MAC, true), ArpOutcome::Unchanged);
+        let mut c = StackCounters::default();
+        t.handle_timeout(t0 + Duration::from_secs(61), &mut c);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn refresh_answer_extends_the_entry() {
+        let t0 = Instant::now();
+        let mut t = two_link_table(16);
+        let mut c = StackCounters::default();
+        let mut buf = [0u8; 2048];
+        resolved(&mut t, t0, 1, PEER_IP, PEER_MAC);
+        let late = t0 + Duration::from_secs(58);
+        assert_eq!(t.resolve(late, 1, OUR_IP, PEER_IP), Resolution::Ready(PEER_MAC));
+        assert!(t.poll_transmit(late, &mut buf, &mut c).is_some(), "the refresh request");
+        assert_eq!(t.on_arp(late, 1, PEER_IP, PEER_MAC, true), ArpOutcome::Learned);
+        t.handle_timeout(t0 + Duration::from_secs(61), &mut c);
+        assert_eq!(
+            t.lookup(1, PEER_IP),
+            Some(PEER_MAC),
+            "confirmed at 58 s: good until 118 s"
+        );
+        t.handle_timeout(t0 + Duration::from_secs(119), &mut c);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_table_full_of_junk_still_resolves_a_new_backend() {
+        let t0 = Instant::now();
+        let mut t = two_link_table(64);
+        let mut c = StackCounters::default();
+        let mut buf = [0u8; 2048];
+        // A backend in use, then junk (never used to send) up to capacity.
+        resolved(&mut t, t0, 1, PEER_IP, PEER_MAC);
+        for i in 0..200u32 {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 1, 0)) + i);
+            t.learn(t0, 1, OUR_IP, ip, OTHER_MAC, true);
+        }
+        assert_eq!(t.len(), 64);
+        let backend = Ipv4Addr::new(198, 19, 0, 77);
+        let now = t0 + Duration::from_millis(10);
+        assert_eq!(t.resolve(now, 1, OUR_IP, backend), Resolution::Pending);
+        t.enqueue(1, backend, &packet(7)).expect("queued");
+        let (port, len) = t.poll_transmit(now, &mut buf, &mut c).expect("an ARP request at once");
+        assert_eq!(port, 1);
+        assert_eq!(&buf[ETH_HEADER_LEN + 24..len], &backend.octets());
+        assert_eq!(t.lookup(1, PEER_IP), Some(PEER_MAC), "the entry in use was kept");
+        assert_eq!(t.len(), 64);
+        assert!(t.evictions() >= 1);
+        assert_eq!(t.on_arp(now, 1, backend, PEER_MAC, true), ArpOutcome::Learned);
+        let (_, len) = t.poll_transmit(now, &mut buf, &mut c).expect("the released packet");
+        assert_eq!((&buf[0..6], buf[len - 1]), (&PEER_MAC.0[..], 7));
+    }
+
+    #[test]
+    fn busy_entries_are_never_evicted() {
+        let t0 = Instant::now();
+        let mut t = two_link_table(2);
+        let mut c = StackCounters::default();
+        let a = Ipv4Addr::new(198, 19, 0, 2);
+        let b = Ipv4Addr::new(198, 19, 0, 3);
+        let new = Ipv4Addr::new(198, 19, 0, 4);
+        resolved(&mut t, t0, 1, a, PEER_MAC);
+        assert_eq!(t.resolve(t0, 1, OUR_IP, b), Resolution::Pending);
+        t.enqueue(1, b, &packet(1)).unwrap();
+        // `a` was used just now, `b` has a packet waiting: no room for `new`.
+        assert_eq!(t.resolve(t0, 1, OUR_IP, new), Resolution::Pending);
+        assert_eq!(t.enqueue(1, new, &packet(2)), Err(DropReason::NeighbourTableFull));
+        assert_eq!(t.evictions(), 0);
+        // Once `a` has been idle for keep_used it gives way (b still has its packet waiting).
+        let mut buf = [0u8; 2048];
+        while t.poll_transmit(t0, &mut buf, &mut c).is_some() {}
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(t.resolve(later, 1, OUR_IP, new), Resolution::Pending);
+        t.enqueue(1, new, &packet(2)).unwrap();
+        assert_eq!((t.lookup(1, a), t.evictions()), (None, 1));
+    }
+
+    #[test]
+    fn timers_cost_what_is_due_not_the_table_size() {
+        let t0 = Instant::now();
+        let mut t = NeighbourTable::new(
+            NeighbourConfig {
+                capacity: 5000,
+                ..Default::default()
+            },
+            vec![OUR_MAC],
+        );
+        let mut c = StackCounters::default();
+        for i in 0..5000u32 {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i);
+            // Learned over 50 s: 100 entries per second.
+            t.learn(
+                t0 + Duration::from_millis(u64::from(i) * 10),
+                0,
+                OUR_IP,
+                ip,
+                PEER_MAC,
+                true,
+            );
+        }
+        assert_eq!(t.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+        let mut now = t0 + Duration::from_secs(1);
+        for _ in 0..100 {
+            let before = t.timer_visits();
+            t.handle_timeout(now, &mut c);
+            assert_eq!(t.timer_visits(), before, "nothing due before 60 s");
+            now += Duration::from_millis(100);
+        }
+        t.handle_timeout(t0 + Duration::from_secs(61), &mut c);
+        // Expiring at 60 s + i x 10 ms: i = 0..=100 are due at 61 s.
+        assert_eq!(t.timer_visits(), 101, "one visit per entry expired");
+        assert_eq!(t.len(), 4899);
     }
 }

@@ -84,19 +84,29 @@ pub fn echo_request_frame(dst: Ipv4Addr, ident: u16, seq: u16, data: &[u8]) -> V
 
 /// A broadcast ARP request from the client for `target`.
 pub fn arp_request_frame(target: Ipv4Addr) -> Vec<u8> {
+    arp_frame(ArpOperation::Request, (CLIENT_MAC, CLIENT_IP), target)
+}
+
+/// An ARP packet `op` from `sender` (MAC, address) about `target` (broadcast for requests, else to the
+/// appliance's MAC).
+pub fn arp_frame(op: ArpOperation, sender: (EthernetAddress, Ipv4Addr), target: Ipv4Addr) -> Vec<u8> {
     let mut buf = vec![0u8; ETH_HEADER_LEN + ARP_LEN];
     let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
-    eth.set_src_addr(CLIENT_MAC);
-    eth.set_dst_addr(EthernetAddress::BROADCAST);
+    eth.set_src_addr(sender.0);
+    eth.set_dst_addr(if op == ArpOperation::Request {
+        EthernetAddress::BROADCAST
+    } else {
+        XLB_MAC
+    });
     eth.set_ethertype(EthernetProtocol::Arp);
     let mut a = ArpPacket::new_unchecked(&mut buf[ETH_HEADER_LEN..]);
     a.set_hardware_type(ArpHardware::Ethernet);
     a.set_protocol_type(EthernetProtocol::Ipv4);
     a.set_hardware_len(6);
     a.set_protocol_len(4);
-    a.set_operation(ArpOperation::Request);
-    a.set_source_hardware_addr(&CLIENT_MAC.0);
-    a.set_source_protocol_addr(&CLIENT_IP.octets());
+    a.set_operation(op);
+    a.set_source_hardware_addr(&sender.0 .0);
+    a.set_source_protocol_addr(&sender.1.octets());
     a.set_target_hardware_addr(&[0; 6]);
     a.set_target_protocol_addr(&target.octets());
     buf

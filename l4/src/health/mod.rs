@@ -39,6 +39,15 @@
 //! *not* consumed: the local stack answers them as for any closed port, with a RST or an ICMP port
 //! unreachable, which is the right end for a stray segment.
 //!
+//! # Timers
+//!
+//! Each target has one timer, its next event (its next probe due, or its probe's deadline when earlier), in a
+//! binary heap indexed by target (`timers`): [`HealthChecker::handle_timeout`] visits only the timers due, one
+//! event each (plus, once per probe that ended early, the visit of its old deadline that moves the timer on), so
+//! its cost follows the probes (O(log n) each), not the number of targets; a call with nothing due reads the
+//! heap's top and returns, and [`HealthChecker::poll_timeout`] is O(1). Rounds missed while the caller was not
+//! polling are skipped by arithmetic, not a loop.
+//!
 //! # Counters
 //!
 //! [`HealthChecker::counters`] are the checker's own; with [`HealthChecker::share_counters`] they are also
@@ -54,12 +63,12 @@ mod config;
 mod http;
 mod packets;
 mod tcp_probe;
+mod timers;
 
 #[cfg(test)]
 mod tests;
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,6 +84,7 @@ pub use config::{
 
 use packets::{IcmpQuote, Ipv4View, TcpOut, TcpView, UdpView};
 use tcp_probe::{Mode, Step, TcpProbe};
+use timers::TimerHeap;
 
 /// Largest packet [`HealthChecker::poll_transmit`] writes; its buffer must hold at least this many bytes.
 /// (The config limits keep the biggest probe, an HTTP request with the longest path and host, below it.)
@@ -184,8 +194,6 @@ pub struct HealthCounters {
 /// A probe in flight.
 #[derive(Debug, Clone, Copy)]
 struct Probe {
-    /// Tells this probe's deadline timer from older ones.
-    serial: u64,
     /// Index of its port in [`ProbePorts`].
     slot: usize,
     port: u16,
@@ -229,21 +237,6 @@ impl Checked {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum TimerKind {
-    /// The target's next probe is due.
-    Due,
-    /// The probe with this serial times out.
-    Deadline(u64),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Timer {
-    at: Instant,
-    target: usize,
-    kind: TimerKind,
-}
-
 /// The health checks of one worker (sans-IO).
 pub struct HealthChecker {
     targets: Vec<Checked>,
@@ -253,7 +246,11 @@ pub struct HealthChecker {
     slots: Vec<Option<usize>>,
     next_slot: usize,
     in_flight: usize,
-    timers: BinaryHeap<Reverse<Timer>>,
+    /// One timer per target: its next event (next probe due, or its probe's deadline if earlier).
+    timers: TimerHeap,
+    /// Timer items looked at so far (a probe due, a probe's deadline, or the deadline of a probe that ended
+    /// early): the checker's work, which follows the probes, not the number of targets.
+    timer_visits: u64,
     /// Targets whose probe is due but not sent yet (waiting for `poll_transmit` or a free port).
     due: VecDeque<usize>,
     /// Targets owing a segment (request, ACK, teardown RST).
@@ -285,7 +282,7 @@ impl HealthChecker {
         }
         let n = targets.len();
         let mut by_id = HashMap::with_capacity(n);
-        let mut timers = BinaryHeap::with_capacity(3 * n + 1);
+        let mut timers = TimerHeap::new(n);
         let checked: Vec<Checked> = targets
             .into_iter()
             .enumerate()
@@ -300,11 +297,7 @@ impl HealthChecker {
                 );
                 let offset = spread(target.check.interval(), i, n);
                 let next_probe = now + offset;
-                timers.push(Reverse(Timer {
-                    at: next_probe,
-                    target: i,
-                    kind: TimerKind::Due,
-                }));
+                timers.set(i, next_probe);
                 Checked {
                     payload: target.check.probe_payload(target.server).into_boxed_slice(),
                     target,
@@ -328,6 +321,7 @@ impl HealthChecker {
             next_slot: 0,
             in_flight: 0,
             timers,
+            timer_visits: 0,
             due: VecDeque::with_capacity(n),
             ready: VecDeque::with_capacity(n),
             events: VecDeque::with_capacity(2 * n),
@@ -371,6 +365,12 @@ impl HealthChecker {
             buf.len() >= MAX_PACKET_LEN,
             "health check transmit buffer below MAX_PACKET_LEN"
         );
+        if self.ready.is_empty() && self.due.is_empty() && self.timers.peek().is_none_or(|(at, _)| at > now) {
+            // Nothing owed, due or expired (the common case: a worker calls this every turn): no timer to run and
+            // no counter changed since the last publish.
+            self.now = self.now.max(now);
+            return None;
+        }
         self.handle_timeout(now);
         let out = self.next_packet(now, buf);
         self.publish();
@@ -425,7 +425,7 @@ impl HealthChecker {
     /// or the latest time passed in if packets are ready to send now.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let send_now = !self.ready.is_empty() || (!self.due.is_empty() && self.has_free_slot());
-        let timer = self.timers.peek().map(|t| t.0.at);
+        let timer = self.timers.peek().map(|(at, _)| at);
         match (send_now, timer) {
             (true, Some(at)) => Some(at.min(self.now)),
             (true, None) => Some(self.now),
@@ -435,24 +435,42 @@ impl HealthChecker {
 
     /// Runs the timers expired at `now`: probes that timed out fail, due targets queue their probe for
     /// [`HealthChecker::poll_transmit`].
+    ///
+    /// Costs O(log n) per timer due (n targets) and O(1) when none is: it only looks at the timer heap's top.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        while let Some(&Reverse(timer)) = self.timers.peek() {
-            if timer.at > now {
+        while let Some((at, i)) = self.timers.peek() {
+            if at > now {
                 break;
             }
-            self.timers.pop();
-            let i = timer.target;
-            match timer.kind {
-                TimerKind::Deadline(serial) => {
-                    if self.targets[i].probe.is_some_and(|p| p.serial == serial) {
-                        self.time_out(i);
-                    }
-                }
-                TimerKind::Due => self.on_due(now, i),
+            // At most one event per visit, in time order over all targets (a target's due probe before its deadline
+            // at the same instant); the target's timer then moves to its next event, which may be due as well.
+            self.timer_visits += 1;
+            let t = &self.targets[i];
+            if t.probe.is_some_and(|p| p.deadline <= now && p.deadline < t.next_probe) {
+                self.time_out(i);
+            } else if t.next_probe <= now {
+                self.on_due(now, i);
             }
+            self.rearm(i);
         }
         self.publish();
+    }
+
+    /// Timer items looked at so far (see the field); for tests that count work.
+    #[cfg(test)]
+    fn timer_visits(&self) -> u64 {
+        self.timer_visits
+    }
+
+    /// Moves target `i`'s timer to its next event.
+    fn rearm(&mut self, i: usize) {
+        let t = &self.targets[i];
+        let at = match t.probe {
+            Some(p) => p.deadline.min(t.next_probe),
+            None => t.next_probe,
+        };
+        self.timers.set(i, at);
     }
 
     /// The next state change, oldest first.
@@ -498,17 +516,13 @@ impl HealthChecker {
         let port_free = self.has_free_slot();
         let t = &mut self.targets[i];
         let interval = t.target.check.interval();
-        // Keep the phase; skip rounds missed while the caller was not polling.
+        // Keep the phase; skip rounds missed while the caller was not polling (computed, not looped).
         let mut next = t.next_probe + interval;
-        while next <= now {
-            next += interval;
+        if next <= now {
+            let missed = (now - next).as_nanos() / interval.as_nanos().max(1) + 1;
+            next += Duration::from_nanos((interval.as_nanos() * missed) as u64);
         }
         t.next_probe = next;
-        self.timers.push(Reverse(Timer {
-            at: next,
-            target: i,
-            kind: TimerKind::Due,
-        }));
         if t.probe.is_none() && !t.in_due {
             t.in_due = true;
             if !port_free {
@@ -544,11 +558,6 @@ impl HealthChecker {
         self.counters.probes += 1;
         let t = &mut self.targets[i];
         let deadline = now + t.target.check.timeout();
-        self.timers.push(Reverse(Timer {
-            at: deadline,
-            target: i,
-            kind: TimerKind::Deadline(serial),
-        }));
         let local = t.local(port);
         let (tcp, len) = match t.target.check.kind {
             CheckKind::Udp => (None, packets::udp(buf, local, t.target.server, &t.payload)),
@@ -568,12 +577,12 @@ impl HealthChecker {
             }
         };
         t.probe = Some(Probe {
-            serial,
             slot,
             port,
             deadline,
             tcp,
         });
+        self.rearm(i);
         len
     }
 
@@ -632,6 +641,8 @@ impl HealthChecker {
         };
         self.slots[probe.slot] = None;
         self.in_flight -= 1;
+        // The target's timer stays at the probe's deadline (if that was its next event): that visit finds nothing
+        // due and moves it on. One extra visit per probe, so the work still follows the probes.
         if let Some(tcp) = probe.tcp.filter(|_| teardown) {
             t.teardown = Some(Teardown {
                 port: probe.port,

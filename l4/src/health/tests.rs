@@ -903,3 +903,91 @@ fn largest_probe_fits_max_packet_len() {
     assert!(req.len() <= MAX_PACKET_LEN);
     assert_eq!(read_tcp(&req).payload.len(), req.len() - 40);
 }
+
+// --- scale ---
+
+#[test]
+fn timer_work_follows_the_probes_not_the_targets() {
+    const N: usize = 5000;
+    let targets: Vec<Target> = (0..N)
+        .map(|i| Target {
+            id: id(i),
+            server: SocketAddrV4::new(Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + i as u32), 80),
+            source: SOURCE,
+            check: HealthCheckConfig::new(CheckKind::Tcp),
+        })
+        .collect();
+    let ports = ProbePorts {
+        base: 20000,
+        count: 4096,
+        stride: 1,
+    };
+    let mut lab = Lab::with_ports(targets, ports);
+    let (t0, step) = (lab.t0, ms(1));
+    // Target i is due at i x 200 µs, then every INTERVAL; a probe's deadline is TIMEOUT after it was sent.
+    let mut due_at: Vec<Instant> = (0..3u32)
+        .flat_map(|k| (0..N).map(move |i| t0 + INTERVAL * k + INTERVAL * i as u32 / N as u32))
+        .collect();
+    due_at.sort();
+    let mut sent_at: Vec<Instant> = Vec::new();
+    let (mut next_due, mut next_deadline) = (0, 0);
+    let (mut idle_calls, mut max_visits) = (0, 0);
+    for n in 0..2500u32 {
+        let now = t0 + step * n;
+        // What is due up to now and was not before: probes due, and one deadline per probe sent (a timeout, or the
+        // stale deadline of a probe that ended early). Both lists are in time order.
+        let mut expected = 0;
+        while due_at.get(next_due).is_some_and(|t| *t <= now) {
+            (next_due, expected) = (next_due + 1, expected + 1);
+        }
+        while sent_at.get(next_deadline).is_some_and(|t| *t + TIMEOUT <= now) {
+            (next_deadline, expected) = (next_deadline + 1, expected + 1);
+        }
+        let before = lab.hc.timer_visits();
+        lab.at(step * n);
+        let visits = (lab.hc.timer_visits() - before) as usize;
+        assert_eq!(visits, expected, "timer items visited at {n} ms");
+        idle_calls += usize::from(visits == 0);
+        max_visits = max_visits.max(visits);
+        // Send what is due; every other server refuses at once (its probe ends before its deadline).
+        for (k, pkt) in lab.transmit().into_iter().enumerate() {
+            let syn = read_tcp(&pkt);
+            assert!(syn.syn);
+            sent_at.push(now);
+            if k % 2 == 0 {
+                assert!(lab.deliver(&reply(&syn, RST | ACK, 0, syn.seq.wrapping_add(1), &[])));
+            }
+        }
+        assert_eq!(lab.hc.timer_visits() - before, visits as u64, "sending visits no timer");
+        assert!(lab.hc.poll_timeout().is_some_and(|t| t > now), "nothing left due");
+    }
+    // 5 probes due per ms (and as many deadlines): a handful of visits per call, never a pass over the targets.
+    assert_eq!(lab.hc.counters().probes as usize, sent_at.len());
+    assert!(sent_at.len() >= 2 * N, "every target probed at least twice");
+    assert!(max_visits <= 12, "at most {max_visits} visits in a call");
+    assert_eq!(idle_calls, 0, "with 5000 targets over 1 s, something is due every ms");
+    // Calls between two timers cost nothing: the heap's top is not due.
+    let next = lab.hc.poll_timeout().unwrap();
+    let before = lab.hc.timer_visits();
+    for _ in 0..1000 {
+        lab.hc.handle_timeout(next - Duration::from_nanos(1));
+    }
+    assert_eq!(lab.hc.timer_visits(), before);
+}
+
+#[test]
+fn missed_rounds_are_skipped_in_one_step() {
+    let mut lab = Lab::new(vec![target(CheckKind::Udp, 0)]);
+    assert_eq!(lab.transmit().len(), 1);
+    // The caller did not poll for a long time: one visit for the due round (plus the probe's deadline), and the
+    // next probe keeps the phase.
+    let before = lab.hc.timer_visits();
+    lab.at(INTERVAL * 100_000 + ms(300));
+    assert!(lab.hc.timer_visits() - before <= 3);
+    assert_eq!(lab.hc.counters().timeouts, 1);
+    assert_eq!(lab.hc.poll_timeout(), Some(lab.now), "the probe due now");
+    assert_eq!(lab.transmit().len(), 1);
+    assert_eq!(lab.hc.poll_timeout(), Some(lab.now + TIMEOUT));
+    lab.at(INTERVAL * 100_000 + ms(300) + TIMEOUT);
+    assert_eq!(lab.hc.poll_timeout(), Some(lab.t0 + INTERVAL * 100_001));
+}

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::addr::Ipv4Net;
 use crate::counters::{DropReason, StackCounters};
-use crate::neighbour::{NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
+use crate::neighbour::{ArpOutcome, NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
 use crate::offload;
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
 use crate::service::{Service, ServiceTable, Transport};
@@ -160,7 +160,7 @@ impl StackContext<'_> {
                 buf[0..6].copy_from_slice(&mac.0);
                 Ok(r.port)
             }
-            Resolution::Pending => match self.neighbours.enqueue(r.next_hop, &buf[..len]) {
+            Resolution::Pending => match self.neighbours.enqueue(r.port, r.next_hop, &buf[..len]) {
                 Ok(()) => Err(None),
                 Err(reason) => Err(Some(reason)),
             },
@@ -277,6 +277,37 @@ pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     link_names: Vec<String>,
     /// Ports on which partial checksums were seen (the hint is logged at most once per interface anyway).
     partial_seen: u64,
+    /// Refused ARP, logged at most once per interval.
+    arp_log: ArpLog,
+}
+
+/// How often refused ARP packets are logged (with the count since the last line).
+const ARP_LOG_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Refused ARP since the last log line.
+#[derive(Debug, Default)]
+struct ArpLog {
+    next: Option<Instant>,
+    refused: u64,
+}
+
+/// Which subnets `ip` belongs to, seen from `port`: this link's, another link's only, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    ThisLink,
+    OtherLink,
+    None,
+}
+
+fn membership(links: &[Link], port: PortId, ip: Ipv4Addr) -> Membership {
+    let on = |l: &Link| l.addresses.iter().any(|n| n.prefix < 32 && n.contains(ip));
+    if links.get(port).is_some_and(on) {
+        Membership::ThisLink
+    } else if links.iter().any(on) {
+        Membership::OtherLink
+    } else {
+        Membership::None
+    }
 }
 
 impl LocalStack<NoHandler> {
@@ -297,8 +328,20 @@ impl<H: Ipv4Handler> LocalStack<H> {
             }
         }
         let macs = config.links.iter().map(|l| l.mac).collect();
+        // Ports on queues of one interface share its MAC and addresses: one link for the neighbour table.
+        let link_ids = (0..config.links.len())
+            .map(|p| {
+                let l = &config.links[p];
+                let first = config
+                    .links
+                    .iter()
+                    .position(|o| o.mac == l.mac && o.addresses == l.addresses);
+                first.unwrap_or(p) as u16
+            })
+            .collect();
         let mut stack = LocalStack {
-            neighbours: NeighbourTable::new(config.neighbours, macs),
+            neighbours: NeighbourTable::with_links(config.neighbours, macs, link_ids),
+            arp_log: ArpLog::default(),
             links: config.links,
             owned,
             services: ServiceTable::default(),
@@ -402,14 +445,17 @@ impl<H: Ipv4Handler> LocalStack<H> {
         if !for_us {
             return Verdict::Drop(DropReason::ArpNotForUs);
         }
-        if sender_mac.is_unicast() && !sender_ip.is_unspecified() {
-            self.neighbours.learn(now, port, target_ip, sender_ip, sender_mac, true);
-            if let Some(sync) = &self.sync {
-                sync.publish(port, sender_ip, sender_mac);
-            }
-        }
+        let refused = if sender_mac.is_unicast() && !sender_ip.is_unspecified() {
+            self.learn_arp(now, port, operation != 1, sender_ip, sender_mac)
+        } else {
+            None
+        };
         if operation != 1 {
-            return Verdict::Consumed;
+            return refused.map_or(Verdict::Consumed, Verdict::Drop);
+        }
+        if let Some(reason) = refused {
+            // Answered all the same (the answer only goes to the asker), but what it claims is not learned.
+            self.counters.drop(reason);
         }
         let mac = self.links[port].mac;
         let len = build::arp(
@@ -422,6 +468,75 @@ impl<H: Ipv4Handler> LocalStack<H> {
         frame.set_len(len);
         self.counters.arp_replies += 1;
         Verdict::Transmit(port)
+    }
+
+    /// Applies what an ARP packet for us says about its sender, under the rules of the module
+    /// [`crate::neighbour`]: the sender must be in this link's subnets, ARP never creates an entry, and a MAC
+    /// change is locked for `locktime`. Returns the reason a claim was refused.
+    fn learn_arp(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        reply: bool,
+        ip: Ipv4Addr,
+        mac: EthernetAddress,
+    ) -> Option<DropReason> {
+        let refused = match membership(&self.links, port, ip) {
+            Membership::OtherLink => Some(DropReason::ArpWrongLink),
+            Membership::None => Some(DropReason::ArpNotInSubnet),
+            Membership::ThisLink => match self.neighbours.on_arp(now, port, ip, mac, reply) {
+                ArpOutcome::Learned => {
+                    if let Some(sync) = &self.sync {
+                        sync.publish(port, ip, mac);
+                    }
+                    None
+                }
+                // A request from a host we are not resolving is ordinary traffic (clients asking for a VIP).
+                ArpOutcome::Unchanged | ArpOutcome::Unknown if !reply => None,
+                // A reply this worker did not ask for may answer another worker's request (replies land on any
+                // queue): passed on as a claim, which only a worker resolving that address accepts.
+                ArpOutcome::Unchanged | ArpOutcome::Unknown if self.sync.is_some() => {
+                    if let Some(sync) = &self.sync {
+                        sync.publish_claim(port, ip, mac);
+                    }
+                    None
+                }
+                ArpOutcome::Unchanged => None,
+                ArpOutcome::Unknown => Some(DropReason::ArpUnsolicited),
+                ArpOutcome::Locked => Some(DropReason::ArpLocked),
+            },
+        };
+        if let Some(reason) = refused {
+            self.log_refused_arp(now, port, reason, ip, mac);
+        }
+        refused
+    }
+
+    /// Logs a refused ARP claim, at most once per [`ARP_LOG_INTERVAL`] (with the number refused since).
+    fn log_refused_arp(&mut self, now: Instant, port: PortId, reason: DropReason, ip: Ipv4Addr, mac: EthernetAddress) {
+        let log = &mut self.arp_log;
+        log.refused += 1;
+        if log.next.is_some_and(|t| now < t) {
+            return;
+        }
+        log.next = Some(now + ARP_LOG_INTERVAL);
+        let iface = self
+            .link_names
+            .get(port)
+            .cloned()
+            .unwrap_or_else(|| format!("port {port}"));
+        tracing::warn!(
+            iface,
+            sender = %ip,
+            mac = %mac,
+            reason = reason.name(),
+            refused = log.refused,
+            "ARP claim not learned (counted under drop reason {}; {} refused since the last such line, which comes at              most every {} s): a host on this link claims an address it may not own here",
+            reason.name(),
+            log.refused,
+            ARP_LOG_INTERVAL.as_secs()
+        );
+        log.refused = 0;
     }
 
     fn handle_ipv4(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
@@ -655,9 +770,20 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
         if let Some(sync) = &self.sync {
-            while let Some((port, ip, mac)) = sync.receive() {
-                if let Some(source) = self.links[port].addresses.first().map(|n| n.addr) {
-                    self.neighbours.learn(now, port, source, ip, mac, true);
+            while let Some((port, u)) = sync.receive() {
+                // Another worker checked the sender's link and subnet; the subnet check is repeated all the same.
+                let source = self.links[port]
+                    .addresses
+                    .iter()
+                    .find(|n| n.prefix < 32 && n.contains(u.ip));
+                let Some(source) = source.map(|n| n.addr) else {
+                    continue;
+                };
+                if u.claim {
+                    // As an ARP reply received here: completes or confirms only what this worker is resolving.
+                    let _ = self.neighbours.on_arp(now, port, u.ip, u.mac, true);
+                } else {
+                    self.neighbours.learn(now, port, source, u.ip, u.mac, true);
                 }
             }
         }

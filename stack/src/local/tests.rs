@@ -1,6 +1,8 @@
 use super::*;
+use crate::counters::StackCounters;
 use crate::testutil::*;
 use crate::wire::{ArpOperation, ArpPacket, EthernetFrame, Icmpv4Message, Icmpv4Packet, Ipv4Packet, TcpPacket};
+use std::time::Duration;
 
 fn stack() -> LocalStack {
     stack_with_rate(DEFAULT_ICMP_RATE)
@@ -50,11 +52,141 @@ fn answers_arp_for_its_address() {
     assert_eq!(arp.target_hardware_addr(), &CLIENT_MAC.0);
     assert_eq!(arp.target_protocol_addr(), &CLIENT_IP.octets());
     assert_eq!(s.counters().arp_replies, 1);
-    // The requester was learned (RFC 826): no ARP request is needed to answer it.
+    // The requester is not learned (ARP never creates neighbour entries: see the neighbour module), and that is
+    // no refusal either.
+    assert!(s.neighbours().is_empty());
+    assert_eq!(s.counters().drops, StackCounters::default().drops);
+}
+
+const INT_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 1, 0x10]);
+const INT_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 2);
+const BACKEND_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 2, 2]);
+const FORGED_MAC: EthernetAddress = EthernetAddress([0x02, 0x66, 0x66, 0, 0, 1]);
+
+/// Runs `packet` through the stack on `port` at `now`, returning the verdict.
+fn run_on(stack: &mut LocalStack, now: Instant, port: PortId, packet: &[u8]) -> Verdict {
+    let mut buf = vec![0u8; 2048];
+    buf[..packet.len()].copy_from_slice(packet);
+    let mut frame = Frame::new(&mut buf, packet.len());
+    stack.process(now, port, &mut frame)
+}
+
+/// A stack that resolved BACKEND_IP on port 1 (its request answered by the backend).
+fn stack_with_backend(now: Instant) -> LocalStack {
+    let mut s = stack();
     assert_eq!(
-        s.neighbours().resolve(Instant::now(), 0, XLB_IP, CLIENT_IP),
-        crate::neighbour::Resolution::Ready(CLIENT_MAC)
+        s.neighbours().resolve(now, 1, INT_IP, BACKEND_IP),
+        crate::neighbour::Resolution::Pending
     );
+    let mut buf = vec![0u8; 2048];
+    let (port, _) = s.poll_transmit(now, &mut buf).expect("an ARP request");
+    assert_eq!(port, 1);
+    let reply = arp_frame(ArpOperation::Reply, (BACKEND_MAC, BACKEND_IP), INT_IP);
+    let mut reply_to_int = reply.clone();
+    reply_to_int[0..6].copy_from_slice(&INT_MAC.0);
+    assert_eq!(run_on(&mut s, now, 1, &reply_to_int), Verdict::Consumed);
+    assert_eq!(s.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
+    s
+}
+
+#[test]
+fn forged_arp_on_the_client_link_does_not_move_a_backend() {
+    let now = Instant::now();
+    let mut s = stack_with_backend(now);
+    // A request for our client-side address, "from" the backend's address, on the client link: answered (only
+    // the asker gets the answer) but not learned.
+    let forged = arp_frame(ArpOperation::Request, (FORGED_MAC, BACKEND_IP), XLB_IP);
+    assert_eq!(run_on(&mut s, now, 0, &forged), Verdict::Transmit(0));
+    // The same as a reply (gratuitous or unsolicited): dropped.
+    let forged = arp_frame(ArpOperation::Reply, (FORGED_MAC, BACKEND_IP), XLB_IP);
+    assert_eq!(
+        run_on(&mut s, now + Duration::from_secs(5), 0, &forged),
+        Verdict::Drop(DropReason::ArpWrongLink)
+    );
+    assert_eq!(s.counters().drops_of(DropReason::ArpWrongLink), 2);
+    assert_eq!(s.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
+    assert_eq!(s.neighbours().lookup(0, BACKEND_IP), None);
+    assert_eq!(
+        s.neighbours().resolve(now, 1, INT_IP, BACKEND_IP),
+        crate::neighbour::Resolution::Ready(BACKEND_MAC)
+    );
+}
+
+#[test]
+fn arp_from_outside_the_links_subnets_is_not_learned() {
+    let now = Instant::now();
+    let mut s = stack();
+    let stranger = Ipv4Addr::new(198, 18, 200, 1);
+    let req = arp_frame(ArpOperation::Request, (FORGED_MAC, stranger), XLB_IP);
+    assert_eq!(run_on(&mut s, now, 0, &req), Verdict::Transmit(0));
+    let reply = arp_frame(ArpOperation::Reply, (FORGED_MAC, stranger), XLB_IP);
+    assert_eq!(
+        run_on(&mut s, now, 0, &reply),
+        Verdict::Drop(DropReason::ArpNotInSubnet)
+    );
+    assert_eq!(s.counters().drops_of(DropReason::ArpNotInSubnet), 2);
+    assert!(s.neighbours().is_empty());
+}
+
+#[test]
+fn unsolicited_arp_replies_create_nothing_and_are_counted() {
+    let now = Instant::now();
+    let mut s = stack();
+    let host = Ipv4Addr::new(198, 18, 0, 77);
+    let reply = arp_frame(ArpOperation::Reply, (FORGED_MAC, host), XLB_IP);
+    assert_eq!(
+        run_on(&mut s, now, 0, &reply),
+        Verdict::Drop(DropReason::ArpUnsolicited)
+    );
+    assert_eq!(s.counters().drops_of(DropReason::ArpUnsolicited), 1);
+    assert!(s.neighbours().is_empty());
+}
+
+#[test]
+fn same_link_mac_change_is_locked_then_allowed() {
+    let now = Instant::now();
+    let mut s = stack_with_backend(now);
+    let mut moved = arp_frame(ArpOperation::Reply, (FORGED_MAC, BACKEND_IP), INT_IP);
+    moved[0..6].copy_from_slice(&INT_MAC.0);
+    assert_eq!(run_on(&mut s, now, 1, &moved), Verdict::Drop(DropReason::ArpLocked));
+    assert_eq!(s.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
+    // After locktime the backend's own link may move it (a failover behind one address).
+    assert_eq!(
+        run_on(&mut s, now + Duration::from_secs(2), 1, &moved),
+        Verdict::Consumed
+    );
+    assert_eq!(s.neighbours().lookup(1, BACKEND_IP), Some(FORGED_MAC));
+}
+
+#[test]
+fn an_arp_flood_neither_fills_the_table_nor_delays_a_new_backend() {
+    let now = Instant::now();
+    let mut s = stack();
+    for i in 0..5000u32 {
+        let sender = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 1 + i % 250);
+        let mac = EthernetAddress([0x02, 0x66, (i >> 16) as u8, (i >> 8) as u8, i as u8, 1]);
+        let op = if i % 2 == 0 {
+            ArpOperation::Request
+        } else {
+            ArpOperation::Reply
+        };
+        run_on(&mut s, now, 0, &arp_frame(op, (mac, sender), XLB_IP));
+        let stranger = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 100, 0)) + i);
+        run_on(&mut s, now, 0, &arp_frame(op, (mac, stranger), XLB_IP));
+    }
+    assert!(s.neighbours().is_empty(), "ARP created no entry");
+    assert_eq!(s.counters().drops_of(DropReason::ArpUnsolicited), 2500);
+    assert_eq!(s.counters().drops_of(DropReason::ArpNotInSubnet), 5000);
+    // A new backend is resolved at once.
+    assert_eq!(
+        s.neighbours().resolve(now, 1, INT_IP, BACKEND_IP),
+        crate::neighbour::Resolution::Pending
+    );
+    let mut buf = vec![0u8; 2048];
+    let (port, len) = s.poll_transmit(now, &mut buf).expect("an ARP request");
+    let arp = ArpPacket::new_checked(&buf[ETH_HEADER_LEN..len]).unwrap();
+    assert_eq!((port, arp.target_protocol_addr()), (1, &BACKEND_IP.octets()[..]));
 }
 
 #[test]
@@ -449,6 +581,41 @@ fn run_with<H: Ipv4Handler>(stack: &mut LocalStack<H>, packet: &[u8]) -> (Verdic
     let verdict = stack.process(Instant::now(), 0, &mut frame);
     let len = frame.len();
     (verdict, buf[..len].to_vec())
+}
+
+#[test]
+fn a_reply_landing_on_another_worker_completes_the_resolving_workers_entry() {
+    let now = Instant::now();
+    let mut mesh = NeighbourSync::mesh(vec![vec![0, 1], vec![0, 1]]);
+    let (mut w0, mut w1) = (stack(), stack());
+    w1.set_neighbour_sync(mesh.pop().unwrap());
+    w0.set_neighbour_sync(mesh.pop().unwrap());
+    // Worker 0 resolves the backend and queues a packet for it.
+    assert_eq!(
+        w0.neighbours().resolve(now, 1, INT_IP, BACKEND_IP),
+        crate::neighbour::Resolution::Pending
+    );
+    w0.neighbours().enqueue(1, BACKEND_IP, &[0x5a; 60]).unwrap();
+    let mut buf = vec![0u8; 2048];
+    assert!(w0.poll_transmit(now, &mut buf).is_some(), "the ARP request");
+    // The answer lands on worker 1, which was not resolving it: not learned there, passed on, not counted.
+    let mut reply = arp_frame(ArpOperation::Reply, (BACKEND_MAC, BACKEND_IP), INT_IP);
+    reply[0..6].copy_from_slice(&INT_MAC.0);
+    assert_eq!(run_on(&mut w1, now, 1, &reply), Verdict::Consumed);
+    assert!(w1.neighbours().is_empty());
+    assert_eq!(w1.counters().drops_of(DropReason::ArpUnsolicited), 0);
+    // Worker 0 takes it as its answer and releases the packet to the backend's MAC.
+    let (port, len) = w0.poll_transmit(now, &mut buf).expect("the released packet");
+    assert_eq!((port, len, &buf[0..6]), (1, 60, &BACKEND_MAC.0[..]));
+    assert_eq!(w0.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
+    // A forged claim from the client link is refused where it lands and never reaches worker 0.
+    let forged = arp_frame(ArpOperation::Reply, (FORGED_MAC, BACKEND_IP), XLB_IP);
+    assert_eq!(
+        run_on(&mut w1, now + Duration::from_secs(5), 0, &forged),
+        Verdict::Drop(DropReason::ArpWrongLink)
+    );
+    assert!(w0.poll_transmit(now, &mut buf).is_none());
+    assert_eq!(w0.neighbours().lookup(1, BACKEND_IP), Some(BACKEND_MAC));
 }
 
 /// A stage that registers one TCP port of the stack's address and records the service of what it is offered.
