@@ -22,8 +22,10 @@ use crate::counters::{BatchHistogram, DropReason, RingCounters, SharedCounters, 
 use crate::pipeline::{Frame, Pipeline, Verdict};
 use crate::xsk::port::Port;
 
-/// Empty polls before an adaptive worker sleeps in poll(2).
-const SPINS_BEFORE_SLEEP: u32 = 256;
+/// How long an adaptive worker keeps spinning after it last received a frame before it sleeps in poll(2). Only
+/// received frames count: the frames a worker originates itself (health probes, ARP) and its timers do not keep
+/// it spinning, or a few thousand health-checked servers would hold a core busy.
+const SPIN_AFTER_RX: Duration = Duration::from_micros(100);
 /// Longest sleep, so a stop request is noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Longest time between two timer checks.
@@ -78,6 +80,8 @@ pub struct Worker<P: Pipeline> {
     shared: Arc<SharedCounters>,
     next_timer: Instant,
     next_kernel_stats: Instant,
+    /// When a frame was last received (adaptive idle spins for [`SPIN_AFTER_RX`] after it).
+    last_rx: Option<Instant>,
 }
 
 impl<P: Pipeline> Worker<P> {
@@ -98,6 +102,7 @@ impl<P: Pipeline> Worker<P> {
             batches: BatchHistogram::default(),
             shared: Arc::new(SharedCounters::default()),
             next_timer: now,
+            last_rx: None,
             next_kernel_stats: now,
             options,
             umem,
@@ -142,17 +147,17 @@ impl<P: Pipeline> Worker<P> {
             }
         }
         tracing::info!(worker = %self.options.name, core = ?self.options.core, ports = self.ports.len(), "worker running");
-        let mut idle_polls = 0u32;
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if self.poll_once(now) > 0 {
-                idle_polls = 0;
                 continue;
             }
-            idle_polls = idle_polls.saturating_add(1);
+            let receiving = self
+                .last_rx
+                .is_some_and(|t| now.saturating_duration_since(t) < SPIN_AFTER_RX);
             match self.options.idle {
                 Idle::Busy => std::hint::spin_loop(),
-                Idle::Adaptive if idle_polls < SPINS_BEFORE_SLEEP => std::hint::spin_loop(),
+                Idle::Adaptive if receiving => std::hint::spin_loop(),
                 Idle::Adaptive => self.sleep(now),
             }
         }
@@ -205,9 +210,14 @@ impl<P: Pipeline> Worker<P> {
     /// One turn of the loop. Returns the number of frames received, sent or reclaimed (0 = idle).
     pub fn poll_once(&mut self, now: Instant) -> usize {
         let mut work = self.reclaim();
+        let mut received = 0;
         for p in 0..self.ports.len() {
-            work += self.receive(now, p);
+            received += self.receive(now, p);
         }
+        if received > 0 {
+            self.last_rx = Some(now);
+        }
+        work += received;
         work += self.originate(now);
         work += self.flush_tx();
         self.refill();
