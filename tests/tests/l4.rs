@@ -737,14 +737,16 @@ fn drops(xlb: &Appliance, reason: &str) -> Result<u64> {
 
 #[test]
 fn server_closed_connections_reuse_every_local_port_many_times_without_a_failure() -> Result<()> {
-    // 100 local ports per server, 300 tuples in all: 1500 connections use each tuple five times while the
-    // servers hold every one in TIME_WAIT (60 s) and xlb its entries for 120 s. The client's new SYN on a
-    // 4-tuple in TIME_WAIT reaches the server on the tuple that client used there before (or a fresh one).
+    // 100 local ports per server and a client kernel limited to 100 source ports: 1500 connections reuse every
+    // client 4-tuple and every tuple at the servers many times while the servers hold each in TIME_WAIT (60 s)
+    // and xlb its entries for 120 s. The client's new SYN on a 4-tuple in TIME_WAIT continues on its server on
+    // the tuple that client used there before, which the server's TIME_WAIT accepts.
     let n = 1500;
     let r = server_closed_requests("l4_srvclose", "[l4]\nlocal_port_min = 20000\nlocal_port_max = 20099", n)?;
     ensure!(r.failed == 0, "{} of {n} connections failed: {:?}", r.failed, r.errors);
+    // rr spreads the client's ports over the servers; a reused 4-tuple continues on its server.
     ensure!(
-        r.by_server.len() == 3 && r.by_server.values().all(|c| *c == n / 3),
+        r.by_server.len() == 3 && r.by_server.values().all(|c| *c >= n / 6),
         "rr: {:?}",
         r.by_server
     );

@@ -176,7 +176,17 @@ impl Forwarder {
         }
         self.refresh_health();
         let listener = &mut self.listeners[l];
-        let Some(server) = listener.scheduler.pick(&listener.servers, key.src) else {
+        // A client reusing the 4-tuple of a closed connection continues on that connection's server while the
+        // server still takes new flows (healthy, weight > 0, in the group): on the same tuple, which its
+        // TIME_WAIT accepts from the same client, and without holding a tuple on a second server (IPVS
+        // `conn_reuse_mode = 0` for such servers). Otherwise the flow is scheduled afresh.
+        let continuing = reusable.filter(|old| usize::from(old.listener) == l).and_then(|old| {
+            let s = usize::from(old.server);
+            let view = listener.servers.get(s)?;
+            (view.healthy && view.weight > 0 && !listener.removed_servers[s]).then_some(s)
+        });
+        let picked = continuing.or_else(|| listener.scheduler.pick(&listener.servers, key.src));
+        let Some(server) = picked else {
             self.counters.listeners[l].no_server += 1;
             return Handled::Reject(DropReason::NoHealthyServer);
         };

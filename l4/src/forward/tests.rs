@@ -405,9 +405,12 @@ fn handshake(s: &mut LocalStack<Forwarder>, now: Instant) -> SocketAddrV4 {
 const FINACK: u8 = 0x11;
 
 #[test]
-fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh() {
+fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh_when_its_server_takes_no_new_flow() {
     let now = Instant::now();
-    let mut s = stack(Setup::default());
+    let mut s = stack(Setup {
+        checked: true,
+        ..Default::default()
+    });
     let first = handshake(&mut s, now);
     // Both sides close: TIME_WAIT, which would hold the client's addresses for 120 s.
     run(&mut s, now, 0, &from_client(Proto::Tcp, FINACK, b""));
@@ -420,9 +423,12 @@ fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh() {
     assert_eq!(s.handler().conns().iter().next().unwrap().state, ConnState::TimeWait);
     let free = s.handler().lports.free(LIP, backends()[0]);
 
-    // The client reuses its port at once (as after a RST, or with tcp_tw_reuse): a new connection, scheduled
-    // by rr to the next server, from the client's own port again (a new tuple at that server); the old tuple
-    // may still be in TIME_WAIT at the first server, so its port is quarantined there, not freed.
+    // Its server fails its health check, and the client reuses its port at once (as after a RST, or with
+    // tcp_tw_reuse): a new connection, scheduled to the other server, from the client's own port again (a new
+    // tuple at that server); the old tuple may still be in TIME_WAIT at the first server, so its port is
+    // quarantined there, not freed. (With its server still up, the flow would continue there: see
+    // `a_client_reusing_its_4_tuple_reaches_the_same_server_on_the_same_tuple`.)
+    s.handler().board.set(0, false);
     let (v, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
     assert_eq!(v, Verdict::Transmit(1));
     let (_, _, local, backend, _) = inspect(&out);
@@ -491,11 +497,8 @@ fn closed_connection(
 #[test]
 fn a_client_reusing_its_4_tuple_reaches_the_same_server_on_the_same_tuple() {
     let now = Instant::now();
-    // One server takes new flows (the other has weight 0), so the reused 4-tuple goes to the same one.
-    let mut s = stack(Setup {
-        weights: [1, 0],
-        ..Default::default()
-    });
+    // Both servers take new flows (rr): the reused 4-tuple continues on its server all the same.
+    let mut s = stack(Setup::default());
     let client = sa([198, 18, 0, 1], 40_000);
     let (local, backend) = closed_connection(&mut s, now, client);
     assert_eq!(local.port(), 40_000, "the client's own port when free");
@@ -509,12 +512,16 @@ fn a_client_reusing_its_4_tuple_reaches_the_same_server_on_the_same_tuple() {
     assert_eq!((f.counters().rescheduled, f.conns().len()), (1, 1));
     assert_eq!(f.lports.occupancy().quarantined, 0);
     assert_eq!(f.lports.occupancy().in_use, 1);
-    // Another client with the same source port gets another port towards that server.
-    let other = sa([198, 18, 0, 2], 40_000);
-    let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, other, vip(), SYN, b"");
-    let (_, out) = run(&mut s, now + Duration::from_secs(1), 0, &syn);
-    assert_eq!(inspect(&out).3, backend);
-    assert_eq!(inspect(&out).2, SocketAddrV4::new(*local.ip(), 40_001));
+    // Another client with the same source port, scheduled by rr to the other server, keeps its port there too
+    // (each server has the whole range); a third goes back to the first server, where 40000 is taken.
+    for (ip, server, port) in [(2, 1, 40_000), (3, 0, 40_001)] {
+        let other = sa([198, 18, 0, ip], 40_000);
+        let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, other, vip(), SYN, b"");
+        let (_, out) = run(&mut s, now + Duration::from_secs(1), 0, &syn);
+        assert_eq!(inspect(&out).3, backends()[server]);
+        assert_eq!(inspect(&out).2, SocketAddrV4::new(*local.ip(), port));
+    }
+    assert_eq!(backend, backends()[0]);
 }
 
 #[test]
