@@ -57,6 +57,8 @@ drop_reasons! {
     NoRoute => "no_route": "No interface or gateway reaches the destination.",
     TxRingFull => "tx_ring_full": "The TX ring had no room for the frame.",
     NoFreeFrame => "no_free_frame": "No free UMEM frame for an originated packet.",
+    InvalidSource => "invalid_source": "A new flow from a source that can never be a client (0/8, 127/8, multicast, 240/4, broadcast, or the appliance's own addresses): no entry, no server.",
+    InvalidTcpFlags => "invalid_tcp_flags": "A SYN that also carries FIN or RST (conntrack's invalid): no entry, no server.",
     NoHealthyServer => "no_healthy_server": "New flow for a listener whose servers are all down or drained (answered with RST or ICMP unreachable).",
     ConnTableFull => "conn_table_full": "New FULLNAT flow while the connection table is full.",
     LocalPortsExhausted => "local_ports_exhausted": "New FULLNAT flow with no free local port on the local IP.",

@@ -174,6 +174,9 @@ impl Forwarder {
                 };
             }
         }
+        if let Some(reason) = validate::invalid_new_flow(&frame.data()[l4..], &key, |ip| cx.owns(ip)) {
+            return Handled::Verdict(Verdict::Drop(reason));
+        }
         self.refresh_health();
         let listener = &mut self.listeners[l];
         // A client reusing the 4-tuple of a closed connection continues on that connection's server while the

@@ -26,6 +26,7 @@ pub mod lports;
 pub mod nat;
 mod scan;
 mod sync;
+pub mod validate;
 
 pub use control::{ConnFilter, ConnInfo, ControlMessage, ForwarderConfig, ForwarderUpdate};
 pub use sync::SyncEvent;

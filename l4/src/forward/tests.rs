@@ -1702,3 +1702,56 @@ fn dumps_and_exports_walk_a_large_table_a_chunk_per_turn() {
     assert_eq!(clients, vec![40_000, 40_001, 40_002]);
     assert!(export.iter().all(|(_, left)| *left == Duration::from_secs(60)));
 }
+
+#[test]
+fn packets_that_cannot_open_a_flow_are_counted_drops_and_get_no_entry() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let client_at = |ip: [u8; 4]| sa(ip, 40_000);
+    let syn_from = |src| packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, src, vip(), SYN, b"");
+    let mut cases: Vec<(Vec<u8>, DropReason)> = vec![
+        (syn_from(client_at([127, 0, 0, 1])), DropReason::InvalidSource),
+        (syn_from(client_at([0, 0, 0, 0])), DropReason::InvalidSource),
+        (syn_from(client_at([224, 0, 0, 5])), DropReason::InvalidSource),
+        (syn_from(client_at([255, 255, 255, 255])), DropReason::InvalidSource),
+        (syn_from(client_at([198, 18, 0, 10])), DropReason::InvalidSource), // the appliance's own address
+        (
+            packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client(), vip(), 0x03, b""), // SYN+FIN
+            DropReason::InvalidTcpFlags,
+        ),
+        (
+            packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, client(), vip(), 0x06, b""), // SYN+RST
+            DropReason::InvalidTcpFlags,
+        ),
+    ];
+    let mut bad_checksum = syn_from(client());
+    bad_checksum[ETH_HEADER_LEN + 20 + 16] ^= 0x5a;
+    cases.push((bad_checksum, DropReason::BadL4Checksum));
+    let mut short_offset = syn_from(client());
+    short_offset[ETH_HEADER_LEN + 20 + 12] = 4 << 4;
+    cases.push((short_offset, DropReason::MalformedTcp));
+    for (frame, reason) in &cases {
+        assert_eq!(run(&mut s, now, 0, frame).0, Verdict::Drop(*reason), "{reason:?}");
+    }
+    assert_eq!(s.handler().conns().len(), 0, "no entry for any of them");
+    assert_eq!(s.handler().lports.occupancy().in_use, 0, "no local port either");
+    // A valid SYN opens its flow.
+    assert_eq!(run(&mut s, now, 0, &syn_from(client())).0, Verdict::Transmit(1));
+    assert_eq!(s.handler().conns().len(), 1);
+    // UDP: a datagram whose checksum does not verify opens no flow; one without a checksum (0) does.
+    let mut u = stack(Setup {
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let mut bad_udp = from_client(Proto::Udp, 0, b"query");
+    *bad_udp.last_mut().unwrap() ^= 0x01;
+    assert_eq!(
+        run(&mut u, now, 0, &bad_udp).0,
+        Verdict::Drop(DropReason::BadL4Checksum)
+    );
+    assert_eq!(u.handler().conns().len(), 0);
+    let mut unchecked = from_client(Proto::Udp, 0, b"query");
+    unchecked[ETH_HEADER_LEN + 20 + 6..ETH_HEADER_LEN + 20 + 8].copy_from_slice(&[0, 0]);
+    assert_eq!(run(&mut u, now, 0, &unchecked).0, Verdict::Transmit(1));
+    assert_eq!(u.handler().conns().len(), 1);
+}

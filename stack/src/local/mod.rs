@@ -122,6 +122,11 @@ pub struct StackContext<'a> {
 }
 
 impl StackContext<'_> {
+    /// Whether the appliance owns `addr` on any port (its link addresses, VIPs, floating IPs).
+    pub fn owns(&self, addr: Ipv4Addr) -> bool {
+        self.owned.contains_key(&addr)
+    }
+
     /// Makes the stack own `addr` on `port` (answer ARP there, accept packets for it), or stop owning it there.
     /// Used for VIPs added or removed while running.
     pub fn set_owned(&mut self, port: PortId, addr: Ipv4Addr, owned: bool) {
