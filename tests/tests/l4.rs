@@ -185,9 +185,10 @@ fn fullnat_udp_reaches_every_server_and_replies_come_back() -> Result<()> {
     )?;
     let names = in_ns(&t.client, || {
         let mut names = vec![];
-        for _ in 0..30 {
-            // A new socket per round: a new flow each time.
-            let sock = UdpSocket::bind("198.18.0.1:0")?;
+        for i in 0..30u16 {
+            // A new socket per round, on a port of its own: a new flow each time (an ephemeral port the kernel
+            // picked twice would continue an earlier flow on its server).
+            let sock = UdpSocket::bind(("198.18.0.1", 41_000 + i))?;
             sock.set_read_timeout(Some(TIMEOUT))?;
             sock.send_to(b"WHO?", format!("{VIP}:53"))?;
             let mut buf = [0u8; 256];
