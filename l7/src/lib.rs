@@ -16,6 +16,7 @@ pub mod http1;
 pub mod proxy;
 pub mod rules;
 pub mod sticky;
+pub mod tcp;
 
 #[cfg(test)]
 mod testutil;
