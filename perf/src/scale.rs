@@ -120,11 +120,13 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         name: "web".into(),
         vip: VIP,
         port: 80,
-        protocol: Proto::Tcp,
+        protocol: Proto::Tcp.into(),
         scheduler: SchedulerKind::Rr,
         forwarding: Forwarding::Fullnat,
         group: "web".into(),
         interface: None,
+        rules: Vec::new(),
+        sticky: None,
     };
     // 50 000 local ports per local IP.
     let lips: Vec<Ipv4Net> = (0..(sessions / 50_000 + 1))

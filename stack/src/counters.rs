@@ -65,6 +65,7 @@ drop_reasons! {
     NoConnection => "no_connection": "Packet of no known connection that cannot start one (not a SYN, or a reply to a free local port).",
     HandoffFull => "handoff_full": "Frame for another worker's flow, but the hand-off queue was full.",
     ServerRemoved => "server_removed": "Packet of a connection whose server was removed, with the reset policy (answered with RST or ICMP unreachable).",
+    L7ConnectionLimit => "l7_connection_limit": "SYN to an HTTP listener refused at l7.max_connections (answered with RST).",
     HaQueueFull => "ha_queue_full": "VRRP or sync packet while the queue to the HA driver was full.",
 }
 

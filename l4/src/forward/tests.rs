@@ -1091,11 +1091,13 @@ fn web_with(servers: &[(SocketAddrV4, u32)], protocol: Proto, forwarding: Forwar
         name: "web".into(),
         vip: *vip().ip(),
         port: vip().port(),
-        protocol,
+        protocol: protocol.into(),
         scheduler: SchedulerKind::Rr,
         forwarding,
         group: "web".into(),
         interface: None,
+        rules: Vec::new(),
+        sticky: None,
     };
     (listener, group)
 }

@@ -88,6 +88,10 @@ pub enum Action {
     CloseClient,
     /// Close an upstream connection.
     CloseUpstream(UpstreamId),
+    /// The proxy is done with an upstream connection that is idle and reusable (its last response was complete
+    /// and kept alive, nothing is pending): the caller may keep it for another client connection to the same
+    /// server, or close it.
+    ReleaseUpstream(UpstreamId),
     /// The connection switched protocols (WebSocket): relay bytes both ways between the client and `upstream`
     /// from now on, starting with unconsumed bytes; the proxy takes no more input.
     Tunnel {
@@ -647,7 +651,7 @@ impl HttpProxy {
                 Timer::UpstreamResponse,
             ));
         } else {
-            self.drop_upstream();
+            self.let_go_of_upstream();
             let id = UpstreamId(self.next_upstream);
             self.next_upstream = self.next_upstream.wrapping_add(1);
             self.upstream = Some(Upstream {
@@ -1005,11 +1009,26 @@ impl HttpProxy {
         }
     }
 
+    /// Releases the upstream connection if it is idle and reusable, else closes it.
+    fn let_go_of_upstream(&mut self) {
+        let idle = self.upstream.as_ref().is_some_and(|u| u.connected)
+            && self.exchange.is_none()
+            && matches!(self.response, ResponsePhase::Idle)
+            && self.to_upstream.is_empty();
+        if !idle {
+            return self.drop_upstream();
+        }
+        if let Some(up) = self.upstream.take() {
+            self.upstream_deadline = None;
+            self.push(Action::ReleaseUpstream(up.id));
+        }
+    }
+
     fn close_all(&mut self) {
         if self.closed {
             return;
         }
-        self.drop_upstream();
+        self.let_go_of_upstream();
         self.push(Action::CloseClient);
         self.closed = true;
         self.client_deadline = None;

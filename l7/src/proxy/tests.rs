@@ -59,6 +59,8 @@ struct Harness {
     connects: Vec<(UpstreamId, GroupId, Option<ServerId>)>,
     client_closed: bool,
     upstream_closed: Vec<UpstreamId>,
+    /// Upstreams handed back idle and reusable (also in `upstream_closed`: the proxy is done with them).
+    released: Vec<UpstreamId>,
     tunnel: Option<UpstreamId>,
     events: Vec<Event>,
 }
@@ -79,6 +81,7 @@ impl Harness {
             connects: Vec::new(),
             client_closed: false,
             upstream_closed: Vec::new(),
+            released: Vec::new(),
             tunnel: None,
             events: Vec::new(),
         }
@@ -87,7 +90,7 @@ impl Harness {
     fn drain(&mut self) {
         while let Some(a) = self.p.poll_action() {
             assert!(
-                !self.client_closed || matches!(a, Action::CloseUpstream(_)),
+                !self.client_closed || matches!(a, Action::CloseUpstream(_) | Action::ReleaseUpstream(_)),
                 "action after CloseClient: {a:?}"
             );
             match a {
@@ -107,6 +110,10 @@ impl Harness {
                 }
                 Action::CloseClient => self.client_closed = true,
                 Action::CloseUpstream(id) => self.upstream_closed.push(id),
+                Action::ReleaseUpstream(id) => {
+                    self.upstream_closed.push(id);
+                    self.released.push(id);
+                }
                 Action::Tunnel { upstream } => self.tunnel = Some(upstream),
             }
         }
@@ -1034,4 +1041,54 @@ fn fuzz_random_bytes_and_split_points() {
         let mut d = BodyDecoder::new(BodyFraming::Chunked, 1000, 100);
         let _ = d.decode(&input);
     }
+}
+
+#[test]
+fn idle_upstreams_are_released_for_reuse_and_others_closed() {
+    // The client goes away after a complete kept-alive exchange: the upstream is handed back, not closed.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    assert!(h.client_closed);
+    assert_eq!(h.released, vec![UpstreamId(0)]);
+
+    // A request to another group on the same client connection: the idle one is released, a new one opened.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    h.client(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n");
+    assert_eq!(h.released, vec![UpstreamId(0)]);
+    assert_eq!(h.connects.last(), Some(&(UpstreamId(1), GroupId(1), None)));
+
+    // The client leaves mid-response: that upstream is closed, never released.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe");
+    h.p.handle_client_eof(h.now);
+    h.advance(61);
+    assert!(h.released.is_empty());
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+
+    // An upstream whose response said `Connection: close` is closed, and one that sent FIN while idle too.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    assert!(h.released.is_empty());
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    h.p.handle_upstream_eof(h.now, UpstreamId(0));
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    assert!(h.released.is_empty());
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
 }

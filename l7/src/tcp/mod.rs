@@ -542,6 +542,11 @@ impl TcpHost {
         None
     }
 
+    /// Whether segments are waiting for [`TcpHost::poll_transmit`].
+    pub fn has_output(&self) -> bool {
+        !self.ready.is_empty() || !self.replies.is_empty()
+    }
+
     /// When [`TcpHost::handle_timeout`] should run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _, _))| *t)
