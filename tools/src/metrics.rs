@@ -568,6 +568,39 @@ fn families_after_histogram(d: &StatsDoc) -> Vec<Family> {
     }
     out.push(packets);
     out.push(bytes);
+    out.extend(l7_families(d));
+    out
+}
+
+/// The L7 families (none without `http` listeners).
+fn l7_families(d: &StatsDoc) -> Vec<Family> {
+    let Some(l7) = &d.l7 else { return Vec::new() };
+    let mut events = Family::new(
+        "xlb_l7_events_total",
+        "What the L7 stage counted, by event (requests, responses_2xx, upstream_connects, upstream_reused, \
+         no_healthy_server, connection_limit, ...: see xlbctl stats).",
+    );
+    for (name, n) in &l7.counts {
+        events.sample(vec![("event", name.clone())], *n);
+    }
+    let mut out = vec![events];
+    for (name, help, value) in [
+        ("xlb_l7_sessions", "Client connections being served by L7.", l7.sessions),
+        (
+            "xlb_l7_connections",
+            "In-stack TCP connections of L7 (client, upstream, idle, closing).",
+            l7.connections,
+        ),
+        (
+            "xlb_l7_idle_upstreams",
+            "Idle upstream connections kept for reuse.",
+            l7.idle_upstreams,
+        ),
+    ] {
+        let mut f = Family::new(name, help);
+        f.sample(vec![], value);
+        out.push(f);
+    }
     out
 }
 
@@ -759,6 +792,15 @@ mod tests {
                 },
                 ..doc::L4::default()
             },
+            l7: Some(doc::L7 {
+                counts: [("requests".to_string(), 5), ("upstream_connects".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
+                sessions: 2,
+                connections: 3,
+                idle_upstreams: 1,
+                upstream_reuse: 0.8,
+            }),
             ha: None,
         }
     }
@@ -806,6 +848,12 @@ mod tests {
             Sampled::Gauge(1.0)
         );
         assert_eq!(find(&scrape, "xlb_uptime_seconds", &[]).value, Sampled::Gauge(3600.0));
+        assert_eq!(
+            find(&scrape, "xlb_l7_events_total", &[("event", "requests")]).value,
+            Sampled::Counter(5.0)
+        );
+        assert_eq!(find(&scrape, "xlb_l7_sessions", &[]).value, Sampled::Gauge(2.0));
+        assert_eq!(find(&scrape, "xlb_l7_idle_upstreams", &[]).value, Sampled::Gauge(1.0));
         let drop = find(
             &scrape,
             "xlb_drops_total",

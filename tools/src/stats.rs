@@ -177,6 +177,21 @@ pub fn health(h: &HealthCounters) -> Health {
     }
 }
 
+/// The L7 section: `None` without `http` listeners.
+pub fn l7(runtime: &L4Runtime) -> Option<xlb_api::stats::L7> {
+    let (total, configured) = runtime.l7_counters();
+    configured.then(|| xlb_api::stats::L7 {
+        counts: xlb_l7::stage::counters::L7Count::ALL
+            .iter()
+            .map(|&c| (c.name().to_string(), total.get(c)))
+            .collect(),
+        sessions: total.sessions,
+        connections: total.connections,
+        idle_upstreams: total.idle_upstreams,
+        upstream_reuse: total.upstream_reuse(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use xlb_l4::conn::{FlowHash, FlowKey, Proto};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
@@ -85,6 +86,15 @@ pub struct L7StageConfig {
     pub port_ifaces: Vec<usize>,
 }
 
+/// A live change for the stage: the groups (servers, weights, health targets) and the health board of the new
+/// configuration. Listener changes need a restart.
+pub struct L7Update {
+    /// The groups, in the same order as before (rules refer to them by index).
+    pub groups: Vec<GroupSpec>,
+    /// The new health board.
+    pub board: Arc<HealthBoard>,
+}
+
 /// A session slot.
 struct Slot {
     generation: u32,
@@ -114,6 +124,7 @@ pub struct L7Stage {
     port_ifaces: Vec<usize>,
     /// The latest time seen (a due time for work that cannot wait).
     last_now: Instant,
+    updates: Option<Receiver<L7Update>>,
 }
 
 impl L7Stage {
@@ -161,6 +172,18 @@ impl L7Stage {
             handoff,
             port_ifaces: config.port_ifaces,
             last_now: now,
+            updates: None,
+        }
+    }
+
+    /// Takes live changes from `updates` (applied between batches, in `handle_timeout`).
+    pub fn set_updates(&mut self, updates: Receiver<L7Update>) {
+        self.updates = Some(updates);
+    }
+
+    fn apply_updates(&mut self, now: Instant) {
+        while let Some(update) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
+            self.upstreams.update(now, &mut self.host, &update.groups, update.board);
         }
     }
 
@@ -461,7 +484,9 @@ impl Ipv4Handler for L7Stage {
             cx.services
                 .set(*l.vip.ip(), Transport::Tcp, l.vip.port(), Some(service));
         }
-        self.registered_reply_ranges(cx);
+        if !self.listeners.is_empty() {
+            self.registered_reply_ranges(cx);
+        }
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
@@ -486,6 +511,9 @@ impl Ipv4Handler for L7Stage {
             // Segments are waiting (queued after the last transmit poll): the worker must not sleep.
             return Some(self.last_now);
         }
+        if self.listeners.is_empty() && self.host.is_empty() {
+            return None; // no HTTP listener: the stage sleeps (live changes to listeners need a restart)
+        }
         let mut next = self.next_housekeeping;
         if let Some(t) = self.host.poll_timeout() {
             next = next.min(t);
@@ -498,6 +526,7 @@ impl Ipv4Handler for L7Stage {
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
         self.last_now = now;
+        self.apply_updates(now);
         self.host.handle_timeout(now);
         while let Some(&Reverse((due, index, generation))) = self.timers.peek() {
             if due > now {

@@ -66,6 +66,8 @@ pub enum NoUpstream {
 /// Upstream state of one worker.
 pub struct Upstreams {
     groups: Vec<Group>,
+    /// Group names (index = [`GroupId`]).
+    names: Vec<String>,
     board: Arc<HealthBoard>,
     ports: RangeInclusive<u16>,
     worker: usize,
@@ -109,6 +111,7 @@ impl Upstreams {
         let cursor = *ports.start();
         Upstreams {
             groups,
+            names: specs.iter().map(|g| g.name.clone()).collect(),
             board,
             ports,
             worker,
@@ -117,6 +120,49 @@ impl Upstreams {
             keepalive,
             idle_timeout,
             idle_count: 0,
+        }
+    }
+
+    /// Applies changed groups and a new health board (a live configuration change). Idle connections to servers
+    /// still in the same group are kept; the others are closed.
+    pub fn update(&mut self, now: Instant, host: &mut TcpHost, specs: &[GroupSpec], board: Arc<HealthBoard>) {
+        let mut old: Vec<(String, Server)> = Vec::new();
+        for (g, spec) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
+            old.extend(g.servers.into_iter().map(|s| (spec.clone(), s)));
+        }
+        let fresh = Upstreams::new(
+            specs,
+            board,
+            self.ports.clone(),
+            (self.worker, self.workers),
+            self.keepalive,
+            self.idle_timeout,
+        );
+        self.groups = fresh.groups;
+        self.names = fresh.names;
+        self.board = fresh.board;
+        self.idle_count = 0;
+        for (group, server) in old {
+            let target = self.names.iter().position(|n| *n == group).and_then(|g| {
+                Some((
+                    g,
+                    self.groups[g]
+                        .servers
+                        .iter()
+                        .position(|s| s.spec.addr == server.spec.addr)?,
+                ))
+            });
+            match target {
+                Some((g, s)) => {
+                    self.idle_count += server.idle.len();
+                    self.groups[g].servers[s].idle = server.idle;
+                }
+                None => {
+                    for (conn, _) in server.idle {
+                        host.close(now, conn);
+                    }
+                }
+            }
         }
     }
 
