@@ -117,6 +117,9 @@ struct Conn {
     wake: Option<Instant>,
     /// Abort if still handshaking / closing at this time.
     deadline: Option<(Instant, Deadline)>,
+    /// Closed by the application: what the peer still sends is read and discarded (a lingering close, as
+    /// NGINX does), so a client still uploading sees the response and our FIN instead of a zero window.
+    discard: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -281,6 +284,9 @@ impl TcpHost {
         if let Some(reply) = conn.socket.process(cx, &ip_repr, &segment) {
             self.replies.push_back(reply);
         }
+        if conn.discard {
+            while conn.socket.recv(|data| (data.len(), data.len())).unwrap_or(0) > 0 {}
+        }
         self.after_change(now, index);
         let id = self.id(index);
         if accepted {
@@ -309,6 +315,7 @@ impl TcpHost {
             noticed: false,
             wake: None,
             deadline: Some(deadline),
+            discard: false,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -400,6 +407,8 @@ impl TcpHost {
         let Some(c) = self.conn(id) else { return };
         c.socket.close();
         c.token = 0;
+        c.discard = true;
+        while c.socket.recv(|data| (data.len(), data.len())).unwrap_or(0) > 0 {}
         c.deadline = Some((deadline, Deadline::Close));
         self.after_change(now, id.index);
     }
