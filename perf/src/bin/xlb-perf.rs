@@ -89,6 +89,8 @@ enum Command {
     XdpLoop(XdpLoopArgs),
     /// Per-packet cost of the L4 forwarder vs concurrent sessions (1k → 1M) and memory per session.
     ConntrackScale(ScaleArgs),
+    /// Per-segment cost of L7's in-stack TCP vs open connections (10 → 100k).
+    L7Scale(L7ScaleArgs),
 }
 
 /// XDP attach mode on both veth ends.
@@ -201,6 +203,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::XdpLoop(args) => xdp_loop(&args),
         Command::ConntrackScale(args) => conntrack_scale(&args),
+        Command::L7Scale(args) => l7_scale(&args),
     }
 }
 
@@ -363,6 +366,46 @@ fn conntrack_scale(args: &ScaleArgs) -> Result<()> {
     println!(
         "{}",
         serde_json::json!({ "scenario": "conntrack_scale", "packets": packets, "batch": args.batch, "points": points })
+    );
+    Ok(())
+}
+
+/// Options of `l7-scale`.
+#[derive(Args, Debug)]
+struct L7ScaleArgs {
+    /// Connection counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// Segments received per size.
+    #[arg(long, default_value_t = 500_000)]
+    segments: usize,
+    /// Smaller run (100k segments per size).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn l7_scale(args: &L7ScaleArgs) -> Result<()> {
+    let segments = if args.quick {
+        args.segments.min(100_000)
+    } else {
+        args.segments
+    };
+    eprintln!(
+        "{:>12} {:>14} {:>16} {:>16}",
+        "connections", "ns/segment", "CPU ns/segment", "ns/handshake"
+    );
+    let mut points = Vec::new();
+    for &n in &args.sizes {
+        let p = xlb_perf::l7scale::measure(n, segments)?;
+        eprintln!(
+            "{:>12} {:>14.1} {:>16.1} {:>16.1}",
+            p.connections, p.ns_per_segment, p.cpu_ns_per_segment, p.ns_per_handshake
+        );
+        points.push(p.json());
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "scenario": "l7_scale", "segments": segments, "points": points })
     );
     Ok(())
 }
