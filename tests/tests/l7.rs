@@ -238,3 +238,115 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
     Ok(())
 }
+
+/// A WebSocket-like echo server (Python, standard library): answers an upgrade request with 101, then echoes.
+const UPGRADE_ECHO: &str = r#"
+import socket, sys, threading
+def serve(c):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    rest = buf.split(b"\r\n\r\n", 1)[1]
+    if rest:
+        c.sendall(rest)
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn websocket_upgrades_are_tunnelled_both_ways() -> Result<()> {
+    use std::io::{Read, Write};
+    let t = TwoArm::new("l7ws", &SERVERS, 1)?;
+    let script = t.lab.dir().join("upgrade_echo.py");
+    std::fs::write(&script, UPGRADE_ECHO)?;
+    let _echo = t.lab.spawn(
+        &t.servers,
+        "python3",
+        &[&script.display().to_string(), SERVERS[0], "8080"],
+    )?;
+    t.servers.wait_tcp_listen(8080, TIMEOUT)?;
+    let config = config().replace(
+        &format!("servers = [{}]", {
+            SERVERS
+                .iter()
+                .map(|ip| format!("{{ addr = \"{ip}:8080\", weight = 1 }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+        &format!("servers = [{{ addr = \"{}:8080\", weight = 1 }}]", SERVERS[0]),
+    );
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let target: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    let echoed = xlb_tests::traffic::in_ns(&t.client, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&target, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: www.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            ensure!(s.read(&mut byte)? == 1, "closed during the 101: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        ensure!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut echoed = Vec::new();
+        for i in 0..50 {
+            let msg = format!("frame {i} {}\n", "x".repeat(i * 20));
+            s.write_all(msg.as_bytes())?;
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got)?;
+            echoed.push(String::from_utf8_lossy(&got).into_owned() == msg);
+        }
+        Ok(echoed)
+    })?;
+    ensure!(
+        echoed.iter().all(|ok| *ok),
+        "every message echoed through the tunnel: {echoed:?}"
+    );
+    let l7 = wait_until_ok(TIMEOUT, "the tunnel counted", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["counts"]["tunnels"].as_u64() == Some(1), "{l7}");
+        Ok(l7)
+    })?;
+    ensure!(l7["counts"]["responses_1xx"].as_u64() == Some(1), "{l7}");
+    Ok(())
+}
+
+#[test]
+fn two_workers_hand_segments_to_the_owner_of_each_connection() -> Result<()> {
+    let t = TwoArm::new("l7twoq", &SERVERS, 2)?;
+    let _nginx = nginx(&t.lab, &t.servers)?;
+    let config = config().replace("queues = [0]\ncores = [0]", "queues = [0, 1]\ncores = [0, 1]");
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let url = format!("http://{VIP}/");
+    for i in 0..24 {
+        let answer = curl(&t.client, &[&url, &url])?;
+        ensure!(answer.lines().count() == 2, "connection {i}: {answer:?}");
+    }
+    let l7 = wait_until_ok(TIMEOUT, "48 requests counted", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["counts"]["requests"].as_u64() == Some(48), "{l7}");
+        Ok(l7)
+    })?;
+    ensure!(
+        l7["counts"]["handed_off"].as_u64() > Some(0),
+        "segments reached the other worker's queue: {l7}"
+    );
+    ensure!(l7["counts"]["handoff_full"].as_u64() == Some(0), "{l7}");
+    Ok(())
+}

@@ -486,6 +486,10 @@ fn count(c: &mut L7Counters, event: Event) {
             });
         }
         Event::Aborted => c.bump(L7Count::Aborted),
-        Event::Tunnelled => c.bump(L7Count::Tunnels),
+        Event::Tunnelled => {
+            // The 101 that opened the tunnel is the exchange's final response.
+            c.bump(L7Count::Tunnels);
+            c.bump(L7Count::Status1xx);
+        }
     }
 }
