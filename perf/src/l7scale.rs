@@ -142,6 +142,28 @@ pub fn measure(connections: usize, segments: usize) -> Result<L7ScalePoint> {
     })
 }
 
+/// Measures every size in `sizes` with `segments` requests each: a table on stderr, JSON on stdout.
+pub fn run(sizes: &[usize], segments: usize) -> Result<()> {
+    eprintln!(
+        "{:>12} {:>14} {:>16} {:>16}",
+        "connections", "ns/segment", "CPU ns/segment", "ns/handshake"
+    );
+    let mut points = Vec::new();
+    for &n in sizes {
+        let p = measure(n, segments)?;
+        eprintln!(
+            "{:>12} {:>14.1} {:>16.1} {:>16.1}",
+            p.connections, p.ns_per_segment, p.cpu_ns_per_segment, p.ns_per_handshake
+        );
+        points.push(p.json());
+    }
+    println!(
+        "{}",
+        json!({ "scenario": "l7_scale", "segments": segments, "points": points })
+    );
+    Ok(())
+}
+
 fn thread_cpu_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec for the call to fill.

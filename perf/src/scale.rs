@@ -281,6 +281,33 @@ pub fn measure(sessions: usize, packets: usize, batch: usize) -> Result<ScalePoi
     })
 }
 
+/// Measures every size in `sizes`: a table on stderr, JSON on stdout.
+pub fn run(sizes: &[usize], packets: usize, batch: usize) -> Result<()> {
+    eprintln!(
+        "{:>10} {:>10} {:>14} {:>18} {:>16} {:>14}",
+        "sessions", "ns/packet", "CPU ns/packet", "ns/new session", "table B/session", "RSS B/session"
+    );
+    let mut points = Vec::new();
+    for &n in sizes {
+        let p = measure(n, packets, batch)?;
+        eprintln!(
+            "{:>10} {:>10.1} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
+            p.sessions,
+            p.ns_per_packet,
+            p.cpu_ns_per_packet,
+            p.ns_per_new_session,
+            p.table_bytes_per_session,
+            p.rss_bytes_per_session
+        );
+        points.push(p.json());
+    }
+    println!(
+        "{}",
+        json!({ "scenario": "conntrack_scale", "packets": packets, "batch": batch, "points": points })
+    );
+    Ok(())
+}
+
 fn per(d: Duration, n: usize) -> f64 {
     d.as_nanos() as f64 / n.max(1) as f64
 }

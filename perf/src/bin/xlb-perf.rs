@@ -345,29 +345,7 @@ fn conntrack_scale(args: &ScaleArgs) -> Result<()> {
     } else {
         (args.sizes.clone(), args.packets)
     };
-    eprintln!(
-        "{:>10} {:>10} {:>14} {:>18} {:>16} {:>14}",
-        "sessions", "ns/packet", "CPU ns/packet", "ns/new session", "table B/session", "RSS B/session"
-    );
-    let mut points = Vec::new();
-    for n in sizes {
-        let p = xlb_perf::scale::measure(n, packets, args.batch)?;
-        eprintln!(
-            "{:>10} {:>10.1} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
-            p.sessions,
-            p.ns_per_packet,
-            p.cpu_ns_per_packet,
-            p.ns_per_new_session,
-            p.table_bytes_per_session,
-            p.rss_bytes_per_session
-        );
-        points.push(p.json());
-    }
-    println!(
-        "{}",
-        serde_json::json!({ "scenario": "conntrack_scale", "packets": packets, "batch": args.batch, "points": points })
-    );
-    Ok(())
+    xlb_perf::scale::run(&sizes, packets, args.batch)
 }
 
 /// Options of `l7-scale`.
@@ -390,24 +368,7 @@ fn l7_scale(args: &L7ScaleArgs) -> Result<()> {
     } else {
         args.segments
     };
-    eprintln!(
-        "{:>12} {:>14} {:>16} {:>16}",
-        "connections", "ns/segment", "CPU ns/segment", "ns/handshake"
-    );
-    let mut points = Vec::new();
-    for &n in &args.sizes {
-        let p = xlb_perf::l7scale::measure(n, segments)?;
-        eprintln!(
-            "{:>12} {:>14.1} {:>16.1} {:>16.1}",
-            p.connections, p.ns_per_segment, p.cpu_ns_per_segment, p.ns_per_handshake
-        );
-        points.push(p.json());
-    }
-    println!(
-        "{}",
-        serde_json::json!({ "scenario": "l7_scale", "segments": segments, "points": points })
-    );
-    Ok(())
+    xlb_perf::l7scale::run(&args.sizes, segments)
 }
 
 fn xdp_loop(args: &XdpLoopArgs) -> Result<()> {
