@@ -106,6 +106,18 @@ port = 81
 protocol = "http"
 group = "dead"
 
+[[listener]]
+name = "mixed"
+vip = "{VIP}"
+port = 82
+protocol = "http"
+scheduler = "rr"
+group = "mixed"
+
+[[group]]
+name = "mixed"
+servers = [{{ addr = "{s1}:9", weight = 1 }}, {{ addr = "{s2}:8080", weight = 1 }}]
+
 [[group]]
 name = "web"
 servers = [{web}]
@@ -121,6 +133,8 @@ servers = [{dead}]
         web = servers(&SERVERS, 8080),
         api = servers(&SERVERS[2..], 8080),
         dead = servers(&SERVERS[..1], 9),
+        s1 = SERVERS[0],
+        s2 = SERVERS[1],
     )
 }
 
@@ -218,22 +232,30 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     // A server that refuses connections: a clear 502, not a hang or a reset.
     let dead = curl(&t.client, &["-i", &format!("http://{VIP}:81/")])?;
     ensure!(dead.starts_with("HTTP/1.1 502"), "{dead:?}");
+    // A group where one server refuses: GETs that meet it are sent to the other (no health check needed).
+    for _ in 0..4 {
+        let answer = curl(&t.client, &[&format!("http://{VIP}:82/")])?;
+        ensure!(answer.starts_with("s2 "), "{answer:?}");
+    }
 
-    // What the operator sees: requests, upstream reuse and the refusals, named.
+    // What the operator sees: requests, upstream reuse and the refusals, named. Counters are published every
+    // 100 ms: wait for the last answers to be counted.
     let l7 = wait_until_ok(TIMEOUT, "L7 counters", || {
         let l7 = xlb.stats()?["l7"].clone();
+        let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
+        ensure!(n("requests") == 21, "3 + 9 + download + upload + 3 api + 4 mixed: {l7}");
+        ensure!(n("local_answers") == 3, "redirect, 413 and 502: {l7}");
         ensure!(
-            l7["counts"]["requests"].as_u64() == Some(17),
-            "3 + 9 + download + upload + 3 api: {l7}"
+            n("responses_3xx") == 1 && n("responses_4xx") == 1 && n("responses_5xx") == 1,
+            "{l7}"
         );
+        // The dead group's request tried its one server MAX_CONNECT_ATTEMPTS (3) times; the mixed group's
+        // requests that met the refusing server were sent to the other one.
+        let (failed, retries) = (n("upstream_connect_failed"), n("retries"));
+        ensure!(failed >= 4 && failed == retries + 1, "{l7}");
         Ok(l7)
     })?;
-    ensure!(
-        l7["counts"]["local_answers"].as_u64() >= Some(3),
-        "redirect, 413 and 502: {l7}"
-    );
-    ensure!(l7["counts"]["upstream_connect_failed"].as_u64() == Some(1), "{l7}");
-    ensure!(l7["counts"]["responses_3xx"].as_u64() == Some(1), "{l7}");
+    ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
     let text = xlb.xlbctl(&["stats"]).context("xlbctl stats")?;
     ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
     Ok(())

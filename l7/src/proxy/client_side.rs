@@ -75,6 +75,11 @@ impl HttpProxy {
             sticky_server: None,
             response_started: false,
             request_done: false,
+            idempotent: matches!(
+                req.method.as_str(),
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
+            attempts: 1,
         };
         let max_body = self.cfg.max_body();
         if let BodyFraming::Length(n) = req.framing {

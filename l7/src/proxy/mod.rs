@@ -148,6 +148,8 @@ pub enum Event {
     Aborted,
     /// The connection became a tunnel.
     Tunnelled,
+    /// Connecting to a server failed or timed out and the idempotent request is sent to another.
+    Retried,
 }
 
 /// What every connection of a listener shares (immutable snapshot).
@@ -216,7 +218,16 @@ struct Exchange {
     response_started: bool,
     /// The whole request (head and body) was read from the client.
     request_done: bool,
+    /// The method is idempotent (RFC 9110 §9.2.2): the request may be sent to another server when connecting
+    /// fails.
+    idempotent: bool,
+    /// Upstream connections tried for this request.
+    attempts: u8,
 }
+
+/// Upstream connections tried for one idempotent request before answering 502/504 (NGINX's
+/// `proxy_next_upstream error timeout` with `proxy_next_upstream_tries 3`).
+pub const MAX_CONNECT_ATTEMPTS: u8 = 3;
 
 enum RequestPhase {
     /// Reading a request head (also while the previous response is in flight: pipelining).
@@ -405,12 +416,15 @@ impl HttpProxy {
 
     /// A connection asked for with `ConnectUpstream` failed, or an established one was reset.
     pub fn handle_upstream_failed(&mut self, now: Instant, id: UpstreamId, failure: UpstreamFailure) {
-        if self.upstream.as_ref().is_none_or(|u| u.id != id) {
+        let Some(failed) = self.upstream.take_if(|u| u.id == id) else {
             return;
-        }
-        self.upstream = None;
+        };
         self.upstream_deadline = None;
         self.events.push_back(Event::UpstreamFailed(failure));
+        if failure == UpstreamFailure::Refused && !failed.connected && self.retry_connect(now, failed.group) {
+            self.flush();
+            return;
+        }
         if self.exchange.is_some() {
             let status = if failure == UpstreamFailure::NoHealthyServer {
                 503
@@ -522,8 +536,15 @@ impl HttpProxy {
             if !self.closed && now >= at {
                 self.upstream_deadline = None;
                 self.events.push_back(Event::Timeout(timer));
+                let group = self.upstream.as_ref().map(|u| u.group);
+                let head = std::mem::take(&mut self.to_upstream);
                 self.drop_upstream();
-                self.fail_exchange(now, 504);
+                self.to_upstream = head;
+                let retried = timer == Timer::UpstreamConnect && group.is_some_and(|g| self.retry_connect(now, g));
+                if !retried {
+                    self.to_upstream.clear();
+                    self.fail_exchange(now, 504);
+                }
             }
         }
         self.flush();
@@ -587,6 +608,39 @@ impl HttpProxy {
             self.upstream_deadline = None;
             self.push(Action::CloseUpstream(up.id));
         }
+    }
+
+    /// After a connection to a server of `group` failed before it was established: asks for another one if the
+    /// request is idempotent, nothing of it went out, and attempts are left. The request head waits in
+    /// `to_upstream` as it did for the first connection.
+    fn retry_connect(&mut self, now: Instant, group: GroupId) -> bool {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return false;
+        };
+        if !exchange.idempotent || exchange.response_started || exchange.attempts >= MAX_CONNECT_ATTEMPTS {
+            return false;
+        }
+        exchange.attempts += 1;
+        let id = UpstreamId(self.next_upstream);
+        self.next_upstream = self.next_upstream.wrapping_add(1);
+        self.upstream = Some(Upstream {
+            id,
+            group,
+            server: None,
+            connected: false,
+        });
+        self.events.push_back(Event::Retried);
+        // A sticky server that failed is not insisted on.
+        self.push(Action::ConnectUpstream {
+            id,
+            group,
+            sticky_server: None,
+        });
+        self.upstream_deadline = Some((
+            now + secs(self.cfg.limits.upstream_connect_timeout_s),
+            Timer::UpstreamConnect,
+        ));
+        true
     }
 
     /// Releases the upstream connection if it is idle and reusable, else closes it.

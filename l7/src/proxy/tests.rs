@@ -716,6 +716,14 @@ fn upstream_failures() {
         h.client(GET);
         h.p.handle_upstream_failed(h.now, UpstreamId(0), f);
         h.drain();
+        if f == UpstreamFailure::Refused {
+            // A GET is tried on up to MAX_CONNECT_ATTEMPTS connections before the 502.
+            for id in 1..u32::from(MAX_CONNECT_ATTEMPTS) {
+                assert_eq!(h.connects.len(), id as usize + 1, "retry {id}");
+                h.p.handle_upstream_failed(h.now, UpstreamId(id), f);
+                h.drain();
+            }
+        }
         assert!(h.take_client().starts_with(&format!("HTTP/1.1 {status}\r\n")));
         assert!(
             !h.client_closed,
@@ -723,7 +731,12 @@ fn upstream_failures() {
         );
         assert!(h.events.contains(&Event::UpstreamFailed(f)));
         h.client(GET);
-        assert_eq!(h.connects.len(), 2, "next request, new upstream");
+        let tried = if f == UpstreamFailure::Refused {
+            MAX_CONNECT_ATTEMPTS as usize
+        } else {
+            1
+        };
+        assert_eq!(h.connects.len(), tried + 1, "next request, new upstream");
     }
     // Reset before the response: 502.
     let mut h = Harness::new();
@@ -813,12 +826,14 @@ fn timeouts() {
     assert!(!h.client_closed);
     h.advance(1);
     assert!(h.take_client().starts_with("HTTP/1.1 408 "));
-    // Upstream connect: 504.
+    // Upstream connect: 504 (after the retries of a GET).
     let mut h = Harness::new();
     h.client(GET);
-    h.advance(limits.upstream_connect_timeout_s);
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
+        h.advance(limits.upstream_connect_timeout_s);
+    }
     assert!(h.take_client().starts_with("HTTP/1.1 504 "));
-    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0), UpstreamId(1), UpstreamId(2)]);
     assert!(h.events.contains(&Event::Timeout(Timer::UpstreamConnect)));
     // No response: 504; the client connection is kept (request read whole).
     let mut h = Harness::new();
@@ -1091,4 +1106,38 @@ fn idle_upstreams_are_released_for_reuse_and_others_closed() {
     h.drain();
     assert!(h.released.is_empty());
     assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+}
+
+#[test]
+fn idempotent_requests_are_retried_when_connecting_fails() {
+    // A GET: the second connection gets the same request head; one Retried event per new attempt.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.p.handle_upstream_failed(h.now, UpstreamId(0), UpstreamFailure::Refused);
+    h.drain();
+    assert_eq!(h.connects.last(), Some(&(UpstreamId(1), GroupId(0), None)));
+    h.connected(1, 2);
+    assert!(h
+        .take_upstream(1)
+        .starts_with("GET /a HTTP/1.1\r\nHost: www.example.com\r\n"));
+    h.upstream(1, OK5);
+    assert!(h.take_client().ends_with("hello"));
+    assert_eq!(h.events.iter().filter(|e| **e == Event::Retried).count(), 1);
+
+    // A POST is not retried: 502 at once.
+    let mut h = Harness::new();
+    h.client(b"POST /a HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 3\r\n\r\nabc");
+    h.p.handle_upstream_failed(h.now, UpstreamId(0), UpstreamFailure::Refused);
+    h.drain();
+    assert!(h.take_client().starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.connects.len(), 1);
+
+    // A reset after the connection was established is not retried either (the request may have been seen).
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 0);
+    h.p.handle_upstream_failed(h.now, UpstreamId(0), UpstreamFailure::Reset);
+    h.drain();
+    assert!(h.take_client().starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.connects.len(), 1);
 }

@@ -46,6 +46,7 @@ l7_counts! {
     UpstreamReused => "upstream_reused": "Requests sent over an upstream connection taken from the idle pool.",
     NoHealthyServer => "no_healthy_server": "Requests whose group had no healthy server (503).",
     UpstreamConnectFailed => "upstream_connect_failed": "Upstream connections refused or not established in time (502/504).",
+    Retries => "retries": "Idempotent requests sent to another server after connecting failed or timed out.",
     UpstreamReset => "upstream_reset": "Upstream connections reset or closed mid-response (502 or an aborted response).",
     Timeouts => "timeouts": "Client or upstream timers that fired (408, 504, idle closes).",
     Aborted => "aborted": "Exchanges cut short by a connection closing mid-message.",

@@ -99,6 +99,8 @@ pub(super) struct Session {
     upstream_token: Token,
     /// The proxy timer the stage has filed for this session.
     pub timer_armed: Option<Instant>,
+    /// Servers whose connection failed for the current request (a retry goes elsewhere).
+    failed_servers: Vec<usize>,
 }
 
 impl Session {
@@ -115,6 +117,7 @@ impl Session {
             tunnel: false,
             upstream_token,
             timer_armed: None,
+            failed_servers: Vec::new(),
         }
     }
 
@@ -191,6 +194,7 @@ impl Session {
             let failure = if up.connected {
                 UpstreamFailure::Reset
             } else {
+                self.failed_servers.push(up.server);
                 UpstreamFailure::Refused
             };
             let id = up.id;
@@ -208,6 +212,7 @@ impl Session {
                 return false;
             }
             up.connected = true;
+            self.failed_servers.clear();
             let (id, server) = (up.id, up.server);
             self.proxy.handle_upstream_connected(now, id, ServerId(server as u32));
             return true;
@@ -302,6 +307,9 @@ impl Session {
                 Action::CloseClient => self.close_client = true,
                 Action::CloseUpstream(id) => {
                     if let Some(up) = self.upstream.take_if(|u| u.id == id) {
+                        if !up.connected {
+                            self.failed_servers.push(up.server); // the connect timed out
+                        }
                         io.host.close(io.now, up.conn);
                     }
                 }
@@ -378,7 +386,7 @@ impl Session {
     ) -> Result<(ConnId, usize, bool), NoUpstream> {
         let server = io
             .upstreams
-            .pick(group, sticky, self.client_addr)
+            .pick_avoiding(group, sticky, self.client_addr, &self.failed_servers)
             .ok_or(NoUpstream::NoHealthyServer)?;
         if let Some(conn) = io.upstreams.take_idle(io.now, io.host, group, server) {
             return Ok((conn, server, true));
@@ -486,6 +494,7 @@ fn count(c: &mut L7Counters, event: Event) {
             });
         }
         Event::Aborted => c.bump(L7Count::Aborted),
+        Event::Retried => c.bump(L7Count::Retries),
         Event::Tunnelled => {
             // The 101 that opened the tunnel is the exchange's final response.
             c.bump(L7Count::Tunnels);

@@ -197,6 +197,27 @@ impl Upstreams {
         g.scheduler.pick(&g.views, client)
     }
 
+    /// [`Upstreams::pick`], avoiding the servers in `failed` while another is available (a retry).
+    pub fn pick_avoiding(
+        &mut self,
+        group: GroupId,
+        sticky: Option<ServerId>,
+        client: SocketAddrV4,
+        failed: &[usize],
+    ) -> Option<usize> {
+        let sticky = sticky.filter(|s| !failed.contains(&(s.0 as usize)));
+        let servers = self.groups.get(group.0)?.servers.len();
+        let mut first = None;
+        for _ in 0..servers.max(1) {
+            let s = self.pick(group, sticky, client)?;
+            if !failed.contains(&s) {
+                return Some(s);
+            }
+            first.get_or_insert(s);
+        }
+        first
+    }
+
     /// A local port of this worker for a new connection from `local_ip` to `server` that no connection of
     /// `host` holds (rotating through the range, so a tuple is not reused while the server may still hold it).
     pub fn local_port(&mut self, host: &TcpHost, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u16> {
