@@ -114,6 +114,15 @@ protocol = "http"
 scheduler = "rr"
 group = "mixed"
 
+[[listener]]
+name = "sticky"
+vip = "{VIP}"
+port = 83
+protocol = "http"
+scheduler = "rr"
+group = "web"
+sticky = {{ mode = "insert", cookie = "XLBSRV", timeout_s = 600 }}
+
 [[group]]
 name = "mixed"
 servers = [{{ addr = "{s1}:9", weight = 1 }}, {{ addr = "{s2}:8080", weight = 1 }}]
@@ -238,12 +247,31 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         ensure!(answer.starts_with("s2 "), "{answer:?}");
     }
 
+    // Sticky sessions (insert): the first answer sets a cookie naming the server; requests on new connections
+    // that carry it stay on that server although the scheduler is rr.
+    let jar = t.lab.dir().join("cookies.txt").display().to_string();
+    let sticky_url = format!("http://{VIP}:83/");
+    let first = curl(&t.client, &["-c", &jar, &sticky_url])?;
+    let server = first.split_whitespace().next().unwrap_or("").to_string();
+    let cookies = std::fs::read_to_string(&jar)?;
+    ensure!(cookies.contains("XLBSRV"), "no sticky cookie set: {cookies:?}");
+    for _ in 0..6 {
+        let again = curl(&t.client, &["-b", &jar, &sticky_url])?;
+        ensure!(
+            again.starts_with(&format!("{server} ")),
+            "sticky to {server}: {again:?}"
+        );
+    }
+
     // What the operator sees: requests, upstream reuse and the refusals, named. Counters are published every
     // 100 ms: wait for the last answers to be counted.
     let l7 = wait_until_ok(TIMEOUT, "L7 counters", || {
         let l7 = xlb.stats()?["l7"].clone();
         let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
-        ensure!(n("requests") == 21, "3 + 9 + download + upload + 3 api + 4 mixed: {l7}");
+        ensure!(
+            n("requests") == 28,
+            "3 + 9 + download + upload + 3 api + 4 mixed + 7 sticky: {l7}"
+        );
         ensure!(n("local_answers") == 3, "redirect, 413 and 502: {l7}");
         ensure!(
             n("responses_3xx") == 1 && n("responses_4xx") == 1 && n("responses_5xx") == 1,
