@@ -279,6 +279,9 @@ pub struct L7 {
     pub connections: u64,
     /// Idle upstream connections kept for reuse.
     pub idle_upstreams: u64,
+    /// Bytes of socket buffers of the in-stack connections.
+    #[serde(default)]
+    pub buffer_bytes: u64,
     /// Share of relayed responses that needed no new upstream connection.
     pub upstream_reuse: f64,
 }

@@ -260,9 +260,10 @@ fn print_stats(doc: &StatsDoc) {
     }
     if let Some(l7) = &doc.l7 {
         out!(
-            "\nl7: {} sessions, {} connections, {} idle upstreams, upstream reuse {:.1} %",
+            "\nl7: {} sessions, {} connections ({} KiB of buffers), {} idle upstreams, upstream reuse {:.1} %",
             l7.sessions,
             l7.connections,
+            l7.buffer_bytes / 1024,
             l7.idle_upstreams,
             l7.upstream_reuse * 100.0
         );

@@ -59,6 +59,9 @@ pub struct L7Config {
     pub max_connections: usize,
     /// Receive and send buffer of each in-stack TCP connection (bytes each way).
     pub socket_buffer_bytes: usize,
+    /// Receive and send buffer of a half-open connection, and of a kept-alive one between requests (bytes
+    /// each way): a SYN flood or many idle clients cost this, not `socket_buffer_bytes`.
+    pub idle_buffer_bytes: usize,
     /// Idle upstream connections kept per server and worker for reuse (0: none kept). NGINX `keepalive`.
     pub upstream_keepalive: usize,
     /// An idle kept upstream connection is closed after this long. NGINX `keepalive_timeout` (upstream).
@@ -79,6 +82,7 @@ impl Default for L7Config {
             local_port_max: 65_535,
             max_connections: 65_536,
             socket_buffer_bytes: 32 * 1024,
+            idle_buffer_bytes: 4096,
             upstream_keepalive: 32,
             upstream_idle_timeout_s: 60,
         }
@@ -118,6 +122,12 @@ impl L7Config {
             return Err(format!(
                 "l7.socket_buffer_bytes: {} is outside 4096..=4194304",
                 self.socket_buffer_bytes
+            ));
+        }
+        if !(1024..=self.socket_buffer_bytes).contains(&self.idle_buffer_bytes) {
+            return Err(format!(
+                "l7.idle_buffer_bytes: {} is outside 1024..=socket_buffer_bytes ({})",
+                self.idle_buffer_bytes, self.socket_buffer_bytes
             ));
         }
         if self.upstream_keepalive > 4096 {

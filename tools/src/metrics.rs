@@ -596,6 +596,11 @@ fn l7_families(d: &StatsDoc) -> Vec<Family> {
             "Idle upstream connections kept for reuse.",
             l7.idle_upstreams,
         ),
+        (
+            "xlb_l7_buffer_bytes",
+            "Bytes of socket buffers of L7's in-stack connections (small while half-open or idle).",
+            l7.buffer_bytes,
+        ),
     ] {
         let mut f = Family::new(name, help);
         f.sample(vec![], value);

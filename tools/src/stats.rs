@@ -188,6 +188,7 @@ pub fn l7(runtime: &L4Runtime) -> Option<xlb_api::stats::L7> {
         sessions: total.sessions,
         connections: total.connections,
         idle_upstreams: total.idle_upstreams,
+        buffer_bytes: total.buffer_bytes,
         upstream_reuse: total.upstream_reuse(),
     })
 }

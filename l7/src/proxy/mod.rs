@@ -345,6 +345,17 @@ impl HttpProxy {
         self.closed
     }
 
+    /// Whether the connection is between requests: nothing of a request read, no exchange in progress, nothing
+    /// to send (its buffers can shrink).
+    pub fn is_waiting(&self) -> bool {
+        !self.closed
+            && self.exchange.is_none()
+            && self.head.is_empty()
+            && self.to_client.is_empty()
+            && matches!(self.request, RequestPhase::Head)
+            && !self.tunnelled
+    }
+
     /// Whether client bytes would be consumed now (offer unconsumed bytes again when this turns true).
     pub fn wants_client_bytes(&self) -> bool {
         if self.closed {

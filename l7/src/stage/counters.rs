@@ -71,6 +71,8 @@ pub struct L7Counters {
     pub connections: u64,
     /// Idle upstream connections kept for reuse.
     pub idle_upstreams: u64,
+    /// Bytes of socket buffers of the in-stack connections.
+    pub buffer_bytes: u64,
 }
 
 impl Default for L7Counters {
@@ -80,6 +82,7 @@ impl Default for L7Counters {
             sessions: 0,
             connections: 0,
             idle_upstreams: 0,
+            buffer_bytes: 0,
         }
     }
 }
@@ -104,6 +107,7 @@ impl L7Counters {
         self.sessions += other.sessions;
         self.connections += other.connections;
         self.idle_upstreams += other.idle_upstreams;
+        self.buffer_bytes += other.buffer_bytes;
     }
 
     /// Share of relayed responses that needed no new upstream connection (1.0 when there were none).
@@ -120,7 +124,7 @@ impl L7Counters {
 #[derive(Debug)]
 pub struct SharedL7Counters {
     counts: [AtomicU64; L7Count::COUNT],
-    gauges: [AtomicU64; 3],
+    gauges: [AtomicU64; 4],
 }
 
 impl Default for SharedL7Counters {
@@ -138,7 +142,11 @@ impl SharedL7Counters {
         for (slot, v) in self.counts.iter().zip(c.counts) {
             slot.store(v, Relaxed);
         }
-        for (slot, v) in self.gauges.iter().zip([c.sessions, c.connections, c.idle_upstreams]) {
+        for (slot, v) in self
+            .gauges
+            .iter()
+            .zip([c.sessions, c.connections, c.idle_upstreams, c.buffer_bytes])
+        {
             slot.store(v, Relaxed);
         }
     }
@@ -151,6 +159,7 @@ impl SharedL7Counters {
             sessions: g(0),
             connections: g(1),
             idle_upstreams: g(2),
+            buffer_bytes: g(3),
         }
     }
 }

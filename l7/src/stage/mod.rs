@@ -141,6 +141,7 @@ impl L7Stage {
             rx_buffer: limits.socket_buffer_bytes,
             tx_buffer: limits.socket_buffer_bytes,
             max_connections: limits.max_connections,
+            idle_buffer: limits.idle_buffer_bytes,
             ..TcpConfig::default()
         };
         let ports = limits.local_port_min..=limits.local_port_max;
@@ -379,6 +380,7 @@ impl L7Stage {
         self.counters.sessions = self.sessions as u64;
         self.counters.connections = self.host.len() as u64;
         self.counters.idle_upstreams = self.upstreams.idle_count() as u64;
+        self.counters.buffer_bytes = self.host.counters().buffer_bytes;
         self.shared.publish(&self.counters);
         if now.saturating_duration_since(self.warned.0) >= WARN_INTERVAL {
             self.warn(&self.warned.1.clone());

@@ -155,6 +155,14 @@ impl Session {
                 break;
             }
         }
+        if !self.client_closed {
+            // Large buffers while a request is in progress, small ones between requests.
+            let busy = !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel;
+            io.host.set_busy(self.client, busy);
+            if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
+                io.host.set_busy(up.conn, busy); // the kept upstream of an idle client is idle too
+            }
+        }
         if self.close_client && self.client_out.is_empty() && !self.client_closed {
             io.host.close(io.now, self.client);
             self.client_closed = true;
@@ -323,7 +331,9 @@ impl Session {
                         let kept = up.out.is_empty()
                             && !up.eof
                             && io.upstreams.keep_idle(io.now, up.group, up.server, up.conn);
-                        if !kept {
+                        if kept {
+                            io.host.set_busy(up.conn, false);
+                        } else {
                             io.host.close(io.now, up.conn);
                         }
                     }
@@ -349,6 +359,7 @@ impl Session {
                     io.counters.bump(L7Count::UpstreamConnects);
                 }
                 io.host.set_token(conn, self.upstream_token.encode());
+                io.host.set_busy(conn, true);
                 self.upstream = Some(Upstream {
                     id,
                     conn,

@@ -265,6 +265,12 @@ fn requests_are_proxied_over_kept_alive_connections_on_both_sides() {
     assert!(seen.contains("X-Real-IP: 198.18.0.1\r\n"), "{seen}");
     assert_eq!(w.counters().get(L7Count::Requests), 2);
     assert_eq!(w.counters().get(L7Count::UpstreamConnects), 1);
+    w.advance(Duration::from_millis(500)); // delayed ACKs: nothing left in flight
+    assert_eq!(
+        w.stack.handler().host.counters().buffer_bytes,
+        2 * 2 * 4096,
+        "between requests the client and its upstream connection hold idle-size buffers"
+    );
 
     // The client leaves; the next client's request reuses the kept upstream connection.
     w.client.close(w.now, c);

@@ -48,6 +48,9 @@ pub struct TcpConfig {
     pub rx_buffer: usize,
     /// Send buffer per connection (bytes).
     pub tx_buffer: usize,
+    /// Receive and send buffer of a connection that is not busy: half-open, or idle between requests
+    /// ([`TcpHost::set_busy`]). Busy connections get `rx_buffer` / `tx_buffer` once their buffers are empty.
+    pub idle_buffer: usize,
     /// Connections at most (SYNs beyond are refused).
     pub max_connections: usize,
     /// Time for a handshake to complete (accepted or connecting), after which the connection is aborted.
@@ -63,6 +66,7 @@ impl Default for TcpConfig {
         TcpConfig {
             rx_buffer: 64 * 1024,
             tx_buffer: 64 * 1024,
+            idle_buffer: 4096,
             max_connections: 65_536,
             handshake_timeout: Duration::from_secs(10),
             close_timeout: Duration::from_secs(30),
@@ -103,6 +107,8 @@ pub struct TcpCounters {
     pub segments_out: u64,
     /// Segments received for a connection.
     pub segments_in: u64,
+    /// Bytes of socket buffers held by the open connections (a gauge).
+    pub buffer_bytes: u64,
 }
 
 struct Conn {
@@ -120,6 +126,10 @@ struct Conn {
     /// Closed by the application: what the peer still sends is read and discarded (a lingering close, as
     /// NGINX does), so a client still uploading sees the response and our FIN instead of a zero window.
     discard: bool,
+    /// Holds the large buffers (else the idle-size ones).
+    large: bool,
+    /// Should hold the large buffers (busy); applied as soon as its buffers are empty.
+    want_large: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,9 +306,12 @@ impl TcpHost {
         }
     }
 
-    fn new_socket(&self) -> tcp::Socket<'static> {
-        let rx = tcp::SocketBuffer::new(vec![0u8; self.config.rx_buffer]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; self.config.tx_buffer]);
+    /// A socket with idle-size buffers (a half-open connection costs little).
+    fn new_socket(&mut self) -> tcp::Socket<'static> {
+        let n = self.config.idle_buffer;
+        self.counters.buffer_bytes += 2 * n as u64;
+        let rx = tcp::SocketBuffer::new(vec![0u8; n]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; n]);
         let mut socket = tcp::Socket::new(rx, tx);
         socket.set_congestion_control(CongestionControl::Cubic);
         socket.set_nagle_enabled(false);
@@ -316,6 +329,8 @@ impl TcpHost {
             wake: None,
             deadline: Some(deadline),
             discard: false,
+            large: false,
+            want_large: false,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -367,6 +382,40 @@ impl TcpHost {
         self.counters.connected += 1;
         self.after_change(now, index);
         Some(self.id(index))
+    }
+
+    /// Marks a connection busy (it gets the large buffers) or idle (the idle-size ones), applied as soon as its
+    /// buffers hold nothing: xlb never shrinks a window with data in it.
+    pub fn set_busy(&mut self, id: ConnId, busy: bool) {
+        if let Some(c) = self.conn(id) {
+            c.want_large = busy;
+        }
+        self.fit(id.index);
+    }
+
+    /// Swaps a connection's buffers to the size it should have, if they are empty.
+    fn fit(&mut self, index: u32) {
+        let (large_rx, large_tx, small) = (self.config.rx_buffer, self.config.tx_buffer, self.config.idle_buffer);
+        let Some(c) = self.slots[index as usize].conn.as_mut() else {
+            return;
+        };
+        if c.want_large == c.large || !matches!(c.socket.state(), State::Established | State::CloseWait) {
+            return;
+        }
+        let (rx, tx) = if c.want_large {
+            (large_rx, large_tx)
+        } else {
+            (small, small)
+        };
+        let fresh = (
+            tcp::SocketBuffer::new(vec![0u8; rx]),
+            tcp::SocketBuffer::new(vec![0u8; tx]),
+        );
+        if let Ok((old_rx, old_tx)) = c.socket.replace_buffers(fresh.0, fresh.1) {
+            c.large = c.want_large;
+            let before = (old_rx.capacity() + old_tx.capacity()) as u64;
+            self.counters.buffer_bytes = self.counters.buffer_bytes - before + (rx + tx) as u64;
+        }
     }
 
     /// The caller's token of a connection (0 until [`TcpHost::set_token`]).
@@ -444,6 +493,7 @@ impl TcpHost {
     /// it is closed.
     fn after_change(&mut self, now: Instant, index: u32) {
         let id = self.id(index);
+        self.fit(index);
         let Some(c) = self.slots[index as usize].conn.as_mut() else {
             return;
         };
@@ -510,6 +560,12 @@ impl TcpHost {
         };
         slot.generation = slot.generation.wrapping_add(1);
         self.by_tuple.remove(&c.tuple);
+        let held = if c.large {
+            self.config.rx_buffer + self.config.tx_buffer
+        } else {
+            2 * self.config.idle_buffer
+        };
+        self.counters.buffer_bytes -= held as u64;
         self.free.push(index);
         if c.token != 0 {
             // The owner learns that it is gone: its id no longer resolves.

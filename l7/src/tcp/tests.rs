@@ -206,3 +206,58 @@ fn egress_visits_only_connections_with_work() {
         "only the receiving connection may have to answer"
     );
 }
+
+#[test]
+fn half_open_and_idle_connections_hold_small_buffers_busy_ones_large() {
+    let now = Instant::now();
+    let config = TcpConfig {
+        rx_buffer: 65_536,
+        tx_buffer: 65_536,
+        idle_buffer: 2048,
+        max_connections: 2000,
+        ..TcpConfig::default()
+    };
+    // 1 000 SYNs never completed (a flood): 2 × 2 KiB each, not 2 × 64 KiB.
+    let mut server = TcpHost::new(config.clone(), now, 2);
+    let mut flood = TcpHost::new(config.clone(), now, 3);
+    for i in 0..1000u16 {
+        flood.connect(
+            now,
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, 1), 20_000 + i),
+            VIP.parse().unwrap(),
+            1,
+        );
+    }
+    for _ in 0..20 {
+        shuttle(now, &mut flood, &mut server, true); // 64 segments a call
+    }
+    assert_eq!(server.len(), 1000);
+    assert_eq!(server.counters().buffer_bytes, 1000 * 2 * 2048);
+
+    // A busy connection gets the large buffers once they are empty, carries more than the small window at
+    // once, and shrinks again when marked idle with nothing in flight.
+    let (mut client, mut server) = (TcpHost::new(config.clone(), now, 1), TcpHost::new(config, now, 2));
+    let (c, s) = open(now, &mut client, &mut server);
+    let small = server.counters().buffer_bytes;
+    server.set_busy(s, true);
+    client.set_busy(c, true);
+    assert_eq!(server.counters().buffer_bytes, small - 2 * 2048 + 2 * 65_536);
+    let data = vec![7u8; 40_000];
+    let mut sent = 0;
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        sent += client.socket(now, c).unwrap().send_slice(&data[sent..]).unwrap();
+        shuttle(now, &mut client, &mut server, false);
+        let mut buf = vec![0u8; 65_536];
+        let n = server.socket(now, s).unwrap().recv_slice(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        shuttle(now, &mut server, &mut client, false);
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    assert_eq!(got, data, "40 000 bytes through the large buffers");
+    server.set_busy(s, false);
+    assert_eq!(server.counters().buffer_bytes, small, "idle again: small buffers");
+    assert_eq!(server.state(s), Some(State::Established));
+}

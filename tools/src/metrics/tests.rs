@@ -135,6 +135,7 @@ fn document() -> StatsDoc {
             sessions: 2,
             connections: 3,
             idle_upstreams: 1,
+            buffer_bytes: 8192,
             upstream_reuse: 0.8,
         }),
         ha: None,

@@ -1552,6 +1552,23 @@ impl<'a> Socket<'a> {
         Some(self.ack_reply(ip_repr, repr))
     }
 
+    /// xlb patch: swaps the socket's buffers for `rx` and `tx` if both hold nothing (no data to read, nothing
+    /// unsent or unacknowledged, no out-of-order segments), returning the old ones; otherwise gives the new
+    /// ones back. The window scale negotiated at the handshake stays: see PATCHES.md.
+    #[allow(clippy::type_complexity)]
+    pub fn replace_buffers(
+        &mut self,
+        rx: SocketBuffer<'a>,
+        tx: SocketBuffer<'a>,
+    ) -> Result<(SocketBuffer<'a>, SocketBuffer<'a>), (SocketBuffer<'a>, SocketBuffer<'a>)> {
+        if !self.rx_buffer.is_empty() || !self.tx_buffer.is_empty() || !self.assembler.is_empty() {
+            return Err((rx, tx));
+        }
+        let old_rx = core::mem::replace(&mut self.rx_buffer, rx);
+        let old_tx = core::mem::replace(&mut self.tx_buffer, tx);
+        Ok((old_rx, old_tx))
+    }
+
     /// xlb patch: public so that a host which demultiplexes packets itself can drive one socket (see PATCHES.md).
     pub fn accepts(&self, _cx: &mut Context, ip_repr: &IpRepr, repr: &TcpRepr) -> bool {
         if self.state == State::Closed {
