@@ -167,7 +167,9 @@ fn sha256(path: &Path) -> Result<String> {
 fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     let t = TwoArm::new("l7", &SERVERS, 1)?;
     let _nginx = nginx(&t.lab, &t.servers)?;
-    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config())?;
+    let access_log = t.lab.dir().join("access.log");
+    let config = config().replace("[l7]\n", &format!("[l7]\naccess_log = \"{}\"\n", access_log.display()));
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
     let url = format!("http://{VIP}/");
 
     // Three requests on one kept-alive client connection: one server answers all three (the proxy keeps its
@@ -284,6 +286,22 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         Ok(l7)
     })?;
     ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
+    // The access log: one line per answered request, with the server that answered or `xlb`.
+    let log = wait_until_ok(TIMEOUT, "28 + 3 access-log lines", || {
+        let log = std::fs::read_to_string(&access_log)?;
+        ensure!(log.lines().count() == 31, "{log}");
+        Ok(log)
+    })?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(" web \"GET /big.bin\" 198.18.0.100 200 198.19.0.") && l.ends_with(" upstream")),
+        "{log}"
+    );
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("\"GET /a?b=1\" old.example.com 301 - ") && l.ends_with(" xlb")),
+        "{log}"
+    );
     let text = xlb.xlbctl(&["stats"]).context("xlbctl stats")?;
     ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
     Ok(())
