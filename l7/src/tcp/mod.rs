@@ -598,7 +598,9 @@ impl TcpHost {
             return wire::emit(out, &ip, &tcp, ttl);
         }
         self.set_now(now);
-        while let Some(index) = self.ready.pop_front() {
+        // Each queued connection is visited at most once per call (one that re-queues itself goes to the back).
+        for _ in 0..self.ready.len() {
+            let Some(index) = self.ready.pop_front() else { break };
             let cx = self.iface.context();
             let Some(c) = self.slots[index as usize].conn.as_mut() else {
                 continue;
