@@ -222,6 +222,20 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         "beyond l7.max_body_bytes: {big_up:?}"
     );
 
+    // Hostile requests get a clear answer and never reach a server: a smuggling attempt (two Content-Lengths)
+    // 400, a head beyond l7.max_header_bytes 431.
+    let smuggle = t.client.run_input(
+        "nc",
+        &["-q", "2", "-w", "5", VIP, "80"],
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
+    )?;
+    ensure!(smuggle.starts_with("HTTP/1.1 400 "), "{smuggle:?}");
+    let huge = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
+    let too_big = t
+        .client
+        .run_input("nc", &["-q", "2", "-w", "5", VIP, "80"], huge.as_bytes())?;
+    ensure!(too_big.starts_with("HTTP/1.1 431 "), "{too_big:?}");
+
     // Rules: by host to another group, and a redirect answered by xlb itself.
     for _ in 0..3 {
         let api = curl(&t.client, &["-H", "Host: api.example.com", &url])?;
@@ -274,9 +288,10 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
             n("requests") == 28,
             "3 + 9 + download + upload + 3 api + 4 mixed + 7 sticky: {l7}"
         );
-        ensure!(n("local_answers") == 3, "redirect, 413 and 502: {l7}");
+        ensure!(n("local_answers") == 5, "400, 431, redirect, 413 and 502: {l7}");
+        ensure!(n("client_refused") == 3, "400, 431 and 413: {l7}");
         ensure!(
-            n("responses_3xx") == 1 && n("responses_4xx") == 1 && n("responses_5xx") == 1,
+            n("responses_3xx") == 1 && n("responses_4xx") == 3 && n("responses_5xx") == 1,
             "{l7}"
         );
         // The dead group's request tried its one server MAX_CONNECT_ATTEMPTS (3) times; the mixed group's
@@ -287,9 +302,9 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     })?;
     ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
     // The access log: one line per answered request, with the server that answered or `xlb`.
-    let log = wait_until_ok(TIMEOUT, "28 + 3 access-log lines", || {
+    let log = wait_until_ok(TIMEOUT, "28 + 5 access-log lines", || {
         let log = std::fs::read_to_string(&access_log)?;
-        ensure!(log.lines().count() == 31, "{log}");
+        ensure!(log.lines().count() == 33, "{log}");
         Ok(log)
     })?;
     ensure!(
