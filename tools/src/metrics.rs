@@ -135,6 +135,16 @@ const WORKER_COUNTERS: &[Metric<doc::WorkerCounters>] = &[
         "xlb_icmp_unreachables_total",
         "ICMP destination-unreachable messages sent.",
     ),
+    (
+        |x: &doc::WorkerCounters| x.icmp_time_exceeded,
+        "xlb_icmp_time_exceeded_total",
+        "ICMP time-exceeded messages sent (packets to forward whose TTL ran out).",
+    ),
+    (
+        |x: &doc::WorkerCounters| x.reassembled,
+        "xlb_ipv4_reassembled_total",
+        "Fragmented IPv4 datagrams reassembled.",
+    ),
 ];
 
 /// Per-worker gauges of the stats document: (field, metric, help).
@@ -653,6 +663,8 @@ mod tests {
                 icmp_echo_replies: 8,
                 tcp_resets: 9,
                 icmp_unreachables: 10,
+                icmp_time_exceeded: 0,
+                reassembled: 0,
                 drops: [
                     ("tcp_no_listener".to_string(), tcp_no_listener),
                     ("not_our_mac".to_string(), 0),
