@@ -11,11 +11,13 @@
 //! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder) from the config.
 //! - [`placement`]: which interface carries a VIP, the floating IPs, the HA interface; the HA channel ends.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
+//! - [`fuzzing`]: the entry points of the fuzz targets (`fuzz/`) and of the corpus replay test.
 
 pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fuzzing;
 pub mod ha;
 pub mod ha_config;
 pub mod http;

@@ -18,7 +18,8 @@
 //!   sees RTTs well below that) is given up;
 //! - with every slot busy, the oldest incomplete datagram gives way to the new one (Linux evicts under memory
 //!   pressure), so a flood of lone fragments cannot block reassembly for longer than it keeps flooding;
-//! - a datagram larger than a frame (4 KiB with the Ethernet header) is refused: every fragment of it is dropped.
+//! - a datagram larger than a frame holds (3840 bytes with the Ethernet header: 3798 bytes of UDP payload) is
+//!   refused: every fragment of it is dropped.
 //!
 //! Every fragment that is not held ends as a drop counted by reason (`fragment_*`); fragments held by a datagram
 //! that is later given up are counted under the reason it was given up for.
@@ -33,8 +34,9 @@ use crate::wire::{checksum, Ipv4Addr, ETH_HEADER_LEN};
 pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Datagrams reassembled at once per worker.
 pub const DEFAULT_SLOTS: usize = 64;
-/// Largest reassembled frame (Ethernet header included): a UMEM frame.
-pub const DEFAULT_MAX_FRAME: usize = 4096;
+/// Largest reassembled frame (Ethernet header included): what a UMEM frame holds after the kernel's
+/// `XDP_PACKET_HEADROOM` (4096 - 256 bytes), so 3798 bytes of UDP payload.
+pub const DEFAULT_MAX_FRAME: usize = 4096 - 256;
 
 /// The settings of the reassembler.
 #[derive(Debug, Clone)]
