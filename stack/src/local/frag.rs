@@ -199,7 +199,7 @@ impl Reassembler {
             protocol: ip[9],
             id: u16::from_be_bytes([ip[4], ip[5]]),
         };
-        if payload_len == 0 || (more && payload_len % 8 != 0) || hl + end > 65535 {
+        if payload_len == 0 || (more && !payload_len.is_multiple_of(8)) || hl + end > 65535 {
             return Outcome::Drop(DropReason::FragmentInvalid);
         }
         let found = self.slots.iter().position(|s| s.state != State::Free && s.key == key);
