@@ -833,7 +833,8 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
         }
         let ip = &frame[ETH_HEADER_LEN..];
         let header_len = usize::from(ip[0] & 0x0f) * 4;
-        if ip[0] >> 4 != 4 || header_len < 20 {
+        // Fragments are reassembled before any stage sees them: nothing to load for them now.
+        if ip[0] >> 4 != 4 || header_len < 20 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
             return;
         }
         let meta = Ipv4Meta {
