@@ -10,8 +10,12 @@ use std::path::{Path, PathBuf};
 
 use xlb_tools::fuzzing;
 
-/// Mutations per target (unless `XLB_FUZZ_MUTATIONS` says otherwise).
-const MUTATIONS: usize = 300;
+/// Mutations per target (unless `XLB_FUZZ_MUTATIONS` says otherwise): fewer for the packet pipeline, whose
+/// every input builds two workers' pipelines (about 25 ms in a debug build), so the whole test stays within
+/// seconds.
+const PIPELINE_MUTATIONS: usize = 100;
+const CONTROL_MUTATIONS: usize = 1000;
+const CONFIG_MUTATIONS: usize = 1000;
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,13 +103,13 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
     v
 }
 
-/// Runs `target` on the corpus, then on `MUTATIONS` mutations of it; a panic fails the test with the input saved.
-fn exercise(name: &str, seed: u64, target: fn(&[u8])) {
+/// Runs `target` on the corpus, then on `mutations` mutations of it; a panic fails the test with the input saved.
+fn exercise(name: &str, seed: u64, mutations: usize, target: fn(&[u8])) {
     let corpus = corpus(name);
     let mutations = std::env::var("XLB_FUZZ_MUTATIONS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(MUTATIONS);
+        .unwrap_or(mutations);
     let mut rng = Rng(seed);
     let inputs = corpus
         .iter()
@@ -137,17 +141,27 @@ fn exercise(name: &str, seed: u64, target: fn(&[u8])) {
 
 #[test]
 fn packet_pipeline_corpus_and_mutations() {
-    exercise("packet_pipeline", 0x9e37_79b9_7f4a_7c15, fuzzing::packet_pipeline);
+    exercise(
+        "packet_pipeline",
+        0x9e37_79b9_7f4a_7c15,
+        PIPELINE_MUTATIONS,
+        fuzzing::packet_pipeline,
+    );
 }
 
 #[test]
 fn control_request_corpus_and_mutations() {
-    exercise("control_request", 0xd1b5_4a32_d192_ed03, fuzzing::control_request);
+    exercise(
+        "control_request",
+        0xd1b5_4a32_d192_ed03,
+        CONTROL_MUTATIONS,
+        fuzzing::control_request,
+    );
 }
 
 #[test]
 fn config_corpus_and_mutations() {
-    exercise("config", 0x8cb9_2ba7_2f3d_8dd7, fuzzing::config);
+    exercise("config", 0x8cb9_2ba7_2f3d_8dd7, CONFIG_MUTATIONS, fuzzing::config);
 }
 
 /// The mutator changes inputs (a replay of unchanged seeds would prove little).
