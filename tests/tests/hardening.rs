@@ -419,3 +419,86 @@ fn crafted_frames_that_may_not_open_a_flow_are_counted_refusals_and_clients_are_
     xlb.proc().check_running()?;
     Ok(())
 }
+
+/// An IPv4 fragment from the client to the VIP: `payload` at byte `offset` of datagram `id`'s payload.
+fn fragment(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    protocol: u8,
+    id: u16,
+    offset: usize,
+    more: bool,
+    payload: &[u8],
+) -> String {
+    let total = (20 + payload.len()) as u16;
+    let flags_frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&id.to_be_bytes());
+    ip.extend_from_slice(&flags_frag.to_be_bytes());
+    ip.extend_from_slice(&[64, protocol, 0, 0, 198, 18, 0, 1, 198, 18, 0, 100]);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let frame = [&dst_mac[..], &src_mac[..], &[0x08, 0x00], &ip, payload].concat();
+    frame.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Crafted fragments a reassembler must refuse: an overlap (the whole datagram is discarded, its later
+/// fragments too), a TCP first fragment too short for the TCP header, a piece that would end past 65535 bytes.
+/// Each is counted by name, nothing reaches a server, and clients are served after.
+#[test]
+fn crafted_bad_fragments_are_refused_by_name_and_clients_are_served() -> Result<()> {
+    let (t, xlb, _sinks) = lab("badfrags")?;
+    let (dst, src) = (t.lb.mac("ext0")?, t.client.mac("cli0")?);
+    // A UDP datagram to the dns listener: header (ports 40000 -> 53, length 48, no checksum) + 40 bytes.
+    let mut udp = vec![0x9c, 0x40, 0, 53, 0, 48, 0, 0];
+    udp.extend_from_slice(&[0x42; 40]);
+    let frames = [
+        // Datagram 1: bytes 0-23, then 16-31 (overlaps 16-23), then the rest: all three discarded.
+        fragment(dst, src, 17, 1, 0, true, &udp[..24]),
+        fragment(dst, src, 17, 1, 16, true, &udp[16..32]),
+        fragment(dst, src, 17, 1, 32, false, &udp[32..]),
+        // Datagram 2: a TCP first fragment of 8 bytes (ports, no flags), then its rest.
+        fragment(dst, src, 6, 2, 0, true, &[0x9c, 0x41, 0, 80, 0, 0, 0, 1]),
+        fragment(dst, src, 6, 2, 8, false, &[0; 12]),
+        // Datagram 3: a last piece at offset 65528 of 16 bytes (ping of death).
+        fragment(dst, src, 17, 3, 65528, false, &[0; 16]),
+    ];
+    let before = |r: &str| total(&xlb, &format!("drops.{r}"));
+    let (overlap0, tiny0, invalid0) = (
+        before("fragment_overlap")?,
+        before("fragment_tiny")?,
+        before("fragment_invalid")?,
+    );
+    let rawsend = workspace_bin("xlb-rawsend")?.display().to_string();
+    let mut args = vec!["cli0"];
+    args.extend(frames.iter().map(String::as_str));
+    t.client.run(&rawsend, &args)?;
+    wait_until_ok(Duration::from_secs(5), "the crafted fragments to be counted", || {
+        let overlap = before("fragment_overlap")? - overlap0;
+        let tiny = before("fragment_tiny")? - tiny0;
+        let invalid = before("fragment_invalid")? - invalid0;
+        ensure!(
+            (overlap, tiny, invalid) == (3, 2, 1),
+            "overlap {overlap} (expected 3), tiny {tiny} (2), invalid {invalid} (1)"
+        );
+        Ok(())
+    })?;
+    ensure!(total(&xlb, "reassembled")? == 0, "a crafted datagram was reassembled");
+    // Clients are served, fragmented datagrams included; the only connections are theirs.
+    let target: SocketAddr = format!("{VIP}:80").parse()?;
+    ensure!(in_ns(&t.client, move || hello(target))? == "s1");
+    let big = pattern(3000, 3);
+    ensure!(
+        exchange(&t.client, vec![big.clone()])? == vec![big],
+        "a fragmented datagram after them"
+    );
+    for l in 0..2 {
+        let n = conns_total(&xlb, l, 1)?;
+        ensure!(
+            n == 1,
+            "listener {l}: {n} connections, 1 expected (crafted fragments opened some)"
+        );
+    }
+    Ok(())
+}
