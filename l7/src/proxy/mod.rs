@@ -280,6 +280,8 @@ pub struct HttpProxy {
     /// The request being answered (method, target, host, start), for the access log.
     current: Option<(String, String, String, Instant)>,
     access: VecDeque<AccessRecord>,
+    /// The response just finished on a reusable connection: release it after the current read.
+    release_pending: bool,
     spare: Vec<Vec<u8>>,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
@@ -318,6 +320,7 @@ impl HttpProxy {
             events: VecDeque::new(),
             current: None,
             access: VecDeque::new(),
+            release_pending: false,
             spare: Vec::new(),
             to_client: Vec::new(),
             to_upstream: Vec::new(),
@@ -533,8 +536,12 @@ impl HttpProxy {
             // taken as the next request's response.
             self.events
                 .push_back(Event::UpstreamRefused(Refusal::UnsolicitedResponse));
+            self.release_pending = false;
             self.drop_upstream();
             used = data.len();
+        }
+        if std::mem::take(&mut self.release_pending) {
+            self.let_go_of_upstream();
         }
         self.advance(now);
         self.flush();

@@ -172,10 +172,15 @@ impl HttpProxy {
         };
         let request_done = self.exchange.as_ref().is_some_and(|e| e.request_done);
         self.upstream_deadline = None;
-        if !(upstream_reusable && request_done) {
+        self.exchange = None;
+        // The upstream connection goes back to the caller's pool after every exchange (NGINX's upstream
+        // keepalive): idle clients do not pin server connections, and each request is scheduled afresh.
+        if upstream_reusable && request_done {
+            // Released once the rest of this read is known to hold nothing more (`handle_upstream_bytes`).
+            self.release_pending = true;
+        } else {
             self.drop_upstream();
         }
-        self.exchange = None;
         // After the client's FIN, only complete requests it already sent are still served.
         if !keep_alive_client || !request_done || (self.client_eof && self.head_end.is_none()) {
             self.close_all();
