@@ -84,7 +84,7 @@ impl Default for L7Config {
             local_port_max: 65_535,
             max_connections: 65_536,
             socket_buffer_bytes: 32 * 1024,
-            idle_buffer_bytes: 4096,
+            idle_buffer_bytes: 1024,
             upstream_keepalive: 32,
             upstream_idle_timeout_s: 60,
             access_log: None,

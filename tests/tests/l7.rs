@@ -2,6 +2,7 @@
 //! them (two-arm lab, see `xlb_tests::topology`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
@@ -430,5 +431,109 @@ fn two_workers_hand_segments_to_the_owner_of_each_connection() -> Result<()> {
         "segments reached the other worker's queue: {l7}"
     );
     ensure!(l7["counts"]["handoff_full"].as_u64() == Some(0), "{l7}");
+    Ok(())
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .context("VmRSS")?;
+    Ok(kb * 1024)
+}
+
+#[test]
+fn ten_thousand_idle_keepalive_clients_cost_little_and_requests_still_flow() -> Result<()> {
+    use std::io::{Read, Write};
+    const CLIENTS: usize = 10_000;
+    let t = TwoArm::new("l7idle", &SERVERS, 1)?;
+    let _nginx = nginx(&t.lab, &t.servers)?;
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config())?;
+    let pid = xlb.proc().pid();
+    let before = rss(pid)?;
+    let target: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    // Every client sends one request and keeps its connection open, idle.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel::<Result<usize>>();
+    let client = t.client.clone();
+    let holder = std::thread::spawn(move || {
+        let run = || -> Result<Vec<std::net::TcpStream>> {
+            client.enter_current_thread()?;
+            let limit = libc::rlimit {
+                rlim_cur: 3 * CLIENTS as u64,
+                rlim_max: 3 * CLIENTS as u64,
+            };
+            // SAFETY: a valid rlimit struct for the call to read.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+            let mut streams = Vec::with_capacity(CLIENTS);
+            for i in 0..CLIENTS {
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&target, TIMEOUT).with_context(|| format!("client {i}"))?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.write_all(b"GET / HTTP/1.1\r\nHost: idle.example.com\r\n\r\n")?;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 512];
+                while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"\n") && got.len() > 40) {
+                    let n = s.read(&mut buf)?;
+                    ensure!(n > 0, "client {i}: closed: {:?}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&buf[..n]);
+                }
+                ensure!(
+                    got.starts_with(b"HTTP/1.1 200"),
+                    "client {i}: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+                streams.push(s);
+            }
+            Ok(streams)
+        };
+        match run() {
+            Ok(streams) => {
+                let _ = opened_tx.send(Ok(streams.len()));
+                let _ = rx.recv_timeout(Duration::from_secs(300)); // hold them until told
+                drop(streams);
+            }
+            Err(e) => {
+                let _ = opened_tx.send(Err(e));
+            }
+        }
+    });
+    let opened = opened_rx.recv_timeout(Duration::from_secs(300)).context("clients")??;
+    ensure!(opened == CLIENTS);
+    // With all of them held idle, new requests are served.
+    for _ in 0..5 {
+        let answer = curl(&t.client, &[&format!("http://{VIP}/")])?;
+        ensure!(answer.contains("xff=198.18.0.1"), "{answer:?}");
+    }
+    let l7 = wait_until_ok(TIMEOUT, "10 000 idle sessions", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["sessions"].as_u64() == Some(CLIENTS as u64), "{l7}");
+        ensure!(l7["counts"]["requests"].as_u64() == Some(CLIENTS as u64 + 5), "{l7}");
+        Ok(l7)
+    })?;
+    let after = rss(pid)?;
+    let buffers = l7["buffer_bytes"].as_u64().unwrap_or(u64::MAX);
+    let upstream_connects = l7["counts"]["upstream_connects"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{CLIENTS} idle keep-alive clients: {} B of socket buffers per client, resident memory grew by {} B per \
+         client; {upstream_connects} upstream connections for {} requests",
+        buffers / CLIENTS as u64,
+        after.saturating_sub(before) / CLIENTS as u64,
+        CLIENTS + 5
+    );
+    // Idle connections hold the idle-size buffers (1 KiB each way); the pool's few upstream connections too.
+    ensure!(buffers <= (CLIENTS as u64 + 200) * 2 * 1024, "{l7}");
+    ensure!(upstream_connects < 200, "idle clients pin no server connections: {l7}");
+    let _ = tx.send(());
+    holder.join().map_err(|_| anyhow::anyhow!("holder panicked"))?;
+    wait_until_ok(Duration::from_secs(30), "the sessions to end", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["sessions"].as_u64() == Some(0), "{l7}");
+        Ok(())
+    })?;
     Ok(())
 }

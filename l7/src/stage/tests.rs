@@ -269,7 +269,7 @@ fn requests_are_proxied_over_kept_alive_connections_on_both_sides() {
     w.advance(Duration::from_millis(500)); // delayed ACKs: nothing left in flight
     assert_eq!(
         w.stack.handler().host.counters().buffer_bytes,
-        2 * 2 * 4096,
+        2 * 2 * 1024,
         "between requests the client and its upstream connection hold idle-size buffers"
     );
 
