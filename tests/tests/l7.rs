@@ -19,7 +19,7 @@ fn nginx(lab: &Lab, ns: &Netns) -> Result<Proc> {
     let dir = lab.dir().join("nginx");
     let www = dir.join("www");
     std::fs::create_dir_all(&www)?;
-    let big: Vec<u8> = (0..1024 * 1024u32)
+    let big: Vec<u8> = (0..100 * 1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(www.join("big.bin"), &big)?;
@@ -31,7 +31,7 @@ fn nginx(lab: &Lab, ns: &Netns) -> Result<Proc> {
             format!(
                 "server {{ listen {ip}:8080; root {www};
                    location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
-                   location /upload {{ client_max_body_size 16m; return 200 \"got $content_length\\n\"; }} }}\n",
+                   location /upload {{ client_max_body_size 200m; return 200 \"got $content_length\\n\"; }} }}\n",
                 n = i + 1,
                 www = www.display()
             )
@@ -82,7 +82,7 @@ umem_frames = 8192
 ring_size = 1024
 
 [l7]
-max_body_bytes = 4194304
+max_body_bytes = 134217728
 
 [[listener]]
 name = "web"
@@ -191,23 +191,39 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     }
     ensure!(seen.len() == 3, "every server answered some of 9 connections: {seen:?}");
 
-    // A 1 MiB download streams through byte-exact; a 2 MiB upload reaches the server whole.
+    // A 100 MiB download streams through byte-exact; a 100 MiB upload reaches the server whole.
     let out = t.lab.dir().join("got.bin");
-    curl(&t.client, &["-o", &out.display().to_string(), &format!("{url}big.bin")])?;
+    let started = std::time::Instant::now();
+    // Bounded generously: a debug build moves some MB/s.
+    curl(
+        &t.client,
+        &[
+            "--max-time",
+            "240",
+            "-o",
+            &out.display().to_string(),
+            &format!("{url}big.bin"),
+        ],
+    )?;
+    eprintln!("100 MiB download through xlb: {:?}", started.elapsed());
     let want = sha256(&t.lab.dir().join("nginx/www/big.bin"))?;
     ensure!(sha256(&out)? == want, "the download differs from the file");
     let body = t.lab.dir().join("body.bin");
-    std::fs::write(&body, vec![b'x'; 2 * 1024 * 1024])?;
+    std::fs::write(&body, vec![b'x'; 100 * 1024 * 1024])?;
+    let started = std::time::Instant::now();
     let up = curl(
         &t.client,
         &[
+            "--max-time",
+            "240",
             "--data-binary",
             &format!("@{}", body.display()),
             &format!("{url}upload"),
         ],
     )?;
-    ensure!(up.trim() == "got 2097152", "upload: {up:?}");
-    std::fs::write(&body, vec![b'x'; 5 * 1024 * 1024])?;
+    ensure!(up.trim() == "got 104857600", "upload: {up:?}");
+    eprintln!("100 MiB upload through xlb: {:?}", started.elapsed());
+    std::fs::write(&body, vec![b'x'; 129 * 1024 * 1024])?;
     let big_up = curl(
         &t.client,
         &[
