@@ -31,6 +31,7 @@ fn nginx(lab: &Lab, ns: &Netns) -> Result<Proc> {
             format!(
                 "server {{ listen {ip}:8080; root {www};
                    location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
+                   location = /sess {{ add_header Set-Cookie \"JSESSIONID=abc{n}\"; return 200 \"s{n} cookie=$cookie_JSESSIONID\\n\"; }}
                    location /upload {{ client_max_body_size 200m; return 200 \"got $content_length\\n\"; }} }}\n",
                 n = i + 1,
                 www = www.display()
@@ -123,6 +124,15 @@ protocol = "http"
 scheduler = "rr"
 group = "web"
 sticky = {{ mode = "insert", cookie = "XLBSRV", timeout_s = 600 }}
+
+[[listener]]
+name = "rewrite"
+vip = "{VIP}"
+port = 84
+protocol = "http"
+scheduler = "rr"
+group = "web"
+sticky = {{ mode = "rewrite", cookie = "JSESSIONID" }}
 
 [[group]]
 name = "mixed"
@@ -287,11 +297,33 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     let server = first.split_whitespace().next().unwrap_or("").to_string();
     let cookies = std::fs::read_to_string(&jar)?;
     ensure!(cookies.contains("XLBSRV"), "no sticky cookie set: {cookies:?}");
-    for _ in 0..6 {
+    for _ in 0..100 {
         let again = curl(&t.client, &["-b", &jar, &sticky_url])?;
         ensure!(
             again.starts_with(&format!("{server} ")),
             "sticky to {server}: {again:?}"
+        );
+    }
+
+    // Sticky sessions (rewrite): the server's own session cookie comes back prefixed with xlb's token; with it
+    // a client stays on that server, and the server sees its own value again.
+    let jar = t.lab.dir().join("cookies-rewrite.txt").display().to_string();
+    let sess_url = format!("http://{VIP}:84/sess");
+    let first = curl(&t.client, &["-c", &jar, &sess_url])?;
+    let server = first.split_whitespace().next().unwrap_or("").to_string();
+    let cookies = std::fs::read_to_string(&jar)?;
+    let n = server.trim_start_matches('s');
+    ensure!(
+        cookies.contains("JSESSIONID")
+            && cookies.contains(&format!(".abc{n}"))
+            && !cookies.contains(&format!("\tabc{n}")),
+        "the server's cookie, prefixed: {cookies:?}"
+    );
+    for _ in 0..100 {
+        let again = curl(&t.client, &["-b", &jar, &sess_url])?;
+        ensure!(
+            again.trim() == format!("{server} cookie=abc{n}"),
+            "sticky to {server}, its own cookie value: {again:?}"
         );
     }
 
@@ -301,8 +333,8 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         let l7 = xlb.stats()?["l7"].clone();
         let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
         ensure!(
-            n("requests") == 28,
-            "3 + 9 + download + upload + 3 api + 4 mixed + 7 sticky: {l7}"
+            n("requests") == 223,
+            "3 + 9 + download + upload + 3 api + 4 mixed + 101 insert + 101 rewrite: {l7}"
         );
         ensure!(n("local_answers") == 5, "400, 431, redirect, 413 and 502: {l7}");
         ensure!(n("client_refused") == 3, "400, 431 and 413: {l7}");
@@ -318,9 +350,9 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     })?;
     ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
     // The access log: one line per answered request, with the server that answered or `xlb`.
-    let log = wait_until_ok(TIMEOUT, "28 + 5 access-log lines", || {
+    let log = wait_until_ok(TIMEOUT, "223 + 5 access-log lines", || {
         let log = std::fs::read_to_string(&access_log)?;
-        ensure!(log.lines().count() == 33, "{log}");
+        ensure!(log.lines().count() == 228, "{log}");
         Ok(log)
     })?;
     ensure!(
