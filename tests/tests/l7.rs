@@ -84,6 +84,7 @@ ring_size = 1024
 
 [l7]
 max_body_bytes = 134217728
+client_header_timeout_s = 2
 
 [[listener]]
 name = "web"
@@ -134,6 +135,17 @@ scheduler = "rr"
 group = "web"
 sticky = {{ mode = "rewrite", cookie = "JSESSIONID" }}
 
+[[listener]]
+name = "bad"
+vip = "{VIP}"
+port = 85
+protocol = "http"
+group = "bad"
+
+[[group]]
+name = "bad"
+servers = [{{ addr = "{s3}:9090", weight = 1 }}]
+
 [[group]]
 name = "mixed"
 servers = [{{ addr = "{s1}:9", weight = 1 }}, {{ addr = "{s2}:8080", weight = 1 }}]
@@ -155,6 +167,7 @@ servers = [{dead}]
         dead = servers(&SERVERS[..1], 9),
         s1 = SERVERS[0],
         s2 = SERVERS[1],
+        s3 = SERVERS[2],
     )
 }
 
@@ -180,6 +193,14 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     let _nginx = nginx(&t.lab, &t.servers)?;
     let access_log = t.lab.dir().join("access.log");
     let config = config().replace("[l7]\n", &format!("[l7]\naccess_log = \"{}\"\n", access_log.display()));
+    let script = t.lab.dir().join("bad_server.py");
+    std::fs::write(&script, BAD_SERVER)?;
+    let _bad = t.lab.spawn(
+        &t.servers,
+        "python3",
+        &[&script.display().to_string(), SERVERS[2], "9090"],
+    )?;
+    t.servers.wait_tcp_listen(9090, TIMEOUT)?;
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
     let url = format!("http://{VIP}/");
 
@@ -262,6 +283,33 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         .run_input("nc", &["-q", "2", "-w", "5", VIP, "80"], huge.as_bytes())?;
     ensure!(too_big.starts_with("HTTP/1.1 431 "), "{too_big:?}");
 
+    // A slow client (slowloris) gets 408 after l7.client_header_timeout_s (2 s here).
+    let target: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    let slow = xlb_tests::traffic::in_ns(&t.client, move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect_timeout(&target, TIMEOUT)?;
+        s.set_read_timeout(Some(Duration::from_secs(8)))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")?;
+        let mut got = String::new();
+        s.read_to_string(&mut got)?;
+        Ok(got)
+    })?;
+    ensure!(slow.starts_with("HTTP/1.1 408 "), "{slow:?}");
+
+    // A server that dies mid-response: the client's transfer ends with an error at once, never a hang; one
+    // that resets before answering: 502.
+    let partial = t.client.output(
+        "curl",
+        &["-sS", "--max-time", "10", &format!("http://{VIP}:85/partial")],
+    )?;
+    let err = String::from_utf8_lossy(&partial.stderr);
+    ensure!(
+        !partial.status.success() && !err.contains("timed out"),
+        "an error, not a timeout: {err}"
+    );
+    let reset = curl(&t.client, &["-i", &format!("http://{VIP}:85/reset")])?;
+    ensure!(reset.starts_with("HTTP/1.1 502 "), "{reset:?}");
+
     // Rules: by host to another group, and a redirect answered by xlb itself.
     for _ in 0..3 {
         let api = curl(&t.client, &["-H", "Host: api.example.com", &url])?;
@@ -333,13 +381,20 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         let l7 = xlb.stats()?["l7"].clone();
         let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
         ensure!(
-            n("requests") == 223,
-            "3 + 9 + download + upload + 3 api + 4 mixed + 101 insert + 101 rewrite: {l7}"
+            n("requests") == 224,
+            "3 + 9 + download + upload + partial + 3 api + 4 mixed + 101 insert + 101 rewrite: {l7}"
         );
-        ensure!(n("local_answers") == 5, "400, 431, redirect, 413 and 502: {l7}");
+        ensure!(
+            n("local_answers") == 7,
+            "400, 431, 408, redirect, 413 and two 502s: {l7}"
+        );
         ensure!(n("client_refused") == 3, "400, 431 and 413: {l7}");
         ensure!(
-            n("responses_3xx") == 1 && n("responses_4xx") == 3 && n("responses_5xx") == 1,
+            n("timeouts") == 1 && n("aborted") == 1 && n("upstream_reset") == 2,
+            "408; partial; {l7}"
+        );
+        ensure!(
+            n("responses_3xx") == 1 && n("responses_4xx") == 4 && n("responses_5xx") == 2,
             "{l7}"
         );
         // The dead group's request tried its one server MAX_CONNECT_ATTEMPTS (3) times; the mixed group's
@@ -350,9 +405,9 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     })?;
     ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
     // The access log: one line per answered request, with the server that answered or `xlb`.
-    let log = wait_until_ok(TIMEOUT, "223 + 5 access-log lines", || {
+    let log = wait_until_ok(TIMEOUT, "224 + 7 access-log lines", || {
         let log = std::fs::read_to_string(&access_log)?;
-        ensure!(log.lines().count() == 228, "{log}");
+        ensure!(log.lines().count() == 231, "{log}");
         Ok(log)
     })?;
     ensure!(
@@ -369,6 +424,30 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
     Ok(())
 }
+
+/// A server that fails mid-way (Python, standard library): `/partial` sends half a response then resets the
+/// connection, `/reset` resets it before answering.
+const BAD_SERVER: &str = r#"
+import socket, struct, sys, threading
+def serve(c):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    if buf.startswith(b"GET /partial"):
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
 
 /// A WebSocket-like echo server (Python, standard library): answers an upgrade request with 101, then echoes.
 const UPGRADE_ECHO: &str = r#"
@@ -463,6 +542,14 @@ fn two_workers_hand_segments_to_the_owner_of_each_connection() -> Result<()> {
     let t = TwoArm::new("l7twoq", &SERVERS, 2)?;
     let _nginx = nginx(&t.lab, &t.servers)?;
     let config = config().replace("queues = [0]\ncores = [0]", "queues = [0, 1]\ncores = [0, 1]");
+    let script = t.lab.dir().join("bad_server.py");
+    std::fs::write(&script, BAD_SERVER)?;
+    let _bad = t.lab.spawn(
+        &t.servers,
+        "python3",
+        &[&script.display().to_string(), SERVERS[2], "9090"],
+    )?;
+    t.servers.wait_tcp_listen(9090, TIMEOUT)?;
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
     let url = format!("http://{VIP}/");
     for i in 0..24 {

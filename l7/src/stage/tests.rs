@@ -380,3 +380,23 @@ fn stray_segments_are_refused_and_idle_clients_closed() {
     );
     assert_eq!(w.stack.handler().sessions, 0);
 }
+
+#[test]
+fn a_slow_request_head_is_answered_408() {
+    let mut w = world();
+    let c = w.connect(40_000);
+    w.client
+        .socket(w.now, c)
+        .unwrap()
+        .send_slice(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    w.settle();
+    w.advance(Duration::from_secs(61)); // client_header_timeout_s: 60 by default
+    let mut buf = [0u8; 1024];
+    let n = w
+        .client
+        .socket(w.now, c)
+        .map_or(0, |s| s.recv_slice(&mut buf).unwrap_or(0));
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+}
