@@ -44,6 +44,29 @@ pub struct ListenerConfig {
     /// Interface the VIP is announced on (ARP); default: the one whose subnet holds the VIP, else the first.
     #[serde(default)]
     pub interface: Option<String>,
+    /// SYN flood defence of this listener (TCP FULLNAT only); default: `[l4] syn_proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_proxy: Option<SynProxyMode>,
+    /// Most connection entries (so FULLNAT local ports) this listener may hold on the node, split between
+    /// workers; default: `[l4] listener_max_conns` (0: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<usize>,
+}
+
+/// When xlb answers a FULLNAT TCP listener's SYNs itself with SYN cookies (the SYN proxy), instead of opening
+/// a connection entry, taking a local port and picking a server for every SYN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynProxyMode {
+    /// Never: every SYN opens an entry (as before).
+    Off,
+    /// When the listener's half-open entries (per worker) exceed `syn_proxy_threshold`, or the table or a local
+    /// port pool is above `pressure_percent` full; off again when the flood has stopped (with hysteresis).
+    #[default]
+    Auto,
+    /// Every SYN is answered with a cookie (costs the client's TCP options beyond MSS, and one round trip of
+    /// latency on the first data).
+    Always,
 }
 
 fn default_scheduler() -> SchedulerKind {
@@ -97,6 +120,17 @@ pub struct L4Config {
     pub timeouts: Timeouts,
     /// What happens to established connections of a server removed from its group (live changes).
     pub on_server_removed: RemovedServerPolicy,
+    /// SYN flood defence of TCP FULLNAT listeners (a listener's own `syn_proxy` overrides it).
+    pub syn_proxy: SynProxyMode,
+    /// `auto`: half-open (SYN_RECV) entries of one listener on one worker above which its SYN proxy switches on.
+    pub syn_proxy_threshold: u32,
+    /// Fill level (percent of the connection table, or of the fullest local port pool) above which the table
+    /// is under pressure: new half-open TCP and unanswered UDP entries get the short timeouts
+    /// (`timeouts.tcp_syn_recv_pressure`, `timeouts.udp_unanswered_pressure`) and `auto` SYN proxies switch on.
+    pub pressure_percent: u8,
+    /// Default cap on one listener's connection entries on the node (0: none); a listener's `max_conns`
+    /// overrides it.
+    pub listener_max_conns: usize,
 }
 
 impl Default for L4Config {
@@ -107,6 +141,10 @@ impl Default for L4Config {
             local_port_max: 60_999,
             timeouts: Timeouts::default(),
             on_server_removed: RemovedServerPolicy::Keep,
+            syn_proxy: SynProxyMode::Auto,
+            syn_proxy_threshold: 1000,
+            pressure_percent: 50,
+            listener_max_conns: 0,
         }
     }
 }
@@ -288,6 +326,28 @@ pub fn validate(
         return Err(format!(
             "l4.local_port_max: must be below {PROBE_PORT_BASE} (ports above are for health checks)"
         ));
+    }
+    if l4.pressure_percent == 0 || l4.pressure_percent > 100 {
+        return Err("l4.pressure_percent: must be 1-100".into());
+    }
+    if l4.syn_proxy_threshold == 0 {
+        return Err("l4.syn_proxy_threshold: must be at least 1".into());
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        let proxied = l.syn_proxy.is_some_and(|m| m != SynProxyMode::Off);
+        if proxied && (l.protocol != Proto::Tcp || l.forwarding != Forwarding::Fullnat) {
+            return Err(format!(
+                "listener[{i}] ({}).syn_proxy: only TCP FULLNAT listeners have a SYN proxy (the replies of DR \
+                 bypass xlb, and UDP has no handshake)",
+                l.name
+            ));
+        }
+        if l.max_conns == Some(0) {
+            return Err(format!(
+                "listener[{i}] ({}).max_conns: must be at least 1 (leave it out for no cap)",
+                l.name
+            ));
+        }
     }
     l4.timeouts.validate()
 }

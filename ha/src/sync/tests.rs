@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use xlb_l4::conn::{Conn, ConnState, FinSeen, Forwarding, Proto};
+use xlb_l4::conn::{Conn, ConnState, FinSeen, Forwarding, Proto, ProxyPhase};
 use xlb_stack::wire::EthernetAddress;
 
 use super::auth::MAC_LEN;
@@ -91,6 +91,7 @@ fn record(k: u32, variant: u64) -> ConnRecord {
         client_mac: EthernetAddress([2, 0, 0, 0, (k >> 8) as u8, k as u8]),
         client_packets: (variant % 100_000) as u32,
         remaining_ms: (variant % 900_000) as u32,
+        seq_delta: (!udp && !dr && variant & 32 != 0).then_some(variant as u32 ^ 0x9e37_79b9),
     }
 }
 
@@ -324,6 +325,9 @@ fn records_convert_to_and_from_connections() {
         client_mac: EthernetAddress([2, 0, 0, 0, 0, 9]),
         client_packets: 17,
         synced: true,
+        proxy: ProxyPhase::Translating,
+        seq_delta: 0xdead_beef,
+        answered: true,
     };
     let r = ConnRecord::from_conn(&conn, ms(119_900));
     assert_eq!(r.remaining_ms, 119_900);
@@ -396,7 +400,7 @@ fn batching_fills_messages_to_the_size_limit() {
                 records += r.len();
                 if r.len() == MAX_CONNS {
                     full += 1;
-                    assert_eq!(bytes.len(), HEADER_LEN + 30 * RECORD_LEN + MAC_LEN);
+                    assert_eq!(bytes.len(), HEADER_LEN + MAX_CONNS * RECORD_LEN + MAC_LEN);
                     assert!(bytes.len() + RECORD_LEN > MAX_MESSAGE_LEN, "room for one more record");
                 }
             }
@@ -412,9 +416,9 @@ fn batching_fills_messages_to_the_size_limit() {
     }
     assert!(matches!(decode(&sent[0]).body, Body::Heartbeat));
     assert_eq!((records, keys), (1000, 1000));
-    // 1000 / 30 → 34 messages, 1000 / 101 → 10: all but the two tails are full.
-    assert_eq!(sent.len() - 1, 34 + 10);
-    assert_eq!(full, 33 + 9);
+    // 1000 / 27 → 38 messages, 1000 / 101 → 10: all but the two tails are full.
+    assert_eq!(sent.len() - 1, 38 + 10);
+    assert_eq!(full, 37 + 9);
     assert_eq!(tx.counters().entries_sent, 2000);
     // No peer known: nothing is kept for retransmission.
     assert!(tx.is_idle());

@@ -1096,6 +1096,8 @@ fn web_with(servers: &[(SocketAddrV4, u32)], protocol: Proto, forwarding: Forwar
         forwarding,
         group: "web".into(),
         interface: None,
+        syn_proxy: None,
+        max_conns: None,
     };
     (listener, group)
 }
