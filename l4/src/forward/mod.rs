@@ -240,6 +240,9 @@ impl Forwarder {
             warnings: ExhaustionWarnings::default(),
         };
         f.index_endpoints();
+        for l in 0..f.listeners.len() {
+            f.update_guard(now, l); // `always` is on from the first packet
+        }
         f
     }
 

@@ -16,8 +16,10 @@
 //! sends before the server's SYN-ACK reaches xlb (with its ACK or just after) is dropped (`syn_proxy_pending`)
 //! and retransmitted by the client.
 //!
-//! Cookies carry an 8-bit counter of 64-second periods; the hash key of each period is random and rotated
-//! when the period ends, and a cookie is valid during its period and the next (64-128 s).
+//! A cookie is `period (8 bits) | hash (22 bits) | MSS index (2 bits)`: the hash is SipHash-2-4 of the 4-tuple,
+//! the client's ISN, the period and the MSS index under the period's key, so a forged ACK passes with
+//! probability 2^-22. Periods are 64 s; each period's key is random and rotated when the period ends, and a
+//! cookie is valid during its period and the next (64-128 s).
 
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
@@ -91,8 +93,9 @@ impl SynCookies {
         p
     }
 
-    fn hash(key: [u64; 2], client: SocketAddrV4, vip: SocketAddrV4, isn: u32, period: u32) -> u32 {
-        let mut m = [0u8; 20];
+    fn hash(key: [u64; 2], client: SocketAddrV4, vip: SocketAddrV4, isn: u32, period: u32, index: u32) -> u32 {
+        let mut m = [0u8; 21];
+        m[20] = index as u8;
         m[0..4].copy_from_slice(&client.ip().octets());
         m[4..6].copy_from_slice(&client.port().to_be_bytes());
         m[6..10].copy_from_slice(&vip.ip().octets());
@@ -115,7 +118,7 @@ impl SynCookies {
         let p = self.rotate(now);
         let mss = mss.unwrap_or(536);
         let index = MSS_TABLE.iter().rposition(|&m| m <= mss).unwrap_or(0);
-        let h = Self::hash(self.keys[0].1, client, vip, isn, p);
+        let h = Self::hash(self.keys[0].1, client, vip, isn, p, index as u32);
         let cookie = (p & 0xff) << 24 | (h & 0x3f_ffff) << 2 | index as u32;
         (cookie, MSS_TABLE[index])
     }
@@ -136,7 +139,7 @@ impl SynCookies {
             .iter()
             .find(|(p, _)| p & 0xff == cookie >> 24)
             .ok_or(CookieError::Expired)?;
-        let h = Self::hash(key, client, vip, isn, period);
+        let h = Self::hash(key, client, vip, isn, period, cookie & 3);
         if (cookie >> 2) & 0x3f_ffff != h & 0x3f_ffff {
             return Err(CookieError::Invalid);
         }
