@@ -60,8 +60,9 @@ pub struct ListenerConfig {
 pub enum SynProxyMode {
     /// Never: every SYN opens an entry (as before).
     Off,
-    /// When the listener's half-open entries (per worker) exceed `syn_proxy_threshold`, or the table or a local
-    /// port pool is above `pressure_percent` full; off again when the flood has stopped (with hysteresis).
+    /// When the listener's half-open entries (per worker) exceed `syn_proxy_threshold` (a tenth of it while the
+    /// table or a local port pool is above `pressure_percent` full); off again when the flood has stopped
+    /// (with hysteresis).
     #[default]
     Auto,
     /// Every SYN is answered with a cookie (costs the client's TCP options beyond MSS, and one round trip of
@@ -126,7 +127,8 @@ pub struct L4Config {
     pub syn_proxy_threshold: u32,
     /// Fill level (percent of the connection table, or of the fullest local port pool) above which the table
     /// is under pressure: new half-open TCP and unanswered UDP entries get the short timeouts
-    /// (`timeouts.tcp_syn_recv_pressure`, `timeouts.udp_unanswered_pressure`) and `auto` SYN proxies switch on.
+    /// (`timeouts.tcp_syn_recv_pressure`, `timeouts.udp_unanswered_pressure`) and `auto` SYN proxies switch on at
+    /// a tenth of `syn_proxy_threshold`.
     pub pressure_percent: u8,
     /// Default cap on one listener's connection entries on the node (0: none); a listener's `max_conns`
     /// overrides it.

@@ -425,7 +425,12 @@ impl Forwarder {
     /// After a new half-open entry of listener `l`: an `auto` SYN proxy switches on at once when the listener's
     /// half-open entries pass the threshold (not only at the next housekeeping turn: a flood fills ports fast).
     fn check_half_open(&mut self, now: Instant, l: usize) {
-        if self.listeners[l].half_open > self.defence.syn_proxy_threshold && !self.listeners[l].guard.engaged {
+        let threshold = if self.conns.under_pressure() {
+            (self.defence.syn_proxy_threshold / 10).max(1)
+        } else {
+            self.defence.syn_proxy_threshold
+        };
+        if self.listeners[l].half_open > threshold && !self.listeners[l].guard.engaged {
             self.update_guard(now, l);
         }
     }

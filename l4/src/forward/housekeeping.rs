@@ -61,7 +61,7 @@ impl Forwarder {
                     per_pool = ports.per_pool,
                     "connection table or local ports above [l4] pressure_percent ({pct}%): new half-open TCP and \
                      unanswered UDP entries get the short timeouts ([l4.timeouts] tcp_syn_recv_pressure, \
-                     udp_unanswered_pressure), auto SYN proxies switch on. If this is real load, not a flood: raise \
+                     udp_unanswered_pressure), auto SYN proxies switch on at a tenth of [l4] syn_proxy_threshold. If this is real load, not a flood: raise \
                      [l4] conn_table_size, add local IPs or widen the local port range"
                 );
             } else {
@@ -88,7 +88,13 @@ impl Forwarder {
     pub(super) fn update_guard(&mut self, now: Instant, l: usize) {
         let mode = self.syn_proxy_mode(l);
         let pressure = self.conns.under_pressure();
-        let threshold = self.defence.syn_proxy_threshold;
+        // Under pressure a tenth of the threshold will do: the ports or the table are running out. (Pressure
+        // alone does not switch it on: a table full of TIME_WAIT from real load is no flood.)
+        let threshold = if pressure {
+            (self.defence.syn_proxy_threshold / 10).max(1)
+        } else {
+            self.defence.syn_proxy_threshold
+        };
         let syn_recv_s = if pressure {
             self.conns.timeouts().tcp_syn_recv_pressure
         } else {
@@ -110,7 +116,7 @@ impl Forwarder {
             }
             SynProxyMode::Auto => listener
                 .guard
-                .update(now, half_open, threshold, pressure, syn_recv_s, sent, valid),
+                .update(now, half_open, threshold, syn_recv_s, sent, valid),
         };
         let name = listener.config.name.clone();
         match change {

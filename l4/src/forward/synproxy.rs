@@ -374,16 +374,15 @@ pub enum Change {
 }
 
 impl Guard {
-    /// Re-decides the auto mode at `now`: on when `half_open` exceeds `threshold` or `pressure` is set; off again
-    /// once it has been on for [`HOLD`], there is no pressure and the unanswered cookies of the last second,
-    /// kept half-open for `syn_recv_s`, would stay below half the threshold.
-    #[allow(clippy::too_many_arguments)]
+    /// Re-decides the auto mode at `now`: on when `half_open` exceeds `threshold` (the caller lowers it while the
+    /// table or local ports are under pressure); off again once it has been on for [`HOLD`] and the cookies of
+    /// the last second that no valid ACK answered, were they half-open entries living `syn_recv_s`, would stay
+    /// below half the threshold.
     pub fn update(
         &mut self,
         now: Instant,
         half_open: u32,
         threshold: u32,
-        pressure: bool,
         syn_recv_s: u32,
         cookies_sent: u64,
         cookies_valid: u64,
@@ -398,7 +397,7 @@ impl Guard {
             self.window_start = Some(now);
         }
         if !self.engaged {
-            if half_open > threshold || pressure {
+            if half_open > threshold {
                 self.engaged = true;
                 self.since = Some(now);
                 self.unanswered_per_s = 0;
@@ -408,7 +407,7 @@ impl Guard {
         }
         let held = self.since.is_some_and(|s| now >= s + HOLD);
         let quiet = self.unanswered_per_s * u64::from(syn_recv_s) < u64::from(threshold / 2);
-        if held && quiet && !pressure {
+        if held && quiet {
             self.engaged = false;
             self.since = None;
             return Some(Change::Off);
@@ -535,20 +534,27 @@ mod tests {
         let t0 = Instant::now();
         let mut g = Guard::default();
         let s = |n| t0 + Duration::from_secs(n);
-        assert_eq!(g.update(t0, 1000, 1000, false, 60, 0, 0), None, "at the threshold: off");
-        assert_eq!(g.update(s(1), 1001, 1000, false, 60, 0, 0), Some(Change::On));
+        assert_eq!(g.update(t0, 1000, 1000, 60, 0, 0), None, "at the threshold: off");
+        assert_eq!(g.update(s(1), 1001, 1000, 60, 0, 0), Some(Change::On));
         // The flood goes on against cookies: half-open entries drain, the proxy stays on.
         let mut sent = 0;
         for t in 2..30 {
             sent += 50_000;
-            assert_eq!(g.update(s(t), 0, 1000, false, 60, sent, 10), None, "second {t}");
+            assert_eq!(g.update(s(t), 0, 1000, 60, sent, 10), None, "second {t}");
         }
         // The flood stops: off after the first window without it (the hold time has long passed).
-        assert_eq!(g.update(s(30), 0, 1000, false, 60, sent, 10), Some(Change::Off));
+        assert_eq!(g.update(s(30), 0, 1000, 60, sent, 10), Some(Change::Off));
         assert!(!g.engaged);
-        // Pressure alone switches it on, and keeps it on.
-        assert_eq!(g.update(s(40), 0, 1000, true, 60, sent, 10), Some(Change::On));
-        assert_eq!(g.update(s(60), 0, 1000, true, 60, sent, 10), None);
-        assert_eq!(g.update(s(61), 0, 1000, false, 60, sent, 10), Some(Change::Off));
+        // A flood that would keep 500 half-open entries (10 a second for 60 s) keeps it on after the hold time;
+        // legitimate handshakes (valid cookies) do not count.
+        assert_eq!(g.update(s(40), 2000, 1000, 60, sent, 10), Some(Change::On));
+        for t in 41..60 {
+            sent += 1000 + 10;
+            assert_eq!(
+                g.update(s(t), 0, 1000, 60, sent, 10 + (t - 40) * 1000),
+                None,
+                "second {t}"
+            );
+        }
     }
 }
