@@ -27,6 +27,8 @@ const CLIENT_THREADS: usize = 4;
 const HELLOS_PER_THREAD: usize = 25;
 /// `[l4] syn_proxy_threshold` of the lab.
 const THRESHOLD: u64 = 100;
+/// `max_conns` of the listener without SYN proxy.
+const CAP: u64 = 300;
 
 fn config() -> String {
     let servers = SERVERS
@@ -78,6 +80,16 @@ port = 81
 protocol = "tcp"
 scheduler = "rr"
 group = "web"
+
+[[listener]]
+name = "capped"
+vip = "{VIP}"
+port = 82
+protocol = "tcp"
+scheduler = "rr"
+group = "web"
+syn_proxy = "off"
+max_conns = {CAP}
 
 [[group]]
 name = "web"
@@ -132,7 +144,7 @@ fn syn_frame(macs: ([u8; 6], [u8; 6]), src: Ipv4Addr, sport: u16, dst: Ipv4Addr,
     f
 }
 
-/// Sends spoofed SYNs to the VIP's ports 80 and 81 on `iface` (AF_PACKET) until `stop` is set or `MAX_FLOOD`
+/// Sends spoofed SYNs to the VIP's ports 80, 81 and 82 on `iface` (AF_PACKET) until `stop` is set or `MAX_FLOOD`
 /// frames are out; returns how many were sent. Sources cycle through 198.18.128.0/17 with varying ports.
 fn flood(iface: &str, macs: ([u8; 6], [u8; 6]), stop: &AtomicBool, sent: &AtomicU64) -> Result<u64> {
     let name = std::ffi::CString::new(iface)?;
@@ -156,7 +168,7 @@ fn flood(iface: &str, macs: ([u8; 6], [u8; 6]), stop: &AtomicBool, sent: &Atomic
                 src,
                 1024 + (i % 60_000) as u16,
                 vip,
-                80 + (i % 2) as u16,
+                80 + (i % 3) as u16,
                 i.wrapping_mul(2_654_435_761),
             );
             let r = libc::sendto(
@@ -281,13 +293,15 @@ fn a_spoofed_syn_flood_takes_no_local_ports_and_kernel_clients_are_served() -> R
     let auto = listener(&stats, "auto")?;
     eprintln!(
         "flood: {flooded} SYNs sent; always: {} cookies sent, {} valid, {} entries; auto: {} cookies sent, {} \
-         valid, {} entries; local ports in use {}",
+         valid, {} entries; capped: {} entries, {} refused; local ports in use {}",
         u(&always, "syn_cookies_sent"),
         u(&always, "syn_cookies_valid"),
         u(&always, "conns_total"),
         u(&auto, "syn_cookies_sent"),
         u(&auto, "syn_cookies_valid"),
         u(&auto, "conns_total"),
+        u(&listener(&stats, "capped")?, "conns_total"),
+        listener(&stats, "capped")?["drops"]["listener_conn_limit"],
         stats["l4"]["local_ports"]["in_use"]
     );
     // The flood reached xlb and was answered with cookies, on both listeners.
@@ -315,8 +329,15 @@ fn a_spoofed_syn_flood_takes_no_local_ports_and_kernel_clients_are_served() -> R
         "always proxy not on"
     );
     let ports = u(&stats["l4"]["local_ports"], "in_use");
+    // `capped` (no SYN proxy): the flood took its cap's worth of entries and ports, no more; the rest was
+    // refused by name, and the other listeners kept their ports.
+    let capped = listener(&stats, "capped")?;
     ensure!(
-        ports <= 2 * legit + 10 + THRESHOLD + 1,
+        u(&capped, "conns_total") == CAP && capped["drops"]["listener_conn_limit"].as_u64() >= Some(1_000),
+        "capped: {capped}"
+    );
+    ensure!(
+        ports <= 2 * legit + 10 + THRESHOLD + 1 + CAP,
         "{ports} local ports in use: the flood took ports"
     );
     ensure!(xlb.total("drops.local_ports_exhausted")? == 0, "local ports exhausted");
