@@ -505,7 +505,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // The counter byte right (as an attacker can see it), the rest guessed.
-                let cookie = (x as u32 & 0x00ff_ffff) | (0 << 24);
+                let cookie = x as u32 & 0x00ff_ffff;
                 c.check(t0, sa([198, 18, 1, 1], *i as u16), vip, x as u32, cookie)
                     .is_ok()
             })

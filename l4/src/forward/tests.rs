@@ -1772,6 +1772,7 @@ fn packets_that_cannot_open_a_flow_are_counted_drops_and_get_no_entry() {
 }
 
 /// A TCP frame with the given sequence and acknowledgement numbers (and options), checksums valid.
+#[allow(clippy::too_many_arguments)]
 fn segment(
     src: SocketAddrV4,
     dst: SocketAddrV4,
