@@ -254,7 +254,8 @@ fn header_and_body_fields_are_validated() {
         ("record proto", Box::new(|b| b[HEADER_LEN] = 1)),
         ("record forwarding", Box::new(|b| b[HEADER_LEN + 1] = 0)),
         ("record state", Box::new(|b| b[HEADER_LEN + 2] = 7)),
-        ("record flags", Box::new(|b| b[HEADER_LEN + 3] = 4)),
+        ("record flags", Box::new(|b| b[HEADER_LEN + 3] = 8)),
+        ("record seq delta without its flag", Box::new(|b| b[HEADER_LEN + 47] = 1)),
         (
             "record client ip",
             Box::new(|b| b[HEADER_LEN + 4..HEADER_LEN + 8].fill(0)),
@@ -367,8 +368,15 @@ fn records_convert_to_and_from_connections() {
     // Inconsistent records are refused before they reach the wire.
     let dr_with_local = ConnRecord {
         forwarding: Forwarding::Dr,
+        seq_delta: None,
         ..r
     };
+    let dr_with_delta = ConnRecord {
+        forwarding: Forwarding::Dr,
+        local: r.client,
+        ..r
+    };
+    assert_eq!(dr_with_delta.validate(), Err(RecordError { field: "flags" }));
     assert_eq!(dr_with_local.validate(), Err(RecordError { field: "local" }));
     let udp_with_tcp_state = ConnRecord { proto: Proto::Udp, ..r };
     assert_eq!(udp_with_tcp_state.validate(), Err(RecordError { field: "state" }));
@@ -611,7 +619,7 @@ fn random_and_mutated_input_never_panics() {
                 let len = HEADER_LEN + body + MAC_LEN;
                 rng.fill(&mut buf[..len]);
                 buf[..4].copy_from_slice(b"XLBS");
-                buf[4] = 1;
+                buf[4] = super::wire::VERSION;
                 buf[42..44].copy_from_slice(&(body as u16).to_be_bytes());
                 len
             }
