@@ -255,7 +255,10 @@ fn header_and_body_fields_are_validated() {
         ("record forwarding", Box::new(|b| b[HEADER_LEN + 1] = 0)),
         ("record state", Box::new(|b| b[HEADER_LEN + 2] = 7)),
         ("record flags", Box::new(|b| b[HEADER_LEN + 3] = 8)),
-        ("record seq delta without its flag", Box::new(|b| b[HEADER_LEN + 47] = 1)),
+        (
+            "record seq delta without its flag",
+            Box::new(|b| b[HEADER_LEN + 47] = 1),
+        ),
         (
             "record client ip",
             Box::new(|b| b[HEADER_LEN + 4..HEADER_LEN + 8].fill(0)),
