@@ -402,6 +402,27 @@ mod tests {
     }
 
     #[test]
+    fn flood_defence_keys_parse_with_their_defaults() {
+        let d: Doc = toml::from_str(BASE).unwrap();
+        assert_eq!(
+            (d.l4.syn_proxy, d.l4.syn_proxy_threshold, d.l4.pressure_percent),
+            (SynProxyMode::Auto, 1000, 50)
+        );
+        assert_eq!((d.listener[0].syn_proxy, d.listener[0].max_conns), (None, None));
+        let text = BASE.replace(
+            "forwarding = \"fullnat\"",
+            "forwarding = \"fullnat\"\n        syn_proxy = \"always\"\n        max_conns = 500",
+        ) + "\n[l4]\nsyn_proxy = \"off\"\nlistener_max_conns = 100\n";
+        check(&text).unwrap();
+        let d: Doc = toml::from_str(&text).unwrap();
+        assert_eq!(
+            (d.listener[0].syn_proxy, d.listener[0].max_conns),
+            (Some(SynProxyMode::Always), Some(500))
+        );
+        assert_eq!((d.l4.syn_proxy, d.l4.listener_max_conns), (SynProxyMode::Off, 100));
+    }
+
+    #[test]
     fn documented_example_is_valid() {
         check(BASE).unwrap();
         let d: Doc = toml::from_str(BASE).unwrap();
@@ -474,6 +495,33 @@ mod tests {
             (
                 format!("{BASE}\n[l4]\nconn_table_size = 0\n"),
                 "l4.conn_table_size: must be at least 1",
+            ),
+            (
+                BASE.replace(
+                    "forwarding = \"fullnat\"",
+                    "forwarding = \"dr\"\n        syn_proxy = \"auto\"",
+                )
+                .replace("198.19.0.2:8080", "198.19.0.2:80")
+                .replace("198.19.0.3:8080", "198.19.0.3:80"),
+                "listener[0] (web).syn_proxy: only TCP FULLNAT listeners",
+            ),
+            (
+                BASE.replace(
+                    "forwarding = \"fullnat\"",
+                    "forwarding = \"fullnat\"\n        max_conns = 0",
+                ),
+                "listener[0] (web).max_conns: must be at least 1",
+            ),
+            (format!("{BASE}\n[l4]\npressure_percent = 0\n"), "l4.pressure_percent"),
+            (format!("{BASE}\n[l4]\npressure_percent = 101\n"), "l4.pressure_percent"),
+            (
+                format!("{BASE}\n[l4]\nsyn_proxy_threshold = 0\n"),
+                "l4.syn_proxy_threshold",
+            ),
+            (format!("{BASE}\n[l4]\nsyn_proxy = \"sometimes\"\n"), "sometimes"),
+            (
+                format!("{BASE}\n[l4]\ntimeouts = {{ tcp_syn_recv_pressure = 0 }}\n"),
+                "l4.timeouts.tcp_syn_recv_pressure",
             ),
         ];
         for (text, expected) in cases {
