@@ -18,8 +18,9 @@ use xlb_tests::traffic::{hello, in_ns, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
-/// Most flood frames sent (the flood stops earlier when the clients are done).
+/// Most flood frames sent (the flood stops earlier when the clients are done and at least `MIN_FLOOD` are out).
 const MAX_FLOOD: u64 = 2_000_000;
+const MIN_FLOOD: u64 = 100_000;
 /// Flood frames sent back to back before a 1 ms pause (at most about 50 000 SYNs a second).
 const BURST: u64 = 50;
 /// Kernel clients per listener, and hellos per client thread.
@@ -144,8 +145,9 @@ fn syn_frame(macs: ([u8; 6], [u8; 6]), src: Ipv4Addr, sport: u16, dst: Ipv4Addr,
     f
 }
 
-/// Sends spoofed SYNs to the VIP's ports 80, 81 and 82 on `iface` (AF_PACKET) until `stop` is set or `MAX_FLOOD`
-/// frames are out; returns how many were sent. Sources cycle through 198.18.128.0/17 with varying ports.
+/// Sends spoofed SYNs to the VIP's ports 80, 81 and 82 on `iface` (AF_PACKET) until `stop` is set and
+/// `MIN_FLOOD` frames are out, or `MAX_FLOOD` are; returns how many were sent. Sources cycle through
+/// 198.18.128.0/17 with varying ports.
 fn flood(iface: &str, macs: ([u8; 6], [u8; 6]), stop: &AtomicBool, sent: &AtomicU64) -> Result<u64> {
     let name = std::ffi::CString::new(iface)?;
     // SAFETY: plain libc calls with valid arguments; the fd is closed before returning.
@@ -160,7 +162,7 @@ fn flood(iface: &str, macs: ([u8; 6], [u8; 6]), stop: &AtomicBool, sent: &Atomic
         addr.sll_halen = 6;
         let vip: Ipv4Addr = VIP.parse()?;
         let mut n = 0u64;
-        while n < MAX_FLOOD && !stop.load(Ordering::Relaxed) {
+        while n < MAX_FLOOD && !(n >= MIN_FLOOD && stop.load(Ordering::Relaxed)) {
             let i = n as u32;
             let src = Ipv4Addr::new(198, 18, 128 + ((i / 250) % 128) as u8, (i % 250) as u8 + 1);
             let frame = syn_frame(

@@ -464,7 +464,19 @@ impl Forwarder {
             return Handled::Reject(DropReason::ServerRemoved);
         }
         if self.conns.get(id).proxy == ProxyPhase::AwaitingServer {
-            // The client's handshake is done with xlb, the server's not yet: nothing can be translated.
+            // The client's handshake is done with xlb, the server's not yet: nothing can be translated. Its
+            // first segment with data waits for the server's SYN-ACK; others are sent again by the client.
+            let key = self.conns.get(id).client_key();
+            let data = frame.data();
+            let conns = &self.conns;
+            let waiting = |id: ConnId, key: &FlowKey| {
+                conns
+                    .live(id)
+                    .is_some_and(|c| c.client_key() == *key && c.proxy == ProxyPhase::AwaitingServer)
+            };
+            if synproxy::seq_len(data, l4) > 0 && self.held.hold(id, key, data, l4, waiting) {
+                return Handled::Verdict(Verdict::Consumed);
+            }
             return Handled::Verdict(Verdict::Drop(DropReason::SynProxyPending));
         }
         self.track(id, Dir::FromClient, frame.data(), l4);
@@ -578,8 +590,28 @@ impl Forwarder {
         let (l, s) = (usize::from(c.listener), usize::from(c.server));
         self.counters.servers[l][s].packets_out += 1;
         self.counters.servers[l][s].bytes_out += frame.len() as u64;
-        let len = synproxy::ack_to_server(frame.buffer_mut(), l4, c.local, c.backend);
-        frame.set_len(len);
+        let delta = self.conns.get(id).seq_delta;
+        match self.held.take(id, &c.client_key()) {
+            // The client's held segment carries the ACK that completes the server's handshake, and its data.
+            Some(held) if held.frame().len() <= frame.capacity() => {
+                let len = held.frame().len();
+                frame.buffer_mut()[..len].copy_from_slice(held.frame());
+                frame.set_len(len);
+                let hl4 = held.l4;
+                self.held.recycle(held);
+                nat::rewrite(frame.data_mut(), hl4, Proto::Tcp, c.local, c.backend);
+                synproxy::translate_to_server(frame.data_mut(), hl4, delta);
+                self.counters.servers[l][s].packets_in += 1;
+                self.counters.servers[l][s].bytes_in += len as u64;
+            }
+            other => {
+                if let Some(held) = other {
+                    self.held.recycle(held);
+                }
+                let len = synproxy::ack_to_server(frame.buffer_mut(), l4, c.local, c.backend);
+                frame.set_len(len);
+            }
+        }
         Some(deliver(now, frame, *c.backend.ip(), cx))
     }
 }

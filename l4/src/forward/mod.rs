@@ -156,6 +156,8 @@ pub struct Forwarder {
     warnings: ExhaustionWarnings,
     /// SYN cookie secrets (the SYN proxy).
     cookies: synproxy::SynCookies,
+    /// Client segments of SYN-proxied connections waiting for their server's SYN-ACK.
+    held: synproxy::HeldSegments,
     /// `[l4]` settings of the flood defences (they need a restart, like the rest of `[l4]`).
     defence: Defence,
 }
@@ -197,6 +199,7 @@ impl Forwarder {
         };
         let mut f = Forwarder {
             cookies: synproxy::SynCookies::new(now),
+            held: synproxy::HeldSegments::default(),
             defence,
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
             prefetched: batch::Prefetched::new(),

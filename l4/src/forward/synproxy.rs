@@ -12,21 +12,25 @@
 //!
 //! What the client loses: the SYN-ACK it gets carries only an MSS option (from a table of four, as Linux's
 //! cookies without timestamps), so window scaling, SACK and timestamps are not negotiated on proxied
-//! connections (the SYN to the server carries no such options either, so both ends agree). Data the client
-//! sends before the server's SYN-ACK reaches xlb (with its ACK or just after) is dropped (`syn_proxy_pending`)
-//! and retransmitted by the client.
+//! connections (the SYN to the server carries no such options either, so both ends agree). The first segment
+//! with data the client sends before the server's SYN-ACK reaches xlb (with its ACK or just after) is held and
+//! sent with the server's handshake ([`HeldSegments`]); further ones are dropped (`syn_proxy_pending`) and
+//! retransmitted by the client.
 //!
 //! A cookie is `period (8 bits) | hash (22 bits) | MSS index (2 bits)`: the hash is SipHash-2-4 of the 4-tuple,
 //! the client's ISN, the period and the MSS index under the period's key, so a forged ACK passes with
 //! probability 2^-22. Periods are 64 s; each period's key is random and rotated when the period ends, and a
 //! cookie is valid during its period and the next (64-128 s).
 
+use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use xlb_stack::wire::build;
 use xlb_stack::wire::checksum::{self, update32};
 use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN};
+
+use crate::conn::{ConnId, FlowKey};
 
 /// Length of a cookie period.
 pub const COOKIE_PERIOD: Duration = Duration::from_secs(64);
@@ -343,6 +347,113 @@ fn shift(frame: &mut [u8], l4: usize, at: usize, delta: u32) {
     t[16..18].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Most client segments held at once per worker ([`HeldSegments`]).
+pub const HELD_MAX: usize = 1024;
+/// Largest segment held (Ethernet frame length); longer ones are dropped and retransmitted by the client.
+pub const HELD_FRAME_MAX: usize = 2048;
+
+/// A client segment held for a SYN-proxied connection until the server's SYN-ACK.
+pub struct Held {
+    key: FlowKey,
+    buf: Vec<u8>,
+    /// Offset of the TCP header in `buf`.
+    pub l4: usize,
+}
+
+impl Held {
+    /// The frame as it arrived.
+    pub fn frame(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+/// The first segment with data a client sends on a SYN-proxied connection before the server's SYN-ACK (with its
+/// ACK, or right after it: the request of a client that speaks first) is held here, one per connection, and
+/// sent in place of the bare ACK that completes the server's handshake, so the first request does not wait for
+/// the client's retransmission. At most [`HELD_MAX`] are held per worker; what does not fit is dropped
+/// (`syn_proxy_pending`) and retransmitted by the client.
+#[derive(Default)]
+pub struct HeldSegments {
+    held: HashMap<ConnId, Held, ahash::RandomState>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl HeldSegments {
+    /// Holds a copy of `frame` (TCP header at `l4`) for connection `id` of flow `key`; false if it cannot (one is
+    /// held already, it is too long, or the store is full of live ones). `live` says whether an entry still
+    /// waits for its server (held segments of entries that went are reclaimed when the store is full).
+    pub fn hold(
+        &mut self,
+        id: ConnId,
+        key: FlowKey,
+        frame: &[u8],
+        l4: usize,
+        live: impl Fn(ConnId, &FlowKey) -> bool,
+    ) -> bool {
+        if frame.len() > HELD_FRAME_MAX || self.held.get(&id).is_some_and(|h| h.key == key) {
+            return false;
+        }
+        if self.held.len() >= HELD_MAX {
+            let spare = &mut self.spare;
+            self.held.retain(|id, h| {
+                let keep = live(*id, &h.key);
+                if !keep {
+                    spare.push(std::mem::take(&mut h.buf));
+                }
+                keep
+            });
+            if self.held.len() >= HELD_MAX {
+                return false;
+            }
+        }
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        if let Some(old) = self.held.insert(id, Held { key, buf, l4 }) {
+            self.spare.push(old.buf); // a stale one of an earlier entry in the same slot
+        }
+        true
+    }
+
+    /// The segment held for connection `id` of flow `key`, if any.
+    pub fn take(&mut self, id: ConnId, key: &FlowKey) -> Option<Held> {
+        let h = self.held.remove(&id)?;
+        if h.key == *key {
+            Some(h)
+        } else {
+            self.spare.push(h.buf);
+            None
+        }
+    }
+
+    /// Returns a taken segment's buffer for reuse.
+    pub fn recycle(&mut self, held: Held) {
+        self.spare.push(held.buf);
+    }
+
+    /// Segments held now.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
+/// Payload length of the TCP segment at `l4` in an Ethernet/IPv4 `frame` (by the IP total length: Ethernet
+/// padding is not payload), plus one for a FIN.
+pub fn seq_len(frame: &[u8], l4: usize) -> usize {
+    let total = usize::from(u16::from_be_bytes([
+        frame[ETH_HEADER_LEN + 2],
+        frame[ETH_HEADER_LEN + 3],
+    ]));
+    let header = usize::from(frame[l4 + 12] >> 4) * 4;
+    let payload = (ETH_HEADER_LEN + total).saturating_sub(l4 + header);
+    payload + usize::from(frame[l4 + 13] & 0x01)
+}
+
 /// The auto mode of one listener on one worker: whether its SYN proxy is on, and what decides it.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
@@ -512,6 +623,37 @@ mod tests {
             .count();
         // 2^-22 per guess: 200 000 guesses pass about 0.05 times.
         assert!(passed <= 1, "{passed} forged cookies passed");
+    }
+
+    #[test]
+    fn held_segments_are_one_per_connection_bounded_and_reclaimed_when_their_entry_went() {
+        let mut h = HeldSegments::default();
+        let key = |i: u16| FlowKey {
+            proto: crate::conn::Proto::Tcp,
+            src: sa([198, 18, 0, 1], i),
+            dst: sa([198, 18, 0, 100], 80),
+        };
+        let frame = [7u8; 80];
+        assert!(h.hold(1, key(1), &frame, 34, |_, _| true));
+        assert!(!h.hold(1, key(1), &frame, 34, |_, _| true), "one per connection");
+        assert!(
+            !h.hold(2, key(2), &[0; HELD_FRAME_MAX + 1], 34, |_, _| true),
+            "too long"
+        );
+        for i in 2..=HELD_MAX as u32 {
+            assert!(h.hold(i, key(i as u16), &frame, 34, |_, _| true));
+        }
+        assert_eq!(h.len(), HELD_MAX);
+        let big = HELD_MAX as u32 + 1;
+        assert!(!h.hold(big, key(0), &frame, 34, |_, _| true), "full of live ones");
+        // Entries 0..10 went (their slots may be reused): their segments make room.
+        assert!(h.hold(big, key(0), &frame, 34, |id, _| id >= 10));
+        assert_eq!(h.len(), HELD_MAX - 9 + 1);
+        // A segment is given only to the flow it was held for.
+        assert!(h.take(20, &key(21)).is_none());
+        let held = h.take(21, &key(21)).unwrap();
+        assert_eq!((held.frame(), held.l4), (&frame[..], 34));
+        h.recycle(held);
     }
 
     #[test]

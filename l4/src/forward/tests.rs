@@ -1886,11 +1886,16 @@ fn syn_proxy_opens_the_server_connection_on_a_valid_cookie_and_translates_both_w
     assert_eq!(s.handler().conns().len(), 1);
     assert_eq!(s.handler().listeners[0].half_open, 1);
 
-    // Data the client sends before the server answers is dropped (it retransmits).
+    // The first data the client sends before the server answers is held; more is dropped (it retransmits).
     let early = client_segment(ACK | 0x08, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"GET /");
+    assert_eq!(run(&mut s, now, 0, &early).0, Verdict::Consumed);
+    let more = client_segment(ACK | 0x08, CLIENT_ISN.wrapping_add(6), cookie.wrapping_add(1), b"x");
+    assert_eq!(run(&mut s, now, 0, &more).0, Verdict::Drop(DropReason::SynProxyPending));
+    let bare = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
     assert_eq!(
-        run(&mut s, now, 0, &early).0,
-        Verdict::Drop(DropReason::SynProxyPending)
+        run(&mut s, now, 0, &bare).0,
+        Verdict::Drop(DropReason::SynProxyPending),
+        "a bare ACK is not held"
     );
 
     // The server's SYN-ACK is answered by xlb: the server's handshake completes, the client sees nothing.
@@ -1911,8 +1916,11 @@ fn syn_proxy_opens_the_server_connection_on_a_valid_cookie_and_translates_both_w
     assert_eq!((src, dst), (local, backends()[0]));
     assert_eq!(
         tcp_of(&out),
-        (CLIENT_ISN.wrapping_add(1), SERVER_ISN.wrapping_add(1), ACK, None)
+        (CLIENT_ISN.wrapping_add(1), SERVER_ISN.wrapping_add(1), ACK, None),
+        "the held segment completes the server's handshake, its ack in the server's space"
     );
+    assert!(out.ends_with(b"GET /"));
+    assert_eq!(s.handler().held.len(), 0);
     let c = *s.handler().conns().iter().next().unwrap();
     assert_eq!(
         (c.state, c.proxy),
