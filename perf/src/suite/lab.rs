@@ -202,6 +202,44 @@ impl SuiteLab {
         Ok(TimeWaitCleared { found, how })
     }
 
+    /// The MACs of `lb`'s `ext0` and the client's `cli0` (a flood's destination and source).
+    pub fn client_link_macs(&self) -> Result<([u8; 6], [u8; 6])> {
+        Ok((self.lb.mac("ext0")?, self.client.mac("cli0")?))
+    }
+
+    /// Starts `xlb-bench ARGS --json` in the client namespace in the background (pinned to the generator core,
+    /// like the generator, so it takes the same CPU from both systems): the SYN flood beside a generator.
+    pub fn start_background(&self, args: &[String]) -> Result<Proc> {
+        let bench = self.bench.display().to_string();
+        let core = GENERATOR_CORE.to_string();
+        let mut argv: Vec<&str> = Vec::new();
+        let program = if self.pinned {
+            argv.extend(["-c", &core, &bench]);
+            "taskset"
+        } else {
+            &bench
+        };
+        argv.extend(args.iter().map(String::as_str));
+        argv.push("--json");
+        self.lab.spawn(&self.client, program, &argv)
+    }
+
+    /// Waits for a background run to end (at most `duration` plus the grace period) and returns its report.
+    pub fn finish_background(&self, proc: Proc, duration: Duration) -> Result<Value> {
+        let Some(status) = proc.wait_timeout(duration + GENERATOR_GRACE)? else {
+            proc.kill();
+            bail!(
+                "`{}` did not finish within {:?}",
+                proc.cmdline(),
+                duration + GENERATOR_GRACE
+            );
+        };
+        if !status.success() {
+            bail!("`{}` failed with {status}; stderr:\n{}", proc.cmdline(), proc.stderr());
+        }
+        parse_report(&proc.stdout(), proc.cmdline())
+    }
+
     /// Runs `xlb-bench ARGS --json` once from the client namespace without CPU accounting or pinning, for
     /// probes; bounded by the lab's command timeout.
     pub fn probe(&self, args: &[&str]) -> Result<Value> {

@@ -206,6 +206,9 @@ fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>
     Ok((runs, records, pinned))
 }
 
+/// How long a SYN flood runs before the generator beside it starts.
+const FLOOD_LEAD: Duration = Duration::from_secs(1);
+
 /// Checks that traffic flows through `system`, then runs every scenario once.
 fn run_scenarios(
     lab: &SuiteLab,
@@ -220,11 +223,40 @@ fn run_scenarios(
         check_stop(stop)?;
         let run = match scenario.intervals(opts.quick) {
             None => {
+                let what = || format!("{} through {}", scenario.name(), system.kind().name());
                 let args = scenario.generator_args(opts.duration);
-                let run = lab
-                    .run_generator(&args, opts.duration, system.pid())
-                    .with_context(|| format!("{} through {}", scenario.name(), system.kind().name()))?;
+                // A flood beside the generator starts first and ends with it.
+                let flood_for = opts.duration + FLOOD_LEAD;
+                let flood = match scenario.flood_args(flood_for, lab.client_link_macs()?) {
+                    Some(flood_args) => {
+                        let proc = lab.start_background(&flood_args).with_context(what)?;
+                        std::thread::sleep(FLOOD_LEAD);
+                        Some(proc)
+                    }
+                    None => None,
+                };
+                let run = lab.run_generator(&args, opts.duration, system.pid()).with_context(what);
+                let run = match (run, flood) {
+                    (Ok(mut run), Some(proc)) => {
+                        let report = lab.finish_background(proc, flood_for).with_context(what)?;
+                        if let Some(object) = run.report.as_object_mut() {
+                            object.insert("flood".into(), report);
+                        }
+                        run
+                    }
+                    (run, _) => run?,
+                };
                 system.check()?;
+                if let Some(flood) = run.report.get("flood") {
+                    progress(&format!(
+                        "  {} {}: flood of {} SYNs ({:.0}/s) from {} spoofed sources",
+                        scenario.name(),
+                        system.kind().name(),
+                        flood["sent"],
+                        flood["rate"].as_f64().unwrap_or(0.0),
+                        flood["sources"]
+                    ));
+                }
                 run
             }
             Some((count, secs)) => run_intervals(lab, system, scenario, count, secs, stop)?,
