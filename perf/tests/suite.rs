@@ -16,11 +16,12 @@ use xlb_tests::lab::{require_root, workspace_bin};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Scenario names and the headline metric of each, as in the results file.
-const SCENARIOS: [(&str, &str); 4] = [
+const SCENARIOS: [(&str, &str); 5] = [
     ("tcp_cps", "conns_per_s"),
     ("udp_pps_64", "pps"),
     ("latency", "p99_us"),
     ("tcp_cps_server_close", "conns_per_s"),
+    ("tcp_cps_synflood", "flood_sps"),
 ];
 
 /// Intervals of `tcp_cps_server_close` in quick mode.
@@ -142,6 +143,11 @@ fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
     for run in runs {
         ensure!(run["generator"].is_object(), "a run lacks its generator report: {run}");
         ensure!(run["cpu"]["lb_cpu_s"].is_number(), "a run lacks CPU seconds: {run}");
+        if run["scenario"] == "tcp_cps_synflood" {
+            // The flood ran beside the generator and its report is kept.
+            let flood = &run["generator"]["flood"];
+            ensure!(flood["sent"].as_u64() > Some(0), "no flood report: {run}");
+        }
         if run["scenario"] == "tcp_cps_server_close" {
             // One rate per interval, and connections closed by the server first: TIME_WAIT on the servers'
             // side (the client's holds only those of requests it gave up on).

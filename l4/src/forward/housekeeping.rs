@@ -118,7 +118,7 @@ impl Forwarder {
                 .guard
                 .update(now, half_open, threshold, syn_recv_s, sent, valid),
         };
-        let name = listener.config.name.clone();
+        let name = listener.config.name.as_str();
         match change {
             Some(synproxy::Change::On) if mode == SynProxyMode::Auto => tracing::warn!(
                 listener = name,

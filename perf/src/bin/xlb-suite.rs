@@ -41,7 +41,8 @@ struct Cli {
     /// Skip the raw AF_XDP loop reference (`xlb-perf xdp-loop`).
     #[arg(long)]
     no_raw_loop: bool,
-    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close. Default: all.
+    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close, tcp_cps_synflood.
+    /// Default: all.
     #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
 }
