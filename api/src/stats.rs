@@ -176,6 +176,10 @@ pub struct Listener {
     /// ACKs with a valid cookie: connections the SYN proxy opened to a server.
     #[serde(default)]
     pub syn_cookies_valid: u64,
+    /// Server answers to the proxy's SYN that acknowledged something else (the server held the tuple): reset,
+    /// and opened again by the client's retransmission.
+    #[serde(default)]
+    pub syn_proxy_server_resets: u64,
     /// Packets of the listener's flows dropped, by reason (non-zero reasons only).
     pub drops: BTreeMap<String, u64>,
     pub servers: Vec<Server>,

@@ -37,6 +37,9 @@ pub struct ListenerCounters {
     pub syn_cookies_valid: u64,
     /// Workers whose SYN proxy is on for this listener now (0 or 1 per worker; summed over workers).
     pub syn_proxy_on: u64,
+    /// Server answers to the proxy's SYN that acknowledged something else (the server held the tuple): reset,
+    /// the flow opened again by the client's retransmission.
+    pub syn_proxy_server_resets: u64,
     /// Packets of the listener's flows dropped or refused, by [`DropReason`] (also counted per worker).
     pub drops: [u64; DropReason::COUNT],
 }
@@ -54,6 +57,7 @@ impl Default for ListenerCounters {
             syn_cookies_sent: 0,
             syn_cookies_valid: 0,
             syn_proxy_on: 0,
+            syn_proxy_server_resets: 0,
             drops: [0; DropReason::COUNT],
         }
     }
@@ -78,7 +82,7 @@ pub struct ServerCounters {
     pub inactive: u64,
 }
 
-const LISTENER_FIELDS: usize = 10 + DropReason::COUNT;
+const LISTENER_FIELDS: usize = 11 + DropReason::COUNT;
 const SERVER_FIELDS: usize = 7;
 const GLOBAL_FIELDS: usize = 18;
 
@@ -146,6 +150,7 @@ impl L4Counters {
             a.syn_cookies_sent += b.syn_cookies_sent;
             a.syn_cookies_valid += b.syn_cookies_valid;
             a.syn_proxy_on += b.syn_proxy_on;
+            a.syn_proxy_server_resets += b.syn_proxy_server_resets;
             for (x, y) in a.drops.iter_mut().zip(&b.drops) {
                 *x += y;
             }
@@ -245,6 +250,7 @@ impl SharedL4Counters {
                 l.syn_cookies_sent,
                 l.syn_cookies_valid,
                 l.syn_proxy_on,
+                l.syn_proxy_server_resets,
             ] {
                 put(v);
             }
@@ -308,6 +314,7 @@ impl SharedL4Counters {
                 syn_cookies_sent: get(),
                 syn_cookies_valid: get(),
                 syn_proxy_on: get(),
+                syn_proxy_server_resets: get(),
                 drops: std::array::from_fn(|_| get()),
             };
             for s in servers.iter_mut() {

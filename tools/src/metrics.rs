@@ -188,6 +188,11 @@ const LISTENER_VALUES: &[Metric<doc::Listener>] = &[
         "xlb_listener_syn_cookies_valid_total",
         "ACKs with a valid SYN cookie: connections the SYN proxy opened to a server.",
     ),
+    (
+        |x: &doc::Listener| x.syn_proxy_server_resets,
+        "xlb_listener_syn_proxy_server_resets_total",
+        "Server answers to the SYN proxy's SYN that acknowledged something else (the server held the tuple): reset.",
+    ),
 ];
 
 /// Per-server gauges and counters of the stats document: (field, metric, help).

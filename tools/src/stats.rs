@@ -135,6 +135,7 @@ pub fn l4(runtime: &L4Runtime) -> L4 {
                 syn_proxy_on: lc.syn_proxy_on,
                 syn_cookies_sent: lc.syn_cookies_sent,
                 syn_cookies_valid: lc.syn_cookies_valid,
+                syn_proxy_server_resets: lc.syn_proxy_server_resets,
                 drops: DropReason::ALL
                     .iter()
                     .filter(|r| lc.drops[**r as usize] > 0)

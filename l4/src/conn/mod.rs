@@ -107,7 +107,8 @@ pub struct Conn {
     pub client_port: u8,
     /// MAC the client's packets came from (the client or the router before it); replies go to it.
     pub client_mac: EthernetAddress,
-    /// Packets seen from the client (HA syncs a session after a threshold).
+    /// Packets seen from the client (HA syncs a session after a threshold). While the SYN proxy awaits the
+    /// server's SYN-ACK ([`ProxyPhase::AwaitingServer`]), the client's ISN instead.
     pub client_packets: u32,
     /// Sent to the HA peers (so its expiry is announced too).
     pub synced: bool,

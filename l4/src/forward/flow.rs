@@ -362,8 +362,11 @@ impl Forwarder {
                     return self.forward_client(now, id, port, frame, l4, cx);
                 };
                 // The client's ACK (and any data with it: the client sends it again) becomes the server's SYN.
+                // Until the server answers, the entry's packet count holds the client's ISN, to check the
+                // server's SYN-ACK against.
                 let len = frame.len() as u64;
-                self.conns.get_mut(id).client_packets = 1;
+                let isn = synproxy::Segment::of(frame.data(), l4).seq.wrapping_sub(1);
+                self.conns.get_mut(id).client_packets = isn;
                 self.counters.listeners[l].packets_in += 1;
                 self.counters.listeners[l].bytes_in += len;
                 self.counters.servers[l][server].packets_in += 1;
@@ -559,7 +562,8 @@ impl Forwarder {
     /// The server's answer to the SYN the proxy sent for a client whose handshake xlb completed with a cookie:
     /// a SYN-ACK fixes the sequence delta and is answered with the ACK that completes the server's handshake
     /// (the client never sees it); an RST goes on to the client at the sequence number the client expects.
-    /// Anything else is dropped. `None`: forward the packet as translated.
+    /// Anything else (an ACK or a SYN-ACK that does not acknowledge our SYN) is answered with an RST and the entry
+    /// ends. `None`: forward the packet as translated.
     fn server_handshake(
         &mut self,
         now: Instant,
@@ -578,12 +582,26 @@ impl Forwarder {
             e.proxy = ProxyPhase::Translating;
             return None;
         }
-        if !(flags.syn && flags.ack) {
-            return Some(Verdict::Drop(DropReason::SynProxyPending));
+        let client_isn = c.client_packets; // while AwaitingServer (see `open_flow`)
+        if !(flags.syn && flags.ack && seg.ack == client_isn.wrapping_add(1)) {
+            // Not the answer to our SYN: the server holds another connection on the tuple (a request or a
+            // TIME_WAIT of an earlier client, which answers with an ACK or a SYN-ACK of its own). As a client
+            // would, reset it, and let the flow go: the client's next retransmission carries the cookie again
+            // and opens the flow anew, on a tuple the server no longer holds.
+            let ended = self.end_early(id);
+            self.release_port(now, &ended, Ending::Normal);
+            if let Some(held) = self.held.take(id, &ended.client_key()) {
+                self.held.recycle(held);
+            }
+            self.counters.listeners[usize::from(c.listener)].syn_proxy_server_resets += 1;
+            let len = synproxy::reset_to_server(frame.buffer_mut(), l4, c.local, c.backend);
+            frame.set_len(len);
+            return Some(deliver(now, frame, *c.backend.ip(), cx));
         }
         let e = self.conns.get_mut(id);
         e.seq_delta = cookie.wrapping_sub(seg.seq);
         e.proxy = ProxyPhase::Translating;
+        e.client_packets = 1;
         self.set_state(id, ConnState::Established);
         self.conns.touch(id, now);
         self.maybe_sync(id, now);

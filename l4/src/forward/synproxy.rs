@@ -326,6 +326,23 @@ pub fn ack_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: So
     write(buf, EthernetAddress([0; 6]), EthernetAddress([0; 6]), &b)
 }
 
+/// Rewrites a server's segment that does not answer the proxy's SYN into the RST that resets it (RFC 9293: a
+/// segment acknowledging what was not sent gets `<SEQ=SEG.ACK><CTL=RST>`), from `local` to `backend`. Returns
+/// the new length.
+pub fn reset_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: SocketAddrV4) -> usize {
+    let seg = Segment::of(buf, l4);
+    let b = Build {
+        src: local,
+        dst: backend,
+        seq: seg.ack,
+        ack: 0,
+        flags: 0x04,
+        window: 0,
+        mss: None,
+    };
+    write(buf, EthernetAddress([0; 6]), EthernetAddress([0; 6]), &b)
+}
+
 /// Server → client: adds `delta` to the sequence number of the TCP header at `l4`, checksum updated.
 pub fn translate_to_client(frame: &mut [u8], l4: usize, delta: u32) {
     shift(frame, l4, 4, delta);

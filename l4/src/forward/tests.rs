@@ -2235,3 +2235,31 @@ fn under_pressure_half_open_and_unanswered_udp_entries_get_short_timeouts() {
     assert_eq!(run(&mut u, now, 1, &reply).0, Verdict::Transmit(0));
     assert_eq!(timeout_of(&u, 3001), Duration::from_secs(300));
 }
+
+#[test]
+fn a_server_answer_that_is_not_for_the_proxied_syn_is_reset_and_the_client_retry_opens_the_flow_again() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+    let cookie = cookie_handshake(&mut s, now);
+    let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
+    let (_, out) = run(&mut s, now, 0, &ack);
+    let local = inspect(&out).2;
+    // The server holds the tuple for another client: its SYN-ACK acknowledges another ISN.
+    let stale = segment(backends()[0], local, (B1_MAC, INT_MAC), SYNACK, 777, 4242, &[], b"");
+    let (v, out) = run(&mut s, now, 1, &stale);
+    assert_eq!(v, Verdict::Transmit(1), "answered to the server");
+    let (_, _, src, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!((src, dst), (local, backends()[0]));
+    assert_eq!(tcp_of(&out), (4242, 0, 0x04, None), "RST at the segment's ack");
+    let f = s.handler();
+    assert_eq!((f.conns().len(), f.lports.occupancy().in_use), (0, 0));
+    assert_eq!(f.counters().listeners[0].syn_proxy_server_resets, 1);
+    // The client's retransmitted request carries the cookie again: a new SYN to a server.
+    let data = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"GET /");
+    let (v, out) = run(&mut s, now, 0, &data);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(tcp_of(&out).2, SYN);
+    assert_eq!(s.handler().conns().len(), 1);
+}
