@@ -58,6 +58,8 @@ pub const XLB_CORE: usize = 1;
 const SINK_START: Duration = Duration::from_secs(10);
 /// Extra time a generator gets beyond its duration before it is killed.
 const GENERATOR_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for the servers' half-open connections to expire (with `tcp_synack_retries = 1`: about 3 s).
+const HALF_OPEN_EXPIRY: Duration = Duration::from_secs(20);
 /// Longest wait for TIME_WAIT sockets to expire when they cannot be removed (Linux keeps them 60 s).
 const TIME_WAIT_EXPIRY: Duration = Duration::from_secs(70);
 
@@ -117,6 +119,10 @@ impl SuiteLab {
             ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
             ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         }
+        // A SYN flood's half-open connections on the servers expire in ~3 s instead of ~60 s (see
+        // `drain_half_open`); SYN cookies stay on (the default) for when their queues overflow.
+        servers.sysctl("net.ipv4.tcp_synack_retries", "1")?;
+        servers.sysctl("net.ipv4.tcp_syncookies", "1")?;
         let pinned = which("taskset");
         if !pinned {
             eprintln!("xlb-suite: taskset (util-linux) not found: the generator runs unpinned");
@@ -200,6 +206,27 @@ impl SuiteLab {
             }
         }
         Ok(TimeWaitCleared { found, how })
+    }
+
+    /// Waits until the servers hold no half-open (SYN_RECV) connection, at most [`HALF_OPEN_EXPIRY`], and
+    /// returns how many there were. A SYN flood NATed to the servers leaves request sockets for the lab's
+    /// FULLNAT source tuples (198.19.0.10:port → server), which both systems use: the next system would meet
+    /// them on tuples it reuses. The servers retransmit a SYN-ACK only once (`tcp_synack_retries = 1`), so
+    /// they are gone after about 3 s.
+    pub fn drain_half_open(&self) -> Result<u64> {
+        let count = || -> Result<u64> {
+            let out = self.servers.run("ss", &["-H", "-t", "-n", "state", "syn-recv"])?;
+            Ok(out.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+        };
+        let found = count()?;
+        if found > 0 {
+            wait_until_ok(HALF_OPEN_EXPIRY, "the servers' half-open connections to expire", || {
+                let left = count()?;
+                ensure!(left == 0, "{left} left");
+                Ok(())
+            })?;
+        }
+        Ok(found)
     }
 
     /// The MACs of `lb`'s `ext0` and the client's `cli0` (a flood's destination and source).

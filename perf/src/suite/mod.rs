@@ -229,6 +229,19 @@ fn run_scenarios(
                 let flood_for = opts.duration + FLOOD_LEAD;
                 let flood = match scenario.flood_args(flood_for, lab.client_link_macs()?) {
                     Some(flood_args) => {
+                        // Neither system meets the half-open state the other's flood left on the servers.
+                        let cleared = lab.clear_time_wait().with_context(what)?;
+                        let half_open = lab.drain_half_open().with_context(what)?;
+                        if half_open + cleared.found.total() > 0 {
+                            progress(&format!(
+                                "  {} {}: waited for {half_open} half-open connections on the servers to expire, \
+                                 cleared {} TIME_WAIT ({})",
+                                scenario.name(),
+                                system.kind().name(),
+                                cleared.found.total(),
+                                cleared.how
+                            ));
+                        }
                         let proc = lab.start_background(&flood_args).with_context(what)?;
                         std::thread::sleep(FLOOD_LEAD);
                         Some(proc)
