@@ -21,6 +21,9 @@ pub struct StatsDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datapath_ok: Option<bool>,
     pub l4: L4,
+    /// The `http` listeners' counters; absent without `http` listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7>,
     /// `null` without an `[ha]` section.
     pub ha: Option<Ha>,
 }
@@ -290,4 +293,22 @@ mod tests {
         assert!(v.get("counters").is_none());
         assert_eq!(serde_json::from_value::<Worker>(v).unwrap(), w);
     }
+}
+
+/// The L7 section, summed over workers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct L7 {
+    /// Events by name (accepted, requests, responses_2xx, upstream_connects, no_healthy_server, ...).
+    pub counts: BTreeMap<String, u64>,
+    /// Client connections being served.
+    pub sessions: u64,
+    /// In-stack TCP connections (client, upstream, idle, closing).
+    pub connections: u64,
+    /// Idle upstream connections kept for reuse.
+    pub idle_upstreams: u64,
+    /// Bytes of socket buffers of the in-stack connections.
+    #[serde(default)]
+    pub buffer_bytes: u64,
+    /// Share of relayed responses that needed no new upstream connection.
+    pub upstream_reuse: f64,
 }

@@ -258,6 +258,19 @@ fn print_stats(doc: &StatsDoc) {
     for (reason, n) in nonzero {
         out!("  {reason:<24}{n:>14}");
     }
+    if let Some(l7) = &doc.l7 {
+        out!(
+            "\nl7: {} sessions, {} connections ({} KiB of buffers), {} idle upstreams, upstream reuse {:.1} %",
+            l7.sessions,
+            l7.connections,
+            l7.buffer_bytes / 1024,
+            l7.idle_upstreams,
+            l7.upstream_reuse * 100.0
+        );
+        for (name, n) in l7.counts.iter().filter(|(_, n)| **n > 0) {
+            out!("  {name:<24}{n:>14}");
+        }
+    }
     // The same drops where they belong to a listener's flows.
     for l in &doc.l4.listeners {
         for (reason, n) in &l.drops {

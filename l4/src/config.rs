@@ -21,6 +21,42 @@ pub enum RemovedServerPolicy {
     Reset,
 }
 
+/// What a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// TCP forwarded by L4.
+    Tcp,
+    /// UDP forwarded by L4.
+    Udp,
+    /// HTTP/1.1 terminated in-stack and proxied by L7 (always FULLNAT: xlb opens the upstream connections).
+    Http,
+}
+
+impl ListenerProtocol {
+    /// The transport protocol of the listener's VIP:port.
+    pub fn transport(self) -> Proto {
+        match self {
+            ListenerProtocol::Tcp | ListenerProtocol::Http => Proto::Tcp,
+            ListenerProtocol::Udp => Proto::Udp,
+        }
+    }
+
+    /// Whether L4 forwards the listener's flows (else L7 terminates them).
+    pub fn is_l4(self) -> bool {
+        self != ListenerProtocol::Http
+    }
+}
+
+impl From<Proto> for ListenerProtocol {
+    fn from(p: Proto) -> Self {
+        match p {
+            Proto::Tcp => ListenerProtocol::Tcp,
+            Proto::Udp => ListenerProtocol::Udp,
+        }
+    }
+}
+
 /// `[[listener]]`: a VIP:port served by a group.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -31,8 +67,9 @@ pub struct ListenerConfig {
     pub vip: Ipv4Addr,
     /// Port.
     pub port: u16,
-    /// `tcp` or `udp`.
-    pub protocol: Proto,
+    /// `tcp` or `udp` (forwarded by L4), or `http` (terminated and proxied by L7; the L7 keys of the listener,
+    /// `rule` and `sticky`, are read by `xlb_l7::config`).
+    pub protocol: ListenerProtocol,
     /// Scheduler.
     #[serde(default = "default_scheduler")]
     pub scheduler: SchedulerKind,
@@ -44,6 +81,12 @@ pub struct ListenerConfig {
     /// Interface the VIP is announced on (ARP); default: the one whose subnet holds the VIP, else the first.
     #[serde(default)]
     pub interface: Option<String>,
+    /// `[[listener.rule]]` of an `http` listener, kept as TOML here and read by `xlb_l7::config`.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<toml::Table>,
+    /// `sticky` of an `http` listener, kept as TOML here and read by `xlb_l7::config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<toml::Table>,
     /// SYN flood defence of this listener (TCP FULLNAT only); default: `[l4] syn_proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syn_proxy: Option<SynProxyMode>,
@@ -65,8 +108,8 @@ pub enum SynProxyMode {
     /// (with hysteresis).
     #[default]
     Auto,
-    /// Every SYN is answered with a cookie (costs the client's TCP options beyond MSS, and one round trip of
-    /// latency on the first data).
+    /// Every SYN is answered with a cookie (costs the client's TCP options beyond MSS: window scaling, SACK
+    /// and timestamps are not negotiated; and a round trip to the server before the first data goes on).
     Always,
 }
 
@@ -259,10 +302,18 @@ pub fn validate(
         if !names.insert(l.name.as_str()) {
             return Err(format!("{at}.name: defined twice"));
         }
-        if !endpoints.insert((l.vip, l.port, l.protocol)) {
+        if !endpoints.insert((l.vip, l.port, l.protocol.transport())) {
             return Err(format!(
                 "{at}: {}:{} {:?} is served by another listener",
                 l.vip, l.port, l.protocol
+            ));
+        }
+        if l.protocol != ListenerProtocol::Http && (!l.rules.is_empty() || l.sticky.is_some()) {
+            return Err(format!("{at}: rule and sticky need protocol = \"http\""));
+        }
+        if l.protocol == ListenerProtocol::Http && l.forwarding != Forwarding::Fullnat {
+            return Err(format!(
+                "{at}.forwarding: an http listener proxies (fullnat); dr needs a tcp listener"
             ));
         }
         if l.port == 0 {
@@ -337,7 +388,7 @@ pub fn validate(
     }
     for (i, l) in listeners.iter().enumerate() {
         let proxied = l.syn_proxy.is_some_and(|m| m != SynProxyMode::Off);
-        if proxied && (l.protocol != Proto::Tcp || l.forwarding != Forwarding::Fullnat) {
+        if proxied && (l.protocol != ListenerProtocol::Tcp || l.forwarding != Forwarding::Fullnat) {
             return Err(format!(
                 "listener[{i}] ({}).syn_proxy: only TCP FULLNAT listeners have a SYN proxy (the replies of DR \
                  bypass xlb, and UDP has no handshake)",

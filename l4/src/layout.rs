@@ -145,8 +145,8 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServerConfig;
-    use crate::conn::{Forwarding, Proto};
+    use crate::config::{ListenerProtocol, ServerConfig};
+    use crate::conn::Forwarding;
     use crate::sched::SchedulerKind;
 
     fn listener(name: &str, port: u16) -> ListenerConfig {
@@ -154,13 +154,15 @@ mod tests {
             name: name.into(),
             vip: "198.18.0.100".parse().unwrap(),
             port,
-            protocol: Proto::Tcp,
+            protocol: ListenerProtocol::Tcp,
             scheduler: SchedulerKind::Rr,
             forwarding: Forwarding::Fullnat,
             group: "web".into(),
             interface: None,
             syn_proxy: None,
             max_conns: None,
+            rules: Vec::new(),
+            sticky: None,
         }
     }
 

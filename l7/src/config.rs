@@ -49,6 +49,23 @@ pub struct L7Config {
     /// Longest wait for the response head, and between two reads of its body (504 before the head, else the
     /// connections are closed). NGINX `proxy_read_timeout`.
     pub upstream_response_timeout_s: u64,
+    /// Local ports of upstream connections (per local IP and server; each worker takes the ports `p` with
+    /// `p % workers == worker`). Kept apart from L4's FULLNAT ports (`l4.local_port_min..max`) and the
+    /// health-probe ports (61000-61999).
+    pub local_port_min: u16,
+    /// See `local_port_min`.
+    pub local_port_max: u16,
+    /// In-stack TCP connections per worker at most, client and upstream (SYNs beyond are refused, counted).
+    pub max_connections: usize,
+    /// Receive and send buffer of each in-stack TCP connection (bytes each way).
+    pub socket_buffer_bytes: usize,
+    /// Receive and send buffer of a half-open connection, and of a kept-alive one between requests (bytes
+    /// each way): a SYN flood or many idle clients cost this, not `socket_buffer_bytes`.
+    pub idle_buffer_bytes: usize,
+    /// Idle upstream connections kept per server and worker for reuse (0: none kept). NGINX `keepalive`.
+    pub upstream_keepalive: usize,
+    /// An idle kept upstream connection is closed after this long. NGINX `keepalive_timeout` (upstream).
+    pub upstream_idle_timeout_s: u64,
 }
 
 impl Default for L7Config {
@@ -61,6 +78,13 @@ impl Default for L7Config {
             client_idle_timeout_s: 75,
             upstream_connect_timeout_s: 60,
             upstream_response_timeout_s: 60,
+            local_port_min: 62_000,
+            local_port_max: 65_535,
+            max_connections: 65_536,
+            socket_buffer_bytes: 32 * 1024,
+            idle_buffer_bytes: 4096,
+            upstream_keepalive: 32,
+            upstream_idle_timeout_s: 60,
         }
     }
 }
@@ -80,7 +104,38 @@ impl L7Config {
             ("client_idle_timeout_s", self.client_idle_timeout_s),
             ("upstream_connect_timeout_s", self.upstream_connect_timeout_s),
             ("upstream_response_timeout_s", self.upstream_response_timeout_s),
+            ("upstream_idle_timeout_s", self.upstream_idle_timeout_s),
         ];
+        if self.local_port_min < 1024 || self.local_port_min > self.local_port_max {
+            return Err(format!(
+                "l7.local_port_min..max: {}..{} must be a non-empty range above 1023",
+                self.local_port_min, self.local_port_max
+            ));
+        }
+        if !(16..=4 * 1024 * 1024).contains(&self.max_connections) {
+            return Err(format!(
+                "l7.max_connections: {} is outside 16..=4194304",
+                self.max_connections
+            ));
+        }
+        if !(4096..=4 * 1024 * 1024).contains(&self.socket_buffer_bytes) {
+            return Err(format!(
+                "l7.socket_buffer_bytes: {} is outside 4096..=4194304",
+                self.socket_buffer_bytes
+            ));
+        }
+        if !(1024..=self.socket_buffer_bytes).contains(&self.idle_buffer_bytes) {
+            return Err(format!(
+                "l7.idle_buffer_bytes: {} is outside 1024..=socket_buffer_bytes ({})",
+                self.idle_buffer_bytes, self.socket_buffer_bytes
+            ));
+        }
+        if self.upstream_keepalive > 4096 {
+            return Err(format!(
+                "l7.upstream_keepalive: {} is above 4096",
+                self.upstream_keepalive
+            ));
+        }
         for (name, v) in timeouts {
             if !(1..=86_400).contains(&v) {
                 return Err(format!("l7.{name}: {v} is outside 1..=86400 seconds"));
@@ -215,6 +270,30 @@ fn default_sticky_timeout() -> u64 {
 }
 
 impl HttpListenerConfig {
+    /// The L7 keys of an `http` `[[listener]]` as L4 parsed it (`rule` and `sticky` kept as TOML there); the
+    /// error names the field.
+    pub fn from_listener(l: &xlb_l4::config::ListenerConfig, at: &str) -> Result<Self, String> {
+        let rules = l
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                RuleConfig::deserialize(t.clone()).map_err(|e| format!("{at}.rule[{i}]: {}", e.message().trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sticky = l
+            .sticky
+            .as_ref()
+            .map(|t| StickyConfig::deserialize(t.clone()).map_err(|e| format!("{at}.sticky: {}", e.message().trim())))
+            .transpose()?;
+        Ok(HttpListenerConfig {
+            protocol: ListenerProtocol::Http,
+            group: l.group.clone(),
+            rules,
+            sticky,
+        })
+    }
+
     /// Checks rules and sticky settings against the configured group names; the error is one line naming the
     /// field (`at` is the listener's path, e.g. `listener[0] (web)`).
     pub fn validate(&self, at: &str, groups: &[&str]) -> Result<(), String> {

@@ -15,7 +15,9 @@ pub mod config;
 pub mod http1;
 pub mod proxy;
 pub mod rules;
+pub mod stage;
 pub mod sticky;
+pub mod tcp;
 
 #[cfg(test)]
 mod testutil;

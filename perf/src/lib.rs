@@ -5,5 +5,6 @@
 //! generators, plus the `sink` backend server they are measured against.
 
 pub mod gen;
+pub mod l7scale;
 pub mod scale;
 pub mod suite;

@@ -120,13 +120,15 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         name: "web".into(),
         vip: VIP,
         port: 80,
-        protocol: Proto::Tcp,
+        protocol: Proto::Tcp.into(),
         scheduler: SchedulerKind::Rr,
         forwarding: Forwarding::Fullnat,
         group: "web".into(),
         interface: None,
         syn_proxy: None,
         max_conns: None,
+        rules: Vec::new(),
+        sticky: None,
     };
     // 50 000 local ports per local IP.
     let lips: Vec<Ipv4Net> = (0..(sessions / 50_000 + 1))
@@ -283,6 +285,33 @@ pub fn measure(sessions: usize, packets: usize, batch: usize) -> Result<ScalePoi
         table_bytes_per_session: table_bytes,
         rss_bytes_per_session: rss,
     })
+}
+
+/// Measures every size in `sizes`: a table on stderr, JSON on stdout.
+pub fn run(sizes: &[usize], packets: usize, batch: usize) -> Result<()> {
+    eprintln!(
+        "{:>10} {:>10} {:>14} {:>18} {:>16} {:>14}",
+        "sessions", "ns/packet", "CPU ns/packet", "ns/new session", "table B/session", "RSS B/session"
+    );
+    let mut points = Vec::new();
+    for &n in sizes {
+        let p = measure(n, packets, batch)?;
+        eprintln!(
+            "{:>10} {:>10.1} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
+            p.sessions,
+            p.ns_per_packet,
+            p.cpu_ns_per_packet,
+            p.ns_per_new_session,
+            p.table_bytes_per_session,
+            p.rss_bytes_per_session
+        );
+        points.push(p.json());
+    }
+    println!(
+        "{}",
+        json!({ "scenario": "conntrack_scale", "packets": packets, "batch": batch, "points": points })
+    );
+    Ok(())
 }
 
 fn per(d: Duration, n: usize) -> f64 {

@@ -68,6 +68,7 @@ drop_reasons! {
     ListenerConnLimit => "listener_conn_limit": "New flow of a listener at its connection cap (max_conns / [l4] listener_max_conns): no entry, no local port.",
     HandoffFull => "handoff_full": "Frame for another worker's flow, but the hand-off queue was full.",
     ServerRemoved => "server_removed": "Packet of a connection whose server was removed, with the reset policy (answered with RST or ICMP unreachable).",
+    L7ConnectionLimit => "l7_connection_limit": "SYN to an HTTP listener refused at l7.max_connections (answered with RST).",
     HaQueueFull => "ha_queue_full": "VRRP or sync packet while the queue to the HA driver was full.",
 }
 

@@ -19,6 +19,7 @@ pub mod offload;
 pub mod pipeline;
 pub mod reflect;
 pub mod service;
+pub mod stages;
 pub mod wake;
 pub mod wire;
 pub mod xsk;

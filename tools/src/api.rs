@@ -140,6 +140,7 @@ impl Api {
             interfaces,
             datapath_ok: None,
             l4: stats::l4(&rt),
+            l7: stats::l7(&rt),
             ha: self.ha.as_ref().map(|(status, _)| status.report()),
         }
     }

@@ -1,10 +1,12 @@
 //! The appliance config file (TOML). Sections are defined where they are used: `[node]`, `[[interface]]` and
-//! `[datapath]` in `xlb_stack::config`, `[[listener]]`, `[[group]]` and `[l4]` in `xlb_l4::config`.
+//! `[datapath]` in `xlb_stack::config`, `[[listener]]`, `[[group]]` and `[l4]` in `xlb_l4::config`, `[l7]` and the
+//! L7 keys of `http` listeners in `xlb_l7::config`.
 
 use std::path::Path;
 
 use serde::Deserialize;
 use xlb_l4::config::{GroupConfig, L4Config, ListenerConfig};
+use xlb_l7::config::L7Config;
 use xlb_stack::config::{validate_interfaces, DatapathConfig, InterfaceConfig, NodeConfig};
 
 use crate::ha_config::HaConfig;
@@ -30,6 +32,9 @@ pub struct Config {
     /// `[l4]` (optional).
     #[serde(default)]
     pub l4: L4Config,
+    /// `[l7]` (optional): limits, timeouts and pools of the `http` listeners.
+    #[serde(default)]
+    pub l7: L7Config,
     /// `[ha]` (optional): this node is part of an HA pair.
     #[serde(default)]
     pub ha: Option<HaConfig>,
@@ -47,6 +52,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         validate_interfaces(&self.interfaces, &self.datapath)?;
         xlb_l4::config::validate(&self.listeners, &self.groups, &self.l4, &self.interfaces)?;
+        crate::l7::validate(self)?;
         if let Some(ha) = &self.ha {
             ha.validate(&self.interfaces, &self.l4.timeouts)?;
             // Sync datagrams to the node's own address are told apart by port: keep it off the FULLNAT and
@@ -85,6 +91,9 @@ impl Config {
         }
         if self.ha != new.ha {
             return Some("ha");
+        }
+        if crate::l7::restart_needed(self, new) {
+            return Some("l7 (http listeners, [l7], group names or order)");
         }
         let (a, b) = (&self.l4, &new.l4);
         if a.conn_table_size != b.conn_table_size

@@ -20,8 +20,11 @@ use xlb_l4::health::HealthCounters;
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
+use xlb_l7::stage::counters::{L7Counters, SharedL7Counters};
+use xlb_l7::stage::{L7Stage, L7StageConfig, L7Update, L7_STAGE};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
+use xlb_stack::stages::Stages;
 use xlb_stack::wake::Wake;
 use xlb_stack::wire::EthernetAddress;
 use xlb_stack::xsk::filter::AddrKind;
@@ -39,8 +42,11 @@ const SYNC_EVENTS_DEPTH: usize = 65_536;
 /// Depth of each HA channel (VRRP in, sync in, frames out): HA is a few packets per second, bursts on resync.
 const HA_DEPTH: usize = 4096;
 
+/// The stages of every worker: L4 (the default stage) and L7 (the `http` listeners).
+pub type LbStages = Stages<Forwarder, L7Stage>;
+
 /// The pipeline every worker runs.
-pub type LbPipeline = LocalStack<Forwarder>;
+pub type LbPipeline = LocalStack<LbStages>;
 
 /// The VIP interface of every listener slot of `layout`.
 fn vip_ifaces(config: &Config, layout: &Layout) -> Vec<usize> {
@@ -118,6 +124,10 @@ pub struct PipelineFactory {
     ha_tap: Option<HaTap>,
     ha_out: Option<Receiver<HaOutbound>>,
     ha_link: Option<HaLink>,
+    /// The L7 stages' hand-off mesh, live-change channels and counters, per worker.
+    l7_handoffs: Vec<Option<Handoff>>,
+    l7_updates: Vec<Option<Receiver<L7Update>>>,
+    l7_counters: Vec<Arc<SharedL7Counters>>,
 }
 
 impl PipelineFactory {
@@ -142,6 +152,13 @@ impl PipelineFactory {
             (vec![None], vec![None])
         };
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(UPDATE_DEPTH)).unzip();
+        let (l7_senders, l7_receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| bounded(UPDATE_DEPTH)).unzip();
+        let l7_counters: Vec<_> = (0..workers).map(|_| Arc::new(SharedL7Counters::default())).collect();
+        let l7_handoffs: Vec<Option<Handoff>> = if workers > 1 {
+            Handoff::mesh(workers, HANDOFF_DEPTH).into_iter().map(Some).collect()
+        } else {
+            vec![None]
+        };
         let board = Arc::new(HealthBoard::new(layout.targets.len()));
         let counters: Vec<_> = (0..workers)
             .map(|_| Arc::new(SharedL4Counters::new(&layout.shape())))
@@ -154,6 +171,8 @@ impl PipelineFactory {
             counters: counters.clone(),
             health_counters: health_counters.clone(),
             updates: senders,
+            l7_updates: l7_senders,
+            l7_counters: l7_counters.clone(),
             rates: Vec::new(),
             last_totals: (now, Vec::new()),
         };
@@ -197,6 +216,9 @@ impl PipelineFactory {
             ha_tap,
             ha_out,
             ha_link,
+            l7_handoffs,
+            l7_updates: l7_receivers.into_iter().map(Some).collect(),
+            l7_counters,
         };
         (factory, runtime)
     }
@@ -256,13 +278,30 @@ impl PipelineFactory {
             capacity: config.datapath.neighbours,
             ..Default::default()
         };
+        let mut l7 = L7Stage::new(
+            L7StageConfig {
+                limits: config.l7.clone(),
+                listeners: crate::l7::listeners(config),
+                groups: crate::l7::groups(config, &self.layout),
+                board: self.board.clone(),
+                worker: plan.index,
+                workers: plan.workers,
+                port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
+            },
+            self.l7_counters[plan.index].clone(),
+            self.l7_handoffs.get_mut(plan.index).and_then(Option::take),
+            Instant::now(),
+        );
+        if let Some(updates) = self.l7_updates.get_mut(plan.index).and_then(Option::take) {
+            l7.set_updates(updates);
+        }
         let mut stack = LocalStack::with_handler(
             LocalConfig {
                 links: plan.links.clone(),
                 neighbours,
                 icmp_rate: config.datapath.icmp_rate,
             },
-            forwarder,
+            Stages::new(forwarder, l7, L7_STAGE),
         );
         if let Some(sync) = self.neighbour_sync.get_mut(plan.index).and_then(Option::take) {
             stack.set_neighbour_sync(sync);
@@ -291,6 +330,8 @@ pub struct L4Runtime {
     /// The health checker's counters (whichever checker runs, across reloads).
     health_counters: Arc<SharedHealthCounters>,
     updates: Vec<Sender<ControlMessage>>,
+    l7_updates: Vec<Sender<L7Update>>,
+    l7_counters: Vec<Arc<SharedL7Counters>>,
     rates: Vec<u64>,
     last_totals: (Instant, Vec<u64>),
 }
@@ -324,6 +365,15 @@ impl L4Runtime {
             total.add(c);
         }
         (total, per_worker)
+    }
+
+    /// L7 counters summed over workers, and whether any `http` listener is configured.
+    pub fn l7_counters(&self) -> (L7Counters, bool) {
+        let mut total = L7Counters::default();
+        for c in &self.l7_counters {
+            total.add(&c.snapshot());
+        }
+        (total, crate::l7::http_listeners(&self.config).next().is_some())
     }
 
     /// New connections per second per listener slot over the last sampling period.
@@ -409,6 +459,15 @@ impl L4Runtime {
             applied_rx
                 .recv_timeout(Duration::from_secs(2))
                 .map_err(|_| "a worker did not apply the update within 2 s".to_string())?;
+        }
+        // L7 follows the groups' servers and the new board (applied between batches, like L4's update).
+        for tx in &self.l7_updates {
+            let update = L7Update {
+                groups: crate::l7::groups(&new, &layout),
+                board: board.clone(),
+            };
+            tx.send_timeout(update, Duration::from_secs(2))
+                .map_err(|_| "a worker's L7 stage does not take updates".to_string())?;
         }
         for &(iface, vip) in before.iter().filter(|v| !after.contains(v)) {
             dp.remove_address(iface, vip).map_err(|e| e.to_string())?;

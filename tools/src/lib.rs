@@ -8,7 +8,8 @@
 //! - [`ha`]: the HA driver: VRRP and session sync over the datapath's HA channels, driving the workers.
 //! - [`ha_config`]: the `[ha]` section.
 //! - [`http`]: the HTTP server of the control API and metrics (hyper on a single-threaded tokio runtime).
-//! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder) from the config.
+//! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder + L7 stage) from the config.
+//! - [`l7`]: what the L7 stage is built from (`http` listeners, groups, `[l7]`) and its checks.
 //! - [`placement`]: which interface carries a VIP, the floating IPs, the HA interface; the HA channel ends.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
 
@@ -20,6 +21,7 @@ pub mod ha;
 pub mod ha_config;
 pub mod http;
 pub mod instance;
+pub mod l7;
 pub mod lb;
 pub mod metrics;
 pub mod placement;

@@ -177,7 +177,8 @@ pub fn l4(runtime: &L4Runtime) -> L4 {
 /// A listener's SYN proxy mode as the stats show it (`off` for listeners that cannot have one).
 fn syn_proxy_mode(l: &xlb_l4::config::ListenerConfig, l4: &xlb_l4::config::L4Config) -> String {
     use xlb_l4::config::SynProxyMode;
-    let eligible = l.protocol == xlb_l4::conn::Proto::Tcp && l.forwarding == xlb_l4::conn::Forwarding::Fullnat;
+    let eligible =
+        l.protocol == xlb_l4::config::ListenerProtocol::Tcp && l.forwarding == xlb_l4::conn::Forwarding::Fullnat;
     let mode = if eligible {
         l.syn_proxy.unwrap_or(l4.syn_proxy)
     } else {
@@ -201,6 +202,22 @@ pub fn health(h: &HealthCounters) -> Health {
         bad_checksum: h.bad_checksum,
         port_waits: h.port_waits,
     }
+}
+
+/// The L7 section: `None` without `http` listeners.
+pub fn l7(runtime: &L4Runtime) -> Option<xlb_api::stats::L7> {
+    let (total, configured) = runtime.l7_counters();
+    configured.then(|| xlb_api::stats::L7 {
+        counts: xlb_l7::stage::counters::L7Count::ALL
+            .iter()
+            .map(|&c| (c.name().to_string(), total.get(c)))
+            .collect(),
+        sessions: total.sessions,
+        connections: total.connections,
+        idle_upstreams: total.idle_upstreams,
+        buffer_bytes: total.buffer_bytes,
+        upstream_reuse: total.upstream_reuse(),
+    })
 }
 
 #[cfg(test)]

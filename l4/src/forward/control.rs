@@ -120,8 +120,18 @@ impl Forwarder {
     pub(super) fn index_endpoints(&mut self) {
         self.by_endpoint.clear();
         for live in [true, false] {
-            for (i, l) in self.listeners.iter().enumerate().filter(|(_, l)| l.removed != live) {
-                let key = (l.config.protocol, SocketAddrV4::new(l.config.vip, l.config.port));
+            // HTTP listeners are L7's: their VIPs are owned here (`reconcile_vips`), their packets go to L7.
+            let l4 = |l: &&Listener| l.config.protocol.is_l4();
+            for (i, l) in self
+                .listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.removed != live && l4(l))
+            {
+                let key = (
+                    l.config.protocol.transport(),
+                    SocketAddrV4::new(l.config.vip, l.config.port),
+                );
                 self.by_endpoint.entry(key).or_insert(i);
             }
         }

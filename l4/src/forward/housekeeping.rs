@@ -78,7 +78,7 @@ impl Forwarder {
     /// The SYN proxy mode of listener `l` (only TCP FULLNAT listeners have one).
     pub(super) fn syn_proxy_mode(&self, l: usize) -> SynProxyMode {
         let c = &self.listeners[l].config;
-        if c.protocol != crate::conn::Proto::Tcp || c.forwarding != Forwarding::Fullnat {
+        if c.protocol != crate::config::ListenerProtocol::Tcp || c.forwarding != Forwarding::Fullnat {
             return SynProxyMode::Off;
         }
         c.syn_proxy.unwrap_or(self.defence.syn_proxy)

@@ -88,6 +88,10 @@ pub enum Action {
     CloseClient,
     /// Close an upstream connection.
     CloseUpstream(UpstreamId),
+    /// The proxy is done with an upstream connection that is idle and reusable (its last response was complete
+    /// and kept alive, nothing is pending): the caller may keep it for another client connection to the same
+    /// server, or close it.
+    ReleaseUpstream(UpstreamId),
     /// The connection switched protocols (WebSocket): relay bytes both ways between the client and `upstream`
     /// from now on, starting with unconsumed bytes; the proxy takes no more input.
     Tunnel {
@@ -144,6 +148,8 @@ pub enum Event {
     Aborted,
     /// The connection became a tunnel.
     Tunnelled,
+    /// Connecting to a server failed or timed out and the idempotent request is sent to another.
+    Retried,
 }
 
 /// What every connection of a listener shares (immutable snapshot).
@@ -212,7 +218,16 @@ struct Exchange {
     response_started: bool,
     /// The whole request (head and body) was read from the client.
     request_done: bool,
+    /// The method is idempotent (RFC 9110 §9.2.2): the request may be sent to another server when connecting
+    /// fails.
+    idempotent: bool,
+    /// Upstream connections tried for this request.
+    attempts: u8,
 }
+
+/// Upstream connections tried for one idempotent request before answering 502/504 (NGINX's
+/// `proxy_next_upstream error timeout` with `proxy_next_upstream_tries 3`).
+pub const MAX_CONNECT_ATTEMPTS: u8 = 3;
 
 enum RequestPhase {
     /// Reading a request head (also while the previous response is in flight: pipelining).
@@ -330,6 +345,17 @@ impl HttpProxy {
         self.closed
     }
 
+    /// Whether the connection is between requests: nothing of a request read, no exchange in progress, nothing
+    /// to send (its buffers can shrink).
+    pub fn is_waiting(&self) -> bool {
+        !self.closed
+            && self.exchange.is_none()
+            && self.head.is_empty()
+            && self.to_client.is_empty()
+            && matches!(self.request, RequestPhase::Head)
+            && !self.tunnelled
+    }
+
     /// Whether client bytes would be consumed now (offer unconsumed bytes again when this turns true).
     pub fn wants_client_bytes(&self) -> bool {
         if self.closed {
@@ -401,12 +427,15 @@ impl HttpProxy {
 
     /// A connection asked for with `ConnectUpstream` failed, or an established one was reset.
     pub fn handle_upstream_failed(&mut self, now: Instant, id: UpstreamId, failure: UpstreamFailure) {
-        if self.upstream.as_ref().is_none_or(|u| u.id != id) {
+        let Some(failed) = self.upstream.take_if(|u| u.id == id) else {
             return;
-        }
-        self.upstream = None;
+        };
         self.upstream_deadline = None;
         self.events.push_back(Event::UpstreamFailed(failure));
+        if failure == UpstreamFailure::Refused && !failed.connected && self.retry_connect(now, failed.group) {
+            self.flush();
+            return;
+        }
         if self.exchange.is_some() {
             let status = if failure == UpstreamFailure::NoHealthyServer {
                 503
@@ -518,431 +547,18 @@ impl HttpProxy {
             if !self.closed && now >= at {
                 self.upstream_deadline = None;
                 self.events.push_back(Event::Timeout(timer));
+                let group = self.upstream.as_ref().map(|u| u.group);
+                let head = std::mem::take(&mut self.to_upstream);
                 self.drop_upstream();
-                self.fail_exchange(now, 504);
+                self.to_upstream = head;
+                let retried = timer == Timer::UpstreamConnect && group.is_some_and(|g| self.retry_connect(now, g));
+                if !retried {
+                    self.to_upstream.clear();
+                    self.fail_exchange(now, 504);
+                }
             }
         }
         self.flush();
-    }
-
-    // ---- client side ----
-
-    /// Appends head bytes; returns how many of `data` belong to the head so far.
-    fn read_head(&mut self, now: Instant, data: &[u8]) -> usize {
-        let max = self.cfg.limits.max_header_bytes;
-        if self.head.is_empty() && self.exchange.is_none() {
-            self.client_deadline = Some((now + secs(self.cfg.limits.client_header_timeout_s), Timer::ClientHeader));
-        }
-        let take = data.len().min(max - self.head.len());
-        let before = self.head.len();
-        self.head.extend_from_slice(&data[..take]);
-        match self.scanner.scan(&self.head) {
-            Ok(Some(end)) => {
-                self.head.truncate(end);
-                self.head_end = Some(end);
-                end - before
-            }
-            Ok(None) => {
-                if self.head.len() >= max {
-                    self.refuse_head(Refusal::HeadTooLarge);
-                }
-                take
-            }
-            Err(r) => {
-                self.refuse_head(r);
-                take
-            }
-        }
-    }
-
-    /// Refuses a bad head now, or after the exchange in flight (its response comes first).
-    fn refuse_head(&mut self, r: Refusal) {
-        if self.exchange.is_some() {
-            self.head_error = Some(r);
-        } else {
-            self.refuse(r);
-        }
-    }
-
-    /// Serves a complete buffered head once no exchange is in flight.
-    fn advance(&mut self, now: Instant) {
-        if self.closed || self.exchange.is_some() {
-            return;
-        }
-        if let Some(r) = self.head_error.take() {
-            return self.refuse(r);
-        }
-        let Some(end) = self.head_end.take() else {
-            if !self.head.is_empty() && self.client_deadline.is_none_or(|(_, t)| t == Timer::ClientIdle) {
-                self.client_deadline = Some((now + secs(self.cfg.limits.client_header_timeout_s), Timer::ClientHeader));
-            }
-            return;
-        };
-        let skip = self.scanner.skip().min(end);
-        let parsed = parse_request(&self.head[skip..end]);
-        self.head.clear();
-        self.scanner = HeadScanner::default();
-        match parsed {
-            Ok(req) => self.start_exchange(now, req),
-            Err(r) => self.refuse(r),
-        }
-    }
-
-    fn start_exchange(&mut self, now: Instant, mut req: RequestHead) {
-        self.client_deadline = None;
-        let mut exchange = Exchange {
-            version: req.version,
-            is_head: req.is_head(),
-            keep_alive: req.keep_alive && !self.client_eof,
-            websocket: false,
-            sent_continue: false,
-            sticky_server: None,
-            response_started: false,
-            request_done: false,
-        };
-        let max_body = self.cfg.max_body();
-        if let BodyFraming::Length(n) = req.framing {
-            if n > max_body {
-                return self.refuse(Refusal::BodyTooLarge);
-            }
-        }
-        let cfg = Arc::clone(&self.cfg);
-        let group = match cfg.rules.route(&req.host, req.path()) {
-            RuleAction::Forward(g) => *g,
-            action => {
-                let keep_alive = exchange.keep_alive && req.framing == BodyFraming::None;
-                let (status, location, ctype, body) = match action {
-                    RuleAction::Redirect(rd) => (
-                        rd.status,
-                        Some(cfg.rules.location(rd, &req.host, &req.target)),
-                        "text/plain",
-                        &[][..],
-                    ),
-                    RuleAction::Fixed(f) => (f.status, None, f.content_type.as_str(), f.body.as_bytes()),
-                    RuleAction::Forward(_) => unreachable!("handled above"),
-                };
-                let extra: Vec<(&str, &[u8])> = location.iter().map(|l| ("Location", l.as_bytes())).collect();
-                let body = if exchange.is_head { &[][..] } else { body };
-                write_local_response(status, &extra, ctype, body, keep_alive, &mut self.to_client);
-                self.events.push_back(Event::Answered { status, local: true });
-                return self.end_of_local_answer(now, keep_alive);
-            }
-        };
-        if let Some(sticky) = &cfg.sticky {
-            exchange.sticky_server = match sticky.mode {
-                StickyMode::Insert => cfg.codec.inserted_server(&req.headers, &sticky.cookie),
-                StickyMode::Rewrite => cfg.codec.strip_rewritten(&mut req.headers, &sticky.cookie),
-            };
-        }
-        exchange.websocket = req.websocket;
-        // The upstream connection: the idle one if it serves this group (and the sticky server), else a new one.
-        let sticky_server = exchange.sticky_server;
-        let reuse = self
-            .upstream
-            .as_ref()
-            .is_some_and(|u| u.connected && u.group == group && sticky_server.is_none_or(|s| u.server == Some(s)));
-        if reuse {
-            self.upstream_deadline = Some((
-                now + secs(cfg.limits.upstream_response_timeout_s),
-                Timer::UpstreamResponse,
-            ));
-        } else {
-            self.drop_upstream();
-            let id = UpstreamId(self.next_upstream);
-            self.next_upstream = self.next_upstream.wrapping_add(1);
-            self.upstream = Some(Upstream {
-                id,
-                group,
-                server: None,
-                connected: false,
-            });
-            self.push(Action::ConnectUpstream {
-                id,
-                group,
-                sticky_server,
-            });
-            self.upstream_deadline = Some((
-                now + secs(cfg.limits.upstream_connect_timeout_s),
-                Timer::UpstreamConnect,
-            ));
-        }
-        let has_body = !matches!(req.framing, BodyFraming::None | BodyFraming::Length(0));
-        if req.expect_continue && has_body {
-            self.to_client.extend_from_slice(CONTINUE);
-            exchange.sent_continue = true;
-        }
-        let client = ClientInfo {
-            addr: self.client_addr,
-            proto: cfg.scheme,
-        };
-        write_upstream_request(&req, client, req.websocket, &mut self.to_upstream);
-        if has_body {
-            let encoder = if req.framing == BodyFraming::Chunked {
-                BodyEncoder::Chunked
-            } else {
-                BodyEncoder::Identity
-            };
-            let trailers = cfg.limits.max_header_bytes;
-            if reuse {
-                // Otherwise the body timer starts once the upstream is connected: until then xlb is not reading.
-                self.client_deadline = Some((now + secs(cfg.limits.client_body_timeout_s), Timer::ClientBody));
-            }
-            self.request = RequestPhase::Body {
-                decoder: BodyDecoder::new(req.framing, max_body, trailers),
-                encoder,
-            };
-        } else {
-            exchange.request_done = true;
-        }
-        self.response = ResponsePhase::Head;
-        self.resp_head.clear();
-        self.resp_scanner = HeadScanner::default();
-        self.exchange = Some(exchange);
-    }
-
-    /// Request body bytes; returns how many were consumed.
-    fn read_body(&mut self, now: Instant, data: &[u8]) -> usize {
-        let RequestPhase::Body { decoder, encoder } = &mut self.request else {
-            return 0;
-        };
-        let mut used = 0;
-        let result = loop {
-            match decoder.decode(&data[used..]) {
-                Ok((n, Some(BodyEvent::Data(d)))) => {
-                    encoder.data(d, &mut self.to_upstream);
-                    used += n;
-                }
-                Ok((n, Some(BodyEvent::End))) => {
-                    used += n;
-                    encoder.end(decoder.trailers(), &mut self.to_upstream);
-                    break Ok(true);
-                }
-                Ok((n, None)) => {
-                    used += n;
-                    break Ok(false);
-                }
-                Err(r) => break Err(r),
-            }
-            if used == data.len() && !decoder.is_done() {
-                break Ok(false);
-            }
-        };
-        match result {
-            Ok(true) => {
-                self.request = RequestPhase::Head;
-                self.client_deadline = None;
-                if let Some(e) = self.exchange.as_mut() {
-                    e.request_done = true;
-                }
-            }
-            Ok(false) => {
-                self.client_deadline = Some((now + secs(self.cfg.limits.client_body_timeout_s), Timer::ClientBody));
-                if matches!(self.upstream_deadline, Some((_, Timer::UpstreamResponse))) {
-                    // The server waits for the body: its response timer runs from the last byte sent.
-                    let at = now + secs(self.cfg.limits.upstream_response_timeout_s);
-                    self.upstream_deadline = Some((at, Timer::UpstreamResponse));
-                }
-            }
-            Err(r) => {
-                if self.exchange.as_ref().is_some_and(|e| e.response_started) {
-                    self.events.push_back(Event::ClientRefused(r));
-                    self.events.push_back(Event::Aborted);
-                    self.close_all();
-                } else {
-                    self.refuse(r);
-                }
-            }
-        }
-        used
-    }
-
-    // ---- upstream side ----
-
-    fn read_response_head(&mut self, now: Instant, data: &[u8]) -> usize {
-        let max = self.cfg.limits.max_header_bytes;
-        let take = data.len().min(max - self.resp_head.len());
-        let before = self.resp_head.len();
-        self.resp_head.extend_from_slice(&data[..take]);
-        let end = match self.resp_scanner.scan(&self.resp_head) {
-            Ok(Some(end)) => end,
-            Ok(None) if self.resp_head.len() < max => return take,
-            Ok(None) => {
-                self.bad_response(now, Refusal::HeadTooLarge);
-                return data.len();
-            }
-            Err(r) => {
-                self.bad_response(now, r);
-                return data.len();
-            }
-        };
-        let exchange = self
-            .exchange
-            .as_ref()
-            .expect("a response head is read only during an exchange");
-        let skip = self.resp_scanner.skip().min(end);
-        let parsed = parse_response(&self.resp_head[skip..end], exchange.is_head);
-        self.resp_head.clear();
-        self.resp_scanner = HeadScanner::default();
-        let used = end - before;
-        let resp = match parsed {
-            Ok(r) => r,
-            Err(r) => {
-                self.bad_response(now, r);
-                return used;
-            }
-        };
-        self.start_response(now, resp);
-        used
-    }
-
-    fn start_response(&mut self, now: Instant, mut resp: ResponseHead) {
-        let cfg = Arc::clone(&self.cfg);
-        let exchange = self.exchange.as_mut().expect("exchange in flight");
-        if resp.is_interim() {
-            // 100 is xlb's to send (it answered Expect itself); 102/103 go to HTTP/1.1 clients.
-            if resp.status != 100 && exchange.version == Version::Http11 {
-                let to = ClientFraming {
-                    version: Version::Http11,
-                    framing: BodyFraming::None,
-                    keep_alive: true,
-                };
-                write_client_response(&resp, to, &[], &mut self.to_client);
-            }
-            return;
-        }
-        if resp.status == 101 {
-            if !exchange.websocket {
-                self.bad_response(now, Refusal::BadStartLine);
-                return;
-            }
-            let to = ClientFraming {
-                version: Version::Http11,
-                framing: BodyFraming::None,
-                keep_alive: true,
-            };
-            write_client_response(&resp, to, &[], &mut self.to_client);
-            let upstream = self.upstream.as_ref().map(|u| u.id).expect("connected upstream");
-            self.events.push_back(Event::Tunnelled);
-            self.push(Action::Tunnel { upstream });
-            self.closed = true;
-            self.tunnelled = true;
-            self.client_deadline = None;
-            self.upstream_deadline = None;
-            return;
-        }
-        // A final response: the upgrade (if asked) was declined, so the connection stays HTTP.
-        exchange.websocket = false;
-        let client_framing = match (resp.framing, exchange.version) {
-            (BodyFraming::Chunked | BodyFraming::UntilClose, Version::Http11) => BodyFraming::Chunked,
-            (BodyFraming::Chunked, Version::Http10) => BodyFraming::UntilClose,
-            (f, _) => f,
-        };
-        let keep_alive_client = exchange.keep_alive && client_framing != BodyFraming::UntilClose;
-        let server = self.upstream.as_ref().and_then(|u| u.server);
-        let mut set_cookie = None;
-        if let (Some(sticky), Some(server)) = (&cfg.sticky, server) {
-            match sticky.mode {
-                StickyMode::Insert if exchange.sticky_server != Some(server) => {
-                    set_cookie = Some(cfg.codec.insert_cookie(&sticky.cookie, server, sticky.timeout_s));
-                }
-                StickyMode::Insert => {}
-                StickyMode::Rewrite => {
-                    cfg.codec.rewrite_set_cookie(&mut resp.headers, &sticky.cookie, server);
-                }
-            }
-        }
-        let extra: Vec<(&str, &[u8])> = set_cookie.iter().map(|c| ("Set-Cookie", c.as_slice())).collect();
-        let to = ClientFraming {
-            version: exchange.version,
-            framing: client_framing,
-            keep_alive: keep_alive_client,
-        };
-        write_client_response(&resp, to, &extra, &mut self.to_client);
-        exchange.response_started = true;
-        self.events.push_back(Event::Answered {
-            status: resp.status,
-            local: false,
-        });
-        let encoder = if client_framing == BodyFraming::Chunked {
-            BodyEncoder::Chunked
-        } else {
-            BodyEncoder::Identity
-        };
-        let decoder = BodyDecoder::new(resp.framing, u64::MAX, cfg.limits.max_header_bytes);
-        let done = decoder.is_done();
-        self.response = ResponsePhase::Body {
-            decoder,
-            encoder,
-            keep_alive_client,
-            upstream_reusable: resp.keep_alive,
-        };
-        if done {
-            encoder.end(b"", &mut self.to_client);
-            self.finish_response(now);
-        }
-    }
-
-    fn read_response_body(&mut self, now: Instant, data: &[u8]) -> usize {
-        let ResponsePhase::Body { decoder, encoder, .. } = &mut self.response else {
-            return 0;
-        };
-        let mut used = 0;
-        loop {
-            match decoder.decode(&data[used..]) {
-                Ok((n, Some(BodyEvent::Data(d)))) => {
-                    encoder.data(d, &mut self.to_client);
-                    used += n;
-                    if used == data.len() && !decoder.is_done() {
-                        return used;
-                    }
-                }
-                Ok((n, Some(BodyEvent::End))) => {
-                    encoder.end(decoder.trailers(), &mut self.to_client);
-                    self.finish_response(now);
-                    return used + n;
-                }
-                Ok((n, None)) => return used + n,
-                Err(r) => {
-                    self.events.push_back(Event::UpstreamRefused(r));
-                    self.events.push_back(Event::Aborted);
-                    self.close_all();
-                    return data.len();
-                }
-            }
-        }
-    }
-
-    /// The upstream sent something unacceptable: 502 if the client has seen nothing yet.
-    fn bad_response(&mut self, now: Instant, r: Refusal) {
-        self.events.push_back(Event::UpstreamRefused(r));
-        self.drop_upstream();
-        self.fail_exchange(now, 502);
-    }
-
-    fn finish_response(&mut self, now: Instant) {
-        let ResponsePhase::Body {
-            keep_alive_client,
-            upstream_reusable,
-            ..
-        } = std::mem::replace(&mut self.response, ResponsePhase::Idle)
-        else {
-            return;
-        };
-        let request_done = self.exchange.as_ref().is_some_and(|e| e.request_done);
-        self.upstream_deadline = None;
-        if !(upstream_reusable && request_done) {
-            self.drop_upstream();
-        }
-        self.exchange = None;
-        // After the client's FIN, only complete requests it already sent are still served.
-        if !keep_alive_client || !request_done || (self.client_eof && self.head_end.is_none()) {
-            self.close_all();
-            return;
-        }
-        self.request = RequestPhase::Head;
-        self.client_deadline = Some((now + secs(self.cfg.limits.client_idle_timeout_s), Timer::ClientIdle));
-        // The next (pipelined) request starts in `advance`, called by the public handler once it has dealt with
-        // whatever else the upstream sent.
     }
 
     // ---- endings ----
@@ -1005,11 +621,59 @@ impl HttpProxy {
         }
     }
 
+    /// After a connection to a server of `group` failed before it was established: asks for another one if the
+    /// request is idempotent, nothing of it went out, and attempts are left. The request head waits in
+    /// `to_upstream` as it did for the first connection.
+    fn retry_connect(&mut self, now: Instant, group: GroupId) -> bool {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return false;
+        };
+        if !exchange.idempotent || exchange.response_started || exchange.attempts >= MAX_CONNECT_ATTEMPTS {
+            return false;
+        }
+        exchange.attempts += 1;
+        let id = UpstreamId(self.next_upstream);
+        self.next_upstream = self.next_upstream.wrapping_add(1);
+        self.upstream = Some(Upstream {
+            id,
+            group,
+            server: None,
+            connected: false,
+        });
+        self.events.push_back(Event::Retried);
+        // A sticky server that failed is not insisted on.
+        self.push(Action::ConnectUpstream {
+            id,
+            group,
+            sticky_server: None,
+        });
+        self.upstream_deadline = Some((
+            now + secs(self.cfg.limits.upstream_connect_timeout_s),
+            Timer::UpstreamConnect,
+        ));
+        true
+    }
+
+    /// Releases the upstream connection if it is idle and reusable, else closes it.
+    fn let_go_of_upstream(&mut self) {
+        let idle = self.upstream.as_ref().is_some_and(|u| u.connected)
+            && self.exchange.is_none()
+            && matches!(self.response, ResponsePhase::Idle)
+            && self.to_upstream.is_empty();
+        if !idle {
+            return self.drop_upstream();
+        }
+        if let Some(up) = self.upstream.take() {
+            self.upstream_deadline = None;
+            self.push(Action::ReleaseUpstream(up.id));
+        }
+    }
+
     fn close_all(&mut self) {
         if self.closed {
             return;
         }
-        self.drop_upstream();
+        self.let_go_of_upstream();
         self.push(Action::CloseClient);
         self.closed = true;
         self.client_deadline = None;
@@ -1041,6 +705,9 @@ impl HttpProxy {
         }
     }
 }
+
+mod client_side;
+mod upstream_side;
 
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,8 @@ struct Harness {
     connects: Vec<(UpstreamId, GroupId, Option<ServerId>)>,
     client_closed: bool,
     upstream_closed: Vec<UpstreamId>,
+    /// Upstreams handed back idle and reusable (also in `upstream_closed`: the proxy is done with them).
+    released: Vec<UpstreamId>,
     tunnel: Option<UpstreamId>,
     events: Vec<Event>,
 }
@@ -79,6 +81,7 @@ impl Harness {
             connects: Vec::new(),
             client_closed: false,
             upstream_closed: Vec::new(),
+            released: Vec::new(),
             tunnel: None,
             events: Vec::new(),
         }
@@ -87,7 +90,7 @@ impl Harness {
     fn drain(&mut self) {
         while let Some(a) = self.p.poll_action() {
             assert!(
-                !self.client_closed || matches!(a, Action::CloseUpstream(_)),
+                !self.client_closed || matches!(a, Action::CloseUpstream(_) | Action::ReleaseUpstream(_)),
                 "action after CloseClient: {a:?}"
             );
             match a {
@@ -107,6 +110,10 @@ impl Harness {
                 }
                 Action::CloseClient => self.client_closed = true,
                 Action::CloseUpstream(id) => self.upstream_closed.push(id),
+                Action::ReleaseUpstream(id) => {
+                    self.upstream_closed.push(id);
+                    self.released.push(id);
+                }
                 Action::Tunnel { upstream } => self.tunnel = Some(upstream),
             }
         }
@@ -709,6 +716,14 @@ fn upstream_failures() {
         h.client(GET);
         h.p.handle_upstream_failed(h.now, UpstreamId(0), f);
         h.drain();
+        if f == UpstreamFailure::Refused {
+            // A GET is tried on up to MAX_CONNECT_ATTEMPTS connections before the 502.
+            for id in 1..u32::from(MAX_CONNECT_ATTEMPTS) {
+                assert_eq!(h.connects.len(), id as usize + 1, "retry {id}");
+                h.p.handle_upstream_failed(h.now, UpstreamId(id), f);
+                h.drain();
+            }
+        }
         assert!(h.take_client().starts_with(&format!("HTTP/1.1 {status}\r\n")));
         assert!(
             !h.client_closed,
@@ -716,7 +731,12 @@ fn upstream_failures() {
         );
         assert!(h.events.contains(&Event::UpstreamFailed(f)));
         h.client(GET);
-        assert_eq!(h.connects.len(), 2, "next request, new upstream");
+        let tried = if f == UpstreamFailure::Refused {
+            MAX_CONNECT_ATTEMPTS as usize
+        } else {
+            1
+        };
+        assert_eq!(h.connects.len(), tried + 1, "next request, new upstream");
     }
     // Reset before the response: 502.
     let mut h = Harness::new();
@@ -806,12 +826,14 @@ fn timeouts() {
     assert!(!h.client_closed);
     h.advance(1);
     assert!(h.take_client().starts_with("HTTP/1.1 408 "));
-    // Upstream connect: 504.
+    // Upstream connect: 504 (after the retries of a GET).
     let mut h = Harness::new();
     h.client(GET);
-    h.advance(limits.upstream_connect_timeout_s);
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
+        h.advance(limits.upstream_connect_timeout_s);
+    }
     assert!(h.take_client().starts_with("HTTP/1.1 504 "));
-    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0), UpstreamId(1), UpstreamId(2)]);
     assert!(h.events.contains(&Event::Timeout(Timer::UpstreamConnect)));
     // No response: 504; the client connection is kept (request read whole).
     let mut h = Harness::new();
@@ -1034,4 +1056,88 @@ fn fuzz_random_bytes_and_split_points() {
         let mut d = BodyDecoder::new(BodyFraming::Chunked, 1000, 100);
         let _ = d.decode(&input);
     }
+}
+
+#[test]
+fn idle_upstreams_are_released_for_reuse_and_others_closed() {
+    // The client goes away after a complete kept-alive exchange: the upstream is handed back, not closed.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    assert!(h.client_closed);
+    assert_eq!(h.released, vec![UpstreamId(0)]);
+
+    // A request to another group on the same client connection: the idle one is released, a new one opened.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    h.client(b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n");
+    assert_eq!(h.released, vec![UpstreamId(0)]);
+    assert_eq!(h.connects.last(), Some(&(UpstreamId(1), GroupId(1), None)));
+
+    // The client leaves mid-response: that upstream is closed, never released.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe");
+    h.p.handle_client_eof(h.now);
+    h.advance(61);
+    assert!(h.released.is_empty());
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+
+    // An upstream whose response said `Connection: close` is closed, and one that sent FIN while idle too.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    assert!(h.released.is_empty());
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    h.p.handle_upstream_eof(h.now, UpstreamId(0));
+    h.p.handle_client_eof(h.now);
+    h.drain();
+    assert!(h.released.is_empty());
+    assert_eq!(h.upstream_closed, vec![UpstreamId(0)]);
+}
+
+#[test]
+fn idempotent_requests_are_retried_when_connecting_fails() {
+    // A GET: the second connection gets the same request head; one Retried event per new attempt.
+    let mut h = Harness::new();
+    h.client(GET);
+    h.p.handle_upstream_failed(h.now, UpstreamId(0), UpstreamFailure::Refused);
+    h.drain();
+    assert_eq!(h.connects.last(), Some(&(UpstreamId(1), GroupId(0), None)));
+    h.connected(1, 2);
+    assert!(h
+        .take_upstream(1)
+        .starts_with("GET /a HTTP/1.1\r\nHost: www.example.com\r\n"));
+    h.upstream(1, OK5);
+    assert!(h.take_client().ends_with("hello"));
+    assert_eq!(h.events.iter().filter(|e| **e == Event::Retried).count(), 1);
+
+    // A POST is not retried: 502 at once.
+    let mut h = Harness::new();
+    h.client(b"POST /a HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 3\r\n\r\nabc");
+    h.p.handle_upstream_failed(h.now, UpstreamId(0), UpstreamFailure::Refused);
+    h.drain();
+    assert!(h.take_client().starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.connects.len(), 1);
+
+    // A reset after the connection was established is not retried either (the request may have been seen).
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 0);
+    h.p.handle_upstream_failed(h.now, UpstreamId(0), UpstreamFailure::Reset);
+    h.drain();
+    assert!(h.take_client().starts_with("HTTP/1.1 502 "));
+    assert_eq!(h.connects.len(), 1);
 }

@@ -89,6 +89,8 @@ enum Command {
     XdpLoop(XdpLoopArgs),
     /// Per-packet cost of the L4 forwarder vs concurrent sessions (1k → 1M) and memory per session.
     ConntrackScale(ScaleArgs),
+    /// Per-segment cost of L7's in-stack TCP vs open connections (10 → 100k).
+    L7Scale(L7ScaleArgs),
 }
 
 /// XDP attach mode on both veth ends.
@@ -201,6 +203,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::XdpLoop(args) => xdp_loop(&args),
         Command::ConntrackScale(args) => conntrack_scale(&args),
+        Command::L7Scale(args) => l7_scale(&args),
     }
 }
 
@@ -342,29 +345,30 @@ fn conntrack_scale(args: &ScaleArgs) -> Result<()> {
     } else {
         (args.sizes.clone(), args.packets)
     };
-    eprintln!(
-        "{:>10} {:>10} {:>14} {:>18} {:>16} {:>14}",
-        "sessions", "ns/packet", "CPU ns/packet", "ns/new session", "table B/session", "RSS B/session"
-    );
-    let mut points = Vec::new();
-    for n in sizes {
-        let p = xlb_perf::scale::measure(n, packets, args.batch)?;
-        eprintln!(
-            "{:>10} {:>10.1} {:>14.1} {:>18.1} {:>16.0} {:>14.0}",
-            p.sessions,
-            p.ns_per_packet,
-            p.cpu_ns_per_packet,
-            p.ns_per_new_session,
-            p.table_bytes_per_session,
-            p.rss_bytes_per_session
-        );
-        points.push(p.json());
-    }
-    println!(
-        "{}",
-        serde_json::json!({ "scenario": "conntrack_scale", "packets": packets, "batch": args.batch, "points": points })
-    );
-    Ok(())
+    xlb_perf::scale::run(&sizes, packets, args.batch)
+}
+
+/// Options of `l7-scale`.
+#[derive(Args, Debug)]
+struct L7ScaleArgs {
+    /// Connection counts to measure.
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,10000,100000")]
+    sizes: Vec<usize>,
+    /// Segments received per size.
+    #[arg(long, default_value_t = 500_000)]
+    segments: usize,
+    /// Smaller run (100k segments per size).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn l7_scale(args: &L7ScaleArgs) -> Result<()> {
+    let segments = if args.quick {
+        args.segments.min(100_000)
+    } else {
+        args.segments
+    };
+    xlb_perf::l7scale::run(&args.sizes, segments)
 }
 
 fn xdp_loop(args: &XdpLoopArgs) -> Result<()> {

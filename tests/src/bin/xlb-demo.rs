@@ -40,6 +40,18 @@ scheduler = "wrr"
 forwarding = "fullnat"
 group = "web"
 
+[[listener]]
+name = "www"
+vip = "198.18.0.100"
+port = 81
+protocol = "http"
+scheduler = "rr"
+group = "web"
+
+[[listener.rule]]
+host = "old.example.com"
+redirect = { status = 301, scheme = "https" }
+
 [[group]]
 name = "web"
 servers = [{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 1 }, { addr = "198.19.0.4:8080", weight = 2 }]
@@ -79,6 +91,16 @@ fn demo(hold: Duration) -> Result<()> {
             client.run("curl", &["-s", "-m", "3", "http://198.18.0.100/"])?.trim(),
         );
     }
+
+    step("L7: HTTP terminated by xlb on :81 (its own TCP stack), 4 requests on one kept-alive connection");
+    let url = "http://198.18.0.100:81/";
+    show(
+        "curl",
+        client.run("curl", &["-s", "-m", "3", url, url, url, url])?.trim(),
+    );
+    step("L7: a redirect rule answered by xlb itself (Host: old.example.com)");
+    let redirect = client.run("curl", &["-s", "-i", "-m", "3", "-H", "Host: old.example.com", url])?;
+    show("curl", redirect.trim());
 
     step("xlbctl list");
     show("xlbctl", &xlb.xlbctl(&["list"])?);

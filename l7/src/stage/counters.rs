@@ -1,0 +1,190 @@
+//! L7 counters: plain integers in the worker, published once per interval to relaxed atomics that the control
+//! thread reads (one writer per worker, as for the L4 counters).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! l7_counts {
+    ($($variant:ident => $name:literal: $doc:literal,)*) => {
+        /// What the L7 stage counts.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum L7Count {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl L7Count {
+            /// Every count, in order.
+            pub const ALL: &'static [L7Count] = &[$(L7Count::$variant,)*];
+            /// Number of counts.
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The count's name in stats and metrics (snake_case).
+            pub fn name(self) -> &'static str {
+                match self { $(L7Count::$variant => $name,)* }
+            }
+
+            /// What the count counts (metric help).
+            pub fn doc(self) -> &'static str {
+                match self { $(L7Count::$variant => $doc,)* }
+            }
+        }
+    };
+}
+
+l7_counts! {
+    Accepted => "accepted": "Client connections accepted (SYN answered).",
+    Requests => "requests": "Responses relayed from a server.",
+    LocalAnswers => "local_answers": "Responses xlb answered itself: redirects, fixed responses and errors.",
+    Status1xx => "responses_1xx": "Final responses with a 1xx status (101 Switching Protocols).",
+    Status2xx => "responses_2xx": "Responses with a 2xx status.",
+    Status3xx => "responses_3xx": "Responses with a 3xx status.",
+    Status4xx => "responses_4xx": "Responses with a 4xx status.",
+    Status5xx => "responses_5xx": "Responses with a 5xx status.",
+    ClientRefused => "client_refused": "Requests refused (400, 408, 413, 431, ...: see the log at debug level).",
+    UpstreamRefused => "upstream_refused": "Server responses refused (malformed, unsolicited, smuggling attempts).",
+    UpstreamConnects => "upstream_connects": "Upstream connections opened.",
+    UpstreamReused => "upstream_reused": "Requests sent over an upstream connection taken from the idle pool.",
+    NoHealthyServer => "no_healthy_server": "Requests whose group had no healthy server (503).",
+    UpstreamConnectFailed => "upstream_connect_failed": "Upstream connections refused or not established in time (502/504).",
+    Retries => "retries": "Idempotent requests sent to another server after connecting failed or timed out.",
+    UpstreamReset => "upstream_reset": "Upstream connections reset or closed mid-response (502 or an aborted response).",
+    Timeouts => "timeouts": "Client or upstream timers that fired (408, 504, idle closes).",
+    Aborted => "aborted": "Exchanges cut short by a connection closing mid-message.",
+    Tunnels => "tunnels": "Connections upgraded to a tunnel (WebSocket).",
+    NoConnection => "no_connection": "Segments of no known connection (answered with RST).",
+    BadSegments => "bad_segments": "Malformed segments or bad TCP checksums.",
+    ConnectionLimit => "connection_limit": "SYNs refused at l7.max_connections (answered with RST).",
+    LocalPortsExhausted => "local_ports_exhausted": "Upstream connections not opened: no free local port for the server (502).",
+    NoRoute => "no_route": "Upstream connections not opened: no route to the server (502).",
+    HandedOff => "handed_off": "Segments handed to the worker that owns their connection.",
+    HandoffFull => "handoff_full": "Segments dropped: the hand-off queue to their owner was full.",
+}
+
+/// One worker's L7 counts and gauges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Counters {
+    /// Counts by [`L7Count`].
+    pub counts: [u64; L7Count::COUNT],
+    /// Client connections being served.
+    pub sessions: u64,
+    /// In-stack TCP connections (client, upstream, idle, closing).
+    pub connections: u64,
+    /// Idle upstream connections kept for reuse.
+    pub idle_upstreams: u64,
+    /// Bytes of socket buffers of the in-stack connections.
+    pub buffer_bytes: u64,
+}
+
+impl Default for L7Counters {
+    fn default() -> Self {
+        L7Counters {
+            counts: [0; L7Count::COUNT],
+            sessions: 0,
+            connections: 0,
+            idle_upstreams: 0,
+            buffer_bytes: 0,
+        }
+    }
+}
+
+impl L7Counters {
+    /// Counts one `c`.
+    #[inline]
+    pub fn bump(&mut self, c: L7Count) {
+        self.counts[c as usize] += 1;
+    }
+
+    /// The value of `c`.
+    pub fn get(&self, c: L7Count) -> u64 {
+        self.counts[c as usize]
+    }
+
+    /// Adds another worker's counters.
+    pub fn add(&mut self, other: &L7Counters) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sessions += other.sessions;
+        self.connections += other.connections;
+        self.idle_upstreams += other.idle_upstreams;
+        self.buffer_bytes += other.buffer_bytes;
+    }
+
+    /// Share of relayed responses that needed no new upstream connection (1.0 when there were none).
+    pub fn upstream_reuse(&self) -> f64 {
+        let requests = self.get(L7Count::Requests);
+        if requests == 0 {
+            return 1.0;
+        }
+        1.0 - (self.get(L7Count::UpstreamConnects) as f64 / requests as f64).min(1.0)
+    }
+}
+
+/// A worker's published L7 counters.
+#[derive(Debug)]
+pub struct SharedL7Counters {
+    counts: [AtomicU64; L7Count::COUNT],
+    gauges: [AtomicU64; 4],
+}
+
+impl Default for SharedL7Counters {
+    fn default() -> Self {
+        SharedL7Counters {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            gauges: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl SharedL7Counters {
+    /// Stores the worker's current values.
+    pub fn publish(&self, c: &L7Counters) {
+        for (slot, v) in self.counts.iter().zip(c.counts) {
+            slot.store(v, Relaxed);
+        }
+        for (slot, v) in self
+            .gauges
+            .iter()
+            .zip([c.sessions, c.connections, c.idle_upstreams, c.buffer_bytes])
+        {
+            slot.store(v, Relaxed);
+        }
+    }
+
+    /// The values last published.
+    pub fn snapshot(&self) -> L7Counters {
+        let g = |i: usize| self.gauges[i].load(Relaxed);
+        L7Counters {
+            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            sessions: g(0),
+            connections: g(1),
+            idle_upstreams: g(2),
+            buffer_bytes: g(3),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_counters_read_back_and_sum() {
+        let mut c = L7Counters::default();
+        c.bump(L7Count::Requests);
+        c.bump(L7Count::Requests);
+        c.bump(L7Count::UpstreamConnects);
+        c.sessions = 3;
+        let shared = SharedL7Counters::default();
+        shared.publish(&c);
+        let mut total = shared.snapshot();
+        assert_eq!(total, c);
+        total.add(&c);
+        assert_eq!(total.get(L7Count::Requests), 4);
+        assert_eq!(total.sessions, 6);
+        assert_eq!(c.upstream_reuse(), 0.5);
+        assert_eq!(L7Counters::default().upstream_reuse(), 1.0);
+        let names: std::collections::HashSet<_> = L7Count::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), L7Count::COUNT, "names are unique");
+    }
+}

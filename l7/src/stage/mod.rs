@@ -1,0 +1,558 @@
+//! The L7 stage: HTTP listeners terminated in the worker's own stack and proxied to server groups.
+//!
+//! A stage of the worker's pipeline like L4 (see [`xlb_stack::stages`]): it registers its listeners'
+//! VIP:ports and the upstream reply ports of every local IP in the service table, and receives the TCP
+//! segments the table gives it. Segments go to the in-stack TCP host ([`crate::tcp`]); a SYN to a listener
+//! opens a client connection with its own [`HttpProxy`] ([`session`]); the proxy's upstream connections are
+//! opened by the same host from the local IP that routes to the server, on a local port this worker owns, so
+//! the server's replies come back to this worker (run to completion: a client connection and its upstream
+//! connections live on one worker). Servers are picked by the group's scheduler among those the health board
+//! says are up (the checks are L4's); idle upstream connections are kept per server for the next request
+//! ([`upstreams`]).
+//!
+//! Segments that reached another worker's queue (the NIC's hash is not xlb's) are handed to the owner: the
+//! client side by the same flow hash L4 uses, upstream replies by the local port (`xlb_l4::owner`).
+
+pub mod counters;
+mod session;
+mod token;
+pub mod upstreams;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use xlb_l4::conn::{FlowHash, FlowKey, Proto};
+use xlb_l4::forward::handoff::Handoff;
+use xlb_l4::owner::{local_port_owner, owner_of_hash};
+use xlb_l4::stats::HealthBoard;
+use xlb_stack::counters::DropReason;
+use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use xlb_stack::pipeline::{Frame, PortId, Verdict};
+use xlb_stack::service::{Service, StageId, Transport};
+use xlb_stack::wire::ETH_HEADER_LEN;
+
+use crate::config::L7Config;
+use crate::proxy::{HttpProxy, ProxyConfig};
+use crate::rules::GroupId;
+use crate::tcp::{BadSegment, ConnId, Ingress, TcpConfig, TcpHost};
+use counters::{L7Count, L7Counters, SharedL7Counters};
+use session::{Io, Session};
+use token::Token;
+use upstreams::{GroupSpec, Upstreams};
+
+/// The L7 stage's id in the service table.
+pub const L7_STAGE: StageId = 2;
+
+/// The service slot of upstream replies (local IP, L7 local ports); listeners use their index.
+const REPLY_SLOT: u32 = u32::MAX;
+
+/// How often counters are published and idle connections expired.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+/// How often refusals are logged (once per interval, with the cause and the fix).
+const WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// An HTTP listener of the stage.
+#[derive(Clone, Debug)]
+pub struct StageListener {
+    /// Name (logs).
+    pub name: String,
+    /// VIP and port.
+    pub vip: SocketAddrV4,
+    /// The proxy settings of its connections.
+    pub proxy: Arc<ProxyConfig>,
+}
+
+/// Everything an L7 stage is built from.
+pub struct L7StageConfig {
+    /// Limits, timeouts, ports and pool sizes (`[l7]`).
+    pub limits: L7Config,
+    /// HTTP listeners (index = service slot).
+    pub listeners: Vec<StageListener>,
+    /// Server groups (index = [`GroupId`] of the listeners' rules).
+    pub groups: Vec<GroupSpec>,
+    /// The health board L4's checker writes.
+    pub board: Arc<HealthBoard>,
+    /// This worker and the number of workers.
+    pub worker: usize,
+    /// Number of workers.
+    pub workers: usize,
+    /// Config interface index of each of the worker's ports.
+    pub port_ifaces: Vec<usize>,
+}
+
+/// A live change for the stage: the groups (servers, weights, health targets) and the health board of the new
+/// configuration. Listener changes need a restart.
+pub struct L7Update {
+    /// The groups, in the same order as before (rules refer to them by index).
+    pub groups: Vec<GroupSpec>,
+    /// The new health board.
+    pub board: Arc<HealthBoard>,
+}
+
+/// A session slot.
+struct Slot {
+    generation: u32,
+    session: Option<Session>,
+}
+
+/// The L7 stage of one worker.
+pub struct L7Stage {
+    worker: usize,
+    workers: usize,
+    host: TcpHost,
+    listeners: Vec<StageListener>,
+    local_ports: RangeInclusive<u16>,
+    upstreams: Upstreams,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    sessions: usize,
+    /// Proxy timers: (due, slot, generation); stale entries are skipped.
+    timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Sessions with something to do after the current segment or timer.
+    touched: Vec<u32>,
+    counters: L7Counters,
+    shared: Arc<SharedL7Counters>,
+    next_housekeeping: Instant,
+    warned: (Instant, L7Counters),
+    handoff: Option<Handoff>,
+    port_ifaces: Vec<usize>,
+    /// The latest time seen (a due time for work that cannot wait).
+    last_now: Instant,
+    updates: Option<Receiver<L7Update>>,
+}
+
+impl L7Stage {
+    /// A stage for `config`, publishing its counters to `shared`; `handoff` links it to the other workers'
+    /// L7 stages (needed with more than one worker).
+    pub fn new(
+        config: L7StageConfig,
+        shared: Arc<SharedL7Counters>,
+        handoff: Option<Handoff>,
+        now: Instant,
+    ) -> L7Stage {
+        let limits = &config.limits;
+        let tcp = TcpConfig {
+            rx_buffer: limits.socket_buffer_bytes,
+            tx_buffer: limits.socket_buffer_bytes,
+            max_connections: limits.max_connections,
+            idle_buffer: limits.idle_buffer_bytes,
+            ..TcpConfig::default()
+        };
+        let ports = limits.local_port_min..=limits.local_port_max;
+        let upstreams = Upstreams::new(
+            &config.groups,
+            config.board,
+            ports.clone(),
+            (config.worker, config.workers),
+            limits.upstream_keepalive,
+            Duration::from_secs(limits.upstream_idle_timeout_s),
+        );
+        let seed = 0x9e37_79b9_7f4a_7c15 ^ (config.worker as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
+        L7Stage {
+            worker: config.worker,
+            workers: config.workers.max(1),
+            host: TcpHost::new(tcp, now, seed ^ nanos_since_epoch()),
+            listeners: config.listeners,
+            local_ports: ports,
+            upstreams,
+            slots: Vec::new(),
+            free: Vec::new(),
+            sessions: 0,
+            timers: BinaryHeap::new(),
+            touched: Vec::new(),
+            counters: L7Counters::default(),
+            shared,
+            next_housekeeping: now,
+            warned: (now, L7Counters::default()),
+            handoff,
+            port_ifaces: config.port_ifaces,
+            last_now: now,
+            updates: None,
+        }
+    }
+
+    /// Takes live changes from `updates` (applied between batches, in `handle_timeout`).
+    pub fn set_updates(&mut self, updates: Receiver<L7Update>) {
+        self.updates = Some(updates);
+    }
+
+    fn apply_updates(&mut self, now: Instant) {
+        while let Some(update) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
+            self.upstreams.update(now, &mut self.host, &update.groups, update.board);
+        }
+    }
+
+    /// The stage's counters so far (also published to its [`SharedL7Counters`]).
+    pub fn counters(&self) -> &L7Counters {
+        &self.counters
+    }
+
+    /// The worker that owns the connection of a segment from `src` to `dst`.
+    fn owner(&self, service: Service, src: SocketAddrV4, dst: SocketAddrV4) -> usize {
+        if service.slot == REPLY_SLOT {
+            local_port_owner(dst.port(), self.workers)
+        } else {
+            let key = FlowKey {
+                proto: Proto::Tcp,
+                src,
+                dst,
+            };
+            owner_of_hash(FlowHash::of(&key), self.workers)
+        }
+    }
+
+    /// Hands a segment to the TCP host and lets the sessions it touched work.
+    fn segment(&mut self, now: Instant, ip: &[u8], service: Service, cx: &StackContext<'_>) -> Handled {
+        self.last_now = now;
+        let listener = (service.slot != REPLY_SLOT)
+            .then_some(service.slot as usize)
+            .filter(|&l| l < self.listeners.len());
+        let result = self.host.ingress(now, ip, listener.is_some());
+        let handled = match result {
+            Ingress::Delivered(_) => Handled::Verdict(Verdict::Consumed),
+            Ingress::Accepted(conn) => {
+                if let Some(l) = listener {
+                    self.open_session(now, conn, l);
+                }
+                Handled::Verdict(Verdict::Consumed)
+            }
+            Ingress::NoConnection => {
+                self.counters.bump(L7Count::NoConnection);
+                Handled::Reject(DropReason::NoConnection)
+            }
+            Ingress::Full => {
+                self.counters.bump(L7Count::ConnectionLimit);
+                Handled::Reject(DropReason::L7ConnectionLimit)
+            }
+            Ingress::Bad(bad) => {
+                self.counters.bump(L7Count::BadSegments);
+                Handled::Verdict(Verdict::Drop(match bad {
+                    BadSegment::Checksum => DropReason::BadL4Checksum,
+                    BadSegment::Malformed => DropReason::MalformedTcp,
+                }))
+            }
+        };
+        self.run_touched(now, cx);
+        handled
+    }
+
+    fn open_session(&mut self, now: Instant, conn: ConnId, listener: usize) {
+        let Some(tuple) = self.host.tuple(conn) else { return };
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    session: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let generation = self.slots[index as usize].generation;
+        let proxy = HttpProxy::new(
+            self.listeners[listener].proxy.clone(),
+            IpAddr::V4(*tuple.remote.ip()),
+            now,
+        );
+        let upstream_token = Token::Upstream { index, generation };
+        self.slots[index as usize].session = Some(Session::new(proxy, conn, tuple.remote, upstream_token));
+        self.host.set_token(conn, Token::Client { index, generation }.encode());
+        self.sessions += 1;
+        self.counters.bump(L7Count::Accepted);
+        self.touched.push(index);
+    }
+
+    /// Takes the TCP host's events and pumps every session they concern (and those already marked).
+    fn run_touched(&mut self, now: Instant, cx: &StackContext<'_>) {
+        for _ in 0..64 {
+            while let Some((conn, raw)) = self.host.poll_event() {
+                match Token::decode(raw) {
+                    Some(Token::Client { index, generation } | Token::Upstream { index, generation })
+                        if self
+                            .slots
+                            .get(index as usize)
+                            .is_some_and(|s| s.generation == generation) =>
+                    {
+                        self.touched.push(index);
+                    }
+                    Some(Token::Idle { group, server }) => {
+                        self.upstreams
+                            .idle_event(now, &mut self.host, GroupId(group as usize), server as usize, conn);
+                    }
+                    _ => {}
+                }
+            }
+            if self.touched.is_empty() {
+                break;
+            }
+            self.touched.sort_unstable();
+            self.touched.dedup();
+            for index in std::mem::take(&mut self.touched) {
+                self.pump(now, index, cx, false);
+            }
+        }
+    }
+
+    /// Runs one session (firing its timers first if `timer`); frees it when it is done.
+    fn pump(&mut self, now: Instant, index: u32, cx: &StackContext<'_>, timer: bool) {
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        let Some(session) = slot.session.as_mut() else { return };
+        let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
+        let mut io = Io {
+            now,
+            host: &mut self.host,
+            upstreams: &mut self.upstreams,
+            counters: &mut self.counters,
+            source: &source,
+        };
+        if timer {
+            session.handle_timeout(&mut io);
+        } else {
+            session.pump(&mut io);
+        }
+        if session.is_done() {
+            slot.session = None;
+            slot.generation = (slot.generation + 1) & ((1 << 30) - 1);
+            self.free.push(index);
+            self.sessions -= 1;
+        } else {
+            let due = session.poll_timeout();
+            if due != session.timer_armed {
+                session.timer_armed = due;
+                if let Some(due) = due {
+                    self.timers.push(Reverse((due, index, slot.generation)));
+                }
+            }
+        }
+    }
+
+    fn registered_reply_ranges(&self, cx: &mut StackContext<'_>) {
+        let reply = Service {
+            stage: L7_STAGE,
+            slot: REPLY_SLOT,
+        };
+        let ips: Vec<Ipv4Addr> = cx
+            .links
+            .iter()
+            .flat_map(|l| l.addresses.iter().map(|n| n.addr))
+            .collect();
+        for ip in ips {
+            cx.services
+                .set_range(ip, Transport::Tcp, self.local_ports.clone(), reply);
+        }
+    }
+
+    /// Processes segments other workers handed over.
+    fn process_handed(&mut self, now: Instant, cx: &mut StackContext<'_>) {
+        for _ in 0..256 {
+            let Some(handed) = self.handoff.as_mut().and_then(Handoff::receive) else {
+                return;
+            };
+            let frame = &handed.buf[..handed.len];
+            let service = frame_endpoints(frame).and_then(|(_, dst)| {
+                cx.services
+                    .lookup(*dst.ip(), Transport::Tcp, dst.port())
+                    .filter(|s| s.stage == L7_STAGE)
+            });
+            if let Some(service) = service {
+                let handled = self.segment(now, &frame[ETH_HEADER_LEN..], service, cx);
+                if let Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) = handled {
+                    // Not answered here: the RST for a refused handed segment is left to the client's retry.
+                    cx.counters.drop(reason);
+                }
+            }
+            if let Some(h) = self.handoff.as_mut() {
+                h.recycle(handed);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.upstreams.expire_idle(now, &mut self.host);
+        self.counters.sessions = self.sessions as u64;
+        self.counters.connections = self.host.len() as u64;
+        self.counters.idle_upstreams = self.upstreams.idle_count() as u64;
+        self.counters.buffer_bytes = self.host.counters().buffer_bytes;
+        self.shared.publish(&self.counters);
+        if now.saturating_duration_since(self.warned.0) >= WARN_INTERVAL {
+            self.warn(&self.warned.1.clone());
+            self.warned = (now, self.counters.clone());
+        }
+    }
+
+    /// Logs the refusals since `before`, once per interval, with what to do about them.
+    fn warn(&self, before: &L7Counters) {
+        let fixes = [
+            (
+                L7Count::ConnectionLimit,
+                "connections refused at l7.max_connections: raise it (memory: 2 × l7.socket_buffer_bytes each)",
+            ),
+            (
+                L7Count::LocalPortsExhausted,
+                "no free local port for an upstream connection: widen l7.local_port_min..max or raise \
+                 l7.upstream_keepalive",
+            ),
+            (
+                L7Count::NoHealthyServer,
+                "requests answered 503: every server of their group is down or drained (xlbctl stats)",
+            ),
+            (
+                L7Count::NoRoute,
+                "upstream connections not opened: no interface or gateway reaches the server",
+            ),
+            (
+                L7Count::HandoffFull,
+                "segments dropped between workers: the hand-off queue was full",
+            ),
+        ];
+        for (count, fix) in fixes {
+            let n = self.counters.get(count) - before.get(count);
+            if n > 0 {
+                tracing::warn!(worker = self.worker, count = count.name(), n, "L7: {fix}");
+            }
+        }
+    }
+}
+
+fn nanos_since_epoch() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Source and destination of the TCP segment in an Ethernet/IPv4 frame (already validated by the stack).
+fn frame_endpoints(frame: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4)> {
+    let ip = frame.get(ETH_HEADER_LEN..)?;
+    let l4 = usize::from(ip.first()? & 0x0f) * 4;
+    let tcp = ip.get(l4..l4 + 4)?;
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    Some((
+        SocketAddrV4::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
+        SocketAddrV4::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
+    ))
+}
+
+impl Ipv4Handler for L7Stage {
+    fn handle(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        ip: &Ipv4Meta,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        let Some(service) = ip.service.filter(|s| s.stage == L7_STAGE) else {
+            return Handled::Pass;
+        };
+        if ip.protocol != Transport::Tcp as u8 {
+            return Handled::Pass;
+        }
+        let Some((src, dst)) = frame_endpoints(frame.data()) else {
+            return Handled::Verdict(Verdict::Drop(DropReason::MalformedTcp));
+        };
+        let owner = self.owner(service, src, dst);
+        if owner != self.worker {
+            let iface = self.port_ifaces.get(port).copied().unwrap_or(0);
+            return match self.handoff.as_mut().map(|h| h.send(owner, iface, frame.data())) {
+                Some(Ok(())) => {
+                    self.counters.bump(L7Count::HandedOff);
+                    Handled::Verdict(Verdict::Consumed)
+                }
+                _ => {
+                    self.counters.bump(L7Count::HandoffFull);
+                    Handled::Verdict(Verdict::Drop(DropReason::HandoffFull))
+                }
+            };
+        }
+        self.segment(now, &frame.data()[ETH_HEADER_LEN..], service, cx)
+    }
+
+    fn attach(&mut self, cx: &mut StackContext<'_>) {
+        cx.services.clear_stage(L7_STAGE);
+        for (i, l) in self.listeners.iter().enumerate() {
+            let service = Service {
+                stage: L7_STAGE,
+                slot: i as u32,
+            };
+            cx.services
+                .set(*l.vip.ip(), Transport::Tcp, l.vip.port(), Some(service));
+        }
+        if !self.listeners.is_empty() {
+            self.registered_reply_ranges(cx);
+        }
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        self.process_handed(now, cx);
+        for _ in 0..1024 {
+            let Some((len, dst)) = self.host.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) else {
+                break;
+            };
+            match cx.deliver(now, buf, ETH_HEADER_LEN + len, dst) {
+                Ok(port) => return Some((port, ETH_HEADER_LEN + len)),
+                Err(None) => {} // queued until ARP resolves
+                Err(Some(reason)) => cx.counters.drop(reason),
+            }
+        }
+        // Transmitting may have changed states (a retransmission limit, a deadline): let the sessions see it.
+        self.run_touched(now, cx);
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.host.has_output() {
+            // Segments are waiting (queued after the last transmit poll): the worker must not sleep.
+            return Some(self.last_now);
+        }
+        if self.listeners.is_empty() && self.host.is_empty() {
+            return None; // no HTTP listener: the stage sleeps (live changes to listeners need a restart)
+        }
+        let mut next = self.next_housekeeping;
+        if let Some(t) = self.host.poll_timeout() {
+            next = next.min(t);
+        }
+        if let Some(Reverse((t, _, _))) = self.timers.peek() {
+            next = next.min(*t);
+        }
+        Some(next)
+    }
+
+    fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
+        self.last_now = now;
+        self.apply_updates(now);
+        self.host.handle_timeout(now);
+        while let Some(&Reverse((due, index, generation))) = self.timers.peek() {
+            if due > now {
+                break;
+            }
+            self.timers.pop();
+            let current = self
+                .slots
+                .get_mut(index as usize)
+                .filter(|s| s.generation == generation)
+                .and_then(|s| s.session.as_mut())
+                .filter(|s| s.timer_armed == Some(due));
+            if let Some(session) = current {
+                session.timer_armed = None;
+                self.pump(now, index, cx, true);
+            }
+        }
+        self.run_touched(now, cx);
+        if now >= self.next_housekeeping {
+            self.housekeeping(now);
+            self.next_housekeeping = now + HOUSEKEEPING;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,515 @@
+//! One client connection being proxied: the in-stack client connection, its [`HttpProxy`], and the upstream
+//! connection the proxy uses. [`Session::pump`] moves bytes between the sockets and the proxy and carries out
+//! the proxy's actions until nothing moves.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
+
+use smoltcp::socket::tcp::{self, State};
+
+use super::counters::{L7Count, L7Counters};
+use super::token::Token;
+use super::upstreams::{NoUpstream, Upstreams};
+use crate::proxy::{Action, Event, HttpProxy, UpstreamFailure, UpstreamId};
+use crate::rules::GroupId;
+use crate::sticky::ServerId;
+use crate::tcp::{ConnId, TcpHost};
+
+/// Bytes waiting for room in a socket's send buffer.
+#[derive(Default)]
+struct Outbox {
+    bufs: VecDeque<Vec<u8>>,
+    /// Bytes of the front buffer already sent.
+    offset: usize,
+    len: usize,
+}
+
+/// Above this many bytes waiting for one side, xlb stops reading the other side (TCP backpressure).
+const HIGH_WATER: usize = 64 * 1024;
+
+impl Outbox {
+    fn push(&mut self, buf: Vec<u8>) {
+        if !buf.is_empty() {
+            self.len += buf.len();
+            self.bufs.push_back(buf);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Sends what fits into `socket`; finished buffers go back to `proxy`. Returns whether anything was sent.
+    fn flush(&mut self, socket: &mut tcp::Socket<'_>, proxy: &mut HttpProxy) -> bool {
+        let mut sent = false;
+        while let Some(front) = self.bufs.front() {
+            let n = socket.send_slice(&front[self.offset..]).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            sent = true;
+            self.offset += n;
+            self.len -= n;
+            if self.offset == front.len() {
+                self.offset = 0;
+                if let Some(done) = self.bufs.pop_front() {
+                    proxy.recycle(done);
+                }
+            }
+        }
+        sent
+    }
+}
+
+/// The upstream side of a session.
+struct Upstream {
+    id: UpstreamId,
+    conn: ConnId,
+    group: GroupId,
+    server: usize,
+    connected: bool,
+    eof: bool,
+    out: Outbox,
+}
+
+/// What a session needs from the stage while it runs.
+pub(super) struct Io<'a> {
+    pub now: Instant,
+    pub host: &'a mut TcpHost,
+    pub upstreams: &'a mut Upstreams,
+    pub counters: &'a mut L7Counters,
+    /// The source address towards a server (the stack's route), if it is reachable.
+    pub source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
+}
+
+/// A proxied client connection.
+pub(super) struct Session {
+    proxy: HttpProxy,
+    client: ConnId,
+    client_addr: SocketAddrV4,
+    client_out: Outbox,
+    client_eof: bool,
+    /// The proxy asked to close the client connection (done once its bytes are sent).
+    close_client: bool,
+    client_closed: bool,
+    upstream: Option<Upstream>,
+    tunnel: bool,
+    /// This session's token for its upstream connections.
+    upstream_token: Token,
+    /// The proxy timer the stage has filed for this session.
+    pub timer_armed: Option<Instant>,
+    /// Servers whose connection failed for the current request (a retry goes elsewhere).
+    failed_servers: Vec<usize>,
+}
+
+impl Session {
+    pub fn new(proxy: HttpProxy, client: ConnId, client_addr: SocketAddrV4, upstream_token: Token) -> Session {
+        Session {
+            proxy,
+            client,
+            client_addr,
+            client_out: Outbox::default(),
+            client_eof: false,
+            close_client: false,
+            client_closed: false,
+            upstream: None,
+            tunnel: false,
+            upstream_token,
+            timer_armed: None,
+            failed_servers: Vec::new(),
+        }
+    }
+
+    /// When the proxy's next timer is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.proxy.is_closed() {
+            None
+        } else {
+            self.proxy.poll_timeout()
+        }
+    }
+
+    /// Fires the proxy's timers due at `io.now`, then pumps.
+    pub fn handle_timeout(&mut self, io: &mut Io<'_>) {
+        if self.proxy.poll_timeout().is_some_and(|t| t <= io.now) {
+            self.proxy.handle_timeout(io.now);
+        }
+        self.pump(io);
+    }
+
+    /// Whether the session is over: the proxy is done and the client connection closed or gone. Its
+    /// connections are closed by then.
+    pub fn is_done(&self) -> bool {
+        self.client_closed && self.upstream.is_none()
+    }
+
+    /// Moves bytes and carries out actions until nothing moves (bounded).
+    pub fn pump(&mut self, io: &mut Io<'_>) {
+        for _ in 0..32 {
+            let mut progress = self.flush(io);
+            progress |= self.upstream_side(io);
+            progress |= self.client_side(io);
+            progress |= self.act(io);
+            if !progress {
+                break;
+            }
+        }
+        if !self.client_closed {
+            // Large buffers while a request is in progress, small ones between requests.
+            let busy = !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel;
+            io.host.set_busy(self.client, busy);
+            if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
+                io.host.set_busy(up.conn, busy); // the kept upstream of an idle client is idle too
+            }
+        }
+        if self.close_client && self.client_out.is_empty() && !self.client_closed {
+            io.host.close(io.now, self.client);
+            self.client_closed = true;
+        }
+        // A tunnel is over once the client sent FIN and the server did (or went away).
+        let tunnel_over = self.tunnel && self.client_eof && self.upstream.as_ref().is_none_or(|u| u.eof);
+        if self.tunnel && self.upstream.as_ref().is_some_and(|u| u.eof) {
+            self.close_client = true;
+        }
+        if self.client_closed && (self.proxy.is_closed() || tunnel_over) {
+            if let Some(up) = self.upstream.take() {
+                io.host.close(io.now, up.conn);
+            }
+        }
+    }
+
+    fn flush(&mut self, io: &mut Io<'_>) -> bool {
+        let mut sent = false;
+        if !self.client_out.is_empty() {
+            if let Some(s) = io.host.socket(io.now, self.client) {
+                sent |= self.client_out.flush(s, &mut self.proxy);
+            }
+        }
+        if let Some(up) = self.upstream.as_mut().filter(|u| u.connected && !u.out.is_empty()) {
+            if let Some(s) = io.host.socket(io.now, up.conn) {
+                sent |= up.out.flush(s, &mut self.proxy);
+            }
+        }
+        sent
+    }
+
+    fn upstream_side(&mut self, io: &mut Io<'_>) -> bool {
+        let Some(up) = self.upstream.as_mut() else { return false };
+        let now = io.now;
+        let Some(state) = io.host.state(up.conn) else {
+            // Gone: refused or never answered (not connected), or reset.
+            let failure = if up.connected {
+                UpstreamFailure::Reset
+            } else {
+                self.failed_servers.push(up.server);
+                UpstreamFailure::Refused
+            };
+            let id = up.id;
+            self.upstream = None;
+            if self.tunnel {
+                self.close_client = true;
+            } else {
+                self.proxy.handle_upstream_failed(now, id, failure);
+            }
+            return true;
+        };
+        let mut progress = false;
+        if !up.connected {
+            if !matches!(state, State::Established | State::CloseWait) {
+                return false;
+            }
+            up.connected = true;
+            self.failed_servers.clear();
+            let (id, server) = (up.id, up.server);
+            self.proxy.handle_upstream_connected(now, id, ServerId(server as u32));
+            return true;
+        }
+        if self.tunnel {
+            let (from, to) = (up.conn, self.client);
+            progress |= relay(io, from, to);
+        } else if self.client_out.len < HIGH_WATER {
+            let proxy = &mut self.proxy;
+            let id = up.id;
+            if let Some(s) = io.host.socket(now, up.conn) {
+                progress |= read(s, |data| proxy.handle_upstream_bytes(now, id, data));
+            }
+        }
+        let Some(up) = self.upstream.as_mut() else {
+            return progress;
+        };
+        if !up.eof && at_eof(io.host, now, up.conn) {
+            up.eof = true;
+            if self.tunnel {
+                // Half-close: the client gets FIN once what the server sent is delivered.
+                self.close_client = true;
+            } else {
+                self.proxy.handle_upstream_eof(now, up.id);
+            }
+            progress = true;
+        }
+        progress
+    }
+
+    fn client_side(&mut self, io: &mut Io<'_>) -> bool {
+        let now = io.now;
+        if self.client_closed {
+            return false;
+        }
+        if io.host.state(self.client).is_none() {
+            // Reset by the client (or aborted): nothing more can be sent to it.
+            self.client_closed = true;
+            if !self.proxy.is_closed() {
+                self.proxy.handle_client_eof(now);
+                if !self.proxy.is_closed() {
+                    io.counters.bump(L7Count::Aborted);
+                }
+            }
+            if let Some(up) = self.upstream.take() {
+                io.host.abort(now, up.conn);
+            }
+            return true;
+        }
+        let mut progress = false;
+        if self.tunnel {
+            if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
+                let (from, to) = (self.client, up.conn);
+                progress |= relay(io, from, to);
+            }
+        } else if self.proxy.wants_client_bytes() && self.upstream.as_ref().is_none_or(|u| u.out.len < HIGH_WATER) {
+            let proxy = &mut self.proxy;
+            if let Some(s) = io.host.socket(now, self.client) {
+                progress |= read(s, |data| proxy.handle_client_bytes(now, data));
+            }
+        }
+        if !self.client_eof && at_eof(io.host, now, self.client) {
+            self.client_eof = true;
+            if self.tunnel {
+                if let Some(up) = self.upstream.as_ref() {
+                    io.host.close(now, up.conn); // FIN to the server after the client's bytes
+                }
+            } else {
+                self.proxy.handle_client_eof(now);
+            }
+            progress = true;
+        }
+        progress
+    }
+
+    /// Carries out the proxy's actions and counts its events.
+    fn act(&mut self, io: &mut Io<'_>) -> bool {
+        let mut progress = false;
+        while let Some(action) = self.proxy.poll_action() {
+            progress = true;
+            match action {
+                Action::SendToClient(buf) => self.client_out.push(buf),
+                Action::SendToUpstream(id, buf) => match self.upstream.as_mut().filter(|u| u.id == id) {
+                    Some(up) => up.out.push(buf),
+                    None => self.proxy.recycle(buf),
+                },
+                Action::ConnectUpstream {
+                    id,
+                    group,
+                    sticky_server,
+                } => self.connect(io, id, group, sticky_server),
+                Action::CloseClient => self.close_client = true,
+                Action::CloseUpstream(id) => {
+                    if let Some(up) = self.upstream.take_if(|u| u.id == id) {
+                        if !up.connected {
+                            self.failed_servers.push(up.server); // the connect timed out
+                        }
+                        io.host.close(io.now, up.conn);
+                    }
+                }
+                Action::ReleaseUpstream(id) => {
+                    if let Some(up) = self.upstream.take_if(|u| u.id == id) {
+                        let token = Token::Idle {
+                            group: up.group.0 as u32,
+                            server: up.server as u32,
+                        };
+                        io.host.set_token(up.conn, token.encode());
+                        let kept = up.out.is_empty()
+                            && !up.eof
+                            && io.upstreams.keep_idle(io.now, up.group, up.server, up.conn);
+                        if kept {
+                            io.host.set_busy(up.conn, false);
+                        } else {
+                            io.host.close(io.now, up.conn);
+                        }
+                    }
+                }
+                Action::Tunnel { .. } => self.tunnel = true,
+            }
+        }
+        while let Some(event) = self.proxy.poll_event() {
+            count(io.counters, event);
+        }
+        progress
+    }
+
+    fn connect(&mut self, io: &mut Io<'_>, id: UpstreamId, group: GroupId, sticky: Option<ServerId>) {
+        if let Some(old) = self.upstream.take() {
+            io.host.close(io.now, old.conn);
+        }
+        match self.open(io, group, sticky) {
+            Ok((conn, server, reused)) => {
+                if reused {
+                    io.counters.bump(L7Count::UpstreamReused);
+                } else {
+                    io.counters.bump(L7Count::UpstreamConnects);
+                }
+                io.host.set_token(conn, self.upstream_token.encode());
+                io.host.set_busy(conn, true);
+                self.upstream = Some(Upstream {
+                    id,
+                    conn,
+                    group,
+                    server,
+                    connected: false,
+                    eof: false,
+                    out: Outbox::default(),
+                });
+            }
+            Err(why) => {
+                let failure = match why {
+                    NoUpstream::NoHealthyServer => UpstreamFailure::NoHealthyServer,
+                    NoUpstream::NoLocalPort => {
+                        io.counters.bump(L7Count::LocalPortsExhausted);
+                        UpstreamFailure::Refused
+                    }
+                    NoUpstream::ConnectionLimit => {
+                        io.counters.bump(L7Count::ConnectionLimit);
+                        UpstreamFailure::Refused
+                    }
+                };
+                self.proxy.handle_upstream_failed(io.now, id, failure);
+            }
+        }
+    }
+
+    /// An upstream connection to a server of `group`: a kept idle one, or a new one. Returns it, the server and
+    /// whether it was reused.
+    fn open(
+        &mut self,
+        io: &mut Io<'_>,
+        group: GroupId,
+        sticky: Option<ServerId>,
+    ) -> Result<(ConnId, usize, bool), NoUpstream> {
+        let server = io
+            .upstreams
+            .pick_avoiding(group, sticky, self.client_addr, &self.failed_servers)
+            .ok_or(NoUpstream::NoHealthyServer)?;
+        if let Some(conn) = io.upstreams.take_idle(io.now, io.host, group, server) {
+            return Ok((conn, server, true));
+        }
+        let addr = io.upstreams.addr(group, server).ok_or(NoUpstream::NoHealthyServer)?;
+        let Some(source) = (io.source)(*addr.ip()) else {
+            io.counters.bump(L7Count::NoRoute);
+            return Err(NoUpstream::NoLocalPort);
+        };
+        let port = io
+            .upstreams
+            .local_port(io.host, source, addr)
+            .ok_or(NoUpstream::NoLocalPort)?;
+        let conn = io
+            .host
+            .connect(
+                io.now,
+                SocketAddrV4::new(source, port),
+                addr,
+                self.upstream_token.encode(),
+            )
+            .ok_or(NoUpstream::ConnectionLimit)?;
+        Ok((conn, server, false))
+    }
+}
+
+/// Reads what `socket` received into `consume` (which returns how much it took); whether anything was taken.
+fn read(socket: &mut tcp::Socket<'_>, mut consume: impl FnMut(&[u8]) -> usize) -> bool {
+    let mut took = false;
+    for _ in 0..2 {
+        // The receive buffer is a ring: its data may come in two pieces.
+        if !socket.can_recv() {
+            break;
+        }
+        let n = socket
+            .recv(|data| {
+                let n = consume(data).min(data.len());
+                (n, n)
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        took = true;
+    }
+    took
+}
+
+/// Whether the peer sent FIN and everything before it has been read.
+fn at_eof(host: &mut TcpHost, now: Instant, conn: ConnId) -> bool {
+    let Some(state) = host.state(conn) else { return false };
+    if matches!(state, State::SynSent | State::SynReceived | State::Listen) {
+        return false;
+    }
+    host.socket(now, conn)
+        .is_some_and(|s| !s.may_recv() && s.recv_queue() == 0)
+}
+
+/// Copies what `from` received to `to`, as much as `to` can take; whether anything moved.
+fn relay(io: &mut Io<'_>, from: ConnId, to: ConnId) -> bool {
+    let mut scratch = [0u8; 8192];
+    let room = io
+        .host
+        .socket(io.now, to)
+        .map_or(0, |s| s.send_capacity() - s.send_queue());
+    let want = room.min(scratch.len());
+    if want == 0 {
+        return false;
+    }
+    let n = io
+        .host
+        .socket(io.now, from)
+        .and_then(|s| s.recv_slice(&mut scratch[..want]).ok())
+        .unwrap_or(0);
+    if n == 0 {
+        return false;
+    }
+    if let Some(s) = io.host.socket(io.now, to) {
+        let _ = s.send_slice(&scratch[..n]);
+    }
+    true
+}
+
+/// Counts a proxy event.
+fn count(c: &mut L7Counters, event: Event) {
+    match event {
+        Event::ClientRefused(_) => c.bump(L7Count::ClientRefused),
+        Event::UpstreamRefused(_) => c.bump(L7Count::UpstreamRefused),
+        Event::Timeout(_) => c.bump(L7Count::Timeouts),
+        Event::UpstreamFailed(UpstreamFailure::NoHealthyServer) => c.bump(L7Count::NoHealthyServer),
+        Event::UpstreamFailed(UpstreamFailure::Refused) => c.bump(L7Count::UpstreamConnectFailed),
+        Event::UpstreamFailed(UpstreamFailure::Reset) => c.bump(L7Count::UpstreamReset),
+        Event::Answered { status, local } => {
+            c.bump(if local {
+                L7Count::LocalAnswers
+            } else {
+                L7Count::Requests
+            });
+            c.bump(match status {
+                100..=199 => L7Count::Status1xx,
+                200..=299 => L7Count::Status2xx,
+                300..=399 => L7Count::Status3xx,
+                400..=499 => L7Count::Status4xx,
+                _ => L7Count::Status5xx,
+            });
+        }
+        Event::Aborted => c.bump(L7Count::Aborted),
+        Event::Retried => c.bump(L7Count::Retries),
+        Event::Tunnelled => {
+            // The 101 that opened the tunnel is the exchange's final response.
+            c.bump(L7Count::Tunnels);
+            c.bump(L7Count::Status1xx);
+        }
+    }
+}

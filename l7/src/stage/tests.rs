@@ -1,0 +1,376 @@
+//! The L7 stage behind a real local stack, with a client and a server that are in-stack TCP hosts of their own:
+//! every byte crosses Ethernet frames, the service table, TCP handshakes and the proxy.
+
+use xlb_l4::sched::SchedulerKind;
+use xlb_stack::local::{Link, LocalConfig, LocalStack};
+use xlb_stack::neighbour::NeighbourConfig;
+use xlb_stack::pipeline::Pipeline;
+use xlb_stack::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
+
+use super::upstreams::ServerSpec;
+use super::*;
+use crate::config::{HttpListenerConfig, ListenerProtocol};
+
+const EXT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x10]);
+const INT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x11]);
+const CLIENT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x01]);
+const SERVER_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x02]);
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 1), 8080);
+const LIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
+
+/// A tiny HTTP/1.1 server on an in-stack TCP host: answers each request head with `hello`, keeps alive.
+struct Server {
+    host: TcpHost,
+    conns: Vec<ConnId>,
+    requests: Vec<String>,
+    accepted: usize,
+}
+
+impl Server {
+    fn serve(&mut self, now: Instant) {
+        for &c in &self.conns {
+            let Some(s) = self.host.socket(now, c) else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.recv_slice(&mut buf).unwrap_or(0);
+            if n == 0 {
+                continue;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            for _ in text.matches("\r\n\r\n") {
+                s.send_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                    .unwrap();
+            }
+            self.requests.push(text);
+        }
+    }
+}
+
+struct World {
+    now: Instant,
+    stack: LocalStack<L7Stage>,
+    client: TcpHost,
+    server: Server,
+    board: Arc<HealthBoard>,
+}
+
+fn world() -> World {
+    let now = Instant::now();
+    let listener = HttpListenerConfig {
+        protocol: ListenerProtocol::Http,
+        group: "web".into(),
+        rules: vec![],
+        sticky: None,
+    };
+    let proxy = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 7).unwrap();
+    let board = Arc::new(HealthBoard::new(1));
+    let stage = L7Stage::new(
+        L7StageConfig {
+            limits: L7Config::default(),
+            listeners: vec![StageListener {
+                name: "web".into(),
+                vip: VIP,
+                proxy: Arc::new(proxy),
+            }],
+            groups: vec![GroupSpec {
+                name: "web".into(),
+                scheduler: SchedulerKind::Wrr,
+                servers: vec![ServerSpec {
+                    addr: SERVER,
+                    weight: 1,
+                    target: Some(0),
+                }],
+            }],
+            board: board.clone(),
+            worker: 0,
+            workers: 1,
+            port_ifaces: vec![0, 1],
+        },
+        Arc::new(SharedL7Counters::default()),
+        None,
+        now,
+    );
+    let mut stack = LocalStack::with_handler(
+        LocalConfig {
+            links: vec![
+                Link {
+                    mac: EXT_MAC,
+                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                    gateway: None,
+                },
+                Link {
+                    mac: INT_MAC,
+                    addresses: vec!["198.19.0.10/24".parse().unwrap()],
+                    gateway: None,
+                },
+            ],
+            neighbours: NeighbourConfig::default(),
+            icmp_rate: 1000,
+        },
+        stage,
+    );
+    stack.add_owned(0, *VIP.ip());
+    stack
+        .neighbours()
+        .learn(now, 0, "198.18.0.10".parse().unwrap(), CLIENT, CLIENT_MAC, true);
+    stack.neighbours().learn(now, 1, LIP, *SERVER.ip(), SERVER_MAC, true);
+    World {
+        now,
+        stack,
+        client: TcpHost::new(TcpConfig::default(), now, 11),
+        server: Server {
+            host: TcpHost::new(TcpConfig::default(), now, 12),
+            conns: Vec::new(),
+            requests: Vec::new(),
+            accepted: 0,
+        },
+        board,
+    }
+}
+
+fn ethernet(ip: &[u8], src: EthernetAddress, dst: EthernetAddress) -> Vec<u8> {
+    let mut frame = vec![0u8; ETH_HEADER_LEN + ip.len()];
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.set_src_addr(src);
+    eth.set_dst_addr(dst);
+    eth.set_ethertype(EthernetProtocol::Ipv4);
+    frame[ETH_HEADER_LEN..].copy_from_slice(ip);
+    frame
+}
+
+impl World {
+    /// Delivers a frame xlb sent to the peer its MAC names.
+    fn deliver(&mut self, frame: &[u8]) {
+        let dst = EthernetAddress::from_bytes(&frame[0..6]);
+        let ip = &frame[ETH_HEADER_LEN..];
+        if dst == CLIENT_MAC {
+            self.client.ingress(self.now, ip, false);
+        } else if dst == SERVER_MAC {
+            if let Ingress::Accepted(c) = self.server.host.ingress(self.now, ip, true) {
+                self.server.host.set_token(c, 1);
+                self.server.conns.push(c);
+                self.server.accepted += 1;
+            }
+        }
+    }
+
+    fn send_to_xlb(&mut self, ip: &[u8], src: EthernetAddress, port: PortId) {
+        let mut frame = ethernet(ip, src, if port == 0 { EXT_MAC } else { INT_MAC });
+        frame.resize(2048, 0);
+        let len = ETH_HEADER_LEN + ip.len();
+        let mut f = Frame::new(&mut frame, len);
+        if let Verdict::Transmit(_) = self.stack.process(self.now, port, &mut f) {
+            let out = f.data().to_vec();
+            self.deliver(&out);
+        }
+    }
+
+    /// Moves frames until nobody has anything to send.
+    fn settle(&mut self) {
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..500 {
+            let mut moved = false;
+            while let Some((len, _)) = self.client.poll_transmit(self.now, &mut buf) {
+                let ip = buf[..len].to_vec();
+                self.send_to_xlb(&ip, CLIENT_MAC, 0);
+                moved = true;
+            }
+            while let Some((len, _)) = self.server.host.poll_transmit(self.now, &mut buf) {
+                let ip = buf[..len].to_vec();
+                self.send_to_xlb(&ip, SERVER_MAC, 1);
+                moved = true;
+            }
+            if self.stack.poll_timeout().is_some_and(|t| t <= self.now) {
+                self.stack.handle_timeout(self.now);
+            }
+            while let Some((_, len)) = self.stack.poll_transmit(self.now, &mut buf) {
+                let out = buf[..len].to_vec();
+                self.deliver(&out);
+                moved = true;
+            }
+            self.server.serve(self.now);
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiet moment in 500 rounds");
+    }
+
+    /// Advances the clock by `d` in 100 ms steps, settling at each.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(100);
+            self.client.handle_timeout(self.now);
+            self.server.host.handle_timeout(self.now);
+            // The peers would answer xlb's ARP refreshes.
+            let ext = "198.18.0.10".parse().unwrap();
+            self.stack
+                .neighbours()
+                .learn(self.now, 0, ext, CLIENT, CLIENT_MAC, true);
+            self.stack
+                .neighbours()
+                .learn(self.now, 1, LIP, *SERVER.ip(), SERVER_MAC, true);
+            self.settle();
+        }
+    }
+
+    fn connect(&mut self, port: u16) -> ConnId {
+        let c = self
+            .client
+            .connect(self.now, SocketAddrV4::new(CLIENT, port), VIP, 1)
+            .unwrap();
+        self.settle();
+        assert_eq!(self.client.state(c), Some(State::Established), "handshake with the VIP");
+        c
+    }
+
+    fn request(&mut self, c: ConnId, req: &[u8]) -> String {
+        self.client.socket(self.now, c).unwrap().send_slice(req).unwrap();
+        self.settle();
+        let mut buf = [0u8; 8192];
+        let n = self
+            .client
+            .socket(self.now, c)
+            .unwrap()
+            .recv_slice(&mut buf)
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    fn counters(&self) -> &L7Counters {
+        self.stack.handler().counters()
+    }
+}
+
+use smoltcp::socket::tcp::State;
+
+const GET: &[u8] = b"GET /x HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
+
+#[test]
+fn requests_are_proxied_over_kept_alive_connections_on_both_sides() {
+    let mut w = world();
+    let c = w.connect(40_000);
+    let first = w.request(c, GET);
+    assert!(
+        first.starts_with("HTTP/1.1 200 OK\r\n") && first.ends_with("hello"),
+        "{first:?}"
+    );
+    let second = w.request(c, GET);
+    assert!(second.ends_with("hello"), "{second:?}");
+    assert_eq!(w.server.accepted, 1, "one upstream connection for both requests");
+    let seen = w.server.requests.concat();
+    assert!(seen.contains("X-Forwarded-For: 198.18.0.1\r\n"), "{seen}");
+    assert!(seen.contains("X-Real-IP: 198.18.0.1\r\n"), "{seen}");
+    assert_eq!(w.counters().get(L7Count::Requests), 2);
+    assert_eq!(w.counters().get(L7Count::UpstreamConnects), 1);
+    w.advance(Duration::from_millis(500)); // delayed ACKs: nothing left in flight
+    assert_eq!(
+        w.stack.handler().host.counters().buffer_bytes,
+        2 * 2 * 4096,
+        "between requests the client and its upstream connection hold idle-size buffers"
+    );
+
+    // The client leaves; the next client's request reuses the kept upstream connection.
+    w.client.close(w.now, c);
+    w.settle();
+    assert_eq!(
+        w.counters().idle_upstreams + w.stack.handler().upstreams.idle_count() as u64,
+        1
+    );
+    let c2 = w.connect(40_001);
+    assert!(w.request(c2, GET).ends_with("hello"));
+    assert_eq!(w.server.accepted, 1, "still one upstream connection");
+    assert_eq!(w.counters().get(L7Count::UpstreamReused), 1);
+    assert_eq!(w.counters().upstream_reuse(), 1.0 - 1.0 / 3.0);
+}
+
+#[test]
+fn upstream_connections_come_from_the_local_ip_and_the_l7_port_range() {
+    let mut w = world();
+    let c = w.connect(40_000);
+    w.request(c, GET);
+    let up = w.server.conns[0];
+    let tuple = w.server.host.tuple(up).unwrap();
+    assert_eq!(*tuple.remote.ip(), LIP, "from xlb's address on the server's link");
+    assert!((62_000..=65_535).contains(&tuple.remote.port()), "{tuple:?}");
+}
+
+#[test]
+fn no_healthy_server_is_answered_503_and_a_server_reset_502() {
+    let mut w = world();
+    w.board.set(0, false);
+    let c = w.connect(40_000);
+    let resp = w.request(c, GET);
+    assert!(resp.starts_with("HTTP/1.1 503 "), "{resp:?}");
+    assert_eq!(w.counters().get(L7Count::NoHealthyServer), 1);
+    assert_eq!(w.server.accepted, 0);
+
+    // Up again, but the server resets the connection instead of answering.
+    w.board.set(0, true);
+    w.client.socket(w.now, c).unwrap().send_slice(GET).unwrap();
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..20 {
+        while let Some((len, _)) = w.client.poll_transmit(w.now, &mut buf) {
+            let ip = buf[..len].to_vec();
+            w.send_to_xlb(&ip, CLIENT_MAC, 0);
+        }
+        while let Some((_, len)) = w.stack.poll_transmit(w.now, &mut buf) {
+            let out = buf[..len].to_vec();
+            w.deliver(&out);
+        }
+        while let Some((len, _)) = w.server.host.poll_transmit(w.now, &mut buf) {
+            let ip = buf[..len].to_vec();
+            w.send_to_xlb(&ip, SERVER_MAC, 1);
+        }
+        if let Some(&up) = w.server.conns.first() {
+            if w.server.host.socket(w.now, up).is_some_and(|s| s.recv_queue() > 0) {
+                w.server.host.abort(w.now, up);
+            }
+        }
+    }
+    w.settle();
+    let mut got = [0u8; 1024];
+    let n = w
+        .client
+        .socket(w.now, c)
+        .map_or(0, |s| s.recv_slice(&mut got).unwrap_or(0));
+    let resp = String::from_utf8_lossy(&got[..n]);
+    assert!(resp.starts_with("HTTP/1.1 502 "), "{resp:?}");
+    assert_eq!(w.counters().get(L7Count::UpstreamReset), 1);
+}
+
+#[test]
+fn stray_segments_are_refused_and_idle_clients_closed() {
+    let mut w = world();
+    // A bare ACK to the VIP from nowhere: no connection, answered by the local stack with RST.
+    let mut other = TcpHost::new(TcpConfig::default(), w.now, 99);
+    let mut server_side = TcpHost::new(TcpConfig::default(), w.now, 98);
+    let c = other.connect(w.now, SocketAddrV4::new(CLIENT, 41_000), VIP, 1).unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (len, _) = other.poll_transmit(w.now, &mut buf).unwrap();
+    let syn = buf[..len].to_vec();
+    server_side.ingress(w.now, &syn, true);
+    let (len, _) = server_side.poll_transmit(w.now, &mut buf).unwrap();
+    other.ingress(w.now, &buf[..len], false); // SYN-ACK: `other` now sends a bare ACK
+    let (len, _) = other.poll_transmit(w.now, &mut buf).unwrap();
+    let ack = buf[..len].to_vec();
+    w.send_to_xlb(&ack, CLIENT_MAC, 0);
+    assert_eq!(w.counters().get(L7Count::NoConnection), 1);
+    assert_eq!(w.stack.counters().drops[DropReason::NoConnection as usize], 1);
+    let _ = c;
+
+    // A client that connects and says nothing is closed after the idle timeout (75 s by default).
+    let c = w.connect(40_000);
+    w.advance(Duration::from_secs(76));
+    assert!(
+        matches!(
+            w.client.state(c),
+            None | Some(State::CloseWait | State::TimeWait | State::Closed)
+        ),
+        "{:?}",
+        w.client.state(c)
+    );
+    assert_eq!(w.stack.handler().sessions, 0);
+}

@@ -1,0 +1,412 @@
+//! The servers L7 proxies to: groups with their scheduler and health (the board L4's health checker writes),
+//! local ports for new upstream connections, and the idle connections kept per server for reuse.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smoltcp::socket::tcp::State;
+use xlb_l4::owner::local_port_owner;
+use xlb_l4::sched::{Scheduler, SchedulerKind, ServerView};
+use xlb_l4::stats::HealthBoard;
+
+use crate::rules::GroupId;
+use crate::sticky::ServerId;
+use crate::tcp::{ConnId, TcpHost, Tuple};
+
+/// A server of a group as the stage is configured with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSpec {
+    /// Address.
+    pub addr: SocketAddrV4,
+    /// Weight (0: drained, no new requests).
+    pub weight: u32,
+    /// Its target on the health board, if its group is checked.
+    pub target: Option<usize>,
+}
+
+/// A group as the stage is configured with it (index = [`GroupId`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupSpec {
+    /// Name (logs).
+    pub name: String,
+    /// How a server is picked for a new upstream connection.
+    pub scheduler: SchedulerKind,
+    /// Servers (index = [`ServerId`], also in sticky cookies).
+    pub servers: Vec<ServerSpec>,
+}
+
+struct Server {
+    spec: ServerSpec,
+    /// Idle kept connections, oldest first, with the time each became idle.
+    idle: VecDeque<(ConnId, Instant)>,
+}
+
+struct Group {
+    servers: Vec<Server>,
+    scheduler: Scheduler,
+    views: Vec<ServerView>,
+    /// The health board generation the views were built at.
+    seen: u64,
+}
+
+/// Why no upstream connection could be opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoUpstream {
+    /// No healthy server with weight > 0.
+    NoHealthyServer,
+    /// No free local port towards the server.
+    NoLocalPort,
+    /// The connection limit is reached.
+    ConnectionLimit,
+}
+
+/// Upstream state of one worker.
+pub struct Upstreams {
+    groups: Vec<Group>,
+    /// Group names (index = [`GroupId`]).
+    names: Vec<String>,
+    board: Arc<HealthBoard>,
+    ports: RangeInclusive<u16>,
+    worker: usize,
+    workers: usize,
+    cursor: u16,
+    keepalive: usize,
+    idle_timeout: Duration,
+    idle_count: usize,
+}
+
+impl Upstreams {
+    /// Groups `specs`, health from `board`, local ports `ports` (this worker's share of them), `keepalive` idle
+    /// connections kept per server for at most `idle_timeout`.
+    pub fn new(
+        specs: &[GroupSpec],
+        board: Arc<HealthBoard>,
+        ports: RangeInclusive<u16>,
+        (worker, workers): (usize, usize),
+        keepalive: usize,
+        idle_timeout: Duration,
+    ) -> Upstreams {
+        let groups = specs
+            .iter()
+            .map(|g| {
+                let views: Vec<ServerView> = g.servers.iter().map(|s| view(s, &board)).collect();
+                Group {
+                    servers: g
+                        .servers
+                        .iter()
+                        .map(|s| Server {
+                            spec: s.clone(),
+                            idle: VecDeque::new(),
+                        })
+                        .collect(),
+                    scheduler: Scheduler::new(g.scheduler, &views),
+                    views,
+                    seen: board.generation(),
+                }
+            })
+            .collect();
+        let cursor = *ports.start();
+        Upstreams {
+            groups,
+            names: specs.iter().map(|g| g.name.clone()).collect(),
+            board,
+            ports,
+            worker,
+            workers: workers.max(1),
+            cursor,
+            keepalive,
+            idle_timeout,
+            idle_count: 0,
+        }
+    }
+
+    /// Applies changed groups and a new health board (a live configuration change). Idle connections to servers
+    /// still in the same group are kept; the others are closed.
+    pub fn update(&mut self, now: Instant, host: &mut TcpHost, specs: &[GroupSpec], board: Arc<HealthBoard>) {
+        let mut old: Vec<(String, Server)> = Vec::new();
+        for (g, spec) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
+            old.extend(g.servers.into_iter().map(|s| (spec.clone(), s)));
+        }
+        let fresh = Upstreams::new(
+            specs,
+            board,
+            self.ports.clone(),
+            (self.worker, self.workers),
+            self.keepalive,
+            self.idle_timeout,
+        );
+        self.groups = fresh.groups;
+        self.names = fresh.names;
+        self.board = fresh.board;
+        self.idle_count = 0;
+        for (group, server) in old {
+            let target = self.names.iter().position(|n| *n == group).and_then(|g| {
+                Some((
+                    g,
+                    self.groups[g]
+                        .servers
+                        .iter()
+                        .position(|s| s.spec.addr == server.spec.addr)?,
+                ))
+            });
+            match target {
+                Some((g, s)) => {
+                    self.idle_count += server.idle.len();
+                    self.groups[g].servers[s].idle = server.idle;
+                }
+                None => {
+                    for (conn, _) in server.idle {
+                        host.close(now, conn);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The address of a server.
+    pub fn addr(&self, group: GroupId, server: usize) -> Option<SocketAddrV4> {
+        Some(self.groups.get(group.0)?.servers.get(server)?.spec.addr)
+    }
+
+    /// Idle connections kept.
+    pub fn idle_count(&self) -> usize {
+        self.idle_count
+    }
+
+    /// Picks a server of `group` for a request from `client`: the sticky one if it is available, else by the
+    /// group's scheduler among the available ones.
+    pub fn pick(&mut self, group: GroupId, sticky: Option<ServerId>, client: SocketAddrV4) -> Option<usize> {
+        let board = &self.board;
+        let g = self.groups.get_mut(group.0)?;
+        let generation = board.generation();
+        if generation != g.seen {
+            for (v, s) in g.views.iter_mut().zip(&g.servers) {
+                *v = view(&s.spec, board);
+            }
+            g.scheduler.rebuild(&g.views);
+            g.seen = generation;
+        }
+        if let Some(ServerId(s)) = sticky {
+            if g.views.get(s as usize).is_some_and(ServerView::available) {
+                return Some(s as usize);
+            }
+        }
+        g.scheduler.pick(&g.views, client)
+    }
+
+    /// [`Upstreams::pick`], avoiding the servers in `failed` while another is available (a retry).
+    pub fn pick_avoiding(
+        &mut self,
+        group: GroupId,
+        sticky: Option<ServerId>,
+        client: SocketAddrV4,
+        failed: &[usize],
+    ) -> Option<usize> {
+        let sticky = sticky.filter(|s| !failed.contains(&(s.0 as usize)));
+        let servers = self.groups.get(group.0)?.servers.len();
+        let mut first = None;
+        for _ in 0..servers.max(1) {
+            let s = self.pick(group, sticky, client)?;
+            if !failed.contains(&s) {
+                return Some(s);
+            }
+            first.get_or_insert(s);
+        }
+        first
+    }
+
+    /// A local port of this worker for a new connection from `local_ip` to `server` that no connection of
+    /// `host` holds (rotating through the range, so a tuple is not reused while the server may still hold it).
+    pub fn local_port(&mut self, host: &TcpHost, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u16> {
+        let (min, max) = (*self.ports.start(), *self.ports.end());
+        let span = u32::from(max - min) + 1;
+        for _ in 0..span.min(4096) {
+            let port = self.cursor;
+            self.cursor = if self.cursor >= max { min } else { self.cursor + 1 };
+            if local_port_owner(port, self.workers) != self.worker {
+                continue;
+            }
+            let tuple = Tuple {
+                local: SocketAddrV4::new(local_ip, port),
+                remote: server,
+            };
+            if !host.holds(&tuple) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// An idle kept connection to the server, still established with nothing received since, if there is one.
+    pub fn take_idle(&mut self, now: Instant, host: &mut TcpHost, group: GroupId, server: usize) -> Option<ConnId> {
+        let s = self.groups.get_mut(group.0)?.servers.get_mut(server)?;
+        while let Some((conn, _)) = s.idle.pop_back() {
+            self.idle_count -= 1;
+            let clean = host.state(conn) == Some(State::Established)
+                && host.socket(now, conn).is_some_and(|sock| sock.recv_queue() == 0);
+            if clean {
+                return Some(conn);
+            }
+            host.abort(now, conn);
+        }
+        None
+    }
+
+    /// Keeps an idle connection to the server for reuse; `false` if it is not kept (the caller closes it).
+    pub fn keep_idle(&mut self, now: Instant, group: GroupId, server: usize, conn: ConnId) -> bool {
+        let keepalive = self.keepalive;
+        let Some(s) = self.groups.get_mut(group.0).and_then(|g| g.servers.get_mut(server)) else {
+            return false;
+        };
+        if s.idle.len() >= keepalive {
+            return false;
+        }
+        s.idle.push_back((conn, now));
+        self.idle_count += 1;
+        true
+    }
+
+    /// Something happened on an idle connection (the server closed it or sent bytes): it is dropped from the
+    /// pool and closed.
+    pub fn idle_event(&mut self, now: Instant, host: &mut TcpHost, group: GroupId, server: usize, conn: ConnId) {
+        let Some(s) = self.groups.get_mut(group.0).and_then(|g| g.servers.get_mut(server)) else {
+            return;
+        };
+        if let Some(i) = s.idle.iter().position(|(c, _)| *c == conn) {
+            s.idle.remove(i);
+            self.idle_count -= 1;
+            host.close(now, conn);
+        }
+    }
+
+    /// Closes idle connections older than the idle timeout.
+    pub fn expire_idle(&mut self, now: Instant, host: &mut TcpHost) {
+        for s in self.groups.iter_mut().flat_map(|g| g.servers.iter_mut()) {
+            while let Some(&(conn, since)) = s.idle.front() {
+                if now.saturating_duration_since(since) < self.idle_timeout {
+                    break;
+                }
+                s.idle.pop_front();
+                self.idle_count -= 1;
+                host.close(now, conn);
+            }
+        }
+    }
+}
+
+fn view(s: &ServerSpec, board: &HealthBoard) -> ServerView {
+    ServerView {
+        addr: s.addr,
+        weight: s.weight,
+        healthy: s.target.is_none_or(|t| board.is_up(t)),
+        active: 0,
+        inactive: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpConfig;
+
+    fn specs() -> Vec<GroupSpec> {
+        vec![GroupSpec {
+            name: "web".into(),
+            scheduler: SchedulerKind::Rr,
+            servers: (1..=3)
+                .map(|i| ServerSpec {
+                    addr: SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, i), 8080),
+                    weight: 1,
+                    target: Some(usize::from(i) - 1),
+                })
+                .collect(),
+        }]
+    }
+
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40_000);
+
+    #[test]
+    fn picks_follow_health_and_sticky_servers_while_they_are_up() {
+        let board = Arc::new(HealthBoard::new(3));
+        let mut u = Upstreams::new(
+            &specs(),
+            board.clone(),
+            62_000..=62_009,
+            (0, 1),
+            4,
+            Duration::from_secs(60),
+        );
+        let g = GroupId(0);
+        let picks: Vec<_> = (0..6).map(|_| u.pick(g, None, CLIENT).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 2, "{picks:?}");
+        board.set(1, false);
+        assert!(
+            (0..6).all(|_| u.pick(g, None, CLIENT) != Some(1)),
+            "a down server is not picked"
+        );
+        assert_eq!(u.pick(g, Some(ServerId(2)), CLIENT), Some(2), "sticky");
+        assert_ne!(
+            u.pick(g, Some(ServerId(1)), CLIENT),
+            Some(1),
+            "sticky to a down server: another"
+        );
+        for t in 0..3 {
+            board.set(t, false);
+        }
+        assert_eq!(u.pick(g, None, CLIENT), None);
+        assert_eq!(u.pick(GroupId(5), None, CLIENT), None, "unknown group");
+    }
+
+    #[test]
+    fn local_ports_are_this_workers_and_free() {
+        let now = Instant::now();
+        let board = Arc::new(HealthBoard::new(3));
+        let mut u = Upstreams::new(&specs(), board, 62_000..=62_009, (1, 2), 4, Duration::from_secs(60));
+        let mut host = TcpHost::new(TcpConfig::default(), now, 1);
+        let lip = Ipv4Addr::new(198, 19, 0, 10);
+        let server = u.addr(GroupId(0), 0).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let p = u.local_port(&host, lip, server).unwrap();
+            assert_eq!(p % 2, 1, "worker 1 of 2 takes odd ports");
+            host.connect(now, SocketAddrV4::new(lip, p), server, 1).unwrap();
+            got.push(p);
+        }
+        got.sort();
+        assert_eq!(got, vec![62_001, 62_003, 62_005, 62_007, 62_009]);
+        assert_eq!(u.local_port(&host, lip, server), None, "all five held");
+        let other = u.addr(GroupId(0), 1).unwrap();
+        assert!(u.local_port(&host, lip, other).is_some(), "ports are per server");
+    }
+
+    #[test]
+    fn idle_connections_are_bounded_taken_once_and_expire() {
+        let now = Instant::now();
+        let board = Arc::new(HealthBoard::new(3));
+        let mut u = Upstreams::new(&specs(), board, 62_000..=62_009, (0, 1), 2, Duration::from_secs(60));
+        let mut host = TcpHost::new(TcpConfig::default(), now, 1);
+        let server = u.addr(GroupId(0), 0).unwrap();
+        let lip = Ipv4Addr::new(198, 19, 0, 10);
+        let conns: Vec<_> = (0..3)
+            .map(|i| {
+                host.connect(now, SocketAddrV4::new(lip, 62_000 + i), server, 1)
+                    .unwrap()
+            })
+            .collect();
+        assert!(u.keep_idle(now, GroupId(0), 0, conns[0]));
+        assert!(u.keep_idle(now, GroupId(0), 0, conns[1]));
+        assert!(!u.keep_idle(now, GroupId(0), 0, conns[2]), "keepalive = 2");
+        assert_eq!(u.idle_count(), 2);
+        // Not established (these never completed a handshake): not handed out, closed instead.
+        assert_eq!(u.take_idle(now, &mut host, GroupId(0), 0), None);
+        assert_eq!(u.idle_count(), 0);
+        assert!(u.keep_idle(now, GroupId(0), 0, conns[2]));
+        u.expire_idle(now + Duration::from_secs(59), &mut host);
+        assert_eq!(u.idle_count(), 1);
+        u.expire_idle(now + Duration::from_secs(60), &mut host);
+        assert_eq!(u.idle_count(), 0);
+    }
+}

@@ -1,0 +1,402 @@
+//! L7 acceptance: curl in a client namespace, NGINX backends, and `xlb` terminating HTTP in its own stack between
+//! them (two-arm lab, see `xlb_tests::topology`).
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use xlb_tests::appliance::Appliance;
+use xlb_tests::lab::{wait_until_ok, Lab, Netns, Proc};
+use xlb_tests::topology::TwoArm;
+use xlb_tests::traffic::TIMEOUT;
+
+const VIP: &str = "198.18.0.100";
+const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
+
+/// NGINX on every backend address, port 8080: `/` answers which server it is and the forwarding headers it
+/// got, `/big.bin` is a 1 MiB file, `/upload` reads a body and answers its length.
+fn nginx(lab: &Lab, ns: &Netns) -> Result<Proc> {
+    let dir = lab.dir().join("nginx");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    let big: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(www.join("big.bin"), &big)?;
+    let d = dir.display();
+    let servers: String = SERVERS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            format!(
+                "server {{ listen {ip}:8080; root {www};
+                   location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
+                   location /upload {{ client_max_body_size 16m; return 200 \"got $content_length\\n\"; }} }}\n",
+                n = i + 1,
+                www = www.display()
+            )
+        })
+        .collect();
+    let conf = format!(
+        "worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;
+         events {{ worker_connections 1024; }}
+         http {{ access_log off; keepalive_timeout 75s; keepalive_requests 100000;
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+           uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+           {servers} }}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let proc = lab.spawn(ns, "nginx", &["-c", &path.display().to_string(), "-g", "daemon off;"])?;
+    ns.wait_tcp_listen(8080, TIMEOUT)?;
+    Ok(proc)
+}
+
+fn config() -> String {
+    let servers = |ips: &[&str], port: u16| {
+        ips.iter()
+            .map(|ip| format!("{{ addr = \"{ip}:{port}\", weight = 1 }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+[node]
+name = "lb1"
+control_socket = "CONTROL_SOCKET"
+
+[[interface]]
+name = "ext0"
+queues = [0]
+cores = [0]
+addresses = ["198.18.0.10/24"]
+
+[[interface]]
+name = "int0"
+queues = [0]
+cores = [0]
+addresses = ["198.19.0.10/24"]
+
+[datapath]
+umem_frames = 8192
+ring_size = 1024
+
+[l7]
+max_body_bytes = 4194304
+
+[[listener]]
+name = "web"
+vip = "{VIP}"
+port = 80
+protocol = "http"
+scheduler = "rr"
+group = "web"
+
+[[listener.rule]]
+host = "api.example.com"
+group = "api"
+
+[[listener.rule]]
+host = "old.example.com"
+redirect = {{ status = 301, scheme = "https" }}
+
+[[listener]]
+name = "dead"
+vip = "{VIP}"
+port = 81
+protocol = "http"
+group = "dead"
+
+[[listener]]
+name = "mixed"
+vip = "{VIP}"
+port = 82
+protocol = "http"
+scheduler = "rr"
+group = "mixed"
+
+[[listener]]
+name = "sticky"
+vip = "{VIP}"
+port = 83
+protocol = "http"
+scheduler = "rr"
+group = "web"
+sticky = {{ mode = "insert", cookie = "XLBSRV", timeout_s = 600 }}
+
+[[group]]
+name = "mixed"
+servers = [{{ addr = "{s1}:9", weight = 1 }}, {{ addr = "{s2}:8080", weight = 1 }}]
+
+[[group]]
+name = "web"
+servers = [{web}]
+
+[[group]]
+name = "api"
+servers = [{api}]
+
+[[group]]
+name = "dead"
+servers = [{dead}]
+"#,
+        web = servers(&SERVERS, 8080),
+        api = servers(&SERVERS[2..], 8080),
+        dead = servers(&SERVERS[..1], 9),
+        s1 = SERVERS[0],
+        s2 = SERVERS[1],
+    )
+}
+
+/// curl in the client namespace; returns (status line + body) as curl wrote them.
+fn curl(client: &Netns, args: &[&str]) -> Result<String> {
+    let mut all = vec!["-sS", "--max-time", "10"];
+    all.extend_from_slice(args);
+    client.run("curl", &all)
+}
+
+fn sha256(path: &Path) -> Result<String> {
+    let out = std::process::Command::new("sha256sum").arg(path).output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string())
+}
+
+#[test]
+fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
+    let t = TwoArm::new("l7", &SERVERS, 1)?;
+    let _nginx = nginx(&t.lab, &t.servers)?;
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config())?;
+    let url = format!("http://{VIP}/");
+
+    // Three requests on one kept-alive client connection: one server answers all three (the proxy keeps its
+    // upstream connection), with the forwarding headers.
+    let three = curl(&t.client, &[&url, &url, &url])?;
+    let lines: Vec<&str> = three.lines().collect();
+    ensure!(lines.len() == 3, "three answers: {three:?}");
+    ensure!(
+        lines.iter().all(|l| *l == lines[0]),
+        "same server for one connection: {three:?}"
+    );
+    ensure!(lines[0].ends_with(" xff=198.18.0.1 proto=http"), "{three:?}");
+
+    // New connections are spread by the scheduler (rr over the three servers).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..9 {
+        let answer = curl(&t.client, &[&url])?;
+        seen.insert(answer.split_whitespace().next().unwrap_or("").to_string());
+    }
+    ensure!(seen.len() == 3, "every server answered some of 9 connections: {seen:?}");
+
+    // A 1 MiB download streams through byte-exact; a 2 MiB upload reaches the server whole.
+    let out = t.lab.dir().join("got.bin");
+    curl(&t.client, &["-o", &out.display().to_string(), &format!("{url}big.bin")])?;
+    let want = sha256(&t.lab.dir().join("nginx/www/big.bin"))?;
+    ensure!(sha256(&out)? == want, "the download differs from the file");
+    let body = t.lab.dir().join("body.bin");
+    std::fs::write(&body, vec![b'x'; 2 * 1024 * 1024])?;
+    let up = curl(
+        &t.client,
+        &[
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("{url}upload"),
+        ],
+    )?;
+    ensure!(up.trim() == "got 2097152", "upload: {up:?}");
+    std::fs::write(&body, vec![b'x'; 5 * 1024 * 1024])?;
+    let big_up = curl(
+        &t.client,
+        &[
+            "-i",
+            "--data-binary",
+            &format!("@{}", body.display()),
+            &format!("{url}upload"),
+        ],
+    )?;
+    ensure!(
+        big_up.starts_with("HTTP/1.1 413"),
+        "beyond l7.max_body_bytes: {big_up:?}"
+    );
+
+    // Rules: by host to another group, and a redirect answered by xlb itself.
+    for _ in 0..3 {
+        let api = curl(&t.client, &["-H", "Host: api.example.com", &url])?;
+        ensure!(
+            api.starts_with("s3 "),
+            "api.example.com goes to the api group (s3 only): {api:?}"
+        );
+    }
+    let redirect = curl(
+        &t.client,
+        &["-i", "-H", "Host: old.example.com", &format!("{url}a?b=1")],
+    )?;
+    ensure!(redirect.starts_with("HTTP/1.1 301"), "{redirect:?}");
+    ensure!(
+        redirect.contains("Location: https://old.example.com/a?b=1"),
+        "{redirect:?}"
+    );
+
+    // A server that refuses connections: a clear 502, not a hang or a reset.
+    let dead = curl(&t.client, &["-i", &format!("http://{VIP}:81/")])?;
+    ensure!(dead.starts_with("HTTP/1.1 502"), "{dead:?}");
+    // A group where one server refuses: GETs that meet it are sent to the other (no health check needed).
+    for _ in 0..4 {
+        let answer = curl(&t.client, &[&format!("http://{VIP}:82/")])?;
+        ensure!(answer.starts_with("s2 "), "{answer:?}");
+    }
+
+    // Sticky sessions (insert): the first answer sets a cookie naming the server; requests on new connections
+    // that carry it stay on that server although the scheduler is rr.
+    let jar = t.lab.dir().join("cookies.txt").display().to_string();
+    let sticky_url = format!("http://{VIP}:83/");
+    let first = curl(&t.client, &["-c", &jar, &sticky_url])?;
+    let server = first.split_whitespace().next().unwrap_or("").to_string();
+    let cookies = std::fs::read_to_string(&jar)?;
+    ensure!(cookies.contains("XLBSRV"), "no sticky cookie set: {cookies:?}");
+    for _ in 0..6 {
+        let again = curl(&t.client, &["-b", &jar, &sticky_url])?;
+        ensure!(
+            again.starts_with(&format!("{server} ")),
+            "sticky to {server}: {again:?}"
+        );
+    }
+
+    // What the operator sees: requests, upstream reuse and the refusals, named. Counters are published every
+    // 100 ms: wait for the last answers to be counted.
+    let l7 = wait_until_ok(TIMEOUT, "L7 counters", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
+        ensure!(
+            n("requests") == 28,
+            "3 + 9 + download + upload + 3 api + 4 mixed + 7 sticky: {l7}"
+        );
+        ensure!(n("local_answers") == 3, "redirect, 413 and 502: {l7}");
+        ensure!(
+            n("responses_3xx") == 1 && n("responses_4xx") == 1 && n("responses_5xx") == 1,
+            "{l7}"
+        );
+        // The dead group's request tried its one server MAX_CONNECT_ATTEMPTS (3) times; the mixed group's
+        // requests that met the refusing server were sent to the other one.
+        let (failed, retries) = (n("upstream_connect_failed"), n("retries"));
+        ensure!(failed >= 4 && failed == retries + 1, "{l7}");
+        Ok(l7)
+    })?;
+    ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
+    let text = xlb.xlbctl(&["stats"]).context("xlbctl stats")?;
+    ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
+    Ok(())
+}
+
+/// A WebSocket-like echo server (Python, standard library): answers an upgrade request with 101, then echoes.
+const UPGRADE_ECHO: &str = r#"
+import socket, sys, threading
+def serve(c):
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return
+        buf += d
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    rest = buf.split(b"\r\n\r\n", 1)[1]
+    if rest:
+        c.sendall(rest)
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(64)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+#[test]
+fn websocket_upgrades_are_tunnelled_both_ways() -> Result<()> {
+    use std::io::{Read, Write};
+    let t = TwoArm::new("l7ws", &SERVERS, 1)?;
+    let script = t.lab.dir().join("upgrade_echo.py");
+    std::fs::write(&script, UPGRADE_ECHO)?;
+    let _echo = t.lab.spawn(
+        &t.servers,
+        "python3",
+        &[&script.display().to_string(), SERVERS[0], "8080"],
+    )?;
+    t.servers.wait_tcp_listen(8080, TIMEOUT)?;
+    let config = config().replace(
+        &format!("servers = [{}]", {
+            SERVERS
+                .iter()
+                .map(|ip| format!("{{ addr = \"{ip}:8080\", weight = 1 }}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }),
+        &format!("servers = [{{ addr = \"{}:8080\", weight = 1 }}]", SERVERS[0]),
+    );
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let target: std::net::SocketAddr = format!("{VIP}:80").parse()?;
+    let echoed = xlb_tests::traffic::in_ns(&t.client, move || {
+        let mut s = std::net::TcpStream::connect_timeout(&target, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: www.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            ensure!(s.read(&mut byte)? == 1, "closed during the 101: {head:?}");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        ensure!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let mut echoed = Vec::new();
+        for i in 0..50 {
+            let msg = format!("frame {i} {}\n", "x".repeat(i * 20));
+            s.write_all(msg.as_bytes())?;
+            let mut got = vec![0u8; msg.len()];
+            s.read_exact(&mut got)?;
+            echoed.push(String::from_utf8_lossy(&got).into_owned() == msg);
+        }
+        Ok(echoed)
+    })?;
+    ensure!(
+        echoed.iter().all(|ok| *ok),
+        "every message echoed through the tunnel: {echoed:?}"
+    );
+    let l7 = wait_until_ok(TIMEOUT, "the tunnel counted", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["counts"]["tunnels"].as_u64() == Some(1), "{l7}");
+        Ok(l7)
+    })?;
+    ensure!(l7["counts"]["responses_1xx"].as_u64() == Some(1), "{l7}");
+    Ok(())
+}
+
+#[test]
+fn two_workers_hand_segments_to_the_owner_of_each_connection() -> Result<()> {
+    let t = TwoArm::new("l7twoq", &SERVERS, 2)?;
+    let _nginx = nginx(&t.lab, &t.servers)?;
+    let config = config().replace("queues = [0]\ncores = [0]", "queues = [0, 1]\ncores = [0, 1]");
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let url = format!("http://{VIP}/");
+    for i in 0..24 {
+        let answer = curl(&t.client, &[&url, &url])?;
+        ensure!(answer.lines().count() == 2, "connection {i}: {answer:?}");
+    }
+    let l7 = wait_until_ok(TIMEOUT, "48 requests counted", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["counts"]["requests"].as_u64() == Some(48), "{l7}");
+        Ok(l7)
+    })?;
+    ensure!(
+        l7["counts"]["handed_off"].as_u64() > Some(0),
+        "segments reached the other worker's queue: {l7}"
+    );
+    ensure!(l7["counts"]["handoff_full"].as_u64() == Some(0), "{l7}");
+    Ok(())
+}

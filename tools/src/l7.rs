@@ -1,0 +1,144 @@
+//! The L7 part of the appliance outside the datapath: what each worker's L7 stage is built from (the `http`
+//! listeners, the groups, `[l7]`), the checks of the HTTP listeners' settings, and live group changes.
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+
+use xlb_l4::config::{ListenerConfig, ListenerProtocol, PROBE_PORTS, PROBE_PORT_BASE};
+use xlb_l4::layout::Layout;
+use xlb_l4::sched::SchedulerKind;
+use xlb_l7::config::HttpListenerConfig;
+use xlb_l7::proxy::ProxyConfig;
+use xlb_l7::stage::upstreams::{GroupSpec, ServerSpec};
+use xlb_l7::stage::StageListener;
+
+use crate::config::Config;
+
+/// The `http` listeners, with their index among all listeners.
+pub fn http_listeners(config: &Config) -> impl Iterator<Item = (usize, &ListenerConfig)> {
+    config
+        .listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.protocol == ListenerProtocol::Http)
+}
+
+fn group_names(config: &Config) -> Vec<&str> {
+    config.groups.iter().map(|g| g.name.as_str()).collect()
+}
+
+/// The key of sticky-session cookies: the same on every node with the same groups (HA peers), so a cookie set
+/// by one node is understood by the other.
+fn sticky_secret(config: &Config) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for g in &config.groups {
+        eat(g.name.as_bytes());
+        for s in &g.servers {
+            eat(s.addr.to_string().as_bytes());
+        }
+    }
+    h
+}
+
+fn proxy_config(config: &Config, i: usize, l: &ListenerConfig) -> Result<ProxyConfig, String> {
+    let at = format!("listener[{i}] ({})", l.name);
+    let http = HttpListenerConfig::from_listener(l, &at)?;
+    ProxyConfig::new(
+        config.l7.clone(),
+        &http,
+        &at,
+        &group_names(config),
+        sticky_secret(config),
+    )
+}
+
+/// Checks `[l7]` and the L7 keys of every `http` listener; the error names the field.
+pub fn validate(config: &Config) -> Result<(), String> {
+    config.l7.validate()?;
+    for (i, l) in http_listeners(config) {
+        proxy_config(config, i, l)?;
+    }
+    let l7 = config.l7.local_port_min..=config.l7.local_port_max;
+    let l4 = config.l4.local_port_min..=config.l4.local_port_max;
+    let probes = PROBE_PORT_BASE..=PROBE_PORT_BASE + PROBE_PORTS - 1;
+    let overlaps = |a: &std::ops::RangeInclusive<u16>, b: &std::ops::RangeInclusive<u16>| {
+        a.start() <= b.end() && b.start() <= a.end()
+    };
+    if overlaps(&l7, &l4) || overlaps(&l7, &probes) {
+        return Err(format!(
+            "l7.local_port_min..max: {}..{} overlaps the FULLNAT ports (l4.local_port_min..max {}..{}) or the \
+             health-probe ports {}..{}",
+            l7.start(),
+            l7.end(),
+            l4.start(),
+            l4.end(),
+            probes.start(),
+            probes.end()
+        ));
+    }
+    if let Some(ha) = &config.ha {
+        if l7.contains(&ha.sync_group.port()) {
+            return Err(format!(
+                "ha.sync_group: port {} is inside l7.local_port_min..max",
+                ha.sync_group.port()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The stage's listeners: every `http` listener (the config was validated).
+pub fn listeners(config: &Config) -> Vec<StageListener> {
+    http_listeners(config)
+        .filter_map(|(i, l)| match proxy_config(config, i, l) {
+            Ok(proxy) => Some(StageListener {
+                name: l.name.clone(),
+                vip: SocketAddrV4::new(l.vip, l.port),
+                proxy: Arc::new(proxy),
+            }),
+            Err(e) => {
+                tracing::error!(listener = %l.name, "not served: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every group (in config order: the rules' group ids), with the health-board targets of `layout`. A group's
+/// scheduler is that of the first `http` listener whose default group it is (else wrr).
+pub fn groups(config: &Config, layout: &Layout) -> Vec<GroupSpec> {
+    config
+        .groups
+        .iter()
+        .map(|g| GroupSpec {
+            name: g.name.clone(),
+            scheduler: http_listeners(config)
+                .find(|(_, l)| l.group == g.name)
+                .map_or(SchedulerKind::Wrr, |(_, l)| l.scheduler),
+            servers: g
+                .servers
+                .iter()
+                .map(|s| ServerSpec {
+                    addr: s.addr,
+                    weight: s.weight,
+                    target: layout
+                        .targets
+                        .iter()
+                        .position(|t| t.group == g.name && t.addr == s.addr),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Whether the change from `old` to `new` touches what the L7 stage reads only at start (its listeners and
+/// `[l7]`); group changes are applied live.
+pub fn restart_needed(old: &Config, new: &Config) -> bool {
+    let http = |c: &Config| -> Vec<ListenerConfig> { http_listeners(c).map(|(_, l)| l.clone()).collect() };
+    old.l7 != new.l7 || http(old) != http(new) || (!http(new).is_empty() && group_names(old) != group_names(new))
+}
