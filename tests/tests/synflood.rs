@@ -6,7 +6,7 @@
 //! hello to `xlb-bench sink` servers through the VIP. The FULLNAT local ports are few (1 000 per server), so a
 //! flood that took a port per SYN would exhaust them at once.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -378,5 +378,183 @@ fn kernel_clients_are_served_through_the_syn_proxy() -> Result<()> {
     // Every server saw its handshake completed by xlb and the data: replies came back translated.
     let servers = l["servers"].as_array().context("servers")?;
     ensure!(servers.iter().all(|s| u(s, "conns_total") == 10), "rr over 3: {l}");
+    Ok(())
+}
+
+/// A UDP datagram from `src` to `dst` as an Ethernet frame, checksums valid.
+fn udp_frame(macs: ([u8; 6], [u8; 6]), src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let payload = b"flood";
+    let udp_len = 8 + payload.len();
+    let mut f = Vec::with_capacity(14 + 20 + udp_len);
+    f.extend_from_slice(&macs.0);
+    f.extend_from_slice(&macs.1);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = csum(0, &ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let mut udp = vec![0u8; udp_len];
+    udp[0..2].copy_from_slice(&sport.to_be_bytes());
+    udp[2..4].copy_from_slice(&dport.to_be_bytes());
+    udp[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    udp[8..].copy_from_slice(payload);
+    let mut pseudo = 0u32;
+    for w in [&src.octets()[..], &dst.octets()[..]] {
+        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]])) + u32::from(u16::from_be_bytes([w[2], w[3]]));
+    }
+    pseudo += 17 + udp_len as u32;
+    let c = csum(pseudo, &udp);
+    udp[6..8].copy_from_slice(&if c == 0 { 0xffff } else { c }.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&udp);
+    f
+}
+
+/// Writes `frames` on `iface` (AF_PACKET), paced like the SYN flood; returns how many went out.
+fn send_frames(iface: &str, frames: impl Iterator<Item = Vec<u8>>) -> Result<u64> {
+    let name = std::ffi::CString::new(iface)?;
+    // SAFETY: plain libc calls with valid arguments; the fd is closed before returning.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        ensure!(ifindex != 0, "interface {iface}: {}", std::io::Error::last_os_error());
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+        let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = ifindex as i32;
+        addr.sll_halen = 6;
+        let mut n = 0u64;
+        for frame in frames {
+            // A full queue: retry this frame a bounded number of times.
+            for _ in 0..1000 {
+                let r = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                if r >= 0 {
+                    n += 1;
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            if n.is_multiple_of(BURST) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        libc::close(fd);
+        Ok(n)
+    }
+}
+
+/// A spoofed-source UDP flood to a UDP listener whose servers do not answer (nothing listens on the port: they
+/// send ICMP port unreachable), with the local ports under pressure: the flood's entries get the short
+/// timeout of unanswered UDP and expire with it, while a UDP listener whose servers answer keeps its flows and
+/// the TCP listener serves kernel clients throughout.
+#[test]
+fn a_udp_flood_under_pressure_gets_short_timeouts_and_other_listeners_are_served() -> Result<()> {
+    let t = TwoArm::new("udpflood", &SERVERS, 1)?;
+    let _tcp = t.sinks("tcp", 8080)?;
+    let _udp = t.sinks("udp", 5353)?;
+    let servers = |port: u16| {
+        SERVERS
+            .iter()
+            .map(|ip| format!("{{ addr = \"{ip}:{port}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let config = config()
+        .replace(
+            "syn_proxy_threshold = 100",
+            "syn_proxy_threshold = 100\ntimeouts = { udp_unanswered_pressure = 2 }",
+        )
+        .replace(
+            "[[group]]\nname = \"web\"",
+            &format!(
+                "[[listener]]\nname = \"target\"\nvip = \"{VIP}\"\nport = 5354\nprotocol = \"udp\"\nscheduler = \"rr\"\n\
+                 group = \"dark\"\n\n[[listener]]\nname = \"dns\"\nvip = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\n\
+                 scheduler = \"rr\"\ngroup = \"dns\"\n\n[[group]]\nname = \"dark\"\nservers = [{}]\n\n[[group]]\n\
+                 name = \"dns\"\nservers = [{}]\n\n[[group]]\nname = \"web\"",
+                servers(5354),
+                servers(5353)
+            ),
+        );
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let macs = (t.lb.mac("ext0")?, t.client.mac("cli0")?);
+    // 1 800 flows (600 per server of the dark group: 60 % of its 1 000-port pools) put the ports under
+    // pressure; the 600 after it get the short timeout of unanswered UDP (2 s here) instead of 300 s.
+    const FIRST: u32 = 1_800;
+    const SECOND: u32 = 600;
+    let vip: Ipv4Addr = VIP.parse()?;
+    let flood = move |from: u32, n: u32| {
+        (from..from + n).map(move |i| {
+            let src = Ipv4Addr::new(198, 18, 128 + (i / 250) as u8, (i % 250) as u8 + 1);
+            udp_frame(macs, src, 2000 + i as u16, vip, 5354)
+        })
+    };
+    let sent = in_ns(&t.client, move || send_frames("cli0", flood(0, FIRST)))?;
+    ensure!(sent == u64::from(FIRST), "{sent} of {FIRST} datagrams sent");
+    wait_until_ok(TIMEOUT, "the pressure to be seen", || {
+        let s = xlb.stats()?;
+        ensure!(u(&s["l4"], "pressure") == 1, "no pressure: {}", s["l4"]["local_ports"]);
+        Ok(())
+    })?;
+    let sent = in_ns(&t.client, move || send_frames("cli0", flood(FIRST, SECOND)))?;
+    ensure!(sent == u64::from(SECOND), "{sent} of {SECOND} datagrams sent");
+    let stats = wait_until_ok(TIMEOUT, "the flood's entries", || {
+        let s = xlb.stats()?;
+        let target = listener(&s, "target")?;
+        ensure!(
+            u(&target, "conns_total") == u64::from(FIRST + SECOND),
+            "target: {target}"
+        );
+        Ok(s)
+    })?;
+    ensure!(
+        u(&stats["l4"], "short_timeouts") == u64::from(SECOND),
+        "short timeouts: {}",
+        stats["l4"]
+    );
+    // Legitimate traffic meanwhile: UDP answered through the other listener, TCP through the proxy.
+    let dns: SocketAddr = format!("{VIP}:53").parse()?;
+    let web: SocketAddr = format!("{VIP}:80").parse()?;
+    in_ns(&t.client, move || {
+        for i in 0..10u16 {
+            let sock = UdpSocket::bind(("198.18.0.1", 42_000 + i))?;
+            sock.set_read_timeout(Some(TIMEOUT))?;
+            sock.send_to(b"WHO?", dns)?;
+            let mut buf = [0u8; 64];
+            sock.recv_from(&mut buf)
+                .context("a DNS-like client got no answer during the flood")?;
+            hello(web)?;
+        }
+        Ok(())
+    })?;
+    // The short-lived entries go (2 s), their ports with them; what stays: the entries made before the
+    // pressure (300 s) and the clients' own (10 UDP, 10 TCP).
+    let drained = wait_until_ok(
+        std::time::Duration::from_secs(30),
+        "the flood's entries to expire",
+        || {
+            let s = xlb.stats()?;
+            let ports = u(&s["l4"]["local_ports"], "in_use");
+            ensure!(ports <= u64::from(FIRST) + 20, "{ports} ports still in use");
+            Ok(s)
+        },
+    )?;
+    eprintln!(
+        "udp flood: {FIRST} + {SECOND} flows, {} short timeouts, ports in use after: {}",
+        u(&drained["l4"], "short_timeouts"),
+        drained["l4"]["local_ports"]["in_use"]
+    );
+    ensure!(xlb.total("drops.local_ports_exhausted")? == 0, "local ports exhausted");
     Ok(())
 }
