@@ -368,6 +368,31 @@ impl ConnTable {
         self.timeouts.of(conn.state)
     }
 
+    /// Brings the deadlines of the live entries in slots `from..to` (clamped to the capacity) that are short-lived
+    /// now ([`ConnTable::is_short_lived`]) forward to `now` plus their short timeout, if that is earlier: when
+    /// pressure starts, the half-open and unanswered entries made before it go as soon as those made after.
+    /// Returns how many were shortened and where the walk goes on (`None`: done).
+    pub fn shorten_slots(&mut self, now: Instant, from: usize, to: usize) -> (usize, Option<usize>) {
+        let to = to.min(self.entries.len());
+        let tick = self.tick(now);
+        let mut shortened = 0;
+        for id in from..to {
+            let entry = &self.entries[id];
+            if !entry.live || !self.is_short_lived(&entry.conn) {
+                continue;
+            }
+            let due = Self::stored(tick + Self::ticks(self.timeout_of(&entry.conn)));
+            if due < entry.expires {
+                self.entries[id].expires = due;
+                // The wheel re-arms lazily only later: an earlier deadline needs the entry moved.
+                self.wheel.unlink(id as ConnId);
+                self.wheel.insert(id as ConnId, u64::from(due));
+                shortened += 1;
+            }
+        }
+        (shortened, (to < self.entries.len()).then_some(to))
+    }
+
     /// Whether `conn` gets a short timeout now ([`ConnTable::timeout_of`]).
     pub fn is_short_lived(&self, conn: &Conn) -> bool {
         self.pressure && (conn.state == ConnState::SynRecv || (conn.state == ConnState::Udp && !conn.answered))

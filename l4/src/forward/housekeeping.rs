@@ -6,6 +6,9 @@ use crate::conn::Forwarding;
 
 use super::*;
 
+/// Table slots the pressure walk looks at per housekeeping turn (a 262 144-entry table in 4 turns).
+const PRESSURE_WALK_CHUNK: usize = 65_536;
+
 impl Forwarder {
     /// Expires connections whose time is up, with a budget that follows the insert rate; what is left over is
     /// done in the next turns (`poll_timeout` asks for them at once).
@@ -45,7 +48,7 @@ impl Forwarder {
 
     /// Whether the table or the fullest local port pool is above `[l4] pressure_percent`: then half-open TCP
     /// and unanswered UDP entries get the short timeouts, and `auto` SYN proxies switch on.
-    fn update_pressure(&mut self) {
+    fn update_pressure(&mut self, now: Instant) {
         let pct = u64::from(self.defence.pressure_percent);
         let table = self.conns.len() as u64 * 100 >= self.conns.capacity() as u64 * pct;
         let ports = self.lports.occupancy();
@@ -71,8 +74,15 @@ impl Forwarder {
                 );
             }
             self.conns.set_pressure(on);
+            self.pressure_walk = on.then_some(0);
         }
         self.counters.pressure = u64::from(on);
+        // The entries made before the pressure: a chunk of the table per turn.
+        if let Some(from) = self.pressure_walk {
+            let (shortened, next) = self.conns.shorten_slots(now, from, from + PRESSURE_WALK_CHUNK);
+            self.counters.short_timeouts += shortened as u64;
+            self.pressure_walk = next;
+        }
     }
 
     /// The SYN proxy mode of listener `l` (only TCP FULLNAT listeners have one).
@@ -169,7 +179,7 @@ impl Forwarder {
         self.next_housekeeping = now + HOUSEKEEPING;
         self.lports.release_due(now);
         self.sync_health();
-        self.update_pressure();
+        self.update_pressure(now);
         for l in 0..self.listeners.len() {
             self.update_guard(now, l);
         }

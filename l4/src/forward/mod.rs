@@ -160,6 +160,8 @@ pub struct Forwarder {
     held: synproxy::HeldSegments,
     /// `[l4]` settings of the flood defences (they need a restart, like the rest of `[l4]`).
     defence: Defence,
+    /// Where the walk that shortens the timeouts of entries made before the pressure started goes on.
+    pressure_walk: Option<usize>,
 }
 
 /// The `[l4]` settings of the flood defences.
@@ -200,6 +202,7 @@ impl Forwarder {
         let mut f = Forwarder {
             cookies: synproxy::SynCookies::new(now),
             held: synproxy::HeldSegments::default(),
+            pressure_walk: None,
             defence,
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
             prefetched: batch::Prefetched::new(),

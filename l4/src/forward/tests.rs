@@ -2183,9 +2183,11 @@ fn under_pressure_half_open_and_unanswered_udp_entries_get_short_timeouts() {
     assert_eq!(timeout_of(&s, 3000), Duration::from_secs(60), "no pressure yet");
     s.handle_timeout(now); // 4 of 8: at the level
     assert_eq!(s.handler().counters().pressure, 1);
+    // The half-open entries made before the pressure were brought forward too (the pressure walk).
+    assert_eq!(timeout_of(&s, 3000), Duration::from_secs(5));
     run(&mut s, now, 0, &syn(4));
     assert_eq!(timeout_of(&s, 3004), Duration::from_secs(5));
-    assert_eq!(s.handler().counters().short_timeouts, 1);
+    assert_eq!(s.handler().counters().short_timeouts, 4 + 1);
     // Completing the handshake gives the full established timeout.
     let ack = segment(
         sa([198, 18, 9, 1], 3004),
@@ -2199,9 +2201,9 @@ fn under_pressure_half_open_and_unanswered_udp_entries_get_short_timeouts() {
     );
     run(&mut s, now, 0, &ack);
     assert_eq!(timeout_of(&s, 3004), Duration::from_secs(900));
-    // The short-lived entries leave after 5 s, the older ones keep their 60 s.
+    // The half-open entries leave after 5 s; the established one stays.
     s.handle_timeout(now + Duration::from_secs(6));
-    assert_eq!(s.handler().conns().len(), 5);
+    assert_eq!(s.handler().conns().len(), 1);
 
     let mut u = stack(Setup {
         table: 2,
@@ -2264,4 +2266,56 @@ fn a_server_answer_that_is_not_for_the_proxied_syn_is_reset_and_the_client_retry
     assert_eq!(v, Verdict::Transmit(1));
     assert_eq!(tcp_of(&out).2, SYN);
     assert_eq!(s.handler().conns().len(), 1);
+}
+
+#[test]
+fn when_pressure_starts_the_unanswered_and_half_open_entries_made_before_it_get_the_short_timeout_too() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut u = stack(Setup {
+        table: 4,
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let dgram = |i: u16| {
+        packet(
+            Proto::Udp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 9, 1], 3000 + i),
+            vip(),
+            0,
+            b"q",
+        )
+    };
+    let (_, out) = run(&mut u, now, 0, &dgram(0));
+    let local = inspect(&out).2;
+    run(&mut u, now, 0, &dgram(1));
+    // The server answers flow 0: it keeps the full timeout.
+    let reply = packet(Proto::Udp, B1_MAC, INT_MAC, backends()[0], local, 0, b"a");
+    assert_eq!(run(&mut u, now, 1, &reply).0, Verdict::Transmit(0));
+    let expires = |u: &LocalStack<Forwarder>, port: u16, at: Instant| {
+        let f = u.handler();
+        let (id, _) = f.conns().iter_ids().find(|(_, c)| c.client.port() == port).unwrap();
+        f.conns().expires_in(id, at)
+    };
+    assert_eq!(expires(&u, 3001, now), Duration::from_secs(300), "no pressure yet");
+    // Two of four: pressure, and the walk of the table.
+    let later = now + Duration::from_secs(1);
+    u.handle_timeout(later);
+    assert_eq!(u.handler().counters().pressure, 1);
+    assert_eq!(
+        expires(&u, 3001, later),
+        Duration::from_secs(10),
+        "unanswered, made before the pressure"
+    );
+    assert_eq!(
+        expires(&u, 3000, later),
+        Duration::from_secs(299),
+        "answered: untouched"
+    );
+    assert_eq!(u.handler().counters().short_timeouts, 1);
+    // And it goes at its new deadline, its port with it.
+    u.handle_timeout(later + Duration::from_secs(10));
+    assert_eq!(u.handler().conns().len(), 1);
+    assert_eq!(u.handler().lports.occupancy().in_use, 1);
 }
