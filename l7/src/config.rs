@@ -66,6 +66,8 @@ pub struct L7Config {
     pub upstream_keepalive: usize,
     /// An idle kept upstream connection is closed after this long. NGINX `keepalive_timeout` (upstream).
     pub upstream_idle_timeout_s: u64,
+    /// File the access log is appended to, one line per answered request (none by default).
+    pub access_log: Option<String>,
 }
 
 impl Default for L7Config {
@@ -85,6 +87,7 @@ impl Default for L7Config {
             idle_buffer_bytes: 4096,
             upstream_keepalive: 32,
             upstream_idle_timeout_s: 60,
+            access_log: None,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `xlb-suite --quick` end to end: a real xlb and the kernel NAT peer in a netns lab.
+//! `xlb-suite --quick` end to end: a real xlb, the kernel NAT peer and the NGINX and HAProxy proxies in a netns
+//! lab.
 //!
-//! Checks that every scenario ran through both systems and produced numbers, and that the results file and
+//! Checks that every scenario ran through the systems of its layer and produced numbers, and that the results file and
 //! plots are written and parse — never that anything is fast. Needs root and the workspace binaries (`xlb`,
 //! `xlbctl`, `xlb-bench`; `make test` builds them first). Takes about a minute.
 
@@ -12,16 +13,22 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use xlb_tests::lab::{require_root, workspace_bin};
 
-/// Upper bound for the whole quick run (it normally takes one to two minutes).
-const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Upper bound for the whole quick run (it normally takes two to three minutes).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(420);
 
-/// Scenario names and the headline metric of each, as in the results file.
-const SCENARIOS: [(&str, &str); 5] = [
-    ("tcp_cps", "conns_per_s"),
-    ("udp_pps_64", "pps"),
-    ("latency", "p99_us"),
-    ("tcp_cps_server_close", "conns_per_s"),
-    ("tcp_cps_synflood", "flood_sps"),
+/// The systems of the L4 and of the L7 scenarios.
+const L4: &[&str] = &["xlb", "kernel"];
+const L7: &[&str] = &["xlb", "nginx", "haproxy"];
+
+/// Scenario names, the headline metric of each, as in the results file, and the systems it runs on.
+const SCENARIOS: [(&str, &str, &[&str]); 7] = [
+    ("tcp_cps", "conns_per_s", L4),
+    ("udp_pps_64", "pps", L4),
+    ("latency", "p99_us", L4),
+    ("tcp_cps_server_close", "conns_per_s", L4),
+    ("tcp_cps_synflood", "flood_sps", L4),
+    ("http_rps_keepalive", "rps", L7),
+    ("http_cps", "conns_per_s", L7),
 ];
 
 /// Intervals of `tcp_cps_server_close` in quick mode.
@@ -99,7 +106,7 @@ fn one_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
 }
 
 #[test]
-fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
+fn quick_suite_measures_every_scenario_on_the_systems_of_its_layer() -> Result<()> {
     require_root()?;
     for bin in ["xlb", "xlbctl", "xlb-bench"] {
         workspace_bin(bin)?;
@@ -114,8 +121,12 @@ fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
     ensure!(ok, "xlb-suite failed; stderr:\n{stderr}\nstdout:\n{stdout}");
     eprintln!("{stdout}");
     ensure!(
-        stdout.contains("scenario") && stdout.contains("ratio"),
-        "no table on stdout:\n{stdout}"
+        stdout.contains("scenario") && stdout.contains("xlb/kernel"),
+        "no L4 table on stdout:\n{stdout}"
+    );
+    ensure!(
+        stdout.contains("xlb/nginx") && stdout.contains("xlb/haproxy"),
+        "no L7 table on stdout:\n{stdout}"
     );
     ensure!(
         stdout.contains("raw AF_XDP loop"),
@@ -125,8 +136,8 @@ fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
     let json_path = one_file(&out.0, ".json")?;
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&json_path)?)
         .with_context(|| format!("{} is not JSON", json_path.display()))?;
-    for (scenario, metric) in SCENARIOS {
-        for system in ["xlb", "kernel"] {
+    for (scenario, metric, systems) in SCENARIOS {
+        for system in systems {
             let value = doc["medians"][scenario][system][metric]
                 .as_f64()
                 .with_context(|| format!("no median {scenario}/{system}/{metric} in {json_path:?}"))?;
@@ -134,12 +145,8 @@ fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
         }
     }
     let runs = doc["runs"].as_array().context("no runs array")?;
-    ensure!(
-        runs.len() == SCENARIOS.len() * 2,
-        "expected {} runs, got {}",
-        SCENARIOS.len() * 2,
-        runs.len()
-    );
+    let expected: usize = SCENARIOS.iter().map(|(_, _, systems)| systems.len()).sum();
+    ensure!(runs.len() == expected, "expected {expected} runs, got {}", runs.len());
     for run in runs {
         ensure!(run["generator"].is_object(), "a run lacks its generator report: {run}");
         ensure!(run["cpu"]["lb_cpu_s"].is_number(), "a run lacks CPU seconds: {run}");
@@ -171,6 +178,10 @@ fn quick_suite_measures_every_scenario_on_both_systems() -> Result<()> {
         "no per-interval lines:\n{stdout}"
     );
     ensure!(doc["versions"]["uname_r"].is_string(), "no kernel version recorded");
+    for peer in ["nginx", "haproxy"] {
+        ensure!(doc["versions"][peer].is_string(), "no {peer} version recorded");
+        ensure!(doc["params"][peer]["config"].is_string(), "no {peer} config recorded");
+    }
 
     for suffix in ["-latency.svg", "-throughput.svg"] {
         let path = one_file(&out.0, suffix)?;

@@ -100,3 +100,118 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         self.first.wake_fd().or_else(|| self.second.wake_fd())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::counters::DropReason;
+    use crate::local::{Link, LocalConfig, LocalStack};
+    use crate::neighbour::NeighbourConfig;
+    use crate::pipeline::{Pipeline, Verdict};
+    use crate::service::{Service, Transport};
+    use crate::testutil::{tcp_frame, XLB_IP, XLB_MAC};
+
+    /// A stage that serves one port under its id, consumes what it is given and records the ports.
+    struct Recorder {
+        id: StageId,
+        port: u16,
+        seen: Vec<u16>,
+        due: Option<Instant>,
+        timeouts: usize,
+    }
+
+    impl Recorder {
+        fn new(id: StageId, port: u16) -> Self {
+            Recorder {
+                id,
+                port,
+                seen: Vec::new(),
+                due: None,
+                timeouts: 0,
+            }
+        }
+    }
+
+    impl Ipv4Handler for Recorder {
+        fn handle(
+            &mut self,
+            _: Instant,
+            _: PortId,
+            f: &mut Frame<'_>,
+            ip: &Ipv4Meta,
+            _: &mut StackContext<'_>,
+        ) -> Handled {
+            let d = f.data();
+            let port = u16::from_be_bytes([d[ip.l4 + 2], d[ip.l4 + 3]]);
+            self.seen.push(port);
+            if port == self.port {
+                Handled::Verdict(Verdict::Consumed)
+            } else {
+                Handled::Pass
+            }
+        }
+        fn attach(&mut self, cx: &mut StackContext<'_>) {
+            let service = Service {
+                stage: self.id,
+                slot: 0,
+            };
+            cx.services.set(XLB_IP, Transport::Tcp, self.port, Some(service));
+        }
+        fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+            None
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.due
+        }
+        fn handle_timeout(&mut self, _: Instant, _: &mut StackContext<'_>) {
+            self.timeouts += 1;
+            self.due = None;
+        }
+    }
+
+    #[test]
+    fn each_packet_goes_to_the_stage_its_service_names_and_timers_to_the_stage_that_is_due() {
+        let stages = Stages::new(Recorder::new(1, 80), Recorder::new(2, 81), 2);
+        let mut stack = LocalStack::with_handler(
+            LocalConfig {
+                links: vec![Link {
+                    mac: XLB_MAC,
+                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                    gateway: None,
+                }],
+                neighbours: NeighbourConfig::default(),
+                icmp_rate: 1000,
+            },
+            stages,
+        );
+        let now = Instant::now();
+        let mut verdicts = Vec::new();
+        for port in [80, 81, 82] {
+            let mut bytes = tcp_frame(port, 1, 0, 0x02, b"");
+            let len = bytes.len();
+            bytes.resize(2048, 0);
+            verdicts.push(stack.process(now, 0, &mut Frame::new(&mut bytes, len)));
+        }
+        let s = stack.handler();
+        assert_eq!(s.first.seen, vec![80, 82], "its own service, and what no stage serves");
+        assert_eq!(s.second.seen, vec![81]);
+        assert_eq!(verdicts[..2], [Verdict::Consumed, Verdict::Consumed]);
+        assert!(
+            matches!(verdicts[2], Verdict::Transmit(_)),
+            "port 82: RST from the local stack"
+        );
+        assert_eq!(stack.counters().drops[DropReason::TcpNoListener as usize], 1);
+
+        stack.handler_mut().first.due = Some(now + Duration::from_millis(5));
+        stack.handler_mut().second.due = Some(now + Duration::from_millis(50));
+        stack.handle_timeout(now + Duration::from_millis(10));
+        assert_eq!(
+            (stack.handler().first.timeouts, stack.handler().second.timeouts),
+            (1, 0),
+            "only the stage whose timer is due runs"
+        );
+        assert_eq!(stack.poll_timeout(), Some(now + Duration::from_millis(50)));
+    }
+}

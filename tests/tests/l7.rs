@@ -167,7 +167,9 @@ fn sha256(path: &Path) -> Result<String> {
 fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     let t = TwoArm::new("l7", &SERVERS, 1)?;
     let _nginx = nginx(&t.lab, &t.servers)?;
-    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config())?;
+    let access_log = t.lab.dir().join("access.log");
+    let config = config().replace("[l7]\n", &format!("[l7]\naccess_log = \"{}\"\n", access_log.display()));
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
     let url = format!("http://{VIP}/");
 
     // Three requests on one kept-alive client connection: one server answers all three (the proxy keeps its
@@ -219,6 +221,20 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         big_up.starts_with("HTTP/1.1 413"),
         "beyond l7.max_body_bytes: {big_up:?}"
     );
+
+    // Hostile requests get a clear answer and never reach a server: a smuggling attempt (two Content-Lengths)
+    // 400, a head beyond l7.max_header_bytes 431.
+    let smuggle = t.client.run_input(
+        "nc",
+        &["-q", "2", "-w", "5", VIP, "80"],
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy",
+    )?;
+    ensure!(smuggle.starts_with("HTTP/1.1 400 "), "{smuggle:?}");
+    let huge = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "b".repeat(40_000));
+    let too_big = t
+        .client
+        .run_input("nc", &["-q", "2", "-w", "5", VIP, "80"], huge.as_bytes())?;
+    ensure!(too_big.starts_with("HTTP/1.1 431 "), "{too_big:?}");
 
     // Rules: by host to another group, and a redirect answered by xlb itself.
     for _ in 0..3 {
@@ -272,9 +288,10 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
             n("requests") == 28,
             "3 + 9 + download + upload + 3 api + 4 mixed + 7 sticky: {l7}"
         );
-        ensure!(n("local_answers") == 3, "redirect, 413 and 502: {l7}");
+        ensure!(n("local_answers") == 5, "400, 431, redirect, 413 and 502: {l7}");
+        ensure!(n("client_refused") == 3, "400, 431 and 413: {l7}");
         ensure!(
-            n("responses_3xx") == 1 && n("responses_4xx") == 1 && n("responses_5xx") == 1,
+            n("responses_3xx") == 1 && n("responses_4xx") == 3 && n("responses_5xx") == 1,
             "{l7}"
         );
         // The dead group's request tried its one server MAX_CONNECT_ATTEMPTS (3) times; the mixed group's
@@ -284,6 +301,22 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         Ok(l7)
     })?;
     ensure!(l7["sessions"].as_u64().is_some(), "{l7}");
+    // The access log: one line per answered request, with the server that answered or `xlb`.
+    let log = wait_until_ok(TIMEOUT, "28 + 5 access-log lines", || {
+        let log = std::fs::read_to_string(&access_log)?;
+        ensure!(log.lines().count() == 33, "{log}");
+        Ok(log)
+    })?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(" web \"GET /big.bin\" 198.18.0.100 200 198.19.0.") && l.ends_with(" upstream")),
+        "{log}"
+    );
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("\"GET /a?b=1\" old.example.com 301 - ") && l.ends_with(" xlb")),
+        "{log}"
+    );
     let text = xlb.xlbctl(&["stats"]).context("xlbctl stats")?;
     ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
     Ok(())

@@ -48,18 +48,23 @@ fn sticky_secret(config: &Config) -> u64 {
 fn proxy_config(config: &Config, i: usize, l: &ListenerConfig) -> Result<ProxyConfig, String> {
     let at = format!("listener[{i}] ({})", l.name);
     let http = HttpListenerConfig::from_listener(l, &at)?;
-    ProxyConfig::new(
+    let mut proxy = ProxyConfig::new(
         config.l7.clone(),
         &http,
         &at,
         &group_names(config),
         sticky_secret(config),
-    )
+    )?;
+    proxy.access_log = config.l7.access_log.is_some();
+    Ok(proxy)
 }
 
 /// Checks `[l7]` and the L7 keys of every `http` listener; the error names the field.
 pub fn validate(config: &Config) -> Result<(), String> {
     config.l7.validate()?;
+    if let Some(path) = &config.l7.access_log {
+        crate::access_log::check(std::path::Path::new(path))?;
+    }
     for (i, l) in http_listeners(config) {
         proxy_config(config, i, l)?;
     }

@@ -20,6 +20,7 @@ use xlb_l4::health::HealthCounters;
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
+use xlb_l7::stage::access::AccessLine;
 use xlb_l7::stage::counters::{L7Counters, SharedL7Counters};
 use xlb_l7::stage::{L7Stage, L7StageConfig, L7Update, L7_STAGE};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
@@ -128,6 +129,8 @@ pub struct PipelineFactory {
     l7_handoffs: Vec<Option<Handoff>>,
     l7_updates: Vec<Option<Receiver<L7Update>>>,
     l7_counters: Vec<Arc<SharedL7Counters>>,
+    /// The access logger's queue (`[l7] access_log`).
+    access_log: Option<Sender<AccessLine>>,
 }
 
 impl PipelineFactory {
@@ -219,6 +222,15 @@ impl PipelineFactory {
             l7_handoffs,
             l7_updates: l7_receivers.into_iter().map(Some).collect(),
             l7_counters,
+            access_log: config.l7.access_log.as_deref().and_then(|path| {
+                match crate::access_log::start(std::path::Path::new(path)) {
+                    Ok(tx) => Some(tx),
+                    Err(e) => {
+                        tracing::error!("l7.access_log: {e}: no access log");
+                        None
+                    }
+                }
+            }),
         };
         (factory, runtime)
     }
@@ -287,6 +299,7 @@ impl PipelineFactory {
                 worker: plan.index,
                 workers: plan.workers,
                 port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
+                access_log: self.access_log.clone(),
             },
             self.l7_counters[plan.index].clone(),
             self.l7_handoffs.get_mut(plan.index).and_then(Option::take),

@@ -1,5 +1,6 @@
 //! The xlb appliance daemon (`xlb`). Its control CLI is the `xlbctl` crate; the API types both share are `xlb-api`.
 //!
+//! - [`access_log`]: the L7 access log: a thread that writes the lines the workers queue.
 //! - [`api`]: the control API routes: reads, live configuration changes, reload.
 //! - [`config`]: the whole config file (`xlb check` / `xlb run`).
 //! - [`control`]: the control API transport (HTTP+JSON on the node's Unix socket, optionally TCP with a token).
@@ -13,6 +14,7 @@
 //! - [`placement`]: which interface carries a VIP, the floating IPs, the HA interface; the HA channel ends.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
 
+pub mod access_log;
 pub mod api;
 pub mod config;
 pub mod control;

@@ -66,6 +66,9 @@ impl HttpProxy {
 
     pub(super) fn start_exchange(&mut self, now: Instant, mut req: RequestHead) {
         self.client_deadline = None;
+        if self.cfg.access_log {
+            self.current = Some((req.method.clone(), req.target.clone(), req.host.clone(), now));
+        }
         let mut exchange = Exchange {
             version: req.version,
             is_head: req.is_head(),
@@ -105,7 +108,7 @@ impl HttpProxy {
                 let extra: Vec<(&str, &[u8])> = location.iter().map(|l| ("Location", l.as_bytes())).collect();
                 let body = if exchange.is_head { &[][..] } else { body };
                 write_local_response(status, &extra, ctype, body, keep_alive, &mut self.to_client);
-                self.events.push_back(Event::Answered { status, local: true });
+                self.answered(status, true);
                 return self.end_of_local_answer(now, keep_alive);
             }
         };

@@ -165,6 +165,26 @@ pub struct ProxyConfig {
     pub codec: StickyCodec,
     /// The listener's scheme (`http`), for X-Forwarded-Proto.
     pub scheme: &'static str,
+    /// Keep an [`AccessRecord`] of every answered request ([`HttpProxy::poll_access`]).
+    pub access_log: bool,
+}
+
+/// One answered request, for the access log: kept when [`ProxyConfig::access_log`] is set, at the moment the
+/// response head is sent (by the server or by xlb).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// Method, target and routing host of the request (`-` for a request refused before its head parsed).
+    pub method: String,
+    /// Request target (origin form).
+    pub target: String,
+    /// Host used for routing.
+    pub host: String,
+    /// When its head was complete.
+    pub started: Option<Instant>,
+    /// Status sent.
+    pub status: u16,
+    /// Answered by xlb itself (redirect, fixed response, error).
+    pub local: bool,
 }
 
 impl ProxyConfig {
@@ -186,6 +206,7 @@ impl ProxyConfig {
             sticky: listener.sticky.clone(),
             codec: StickyCodec::new(sticky_secret),
             scheme: "http",
+            access_log: false,
         })
     }
 
@@ -256,6 +277,9 @@ pub struct HttpProxy {
     client_addr: IpAddr,
     actions: VecDeque<Action>,
     events: VecDeque<Event>,
+    /// The request being answered (method, target, host, start), for the access log.
+    current: Option<(String, String, String, Instant)>,
+    access: VecDeque<AccessRecord>,
     spare: Vec<Vec<u8>>,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
@@ -292,6 +316,8 @@ impl HttpProxy {
             client_addr,
             actions: VecDeque::new(),
             events: VecDeque::new(),
+            current: None,
+            access: VecDeque::new(),
             spare: Vec::new(),
             to_client: Vec::new(),
             to_upstream: Vec::new(),
@@ -317,6 +343,30 @@ impl HttpProxy {
     /// The next action, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
+    }
+
+    /// The next access record (see [`ProxyConfig::access_log`]).
+    pub fn poll_access(&mut self) -> Option<AccessRecord> {
+        self.access.pop_front()
+    }
+
+    /// Records that `status` was sent for the current request (event, and access record if kept).
+    fn answered(&mut self, status: u16, local: bool) {
+        self.events.push_back(Event::Answered { status, local });
+        if self.cfg.access_log {
+            let (method, target, host, started) = match self.current.take() {
+                Some((m, t, h, at)) => (m, t, h, Some(at)),
+                None => ("-".into(), "-".into(), "-".into(), None),
+            };
+            self.access.push_back(AccessRecord {
+                method,
+                target,
+                host,
+                started,
+                status,
+                local,
+            });
+        }
     }
 
     /// The next event to count.
@@ -574,7 +624,7 @@ impl HttpProxy {
         body.extend_from_slice(crate::http1::headers::reason_phrase(status).as_bytes());
         body.push(b'\n');
         write_local_response(status, &[], "text/plain", &body, false, &mut self.to_client);
-        self.events.push_back(Event::Answered { status, local: true });
+        self.answered(status, true);
         self.close_all();
     }
 
@@ -596,7 +646,7 @@ impl HttpProxy {
             keep_alive,
             &mut self.to_client,
         );
-        self.events.push_back(Event::Answered { status, local: true });
+        self.answered(status, true);
         self.drop_upstream();
         self.response = ResponsePhase::Idle;
         self.end_of_local_answer(now, keep_alive);

@@ -104,10 +104,7 @@ impl HttpProxy {
         };
         write_client_response(&resp, to, &extra, &mut self.to_client);
         exchange.response_started = true;
-        self.events.push_back(Event::Answered {
-            status: resp.status,
-            local: false,
-        });
+        self.answered(resp.status, false);
         let encoder = if client_framing == BodyFraming::Chunked {
             BodyEncoder::Chunked
         } else {

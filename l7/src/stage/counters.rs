@@ -56,6 +56,7 @@ l7_counts! {
     ConnectionLimit => "connection_limit": "SYNs refused at l7.max_connections (answered with RST).",
     LocalPortsExhausted => "local_ports_exhausted": "Upstream connections not opened: no free local port for the server (502).",
     NoRoute => "no_route": "Upstream connections not opened: no route to the server (502).",
+    AccessLogDropped => "access_log_dropped": "Access-log lines dropped: the logger thread fell behind (its queue was full).",
     HandedOff => "handed_off": "Segments handed to the worker that owns their connection.",
     HandoffFull => "handoff_full": "Segments dropped: the hand-off queue to their owner was full.",
 }

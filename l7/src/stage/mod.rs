@@ -13,6 +13,7 @@
 //! Segments that reached another worker's queue (the NIC's hash is not xlb's) are handed to the owner: the
 //! client side by the same flow hash L4 uses, upstream replies by the local port (`xlb_l4::owner`).
 
+pub mod access;
 pub mod counters;
 mod session;
 mod token;
@@ -25,7 +26,7 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use xlb_l4::conn::{FlowHash, FlowKey, Proto};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
@@ -40,6 +41,7 @@ use crate::config::L7Config;
 use crate::proxy::{HttpProxy, ProxyConfig};
 use crate::rules::GroupId;
 use crate::tcp::{BadSegment, ConnId, Ingress, TcpConfig, TcpHost};
+use access::AccessLine;
 use counters::{L7Count, L7Counters, SharedL7Counters};
 use session::{Io, Session};
 use token::Token;
@@ -84,6 +86,8 @@ pub struct L7StageConfig {
     pub workers: usize,
     /// Config interface index of each of the worker's ports.
     pub port_ifaces: Vec<usize>,
+    /// Where access-log lines go (`None`: no access log).
+    pub access_log: Option<Sender<AccessLine>>,
 }
 
 /// A live change for the stage: the groups (servers, weights, health targets) and the health board of the new
@@ -125,6 +129,9 @@ pub struct L7Stage {
     /// The latest time seen (a due time for work that cannot wait).
     last_now: Instant,
     updates: Option<Receiver<L7Update>>,
+    access_log: Option<Sender<AccessLine>>,
+    /// Listener names, shared with their sessions (access log).
+    listener_names: Vec<Arc<str>>,
 }
 
 impl L7Stage {
@@ -153,6 +160,7 @@ impl L7Stage {
             limits.upstream_keepalive,
             Duration::from_secs(limits.upstream_idle_timeout_s),
         );
+        let listener_names = config.listeners.iter().map(|l| Arc::from(l.name.as_str())).collect();
         let seed = 0x9e37_79b9_7f4a_7c15 ^ (config.worker as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
         L7Stage {
             worker: config.worker,
@@ -174,6 +182,8 @@ impl L7Stage {
             port_ifaces: config.port_ifaces,
             last_now: now,
             updates: None,
+            access_log: config.access_log,
+            listener_names,
         }
     }
 
@@ -261,7 +271,8 @@ impl L7Stage {
             now,
         );
         let upstream_token = Token::Upstream { index, generation };
-        self.slots[index as usize].session = Some(Session::new(proxy, conn, tuple.remote, upstream_token));
+        let name = self.listener_names[listener].clone();
+        self.slots[index as usize].session = Some(Session::new(proxy, conn, tuple.remote, upstream_token, name));
         self.host.set_token(conn, Token::Client { index, generation }.encode());
         self.sessions += 1;
         self.counters.bump(L7Count::Accepted);
@@ -312,6 +323,7 @@ impl L7Stage {
             upstreams: &mut self.upstreams,
             counters: &mut self.counters,
             source: &source,
+            access_log: self.access_log.as_ref(),
         };
         if timer {
             session.handle_timeout(&mut io);

@@ -4,14 +4,18 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crossbeam_channel::Sender;
 
 use smoltcp::socket::tcp::{self, State};
 
+use super::access::AccessLine;
 use super::counters::{L7Count, L7Counters};
 use super::token::Token;
 use super::upstreams::{NoUpstream, Upstreams};
-use crate::proxy::{Action, Event, HttpProxy, UpstreamFailure, UpstreamId};
+use crate::proxy::{AccessRecord, Action, Event, HttpProxy, UpstreamFailure, UpstreamId};
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
 use crate::tcp::{ConnId, TcpHost};
@@ -81,6 +85,8 @@ pub(super) struct Io<'a> {
     pub counters: &'a mut L7Counters,
     /// The source address towards a server (the stack's route), if it is reachable.
     pub source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
+    /// Where access-log lines go, if anywhere.
+    pub access_log: Option<&'a Sender<AccessLine>>,
 }
 
 /// A proxied client connection.
@@ -101,10 +107,18 @@ pub(super) struct Session {
     pub timer_armed: Option<Instant>,
     /// Servers whose connection failed for the current request (a retry goes elsewhere).
     failed_servers: Vec<usize>,
+    /// The listener's name (access log).
+    listener: Arc<str>,
 }
 
 impl Session {
-    pub fn new(proxy: HttpProxy, client: ConnId, client_addr: SocketAddrV4, upstream_token: Token) -> Session {
+    pub fn new(
+        proxy: HttpProxy,
+        client: ConnId,
+        client_addr: SocketAddrV4,
+        upstream_token: Token,
+        listener: Arc<str>,
+    ) -> Session {
         Session {
             proxy,
             client,
@@ -118,6 +132,7 @@ impl Session {
             upstream_token,
             timer_armed: None,
             failed_servers: Vec::new(),
+            listener,
         }
     }
 
@@ -344,7 +359,31 @@ impl Session {
         while let Some(event) = self.proxy.poll_event() {
             count(io.counters, event);
         }
+        while let Some(record) = self.proxy.poll_access() {
+            self.log(io, record);
+        }
         progress
+    }
+
+    /// Hands an access record to the logger (counted when its queue is full).
+    fn log(&self, io: &mut Io<'_>, record: AccessRecord) {
+        let Some(tx) = io.access_log else { return };
+        let server = self
+            .upstream
+            .as_ref()
+            .filter(|_| !record.local)
+            .and_then(|u| io.upstreams.addr(u.group, u.server));
+        let line = AccessLine {
+            at: SystemTime::now(),
+            listener: self.listener.clone(),
+            client: self.client_addr,
+            elapsed: record.started.map(|t| io.now.saturating_duration_since(t)),
+            server,
+            record,
+        };
+        if tx.try_send(line).is_err() {
+            io.counters.bump(L7Count::AccessLogDropped);
+        }
     }
 
     fn connect(&mut self, io: &mut Io<'_>, id: UpstreamId, group: GroupId, sticky: Option<ServerId>) {

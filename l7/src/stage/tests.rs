@@ -86,6 +86,7 @@ fn world() -> World {
             worker: 0,
             workers: 1,
             port_ifaces: vec![0, 1],
+            access_log: None,
         },
         Arc::new(SharedL7Counters::default()),
         None,

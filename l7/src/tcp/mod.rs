@@ -107,6 +107,8 @@ pub struct TcpCounters {
     pub segments_out: u64,
     /// Segments received for a connection.
     pub segments_in: u64,
+    /// Connections in TIME-WAIT ended early by a SYN for the same tuple (a new connection).
+    pub time_wait_reused: u64,
     /// Bytes of socket buffers held by the open connections (a gauge).
     pub buffer_bytes: u64,
 }
@@ -262,10 +264,25 @@ impl TcpHost {
         let tuple = wire::tuple_of(&ipv4, &segment);
         self.set_now(now);
         let ip_repr = IpRepr::Ipv4(ipv4);
-        let (index, accepted) = match self.by_tuple.get(&tuple) {
-            Some(&index) => (index, false),
+        let syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
+        let mut existing = self.by_tuple.get(&tuple).copied();
+        if let Some(index) = existing.filter(|_| syn && accept) {
+            // A SYN for a tuple whose connection is in TIME-WAIT: the client reuses its port for a new
+            // connection (Linux accepts that too, RFC 6191), so the old incarnation goes. Without this a client
+            // that reuses ports quickly meets silence for the TIME-WAIT's length.
+            let ended = self.slots[index as usize]
+                .conn
+                .as_ref()
+                .is_some_and(|c| matches!(c.socket.state(), State::TimeWait | State::Closed));
+            if ended {
+                self.counters.time_wait_reused += 1;
+                self.remove(index);
+                existing = None;
+            }
+        }
+        let (index, accepted) = match existing {
+            Some(index) => (index, false),
             None => {
-                let syn = segment.control == TcpControl::Syn && segment.ack_number.is_none();
                 if !(syn && accept) {
                     return Ingress::NoConnection;
                 }
@@ -581,7 +598,9 @@ impl TcpHost {
             return wire::emit(out, &ip, &tcp, ttl);
         }
         self.set_now(now);
-        while let Some(index) = self.ready.pop_front() {
+        // Each queued connection is visited at most once per call (one that re-queues itself goes to the back).
+        for _ in 0..self.ready.len() {
+            let Some(index) = self.ready.pop_front() else { break };
             let cx = self.iface.context();
             let Some(c) = self.slots[index as usize].conn.as_mut() else {
                 continue;

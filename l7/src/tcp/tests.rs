@@ -261,3 +261,29 @@ fn half_open_and_idle_connections_hold_small_buffers_busy_ones_large() {
     assert_eq!(server.counters().buffer_bytes, small, "idle again: small buffers");
     assert_eq!(server.state(s), Some(State::Established));
 }
+
+#[test]
+fn a_syn_reusing_a_tuple_in_time_wait_opens_a_new_connection() {
+    let now = Instant::now();
+    let (mut client, mut server) = (host(now, 1), host(now, 2));
+    let (c, s) = open(now, &mut client, &mut server);
+    // The server closes first: its side ends in TIME-WAIT.
+    server.close(now, s);
+    shuttle(now, &mut server, &mut client, false);
+    client.close(now, c);
+    for _ in 0..4 {
+        shuttle(now, &mut client, &mut server, false);
+        shuttle(now, &mut server, &mut client, false);
+    }
+    assert_eq!(server.state(s), Some(State::TimeWait));
+    // The client's next connection from the same port (a fresh client host: a new ISN) is accepted at once.
+    let mut again = host(now, 5);
+    again
+        .connect(now, CLIENT.parse().unwrap(), VIP.parse().unwrap(), 1)
+        .unwrap();
+    let results = shuttle(now, &mut again, &mut server, true);
+    assert!(matches!(results.first(), Some(Ingress::Accepted(_))), "{results:?}");
+    assert_eq!(server.state(s), None, "the TIME-WAIT incarnation is gone");
+    assert_eq!(server.counters().time_wait_reused, 1);
+    assert_eq!(server.len(), 1);
+}

@@ -1,4 +1,5 @@
-//! `xlb-suite`: the comparative benchmark — xlb against Linux kernel NAT (nftables) in one netns lab.
+//! `xlb-suite`: the comparative benchmark — xlb against Linux kernel NAT (nftables) for L4, and against NGINX
+//! and HAProxy as HTTP reverse proxies for L7, in one netns lab.
 //!
 //! ```text
 //! xlb-suite [--quick] [--reps N] [--duration S] [--out DIR] [--no-raw-loop] [--scenario NAME]...
@@ -21,7 +22,8 @@ use clap::Parser;
 use xlb_perf::suite::scenarios::Scenario;
 use xlb_perf::suite::{self, SuiteOptions};
 
-/// xlb against Linux kernel NAT: connection rate, packet rate and latency through each, in one netns lab.
+/// xlb against Linux kernel NAT (L4) and against NGINX and HAProxy (L7 HTTP proxying): connection rate,
+/// packet rate, request rate and latency through each, in one netns lab.
 #[derive(Debug, Parser)]
 #[command(name = "xlb-suite", version)]
 struct Cli {
@@ -41,8 +43,8 @@ struct Cli {
     /// Skip the raw AF_XDP loop reference (`xlb-perf xdp-loop`).
     #[arg(long)]
     no_raw_loop: bool,
-    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close, tcp_cps_synflood.
-    /// Default: all.
+    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close, tcp_cps_synflood
+    /// (L4: xlb and kernel), http_rps_keepalive, http_cps (L7: xlb, nginx, haproxy). Default: all.
     #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
 }

@@ -45,6 +45,8 @@ pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 5353;
 /// Port of the HTTP VIP listener.
 pub const VIP_HTTP_PORT: u16 = 8000;
+/// Port of the L7 (HTTP proxy) listener of xlb, NGINX and HAProxy.
+pub const VIP_L7_PORT: u16 = 8080;
 /// Port the HTTP sinks listen on (they close the connection after answering `Connection: close`).
 pub const HTTP_PORT: u16 = 8000;
 /// Number of sinks: TCP, UDP and HTTP on every server address.
@@ -225,6 +227,16 @@ impl SuiteLab {
                 ensure!(left == 0, "{left} left");
                 Ok(())
             })?;
+        }
+        Ok(found)
+    }
+
+    /// Removes the TCP sockets in TIME_WAIT from the `lb` namespace (best effort, `ss -K`), so a proxy does not
+    /// meet the states another proxy's connections left on the VIP; returns how many there were.
+    pub fn clear_lb_time_wait(&self) -> Result<u64> {
+        let found = time_wait_in(&self.lb)?;
+        if found > 0 {
+            let _ = self.lb.run("ss", &["-K", "-H", "state", "time-wait"]);
         }
         Ok(found)
     }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::lab::{self, GENERATOR_CORE, XLB_CORE};
-use super::systems::{self, NFT_RULESET};
+use super::systems::{self, LAB_DIR_PLACEHOLDER, NFT_RULESET};
 use super::SuiteOptions;
 
 /// Everything that shaped the numbers, for the results file.
@@ -18,7 +18,7 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
     json!({
         "reps": opts.reps,
         "duration_s": opts.duration.as_secs_f64(),
-        "order": "per repetition: xlb (all scenarios), then kernel (all scenarios)",
+        "order": "per repetition: xlb (all scenarios), then kernel (L4 scenarios), nginx (L7 scenarios), haproxy (L7 scenarios)",
         "intervals": opts
             .scenarios
             .iter()
@@ -41,6 +41,21 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
         "generator": {"core": GENERATOR_CORE, "pinned": pinned, "scenarios": scenarios},
         "xlb": {"core": XLB_CORE, "idle": "busy", "config": systems::xlb_config()},
         "kernel": {"nft_ruleset": NFT_RULESET, "ip_forward": 1, "vip_on": "ext0 (/32)"},
+        "l7": {"vip_port": lab::VIP_L7_PORT, "backends": format!("the HTTP sinks on port {}", lab::HTTP_PORT)},
+        "nginx": {
+            "core": XLB_CORE,
+            "pinned_with": "taskset -c (master and its one worker)",
+            "command": "nginx -c LAB_DIR/nginx.conf -g 'daemon off;'",
+            "config": systems::nginx_config(std::path::Path::new(LAB_DIR_PLACEHOLDER)),
+            "vip_on": "ext0 (/32)",
+        },
+        "haproxy": {
+            "core": XLB_CORE,
+            "pinned_with": "taskset -c",
+            "command": "haproxy -db -f LAB_DIR/haproxy.cfg",
+            "config": systems::haproxy_config(),
+            "vip_on": "ext0 (/32)",
+        },
     })
 }
 
@@ -55,6 +70,15 @@ pub fn versions(host: &str) -> Value {
             .and_then(|o| String::from_utf8(o.stdout).ok())
             .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
     };
+    // `nginx -v` prints to stderr.
+    let any_output = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| first_nonempty_line(&[o.stdout, o.stderr].concat()))
+    };
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
         s.lines()
             .find(|l| l.starts_with("model name"))
@@ -64,12 +88,23 @@ pub fn versions(host: &str) -> Value {
     json!({
         "uname_r": std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).ok(),
         "nft": first_line("nft", &["--version"]),
+        "nginx": any_output("nginx", &["-v"]),
+        "haproxy": any_output("haproxy", &["-v"]),
         "xlb": env!("CARGO_PKG_VERSION"),
         "git": first_line("git", &["rev-parse", "--short", "HEAD"]),
         "host": host,
         "cpu_model": cpu_model,
         "cpus": std::thread::available_parallelism().map_or(0, usize::from),
     })
+}
+
+/// The first non-empty line of `bytes` (lossy UTF-8), trimmed.
+fn first_nonempty_line(bytes: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_owned)
 }
 
 /// The host name (from the kernel).
@@ -126,6 +161,30 @@ mod tests {
         assert_eq!(utc_date(951_782_400), "2000-02-29");
         assert_eq!(utc_date(1_709_251_199), "2024-02-29");
         assert_eq!(utc_date(1_735_689_600), "2025-01-01");
+    }
+
+    #[test]
+    fn version_lines() {
+        assert_eq!(
+            first_nonempty_line(b"\nnginx version: nginx/1.22.1\n").as_deref(),
+            Some("nginx version: nginx/1.22.1")
+        );
+        assert_eq!(first_nonempty_line(b" \n"), None);
+    }
+
+    #[test]
+    fn params_carry_the_proxy_configs() {
+        let opts = SuiteOptions::new(true, None, None, "x".into(), false).unwrap();
+        let p = params(&opts, true);
+        let nginx = p["nginx"]["config"].as_str().unwrap();
+        assert!(
+            nginx.contains("pid LAB_DIR/nginx.pid;") && nginx.contains("keepalive 32;"),
+            "{nginx}"
+        );
+        assert!(p["haproxy"]["config"].as_str().unwrap().contains("http-reuse safe"));
+        assert_eq!(p["l7"]["vip_port"], 8080);
+        let scenarios = p["generator"]["scenarios"].as_object().unwrap();
+        assert!(scenarios.contains_key("http_rps_keepalive") && scenarios.contains_key("http_cps"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! `xlb-suite`: xlb against the Linux kernel's own NAT, in one lab, on the same cores and backends.
+//! `xlb-suite`: xlb against the Linux kernel's own NAT (L4) and against NGINX and HAProxy as reverse proxies
+//! (L7), in one lab, on the same cores and backends.
 //!
 //! The suite builds a two-arm netns lab ([`lab`]), then for each repetition sets up xlb, runs every
-//! [`scenarios::Scenario`], tears xlb down, sets up the kernel peer, runs the same scenarios and tears it
-//! down again ([`systems`]), so the systems alternate and share whatever drift the machine has. It reports
+//! [`scenarios::Scenario`], tears xlb down, then sets up each peer in turn (the kernel for the L4
+//! scenarios, NGINX and HAProxy for the L7 ones), runs the scenarios of its layer and tears it down again
+//! ([`systems`]), so the systems alternate and share whatever drift the machine has. It reports
 //! medians over the repetitions ([`report`]), CPU seconds per run ([`cpu`]), the raw AF_XDP loop limit as a
 //! reference ([`rawloop`]) and draws two plots ([`svg`]); [`meta`] records parameters and versions.
 //!
@@ -31,7 +33,7 @@ use intervals::Interval;
 use lab::{SuiteLab, GENERATOR_CORE, XLB_CORE};
 use rawloop::RawLoop;
 use report::{OutputFiles, RunRecord, SystemRecord};
-use scenarios::Scenario;
+use scenarios::{Layer, Scenario};
 use systems::{RunningSystem, SystemKind};
 
 /// Seconds per generator run in full mode.
@@ -111,11 +113,19 @@ pub fn run(opts: &SuiteOptions, stop: &AtomicBool) -> Result<SuiteOutcome> {
         bail!("the suite needs at least 2 CPUs (generator on core {GENERATOR_CORE}, xlb on core {XLB_CORE})");
     }
     progress(&format!(
-        "{} mode: {} repetition(s) x {} systems x {} scenarios, {:.0} s each{}",
+        "{} mode: {} repetition(s) x {} scenario runs ({}), {:.0} s each{}",
         if opts.quick { "quick" } else { "full" },
         opts.reps,
-        SystemKind::ALL.len(),
-        opts.scenarios.len(),
+        opts.scenarios.iter().map(|s| s.systems().len()).sum::<usize>(),
+        opts.scenarios
+            .iter()
+            .map(|s| format!(
+                "{} on {}",
+                s.name(),
+                s.systems().iter().map(|k| k.name()).collect::<Vec<_>>().join("/")
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         opts.duration.as_secs_f64(),
         opts.scenarios
             .iter()
@@ -159,7 +169,7 @@ pub fn run(opts: &SuiteOptions, stop: &AtomicBool) -> Result<SuiteOutcome> {
     let elapsed = started.elapsed();
     let document = json!({
         "suite": "xlb-suite",
-        "schema": 1,
+        "schema": 2,
         "date": date,
         "host": host,
         "started_unix_s": started_unix.as_secs(),
@@ -187,10 +197,14 @@ fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>
     let mut records = Vec::new();
     for rep in 0..opts.reps {
         for kind in SystemKind::ALL {
+            let scenarios = scenarios_of(&opts.scenarios, kind);
+            if scenarios.is_empty() {
+                continue;
+            }
             check_stop(stop)?;
             progress(&format!("rep {}/{}: {} up", rep + 1, opts.reps, kind.name()));
             let system = RunningSystem::start(kind, &lab)?;
-            let outcome = run_scenarios(&lab, &system, rep, opts, stop);
+            let outcome = run_scenarios(&lab, &system, rep, &scenarios, opts, stop);
             // Tear down even after a failed scenario; the scenario's error is the one reported.
             let stopped = system.stop(&lab);
             runs.extend(outcome?);
@@ -209,18 +223,49 @@ fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>
 /// How long a SYN flood runs before the generator beside it starts.
 const FLOOD_LEAD: Duration = Duration::from_secs(1);
 
-/// Checks that traffic flows through `system`, then runs every scenario once.
+/// The scenarios of `selected` that run on `kind`, in run order.
+pub fn scenarios_of(selected: &[Scenario], kind: SystemKind) -> Vec<Scenario> {
+    selected
+        .iter()
+        .copied()
+        .filter(|s| s.systems().contains(&kind))
+        .collect()
+}
+
+/// Checks that traffic flows through `system`, then runs each of `scenarios` once.
 fn run_scenarios(
     lab: &SuiteLab,
     system: &RunningSystem,
     rep: usize,
+    scenarios: &[Scenario],
     opts: &SuiteOptions,
     stop: &AtomicBool,
 ) -> Result<Vec<RunRecord>> {
-    probe(lab, system)?;
+    let layers: Vec<Layer> = [Layer::L4, Layer::L7]
+        .into_iter()
+        .filter(|l| scenarios.iter().any(|s| s.layer() == *l))
+        .collect();
+    probe(lab, system, &layers)?;
     let mut out = Vec::new();
-    for &scenario in &opts.scenarios {
+    for &scenario in scenarios {
         check_stop(stop)?;
+        if scenario == Scenario::HttpCps {
+            // New connections to the VIP: none of the systems should meet TIME_WAIT states another one left
+            // (the proxies' in `lb`, the client's and servers' own).
+            let lb = lab.clear_lb_time_wait().with_context(|| scenario.name().to_owned())?;
+            let cleared = lab.clear_time_wait().with_context(|| scenario.name().to_owned())?;
+            if lb + cleared.found.total() > 0 {
+                progress(&format!(
+                    "  {} {}: cleared TIME_WAIT left by earlier runs ({lb} in lb, {} on the servers, {} on the \
+                     client; {})",
+                    scenario.name(),
+                    system.kind().name(),
+                    cleared.found.servers,
+                    cleared.found.client,
+                    cleared.how
+                ));
+            }
+        }
         let run = match scenario.intervals(opts.quick) {
             None => {
                 let what = || format!("{} through {}", scenario.name(), system.kind().name());
@@ -281,7 +326,7 @@ fn run_scenarios(
             .find(|(k, _)| *k == scenario.headline())
             .map_or(0.0, |(_, v)| *v);
         progress(&format!(
-            "  {:<10} {:<6} {} = {:.1} (LB CPU {:.2} s in {:.1} s)",
+            "  {:<10} {:<7} {} = {:.1} (LB CPU {:.2} s in {:.1} s)",
             scenario.name(),
             system.kind().name(),
             scenario.headline(),
@@ -380,71 +425,101 @@ fn run_intervals(
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A few connections, datagrams and HTTP requests through the VIP must all succeed, and the connections
-/// must reach every server, before anything is measured.
-fn probe(lab: &SuiteLab, system: &RunningSystem) -> Result<()> {
+/// must reach every server, before anything is measured: through the L4 listeners for the L4 scenarios,
+/// through the L7 listener (each request on a new connection, every answer a 200) for the L7 ones.
+fn probe(lab: &SuiteLab, system: &RunningSystem, layers: &[Layer]) -> Result<()> {
     let tcp_target = format!("{}:{}", lab::VIP, lab::VIP_TCP_PORT);
     let udp_target = format!("{}:{}", lab::VIP, lab::VIP_UDP_PORT);
     let http_target = format!("{}:{}", lab::VIP, lab::VIP_HTTP_PORT);
+    let l7_target = format!("{}:{}", lab::VIP, lab::VIP_L7_PORT);
     xlb_tests::lab::wait_until_ok(
         PROBE_TIMEOUT,
         &format!("traffic through {}", system.kind().name()),
         || {
             system.check()?;
-            let tcp = lab.probe(&[
-                "tcp-cps",
-                "--target",
-                &tcp_target,
-                "--count",
-                "30",
-                "--request",
-                "16",
-                "--duration",
-                "5",
-                "--timeout",
-                "500",
-            ])?;
-            let completed = tcp.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
-            let servers = tcp["servers"].as_object().map_or(0, |s| s.len());
-            if completed != 30 || servers != lab::SERVERS.len() {
-                bail!("tcp probe: {completed}/30 connections completed, {servers} servers answered");
+            if layers.contains(&Layer::L4) {
+                probe_l4(lab, &tcp_target, &udp_target, &http_target)?;
             }
-            let udp = lab.probe(&[
-                "udp",
-                "--target",
-                &udp_target,
-                "--mode",
-                "rr",
-                "--count",
-                "30",
-                "--duration",
-                "5",
-                "--timeout",
-                "500",
-            ])?;
-            let received = udp.pointer("/counts/received").and_then(Value::as_u64).unwrap_or(0);
-            if received != 30 {
-                bail!("udp probe: {received}/30 replies");
-            }
-            let http = lab.probe(&[
-                "http",
-                "--target",
-                &http_target,
-                "--server-close",
-                "--count",
-                "30",
-                "--duration",
-                "5",
-                "--timeout",
-                "500",
-            ])?;
-            let completed = http.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
-            let servers = http["servers"].as_object().map_or(0, |s| s.len());
-            if completed != 30 || servers != lab::SERVERS.len() {
-                bail!("http probe: {completed}/30 requests completed, {servers} servers answered");
+            if layers.contains(&Layer::L7) {
+                let http = lab.probe(&[
+                    "http",
+                    "--target",
+                    &l7_target,
+                    "--new-conn",
+                    "--count",
+                    "30",
+                    "--duration",
+                    "5",
+                    "--timeout",
+                    "1000",
+                ])?;
+                let completed = http.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
+                let ok = http.pointer("/status/200").and_then(Value::as_u64).unwrap_or(0);
+                let servers = http["servers"].as_object().map_or(0, |s| s.len());
+                if completed != 30 || ok != 30 || servers != lab::SERVERS.len() {
+                    bail!("L7 probe: {completed}/30 requests completed, {ok} answered 200, {servers} servers answered");
+                }
             }
             Ok(())
         },
     )
+}
+
+/// The L4 probe: TCP connections, UDP round trips and HTTP requests closed by the server.
+fn probe_l4(lab: &SuiteLab, tcp_target: &str, udp_target: &str, http_target: &str) -> Result<()> {
+    let tcp = lab.probe(&[
+        "tcp-cps",
+        "--target",
+        tcp_target,
+        "--count",
+        "30",
+        "--request",
+        "16",
+        "--duration",
+        "5",
+        "--timeout",
+        "500",
+    ])?;
+    let completed = tcp.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
+    let servers = tcp["servers"].as_object().map_or(0, |s| s.len());
+    if completed != 30 || servers != lab::SERVERS.len() {
+        bail!("tcp probe: {completed}/30 connections completed, {servers} servers answered");
+    }
+    let udp = lab.probe(&[
+        "udp",
+        "--target",
+        udp_target,
+        "--mode",
+        "rr",
+        "--count",
+        "30",
+        "--duration",
+        "5",
+        "--timeout",
+        "500",
+    ])?;
+    let received = udp.pointer("/counts/received").and_then(Value::as_u64).unwrap_or(0);
+    if received != 30 {
+        bail!("udp probe: {received}/30 replies");
+    }
+    let http = lab.probe(&[
+        "http",
+        "--target",
+        http_target,
+        "--server-close",
+        "--count",
+        "30",
+        "--duration",
+        "5",
+        "--timeout",
+        "500",
+    ])?;
+    let completed = http.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
+    let servers = http["servers"].as_object().map_or(0, |s| s.len());
+    if completed != 30 || servers != lab::SERVERS.len() {
+        bail!("http probe: {completed}/30 requests completed, {servers} servers answered");
+    }
+    Ok(())
 }
 
 /// Lines printed under the table: the raw loop and how to read the CPU rows.
@@ -453,10 +528,11 @@ fn notes(raw: &RawLoop, runs: &[RunRecord], medians: &report::Medians, irq_time:
     notes.extend([
         report::raw_loop_line(raw, medians),
         "LB CPU: xlb = its process's user+system time (it busy-polls one core by design); kernel = host \
-         system+irq+softirq time minus the generator's and sinks' system time. See perf/README.md."
+         system+irq+softirq time minus the generator's and sinks' system time; nginx/haproxy = the user+system \
+         time of the proxying process (NGINX's worker). See perf/README.md."
             .to_owned(),
     ]);
-    if irq_time == Some(false) {
+    if irq_time == Some(false) && runs.iter().any(|r| r.system == SystemKind::Kernel) {
         notes.push(
             "This kernel lacks CONFIG_IRQ_TIME_ACCOUNTING: NAT work done in softirq inside the generator's and \
              sinks' system calls is charged to them, so the kernel's LB CPU is a lower bound; compare the \
@@ -494,5 +570,34 @@ mod tests {
         assert_eq!((f.reps, f.duration.as_secs_f64()), (5, 2.0));
         assert!(SuiteOptions::new(false, Some(0), None, "x".into(), true).is_err());
         assert!(SuiteOptions::new(false, None, Some(0.0), "x".into(), true).is_err());
+    }
+
+    #[test]
+    fn each_system_runs_the_scenarios_of_its_layer() {
+        let all = Scenario::ALL.to_vec();
+        assert_eq!(
+            scenarios_of(&all, SystemKind::Xlb),
+            all,
+            "xlb runs everything, in run order"
+        );
+        assert_eq!(
+            scenarios_of(&all, SystemKind::Kernel),
+            [
+                Scenario::TcpCps,
+                Scenario::UdpPps64,
+                Scenario::Latency,
+                Scenario::TcpCpsServerClose,
+                Scenario::TcpCpsSynflood
+            ]
+        );
+        for peer in [SystemKind::Nginx, SystemKind::Haproxy] {
+            assert_eq!(
+                scenarios_of(&all, peer),
+                [Scenario::HttpRpsKeepalive, Scenario::HttpCps]
+            );
+        }
+        // Only L7 scenarios selected: the kernel peer is not set up at all.
+        assert!(scenarios_of(&[Scenario::HttpCps], SystemKind::Kernel).is_empty());
+        assert!(scenarios_of(&[Scenario::Latency], SystemKind::Nginx).is_empty());
     }
 }

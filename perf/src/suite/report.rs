@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::cpu::CpuUsage;
 use super::intervals;
 use super::rawloop::RawLoop;
-use super::scenarios::{Better, Scenario, LATENCY_PERCENTILES};
+use super::scenarios::{Better, Layer, Scenario, LATENCY_PERCENTILES};
 use super::svg::{self, LatencySeries, ThroughputPanel};
 use super::systems::{StopReport, SystemKind};
 
@@ -52,18 +52,38 @@ pub struct SystemRecord {
 pub struct Row {
     /// Scenario name.
     pub scenario: &'static str,
+    /// L4 (xlb against the kernel) or L7 (xlb against NGINX and HAProxy).
+    pub layer: Layer,
     /// Metric key.
     pub metric: &'static str,
     /// Label shown in the table.
     pub label: &'static str,
-    /// Median over the repetitions for xlb.
-    pub xlb: Option<f64>,
-    /// Median over the repetitions for the kernel.
-    pub kernel: Option<f64>,
-    /// `xlb / kernel`, when both are known and the kernel's is not 0.
-    pub ratio: Option<f64>,
+    /// Median over the repetitions per system of the scenario's layer (`null`: not measured).
+    pub values: BTreeMap<&'static str, Option<f64>>,
+    /// `xlb / peer` per peer of the layer, when both are known and the peer's is not 0.
+    pub xlb_vs: BTreeMap<&'static str, Option<f64>>,
     /// Which direction is better.
     pub better: Better,
+}
+
+impl Row {
+    /// The median of `system` (`None` if not measured or not of this row's layer).
+    pub fn value(&self, system: SystemKind) -> Option<f64> {
+        self.values.get(system.name()).copied().flatten()
+    }
+
+    /// `xlb / peer` (`None` if either is unknown or the peer's is 0).
+    pub fn ratio(&self, peer: SystemKind) -> Option<f64> {
+        self.xlb_vs.get(peer.name()).copied().flatten()
+    }
+}
+
+/// `x / peer`, when both are known and `peer` is not 0.
+pub fn ratio(x: Option<f64>, peer: Option<f64>) -> Option<f64> {
+    match (x, peer) {
+        (Some(x), Some(p)) if p != 0.0 => Some(x / p),
+        _ => None,
+    }
 }
 
 /// Medians by scenario, then system, then metric.
@@ -98,7 +118,7 @@ pub fn series(runs: &[RunRecord], scenario: Scenario, system: SystemKind, metric
 pub fn medians(runs: &[RunRecord]) -> Medians {
     let mut out = Medians::new();
     for scenario in Scenario::ALL {
-        for system in SystemKind::ALL {
+        for &system in scenario.systems() {
             let per_metric = scenario
                 .metrics()
                 .iter()
@@ -112,7 +132,8 @@ pub fn medians(runs: &[RunRecord]) -> Medians {
     out
 }
 
-/// The comparison table's rows.
+/// The comparison table's rows: every metric of every scenario that was run, with the medians of the
+/// scenario's systems and xlb's ratio to each peer.
 pub fn table(medians: &Medians) -> Vec<Row> {
     let mut rows = Vec::new();
     for scenario in Scenario::ALL {
@@ -123,22 +144,26 @@ pub fn table(medians: &Medians) -> Vec<Row> {
                 .and_then(|m| m.get(key))
                 .copied()
         };
+        let layer = scenario.layer();
         for m in scenario.metrics() {
-            let (xlb, kernel) = (get(SystemKind::Xlb, m.key), get(SystemKind::Kernel, m.key));
-            if xlb.is_none() && kernel.is_none() {
+            let values: BTreeMap<&'static str, Option<f64>> =
+                layer.systems().iter().map(|&s| (s.name(), get(s, m.key))).collect();
+            if values.values().all(Option::is_none) {
                 continue; // scenario not run
             }
-            let ratio = match (xlb, kernel) {
-                (Some(x), Some(k)) if k != 0.0 => Some(x / k),
-                _ => None,
-            };
+            let xlb = get(SystemKind::Xlb, m.key);
+            let xlb_vs = layer
+                .peers()
+                .iter()
+                .map(|&p| (p.name(), ratio(xlb, get(p, m.key))))
+                .collect();
             rows.push(Row {
                 scenario: scenario.name(),
+                layer,
                 metric: m.key,
                 label: m.label,
-                xlb,
-                kernel,
-                ratio,
+                values,
+                xlb_vs,
                 better: m.better,
             });
         }
@@ -228,7 +253,7 @@ pub fn interval_lines(runs: &[RunRecord]) -> Vec<String> {
                 rep + 1
             ));
             let mut totals = Vec::new();
-            for system in SystemKind::ALL {
+            for &system in scenario.systems() {
                 let Some(run) = of(system) else { continue };
                 let rates: Vec<String> = intervals::interval_rates(&run.generator)
                     .iter()
@@ -256,57 +281,80 @@ pub fn interval_lines(runs: &[RunRecord]) -> Vec<String> {
     lines
 }
 
-/// The table as text, followed by `notes` (one line each).
+/// The table as text, followed by `notes` (one line each): one block per layer that has rows — L4 with
+/// columns xlb, kernel and `xlb/kernel`, L7 with xlb, nginx, haproxy, `xlb/nginx` and `xlb/haproxy` —
+/// separated by an empty line.
 pub fn render_table(rows: &[Row], notes: &[String]) -> String {
-    let header = ["scenario", "metric", "xlb", "kernel", "ratio"];
-    let cells: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.scenario.to_owned(),
-                r.label.to_owned(),
-                fmt_value(r.xlb),
-                fmt_value(r.kernel),
-                r.ratio.map_or_else(|| "-".to_owned(), |x| format!("{x:.2}")),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
     let mut out = String::new();
-    let line = |out: &mut String, row: [&str; 5]| {
-        let _ = writeln!(
-            out,
-            "{:<w0$}  {:<w1$}  {:>w2$}  {:>w3$}  {:>w4$}",
-            row[0],
-            row[1],
-            row[2],
-            row[3],
-            row[4],
-            w0 = widths[0],
-            w1 = widths[1],
-            w2 = widths[2],
-            w3 = widths[3],
-            w4 = widths[4]
-        );
-    };
-    line(&mut out, header);
-    let total: usize = widths.iter().sum::<usize>() + 8;
-    let _ = writeln!(out, "{}", "-".repeat(total));
-    let mut last = "";
-    for row in &cells {
-        let scenario = if row[0] == last { "" } else { row[0].as_str() };
-        last = &row[0];
-        line(&mut out, [scenario, &row[1], &row[2], &row[3], &row[4]]);
+    for layer in [Layer::L4, Layer::L7] {
+        let block: Vec<&Row> = rows.iter().filter(|r| r.layer == layer).collect();
+        if block.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        render_block(&mut out, layer, &block);
     }
     for note in notes {
         let _ = writeln!(out, "{note}");
     }
     out
+}
+
+/// One layer's rows as an aligned text table.
+fn render_block(out: &mut String, layer: Layer, rows: &[&Row]) {
+    let mut header: Vec<String> = vec!["scenario".into(), "metric".into()];
+    header.extend(layer.systems().iter().map(|s| s.name().to_owned()));
+    header.extend(layer.peers().iter().map(|p| format!("xlb/{}", p.name())));
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![r.scenario.to_owned(), r.label.to_owned()];
+            row.extend(layer.systems().iter().map(|&s| fmt_value(r.value(s))));
+            row.extend(
+                layer
+                    .peers()
+                    .iter()
+                    .map(|&p| r.ratio(p).map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))),
+            );
+            row
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |out: &mut String, row: &[&str]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            let pad = w.saturating_sub(cell.chars().count());
+            if i > 0 {
+                text.push_str("  ");
+            }
+            if i < 2 {
+                text.push_str(cell);
+                text.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                text.extend(std::iter::repeat_n(' ', pad));
+                text.push_str(cell);
+            }
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(out, &header.iter().map(String::as_str).collect::<Vec<_>>());
+    let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+    let _ = writeln!(out, "{}", "-".repeat(total));
+    let mut last = "";
+    for row in &cells {
+        let scenario = if row[0] == last { "" } else { row[0].as_str() };
+        last = &row[0];
+        let mut shown: Vec<&str> = vec![scenario];
+        shown.extend(row[1..].iter().map(String::as_str));
+        line(out, &shown);
+    }
 }
 
 /// Paths of the files written for one suite run.
@@ -352,7 +400,8 @@ pub fn write_files(
 
 fn latency_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> String {
     let points: Vec<(&str, Option<f64>)> = LATENCY_PERCENTILES.iter().map(|(_, label, q)| (*label, *q)).collect();
-    let series: Vec<LatencySeries> = SystemKind::ALL
+    let series: Vec<LatencySeries> = Scenario::Latency
+        .systems()
         .iter()
         .map(|&system| {
             let med = medians.get(Scenario::Latency.name()).and_then(|s| s.get(system.name()));
@@ -383,13 +432,15 @@ fn latency_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> String 
 fn throughput_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> String {
     let panel = |scenario: Scenario, title: &str| {
         let key = scenario.headline();
+        let systems = scenario.systems();
         ThroughputPanel {
             title: title.to_owned(),
-            systems: SystemKind::ALL
+            systems: systems
                 .iter()
                 .map(|&s| (s.name().to_owned(), series(runs, scenario, s, key)))
                 .collect(),
-            medians: SystemKind::ALL
+            colors: systems.iter().map(|&s| system_color(s)).collect(),
+            medians: systems
                 .iter()
                 .map(|s| {
                     medians
@@ -402,18 +453,25 @@ fn throughput_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> Stri
                 .collect(),
         }
     };
-    svg::throughput_plot(
-        "Throughput through the LB per repetition",
-        subtitle,
-        &[
-            panel(Scenario::TcpCps, "tcp_cps: connections/s"),
-            panel(Scenario::UdpPps64, "udp_pps_64: replies/s (64 B)"),
-            panel(
-                Scenario::TcpCpsServerClose,
-                "tcp_cps_server_close: connections/s (all intervals)",
-            ),
-        ],
-    )
+    let panels: Vec<ThroughputPanel> = [
+        panel(Scenario::TcpCps, "tcp_cps: connections/s"),
+        panel(Scenario::UdpPps64, "udp_pps_64: replies/s (64 B)"),
+        panel(
+            Scenario::TcpCpsServerClose,
+            "tcp_cps_server_close: connections/s (all intervals)",
+        ),
+        panel(Scenario::HttpRpsKeepalive, "http_rps_keepalive: requests/s (L7)"),
+        panel(Scenario::HttpCps, "http_cps: connections/s (L7)"),
+    ]
+    .into_iter()
+    .filter(|p| p.systems.iter().any(|(_, v)| !v.is_empty()))
+    .collect();
+    svg::throughput_plot("Throughput through the LB per repetition", subtitle, &panels)
+}
+
+/// The colour of `system` in every plot.
+pub fn system_color(system: SystemKind) -> &'static str {
+    svg::COLORS[SystemKind::ALL.iter().position(|&s| s == system).unwrap_or(0) % svg::COLORS.len()]
 }
 
 #[cfg(test)]
@@ -489,8 +547,12 @@ mod tests {
     fn table_has_every_metric_and_ratios() {
         let mut m = Medians::new();
         for s in Scenario::ALL {
-            for sys in SystemKind::ALL {
-                let v = if sys == SystemKind::Xlb { 2.0 } else { 4.0 };
+            for &sys in s.systems() {
+                let v = match sys {
+                    SystemKind::Xlb => 2.0,
+                    SystemKind::Kernel | SystemKind::Nginx => 4.0,
+                    SystemKind::Haproxy => 1.0,
+                };
                 let metrics = s.metrics().iter().map(|d| (d.key, v)).collect();
                 m.entry(s.name()).or_default().insert(sys.name(), metrics);
             }
@@ -498,12 +560,69 @@ mod tests {
         let rows = table(&m);
         let n: usize = Scenario::ALL.iter().map(|s| s.metrics().len()).sum();
         assert_eq!(rows.len(), n);
-        assert!(rows.iter().all(|r| r.ratio == Some(0.5)));
+        for r in &rows {
+            match r.layer {
+                Layer::L4 => {
+                    assert_eq!(r.ratio(SystemKind::Kernel), Some(0.5));
+                    assert_eq!(r.xlb_vs.len(), 1);
+                    assert_eq!(r.value(SystemKind::Nginx), None);
+                }
+                Layer::L7 => {
+                    assert_eq!(r.ratio(SystemKind::Nginx), Some(0.5));
+                    assert_eq!(r.ratio(SystemKind::Haproxy), Some(2.0));
+                    assert_eq!(r.ratio(SystemKind::Kernel), None);
+                    assert_eq!(r.values.len(), 3);
+                }
+            }
+        }
         let text = render_table(&rows, &["raw".to_owned()]);
         assert!(text.starts_with("scenario"));
         assert!(text.contains("connections/s") && text.trim_end().ends_with("raw"));
-        // Every data line lines up with the header.
-        let widths: Vec<usize> = text.lines().take(3).map(|l| l.chars().count()).collect();
-        assert_eq!(widths[0], widths[2], "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        // L4 block: every data line lines up with the header.
+        assert!(lines[0].ends_with("xlb/kernel"), "{text}");
+        assert_eq!(lines[0].chars().count(), lines[2].chars().count(), "{text}");
+        // L7 block after an empty line, with both ratio columns.
+        let l7 = lines
+            .iter()
+            .position(|l| l.contains("xlb/nginx"))
+            .expect("an L7 header");
+        assert_eq!(lines[l7 - 1], "", "{text}");
+        assert!(
+            lines[l7].contains("nginx") && lines[l7].ends_with("xlb/haproxy"),
+            "{text}"
+        );
+        assert!(lines[l7 + 2].starts_with("http_rps_keepalive"), "{text}");
+        assert!(lines[l7 + 2].ends_with("0.50         2.00"), "{text}");
+        assert_eq!(lines[l7].chars().count(), lines[l7 + 2].chars().count(), "{text}");
+        let json = serde_json::to_value(&rows[rows.len() - 1]).unwrap();
+        assert_eq!(json["layer"], "l7");
+        assert_eq!(json["xlb_vs"]["haproxy"], 2.0);
+        assert_eq!(json["values"]["nginx"], 4.0);
+    }
+
+    #[test]
+    fn only_l7_rows_give_only_the_l7_block() {
+        let mut m = Medians::new();
+        for &sys in Scenario::HttpCps.systems() {
+            let metrics = Scenario::HttpCps.metrics().iter().map(|d| (d.key, 3.0)).collect();
+            m.entry("http_cps").or_default().insert(sys.name(), metrics);
+        }
+        // haproxy failed to give a number for one metric: its cells and ratio are `-`.
+        m.get_mut("http_cps")
+            .unwrap()
+            .get_mut("haproxy")
+            .unwrap()
+            .remove("conns_per_s");
+        let rows = table(&m);
+        assert_eq!(rows.len(), Scenario::HttpCps.metrics().len());
+        assert_eq!(rows[0].ratio(SystemKind::Haproxy), None);
+        let text = render_table(&rows, &[]);
+        assert!(text.starts_with("scenario") && !text.contains("kernel"), "{text}");
+        let first = text.lines().nth(2).unwrap();
+        assert!(
+            first.starts_with("http_cps") && first.ends_with("1.00            -"),
+            "{text}"
+        );
     }
 }

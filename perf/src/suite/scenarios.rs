@@ -7,7 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::cpu::CpuUsage;
-use super::lab::{VIP, VIP_HTTP_PORT, VIP_TCP_PORT, VIP_UDP_PORT};
+use super::lab::{VIP, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT};
+use super::systems::SystemKind;
 
 /// One scenario, run for each system in each repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -26,6 +27,36 @@ pub enum Scenario {
     /// `tcp_cps` while a spoofed-source SYN flood hits the same VIP:port from the client link: the share of
     /// legitimate connections that succeed, their rate and connect latency.
     TcpCpsSynflood,
+    /// L7: HTTP GETs on kept-alive client connections through the reverse proxy: requests per second and
+    /// response latency.
+    HttpRpsKeepalive,
+    /// L7: one HTTP GET per new client connection through the reverse proxy: connections per second.
+    HttpCps,
+}
+
+/// Which load balancers a scenario compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layer {
+    /// Packet forwarding (FULLNAT): xlb and the kernel's NAT.
+    L4,
+    /// HTTP reverse proxying: xlb's L7 proxy, NGINX and HAProxy.
+    L7,
+}
+
+impl Layer {
+    /// The systems compared at this layer, xlb first.
+    pub fn systems(self) -> &'static [SystemKind] {
+        match self {
+            Layer::L4 => &[SystemKind::Xlb, SystemKind::Kernel],
+            Layer::L7 => &[SystemKind::Xlb, SystemKind::Nginx, SystemKind::Haproxy],
+        }
+    }
+
+    /// The peers xlb is compared with (the ratio columns).
+    pub fn peers(self) -> &'static [SystemKind] {
+        &self.systems()[1..]
+    }
 }
 
 /// How a metric compares between systems.
@@ -64,6 +95,8 @@ enum Source {
     HostCpuPerOp(&'static str),
     /// Completed connections in percent of attempted ones (`/counts/completed` over completed + failed).
     SuccessPct,
+    /// Completed HTTP requests whose answer was not `200` (`/counts/completed` minus `/status/200`).
+    Non200,
 }
 
 const fn metric(key: &'static str, label: &'static str, better: Better, source: Source) -> MetricDef {
@@ -253,6 +286,100 @@ const SERVER_CLOSE_METRICS: &[MetricDef] = &[
     ),
 ];
 
+const HTTP_RPS_METRICS: &[MetricDef] = &[
+    metric("rps", "requests/s", Better::Higher, Source::Report("/rate", 1.0)),
+    metric(
+        "response_p50_us",
+        "response p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p50", 1.0),
+    ),
+    metric(
+        "response_p99_us",
+        "response p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p99", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed requests",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
+    metric(
+        "connections_opened",
+        "client connections opened",
+        Better::Lower,
+        Source::Report("/counts/connections_opened", 1.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "rps_per_cpu_s",
+        "requests per LB CPU-s",
+        Better::Higher,
+        Source::PerLbCpu("/rate"),
+    ),
+    metric(
+        "host_cpu_us_per_req",
+        "host CPU µs per request",
+        Better::Lower,
+        Source::HostCpuPerOp("/counts/completed"),
+    ),
+];
+
+const HTTP_CPS_METRICS: &[MetricDef] = &[
+    metric(
+        "conns_per_s",
+        "connections/s",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "connect_p50_us",
+        "connect p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p50", 1.0),
+    ),
+    metric(
+        "connect_p99_us",
+        "connect p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p99", 1.0),
+    ),
+    metric(
+        "response_p99_us",
+        "response p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p99", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed requests",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "conns_per_cpu_s",
+        "connections per LB CPU-s",
+        Better::Higher,
+        Source::PerLbCpu("/rate"),
+    ),
+    metric(
+        "host_cpu_us_per_conn",
+        "host CPU µs per connection",
+        Better::Lower,
+        Source::HostCpuPerOp("/counts/completed"),
+    ),
+];
+
+/// Kept-alive client connections of `http_rps_keepalive`.
+pub const HTTP_RPS_CONNECTIONS: usize = 32;
+/// Concurrent client connections (one request each) of `http_cps`.
+pub const HTTP_CPS_CONNECTIONS: usize = 16;
+
 const SYNFLOOD_METRICS: &[MetricDef] = &[
     metric(
         "success_pct",
@@ -349,14 +476,16 @@ impl Scenario {
     }
 
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::TcpCps,
         Scenario::UdpPps64,
         Scenario::Latency,
         Scenario::TcpCpsServerClose,
-        // Last: the flood leaves half-open state behind (conntrack entries of the kernel peer until it is torn
-        // down, half-open entries of xlb until it is stopped).
+        // Last of the L4 scenarios: the flood leaves half-open state behind (conntrack entries of the kernel peer
+        // until it is torn down, half-open entries of xlb until it is stopped).
         Scenario::TcpCpsSynflood,
+        Scenario::HttpRpsKeepalive,
+        Scenario::HttpCps,
     ];
 
     /// The name used in the table and the results file.
@@ -367,7 +496,22 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::TcpCpsServerClose => "tcp_cps_server_close",
             Scenario::TcpCpsSynflood => "tcp_cps_synflood",
+            Scenario::HttpRpsKeepalive => "http_rps_keepalive",
+            Scenario::HttpCps => "http_cps",
         }
+    }
+
+    /// Whether the scenario compares packet forwarding (L4) or reverse proxies (L7).
+    pub fn layer(self) -> Layer {
+        match self {
+            Scenario::HttpRpsKeepalive | Scenario::HttpCps => Layer::L7,
+            _ => Layer::L4,
+        }
+    }
+
+    /// The systems this scenario runs on, xlb first.
+    pub fn systems(self) -> &'static [SystemKind] {
+        self.layer().systems()
     }
 
     /// The scenario called `name` (see [`Scenario::name`]).
@@ -383,6 +527,8 @@ impl Scenario {
             Scenario::Latency => LATENCY_METRICS,
             Scenario::TcpCpsServerClose => SERVER_CLOSE_METRICS,
             Scenario::TcpCpsSynflood => SYNFLOOD_METRICS,
+            Scenario::HttpRpsKeepalive => HTTP_RPS_METRICS,
+            Scenario::HttpCps => HTTP_CPS_METRICS,
         }
     }
 
@@ -394,6 +540,8 @@ impl Scenario {
             Scenario::Latency => "p99_us",
             Scenario::TcpCpsServerClose => "conns_per_s",
             Scenario::TcpCpsSynflood => "success_pct",
+            Scenario::HttpRpsKeepalive => "rps",
+            Scenario::HttpCps => "conns_per_s",
         }
     }
 
@@ -451,6 +599,22 @@ impl Scenario {
                 "--connections".into(),
                 SERVER_CLOSE_CONNECTIONS.to_string(),
             ],
+            Scenario::HttpRpsKeepalive => vec![
+                "http".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_L7_PORT}"),
+                "--keepalive".into(),
+                "--connections".into(),
+                HTTP_RPS_CONNECTIONS.to_string(),
+            ],
+            Scenario::HttpCps => vec![
+                "http".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_L7_PORT}"),
+                "--new-conn".into(),
+                "--connections".into(),
+                HTTP_CPS_CONNECTIONS.to_string(),
+            ],
         };
         args.into_iter().chain(["--duration".into(), secs]).collect()
     }
@@ -476,6 +640,10 @@ impl Scenario {
                         } else {
                             0.0
                         }
+                    }
+                    Source::Non200 => {
+                        let ok = report.pointer("/status/200").and_then(Value::as_f64).unwrap_or(0.0);
+                        (number("/counts/completed")? - ok).max(0.0)
                     }
                     Source::HostCpuPerOp(pointer) => {
                         let ops = number(pointer)?;
@@ -555,5 +723,65 @@ mod tests {
         // 2 s user + 1 s softirq for 4000 connections.
         assert_eq!(get("host_cpu_us_per_conn"), 750.0);
         assert!(Scenario::UdpPps64.extract(&report, &cpu(1.0, 1.0)).is_err());
+    }
+
+    #[test]
+    fn layers_pick_the_systems() {
+        for s in Scenario::ALL {
+            assert_eq!(s.systems()[0], SystemKind::Xlb, "{}", s.name());
+        }
+        assert_eq!(Scenario::TcpCps.systems(), [SystemKind::Xlb, SystemKind::Kernel]);
+        assert_eq!(Scenario::HttpCps.layer(), Layer::L7);
+        assert_eq!(
+            Scenario::HttpRpsKeepalive.systems(),
+            [SystemKind::Xlb, SystemKind::Nginx, SystemKind::Haproxy]
+        );
+        assert_eq!(Layer::L7.peers(), [SystemKind::Nginx, SystemKind::Haproxy]);
+        assert_eq!(Layer::L4.peers(), [SystemKind::Kernel]);
+    }
+
+    #[test]
+    fn http_scenarios_use_the_l7_listener() {
+        let args = Scenario::HttpRpsKeepalive.generator_args(Duration::from_secs(3));
+        assert_eq!(
+            args.join(" "),
+            "http --target 198.18.0.100:8080 --keepalive --connections 32 --duration 3"
+        );
+        let args = Scenario::HttpCps.generator_args(Duration::from_millis(2500));
+        assert_eq!(
+            args.join(" "),
+            "http --target 198.18.0.100:8080 --new-conn --connections 16 --duration 2.5"
+        );
+        assert_eq!(Scenario::HttpCps.intervals(false), None);
+    }
+
+    #[test]
+    fn http_metrics_from_a_report() {
+        let report = json!({
+            "rate": 20000.0,
+            "counts": {"completed": 40000, "failed": 2, "connections_opened": 32},
+            "status": {"200": 39990, "502": 10},
+            "latency_us": {"connect": {"p50": 50, "p99": 90}, "response": {"p50": 800, "p99": 2500}},
+        });
+        let m = Scenario::HttpRpsKeepalive.extract(&report, &cpu(2.0, 2.0)).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).unwrap().1;
+        assert_eq!(get("rps"), 20000.0);
+        assert_eq!(get("response_p50_us"), 800.0);
+        assert_eq!(get("response_p99_us"), 2500.0);
+        assert_eq!(get("failed"), 2.0);
+        assert_eq!(get("non_200"), 10.0);
+        assert_eq!(get("connections_opened"), 32.0);
+        // One core busy: requests per LB CPU-second equal requests per second.
+        assert_eq!(get("rps_per_cpu_s"), 20000.0);
+        let m = Scenario::HttpCps.extract(&report, &cpu(1.0, 2.0)).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).unwrap().1;
+        assert_eq!(get("conns_per_s"), 20000.0);
+        assert_eq!(get("connect_p99_us"), 90.0);
+        assert_eq!(get("conns_per_cpu_s"), 40000.0);
+        // No status map (nothing completed): every completed answer counts as not 200.
+        let empty = json!({"rate": 0.0, "counts": {"completed": 0, "failed": 5, "connections_opened": 5},
+                           "latency_us": {"connect": {"p50": 0, "p99": 0}, "response": {"p50": 0, "p99": 0}}});
+        let m = Scenario::HttpCps.extract(&empty, &cpu(1.0, 2.0)).unwrap();
+        assert_eq!(m.iter().find(|(k, _)| *k == "non_200").unwrap().1, 0.0);
     }
 }

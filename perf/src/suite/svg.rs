@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 /// Colour of each system in every plot: xlb first, then the kernel.
-pub const COLORS: [&str; 2] = ["#1f6fb4", "#d0542a"];
+pub const COLORS: [&str; 4] = ["#1f6fb4", "#d0542a", "#2e9b4f", "#8a4fb0"];
 
 const FONT: &str = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\"";
 
@@ -319,10 +319,15 @@ pub fn latency_plot(title: &str, subtitle: &str, points: &[(&str, Option<f64>)],
             svg.circle(*p, 3.5, color);
         }
     }
+    let labels: Vec<(&str, &str)> = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.label.as_str(), COLORS[i % COLORS.len()]))
+        .collect();
     legend(
         &mut svg,
         (area.right() - 178.0, area.bottom() - 66.0),
-        series.iter().map(|s| s.label.as_str()),
+        &labels,
         "thick: median; thin: each rep",
     );
     svg.finish()
@@ -333,17 +338,28 @@ pub fn latency_plot(title: &str, subtitle: &str, points: &[(&str, Option<f64>)],
 pub struct ThroughputPanel {
     /// Panel title, e.g. "tcp_cps: connections/s".
     pub title: String,
-    /// Per system (in [`COLORS`] order): legend label and one value per repetition.
+    /// Per system: legend label and one value per repetition.
     pub systems: Vec<(String, Vec<f64>)>,
+    /// Per system: its colour (the same system has the same colour in every panel).
+    pub colors: Vec<&'static str>,
     /// Per system: the median, drawn as a dashed line.
     pub medians: Vec<f64>,
 }
 
 /// Bars of each throughput metric per system and repetition, one panel per metric.
 pub fn throughput_plot(title: &str, subtitle: &str, panels: &[ThroughputPanel]) -> String {
+    // Every system of any panel, once, in order of appearance, for the legend.
+    let mut entries: Vec<(&str, &str)> = Vec::new();
+    for panel in panels {
+        for (s, (label, _)) in panel.systems.iter().enumerate() {
+            if !entries.iter().any(|(l, _)| l == label) {
+                entries.push((label.as_str(), panel.color(s)));
+            }
+        }
+    }
     let panel_w = 380.0;
     let w = 40.0 + panel_w * panels.len().max(1) as f64;
-    let h = 500.0;
+    let h = 464.0 + 18.0 * entries.len().max(2) as f64;
     let mut svg = Svg::new(w, h);
     header(&mut svg, w, title, subtitle);
     for (p, panel) in panels.iter().enumerate() {
@@ -391,14 +407,7 @@ pub fn throughput_plot(title: &str, subtitle: &str, panels: &[ThroughputPanel]) 
             for (s, (_, values)) in panel.systems.iter().enumerate() {
                 let Some(v) = values.get(r) else { continue };
                 let bx = gx + s as f64 * bar_w;
-                svg.rect(
-                    bx,
-                    y(*v),
-                    bar_w - 2.0,
-                    area.bottom() - y(*v),
-                    COLORS[s % COLORS.len()],
-                    None,
-                );
+                svg.rect(bx, y(*v), bar_w - 2.0, area.bottom() - y(*v), panel.color(s), None);
                 svg.text(
                     (bx + bar_w / 2.0 - 1.0, y(*v) - 4.0),
                     &compact(*v),
@@ -417,20 +426,23 @@ pub fn throughput_plot(title: &str, subtitle: &str, panels: &[ThroughputPanel]) 
         }
         for (s, m) in panel.medians.iter().enumerate() {
             if *m > 0.0 {
-                svg.dashed((area.left, y(*m)), (area.right(), y(*m)), COLORS[s % COLORS.len()], 1.5);
+                svg.dashed((area.left, y(*m)), (area.right(), y(*m)), panel.color(s), 1.5);
             }
         }
         frame(&mut svg, area);
     }
-    if let Some(first) = panels.first() {
-        legend(
-            &mut svg,
-            (w / 2.0 - 85.0, h - 66.0),
-            first.systems.iter().map(|(l, _)| l.as_str()),
-            "dashed: median over reps",
-        );
+    if !entries.is_empty() {
+        let top = h - 30.0 - 18.0 * entries.len() as f64;
+        legend(&mut svg, (w / 2.0 - 85.0, top), &entries, "dashed: median over reps");
     }
     svg.finish()
+}
+
+impl ThroughputPanel {
+    /// The colour of system `s` (by index), falling back to [`COLORS`] order.
+    fn color(&self, s: usize) -> &'static str {
+        self.colors.get(s).copied().unwrap_or(COLORS[s % COLORS.len()])
+    }
 }
 
 fn header(svg: &mut Svg, width: f64, title: &str, subtitle: &str) {
@@ -443,14 +455,13 @@ fn frame(svg: &mut Svg, a: Area) {
     svg.line((a.left, a.top), (a.left, a.bottom()), "#333333", 1.0);
 }
 
-/// A legend box with its top left corner at (x, y): a colour swatch per label, then a note.
-fn legend<'a>(svg: &mut Svg, (x, y): (f64, f64), labels: impl Iterator<Item = &'a str>, note: &str) {
-    let labels: Vec<&str> = labels.collect();
+/// A legend box with its top left corner at (x, y): a colour swatch per (label, colour), then a note.
+fn legend(svg: &mut Svg, (x, y): (f64, f64), labels: &[(&str, &str)], note: &str) {
     let (bw, bh) = (170.0, 22.0 + 18.0 * labels.len() as f64);
     svg.rect(x, y, bw, bh, "#ffffff", Some("#cccccc"));
-    for (i, label) in labels.iter().enumerate() {
+    for (i, (label, color)) in labels.iter().enumerate() {
         let yy = y + 16.0 + 18.0 * i as f64;
-        svg.rect(x + 8.0, yy - 9.0, 14.0, 10.0, COLORS[i % COLORS.len()], None);
+        svg.rect(x + 8.0, yy - 9.0, 14.0, 10.0, color, None);
         svg.text((x + 28.0, yy), label, 12.0, Anchor::Start, "#222222");
     }
     svg.text((x + 8.0, y + bh - 6.0), note, 10.0, Anchor::Start, "#666666");
@@ -504,6 +515,7 @@ mod tests {
         let panel = ThroughputPanel {
             title: "cps".into(),
             systems: vec![("xlb".into(), vec![1.0, 2.0]), ("kernel".into(), vec![3.0, 4.0])],
+            colors: vec![COLORS[0], COLORS[1]],
             medians: vec![1.5, 3.5],
         };
         let svg = throughput_plot("t", "s", &[panel.clone(), panel]);

@@ -1,23 +1,32 @@
-//! The two systems compared: xlb and the Linux kernel's own NAT, set up and torn down in the `lb` namespace.
+//! The systems compared, set up and torn down in the `lb` namespace: xlb, the Linux kernel's own NAT (L4
+//! peer), and NGINX and HAProxy as HTTP reverse proxies (L7 peers).
 //!
-//! Both do FULLNAT with round robin over the same three backends: the client talks to the VIP, the
-//! servers see the load balancer's inner address as the source.
+//! All of them balance round robin over the same three backends: the client talks to the VIP, the servers
+//! see the load balancer's inner address as the source.
 //!
-//! - **xlb**: `xlb run` with TCP listeners on VIP:80 (TCP sinks) and VIP:8000 (HTTP sinks) and a UDP listener
-//!   on VIP:53, its datapath worker pinned
-//!   to core [`XLB_CORE`] and busy-polling. Stopping it (SIGTERM) detaches its XDP filters.
+//! - **xlb**: `xlb run` with TCP listeners on VIP:80 (TCP sinks) and VIP:8000 (HTTP sinks), a UDP listener
+//!   on VIP:53 and an `http` listener (L7, terminated in xlb's own TCP stack) on VIP:8080, its datapath
+//!   worker pinned to core [`XLB_CORE`] and busy-polling. Stopping it (SIGTERM) detaches its XDP filters.
 //! - **kernel**: `ip_forward`, the VIP as a local address on `ext0` (so the kernel answers ARP for it), the
 //!   inner address on `int0`, and the nftables ruleset [`NFT_RULESET`]: DNAT to `numgen inc mod 3` (round
 //!   robin per new conntrack flow) and SNAT to the inner address.
+//! - **nginx**, **haproxy**: the VIP on `ext0` and the inner address on `int0` as kernel addresses, and the
+//!   proxy listening on VIP:8080 ([`nginx_config`], [`haproxy_config`]): one worker process (NGINX) or one
+//!   thread (HAProxy), started with `taskset -c` [`XLB_CORE`] so it runs on xlb's core, proxying to the HTTP
+//!   sinks with idle upstream connections kept for reuse.
+
+use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use xlb_tests::appliance::Appliance;
+use xlb_tests::lab::Proc;
 
 use super::lab::{
     SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_HTTP_PORT,
-    VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
+    VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
 };
 
 /// Name of the nftables table the kernel peer uses.
@@ -44,21 +53,124 @@ pub const NFT_RULESET: &str = r#"table ip xlbbench {
 pub enum SystemKind {
     /// xlb on AF_XDP.
     Xlb,
-    /// Linux netfilter NAT (nftables).
+    /// Linux netfilter NAT (nftables): the L4 peer.
     Kernel,
+    /// NGINX as an HTTP reverse proxy: an L7 peer.
+    Nginx,
+    /// HAProxy in `mode http`: an L7 peer.
+    Haproxy,
 }
 
 impl SystemKind {
-    /// Both, in the order runs alternate.
-    pub const ALL: [SystemKind; 2] = [SystemKind::Xlb, SystemKind::Kernel];
+    /// Every system, in the order runs alternate (each runs the scenarios of its layer).
+    pub const ALL: [SystemKind; 4] = [
+        SystemKind::Xlb,
+        SystemKind::Kernel,
+        SystemKind::Nginx,
+        SystemKind::Haproxy,
+    ];
 
-    /// `xlb` or `kernel`.
+    /// `xlb`, `kernel`, `nginx` or `haproxy`.
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Xlb => "xlb",
             SystemKind::Kernel => "kernel",
+            SystemKind::Nginx => "nginx",
+            SystemKind::Haproxy => "haproxy",
         }
     }
+
+    /// Whether this is one of the reverse proxies (a process of its own in `lb`, listening on the VIP).
+    pub fn is_proxy(self) -> bool {
+        matches!(self, SystemKind::Nginx | SystemKind::Haproxy)
+    }
+}
+
+/// Idle upstream connections the proxies keep for reuse: xlb's `[l7] upstream_keepalive` default (per server
+/// and worker), NGINX's `keepalive` (per worker, all servers of the upstream).
+pub const UPSTREAM_KEEPALIVE: usize = 32;
+
+/// Placeholder for the lab directory in the proxies' configs as recorded in the results file.
+pub const LAB_DIR_PLACEHOLDER: &str = "LAB_DIR";
+
+/// The NGINX config (`nginx -c`, run with `-g "daemon off;"`), files under `dir`: one worker process,
+/// `proxy_pass` to an upstream of the three HTTP sinks with a `keepalive` pool (HTTP/1.1 upstream, the
+/// `Connection` header cleared so upstream connections are reused), `X-Forwarded-For`/`-Proto` set as xlb
+/// sets them, no access log, keep-alive limits high enough that no connection is closed for its request
+/// count during a run.
+pub fn nginx_config(dir: &Path) -> String {
+    let d = dir.display();
+    let servers: String = SERVERS
+        .iter()
+        .map(|ip| format!("        server {ip}:{HTTP_PORT};\n"))
+        .collect();
+    format!(
+        r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{
+    worker_connections 8192;
+}}
+http {{
+    access_log off;
+    keepalive_timeout 75s;
+    keepalive_requests 10000000;
+    client_body_temp_path {d}/nginx-body;
+    proxy_temp_path {d}/nginx-proxy;
+    fastcgi_temp_path {d}/nginx-fastcgi;
+    uwsgi_temp_path {d}/nginx-uwsgi;
+    scgi_temp_path {d}/nginx-scgi;
+    upstream sinks {{
+{servers}        keepalive {UPSTREAM_KEEPALIVE};
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen {VIP}:{VIP_L7_PORT} backlog=4096;
+        location / {{
+            proxy_pass http://sinks;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+/// The HAProxy config (`haproxy -db -f`): one thread, `mode http`, round robin over the three HTTP sinks,
+/// `http-reuse safe` (idle server connections shared between client connections), `X-Forwarded-For`
+/// (`option forwardfor`) and `X-Forwarded-Proto` set as xlb sets them, no logging.
+pub fn haproxy_config() -> String {
+    let servers: String = SERVERS
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("    server s{} {ip}:{HTTP_PORT}\n", i + 1))
+        .collect();
+    format!(
+        r#"global
+    nbthread 1
+    maxconn 8000
+
+defaults
+    mode http
+    option forwardfor
+    http-reuse safe
+    timeout connect 5s
+    timeout client 75s
+    timeout server 60s
+    timeout http-keep-alive 75s
+
+frontend xlbbench
+    bind {VIP}:{VIP_L7_PORT} backlog 4096
+    http-request set-header X-Forwarded-Proto http
+    default_backend sinks
+
+backend sinks
+    balance roundrobin
+{servers}"#
+    )
 }
 
 /// The xlb config the suite runs (`CONTROL_SOCKET` is filled in by [`Appliance::start`]).
@@ -70,10 +182,10 @@ pub fn xlb_config() -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let listener = |name: &str, port: u16, proto: &str| {
+    let listener = |name: &str, port: u16, proto: &str, group: &str| {
         format!(
             "[[listener]]\nname = \"{name}\"\nvip = \"{VIP}\"\nport = {port}\nprotocol = \"{proto}\"\n\
-             scheduler = \"rr\"\nforwarding = \"fullnat\"\ngroup = \"{name}\"\n"
+             scheduler = \"rr\"\nforwarding = \"fullnat\"\ngroup = \"{group}\"\n"
         )
     };
     let interface = |name: &str, cidr: &str| {
@@ -83,14 +195,15 @@ pub fn xlb_config() -> String {
         )
     };
     format!(
-        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{}\n{}\n{}\n{}\n{}\n\
+        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{}\n{}\n{}\n{}\n{}\n{}\n\
          [[group]]\nname = \"web\"\nservers = [{}]\n\n[[group]]\nname = \"dns\"\nservers = [{}]\n\n\
          [[group]]\nname = \"http\"\nservers = [{}]\n",
         interface("ext0", LB_EXT_CIDR),
         interface("int0", &format!("{LB_INT_IP}/{INT_PREFIX}")),
-        listener("web", VIP_TCP_PORT, "tcp"),
-        listener("dns", VIP_UDP_PORT, "udp"),
-        listener("http", VIP_HTTP_PORT, "tcp"),
+        listener("web", VIP_TCP_PORT, "tcp", "web"),
+        listener("dns", VIP_UDP_PORT, "udp", "dns"),
+        listener("http", VIP_HTTP_PORT, "tcp", "http"),
+        listener("l7", VIP_L7_PORT, "http", "http"),
         servers(TCP_PORT),
         servers(UDP_PORT),
         servers(HTTP_PORT),
@@ -103,7 +216,22 @@ pub enum RunningSystem {
     Xlb(Appliance),
     /// The kernel NAT configuration is in place.
     Kernel,
+    /// A reverse proxy (NGINX or HAProxy) is running.
+    Proxy(ProxyProcess),
 }
+
+/// A running reverse proxy.
+pub struct ProxyProcess {
+    kind: SystemKind,
+    proc: Proc,
+    /// The process doing the proxying: NGINX's worker (its master only supervises), HAProxy itself.
+    worker: u32,
+}
+
+/// How long a proxy may take to listen.
+const PROXY_START: Duration = Duration::from_secs(10);
+/// How long a proxy gets to exit after SIGTERM before it is killed.
+const PROXY_STOP: Duration = Duration::from_secs(10);
 
 /// What a system reported when it was stopped.
 #[derive(Debug, Clone, Serialize)]
@@ -114,36 +242,43 @@ pub struct StopReport {
     /// `nft list table` output (with rule counters absent, just the applied rules) for the kernel peer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nft_applied: Option<String>,
+    /// A proxy's exit status and the last lines of its stderr and error log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_exit: Option<String>,
 }
 
 impl RunningSystem {
     /// Sets up `kind` in the lab's `lb` namespace.
     pub fn start(kind: SystemKind, lab: &SuiteLab) -> Result<RunningSystem> {
+        ensure!(
+            !xdp_attached(lab, "ext0")? && !xdp_attached(lab, "int0")?,
+            "an XDP program is still attached in the lb namespace"
+        );
         match kind {
-            SystemKind::Xlb => {
-                ensure!(
-                    !xdp_attached(lab, "ext0")? && !xdp_attached(lab, "int0")?,
-                    "an XDP program is still attached in the lb namespace"
-                );
-                Ok(RunningSystem::Xlb(Appliance::start(
-                    &lab.lab,
-                    &lab.lb,
-                    "xlb-suite",
-                    &xlb_config(),
-                )?))
-            }
+            SystemKind::Xlb => Ok(RunningSystem::Xlb(Appliance::start(
+                &lab.lab,
+                &lab.lb,
+                "xlb-suite",
+                &xlb_config(),
+            )?)),
             SystemKind::Kernel => {
                 let lb = &lab.lb;
-                ensure!(
-                    !xdp_attached(lab, "ext0")? && !xdp_attached(lab, "int0")?,
-                    "xlb's XDP filter is still attached: the kernel peer would not see the traffic"
-                );
                 lb.sysctl("net.ipv4.ip_forward", "1")?;
                 lb.addr("ext0", &format!("{VIP}/32"))?;
                 lb.addr("int0", &format!("{LB_INT_IP}/{INT_PREFIX}"))?;
                 lb.run_input("nft", &["-f", "-"], NFT_RULESET.as_bytes())
                     .context("cannot load the kernel peer's nftables ruleset")?;
                 Ok(RunningSystem::Kernel)
+            }
+            SystemKind::Nginx | SystemKind::Haproxy => {
+                let lb = &lab.lb;
+                lb.addr("ext0", &format!("{VIP}/32"))?;
+                lb.addr("int0", &format!("{LB_INT_IP}/{INT_PREFIX}"))?;
+                let started = start_proxy(kind, lab);
+                if started.is_err() {
+                    remove_proxy_addresses(lab);
+                }
+                Ok(RunningSystem::Proxy(started?))
             }
         }
     }
@@ -153,28 +288,31 @@ impl RunningSystem {
         match self {
             RunningSystem::Xlb(_) => SystemKind::Xlb,
             RunningSystem::Kernel => SystemKind::Kernel,
+            RunningSystem::Proxy(p) => p.kind,
         }
     }
 
-    /// The load balancer's own process, if it has one.
+    /// The load balancer's own process, if it has one (a proxy's worker).
     pub fn pid(&self) -> Option<u32> {
         match self {
             RunningSystem::Xlb(xlb) => Some(xlb.proc().pid()),
             RunningSystem::Kernel => None,
+            RunningSystem::Proxy(p) => Some(p.worker),
         }
     }
 
-    /// Errors if the system has stopped working on its own (xlb exited).
+    /// Errors if the system has stopped working on its own (xlb or the proxy exited).
     pub fn check(&self) -> Result<()> {
         match self {
             RunningSystem::Xlb(xlb) => xlb.proc().check_running(),
             RunningSystem::Kernel => Ok(()),
+            RunningSystem::Proxy(p) => p.proc.check_running(),
         }
     }
 
     /// Tears the system down, leaving `lb` as [`super::lab::SuiteLab::build`] made it: xlb is stopped with
     /// SIGTERM and must exit 0 with its XDP filters detached; the kernel's table, addresses and forwarding
-    /// are removed.
+    /// are removed; a proxy is stopped with SIGTERM and its addresses removed.
     pub fn stop(self, lab: &SuiteLab) -> Result<StopReport> {
         match self {
             RunningSystem::Xlb(xlb) => {
@@ -193,6 +331,7 @@ impl RunningSystem {
                 Ok(StopReport {
                     xlb_stats: stats,
                     nft_applied: None,
+                    proxy_exit: None,
                 })
             }
             RunningSystem::Kernel => {
@@ -209,10 +348,112 @@ impl RunningSystem {
                 Ok(StopReport {
                     xlb_stats: None,
                     nft_applied: applied,
+                    proxy_exit: None,
+                })
+            }
+            RunningSystem::Proxy(p) => {
+                let status = p.proc.stop(PROXY_STOP);
+                remove_proxy_addresses(lab);
+                let status = status.with_context(|| format!("stopping {}", p.kind.name()))?;
+                let log = tail(&p.proc.stderr(), 5);
+                let error_log = match p.kind {
+                    SystemKind::Nginx => {
+                        let text = std::fs::read_to_string(lab.lab.dir().join("nginx-error.log")).unwrap_or_default();
+                        format!("; error log: {}", tail(&text, 5))
+                    }
+                    _ => String::new(),
+                };
+                Ok(StopReport {
+                    xlb_stats: None,
+                    nft_applied: None,
+                    proxy_exit: Some(format!("{status}; stderr: {log}{error_log}")),
                 })
             }
         }
     }
+}
+
+/// Writes the config of proxy `kind` to the lab directory and starts it in `lb` on xlb's core; returns once
+/// it listens on the VIP.
+fn start_proxy(kind: SystemKind, lab: &SuiteLab) -> Result<ProxyProcess> {
+    let dir = lab.lab.dir();
+    let core = XLB_CORE.to_string();
+    let proc = match kind {
+        SystemKind::Nginx => {
+            let path = dir.join("nginx.conf");
+            std::fs::write(&path, nginx_config(dir)).with_context(|| format!("cannot write {}", path.display()))?;
+            let conf = path.display().to_string();
+            lab.lab.spawn(
+                &lab.lb,
+                "taskset",
+                &["-c", &core, "nginx", "-c", &conf, "-g", "daemon off;"],
+            )?
+        }
+        SystemKind::Haproxy => {
+            let path = dir.join("haproxy.cfg");
+            std::fs::write(&path, haproxy_config()).with_context(|| format!("cannot write {}", path.display()))?;
+            let conf = path.display().to_string();
+            lab.lab
+                .spawn(&lab.lb, "taskset", &["-c", &core, "haproxy", "-db", "-f", &conf])?
+        }
+        SystemKind::Xlb | SystemKind::Kernel => bail!("{} is not a proxy", kind.name()),
+    };
+    xlb_tests::lab::wait_until_ok(PROXY_START, &format!("{} to listen", kind.name()), || {
+        proc.check_running()?;
+        let filter = format!("sport = :{VIP_L7_PORT}");
+        let out = lab.lb.run("ss", &["-H", "-l", "-t", "-n", &filter])?;
+        ensure!(!out.trim().is_empty(), "nothing listens on {VIP}:{VIP_L7_PORT} yet");
+        Ok(())
+    })?;
+    let worker = match kind {
+        // NGINX's master forks the worker; the worker does all the proxying.
+        SystemKind::Nginx => xlb_tests::lab::wait_until_ok(PROXY_START, "the nginx worker", || {
+            children_of(proc.pid())
+                .into_iter()
+                .next()
+                .context("no worker process yet")
+        })?,
+        _ => proc.pid(),
+    };
+    Ok(ProxyProcess { kind, proc, worker })
+}
+
+/// Removes the addresses a proxy was given (best effort: after a failed start some may be missing).
+fn remove_proxy_addresses(lab: &SuiteLab) {
+    let _ = lab.lb.ip(&["addr", "del", &format!("{VIP}/32"), "dev", "ext0"]);
+    let _ = lab
+        .lb
+        .ip(&["addr", "del", &format!("{LB_INT_IP}/{INT_PREFIX}"), "dev", "int0"]);
+}
+
+/// Pids of the live processes whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| parent_pid(&stat))
+                == Some(pid)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The parent pid (field 4) of a `/proc/PID/stat` line.
+fn parent_pid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The last `n` non-empty lines of `text`, joined with ` | `.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// Whether an XDP program is attached to `ifname` in `lb`.
@@ -241,9 +482,67 @@ mod tests {
             "idle = \"busy\"",
             "cores = [1]",
             "forwarding = \"fullnat\"",
+            "port = 8080",
+            "protocol = \"http\"",
         ] {
             assert!(c.contains(needle), "{needle} missing from\n{c}");
         }
+        // The L7 listener proxies to the HTTP sinks' group.
+        let l7 = &c[c.find("name = \"l7\"").unwrap()..];
+        assert!(
+            l7[..l7.find("[[").unwrap_or(l7.len())].contains("group = \"http\""),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn proxy_configs_listen_on_the_vip_and_name_every_sink() {
+        let nginx = nginx_config(Path::new("/tmp/lab"));
+        let haproxy = haproxy_config();
+        for s in SERVERS {
+            assert!(nginx.contains(&format!("server {s}:8000;")), "{nginx}");
+            assert!(haproxy.contains(&format!(" {s}:8000\n")), "{haproxy}");
+        }
+        for needle in [
+            "listen 198.18.0.100:8080",
+            "worker_processes 1;",
+            "keepalive 32;",
+            "proxy_http_version 1.1;",
+            "proxy_set_header Connection \"\";",
+            "pid /tmp/lab/nginx.pid;",
+        ] {
+            assert!(nginx.contains(needle), "{needle} missing from\n{nginx}");
+        }
+        for needle in [
+            "bind 198.18.0.100:8080",
+            "nbthread 1",
+            "mode http",
+            "http-reuse safe",
+            "balance roundrobin",
+        ] {
+            assert!(haproxy.contains(needle), "{needle} missing from\n{haproxy}");
+        }
+        // Balanced braces: nginx would refuse the file otherwise.
+        assert_eq!(nginx.matches('{').count(), nginx.matches('}').count());
+    }
+
+    #[test]
+    fn parent_pid_of_stat_lines() {
+        assert_eq!(parent_pid("42 (nginx: worker) S 41 42 42 0"), Some(41));
+        assert_eq!(parent_pid("42 (a) b) R 7 1"), Some(7));
+        assert_eq!(parent_pid("42 (x)"), None);
+        assert_eq!(children_of(u32::MAX), Vec::<u32>::new());
+        assert_eq!(tail("a\n\nb\nc\n", 2), "b | c");
+    }
+
+    #[test]
+    fn system_names() {
+        let names: Vec<&str> = SystemKind::ALL.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["xlb", "kernel", "nginx", "haproxy"]);
+        for s in SystemKind::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
+        assert!(SystemKind::Nginx.is_proxy() && !SystemKind::Kernel.is_proxy());
     }
 
     #[test]
