@@ -55,6 +55,12 @@ pub struct WorkerCounters {
     pub icmp_echo_replies: u64,
     pub tcp_resets: u64,
     pub icmp_unreachables: u64,
+    /// ICMP time exceeded sent (packets to forward whose TTL ran out).
+    #[serde(default)]
+    pub icmp_time_exceeded: u64,
+    /// Fragmented IPv4 datagrams reassembled.
+    #[serde(default)]
+    pub reassembled: u64,
     /// Frames dropped, by reason name.
     pub drops: BTreeMap<String, u64>,
     /// UMEM frames owned by userspace now.
@@ -80,6 +86,8 @@ impl WorkerCounters {
         self.icmp_echo_replies += other.icmp_echo_replies;
         self.tcp_resets += other.tcp_resets;
         self.icmp_unreachables += other.icmp_unreachables;
+        self.icmp_time_exceeded += other.icmp_time_exceeded;
+        self.reassembled += other.reassembled;
         for (reason, n) in &other.drops {
             *self.drops.entry(reason.clone()).or_default() += n;
         }

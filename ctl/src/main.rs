@@ -230,7 +230,7 @@ fn body(value: &impl Serialize) -> Result<Value, String> {
 
 fn print_stats(doc: &StatsDoc) {
     type Field = fn(&xlb_api::WorkerCounters) -> u64;
-    let rows: [(&str, Field); 9] = [
+    let rows: [(&str, Field); 11] = [
         ("rx frames", |c| c.rx_frames),
         ("tx frames", |c| c.tx_frames),
         ("rx bytes", |c| c.rx_bytes),
@@ -239,6 +239,8 @@ fn print_stats(doc: &StatsDoc) {
         ("echo replies", |c| c.icmp_echo_replies),
         ("tcp resets", |c| c.tcp_resets),
         ("icmp unreach", |c| c.icmp_unreachables),
+        ("ttl exceeded", |c| c.icmp_time_exceeded),
+        ("reassembled", |c| c.reassembled),
         ("free frames", |c| c.free_frames),
     ];
     out_part!("{:<16}", "worker");

@@ -37,7 +37,12 @@ drop_reasons! {
     ArpNotForUs => "arp_not_for_us": "ARP request for an address the appliance does not own.",
     MalformedIpv4 => "malformed_ipv4": "Truncated IPv4 header, bad version, header or total length.",
     BadIpv4Checksum => "bad_ipv4_checksum": "IPv4 header checksum does not verify.",
-    Ipv4Fragment => "ipv4_fragment": "IPv4 fragments are not reassembled.",
+    FragmentInvalid => "fragment_invalid": "An IPv4 fragment no valid datagram can have: a middle piece whose length is not a multiple of 8, an end past 65535 bytes, no payload, or a fragmented packet too short to be one.",
+    FragmentTiny => "fragment_tiny": "A first fragment too short to hold the whole TCP/UDP/ICMP header (RFC 1858's tiny-fragment attack): the datagram is discarded.",
+    FragmentOverlap => "fragment_overlap": "An IPv4 fragment overlapping (or repeating) part of its datagram already received: the whole datagram is discarded, as Linux does (RFC 5722's rule).",
+    FragmentTooBig => "fragment_too_big": "A fragmented datagram larger than a UMEM frame can carry once reassembled: not reassembled, every fragment dropped.",
+    FragmentTimeout => "fragment_timeout": "Fragments of a datagram that did not complete within the reassembly timeout (counted per fragment held).",
+    FragmentEvicted => "fragment_evicted": "Fragments of an incomplete datagram given up to make room for a new one (every reassembly slot busy; counted per fragment held).",
     NotOurAddress => "not_our_address": "IPv4 packet for an address the appliance does not own.",
     MalformedIcmp => "malformed_icmp": "Truncated ICMP or bad ICMP checksum.",
     IcmpNotHandled => "icmp_not_handled": "ICMP other than an echo request.",
@@ -70,6 +75,7 @@ drop_reasons! {
     ServerRemoved => "server_removed": "Packet of a connection whose server was removed, with the reset policy (answered with RST or ICMP unreachable).",
     L7ConnectionLimit => "l7_connection_limit": "SYN to an HTTP listener refused at l7.max_connections (answered with RST).",
     HaQueueFull => "ha_queue_full": "VRRP or sync packet while the queue to the HA driver was full.",
+    TtlExceeded => "ttl_exceeded": "A packet to forward (FULLNAT either way, DR) arrived with TTL 0 or 1: dropped, answered with ICMP time exceeded (rate-limited, as icmp_rate), as a router does.",
 }
 
 /// Counters of the sans-IO stack (owned by one worker, plain integers).
@@ -87,6 +93,10 @@ pub struct StackCounters {
     pub tcp_resets: u64,
     /// ICMP destination-unreachable messages sent.
     pub icmp_unreachables: u64,
+    /// ICMP time-exceeded messages sent (packets to forward whose TTL ran out).
+    pub icmp_time_exceeded: u64,
+    /// Fragmented IPv4 datagrams reassembled.
+    pub reassembled: u64,
 }
 
 impl Default for StackCounters {
@@ -98,6 +108,8 @@ impl Default for StackCounters {
             icmp_echo_replies: 0,
             tcp_resets: 0,
             icmp_unreachables: 0,
+            icmp_time_exceeded: 0,
+            reassembled: 0,
         }
     }
 }
@@ -183,7 +195,7 @@ pub struct WorkerSnapshot {
 }
 
 const RING_FIELDS: usize = 9;
-const STACK_FIELDS: usize = 5;
+const STACK_FIELDS: usize = 7;
 const HIST_AT: usize = RING_FIELDS + STACK_FIELDS + DropReason::COUNT + 2;
 const SLOTS: usize = HIST_AT + BATCH_BUCKETS + 1;
 
@@ -221,6 +233,8 @@ impl SharedCounters {
             st.icmp_echo_replies,
             st.tcp_resets,
             st.icmp_unreachables,
+            st.icmp_time_exceeded,
+            st.reassembled,
         ];
         for (slot, v) in self.slots.iter().zip(values.iter().chain(st.drops.iter())) {
             slot.store(*v, Relaxed);
@@ -259,6 +273,8 @@ impl SharedCounters {
                 icmp_echo_replies: v[11],
                 tcp_resets: v[12],
                 icmp_unreachables: v[13],
+                icmp_time_exceeded: v[14],
+                reassembled: v[15],
             },
             free_frames: v[HIST_AT - 2],
             total_frames: v[HIST_AT - 1],
@@ -294,6 +310,8 @@ mod tests {
                 icmp_echo_replies: 12,
                 tcp_resets: 13,
                 icmp_unreachables: 14,
+                icmp_time_exceeded: 17,
+                reassembled: 18,
                 ..Default::default()
             },
             free_frames: 15,

@@ -44,7 +44,8 @@ pub struct Api {
     ha: Option<(Arc<HaStatus>, Arc<AtomicBool>)>,
 }
 
-type Reply = (u16, Value);
+/// An answer: HTTP status and JSON body.
+pub type Reply = (u16, Value);
 
 fn error(status: u16, message: impl Into<String>) -> Reply {
     reply(status, &ErrorReply::new(message))
@@ -264,33 +265,10 @@ impl Api {
 
     /// `GET /v1/conns?listener=&server=&client=&state=&limit=`: connection entries from every worker.
     fn conns(&self, query: &str) -> Reply {
-        let mut filter = ConnFilter::default();
-        let mut limit = 1000;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "listener" => filter.listener = Some(value.to_string()),
-                "state" => filter.state = Some(value.to_string()),
-                "server" => match value.parse() {
-                    Ok(a) => filter.server = Some(a),
-                    Err(_) => return error(400, format!("server: {value:?} is not ip:port")),
-                },
-                "client" => match value.parse() {
-                    Ok(a) => filter.client = Some(a),
-                    Err(_) => return error(400, format!("client: {value:?} is not an IPv4 address")),
-                },
-                "limit" => match value.parse() {
-                    Ok(n) => limit = n,
-                    Err(_) => return error(400, format!("limit: {value:?} is not a number")),
-                },
-                other => {
-                    return error(
-                        400,
-                        format!("unknown filter {other:?} (listener, server, client, state, limit)"),
-                    )
-                }
-            }
-        }
+        let (filter, limit) = match conns_query(query) {
+            Ok(q) => q,
+            Err(reply) => return reply,
+        };
         let conns = match self.runtime().conns(&filter, limit) {
             Ok(c) => c,
             Err(e) => return error(500, e),
@@ -318,26 +296,10 @@ impl Api {
     }
 
     fn put_listener(&self, name: &str, body: &[u8]) -> Reply {
-        if let Err(e) = check_name(name) {
-            return error(400, format!("listener.name: {e}"));
-        }
-        let mut value: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return error(400, format!("listener: body is not JSON: {e}")),
-        };
-        if let Some(obj) = value.as_object_mut() {
-            obj.entry("name").or_insert_with(|| json!(name));
-        }
-        let listener: ListenerConfig = match serde_json::from_value(value) {
+        let listener = match listener_body(name, body) {
             Ok(l) => l,
-            Err(e) => return error(400, format!("listener: {e}")),
+            Err(reply) => return reply,
         };
-        if listener.name != name {
-            return error(
-                400,
-                format!("listener.name: {:?} does not match the path ({name:?})", listener.name),
-            );
-        }
         self.change(|listeners, _| {
             match listeners.iter_mut().find(|l| l.name == name) {
                 Some(l) => *l = listener,
@@ -348,26 +310,10 @@ impl Api {
     }
 
     fn put_group(&self, name: &str, body: &[u8]) -> Reply {
-        if let Err(e) = check_name(name) {
-            return error(400, format!("group.name: {e}"));
-        }
-        let mut value: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return error(400, format!("group: body is not JSON: {e}")),
-        };
-        if let Some(obj) = value.as_object_mut() {
-            obj.entry("name").or_insert_with(|| json!(name));
-        }
-        let group: GroupConfig = match serde_json::from_value(value) {
+        let group = match group_body(name, body) {
             Ok(g) => g,
-            Err(e) => return error(400, format!("group: {e}")),
+            Err(reply) => return reply,
         };
-        if group.name != name {
-            return error(
-                400,
-                format!("group.name: {:?} does not match the path ({name:?})", group.name),
-            );
-        }
         self.change(|_, groups| {
             match groups.iter_mut().find(|g| g.name == name) {
                 Some(g) => *g = group,
@@ -378,37 +324,124 @@ impl Api {
     }
 
     fn put_server(&self, group: &str, addr: &str, body: &[u8]) -> Reply {
-        let Ok(addr) = addr.parse::<SocketAddrV4>() else {
-            return error(400, format!("server address {addr:?} is not ip:port"));
+        let (addr, weight) = match server_body(addr, body) {
+            Ok(s) => s,
+            Err(reply) => return reply,
         };
-        let weight = if body.is_empty() {
-            None
-        } else {
-            match serde_json::from_slice::<Value>(body) {
-                Ok(v) => match serde_json::from_value::<ServerWeight>(v.clone()) {
-                    Ok(w) => w.weight,
-                    Err(_) => {
-                        return error(
-                            400,
-                            format!("server.weight: {} is not a non-negative integer", v["weight"]),
-                        )
-                    }
-                },
-                Err(e) => return error(400, format!("server: body is not JSON: {e}")),
-            }
-        };
-        self.change(|_, groups| {
-            let g = group_mut(groups, group)?;
-            match g.servers.iter_mut().find(|s| s.addr == addr) {
-                Some(s) => s.weight = weight.unwrap_or(s.weight),
-                None => g.servers.push(ServerConfig {
-                    addr,
-                    weight: weight.unwrap_or(1),
-                }),
-            }
-            Ok(())
-        })
+        self.change(|_, groups| set_server(groups, group, addr, weight))
     }
+}
+
+// The request decoding, apart from the running appliance (also what the fuzz targets drive: `crate::fuzzing`).
+
+/// The filter and limit of `GET /v1/conns?…`.
+pub fn conns_query(query: &str) -> Result<(ConnFilter, usize), Reply> {
+    let mut filter = ConnFilter::default();
+    let mut limit = 1000;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "listener" => filter.listener = Some(value.to_string()),
+            "state" => filter.state = Some(value.to_string()),
+            "server" => match value.parse() {
+                Ok(a) => filter.server = Some(a),
+                Err(_) => return Err(error(400, format!("server: {value:?} is not ip:port"))),
+            },
+            "client" => match value.parse() {
+                Ok(a) => filter.client = Some(a),
+                Err(_) => return Err(error(400, format!("client: {value:?} is not an IPv4 address"))),
+            },
+            "limit" => match value.parse() {
+                Ok(n) => limit = n,
+                Err(_) => return Err(error(400, format!("limit: {value:?} is not a number"))),
+            },
+            other => {
+                return Err(error(
+                    400,
+                    format!("unknown filter {other:?} (listener, server, client, state, limit)"),
+                ))
+            }
+        }
+    }
+    Ok((filter, limit))
+}
+
+/// The listener of `PUT /v1/listeners/{name}` (its name from the path unless the body gives the same one).
+pub fn listener_body(name: &str, body: &[u8]) -> Result<ListenerConfig, Reply> {
+    if let Err(e) = check_name(name) {
+        return Err(error(400, format!("listener.name: {e}")));
+    }
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| error(400, format!("listener: body is not JSON: {e}")))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("name").or_insert_with(|| json!(name));
+    }
+    let listener: ListenerConfig = serde_json::from_value(value).map_err(|e| error(400, format!("listener: {e}")))?;
+    if listener.name != name {
+        return Err(error(
+            400,
+            format!("listener.name: {:?} does not match the path ({name:?})", listener.name),
+        ));
+    }
+    Ok(listener)
+}
+
+/// The group of `PUT /v1/groups/{name}`.
+pub fn group_body(name: &str, body: &[u8]) -> Result<GroupConfig, Reply> {
+    if let Err(e) = check_name(name) {
+        return Err(error(400, format!("group.name: {e}")));
+    }
+    let mut value: Value =
+        serde_json::from_slice(body).map_err(|e| error(400, format!("group: body is not JSON: {e}")))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.entry("name").or_insert_with(|| json!(name));
+    }
+    let group: GroupConfig = serde_json::from_value(value).map_err(|e| error(400, format!("group: {e}")))?;
+    if group.name != name {
+        return Err(error(
+            400,
+            format!("group.name: {:?} does not match the path ({name:?})", group.name),
+        ));
+    }
+    Ok(group)
+}
+
+/// The server address and weight of `PUT /v1/groups/{group}/servers/{addr}` (no body: the weight stays, or 1).
+pub fn server_body(addr: &str, body: &[u8]) -> Result<(SocketAddrV4, Option<u32>), Reply> {
+    let Ok(addr) = addr.parse::<SocketAddrV4>() else {
+        return Err(error(400, format!("server address {addr:?} is not ip:port")));
+    };
+    if body.is_empty() {
+        return Ok((addr, None));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => match serde_json::from_value::<ServerWeight>(v.clone()) {
+            Ok(w) => Ok((addr, w.weight)),
+            Err(_) => Err(error(
+                400,
+                format!("server.weight: {} is not a non-negative integer", v["weight"]),
+            )),
+        },
+        Err(e) => Err(error(400, format!("server: body is not JSON: {e}"))),
+    }
+}
+
+/// Adds server `addr` to `group`, or sets its weight.
+pub fn set_server(
+    groups: &mut [GroupConfig],
+    group: &str,
+    addr: SocketAddrV4,
+    weight: Option<u32>,
+) -> Result<(), Reply> {
+    let g = group_mut(groups, group)?;
+    match g.servers.iter_mut().find(|s| s.addr == addr) {
+        Some(s) => s.weight = weight.unwrap_or(s.weight),
+        None => g.servers.push(ServerConfig {
+            addr,
+            weight: weight.unwrap_or(1),
+        }),
+    }
+    Ok(())
 }
 
 fn group_mut<'a>(groups: &'a mut [GroupConfig], name: &str) -> Result<&'a mut GroupConfig, Reply> {

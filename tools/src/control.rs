@@ -84,7 +84,7 @@ impl Drop for ControlServer {
 
 /// The HTTP service over `handler`: with `token`, a request without it is refused (401) before the handler sees
 /// it.
-fn service(handler: Arc<Handler>, token: Option<String>) -> Arc<http::Service> {
+pub(crate) fn service(handler: Arc<Handler>, token: Option<String>) -> Arc<http::Service> {
     Arc::new(move |req: http::Request| {
         if let Some(token) = &token {
             let presented = req.headers.get_all(hyper::header::AUTHORIZATION);

@@ -169,7 +169,7 @@ async fn accept_failed(e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-fn spawn_connection<S>(mut stream: S, limits: Limits, service: Arc<Service>)
+pub(crate) fn spawn_connection<S>(mut stream: S, limits: Limits, service: Arc<Service>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -221,7 +221,7 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Vec<u8>> 
 
 /// The framing rules on a request head: no `Transfer-Encoding`, at most one `Content-Length`, a decimal number
 /// of at most `max_body`. A head that does not parse is left to hyper (which answers 400).
-fn check_head(head: &[u8], max_body: usize) -> Result<(), Response> {
+pub(crate) fn check_head(head: &[u8], max_body: usize) -> Result<(), Response> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {

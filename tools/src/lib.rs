@@ -13,12 +13,14 @@
 //! - [`l7`]: what the L7 stage is built from (`http` listeners, groups, `[l7]`) and its checks.
 //! - [`placement`]: which interface carries a VIP, the floating IPs, the HA interface; the HA channel ends.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
+//! - [`fuzzing`]: the entry points of the fuzz targets (`fuzz/`) and of the corpus replay test.
 
 pub mod access_log;
 pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod fuzzing;
 pub mod ha;
 pub mod ha_config;
 pub mod http;

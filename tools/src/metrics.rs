@@ -135,6 +135,16 @@ const WORKER_COUNTERS: &[Metric<doc::WorkerCounters>] = &[
         "xlb_icmp_unreachables_total",
         "ICMP destination-unreachable messages sent.",
     ),
+    (
+        |x: &doc::WorkerCounters| x.icmp_time_exceeded,
+        "xlb_icmp_time_exceeded_total",
+        "ICMP time-exceeded messages sent (packets to forward whose TTL ran out).",
+    ),
+    (
+        |x: &doc::WorkerCounters| x.reassembled,
+        "xlb_ipv4_reassembled_total",
+        "Fragmented IPv4 datagrams reassembled.",
+    ),
 ];
 
 /// Per-worker gauges of the stats document: (field, metric, help).

@@ -36,6 +36,8 @@ pub fn worker(name: &str, s: &WorkerSnapshot) -> Worker {
             icmp_echo_replies: s.stack.icmp_echo_replies,
             tcp_resets: s.stack.tcp_resets,
             icmp_unreachables: s.stack.icmp_unreachables,
+            icmp_time_exceeded: s.stack.icmp_time_exceeded,
+            reassembled: s.stack.reassembled,
             drops,
             free_frames: s.free_frames,
             total_frames: s.total_frames,

@@ -27,8 +27,12 @@ pub(super) enum Ending {
     Evicted(Duration),
 }
 
-/// Sends a frame for `c`'s client out where the client's packets come in, to the hop they come from.
+/// Sends a frame for `c`'s client out where the client's packets come in, to the hop they come from (a forward:
+/// the TTL is decremented; see `Forwarder::handle` for packets whose TTL ran out).
 pub(super) fn toward_client(c: &Conn, frame: &mut Frame<'_>, cx: &StackContext<'_>) -> Verdict {
+    if !nat::decrement_ttl(frame.data_mut()) {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
     let port = usize::from(c.client_port);
     let data = frame.data_mut();
     data[0..6].copy_from_slice(&c.client_mac.0);
@@ -36,8 +40,11 @@ pub(super) fn toward_client(c: &Conn, frame: &mut Frame<'_>, cx: &StackContext<'
     Verdict::Transmit(port)
 }
 
-/// Sends a rewritten frame towards `dst` through the neighbour table.
+/// Sends a rewritten frame towards `dst` through the neighbour table (a forward: the TTL is decremented).
 pub(super) fn deliver(now: Instant, frame: &mut Frame<'_>, dst: Ipv4Addr, cx: &mut StackContext<'_>) -> Verdict {
+    if !nat::decrement_ttl(frame.data_mut()) {
+        return Verdict::Drop(DropReason::TtlExceeded);
+    }
     let len = frame.len();
     match cx.deliver(now, frame.buffer_mut(), len, dst) {
         Ok(port) => Verdict::Transmit(port),

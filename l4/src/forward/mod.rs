@@ -373,6 +373,15 @@ impl Ipv4Handler for Forwarder {
             return Handled::Pass;
         };
         let hash = self.prefetched.hash(&key);
+        if role != Role::Probe && !nat::ttl_allows_forwarding(frame.data()) {
+            // As a router (and IPVS) does: a packet to forward whose TTL ran out goes no further, before any
+            // entry, server or port is taken for it; the stack answers ICMP time exceeded.
+            let handled = Handled::Reject(DropReason::TtlExceeded);
+            if let Role::Listener(l) = role {
+                self.count_listener_drop(l, &handled);
+            }
+            return handled;
+        }
         let owner = self.owner(role, &key, hash);
         if owner != self.worker {
             let handled = self.hand_off(owner, port, frame);

@@ -56,6 +56,33 @@ pub fn set_addresses(packet: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
     packet[16..20].copy_from_slice(&nd);
 }
 
+/// Decrements the TTL of the IPv4 packet in `frame` (after its Ethernet header) as a router does when it
+/// forwards it, updating the header checksum incrementally; false (nothing changed) when the TTL is 0 or 1: the
+/// packet may not be forwarded.
+#[inline]
+pub fn decrement_ttl(frame: &mut [u8]) -> bool {
+    let ip = &mut frame[ETH_HEADER_LEN..];
+    let ttl = ip[8];
+    if ttl <= 1 {
+        return false;
+    }
+    let old = u16::from_be_bytes([ttl, ip[9]]);
+    ip[8] = ttl - 1;
+    let c = update16(
+        u16::from_be_bytes([ip[10], ip[11]]),
+        old,
+        u16::from_be_bytes([ip[8], ip[9]]),
+    );
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    true
+}
+
+/// Whether the IPv4 packet in `frame` may be forwarded: its TTL is above 1 (see [`decrement_ttl`]).
+#[inline]
+pub fn ttl_allows_forwarding(frame: &[u8]) -> bool {
+    frame[ETH_HEADER_LEN + 8] > 1
+}
+
 fn addr(b: &[u8]) -> [u8; 4] {
     [b[0], b[1], b[2], b[3]]
 }
@@ -143,6 +170,32 @@ mod tests {
                 assert_eq!(endpoints(&r, l4), (vip, client));
                 assert_eq!(&r[l4 + if proto == Proto::Tcp { 20 } else { 8 }..], *payload);
             }
+        }
+    }
+
+    #[test]
+    fn ttl_decrements_with_a_valid_header_checksum_and_stops_at_one() {
+        for ttl in [255u8, 64, 2] {
+            let mut f = frame(Proto::Udp, sa([198, 18, 0, 1], 1), sa([198, 18, 0, 100], 53), b"q");
+            let ip = ETH_HEADER_LEN;
+            f[ip + 8] = ttl;
+            f[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+            let c = xlb_stack::wire::checksum::checksum(&f[ip..ip + 20]);
+            f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+            assert!(ttl_allows_forwarding(&f));
+            assert!(decrement_ttl(&mut f));
+            let p = Ipv4Packet::new_checked(&f[ETH_HEADER_LEN..]).unwrap();
+            assert_eq!(p.hop_limit(), ttl - 1);
+            assert!(p.verify_checksum(), "TTL {ttl}");
+            assert!(valid(&f, Proto::Udp));
+        }
+        for ttl in [0u8, 1] {
+            let mut f = frame(Proto::Tcp, sa([198, 18, 0, 1], 1), sa([198, 18, 0, 100], 80), b"");
+            f[ETH_HEADER_LEN + 8] = ttl;
+            let before = f.clone();
+            assert!(!ttl_allows_forwarding(&f));
+            assert!(!decrement_ttl(&mut f));
+            assert_eq!(f, before, "a packet that may not be forwarded is left as it is");
         }
     }
 

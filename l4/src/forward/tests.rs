@@ -340,7 +340,13 @@ fn dr_rewrites_only_the_mac() {
     assert_eq!(v, Verdict::Transmit(1));
     assert_eq!(&out[0..6], &B1_MAC.0);
     assert_eq!(&out[6..12], &INT_MAC.0);
-    assert_eq!(&out[12..], &syn[12..], "IP packet untouched");
+    let mut forwarded = syn.clone();
+    assert!(nat::decrement_ttl(&mut forwarded));
+    assert_eq!(
+        &out[12..],
+        &forwarded[12..],
+        "IP packet untouched but for the TTL, one less (a hop)"
+    );
     // Mid-flow packet of an unknown DR flow: forwarded statelessly (Maglev), not dropped.
     let mid = packet(
         Proto::Tcp,
@@ -876,7 +882,9 @@ fn icmp_error_about_a_dr_flow_goes_to_its_backend_unchanged() {
     let (v, out) = run(&mut s, now, 0, &err);
     assert_eq!(v, Verdict::Transmit(1));
     assert_eq!(&out[0..6], &B1_MAC.0);
-    assert_eq!(&out[12..], &err[12..], "IP packet untouched");
+    let mut forwarded = err.clone();
+    assert!(nat::decrement_ttl(&mut forwarded));
+    assert_eq!(&out[12..], &forwarded[12..], "IP packet untouched but for the TTL");
 }
 
 #[test]
@@ -2318,4 +2326,157 @@ fn when_pressure_starts_the_unanswered_and_half_open_entries_made_before_it_get_
     u.handle_timeout(later + Duration::from_secs(10));
     assert_eq!(u.handler().conns().len(), 1);
     assert_eq!(u.handler().lports.occupancy().in_use, 1);
+}
+
+/// `frame` with its IPv4 TTL set to `ttl` (header checksum recomputed).
+fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    let ip = &mut frame[ETH_HEADER_LEN..];
+    ip[8] = ttl;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = xlb_stack::wire::checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    frame
+}
+
+/// The (source, destination, quoted IPv4 header) of an ICMP time exceeded in `frame`, checked with smoltcp.
+fn time_exceeded(frame: &[u8]) -> (Ipv4Addr, Ipv4Addr, Vec<u8>) {
+    use xlb_stack::wire::{Icmpv4Message, Icmpv4Packet, Ipv4Packet};
+    let ip = Ipv4Packet::new_checked(&frame[ETH_HEADER_LEN..]).expect("IPv4");
+    assert!(ip.verify_checksum());
+    let icmp = Icmpv4Packet::new_checked(ip.payload()).expect("ICMP");
+    assert!(icmp.verify_checksum());
+    assert_eq!((icmp.msg_type(), icmp.msg_code()), (Icmpv4Message::TimeExceeded, 0));
+    (ip.src_addr(), ip.dst_addr(), icmp.data()[..20].to_vec())
+}
+
+#[test]
+fn forwarding_decrements_the_ttl_and_a_packet_whose_ttl_ran_out_gets_time_exceeded_and_no_entry() {
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    for ttl in [0u8, 1] {
+        let syn = with_ttl(from_client(Proto::Tcp, SYN, b""), ttl);
+        let (v, out) = run(&mut s, now, 0, &syn);
+        assert_eq!(v, Verdict::Transmit(0), "answered back to the client, TTL {ttl}");
+        assert_eq!(&out[0..6], &CLIENT_MAC.0);
+        let (src, dst, quoted) = time_exceeded(&out);
+        assert_eq!(
+            (src, dst),
+            (*vip().ip(), *client().ip()),
+            "from the address it was sent to"
+        );
+        assert_eq!(
+            quoted,
+            syn[ETH_HEADER_LEN..ETH_HEADER_LEN + 20],
+            "quotes the packet as received"
+        );
+    }
+    assert_eq!(s.handler().conns().len(), 0, "no entry");
+    assert_eq!(s.handler().lports.occupancy().in_use, 0, "no local port");
+    assert_eq!(s.counters().drops_of(DropReason::TtlExceeded), 2);
+    assert_eq!(s.counters().icmp_time_exceeded, 2);
+    assert_eq!(
+        s.handler().counters().listeners[0].drops[DropReason::TtlExceeded as usize],
+        2
+    );
+
+    // TTL 2 still goes through, as 1: each direction is one hop.
+    let (v, out) = run(&mut s, now, 0, &with_ttl(from_client(Proto::Tcp, SYN, b""), 2));
+    assert_eq!(v, Verdict::Transmit(1));
+    let (_, _, local, _, ok) = inspect(&out);
+    assert!(ok, "checksums valid");
+    assert_eq!(out[ETH_HEADER_LEN + 8], 1);
+    let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, SYNACK, b"");
+    let (v, out) = run(&mut s, now, 1, &reply);
+    assert_eq!(v, Verdict::Transmit(0));
+    assert!(inspect(&out).4);
+    assert_eq!(out[ETH_HEADER_LEN + 8], reply[ETH_HEADER_LEN + 8] - 1);
+    // A server's packet whose TTL ran out: time exceeded back to the server, from the local address.
+    let (v, out) = run(&mut s, now, 1, &with_ttl(reply.clone(), 1));
+    assert_eq!(v, Verdict::Transmit(1));
+    let (src, dst, _) = time_exceeded(&out);
+    assert_eq!((src, dst), (*local.ip(), *backends()[0].ip()));
+    assert_eq!(s.handler().conns().len(), 1, "the entry is untouched");
+
+    // Sources that cannot take an answer get none; and ICMP errors are rate-limited like the rest.
+    let bogon = with_ttl(
+        packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([224, 0, 0, 9], 5), vip(), SYN, b""),
+        1,
+    );
+    assert_eq!(run(&mut s, now, 0, &bogon).0, Verdict::Consumed);
+    assert_eq!(s.counters().drops_of(DropReason::TtlExceeded), 4);
+    assert_eq!(s.counters().icmp_time_exceeded, 3);
+}
+
+/// Cuts the IPv4 packet of `frame` into fragments of `step` payload bytes (a multiple of 8).
+fn fragments(frame: &[u8], step: usize) -> Vec<Vec<u8>> {
+    let (head, payload) = frame.split_at(ETH_HEADER_LEN + 20);
+    payload
+        .chunks(step)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut f = head.to_vec();
+            f.extend_from_slice(chunk);
+            let ip = &mut f[ETH_HEADER_LEN..];
+            ip[2..4].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            let more = (i + 1) * step < payload.len();
+            let ff = (i * step / 8) as u16 | if more { 0x2000 } else { 0 };
+            ip[6..8].copy_from_slice(&ff.to_be_bytes());
+            with_ttl(f, 64)
+        })
+        .collect()
+}
+
+#[test]
+fn a_fragmented_udp_datagram_is_reassembled_forwarded_and_cut_again_for_the_server() {
+    use smoltcp::wire::IpAddress;
+    use xlb_stack::wire::{Ipv4Packet, UdpPacket};
+    let now = Instant::now();
+    let mut s = stack(Setup {
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let dgram = from_client(Proto::Udp, 0, &payload);
+    let frags = fragments(&dgram, 1480);
+    let mut out = vec![];
+    let mut buf = vec![0u8; 4096];
+    for (i, f) in frags.iter().enumerate() {
+        buf[..f.len()].copy_from_slice(f);
+        let mut frame = Frame::new(&mut buf, f.len());
+        let v = s.process(now, 0, &mut frame);
+        let len = frame.len();
+        if i + 1 < frags.len() {
+            assert_eq!(v, Verdict::Consumed, "fragment {i} held");
+        } else {
+            assert_eq!(v, Verdict::Transmit(1), "the datagram goes to the backend link");
+            out.push(buf[..len].to_vec());
+        }
+    }
+    while let Some((port, len)) = s.poll_transmit(now, &mut buf) {
+        assert_eq!(port, 1);
+        out.push(buf[..len].to_vec());
+    }
+    assert_eq!(out.len(), 3, "as many fragments as came in");
+    let mut whole = vec![];
+    for (i, f) in out.iter().enumerate() {
+        assert!(f.len() <= frags[0].len());
+        assert_eq!(&f[0..6], &B1_MAC.0);
+        let ip = Ipv4Packet::new_checked(&f[ETH_HEADER_LEN..]).unwrap();
+        assert!(ip.verify_checksum());
+        assert_eq!((usize::from(ip.frag_offset()), ip.more_frags()), (whole.len(), i < 2));
+        assert_eq!(ip.hop_limit(), 63, "forwarded: one hop");
+        whole.extend_from_slice(ip.payload());
+    }
+    let ip = Ipv4Packet::new_checked(&out[0][ETH_HEADER_LEN..]).unwrap();
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    assert_eq!((src, dst), (LIP, *backends()[0].ip()));
+    let udp = UdpPacket::new_checked(&whole[..]).unwrap();
+    assert!(
+        udp.verify_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst)),
+        "NAT kept the UDP checksum valid"
+    );
+    assert_eq!(udp.dst_port(), backends()[0].port());
+    assert_eq!(udp.payload(), &payload[..]);
+    assert_eq!(s.counters().reassembled, 1);
+    assert_eq!(s.handler().conns().len(), 1);
 }

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+pub mod frag;
+
 use crate::addr::Ipv4Net;
 use crate::counters::{DropReason, StackCounters};
 use crate::neighbour::{ArpOutcome, NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
@@ -284,6 +286,8 @@ pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     partial_seen: u64,
     /// Refused ARP, logged at most once per interval.
     arp_log: ArpLog,
+    /// IPv4 reassembly (fragments for owned addresses) and re-fragmentation of what is sent on.
+    frags: frag::Reassembler,
 }
 
 /// How often refused ARP packets are logged (with the count since the last line).
@@ -356,6 +360,8 @@ impl<H: Ipv4Handler> LocalStack<H> {
             sync: None,
             link_names: Vec::new(),
             partial_seen: 0,
+            // The clock only initialises free slots; deadlines are set from the packets' times.
+            frags: frag::Reassembler::new(frag::FragConfig::default(), Instant::now()),
         };
         let mut cx = StackContext {
             links: &stack.links,
@@ -558,18 +564,45 @@ impl<H: Ipv4Handler> LocalStack<H> {
         if checksum::checksum(&ip[..header_len]) != 0 {
             return Verdict::Drop(DropReason::BadIpv4Checksum);
         }
-        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
         let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
         if !self.owns(dst) {
             return Verdict::Drop(DropReason::NotOurAddress);
         }
         let flags_frag = u16::from_be_bytes([ip[6], ip[7]]);
-        if flags_frag & 0x3fff != 0 {
-            return Verdict::Drop(DropReason::Ipv4Fragment);
-        }
-        let protocol = ip[9];
         // Drop Ethernet padding and anything past the IPv4 total length.
         frame.set_len(ETH_HEADER_LEN + total_len);
+        if flags_frag & 0x3fff == 0 {
+            return self.handle_datagram(now, port, frame);
+        }
+        // A fragment: held until its datagram is complete, which then goes the normal way in this frame.
+        let len = frame.len();
+        let r = match self.frags.on_fragment(now, frame.buffer_mut(), len, &mut self.counters) {
+            frag::Outcome::Held => return Verdict::Consumed,
+            frag::Outcome::Drop(reason) => return Verdict::Drop(reason),
+            frag::Outcome::Complete(r) => r,
+        };
+        self.counters.reassembled += 1;
+        frame.set_len(r.len);
+        let verdict = self.handle_datagram(now, port, frame);
+        match verdict {
+            Verdict::Transmit(out) => {
+                let len = frame.len();
+                let len = self.frags.send_on(r, out, frame.buffer_mut(), len);
+                frame.set_len(len);
+            }
+            Verdict::Consumed | Verdict::Drop(_) => self.frags.release(r),
+        }
+        verdict
+    }
+
+    /// A whole IPv4 datagram for an owned address (validated, trimmed to its total length): the upper stage
+    /// first, then local answers.
+    fn handle_datagram(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
+        let ip = &frame.data()[ETH_HEADER_LEN..];
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let protocol = ip[9];
         let l4 = ETH_HEADER_LEN + header_len;
         let service = Transport::from_protocol(protocol)
             .filter(|_| frame.len() >= l4 + 4)
@@ -594,6 +627,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
         };
         let (tcp_reason, udp_reason) = match self.handler.handle(now, port, frame, &meta, &mut cx) {
             Handled::Verdict(verdict) => return verdict,
+            Handled::Reject(DropReason::TtlExceeded) => return self.time_exceeded(now, port, frame, l4, src, dst),
             Handled::Reject(reason) => (reason, reason),
             Handled::Pass => (DropReason::TcpNoListener, DropReason::UdpNoListener),
         };
@@ -603,6 +637,45 @@ impl<H: Ipv4Handler> LocalStack<H> {
             17 => self.handle_udp(now, port, frame, l4, src, dst, udp_reason),
             _ => Verdict::Drop(DropReason::UnsupportedProtocol),
         }
+    }
+
+    /// Answers a packet the upper stage would forward but whose TTL ran out with ICMP time exceeded (RFC 792,
+    /// code 0), from the address it was sent to, quoting its header and 8 bytes of its payload; rate-limited as
+    /// every ICMP error. Sources that cannot take an answer (RFC 1812: 0/8, loopback, multicast, 240/4) get none.
+    fn time_exceeded(
+        &mut self,
+        now: Instant,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Verdict {
+        self.counters.drop(DropReason::TtlExceeded);
+        let o = src.octets();
+        if o[0] == 0 || src.is_loopback() || src.is_multicast() || o[0] >= 240 {
+            return Verdict::Consumed;
+        }
+        if !self.limiter.allow(now) {
+            self.counters.drop(DropReason::IcmpRateLimited);
+            return Verdict::Consumed;
+        }
+        let data = frame.data();
+        let mut quote = [0u8; 60 + 8];
+        let quote_len = (l4 - ETH_HEADER_LEN + 8).min(data.len() - ETH_HEADER_LEN);
+        quote[..quote_len].copy_from_slice(&data[ETH_HEADER_LEN..ETH_HEADER_LEN + quote_len]);
+        let peer_mac = EthernetAddress::from_bytes(&data[6..12]);
+        let len = build::icmp_time_exceeded(
+            frame.buffer_mut(),
+            peer_mac,
+            self.links[port].mac,
+            dst,
+            src,
+            &quote[..quote_len],
+        );
+        frame.set_len(len);
+        self.counters.icmp_time_exceeded += 1;
+        Verdict::Transmit(port)
     }
 
     /// Turns an echo request into its reply in place: swap addresses, type 8 → 0, checksums updated
@@ -760,7 +833,8 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
         }
         let ip = &frame[ETH_HEADER_LEN..];
         let header_len = usize::from(ip[0] & 0x0f) * 4;
-        if ip[0] >> 4 != 4 || header_len < 20 {
+        // Fragments are reassembled before any stage sees them: nothing to load for them now.
+        if ip[0] >> 4 != 4 || header_len < 20 || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
             return;
         }
         let meta = Ipv4Meta {
@@ -792,6 +866,9 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
                 }
             }
         }
+        if let Some(out) = self.frags.poll_transmit(buf) {
+            return Some(out);
+        }
         if let Some(out) = self.neighbours.poll_transmit(now, buf, &mut self.counters) {
             return Some(out);
         }
@@ -806,14 +883,19 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match (self.neighbours.poll_timeout(), self.handler.poll_timeout()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.neighbours.poll_timeout(),
+            self.handler.poll_timeout(),
+            self.frags.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.neighbours.handle_timeout(now, &mut self.counters);
+        self.frags.handle_timeout(now, &mut self.counters);
         let mut cx = StackContext {
             links: &self.links,
             neighbours: &mut self.neighbours,

@@ -136,13 +136,38 @@ pub fn icmp_unreachable(
     code: Unreachable,
     original: &[u8],
 ) -> usize {
+    icmp_error(buf, (eth_dst, eth_src), local, peer, (3, code as u8), original)
+}
+
+/// Writes an ICMP time exceeded (type 11, code 0: TTL exceeded in transit) from `local` to `peer` quoting
+/// `original`, as [`icmp_unreachable`] does. Returns the frame length.
+pub fn icmp_time_exceeded(
+    buf: &mut [u8],
+    eth_dst: EthernetAddress,
+    eth_src: EthernetAddress,
+    local: Ipv4Addr,
+    peer: Ipv4Addr,
+    original: &[u8],
+) -> usize {
+    icmp_error(buf, (eth_dst, eth_src), local, peer, (11, 0), original)
+}
+
+/// An ICMP error of `(type, code)` quoting `original`.
+fn icmp_error(
+    buf: &mut [u8],
+    (eth_dst, eth_src): (EthernetAddress, EthernetAddress),
+    local: Ipv4Addr,
+    peer: Ipv4Addr,
+    (kind, code): (u8, u8),
+    original: &[u8],
+) -> usize {
     let icmp_len = 8 + original.len();
     ethernet(buf, eth_dst, eth_src, ETHERTYPE_IPV4);
     ipv4_header(&mut buf[ETH_HEADER_LEN..], local, peer, 1, icmp_len, DEFAULT_TTL);
     let at = ETH_HEADER_LEN + IPV4_HEADER_LEN;
     let m = &mut buf[at..at + icmp_len];
-    m[0] = 3;
-    m[1] = code as u8;
+    m[0] = kind;
+    m[1] = code;
     m[2..8].copy_from_slice(&[0; 6]);
     m[8..].copy_from_slice(original);
     let c = checksum::checksum(m);

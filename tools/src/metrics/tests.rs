@@ -22,6 +22,8 @@ fn document() -> StatsDoc {
             icmp_echo_replies: 8,
             tcp_resets: 9,
             icmp_unreachables: 10,
+            icmp_time_exceeded: 0,
+            reassembled: 0,
             drops: [
                 ("tcp_no_listener".to_string(), tcp_no_listener),
                 ("not_our_mac".to_string(), 0),

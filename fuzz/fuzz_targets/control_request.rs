@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target: see `xlb_tools::fuzzing::control_request`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| xlb_tools::fuzzing::control_request(data));
