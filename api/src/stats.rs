@@ -142,6 +142,12 @@ pub struct L4 {
     pub evicted: u64,
     /// FULLNAT local ports, all workers (no `quarantine_overflow`).
     pub local_ports: LocalPorts,
+    /// Workers whose table or local ports are above `[l4] pressure_percent` now (short timeouts apply).
+    #[serde(default)]
+    pub pressure: u64,
+    /// Entries given a short timeout under pressure (half-open TCP, unanswered UDP), all workers.
+    #[serde(default)]
+    pub short_timeouts: u64,
     /// Listeners in config order (removed ones left out).
     pub listeners: Vec<Listener>,
     /// Per worker, in the order of the document's `workers`.
@@ -169,6 +175,22 @@ pub struct Listener {
     pub bytes_out: u64,
     pub no_server: u64,
     pub stateless: u64,
+    /// SYN flood defence: `off` | `auto` | `always` (TCP FULLNAT listeners; `off` for the others).
+    #[serde(default)]
+    pub syn_proxy: String,
+    /// Workers whose SYN proxy is on for this listener now.
+    #[serde(default)]
+    pub syn_proxy_on: u64,
+    /// SYNs answered with a cookie (no entry, port or server).
+    #[serde(default)]
+    pub syn_cookies_sent: u64,
+    /// ACKs with a valid cookie: connections the SYN proxy opened to a server.
+    #[serde(default)]
+    pub syn_cookies_valid: u64,
+    /// Server answers to the proxy's SYN that acknowledged something else (the server held the tuple): reset,
+    /// and opened again by the client's retransmission.
+    #[serde(default)]
+    pub syn_proxy_server_resets: u64,
     /// Packets of the listener's flows dropped, by reason (non-zero reasons only).
     pub drops: BTreeMap<String, u64>,
     pub servers: Vec<Server>,
@@ -204,6 +226,11 @@ pub struct L4Worker {
     pub rescheduled: u64,
     pub icmp_forwarded: u64,
     pub local_ports: LocalPorts,
+    /// 1 while the worker's table or local ports are under pressure.
+    #[serde(default)]
+    pub pressure: u64,
+    #[serde(default)]
+    pub short_timeouts: u64,
 }
 
 /// FULLNAT local port occupancy: one pool per (local IP, server).

@@ -291,6 +291,29 @@ fn print_stats(doc: &StatsDoc) {
         ports.busiest_pool,
         ports.quarantined
     );
+    if l4.pressure > 0 || l4.short_timeouts > 0 {
+        out!(
+            "under pressure: {} of {} workers (table or local ports above [l4] pressure_percent), {} entries given short timeouts",
+            l4.pressure,
+            l4.workers.len(),
+            l4.short_timeouts
+        );
+    }
+    for l in l4
+        .listeners
+        .iter()
+        .filter(|l| l.syn_proxy != "off" && !l.syn_proxy.is_empty())
+    {
+        out!(
+            "listener {}: SYN proxy {} ({} of {} workers on), {} SYNs answered with cookies, {} completed",
+            l.name,
+            l.syn_proxy,
+            l.syn_proxy_on,
+            l4.workers.len(),
+            l.syn_cookies_sent,
+            l.syn_cookies_valid
+        );
+    }
     let health = &l4.health;
     if health.probes > 0 {
         out!(

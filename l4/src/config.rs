@@ -87,6 +87,30 @@ pub struct ListenerConfig {
     /// `sticky` of an `http` listener, kept as TOML here and read by `xlb_l7::config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<toml::Table>,
+    /// SYN flood defence of this listener (TCP FULLNAT only); default: `[l4] syn_proxy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syn_proxy: Option<SynProxyMode>,
+    /// Most connection entries (so FULLNAT local ports) this listener may hold on the node, split between
+    /// workers; default: `[l4] listener_max_conns` (0: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<usize>,
+}
+
+/// When xlb answers a FULLNAT TCP listener's SYNs itself with SYN cookies (the SYN proxy), instead of opening
+/// a connection entry, taking a local port and picking a server for every SYN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SynProxyMode {
+    /// Never: every SYN opens an entry (as before).
+    Off,
+    /// When the listener's half-open entries (per worker) exceed `syn_proxy_threshold` (a tenth of it while the
+    /// table or a local port pool is above `pressure_percent` full); off again when the flood has stopped
+    /// (with hysteresis).
+    #[default]
+    Auto,
+    /// Every SYN is answered with a cookie (costs the client's TCP options beyond MSS: window scaling, SACK
+    /// and timestamps are not negotiated; and a round trip to the server before the first data goes on).
+    Always,
 }
 
 fn default_scheduler() -> SchedulerKind {
@@ -140,6 +164,18 @@ pub struct L4Config {
     pub timeouts: Timeouts,
     /// What happens to established connections of a server removed from its group (live changes).
     pub on_server_removed: RemovedServerPolicy,
+    /// SYN flood defence of TCP FULLNAT listeners (a listener's own `syn_proxy` overrides it).
+    pub syn_proxy: SynProxyMode,
+    /// `auto`: half-open (SYN_RECV) entries of one listener on one worker above which its SYN proxy switches on.
+    pub syn_proxy_threshold: u32,
+    /// Fill level (percent of the connection table, or of the fullest local port pool) above which the table
+    /// is under pressure: new half-open TCP and unanswered UDP entries get the short timeouts
+    /// (`timeouts.tcp_syn_recv_pressure`, `timeouts.udp_unanswered_pressure`) and `auto` SYN proxies switch on at
+    /// a tenth of `syn_proxy_threshold`.
+    pub pressure_percent: u8,
+    /// Default cap on one listener's connection entries on the node (0: none); a listener's `max_conns`
+    /// overrides it.
+    pub listener_max_conns: usize,
 }
 
 impl Default for L4Config {
@@ -150,6 +186,10 @@ impl Default for L4Config {
             local_port_max: 60_999,
             timeouts: Timeouts::default(),
             on_server_removed: RemovedServerPolicy::Keep,
+            syn_proxy: SynProxyMode::Auto,
+            syn_proxy_threshold: 1000,
+            pressure_percent: 50,
+            listener_max_conns: 0,
         }
     }
 }
@@ -340,6 +380,28 @@ pub fn validate(
             "l4.local_port_max: must be below {PROBE_PORT_BASE} (ports above are for health checks)"
         ));
     }
+    if l4.pressure_percent == 0 || l4.pressure_percent > 100 {
+        return Err("l4.pressure_percent: must be 1-100".into());
+    }
+    if l4.syn_proxy_threshold == 0 {
+        return Err("l4.syn_proxy_threshold: must be at least 1".into());
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        let proxied = l.syn_proxy.is_some_and(|m| m != SynProxyMode::Off);
+        if proxied && (l.protocol != ListenerProtocol::Tcp || l.forwarding != Forwarding::Fullnat) {
+            return Err(format!(
+                "listener[{i}] ({}).syn_proxy: only TCP FULLNAT listeners have a SYN proxy (the replies of DR \
+                 bypass xlb, and UDP has no handshake)",
+                l.name
+            ));
+        }
+        if l.max_conns == Some(0) {
+            return Err(format!(
+                "listener[{i}] ({}).max_conns: must be at least 1 (leave it out for no cap)",
+                l.name
+            ));
+        }
+    }
     l4.timeouts.validate()
 }
 
@@ -388,6 +450,27 @@ mod tests {
     fn check(text: &str) -> Result<(), String> {
         let d: Doc = toml::from_str(text).map_err(|e| e.to_string())?;
         validate(&d.listener, &d.group, &d.l4, &d.interface)
+    }
+
+    #[test]
+    fn flood_defence_keys_parse_with_their_defaults() {
+        let d: Doc = toml::from_str(BASE).unwrap();
+        assert_eq!(
+            (d.l4.syn_proxy, d.l4.syn_proxy_threshold, d.l4.pressure_percent),
+            (SynProxyMode::Auto, 1000, 50)
+        );
+        assert_eq!((d.listener[0].syn_proxy, d.listener[0].max_conns), (None, None));
+        let text = BASE.replace(
+            "forwarding = \"fullnat\"",
+            "forwarding = \"fullnat\"\n        syn_proxy = \"always\"\n        max_conns = 500",
+        ) + "\n[l4]\nsyn_proxy = \"off\"\nlistener_max_conns = 100\n";
+        check(&text).unwrap();
+        let d: Doc = toml::from_str(&text).unwrap();
+        assert_eq!(
+            (d.listener[0].syn_proxy, d.listener[0].max_conns),
+            (Some(SynProxyMode::Always), Some(500))
+        );
+        assert_eq!((d.l4.syn_proxy, d.l4.listener_max_conns), (SynProxyMode::Off, 100));
     }
 
     #[test]
@@ -463,6 +546,33 @@ mod tests {
             (
                 format!("{BASE}\n[l4]\nconn_table_size = 0\n"),
                 "l4.conn_table_size: must be at least 1",
+            ),
+            (
+                BASE.replace(
+                    "forwarding = \"fullnat\"",
+                    "forwarding = \"dr\"\n        syn_proxy = \"auto\"",
+                )
+                .replace("198.19.0.2:8080", "198.19.0.2:80")
+                .replace("198.19.0.3:8080", "198.19.0.3:80"),
+                "listener[0] (web).syn_proxy: only TCP FULLNAT listeners",
+            ),
+            (
+                BASE.replace(
+                    "forwarding = \"fullnat\"",
+                    "forwarding = \"fullnat\"\n        max_conns = 0",
+                ),
+                "listener[0] (web).max_conns: must be at least 1",
+            ),
+            (format!("{BASE}\n[l4]\npressure_percent = 0\n"), "l4.pressure_percent"),
+            (format!("{BASE}\n[l4]\npressure_percent = 101\n"), "l4.pressure_percent"),
+            (
+                format!("{BASE}\n[l4]\nsyn_proxy_threshold = 0\n"),
+                "l4.syn_proxy_threshold",
+            ),
+            (format!("{BASE}\n[l4]\nsyn_proxy = \"sometimes\"\n"), "sometimes"),
+            (
+                format!("{BASE}\n[l4]\ntimeouts = {{ tcp_syn_recv_pressure = 0 }}\n"),
+                "l4.timeouts.tcp_syn_recv_pressure",
             ),
         ];
         for (text, expected) in cases {

@@ -159,6 +159,8 @@ mod tests {
             forwarding: Forwarding::Fullnat,
             group: "web".into(),
             interface: None,
+            syn_proxy: None,
+            max_conns: None,
             rules: Vec::new(),
             sticky: None,
         }

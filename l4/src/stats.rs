@@ -31,6 +31,15 @@ pub struct ListenerCounters {
     pub no_server: u64,
     /// New flows forwarded without a table entry (table full, DR: Maglev).
     pub stateless: u64,
+    /// SYNs answered by the SYN proxy with a cookie (no entry, no port, no server).
+    pub syn_cookies_sent: u64,
+    /// ACKs whose cookie was valid: connections the SYN proxy opened to a server.
+    pub syn_cookies_valid: u64,
+    /// Workers whose SYN proxy is on for this listener now (0 or 1 per worker; summed over workers).
+    pub syn_proxy_on: u64,
+    /// Server answers to the proxy's SYN that acknowledged something else (the server held the tuple): reset,
+    /// the flow opened again by the client's retransmission.
+    pub syn_proxy_server_resets: u64,
     /// Packets of the listener's flows dropped or refused, by [`DropReason`] (also counted per worker).
     pub drops: [u64; DropReason::COUNT],
 }
@@ -45,6 +54,10 @@ impl Default for ListenerCounters {
             conns_total: 0,
             no_server: 0,
             stateless: 0,
+            syn_cookies_sent: 0,
+            syn_cookies_valid: 0,
+            syn_proxy_on: 0,
+            syn_proxy_server_resets: 0,
             drops: [0; DropReason::COUNT],
         }
     }
@@ -69,9 +82,9 @@ pub struct ServerCounters {
     pub inactive: u64,
 }
 
-const LISTENER_FIELDS: usize = 7 + DropReason::COUNT;
+const LISTENER_FIELDS: usize = 11 + DropReason::COUNT;
 const SERVER_FIELDS: usize = 7;
-const GLOBAL_FIELDS: usize = 16;
+const GLOBAL_FIELDS: usize = 18;
 
 /// All L4 counters of one worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +114,11 @@ pub struct L4Counters {
     pub sync_dropped: u64,
     /// Closed or closing connections evicted from a full table to make room for a new one.
     pub evicted: u64,
+    /// Workers whose table or local ports are under pressure now (above `[l4] pressure_percent`; 0 or 1 per
+    /// worker).
+    pub pressure: u64,
+    /// Entries given a short timeout under pressure (half-open TCP, unanswered UDP).
+    pub short_timeouts: u64,
     /// FULLNAT local port pools (summed over workers; `busiest` and `per_pool` too: each worker has its share
     /// of every pool's range).
     pub local_ports: PortOccupancy,
@@ -129,6 +147,10 @@ impl L4Counters {
             a.conns_total += b.conns_total;
             a.no_server += b.no_server;
             a.stateless += b.stateless;
+            a.syn_cookies_sent += b.syn_cookies_sent;
+            a.syn_cookies_valid += b.syn_cookies_valid;
+            a.syn_proxy_on += b.syn_proxy_on;
+            a.syn_proxy_server_resets += b.syn_proxy_server_resets;
             for (x, y) in a.drops.iter_mut().zip(&b.drops) {
                 *x += y;
             }
@@ -154,6 +176,8 @@ impl L4Counters {
         self.import_skipped += other.import_skipped;
         self.sync_dropped += other.sync_dropped;
         self.evicted += other.evicted;
+        self.pressure += other.pressure;
+        self.short_timeouts += other.short_timeouts;
         let (a, b) = (&mut self.local_ports, &other.local_ports);
         a.pools = a.pools.max(b.pools);
         a.per_pool += b.per_pool;
@@ -203,6 +227,8 @@ impl SharedL4Counters {
             c.import_skipped,
             c.sync_dropped,
             c.evicted,
+            c.pressure,
+            c.short_timeouts,
             c.local_ports.pools,
             c.local_ports.per_pool,
             c.local_ports.in_use,
@@ -221,6 +247,10 @@ impl SharedL4Counters {
                 l.conns_total,
                 l.no_server,
                 l.stateless,
+                l.syn_cookies_sent,
+                l.syn_cookies_valid,
+                l.syn_proxy_on,
+                l.syn_proxy_server_resets,
             ] {
                 put(v);
             }
@@ -262,6 +292,8 @@ impl SharedL4Counters {
         c.import_skipped = get();
         c.sync_dropped = get();
         c.evicted = get();
+        c.pressure = get();
+        c.short_timeouts = get();
         c.local_ports = PortOccupancy {
             pools: get(),
             per_pool: get(),
@@ -279,6 +311,10 @@ impl SharedL4Counters {
                 conns_total: get(),
                 no_server: get(),
                 stateless: get(),
+                syn_cookies_sent: get(),
+                syn_cookies_valid: get(),
+                syn_proxy_on: get(),
+                syn_proxy_server_resets: get(),
                 drops: std::array::from_fn(|_| get()),
             };
             for s in servers.iter_mut() {

@@ -135,6 +135,9 @@ mod tests {
             client_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             client_packets,
             synced: false,
+            proxy: crate::conn::ProxyPhase::None,
+            seq_delta: 0,
+            answered: false,
         }
     }
 

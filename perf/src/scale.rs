@@ -125,6 +125,8 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         forwarding: Forwarding::Fullnat,
         group: "web".into(),
         interface: None,
+        syn_proxy: None,
+        max_conns: None,
         rules: Vec::new(),
         sticky: None,
     };
@@ -142,6 +144,10 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
             conn_table_size: sessions + POOL,
             local_port_min: 10_000,
             local_port_max: 59_999,
+            // The sessions are opened by SYNs and held half-open or established: the table itself is measured,
+            // not the SYN proxy or the short timeouts of a table under pressure.
+            syn_proxy: xlb_l4::config::SynProxyMode::Off,
+            pressure_percent: 100,
             ..Default::default()
         },
         local_ips: lips.iter().map(|n| n.addr).collect(),

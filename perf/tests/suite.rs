@@ -21,11 +21,12 @@ const L4: &[&str] = &["xlb", "kernel"];
 const L7: &[&str] = &["xlb", "nginx", "haproxy"];
 
 /// Scenario names, the headline metric of each, as in the results file, and the systems it runs on.
-const SCENARIOS: [(&str, &str, &[&str]); 6] = [
+const SCENARIOS: [(&str, &str, &[&str]); 7] = [
     ("tcp_cps", "conns_per_s", L4),
     ("udp_pps_64", "pps", L4),
     ("latency", "p99_us", L4),
     ("tcp_cps_server_close", "conns_per_s", L4),
+    ("tcp_cps_synflood", "flood_sps", L4),
     ("http_rps_keepalive", "rps", L7),
     ("http_cps", "conns_per_s", L7),
 ];
@@ -149,6 +150,11 @@ fn quick_suite_measures_every_scenario_on_the_systems_of_its_layer() -> Result<(
     for run in runs {
         ensure!(run["generator"].is_object(), "a run lacks its generator report: {run}");
         ensure!(run["cpu"]["lb_cpu_s"].is_number(), "a run lacks CPU seconds: {run}");
+        if run["scenario"] == "tcp_cps_synflood" {
+            // The flood ran beside the generator and its report is kept.
+            let flood = &run["generator"]["flood"];
+            ensure!(flood["sent"].as_u64() > Some(0), "no flood report: {run}");
+        }
         if run["scenario"] == "tcp_cps_server_close" {
             // One rate per interval, and connections closed by the server first: TIME_WAIT on the servers'
             // side (the client's holds only those of requests it gave up on).

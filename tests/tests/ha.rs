@@ -339,6 +339,26 @@ fn master_killed_streams_continue_on_the_backup() -> Result<()> {
     kill_master_with_streams(&pair("hakill")?, 50)
 }
 
+/// The same with every TCP connection opened by the SYN proxy (`syn_proxy = "always"`): the backup installs
+/// them with their sequence delta (sync records carry it), so the streams continue translated on lb2.
+#[test]
+fn syn_proxied_streams_continue_on_the_backup() -> Result<()> {
+    let t = pair("hasynproxy")?;
+    let (lb1, lb2) = start_pair_with(&t, "\n[l4]\nsyn_proxy = \"always\"\n")?;
+    let pid = lb1.proc().pid();
+    failover(&t, &lb1, &lb2, 20, || {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        Ok(())
+    })?;
+    let web = lb2.stats()?["l4"]["listeners"][0].clone();
+    ensure!(
+        web["name"] == "web" && web["syn_cookies_valid"].as_u64() >= Some(1),
+        "lb2 opened no connection through its own proxy after the takeover: {web}"
+    );
+    Ok(())
+}
+
 /// `kill -9` of lb1 (master) while `streams` TCP streams and 10 UDP flows run: lb2 takes over without loss.
 fn kill_master_with_streams(t: &Pair, streams: usize) -> Result<()> {
     let (lb1, lb2) = start_pair(t)?;

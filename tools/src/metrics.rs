@@ -183,6 +183,26 @@ const LISTENER_VALUES: &[Metric<doc::Listener>] = &[
         "xlb_listener_stateless_total",
         "New flows forwarded without a connection table entry (table full, or DR with Maglev).",
     ),
+    (
+        |x: &doc::Listener| x.syn_proxy_on,
+        "xlb_listener_syn_proxy_active",
+        "Workers whose SYN proxy (SYN cookies) is on for the listener now.",
+    ),
+    (
+        |x: &doc::Listener| x.syn_cookies_sent,
+        "xlb_listener_syn_cookies_sent_total",
+        "SYNs the SYN proxy answered with a cookie (no entry, local port or server for them).",
+    ),
+    (
+        |x: &doc::Listener| x.syn_cookies_valid,
+        "xlb_listener_syn_cookies_valid_total",
+        "ACKs with a valid SYN cookie: connections the SYN proxy opened to a server.",
+    ),
+    (
+        |x: &doc::Listener| x.syn_proxy_server_resets,
+        "xlb_listener_syn_proxy_server_resets_total",
+        "Server answers to the SYN proxy's SYN that acknowledged something else (the server held the tuple): reset.",
+    ),
 ];
 
 /// Per-server gauges and counters of the stats document: (field, metric, help).
@@ -462,6 +482,16 @@ fn families_after_histogram(d: &StatsDoc) -> Vec<Family> {
             "xlb_local_ports_quarantined",
             "FULLNAT local ports held back because their server may still hold the tuple in TIME_WAIT.",
             |w| w.local_ports.quarantined,
+        ),
+        (
+            "xlb_conntrack_pressure",
+            "1 while the worker's table or fullest local port pool is above [l4] pressure_percent (short timeouts apply).",
+            |w| w.pressure,
+        ),
+        (
+            "xlb_conntrack_short_timeouts_total",
+            "Entries given the short timeout under pressure (half-open TCP, unanswered UDP).",
+            |w| w.short_timeouts,
         ),
         (
             "xlb_icmp_errors_forwarded_total",

@@ -133,6 +133,11 @@ pub fn l4(runtime: &L4Runtime) -> L4 {
                 bytes_out: lc.bytes_out,
                 no_server: lc.no_server,
                 stateless: lc.stateless,
+                syn_proxy: syn_proxy_mode(l, &runtime.config().l4),
+                syn_proxy_on: lc.syn_proxy_on,
+                syn_cookies_sent: lc.syn_cookies_sent,
+                syn_cookies_valid: lc.syn_cookies_valid,
+                syn_proxy_server_resets: lc.syn_proxy_server_resets,
                 drops: DropReason::ALL
                     .iter()
                     .filter(|r| lc.drops[**r as usize] > 0)
@@ -155,16 +160,38 @@ pub fn l4(runtime: &L4Runtime) -> L4 {
             rescheduled: c.rescheduled,
             icmp_forwarded: c.icmp_forwarded,
             local_ports: local_ports(&c.local_ports, true),
+            pressure: c.pressure,
+            short_timeouts: c.short_timeouts,
         })
         .collect();
     L4 {
         conns: total.conns,
         evicted: total.evicted,
         local_ports: local_ports(&total.local_ports, false),
+        pressure: total.pressure,
+        short_timeouts: total.short_timeouts,
         listeners,
         workers,
         health: health(&runtime.health_counters()),
     }
+}
+
+/// A listener's SYN proxy mode as the stats show it (`off` for listeners that cannot have one).
+fn syn_proxy_mode(l: &xlb_l4::config::ListenerConfig, l4: &xlb_l4::config::L4Config) -> String {
+    use xlb_l4::config::SynProxyMode;
+    let eligible =
+        l.protocol == xlb_l4::config::ListenerProtocol::Tcp && l.forwarding == xlb_l4::conn::Forwarding::Fullnat;
+    let mode = if eligible {
+        l.syn_proxy.unwrap_or(l4.syn_proxy)
+    } else {
+        SynProxyMode::Off
+    };
+    match mode {
+        SynProxyMode::Off => "off",
+        SynProxyMode::Auto => "auto",
+        SynProxyMode::Always => "always",
+    }
+    .to_string()
 }
 
 /// The health checker's counters.

@@ -5,14 +5,14 @@
 //! names the listener by protocol + VIP:port ([`ListenerId`]) and the server by its address; the importing node
 //! maps both to its own slots and rebuilds a [`Conn`] with [`ConnParts::into_conn`].
 //!
-//! # Record layout ([`RECORD_LEN`] = 44 bytes, integers big-endian)
+//! # Record layout ([`RECORD_LEN`] = 48 bytes, integers big-endian)
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 1 | protocol (6 TCP, 17 UDP) |
 //! | 1 | 1 | forwarding (1 FULLNAT, 2 DR) |
 //! | 2 | 1 | state (1 syn_recv, 2 established, 3 fin_wait, 4 time_wait, 5 close, 6 udp) |
-//! | 3 | 1 | flags: bit 0 client FIN seen, bit 1 server FIN seen, others 0 |
+//! | 3 | 1 | flags: bit 0 client FIN seen, bit 1 server FIN seen, bit 2 SYN-proxied (TCP FULLNAT: sequence numbers translated by the delta at 44), others 0 |
 //! | 4 | 6 | client IPv4 + port |
 //! | 10 | 6 | VIP + port (with the protocol: the listener) |
 //! | 16 | 6 | local IPv4 + port (FULLNAT source towards the backend; DR: equal to client) |
@@ -22,6 +22,7 @@
 //! | 35 | 1 | reserved, 0 |
 //! | 36 | 4 | remaining timeout, milliseconds (at most [`MAX_REMAINING_MS`]) |
 //! | 40 | 4 | client packets |
+//! | 44 | 4 | SYN proxy sequence delta (added to server → client seq, taken from client → server ack); 0 unless flag bit 2 |
 //!
 //! # Key layout ([`KEY_LEN`] = 13 bytes)
 //!
@@ -35,11 +36,11 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
 
-use xlb_l4::conn::{Conn, ConnState, FinSeen, FlowKey, Forwarding, Proto};
+use xlb_l4::conn::{Conn, ConnState, FinSeen, FlowKey, Forwarding, Proto, ProxyPhase};
 use xlb_stack::wire::EthernetAddress;
 
 /// Encoded size of a [`ConnRecord`].
-pub const RECORD_LEN: usize = 44;
+pub const RECORD_LEN: usize = 48;
 /// Encoded size of a [`ConnKey`].
 pub const KEY_LEN: usize = 13;
 /// Longest remaining timeout a record may carry (30 days); [`ConnRecord::from_conn`] clamps to it.
@@ -47,6 +48,7 @@ pub const MAX_REMAINING_MS: u32 = 30 * 24 * 3600 * 1000;
 
 const FLAG_FIN_CLIENT: u8 = 0x01;
 const FLAG_FIN_SERVER: u8 = 0x02;
+const FLAG_SYN_PROXY: u8 = 0x04;
 
 /// A field of a record or key is out of range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,6 +173,8 @@ pub struct ConnRecord {
     pub client_packets: u32,
     /// Time left before the connection expires, in milliseconds, when the record was made.
     pub remaining_ms: u32,
+    /// A SYN-proxied connection's sequence delta (server → client seq + delta, client → server ack − delta).
+    pub seq_delta: Option<u32>,
 }
 
 /// A record ready to become a [`Conn`] once the importer has mapped the listener and server to its slots.
@@ -204,6 +208,13 @@ impl ConnParts {
             client_mac: r.client_mac,
             client_packets: r.client_packets,
             synced: false,
+            proxy: if r.seq_delta.is_some() {
+                ProxyPhase::Translating
+            } else {
+                ProxyPhase::None
+            },
+            seq_delta: r.seq_delta.unwrap_or(0),
+            answered: true,
         }
     }
 }
@@ -224,6 +235,7 @@ impl ConnRecord {
             client_mac: conn.client_mac,
             client_packets: conn.client_packets,
             remaining_ms: remaining.as_millis().min(u128::from(MAX_REMAINING_MS)) as u32,
+            seq_delta: (conn.proxy == ProxyPhase::Translating).then_some(conn.seq_delta),
         }
     }
 
@@ -260,7 +272,10 @@ impl ConnRecord {
         if udp != (self.state == ConnState::Udp) {
             return invalid("state");
         }
-        if udp && (self.fins.client || self.fins.server) {
+        if udp && (self.fins.client || self.fins.server || self.seq_delta.is_some()) {
+            return invalid("flags");
+        }
+        if self.seq_delta.is_some() && self.forwarding != Forwarding::Fullnat {
             return invalid("flags");
         }
         check_endpoint(self.client, "client")?;
@@ -299,8 +314,12 @@ impl ConnRecord {
             6 => ConnState::Udp,
             _ => return invalid("state"),
         };
-        if b[3] & !(FLAG_FIN_CLIENT | FLAG_FIN_SERVER) != 0 {
+        if b[3] & !(FLAG_FIN_CLIENT | FLAG_FIN_SERVER | FLAG_SYN_PROXY) != 0 {
             return invalid("flags");
+        }
+        let delta = u32::from_be_bytes([b[44], b[45], b[46], b[47]]);
+        if b[3] & FLAG_SYN_PROXY == 0 && delta != 0 {
+            return invalid("seq_delta");
         }
         if b[35] != 0 {
             return invalid("reserved");
@@ -321,6 +340,7 @@ impl ConnRecord {
             client_mac: EthernetAddress::from_bytes(&b[28..34]),
             remaining_ms: u32::from_be_bytes([b[36], b[37], b[38], b[39]]),
             client_packets: u32::from_be_bytes([b[40], b[41], b[42], b[43]]),
+            seq_delta: (b[3] & FLAG_SYN_PROXY != 0).then_some(delta),
         };
         record.validate()?;
         Ok(record)
@@ -341,7 +361,9 @@ impl ConnRecord {
             ConnState::Close => 5,
             ConnState::Udp => 6,
         };
-        b[3] = if self.fins.client { FLAG_FIN_CLIENT } else { 0 } | if self.fins.server { FLAG_FIN_SERVER } else { 0 };
+        b[3] = if self.fins.client { FLAG_FIN_CLIENT } else { 0 }
+            | if self.fins.server { FLAG_FIN_SERVER } else { 0 }
+            | if self.seq_delta.is_some() { FLAG_SYN_PROXY } else { 0 };
         put_addr(&mut b[4..10], self.client);
         put_addr(&mut b[10..16], self.vip);
         put_addr(&mut b[16..22], self.local);
@@ -351,6 +373,7 @@ impl ConnRecord {
         b[35] = 0;
         b[36..40].copy_from_slice(&self.remaining_ms.to_be_bytes());
         b[40..44].copy_from_slice(&self.client_packets.to_be_bytes());
+        b[44..48].copy_from_slice(&self.seq_delta.unwrap_or(0).to_be_bytes());
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use xlb_l4::conn::{Conn, ConnState, FinSeen, Forwarding, Proto};
+use xlb_l4::conn::{Conn, ConnState, FinSeen, Forwarding, Proto, ProxyPhase};
 use xlb_stack::wire::EthernetAddress;
 
 use super::auth::MAC_LEN;
@@ -91,6 +91,7 @@ fn record(k: u32, variant: u64) -> ConnRecord {
         client_mac: EthernetAddress([2, 0, 0, 0, (k >> 8) as u8, k as u8]),
         client_packets: (variant % 100_000) as u32,
         remaining_ms: (variant % 900_000) as u32,
+        seq_delta: (!udp && !dr && variant & 32 != 0).then_some(variant as u32 ^ 0x9e37_79b9),
     }
 }
 
@@ -253,7 +254,11 @@ fn header_and_body_fields_are_validated() {
         ("record proto", Box::new(|b| b[HEADER_LEN] = 1)),
         ("record forwarding", Box::new(|b| b[HEADER_LEN + 1] = 0)),
         ("record state", Box::new(|b| b[HEADER_LEN + 2] = 7)),
-        ("record flags", Box::new(|b| b[HEADER_LEN + 3] = 4)),
+        ("record flags", Box::new(|b| b[HEADER_LEN + 3] = 8)),
+        (
+            "record seq delta without its flag",
+            Box::new(|b| b[HEADER_LEN + 47] = 1),
+        ),
         (
             "record client ip",
             Box::new(|b| b[HEADER_LEN + 4..HEADER_LEN + 8].fill(0)),
@@ -324,6 +329,9 @@ fn records_convert_to_and_from_connections() {
         client_mac: EthernetAddress([2, 0, 0, 0, 0, 9]),
         client_packets: 17,
         synced: true,
+        proxy: ProxyPhase::Translating,
+        seq_delta: 0xdead_beef,
+        answered: true,
     };
     let r = ConnRecord::from_conn(&conn, ms(119_900));
     assert_eq!(r.remaining_ms, 119_900);
@@ -363,8 +371,15 @@ fn records_convert_to_and_from_connections() {
     // Inconsistent records are refused before they reach the wire.
     let dr_with_local = ConnRecord {
         forwarding: Forwarding::Dr,
+        seq_delta: None,
         ..r
     };
+    let dr_with_delta = ConnRecord {
+        forwarding: Forwarding::Dr,
+        local: r.client,
+        ..r
+    };
+    assert_eq!(dr_with_delta.validate(), Err(RecordError { field: "flags" }));
     assert_eq!(dr_with_local.validate(), Err(RecordError { field: "local" }));
     let udp_with_tcp_state = ConnRecord { proto: Proto::Udp, ..r };
     assert_eq!(udp_with_tcp_state.validate(), Err(RecordError { field: "state" }));
@@ -396,7 +411,7 @@ fn batching_fills_messages_to_the_size_limit() {
                 records += r.len();
                 if r.len() == MAX_CONNS {
                     full += 1;
-                    assert_eq!(bytes.len(), HEADER_LEN + 30 * RECORD_LEN + MAC_LEN);
+                    assert_eq!(bytes.len(), HEADER_LEN + MAX_CONNS * RECORD_LEN + MAC_LEN);
                     assert!(bytes.len() + RECORD_LEN > MAX_MESSAGE_LEN, "room for one more record");
                 }
             }
@@ -412,9 +427,9 @@ fn batching_fills_messages_to_the_size_limit() {
     }
     assert!(matches!(decode(&sent[0]).body, Body::Heartbeat));
     assert_eq!((records, keys), (1000, 1000));
-    // 1000 / 30 → 34 messages, 1000 / 101 → 10: all but the two tails are full.
-    assert_eq!(sent.len() - 1, 34 + 10);
-    assert_eq!(full, 33 + 9);
+    // 1000 / 27 → 38 messages, 1000 / 101 → 10: all but the two tails are full.
+    assert_eq!(sent.len() - 1, 38 + 10);
+    assert_eq!(full, 37 + 9);
     assert_eq!(tx.counters().entries_sent, 2000);
     // No peer known: nothing is kept for retransmission.
     assert!(tx.is_idle());
@@ -607,7 +622,7 @@ fn random_and_mutated_input_never_panics() {
                 let len = HEADER_LEN + body + MAC_LEN;
                 rng.fill(&mut buf[..len]);
                 buf[..4].copy_from_slice(b"XLBS");
-                buf[4] = 1;
+                buf[4] = super::wire::VERSION;
                 buf[42..44].copy_from_slice(&(body as u16).to_be_bytes());
                 len
             }

@@ -6,7 +6,7 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `XLBS` |
-//! | 4 | 1 | version, 1 |
+//! | 4 | 1 | version, 2 (2: records of 48 bytes with the SYN proxy's sequence delta) |
 //! | 5 | 1 | type ([`MessageType`]) |
 //! | 6 | 1 | flags: bit 0 [`FLAG_RETRANSMIT`] (reliable types only), others 0 |
 //! | 7 | 1 | reserved, 0 |
@@ -48,14 +48,14 @@ use super::PeerId;
 /// First bytes of every message.
 pub const MAGIC: [u8; 4] = *b"XLBS";
 /// The protocol version this module speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 44;
 /// Largest message, trailer included.
 pub const MAX_MESSAGE_LEN: usize = 1400;
 /// Largest body.
 pub const MAX_BODY_LEN: usize = MAX_MESSAGE_LEN - HEADER_LEN - MAC_LEN;
-/// Most records in a CONNS message (30).
+/// Most records in a CONNS message (27).
 pub const MAX_CONNS: usize = MAX_BODY_LEN / RECORD_LEN;
 /// Most keys in a DELETES message (101).
 pub const MAX_DELETES: usize = MAX_BODY_LEN / KEY_LEN;

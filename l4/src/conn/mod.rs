@@ -107,10 +107,32 @@ pub struct Conn {
     pub client_port: u8,
     /// MAC the client's packets came from (the client or the router before it); replies go to it.
     pub client_mac: EthernetAddress,
-    /// Packets seen from the client (HA syncs a session after a threshold).
+    /// Packets seen from the client (HA syncs a session after a threshold). While the SYN proxy awaits the
+    /// server's SYN-ACK ([`ProxyPhase::AwaitingServer`]), the client's ISN instead.
     pub client_packets: u32,
     /// Sent to the HA peers (so its expiry is announced too).
     pub synced: bool,
+    /// SYN proxy: where the flow's handshake stands and how its sequence numbers are translated.
+    pub proxy: ProxyPhase,
+    /// SYN proxy: while [`ProxyPhase::AwaitingServer`], the cookie ISN the client got; once
+    /// [`ProxyPhase::Translating`], the offset added to server → client sequence numbers (cookie ISN − server
+    /// ISN) and taken from client → server acknowledgement numbers.
+    pub seq_delta: u32,
+    /// Whether the server has answered (UDP: a reply came back). Under pressure, unanswered UDP flows get the
+    /// short timeout.
+    pub answered: bool,
+}
+
+/// Where a connection stands with the SYN proxy ([`crate::forward::synproxy`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyPhase {
+    /// Not proxied: the client's handshake went to the server.
+    #[default]
+    None,
+    /// The client completed its handshake with xlb (a valid cookie); the server's SYN-ACK is awaited.
+    AwaitingServer,
+    /// Both handshakes done: sequence numbers are translated by `seq_delta`.
+    Translating,
 }
 
 /// What HA peers were last told about a connection ([`ConnTable::last_sync`]).
@@ -220,6 +242,9 @@ pub struct ConnTable {
     timeouts: Timeouts,
     /// Entries inserted so far (expiry sizes its work by the insert rate).
     inserted: u64,
+    /// Whether the table or the local ports are under pressure: half-open TCP and unanswered UDP entries get
+    /// the short timeouts.
+    pressure: bool,
 }
 
 impl ConnTable {
@@ -249,6 +274,9 @@ impl ConnTable {
                 client_mac: EthernetAddress([0; 6]),
                 client_packets: 0,
                 synced: false,
+                proxy: ProxyPhase::None,
+                seq_delta: 0,
+                answered: false,
             },
             expires: 0,
             synced_tick: 0,
@@ -265,6 +293,7 @@ impl ConnTable {
             epoch: now,
             timeouts,
             inserted: 0,
+            pressure: false,
         }
     }
 
@@ -310,6 +339,63 @@ impl ConnTable {
     /// The configured timeouts.
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
+    }
+
+    /// Puts the table under pressure (or takes it off): from now on, half-open TCP and unanswered UDP entries
+    /// that are inserted or touched get the short timeouts.
+    pub fn set_pressure(&mut self, on: bool) {
+        self.pressure = on;
+    }
+
+    /// Whether the table is under pressure ([`ConnTable::set_pressure`]).
+    pub fn under_pressure(&self) -> bool {
+        self.pressure
+    }
+
+    /// How long `conn` lives from now in its current state: its state's timeout, or under pressure the short
+    /// one for a half-open TCP or an unanswered UDP flow.
+    #[inline]
+    pub fn timeout_of(&self, conn: &Conn) -> Duration {
+        if self.pressure {
+            match conn.state {
+                ConnState::SynRecv => return Duration::from_secs(u64::from(self.timeouts.tcp_syn_recv_pressure)),
+                ConnState::Udp if !conn.answered => {
+                    return Duration::from_secs(u64::from(self.timeouts.udp_unanswered_pressure))
+                }
+                _ => {}
+            }
+        }
+        self.timeouts.of(conn.state)
+    }
+
+    /// Brings the deadlines of the live entries in slots `from..to` (clamped to the capacity) that are short-lived
+    /// now ([`ConnTable::is_short_lived`]) forward to `now` plus their short timeout, if that is earlier: when
+    /// pressure starts, the half-open and unanswered entries made before it go as soon as those made after.
+    /// Returns how many were shortened and where the walk goes on (`None`: done).
+    pub fn shorten_slots(&mut self, now: Instant, from: usize, to: usize) -> (usize, Option<usize>) {
+        let to = to.min(self.entries.len());
+        let tick = self.tick(now);
+        let mut shortened = 0;
+        for id in from..to {
+            let entry = &self.entries[id];
+            if !entry.live || !self.is_short_lived(&entry.conn) {
+                continue;
+            }
+            let due = Self::stored(tick + Self::ticks(self.timeout_of(&entry.conn)));
+            if due < entry.expires {
+                self.entries[id].expires = due;
+                // The wheel re-arms lazily only later: an earlier deadline needs the entry moved.
+                self.wheel.unlink(id as ConnId);
+                self.wheel.insert(id as ConnId, u64::from(due));
+                shortened += 1;
+            }
+        }
+        (shortened, (to < self.entries.len()).then_some(to))
+    }
+
+    /// Whether `conn` gets a short timeout now ([`ConnTable::timeout_of`]).
+    pub fn is_short_lived(&self, conn: &Conn) -> bool {
+        self.pressure && (conn.state == ConnState::SynRecv || (conn.state == ConnState::Udp && !conn.answered))
     }
 
     /// Connections inserted since the table was made.
@@ -385,7 +471,7 @@ impl ConnTable {
 
     /// Inserts a connection expiring after the timeout of its state.
     pub fn insert(&mut self, now: Instant, conn: Conn) -> Result<ConnId, TableFull> {
-        let timeout = self.timeouts.of(conn.state);
+        let timeout = self.timeout_of(&conn);
         self.insert_expiring(now, conn, timeout)
     }
 
@@ -448,8 +534,9 @@ impl ConnTable {
     #[inline]
     pub fn touch(&mut self, id: ConnId, now: Instant) {
         let tick = self.tick(now);
+        let timeout = self.timeout_of(&self.entries[id as usize].conn);
         let entry = &mut self.entries[id as usize];
-        entry.expires = Self::stored(tick + Self::ticks(self.timeouts.of(entry.conn.state)));
+        entry.expires = Self::stored(tick + Self::ticks(timeout));
         let class = EvictClass::of(entry.conn.state);
         if class != entry.class {
             let old = std::mem::replace(&mut entry.class, class);

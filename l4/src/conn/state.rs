@@ -135,6 +135,11 @@ pub struct Timeouts {
     pub tcp_close: u32,
     /// UDP flows.
     pub udp: u32,
+    /// Handshake in progress, for entries opened while the table or local ports are under pressure
+    /// (`[l4] pressure_percent`).
+    pub tcp_syn_recv_pressure: u32,
+    /// UDP flows the server has not answered yet, opened or refreshed under pressure.
+    pub udp_unanswered_pressure: u32,
 }
 
 impl Default for Timeouts {
@@ -146,6 +151,8 @@ impl Default for Timeouts {
             tcp_time_wait: 120,
             tcp_close: 10,
             udp: 300,
+            tcp_syn_recv_pressure: 5,
+            udp_unanswered_pressure: 10,
         }
     }
 }
@@ -173,6 +180,8 @@ impl Timeouts {
             ("tcp_time_wait", self.tcp_time_wait),
             ("tcp_close", self.tcp_close),
             ("udp", self.udp),
+            ("tcp_syn_recv_pressure", self.tcp_syn_recv_pressure),
+            ("udp_unanswered_pressure", self.udp_unanswered_pressure),
         ];
         match fields.iter().find(|(_, v)| *v == 0) {
             Some((name, _)) => Err(format!("l4.timeouts.{name}: must be at least 1 second")),

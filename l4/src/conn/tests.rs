@@ -17,6 +17,9 @@ fn conn(client_port: u16, lport: u16, forwarding: Forwarding) -> Conn {
         client_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
         client_packets: 1,
         synced: false,
+        proxy: ProxyPhase::None,
+        seq_delta: 0,
+        answered: false,
     }
 }
 

@@ -162,6 +162,9 @@ impl Forwarder {
             self.health = update.health;
         }
         self.sync_health();
+        for l in 0..self.listeners.len() {
+            self.update_guard(self.last_timer, l);
+        }
         if let Some(applied) = update.applied {
             let _ = applied.try_send(self.worker);
         }

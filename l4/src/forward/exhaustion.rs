@@ -34,6 +34,9 @@ pub struct ExhaustionWarnings {
     ports: Warned,
     table: Warned,
     quarantine: Warned,
+    cookies: Warned,
+    /// Per listener: refusals at its connection cap.
+    caps: Vec<Warned>,
 }
 
 impl ExhaustionWarnings {
@@ -80,6 +83,42 @@ impl ExhaustionWarnings {
                 "connection table full and nothing closed to evict: new flows refused (conn_table_full). Raise \
                  [l4] conn_table_size or shorten [l4.timeouts]"
             );
+        }
+    }
+}
+
+impl ExhaustionWarnings {
+    /// Logs the flood defences' refusals since the last warning: `cookies_invalid` is the worker's count of
+    /// ACKs with a wrong or expired cookie, `capped[l]` listener `l`'s refusals at its cap (with its name and cap).
+    pub fn check_defences(
+        &mut self,
+        now: Instant,
+        worker: usize,
+        cookies_invalid: u64,
+        capped: &[(u64, &str, Option<u32>)],
+    ) {
+        if let Some(refused) = self.cookies.due(now, cookies_invalid) {
+            tracing::warn!(
+                worker,
+                refused,
+                "ACKs with a wrong or expired SYN cookie dropped (syn_cookie_invalid): an ACK flood against a \
+                 SYN-proxied listener (nothing was opened for them), or clients whose handshake took over 64 s. \
+                 Nothing to fix unless legitimate clients fail: then set the listener's syn_proxy = \"off\""
+            );
+        }
+        self.caps.resize_with(capped.len(), Warned::default);
+        for (w, (count, name, cap)) in self.caps.iter_mut().zip(capped) {
+            if let Some(refused) = w.due(now, *count) {
+                tracing::warn!(
+                    worker,
+                    listener = *name,
+                    refused,
+                    cap_per_worker = cap.unwrap_or(0),
+                    "listener at its connection cap: new flows refused (listener_conn_limit), so its flood cannot \
+                     take the other listeners' local ports and table. Raise the listener's max_conns (or [l4] \
+                     listener_max_conns) if this is real load"
+                );
+            }
         }
     }
 }

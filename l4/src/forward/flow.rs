@@ -10,7 +10,7 @@ use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::EthernetAddress;
 
 use crate::conn::state::next_state;
-use crate::conn::{Conn, ConnId, ConnState, Dir, FinSeen, FlowKey, Forwarding, Proto, TableFull, TcpFlags};
+use crate::conn::{Conn, ConnId, ConnState, Dir, FinSeen, FlowKey, Forwarding, Proto, ProxyPhase, TableFull, TcpFlags};
 use crate::layout::RemovedServerPolicy;
 use crate::sched::hash::hash_5tuple;
 
@@ -148,6 +148,9 @@ impl Forwarder {
     /// A packet from a client with no connection entry: schedule it, or refuse it. `reusable` is the entry the
     /// packet's SYN just ended, if any: when the flow goes to the same server, it takes over that entry's local
     /// port (and leaves `None`), so the server sees the same tuple from the same client.
+    ///
+    /// FULLNAT TCP listeners under the SYN proxy answer a SYN with a cookie instead, and open the flow on the ACK
+    /// that returns a valid cookie.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn new_flow(
         &mut self,
@@ -170,20 +173,106 @@ impl Forwarder {
             return Handled::Reject(reason);
         }
         let forwarding = listener.config.forwarding;
+        let mut cookie_ack = false;
         if key.proto == Proto::Tcp {
             let flags = TcpFlags::from_byte(frame.data()[l4 + 13]);
             if !flags.syn || flags.ack {
-                // Mid-flow packet without state: DR can still send it where a stateless hash says (this keeps
-                // DR flows alive after a table loss); FULLNAT cannot translate it.
-                return match forwarding {
-                    Forwarding::Dr => Handled::Verdict(self.forward_stateless(now, l, frame, key, cx)),
-                    Forwarding::Fullnat => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
-                };
+                // An ACK may complete a SYN-proxied handshake while cookies may be out.
+                cookie_ack = forwarding == Forwarding::Fullnat
+                    && flags.ack
+                    && !flags.syn
+                    && !flags.rst
+                    && self.cookies_out(l, now);
+                if !cookie_ack {
+                    // Mid-flow packet without state: DR can still send it where a stateless hash says (this keeps
+                    // DR flows alive after a table loss); FULLNAT cannot translate it.
+                    return match forwarding {
+                        Forwarding::Dr => Handled::Verdict(self.forward_stateless(now, l, frame, key, cx)),
+                        Forwarding::Fullnat => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
+                    };
+                }
             }
         }
         if let Some(reason) = validate::invalid_new_flow(&frame.data()[l4..], &key, |ip| cx.owns(ip)) {
             return Handled::Verdict(Verdict::Drop(reason));
         }
+        if cookie_ack {
+            let seg = synproxy::Segment::of(frame.data(), l4);
+            let (isn, cookie) = (seg.seq.wrapping_sub(1), seg.ack.wrapping_sub(1));
+            return match self.cookies.check(now, key.src, key.dst, isn, cookie) {
+                Ok(mss) => {
+                    self.counters.listeners[l].syn_cookies_valid += 1;
+                    self.open_flow(now, l, port, frame, l4, key, reusable, Some((cookie, mss)), cx)
+                }
+                Err(_) => Handled::Verdict(Verdict::Drop(DropReason::SynCookieInvalid)),
+            };
+        }
+        if key.proto == Proto::Tcp && self.listeners[l].guard.engaged {
+            return self.answer_with_cookie(now, l, port, frame, l4, key, cx);
+        }
+        self.open_flow(now, l, port, frame, l4, key, reusable, None, cx)
+    }
+
+    /// Whether an ACK without an entry may carry a cookie of listener `l`: its SYN proxy is on, or sent a cookie
+    /// recently enough for it to be valid still.
+    fn cookies_out(&self, l: usize, now: Instant) -> bool {
+        let g = &self.listeners[l].guard;
+        g.engaged || g.last_cookie.is_some_and(|at| now < at + 2 * synproxy::COOKIE_PERIOD)
+    }
+
+    /// The SYN proxy's answer to a SYN: a SYN-ACK with a cookie, out where the SYN came in. Nothing is kept.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_with_cookie(
+        &mut self,
+        now: Instant,
+        l: usize,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        key: FlowKey,
+        cx: &StackContext<'_>,
+    ) -> Handled {
+        let data = frame.data();
+        let isn = synproxy::Segment::of(data, l4).seq;
+        let mss = synproxy::mss_option(&data[l4..]);
+        let (cookie, mss) = self.cookies.make(now, key.src, key.dst, isn, mss);
+        let c = &mut self.counters.listeners[l];
+        c.packets_in += 1;
+        c.bytes_in += frame.len() as u64;
+        c.syn_cookies_sent += 1;
+        self.listeners[l].guard.last_cookie = Some(now);
+        let len = synproxy::answer_syn(frame.buffer_mut(), l4, cx.links[port].mac, cookie, mss);
+        frame.set_len(len);
+        Handled::Verdict(Verdict::Transmit(port))
+    }
+
+    /// The per-worker cap of listener `l`'s entries, if it has one.
+    pub(super) fn conn_cap(&self, l: usize) -> Option<u32> {
+        let listener = &self.listeners[l];
+        let max = listener.config.max_conns.unwrap_or(self.defence.listener_max_conns);
+        (max > 0).then(|| max.div_ceil(self.workers).min(u32::MAX as usize) as u32)
+    }
+
+    /// Schedules a new flow, takes its local port and makes its entry, then forwards the packet; with `proxy`
+    /// (the cookie and MSS of a SYN-proxied handshake) the packet, the client's ACK, becomes the SYN that opens
+    /// the server's connection.
+    #[allow(clippy::too_many_arguments)]
+    fn open_flow(
+        &mut self,
+        now: Instant,
+        l: usize,
+        port: PortId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        key: FlowKey,
+        reusable: &mut Option<Conn>,
+        proxy: Option<(u32, u16)>,
+        cx: &mut StackContext<'_>,
+    ) -> Handled {
+        if self.conn_cap(l).is_some_and(|cap| self.listeners[l].entries >= cap) {
+            return Handled::Verdict(Verdict::Drop(DropReason::ListenerConnLimit));
+        }
+        let forwarding = self.listeners[l].config.forwarding;
         self.refresh_health();
         let listener = &mut self.listeners[l];
         // A client reusing the 4-tuple of a closed connection continues on that connection's server while the
@@ -257,13 +346,41 @@ impl Forwarder {
             client_mac: EthernetAddress::from_bytes(&frame.data()[6..12]),
             client_packets: 0,
             synced: false,
+            proxy: if proxy.is_some() {
+                ProxyPhase::AwaitingServer
+            } else {
+                ProxyPhase::None
+            },
+            seq_delta: proxy.map_or(0, |(cookie, _)| cookie),
+            answered: false,
         };
-        match self.insert_conn(now, conn, self.conns.timeouts().of(conn.state)) {
+        match self.insert_conn(now, conn, self.conns.timeout_of(&conn)) {
             Ok(id) => {
                 self.account(&conn, conn.state.is_active(), 1);
+                if self.conns.is_short_lived(&conn) {
+                    self.counters.short_timeouts += 1;
+                }
                 self.counters.listeners[l].conns_total += 1;
                 self.counters.servers[l][server].conns_total += 1;
-                self.forward_client(now, id, port, frame, l4, cx)
+                if conn.state == ConnState::SynRecv {
+                    self.check_half_open(now, l);
+                }
+                let Some((_, mss)) = proxy else {
+                    return self.forward_client(now, id, port, frame, l4, cx);
+                };
+                // The client's ACK (and any data with it: the client sends it again) becomes the server's SYN.
+                // Until the server answers, the entry's packet count holds the client's ISN, to check the
+                // server's SYN-ACK against.
+                let len = frame.len() as u64;
+                let isn = synproxy::Segment::of(frame.data(), l4).seq.wrapping_sub(1);
+                self.conns.get_mut(id).client_packets = isn;
+                self.counters.listeners[l].packets_in += 1;
+                self.counters.listeners[l].bytes_in += len;
+                self.counters.servers[l][server].packets_in += 1;
+                self.counters.servers[l][server].bytes_in += len;
+                let len = synproxy::syn_to_server(frame.buffer_mut(), l4, local, backend, mss);
+                frame.set_len(len);
+                Handled::Verdict(deliver(now, frame, *backend.ip(), cx))
             }
             Err(TableFull) => {
                 if forwarding == Forwarding::Fullnat {
@@ -303,10 +420,29 @@ impl Forwarder {
     }
 
     /// Adjusts the active/inactive count of a connection's server by `delta`.
+    /// Also keeps the listener's entry and half-open counts (`conn` in the state it enters or leaves).
     pub(super) fn account(&mut self, conn: &Conn, active: bool, delta: i32) {
-        let s = &mut self.listeners[usize::from(conn.listener)].servers[usize::from(conn.server)];
+        let listener = &mut self.listeners[usize::from(conn.listener)];
+        listener.entries = listener.entries.saturating_add_signed(delta);
+        if conn.state == ConnState::SynRecv {
+            listener.half_open = listener.half_open.saturating_add_signed(delta);
+        }
+        let s = &mut listener.servers[usize::from(conn.server)];
         let n = if active { &mut s.active } else { &mut s.inactive };
         *n = n.saturating_add_signed(delta);
+    }
+
+    /// After a new half-open entry of listener `l`: an `auto` SYN proxy switches on at once when the listener's
+    /// half-open entries pass the threshold (not only at the next housekeeping turn: a flood fills ports fast).
+    fn check_half_open(&mut self, now: Instant, l: usize) {
+        let threshold = if self.conns.under_pressure() {
+            (self.defence.syn_proxy_threshold / 10).max(1)
+        } else {
+            self.defence.syn_proxy_threshold
+        };
+        if self.listeners[l].half_open > threshold && !self.listeners[l].guard.engaged {
+            self.update_guard(now, l);
+        }
     }
 
     /// Tracks TCP state for a segment in `dir`: updates the entry and the server's counts.
@@ -337,6 +473,22 @@ impl Forwarder {
             self.conns.touch(id, now);
             return Handled::Reject(DropReason::ServerRemoved);
         }
+        if self.conns.get(id).proxy == ProxyPhase::AwaitingServer {
+            // The client's handshake is done with xlb, the server's not yet: nothing can be translated. Its
+            // first segment with data waits for the server's SYN-ACK; others are sent again by the client.
+            let key = self.conns.get(id).client_key();
+            let data = frame.data();
+            let conns = &self.conns;
+            let waiting = |id: ConnId, key: &FlowKey| {
+                conns
+                    .live(id)
+                    .is_some_and(|c| c.client_key() == *key && c.proxy == ProxyPhase::AwaitingServer)
+            };
+            if synproxy::seq_len(data, l4) > 0 && self.held.hold(id, key, data, l4, waiting) {
+                return Handled::Verdict(Verdict::Consumed);
+            }
+            return Handled::Verdict(Verdict::Drop(DropReason::SynProxyPending));
+        }
         self.track(id, Dir::FromClient, frame.data(), l4);
         self.conns.touch(id, now);
         let c = self.conns.get_mut(id);
@@ -354,6 +506,9 @@ impl Forwarder {
         self.counters.servers[l][s].bytes_in += len;
         if c.forwarding == Forwarding::Fullnat {
             nat::rewrite(frame.data_mut(), l4, c.proto, c.local, c.backend);
+            if c.proxy == ProxyPhase::Translating {
+                synproxy::translate_to_server(frame.data_mut(), l4, c.seq_delta);
+            }
         }
         Handled::Verdict(deliver(now, frame, *c.backend.ip(), cx))
     }
@@ -368,9 +523,9 @@ impl Forwarder {
     /// Moves a connection to `state`, keeping the server's active/inactive counts right.
     pub(super) fn set_state(&mut self, id: ConnId, state: ConnState) {
         let conn = *self.conns.get(id);
-        if conn.state.is_active() != state.is_active() {
+        if conn.state != state {
             self.account(&conn, conn.state.is_active(), -1);
-            self.account(&conn, state.is_active(), 1);
+            self.account(&Conn { state, ..conn }, state.is_active(), 1);
         }
         self.conns.get_mut(id).state = state;
     }
@@ -387,6 +542,13 @@ impl Forwarder {
         if self.server_reset(id) {
             return Verdict::Drop(DropReason::ServerRemoved);
         }
+        let c = self.conns.get_mut(id);
+        c.answered = true;
+        if c.proxy == ProxyPhase::AwaitingServer {
+            if let Some(verdict) = self.server_handshake(now, id, frame, l4, cx) {
+                return verdict;
+            }
+        }
         self.track(id, Dir::FromServer, frame.data(), l4);
         self.conns.touch(id, now);
         self.maybe_sync(id, now);
@@ -398,6 +560,83 @@ impl Forwarder {
         self.counters.servers[l][s].packets_out += 1;
         self.counters.servers[l][s].bytes_out += len;
         nat::rewrite(frame.data_mut(), l4, c.proto, c.vip, c.client);
+        if c.proxy == ProxyPhase::Translating {
+            synproxy::translate_to_client(frame.data_mut(), l4, c.seq_delta);
+        }
         toward_client(&c, frame, cx)
+    }
+
+    /// The server's answer to the SYN the proxy sent for a client whose handshake xlb completed with a cookie:
+    /// a SYN-ACK fixes the sequence delta and is answered with the ACK that completes the server's handshake
+    /// (the client never sees it); an RST goes on to the client at the sequence number the client expects.
+    /// Anything else (an ACK or a SYN-ACK that does not acknowledge our SYN) is answered with an RST and the entry
+    /// ends. `None`: forward the packet as translated.
+    fn server_handshake(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        frame: &mut Frame<'_>,
+        l4: usize,
+        cx: &mut StackContext<'_>,
+    ) -> Option<Verdict> {
+        let seg = synproxy::Segment::of(frame.data(), l4);
+        let flags = TcpFlags::from_byte(seg.flags);
+        let c = *self.conns.get(id);
+        let cookie = c.seq_delta;
+        if flags.rst {
+            let e = self.conns.get_mut(id);
+            e.seq_delta = cookie.wrapping_add(1).wrapping_sub(seg.seq);
+            e.proxy = ProxyPhase::Translating;
+            return None;
+        }
+        let client_isn = c.client_packets; // while AwaitingServer (see `open_flow`)
+        if !(flags.syn && flags.ack && seg.ack == client_isn.wrapping_add(1)) {
+            // Not the answer to our SYN: the server holds another connection on the tuple (a request or a
+            // TIME_WAIT of an earlier client, which answers with an ACK or a SYN-ACK of its own). As a client
+            // would, reset it, and let the flow go: the client's next retransmission carries the cookie again
+            // and opens the flow anew, on a tuple the server no longer holds.
+            let ended = self.end_early(id);
+            self.release_port(now, &ended, Ending::Normal);
+            if let Some(held) = self.held.take(id, &ended.client_key()) {
+                self.held.recycle(held);
+            }
+            self.counters.listeners[usize::from(c.listener)].syn_proxy_server_resets += 1;
+            let len = synproxy::reset_to_server(frame.buffer_mut(), l4, c.local, c.backend);
+            frame.set_len(len);
+            return Some(deliver(now, frame, *c.backend.ip(), cx));
+        }
+        let e = self.conns.get_mut(id);
+        e.seq_delta = cookie.wrapping_sub(seg.seq);
+        e.proxy = ProxyPhase::Translating;
+        e.client_packets = 1;
+        self.set_state(id, ConnState::Established);
+        self.conns.touch(id, now);
+        self.maybe_sync(id, now);
+        let (l, s) = (usize::from(c.listener), usize::from(c.server));
+        self.counters.servers[l][s].packets_out += 1;
+        self.counters.servers[l][s].bytes_out += frame.len() as u64;
+        let delta = self.conns.get(id).seq_delta;
+        match self.held.take(id, &c.client_key()) {
+            // The client's held segment carries the ACK that completes the server's handshake, and its data.
+            Some(held) if held.frame().len() <= frame.capacity() => {
+                let len = held.frame().len();
+                frame.buffer_mut()[..len].copy_from_slice(held.frame());
+                frame.set_len(len);
+                let hl4 = held.l4;
+                self.held.recycle(held);
+                nat::rewrite(frame.data_mut(), hl4, Proto::Tcp, c.local, c.backend);
+                synproxy::translate_to_server(frame.data_mut(), hl4, delta);
+                self.counters.servers[l][s].packets_in += 1;
+                self.counters.servers[l][s].bytes_in += len as u64;
+            }
+            other => {
+                if let Some(held) = other {
+                    self.held.recycle(held);
+                }
+                let len = synproxy::ack_to_server(frame.buffer_mut(), l4, c.local, c.backend);
+                frame.set_len(len);
+            }
+        }
+        Some(deliver(now, frame, *c.backend.ip(), cx))
     }
 }

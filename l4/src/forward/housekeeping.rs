@@ -6,6 +6,9 @@ use crate::conn::Forwarding;
 
 use super::*;
 
+/// Table slots the pressure walk looks at per housekeeping turn (a 262 144-entry table in 4 turns).
+const PRESSURE_WALK_CHUNK: usize = 65_536;
+
 impl Forwarder {
     /// Expires connections whose time is up, with a budget that follows the insert rate; what is left over is
     /// done in the next turns (`poll_timeout` asks for them at once).
@@ -27,7 +30,12 @@ impl Forwarder {
                     counters.sync_dropped += 1;
                 }
             }
-            let s = &mut listeners[usize::from(c.listener)].servers[usize::from(c.server)];
+            let listener = &mut listeners[usize::from(c.listener)];
+            listener.entries = listener.entries.saturating_sub(1);
+            if c.state == crate::conn::ConnState::SynRecv {
+                listener.half_open = listener.half_open.saturating_sub(1);
+            }
+            let s = &mut listener.servers[usize::from(c.server)];
             let n = if c.state.is_active() {
                 &mut s.active
             } else {
@@ -36,6 +44,118 @@ impl Forwarder {
             *n = n.saturating_sub(1);
         });
         self.counters.expired += expired as u64;
+    }
+
+    /// Whether the table or the fullest local port pool is above `[l4] pressure_percent`: then half-open TCP
+    /// and unanswered UDP entries get the short timeouts, and `auto` SYN proxies switch on.
+    fn update_pressure(&mut self, now: Instant) {
+        let pct = u64::from(self.defence.pressure_percent);
+        let table = self.conns.len() as u64 * 100 >= self.conns.capacity() as u64 * pct;
+        let ports = self.lports.occupancy();
+        let pool = ports.per_pool > 0 && ports.busiest * 100 >= ports.per_pool * pct;
+        let on = table || pool;
+        if on != self.conns.under_pressure() {
+            if on {
+                tracing::warn!(
+                    worker = self.worker,
+                    entries = self.conns.len(),
+                    capacity = self.conns.capacity(),
+                    busiest_pool = ports.busiest,
+                    per_pool = ports.per_pool,
+                    "connection table or local ports above [l4] pressure_percent ({pct}%): new half-open TCP and \
+                     unanswered UDP entries get the short timeouts ([l4.timeouts] tcp_syn_recv_pressure, \
+                     udp_unanswered_pressure), auto SYN proxies switch on at a tenth of [l4] syn_proxy_threshold. If this is real load, not a flood: raise \
+                     [l4] conn_table_size, add local IPs or widen the local port range"
+                );
+            } else {
+                tracing::info!(
+                    worker = self.worker,
+                    "connection table and local ports below pressure again"
+                );
+            }
+            self.conns.set_pressure(on);
+            self.pressure_walk = on.then_some(0);
+        }
+        self.counters.pressure = u64::from(on);
+        // The entries made before the pressure: a chunk of the table per turn.
+        if let Some(from) = self.pressure_walk {
+            let (shortened, next) = self.conns.shorten_slots(now, from, from + PRESSURE_WALK_CHUNK);
+            self.counters.short_timeouts += shortened as u64;
+            self.pressure_walk = next;
+        }
+    }
+
+    /// The SYN proxy mode of listener `l` (only TCP FULLNAT listeners have one).
+    pub(super) fn syn_proxy_mode(&self, l: usize) -> SynProxyMode {
+        let c = &self.listeners[l].config;
+        if c.protocol != crate::config::ListenerProtocol::Tcp || c.forwarding != Forwarding::Fullnat {
+            return SynProxyMode::Off;
+        }
+        c.syn_proxy.unwrap_or(self.defence.syn_proxy)
+    }
+
+    /// Re-decides whether listener `l`'s SYN proxy is on (logged when it changes).
+    pub(super) fn update_guard(&mut self, now: Instant, l: usize) {
+        let mode = self.syn_proxy_mode(l);
+        let pressure = self.conns.under_pressure();
+        // Under pressure a tenth of the threshold will do: the ports or the table are running out. (Pressure
+        // alone does not switch it on: a table full of TIME_WAIT from real load is no flood.)
+        let threshold = if pressure {
+            (self.defence.syn_proxy_threshold / 10).max(1)
+        } else {
+            self.defence.syn_proxy_threshold
+        };
+        let syn_recv_s = if pressure {
+            self.conns.timeouts().tcp_syn_recv_pressure
+        } else {
+            self.conns.timeouts().tcp_syn_recv
+        };
+        let counters = &self.counters.listeners[l];
+        let (sent, valid) = (counters.syn_cookies_sent, counters.syn_cookies_valid);
+        let listener = &mut self.listeners[l];
+        let half_open = listener.half_open;
+        let change = match mode {
+            SynProxyMode::Off | SynProxyMode::Always => {
+                let on = mode == SynProxyMode::Always && !listener.removed;
+                let was = std::mem::replace(&mut listener.guard.engaged, on);
+                (was != on).then_some(if on {
+                    synproxy::Change::On
+                } else {
+                    synproxy::Change::Off
+                })
+            }
+            SynProxyMode::Auto => listener
+                .guard
+                .update(now, half_open, threshold, syn_recv_s, sent, valid),
+        };
+        let name = listener.config.name.as_str();
+        match change {
+            Some(synproxy::Change::On) if mode == SynProxyMode::Auto => tracing::warn!(
+                listener = name,
+                worker = self.worker,
+                half_open,
+                threshold,
+                pressure,
+                "SYN proxy on (syn_proxy = auto): a SYN flood, or more half-open connections than [l4] \
+                 syn_proxy_threshold, or the table or local ports under pressure. SYNs are answered with cookies: \
+                 no entry, port or server until the client's ACK (options beyond MSS are not negotiated). If this \
+                 is real load, raise [l4] syn_proxy_threshold"
+            ),
+            Some(synproxy::Change::On) => tracing::info!(
+                listener = name,
+                worker = self.worker,
+                "SYN proxy on (syn_proxy = always)"
+            ),
+            Some(synproxy::Change::Off) => {
+                tracing::info!(
+                    listener = name,
+                    worker = self.worker,
+                    "SYN proxy off: the SYN flood has stopped"
+                )
+            }
+            None => {}
+        }
+        self.counters.listeners[l].syn_proxy_on = u64::from(self.listeners[l].guard.engaged);
     }
 
     pub(super) fn publish(&mut self) {
@@ -59,6 +179,10 @@ impl Forwarder {
         self.next_housekeeping = now + HOUSEKEEPING;
         self.lports.release_due(now);
         self.sync_health();
+        self.update_pressure(now);
+        for l in 0..self.listeners.len() {
+            self.update_guard(now, l);
+        }
         self.publish();
         let table_full = self
             .counters
@@ -74,5 +198,21 @@ impl Forwarder {
             .sum();
         self.warnings
             .check(now, self.worker, ports_exhausted, table_full, &self.lports, &self.conns);
+        let cookies_invalid = self
+            .counters
+            .listeners
+            .iter()
+            .map(|l| l.drops[DropReason::SynCookieInvalid as usize])
+            .sum();
+        let mut warnings = std::mem::take(&mut self.warnings);
+        let capped: Vec<(u64, &str, Option<u32>)> = (0..self.listeners.len())
+            .map(|l| {
+                let count = self.counters.listeners[l].drops[DropReason::ListenerConnLimit as usize];
+                (count, self.listeners[l].config.name.as_str(), self.conn_cap(l))
+            })
+            .collect();
+        warnings.check_defences(now, self.worker, cookies_invalid, &capped);
+        drop(capped);
+        self.warnings = warnings;
     }
 }

@@ -8,6 +8,7 @@ use crate::conn::Forwarding;
 use crate::layout::ListenerSlot;
 use crate::sched::{MaglevTable, Scheduler, ServerView};
 
+use super::synproxy::Guard;
 use super::*;
 
 /// A listener at run time.
@@ -23,6 +24,12 @@ pub(super) struct Listener {
     /// DR listeners only: the Maglev table that sends packets of flows without a table entry to the same
     /// server on every worker and node (FULLNAT cannot forward without an entry, so it needs none).
     pub(super) maglev: Option<MaglevTable>,
+    /// Connection entries of this listener on this worker (its per-listener cap counts them).
+    pub(super) entries: u32,
+    /// Of which half-open (SYN_RECV): what switches an `auto` SYN proxy on.
+    pub(super) half_open: u32,
+    /// The SYN proxy's state for this listener on this worker.
+    pub(super) guard: Guard,
 }
 
 impl Listener {
@@ -46,6 +53,9 @@ impl Listener {
             removed_servers: slot.servers.iter().map(|s| s.removed).collect(),
             targets: slot.servers.iter().map(|s| s.target).collect(),
             servers,
+            entries: 0,
+            half_open: 0,
+            guard: Guard::default(),
         }
     }
 

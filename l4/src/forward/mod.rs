@@ -26,6 +26,7 @@ pub mod lports;
 pub mod nat;
 mod scan;
 mod sync;
+pub mod synproxy;
 pub mod validate;
 
 pub use control::{ConnFilter, ConnInfo, ControlMessage, ForwarderConfig, ForwarderUpdate};
@@ -44,7 +45,7 @@ use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::service::{Service, StageId};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
-use crate::config::{PROBE_PORTS, PROBE_PORT_BASE};
+use crate::config::{SynProxyMode, PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::{ConnTable, FlowHash, FlowKey, Proto};
 use crate::health::HealthChecker;
 use crate::layout::Layout;
@@ -153,6 +154,23 @@ pub struct Forwarder {
     inserted_at_expiry: u64,
     /// Once-per-interval warnings for exhausted resources.
     warnings: ExhaustionWarnings,
+    /// SYN cookie secrets (the SYN proxy).
+    cookies: synproxy::SynCookies,
+    /// Client segments of SYN-proxied connections waiting for their server's SYN-ACK.
+    held: synproxy::HeldSegments,
+    /// `[l4]` settings of the flood defences (they need a restart, like the rest of `[l4]`).
+    defence: Defence,
+    /// Where the walk that shortens the timeouts of entries made before the pressure started goes on.
+    pressure_walk: Option<usize>,
+}
+
+/// The `[l4]` settings of the flood defences.
+#[derive(Debug, Clone, Copy)]
+struct Defence {
+    syn_proxy: SynProxyMode,
+    syn_proxy_threshold: u32,
+    pressure_percent: u8,
+    listener_max_conns: usize,
 }
 
 impl Forwarder {
@@ -175,7 +193,17 @@ impl Forwarder {
             .enumerate()
             .map(|(port, iface)| (*iface, port))
             .collect();
+        let defence = Defence {
+            syn_proxy: config.l4.syn_proxy,
+            syn_proxy_threshold: config.l4.syn_proxy_threshold,
+            pressure_percent: config.l4.pressure_percent,
+            listener_max_conns: config.l4.listener_max_conns,
+        };
         let mut f = Forwarder {
+            cookies: synproxy::SynCookies::new(now),
+            held: synproxy::HeldSegments::default(),
+            pressure_walk: None,
+            defence,
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
             prefetched: batch::Prefetched::new(),
             lports: LocalPorts::new(
@@ -218,6 +246,9 @@ impl Forwarder {
             warnings: ExhaustionWarnings::default(),
         };
         f.index_endpoints();
+        for l in 0..f.listeners.len() {
+            f.update_guard(now, l); // `always` is on from the first packet
+        }
         f
     }
 

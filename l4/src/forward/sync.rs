@@ -90,6 +90,9 @@ impl Forwarder {
     pub(super) fn maybe_sync(&mut self, id: ConnId, now: Instant) {
         let Some(outbox) = &mut self.sync else { return };
         let (c, last) = (self.conns.get(id), self.conns.last_sync(id));
+        if c.proxy == crate::conn::ProxyPhase::AwaitingServer {
+            return; // a peer could not translate it before the server's ISN is known
+        }
         let reason = self.sync_policy.after_packet(c, last, now, self.conns.timeouts());
         if reason.is_none() {
             return;

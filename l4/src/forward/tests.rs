@@ -56,6 +56,11 @@ struct Setup {
     local_ports: (u16, u16),
     /// Whether the group has a health check (its servers get targets on the health board).
     checked: bool,
+    /// `[l4]` flood defences.
+    syn_proxy: crate::config::SynProxyMode,
+    syn_proxy_threshold: u32,
+    pressure_percent: u8,
+    listener_max_conns: usize,
 }
 
 impl Default for Setup {
@@ -71,6 +76,10 @@ impl Default for Setup {
             int_addresses: &["198.19.0.10/24"],
             local_ports: (10_000, 60_999),
             checked: false,
+            syn_proxy: crate::config::SynProxyMode::Off,
+            syn_proxy_threshold: 1000,
+            pressure_percent: 50,
+            listener_max_conns: 0,
         }
     }
 }
@@ -103,6 +112,10 @@ fn stack_with_updates(
             conn_table_size: setup.table,
             local_port_min: setup.local_ports.0,
             local_port_max: setup.local_ports.1,
+            syn_proxy: setup.syn_proxy,
+            syn_proxy_threshold: setup.syn_proxy_threshold,
+            pressure_percent: setup.pressure_percent,
+            listener_max_conns: setup.listener_max_conns,
             ..Default::default()
         },
         local_ips,
@@ -1106,6 +1119,8 @@ fn web_with(servers: &[(SocketAddrV4, u32)], protocol: Proto, forwarding: Forwar
         interface: None,
         rules: Vec::new(),
         sticky: None,
+        syn_proxy: None,
+        max_conns: None,
     };
     (listener, group)
 }
@@ -1764,6 +1779,553 @@ fn packets_that_cannot_open_a_flow_are_counted_drops_and_get_no_entry() {
     unchecked[ETH_HEADER_LEN + 20 + 6..ETH_HEADER_LEN + 20 + 8].copy_from_slice(&[0, 0]);
     assert_eq!(run(&mut u, now, 0, &unchecked).0, Verdict::Transmit(1));
     assert_eq!(u.handler().conns().len(), 1);
+}
+
+/// A TCP frame with the given sequence and acknowledgement numbers (and options), checksums valid.
+#[allow(clippy::too_many_arguments)]
+fn segment(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    macs: (EthernetAddress, EthernetAddress),
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    use smoltcp::wire::{IpAddress, TcpSeqNumber};
+    let mut body = options.to_vec();
+    body.extend_from_slice(payload);
+    let mut f = packet(Proto::Tcp, macs.0, macs.1, src, dst, flags, &body);
+    let at = ETH_HEADER_LEN + 20;
+    let mut t = TcpPacket::new_unchecked(&mut f[at..]);
+    t.set_header_len(20 + options.len() as u8);
+    t.set_seq_number(TcpSeqNumber(seq as i32));
+    t.set_ack_number(TcpSeqNumber(ack as i32));
+    t.fill_checksum(&IpAddress::Ipv4(*src.ip()), &IpAddress::Ipv4(*dst.ip()));
+    f
+}
+
+/// The sequence number, acknowledgement number, flags byte and MSS option of an output TCP frame.
+fn tcp_of(out: &[u8]) -> (u32, u32, u8, Option<u16>) {
+    let t = &out[ETH_HEADER_LEN + 20..];
+    let seg = synproxy::Segment::of(out, ETH_HEADER_LEN + 20);
+    (seg.seq, seg.ack, seg.flags, synproxy::mss_option(t))
+}
+
+const CLIENT_ISN: u32 = 0xfff0_0000;
+const SERVER_ISN: u32 = 0x1234_5678;
+
+fn proxied(mode: crate::config::SynProxyMode) -> LocalStack<Forwarder> {
+    stack(Setup {
+        syn_proxy: mode,
+        ..Default::default()
+    })
+}
+
+fn client_segment(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+    segment(client(), vip(), (CLIENT_MAC, EXT_MAC), flags, seq, ack, &[], payload)
+}
+
+/// SYN (MSS 1400) → the proxy's SYN-ACK: its cookie and what it looked like.
+fn cookie_handshake(s: &mut LocalStack<Forwarder>, now: Instant) -> u32 {
+    let syn = segment(
+        client(),
+        vip(),
+        (CLIENT_MAC, EXT_MAC),
+        SYN,
+        CLIENT_ISN,
+        0,
+        &[2, 4, 0x05, 0x78],
+        b"",
+    );
+    let (v, out) = run(s, now, 0, &syn);
+    assert_eq!(v, Verdict::Transmit(0), "answered out where the SYN came in");
+    let (edst, esrc, src, dst, ok) = inspect(&out);
+    assert!(ok, "the SYN-ACK's checksums verify");
+    assert_eq!((edst, esrc, src, dst), (CLIENT_MAC, EXT_MAC, vip(), client()));
+    let (cookie, ack, flags, mss) = tcp_of(&out);
+    assert_eq!((ack, flags, mss), (CLIENT_ISN.wrapping_add(1), SYNACK, Some(1300)));
+    cookie
+}
+
+#[test]
+fn syn_proxy_answers_syns_with_cookies_and_keeps_nothing() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+    let mut cookies = vec![];
+    for i in 0..100u16 {
+        let src = sa([198, 18, 7, (i % 200) as u8 + 1], 2000 + i);
+        let syn = segment(src, vip(), (CLIENT_MAC, EXT_MAC), SYN, u32::from(i) * 7919, 0, &[], b"");
+        let (v, out) = run(&mut s, now, 0, &syn);
+        assert_eq!(v, Verdict::Transmit(0));
+        assert!(inspect(&out).4);
+        cookies.push(tcp_of(&out).0);
+    }
+    cookies.sort_unstable();
+    cookies.dedup();
+    assert_eq!(cookies.len(), 100, "every flow its own cookie");
+    let f = s.handler();
+    assert_eq!(f.conns().len(), 0, "no entry");
+    assert_eq!(f.lports.occupancy().in_use, 0, "no local port");
+    assert_eq!(f.counters().listeners[0].syn_cookies_sent, 100);
+    assert_eq!(
+        f.counters().servers[0][0].conns_total + f.counters().servers[0][1].conns_total,
+        0,
+        "no server"
+    );
+}
+
+#[test]
+fn syn_proxy_opens_the_server_connection_on_a_valid_cookie_and_translates_both_ways() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+    let cookie = cookie_handshake(&mut s, now);
+
+    // The client's ACK of the cookie: scheduled now, and sent on as the server's SYN with the client's ISN and MSS.
+    let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
+    let (v, out) = run(&mut s, now, 0, &ack);
+    assert_eq!(v, Verdict::Transmit(1));
+    let (edst, _, local, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!((edst, dst, *local.ip()), (B1_MAC, backends()[0], LIP));
+    assert_eq!(tcp_of(&out), (CLIENT_ISN, 0, SYN, Some(1300)));
+    assert_eq!(s.handler().counters().listeners[0].syn_cookies_valid, 1);
+    assert_eq!(s.handler().conns().len(), 1);
+    assert_eq!(s.handler().listeners[0].half_open, 1);
+
+    // The first data the client sends before the server answers is held; more is dropped (it retransmits).
+    let early = client_segment(ACK | 0x08, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"GET /");
+    assert_eq!(run(&mut s, now, 0, &early).0, Verdict::Consumed);
+    let more = client_segment(ACK | 0x08, CLIENT_ISN.wrapping_add(6), cookie.wrapping_add(1), b"x");
+    assert_eq!(run(&mut s, now, 0, &more).0, Verdict::Drop(DropReason::SynProxyPending));
+    let bare = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
+    assert_eq!(
+        run(&mut s, now, 0, &bare).0,
+        Verdict::Drop(DropReason::SynProxyPending),
+        "a bare ACK is not held"
+    );
+
+    // The server's SYN-ACK is answered by xlb: the server's handshake completes, the client sees nothing.
+    let synack = segment(
+        backends()[0],
+        local,
+        (B1_MAC, INT_MAC),
+        SYNACK,
+        SERVER_ISN,
+        CLIENT_ISN.wrapping_add(1),
+        &[2, 4, 5, 0xb4],
+        b"",
+    );
+    let (v, out) = run(&mut s, now, 1, &synack);
+    assert_eq!(v, Verdict::Transmit(1), "back to the server");
+    let (_, _, src, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!((src, dst), (local, backends()[0]));
+    assert_eq!(
+        tcp_of(&out),
+        (CLIENT_ISN.wrapping_add(1), SERVER_ISN.wrapping_add(1), ACK, None),
+        "the held segment completes the server's handshake, its ack in the server's space"
+    );
+    assert!(out.ends_with(b"GET /"));
+    assert_eq!(s.handler().held.len(), 0);
+    let c = *s.handler().conns().iter().next().unwrap();
+    assert_eq!(
+        (c.state, c.proxy),
+        (ConnState::Established, crate::conn::ProxyPhase::Translating)
+    );
+    assert_eq!(s.handler().listeners[0].half_open, 0);
+
+    // Client → server: the acknowledgement moves into the server's space, checksum still valid.
+    let data = client_segment(
+        ACK | 0x08,
+        CLIENT_ISN.wrapping_add(1),
+        cookie.wrapping_add(1),
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    let (v, out) = run(&mut s, now, 0, &data);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert!(inspect(&out).4, "checksum after NAT and ack translation");
+    assert_eq!(
+        tcp_of(&out).0..=tcp_of(&out).1,
+        CLIENT_ISN.wrapping_add(1)..=SERVER_ISN.wrapping_add(1)
+    );
+    assert!(out.ends_with(b"GET / HTTP/1.0\r\n\r\n"));
+
+    // Server → client: the sequence number moves into the cookie's space.
+    let reply = segment(
+        backends()[0],
+        local,
+        (B1_MAC, INT_MAC),
+        ACK | 0x08,
+        SERVER_ISN.wrapping_add(1),
+        CLIENT_ISN.wrapping_add(19),
+        &[],
+        b"HTTP/1.0 200 OK\r\n\r\n",
+    );
+    let (v, out) = run(&mut s, now, 1, &reply);
+    assert_eq!(v, Verdict::Transmit(0));
+    let (_, _, src, dst, ok) = inspect(&out);
+    assert!(ok, "checksum after NAT and seq translation");
+    assert_eq!((src, dst), (vip(), client()));
+    assert_eq!(
+        (tcp_of(&out).0, tcp_of(&out).1),
+        (cookie.wrapping_add(1), CLIENT_ISN.wrapping_add(19))
+    );
+
+    // An RST from the client carries an ack too: translated the same way.
+    let rst = client_segment(0x14, CLIENT_ISN.wrapping_add(19), cookie.wrapping_add(21), b"");
+    let (_, out) = run(&mut s, now, 0, &rst);
+    assert!(inspect(&out).4);
+    assert_eq!(tcp_of(&out).1, SERVER_ISN.wrapping_add(21));
+}
+
+#[test]
+fn wrong_and_expired_cookies_are_dropped_and_counted_without_entry_or_port() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+    let cookie = cookie_handshake(&mut s, now);
+    for bad in [cookie ^ 0x40, cookie.wrapping_add(1), 0x0bad_c0de] {
+        let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(1), bad.wrapping_add(1), b"");
+        assert_eq!(run(&mut s, now, 0, &ack).0, Verdict::Drop(DropReason::SynCookieInvalid));
+    }
+    // Another ISN than the SYN's: not this handshake's cookie.
+    let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(2), cookie.wrapping_add(1), b"");
+    assert_eq!(run(&mut s, now, 0, &ack).0, Verdict::Drop(DropReason::SynCookieInvalid));
+    // The right cookie after two cookie periods: expired.
+    let late = now + 2 * synproxy::COOKIE_PERIOD;
+    let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
+    assert_eq!(
+        run(&mut s, late, 0, &ack).0,
+        Verdict::Drop(DropReason::SynCookieInvalid)
+    );
+    let f = s.handler();
+    assert_eq!(f.conns().len(), 0);
+    assert_eq!(f.lports.occupancy().in_use, 0);
+    assert_eq!(
+        f.counters().listeners[0].drops[DropReason::SynCookieInvalid as usize],
+        5
+    );
+    assert_eq!(s.counters().drops_of(DropReason::SynCookieInvalid), 5);
+}
+
+#[test]
+fn a_server_refusing_the_proxied_connection_resets_the_client_at_its_expected_sequence() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+    let cookie = cookie_handshake(&mut s, now);
+    let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
+    let (_, out) = run(&mut s, now, 0, &ack);
+    let local = inspect(&out).2;
+    let rst = segment(
+        backends()[0],
+        local,
+        (B1_MAC, INT_MAC),
+        0x14,
+        0,
+        CLIENT_ISN.wrapping_add(1),
+        &[],
+        b"",
+    );
+    let (v, out) = run(&mut s, now, 1, &rst);
+    assert_eq!(v, Verdict::Transmit(0));
+    assert!(inspect(&out).4);
+    assert_eq!(
+        tcp_of(&out).0,
+        cookie.wrapping_add(1),
+        "the sequence number the client expects"
+    );
+    assert_eq!(s.handler().conns().iter().next().unwrap().state, ConnState::Close);
+}
+
+#[test]
+fn syn_proxy_off_and_dr_listeners_answer_no_syn_themselves() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Off);
+    s.handle_timeout(now);
+    assert_eq!(
+        run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b"")).0,
+        Verdict::Transmit(1)
+    );
+    // An ACK without entry is just that: no cookie is checked.
+    let stray = client_segment(ACK, 1, 1, b"");
+    let other = segment(
+        sa([198, 18, 0, 1], 40001),
+        vip(),
+        (CLIENT_MAC, EXT_MAC),
+        ACK,
+        1,
+        1,
+        &[],
+        b"",
+    );
+    assert_eq!(run(&mut s, now, 0, &other).0, Verdict::Drop(DropReason::NoConnection));
+    drop(stray);
+    let mut dr = stack(Setup {
+        forwarding: Forwarding::Dr,
+        syn_proxy: crate::config::SynProxyMode::Always,
+        ..Default::default()
+    });
+    dr.handle_timeout(now);
+    assert_eq!(
+        run(&mut dr, now, 0, &from_client(Proto::Tcp, SYN, b"")).0,
+        Verdict::Transmit(1)
+    );
+    assert_eq!(dr.handler().counters().listeners[0].syn_cookies_sent, 0);
+}
+
+#[test]
+fn auto_syn_proxy_switches_on_above_the_half_open_threshold() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = stack(Setup {
+        syn_proxy: crate::config::SynProxyMode::Auto,
+        syn_proxy_threshold: 3,
+        ..Default::default()
+    });
+    s.handle_timeout(now);
+    let syn = |i: u16| {
+        segment(
+            sa([198, 18, 9, 1], 3000 + i),
+            vip(),
+            (CLIENT_MAC, EXT_MAC),
+            SYN,
+            1,
+            0,
+            &[],
+            b"",
+        )
+    };
+    for i in 0..4 {
+        assert_eq!(
+            run(&mut s, now, 0, &syn(i)).0,
+            Verdict::Transmit(1),
+            "SYN {i} goes to a server"
+        );
+    }
+    // The fourth half-open entry passed the threshold: the proxy is on at once.
+    assert_eq!(
+        run(&mut s, now, 0, &syn(4)).0,
+        Verdict::Transmit(0),
+        "answered with a cookie"
+    );
+    let f = s.handler();
+    assert_eq!((f.conns().len(), f.lports.occupancy().in_use), (4, 4));
+    assert_eq!(f.counters().listeners[0].syn_proxy_on, 1);
+    assert_eq!(f.counters().listeners[0].syn_cookies_sent, 1);
+}
+
+#[test]
+fn a_listener_at_its_cap_refuses_new_flows_by_name() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = stack(Setup {
+        listener_max_conns: 2,
+        ..Default::default()
+    });
+    let syn = |i: u16| {
+        segment(
+            sa([198, 18, 9, 1], 3000 + i),
+            vip(),
+            (CLIENT_MAC, EXT_MAC),
+            SYN,
+            1,
+            0,
+            &[],
+            b"",
+        )
+    };
+    assert_eq!(run(&mut s, now, 0, &syn(0)).0, Verdict::Transmit(1));
+    assert_eq!(run(&mut s, now, 0, &syn(1)).0, Verdict::Transmit(1));
+    assert_eq!(
+        run(&mut s, now, 0, &syn(2)).0,
+        Verdict::Drop(DropReason::ListenerConnLimit)
+    );
+    assert_eq!(
+        s.handler().lports.occupancy().in_use,
+        2,
+        "the refused flow took no port"
+    );
+    assert_eq!(
+        s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit as usize],
+        1
+    );
+    // When an entry goes, the listener may open one again (the packet waits for ARP: the neighbours expired).
+    s.handle_timeout(now + Duration::from_secs(61));
+    assert_eq!(s.handler().listeners[0].entries, 0);
+    let later = run(&mut s, now + Duration::from_secs(61), 0, &syn(3)).0;
+    assert!(!matches!(later, Verdict::Drop(_)), "{later:?}");
+    assert_eq!(s.handler().listeners[0].entries, 1);
+}
+
+#[test]
+fn under_pressure_half_open_and_unanswered_udp_entries_get_short_timeouts() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = stack(Setup {
+        table: 8,
+        pressure_percent: 50,
+        ..Default::default()
+    });
+    let syn = |i: u16| {
+        segment(
+            sa([198, 18, 9, 1], 3000 + i),
+            vip(),
+            (CLIENT_MAC, EXT_MAC),
+            SYN,
+            1,
+            0,
+            &[],
+            b"",
+        )
+    };
+    for i in 0..4 {
+        run(&mut s, now, 0, &syn(i));
+    }
+    let timeout_of = |s: &LocalStack<Forwarder>, port: u16| {
+        let f = s.handler();
+        let (id, _) = f.conns().iter_ids().find(|(_, c)| c.client.port() == port).unwrap();
+        f.conns().expires_in(id, now)
+    };
+    assert_eq!(timeout_of(&s, 3000), Duration::from_secs(60), "no pressure yet");
+    s.handle_timeout(now); // 4 of 8: at the level
+    assert_eq!(s.handler().counters().pressure, 1);
+    // The half-open entries made before the pressure were brought forward too (the pressure walk).
+    assert_eq!(timeout_of(&s, 3000), Duration::from_secs(5));
+    run(&mut s, now, 0, &syn(4));
+    assert_eq!(timeout_of(&s, 3004), Duration::from_secs(5));
+    assert_eq!(s.handler().counters().short_timeouts, 4 + 1);
+    // Completing the handshake gives the full established timeout.
+    let ack = segment(
+        sa([198, 18, 9, 1], 3004),
+        vip(),
+        (CLIENT_MAC, EXT_MAC),
+        ACK,
+        2,
+        5000,
+        &[],
+        b"",
+    );
+    run(&mut s, now, 0, &ack);
+    assert_eq!(timeout_of(&s, 3004), Duration::from_secs(900));
+    // The half-open entries leave after 5 s; the established one stays.
+    s.handle_timeout(now + Duration::from_secs(6));
+    assert_eq!(s.handler().conns().len(), 1);
+
+    let mut u = stack(Setup {
+        table: 2,
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let now = Instant::now() + Duration::from_millis(1);
+    let dgram = |i: u16| {
+        packet(
+            Proto::Udp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 9, 1], 3000 + i),
+            vip(),
+            0,
+            b"q",
+        )
+    };
+    run(&mut u, now, 0, &dgram(0));
+    u.handle_timeout(now); // 1 of 2
+    let (_, out) = run(&mut u, now, 0, &dgram(1));
+    let local = inspect(&out).2;
+    let timeout_of = |u: &LocalStack<Forwarder>, port: u16| {
+        let f = u.handler();
+        let (id, _) = f.conns().iter_ids().find(|(_, c)| c.client.port() == port).unwrap();
+        f.conns().expires_in(id, now)
+    };
+    assert_eq!(timeout_of(&u, 3001), Duration::from_secs(10));
+    // A client datagram again does not extend it; the server's answer does.
+    run(&mut u, now, 0, &dgram(1));
+    assert_eq!(timeout_of(&u, 3001), Duration::from_secs(10));
+    let reply = packet(Proto::Udp, B2_MAC, INT_MAC, backends()[1], local, 0, b"a");
+    assert_eq!(run(&mut u, now, 1, &reply).0, Verdict::Transmit(0));
+    assert_eq!(timeout_of(&u, 3001), Duration::from_secs(300));
+}
+
+#[test]
+fn a_server_answer_that_is_not_for_the_proxied_syn_is_reset_and_the_client_retry_opens_the_flow_again() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+    let cookie = cookie_handshake(&mut s, now);
+    let ack = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"");
+    let (_, out) = run(&mut s, now, 0, &ack);
+    let local = inspect(&out).2;
+    // The server holds the tuple for another client: its SYN-ACK acknowledges another ISN.
+    let stale = segment(backends()[0], local, (B1_MAC, INT_MAC), SYNACK, 777, 4242, &[], b"");
+    let (v, out) = run(&mut s, now, 1, &stale);
+    assert_eq!(v, Verdict::Transmit(1), "answered to the server");
+    let (_, _, src, dst, ok) = inspect(&out);
+    assert!(ok);
+    assert_eq!((src, dst), (local, backends()[0]));
+    assert_eq!(tcp_of(&out), (4242, 0, 0x04, None), "RST at the segment's ack");
+    let f = s.handler();
+    assert_eq!((f.conns().len(), f.lports.occupancy().in_use), (0, 0));
+    assert_eq!(f.counters().listeners[0].syn_proxy_server_resets, 1);
+    // The client's retransmitted request carries the cookie again: a new SYN to a server.
+    let data = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"GET /");
+    let (v, out) = run(&mut s, now, 0, &data);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert_eq!(tcp_of(&out).2, SYN);
+    assert_eq!(s.handler().conns().len(), 1);
+}
+
+#[test]
+fn when_pressure_starts_the_unanswered_and_half_open_entries_made_before_it_get_the_short_timeout_too() {
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut u = stack(Setup {
+        table: 4,
+        protocol: Proto::Udp,
+        ..Default::default()
+    });
+    let dgram = |i: u16| {
+        packet(
+            Proto::Udp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 9, 1], 3000 + i),
+            vip(),
+            0,
+            b"q",
+        )
+    };
+    let (_, out) = run(&mut u, now, 0, &dgram(0));
+    let local = inspect(&out).2;
+    run(&mut u, now, 0, &dgram(1));
+    // The server answers flow 0: it keeps the full timeout.
+    let reply = packet(Proto::Udp, B1_MAC, INT_MAC, backends()[0], local, 0, b"a");
+    assert_eq!(run(&mut u, now, 1, &reply).0, Verdict::Transmit(0));
+    let expires = |u: &LocalStack<Forwarder>, port: u16, at: Instant| {
+        let f = u.handler();
+        let (id, _) = f.conns().iter_ids().find(|(_, c)| c.client.port() == port).unwrap();
+        f.conns().expires_in(id, at)
+    };
+    assert_eq!(expires(&u, 3001, now), Duration::from_secs(300), "no pressure yet");
+    // Two of four: pressure, and the walk of the table.
+    let later = now + Duration::from_secs(1);
+    u.handle_timeout(later);
+    assert_eq!(u.handler().counters().pressure, 1);
+    assert_eq!(
+        expires(&u, 3001, later),
+        Duration::from_secs(10),
+        "unanswered, made before the pressure"
+    );
+    assert_eq!(
+        expires(&u, 3000, later),
+        Duration::from_secs(299),
+        "answered: untouched"
+    );
+    assert_eq!(u.handler().counters().short_timeouts, 1);
+    // And it goes at its new deadline, its port with it.
+    u.handle_timeout(later + Duration::from_secs(10));
+    assert_eq!(u.handler().conns().len(), 1);
+    assert_eq!(u.handler().lports.occupancy().in_use, 1);
 }
 
 /// `frame` with its IPv4 TTL set to `ttl` (header checksum recomputed).

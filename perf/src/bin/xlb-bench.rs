@@ -29,6 +29,7 @@ use clap::{Args, Parser, Subcommand};
 use xlb_perf::gen::http::{self, HttpConfig};
 use xlb_perf::gen::report;
 use xlb_perf::gen::sink::{Sink, SinkConfig, SinkProto};
+use xlb_perf::gen::synflood;
 use xlb_perf::gen::tcp::{self, TcpCpsConfig};
 use xlb_perf::gen::udp::{self, UdpConfig, UdpMode};
 use xlb_perf::gen::{check_server_name, parse_rate, parse_seconds, RunLimits, StopFlag};
@@ -51,6 +52,50 @@ enum Command {
     Http(HttpArgs),
     /// Backend server naming itself in its answers; prints counts on SIGTERM.
     Sink(SinkArgs),
+    /// Spoofed-source TCP SYN flood written as raw frames on an interface (AF_PACKET; needs CAP_NET_RAW).
+    SynFlood(SynFloodArgs),
+}
+
+#[derive(Debug, Args)]
+struct SynFloodArgs {
+    /// Interface to write the frames on.
+    #[arg(long, value_name = "IFACE")]
+    iface: String,
+    /// Destination MAC (the target's interface), aa:bb:cc:dd:ee:ff.
+    #[arg(long, value_parser = parse_mac, value_name = "MAC")]
+    dst_mac: [u8; 6],
+    /// Source MAC of the frames.
+    #[arg(long, value_parser = parse_mac, value_name = "MAC")]
+    src_mac: [u8; 6],
+    /// VIP and port to flood.
+    #[arg(long, value_name = "IP:PORT")]
+    target: std::net::SocketAddrV4,
+    /// First spoofed source address.
+    #[arg(long, default_value = "198.18.128.0", value_name = "IP")]
+    source_base: std::net::Ipv4Addr,
+    /// Number of spoofed source addresses (each with varying ports).
+    #[arg(long, default_value_t = 32_768, value_name = "N")]
+    sources: u32,
+    /// SYNs per second, or `unlimited`.
+    #[arg(long, default_value = "unlimited", value_parser = parse_rate_arg, value_name = "R")]
+    rate: Rate,
+    /// Seconds of flood.
+    #[arg(long, default_value = "10", value_parser = parse_seconds, value_name = "S")]
+    duration: Duration,
+    /// Stop after this many SYNs.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<u8> = text
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {text:?}")))
+        .collect::<Result<_, _>>()?;
+    parts.try_into().map_err(|_| format!("bad MAC {text:?}"))
 }
 
 /// Options of every load generator.
@@ -248,6 +293,29 @@ fn run(cli: Cli) -> Result<()> {
                 limits: args.common.limits(),
             };
             report::print(&http::run(&config, stop)?, args.common.json)
+        }
+        Command::SynFlood(args) => {
+            let config = synflood::SynFloodConfig {
+                iface: args.iface,
+                dst_mac: args.dst_mac,
+                src_mac: args.src_mac,
+                target: args.target,
+                source_base: args.source_base,
+                sources: args.sources,
+                rate: args.rate.0,
+                duration: args.duration,
+                count: args.count,
+            };
+            let r = synflood::run(&config, stop)?;
+            if args.json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!(
+                    "syn-flood {}: {} SYNs in {:.1} s ({:.0}/s) from {} sources",
+                    r.target, r.sent, r.duration_s, r.rate, r.sources
+                );
+            }
+            Ok(())
         }
         Command::Sink(args) => {
             let name = match args.name {

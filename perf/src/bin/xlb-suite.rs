@@ -43,8 +43,8 @@ struct Cli {
     /// Skip the raw AF_XDP loop reference (`xlb-perf xdp-loop`).
     #[arg(long)]
     no_raw_loop: bool,
-    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close (L4: xlb and
-    /// kernel), http_rps_keepalive, http_cps (L7: xlb, nginx, haproxy). Default: all.
+    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close, tcp_cps_synflood
+    /// (L4: xlb and kernel), http_rps_keepalive, http_cps (L7: xlb, nginx, haproxy). Default: all.
     #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
     scenarios: Vec<Scenario>,
 }

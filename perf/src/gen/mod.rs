@@ -7,6 +7,7 @@
 //! - [`http`]: HTTP/1.1 GET load, closed loop or open loop at a fixed rate;
 //! - [`sink`]: the backend server (TCP echo, UDP echo, HTTP) whose answers
 //!   name it, so generators can report which server answered;
+//! - [`synflood`]: a spoofed-source SYN flood written with an AF_PACKET socket (`syn-flood`);
 //! - [`report`]: latency percentiles, failure counts and output.
 //!
 //! Every generator is bounded: it stops taking new operations after its
@@ -19,6 +20,7 @@
 pub mod http;
 pub mod report;
 pub mod sink;
+pub mod synflood;
 pub mod tcp;
 pub mod udp;
 

@@ -60,6 +60,8 @@ pub const XLB_CORE: usize = 1;
 const SINK_START: Duration = Duration::from_secs(10);
 /// Extra time a generator gets beyond its duration before it is killed.
 const GENERATOR_GRACE: Duration = Duration::from_secs(30);
+/// Longest wait for the servers' half-open connections to expire (with `tcp_synack_retries = 1`: about 3 s).
+const HALF_OPEN_EXPIRY: Duration = Duration::from_secs(20);
 /// Longest wait for TIME_WAIT sockets to expire when they cannot be removed (Linux keeps them 60 s).
 const TIME_WAIT_EXPIRY: Duration = Duration::from_secs(70);
 
@@ -119,6 +121,10 @@ impl SuiteLab {
             ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
             ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         }
+        // A SYN flood's half-open connections on the servers expire in ~3 s instead of ~60 s (see
+        // `drain_half_open`); SYN cookies stay on (the default) for when their queues overflow.
+        servers.sysctl("net.ipv4.tcp_synack_retries", "1")?;
+        servers.sysctl("net.ipv4.tcp_syncookies", "1")?;
         let pinned = which("taskset");
         if !pinned {
             eprintln!("xlb-suite: taskset (util-linux) not found: the generator runs unpinned");
@@ -204,6 +210,27 @@ impl SuiteLab {
         Ok(TimeWaitCleared { found, how })
     }
 
+    /// Waits until the servers hold no half-open (SYN_RECV) connection, at most [`HALF_OPEN_EXPIRY`], and
+    /// returns how many there were. A SYN flood NATed to the servers leaves request sockets for the lab's
+    /// FULLNAT source tuples (198.19.0.10:port → server), which both systems use: the next system would meet
+    /// them on tuples it reuses. The servers retransmit a SYN-ACK only once (`tcp_synack_retries = 1`), so
+    /// they are gone after about 3 s.
+    pub fn drain_half_open(&self) -> Result<u64> {
+        let count = || -> Result<u64> {
+            let out = self.servers.run("ss", &["-H", "-t", "-n", "state", "syn-recv"])?;
+            Ok(out.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+        };
+        let found = count()?;
+        if found > 0 {
+            wait_until_ok(HALF_OPEN_EXPIRY, "the servers' half-open connections to expire", || {
+                let left = count()?;
+                ensure!(left == 0, "{left} left");
+                Ok(())
+            })?;
+        }
+        Ok(found)
+    }
+
     /// Removes the TCP sockets in TIME_WAIT from the `lb` namespace (best effort, `ss -K`), so a proxy does not
     /// meet the states another proxy's connections left on the VIP; returns how many there were.
     pub fn clear_lb_time_wait(&self) -> Result<u64> {
@@ -212,6 +239,44 @@ impl SuiteLab {
             let _ = self.lb.run("ss", &["-K", "-H", "state", "time-wait"]);
         }
         Ok(found)
+    }
+
+    /// The MACs of `lb`'s `ext0` and the client's `cli0` (a flood's destination and source).
+    pub fn client_link_macs(&self) -> Result<([u8; 6], [u8; 6])> {
+        Ok((self.lb.mac("ext0")?, self.client.mac("cli0")?))
+    }
+
+    /// Starts `xlb-bench ARGS --json` in the client namespace in the background (pinned to the generator core,
+    /// like the generator, so it takes the same CPU from both systems): the SYN flood beside a generator.
+    pub fn start_background(&self, args: &[String]) -> Result<Proc> {
+        let bench = self.bench.display().to_string();
+        let core = GENERATOR_CORE.to_string();
+        let mut argv: Vec<&str> = Vec::new();
+        let program = if self.pinned {
+            argv.extend(["-c", &core, &bench]);
+            "taskset"
+        } else {
+            &bench
+        };
+        argv.extend(args.iter().map(String::as_str));
+        argv.push("--json");
+        self.lab.spawn(&self.client, program, &argv)
+    }
+
+    /// Waits for a background run to end (at most `duration` plus the grace period) and returns its report.
+    pub fn finish_background(&self, proc: Proc, duration: Duration) -> Result<Value> {
+        let Some(status) = proc.wait_timeout(duration + GENERATOR_GRACE)? else {
+            proc.kill();
+            bail!(
+                "`{}` did not finish within {:?}",
+                proc.cmdline(),
+                duration + GENERATOR_GRACE
+            );
+        };
+        if !status.success() {
+            bail!("`{}` failed with {status}; stderr:\n{}", proc.cmdline(), proc.stderr());
+        }
+        parse_report(&proc.stdout(), proc.cmdline())
     }
 
     /// Runs `xlb-bench ARGS --json` once from the client namespace without CPU accounting or pinning, for

@@ -220,6 +220,9 @@ fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>
     Ok((runs, records, pinned))
 }
 
+/// How long a SYN flood runs before the generator beside it starts.
+const FLOOD_LEAD: Duration = Duration::from_secs(1);
+
 /// The scenarios of `selected` that run on `kind`, in run order.
 pub fn scenarios_of(selected: &[Scenario], kind: SystemKind) -> Vec<Scenario> {
     selected
@@ -265,11 +268,53 @@ fn run_scenarios(
         }
         let run = match scenario.intervals(opts.quick) {
             None => {
+                let what = || format!("{} through {}", scenario.name(), system.kind().name());
                 let args = scenario.generator_args(opts.duration);
-                let run = lab
-                    .run_generator(&args, opts.duration, system.pid())
-                    .with_context(|| format!("{} through {}", scenario.name(), system.kind().name()))?;
+                // A flood beside the generator starts first and ends with it.
+                let flood_for = opts.duration + FLOOD_LEAD;
+                let flood = match scenario.flood_args(flood_for, lab.client_link_macs()?) {
+                    Some(flood_args) => {
+                        // Neither system meets the half-open state the other's flood left on the servers.
+                        let cleared = lab.clear_time_wait().with_context(what)?;
+                        let half_open = lab.drain_half_open().with_context(what)?;
+                        if half_open + cleared.found.total() > 0 {
+                            progress(&format!(
+                                "  {} {}: waited for {half_open} half-open connections on the servers to expire, \
+                                 cleared {} TIME_WAIT ({})",
+                                scenario.name(),
+                                system.kind().name(),
+                                cleared.found.total(),
+                                cleared.how
+                            ));
+                        }
+                        let proc = lab.start_background(&flood_args).with_context(what)?;
+                        std::thread::sleep(FLOOD_LEAD);
+                        Some(proc)
+                    }
+                    None => None,
+                };
+                let run = lab.run_generator(&args, opts.duration, system.pid()).with_context(what);
+                let run = match (run, flood) {
+                    (Ok(mut run), Some(proc)) => {
+                        let report = lab.finish_background(proc, flood_for).with_context(what)?;
+                        if let Some(object) = run.report.as_object_mut() {
+                            object.insert("flood".into(), report);
+                        }
+                        run
+                    }
+                    (run, _) => run?,
+                };
                 system.check()?;
+                if let Some(flood) = run.report.get("flood") {
+                    progress(&format!(
+                        "  {} {}: flood of {} SYNs ({:.0}/s) from {} spoofed sources",
+                        scenario.name(),
+                        system.kind().name(),
+                        flood["sent"],
+                        flood["rate"].as_f64().unwrap_or(0.0),
+                        flood["sources"]
+                    ));
+                }
                 run
             }
             Some((count, secs)) => run_intervals(lab, system, scenario, count, secs, stop)?,
@@ -541,7 +586,8 @@ mod tests {
                 Scenario::TcpCps,
                 Scenario::UdpPps64,
                 Scenario::Latency,
-                Scenario::TcpCpsServerClose
+                Scenario::TcpCpsServerClose,
+                Scenario::TcpCpsSynflood
             ]
         );
         for peer in [SystemKind::Nginx, SystemKind::Haproxy] {
