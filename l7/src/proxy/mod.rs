@@ -409,6 +409,21 @@ impl HttpProxy {
             && !self.tunnelled
     }
 
+    /// Frees the buffers kept for the next request while the connection is between requests
+    /// ([`HttpProxy::is_waiting`]): an idle kept-alive connection then holds no heap memory here.
+    pub fn release_idle_buffers(&mut self) {
+        if !self.is_waiting() {
+            return;
+        }
+        self.spare = Vec::new();
+        self.head = Vec::new();
+        self.resp_head = Vec::new();
+        self.to_client = Vec::new();
+        if self.to_upstream.is_empty() {
+            self.to_upstream = Vec::new();
+        }
+    }
+
     /// Whether client bytes would be consumed now (offer unconsumed bytes again when this turns true).
     pub fn wants_client_bytes(&self) -> bool {
         if self.closed {

@@ -1192,3 +1192,28 @@ fn idempotent_requests_are_retried_when_connecting_fails() {
     assert!(h.take_client().starts_with("HTTP/1.1 502 "));
     assert_eq!(h.connects.len(), 1);
 }
+
+#[test]
+fn an_idle_connection_releases_its_kept_buffers_and_serves_the_next_request() {
+    let mut h = Harness::new();
+    h.client(GET);
+    h.connected(0, 1);
+    h.upstream(0, OK5);
+    assert!(h.take_client().ends_with("hello"));
+    assert!(h.p.is_waiting());
+    h.p.release_idle_buffers();
+    assert_eq!(
+        h.p.head.capacity() + h.p.resp_head.capacity() + h.p.to_client.capacity() + h.p.spare.len(),
+        0
+    );
+    h.client(GET);
+    h.upstream(0, OK5);
+    assert!(
+        h.take_client().ends_with("hello"),
+        "the next request is served as before"
+    );
+    // Not between requests: nothing is released.
+    h.client(b"GET /b HTTP/1.1\r\nHost: a\r\n");
+    h.p.release_idle_buffers();
+    assert!(!h.p.head.is_empty());
+}

@@ -174,6 +174,10 @@ impl Session {
             // Large buffers while a request is in progress, small ones between requests.
             let busy = !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel;
             io.host.set_busy(self.client, busy);
+            if !busy && io.host.is_idle_sized(self.client) {
+                // Idle with nothing in flight: the proxy's kept buffers go too (re-grown by the next request).
+                self.proxy.release_idle_buffers();
+            }
             if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
                 io.host.set_busy(up.conn, busy); // the kept upstream of an idle client is idle too
             }

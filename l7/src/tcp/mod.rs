@@ -410,6 +410,11 @@ impl TcpHost {
         self.fit(id.index);
     }
 
+    /// Whether the connection holds the idle-size buffers (it has been idle with nothing in flight).
+    pub fn is_idle_sized(&mut self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| !c.large)
+    }
+
     /// Swaps a connection's buffers to the size it should have, if they are empty.
     fn fit(&mut self, index: u32) {
         let (large_rx, large_tx, small) = (self.config.rx_buffer, self.config.tx_buffer, self.config.idle_buffer);
