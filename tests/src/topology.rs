@@ -5,6 +5,26 @@ use anyhow::Result;
 use crate::lab::{workspace_bin, Lab, Netns, Proc};
 use crate::traffic::TIMEOUT;
 
+/// The `[node]` and `[[interface]]` sections of an xlb config for the [`TwoArm`] lab: node `lb1` (its
+/// `CONTROL_SOCKET` filled in by `Appliance::start`), ext0 at 198.18.0.10/24 and int0 at 198.19.0.10/24, one
+/// queue each, worker on core 0. Tests append their `[datapath]`, listeners and groups.
+pub const TWO_ARM_BASE: &str = r#"[node]
+name = "lb1"
+control_socket = "CONTROL_SOCKET"
+
+[[interface]]
+name = "ext0"
+queues = [0]
+cores = [0]
+addresses = ["198.18.0.10/24"]
+
+[[interface]]
+name = "int0"
+queues = [0]
+cores = [0]
+addresses = ["198.19.0.10/24"]
+"#;
+
 /// The two-arm L4 lab: `client` (cli0 198.18.0.1/24) ── ext0 [`lb`, kernel 198.18.0.2/24] int0 ── srv0
 /// `servers` (one address per backend, /24). The appliance's own addresses are left to its config.
 pub struct TwoArm {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, Netns};
-use xlb_tests::topology::TwoArm;
+use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
 use xlb_tests::traffic::{count, echo_stream, hellos, in_ns, StreamPace};
 
 const VIP: &str = "198.18.0.100";
@@ -27,22 +27,7 @@ fn config(servers: &[&str]) -> String {
         .join(", ");
     format!(
         r#"
-[node]
-name = "lb1"
-control_socket = "CONTROL_SOCKET"
-
-[[interface]]
-name = "ext0"
-queues = [0]
-cores = [0]
-addresses = ["198.18.0.10/24"]
-
-[[interface]]
-name = "int0"
-queues = [0]
-cores = [0]
-addresses = ["198.19.0.10/24"]
-
+{TWO_ARM_BASE}
 [datapath]
 umem_frames = 8192
 ring_size = 1024

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin};
-use xlb_tests::topology::TwoArm;
+use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
 use xlb_tests::traffic::{hello, in_ns, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
@@ -20,22 +20,7 @@ const SERVER: &str = "198.19.0.2";
 fn config() -> String {
     format!(
         r#"
-[node]
-name = "lb1"
-control_socket = "CONTROL_SOCKET"
-
-[[interface]]
-name = "ext0"
-queues = [0]
-cores = [0]
-addresses = ["198.18.0.10/24"]
-
-[[interface]]
-name = "int0"
-queues = [0]
-cores = [0]
-addresses = ["198.19.0.10/24"]
-
+{TWO_ARM_BASE}
 [[listener]]
 name = "web"
 vip = "{VIP}"

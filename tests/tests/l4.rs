@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
-use xlb_tests::topology::TwoArm;
+use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
 use xlb_tests::traffic::{count, echo_stream, hello, in_ns, StreamPace, TIMEOUT};
 
 /// Pacing of an echo stream: `secs` seconds of `chunk`-byte writes every `pause_ms`.
@@ -39,22 +39,7 @@ fn sink(lab: &Lab, ns: &Netns, addr: &str, name: &str) -> Result<Proc> {
 fn config(listeners: &str, servers: &str, health: &str) -> String {
     format!(
         r#"
-[node]
-name = "lb1"
-control_socket = "CONTROL_SOCKET"
-
-[[interface]]
-name = "ext0"
-queues = [0]
-cores = [0]
-addresses = ["198.18.0.10/24"]
-
-[[interface]]
-name = "int0"
-queues = [0]
-cores = [0]
-addresses = ["198.19.0.10/24"]
-
+{TWO_ARM_BASE}
 [datapath]
 umem_frames = 8192
 ring_size = 1024

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::wait_until_ok;
-use xlb_tests::topology::TwoArm;
+use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
 use xlb_tests::traffic::{hello, in_ns, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
@@ -39,22 +39,7 @@ fn config() -> String {
         .join(", ");
     format!(
         r#"
-[node]
-name = "lb1"
-control_socket = "CONTROL_SOCKET"
-
-[[interface]]
-name = "ext0"
-queues = [0]
-cores = [0]
-addresses = ["198.18.0.10/24"]
-
-[[interface]]
-name = "int0"
-queues = [0]
-cores = [0]
-addresses = ["198.19.0.10/24"]
-
+{TWO_ARM_BASE}
 [datapath]
 umem_frames = 8192
 ring_size = 1024
