@@ -31,20 +31,27 @@ pub enum ListenerProtocol {
     Udp,
     /// HTTP/1.1 terminated in-stack and proxied by L7 (always FULLNAT: xlb opens the upstream connections).
     Http,
+    /// HTTPS: TLS and HTTP terminated in-stack by L7 (the `tls` table), proxied like `http`.
+    Https,
 }
 
 impl ListenerProtocol {
     /// The transport protocol of the listener's VIP:port.
     pub fn transport(self) -> Proto {
         match self {
-            ListenerProtocol::Tcp | ListenerProtocol::Http => Proto::Tcp,
+            ListenerProtocol::Tcp | ListenerProtocol::Http | ListenerProtocol::Https => Proto::Tcp,
             ListenerProtocol::Udp => Proto::Udp,
         }
     }
 
     /// Whether L4 forwards the listener's flows (else L7 terminates them).
     pub fn is_l4(self) -> bool {
-        self != ListenerProtocol::Http
+        !self.is_l7()
+    }
+
+    /// Whether L7 terminates the listener's connections (`http`, `https`).
+    pub fn is_l7(self) -> bool {
+        matches!(self, ListenerProtocol::Http | ListenerProtocol::Https)
     }
 }
 
@@ -87,6 +94,10 @@ pub struct ListenerConfig {
     /// `sticky` of an `http` listener, kept as TOML here and read by `xlb_l7::config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<toml::Table>,
+    /// `[listener.tls]` of an `https` listener (certificates, policy), kept as TOML here and read by
+    /// `xlb_l7::tls::config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<toml::Table>,
     /// SYN flood defence of this listener (TCP FULLNAT only); default: `[l4] syn_proxy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syn_proxy: Option<SynProxyMode>,
@@ -308,10 +319,15 @@ pub fn validate(
                 l.vip, l.port, l.protocol
             ));
         }
-        if l.protocol != ListenerProtocol::Http && (!l.rules.is_empty() || l.sticky.is_some()) {
-            return Err(format!("{at}: rule and sticky need protocol = \"http\""));
+        if !l.protocol.is_l7() && (!l.rules.is_empty() || l.sticky.is_some()) {
+            return Err(format!("{at}: rule and sticky need protocol = \"http\" or \"https\""));
         }
-        if l.protocol == ListenerProtocol::Http && l.forwarding != Forwarding::Fullnat {
+        if (l.protocol == ListenerProtocol::Https) != l.tls.is_some() {
+            return Err(format!(
+                "{at}: protocol = \"https\" and a [listener.tls] table go together"
+            ));
+        }
+        if l.protocol.is_l7() && l.forwarding != Forwarding::Fullnat {
             return Err(format!(
                 "{at}.forwarding: an http listener proxies (fullnat); dr needs a tcp listener"
             ));

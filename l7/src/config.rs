@@ -68,6 +68,9 @@ pub struct L7Config {
     pub upstream_idle_timeout_s: u64,
     /// File the access log is appended to, one line per answered request (none by default).
     pub access_log: Option<String>,
+    /// Threads running TLS full handshakes (certificate signatures) for the workers; resumptions have one
+    /// more of their own. Used by `https` listeners only.
+    pub tls_handshake_threads: usize,
 }
 
 impl Default for L7Config {
@@ -88,6 +91,7 @@ impl Default for L7Config {
             upstream_keepalive: 32,
             upstream_idle_timeout_s: 60,
             access_log: None,
+            tls_handshake_threads: 2,
         }
     }
 }
@@ -131,6 +135,12 @@ impl L7Config {
             return Err(format!(
                 "l7.idle_buffer_bytes: {} is outside 1024..=socket_buffer_bytes ({})",
                 self.idle_buffer_bytes, self.socket_buffer_bytes
+            ));
+        }
+        if !(1..=64).contains(&self.tls_handshake_threads) {
+            return Err(format!(
+                "l7.tls_handshake_threads: {} is outside 1..=64",
+                self.tls_handshake_threads
             ));
         }
         if self.upstream_keepalive > 4096 {

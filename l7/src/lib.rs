@@ -18,6 +18,7 @@ pub mod rules;
 pub mod stage;
 pub mod sticky;
 pub mod tcp;
+pub mod tls;
 
 #[cfg(test)]
 mod testutil;

@@ -129,6 +129,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         max_conns: None,
         rules: Vec::new(),
         sticky: None,
+        tls: None,
     };
     // 50 000 local ports per local IP.
     let lips: Vec<Ipv4Net> = (0..(sessions / 50_000 + 1))

@@ -11,16 +11,22 @@ use xlb_l7::config::HttpListenerConfig;
 use xlb_l7::proxy::ProxyConfig;
 use xlb_l7::stage::upstreams::{GroupSpec, ServerSpec};
 use xlb_l7::stage::StageListener;
+use xlb_l7::tls::config::{TlsListener, TlsListenerConfig};
 
 use crate::config::Config;
 
-/// The `http` listeners, with their index among all listeners.
+/// The `http` and `https` listeners, with their index among all listeners.
 pub fn http_listeners(config: &Config) -> impl Iterator<Item = (usize, &ListenerConfig)> {
-    config
-        .listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.protocol == ListenerProtocol::Http)
+    config.listeners.iter().enumerate().filter(|(_, l)| l.protocol.is_l7())
+}
+
+/// The `tls` table of an `https` listener, read.
+fn tls_config(i: usize, l: &ListenerConfig) -> Result<Option<TlsListenerConfig>, String> {
+    let at = format!("listener[{i}] ({})", l.name);
+    l.tls
+        .as_ref()
+        .map(|t| TlsListenerConfig::from_table(t, &at))
+        .transpose()
 }
 
 fn group_names(config: &Config) -> Vec<&str> {
@@ -56,6 +62,9 @@ fn proxy_config(config: &Config, i: usize, l: &ListenerConfig) -> Result<ProxyCo
         sticky_secret(config),
     )?;
     proxy.access_log = config.l7.access_log.is_some();
+    if l.protocol == ListenerProtocol::Https {
+        proxy.scheme = "https";
+    }
     Ok(proxy)
 }
 
@@ -67,6 +76,11 @@ pub fn validate(config: &Config) -> Result<(), String> {
     }
     for (i, l) in http_listeners(config) {
         proxy_config(config, i, l)?;
+        if let Some(tls) = tls_config(i, l)? {
+            // Certificates and keys are read now, so a bad file is refused before anything changes.
+            let at = format!("listener[{i}] ({}).tls", l.name);
+            TlsListener::build(&tls, None).map_err(|e| format!("{at}: {e}"))?;
+        }
     }
     let l7 = config.l7.local_port_min..=config.l7.local_port_max;
     let l4 = config.l4.local_port_min..=config.l4.local_port_max;
@@ -97,15 +111,24 @@ pub fn validate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The stage's listeners: every `http` listener (the config was validated).
+/// The stage's listeners: every `http` and `https` listener (the config was validated). Built once and shared
+/// by the workers (an HTTPS listener's session tickets are then valid on every worker).
 pub fn listeners(config: &Config) -> Vec<StageListener> {
+    let build = |i: usize, l: &ListenerConfig| -> Result<StageListener, String> {
+        let tls = match tls_config(i, l)? {
+            Some(tls) => Some(TlsListener::build(&tls, None)?.config),
+            None => None,
+        };
+        Ok(StageListener {
+            name: l.name.clone(),
+            vip: SocketAddrV4::new(l.vip, l.port),
+            proxy: Arc::new(proxy_config(config, i, l)?),
+            tls,
+        })
+    };
     http_listeners(config)
-        .filter_map(|(i, l)| match proxy_config(config, i, l) {
-            Ok(proxy) => Some(StageListener {
-                name: l.name.clone(),
-                vip: SocketAddrV4::new(l.vip, l.port),
-                proxy: Arc::new(proxy),
-            }),
+        .filter_map(|(i, l)| match build(i, l) {
+            Ok(listener) => Some(listener),
             Err(e) => {
                 tracing::error!(listener = %l.name, "not served: {e}");
                 None

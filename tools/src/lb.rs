@@ -22,7 +22,8 @@ use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
 use xlb_l7::stage::access::AccessLine;
 use xlb_l7::stage::counters::{L7Counters, SharedL7Counters};
-use xlb_l7::stage::{L7Stage, L7StageConfig, L7Update, L7_STAGE};
+use xlb_l7::stage::{L7Stage, L7StageConfig, L7Update, StageListener, L7_STAGE};
+use xlb_l7::tls::handshake::{HandshakePool, PoolConfig};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
 use xlb_stack::stages::Stages;
@@ -131,6 +132,10 @@ pub struct PipelineFactory {
     l7_counters: Vec<Arc<SharedL7Counters>>,
     /// The access logger's queue (`[l7] access_log`).
     access_log: Option<Sender<AccessLine>>,
+    /// The L7 listeners, built once for every worker (TLS configs and ticket keys shared).
+    l7_listeners: Vec<StageListener>,
+    /// The TLS handshake pool (only with `https` listeners).
+    handshake_pool: Option<HandshakePool>,
 }
 
 impl PipelineFactory {
@@ -180,6 +185,22 @@ impl PipelineFactory {
             last_totals: (now, Vec::new()),
         };
         let wake = Wake::new().map(Arc::new);
+        let l7_listeners = crate::l7::listeners(config);
+        let handshake_pool = if l7_listeners.iter().any(|l| l.tls.is_some()) {
+            let pool = PoolConfig {
+                full_threads: config.l7.tls_handshake_threads,
+                ..PoolConfig::default()
+            };
+            match HandshakePool::start(pool) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    tracing::error!("TLS handshake pool not started: {e}: https listeners refuse handshakes");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let (ha_tap, ha_out, ha_link) = match (&config.ha, ha_interface(config), ha_source(config), wake) {
             (Some(ha), Ok(iface), Ok(source), Ok(wake)) => {
                 let ((vrrp_tx, vrrp_rx), (sync_tx, sync_rx)) = (bounded(HA_DEPTH), bounded(HA_DEPTH));
@@ -222,6 +243,8 @@ impl PipelineFactory {
             l7_handoffs,
             l7_updates: l7_receivers.into_iter().map(Some).collect(),
             l7_counters,
+            l7_listeners: l7_listeners.clone(),
+            handshake_pool,
             access_log: config.l7.access_log.as_deref().and_then(|path| {
                 match crate::access_log::start(std::path::Path::new(path)) {
                     Ok(tx) => Some(tx),
@@ -293,13 +316,21 @@ impl PipelineFactory {
         let mut l7 = L7Stage::new(
             L7StageConfig {
                 limits: config.l7.clone(),
-                listeners: crate::l7::listeners(config),
+                listeners: self.l7_listeners.clone(),
                 groups: crate::l7::groups(config, &self.layout),
                 board: self.board.clone(),
                 worker: plan.index,
                 workers: plan.workers,
                 port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
                 access_log: self.access_log.clone(),
+                handshakes: self.handshake_pool.as_ref().map(|pool| {
+                    // The worker sleeps on one descriptor: the HA tap's if there is one, else the stage's own.
+                    let wake = match &self.ha_tap {
+                        Some(tap) => Some(tap.wake.clone()),
+                        None => Wake::new().map(Arc::new).ok(),
+                    };
+                    pool.client(wake)
+                }),
             },
             self.l7_counters[plan.index].clone(),
             self.l7_handoffs.get_mut(plan.index).and_then(Option::take),

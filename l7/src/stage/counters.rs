@@ -59,6 +59,30 @@ l7_counts! {
     AccessLogDropped => "access_log_dropped": "Access-log lines dropped: the logger thread fell behind (its queue was full).",
     HandedOff => "handed_off": "Segments handed to the worker that owns their connection.",
     HandoffFull => "handoff_full": "Segments dropped: the hand-off queue to their owner was full.",
+    TlsFull => "tls_full_handshakes": "TLS handshakes completed with a certificate signature.",
+    TlsResumed => "tls_resumed_handshakes": "TLS handshakes completed by resuming a session (ticket or session id).",
+    Tls13 => "tls13_handshakes": "TLS handshakes completed with TLS 1.3.",
+    Tls12 => "tls12_handshakes": "TLS handshakes completed with TLS 1.2.",
+    TlsFailed => "tls_handshake_failed": "TLS handshakes or records that failed (alert sent, connection closed; see the log at debug level).",
+    TlsPoolFull => "tls_pool_full": "TLS handshakes refused at once: the handshake pool's queue was full.",
+    TlsUnder1ms => "tls_handshake_le_1ms": "TLS handshakes that took at most 1 ms from the ClientHello (latency histogram).",
+    TlsUnder10ms => "tls_handshake_le_10ms": "TLS handshakes that took over 1 ms and at most 10 ms.",
+    TlsUnder100ms => "tls_handshake_le_100ms": "TLS handshakes that took over 10 ms and at most 100 ms.",
+    TlsUnder1s => "tls_handshake_le_1s": "TLS handshakes that took over 100 ms and at most 1 s.",
+    TlsOver1s => "tls_handshake_over_1s": "TLS handshakes that took over 1 s.",
+}
+
+impl L7Count {
+    /// The latency bucket of a TLS handshake that took `elapsed`.
+    pub fn tls_latency(elapsed: std::time::Duration) -> L7Count {
+        match elapsed.as_micros() {
+            0..=1_000 => L7Count::TlsUnder1ms,
+            1_001..=10_000 => L7Count::TlsUnder10ms,
+            10_001..=100_000 => L7Count::TlsUnder100ms,
+            100_001..=1_000_000 => L7Count::TlsUnder1s,
+            _ => L7Count::TlsOver1s,
+        }
+    }
 }
 
 /// One worker's L7 counts and gauges.

@@ -41,6 +41,8 @@ use crate::config::L7Config;
 use crate::proxy::{HttpProxy, ProxyConfig};
 use crate::rules::GroupId;
 use crate::tcp::{BadSegment, ConnId, Ingress, TcpConfig, TcpHost};
+use crate::tls::client_tls::ClientTls;
+use crate::tls::handshake::HandshakeClient;
 use access::AccessLine;
 use counters::{L7Count, L7Counters, SharedL7Counters};
 use session::{Io, Session};
@@ -56,6 +58,9 @@ const REPLY_SLOT: u32 = u32::MAX;
 /// How often counters are published and idle connections expired.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
+/// How often a worker with handshakes on the pool looks for their results when nothing wakes it.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(1);
+
 /// How often refusals are logged (once per interval, with the cause and the fix).
 const WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -68,6 +73,8 @@ pub struct StageListener {
     pub vip: SocketAddrV4,
     /// The proxy settings of its connections.
     pub proxy: Arc<ProxyConfig>,
+    /// TLS settings of an HTTPS listener (`None`: plain HTTP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Everything an L7 stage is built from.
@@ -88,6 +95,8 @@ pub struct L7StageConfig {
     pub port_ifaces: Vec<usize>,
     /// Where access-log lines go (`None`: no access log).
     pub access_log: Option<Sender<AccessLine>>,
+    /// This worker's end of the TLS handshake pool (needed by HTTPS listeners).
+    pub handshakes: Option<HandshakeClient>,
 }
 
 /// A live change for the stage: the groups (servers, weights, health targets) and the health board of the new
@@ -132,6 +141,7 @@ pub struct L7Stage {
     access_log: Option<Sender<AccessLine>>,
     /// Listener names, shared with their sessions (access log).
     listener_names: Vec<Arc<str>>,
+    handshakes: Option<HandshakeClient>,
 }
 
 impl L7Stage {
@@ -184,6 +194,7 @@ impl L7Stage {
             updates: None,
             access_log: config.access_log,
             listener_names,
+            handshakes: config.handshakes,
         }
     }
 
@@ -201,6 +212,11 @@ impl L7Stage {
     /// The stage's counters so far (also published to its [`SharedL7Counters`]).
     pub fn counters(&self) -> &L7Counters {
         &self.counters
+    }
+
+    /// TLS handshake steps on the pool, not yet taken back.
+    pub fn handshakes_in_flight(&self) -> usize {
+        self.handshakes.as_ref().map_or(0, HandshakeClient::in_flight)
     }
 
     /// The worker that owns the connection of a segment from `src` to `dst`.
@@ -272,7 +288,20 @@ impl L7Stage {
         );
         let upstream_token = Token::Upstream { index, generation };
         let name = self.listener_names[listener].clone();
-        self.slots[index as usize].session = Some(Session::new(proxy, conn, tuple.remote, upstream_token, name));
+        let tls = match &self.listeners[listener].tls {
+            Some(config) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(c) => Some(ClientTls::new(c)),
+                Err(e) => {
+                    self.counters.bump(L7Count::TlsFailed);
+                    tracing::debug!("TLS connection not created: {e}");
+                    self.host.abort(now, conn);
+                    self.free.push(index);
+                    return;
+                }
+            },
+            None => None,
+        };
+        self.slots[index as usize].session = Some(Session::new(proxy, conn, tuple.remote, upstream_token, name, tls));
         self.host.set_token(conn, Token::Client { index, generation }.encode());
         self.sessions += 1;
         self.counters.bump(L7Count::Accepted);
@@ -324,6 +353,7 @@ impl L7Stage {
             counters: &mut self.counters,
             source: &source,
             access_log: self.access_log.as_ref(),
+            handshakes: self.handshakes.as_mut(),
         };
         if timer {
             session.handle_timeout(&mut io);
@@ -359,6 +389,30 @@ impl L7Stage {
         for ip in ips {
             cx.services
                 .set_range(ip, Transport::Tcp, self.local_ports.clone(), reply);
+        }
+    }
+
+    /// Gives the sessions back the connections the handshake pool is done with.
+    fn handshakes_done(&mut self, now: Instant, cx: &StackContext<'_>) {
+        let mut any = false;
+        for _ in 0..1024 {
+            let Some(done) = self.handshakes.as_mut().and_then(HandshakeClient::receive) else {
+                break;
+            };
+            let (index, generation) = done.key;
+            let session = self
+                .slots
+                .get_mut(index as usize)
+                .filter(|s| s.generation == generation)
+                .and_then(|s| s.session.as_mut());
+            if let Some(session) = session {
+                session.handshake_step_done(now, done, &mut self.counters);
+                self.touched.push(index);
+                any = true;
+            }
+        }
+        if any {
+            self.run_touched(now, cx);
         }
     }
 
@@ -423,6 +477,11 @@ impl L7Stage {
             (
                 L7Count::HandoffFull,
                 "segments dropped between workers: the hand-off queue was full",
+            ),
+            (
+                L7Count::TlsPoolFull,
+                "TLS handshakes refused: the handshake pool is overloaded (l7.tls_handshake_threads) or its Key \
+                 Server is slow",
             ),
         ];
         for (count, fix) in fixes {
@@ -505,6 +564,7 @@ impl Ipv4Handler for L7Stage {
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
         self.process_handed(now, cx);
+        self.handshakes_done(now, cx);
         for _ in 0..1024 {
             let Some((len, dst)) = self.host.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) else {
                 break;
@@ -520,6 +580,10 @@ impl Ipv4Handler for L7Stage {
         None
     }
 
+    fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.handshakes.as_ref().and_then(HandshakeClient::wake_fd)
+    }
+
     fn poll_timeout(&self) -> Option<Instant> {
         if self.host.has_output() {
             // Segments are waiting (queued after the last transmit poll): the worker must not sleep.
@@ -529,6 +593,10 @@ impl Ipv4Handler for L7Stage {
             return None; // no HTTP listener: the stage sleeps (live changes to listeners need a restart)
         }
         let mut next = self.next_housekeeping;
+        if self.handshakes.as_ref().is_some_and(|h| h.in_flight() > 0) {
+            // The pool wakes the worker when a step is done; this bounds the wait if no wake-up is wired.
+            next = next.min(self.last_now + HANDSHAKE_POLL);
+        }
         if let Some(t) = self.host.poll_timeout() {
             next = next.min(t);
         }
@@ -542,6 +610,7 @@ impl Ipv4Handler for L7Stage {
         self.last_now = now;
         self.apply_updates(now);
         self.host.handle_timeout(now);
+        self.handshakes_done(now, cx);
         while let Some(&Reverse((due, index, generation))) = self.timers.peek() {
             if due > now {
                 break;

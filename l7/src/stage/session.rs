@@ -19,6 +19,8 @@ use crate::proxy::{AccessRecord, Action, Event, HttpProxy, UpstreamFailure, Upst
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
 use crate::tcp::{ConnId, TcpHost};
+use crate::tls::client_tls::{ClientTls, StepResult};
+use crate::tls::handshake::{HandshakeClient, HandshakeDone};
 
 /// Bytes waiting for room in a socket's send buffer.
 #[derive(Default)]
@@ -46,9 +48,15 @@ impl Outbox {
 
     /// Sends what fits into `socket`; finished buffers go back to `proxy`. Returns whether anything was sent.
     fn flush(&mut self, socket: &mut tcp::Socket<'_>, proxy: &mut HttpProxy) -> bool {
+        self.drain(|data| socket.send_slice(data).unwrap_or(0), proxy)
+    }
+
+    /// Gives the bytes to `write` (which returns how many it took) until it takes none; finished buffers go
+    /// back to `proxy`. Returns whether anything was taken.
+    fn drain(&mut self, mut write: impl FnMut(&[u8]) -> usize, proxy: &mut HttpProxy) -> bool {
         let mut sent = false;
         while let Some(front) = self.bufs.front() {
-            let n = socket.send_slice(&front[self.offset..]).unwrap_or(0);
+            let n = write(&front[self.offset..]);
             if n == 0 {
                 break;
             }
@@ -87,6 +95,8 @@ pub(super) struct Io<'a> {
     pub source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
     /// Where access-log lines go, if anywhere.
     pub access_log: Option<&'a Sender<AccessLine>>,
+    /// The TLS handshake pool (HTTPS listeners).
+    pub handshakes: Option<&'a mut HandshakeClient>,
 }
 
 /// A proxied client connection.
@@ -109,6 +119,10 @@ pub(super) struct Session {
     failed_servers: Vec<usize>,
     /// The listener's name (access log).
     listener: Arc<str>,
+    /// TLS between the client and xlb (HTTPS listeners).
+    tls: Option<Box<ClientTls>>,
+    /// The stage's handle for this session (slot index, generation): handshake results come back with it.
+    key: (u32, u32),
 }
 
 impl Session {
@@ -118,6 +132,7 @@ impl Session {
         client_addr: SocketAddrV4,
         upstream_token: Token,
         listener: Arc<str>,
+        tls: Option<ClientTls>,
     ) -> Session {
         Session {
             proxy,
@@ -133,6 +148,32 @@ impl Session {
             timer_armed: None,
             failed_servers: Vec::new(),
             listener,
+            tls: tls.map(Box::new),
+            key: match upstream_token {
+                Token::Upstream { index, generation } => (index, generation),
+                _ => (u32::MAX, 0),
+            },
+        }
+    }
+
+    /// Takes back the TLS connection from a handshake pool thread.
+    pub fn handshake_step_done(&mut self, now: Instant, done: HandshakeDone, counters: &mut L7Counters) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        match tls.step_done(now, done) {
+            StepResult::Continuing => {}
+            StepResult::Done(outcome) => {
+                counters.bump(if outcome.resumed {
+                    L7Count::TlsResumed
+                } else {
+                    L7Count::TlsFull
+                });
+                counters.bump(if outcome.tls13 { L7Count::Tls13 } else { L7Count::Tls12 });
+                counters.bump(L7Count::tls_latency(outcome.elapsed));
+            }
+            StepResult::Failed(e) => {
+                counters.bump(L7Count::TlsFailed);
+                tracing::debug!(client = %self.client_addr, "TLS handshake failed: {e}");
+            }
         }
     }
 
@@ -172,17 +213,21 @@ impl Session {
         }
         if !self.client_closed {
             // Large buffers while a request is in progress, small ones between requests.
-            let busy = !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel;
+            let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking() || t.has_output());
+            let busy = !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel || handshaking;
             io.host.set_busy(self.client, busy);
             if !busy && io.host.is_idle_sized(self.client) {
                 // Idle with nothing in flight: the proxy's kept buffers go too (re-grown by the next request).
                 self.proxy.release_idle_buffers();
+                if let Some(tls) = self.tls.as_mut() {
+                    tls.release_idle_buffers();
+                }
             }
             if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
                 io.host.set_busy(up.conn, busy); // the kept upstream of an idle client is idle too
             }
         }
-        if self.close_client && self.client_out.is_empty() && !self.client_closed {
+        if self.close_client && !self.client_closed && self.client_flushed(io) {
             io.host.close(io.now, self.client);
             self.client_closed = true;
         }
@@ -200,7 +245,15 @@ impl Session {
 
     fn flush(&mut self, io: &mut Io<'_>) -> bool {
         let mut sent = false;
-        if !self.client_out.is_empty() {
+        if let Some(tls) = self.tls.as_mut() {
+            if let Some(s) = io.host.socket(io.now, self.client) {
+                sent |= tls.send(s);
+                if tls.is_open() && !self.client_out.is_empty() {
+                    sent |= self.client_out.drain(|data| tls.encrypt(data), &mut self.proxy);
+                    sent |= tls.send(s);
+                }
+            }
+        } else if !self.client_out.is_empty() {
             if let Some(s) = io.host.socket(io.now, self.client) {
                 sent |= self.client_out.flush(s, &mut self.proxy);
             }
@@ -244,7 +297,19 @@ impl Session {
             self.proxy.handle_upstream_connected(now, id, ServerId(server as u32));
             return true;
         }
-        if self.tunnel {
+        if self.tunnel && self.tls.is_some() {
+            // Through TLS: the server's bytes are encrypted by `flush`, like responses.
+            let room = HIGH_WATER.saturating_sub(self.client_out.len).min(16 * 1024);
+            if room > 0 {
+                if let Some(s) = io.host.socket(now, up.conn) {
+                    let mut buf = vec![0; room];
+                    let n = s.recv_slice(&mut buf).unwrap_or(0);
+                    buf.truncate(n);
+                    self.client_out.push(buf);
+                    progress |= n > 0;
+                }
+            }
+        } else if self.tunnel {
             let (from, to) = (up.conn, self.client);
             progress |= relay(io, from, to);
         } else if self.client_out.len < HIGH_WATER {
@@ -289,6 +354,9 @@ impl Session {
             }
             return true;
         }
+        if self.tls.is_some() {
+            return self.tls_client_side(io);
+        }
         let mut progress = false;
         if self.tunnel {
             if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
@@ -302,17 +370,97 @@ impl Session {
             }
         }
         if !self.client_eof && at_eof(io.host, now, self.client) {
-            self.client_eof = true;
-            if self.tunnel {
-                if let Some(up) = self.upstream.as_ref() {
-                    io.host.close(now, up.conn); // FIN to the server after the client's bytes
-                }
-            } else {
-                self.proxy.handle_client_eof(now);
-            }
-            progress = true;
+            progress |= self.client_eof(now, io);
         }
         progress
+    }
+
+    /// The client has sent everything: tell the proxy (or, in a tunnel, the server).
+    fn client_eof(&mut self, now: Instant, io: &mut Io<'_>) -> bool {
+        self.client_eof = true;
+        if self.tunnel {
+            if let Some(up) = self.upstream.as_ref() {
+                io.host.close(now, up.conn); // FIN to the server after the client's bytes
+            }
+        } else {
+            self.proxy.handle_client_eof(now);
+        }
+        true
+    }
+
+    /// The client side of an HTTPS session: handshake steps to the pool, then plaintext to the proxy.
+    fn tls_client_side(&mut self, io: &mut Io<'_>) -> bool {
+        let now = io.now;
+        let Some(tls) = self.tls.as_mut() else { return false };
+        let mut progress = false;
+        if tls.is_handshaking() {
+            if tls.is_away() {
+                return false;
+            }
+            let eof = at_eof(io.host, now, self.client);
+            if let (Some(s), Some(pool)) = (io.host.socket(now, self.client), io.handshakes.as_deref_mut()) {
+                match tls.start_step(now, s, pool, self.key) {
+                    Ok(sent) => progress |= sent,
+                    Err(why) => {
+                        io.counters.bump(L7Count::TlsPoolFull);
+                        tracing::debug!(client = %self.client_addr, "TLS handshake refused: {why:?}");
+                    }
+                }
+            }
+            if eof && !tls.is_away() && !self.client_eof {
+                // The client gave up during the handshake.
+                self.client_eof = true;
+                self.proxy.handle_client_eof(now);
+                self.close_client = true;
+                return true;
+            }
+        } else if let Some(s) = io.host.socket(now, self.client) {
+            progress |= tls.receive(s);
+        }
+        if tls.is_failed() && !self.client_eof {
+            self.client_eof = true;
+            self.proxy.handle_client_eof(now);
+            self.close_client = true;
+            return true;
+        }
+        if self.tunnel {
+            if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
+                if let Some(s) = io.host.socket(now, up.conn) {
+                    let n = s.send_slice(tls.plaintext()).unwrap_or(0);
+                    tls.consume(n);
+                    progress |= n > 0;
+                }
+            }
+        } else if self.proxy.wants_client_bytes() && self.upstream.as_ref().is_none_or(|u| u.out.len < HIGH_WATER) {
+            let data = tls.plaintext();
+            if !data.is_empty() {
+                let n = self.proxy.handle_client_bytes(now, data);
+                tls.consume(n);
+                progress |= n > 0;
+            }
+        }
+        if !self.client_eof && tls.at_eof() {
+            progress |= self.client_eof(now, io);
+        }
+        progress
+    }
+
+    /// Whether everything for the client has been handed to its socket (the client can be closed): with TLS,
+    /// close_notify too. Bytes that cannot be sent any more (the handshake did not finish) are dropped.
+    fn client_flushed(&mut self, io: &mut Io<'_>) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return self.client_out.is_empty();
+        };
+        if tls.is_open() {
+            if !self.client_out.is_empty() {
+                return false;
+            }
+            tls.close_notify();
+        }
+        if let Some(s) = io.host.socket(io.now, self.client) {
+            tls.send(s);
+        }
+        !tls.has_output()
     }
 
     /// Carries out the proxy's actions and counts its events.

@@ -10,6 +10,7 @@ use xlb_stack::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 use super::upstreams::ServerSpec;
 use super::*;
 use crate::config::{HttpListenerConfig, ListenerProtocol};
+use crate::tls::handshake::HandshakePool;
 
 const EXT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x10]);
 const INT_MAC: EthernetAddress = EthernetAddress([2, 0, 0, 0, 0, 0x11]);
@@ -53,17 +54,30 @@ struct World {
     client: TcpHost,
     server: Server,
     board: Arc<HealthBoard>,
+    /// The TLS handshake pool of an HTTPS world (kept alive with it).
+    _pool: Option<HandshakePool>,
 }
 
 fn world() -> World {
+    world_with(None)
+}
+
+/// A world whose listener terminates TLS with `tls` (plain HTTP without).
+fn world_with(tls: Option<Arc<rustls::ServerConfig>>) -> World {
     let now = Instant::now();
+    let pool = tls
+        .as_ref()
+        .map(|_| HandshakePool::start(crate::tls::handshake::PoolConfig::default()).unwrap());
     let listener = HttpListenerConfig {
         protocol: ListenerProtocol::Http,
         group: "web".into(),
         rules: vec![],
         sticky: None,
     };
-    let proxy = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 7).unwrap();
+    let mut proxy = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 7).unwrap();
+    if tls.is_some() {
+        proxy.scheme = "https";
+    }
     let board = Arc::new(HealthBoard::new(1));
     let stage = L7Stage::new(
         L7StageConfig {
@@ -72,6 +86,7 @@ fn world() -> World {
                 name: "web".into(),
                 vip: VIP,
                 proxy: Arc::new(proxy),
+                tls,
             }],
             groups: vec![GroupSpec {
                 name: "web".into(),
@@ -87,6 +102,7 @@ fn world() -> World {
             workers: 1,
             port_ifaces: vec![0, 1],
             access_log: None,
+            handshakes: pool.as_ref().map(|p| p.client(None)),
         },
         Arc::new(SharedL7Counters::default()),
         None,
@@ -127,6 +143,7 @@ fn world() -> World {
             accepted: 0,
         },
         board,
+        _pool: pool,
     }
 }
 
@@ -170,6 +187,7 @@ impl World {
     /// Moves frames until nobody has anything to send.
     fn settle(&mut self) {
         let mut buf = vec![0u8; 2048];
+        let mut waits = 0;
         for _ in 0..500 {
             let mut moved = false;
             while let Some((len, _)) = self.client.poll_transmit(self.now, &mut buf) {
@@ -191,6 +209,12 @@ impl World {
                 moved = true;
             }
             self.server.serve(self.now);
+            if !moved && self.stack.handler().handshakes_in_flight() > 0 && waits < 5000 {
+                // A pool thread has a handshake: wait for it (the stage takes it back in poll_transmit).
+                waits += 1;
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
             if !moved {
                 return;
             }
@@ -399,4 +423,146 @@ fn a_slow_request_head_is_answered_408() {
         .map_or(0, |s| s.recv_slice(&mut buf).unwrap_or(0));
     let got = String::from_utf8_lossy(&buf[..n]);
     assert!(got.starts_with("HTTP/1.1 408 "), "{got:?}");
+}
+
+/// HTTPS: the client side speaks TLS (a rustls client over the in-stack client host), the server plain HTTP.
+mod https {
+    use std::io::{Read, Write};
+
+    use rustls::ClientConnection;
+
+    use super::*;
+    use crate::tls::testpki::{client, TestCa};
+
+    fn https_world(ca: &TestCa) -> World {
+        let built = crate::tls::config::TlsListener::build(
+            &crate::tls::config::TlsListenerConfig {
+                policy: Default::default(),
+                alpn: vec!["http/1.1".into()],
+                session_cache: 16,
+                certs: Vec::new(),
+            },
+            None,
+        );
+        assert!(built.is_ok());
+        let mut tls = (*built.unwrap().config).clone();
+        tls.cert_resolver = Arc::new(crate::tls::certs::CertStore::new(vec![
+            ca.listener_cert(&["www.example.com"])
+        ]));
+        world_with(Some(Arc::new(tls)))
+    }
+
+    impl World {
+        /// One exchange of TLS bytes: the client's records to xlb, xlb's back to the client.
+        fn tls_round(&mut self, c: ConnId, tls: &mut ClientConnection) -> Result<(), rustls::Error> {
+            let mut out = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() {
+                let sent = self.client.socket(self.now, c).unwrap().send_slice(&out).unwrap();
+                assert_eq!(sent, out.len(), "client send buffer");
+            }
+            self.settle();
+            let mut buf = vec![0u8; 65536];
+            let n = self
+                .client
+                .socket(self.now, c)
+                .map_or(0, |s| s.recv_slice(&mut buf).unwrap_or(0));
+            tls.read_tls(&mut &buf[..n]).unwrap();
+            tls.process_new_packets().map(|_| ())
+        }
+
+        fn tls_handshake(&mut self, c: ConnId, tls: &mut ClientConnection) {
+            for _ in 0..10 {
+                self.tls_round(c, tls).unwrap();
+                if !tls.is_handshaking() {
+                    return;
+                }
+            }
+            panic!("TLS handshake did not finish");
+        }
+
+        fn tls_request(&mut self, c: ConnId, tls: &mut ClientConnection, req: &[u8]) -> String {
+            tls.writer().write_all(req).unwrap();
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                self.tls_round(c, tls).unwrap();
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = tls.reader().read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                if got.ends_with(b"hello") {
+                    break;
+                }
+            }
+            String::from_utf8_lossy(&got).into_owned()
+        }
+    }
+
+    #[test]
+    fn https_is_terminated_in_stack_with_handshakes_on_the_pool_and_proxied_as_http() {
+        let ca = TestCa::new();
+        let mut w = https_world(&ca);
+        let config = ca.client_config(&["http/1.1"]);
+        let c = w.connect(40_100);
+        let mut tls = client(&config, "www.example.com");
+        w.tls_handshake(c, &mut tls);
+        assert_eq!(tls.alpn_protocol(), Some(&b"http/1.1"[..]));
+        for _ in 0..3 {
+            let got = w.tls_request(c, &mut tls, GET);
+            assert!(
+                got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("hello"),
+                "{got}"
+            );
+        }
+        assert_eq!(w.server.requests.len(), 3);
+        assert!(
+            w.server.requests[0].contains("X-Forwarded-Proto: https\r\n"),
+            "{}",
+            w.server.requests[0]
+        );
+        assert_eq!(w.server.accepted, 1, "one kept-alive upstream connection");
+        let counters = w.counters().clone();
+        assert_eq!(counters.get(L7Count::TlsFull), 1);
+        assert_eq!(counters.get(L7Count::Tls13), 1);
+        assert_eq!(counters.get(L7Count::TlsFailed), 0);
+
+        // A second connection resumes with the ticket the first one got.
+        let c2 = w.connect(40_101);
+        let mut tls2 = client(&config, "www.example.com");
+        w.tls_handshake(c2, &mut tls2);
+        assert_eq!(tls2.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        let got = w.tls_request(c2, &mut tls2, GET);
+        assert!(got.ends_with("hello"), "{got}");
+        assert_eq!(w.counters().get(L7Count::TlsResumed), 1);
+        assert_eq!(w.stack.handler().handshakes_in_flight(), 0);
+
+        // The client closes with close_notify: xlb answers with its own and closes.
+        tls2.send_close_notify();
+        let _ = w.tls_round(c2, &mut tls2);
+        w.advance(Duration::from_millis(300));
+        assert!(
+            !matches!(w.client.state(c2), Some(State::Established)),
+            "{:?}",
+            w.client.state(c2)
+        );
+    }
+
+    #[test]
+    fn plain_http_or_garbage_on_an_https_listener_gets_an_alert_and_a_close_never_a_proxy() {
+        let ca = TestCa::new();
+        let mut w = https_world(&ca);
+        let c = w.connect(40_102);
+        let answer = w.request(c, GET);
+        assert!(!answer.contains("HTTP/1.1"), "no HTTP answer before TLS: {answer:?}");
+        assert_eq!(answer.as_bytes().first(), Some(&21), "a TLS alert record: {answer:?}");
+        w.advance(Duration::from_millis(300));
+        assert!(!matches!(w.client.state(c), Some(State::Established)));
+        assert_eq!(w.counters().get(L7Count::TlsFailed), 1);
+        assert!(w.server.requests.is_empty());
+    }
 }

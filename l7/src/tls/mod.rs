@@ -1,0 +1,25 @@
+//! HTTPS: TLS terminated in the worker's own stack with rustls, driven as a buffer transformer.
+//!
+//! - [`config`]: the `tls` table of an `https` listener (certificates, policy, ALPN) and the rustls
+//!   `ServerConfig` built from it, shared by every worker (one ticket key rotator per listener, so a ticket
+//!   issued by one worker resumes on any other; a bounded session cache for TLS 1.2 session ids).
+//! - [`certs`]: the SNI certificate store (exact names, then wildcards, then the default), replaceable live.
+//! - [`policy`]: TLS security policies by name (versions, cipher suites, key-exchange groups).
+//! - [`handshake`]: the handshake pool. rustls signs synchronously, so a handshake's asymmetric crypto (ECDHE,
+//!   the certificate signature, a Key Server round trip) never runs on a datapath worker: the connection's
+//!   `ServerConnection` travels to a pool thread with the bytes the client sent and comes back with the bytes
+//!   to answer. Resumptions have their own lane, so a slow Key Server cannot hold them up.
+//! - [`client_tls`]: the TLS side of one client connection as the session sees it: ciphertext from and to the
+//!   in-stack socket, plaintext to and from the HTTP proxy.
+
+pub mod certs;
+pub mod client_hello;
+pub mod client_tls;
+pub mod config;
+pub mod handshake;
+pub mod policy;
+
+#[cfg(test)]
+pub(crate) mod testpki;
+#[cfg(test)]
+mod tests;
