@@ -13,44 +13,9 @@ use xlb_tests::traffic::TIMEOUT;
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
 
-/// NGINX on every backend address, port 8080: `/` answers which server it is and the forwarding headers it
-/// got, `/big.bin` is a 1 MiB file, `/upload` reads a body and answers its length.
+/// NGINX on every backend address, port 8080, with a 100 MiB `/big.bin`.
 fn nginx(lab: &Lab, ns: &Netns) -> Result<Proc> {
-    let dir = lab.dir().join("nginx");
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www)?;
-    let big: Vec<u8> = (0..100 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    std::fs::write(www.join("big.bin"), &big)?;
-    let d = dir.display();
-    let servers: String = SERVERS
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| {
-            format!(
-                "server {{ listen {ip}:8080; root {www};
-                   location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
-                   location = /sess {{ add_header Set-Cookie \"JSESSIONID=abc{n}\"; return 200 \"s{n} cookie=$cookie_JSESSIONID\\n\"; }}
-                   location /upload {{ client_max_body_size 200m; return 200 \"got $content_length\\n\"; }} }}\n",
-                n = i + 1,
-                www = www.display()
-            )
-        })
-        .collect();
-    let conf = format!(
-        "worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;
-         events {{ worker_connections 1024; }}
-         http {{ access_log off; keepalive_timeout 75s; keepalive_requests 100000;
-           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-           uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-           {servers} }}\n"
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let proc = lab.spawn(ns, "nginx", &["-c", &path.display().to_string(), "-g", "daemon off;"])?;
-    ns.wait_tcp_listen(8080, TIMEOUT)?;
-    Ok(proc)
+    xlb_tests::backends::nginx(lab, ns, &SERVERS, 100)
 }
 
 fn config() -> String {

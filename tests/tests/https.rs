@@ -1,0 +1,309 @@
+//! HTTPS acceptance: curl and `openssl s_client` in a client namespace, NGINX backends, and `xlb` terminating
+//! TLS and HTTP in its own stack (two-arm lab). Certificates come from a throw-away CA made with `openssl`.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use xlb_tests::appliance::Appliance;
+use xlb_tests::lab::{wait_until_ok, Netns};
+use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
+use xlb_tests::traffic::TIMEOUT;
+
+const VIP: &str = "198.18.0.100";
+const SERVERS: [&str; 2] = ["198.19.0.2", "198.19.0.3"];
+
+/// Runs `openssl` (on the host: it only makes files).
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .context("running openssl")?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A CA (`ca.pem`) and, per `(file stem, DNS name)`, a P-256 certificate `<stem>.pem` and key `<stem>.key`.
+fn pki(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=xlb test CA",
+    ]);
+    openssl(dir, &ca)?;
+    for (stem, name) in leaves {
+        let (key, csr, pem, ext) = (
+            format!("{stem}.key"),
+            format!("{stem}.csr"),
+            format!("{stem}.pem"),
+            format!("{stem}.ext"),
+        );
+        let mut req = vec!["req"];
+        req.extend(ec);
+        let subj = format!("/CN={name}");
+        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+        openssl(dir, &req)?;
+        std::fs::write(
+            dir.join(&ext),
+            format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn config(pki: &Path) -> String {
+    let p = |f: &str| pki.join(f).display().to_string();
+    format!(
+        r#"
+{TWO_ARM_BASE}
+[[listener]]
+name = "tls"
+vip = "{VIP}"
+port = 443
+protocol = "https"
+scheduler = "rr"
+group = "web"
+
+[listener.tls]
+policy = "tls-1-2"
+
+[[listener.tls.cert]]
+cert = "{www}"
+key = "{www_key}"
+
+[[listener.tls.cert]]
+cert = "{api}"
+key = "{api_key}"
+
+[[listener]]
+name = "plain"
+vip = "{VIP}"
+port = 80
+protocol = "http"
+group = "web"
+
+[[listener.rule]]
+redirect = {{ status = 308, scheme = "https" }}
+
+[[group]]
+name = "web"
+servers = [{{ addr = "{s1}:8080", weight = 1 }}, {{ addr = "{s2}:8080", weight = 1 }}]
+"#,
+        www = p("www.pem"),
+        www_key = p("www.key"),
+        api = p("api.pem"),
+        api_key = p("api.key"),
+        s1 = SERVERS[0],
+        s2 = SERVERS[1],
+    )
+}
+
+/// curl against `https://<name>/<path>` resolved to the VIP, trusting the test CA.
+fn curl(client: &Netns, ca: &Path, name: &str, extra: &[&str], path: &str) -> Result<String> {
+    let resolve = format!("{name}:443:{VIP}");
+    let url = format!("https://{name}/{path}");
+    let ca = ca.display().to_string();
+    let mut args = vec!["-sS", "--max-time", "20", "--cacert", &ca, "--resolve", &resolve];
+    args.extend_from_slice(extra);
+    args.push(&url);
+    client.run("curl", &args)
+}
+
+/// `openssl s_client` to the VIP with `args`, sending `input`; returns stdout and stderr together.
+fn s_client(client: &Netns, args: &[&str], input: &[u8]) -> Result<String> {
+    let connect = format!("{VIP}:443");
+    let mut all = vec!["s_client", "-connect", &connect];
+    all.extend_from_slice(args);
+    let mut cmd = client.command("timeout", &[]);
+    cmd.arg("10").arg("openssl").args(&all);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
+    let t = TwoArm::new("https", &SERVERS, 1)?;
+    let _nginx = xlb_tests::backends::nginx(&t.lab, &t.servers, &SERVERS, 10)?;
+    let dir = t.lab.dir().join("pki");
+    std::fs::create_dir_all(&dir)?;
+    pki(&dir, &[("www", "www.example.com"), ("api", "*.api.example.com")])?;
+    let ca = dir.join("ca.pem");
+    let ca_arg = ca.display().to_string();
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(&dir))?;
+
+    // curl: TLS 1.3 and 1.2, ALPN http/1.1, the forwarding headers say https.
+    let got = curl(&t.client, &ca, "www.example.com", &[], "")?;
+    ensure!(got.ends_with("xff=198.18.0.1 proto=https\n"), "{got:?}");
+    let verbose = t.client.output(
+        "curl",
+        &[
+            "-sS",
+            "-v",
+            "--tlsv1.2",
+            "--tls-max",
+            "1.2",
+            "--cacert",
+            &ca_arg,
+            "--resolve",
+            &format!("www.example.com:443:{VIP}"),
+            "https://www.example.com/",
+        ],
+    )?;
+    let err = String::from_utf8_lossy(&verbose.stderr);
+    ensure!(verbose.status.success(), "TLS 1.2: {err}");
+    ensure!(err.contains("TLSv1.2"), "TLS 1.2 negotiated: {err}");
+    ensure!(err.contains("ALPN: server accepted http/1.1"), "ALPN: {err}");
+
+    // A 10 MiB download through TLS arrives byte-exact; three requests share one TLS connection.
+    let out = t.lab.dir().join("got.bin");
+    curl(
+        &t.client,
+        &ca,
+        "www.example.com",
+        &["--max-time", "120", "-o", &out.display().to_string()],
+        "big.bin",
+    )?;
+    ensure!(
+        std::fs::read(&out)? == std::fs::read(t.lab.dir().join("nginx/www/big.bin"))?,
+        "the download differs from the file"
+    );
+    let url = "https://www.example.com/".to_string();
+    let three = curl(&t.client, &ca, "www.example.com", &[&url, &url], "")?;
+    ensure!(three.lines().count() == 3, "{three:?}");
+
+    // SNI: the exact name gets its certificate, a name under the wildcard the other, no SNI the default.
+    let www = s_client(
+        &t.client,
+        &["-servername", "www.example.com", "-CAfile", &ca_arg, "-brief"],
+        b"",
+    )?;
+    ensure!(
+        www.contains("CN = www.example.com") || www.contains("CN=www.example.com"),
+        "{www}"
+    );
+    ensure!(www.contains("Verification: OK"), "{www}");
+    let api = s_client(
+        &t.client,
+        &["-servername", "x.api.example.com", "-CAfile", &ca_arg, "-brief"],
+        b"",
+    )?;
+    ensure!(api.contains("*.api.example.com"), "{api}");
+    let none = s_client(&t.client, &["-noservername", "-brief"], b"")?;
+    ensure!(none.contains("www.example.com"), "the default certificate: {none}");
+    let alpn = s_client(
+        &t.client,
+        &["-servername", "www.example.com", "-alpn", "h2,http/1.1"],
+        b"",
+    )?;
+    ensure!(alpn.contains("ALPN protocol: http/1.1"), "{alpn}");
+
+    // Resumption: TLS 1.3 with a saved session (the ticket), and TLS 1.2 with -reconnect.
+    let sess = t.lab.dir().join("sess.pem").display().to_string();
+    let first = s_client(
+        &t.client,
+        &["-servername", "www.example.com", "-ign_eof", "-sess_out", &sess],
+        REQUEST,
+    )?;
+    ensure!(first.contains("HTTP/1.1 200 OK"), "{first}");
+    let again = s_client(
+        &t.client,
+        &["-servername", "www.example.com", "-ign_eof", "-sess_in", &sess],
+        REQUEST,
+    )?;
+    ensure!(again.contains("Reused, TLSv1.3"), "TLS 1.3 resumed: {again}");
+    let reconnect = s_client(
+        &t.client,
+        &["-servername", "www.example.com", "-tls1_2", "-reconnect"],
+        b"",
+    )?;
+    ensure!(
+        reconnect.matches("Reused, TLSv1.2").count() >= 5,
+        "TLS 1.2 resumed: {reconnect}"
+    );
+
+    // Plain HTTP to the TLS port: an alert and a close, never a request to a server.
+    let plain = t
+        .client
+        .output("curl", &["-sS", "--max-time", "10", &format!("http://{VIP}:443/")])?;
+    ensure!(!plain.status.success(), "plain HTTP on the TLS port fails");
+    // HTTP to port 80 is redirected to HTTPS by a rule.
+    let redirect = t.client.run(
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            "-H",
+            "Host: www.example.com",
+            &format!("http://{VIP}/a?b=1"),
+        ],
+    )?;
+    ensure!(redirect.starts_with("HTTP/1.1 308"), "{redirect}");
+    ensure!(
+        redirect.contains("Location: https://www.example.com/a?b=1"),
+        "{redirect}"
+    );
+
+    // What the operator sees.
+    let l7 = wait_until_ok(TIMEOUT, "TLS counters", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
+        ensure!(n("tls_resumed_handshakes") >= 6, "1 + 5 resumptions: {l7}");
+        ensure!(n("tls12_handshakes") >= 7 && n("tls13_handshakes") >= 5, "{l7}");
+        ensure!(n("tls_handshake_failed") >= 1, "the plain request: {l7}");
+        Ok(l7)
+    })?;
+    eprintln!("L7 counts after the HTTPS checks: {}", l7["counts"]);
+    let full = l7["counts"]["tls_full_handshakes"].as_u64().unwrap_or(0);
+    ensure!(full >= 7, "curl x4, s_client x5 (some resume): {l7}");
+    let text = xlb.xlbctl(&["stats"])?;
+    ensure!(text.contains("tls_resumed_handshakes"), "{text}");
+    xlb.proc().check_running()?;
+    Ok(())
+}
