@@ -350,7 +350,7 @@ fn print_stats(doc: &StatsDoc) {
 
 fn print_list(doc: &StatsDoc) {
     out!(
-        "{:<5}{:<24}{:<10}{:<9}Listener",
+        "{:<6}{:<24}{:<10}{:<9}Listener",
         "Prot",
         "LocalAddress:Port",
         "Scheduler",
@@ -367,7 +367,7 @@ fn print_list(doc: &StatsDoc) {
     );
     for l in &doc.l4.listeners {
         out!(
-            "{:<5}{:<24}{:<10}{:<9}{} (group {}, {} new conn/s)",
+            "{:<6}{:<24}{:<10}{:<9}{} (group {}, {} new conn/s)",
             l.protocol.to_uppercase(),
             format!("{}:{}", l.vip, l.port),
             l.scheduler,

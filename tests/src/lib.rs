@@ -4,5 +4,6 @@ pub mod appliance;
 pub mod backends;
 pub mod keepalived;
 pub mod lab;
+pub mod pki;
 pub mod topology;
 pub mod traffic;

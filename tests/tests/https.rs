@@ -12,77 +12,6 @@ use xlb_tests::traffic::TIMEOUT;
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 2] = ["198.19.0.2", "198.19.0.3"];
 
-/// Runs `openssl` (on the host: it only makes files).
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("running openssl")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A CA (`ca.pem`) and, per `(file stem, DNS name)`, a P-256 certificate `<stem>.pem` and key `<stem>.key`.
-fn pki(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=xlb test CA",
-    ]);
-    openssl(dir, &ca)?;
-    for (stem, name) in leaves {
-        let (key, csr, pem, ext) = (
-            format!("{stem}.key"),
-            format!("{stem}.csr"),
-            format!("{stem}.pem"),
-            format!("{stem}.ext"),
-        );
-        let mut req = vec!["req"];
-        req.extend(ec);
-        let subj = format!("/CN={name}");
-        req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        openssl(dir, &req)?;
-        std::fs::write(
-            dir.join(&ext),
-            format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
-        )?;
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &pem,
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-            ],
-        )?;
-    }
-    Ok(())
-}
-
 fn config(pki: &Path) -> String {
     let p = |f: &str| pki.join(f).display().to_string();
     format!(
@@ -173,7 +102,7 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
     let _nginx = xlb_tests::backends::nginx(&t.lab, &t.servers, &SERVERS, 10)?;
     let dir = t.lab.dir().join("pki");
     std::fs::create_dir_all(&dir)?;
-    pki(&dir, &[("www", "www.example.com"), ("api", "*.api.example.com")])?;
+    xlb_tests::pki::make(&dir, &[("www", "www.example.com"), ("api", "*.api.example.com")])?;
     let ca = dir.join("ca.pem");
     let ca_arg = ca.display().to_string();
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(&dir))?;

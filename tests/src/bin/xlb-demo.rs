@@ -52,6 +52,21 @@ group = "web"
 host = "old.example.com"
 redirect = { status = 301, scheme = "https" }
 
+[[listener]]
+name = "www-tls"
+vip = "198.18.0.100"
+port = 443
+protocol = "https"
+scheduler = "rr"
+group = "web"
+
+[listener.tls]
+policy = "tls-1-2"
+
+[[listener.tls.cert]]
+cert = "CERT_DIR/www.pem"
+key = "CERT_DIR/www.key"
+
 [[group]]
 name = "web"
 servers = [{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 1 }, { addr = "198.19.0.4:8080", weight = 2 }]
@@ -80,9 +95,15 @@ fn demo(hold: Duration) -> Result<()> {
         "three HTTP backends (xlb-bench sink) answering `server=NAME`",
     );
 
+    step("a throw-away CA and a certificate for www.example.com (openssl)");
+    let pki = lab.dir().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    xlb_tests::pki::make(&pki, &[("www", "www.example.com")])?;
+    let config = CONFIG.replace("CERT_DIR", &pki.display().to_string());
+
     step("starting xlb with the embedded config");
-    show("config", CONFIG.trim());
-    let xlb = Appliance::start(lab, lb, "demo-lb1", CONFIG)?;
+    show("config", config.trim());
+    let xlb = Appliance::start(lab, lb, "demo-lb1", &config)?;
 
     step("client: 8 HTTP requests to the VIP, new connection each (wrr 1:1:2)");
     for _ in 0..8 {
@@ -101,6 +122,31 @@ fn demo(hold: Duration) -> Result<()> {
     step("L7: a redirect rule answered by xlb itself (Host: old.example.com)");
     let redirect = client.run("curl", &["-s", "-i", "-m", "3", "-H", "Host: old.example.com", url])?;
     show("curl", redirect.trim());
+
+    step("L7: HTTPS terminated by xlb on :443 (rustls in its own stack), proxied to the same backends");
+    let ca = pki.join("ca.pem").display().to_string();
+    let https = client.output(
+        "curl",
+        &[
+            "-sS",
+            "-v",
+            "-m",
+            "5",
+            "--cacert",
+            &ca,
+            "--resolve",
+            "www.example.com:443:198.18.0.100",
+            "https://www.example.com/",
+        ],
+    )?;
+    let verbose = String::from_utf8_lossy(&https.stderr);
+    for line in verbose
+        .lines()
+        .filter(|l| l.contains("SSL connection") || l.contains("ALPN") || l.contains("subject:"))
+    {
+        show("curl", line);
+    }
+    show("curl", String::from_utf8_lossy(&https.stdout).trim());
 
     step("xlbctl list");
     show("xlbctl", &xlb.xlbctl(&["list"])?);
