@@ -164,3 +164,19 @@ mod tests {
         assert_eq!(w.weight, Some(0));
     }
 }
+
+/// `GET /v1/certs`: the certificates of one `https` listener, the first being its default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerCerts {
+    pub listener: String,
+    pub certs: Vec<CertInfo>,
+}
+
+/// One certificate of a listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertInfo {
+    /// The certificate file.
+    pub source: String,
+    /// The DNS names SNI chooses it for (from its subject alternative names).
+    pub names: Vec<String>,
+}

@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde_json::Value;
 use xlb_api::client::Endpoint;
 use xlb_api::node::{NodeFile, DEFAULT_CONTROL_SOCKET};
-use xlb_api::{Applied, Conns, Ha, ListenerSpec, RunningConfig, ServerWeight, StatsDoc, Status};
+use xlb_api::{Applied, Conns, Ha, ListenerCerts, ListenerSpec, RunningConfig, ServerWeight, StatsDoc, Status};
 
 /// Prints a line to stdout; a closed stdout (`xlbctl ... | head -1`) ends the program quietly, with success.
 macro_rules! out {
@@ -117,11 +117,25 @@ enum Command {
         #[command(subcommand)]
         action: ListenerAction,
     },
+    /// The certificates of the HTTPS listeners; `xlbctl cert reload` re-reads their files (new handshakes use
+    /// them, established connections keep theirs).
+    Cert {
+        #[command(subcommand)]
+        action: Option<CertAction>,
+    },
     /// HA state; `xlbctl ha drain` hands mastership over for maintenance.
     Ha {
         #[command(subcommand)]
         action: Option<HaAction>,
     },
+}
+
+#[derive(Subcommand)]
+enum CertAction {
+    /// List the certificates and the names SNI chooses them for (the default).
+    List,
+    /// Re-read every HTTPS listener's certificate and key files (all or nothing).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -459,6 +473,26 @@ fn run(cli: &Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Reload => change(cli, "POST", "/v1/reload", None),
+        Command::Cert {
+            action: Some(CertAction::Reload),
+        } => change(cli, "POST", "/v1/certs/reload", None),
+        Command::Cert {
+            action: None | Some(CertAction::List),
+        } => {
+            let doc: Vec<ListenerCerts> = get(cli, "/v1/certs")?;
+            if cli.json {
+                print_json(&doc);
+            } else {
+                for l in &doc {
+                    out!("{}", l.listener);
+                    for (i, c) in l.certs.iter().enumerate() {
+                        let default = if i == 0 { " (default)" } else { "" };
+                        out!("  {}{default}: {}", c.source, c.names.join(", "));
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Ha {
             action: Some(HaAction::Drain),
         } => change(cli, "POST", "/v1/ha/drain", None),

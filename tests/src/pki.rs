@@ -19,7 +19,8 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Makes a CA (`ca.pem`) and, per `(file stem, DNS name)`, a P-256 certificate `<stem>.pem` and key `<stem>.key`.
+/// Makes a CA (`ca.pem`, unless the directory has one) and, per `(file stem, DNS names)`, a P-256 certificate
+/// `<stem>.pem` and key `<stem>.key` it signs (names separated by commas; the first is the subject's CN).
 pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509"];
@@ -34,8 +35,12 @@ pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
         "-subj",
         "/CN=xlb test CA",
     ]);
-    openssl(dir, &ca)?;
-    for (stem, name) in leaves {
+    if !dir.join("ca.pem").exists() {
+        openssl(dir, &ca)?;
+    }
+    for (stem, names) in leaves {
+        let name = names.split(',').next().unwrap_or(names);
+        let sans: Vec<String> = names.split(',').map(|n| format!("DNS:{n}")).collect();
         let (key, csr, pem, ext) = (
             format!("{stem}.key"),
             format!("{stem}.csr"),
@@ -49,7 +54,10 @@ pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
         openssl(dir, &req)?;
         std::fs::write(
             dir.join(&ext),
-            format!("subjectAltName=DNS:{name}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+                sans.join(",")
+            ),
         )?;
         openssl(
             dir,

@@ -200,6 +200,11 @@ impl Api {
                 Ok(summary) => applied(summary),
                 Err(e) => error(400, e),
             },
+            ("GET", ["v1", "certs"]) => reply(200, &self.runtime().certs()),
+            ("POST", ["v1", "certs", "reload"]) => match self.runtime().reload_certs() {
+                Ok(summary) => applied(summary),
+                Err(e) => error(400, e),
+            },
             ("GET", ["v1", "listeners"]) => (200, json!(self.runtime().config().listeners)),
             ("GET", ["v1", "groups"]) => (200, json!(self.runtime().config().groups)),
             ("GET", ["v1", "listeners", name]) => {

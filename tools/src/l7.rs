@@ -11,7 +11,8 @@ use xlb_l7::config::HttpListenerConfig;
 use xlb_l7::proxy::ProxyConfig;
 use xlb_l7::stage::upstreams::{GroupSpec, ServerSpec};
 use xlb_l7::stage::StageListener;
-use xlb_l7::tls::config::{TlsListener, TlsListenerConfig};
+use xlb_l7::tls::certs::{CertStore, ListenerCert};
+use xlb_l7::tls::config::{load_certs, TlsListener, TlsListenerConfig};
 
 use crate::config::Config;
 
@@ -111,12 +112,41 @@ pub fn validate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The stage's listeners: every `http` and `https` listener (the config was validated). Built once and shared
-/// by the workers (an HTTPS listener's session tickets are then valid on every worker).
-pub fn listeners(config: &Config) -> Vec<StageListener> {
-    let build = |i: usize, l: &ListenerConfig| -> Result<StageListener, String> {
+/// An HTTPS listener's certificates as the control plane holds them: replaced live by `xlbctl cert reload` or
+/// a reload that changes only `[[listener.tls.cert]]`.
+pub struct TlsHandle {
+    /// The listener's name.
+    pub listener: String,
+    /// Its `tls` table (the certificate files to read).
+    pub config: TlsListenerConfig,
+    /// The store its handshakes choose from.
+    pub certs: Arc<CertStore>,
+}
+
+impl TlsHandle {
+    /// Re-reads the certificate and key files; nothing is replaced if one fails.
+    pub fn load(&self) -> Result<Vec<ListenerCert>, String> {
+        load_certs(&self.config, &self.config.policy.provider(), None)
+            .map_err(|e| format!("listener {}: {e}", self.listener))
+    }
+}
+
+/// The stage's listeners: every `http` and `https` listener (the config was validated), and the certificate
+/// stores of the `https` ones. Built once and shared by the workers (an HTTPS listener's session tickets are
+/// then valid on every worker).
+pub fn listeners(config: &Config) -> (Vec<StageListener>, Vec<TlsHandle>) {
+    let mut handles = Vec::new();
+    let mut build = |i: usize, l: &ListenerConfig| -> Result<StageListener, String> {
         let tls = match tls_config(i, l)? {
-            Some(tls) => Some(TlsListener::build(&tls, None)?.config),
+            Some(tls) => {
+                let built = TlsListener::build(&tls, None)?;
+                handles.push(TlsHandle {
+                    listener: l.name.clone(),
+                    config: tls,
+                    certs: built.certs,
+                });
+                Some(built.config)
+            }
             None => None,
         };
         Ok(StageListener {
@@ -126,7 +156,7 @@ pub fn listeners(config: &Config) -> Vec<StageListener> {
             tls,
         })
     };
-    http_listeners(config)
+    let listeners = http_listeners(config)
         .filter_map(|(i, l)| match build(i, l) {
             Ok(listener) => Some(listener),
             Err(e) => {
@@ -134,7 +164,34 @@ pub fn listeners(config: &Config) -> Vec<StageListener> {
                 None
             }
         })
-        .collect()
+        .collect();
+    (listeners, handles)
+}
+
+/// Reads the certificates of every `https` listener of `new` into `handles` (all or nothing); returns how many
+/// listeners changed.
+pub fn replace_certs(handles: &mut [TlsHandle], new: &Config) -> Result<usize, String> {
+    let mut loaded = Vec::new();
+    for h in handles.iter() {
+        let Some((i, l)) = http_listeners(new).find(|(_, l)| l.name == h.listener) else {
+            continue;
+        };
+        let Some(tls) = tls_config(i, l)? else { continue };
+        let handle = TlsHandle {
+            listener: h.listener.clone(),
+            config: tls,
+            certs: h.certs.clone(),
+        };
+        loaded.push((handle.load()?, handle));
+    }
+    let n = loaded.len();
+    for (certs, handle) in loaded {
+        handle.certs.replace(certs);
+        if let Some(h) = handles.iter_mut().find(|h| h.listener == handle.listener) {
+            h.config = handle.config;
+        }
+    }
+    Ok(n)
 }
 
 /// Every group (in config order: the rules' group ids), with the health-board targets of `layout`. A group's
@@ -167,6 +224,17 @@ pub fn groups(config: &Config, layout: &Layout) -> Vec<GroupSpec> {
 /// Whether the change from `old` to `new` touches what the L7 stage reads only at start (its listeners and
 /// `[l7]`); group changes are applied live.
 pub fn restart_needed(old: &Config, new: &Config) -> bool {
-    let http = |c: &Config| -> Vec<ListenerConfig> { http_listeners(c).map(|(_, l)| l.clone()).collect() };
+    // Certificates change live (`replace_certs`): compare the listeners without them.
+    let http = |c: &Config| -> Vec<ListenerConfig> {
+        http_listeners(c)
+            .map(|(_, l)| {
+                let mut l = l.clone();
+                if let Some(tls) = l.tls.as_mut() {
+                    tls.remove("cert");
+                }
+                l
+            })
+            .collect()
+    };
     old.l7 != new.l7 || http(old) != http(new) || (!http(new).is_empty() && group_names(old) != group_names(new))
 }

@@ -33,6 +33,7 @@ use xlb_stack::xsk::filter::AddrKind;
 use xlb_stack::xsk::{Datapath, WorkerPlan};
 
 use crate::config::Config;
+use crate::l7::TlsHandle;
 use crate::placement::{floating_ips, ha_interface, ha_source, vip_interface, HaLink};
 
 /// Frames each worker may have in flight to other workers.
@@ -172,7 +173,9 @@ impl PipelineFactory {
             .map(|_| Arc::new(SharedL4Counters::new(&layout.shape())))
             .collect();
         let health_counters = Arc::new(SharedHealthCounters::new());
+        let (l7_listeners, tls_handles) = crate::l7::listeners(config);
         let runtime = L4Runtime {
+            tls: tls_handles,
             config: config.clone(),
             layout: layout.clone(),
             board: board.clone(),
@@ -185,7 +188,6 @@ impl PipelineFactory {
             last_totals: (now, Vec::new()),
         };
         let wake = Wake::new().map(Arc::new);
-        let l7_listeners = crate::l7::listeners(config);
         let handshake_pool = if l7_listeners.iter().any(|l| l.tls.is_some()) {
             let pool = PoolConfig {
                 full_threads: config.l7.tls_handshake_threads,
@@ -378,12 +380,45 @@ pub struct L4Runtime {
     l7_counters: Vec<Arc<SharedL7Counters>>,
     rates: Vec<u64>,
     last_totals: (Instant, Vec<u64>),
+    /// The certificates of the `https` listeners.
+    tls: Vec<TlsHandle>,
 }
 
 impl L4Runtime {
     /// The running config.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The certificates of the `https` listeners.
+    pub fn certs(&self) -> Vec<xlb_api::routes::ListenerCerts> {
+        self.tls
+            .iter()
+            .map(|h| xlb_api::routes::ListenerCerts {
+                listener: h.listener.clone(),
+                certs: h
+                    .certs
+                    .list()
+                    .into_iter()
+                    .map(|(source, names)| xlb_api::routes::CertInfo { source, names })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Re-reads every `https` listener's certificate and key files (all or nothing); new handshakes use them,
+    /// established connections keep theirs.
+    pub fn reload_certs(&self) -> Result<String, String> {
+        let loaded = self.tls.iter().map(|h| h.load()).collect::<Result<Vec<_>, _>>()?;
+        let mut n = 0;
+        for (h, certs) in self.tls.iter().zip(loaded) {
+            n += certs.len();
+            h.certs.replace(certs);
+        }
+        Ok(format!(
+            "{n} certificate(s) of {} https listener(s) re-read",
+            self.tls.len()
+        ))
     }
 
     /// The current slots.
@@ -448,7 +483,18 @@ impl L4Runtime {
                 "{section}: changes to this section need a restart; nothing was applied"
             ));
         }
-        let summary = summarize(&self.config, &new);
+        let tls_tables =
+            |c: &Config| -> Vec<Option<toml::Table>> { c.listeners.iter().map(|l| l.tls.clone()).collect() };
+        // Certificates first: a file that does not load refuses the whole change.
+        let certs = if tls_tables(&self.config) != tls_tables(&new) {
+            crate::l7::replace_certs(&mut self.tls, &new)?
+        } else {
+            0
+        };
+        let mut summary = summarize(&self.config, &new);
+        if certs > 0 {
+            summary.push_str(&format!("; certificates of {certs} https listener(s) re-read"));
+        }
         let layout = Arc::new(self.layout.next(&new.listeners, &new.groups, new.l4.on_server_removed));
         let old = &self.layout;
         let board = Arc::new(HealthBoard::carried_over(layout.targets.len(), &self.board, |i| {

@@ -64,6 +64,7 @@ l7_counts! {
     Tls13 => "tls13_handshakes": "TLS handshakes completed with TLS 1.3.",
     Tls12 => "tls12_handshakes": "TLS handshakes completed with TLS 1.2.",
     TlsFailed => "tls_handshake_failed": "TLS handshakes or records that failed (alert sent, connection closed; see the log at debug level).",
+    TlsAborted => "tls_handshake_aborted": "TLS handshakes the client abandoned (closed or reset before the end, e.g. it did not trust the certificate).",
     TlsPoolFull => "tls_pool_full": "TLS handshakes refused at once: the handshake pool's queue was full.",
     TlsUnder1ms => "tls_handshake_le_1ms": "TLS handshakes that took at most 1 ms from the ClientHello (latency histogram).",
     TlsUnder10ms => "tls_handshake_le_10ms": "TLS handshakes that took over 1 ms and at most 10 ms.",

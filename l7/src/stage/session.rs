@@ -343,6 +343,9 @@ impl Session {
         if io.host.state(self.client).is_none() {
             // Reset by the client (or aborted): nothing more can be sent to it.
             self.client_closed = true;
+            if self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+                io.counters.bump(L7Count::TlsAborted);
+            }
             if !self.proxy.is_closed() {
                 self.proxy.handle_client_eof(now);
                 if !self.proxy.is_closed() {
@@ -409,6 +412,7 @@ impl Session {
             }
             if eof && !tls.is_away() && !self.client_eof {
                 // The client gave up during the handshake.
+                io.counters.bump(L7Count::TlsAborted);
                 self.client_eof = true;
                 self.proxy.handle_client_eof(now);
                 self.close_client = true;

@@ -565,4 +565,28 @@ mod https {
         assert_eq!(w.counters().get(L7Count::TlsFailed), 1);
         assert!(w.server.requests.is_empty());
     }
+
+    #[test]
+    fn a_client_that_refuses_the_certificate_is_counted() {
+        let ca = TestCa::new();
+        let mut w = https_world(&ca);
+        let config = ca.client_config(&["http/1.1"]);
+        let c = w.connect(40_103);
+        let mut tls = client(&config, "other.example.com"); // the certificate names www.example.com only
+        let mut refused = false;
+        for _ in 0..5 {
+            if w.tls_round(c, &mut tls).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused, "the client refuses the certificate");
+        // It sends its alert and closes.
+        let _ = w.tls_round(c, &mut tls);
+        w.client.close(w.now, c);
+        w.advance(Duration::from_millis(300));
+        let n = w.counters().get(L7Count::TlsFailed) + w.counters().get(L7Count::TlsAborted);
+        assert_eq!(n, 1, "{:?}", w.counters());
+        assert_eq!(w.counters().get(L7Count::TlsFull), 0);
+    }
 }
