@@ -56,6 +56,11 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// The listener's scheme, for redirects that keep it (`https` behind TLS termination).
+    pub fn set_scheme(&mut self, scheme: &'static str) {
+        self.scheme = scheme;
+    }
+
     /// Compiles `cfg` (validated) against `groups`; `scheme` is the listener's (`http`). Names not in `groups`
     /// (which validation rules out) are an error naming them.
     pub fn new(cfg: &HttpListenerConfig, groups: &[&str], scheme: &'static str) -> Result<Self, String> {

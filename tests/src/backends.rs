@@ -6,7 +6,7 @@ use crate::lab::{Lab, Netns, Proc};
 use crate::traffic::TIMEOUT;
 
 /// NGINX on every address of `servers`, port 8080: `/` answers which server it is (`s1`, `s2`...) and the
-/// forwarding headers it got, `/sess` sets a JSESSIONID cookie, `/upload` reads a body and answers its length,
+/// forwarding headers it got, `/whoami` the client-certificate headers, `/sess` sets a JSESSIONID cookie, `/upload` reads a body and answers its length,
 /// and `/big.bin` is a file of `big_mib` MiB of a fixed pattern (in `<lab>/nginx/www`).
 pub fn nginx(lab: &Lab, ns: &Netns, servers: &[&str], big_mib: u32) -> Result<Proc> {
     let dir = lab.dir().join("nginx");
@@ -24,6 +24,7 @@ pub fn nginx(lab: &Lab, ns: &Netns, servers: &[&str], big_mib: u32) -> Result<Pr
             format!(
                 "server {{ listen {ip}:8080; root {www};
                    location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
+                   location = /whoami {{ return 200 \"verify=$http_x_client_verify subject=$http_x_client_cert_subject\n\"; }}
                    location = /sess {{ add_header Set-Cookie \"JSESSIONID=abc{n}\"; return 200 \"s{n} cookie=$cookie_JSESSIONID\\n\"; }}
                    location /upload {{ client_max_body_size 200m; return 200 \"got $content_length\\n\"; }} }}\n",
                 n = i + 1,

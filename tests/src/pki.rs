@@ -20,7 +20,8 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 }
 
 /// Makes a CA (`ca.pem`, unless the directory has one) and, per `(file stem, DNS names)`, a P-256 certificate
-/// `<stem>.pem` and key `<stem>.key` it signs (names separated by commas; the first is the subject's CN).
+/// `<stem>.pem` and key `<stem>.key` it signs (names separated by commas; the first is the subject's CN). A stem
+/// starting with `client` makes a client certificate (clientAuth).
 pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509"];
@@ -52,13 +53,15 @@ pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
         let subj = format!("/CN={name}");
         req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
         openssl(dir, &req)?;
-        std::fs::write(
-            dir.join(&ext),
+        let ext_text = if stem.starts_with("client") {
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n".to_string()
+        } else {
             format!(
                 "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
                 sans.join(",")
-            ),
-        )?;
+            )
+        };
+        std::fs::write(dir.join(&ext), ext_text)?;
         openssl(
             dir,
             &[

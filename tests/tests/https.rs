@@ -37,6 +37,21 @@ cert = "{api}"
 key = "{api_key}"
 
 [[listener]]
+name = "mtls"
+vip = "{VIP}"
+port = 8443
+protocol = "https"
+group = "web"
+
+[listener.tls]
+client_auth = "required"
+client_ca = "{ca}"
+
+[[listener.tls.cert]]
+cert = "{www}"
+key = "{www_key}"
+
+[[listener]]
 name = "plain"
 vip = "{VIP}"
 port = 80
@@ -51,6 +66,7 @@ name = "web"
 servers = [{{ addr = "{s1}:8080", weight = 1 }}, {{ addr = "{s2}:8080", weight = 1 }}]
 "#,
         www = p("www.pem"),
+        ca = p("ca.pem"),
         www_key = p("www.key"),
         api = p("api.pem"),
         api_key = p("api.key"),
@@ -102,7 +118,14 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
     let _nginx = xlb_tests::backends::nginx(&t.lab, &t.servers, &SERVERS, 10)?;
     let dir = t.lab.dir().join("pki");
     std::fs::create_dir_all(&dir)?;
-    xlb_tests::pki::make(&dir, &[("www", "www.example.com"), ("api", "*.api.example.com")])?;
+    xlb_tests::pki::make(
+        &dir,
+        &[
+            ("www", "www.example.com"),
+            ("api", "*.api.example.com"),
+            ("client", "client one"),
+        ],
+    )?;
     let ca = dir.join("ca.pem");
     let ca_arg = ca.display().to_string();
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config(&dir))?;
@@ -219,6 +242,45 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
         "{redirect}"
     );
 
+    // Mutual TLS: a client certificate from the CA is accepted and its subject passed upstream (a client's own
+    // header dropped); without one the handshake is refused.
+    let resolve = format!("www.example.com:8443:{VIP}");
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    let whoami = t.client.run(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca_arg,
+            "--resolve",
+            &resolve,
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+            "-H",
+            "X-Client-Cert-Subject: CN=admin",
+            "https://www.example.com:8443/whoami",
+        ],
+    )?;
+    ensure!(whoami.trim() == "verify=SUCCESS subject=CN=client one", "{whoami:?}");
+    let anonymous = t.client.output(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            &ca_arg,
+            "--resolve",
+            &resolve,
+            "https://www.example.com:8443/whoami",
+        ],
+    )?;
+    ensure!(!anonymous.status.success(), "no client certificate: refused");
+
     // Live certificate change: the files are replaced by a certificate that also names www2.example.com and
     // `xlbctl cert reload` re-reads them. A TLS connection established before keeps working; new handshakes get
     // the new certificate.
@@ -247,7 +309,7 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
     xlb_tests::pki::make(&dir, &[("www", "www.example.com,www2.example.com")])?;
     let reloaded = xlb.xlbctl(&["cert", "reload"])?;
     ensure!(
-        reloaded.contains("2 certificate(s) of 1 https listener(s)"),
+        reloaded.contains("3 certificate(s) of 2 https listener(s)"),
         "{reloaded}"
     );
     let www2 = curl(&t.client, &ca, "www2.example.com", &[], "")?;

@@ -64,7 +64,7 @@ fn proxy_config(config: &Config, i: usize, l: &ListenerConfig) -> Result<ProxyCo
     )?;
     proxy.access_log = config.l7.access_log.is_some();
     if l.protocol == ListenerProtocol::Https {
-        proxy.scheme = "https";
+        proxy.set_scheme("https");
     }
     Ok(proxy)
 }

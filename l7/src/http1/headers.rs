@@ -25,7 +25,14 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Fields xlb sets itself on the upstream request (a client's copy is dropped or merged).
-const SET_BY_PROXY: &[&str] = &["x-forwarded-for", "x-forwarded-proto", "x-real-ip", "expect"];
+const SET_BY_PROXY: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "expect",
+    "x-client-verify",
+    "x-client-cert-subject",
+];
 
 /// What the upstream request says about the client.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +41,9 @@ pub struct ClientInfo<'a> {
     pub addr: IpAddr,
     /// The listener's scheme (X-Forwarded-Proto): `http` (or `https` behind TLS termination).
     pub proto: &'a str,
+    /// The subject of the client certificate TLS verified, if any (X-Client-Cert-Subject, and
+    /// X-Client-Verify: SUCCESS; a client's own copies of these headers are always dropped).
+    pub cert_subject: Option<&'a str>,
 }
 
 /// Whether `h` may be forwarded: not hop-by-hop, not named in `connection_tokens` (Host is always kept).
@@ -96,6 +106,10 @@ pub fn write_upstream_request(req: &RequestHead, client: ClientInfo<'_>, websock
     header(out, "X-Forwarded-For", &forwarded_for);
     header(out, "X-Forwarded-Proto", client.proto.as_bytes());
     let _ = write!(out, "X-Real-IP: {}\r\n", client.addr);
+    if let Some(subject) = client.cert_subject {
+        header(out, "X-Client-Verify", b"SUCCESS");
+        header(out, "X-Client-Cert-Subject", subject.as_bytes());
+    }
     match req.framing {
         BodyFraming::Length(n) => {
             let _ = write!(out, "Content-Length: {n}\r\n");
@@ -227,6 +241,7 @@ mod tests {
         let req = parse_request(req.as_bytes()).unwrap();
         let mut out = Vec::new();
         let client = ClientInfo {
+            cert_subject: None,
             addr: "192.0.2.7".parse().unwrap(),
             proto: "http",
         };

@@ -158,6 +158,7 @@ impl HttpProxy {
         let client = ClientInfo {
             addr: self.client_addr,
             proto: cfg.scheme,
+            cert_subject: self.client_cert.as_deref(),
         };
         write_upstream_request(&req, client, req.websocket, &mut self.to_upstream);
         if has_body {

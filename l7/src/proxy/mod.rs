@@ -210,6 +210,12 @@ impl ProxyConfig {
         })
     }
 
+    /// The listener's scheme (`https` behind TLS termination): X-Forwarded-Proto and redirects that keep it.
+    pub fn set_scheme(&mut self, scheme: &'static str) {
+        self.scheme = scheme;
+        self.rules.set_scheme(scheme);
+    }
+
     fn max_body(&self) -> u64 {
         if self.limits.max_body_bytes == 0 {
             u64::MAX
@@ -282,6 +288,8 @@ pub struct HttpProxy {
     access: VecDeque<AccessRecord>,
     /// The response just finished on a reusable connection: release it after the current read.
     release_pending: bool,
+    /// The subject of the client's verified TLS certificate (passed upstream).
+    client_cert: Option<Box<str>>,
     spare: Vec<Vec<u8>>,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
@@ -310,6 +318,11 @@ fn secs(s: u64) -> Duration {
 }
 
 impl HttpProxy {
+    /// Passes the subject of the client's verified certificate upstream with every request (mutual TLS).
+    pub fn set_client_cert_subject(&mut self, subject: &str) {
+        self.client_cert = Some(subject.into());
+    }
+
     /// A new client connection from `client_addr`, accepted at `now`.
     pub fn new(cfg: Arc<ProxyConfig>, client_addr: IpAddr, now: Instant) -> Self {
         let idle = now + secs(cfg.limits.client_idle_timeout_s);
@@ -321,6 +334,7 @@ impl HttpProxy {
             current: None,
             access: VecDeque::new(),
             release_pending: false,
+            client_cert: None,
             spare: Vec::new(),
             to_client: Vec::new(),
             to_upstream: Vec::new(),

@@ -169,6 +169,9 @@ impl Session {
                 });
                 counters.bump(if outcome.tls13 { L7Count::Tls13 } else { L7Count::Tls12 });
                 counters.bump(L7Count::tls_latency(outcome.elapsed));
+                if let Some(subject) = &outcome.client_subject {
+                    self.proxy.set_client_cert_subject(subject);
+                }
             }
             StepResult::Failed(e) => {
                 counters.bump(L7Count::TlsFailed);

@@ -76,7 +76,7 @@ fn world_with(tls: Option<Arc<rustls::ServerConfig>>) -> World {
     };
     let mut proxy = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 7).unwrap();
     if tls.is_some() {
-        proxy.scheme = "https";
+        proxy.set_scheme("https");
     }
     let board = Arc::new(HealthBoard::new(1));
     let stage = L7Stage::new(
@@ -441,6 +441,8 @@ mod https {
                 alpn: vec!["http/1.1".into()],
                 session_cache: 16,
                 certs: Vec::new(),
+                client_auth: Default::default(),
+                client_ca: None,
             },
             None,
         );
@@ -588,5 +590,66 @@ mod https {
         let n = w.counters().get(L7Count::TlsFailed) + w.counters().get(L7Count::TlsAborted);
         assert_eq!(n, 1, "{:?}", w.counters());
         assert_eq!(w.counters().get(L7Count::TlsFull), 0);
+    }
+
+    /// A world whose listener requires client certificates from `ca`.
+    fn mtls_world(ca: &TestCa) -> World {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(crate::tls::certs::CertStore::new(vec![
+                ca.listener_cert(&["www.example.com"])
+            ])));
+        world_with(Some(Arc::new(config)))
+    }
+
+    #[test]
+    fn mutual_tls_passes_the_verified_subject_upstream_and_refuses_clients_without_a_certificate() {
+        let ca = TestCa::new();
+        let mut w = mtls_world(&ca);
+        let (chain, key) = ca.client_leaf("client one", "Example");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.clone()).unwrap();
+        let with_cert = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(vec![chain], key)
+                .unwrap(),
+        );
+        let c = w.connect(40_104);
+        let mut tls = client(&with_cert, "www.example.com");
+        w.tls_handshake(c, &mut tls);
+        // A client's own copy of the headers is dropped; xlb's says what TLS verified.
+        let forged = b"GET /x HTTP/1.1\r\nHost: www.example.com\r\nX-Client-Cert-Subject: CN=admin\r\n\r\n";
+        let got = w.tls_request(c, &mut tls, forged);
+        assert!(got.ends_with("hello"), "{got}");
+        let seen = &w.server.requests[0];
+        assert!(seen.contains("X-Client-Verify: SUCCESS\r\n"), "{seen}");
+        assert!(
+            seen.contains("X-Client-Cert-Subject: CN=client one,O=Example\r\n"),
+            "{seen}"
+        );
+        assert!(!seen.contains("CN=admin"), "{seen}");
+
+        // Without a certificate: refused in the handshake, counted, nothing proxied.
+        let c2 = w.connect(40_105);
+        let mut anonymous = client(&ca.client_config(&[]), "www.example.com");
+        for _ in 0..5 {
+            if w.tls_round(c2, &mut anonymous).is_err() {
+                break; // the client sees the server's alert
+            }
+        }
+        w.advance(Duration::from_millis(300));
+        assert_eq!(w.counters().get(L7Count::TlsFailed), 1, "{:?}", w.counters());
+        assert_eq!(w.server.requests.len(), 1);
     }
 }

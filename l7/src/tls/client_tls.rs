@@ -31,8 +31,10 @@ enum Phase {
 }
 
 /// How a finished handshake went (for counters).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakeOutcome {
+    /// The subject of the client's verified certificate (mutual TLS).
+    pub client_subject: Option<String>,
     /// Resumed (no certificate signature).
     pub resumed: bool,
     /// TLS 1.3 (else 1.2).
@@ -171,6 +173,10 @@ impl ClientTls {
         }
         self.phase = Phase::Open;
         StepResult::Done(HandshakeOutcome {
+            client_subject: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| super::subject::subject(cert)),
             resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
             tls13: conn.protocol_version() == Some(ProtocolVersion::TLSv1_3),
             elapsed: now.saturating_duration_since(self.started.unwrap_or(now)),

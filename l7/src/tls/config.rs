@@ -12,6 +12,10 @@
 //! alpn = ["http/1.1"]                # offered in this order
 //! session_cache = 4096               # TLS 1.2 session ids kept per listener (tickets need no cache)
 //!
+//! client_auth = "required"          # mutual TLS: off (default), optional, required
+//! client_ca = "/etc/xlb/clients.pem" # the subject of a verified client certificate goes upstream
+//!                                    # as X-Client-Cert-Subject (with X-Client-Verify: SUCCESS)
+//!
 //! [[listener.tls.cert]]              # the first is the default; others are chosen by SNI
 //! cert = "/etc/xlb/www.pem"          # the chain, end-entity certificate first
 //! key = "/etc/xlb/www.key"           # omitted: the key is on the Key Server ([l7.key_server])
@@ -23,9 +27,9 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ServerSessionMemoryCache;
+use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SigningKey};
-use rustls::ServerConfig;
+use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
 
 use super::certs::{CertStore, ListenerCert};
@@ -47,6 +51,25 @@ pub struct TlsListenerConfig {
     /// `[[listener.tls.cert]]`: the first is the default.
     #[serde(rename = "cert")]
     pub certs: Vec<CertConfig>,
+    /// Client certificates (mutual TLS): `off` (default), `optional` or `required`.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM file of the CAs client certificates must chain to (with `client_auth`).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Whether clients must present a certificate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates asked for.
+    #[default]
+    Off,
+    /// Asked for; a client without one is served (without X-Client-Verify), one with a bad one refused.
+    Optional,
+    /// A client without a certificate from `client_ca` is refused in the handshake.
+    Required,
 }
 
 /// `[[listener.tls.cert]]`.
@@ -78,6 +101,11 @@ impl TlsListenerConfig {
             TlsListenerConfig::deserialize(table.clone()).map_err(|e| format!("{at}.tls: {}", e.message().trim()))?;
         if tls.certs.is_empty() {
             return Err(format!("{at}.tls.cert: at least one certificate is needed"));
+        }
+        if (tls.client_auth != ClientAuth::Off) != tls.client_ca.is_some() {
+            return Err(format!(
+                "{at}.tls: client_auth = \"optional\" or \"required\" and client_ca go together"
+            ));
         }
         if let Some(p) = tls.alpn.iter().find(|p| !SUPPORTED_ALPN.contains(&p.as_str())) {
             return Err(format!(
@@ -161,11 +189,31 @@ impl TlsListener {
     pub fn build(tls: &TlsListenerConfig, remote: Option<RemoteKeys<'_>>) -> Result<TlsListener, String> {
         let provider = tls.policy.provider();
         let certs = Arc::new(CertStore::new(load_certs(tls, &provider, remote)?));
-        let mut config = ServerConfig::builder_with_provider(provider.clone())
+        let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(tls.policy.versions())
-            .map_err(|e| format!("tls.policy {}: {e}", tls.policy.name()))?
-            .with_no_client_auth()
-            .with_cert_resolver(certs.clone());
+            .map_err(|e| format!("tls.policy {}: {e}", tls.policy.name()))?;
+        let builder = match (&tls.client_ca, tls.client_auth) {
+            (Some(ca), ClientAuth::Optional | ClientAuth::Required) => {
+                let mut roots = RootCertStore::empty();
+                for cert in read_chain(ca)? {
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("tls.client_ca {}: {e}", ca.display()))?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let verifier = match tls.client_auth {
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                    _ => verifier,
+                };
+                builder.with_client_cert_verifier(
+                    verifier
+                        .build()
+                        .map_err(|e| format!("tls.client_ca {}: {e}", ca.display()))?,
+                )
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(certs.clone());
         config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         config.ignore_client_order = true;
         config.session_storage = ServerSessionMemoryCache::new(tls.session_cache.max(1));

@@ -9,6 +9,7 @@
 //!   the certificate signature, a Key Server round trip) never runs on a datapath worker: the connection's
 //!   `ServerConnection` travels to a pool thread with the bytes the client sent and comes back with the bytes
 //!   to answer. Resumptions have their own lane, so a slow Key Server cannot hold them up.
+//! - [`subject`]: a client certificate's subject as text, for the upstream request (mutual TLS).
 //! - [`client_tls`]: the TLS side of one client connection as the session sees it: ciphertext from and to the
 //!   in-stack socket, plaintext to and from the HTTP proxy.
 
@@ -18,6 +19,7 @@ pub mod client_tls;
 pub mod config;
 pub mod handshake;
 pub mod policy;
+pub mod subject;
 
 #[cfg(test)]
 pub(crate) mod testpki;

@@ -47,6 +47,21 @@ impl TestCa {
         (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
     }
 
+    /// A client certificate with subject `CN=<cn>, O=<org>` and its key.
+    pub fn client_leaf(&self, cn: &str, org: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::OrganizationName, org);
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap().der().clone();
+        (
+            cert,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+
     /// A listener certificate for `names` with a local key.
     pub fn listener_cert(&self, names: &[&str]) -> ListenerCert {
         let (cert, key) = self.leaf(names);

@@ -223,3 +223,14 @@ fn a_listener_is_built_from_pem_files_and_a_mismatched_key_is_refused() {
     assert!(e.contains("does not match"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn client_subjects_are_written_most_specific_first_and_escaped() {
+    let ca = TestCa::new();
+    let (cert, _) = ca.client_leaf("Doe, John", "Example+Co");
+    assert_eq!(
+        super::subject::subject(&cert).as_deref(),
+        Some("CN=Doe\\, John,O=Example\\+Co")
+    );
+    assert_eq!(super::subject::subject(b"\x30\x03garbage"), None);
+}
