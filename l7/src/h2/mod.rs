@@ -25,6 +25,8 @@
 //! - [`H2Front::poll_timeout`] / [`H2Front::handle_timeout`] for the GOAWAY grace period; [`H2Front::is_closed`]
 //!   once everything was sent: close the TCP connection.
 
+#[cfg(test)]
+mod abuse_tests;
 mod io;
 mod request;
 mod response;
