@@ -10,8 +10,10 @@
 //! - [`sticky`]: `Cookie` parsing and the insert / rewrite sticky-session cookies.
 //! - [`config`]: the serde config (`[l7]` limits and timeouts, listener rules, sticky) and its validation.
 //! - [`proxy`]: the per-connection proxy state machine ([`proxy::HttpProxy`]).
+//! - [`h2`]: HTTP/2 to clients ([`h2::H2Front`]), each stream mapped to one HTTP/1.1 exchange of its own proxy.
 
 pub mod config;
+pub mod h2;
 pub mod http1;
 pub mod proxy;
 pub mod rules;
