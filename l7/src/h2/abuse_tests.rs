@@ -275,3 +275,31 @@ fn client_eof_closes_and_resets_streams() {
     assert!(raw.front.is_closed());
     assert!(raw.events.contains(&H2Event::Reset { stream: s }));
 }
+
+#[test]
+fn malformed_requests_are_reset_then_the_connection_goes_away() {
+    let limits = H2Limits {
+        max_local_resets: 10,
+        ..H2Limits::default()
+    };
+    let mut raw = Raw::new(&limits);
+    for i in 0..100u32 {
+        // A connection-specific field: malformed (RFC 9113 §8.2.2), refused by h2 itself.
+        let block = hpack_get(&[("connection", b"keep-alive")]);
+        raw.feed(&frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block));
+        if raw.front.is_closed() {
+            break;
+        }
+    }
+    assert!(raw.front.is_closed());
+    assert_eq!(raw.resets(Reason::PROTOCOL_ERROR).len(), 10);
+    let (reason, debug) = raw.goaway().expect("GOAWAY");
+    assert_eq!(
+        (reason, debug.as_slice()),
+        (Reason::ENHANCE_YOUR_CALM, &b"too_many_internal_resets"[..])
+    );
+    let mut want = vec![H2Count::MalformedRequest; 10];
+    want.push(H2Count::TooManyErrorResets);
+    assert_eq!(counts(&raw.events), want);
+    assert!(!raw.events.iter().any(|e| matches!(e, H2Event::Request { .. })));
+}

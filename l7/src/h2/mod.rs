@@ -24,6 +24,10 @@
 //!   `poll_transmit`); when the proxy is done (closed the virtual client, or failed), [`H2Front::end_response`].
 //! - [`H2Front::poll_timeout`] / [`H2Front::handle_timeout`] for the GOAWAY grace period; [`H2Front::is_closed`]
 //!   once everything was sent: close the TCP connection.
+//!
+//! # Not done here
+//! 1xx responses are dropped (no `100 Continue` or Early Hints to the client); server push and extended CONNECT
+//! are not offered; PING and idle timeouts are the caller's (the session's timers), not the front's.
 
 #[cfg(test)]
 mod abuse_tests;

@@ -527,6 +527,9 @@ fn graceful_go_away() {
 
 /// CPU per small request through the front (request mapped, response framed), with a real `h2` client.
 /// `cargo test -p xlb-l7 --release h2::tests::bench_small_requests -- --ignored --nocapture`
+///
+/// Measured on the 2-core dev machine (release): ~35 µs per request in all, ~21 µs of it inside `H2Front`
+/// calls (several `drive` passes per request, as the pump calls it once per input and per `poll_transmit`).
 #[test]
 #[ignore]
 fn bench_small_requests() {
