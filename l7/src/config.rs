@@ -68,6 +68,10 @@ pub struct L7Config {
     pub upstream_idle_timeout_s: u64,
     /// File the access log is appended to, one line per answered request (none by default).
     pub access_log: Option<String>,
+    /// HTTP/2 to clients: h2c with prior knowledge on `http` listeners, ALPN `h2` on `https` listeners.
+    pub http2: bool,
+    /// Streams an HTTP/2 client may have open at once (more are refused with REFUSED_STREAM).
+    pub http2_max_concurrent_streams: u32,
     /// Threads running TLS full handshakes (certificate signatures) for the workers; resumptions have one
     /// more of their own. Used by `https` listeners only.
     pub tls_handshake_threads: usize,
@@ -92,11 +96,22 @@ impl Default for L7Config {
             upstream_idle_timeout_s: 60,
             access_log: None,
             tls_handshake_threads: 2,
+            http2: true,
+            http2_max_concurrent_streams: 128,
         }
     }
 }
 
 impl L7Config {
+    /// The limits of an HTTP/2 client connection.
+    pub fn h2_limits(&self) -> crate::h2::H2Limits {
+        crate::h2::H2Limits {
+            max_concurrent_streams: self.http2_max_concurrent_streams,
+            max_header_list_bytes: self.max_header_bytes as u32,
+            ..Default::default()
+        }
+    }
+
     /// Checks ranges; the error is one line naming the field.
     pub fn validate(&self) -> Result<(), String> {
         if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
@@ -135,6 +150,12 @@ impl L7Config {
             return Err(format!(
                 "l7.idle_buffer_bytes: {} is outside 1024..=socket_buffer_bytes ({})",
                 self.idle_buffer_bytes, self.socket_buffer_bytes
+            ));
+        }
+        if !(1..=10_000).contains(&self.http2_max_concurrent_streams) {
+            return Err(format!(
+                "l7.http2_max_concurrent_streams: {} is outside 1..=10000",
+                self.http2_max_concurrent_streams
             ));
         }
         if !(1..=64).contains(&self.tls_handshake_threads) {

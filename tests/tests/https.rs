@@ -138,6 +138,7 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
         &[
             "-sS",
             "-v",
+            "--http1.1",
             "--tlsv1.2",
             "--tls-max",
             "1.2",
@@ -194,6 +195,8 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
         &["-servername", "www.example.com", "-alpn", "h2,http/1.1"],
         b"",
     )?;
+    ensure!(alpn.contains("ALPN protocol: h2"), "HTTP/2 preferred: {alpn}");
+    let alpn = s_client(&t.client, &["-servername", "www.example.com", "-alpn", "http/1.1"], b"")?;
     ensure!(alpn.contains("ALPN protocol: http/1.1"), "{alpn}");
 
     // Resumption: TLS 1.3 with a saved session (the ticket), and TLS 1.2 with -reconnect.

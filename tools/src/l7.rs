@@ -22,12 +22,17 @@ pub fn http_listeners(config: &Config) -> impl Iterator<Item = (usize, &Listener
 }
 
 /// The `tls` table of an `https` listener, read.
-fn tls_config(i: usize, l: &ListenerConfig) -> Result<Option<TlsListenerConfig>, String> {
+fn tls_config(config: &Config, i: usize, l: &ListenerConfig) -> Result<Option<TlsListenerConfig>, String> {
     let at = format!("listener[{i}] ({})", l.name);
-    l.tls
+    let mut tls = l
+        .tls
         .as_ref()
         .map(|t| TlsListenerConfig::from_table(t, &at))
-        .transpose()
+        .transpose()?;
+    if let Some(tls) = tls.as_mut().filter(|_| !config.l7.http2) {
+        tls.alpn.retain(|p| p != "h2"); // HTTP/2 is off
+    }
+    Ok(tls)
 }
 
 fn group_names(config: &Config) -> Vec<&str> {
@@ -77,7 +82,7 @@ pub fn validate(config: &Config) -> Result<(), String> {
     }
     for (i, l) in http_listeners(config) {
         proxy_config(config, i, l)?;
-        if let Some(tls) = tls_config(i, l)? {
+        if let Some(tls) = tls_config(config, i, l)? {
             // Certificates and keys are read now, so a bad file is refused before anything changes.
             let at = format!("listener[{i}] ({}).tls", l.name);
             TlsListener::build(&tls, None).map_err(|e| format!("{at}: {e}"))?;
@@ -137,7 +142,7 @@ impl TlsHandle {
 pub fn listeners(config: &Config) -> (Vec<StageListener>, Vec<TlsHandle>) {
     let mut handles = Vec::new();
     let mut build = |i: usize, l: &ListenerConfig| -> Result<StageListener, String> {
-        let tls = match tls_config(i, l)? {
+        let tls = match tls_config(config, i, l)? {
             Some(tls) => {
                 let built = TlsListener::build(&tls, None)?;
                 handles.push(TlsHandle {
@@ -176,7 +181,7 @@ pub fn replace_certs(handles: &mut [TlsHandle], new: &Config) -> Result<usize, S
         let Some((i, l)) = http_listeners(new).find(|(_, l)| l.name == h.listener) else {
             continue;
         };
-        let Some(tls) = tls_config(i, l)? else { continue };
+        let Some(tls) = tls_config(new, i, l)? else { continue };
         let handle = TlsHandle {
             listener: h.listener.clone(),
             config: tls,

@@ -31,7 +31,7 @@
 
 #[cfg(test)]
 mod abuse_tests;
-mod io;
+pub(crate) mod io;
 mod request;
 mod response;
 mod stream;

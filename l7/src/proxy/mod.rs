@@ -318,6 +318,11 @@ fn secs(s: u64) -> Duration {
 }
 
 impl HttpProxy {
+    /// The settings the proxy runs with.
+    pub fn config(&self) -> &Arc<ProxyConfig> {
+        &self.cfg
+    }
+
     /// Passes the subject of the client's verified certificate upstream with every request (mutual TLS).
     pub fn set_client_cert_subject(&mut self, subject: &str) {
         self.client_cert = Some(subject.into());

@@ -66,6 +66,18 @@ l7_counts! {
     TlsFailed => "tls_handshake_failed": "TLS handshakes or records that failed (alert sent, connection closed; see the log at debug level).",
     TlsAborted => "tls_handshake_aborted": "TLS handshakes the client abandoned (closed or reset before the end, e.g. it did not trust the certificate).",
     TlsPoolFull => "tls_pool_full": "TLS handshakes refused at once: the handshake pool's queue was full.",
+    H2Connections => "h2_connections": "Client connections that speak HTTP/2 (prior knowledge, or ALPN h2).",
+    H2Streams => "h2_streams": "HTTP/2 streams (requests) opened by clients.",
+    H2ClientProtocolError => "h2_client_protocol_error": "HTTP/2 connections ended on a client protocol error.",
+    H2RapidReset => "h2_rapid_reset": "HTTP/2 connections ended for resetting too many streams (Rapid Reset, CVE-2023-44487): GOAWAY.",
+    H2TooManyErrorResets => "h2_too_many_error_resets": "HTTP/2 connections ended for too many streams reset for the client's errors: GOAWAY.",
+    H2ContinuationFlood => "h2_continuation_flood": "HTTP/2 connections ended for a header block over too many CONTINUATION frames: GOAWAY.",
+    H2DataFlood => "h2_data_flood": "HTTP/2 connections ended for too many small DATA frames: GOAWAY.",
+    H2HeaderListTooLarge => "h2_header_list_too_large": "HTTP/2 requests with a header list over the limit (431, or GOAWAY when far over).",
+    H2TooManyStreams => "h2_too_many_streams": "HTTP/2 streams refused over max_concurrent_streams (REFUSED_STREAM).",
+    H2MalformedRequest => "h2_malformed_request": "Malformed HTTP/2 requests (RST_STREAM PROTOCOL_ERROR).",
+    H2ConnectRefused => "h2_connect_refused": "HTTP/2 CONNECT requests (405).",
+    H2BadResponse => "h2_bad_response": "Responses that could not be carried over HTTP/2 (502 or RST_STREAM).",
     TlsUnder1ms => "tls_handshake_le_1ms": "TLS handshakes that took at most 1 ms from the ClientHello (latency histogram).",
     TlsUnder10ms => "tls_handshake_le_10ms": "TLS handshakes that took over 1 ms and at most 10 ms.",
     TlsUnder100ms => "tls_handshake_le_100ms": "TLS handshakes that took over 10 ms and at most 100 ms.",
@@ -74,6 +86,23 @@ l7_counts! {
 }
 
 impl L7Count {
+    /// The count of an HTTP/2 front's refusal or defence.
+    pub fn from_h2(c: crate::h2::H2Count) -> L7Count {
+        use crate::h2::H2Count as H;
+        match c {
+            H::ClientProtocolError => L7Count::H2ClientProtocolError,
+            H::RapidReset => L7Count::H2RapidReset,
+            H::TooManyErrorResets => L7Count::H2TooManyErrorResets,
+            H::ContinuationFlood => L7Count::H2ContinuationFlood,
+            H::DataFlood => L7Count::H2DataFlood,
+            H::HeaderListTooLarge => L7Count::H2HeaderListTooLarge,
+            H::TooManyStreams => L7Count::H2TooManyStreams,
+            H::MalformedRequest => L7Count::H2MalformedRequest,
+            H::ConnectRefused => L7Count::H2ConnectRefused,
+            H::BadResponse => L7Count::H2BadResponse,
+        }
+    }
+
     /// The latency bucket of a TLS handshake that took `elapsed`.
     pub fn tls_latency(elapsed: std::time::Duration) -> L7Count {
         match elapsed.as_micros() {

@@ -16,6 +16,7 @@
 pub mod access;
 pub mod counters;
 mod session;
+mod streams;
 mod token;
 pub mod upstreams;
 
@@ -38,6 +39,7 @@ use xlb_stack::service::{Service, StageId, Transport};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
 use crate::config::L7Config;
+use crate::h2::H2Limits;
 use crate::proxy::{HttpProxy, ProxyConfig};
 use crate::rules::GroupId;
 use crate::tcp::{BadSegment, ConnId, Ingress, TcpConfig, TcpHost};
@@ -142,6 +144,8 @@ pub struct L7Stage {
     /// Listener names, shared with their sessions (access log).
     listener_names: Vec<Arc<str>>,
     handshakes: Option<HandshakeClient>,
+    /// HTTP/2 limits (`None`: HTTP/2 is off, `l7.http2 = false`).
+    h2: Option<H2Limits>,
 }
 
 impl L7Stage {
@@ -195,6 +199,7 @@ impl L7Stage {
             access_log: config.access_log,
             listener_names,
             handshakes: config.handshakes,
+            h2: config.limits.http2.then(|| config.limits.h2_limits()),
         }
     }
 
@@ -270,16 +275,7 @@ impl L7Stage {
 
     fn open_session(&mut self, now: Instant, conn: ConnId, listener: usize) {
         let Some(tuple) = self.host.tuple(conn) else { return };
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    session: None,
-                });
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let index = self.free_slot();
         let generation = self.slots[index as usize].generation;
         let proxy = HttpProxy::new(
             self.listeners[listener].proxy.clone(),
@@ -344,7 +340,9 @@ impl L7Stage {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
-        let Some(session) = slot.session.as_mut() else { return };
+        let generation = slot.generation;
+        // Out of its slot while it runs, so HTTP/2 work can reach the sessions of its streams (or its front).
+        let Some(mut session) = slot.session.take() else { return };
         let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
         let mut io = Io {
             now,
@@ -354,14 +352,21 @@ impl L7Stage {
             source: &source,
             access_log: self.access_log.as_ref(),
             handshakes: self.handshakes.as_mut(),
+            h2: self.h2.as_ref(),
         };
         if timer {
             session.handle_timeout(&mut io);
         } else {
             session.pump(&mut io);
         }
+        if session.is_front() {
+            self.dispatch_streams(now, (index, generation), &mut session, cx);
+        }
+        if session.is_stream() {
+            self.stream_to_front(now, &mut session, cx);
+        }
+        let slot = &mut self.slots[index as usize];
         if session.is_done() {
-            slot.session = None;
             slot.generation = (slot.generation + 1) & ((1 << 30) - 1);
             self.free.push(index);
             self.sessions -= 1;
@@ -373,6 +378,7 @@ impl L7Stage {
                     self.timers.push(Reverse((due, index, slot.generation)));
                 }
             }
+            slot.session = Some(session);
         }
     }
 
@@ -406,7 +412,7 @@ impl L7Stage {
                 .filter(|s| s.generation == generation)
                 .and_then(|s| s.session.as_mut());
             if let Some(session) = session {
-                session.handshake_step_done(now, done, &mut self.counters);
+                session.handshake_step_done(now, done, &mut self.counters, self.h2.as_ref());
                 self.touched.push(index);
                 any = true;
             }

@@ -15,12 +15,17 @@ use super::access::AccessLine;
 use super::counters::{L7Count, L7Counters};
 use super::token::Token;
 use super::upstreams::{NoUpstream, Upstreams};
+use crate::h2::{H2Front, H2Limits, Sniff};
 use crate::proxy::{AccessRecord, Action, Event, HttpProxy, UpstreamFailure, UpstreamId};
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
 use crate::tcp::{ConnId, TcpHost};
 use crate::tls::client_tls::{ClientTls, StepResult};
 use crate::tls::handshake::{HandshakeClient, HandshakeDone};
+
+mod h2;
+
+pub use h2::StreamWork;
 
 /// Bytes waiting for room in a socket's send buffer.
 #[derive(Default)]
@@ -97,6 +102,8 @@ pub(super) struct Io<'a> {
     pub access_log: Option<&'a Sender<AccessLine>>,
     /// The TLS handshake pool (HTTPS listeners).
     pub handshakes: Option<&'a mut HandshakeClient>,
+    /// HTTP/2 limits (`None`: HTTP/2 is off).
+    pub h2: Option<&'a H2Limits>,
 }
 
 /// A proxied client connection.
@@ -123,6 +130,12 @@ pub(super) struct Session {
     tls: Option<Box<ClientTls>>,
     /// The stage's handle for this session (slot index, generation): handshake results come back with it.
     key: (u32, u32),
+    /// HTTP/2: the client speaks it, or this session serves one stream of a client that does.
+    h2: Option<h2::H2Role>,
+    /// The first client bytes were looked at (the HTTP/2 preface or not).
+    sniffed: bool,
+    /// The exchange was cut short (an HTTP/2 stream is then reset rather than completed).
+    aborted: bool,
 }
 
 impl Session {
@@ -153,11 +166,20 @@ impl Session {
                 Token::Upstream { index, generation } => (index, generation),
                 _ => (u32::MAX, 0),
             },
+            h2: None,
+            sniffed: false,
+            aborted: false,
         }
     }
 
     /// Takes back the TLS connection from a handshake pool thread.
-    pub fn handshake_step_done(&mut self, now: Instant, done: HandshakeDone, counters: &mut L7Counters) {
+    pub fn handshake_step_done(
+        &mut self,
+        now: Instant,
+        done: HandshakeDone,
+        counters: &mut L7Counters,
+        h2: Option<&H2Limits>,
+    ) {
         let Some(tls) = self.tls.as_mut() else { return };
         match tls.step_done(now, done) {
             StepResult::Continuing => {}
@@ -172,6 +194,11 @@ impl Session {
                 if let Some(subject) = &outcome.client_subject {
                     self.proxy.set_client_cert_subject(subject);
                 }
+                if let (true, Some(limits)) = (outcome.alpn_h2, h2) {
+                    self.become_front(now, limits);
+                    self.sniffed = true;
+                    counters.bump(L7Count::H2Connections);
+                }
             }
             StepResult::Failed(e) => {
                 counters.bump(L7Count::TlsFailed);
@@ -182,6 +209,9 @@ impl Session {
 
     /// When the proxy's next timer is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.is_front() {
+            return if self.client_closed { None } else { self.front_timeout() };
+        }
         if self.proxy.is_closed() {
             None
         } else {
@@ -191,7 +221,9 @@ impl Session {
 
     /// Fires the proxy's timers due at `io.now`, then pumps.
     pub fn handle_timeout(&mut self, io: &mut Io<'_>) {
-        if self.proxy.poll_timeout().is_some_and(|t| t <= io.now) {
+        if self.is_front() {
+            self.front_handle_timeout(io.now);
+        } else if self.proxy.poll_timeout().is_some_and(|t| t <= io.now) {
             self.proxy.handle_timeout(io.now);
         }
         self.pump(io);
@@ -210,14 +242,24 @@ impl Session {
             progress |= self.upstream_side(io);
             progress |= self.client_side(io);
             progress |= self.act(io);
+            if self.is_front() {
+                progress |= self.front_poll(io.now, io.counters);
+            }
             if !progress {
                 break;
             }
         }
+        if self.is_stream() {
+            return; // no socket: the stage takes the response and closes the stream
+        }
         if !self.client_closed {
             // Large buffers while a request is in progress, small ones between requests.
             let handshaking = self.tls.as_ref().is_some_and(|t| t.is_handshaking() || t.has_output());
-            let busy = !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel || handshaking;
+            let busy = if self.is_front() {
+                !self.client_out.is_empty() || self.front_has_streams() || handshaking
+            } else {
+                !self.proxy.is_waiting() || !self.client_out.is_empty() || self.tunnel || handshaking
+            };
             io.host.set_busy(self.client, busy);
             if !busy && io.host.is_idle_sized(self.client) {
                 // Idle with nothing in flight: the proxy's kept buffers go too (re-grown by the next request).
@@ -248,6 +290,9 @@ impl Session {
 
     fn flush(&mut self, io: &mut Io<'_>) -> bool {
         let mut sent = false;
+        if self.is_stream() {
+            return self.flush_upstream(io); // the response is taken by the stage
+        }
         if let Some(tls) = self.tls.as_mut() {
             if let Some(s) = io.host.socket(io.now, self.client) {
                 sent |= tls.send(s);
@@ -261,12 +306,16 @@ impl Session {
                 sent |= self.client_out.flush(s, &mut self.proxy);
             }
         }
-        if let Some(up) = self.upstream.as_mut().filter(|u| u.connected && !u.out.is_empty()) {
-            if let Some(s) = io.host.socket(io.now, up.conn) {
-                sent |= up.out.flush(s, &mut self.proxy);
-            }
-        }
-        sent
+        sent | self.flush_upstream(io)
+    }
+
+    fn flush_upstream(&mut self, io: &mut Io<'_>) -> bool {
+        let Some(up) = self.upstream.as_mut().filter(|u| u.connected && !u.out.is_empty()) else {
+            return false;
+        };
+        io.host
+            .socket(io.now, up.conn)
+            .is_some_and(|s| up.out.flush(s, &mut self.proxy))
     }
 
     fn upstream_side(&mut self, io: &mut Io<'_>) -> bool {
@@ -340,6 +389,9 @@ impl Session {
 
     fn client_side(&mut self, io: &mut Io<'_>) -> bool {
         let now = io.now;
+        if self.is_stream() {
+            return self.stream_client_side(now);
+        }
         if self.client_closed {
             return false;
         }
@@ -369,10 +421,10 @@ impl Session {
                 let (from, to) = (self.client, up.conn);
                 progress |= relay(io, from, to);
             }
-        } else if self.proxy.wants_client_bytes() && self.upstream.as_ref().is_none_or(|u| u.out.len < HIGH_WATER) {
-            let proxy = &mut self.proxy;
-            if let Some(s) = io.host.socket(now, self.client) {
-                progress |= read(s, |data| proxy.handle_client_bytes(now, data));
+        } else if self.wants_client_bytes() {
+            let Io { host, counters, h2, .. } = io;
+            if let Some(s) = host.socket(now, self.client) {
+                progress |= read(s, |data| self.client_bytes(now, data, *h2, counters));
             }
         }
         if !self.client_eof && at_eof(io.host, now, self.client) {
@@ -381,10 +433,44 @@ impl Session {
         progress
     }
 
+    /// Whether client bytes are wanted: by the HTTP/2 front, or by the proxy while the upstream's backlog is
+    /// small.
+    fn wants_client_bytes(&self) -> bool {
+        if self.is_front() {
+            return self.front_wants_bytes();
+        }
+        self.proxy.wants_client_bytes() && self.upstream.as_ref().is_none_or(|u| u.out.len < HIGH_WATER)
+    }
+
+    /// Client bytes (plaintext) for the proxy or the HTTP/2 front; the first ones say which. Returns how many
+    /// were taken.
+    fn client_bytes(&mut self, now: Instant, data: &[u8], h2: Option<&H2Limits>, counters: &mut L7Counters) -> usize {
+        if !self.sniffed {
+            if let Some(limits) = h2 {
+                match H2Front::sniff(data) {
+                    Sniff::NeedMore => return 0,
+                    Sniff::H2 => {
+                        self.become_front(now, limits);
+                        counters.bump(L7Count::H2Connections);
+                    }
+                    Sniff::Http1 => {}
+                }
+            }
+            self.sniffed = true;
+        }
+        if self.is_front() {
+            self.front_bytes(now, data)
+        } else {
+            self.proxy.handle_client_bytes(now, data)
+        }
+    }
+
     /// The client has sent everything: tell the proxy (or, in a tunnel, the server).
     fn client_eof(&mut self, now: Instant, io: &mut Io<'_>) -> bool {
         self.client_eof = true;
-        if self.tunnel {
+        if self.is_front() {
+            self.front_eof(now);
+        } else if self.tunnel {
             if let Some(up) = self.upstream.as_ref() {
                 io.host.close(now, up.conn); // FIN to the server after the client's bytes
             }
@@ -438,14 +524,18 @@ impl Session {
                     progress |= n > 0;
                 }
             }
-        } else if self.proxy.wants_client_bytes() && self.upstream.as_ref().is_none_or(|u| u.out.len < HIGH_WATER) {
+        } else if self.wants_client_bytes() {
+            // The plaintext is taken out for the call (the session is borrowed whole by it).
+            let mut tls = self.tls.take().expect("a TLS session");
             let data = tls.plaintext();
             if !data.is_empty() {
-                let n = self.proxy.handle_client_bytes(now, data);
+                let n = self.client_bytes(now, data, io.h2, io.counters);
                 tls.consume(n);
                 progress |= n > 0;
             }
+            self.tls = Some(tls);
         }
+        let Some(tls) = self.tls.as_mut() else { return progress };
         if !self.client_eof && tls.at_eof() {
             progress |= self.client_eof(now, io);
         }
@@ -516,6 +606,7 @@ impl Session {
             }
         }
         while let Some(event) = self.proxy.poll_event() {
+            self.aborted |= matches!(event, Event::Aborted);
             count(io.counters, event);
         }
         while let Some(record) = self.proxy.poll_access() {

@@ -653,3 +653,115 @@ mod https {
         assert_eq!(w.server.requests.len(), 1);
     }
 }
+
+/// HTTP/2 with prior knowledge: a real `h2` client over the in-stack client connection.
+mod h2c {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    use ::h2::client::{self, SendRequest};
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::h2::io::{MemIo, Pipe};
+
+    type ClientConn = Pin<Box<client::Connection<MemIo, Bytes>>>;
+
+    struct H2Client {
+        io: MemIo,
+        conn: Option<ClientConn>,
+        c: ConnId,
+    }
+
+    impl World {
+        /// Moves the client's frames to xlb and xlb's back, polling the client connection.
+        fn h2_round(&mut self, h: &mut H2Client) {
+            if let Some(conn) = h.conn.as_mut() {
+                if let Poll::Ready(r) = conn.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    r.expect("client connection");
+                    h.conn = None;
+                }
+            }
+            let out = std::mem::take(&mut h.io.lock().outbound);
+            if !out.is_empty() {
+                let sent = self.client.socket(self.now, h.c).unwrap().send_slice(&out).unwrap();
+                assert_eq!(sent, out.len());
+            }
+            self.settle();
+            let mut buf = vec![0u8; 65536];
+            let n = self
+                .client
+                .socket(self.now, h.c)
+                .map_or(0, |s| s.recv_slice(&mut buf).unwrap_or(0));
+            h.io.lock().inbound.extend_from_slice(&buf[..n]);
+        }
+
+        fn h2_run<T>(&mut self, h: &mut H2Client, fut: &mut Pin<Box<impl Future<Output = T> + ?Sized>>) -> T {
+            for _ in 0..200 {
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    return v;
+                }
+                self.h2_round(h);
+            }
+            panic!("h2 client operation did not complete");
+        }
+
+        fn h2_get(&mut self, h: &mut H2Client, send: &mut SendRequest<Bytes>, path: &str) -> (u16, Vec<u8>) {
+            let req = http::Request::get(format!("http://www.example.com{path}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = send.send_request(req, true).expect("send_request");
+            let mut resp = Box::pin(resp);
+            let resp = self.h2_run(h, &mut resp).expect("response");
+            let status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            let mut got = Vec::new();
+            loop {
+                let mut next = Box::pin(std::future::poll_fn(|cx| body.poll_data(cx)));
+                match self.h2_run(h, &mut next) {
+                    Some(Ok(d)) => {
+                        got.extend_from_slice(&d);
+                        let _ = body.flow_control().release_capacity(d.len());
+                    }
+                    Some(Err(e)) => panic!("body: {e:?}"),
+                    None => break,
+                }
+            }
+            (status, got)
+        }
+    }
+
+    #[test]
+    fn h2c_requests_in_turn_and_at_once_are_proxied_over_kept_alive_upstreams() {
+        let mut w = world();
+        let c = w.connect(40_200);
+        let io = MemIo(Arc::new(Mutex::new(Pipe {
+            max_outbound: usize::MAX,
+            ..Pipe::default()
+        })));
+        let mut h = H2Client {
+            io: io.clone(),
+            conn: None,
+            c,
+        };
+        let mut hs = Box::pin(client::handshake(io));
+        let (mut send, conn) = w.h2_run(&mut h, &mut hs).expect("h2 handshake");
+        h.conn = Some(Box::pin(conn));
+        for i in 0..3 {
+            let (status, body) = w.h2_get(&mut h, &mut send, "/x");
+            assert_eq!((status, &body[..]), (200, &b"hello"[..]), "request {i}");
+        }
+        assert_eq!(w.server.requests.len(), 3);
+        assert!(
+            w.server.requests[0].starts_with("GET /x HTTP/1.1\r\nHost: www.example.com\r\n"),
+            "{}",
+            w.server.requests[0]
+        );
+        assert_eq!(w.server.accepted, 1, "one kept-alive upstream connection");
+        assert_eq!(w.counters().get(L7Count::H2Connections), 1);
+        assert_eq!(w.counters().get(L7Count::H2Streams), 3);
+        assert_eq!(w.counters().get(L7Count::Aborted), 0);
+    }
+}

@@ -263,6 +263,51 @@ fn half_open_and_idle_connections_hold_small_buffers_busy_ones_large() {
 }
 
 #[test]
+fn a_peer_sending_at_the_old_window_after_the_buffers_shrank_loses_nothing() {
+    let now = Instant::now();
+    let config = TcpConfig {
+        rx_buffer: 65_536,
+        tx_buffer: 65_536,
+        idle_buffer: 1024,
+        ..TcpConfig::default()
+    };
+    let (mut client, mut server) = (TcpHost::new(config.clone(), now, 1), TcpHost::new(config, now, 2));
+    let (c, s) = open(now, &mut client, &mut server);
+    server.set_busy(s, true);
+    client.set_busy(c, true);
+    // The server advertises its large window, then (idle, empty) swaps to 1 KiB buffers; the client still
+    // sends 40 000 bytes at the window it was told. Only what fits is taken (nothing is lost or corrupted);
+    // the server goes busy again as a session does when bytes arrive, and the rest is retransmitted.
+    client.socket(now, c).unwrap().send_slice(b"x").unwrap();
+    shuttle(now, &mut client, &mut server, false);
+    let mut one = [0u8; 1];
+    assert_eq!(server.socket(now, s).unwrap().recv_slice(&mut one).unwrap(), 1);
+    shuttle(now, &mut server, &mut client, false); // the ACK with the large window
+    server.set_busy(s, false);
+    let data: Vec<u8> = (0..40_000u32).map(|i| (i * 7) as u8).collect();
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut t = now;
+    for _ in 0..2000 {
+        sent += client.socket(t, c).unwrap().send_slice(&data[sent..]).unwrap();
+        shuttle(t, &mut client, &mut server, false);
+        let mut buf = vec![0u8; 4096];
+        let n = server.socket(t, s).unwrap().recv_slice(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        server.set_busy(s, true);
+        shuttle(t, &mut server, &mut client, false);
+        if got.len() == data.len() {
+            break;
+        }
+        t += std::time::Duration::from_millis(50); // retransmission timers run
+        client.handle_timeout(t);
+        server.handle_timeout(t);
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "byte-exact through the shrunk buffer");
+}
+
+#[test]
 fn a_syn_reusing_a_tuple_in_time_wait_opens_a_new_connection() {
     let now = Instant::now();
     let (mut client, mut server) = (host(now, 1), host(now, 2));

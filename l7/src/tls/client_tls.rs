@@ -35,6 +35,8 @@ enum Phase {
 pub struct HandshakeOutcome {
     /// The subject of the client's verified certificate (mutual TLS).
     pub client_subject: Option<String>,
+    /// ALPN chose HTTP/2.
+    pub alpn_h2: bool,
     /// Resumed (no certificate signature).
     pub resumed: bool,
     /// TLS 1.3 (else 1.2).
@@ -173,6 +175,7 @@ impl ClientTls {
         }
         self.phase = Phase::Open;
         StepResult::Done(HandshakeOutcome {
+            alpn_h2: conn.alpn_protocol() == Some(b"h2"),
             client_subject: conn
                 .peer_certificates()
                 .and_then(|chain| chain.first())

@@ -9,7 +9,7 @@
 //!
 //! [listener.tls]
 //! policy = "tls-1-2"                 # tls-1-2 (default), tls-1-2-aes, tls-1-3
-//! alpn = ["http/1.1"]                # offered in this order
+//! alpn = ["h2", "http/1.1"]          # offered in this order (h2 only while [l7] http2 is on)
 //! session_cache = 4096               # TLS 1.2 session ids kept per listener (tickets need no cache)
 //!
 //! client_auth = "required"          # mutual TLS: off (default), optional, required
@@ -42,7 +42,7 @@ pub struct TlsListenerConfig {
     /// The security policy by name.
     #[serde(default)]
     pub policy: TlsPolicy,
-    /// ALPN protocols offered, in order of preference (`http/1.1`).
+    /// ALPN protocols offered, in order of preference (`h2`, `http/1.1`).
     #[serde(default = "default_alpn")]
     pub alpn: Vec<String>,
     /// TLS 1.2 sessions kept for resumption by session id (TLS 1.3 and 1.2 tickets need no cache).
@@ -84,7 +84,7 @@ pub struct CertConfig {
 }
 
 fn default_alpn() -> Vec<String> {
-    vec!["http/1.1".to_owned()]
+    vec!["h2".to_owned(), "http/1.1".to_owned()]
 }
 
 fn default_session_cache() -> usize {
@@ -92,7 +92,7 @@ fn default_session_cache() -> usize {
 }
 
 /// The ALPN protocols xlb can serve.
-pub const SUPPORTED_ALPN: &[&str] = &["http/1.1"];
+pub const SUPPORTED_ALPN: &[&str] = &["h2", "http/1.1"];
 
 impl TlsListenerConfig {
     /// The `tls` table of a listener as L4 kept it; the error names the field.

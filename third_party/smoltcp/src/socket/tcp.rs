@@ -1723,11 +1723,18 @@ impl<'a> Socket<'a> {
         }
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
-        let window_end = if let Some(last_ack) = self.remote_last_ack {
+        let mut window_end = if let Some(last_ack) = self.remote_last_ack {
             last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
         } else {
             window_start
         };
+        // xlb patch: the receive buffer may have been replaced by a smaller one (`replace_buffers`) after a
+        // larger window was advertised: accept only what the buffer holds (the peer retransmits the rest, as
+        // after any shrunk window) instead of losing bytes the assembler would count as received.
+        let buffer_end = window_start + self.rx_buffer.window();
+        if self.remote_last_ack.is_some() && buffer_end < window_end {
+            window_end = buffer_end;
+        }
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
