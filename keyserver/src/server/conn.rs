@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustls::SignatureScheme;
 use tracing::{debug, info, warn};
 
-use super::{CloseReason, Shared};
+use super::{CloseReason, ServerStats, Shared};
 use crate::config::{Grants, Peer};
 use crate::keys::KeyEntry;
 use crate::transport::{self, is_timeout, Socket};
@@ -25,7 +25,7 @@ pub(crate) struct ConnOut {
     tx: Sender<Vec<u8>>,
     control: Box<dyn Socket>,
     /// Set when responses could not be queued or written.
-    write_failed: AtomicBool,
+    write_failed: Arc<AtomicBool>,
 }
 
 impl ConnOut {
@@ -58,7 +58,7 @@ pub(crate) struct SignJob {
 }
 
 /// A signing thread: signs jobs until every job sender is gone.
-pub(crate) fn sign_worker(shared: &Shared, rx: Receiver<SignJob>) {
+pub(crate) fn sign_worker(stats: &ServerStats, rx: Receiver<SignJob>) {
     for job in rx.iter() {
         let result = job
             .key
@@ -77,7 +77,7 @@ pub(crate) fn sign_worker(shared: &Shared, rx: Receiver<SignJob>) {
                 (Status::InternalError, e.into_bytes())
             }
         };
-        shared.stats.count(Opcode::Sign, status);
+        stats.count(Opcode::Sign, status);
         debug!(id = job.id, key = %job.key.id.short(), status = status.name(), "sign done");
         job.out.send(&Response {
             opcode: Opcode::Sign,
@@ -132,15 +132,26 @@ pub(crate) fn serve(
     }
     debug!(conn = conn_id, %peer, "connection open");
     let (tx, rx) = crossbeam_channel::bounded(OUT_QUEUE);
+    let write_failed = Arc::new(AtomicBool::new(false));
+    let writer_thread = match control.try_clone_socket() {
+        Ok(wcontrol) => {
+            let failed = write_failed.clone();
+            std::thread::Builder::new()
+                .name(format!("ks-conn-{conn_id}-w"))
+                .spawn(move || write_loop(writer, rx, wcontrol.as_ref(), &failed))
+                .ok()
+        }
+        Err(_) => None,
+    };
     let out = Arc::new(ConnOut {
         tx,
         control,
-        write_failed: AtomicBool::new(false),
+        write_failed,
     });
-    let out2 = out.clone();
-    let writer_thread = std::thread::Builder::new()
-        .name(format!("ks-conn-{conn_id}-w"))
-        .spawn(move || write_loop(writer, rx, &out2));
+    if writer_thread.is_none() {
+        warn!(conn = conn_id, %peer, "cannot start the connection's writer thread");
+        out.control.shutdown_both();
+    }
     let reason = read_loop(&shared, reader, &out, &grants, &peer, conn_id, frame_timeout);
     let reason = if out.write_failed.load(Ordering::SeqCst) {
         CloseReason::WriteFailed
@@ -152,7 +163,7 @@ pub(crate) fn serve(
         conns.remove(&conn_id);
     }
     drop(out); // the writer ends once the signing threads have dropped their handles too
-    if let Ok(h) = writer_thread {
+    if let Some(h) = writer_thread {
         let _ = h.join();
     }
     shared.stats.count_close(reason);
@@ -178,7 +189,7 @@ fn tls_accept(
     Ok((names, conn))
 }
 
-fn write_loop(mut w: transport::WriteHalf, rx: Receiver<Vec<u8>>, out: &ConnOut) {
+fn write_loop(mut w: transport::WriteHalf, rx: Receiver<Vec<u8>>, control: &dyn Socket, failed: &AtomicBool) {
     let mut buf = Vec::new();
     while let Ok(first) = rx.recv() {
         buf.clear();
@@ -191,8 +202,8 @@ fn write_loop(mut w: transport::WriteHalf, rx: Receiver<Vec<u8>>, out: &ConnOut)
         }
         if let Err(e) = w.write_all(&buf).and_then(|_| w.flush()) {
             debug!("write failed: {e}");
-            out.write_failed.store(true, Ordering::SeqCst);
-            out.control.shutdown_both();
+            failed.store(true, Ordering::SeqCst);
+            control.shutdown_both();
             return;
         }
     }

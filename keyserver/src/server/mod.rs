@@ -28,7 +28,7 @@ use crate::transport::Socket;
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) keys: RwLock<Arc<KeyStore>>,
-    pub(crate) stats: ServerStats,
+    pub(crate) stats: Arc<ServerStats>,
     pub(crate) jobs: crossbeam_channel::Sender<conn::SignJob>,
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
     pub(crate) shutdown: AtomicBool,
@@ -56,7 +56,7 @@ pub fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.queue_depth);
     let shared = Arc::new(Shared {
         keys: RwLock::new(Arc::new(keys)),
-        stats: ServerStats::default(),
+        stats: Arc::new(ServerStats::default()),
         jobs: jobs_tx,
         tls,
         shutdown: AtomicBool::new(false),
@@ -66,10 +66,10 @@ pub fn start(config: Config) -> anyhow::Result<ServerHandle> {
     });
     for i in 0..shared.config.sign_threads() {
         let rx = jobs_rx.clone();
-        let sh = shared.clone();
+        let stats = shared.stats.clone();
         std::thread::Builder::new()
             .name(format!("ks-sign-{i}"))
-            .spawn(move || conn::sign_worker(&sh, rx))?;
+            .spawn(move || conn::sign_worker(&stats, rx))?;
     }
     let mut listeners = Vec::new();
     if let Some(path) = shared.config.listen_unix.clone() {
