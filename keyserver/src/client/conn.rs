@@ -169,6 +169,21 @@ fn open(inner: &Arc<Inner>, slot: usize) -> Result<Arc<Conn>, String> {
         .name(format!("ks-client-read-{slot}"))
         .spawn(move || read_loop(c2, r, weak, slot))
         .map_err(|e| e.to_string())?;
+    // Connected means answering: with TLS 1.3 the server checks our certificate only
+    // after our side of the handshake is done, and a plain client on a TLS socket
+    // "connects" too. A first ping proves the session works.
+    let ping = Request {
+        opcode: crate::wire::Opcode::Ping,
+        id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+        key_id: Default::default(),
+        scheme: 0,
+        payload: Vec::new(),
+    };
+    if let Err(e) = conn.call(&ping, inner.options.connect_timeout) {
+        conn.alive.store(false, Ordering::SeqCst); // quietly: it never counted as connected
+        conn.close();
+        return Err(format!("connected, but no answer to a first ping ({e})"));
+    }
     Ok(conn)
 }
 
