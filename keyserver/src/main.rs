@@ -42,8 +42,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(errors.is_empty(), "{} key file(s) could not be loaded", errors.len());
         return Ok(());
     }
-    let server = xlb_keyserver::server::start(config)?;
+    // Registered before serving, so an early SIGHUP reloads instead of killing the process.
     let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
+    let server = xlb_keyserver::server::start(config)?;
     for sig in signals.forever() {
         if sig == SIGHUP {
             info!("SIGHUP: reloading keys");
