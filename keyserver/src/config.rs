@@ -16,6 +16,9 @@ pub struct Config {
     /// Unix socket path for callers on the same host.
     #[serde(default)]
     pub listen_unix: Option<PathBuf>,
+    /// Permissions of the Unix socket file, e.g. `0o660` (default: as the umask leaves them).
+    #[serde(default)]
+    pub unix_mode: Option<u32>,
     /// TCP address for remote appliances; requires `[tls]` (mutual TLS).
     #[serde(default)]
     pub listen_tcp: Option<SocketAddr>,

@@ -330,7 +330,12 @@ fn second_endpoint_takes_over_when_the_first_is_down() {
 fn stats_opcode_reports_the_counters() {
     let dir = TempDir::new("stats");
     let served = write_keys(&dir);
-    let server = start_server(&dir, ALLOW_UNIX_ALL);
+    let server = start_server(&dir, &format!("unix_mode = 0o600\n{ALLOW_UNIX_ALL}"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(dir.sock()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let client = unix_client(&dir);
     let key = RemoteSigningKey::from_certificate(client.clone(), &served.p256_cert).unwrap();
     sign_with(&key, SignatureScheme::ECDSA_NISTP256_SHA256, b"x");

@@ -74,6 +74,11 @@ pub fn start(config: Config) -> anyhow::Result<ServerHandle> {
     let mut listeners = Vec::new();
     if let Some(path) = shared.config.listen_unix.clone() {
         let l = bind_unix(&path)?;
+        if let Some(mode) = shared.config.unix_mode {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting unix_mode {mode:o} on {}", path.display()))?;
+        }
         info!(path = %path.display(), tls = shared.config.unix_tls, "key server listening on unix socket");
         let sh = shared.clone();
         listeners.push(
