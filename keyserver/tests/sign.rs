@@ -473,3 +473,18 @@ fn malformed_truncated_and_slow_peers_lose_only_their_own_connection() {
     assert_eq!(server.stats().closed(CloseReason::SlowClient), 1);
     server.shutdown();
 }
+
+#[test]
+fn connections_beyond_max_connections_are_refused_and_counted() {
+    use std::io::Read;
+    let dir = TempDir::new("maxconn");
+    write_keys(&dir);
+    let server = start_server(&dir, &format!("max_connections = 1\n{ALLOW_UNIX_ALL}"));
+    let client = unix_client(&dir);
+    let mut extra = std::os::unix::net::UnixStream::connect(dir.sock()).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(extra.read(&mut [0u8; 8]).unwrap_or(0), 0, "connection over the limit was served");
+    assert_eq!(server.stats().closed(CloseReason::TooManyConnections), 1);
+    client.ping().unwrap();
+    server.shutdown();
+}

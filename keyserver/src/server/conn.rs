@@ -97,6 +97,7 @@ pub(crate) fn serve(
     tls: bool,
     label: String,
 ) {
+    let _registered = Registered(&shared, conn_id);
     let frame_timeout = Duration::from_secs(shared.config.frame_timeout_secs.max(1));
     if let Err(e) = sock.set_timeouts(Some(frame_timeout), Some(frame_timeout)) {
         warn!(conn = conn_id, peer = %label, "cannot set socket timeouts: {e}");
@@ -125,11 +126,6 @@ pub(crate) fn serve(
             return;
         }
     };
-    if let Ok(c) = control.try_clone_socket() {
-        if let Ok(mut conns) = shared.conns.lock() {
-            conns.insert(conn_id, c);
-        }
-    }
     debug!(conn = conn_id, %peer, "connection open");
     let (tx, rx) = crossbeam_channel::bounded(OUT_QUEUE);
     let write_failed = Arc::new(AtomicBool::new(false));
@@ -159,9 +155,6 @@ pub(crate) fn serve(
         reason
     };
     out.control.shutdown_both();
-    if let Ok(mut conns) = shared.conns.lock() {
-        conns.remove(&conn_id);
-    }
     drop(out); // the writer ends once the signing threads have dropped their handles too
     if let Some(h) = writer_thread {
         let _ = h.join();
@@ -172,6 +165,17 @@ pub(crate) fn serve(
             debug!(conn = conn_id, %peer, "connection closed: {}", reason.name())
         }
         _ => warn!(conn = conn_id, %peer, "connection closed: {}", reason.name()),
+    }
+}
+
+/// Removes the connection from the registry (see `spawn_conn`) however `serve` ends.
+struct Registered<'a>(&'a Shared, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut conns) = self.0.conns.lock() {
+            conns.remove(&self.1);
+        }
     }
 }
 

@@ -264,11 +264,24 @@ fn accept_tcp(shared: Arc<Shared>, l: TcpListener) {
 fn spawn_conn(shared: &Arc<Shared>, sock: Box<dyn Socket>, uid: Option<u32>, tls: bool, label: String) {
     shared.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let served = shared.conns.lock().map(|c| c.len()).unwrap_or(0);
-    if served >= shared.config.max_connections {
-        shared.stats.count_close(CloseReason::TooManyConnections);
-        warn!(peer = %label, max = shared.config.max_connections, "connection refused: max_connections reached (raise it in the config?)");
-        return;
+    // Registered before the thread starts (and before any TLS handshake), so that
+    // `shutdown` reaches every connection and the limit counts handshaking ones.
+    {
+        let Ok(mut conns) = shared.conns.lock() else { return };
+        if conns.len() >= shared.config.max_connections {
+            shared.stats.count_close(CloseReason::TooManyConnections);
+            warn!(peer = %label, max = shared.config.max_connections, "connection refused: max_connections reached (raise it in the config?)");
+            return;
+        }
+        match sock.try_clone_socket() {
+            Ok(c) => {
+                conns.insert(id, c);
+            }
+            Err(e) => {
+                warn!(peer = %label, "connection dropped: cannot clone its socket: {e}");
+                return;
+            }
+        }
     }
     let sh = shared.clone();
     let spawned = std::thread::Builder::new()
@@ -276,6 +289,9 @@ fn spawn_conn(shared: &Arc<Shared>, sock: Box<dyn Socket>, uid: Option<u32>, tls
         .spawn(move || conn::serve(sh, sock, id, uid, tls, label));
     if let Err(e) = spawned {
         error!("cannot start a connection thread: {e}");
+        if let Ok(mut conns) = shared.conns.lock() {
+            conns.remove(&id);
+        }
     }
 }
 
