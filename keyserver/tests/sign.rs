@@ -483,8 +483,63 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
     let client = unix_client(&dir);
     let mut extra = std::os::unix::net::UnixStream::connect(dir.sock()).unwrap();
     extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(extra.read(&mut [0u8; 8]).unwrap_or(0), 0, "connection over the limit was served");
+    assert_eq!(
+        extra.read(&mut [0u8; 8]).unwrap_or(0),
+        0,
+        "connection over the limit was served"
+    );
     assert_eq!(server.stats().closed(CloseReason::TooManyConnections), 1);
     client.ping().unwrap();
     server.shutdown();
+}
+
+#[test]
+fn overloaded_answers_are_retried_on_another_endpoint() {
+    let dir_a = TempDir::new("retry-a");
+    let dir_b = TempDir::new("retry-b");
+    let served = Arc::new(write_keys(&dir_a));
+    for f in ["p256.pem", "p256-sec1.pem", "rsa.pem"] {
+        std::fs::copy(dir_a.keys().join(f), dir_b.keys().join(f)).unwrap();
+    }
+    let tiny = start_server(&dir_a, &format!("queue_depth = 1\n{ALLOW_UNIX_ALL}"));
+    let big = start_server(&dir_b, ALLOW_UNIX_ALL);
+    let endpoints = vec![
+        xlb_keyserver::Endpoint::Unix(dir_a.sock()),
+        xlb_keyserver::Endpoint::Unix(dir_b.sock()),
+    ];
+    let client = KeyServerClient::new(endpoints, fast_options()).unwrap();
+    let t = Instant::now();
+    while client.connected() < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "both endpoints should connect");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let key_id = xlb_keyserver::cert::certificate_key_id(&served.rsa_cert).unwrap();
+    let barrier = Arc::new(Barrier::new(48));
+    let threads: Vec<_> = (0..48)
+        .map(|_| {
+            let (client, barrier) = (client.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..4)
+                    .map(|_| client.sign(&key_id, SignatureScheme::RSA_PSS_SHA256, b"m"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert!(
+        results.iter().all(|r| r.is_ok()),
+        "{:?}",
+        results.iter().find(|r| r.is_err())
+    );
+    let c = client.counters();
+    let overloaded = tiny.stats().get(Opcode::Sign, Status::Overloaded);
+    assert!(
+        overloaded > 0,
+        "the small server never overloaded: the test proves nothing"
+    );
+    assert_eq!(c.retried, overloaded);
+    assert_eq!(c.ok, 192);
+    tiny.shutdown();
+    big.shutdown();
 }

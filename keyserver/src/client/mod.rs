@@ -162,6 +162,9 @@ pub struct ClientCounters {
     pub refused_by_status: [u64; 7],
     /// Connection lost while waiting.
     pub connection_lost: u64,
+    /// Requests retried once on another endpoint (after `overloaded` or a lost connection);
+    /// the outcome above is the retry's.
+    pub retried: u64,
     /// Successful connects (first ones and reconnects).
     pub connects: u64,
     /// Failed connect attempts.
@@ -183,6 +186,7 @@ struct Counters {
     timeout: AtomicU64,
     refused: [AtomicU64; 7],
     connection_lost: AtomicU64,
+    retried: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
 }
@@ -353,6 +357,7 @@ impl KeyServerClient {
             timeout: l(&c.timeout),
             refused_by_status: std::array::from_fn(|i| l(&c.refused[i])),
             connection_lost: l(&c.connection_lost),
+            retried: l(&c.retried),
             connects: l(&c.connects),
             connect_failures: l(&c.connect_failures),
         }
@@ -365,6 +370,16 @@ impl KeyServerClient {
         (0..n).find_map(|i| {
             let slot = &inner.slots[(start + i) % n];
             slot.conn.read().ok().and_then(|c| c.clone()).filter(|c| c.alive())
+        })
+    }
+
+    fn pick_other(&self, not: &Arc<Conn>) -> Option<Arc<Conn>> {
+        self.inner().slots.iter().find_map(|slot| {
+            slot.conn
+                .read()
+                .ok()
+                .and_then(|c| c.clone())
+                .filter(|c| c.alive() && !Arc::ptr_eq(c, not))
         })
     }
 
@@ -384,14 +399,41 @@ impl KeyServerClient {
             return Err(SignError::NoKeyServer);
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let req = Request {
+        let mut req = Request {
             opcode,
             id,
             key_id,
             scheme,
             payload,
         };
-        let result = conn.call(&req, inner.options.request_timeout);
+        let started = Instant::now();
+        let timeout = inner.options.request_timeout;
+        let mut conn = conn;
+        let mut result = conn.call(&req, timeout);
+        // One retry on another connected endpoint when this one is overloaded or broke,
+        // within what is left of the request timeout.
+        if matches!(
+            result,
+            Err(SignError::ConnectionLost)
+                | Err(SignError::Refused {
+                    status: Status::Overloaded,
+                    ..
+                })
+        ) {
+            let left = timeout.saturating_sub(started.elapsed());
+            if let Some(other) = self.pick_other(&conn).filter(|_| !left.is_zero()) {
+                c.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "retrying on key server {} after {:?} from {}",
+                    other.endpoint,
+                    result,
+                    conn.endpoint
+                );
+                req.id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+                result = other.call(&req, left);
+                conn = other;
+            }
+        }
         match &result {
             Ok(_) => {
                 c.ok.fetch_add(1, Ordering::Relaxed);
