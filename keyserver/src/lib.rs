@@ -8,6 +8,8 @@
 //!
 //! See `docs/KEYSERVER.md`.
 
+#![warn(missing_docs)]
+
 pub mod cert;
 pub mod client;
 pub mod config;
