@@ -224,7 +224,7 @@ pub enum WireError {
     /// Declared payload length above [`MAX_PAYLOAD`].
     #[error("payload length {0} exceeds the {MAX_PAYLOAD}-byte limit")]
     Oversized(u32),
-    /// [`Encoder`]-side: a payload too large to frame.
+    /// Encoding side ([`encode`]): a payload too large to frame.
     #[error("payload of {0} bytes is too large to send (limit {MAX_PAYLOAD})")]
     PayloadTooLarge(usize),
 }
