@@ -72,6 +72,8 @@ pub struct L7Config {
     pub http2: bool,
     /// Streams an HTTP/2 client may have open at once (more are refused with REFUSED_STREAM).
     pub http2_max_concurrent_streams: u32,
+    /// Key Servers holding the private keys of certificates configured without `key` (`[l7.key_server]`).
+    pub key_server: Option<KeyServerConfig>,
     /// Threads running TLS full handshakes (certificate signatures) for the workers; resumptions have one
     /// more of their own. Used by `https` listeners only.
     pub tls_handshake_threads: usize,
@@ -96,10 +98,43 @@ impl Default for L7Config {
             upstream_idle_timeout_s: 60,
             access_log: None,
             tls_handshake_threads: 2,
+            key_server: None,
             http2: true,
             http2_max_concurrent_streams: 128,
         }
     }
+}
+
+/// `[l7.key_server]`: where the private keys of certificates without a `key` file are (see docs/KEYSERVER.md).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyServerConfig {
+    /// `unix:/run/xlb-keyserver.sock`, `unix+tls:/path` or `198.18.0.5:7443` (TCP, mutual TLS); requests go
+    /// to any that is connected.
+    pub endpoints: Vec<String>,
+    /// This node's client certificate (chain, PEM) for TLS endpoints.
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key.
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// The CA the Key Servers' certificates chain to.
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// The name in the Key Servers' certificates.
+    #[serde(default = "default_key_server_name")]
+    pub server_name: String,
+    /// How long a signature may take before the handshake fails (counted `timeout`).
+    #[serde(default = "default_key_server_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_key_server_name() -> String {
+    "keyserver".to_owned()
+}
+
+fn default_key_server_timeout() -> u64 {
+    1000
 }
 
 impl L7Config {

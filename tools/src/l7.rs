@@ -4,6 +4,7 @@
 use std::net::SocketAddrV4;
 use std::sync::Arc;
 
+use xlb_keyserver::client::KeyServerClient;
 use xlb_l4::config::{ListenerConfig, ListenerProtocol, PROBE_PORTS, PROBE_PORT_BASE};
 use xlb_l4::layout::Layout;
 use xlb_l4::sched::SchedulerKind;
@@ -12,7 +13,7 @@ use xlb_l7::proxy::ProxyConfig;
 use xlb_l7::stage::upstreams::{GroupSpec, ServerSpec};
 use xlb_l7::stage::StageListener;
 use xlb_l7::tls::certs::{CertStore, ListenerCert};
-use xlb_l7::tls::config::{load_certs, TlsListener, TlsListenerConfig};
+use xlb_l7::tls::config::{load_certs, RemoteKeys, TlsListener, TlsListenerConfig};
 
 use crate::config::Config;
 
@@ -85,7 +86,15 @@ pub fn validate(config: &Config) -> Result<(), String> {
         if let Some(tls) = tls_config(config, i, l)? {
             // Certificates and keys are read now, so a bad file is refused before anything changes.
             let at = format!("listener[{i}] ({}).tls", l.name);
-            TlsListener::build(&tls, None).map_err(|e| format!("{at}: {e}"))?;
+            let ks = match (&config.l7.key_server, tls.needs_key_server()) {
+                (Some(cfg), true) => Some(crate::key_server::client(cfg)?),
+                _ => None,
+            };
+            let remote = ks
+                .as_ref()
+                .map(|c| move |chain: &[_]| crate::key_server::remote_key(c, chain));
+            let remote = remote.as_ref().map(|f| f as RemoteKeys<'_>);
+            TlsListener::build(&tls, remote).map_err(|e| format!("{at}: {e}"))?;
         }
     }
     let l7 = config.l7.local_port_min..=config.l7.local_port_max;
@@ -126,12 +135,19 @@ pub struct TlsHandle {
     pub config: TlsListenerConfig,
     /// The store its handshakes choose from.
     pub certs: Arc<CertStore>,
+    /// The node's Key Server client (certificates without a key file).
+    pub key_server: Option<KeyServerClient>,
 }
 
 impl TlsHandle {
     /// Re-reads the certificate and key files; nothing is replaced if one fails.
     pub fn load(&self) -> Result<Vec<ListenerCert>, String> {
-        load_certs(&self.config, &self.config.policy.provider(), None)
+        let remote = self
+            .key_server
+            .as_ref()
+            .map(|c| move |chain: &[_]| crate::key_server::remote_key(c, chain));
+        let remote = remote.as_ref().map(|f| f as RemoteKeys<'_>);
+        load_certs(&self.config, &self.config.policy.provider(), remote)
             .map_err(|e| format!("listener {}: {e}", self.listener))
     }
 }
@@ -141,12 +157,27 @@ impl TlsHandle {
 /// then valid on every worker).
 pub fn listeners(config: &Config) -> (Vec<StageListener>, Vec<TlsHandle>) {
     let mut handles = Vec::new();
+    // One Key Server client for the node (it connects in the background).
+    let key_server = match &config.l7.key_server {
+        Some(cfg) => match crate::key_server::client(cfg) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("{e}: certificates without a key file cannot be served");
+                None
+            }
+        },
+        None => None,
+    };
     let mut build = |i: usize, l: &ListenerConfig| -> Result<StageListener, String> {
         let tls = match tls_config(config, i, l)? {
             Some(tls) => {
-                let built = TlsListener::build(&tls, None)?;
+                let remote = key_server
+                    .as_ref()
+                    .map(|c| move |chain: &[_]| crate::key_server::remote_key(c, chain));
+                let built = TlsListener::build(&tls, remote.as_ref().map(|f| f as RemoteKeys<'_>))?;
                 handles.push(TlsHandle {
                     listener: l.name.clone(),
+                    key_server: key_server.clone().filter(|_| tls.needs_key_server()),
                     config: tls,
                     certs: built.certs,
                 });
@@ -186,6 +217,7 @@ pub fn replace_certs(handles: &mut [TlsHandle], new: &Config) -> Result<usize, S
             listener: h.listener.clone(),
             config: tls,
             certs: h.certs.clone(),
+            key_server: h.key_server.clone(),
         };
         loaded.push((handle.load()?, handle));
     }

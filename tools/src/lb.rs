@@ -390,6 +390,11 @@ impl L4Runtime {
         &self.config
     }
 
+    /// The node's Key Server client, if a certificate's key is on one.
+    pub fn key_server(&self) -> Option<&xlb_keyserver::client::KeyServerClient> {
+        self.tls.iter().find_map(|h| h.key_server.as_ref())
+    }
+
     /// The certificates of the `https` listeners.
     pub fn certs(&self) -> Vec<xlb_api::routes::ListenerCerts> {
         self.tls

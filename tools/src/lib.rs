@@ -25,6 +25,7 @@ pub mod ha;
 pub mod ha_config;
 pub mod http;
 pub mod instance;
+pub mod key_server;
 pub mod l7;
 pub mod lb;
 pub mod metrics;
