@@ -323,6 +323,11 @@ impl HttpProxy {
         &self.cfg
     }
 
+    /// The subject of the client's verified certificate, if any.
+    pub fn client_cert_subject(&self) -> Option<&str> {
+        self.client_cert.as_deref()
+    }
+
     /// Passes the subject of the client's verified certificate upstream with every request (mutual TLS).
     pub fn set_client_cert_subject(&mut self, subject: &str) {
         self.client_cert = Some(subject.into());

@@ -61,11 +61,14 @@ impl Session {
     /// A session serving `stream` of the front session `parent`, for a client at `self`'s address.
     pub fn new_stream(
         &self,
-        proxy: crate::proxy::HttpProxy,
+        mut proxy: crate::proxy::HttpProxy,
         parent: (u32, u32),
         stream: StreamRef,
         token: super::Token,
     ) -> Session {
+        if let Some(subject) = self.proxy.client_cert_subject() {
+            proxy.set_client_cert_subject(subject); // mutual TLS: every stream's request carries it
+        }
         let mut s = Session::new(proxy, self.client, self.client_addr, token, self.listener.clone(), None);
         s.sniffed = true;
         s.h2 = Some(H2Role::Stream(Box::new(StreamSide {
