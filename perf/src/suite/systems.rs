@@ -149,7 +149,7 @@ pub fn nginx_config(dir: &Path, pki: &Path) -> String {
         .collect();
     format!(
         r#"worker_processes 1;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile 19000;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{
@@ -205,7 +205,9 @@ pub fn haproxy_config(pki: &Path) -> String {
     format!(
         r#"global
     nbthread 1
-    maxconn 30000
+    maxconn 10500
+    ulimit-n 20000
+    no strict-limits
     tune.ssl.cachesize 20000
     ssl-default-bind-options ssl-min-ver TLSv1.2
 
@@ -673,6 +675,7 @@ mod tests {
             "bind 198.18.0.100:8443 ssl crt /p/ecdsa.crt-key.pem alpn http/1.1",
             "bind 198.18.0.100:8444 ssl crt /p/rsa.crt-key.pem alpn http/1.1",
             "tune.ssl.cachesize",
+            "maxconn 10500",
             "http-request set-header X-Forwarded-Proto https",
         ] {
             assert!(haproxy.contains(needle), "{needle} missing from\n{haproxy}");
