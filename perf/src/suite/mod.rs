@@ -655,7 +655,7 @@ fn notes(raw: &RawLoop, runs: &[RunRecord], medians: &report::Medians, irq_time:
     let mut notes = report::interval_lines(runs);
     notes.extend([
         report::raw_loop_line(raw, medians),
-        "LB CPU: xlb = its process's user+system time (it busy-polls one core by design); kernel = host \
+        "LB CPU: xlb = its process's user+system time (all its threads; it busy-polls one core by design except in the HTTPS rows); kernel = host \
          system+irq+softirq time minus the generator's and sinks' system time; nginx/haproxy = the user+system \
          time of the proxying process (NGINX's worker). See perf/README.md."
             .to_owned(),
