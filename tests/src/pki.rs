@@ -23,7 +23,22 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
 /// `<stem>.pem` and key `<stem>.key` it signs (names separated by commas; the first is the subject's CN). A stem
 /// starting with `client` makes a client certificate (clientAuth).
 pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
+    make_with(dir, leaves, LeafKey::P256)
+}
+
+/// The key type of the leaf certificates [`make_with`] makes (the CA is always P-256).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafKey {
+    /// ECDSA P-256.
+    P256,
+    /// RSA 2048 bits.
+    Rsa2048,
+}
+
+/// [`make`] with leaf keys of type `key`.
+pub fn make_with(dir: &Path, leaves: &[(&str, &str)], key_type: LeafKey) -> Result<()> {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let rsa = ["-newkey", "rsa:2048", "-nodes"];
     let mut ca = vec!["req", "-x509"];
     ca.extend(ec);
     ca.extend([
@@ -49,7 +64,10 @@ pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
             format!("{stem}.ext"),
         );
         let mut req = vec!["req"];
-        req.extend(ec);
+        match key_type {
+            LeafKey::P256 => req.extend(ec),
+            LeafKey::Rsa2048 => req.extend(rsa),
+        }
         let subj = format!("/CN={name}");
         req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
         openssl(dir, &req)?;

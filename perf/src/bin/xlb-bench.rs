@@ -7,6 +7,7 @@
 //!                   [--duration S] [--concurrency N] [--window W]
 //! xlb-bench http    --target IP:PORT [--path /] [--host H] [--connections N]
 //!                   [--keepalive|--new-conn|--server-close] [--rate R] [--duration S]
+//!                   [--tls [--sni NAME] [--ca PEM] [--resume]] [--hold S [--threads T]]
 //! xlb-bench sink    --listen IP:PORT --proto tcp|udp|http [--name NAME] [--threads N]
 //! ```
 //!
@@ -31,6 +32,7 @@ use xlb_perf::gen::report;
 use xlb_perf::gen::sink::{Sink, SinkConfig, SinkProto};
 use xlb_perf::gen::synflood;
 use xlb_perf::gen::tcp::{self, TcpCpsConfig};
+use xlb_perf::gen::tls::TlsOptions;
 use xlb_perf::gen::udp::{self, UdpConfig, UdpMode};
 use xlb_perf::gen::{check_server_name, parse_rate, parse_seconds, RunLimits, StopFlag};
 
@@ -203,6 +205,25 @@ struct HttpArgs {
     /// send time (default: closed loop).
     #[arg(long, value_parser = parse_rate_arg, value_name = "R")]
     rate: Option<Rate>,
+    /// HTTPS: TLS 1.3 (rustls) over every connection.
+    #[arg(long)]
+    tls: bool,
+    /// TLS: the SNI name (default: the Host header, or `localhost`).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    sni: Option<String>,
+    /// TLS: check the server's certificate against this CA (PEM); without it nothing is checked.
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
+    /// TLS: resume sessions (tickets) on every connection after each worker's first.
+    #[arg(long, requires = "tls")]
+    resume: bool,
+    /// Hold mode: open --connections kept-alive connections (within --duration), one request each, then hold
+    /// them idle for S seconds and close them; prints `http-hold: holding N` on stderr once all are open.
+    #[arg(long, value_parser = parse_seconds, value_name = "S", conflicts_with_all = ["new_conn", "server_close", "rate"])]
+    hold: Option<Duration>,
+    /// Hold mode: threads opening the connections.
+    #[arg(long, default_value_t = 8, value_name = "T", requires = "hold")]
+    threads: usize,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -285,14 +306,25 @@ fn run(cli: Cli) -> Result<()> {
             let config = HttpConfig {
                 target: args.target,
                 path: args.path,
-                host: args.host,
                 connections: args.connections,
                 keepalive: args.keepalive || !(args.new_conn || args.server_close),
                 server_close: args.server_close,
                 rate: args.rate.and_then(|rate| rate.0),
+                tls: args.tls.then(|| TlsOptions {
+                    server_name: args
+                        .sni
+                        .or_else(|| args.host.clone())
+                        .unwrap_or_else(|| "localhost".to_owned()),
+                    ca: args.ca,
+                    resume: args.resume,
+                }),
+                host: args.host,
                 limits: args.common.limits(),
             };
-            report::print(&http::run(&config, stop)?, args.common.json)
+            match args.hold {
+                Some(hold) => report::print(&http::hold(&config, args.threads, hold, stop)?, args.common.json),
+                None => report::print(&http::run(&config, stop)?, args.common.json),
+            }
         }
         Command::SynFlood(args) => {
             let config = synflood::SynFloodConfig {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use xlb_perf::suite::scenarios::Scenario;
+use xlb_perf::suite::scenarios::{Layer, Scenario};
 use xlb_perf::suite::{self, SuiteOptions};
 
 /// xlb against Linux kernel NAT (L4) and against NGINX and HAProxy (L7 HTTP proxying): connection rate,
@@ -44,15 +44,29 @@ struct Cli {
     #[arg(long)]
     no_raw_loop: bool,
     /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close, tcp_cps_synflood
-    /// (L4: xlb and kernel), http_rps_keepalive, http_cps (L7: xlb, nginx, haproxy). Default: all.
+    /// (L4: xlb and kernel), http_rps_keepalive, http_cps (L7: xlb, nginx, haproxy), tls_idle_memory,
+    /// https_rps_keepalive, tls_handshakes_ecdsa, tls_handshakes_rsa, tls_resumed (HTTPS: xlb, nginx, haproxy);
+    /// or a whole layer: l4, l7, https. Default: all.
     #[arg(long = "scenario", value_name = "NAME", value_parser = parse_scenario)]
-    scenarios: Vec<Scenario>,
+    scenarios: Vec<Vec<Scenario>>,
 }
 
-fn parse_scenario(name: &str) -> Result<Scenario, String> {
-    Scenario::from_name(name).ok_or_else(|| {
+fn parse_scenario(name: &str) -> Result<Vec<Scenario>, String> {
+    let layer = match name {
+        "l4" => Some(Layer::L4),
+        "l7" => Some(Layer::L7),
+        "https" => Some(Layer::Https),
+        _ => None,
+    };
+    if let Some(layer) = layer {
+        return Ok(Scenario::ALL.into_iter().filter(|s| s.layer() == layer).collect());
+    }
+    Scenario::from_name(name).map(|s| vec![s]).ok_or_else(|| {
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
-        format!("unknown scenario `{name}` (one of: {})", names.join(", "))
+        format!(
+            "unknown scenario `{name}` (one of: {}; or l4, l7, https)",
+            names.join(", ")
+        )
     })
 }
 
@@ -69,10 +83,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let mut opts = SuiteOptions::new(cli.quick, cli.reps, cli.duration, cli.out, !cli.no_raw_loop)?;
     if !cli.scenarios.is_empty() {
-        opts.scenarios = Scenario::ALL
-            .into_iter()
-            .filter(|s| cli.scenarios.contains(s))
-            .collect();
+        let chosen: Vec<Scenario> = cli.scenarios.concat();
+        opts.scenarios = Scenario::ALL.into_iter().filter(|s| chosen.contains(s)).collect();
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -40,6 +40,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::report::{self, FailureKind, Failures, Latency, Report, ServerCounts};
+use super::tls::{HandshakeCounts, Stream, TlsClient, TlsOptions};
 use super::{server_name, LiveCounters, Pacer, Progress, RunLimits, StopFlag};
 
 /// Largest response head accepted.
@@ -66,6 +67,8 @@ pub struct HttpConfig {
     pub server_close: bool,
     /// Requests per second in total (open loop); `None`: closed loop.
     pub rate: Option<f64>,
+    /// HTTPS: TLS over each connection (see [`super::tls`]); `None`: plain HTTP.
+    pub tls: Option<TlsOptions>,
     /// Duration, count and per-step timeout.
     pub limits: RunLimits,
 }
@@ -96,6 +99,29 @@ pub struct HttpParams {
     /// What response latency is measured from: `intended` (open loop) or
     /// `send` (closed loop).
     pub latency_from: &'static str,
+    /// HTTPS: the TLS settings (`null`: plain HTTP).
+    pub tls: Option<TlsParams>,
+}
+
+/// The TLS settings as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsParams {
+    /// SNI name sent.
+    pub server_name: String,
+    /// Whether the certificate was checked (against a CA file).
+    pub verify: bool,
+    /// Whether workers resume sessions after their first connection.
+    pub resume: bool,
+}
+
+impl TlsParams {
+    fn of(options: &TlsOptions) -> TlsParams {
+        TlsParams {
+            server_name: options.server_name.clone(),
+            verify: options.ca.is_some(),
+            resume: options.resume,
+        }
+    }
 }
 
 /// Request counts.
@@ -120,6 +146,8 @@ pub struct HttpCounts {
 pub struct HttpLatency {
     /// TCP handshakes.
     pub connect: Latency,
+    /// TLS handshakes (HTTPS only), from the ClientHello to the client's Finished.
+    pub handshake: Latency,
     /// Requests, see [`HttpParams::latency_from`].
     pub response: Latency,
 }
@@ -145,6 +173,8 @@ pub struct HttpReport {
     pub latency_us: HttpLatency,
     /// Completed requests per server name.
     pub servers: ServerCounts,
+    /// HTTPS: TLS handshakes by kind, as the client saw them.
+    pub handshakes: Option<HandshakeCounts>,
 }
 
 impl Report for HttpReport {
@@ -183,6 +213,13 @@ impl Report for HttpReport {
             lines.push(format!("  NOT ISSUED: {n} scheduled requests (generator too slow)"));
         }
         lines.push(self.latency_us.connect.human("connect"));
+        if let Some(h) = &self.handshakes {
+            lines.push(format!(
+                "  TLS handshakes: {} full ({} with HelloRetryRequest), {} resumed",
+                h.full, h.hello_retry, h.resumed
+            ));
+            lines.push(self.latency_us.handshake.human("handshake"));
+        }
         lines.push(self.latency_us.response.human("response"));
         lines.extend(report::servers_human(&self.servers));
         lines.join("\n")
@@ -196,10 +233,66 @@ struct WorkerResult {
     failures: Failures,
     status: BTreeMap<u16, u64>,
     connect: Histogram<u64>,
+    handshake: Histogram<u64>,
     response: Histogram<u64>,
     servers: ServerCounts,
+    handshakes: HandshakeCounts,
     last_completed: Option<Instant>,
     first_error: Option<String>,
+}
+
+impl WorkerResult {
+    fn new() -> WorkerResult {
+        WorkerResult {
+            issued: 0,
+            completed: 0,
+            opened: 0,
+            failures: Failures::default(),
+            status: BTreeMap::new(),
+            connect: report::histogram(),
+            handshake: report::histogram(),
+            response: report::histogram(),
+            servers: ServerCounts::new(),
+            handshakes: HandshakeCounts::default(),
+            last_completed: None,
+            first_error: None,
+        }
+    }
+
+    /// Opens a connection to the target (TCP, then TLS with `tls`), recording its latencies.
+    fn open(
+        &mut self,
+        config: &HttpConfig,
+        tls: Option<&(TlsClient, Arc<rustls::ClientConfig>)>,
+    ) -> io::Result<Conn<Stream>> {
+        let timeout = config.limits.timeout;
+        let started = Instant::now();
+        let tcp = TcpStream::connect_timeout(&config.target, timeout)?;
+        report::record(&mut self.connect, started.elapsed());
+        self.opened += 1;
+        tcp.set_read_timeout(Some(timeout))?;
+        tcp.set_write_timeout(Some(timeout))?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Plain(tcp),
+            Some((client, worker_config)) => {
+                let started = Instant::now();
+                let (stream, kind) = client.handshake(worker_config, tcp)?;
+                report::record(&mut self.handshake, started.elapsed());
+                self.handshakes.add(kind);
+                stream
+            }
+        };
+        Ok(Conn::new(stream))
+    }
+
+    /// Counts a failed operation.
+    fn fail(&mut self, err: &io::Error) {
+        self.failures.add(FailureKind::of(err));
+        if self.first_error.is_none() {
+            self.first_error = Some(err.to_string());
+        }
+    }
 }
 
 /// Runs an HTTP load; returns when all workers are done.
@@ -217,19 +310,15 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
     if host.is_empty() || host.contains(char::is_whitespace) {
         bail!("--host must be non-empty and contain no whitespace");
     }
-    let connection = if config.keepalive { "" } else { "Connection: close\r\n" };
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-bench\r\nAccept: */*\r\n{connection}\r\n",
-        config.path
-    )
-    .into_bytes();
+    let request = request_bytes(&config.path, &host, config.keepalive);
+    let tls = config.tls.as_ref().map(TlsClient::new).transpose()?;
 
     let live = Arc::new(LiveCounters::default());
     let pacer = Pacer::new(&config.limits, config.rate, stop);
     let progress = Progress::start("http", config.limits.duration, Arc::clone(&live));
     let results = thread::scope(|scope| {
         let handles: Vec<_> = (0..config.connections)
-            .map(|_| scope.spawn(|| worker(config, &request, &pacer, &live)))
+            .map(|_| scope.spawn(|| worker(config, tls.as_ref(), &request, &pacer, &live)))
             .collect();
         handles
             .into_iter()
@@ -245,9 +334,13 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
     let mut failures = Failures::default();
     let mut status = BTreeMap::new();
     let (mut connect, mut response) = (report::histogram(), report::histogram());
+    let mut handshake = report::histogram();
+    let mut handshakes = HandshakeCounts::default();
     let mut servers = ServerCounts::new();
     let mut last = pacer.start();
     for r in &results {
+        report::merge(&mut handshake, &r.handshake);
+        handshakes.merge(&r.handshakes);
         counts.issued += r.issued;
         counts.completed += r.completed;
         counts.connections_opened += r.opened;
@@ -280,6 +373,7 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
             count: config.limits.count,
             timeout_ms: config.limits.timeout.as_millis() as u64,
             latency_from: if config.rate.is_some() { "intended" } else { "send" },
+            tls: config.tls.as_ref().map(TlsParams::of),
         },
         elapsed_s: report::round3(elapsed),
         rate: if elapsed > 0.0 {
@@ -292,37 +386,227 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
         status,
         latency_us: HttpLatency {
             connect: Latency::from_histogram(&connect),
+            handshake: Latency::from_histogram(&handshake),
             response: Latency::from_histogram(&response),
         },
         servers,
+        handshakes: config.tls.as_ref().map(|_| handshakes),
     })
 }
 
-fn worker(config: &HttpConfig, request: &[u8], pacer: &Pacer, live: &LiveCounters) -> WorkerResult {
-    let mut r = WorkerResult {
-        issued: 0,
-        completed: 0,
-        opened: 0,
-        failures: Failures::default(),
-        status: BTreeMap::new(),
-        connect: report::histogram(),
-        response: report::histogram(),
-        servers: ServerCounts::new(),
-        last_completed: None,
-        first_error: None,
+/// Result of [`hold`]: connections opened, one request each, then held idle.
+#[derive(Debug, Clone, Serialize)]
+pub struct HoldReport {
+    /// Always `"http-hold"`.
+    pub scenario: &'static str,
+    /// What was asked for (`connections`: how many to hold; `duration_s`: longest time to open them).
+    pub params: HttpParams,
+    /// Threads that opened the connections.
+    pub threads: usize,
+    /// Seconds the connections were to be held.
+    pub hold_s: f64,
+    /// Seconds it took to open them (and get each one answer).
+    pub opening_s: f64,
+    /// Connections held idle, each after one answered request.
+    pub held: u64,
+    /// Request counts (one request per connection).
+    pub counts: HttpCounts,
+    /// Failed requests by kind.
+    pub failures: Failures,
+    /// Completed requests by status code.
+    pub status: BTreeMap<String, u64>,
+    /// Latency percentiles.
+    pub latency_us: HttpLatency,
+    /// HTTPS: TLS handshakes by kind.
+    pub handshakes: Option<HandshakeCounts>,
+}
+
+impl Report for HoldReport {
+    fn human(&self) -> String {
+        let mut lines = vec![
+            format!(
+                "http-hold {}: {} of {} connections held idle for {:.1} s after one request each (opened in {:.2} \
+                 s by {} threads); {}",
+                self.params.target,
+                self.held,
+                self.params.connections,
+                self.hold_s,
+                self.opening_s,
+                self.threads,
+                self.failures.human()
+            ),
+            self.latency_us.connect.human("connect"),
+        ];
+        if let Some(h) = &self.handshakes {
+            lines.push(format!("  TLS handshakes: {} full, {} resumed", h.full, h.resumed));
+            lines.push(self.latency_us.handshake.human("handshake"));
+        }
+        lines.push(self.latency_us.response.human("response"));
+        lines.join("\n")
+    }
+}
+
+/// The line [`hold`] writes to stderr once every connection is open (followed by their number).
+pub const HOLDING: &str = "http-hold: holding";
+
+/// Opens `config.connections` kept-alive connections with `threads` threads (within `config.limits.duration`),
+/// sends one request on each and reads its answer, then holds the connections idle for `hold_for` (or until
+/// stopped) and closes them. Once all are open it writes [`HOLDING`] and their number on a line to stderr, so
+/// a caller can measure the server while they are held.
+pub fn hold(config: &HttpConfig, threads: usize, hold_for: Duration, stop: StopFlag) -> Result<HoldReport> {
+    if config.connections == 0 || threads == 0 {
+        bail!("--connections and --threads must be at least 1");
+    }
+    raise_nofile(config.connections as u64 * 2 + 1024);
+    let host = config.host.clone().unwrap_or_else(|| config.target.to_string());
+    let request = request_bytes(&config.path, &host, true);
+    let tls = config.tls.as_ref().map(TlsClient::new).transpose()?;
+    let started = Instant::now();
+    let deadline = started + config.limits.duration;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.min(config.connections))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut r = WorkerResult::new();
+                    let tls = tls.as_ref().map(|client| (client.clone(), client.worker_config()));
+                    let mut held = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                        if next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= config.connections {
+                            break;
+                        }
+                        r.issued += 1;
+                        let outcome = (|| -> io::Result<(Conn<Stream>, Response)> {
+                            let mut conn = r.open(config, tls.as_ref())?;
+                            let sent_at = Instant::now();
+                            conn.stream.write_all(&request)?;
+                            let response = conn.read_response()?;
+                            report::record(&mut r.response, sent_at.elapsed());
+                            Ok((conn, response))
+                        })();
+                        match outcome {
+                            Ok((conn, response)) => {
+                                r.completed += 1;
+                                *r.status.entry(response.status).or_default() += 1;
+                                if response.keep_alive {
+                                    held.push(conn);
+                                }
+                            }
+                            Err(err) => r.fail(&err),
+                        }
+                    }
+                    (r, held)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| anyhow!("an http-hold worker panicked")))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let opening = started.elapsed();
+    let held: u64 = results.iter().map(|(_, h)| h.len() as u64).sum();
+    eprintln!("{HOLDING} {held}");
+    let _ = io::stderr().flush();
+    let hold_started = Instant::now();
+    while hold_started.elapsed() < hold_for && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        thread::sleep((hold_for - hold_started.elapsed()).min(Duration::from_millis(50)));
+    }
+    let held_s = hold_started.elapsed().as_secs_f64();
+    let mut counts = HttpCounts::default();
+    let mut failures = Failures::default();
+    let mut status = BTreeMap::new();
+    let (mut connect, mut handshake, mut response) = (report::histogram(), report::histogram(), report::histogram());
+    let mut handshakes = HandshakeCounts::default();
+    for (r, conns) in results {
+        drop(conns);
+        counts.issued += r.issued;
+        counts.completed += r.completed;
+        counts.connections_opened += r.opened;
+        failures.merge(&r.failures);
+        for (code, n) in &r.status {
+            *status.entry(code.to_string()).or_default() += n;
+        }
+        report::merge(&mut connect, &r.connect);
+        report::merge(&mut handshake, &r.handshake);
+        report::merge(&mut response, &r.response);
+        handshakes.merge(&r.handshakes);
+        if let Some(err) = r.first_error {
+            eprintln!("http-hold: a failure: {err}");
+        }
+    }
+    counts.failed = failures.total();
+    Ok(HoldReport {
+        scenario: "http-hold",
+        params: HttpParams {
+            target: config.target.to_string(),
+            path: config.path.clone(),
+            host,
+            connections: config.connections,
+            keepalive: true,
+            server_close: false,
+            rate: None,
+            duration_s: config.limits.duration.as_secs_f64(),
+            count: None,
+            timeout_ms: config.limits.timeout.as_millis() as u64,
+            latency_from: "send",
+            tls: config.tls.as_ref().map(TlsParams::of),
+        },
+        threads,
+        hold_s: report::round3(held_s),
+        opening_s: report::round3(opening.as_secs_f64()),
+        held,
+        counts,
+        failures,
+        status,
+        latency_us: HttpLatency {
+            connect: Latency::from_histogram(&connect),
+            handshake: Latency::from_histogram(&handshake),
+            response: Latency::from_histogram(&response),
+        },
+        handshakes: config.tls.as_ref().map(|_| handshakes),
+    })
+}
+
+/// Raises the soft and hard limit of open files to `want` if they are lower (best effort: needs root to raise
+/// the hard limit).
+fn raise_nofile(want: u64) {
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit(2) to overwrite.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= want {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: limit.rlim_max.max(want),
     };
-    let timeout = config.limits.timeout;
-    let mut conn: Option<Conn<TcpStream>> = None;
+    // SAFETY: a valid rlimit for the call to read.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+}
+
+/// The GET request sent (with `Connection: close` unless `keepalive`).
+fn request_bytes(path: &str, host: &str, keepalive: bool) -> Vec<u8> {
+    let connection = if keepalive { "" } else { "Connection: close\r\n" };
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-bench\r\nAccept: */*\r\n{connection}\r\n")
+        .into_bytes()
+}
+
+fn worker(
+    config: &HttpConfig,
+    tls: Option<&TlsClient>,
+    request: &[u8],
+    pacer: &Pacer,
+    live: &LiveCounters,
+) -> WorkerResult {
+    let mut r = WorkerResult::new();
+    let tls = tls.map(|client| (client.clone(), client.worker_config()));
+    let mut conn: Option<Conn<Stream>> = None;
     // Kept-alive connections are opened before the first request (as wrk does), so `connections` of them
     // carry the load even when the others would finish the requests before a slow connect. A failure here
     // is not a request's: the first request tries again and counts it.
     if config.keepalive {
-        let started = Instant::now();
-        if let Ok(stream) = TcpStream::connect_timeout(&config.target, timeout) {
-            report::record(&mut r.connect, started.elapsed());
-            r.opened += 1;
-            conn = Conn::connected(stream, timeout).ok();
-        }
+        conn = r.open(config, tls.as_ref()).ok();
     }
     while let Some(slot) = pacer.take() {
         if let Some(at) = slot.intended {
@@ -334,13 +618,7 @@ fn worker(config: &HttpConfig, request: &[u8], pacer: &Pacer, live: &LiveCounter
         let outcome = (|| -> io::Result<(Response, Instant)> {
             let conn = match &mut conn {
                 Some(conn) => conn,
-                None => {
-                    let started = Instant::now();
-                    let stream = TcpStream::connect_timeout(&config.target, timeout)?;
-                    report::record(&mut r.connect, started.elapsed());
-                    r.opened += 1;
-                    conn.insert(Conn::connected(stream, timeout)?)
-                }
+                None => conn.insert(r.open(config, tls.as_ref())?),
             };
             let sent_at = Instant::now();
             conn.stream.write_all(request)?;
@@ -366,10 +644,7 @@ fn worker(config: &HttpConfig, request: &[u8], pacer: &Pacer, live: &LiveCounter
                 live.ok();
             }
             Err(err) => {
-                r.failures.add(FailureKind::of(&err));
-                if r.first_error.is_none() {
-                    r.first_error = Some(err.to_string());
-                }
+                r.fail(&err);
                 conn = None;
                 live.failed();
             }
@@ -473,16 +748,6 @@ struct Response {
 struct Conn<S> {
     stream: S,
     buf: Vec<u8>,
-}
-
-impl Conn<TcpStream> {
-    /// Wraps a connected socket, setting its timeouts.
-    fn connected(stream: TcpStream, timeout: Duration) -> io::Result<Conn<TcpStream>> {
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        stream.set_nodelay(true)?;
-        Ok(Conn::new(stream))
-    }
 }
 
 impl<S: Read> Conn<S> {

@@ -22,6 +22,7 @@ pub mod report;
 pub mod sink;
 pub mod synflood;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::io::{self, IsTerminal, Write};

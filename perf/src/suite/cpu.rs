@@ -164,6 +164,56 @@ fn parse_pid_stat(text: &str, hz: f64) -> Result<ProcTimes> {
     })
 }
 
+/// Comm-name prefix of xlb's TLS handshake threads (`xlb-tls-full-N`, `xlb-tls-light-N`).
+pub const HANDSHAKE_THREAD_PREFIX: &str = "xlb-tls-";
+
+/// User plus system seconds of each thread of live process `pid`, by thread id, with the thread's name.
+pub fn thread_times(pid: u32) -> Result<Vec<(u32, String, f64)>> {
+    let dir = format!("/proc/{pid}/task");
+    let hz = ticks_per_second();
+    let mut out = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {dir}"))? {
+        let Some(tid) = entry?.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        let Ok(stat) = fs::read_to_string(format!("{dir}/{tid}/stat")) else {
+            continue;
+        };
+        let times = parse_pid_stat(&stat, hz).with_context(|| format!("bad {dir}/{tid}/stat"))?;
+        out.push((tid, stat_comm(&stat).to_owned(), times.total()));
+    }
+    Ok(out)
+}
+
+/// The command name (field 2, without its parentheses) of a `/proc/PID/stat` line.
+fn stat_comm(stat: &str) -> &str {
+    match (stat.find('('), stat.rfind(')')) {
+        (Some(a), Some(b)) if a < b => &stat[a + 1..b],
+        _ => "",
+    }
+}
+
+/// CPU seconds between two [`thread_times`] samples of one process, split into the threads whose name starts
+/// with `prefix` and all the others: `(matching, others)`. Threads that appeared in between count from zero.
+pub fn split_threads(before: &[(u32, String, f64)], after: &[(u32, String, f64)], prefix: &str) -> (f64, f64) {
+    let mut matching = 0.0;
+    let mut others = 0.0;
+    for (tid, name, total) in after {
+        let earlier = before
+            .iter()
+            .find(|(t, n, _)| t == tid && n == name)
+            .map_or(0.0, |(_, _, v)| *v);
+        let d = (total - earlier).max(0.0);
+        if name.starts_with(prefix) {
+            matching += d;
+        } else {
+            others += d;
+        }
+    }
+    (matching, others)
+}
+
 /// Time of every child reaped so far (`getrusage(RUSAGE_CHILDREN)`).
 pub fn children_times() -> ProcTimes {
     // SAFETY: an all-zero rusage is a valid value for getrusage(2) to overwrite.
@@ -368,6 +418,23 @@ mod tests {
         assert_eq!(t.user_s, 2.5);
         assert_eq!(t.system_s, 0.75);
         assert!(parse_pid_stat("42 (x) S 1", 100.0).is_err());
+    }
+
+    #[test]
+    fn thread_split() {
+        let t = |tid, name: &str, v| (tid, name.to_owned(), v);
+        let before = [t(1, "xlb", 1.0), t(2, "xlb-tls-full-0", 2.0), t(3, "xlb-ext0-0", 5.0)];
+        let after = [
+            t(1, "xlb", 1.5),
+            t(2, "xlb-tls-full-0", 4.0),
+            t(3, "xlb-ext0-0", 6.0),
+            t(4, "xlb-tls-light-0", 0.25),
+        ];
+        assert_eq!(split_threads(&before, &after, HANDSHAKE_THREAD_PREFIX), (2.25, 1.5));
+        assert_eq!(stat_comm("42 (xlb-tls-full-0) S 1 2"), "xlb-tls-full-0");
+        assert_eq!(stat_comm("42 (a) b) S 1"), "a) b");
+        let own = thread_times(std::process::id()).unwrap();
+        assert!(own.iter().any(|(tid, _, _)| *tid == std::process::id()));
     }
 
     #[test]

@@ -49,6 +49,14 @@ pub const VIP_HTTP_PORT: u16 = 8000;
 pub const VIP_L7_PORT: u16 = 8080;
 /// Port the HTTP sinks listen on (they close the connection after answering `Connection: close`).
 pub const HTTP_PORT: u16 = 8000;
+/// Port of the HTTPS listener with the ECDSA P-256 certificate (xlb, NGINX and HAProxy).
+pub const VIP_HTTPS_ECDSA_PORT: u16 = 8443;
+/// Port of the HTTPS listener with the RSA-2048 certificate.
+pub const VIP_HTTPS_RSA_PORT: u16 = 8444;
+/// The name both HTTPS certificates are for (the generator's SNI).
+pub const TLS_NAME: &str = "bench.example.com";
+/// Subdirectory of the lab directory holding the throw-away CA and certificates ([`SuiteLab::pki`]).
+pub const PKI_DIR: &str = "pki";
 /// Number of sinks: TCP, UDP and HTTP on every server address.
 pub const SINKS: usize = 3 * SERVERS.len();
 /// Core the generator is pinned to; xlb's worker gets the other one.
@@ -139,7 +147,29 @@ impl SuiteLab {
             lab,
         };
         suite.start_sinks()?;
+        suite.make_pki()?;
         Ok(suite)
+    }
+
+    /// Makes the throw-away CA and the two certificates for [`TLS_NAME`] ([`xlb_tests::pki`]): `ecdsa.pem` /
+    /// `ecdsa.key` (P-256) and `rsa.pem` / `rsa.key` (RSA-2048), plus `ecdsa.crt-key.pem` and `rsa.crt-key.pem`
+    /// (certificate and key in one file, as HAProxy's `crt` takes them).
+    fn make_pki(&self) -> Result<()> {
+        let dir = self.pki();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        xlb_tests::pki::make_with(&dir, &[("ecdsa", TLS_NAME)], xlb_tests::pki::LeafKey::P256)?;
+        xlb_tests::pki::make_with(&dir, &[("rsa", TLS_NAME)], xlb_tests::pki::LeafKey::Rsa2048)?;
+        for stem in ["ecdsa", "rsa"] {
+            let cert = std::fs::read_to_string(dir.join(format!("{stem}.pem")))?;
+            let key = std::fs::read_to_string(dir.join(format!("{stem}.key")))?;
+            std::fs::write(dir.join(format!("{stem}.crt-key.pem")), cert + &key)?;
+        }
+        Ok(())
+    }
+
+    /// The directory of the lab's CA (`ca.pem`) and certificates.
+    pub fn pki(&self) -> PathBuf {
+        self.lab.dir().join(PKI_DIR)
     }
 
     fn start_sinks(&mut self) -> Result<()> {
@@ -329,6 +359,91 @@ impl SuiteLab {
     }
 }
 
+impl SuiteLab {
+    /// Runs the hold generator `xlb-bench ARGS --json` (see [`crate::gen::http::hold`]) from the client
+    /// namespace: reads the resident memory of `lb_pid` before it starts and once it holds its connections
+    /// (after `settle`), then stops it (SIGINT) and adds `memory` (`rss_before_bytes`, `rss_held_bytes`,
+    /// `rss_growth_bytes`, `bytes_per_conn` over the connections held) to its report. Bounded by `open_within`
+    /// (the generator's own bound to open them) plus the grace period.
+    pub fn run_hold(
+        &self,
+        args: &[String],
+        open_within: Duration,
+        settle: Duration,
+        lb_pid: u32,
+    ) -> Result<GeneratorRun> {
+        let sinks = self.sink_pids();
+        let before_rss = rss_bytes(lb_pid)?;
+        let before = CpuSample::take(Some(lb_pid), &sinks)?;
+        let proc = self.start_background(args)?;
+        let held = wait_until_ok(open_within + GENERATOR_GRACE, "the hold generator to hold", || {
+            if !proc.is_running() {
+                bail!("`{}` ended early: {}", proc.cmdline(), proc.stderr());
+            }
+            let err = proc.stderr();
+            let line = err
+                .lines()
+                .find_map(|l| l.strip_prefix(crate::gen::http::HOLDING))
+                .context("not holding yet")?;
+            line.trim().parse::<u64>().context("bad holding line")
+        });
+        let held = match held {
+            Ok(held) => held,
+            Err(e) => {
+                proc.kill();
+                return Err(e);
+            }
+        };
+        std::thread::sleep(settle);
+        let held_rss = rss_bytes(lb_pid);
+        let _ = proc.signal(libc::SIGINT);
+        let report = self.finish_background(proc, Duration::ZERO);
+        let after = CpuSample::take(Some(lb_pid), &sinks)?;
+        let mut report = report?;
+        let held_rss = held_rss?;
+        let growth = held_rss.saturating_sub(before_rss);
+        if let Some(object) = report.as_object_mut() {
+            object.insert(
+                "memory".into(),
+                serde_json::json!({
+                    "pid": lb_pid,
+                    "rss_before_bytes": before_rss,
+                    "rss_held_bytes": held_rss,
+                    "rss_growth_bytes": growth,
+                    "held": held,
+                    "bytes_per_conn": if held > 0 { growth as f64 / held as f64 } else { 0.0 },
+                }),
+            );
+        }
+        let mut cmdline = vec![self.bench.display().to_string()];
+        cmdline.extend(args.iter().cloned());
+        Ok(GeneratorRun {
+            cmdline: cmdline.join(" "),
+            report,
+            cpu: CpuUsage::between(&before, &after),
+        })
+    }
+}
+
+/// Resident memory of process `pid` in bytes (`VmRSS` of `/proc/PID/status`).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    parse_vm_rss(&status).with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// `VmRSS` of a `/proc/PID/status` text, in bytes.
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// TCP sockets in TIME_WAIT, by namespace: the kernel's `tw` count, which also holds closed sockets still in
 /// FIN_WAIT2 (waiting for the peer's FIN); both mean that side closed first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -387,6 +502,16 @@ pub fn which(program: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_rss() {
+        assert_eq!(
+            parse_vm_rss("Name:\tx\nVmRSS:\t  1234 kB\nVmSwap: 0 kB\n"),
+            Some(1234 * 1024)
+        );
+        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
 
     #[test]
     fn sockstat_time_wait() {

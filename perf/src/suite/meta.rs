@@ -13,12 +13,13 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
     let scenarios: BTreeMap<&str, Vec<String>> = opts
         .scenarios
         .iter()
-        .map(|s| (s.name(), s.generator_args(opts.run_duration(*s))))
+        .map(|s| (s.name(), s.generator_args(opts.run_duration(*s), opts.quick)))
         .collect();
+    let pki = std::path::Path::new(LAB_DIR_PLACEHOLDER).join(lab::PKI_DIR);
     json!({
         "reps": opts.reps,
         "duration_s": opts.duration.as_secs_f64(),
-        "order": "per repetition: xlb (all scenarios), then kernel (L4 scenarios), nginx (L7 scenarios), haproxy (L7 scenarios)",
+        "order": "per repetition: xlb (L4 and L7 scenarios), xlb restarted pinned to one core (HTTPS scenarios), then kernel (L4 scenarios), nginx (L7, then HTTPS scenarios), haproxy (L7, then HTTPS scenarios); each system restarted between its L7 and its HTTPS scenarios",
         "intervals": opts
             .scenarios
             .iter()
@@ -39,21 +40,38 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
             "sysctls": {"client+servers": {"net.ipv4.ip_local_port_range": "1024 65000", "net.ipv4.tcp_tw_reuse": 1}},
         },
         "generator": {"core": GENERATOR_CORE, "pinned": pinned, "scenarios": scenarios},
-        "xlb": {"core": XLB_CORE, "idle": "busy", "config": systems::xlb_config()},
+        "xlb": {
+            "core": XLB_CORE,
+            "idle": "busy",
+            "config": systems::xlb_config(systems::Setup::Standard, &pki),
+            "https_rows": {
+                "setup": "every thread of the xlb process pinned to the core with taskset -a after start; the worker \
+                          sleeps when idle; one full-handshake thread and the resumption lane's one",
+                "config": systems::xlb_config(systems::Setup::Tls, &pki),
+            },
+        },
+        "https": {
+            "ports": {"ecdsa_p256": lab::VIP_HTTPS_ECDSA_PORT, "rsa_2048": lab::VIP_HTTPS_RSA_PORT},
+            "server_name": lab::TLS_NAME,
+            "certificates": "throw-away CA (P-256) made with openssl; the same leaf certificate and key for xlb, \
+                             NGINX and HAProxy",
+            "generator": "xlb-bench http --tls: rustls (ring) client, TLS 1.3 only, X25519, no certificate check \
+                          (checked once by the probe)",
+        },
         "kernel": {"nft_ruleset": NFT_RULESET, "ip_forward": 1, "vip_on": "ext0 (/32)"},
         "l7": {"vip_port": lab::VIP_L7_PORT, "backends": format!("the HTTP sinks on port {}", lab::HTTP_PORT)},
         "nginx": {
             "core": XLB_CORE,
             "pinned_with": "taskset -c (master and its one worker)",
             "command": "nginx -c LAB_DIR/nginx.conf -g 'daemon off;'",
-            "config": systems::nginx_config(std::path::Path::new(LAB_DIR_PLACEHOLDER)),
+            "config": systems::nginx_config(std::path::Path::new(LAB_DIR_PLACEHOLDER), &pki),
             "vip_on": "ext0 (/32)",
         },
         "haproxy": {
             "core": XLB_CORE,
             "pinned_with": "taskset -c",
             "command": "haproxy -db -f LAB_DIR/haproxy.cfg",
-            "config": systems::haproxy_config(),
+            "config": systems::haproxy_config(&pki),
             "vip_on": "ext0 (/32)",
         },
     })

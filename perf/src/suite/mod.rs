@@ -34,7 +34,7 @@ use lab::{SuiteLab, GENERATOR_CORE, XLB_CORE};
 use rawloop::RawLoop;
 use report::{OutputFiles, RunRecord, SystemRecord};
 use scenarios::{Layer, Scenario};
-use systems::{RunningSystem, SystemKind};
+use systems::{RunningSystem, Setup, SystemKind};
 
 /// Seconds per generator run in full mode.
 pub const FULL_SECONDS: f64 = 10.0;
@@ -196,14 +196,30 @@ fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>
     let mut runs = Vec::new();
     let mut records = Vec::new();
     for rep in 0..opts.reps {
-        for kind in SystemKind::ALL {
-            let scenarios = scenarios_of(&opts.scenarios, kind);
+        for (kind, setup) in SystemKind::ALL
+            .into_iter()
+            .flat_map(|k| [(k, Setup::Standard), (k, Setup::Tls)])
+        {
+            let scenarios: Vec<Scenario> = scenarios_of(&opts.scenarios, kind)
+                .into_iter()
+                .filter(|s| s.setup() == setup)
+                .collect();
             if scenarios.is_empty() {
                 continue;
             }
             check_stop(stop)?;
-            progress(&format!("rep {}/{}: {} up", rep + 1, opts.reps, kind.name()));
-            let system = RunningSystem::start(kind, &lab)?;
+            progress(&format!(
+                "rep {}/{}: {} up{}",
+                rep + 1,
+                opts.reps,
+                kind.name(),
+                if setup == Setup::Tls {
+                    " for the HTTPS scenarios"
+                } else {
+                    ""
+                }
+            ));
+            let system = RunningSystem::start(kind, &lab, setup)?;
             let outcome = run_scenarios(&lab, &system, rep, &scenarios, opts, stop);
             // Tear down even after a failed scenario; the scenario's error is the one reported.
             let stopped = system.stop(&lab);
@@ -219,6 +235,9 @@ fn measure_all(opts: &SuiteOptions, stop: &AtomicBool) -> Result<(Vec<RunRecord>
     drop(lab);
     Ok((runs, records, pinned))
 }
+
+/// How long the idle TLS connections are held before the proxy's memory is read.
+const TLS_IDLE_SETTLE: Duration = Duration::from_secs(1);
 
 /// How long a SYN flood runs before the generator beside it starts.
 const FLOOD_LEAD: Duration = Duration::from_secs(1);
@@ -241,7 +260,7 @@ fn run_scenarios(
     opts: &SuiteOptions,
     stop: &AtomicBool,
 ) -> Result<Vec<RunRecord>> {
-    let layers: Vec<Layer> = [Layer::L4, Layer::L7]
+    let layers: Vec<Layer> = [Layer::L4, Layer::L7, Layer::Https]
         .into_iter()
         .filter(|l| scenarios.iter().any(|s| s.layer() == *l))
         .collect();
@@ -249,7 +268,7 @@ fn run_scenarios(
     let mut out = Vec::new();
     for &scenario in scenarios {
         check_stop(stop)?;
-        if scenario == Scenario::HttpCps {
+        if scenario.new_connections() {
             // New connections to the VIP: none of the systems should meet TIME_WAIT states another one left
             // (the proxies' in `lb`, the client's and servers' own).
             let lb = lab.clear_lb_time_wait().with_context(|| scenario.name().to_owned())?;
@@ -266,10 +285,29 @@ fn run_scenarios(
                 ));
             }
         }
+        let xlb_before = match (scenario.layer(), system.appliance()) {
+            (Layer::Https, Some(xlb)) => Some((xlb.stats()?, cpu::thread_times(xlb.proc().pid())?)),
+            _ => None,
+        };
         let run = match scenario.intervals(opts.quick) {
+            None if scenario == Scenario::TlsIdleMemory => {
+                let what = || format!("{} through {}", scenario.name(), system.kind().name());
+                let pid = system.pid().context("a proxy without a process")?;
+                let args = scenario.generator_args(opts.duration, opts.quick);
+                let run = lab
+                    .run_hold(
+                        &args,
+                        Duration::from_secs(scenarios::TLS_IDLE_OPEN_S),
+                        TLS_IDLE_SETTLE,
+                        pid,
+                    )
+                    .with_context(what)?;
+                system.check()?;
+                run
+            }
             None => {
                 let what = || format!("{} through {}", scenario.name(), system.kind().name());
-                let args = scenario.generator_args(opts.duration);
+                let args = scenario.generator_args(opts.duration, opts.quick);
                 // A flood beside the generator starts first and ends with it.
                 let flood_for = opts.duration + FLOOD_LEAD;
                 let flood = match scenario.flood_args(flood_for, lab.client_link_macs()?) {
@@ -319,6 +357,55 @@ fn run_scenarios(
             }
             Some((count, secs)) => run_intervals(lab, system, scenario, count, secs, stop)?,
         };
+        let mut run = run;
+        if let (Some((stats, threads)), Some(xlb)) = (xlb_before, system.appliance()) {
+            let after = xlb.stats()?;
+            let threads_after = cpu::thread_times(xlb.proc().pid())?;
+            let (pool, other) = cpu::split_threads(&threads, &threads_after, cpu::HANDSHAKE_THREAD_PREFIX);
+            let delta = |key: &str| {
+                let get = |v: &Value| {
+                    v.pointer(&format!("/l7/counts/{key}"))
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                };
+                get(&after).saturating_sub(get(&stats))
+            };
+            let server = serde_json::json!({
+                "tls_full_handshakes": delta("tls_full_handshakes"),
+                "tls_resumed_handshakes": delta("tls_resumed_handshakes"),
+                "tls_handshake_failed": delta("tls_handshake_failed"),
+                "tls_handshake_aborted": delta("tls_handshake_aborted"),
+                "tls_pool_full": delta("tls_pool_full"),
+            });
+            progress(&format!(
+                "  {} xlb: server counted {} full and {} resumed handshakes ({} failed, {} aborted, {} refused: pool \
+                 full); CPU {:.2} s in the handshake threads, {:.2} s in the others",
+                scenario.name(),
+                server["tls_full_handshakes"],
+                server["tls_resumed_handshakes"],
+                server["tls_handshake_failed"],
+                server["tls_handshake_aborted"],
+                server["tls_pool_full"],
+                pool,
+                other
+            ));
+            if let Some(object) = run.report.as_object_mut() {
+                object.insert("server".into(), server);
+                object.insert(
+                    "xlb_threads".into(),
+                    serde_json::json!({"handshake_pool_cpu_s": pool, "other_cpu_s": other}),
+                );
+            }
+        }
+        if let Some(h) = run.report.get("handshakes").filter(|_| scenario.new_connections()) {
+            progress(&format!(
+                "  {} {}: the client made {} full and {} resumed handshakes",
+                scenario.name(),
+                system.kind().name(),
+                h["full"],
+                h["resumed"]
+            ));
+        }
         lab.check_sinks()?;
         let metrics = scenario.extract(&run.report, &run.cpu)?;
         let headline = metrics
@@ -371,7 +458,7 @@ fn run_intervals(
         ));
     }
     let duration = Duration::from_secs_f64(secs);
-    let args = scenario.generator_args(duration);
+    let args = scenario.generator_args(duration, false);
     let mut intervals = Vec::new();
     let mut cpus = Vec::new();
     let mut cmdline = String::new();
@@ -460,9 +547,50 @@ fn probe(lab: &SuiteLab, system: &RunningSystem, layers: &[Layer]) -> Result<()>
                     bail!("L7 probe: {completed}/30 requests completed, {ok} answered 200, {servers} servers answered");
                 }
             }
+            if layers.contains(&Layer::Https) {
+                probe_https(lab)?;
+            }
             Ok(())
         },
     )
+}
+
+/// The HTTPS probe: on both HTTPS listeners, requests on new TLS connections whose certificate is checked
+/// against the lab's CA for [`lab::TLS_NAME`], every answer a 200, every server reached.
+fn probe_https(lab: &SuiteLab) -> Result<()> {
+    let ca = lab.pki().join("ca.pem").display().to_string();
+    for port in [lab::VIP_HTTPS_ECDSA_PORT, lab::VIP_HTTPS_RSA_PORT] {
+        let target = format!("{}:{port}", lab::VIP);
+        let http = lab.probe(&[
+            "http",
+            "--target",
+            &target,
+            "--new-conn",
+            "--tls",
+            "--sni",
+            lab::TLS_NAME,
+            "--host",
+            lab::TLS_NAME,
+            "--ca",
+            &ca,
+            "--count",
+            "30",
+            "--duration",
+            "5",
+            "--timeout",
+            "1000",
+        ])?;
+        let completed = http.pointer("/counts/completed").and_then(Value::as_u64).unwrap_or(0);
+        let ok = http.pointer("/status/200").and_then(Value::as_u64).unwrap_or(0);
+        let servers = http["servers"].as_object().map_or(0, |s| s.len());
+        if completed != 30 || ok != 30 || servers != lab::SERVERS.len() {
+            bail!(
+                "HTTPS probe of {target}: {completed}/30 requests completed, {ok} answered 200, {servers} servers \
+                 answered"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The L4 probe: TCP connections, UDP round trips and HTTP requests closed by the server.
@@ -527,11 +655,22 @@ fn notes(raw: &RawLoop, runs: &[RunRecord], medians: &report::Medians, irq_time:
     let mut notes = report::interval_lines(runs);
     notes.extend([
         report::raw_loop_line(raw, medians),
-        "LB CPU: xlb = its process's user+system time (it busy-polls one core by design); kernel = host \
+        "LB CPU: xlb = its process's user+system time (all its threads; it busy-polls one core by design except in the HTTPS rows); kernel = host \
          system+irq+softirq time minus the generator's and sinks' system time; nginx/haproxy = the user+system \
          time of the proxying process (NGINX's worker). See perf/README.md."
             .to_owned(),
     ]);
+    if runs.iter().any(|r| r.scenario.layer() == Layer::Https) {
+        notes.push(format!(
+            "HTTPS rows: each system on core {XLB_CORE} alone — NGINX (1 worker) and HAProxy (1 thread) started \
+             with taskset -c {XLB_CORE}; xlb restarted for them with every thread (worker, {} full-handshake \
+             thread(s) and the resumption thread) pinned to core {XLB_CORE} with taskset -a, its worker sleeping \
+             when idle. LB CPU includes all threads of the process (xlb: the handshake threads; the split is in \
+             the `of it` rows). The generator (rustls, TLS 1.3, X25519, no certificate check) runs on core \
+             {GENERATOR_CORE}; `generator CPU (cores)` near 1 means it, not the proxy, bounded the rate.",
+            systems::TLS_HANDSHAKE_THREADS
+        ));
+    }
     if irq_time == Some(false) && runs.iter().any(|r| r.system == SystemKind::Kernel) {
         notes.push(
             "This kernel lacks CONFIG_IRQ_TIME_ACCOUNTING: NAT work done in softirq inside the generator's and \
@@ -593,9 +732,21 @@ mod tests {
         for peer in [SystemKind::Nginx, SystemKind::Haproxy] {
             assert_eq!(
                 scenarios_of(&all, peer),
-                [Scenario::HttpRpsKeepalive, Scenario::HttpCps]
+                [
+                    Scenario::HttpRpsKeepalive,
+                    Scenario::HttpCps,
+                    Scenario::TlsIdleMemory,
+                    Scenario::HttpsRpsKeepalive,
+                    Scenario::TlsHandshakesEcdsa,
+                    Scenario::TlsHandshakesRsa,
+                    Scenario::TlsResumed
+                ]
             );
         }
+        // The HTTPS scenarios run on systems set up for them, after the others.
+        let tls: Vec<Scenario> = all.iter().copied().filter(|s| s.setup() == Setup::Tls).collect();
+        assert_eq!(tls.len(), 5);
+        assert!(tls.iter().all(|s| s.layer() == Layer::Https));
         // Only L7 scenarios selected: the kernel peer is not set up at all.
         assert!(scenarios_of(&[Scenario::HttpCps], SystemKind::Kernel).is_empty());
         assert!(scenarios_of(&[Scenario::Latency], SystemKind::Nginx).is_empty());

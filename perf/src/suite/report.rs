@@ -286,7 +286,7 @@ pub fn interval_lines(runs: &[RunRecord]) -> Vec<String> {
 /// separated by an empty line.
 pub fn render_table(rows: &[Row], notes: &[String]) -> String {
     let mut out = String::new();
-    for layer in [Layer::L4, Layer::L7] {
+    for layer in [Layer::L4, Layer::L7, Layer::Https] {
         let block: Vec<&Row> = rows.iter().filter(|r| r.layer == layer).collect();
         if block.is_empty() {
             continue;
@@ -462,6 +462,10 @@ fn throughput_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> Stri
         ),
         panel(Scenario::HttpRpsKeepalive, "http_rps_keepalive: requests/s (L7)"),
         panel(Scenario::HttpCps, "http_cps: connections/s (L7)"),
+        panel(Scenario::HttpsRpsKeepalive, "https_rps_keepalive: requests/s"),
+        panel(Scenario::TlsHandshakesEcdsa, "tls_handshakes_ecdsa: full handshakes/s"),
+        panel(Scenario::TlsHandshakesRsa, "tls_handshakes_rsa: full handshakes/s"),
+        panel(Scenario::TlsResumed, "tls_resumed: resumed handshakes/s"),
     ]
     .into_iter()
     .filter(|p| p.systems.iter().any(|(_, v)| !v.is_empty()))
@@ -567,7 +571,7 @@ mod tests {
                     assert_eq!(r.xlb_vs.len(), 1);
                     assert_eq!(r.value(SystemKind::Nginx), None);
                 }
-                Layer::L7 => {
+                Layer::L7 | Layer::Https => {
                     assert_eq!(r.ratio(SystemKind::Nginx), Some(0.5));
                     assert_eq!(r.ratio(SystemKind::Haproxy), Some(2.0));
                     assert_eq!(r.ratio(SystemKind::Kernel), None);
@@ -595,8 +599,15 @@ mod tests {
         assert!(lines[l7 + 2].starts_with("http_rps_keepalive"), "{text}");
         assert!(lines[l7 + 2].ends_with("0.50         2.00"), "{text}");
         assert_eq!(lines[l7].chars().count(), lines[l7 + 2].chars().count(), "{text}");
+        // The HTTPS block comes last, after another empty line, with the same columns.
+        let https = lines
+            .iter()
+            .position(|l| l.starts_with("tls_idle_memory"))
+            .expect("an HTTPS block");
+        assert_eq!(lines[https - 3], "", "{text}");
+        assert!(lines[https - 2].ends_with("xlb/haproxy"), "{text}");
         let json = serde_json::to_value(&rows[rows.len() - 1]).unwrap();
-        assert_eq!(json["layer"], "l7");
+        assert_eq!(json["layer"], "https");
         assert_eq!(json["xlb_vs"]["haproxy"], 2.0);
         assert_eq!(json["values"]["nginx"], 4.0);
     }

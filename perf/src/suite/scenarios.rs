@@ -7,8 +7,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::cpu::CpuUsage;
-use super::lab::{VIP, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT};
-use super::systems::SystemKind;
+use super::lab::{
+    TLS_NAME, VIP, VIP_HTTPS_ECDSA_PORT, VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT,
+};
+use super::systems::{Setup, SystemKind};
 
 /// One scenario, run for each system in each repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -32,6 +34,20 @@ pub enum Scenario {
     HttpRpsKeepalive,
     /// L7: one HTTP GET per new client connection through the reverse proxy: connections per second.
     HttpCps,
+    /// HTTPS: the memory a proxy holds per idle kept-alive TLS connection (ECDSA certificate): its resident
+    /// memory's growth while [`TLS_IDLE_FULL`] connections (quick: [`TLS_IDLE_QUICK`]) are held after one
+    /// request each, over their number. Runs first of the HTTPS scenarios.
+    TlsIdleMemory,
+    /// HTTPS: HTTP GETs on kept-alive TLS 1.3 connections (ECDSA certificate): requests per second, latency.
+    HttpsRpsKeepalive,
+    /// HTTPS: full TLS 1.3 handshakes per second with the ECDSA P-256 certificate: each connection is new,
+    /// handshakes without offering a ticket, sends one GET with `Connection: close`, reads the answer, closes.
+    TlsHandshakesEcdsa,
+    /// The same with the RSA-2048 certificate.
+    TlsHandshakesRsa,
+    /// HTTPS: resumed TLS 1.3 handshakes per second (ECDSA listener): as `tls_handshakes_ecdsa`, but every
+    /// client worker resumes with a ticket from its previous connection.
+    TlsResumed,
 }
 
 /// Which load balancers a scenario compares.
@@ -42,6 +58,8 @@ pub enum Layer {
     L4,
     /// HTTP reverse proxying: xlb's L7 proxy, NGINX and HAProxy.
     L7,
+    /// HTTPS termination and proxying: xlb, NGINX and HAProxy, each on one core.
+    Https,
 }
 
 impl Layer {
@@ -49,7 +67,7 @@ impl Layer {
     pub fn systems(self) -> &'static [SystemKind] {
         match self {
             Layer::L4 => &[SystemKind::Xlb, SystemKind::Kernel],
-            Layer::L7 => &[SystemKind::Xlb, SystemKind::Nginx, SystemKind::Haproxy],
+            Layer::L7 | Layer::Https => &[SystemKind::Xlb, SystemKind::Nginx, SystemKind::Haproxy],
         }
     }
 
@@ -97,6 +115,14 @@ enum Source {
     SuccessPct,
     /// Completed HTTP requests whose answer was not `200` (`/counts/completed` minus `/status/200`).
     Non200,
+    /// A number at the pointer, times a factor, if the report has it (counters only some systems give).
+    Optional(&'static str, f64),
+    /// The load balancer's CPU time in µs divided by the operation count at the pointer.
+    LbCpuUsPerOp(&'static str),
+    /// The generator's CPU seconds per wall second (how close it was to its one core).
+    GeneratorCores,
+    /// Resumed handshakes in percent of all the client made (`/handshakes`).
+    ResumedPct,
 }
 
 const fn metric(key: &'static str, label: &'static str, better: Better, source: Source) -> MetricDef {
@@ -375,6 +401,187 @@ const HTTP_CPS_METRICS: &[MetricDef] = &[
     ),
 ];
 
+const HTTPS_RPS_METRICS: &[MetricDef] = &[
+    metric("rps", "requests/s", Better::Higher, Source::Report("/rate", 1.0)),
+    metric(
+        "response_p50_us",
+        "response p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p50", 1.0),
+    ),
+    metric(
+        "response_p99_us",
+        "response p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p99", 1.0),
+    ),
+    metric(
+        "response_p99_9_us",
+        "response p99.9 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p99_9", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed requests",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
+    metric(
+        "connections_opened",
+        "client connections opened",
+        Better::Lower,
+        Source::Report("/counts/connections_opened", 1.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "lb_cpu_us_per_req",
+        "LB CPU µs per request",
+        Better::Lower,
+        Source::LbCpuUsPerOp("/counts/completed"),
+    ),
+    metric(
+        "generator_cores",
+        "generator CPU (cores)",
+        Better::Lower,
+        Source::GeneratorCores,
+    ),
+];
+
+const TLS_HANDSHAKE_METRICS: &[MetricDef] = &[
+    metric(
+        "handshakes_per_s",
+        "handshakes/s",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "handshake_p50_us",
+        "handshake p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/handshake/p50", 1.0),
+    ),
+    metric(
+        "handshake_p99_us",
+        "handshake p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/handshake/p99", 1.0),
+    ),
+    metric(
+        "handshake_p99_9_us",
+        "handshake p99.9 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/handshake/p99_9", 1.0),
+    ),
+    metric(
+        "response_p99_us",
+        "response p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p99", 1.0),
+    ),
+    metric(
+        "client_full",
+        "full handshakes (client)",
+        Better::Higher,
+        Source::Report("/handshakes/full", 1.0),
+    ),
+    metric(
+        "client_resumed",
+        "resumed handshakes (client)",
+        Better::Higher,
+        Source::Report("/handshakes/resumed", 1.0),
+    ),
+    metric("resumed_pct", "resumed (%)", Better::Higher, Source::ResumedPct),
+    metric(
+        "server_full",
+        "full handshakes (xlb counter)",
+        Better::Higher,
+        Source::Optional("/server/tls_full_handshakes", 1.0),
+    ),
+    metric(
+        "server_resumed",
+        "resumed handshakes (xlb counter)",
+        Better::Higher,
+        Source::Optional("/server/tls_resumed_handshakes", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed connections",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+    metric(
+        "lb_cpu_us_per_hs",
+        "LB CPU µs per handshake",
+        Better::Lower,
+        Source::LbCpuUsPerOp("/counts/completed"),
+    ),
+    metric(
+        "pool_cpu_s",
+        "of it: xlb handshake threads",
+        Better::Lower,
+        Source::Optional("/xlb_threads/handshake_pool_cpu_s", 1.0),
+    ),
+    metric(
+        "worker_cpu_s",
+        "of it: xlb worker and rest",
+        Better::Lower,
+        Source::Optional("/xlb_threads/other_cpu_s", 1.0),
+    ),
+    metric(
+        "generator_cores",
+        "generator CPU (cores)",
+        Better::Lower,
+        Source::GeneratorCores,
+    ),
+];
+
+const TLS_IDLE_METRICS: &[MetricDef] = &[
+    metric(
+        "bytes_per_conn",
+        "RSS growth per idle TLS conn (B)",
+        Better::Lower,
+        Source::Report("/memory/bytes_per_conn", 1.0),
+    ),
+    metric(
+        "rss_growth_mib",
+        "RSS growth (MiB)",
+        Better::Lower,
+        Source::Report("/memory/rss_growth_bytes", 1.0 / 1_048_576.0),
+    ),
+    metric(
+        "rss_held_mib",
+        "RSS while held (MiB)",
+        Better::Lower,
+        Source::Report("/memory/rss_held_bytes", 1.0 / 1_048_576.0),
+    ),
+    metric("held", "connections held", Better::Higher, Source::Report("/held", 1.0)),
+    metric(
+        "failed",
+        "failed connections",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+];
+
+/// Kept-alive TLS client connections of `https_rps_keepalive`.
+pub const HTTPS_RPS_CONNECTIONS: usize = 32;
+/// Concurrent client connections (a new one per request) of the handshake scenarios.
+pub const TLS_HANDSHAKE_CONNECTIONS: usize = 16;
+/// Idle TLS connections held by `tls_idle_memory`, full mode.
+pub const TLS_IDLE_FULL: usize = 10_000;
+/// The same in quick mode.
+pub const TLS_IDLE_QUICK: usize = 2_000;
+/// Threads opening the idle connections.
+pub const TLS_IDLE_THREADS: usize = 8;
+/// Longest the generator may take to open the idle connections (its `--duration`).
+pub const TLS_IDLE_OPEN_S: u64 = 120;
+/// Longest the generator holds them (the suite stops it as soon as it has measured).
+pub const TLS_IDLE_HOLD_S: u64 = 60;
+
 /// Kept-alive client connections of `http_rps_keepalive`.
 pub const HTTP_RPS_CONNECTIONS: usize = 32;
 /// Concurrent client connections (one request each) of `http_cps`.
@@ -476,7 +683,7 @@ impl Scenario {
     }
 
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 12] = [
         Scenario::TcpCps,
         Scenario::UdpPps64,
         Scenario::Latency,
@@ -486,6 +693,12 @@ impl Scenario {
         Scenario::TcpCpsSynflood,
         Scenario::HttpRpsKeepalive,
         Scenario::HttpCps,
+        // First of the HTTPS scenarios: the memory growth includes what the proxy's first TLS connections cost.
+        Scenario::TlsIdleMemory,
+        Scenario::HttpsRpsKeepalive,
+        Scenario::TlsHandshakesEcdsa,
+        Scenario::TlsHandshakesRsa,
+        Scenario::TlsResumed,
     ];
 
     /// The name used in the table and the results file.
@@ -498,6 +711,11 @@ impl Scenario {
             Scenario::TcpCpsSynflood => "tcp_cps_synflood",
             Scenario::HttpRpsKeepalive => "http_rps_keepalive",
             Scenario::HttpCps => "http_cps",
+            Scenario::TlsIdleMemory => "tls_idle_memory",
+            Scenario::HttpsRpsKeepalive => "https_rps_keepalive",
+            Scenario::TlsHandshakesEcdsa => "tls_handshakes_ecdsa",
+            Scenario::TlsHandshakesRsa => "tls_handshakes_rsa",
+            Scenario::TlsResumed => "tls_resumed",
         }
     }
 
@@ -505,8 +723,30 @@ impl Scenario {
     pub fn layer(self) -> Layer {
         match self {
             Scenario::HttpRpsKeepalive | Scenario::HttpCps => Layer::L7,
+            Scenario::TlsIdleMemory
+            | Scenario::HttpsRpsKeepalive
+            | Scenario::TlsHandshakesEcdsa
+            | Scenario::TlsHandshakesRsa
+            | Scenario::TlsResumed => Layer::Https,
             _ => Layer::L4,
         }
+    }
+
+    /// How the systems are set up for this scenario (xlb differs for the HTTPS ones).
+    pub fn setup(self) -> Setup {
+        match self.layer() {
+            Layer::Https => Setup::Tls,
+            Layer::L4 | Layer::L7 => Setup::Standard,
+        }
+    }
+
+    /// Whether every operation of the scenario opens a new client connection (TIME_WAIT left by earlier runs
+    /// is cleared first).
+    pub fn new_connections(self) -> bool {
+        matches!(
+            self,
+            Scenario::HttpCps | Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed
+        )
     }
 
     /// The systems this scenario runs on, xlb first.
@@ -529,6 +769,9 @@ impl Scenario {
             Scenario::TcpCpsSynflood => SYNFLOOD_METRICS,
             Scenario::HttpRpsKeepalive => HTTP_RPS_METRICS,
             Scenario::HttpCps => HTTP_CPS_METRICS,
+            Scenario::TlsIdleMemory => TLS_IDLE_METRICS,
+            Scenario::HttpsRpsKeepalive => HTTPS_RPS_METRICS,
+            Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed => TLS_HANDSHAKE_METRICS,
         }
     }
 
@@ -542,6 +785,9 @@ impl Scenario {
             Scenario::TcpCpsSynflood => "success_pct",
             Scenario::HttpRpsKeepalive => "rps",
             Scenario::HttpCps => "conns_per_s",
+            Scenario::TlsIdleMemory => "bytes_per_conn",
+            Scenario::HttpsRpsKeepalive => "rps",
+            Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed => "handshakes_per_s",
         }
     }
 
@@ -554,9 +800,26 @@ impl Scenario {
         }
     }
 
-    /// `xlb-bench` arguments (without `--json`) for a run of `duration`.
-    pub fn generator_args(self, duration: Duration) -> Vec<String> {
+    /// `xlb-bench` arguments (without `--json`) for a run of `duration` (in `quick` mode).
+    pub fn generator_args(self, duration: Duration, quick: bool) -> Vec<String> {
         let secs = format!("{}", duration.as_secs_f64());
+        let https = |port: u16, mode: &str, connections: usize| -> Vec<String> {
+            [
+                "http",
+                "--target",
+                &format!("{VIP}:{port}"),
+                mode,
+                "--connections",
+                &connections.to_string(),
+                "--tls",
+                "--sni",
+                TLS_NAME,
+                "--host",
+                TLS_NAME,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        };
         let args: Vec<String> = match self {
             Scenario::TcpCps | Scenario::TcpCpsSynflood => vec![
                 "tcp-cps".into(),
@@ -615,6 +878,30 @@ impl Scenario {
                 "--connections".into(),
                 HTTP_CPS_CONNECTIONS.to_string(),
             ],
+            Scenario::TlsIdleMemory => {
+                let mut args = https(
+                    VIP_HTTPS_ECDSA_PORT,
+                    "--keepalive",
+                    if quick { TLS_IDLE_QUICK } else { TLS_IDLE_FULL },
+                );
+                args.extend([
+                    "--threads".into(),
+                    TLS_IDLE_THREADS.to_string(),
+                    "--hold".into(),
+                    TLS_IDLE_HOLD_S.to_string(),
+                    "--duration".into(),
+                    TLS_IDLE_OPEN_S.to_string(),
+                ]);
+                return args;
+            }
+            Scenario::HttpsRpsKeepalive => https(VIP_HTTPS_ECDSA_PORT, "--keepalive", HTTPS_RPS_CONNECTIONS),
+            Scenario::TlsHandshakesEcdsa => https(VIP_HTTPS_ECDSA_PORT, "--new-conn", TLS_HANDSHAKE_CONNECTIONS),
+            Scenario::TlsHandshakesRsa => https(VIP_HTTPS_RSA_PORT, "--new-conn", TLS_HANDSHAKE_CONNECTIONS),
+            Scenario::TlsResumed => {
+                let mut args = https(VIP_HTTPS_ECDSA_PORT, "--new-conn", TLS_HANDSHAKE_CONNECTIONS);
+                args.push("--resume".into());
+                args
+            }
         };
         args.into_iter().chain(["--duration".into(), secs]).collect()
     }
@@ -629,46 +916,89 @@ impl Scenario {
         };
         self.metrics()
             .iter()
-            .map(|m| {
+            .filter_map(|m| {
                 let value = match m.source {
-                    Source::Report(pointer, factor) => number(pointer)? * factor,
-                    Source::LbCpu => cpu.lb_cpu_s,
-                    Source::SuccessPct => {
-                        let (ok, failed) = (number("/counts/completed")?, number("/counts/failed")?);
-                        if ok + failed > 0.0 {
-                            100.0 * ok / (ok + failed)
-                        } else {
-                            0.0
-                        }
+                    Source::Optional(pointer, factor) => {
+                        return report
+                            .pointer(pointer)
+                            .and_then(Value::as_f64)
+                            .map(|v| Ok((m.key, v * factor)))
                     }
-                    Source::Non200 => {
-                        let ok = report.pointer("/status/200").and_then(Value::as_f64).unwrap_or(0.0);
-                        (number("/counts/completed")? - ok).max(0.0)
-                    }
-                    Source::HostCpuPerOp(pointer) => {
-                        let ops = number(pointer)?;
-                        if ops > 0.0 {
-                            cpu.host.busy() * 1e6 / ops
-                        } else {
-                            0.0
-                        }
-                    }
-                    Source::PerLbCpu(pointer) => {
-                        let cores = if cpu.wall_s > 0.0 {
-                            cpu.lb_cpu_s / cpu.wall_s
-                        } else {
-                            0.0
-                        };
-                        if cores > 0.0 {
-                            number(pointer)? / cores
-                        } else {
-                            0.0
-                        }
-                    }
+                    _ => self.value(m.source, report, cpu, &number),
                 };
-                Ok((m.key, value))
+                Some(value.map(|v| (m.key, v)))
             })
             .collect()
+    }
+
+    /// The value of a non-optional `source`.
+    fn value(
+        self,
+        source: Source,
+        report: &Value,
+        cpu: &CpuUsage,
+        number: &dyn Fn(&str) -> Result<f64>,
+    ) -> Result<f64> {
+        Ok(match source {
+            Source::Optional(pointer, factor) => number(pointer)? * factor,
+            Source::LbCpuUsPerOp(pointer) => {
+                let ops = number(pointer)?;
+                if ops > 0.0 {
+                    cpu.lb_cpu_s * 1e6 / ops
+                } else {
+                    0.0
+                }
+            }
+            Source::GeneratorCores => {
+                if cpu.wall_s > 0.0 {
+                    cpu.generator.total() / cpu.wall_s
+                } else {
+                    0.0
+                }
+            }
+            Source::ResumedPct => {
+                let (full, resumed) = (number("/handshakes/full")?, number("/handshakes/resumed")?);
+                if full + resumed > 0.0 {
+                    100.0 * resumed / (full + resumed)
+                } else {
+                    0.0
+                }
+            }
+            Source::Report(pointer, factor) => number(pointer)? * factor,
+            Source::LbCpu => cpu.lb_cpu_s,
+            Source::SuccessPct => {
+                let (ok, failed) = (number("/counts/completed")?, number("/counts/failed")?);
+                if ok + failed > 0.0 {
+                    100.0 * ok / (ok + failed)
+                } else {
+                    0.0
+                }
+            }
+            Source::Non200 => {
+                let ok = report.pointer("/status/200").and_then(Value::as_f64).unwrap_or(0.0);
+                (number("/counts/completed")? - ok).max(0.0)
+            }
+            Source::HostCpuPerOp(pointer) => {
+                let ops = number(pointer)?;
+                if ops > 0.0 {
+                    cpu.host.busy() * 1e6 / ops
+                } else {
+                    0.0
+                }
+            }
+            Source::PerLbCpu(pointer) => {
+                let cores = if cpu.wall_s > 0.0 {
+                    cpu.lb_cpu_s / cpu.wall_s
+                } else {
+                    0.0
+                };
+                if cores > 0.0 {
+                    number(pointer)? / cores
+                } else {
+                    0.0
+                }
+            }
+        })
     }
 }
 
@@ -705,9 +1035,14 @@ mod tests {
     #[test]
     fn args_end_with_duration() {
         for s in Scenario::ALL {
-            let args = s.generator_args(Duration::from_secs(3));
-            assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "3".to_owned()]);
+            let args = s.generator_args(Duration::from_secs(3), true);
             assert!(s.metrics().iter().any(|m| m.key == s.headline()));
+            if s == Scenario::TlsIdleMemory {
+                // Its duration bounds the opening of the connections, not a measured run.
+                assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "120".to_owned()]);
+                continue;
+            }
+            assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "3".to_owned()]);
         }
     }
 
@@ -742,17 +1077,91 @@ mod tests {
 
     #[test]
     fn http_scenarios_use_the_l7_listener() {
-        let args = Scenario::HttpRpsKeepalive.generator_args(Duration::from_secs(3));
+        let args = Scenario::HttpRpsKeepalive.generator_args(Duration::from_secs(3), false);
         assert_eq!(
             args.join(" "),
             "http --target 198.18.0.100:8080 --keepalive --connections 32 --duration 3"
         );
-        let args = Scenario::HttpCps.generator_args(Duration::from_millis(2500));
+        let args = Scenario::HttpCps.generator_args(Duration::from_millis(2500), true);
         assert_eq!(
             args.join(" "),
             "http --target 198.18.0.100:8080 --new-conn --connections 16 --duration 2.5"
         );
         assert_eq!(Scenario::HttpCps.intervals(false), None);
+    }
+
+    #[test]
+    fn https_scenarios_args() {
+        let d = Duration::from_secs(3);
+        assert_eq!(
+            Scenario::TlsHandshakesRsa.generator_args(d, false).join(" "),
+            "http --target 198.18.0.100:8444 --new-conn --connections 16 --tls --sni bench.example.com --host \
+             bench.example.com --duration 3"
+        );
+        let resumed = Scenario::TlsResumed.generator_args(d, false).join(" ");
+        assert!(
+            resumed.contains(":8443 --new-conn") && resumed.contains(" --resume "),
+            "{resumed}"
+        );
+        assert!(!Scenario::TlsHandshakesEcdsa
+            .generator_args(d, false)
+            .contains(&"--resume".to_owned()));
+        let keepalive = Scenario::HttpsRpsKeepalive.generator_args(d, true).join(" ");
+        assert!(
+            keepalive.contains(":8443 --keepalive --connections 32 --tls"),
+            "{keepalive}"
+        );
+        let quick = Scenario::TlsIdleMemory.generator_args(d, true).join(" ");
+        let full = Scenario::TlsIdleMemory.generator_args(d, false).join(" ");
+        assert!(
+            quick.contains("--keepalive --connections 2000 ") && quick.contains("--hold 60"),
+            "{quick}"
+        );
+        assert!(full.contains("--connections 10000 "), "{full}");
+        for s in [Scenario::TlsHandshakesEcdsa, Scenario::TlsResumed, Scenario::HttpCps] {
+            assert!(s.new_connections());
+        }
+        assert!(!Scenario::HttpsRpsKeepalive.new_connections());
+        assert_eq!(Scenario::TlsResumed.setup(), Setup::Tls);
+        assert_eq!(Scenario::HttpCps.setup(), Setup::Standard);
+    }
+
+    #[test]
+    fn tls_metrics_from_a_report() {
+        let report = json!({
+            "rate": 2000.0,
+            "counts": {"completed": 6000, "failed": 0, "connections_opened": 6000},
+            "status": {"200": 6000},
+            "handshakes": {"full": 16, "hello_retry": 0, "resumed": 5984},
+            "latency_us": {"handshake": {"p50": 300, "p99": 900, "p99_9": 2000},
+                           "response": {"p50": 200, "p99": 700, "p99_9": 1500}},
+        });
+        let mut c = cpu(1.5, 3.0);
+        c.generator.user_s = 1.5;
+        let m = Scenario::TlsResumed.extract(&report, &c).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        assert_eq!(get("handshakes_per_s"), Some(2000.0));
+        assert_eq!(get("handshake_p99_9_us"), Some(2000.0));
+        assert_eq!(get("lb_cpu_us_per_hs"), Some(250.0));
+        assert_eq!(get("generator_cores"), Some(0.5));
+        assert!((get("resumed_pct").unwrap() - 99.733).abs() < 0.001);
+        // The xlb-only counters are absent for a peer: no value, no error.
+        assert_eq!(get("server_full"), None);
+        assert_eq!(get("pool_cpu_s"), None);
+        let mut xlb = report.clone();
+        xlb["server"] = json!({"tls_full_handshakes": 16, "tls_resumed_handshakes": 5984});
+        xlb["xlb_threads"] = json!({"handshake_pool_cpu_s": 0.5, "other_cpu_s": 1.0});
+        let m = Scenario::TlsResumed.extract(&xlb, &c).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        assert_eq!((get("server_full"), get("server_resumed")), (Some(16.0), Some(5984.0)));
+        assert_eq!((get("pool_cpu_s"), get("worker_cpu_s")), (Some(0.5), Some(1.0)));
+        let idle = json!({"held": 2000, "counts": {"failed": 0},
+                          "memory": {"bytes_per_conn": 4096.0, "rss_growth_bytes": 8_388_608, "rss_held_bytes": 104_857_600}});
+        let m = Scenario::TlsIdleMemory.extract(&idle, &c).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).map(|(_, v)| *v);
+        assert_eq!(get("bytes_per_conn"), Some(4096.0));
+        assert_eq!(get("rss_growth_mib"), Some(8.0));
+        assert_eq!(get("rss_held_mib"), Some(100.0));
     }
 
     #[test]

@@ -25,9 +25,28 @@ use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::Proc;
 
 use super::lab::{
-    SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_HTTP_PORT,
-    VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
+    SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_HTTPS_ECDSA_PORT,
+    VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
 };
+
+/// How a system is set up for a group of scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setup {
+    /// The L4 and plain-HTTP L7 scenarios: xlb's worker busy-polls its core.
+    Standard,
+    /// The HTTPS scenarios: xlb as a whole on one core like the single-core peers — its worker sleeps when
+    /// idle (`idle = "adaptive"`), one full-handshake thread (`l7.tls_handshake_threads = 1`, plus rustls'
+    /// resumption lane's one), and every thread of the process pinned to [`XLB_CORE`] after start. The peers are
+    /// set up the same way for both.
+    Tls,
+}
+
+/// The HTTPS listeners of every system: port, certificate file stem in the lab's PKI directory.
+pub const HTTPS_LISTENERS: [(u16, &str); 2] = [(VIP_HTTPS_ECDSA_PORT, "ecdsa"), (VIP_HTTPS_RSA_PORT, "rsa")];
+
+/// Full-handshake threads of xlb in the [`Setup::Tls`] runs.
+pub const TLS_HANDSHAKE_THREADS: usize = 1;
 
 /// Name of the nftables table the kernel peer uses.
 pub const NFT_TABLE: &str = "xlbbench";
@@ -98,18 +117,43 @@ pub const LAB_DIR_PLACEHOLDER: &str = "LAB_DIR";
 /// `Connection` header cleared so upstream connections are reused), `X-Forwarded-For`/`-Proto` set as xlb
 /// sets them, no access log, keep-alive limits high enough that no connection is closed for its request
 /// count during a run.
-pub fn nginx_config(dir: &Path) -> String {
+pub fn nginx_config(dir: &Path, pki: &Path) -> String {
     let d = dir.display();
     let servers: String = SERVERS
         .iter()
         .map(|ip| format!("        server {ip}:{HTTP_PORT};\n"))
         .collect();
+    let https: String = HTTPS_LISTENERS
+        .iter()
+        .map(|(port, stem)| {
+            let p = pki.display();
+            format!(
+                r#"    server {{
+        listen {VIP}:{port} ssl backlog=4096;
+        ssl_certificate {p}/{stem}.pem;
+        ssl_certificate_key {p}/{stem}.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets on;
+        ssl_session_cache shared:SSL:10m;
+        location / {{
+            proxy_pass http://sinks;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}
+"#
+            )
+        })
+        .collect();
     format!(
         r#"worker_processes 1;
+worker_rlimit_nofile 19000;
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log warn;
 events {{
-    worker_connections 8192;
+    worker_connections 32768;
 }}
 http {{
     access_log off;
@@ -134,7 +178,7 @@ http {{
             proxy_set_header X-Forwarded-Proto $scheme;
         }}
     }}
-}}
+{https}}}
 "#
     )
 }
@@ -142,16 +186,30 @@ http {{
 /// The HAProxy config (`haproxy -db -f`): one thread, `mode http`, round robin over the three HTTP sinks,
 /// `http-reuse safe` (idle server connections shared between client connections), `X-Forwarded-For`
 /// (`option forwardfor`) and `X-Forwarded-Proto` set as xlb sets them, no logging.
-pub fn haproxy_config() -> String {
+pub fn haproxy_config(pki: &Path) -> String {
     let servers: String = SERVERS
         .iter()
         .enumerate()
         .map(|(i, ip)| format!("    server s{} {ip}:{HTTP_PORT}\n", i + 1))
         .collect();
+    let https: String = HTTPS_LISTENERS
+        .iter()
+        .map(|(port, stem)| {
+            format!(
+                "\nfrontend https_{stem}\n    bind {VIP}:{port} ssl crt {}/{stem}.crt-key.pem alpn http/1.1 backlog 4096\n    \
+                 http-request set-header X-Forwarded-Proto https\n    default_backend sinks\n",
+                pki.display()
+            )
+        })
+        .collect();
     format!(
         r#"global
     nbthread 1
-    maxconn 8000
+    maxconn 10500
+    ulimit-n 20000
+    no strict-limits
+    tune.ssl.cachesize 20000
+    ssl-default-bind-options ssl-min-ver TLSv1.2
 
 defaults
     mode http
@@ -169,12 +227,13 @@ frontend xlbbench
 
 backend sinks
     balance roundrobin
-{servers}"#
+{servers}{https}"#
     )
 }
 
-/// The xlb config the suite runs (`CONTROL_SOCKET` is filled in by [`Appliance::start`]).
-pub fn xlb_config() -> String {
+/// The xlb config the suite runs for `setup` (`CONTROL_SOCKET` is filled in by [`Appliance::start`]), with
+/// HTTPS listeners whose certificates are in `pki`.
+pub fn xlb_config(setup: Setup, pki: &Path) -> String {
     let servers = |port: u16| {
         SERVERS
             .iter()
@@ -188,14 +247,35 @@ pub fn xlb_config() -> String {
              scheduler = \"rr\"\nforwarding = \"fullnat\"\ngroup = \"{group}\"\n"
         )
     };
+    let idle = match setup {
+        Setup::Standard => "busy",
+        Setup::Tls => "adaptive",
+    };
     let interface = |name: &str, cidr: &str| {
         format!(
-            "[[interface]]\nname = \"{name}\"\nqueues = [0]\ncores = [{XLB_CORE}]\nidle = \"busy\"\n\
+            "[[interface]]\nname = \"{name}\"\nqueues = [0]\ncores = [{XLB_CORE}]\nidle = \"{idle}\"\n\
              addresses = [\"{cidr}\"]\n"
         )
     };
+    let https: String = HTTPS_LISTENERS
+        .iter()
+        .map(|(port, stem)| {
+            let p = pki.display();
+            format!(
+                "{}\n[listener.tls]\n\n[[listener.tls.cert]]\ncert = \"{p}/{stem}.pem\"\nkey = \"{p}/{stem}.key\"\n\n",
+                listener(&format!("https-{stem}"), *port, "https", "http")
+            )
+        })
+        .collect();
+    // TODO(key-server rows): once main has `[l7.key_server]` and `xlb-keyserver`, add a third setup that
+    // runs the handshake rows with the certificates' keys on the Key Server over a Unix socket (cert without
+    // `key`) — "xlb with the Key Server".
+    let l7 = match setup {
+        Setup::Standard => String::new(),
+        Setup::Tls => format!("[l7]\ntls_handshake_threads = {TLS_HANDSHAKE_THREADS}\n\n"),
+    };
     format!(
-        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{}\n{}\n{}\n{}\n{}\n{}\n\
+        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{l7}{}\n{}\n{}\n{}\n{}\n{}\n{https}\
          [[group]]\nname = \"web\"\nservers = [{}]\n\n[[group]]\nname = \"dns\"\nservers = [{}]\n\n\
          [[group]]\nname = \"http\"\nservers = [{}]\n",
         interface("ext0", LB_EXT_CIDR),
@@ -249,18 +329,33 @@ pub struct StopReport {
 
 impl RunningSystem {
     /// Sets up `kind` in the lab's `lb` namespace.
-    pub fn start(kind: SystemKind, lab: &SuiteLab) -> Result<RunningSystem> {
+    pub fn start(kind: SystemKind, lab: &SuiteLab, setup: Setup) -> Result<RunningSystem> {
         ensure!(
             !xdp_attached(lab, "ext0")? && !xdp_attached(lab, "int0")?,
             "an XDP program is still attached in the lb namespace"
         );
         match kind {
-            SystemKind::Xlb => Ok(RunningSystem::Xlb(Appliance::start(
-                &lab.lab,
-                &lab.lb,
-                "xlb-suite",
-                &xlb_config(),
-            )?)),
+            SystemKind::Xlb => {
+                let xlb = Appliance::start(&lab.lab, &lab.lb, "xlb-suite", &xlb_config(setup, &lab.pki()))?;
+                if setup == Setup::Tls {
+                    // Every thread (worker, handshake pool, control) on the peers' one core; threads started
+                    // later inherit it.
+                    let pid = xlb.proc().pid().to_string();
+                    let core = XLB_CORE.to_string();
+                    let pinned = std::process::Command::new("taskset")
+                        .args(["-a", "-p", "-c", &core, &pid])
+                        .output();
+                    match pinned {
+                        Ok(out) if out.status.success() => {}
+                        Ok(out) => bail!(
+                            "taskset -a -p -c {core} {pid}: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        ),
+                        Err(e) => bail!("taskset (util-linux) is needed to pin xlb for the HTTPS rows: {e}"),
+                    }
+                }
+                Ok(RunningSystem::Xlb(xlb))
+            }
             SystemKind::Kernel => {
                 let lb = &lab.lb;
                 lb.sysctl("net.ipv4.ip_forward", "1")?;
@@ -289,6 +384,14 @@ impl RunningSystem {
             RunningSystem::Xlb(_) => SystemKind::Xlb,
             RunningSystem::Kernel => SystemKind::Kernel,
             RunningSystem::Proxy(p) => p.kind,
+        }
+    }
+
+    /// The running xlb, if this is xlb.
+    pub fn appliance(&self) -> Option<&Appliance> {
+        match self {
+            RunningSystem::Xlb(xlb) => Some(xlb),
+            _ => None,
         }
     }
 
@@ -381,7 +484,8 @@ fn start_proxy(kind: SystemKind, lab: &SuiteLab) -> Result<ProxyProcess> {
     let proc = match kind {
         SystemKind::Nginx => {
             let path = dir.join("nginx.conf");
-            std::fs::write(&path, nginx_config(dir)).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, nginx_config(dir, &lab.pki()))
+                .with_context(|| format!("cannot write {}", path.display()))?;
             let conf = path.display().to_string();
             lab.lab.spawn(
                 &lab.lb,
@@ -391,7 +495,8 @@ fn start_proxy(kind: SystemKind, lab: &SuiteLab) -> Result<ProxyProcess> {
         }
         SystemKind::Haproxy => {
             let path = dir.join("haproxy.cfg");
-            std::fs::write(&path, haproxy_config()).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, haproxy_config(&lab.pki()))
+                .with_context(|| format!("cannot write {}", path.display()))?;
             let conf = path.display().to_string();
             lab.lab
                 .spawn(&lab.lb, "taskset", &["-c", &core, "haproxy", "-db", "-f", &conf])?
@@ -469,7 +574,7 @@ mod tests {
 
     #[test]
     fn xlb_config_names_both_listeners_and_all_servers() {
-        let c = xlb_config();
+        let c = xlb_config(Setup::Standard, Path::new("/pki"));
         for needle in [
             "vip = \"198.18.0.100\"",
             "port = 80",
@@ -497,8 +602,8 @@ mod tests {
 
     #[test]
     fn proxy_configs_listen_on_the_vip_and_name_every_sink() {
-        let nginx = nginx_config(Path::new("/tmp/lab"));
-        let haproxy = haproxy_config();
+        let nginx = nginx_config(Path::new("/tmp/lab"), Path::new("/tmp/lab/pki"));
+        let haproxy = haproxy_config(Path::new("/tmp/lab/pki"));
         for s in SERVERS {
             assert!(nginx.contains(&format!("server {s}:8000;")), "{nginx}");
             assert!(haproxy.contains(&format!(" {s}:8000\n")), "{haproxy}");
@@ -524,6 +629,59 @@ mod tests {
         }
         // Balanced braces: nginx would refuse the file otherwise.
         assert_eq!(nginx.matches('{').count(), nginx.matches('}').count());
+    }
+
+    #[test]
+    fn https_listeners_in_every_config() {
+        let pki = Path::new("/p");
+        let standard = xlb_config(Setup::Standard, pki);
+        let tls = xlb_config(Setup::Tls, pki);
+        for c in [&standard, &tls] {
+            for needle in [
+                "port = 8443\nprotocol = \"https\"",
+                "port = 8444\nprotocol = \"https\"",
+                "cert = \"/p/ecdsa.pem\"\nkey = \"/p/ecdsa.key\"",
+                "cert = \"/p/rsa.pem\"\nkey = \"/p/rsa.key\"",
+            ] {
+                assert!(c.contains(needle), "{needle} missing from\n{c}");
+            }
+            // The HTTPS listeners proxy to the HTTP sinks like the http one.
+            let https = &c[c.find("name = \"https-ecdsa\"").unwrap()..];
+            assert!(https[..https.find("[[").unwrap()].contains("group = \"http\""), "{c}");
+        }
+        assert!(standard.contains("idle = \"busy\"") && !standard.contains("[l7]"));
+        assert!(tls.contains("idle = \"adaptive\"") && !tls.contains("idle = \"busy\""));
+        assert!(tls.contains("[l7]\ntls_handshake_threads = 1\n"), "{tls}");
+        // `[l7]` must come before the first array table, or TOML would put it inside the last one.
+        assert!(tls.find("[l7]").unwrap() < tls.find("[[").unwrap(), "{tls}");
+
+        let nginx = nginx_config(Path::new("/lab"), pki);
+        for needle in [
+            "listen 198.18.0.100:8443 ssl backlog=4096;",
+            "listen 198.18.0.100:8444 ssl backlog=4096;",
+            "ssl_certificate /p/ecdsa.pem;",
+            "ssl_certificate_key /p/rsa.key;",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            "ssl_session_tickets on;",
+            "ssl_session_cache shared:SSL:10m;",
+            "worker_connections 32768;",
+        ] {
+            assert!(nginx.contains(needle), "{needle} missing from\n{nginx}");
+        }
+        assert_eq!(nginx.matches('{').count(), nginx.matches('}').count(), "{nginx}");
+        assert_eq!(nginx.matches("proxy_pass http://sinks;").count(), 3, "{nginx}");
+        let haproxy = haproxy_config(pki);
+        for needle in [
+            "bind 198.18.0.100:8443 ssl crt /p/ecdsa.crt-key.pem alpn http/1.1",
+            "bind 198.18.0.100:8444 ssl crt /p/rsa.crt-key.pem alpn http/1.1",
+            "tune.ssl.cachesize",
+            "maxconn 10500",
+            "http-request set-header X-Forwarded-Proto https",
+        ] {
+            assert!(haproxy.contains(needle), "{needle} missing from\n{haproxy}");
+        }
+        // The HTTPS frontends come after the backend section; the backend keeps its servers.
+        assert!(haproxy.find("backend sinks").unwrap() < haproxy.find("frontend https_ecdsa").unwrap());
     }
 
     #[test]
