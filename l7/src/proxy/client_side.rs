@@ -66,6 +66,7 @@ impl HttpProxy {
 
     pub(super) fn start_exchange(&mut self, now: Instant, mut req: RequestHead) {
         self.client_deadline = None;
+        self.request_started = Some(now);
         if self.cfg.access_log {
             self.current = Some((req.method.clone(), req.target.clone(), req.host.clone(), now));
         }

@@ -143,6 +143,9 @@ pub enum Event {
         status: u16,
         /// Answered by xlb itself.
         local: bool,
+        /// When the request's head was complete (`None` for a request refused before that): the response
+        /// time is from then to now.
+        started: Option<Instant>,
     },
     /// The exchange was cut short (connection closed mid-message).
     Aborted,
@@ -290,6 +293,8 @@ pub struct HttpProxy {
     release_pending: bool,
     /// The subject of the client's verified TLS certificate (passed upstream).
     client_cert: Option<Box<str>>,
+    /// When the current request's head was complete (response times).
+    request_started: Option<Instant>,
     spare: Vec<Vec<u8>>,
     to_client: Vec<u8>,
     to_upstream: Vec<u8>,
@@ -345,6 +350,7 @@ impl HttpProxy {
             access: VecDeque::new(),
             release_pending: false,
             client_cert: None,
+            request_started: None,
             spare: Vec::new(),
             to_client: Vec::new(),
             to_upstream: Vec::new(),
@@ -379,7 +385,8 @@ impl HttpProxy {
 
     /// Records that `status` was sent for the current request (event, and access record if kept).
     fn answered(&mut self, status: u16, local: bool) {
-        self.events.push_back(Event::Answered { status, local });
+        let started = self.request_started.take();
+        self.events.push_back(Event::Answered { status, local, started });
         if self.cfg.access_log {
             let (method, target, host, started) = match self.current.take() {
                 Some((m, t, h, at)) => (m, t, h, Some(at)),

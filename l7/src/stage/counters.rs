@@ -78,6 +78,11 @@ l7_counts! {
     H2MalformedRequest => "h2_malformed_request": "Malformed HTTP/2 requests (RST_STREAM PROTOCOL_ERROR).",
     H2ConnectRefused => "h2_connect_refused": "HTTP/2 CONNECT requests (405).",
     H2BadResponse => "h2_bad_response": "Responses that could not be carried over HTTP/2 (502 or RST_STREAM).",
+    RespUnder1ms => "response_time_le_1ms": "Responses whose head went out at most 1 ms after the request's head was complete (latency histogram).",
+    RespUnder10ms => "response_time_le_10ms": "Responses whose head went out over 1 ms and at most 10 ms after the request's head.",
+    RespUnder100ms => "response_time_le_100ms": "Responses whose head went out over 10 ms and at most 100 ms after the request's head.",
+    RespUnder1s => "response_time_le_1s": "Responses whose head went out over 100 ms and at most 1 s after the request's head.",
+    RespOver1s => "response_time_over_1s": "Responses whose head went out over 1 s after the request's head.",
     TlsUnder1ms => "tls_handshake_le_1ms": "TLS handshakes that took at most 1 ms from the ClientHello (latency histogram).",
     TlsUnder10ms => "tls_handshake_le_10ms": "TLS handshakes that took over 1 ms and at most 10 ms.",
     TlsUnder100ms => "tls_handshake_le_100ms": "TLS handshakes that took over 10 ms and at most 100 ms.",
@@ -100,6 +105,17 @@ impl L7Count {
             H::MalformedRequest => L7Count::H2MalformedRequest,
             H::ConnectRefused => L7Count::H2ConnectRefused,
             H::BadResponse => L7Count::H2BadResponse,
+        }
+    }
+
+    /// The latency bucket of a response whose head went out `elapsed` after the request's.
+    pub fn response_time(elapsed: std::time::Duration) -> L7Count {
+        match elapsed.as_micros() {
+            0..=1_000 => L7Count::RespUnder1ms,
+            1_001..=10_000 => L7Count::RespUnder10ms,
+            10_001..=100_000 => L7Count::RespUnder100ms,
+            100_001..=1_000_000 => L7Count::RespUnder1s,
+            _ => L7Count::RespOver1s,
         }
     }
 

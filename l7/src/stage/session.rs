@@ -607,7 +607,7 @@ impl Session {
         }
         while let Some(event) = self.proxy.poll_event() {
             self.aborted |= matches!(event, Event::Aborted);
-            count(io.counters, event);
+            count(io.counters, event, io.now);
         }
         while let Some(record) = self.proxy.poll_access() {
             self.log(io, record);
@@ -771,7 +771,7 @@ fn relay(io: &mut Io<'_>, from: ConnId, to: ConnId) -> bool {
 }
 
 /// Counts a proxy event.
-fn count(c: &mut L7Counters, event: Event) {
+fn count(c: &mut L7Counters, event: Event, now: Instant) {
     match event {
         Event::ClientRefused(_) => c.bump(L7Count::ClientRefused),
         Event::UpstreamRefused(_) => c.bump(L7Count::UpstreamRefused),
@@ -779,7 +779,10 @@ fn count(c: &mut L7Counters, event: Event) {
         Event::UpstreamFailed(UpstreamFailure::NoHealthyServer) => c.bump(L7Count::NoHealthyServer),
         Event::UpstreamFailed(UpstreamFailure::Refused) => c.bump(L7Count::UpstreamConnectFailed),
         Event::UpstreamFailed(UpstreamFailure::Reset) => c.bump(L7Count::UpstreamReset),
-        Event::Answered { status, local } => {
+        Event::Answered { status, local, started } => {
+            if let Some(started) = started {
+                c.bump(L7Count::response_time(now.saturating_duration_since(started)));
+            }
             c.bump(if local {
                 L7Count::LocalAnswers
             } else {

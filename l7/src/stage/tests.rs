@@ -762,6 +762,22 @@ mod h2c {
         assert_eq!(w.server.accepted, 1, "one kept-alive upstream connection");
         assert_eq!(w.counters().get(L7Count::H2Connections), 1);
         assert_eq!(w.counters().get(L7Count::H2Streams), 3);
+        let histogram: u64 = [
+            L7Count::RespUnder1ms,
+            L7Count::RespUnder10ms,
+            L7Count::RespUnder100ms,
+            L7Count::RespUnder1s,
+            L7Count::RespOver1s,
+        ]
+        .iter()
+        .map(|&c| w.counters().get(c))
+        .sum();
+        assert_eq!(histogram, 3, "every response is in the response-time histogram");
+        assert_eq!(
+            w.counters().get(L7Count::RespUnder1ms),
+            3,
+            "the test's clock does not move"
+        );
         assert_eq!(w.counters().get(L7Count::Aborted), 0);
     }
 }
