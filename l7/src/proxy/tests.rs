@@ -1099,7 +1099,7 @@ fn fuzz_random_bytes_and_split_points() {
                         local: *local,
                         started: None,
                     },
-                    e => e.clone(),
+                    e => *e,
                 })
                 .collect();
             (h.take_client(), up, h.client_closed, events)
