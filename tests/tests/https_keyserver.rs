@@ -153,12 +153,46 @@ servers = [{{ addr = "{s1}:8080", weight = 1 }}]
     ensure!(plain.ends_with("proto=http\n"), "{plain}");
 
     // Restarted: full handshakes recover within the client's reconnect backoff.
-    let _key_server = start_key_server()?;
+    let key_server = start_key_server()?;
     wait_until_ok(Duration::from_secs(15), "full handshakes after the restart", || {
         let out = https("5")?;
         ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         Ok(())
     })?;
+
+    // The endpoints change live: a second Key Server on another socket, `xlbctl reload`, the first one stopped;
+    // full handshakes go to the second.
+    let sock2 = t.lab.dir().join("keyserver2.sock");
+    let ks2_config = t.lab.dir().join("keyserver2.toml");
+    std::fs::write(
+        &ks2_config,
+        std::fs::read_to_string(&ks_config)?.replace(&sock.display().to_string(), &sock2.display().to_string()),
+    )?;
+    let _key_server2 = t
+        .lab
+        .spawn(&t.lb, &bin, &["--config", &ks2_config.display().to_string()])?;
+    wait_until_ok(TIMEOUT, "the second Key Server socket", || {
+        ensure!(sock2.exists(), "no socket yet");
+        Ok(())
+    })?;
+    let path = xlb.config_path();
+    let text = std::fs::read_to_string(path)?;
+    std::fs::write(
+        path,
+        text.replace(&sock.display().to_string(), &sock2.display().to_string()),
+    )?;
+    let reloaded = xlb.xlbctl(&["reload"])?;
+    ensure!(reloaded.contains("re-read"), "{reloaded}");
+    key_server.kill();
+    wait_until_ok(
+        Duration::from_secs(15),
+        "full handshakes through the second Key Server",
+        || {
+            let out = https("5")?;
+            ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            Ok(())
+        },
+    )?;
 
     let l7 = wait_until_ok(TIMEOUT, "Key Server counters", || {
         let l7 = xlb.stats()?["l7"].clone();

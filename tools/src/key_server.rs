@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use rustls::sign::SigningKey;
-use xlb_keyserver::client::{ClientOptions, ClientTls, Endpoint, KeyServerClient, RemoteSigningKey};
+use xlb_keyserver::client::{ClientCounters, ClientOptions, ClientTls, Endpoint, KeyServerClient, RemoteSigningKey};
 use xlb_l7::config::KeyServerConfig;
 
 /// A client for the Key Servers of `cfg` (it connects in the background; signing fails fast until one is up).
@@ -53,9 +53,29 @@ pub fn remote_key(client: &KeyServerClient, chain: &[CertificateDer<'static>]) -
         .map_err(|e| format!("Key Server key: {e}"))
 }
 
-/// The client's counters as named counts (`key_server_*`, in the stats' L7 counts and the metrics).
-pub fn counts(client: &KeyServerClient) -> Vec<(String, u64)> {
+/// Adds the counters of a client being replaced to `into` (counts stay monotonic across endpoint changes).
+pub fn retire(into: &mut ClientCounters, client: &KeyServerClient) {
     let c = client.counters();
+    into.requests += c.requests;
+    into.ok += c.ok;
+    into.no_key_server += c.no_key_server;
+    into.timeout += c.timeout;
+    for (a, b) in into.refused_by_status.iter_mut().zip(c.refused_by_status) {
+        *a += b;
+    }
+    into.connection_lost += c.connection_lost;
+    into.retried += c.retried;
+    into.connects += c.connects;
+    into.connect_failures += c.connect_failures;
+}
+
+/// The Key Server counts (`key_server_*`, in the stats' L7 counts and the metrics): those of the current client
+/// plus `retired` (clients replaced by endpoint changes).
+pub fn counts(client: Option<&KeyServerClient>, retired: &ClientCounters) -> Vec<(String, u64)> {
+    let mut c = retired.clone();
+    if let Some(client) = client {
+        retire(&mut c, client);
+    }
     [
         ("requests", c.requests),
         ("ok", c.ok),
@@ -66,7 +86,7 @@ pub fn counts(client: &KeyServerClient) -> Vec<(String, u64)> {
         ("retried", c.retried),
         ("connects", c.connects),
         ("connect_failures", c.connect_failures),
-        ("connected", client.connected() as u64),
+        ("connected", client.map_or(0, |c| c.connected() as u64)),
     ]
     .into_iter()
     .map(|(k, v)| (format!("key_server_{k}"), v))

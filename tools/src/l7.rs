@@ -204,9 +204,14 @@ pub fn listeners(config: &Config) -> (Vec<StageListener>, Vec<TlsHandle>) {
     (listeners, handles)
 }
 
-/// Reads the certificates of every `https` listener of `new` into `handles` (all or nothing); returns how many
-/// listeners changed.
-pub fn replace_certs(handles: &mut [TlsHandle], new: &Config) -> Result<usize, String> {
+/// Reads the certificates of every `https` listener of `new` into `handles` (all or nothing), with a new Key
+/// Server client if `[l7.key_server]` changed from `old`; returns how many listeners were re-read.
+pub fn replace_certs(handles: &mut [TlsHandle], old: &Config, new: &Config) -> Result<usize, String> {
+    let key_server = if old.l7.key_server != new.l7.key_server {
+        new.l7.key_server.as_ref().map(crate::key_server::client).transpose()?
+    } else {
+        handles.iter().find_map(|h| h.key_server.clone())
+    };
     let mut loaded = Vec::new();
     for h in handles.iter() {
         let Some((i, l)) = http_listeners(new).find(|(_, l)| l.name == h.listener) else {
@@ -215,9 +220,9 @@ pub fn replace_certs(handles: &mut [TlsHandle], new: &Config) -> Result<usize, S
         let Some(tls) = tls_config(new, i, l)? else { continue };
         let handle = TlsHandle {
             listener: h.listener.clone(),
+            key_server: key_server.clone().filter(|_| tls.needs_key_server()),
             config: tls,
             certs: h.certs.clone(),
-            key_server: h.key_server.clone(),
         };
         loaded.push((handle.load()?, handle));
     }
@@ -226,6 +231,7 @@ pub fn replace_certs(handles: &mut [TlsHandle], new: &Config) -> Result<usize, S
         handle.certs.replace(certs);
         if let Some(h) = handles.iter_mut().find(|h| h.listener == handle.listener) {
             h.config = handle.config;
+            h.key_server = handle.key_server;
         }
     }
     Ok(n)
@@ -273,5 +279,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> bool {
             })
             .collect()
     };
-    old.l7 != new.l7 || http(old) != http(new) || (!http(new).is_empty() && group_names(old) != group_names(new))
+    // So do the Key Server endpoints (`replace_certs` makes a new client).
+    let l7 = |c: &Config| {
+        let mut l7 = c.l7.clone();
+        l7.key_server = None;
+        l7
+    };
+    l7(old) != l7(new) || http(old) != http(new) || (!http(new).is_empty() && group_names(old) != group_names(new))
 }

@@ -176,6 +176,7 @@ impl PipelineFactory {
         let (l7_listeners, tls_handles) = crate::l7::listeners(config);
         let runtime = L4Runtime {
             tls: tls_handles,
+            key_server_retired: Default::default(),
             config: config.clone(),
             layout: layout.clone(),
             board: board.clone(),
@@ -382,6 +383,8 @@ pub struct L4Runtime {
     last_totals: (Instant, Vec<u64>),
     /// The certificates of the `https` listeners.
     tls: Vec<TlsHandle>,
+    /// Counters of Key Server clients replaced by endpoint changes.
+    key_server_retired: xlb_keyserver::client::ClientCounters,
 }
 
 impl L4Runtime {
@@ -393,6 +396,14 @@ impl L4Runtime {
     /// The node's Key Server client, if a certificate's key is on one.
     pub fn key_server(&self) -> Option<&xlb_keyserver::client::KeyServerClient> {
         self.tls.iter().find_map(|h| h.key_server.as_ref())
+    }
+
+    /// The Key Server counts (`key_server_*`), monotonic across endpoint changes; none without a Key Server.
+    pub fn key_server_counts(&self) -> Vec<(String, u64)> {
+        match self.key_server() {
+            None if self.key_server_retired == Default::default() => Vec::new(),
+            client => crate::key_server::counts(client, &self.key_server_retired),
+        }
     }
 
     /// The certificates of the `https` listeners.
@@ -491,8 +502,14 @@ impl L4Runtime {
         let tls_tables =
             |c: &Config| -> Vec<Option<toml::Table>> { c.listeners.iter().map(|l| l.tls.clone()).collect() };
         // Certificates first: a file that does not load refuses the whole change.
-        let certs = if tls_tables(&self.config) != tls_tables(&new) {
-            crate::l7::replace_certs(&mut self.tls, &new)?
+        let key_server_changed = self.config.l7.key_server != new.l7.key_server;
+        let old_key_server = self.key_server().cloned().filter(|_| key_server_changed);
+        let certs = if tls_tables(&self.config) != tls_tables(&new) || key_server_changed {
+            let n = crate::l7::replace_certs(&mut self.tls, &self.config, &new)?;
+            if let Some(old) = old_key_server {
+                crate::key_server::retire(&mut self.key_server_retired, &old);
+            }
+            n
         } else {
             0
         };

@@ -213,7 +213,7 @@ pub fn l7(runtime: &L4Runtime) -> Option<xlb_api::stats::L7> {
         counts: xlb_l7::stage::counters::L7Count::ALL
             .iter()
             .map(|&c| (c.name().to_string(), total.get(c)))
-            .chain(runtime.key_server().map(crate::key_server::counts).unwrap_or_default())
+            .chain(runtime.key_server_counts())
             .collect(),
         sessions: total.sessions,
         connections: total.connections,
