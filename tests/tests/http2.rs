@@ -79,6 +79,13 @@ fn http2_is_terminated_in_stack_and_mapped_to_http1_upstream() -> Result<()> {
         got == "s1 xff=198.18.0.1 proto=http\n2\n" || got == "s2 xff=198.18.0.1 proto=http\n2\n",
         "{got:?}"
     );
+    // `Upgrade: h2c` is not taken up: the request is answered over HTTP/1.1 (the Upgrade header is not passed
+    // to the server either).
+    let upgrade = t.client.run(
+        "curl",
+        &["-sS", "--max-time", "10", "--http2", "-w", "%{http_version}\n", &url],
+    )?;
+    ensure!(upgrade.ends_with("proto=http\n1.1\n"), "{upgrade:?}");
     // In turn on one connection, and 3 at once.
     let turns = t.client.run("h2load", &["-n", "3", "-c", "1", "-m", "1", &url])?;
     ensure!(turns.contains("3 succeeded, 0 failed, 0 errored"), "h2load: {turns}");
