@@ -171,3 +171,37 @@ fn http2_is_terminated_in_stack_and_mapped_to_http1_upstream() -> Result<()> {
     xlb.proc().check_running()?;
     Ok(())
 }
+
+#[test]
+fn two_workers_serve_http2_and_tls_with_segments_handed_to_their_owner() -> Result<()> {
+    let t = TwoArm::new("h2twoq", &SERVERS, 2)?;
+    let _nginx = xlb_tests::backends::nginx(&t.lab, &t.servers, &SERVERS, 1)?;
+    let dir = t.lab.dir().join("pki");
+    std::fs::create_dir_all(&dir)?;
+    xlb_tests::pki::make(&dir, &[("www", "www.example.com")])?;
+    let config = config(&dir).replace("queues = [0]\ncores = [0]", "queues = [0, 1]\ncores = [0, 1]");
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    // Each worker's handshakes come back to it from the pool (its own wake-up); streams of a connection stay on
+    // the connection's worker.
+    for url in [format!("http://{VIP}/"), format!("https://{VIP}/")] {
+        let load = t
+            .client
+            .run("h2load", &["-n", "800", "-c", "8", "-m", "4", "-T", "20", &url])?;
+        ensure!(
+            load.contains("800 succeeded, 0 failed, 0 errored"),
+            "h2load {url}: {load}"
+        );
+    }
+    let l7 = wait_until_ok(TIMEOUT, "1600 requests counted", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["counts"]["requests"].as_u64() == Some(1600), "{l7}");
+        Ok(l7)
+    })?;
+    let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
+    ensure!(n("handed_off") > 0, "segments reached the other worker's queue: {l7}");
+    ensure!(
+        n("handoff_full") == 0 && n("tls_full_handshakes") == 8 && n("h2_connections") == 16,
+        "{l7}"
+    );
+    Ok(())
+}
