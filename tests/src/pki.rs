@@ -4,6 +4,8 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 
+use crate::lab::Netns;
+
 /// Runs `openssl` (on the host: it only makes files).
 fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     let out = std::process::Command::new("openssl")
@@ -102,4 +104,26 @@ pub fn make_with(dir: &Path, leaves: &[(&str, &str)], key_type: LeafKey) -> Resu
         )?;
     }
     Ok(())
+}
+
+/// `openssl s_client -connect <connect> <args>` in `ns` (10 s at most), sending `input`; returns its stdout and
+/// stderr together.
+pub fn s_client(ns: &Netns, connect: &str, args: &[&str], input: &[u8]) -> Result<String> {
+    let mut cmd = ns.command("timeout", &["10", "openssl", "s_client", "-connect", connect]);
+    cmd.args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(input)?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
 }

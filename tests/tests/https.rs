@@ -86,28 +86,9 @@ fn curl(client: &Netns, ca: &Path, name: &str, extra: &[&str], path: &str) -> Re
     client.run("curl", &args)
 }
 
-/// `openssl s_client` to the VIP with `args`, sending `input`; returns stdout and stderr together.
+/// `openssl s_client` to the VIP's port 443 with `args`, sending `input`.
 fn s_client(client: &Netns, args: &[&str], input: &[u8]) -> Result<String> {
-    let connect = format!("{VIP}:443");
-    let mut all = vec!["s_client", "-connect", &connect];
-    all.extend_from_slice(args);
-    let mut cmd = client.command("timeout", &[]);
-    cmd.arg("10").arg("openssl").args(&all);
-    cmd.stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().context("stdin")?;
-        stdin.write_all(input)?;
-    }
-    let out = child.wait_with_output()?;
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    xlb_tests::pki::s_client(client, &format!("{VIP}:443"), args, input)
 }
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n";

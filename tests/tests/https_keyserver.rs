@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Netns, Proc};
 use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
@@ -15,27 +15,10 @@ const SERVERS: [&str; 1] = ["198.19.0.2"];
 
 /// `openssl s_client` to the HTTPS VIP sending one request; returns its output.
 fn s_client(client: &Netns, extra: &[&str]) -> Result<String> {
-    let connect = format!("{VIP}:443");
-    let mut cmd = client.command(
-        "timeout",
-        &["10", "openssl", "s_client", "-connect", &connect, "-ign_eof"],
-    );
-    cmd.args(extra)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn()?;
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().context("stdin")?;
-        stdin.write_all(b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")?;
-    }
-    let out = child.wait_with_output()?;
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
+    let mut args = vec!["-ign_eof"];
+    args.extend_from_slice(extra);
+    let request = b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n";
+    xlb_tests::pki::s_client(client, &format!("{VIP}:443"), &args, request)
 }
 
 #[test]

@@ -219,6 +219,20 @@ impl L7Stage {
         &self.counters
     }
 
+    /// What a session needs from the stage while it runs (`source`: the route's source address to a server).
+    fn io<'a>(&'a mut self, now: Instant, source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>) -> Io<'a> {
+        Io {
+            now,
+            host: &mut self.host,
+            upstreams: &mut self.upstreams,
+            counters: &mut self.counters,
+            source,
+            access_log: self.access_log.as_ref(),
+            handshakes: self.handshakes.as_mut(),
+            h2: self.h2.as_ref(),
+        }
+    }
+
     /// TLS handshake steps on the pool, not yet taken back.
     pub fn handshakes_in_flight(&self) -> usize {
         self.handshakes.as_ref().map_or(0, HandshakeClient::in_flight)
@@ -344,16 +358,7 @@ impl L7Stage {
         // Out of its slot while it runs, so HTTP/2 work can reach the sessions of its streams (or its front).
         let Some(mut session) = slot.session.take() else { return };
         let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-        let mut io = Io {
-            now,
-            host: &mut self.host,
-            upstreams: &mut self.upstreams,
-            counters: &mut self.counters,
-            source: &source,
-            access_log: self.access_log.as_ref(),
-            handshakes: self.handshakes.as_mut(),
-            h2: self.h2.as_ref(),
-        };
+        let mut io = self.io(now, &source);
         if timer {
             session.handle_timeout(&mut io);
         } else {

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use xlb_stack::local::StackContext;
 
-use super::counters::L7Count;
-use super::session::{Io, Session, StreamWork};
+use super::session::{Session, StreamWork};
 use super::token::Token;
 use super::{L7Stage, Slot};
 use crate::proxy::HttpProxy;
@@ -82,17 +81,7 @@ impl L7Stage {
             // The client connection is gone.
             if !child.is_done() {
                 let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-                let mut io = Io {
-                    now,
-                    host: &mut self.host,
-                    upstreams: &mut self.upstreams,
-                    counters: &mut self.counters,
-                    source: &source,
-                    access_log: None,
-                    handshakes: None,
-                    h2: None,
-                };
-                child.stream_reset(&mut io);
+                child.stream_reset(&mut self.io(now, &source));
             }
             return;
         };
@@ -115,27 +104,18 @@ impl L7Stage {
 
     /// Ends the stream session at `key` (the client reset the stream or went away).
     fn reset_stream_session(&mut self, now: Instant, key: (u32, u32), cx: &StackContext<'_>) {
-        let Some(child) = self
+        // Out of its slot for the reset (the stage is borrowed whole by it), then back.
+        let Some(mut child) = self
             .slots
             .get_mut(key.0 as usize)
             .filter(|s| s.generation == key.1)
-            .and_then(|s| s.session.as_mut())
+            .and_then(|s| s.session.take())
         else {
             return;
         };
         let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-        let mut io = Io {
-            now,
-            host: &mut self.host,
-            upstreams: &mut self.upstreams,
-            counters: &mut self.counters,
-            source: &source,
-            access_log: None,
-            handshakes: None,
-            h2: None,
-        };
-        child.stream_reset(&mut io);
-        self.counters.bump(L7Count::Aborted);
+        child.stream_reset(&mut self.io(now, &source));
+        self.slots[key.0 as usize].session = Some(child);
         self.touched.push(key.0);
     }
 
