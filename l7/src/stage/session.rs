@@ -250,7 +250,14 @@ impl Session {
             }
         }
         if self.is_stream() {
-            return; // no socket: the stage takes the response and closes the stream
+            // No socket: the stage takes the response and closes the stream; an upstream connection the proxy
+            // did not release goes with it.
+            if self.client_closed && self.proxy.is_closed() {
+                if let Some(up) = self.upstream.take() {
+                    io.host.close(io.now, up.conn);
+                }
+            }
+            return;
         }
         if !self.client_closed {
             // Large buffers while a request is in progress, small ones between requests.

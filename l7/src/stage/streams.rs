@@ -91,7 +91,8 @@ impl L7Stage {
             front.stream_body_taken(now, stream, taken);
             moved = true;
         }
-        if let Some(complete) = child.stream_finished() {
+        let finished = child.stream_finished();
+        if let Some(complete) = finished {
             if front.stream_session(stream).is_some() {
                 front.stream_done(now, stream, complete);
                 moved = true;
@@ -99,6 +100,10 @@ impl L7Stage {
         }
         if moved {
             self.touched.push(parent.0);
+        }
+        if finished.is_some() {
+            let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
+            child.close_stream(&mut self.io(now, &source));
         }
     }
 

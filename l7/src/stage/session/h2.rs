@@ -299,6 +299,17 @@ impl Session {
         (self.close_client && self.client_out.is_empty()).then_some(!self.aborted)
     }
 
+    /// The front has the whole response: the virtual client is closed (the session ends once its upstream
+    /// connection went back to the pool or was closed).
+    pub fn close_stream(&mut self, io: &mut super::Io<'_>) {
+        self.client_closed = true;
+        if self.proxy.is_closed() {
+            if let Some(up) = self.upstream.take() {
+                io.host.close(io.now, up.conn);
+            }
+        }
+    }
+
     /// The client reset the stream: the exchange ends, the upstream connection is closed.
     pub fn stream_reset(&mut self, io: &mut super::Io<'_>) {
         self.client_closed = true;
