@@ -779,7 +779,11 @@ mod h2c {
             "the test's clock does not move"
         );
         w.advance(Duration::from_millis(200));
-        assert_eq!(w.counters().sessions, 1, "the streams' sessions are gone, the connection's is left");
+        assert_eq!(
+            w.counters().sessions,
+            1,
+            "the streams' sessions are gone, the connection's is left"
+        );
         assert_eq!(w.counters().get(L7Count::Aborted), 0);
     }
 }

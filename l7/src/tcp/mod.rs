@@ -421,7 +421,14 @@ impl TcpHost {
         let Some(c) = self.slots[index as usize].conn.as_mut() else {
             return;
         };
-        if c.want_large == c.large || !matches!(c.socket.state(), State::Established | State::CloseWait) {
+        // Large buffers for open connections only; a closing one (FIN-WAIT, TIME-WAIT...) goes back to small
+        // buffers once they are empty, so connections xlb closes first do not hold 2 × 32 KiB through TIME-WAIT.
+        let open = matches!(c.socket.state(), State::Established | State::CloseWait);
+        let closing = matches!(
+            c.socket.state(),
+            State::FinWait1 | State::FinWait2 | State::Closing | State::TimeWait | State::LastAck
+        );
+        if c.want_large == c.large || !(open || (closing && !c.want_large)) {
             return;
         }
         let (rx, tx) = if c.want_large {
@@ -479,6 +486,7 @@ impl TcpHost {
         c.socket.close();
         c.token = 0;
         c.discard = true;
+        c.want_large = false;
         while c.socket.recv(|data| (data.len(), data.len())).unwrap_or(0) > 0 {}
         c.deadline = Some((deadline, Deadline::Close));
         self.after_change(now, id.index);

@@ -310,8 +310,17 @@ fn a_peer_sending_at_the_old_window_after_the_buffers_shrank_loses_nothing() {
 #[test]
 fn a_syn_reusing_a_tuple_in_time_wait_opens_a_new_connection() {
     let now = Instant::now();
-    let (mut client, mut server) = (host(now, 1), host(now, 2));
+    let config = TcpConfig {
+        rx_buffer: 65_536,
+        tx_buffer: 65_536,
+        idle_buffer: 1024,
+        ..TcpConfig::default()
+    };
+    let (mut client, mut server) = (host(now, 1), TcpHost::new(config, now, 2));
     let (c, s) = open(now, &mut client, &mut server);
+    let small = server.counters().buffer_bytes;
+    server.set_busy(s, true);
+    assert!(server.counters().buffer_bytes > small);
     // The server closes first: its side ends in TIME-WAIT.
     server.close(now, s);
     shuttle(now, &mut server, &mut client, false);
@@ -321,6 +330,11 @@ fn a_syn_reusing_a_tuple_in_time_wait_opens_a_new_connection() {
         shuttle(now, &mut server, &mut client, false);
     }
     assert_eq!(server.state(s), Some(State::TimeWait));
+    assert_eq!(
+        server.counters().buffer_bytes,
+        small,
+        "TIME-WAIT holds small buffers, not the busy ones"
+    );
     // The client's next connection from the same port (a fresh client host: a new ISN) is accepted at once.
     let mut again = host(now, 5);
     again
