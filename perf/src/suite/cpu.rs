@@ -273,8 +273,19 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    /// Samples the host, reaped children, the load balancer process `lb_pid` (if it is one) and `sink_pids`.
-    pub fn take(lb_pid: Option<u32>, sink_pids: &[u32]) -> Result<CpuSample> {
+    /// Samples the host, reaped children, the load balancer's processes `lb_pids` (summed; none: the kernel)
+    /// and `sink_pids`.
+    pub fn take(lb_pids: &[u32], sink_pids: &[u32]) -> Result<CpuSample> {
+        let lb = if lb_pids.is_empty() {
+            None
+        } else {
+            Some(
+                lb_pids
+                    .iter()
+                    .map(|&pid| proc_times(pid))
+                    .try_fold(ProcTimes::default(), |acc, t| t.map(|t| acc.plus(&t)))?,
+            )
+        };
         let sinks = sink_pids
             .iter()
             .map(|&pid| proc_times(pid))
@@ -283,7 +294,7 @@ impl CpuSample {
             at: Instant::now(),
             host: host_times()?,
             children: children_times(),
-            lb: lb_pid.map(proc_times).transpose()?,
+            lb,
             sinks,
         })
     }
