@@ -372,10 +372,10 @@ fn run_scenarios(
             Some((count, secs)) => run_intervals(lab, system, scenario, count, secs, stop)?,
         };
         let mut run = run;
-        if let (Some((stats, threads)), Some(xlb)) = (xlb_before, system.appliance()) {
+        if let (Some((stats, threads_before)), Some(xlb)) = (xlb_before, system.appliance()) {
             let after = xlb.stats()?;
             let threads_after = cpu::thread_times(xlb.proc().pid())?;
-            let (pool, other) = cpu::split_threads(&threads, &threads_after, cpu::HANDSHAKE_THREAD_PREFIX);
+            let (pool, other) = cpu::split_threads(&threads_before, &threads_after, cpu::HANDSHAKE_THREAD_PREFIX);
             let delta = |key: &str| {
                 let get = |v: &Value| {
                     v.pointer(&format!("/l7/counts/{key}"))
@@ -427,6 +427,19 @@ fn run_scenarios(
                 other
             ));
             let mut threads = serde_json::json!({"handshake_pool_cpu_s": pool, "other_cpu_s": other});
+            let busiest = cpu::busiest_threads(&threads_before, &threads_after);
+            progress(&format!(
+                "  {} {}: busiest xlb threads: {}",
+                scenario.name(),
+                system.kind().name(),
+                busiest
+                    .iter()
+                    .take(4)
+                    .map(|(n, s)| format!("{n} {s:.2} s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            threads["busiest"] = serde_json::json!(busiest.into_iter().take(6).collect::<Vec<_>>());
             if let (Some(before), Some(ks)) = (&ks_before, system.key_server()) {
                 let after = cpu::proc_times(ks.pid())?;
                 let ks_cpu = (after.user_s + after.system_s - before.user_s - before.system_s).max(0.0);
