@@ -122,7 +122,7 @@ pub fn summary(report: &Value) -> Vec<String> {
                         .filter_map(|pair| {
                             let q = pair.get(0)?.as_f64()?;
                             let v = pair.get(1)?.as_u64()?;
-                            Some(format!("{}%:{v}", q * 100.0))
+                            Some(format!("{}%:{v}", (q * 100_000.0).round() / 1000.0))
                         })
                         .collect()
                 })
@@ -155,7 +155,7 @@ mod tests {
         let phase = |ok: u64, failed: u64| {
             json!({"completed": ok, "failed": failed, "rate": ok as f64 / 3.0, "first_completed_s": 0.25,
                    "latency_us": {"handshake": {"p50": 300, "p99": 900}, "response": {"p50": 100, "p99": 200}},
-                   "histogram_us": {"handshake": [[0.5, 300], [1.0, 2000]], "response": [[0.5, 100]]}})
+                   "histogram_us": {"handshake": [[0.5, 300], [0.99999, 1900], [1.0, 2000]], "response": [[0.5, 100]]}})
         };
         let report = json!({
             "resumed": {"phases": [phase(30, 0), phase(30, 0), phase(30, 0)]},
@@ -165,7 +165,7 @@ mod tests {
         let lines = summary(&report);
         assert_eq!(lines.len(), 9, "{lines:#?}");
         assert!(lines[0].contains("resumed") && lines[0].contains("before") && lines[0].contains("p99 900"));
-        assert!(lines[0].contains("[50%:300 100%:2000]"), "{}", lines[0]);
+        assert!(lines[0].contains("[50%:300 99.999%:1900 100%:2000]"), "{}", lines[0]);
         assert!(
             lines[3].contains("keepalive") && lines[3].contains("p50 100"),
             "{}",
