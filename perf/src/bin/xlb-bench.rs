@@ -8,6 +8,7 @@
 //! xlb-bench http    --target IP:PORT [--path /] [--host H] [--connections N]
 //!                   [--keepalive|--new-conn|--server-close] [--rate R] [--duration S]
 //!                   [--tls [--sni NAME] [--ca PEM] [--resume]] [--hold S [--threads T]]
+//!                   [--phases T1,T2,..]
 //! xlb-bench sink    --listen IP:PORT --proto tcp|udp|http [--name NAME] [--threads N]
 //! ```
 //!
@@ -224,6 +225,10 @@ struct HttpArgs {
     /// Hold mode: threads opening the connections.
     #[arg(long, default_value_t = 8, value_name = "T", requires = "hold")]
     threads: usize,
+    /// Split the report into phases at these offsets from the start (seconds, e.g. `3,6`): counts, rates and
+    /// latency histograms of each phase.
+    #[arg(long, value_parser = parse_phases, value_name = "T1,T2,..", conflicts_with = "hold")]
+    phases: Option<Phases>,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -242,6 +247,14 @@ struct SinkArgs {
     /// TCP and HTTP: event-loop threads (default: one per CPU).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     threads: Option<u16>,
+}
+
+/// Phase boundaries from the command line.
+#[derive(Debug, Clone)]
+struct Phases(Vec<Duration>);
+
+fn parse_phases(text: &str) -> Result<Phases, String> {
+    http::phases::parse_bounds(text).map(Phases)
 }
 
 /// A rate from the command line; `None` is `unlimited`.
@@ -320,6 +333,7 @@ fn run(cli: Cli) -> Result<()> {
                 }),
                 host: args.host,
                 limits: args.common.limits(),
+                phases: args.phases.map(|p| p.0).unwrap_or_default(),
             };
             match args.hold {
                 Some(hold) => report::print(&http::hold(&config, args.threads, hold, stop)?, args.common.json),

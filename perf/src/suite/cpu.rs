@@ -214,6 +214,24 @@ pub fn split_threads(before: &[(u32, String, f64)], after: &[(u32, String, f64)]
     (matching, others)
 }
 
+/// CPU seconds per thread name between two [`thread_times`] samples (threads of one name summed), largest first.
+pub fn busiest_threads(before: &[(u32, String, f64)], after: &[(u32, String, f64)]) -> Vec<(String, f64)> {
+    let mut by_name: Vec<(String, f64)> = Vec::new();
+    for (tid, name, total) in after {
+        let earlier = before
+            .iter()
+            .find(|(t, n, _)| t == tid && n == name)
+            .map_or(0.0, |(_, _, v)| *v);
+        let d = (total - earlier).max(0.0);
+        match by_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => *v += d,
+            None => by_name.push((name.clone(), d)),
+        }
+    }
+    by_name.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    by_name
+}
+
 /// Time of every child reaped so far (`getrusage(RUSAGE_CHILDREN)`).
 pub fn children_times() -> ProcTimes {
     // SAFETY: an all-zero rusage is a valid value for getrusage(2) to overwrite.
@@ -273,8 +291,19 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    /// Samples the host, reaped children, the load balancer process `lb_pid` (if it is one) and `sink_pids`.
-    pub fn take(lb_pid: Option<u32>, sink_pids: &[u32]) -> Result<CpuSample> {
+    /// Samples the host, reaped children, the load balancer's processes `lb_pids` (summed; none: the kernel)
+    /// and `sink_pids`.
+    pub fn take(lb_pids: &[u32], sink_pids: &[u32]) -> Result<CpuSample> {
+        let lb = if lb_pids.is_empty() {
+            None
+        } else {
+            Some(
+                lb_pids
+                    .iter()
+                    .map(|&pid| proc_times(pid))
+                    .try_fold(ProcTimes::default(), |acc, t| t.map(|t| acc.plus(&t)))?,
+            )
+        };
         let sinks = sink_pids
             .iter()
             .map(|&pid| proc_times(pid))
@@ -283,7 +312,7 @@ impl CpuSample {
             at: Instant::now(),
             host: host_times()?,
             children: children_times(),
-            lb: lb_pid.map(proc_times).transpose()?,
+            lb,
             sinks,
         })
     }
@@ -369,6 +398,20 @@ impl CpuUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busiest_threads_by_name() {
+        let before = vec![(1, "xlb".to_owned(), 1.0), (2, "w".to_owned(), 0.5)];
+        let after = vec![
+            (1, "xlb".to_owned(), 1.5),
+            (2, "w".to_owned(), 2.5),
+            (3, "w".to_owned(), 1.0),
+        ];
+        assert_eq!(
+            busiest_threads(&before, &after),
+            [("w".to_owned(), 3.0), ("xlb".to_owned(), 0.5)]
+        );
+    }
 
     #[test]
     fn sums_consecutive_runs() {

@@ -319,9 +319,9 @@ impl SuiteLab {
     }
 
     /// Runs the generator `xlb-bench ARGS --json` (pinned to the generator core) from the client namespace
-    /// for at most `duration` plus a grace period, measuring CPU time around it. `lb_pid` is the load
-    /// balancer's process, if it has one.
-    pub fn run_generator(&self, args: &[String], duration: Duration, lb_pid: Option<u32>) -> Result<GeneratorRun> {
+    /// for at most `duration` plus a grace period, measuring CPU time around it. `lb_pids` are the load
+    /// balancer's processes (their CPU time is summed), if it has any.
+    pub fn run_generator(&self, args: &[String], duration: Duration, lb_pids: &[u32]) -> Result<GeneratorRun> {
         let bench = self.bench.display().to_string();
         let core = GENERATOR_CORE.to_string();
         let mut argv: Vec<&str> = Vec::new();
@@ -334,11 +334,11 @@ impl SuiteLab {
         argv.extend(args.iter().map(String::as_str));
         argv.push("--json");
         let sinks = self.sink_pids();
-        let before = CpuSample::take(lb_pid, &sinks)?;
+        let before = CpuSample::take(lb_pids, &sinks)?;
         let proc = self.lab.spawn(&self.client, program, &argv)?;
         // Reaping the generator here is what puts its times into RUSAGE_CHILDREN.
         let status = proc.wait_timeout(duration + GENERATOR_GRACE)?;
-        let after = CpuSample::take(lb_pid, &sinks)?;
+        let after = CpuSample::take(lb_pids, &sinks)?;
         let Some(status) = status else {
             proc.kill();
             bail!(
@@ -374,7 +374,7 @@ impl SuiteLab {
     ) -> Result<GeneratorRun> {
         let sinks = self.sink_pids();
         let before_rss = rss_bytes(lb_pid)?;
-        let before = CpuSample::take(Some(lb_pid), &sinks)?;
+        let before = CpuSample::take(&[lb_pid], &sinks)?;
         let proc = self.start_background(args)?;
         let held = wait_until_ok(open_within + GENERATOR_GRACE, "the hold generator to hold", || {
             if !proc.is_running() {
@@ -398,7 +398,7 @@ impl SuiteLab {
         let held_rss = rss_bytes(lb_pid);
         let _ = proc.signal(libc::SIGINT);
         let report = self.finish_background(proc, Duration::ZERO);
-        let after = CpuSample::take(Some(lb_pid), &sinks)?;
+        let after = CpuSample::take(&[lb_pid], &sinks)?;
         let mut report = report?;
         let held_rss = held_rss?;
         let growth = held_rss.saturating_sub(before_rss);

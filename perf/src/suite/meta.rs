@@ -43,11 +43,33 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
         "xlb": {
             "core": XLB_CORE,
             "idle": "busy",
-            "config": systems::xlb_config(systems::Setup::Standard, &pki),
+            "config": systems::xlb_config(systems::Setup::Standard, &pki, None),
             "https_rows": {
                 "setup": "every thread of the xlb process pinned to the core with taskset -a after start; the worker \
                           sleeps when idle; one full-handshake thread and the resumption lane's one",
-                "config": systems::xlb_config(systems::Setup::Tls, &pki),
+                "config": systems::xlb_config(systems::Setup::Tls, &pki, None),
+            },
+        },
+        "xlb_ks": {
+            "what": "xlb as in the HTTPS rows, the certificates without keys (a copy in LAB_DIR/ks-certs), every \
+                     full handshake's signature made by xlb-keyserver over a Unix socket",
+            "config": systems::xlb_config(
+                systems::Setup::Tls,
+                &std::path::Path::new(LAB_DIR_PLACEHOLDER).join(super::keyserver::CERTS_DIR),
+                Some(&std::path::Path::new(LAB_DIR_PLACEHOLDER).join(super::keyserver::SOCKET)),
+            ),
+            "key_server": {
+                "command": "taskset -c 1 xlb-keyserver --config LAB_DIR/keyserver.toml (in the lb namespace)",
+                "config": super::keyserver::keyserver_config(
+                    &std::path::Path::new(LAB_DIR_PLACEHOLDER).join(super::keyserver::KEYS_DIR),
+                    &std::path::Path::new(LAB_DIR_PLACEHOLDER).join(super::keyserver::SOCKET),
+                ),
+                "cpu": "counted with xlb's in LB CPU (both processes' user+system time)",
+            },
+            "outage": {
+                "loads": super::scenarios::outage_loads(),
+                "kill_at_s": super::scenarios::OUTAGE_KILL_S,
+                "restart_at_s": super::scenarios::OUTAGE_RESTART_S,
             },
         },
         "https": {

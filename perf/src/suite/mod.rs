@@ -13,8 +13,10 @@
 
 pub mod cpu;
 pub mod intervals;
+pub mod keyserver;
 pub mod lab;
 pub mod meta;
+pub mod outage;
 pub mod rawloop;
 pub mod report;
 pub mod scenarios;
@@ -289,7 +291,17 @@ fn run_scenarios(
             (Layer::Https, Some(xlb)) => Some((xlb.stats()?, cpu::thread_times(xlb.proc().pid())?)),
             _ => None,
         };
+        let ks_before = match system.key_server() {
+            Some(ks) if scenario != Scenario::TlsKeyserverOutage => Some(cpu::proc_times(ks.pid())?),
+            _ => None,
+        };
         let run = match scenario.intervals(opts.quick) {
+            None if scenario == Scenario::TlsKeyserverOutage => {
+                let run = outage::run(lab, system)
+                    .with_context(|| format!("{} through {}", scenario.name(), system.kind().name()))?;
+                system.check()?;
+                run
+            }
             None if scenario == Scenario::TlsIdleMemory => {
                 let what = || format!("{} through {}", scenario.name(), system.kind().name());
                 let pid = system.pid().context("a proxy without a process")?;
@@ -331,7 +343,9 @@ fn run_scenarios(
                     }
                     None => None,
                 };
-                let run = lab.run_generator(&args, opts.duration, system.pid()).with_context(what);
+                let run = lab
+                    .run_generator(&args, opts.duration, &system.pids())
+                    .with_context(what);
                 let run = match (run, flood) {
                     (Ok(mut run), Some(proc)) => {
                         let report = lab.finish_background(proc, flood_for).with_context(what)?;
@@ -358,10 +372,10 @@ fn run_scenarios(
             Some((count, secs)) => run_intervals(lab, system, scenario, count, secs, stop)?,
         };
         let mut run = run;
-        if let (Some((stats, threads)), Some(xlb)) = (xlb_before, system.appliance()) {
+        if let (Some((stats, threads_before)), Some(xlb)) = (xlb_before, system.appliance()) {
             let after = xlb.stats()?;
             let threads_after = cpu::thread_times(xlb.proc().pid())?;
-            let (pool, other) = cpu::split_threads(&threads, &threads_after, cpu::HANDSHAKE_THREAD_PREFIX);
+            let (pool, other) = cpu::split_threads(&threads_before, &threads_after, cpu::HANDSHAKE_THREAD_PREFIX);
             let delta = |key: &str| {
                 let get = |v: &Value| {
                     v.pointer(&format!("/l7/counts/{key}"))
@@ -370,13 +384,36 @@ fn run_scenarios(
                 };
                 get(&after).saturating_sub(get(&stats))
             };
-            let server = serde_json::json!({
+            let mut server = serde_json::json!({
                 "tls_full_handshakes": delta("tls_full_handshakes"),
                 "tls_resumed_handshakes": delta("tls_resumed_handshakes"),
                 "tls_handshake_failed": delta("tls_handshake_failed"),
                 "tls_handshake_aborted": delta("tls_handshake_aborted"),
                 "tls_pool_full": delta("tls_pool_full"),
             });
+            if system.key_server().is_some() {
+                for key in [
+                    "key_server_ok",
+                    "key_server_requests",
+                    "key_server_no_key_server",
+                    "key_server_timeout",
+                    "key_server_connection_lost",
+                    "key_server_refused",
+                ] {
+                    server[key] = delta(key).into();
+                }
+                progress(&format!(
+                    "  {} xlb-ks: Key Server signatures ok {} of {} requests ({} no Key Server, {} timeout, {} \
+                     connection lost, {} refused)",
+                    scenario.name(),
+                    server["key_server_ok"],
+                    server["key_server_requests"],
+                    server["key_server_no_key_server"],
+                    server["key_server_timeout"],
+                    server["key_server_connection_lost"],
+                    server["key_server_refused"]
+                ));
+            }
             progress(&format!(
                 "  {} xlb: server counted {} full and {} resumed handshakes ({} failed, {} aborted, {} refused: pool \
                  full); CPU {:.2} s in the handshake threads, {:.2} s in the others",
@@ -389,12 +426,32 @@ fn run_scenarios(
                 pool,
                 other
             ));
+            let mut threads = serde_json::json!({"handshake_pool_cpu_s": pool, "other_cpu_s": other});
+            let busiest = cpu::busiest_threads(&threads_before, &threads_after);
+            progress(&format!(
+                "  {} {}: busiest xlb threads: {}",
+                scenario.name(),
+                system.kind().name(),
+                busiest
+                    .iter()
+                    .take(4)
+                    .map(|(n, s)| format!("{n} {s:.2} s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            threads["busiest"] = serde_json::json!(busiest.into_iter().take(6).collect::<Vec<_>>());
+            if let (Some(before), Some(ks)) = (&ks_before, system.key_server()) {
+                let after = cpu::proc_times(ks.pid())?;
+                let ks_cpu = (after.user_s + after.system_s - before.user_s - before.system_s).max(0.0);
+                threads["key_server_cpu_s"] = ks_cpu.into();
+                progress(&format!(
+                    "  {} xlb-ks: CPU {ks_cpu:.2} s in the Key Server process",
+                    scenario.name()
+                ));
+            }
             if let Some(object) = run.report.as_object_mut() {
                 object.insert("server".into(), server);
-                object.insert(
-                    "xlb_threads".into(),
-                    serde_json::json!({"handshake_pool_cpu_s": pool, "other_cpu_s": other}),
-                );
+                object.insert("xlb_threads".into(), threads);
             }
         }
         if let Some(h) = run.report.get("handshakes").filter(|_| scenario.new_connections()) {
@@ -464,7 +521,7 @@ fn run_intervals(
     let mut cmdline = String::new();
     for i in 0..count {
         check_stop(stop)?;
-        let run = lab.run_generator(&args, duration, system.pid()).with_context(what)?;
+        let run = lab.run_generator(&args, duration, &system.pids()).with_context(what)?;
         system.check()?;
         let time_wait = lab.time_wait()?;
         let interval = Interval {
@@ -714,10 +771,24 @@ mod tests {
     #[test]
     fn each_system_runs_the_scenarios_of_its_layer() {
         let all = Scenario::ALL.to_vec();
+        let without_outage: Vec<Scenario> = all
+            .iter()
+            .copied()
+            .filter(|&s| s != Scenario::TlsKeyserverOutage)
+            .collect();
         assert_eq!(
             scenarios_of(&all, SystemKind::Xlb),
-            all,
-            "xlb runs everything, in run order"
+            without_outage,
+            "xlb runs everything but the Key Server outage, in run order"
+        );
+        assert_eq!(
+            scenarios_of(&all, SystemKind::XlbKs),
+            [
+                Scenario::TlsHandshakesEcdsa,
+                Scenario::TlsHandshakesRsa,
+                Scenario::TlsResumed,
+                Scenario::TlsKeyserverOutage
+            ]
         );
         assert_eq!(
             scenarios_of(&all, SystemKind::Kernel),
@@ -745,7 +816,7 @@ mod tests {
         }
         // The HTTPS scenarios run on systems set up for them, after the others.
         let tls: Vec<Scenario> = all.iter().copied().filter(|s| s.setup() == Setup::Tls).collect();
-        assert_eq!(tls.len(), 5);
+        assert_eq!(tls.len(), 6);
         assert!(tls.iter().all(|s| s.layer() == Layer::Https));
         // Only L7 scenarios selected: the kernel peer is not set up at all.
         assert!(scenarios_of(&[Scenario::HttpCps], SystemKind::Kernel).is_empty());

@@ -62,6 +62,9 @@ pub struct Row {
     pub values: BTreeMap<&'static str, Option<f64>>,
     /// `xlb / peer` per peer of the layer, when both are known and the peer's is not 0.
     pub xlb_vs: BTreeMap<&'static str, Option<f64>>,
+    /// `xlb-ks / peer` per [`Layer::key_server_peers`] (HTTPS rows; empty elsewhere).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ks_vs: BTreeMap<&'static str, Option<f64>>,
     /// Which direction is better.
     pub better: Better,
 }
@@ -75,6 +78,11 @@ impl Row {
     /// `xlb / peer` (`None` if either is unknown or the peer's is 0).
     pub fn ratio(&self, peer: SystemKind) -> Option<f64> {
         self.xlb_vs.get(peer.name()).copied().flatten()
+    }
+
+    /// `xlb-ks / peer` (`None` if either is unknown or the peer's is 0).
+    pub fn ks_ratio(&self, peer: SystemKind) -> Option<f64> {
+        self.ks_vs.get(peer.name()).copied().flatten()
     }
 }
 
@@ -157,6 +165,12 @@ pub fn table(medians: &Medians) -> Vec<Row> {
                 .iter()
                 .map(|&p| (p.name(), ratio(xlb, get(p, m.key))))
                 .collect();
+            let ks = get(SystemKind::XlbKs, m.key);
+            let ks_vs = layer
+                .key_server_peers()
+                .iter()
+                .map(|&p| (p.name(), ratio(ks, get(p, m.key))))
+                .collect();
             rows.push(Row {
                 scenario: scenario.name(),
                 layer,
@@ -164,6 +178,7 @@ pub fn table(medians: &Medians) -> Vec<Row> {
                 label: m.label,
                 values,
                 xlb_vs,
+                ks_vs,
                 better: m.better,
             });
         }
@@ -307,6 +322,7 @@ fn render_block(out: &mut String, layer: Layer, rows: &[&Row]) {
     let mut header: Vec<String> = vec!["scenario".into(), "metric".into()];
     header.extend(layer.systems().iter().map(|s| s.name().to_owned()));
     header.extend(layer.peers().iter().map(|p| format!("xlb/{}", p.name())));
+    header.extend(layer.key_server_peers().iter().map(|p| format!("ks/{}", p.name())));
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -317,6 +333,12 @@ fn render_block(out: &mut String, layer: Layer, rows: &[&Row]) {
                     .peers()
                     .iter()
                     .map(|&p| r.ratio(p).map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))),
+            );
+            row.extend(
+                layer
+                    .key_server_peers()
+                    .iter()
+                    .map(|&p| r.ks_ratio(p).map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))),
             );
             row
         })
@@ -556,6 +578,7 @@ mod tests {
                     SystemKind::Xlb => 2.0,
                     SystemKind::Kernel | SystemKind::Nginx => 4.0,
                     SystemKind::Haproxy => 1.0,
+                    SystemKind::XlbKs => 8.0,
                 };
                 let metrics = s.metrics().iter().map(|d| (d.key, v)).collect();
                 m.entry(s.name()).or_default().insert(sys.name(), metrics);
@@ -571,11 +594,33 @@ mod tests {
                     assert_eq!(r.xlb_vs.len(), 1);
                     assert_eq!(r.value(SystemKind::Nginx), None);
                 }
-                Layer::L7 | Layer::Https => {
+                Layer::L7 => {
                     assert_eq!(r.ratio(SystemKind::Nginx), Some(0.5));
                     assert_eq!(r.ratio(SystemKind::Haproxy), Some(2.0));
                     assert_eq!(r.ratio(SystemKind::Kernel), None);
                     assert_eq!(r.values.len(), 3);
+                    assert!(r.ks_vs.is_empty());
+                }
+                Layer::Https if r.scenario == "tls_keyserver_outage" => {
+                    // Only xlb with the Key Server runs it: no ratios.
+                    assert_eq!(r.value(SystemKind::XlbKs), Some(8.0));
+                    assert_eq!(
+                        (r.ratio(SystemKind::Nginx), r.ks_ratio(SystemKind::Nginx)),
+                        (None, None)
+                    );
+                }
+                Layer::Https => {
+                    assert_eq!(r.ratio(SystemKind::Nginx), Some(0.5));
+                    assert_eq!(r.ratio(SystemKind::Haproxy), Some(2.0));
+                    assert_eq!(r.values.len(), 4);
+                    let handshakes = r.scenario.starts_with("tls_handshakes") || r.scenario == "tls_resumed";
+                    if handshakes {
+                        assert_eq!(r.ks_ratio(SystemKind::Nginx), Some(2.0));
+                        assert_eq!(r.ks_ratio(SystemKind::Xlb), Some(4.0));
+                    } else {
+                        assert_eq!(r.value(SystemKind::XlbKs), None);
+                        assert_eq!(r.ks_ratio(SystemKind::Xlb), None);
+                    }
                 }
             }
         }
@@ -605,8 +650,10 @@ mod tests {
             .position(|l| l.starts_with("tls_idle_memory"))
             .expect("an HTTPS block");
         assert_eq!(lines[https - 3], "", "{text}");
-        assert!(lines[https - 2].ends_with("xlb/haproxy"), "{text}");
-        let json = serde_json::to_value(&rows[rows.len() - 1]).unwrap();
+        assert!(lines[https - 2].ends_with("ks/xlb"), "{text}");
+        let last_resumed = rows.iter().rposition(|r| r.scenario == "tls_resumed").unwrap();
+        let json = serde_json::to_value(&rows[last_resumed]).unwrap();
+        assert_eq!(json["ks_vs"]["xlb"], 4.0);
         assert_eq!(json["layer"], "https");
         assert_eq!(json["xlb_vs"]["haproxy"], 2.0);
         assert_eq!(json["values"]["nginx"], 4.0);

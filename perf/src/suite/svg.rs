@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 /// Colour of each system in every plot: xlb first, then the kernel.
-pub const COLORS: [&str; 4] = ["#1f6fb4", "#d0542a", "#2e9b4f", "#8a4fb0"];
+pub const COLORS: [&str; 5] = ["#1f6fb4", "#d0542a", "#2e9b4f", "#8a4fb0", "#17a2b8"];
 
 const FONT: &str = "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\"";
 

@@ -24,6 +24,7 @@ use serde_json::Value;
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::Proc;
 
+use super::keyserver::{KeyServer, CERTS_DIR};
 use super::lab::{
     SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_HTTPS_ECDSA_PORT,
     VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
@@ -78,24 +79,30 @@ pub enum SystemKind {
     Nginx,
     /// HAProxy in `mode http`: an L7 peer.
     Haproxy,
+    /// xlb with its private keys on a Key Server (`xlb-keyserver` on xlb's core, over a Unix socket): the
+    /// handshake rows and the Key Server outage.
+    #[serde(rename = "xlb-ks")]
+    XlbKs,
 }
 
 impl SystemKind {
     /// Every system, in the order runs alternate (each runs the scenarios of its layer).
-    pub const ALL: [SystemKind; 4] = [
+    pub const ALL: [SystemKind; 5] = [
         SystemKind::Xlb,
         SystemKind::Kernel,
         SystemKind::Nginx,
         SystemKind::Haproxy,
+        SystemKind::XlbKs,
     ];
 
-    /// `xlb`, `kernel`, `nginx` or `haproxy`.
+    /// `xlb`, `kernel`, `nginx`, `haproxy` or `xlb-ks`.
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Xlb => "xlb",
             SystemKind::Kernel => "kernel",
             SystemKind::Nginx => "nginx",
             SystemKind::Haproxy => "haproxy",
+            SystemKind::XlbKs => "xlb-ks",
         }
     }
 
@@ -232,8 +239,9 @@ backend sinks
 }
 
 /// The xlb config the suite runs for `setup` (`CONTROL_SOCKET` is filled in by [`Appliance::start`]), with
-/// HTTPS listeners whose certificates are in `pki`.
-pub fn xlb_config(setup: Setup, pki: &Path) -> String {
+/// HTTPS listeners whose certificates are in `pki`; with `key_server` (its socket) the certificates come without
+/// their keys and xlb has the Key Server sign (`[l7.key_server]`, [`Setup::Tls`] only).
+pub fn xlb_config(setup: Setup, pki: &Path, key_server: Option<&Path>) -> String {
     let servers = |port: u16| {
         SERVERS
             .iter()
@@ -261,18 +269,24 @@ pub fn xlb_config(setup: Setup, pki: &Path) -> String {
         .iter()
         .map(|(port, stem)| {
             let p = pki.display();
+            let key = match key_server {
+                Some(_) => String::new(),
+                None => format!("key = \"{p}/{stem}.key\"\n"),
+            };
             format!(
-                "{}\n[listener.tls]\n\n[[listener.tls.cert]]\ncert = \"{p}/{stem}.pem\"\nkey = \"{p}/{stem}.key\"\n\n",
+                "{}\n[listener.tls]\n\n[[listener.tls.cert]]\ncert = \"{p}/{stem}.pem\"\n{key}\n",
                 listener(&format!("https-{stem}"), *port, "https", "http")
             )
         })
         .collect();
-    // TODO(key-server rows): once main has `[l7.key_server]` and `xlb-keyserver`, add a third setup that
-    // runs the handshake rows with the certificates' keys on the Key Server over a Unix socket (cert without
-    // `key`) — "xlb with the Key Server".
     let l7 = match setup {
         Setup::Standard => String::new(),
-        Setup::Tls => format!("[l7]\ntls_handshake_threads = {TLS_HANDSHAKE_THREADS}\n\n"),
+        Setup::Tls => format!(
+            "[l7]\ntls_handshake_threads = {TLS_HANDSHAKE_THREADS}\n\n{}",
+            key_server
+                .map(super::keyserver::xlb_key_server_table)
+                .unwrap_or_default()
+        ),
     };
     format!(
         "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{l7}{}\n{}\n{}\n{}\n{}\n{}\n{https}\
@@ -294,6 +308,8 @@ pub fn xlb_config(setup: Setup, pki: &Path) -> String {
 pub enum RunningSystem {
     /// A running `xlb run`.
     Xlb(Appliance),
+    /// A running `xlb run` whose handshakes the Key Server beside it signs.
+    XlbKs(Appliance, KeyServer),
     /// The kernel NAT configuration is in place.
     Kernel,
     /// A reverse proxy (NGINX or HAProxy) is running.
@@ -335,8 +351,19 @@ impl RunningSystem {
             "an XDP program is still attached in the lb namespace"
         );
         match kind {
-            SystemKind::Xlb => {
-                let xlb = Appliance::start(&lab.lab, &lab.lb, "xlb-suite", &xlb_config(setup, &lab.pki()))?;
+            SystemKind::Xlb | SystemKind::XlbKs => {
+                let key_server = match kind {
+                    SystemKind::XlbKs => {
+                        ensure!(setup == Setup::Tls, "xlb-ks runs only the HTTPS scenarios");
+                        Some(KeyServer::start(lab)?)
+                    }
+                    _ => None,
+                };
+                let config = match &key_server {
+                    Some(ks) => xlb_config(setup, &lab.lab.dir().join(CERTS_DIR), Some(ks.socket())),
+                    None => xlb_config(setup, &lab.pki(), None),
+                };
+                let xlb = Appliance::start(&lab.lab, &lab.lb, "xlb-suite", &config)?;
                 if setup == Setup::Tls {
                     // Every thread (worker, handshake pool, control) on the peers' one core; threads started
                     // later inherit it.
@@ -354,7 +381,10 @@ impl RunningSystem {
                         Err(e) => bail!("taskset (util-linux) is needed to pin xlb for the HTTPS rows: {e}"),
                     }
                 }
-                Ok(RunningSystem::Xlb(xlb))
+                Ok(match key_server {
+                    Some(ks) => RunningSystem::XlbKs(xlb, ks),
+                    None => RunningSystem::Xlb(xlb),
+                })
             }
             SystemKind::Kernel => {
                 let lb = &lab.lb;
@@ -382,6 +412,7 @@ impl RunningSystem {
     pub fn kind(&self) -> SystemKind {
         match self {
             RunningSystem::Xlb(_) => SystemKind::Xlb,
+            RunningSystem::XlbKs(..) => SystemKind::XlbKs,
             RunningSystem::Kernel => SystemKind::Kernel,
             RunningSystem::Proxy(p) => p.kind,
         }
@@ -390,15 +421,31 @@ impl RunningSystem {
     /// The running xlb, if this is xlb.
     pub fn appliance(&self) -> Option<&Appliance> {
         match self {
-            RunningSystem::Xlb(xlb) => Some(xlb),
+            RunningSystem::Xlb(xlb) | RunningSystem::XlbKs(xlb, _) => Some(xlb),
             _ => None,
         }
+    }
+
+    /// The Key Server, if this is xlb with one.
+    pub fn key_server(&self) -> Option<&KeyServer> {
+        match self {
+            RunningSystem::XlbKs(_, ks) => Some(ks),
+            _ => None,
+        }
+    }
+
+    /// The processes whose CPU time is the load balancer's: [`RunningSystem::pid`] and the Key Server's.
+    pub fn pids(&self) -> Vec<u32> {
+        self.pid()
+            .into_iter()
+            .chain(self.key_server().map(KeyServer::pid))
+            .collect()
     }
 
     /// The load balancer's own process, if it has one (a proxy's worker).
     pub fn pid(&self) -> Option<u32> {
         match self {
-            RunningSystem::Xlb(xlb) => Some(xlb.proc().pid()),
+            RunningSystem::Xlb(xlb) | RunningSystem::XlbKs(xlb, _) => Some(xlb.proc().pid()),
             RunningSystem::Kernel => None,
             RunningSystem::Proxy(p) => Some(p.worker),
         }
@@ -408,6 +455,7 @@ impl RunningSystem {
     pub fn check(&self) -> Result<()> {
         match self {
             RunningSystem::Xlb(xlb) => xlb.proc().check_running(),
+            RunningSystem::XlbKs(xlb, ks) => xlb.proc().check_running().and_then(|()| ks.check()),
             RunningSystem::Kernel => Ok(()),
             RunningSystem::Proxy(p) => p.proc.check_running(),
         }
@@ -418,6 +466,13 @@ impl RunningSystem {
     /// are removed; a proxy is stopped with SIGTERM and its addresses removed.
     pub fn stop(self, lab: &SuiteLab) -> Result<StopReport> {
         match self {
+            RunningSystem::XlbKs(xlb, ks) => {
+                let report = RunningSystem::Xlb(xlb).stop(lab);
+                let ks = ks.stop().context("stopping the Key Server");
+                let mut report = report?;
+                report.proxy_exit = Some(format!("Key Server: {}", ks?));
+                Ok(report)
+            }
             RunningSystem::Xlb(xlb) => {
                 let stats = xlb.stats().ok();
                 let status = xlb.terminate()?;
@@ -501,7 +556,7 @@ fn start_proxy(kind: SystemKind, lab: &SuiteLab) -> Result<ProxyProcess> {
             lab.lab
                 .spawn(&lab.lb, "taskset", &["-c", &core, "haproxy", "-db", "-f", &conf])?
         }
-        SystemKind::Xlb | SystemKind::Kernel => bail!("{} is not a proxy", kind.name()),
+        SystemKind::Xlb | SystemKind::Kernel | SystemKind::XlbKs => bail!("{} is not a proxy", kind.name()),
     };
     xlb_tests::lab::wait_until_ok(PROXY_START, &format!("{} to listen", kind.name()), || {
         proc.check_running()?;
@@ -574,7 +629,7 @@ mod tests {
 
     #[test]
     fn xlb_config_names_both_listeners_and_all_servers() {
-        let c = xlb_config(Setup::Standard, Path::new("/pki"));
+        let c = xlb_config(Setup::Standard, Path::new("/pki"), None);
         for needle in [
             "vip = \"198.18.0.100\"",
             "port = 80",
@@ -634,8 +689,8 @@ mod tests {
     #[test]
     fn https_listeners_in_every_config() {
         let pki = Path::new("/p");
-        let standard = xlb_config(Setup::Standard, pki);
-        let tls = xlb_config(Setup::Tls, pki);
+        let standard = xlb_config(Setup::Standard, pki, None);
+        let tls = xlb_config(Setup::Tls, pki, None);
         for c in [&standard, &tls] {
             for needle in [
                 "port = 8443\nprotocol = \"https\"",
@@ -685,6 +740,29 @@ mod tests {
     }
 
     #[test]
+    fn key_server_config_has_certificates_without_keys() {
+        let c = xlb_config(Setup::Tls, Path::new("/c"), Some(Path::new("/lab/keyserver.sock")));
+        assert!(!c.contains("key = "), "{c}");
+        assert!(
+            c.contains("cert = \"/c/ecdsa.pem\"\n") && c.contains("cert = \"/c/rsa.pem\"\n"),
+            "{c}"
+        );
+        assert!(
+            c.contains(
+                "[l7]\ntls_handshake_threads = 1\n\n[l7.key_server]\nendpoints = [\"unix:/lab/keyserver.sock\"]"
+            ),
+            "{c}"
+        );
+        // Both tables before the first array table, or TOML would put them inside it.
+        assert!(c.find("[l7.key_server]").unwrap() < c.find("[[").unwrap(), "{c}");
+        let parsed: toml::Value = toml::from_str(&c.replace("CONTROL_SOCKET", "/x")).unwrap();
+        assert_eq!(parsed["l7"]["key_server"]["timeout_ms"].as_integer(), Some(1000));
+        assert!(parsed["listener"][4]["tls"]["cert"][0].get("key").is_none(), "{c}");
+        // The local-key config of the same setup is unchanged by the option.
+        assert!(!xlb_config(Setup::Tls, Path::new("/c"), None).contains("key_server"));
+    }
+
+    #[test]
     fn parent_pid_of_stat_lines() {
         assert_eq!(parent_pid("42 (nginx: worker) S 41 42 42 0"), Some(41));
         assert_eq!(parent_pid("42 (a) b) R 7 1"), Some(7));
@@ -696,7 +774,7 @@ mod tests {
     #[test]
     fn system_names() {
         let names: Vec<&str> = SystemKind::ALL.iter().map(|s| s.name()).collect();
-        assert_eq!(names, ["xlb", "kernel", "nginx", "haproxy"]);
+        assert_eq!(names, ["xlb", "kernel", "nginx", "haproxy", "xlb-ks"]);
         for s in SystemKind::ALL {
             assert_eq!(serde_json::to_value(s).unwrap(), s.name());
         }

@@ -6,6 +6,23 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 
+mod https;
+mod l4;
+mod l7;
+
+pub use https::{
+    outage_loads, HTTPS_RPS_CONNECTIONS, OUTAGE_KILL_S, OUTAGE_PROBE_RATE, OUTAGE_RESTART_S, OUTAGE_SECONDS,
+    TLS_HANDSHAKE_CONNECTIONS, TLS_IDLE_FULL, TLS_IDLE_HOLD_S, TLS_IDLE_OPEN_S, TLS_IDLE_QUICK, TLS_IDLE_THREADS,
+};
+use https::{HTTPS_RPS_METRICS, OUTAGE_METRICS, TLS_HANDSHAKE_METRICS, TLS_IDLE_METRICS};
+use l4::{LATENCY_METRICS, SERVER_CLOSE_METRICS, SYNFLOOD_METRICS, TCP_CPS_METRICS, UDP_PPS_METRICS};
+pub use l4::{
+    LATENCY_PERCENTILES, LATENCY_RATE, SERVER_CLOSE_CONNECTIONS, SERVER_CLOSE_FULL, SERVER_CLOSE_QUICK, SYNFLOOD_RATE,
+    SYNFLOOD_SOURCES,
+};
+pub use l7::{HTTP_CPS_CONNECTIONS, HTTP_RPS_CONNECTIONS};
+use l7::{HTTP_CPS_METRICS, HTTP_RPS_METRICS};
+
 use super::cpu::CpuUsage;
 use super::lab::{
     TLS_NAME, VIP, VIP_HTTPS_ECDSA_PORT, VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT,
@@ -48,6 +65,10 @@ pub enum Scenario {
     /// HTTPS: resumed TLS 1.3 handshakes per second (ECDSA listener): as `tls_handshakes_ecdsa`, but every
     /// client worker resumes with a ticket from its previous connection.
     TlsResumed,
+    /// HTTPS with the Key Server (`xlb-ks` only): resumed handshakes, plain-HTTP keep-alive requests and a
+    /// full-handshake probe for [`OUTAGE_SECONDS`]; the Key Server is killed (SIGKILL) at [`OUTAGE_KILL_S`] and
+    /// restarted at [`OUTAGE_RESTART_S`]. Each load's counts and latency per phase (before, down, after).
+    TlsKeyserverOutage,
 }
 
 /// Which load balancers a scenario compares.
@@ -58,22 +79,40 @@ pub enum Layer {
     L4,
     /// HTTP reverse proxying: xlb's L7 proxy, NGINX and HAProxy.
     L7,
-    /// HTTPS termination and proxying: xlb, NGINX and HAProxy, each on one core.
+    /// HTTPS termination and proxying: xlb, NGINX and HAProxy, each on one core, and xlb with its keys on a
+    /// Key Server (in the handshake rows).
     Https,
 }
 
 impl Layer {
-    /// The systems compared at this layer, xlb first.
+    /// The systems compared at this layer (the table's columns), xlb first.
     pub fn systems(self) -> &'static [SystemKind] {
         match self {
             Layer::L4 => &[SystemKind::Xlb, SystemKind::Kernel],
-            Layer::L7 | Layer::Https => &[SystemKind::Xlb, SystemKind::Nginx, SystemKind::Haproxy],
+            Layer::L7 => &[SystemKind::Xlb, SystemKind::Nginx, SystemKind::Haproxy],
+            Layer::Https => &[
+                SystemKind::Xlb,
+                SystemKind::Nginx,
+                SystemKind::Haproxy,
+                SystemKind::XlbKs,
+            ],
         }
     }
 
-    /// The peers xlb is compared with (the ratio columns).
+    /// The peers xlb is compared with (the `xlb/peer` ratio columns).
     pub fn peers(self) -> &'static [SystemKind] {
-        &self.systems()[1..]
+        match self {
+            Layer::L4 => &[SystemKind::Kernel],
+            Layer::L7 | Layer::Https => &[SystemKind::Nginx, SystemKind::Haproxy],
+        }
+    }
+
+    /// What xlb with the Key Server is compared with (the `xlb-ks/peer` ratio columns).
+    pub fn key_server_peers(self) -> &'static [SystemKind] {
+        match self {
+            Layer::Https => &[SystemKind::Nginx, SystemKind::Xlb],
+            Layer::L4 | Layer::L7 => &[],
+        }
     }
 }
 
@@ -134,527 +173,6 @@ const fn metric(key: &'static str, label: &'static str, better: Better, source: 
     }
 }
 
-const TCP_CPS_METRICS: &[MetricDef] = &[
-    metric(
-        "conns_per_s",
-        "connections/s",
-        Better::Higher,
-        Source::Report("/rate", 1.0),
-    ),
-    metric(
-        "connect_p50_us",
-        "connect p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/connect/p50", 1.0),
-    ),
-    metric(
-        "connect_p99_us",
-        "connect p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/connect/p99", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed connections",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "conns_per_cpu_s",
-        "connections per LB CPU-s",
-        Better::Higher,
-        Source::PerLbCpu("/rate"),
-    ),
-    metric(
-        "host_cpu_us_per_conn",
-        "host CPU µs per connection",
-        Better::Lower,
-        Source::HostCpuPerOp("/counts/completed"),
-    ),
-];
-
-const UDP_PPS_METRICS: &[MetricDef] = &[
-    metric(
-        "pps",
-        "replies/s received",
-        Better::Higher,
-        Source::Report("/rate", 1.0),
-    ),
-    metric(
-        "loss_pct",
-        "loss (%)",
-        Better::Lower,
-        Source::Report("/loss_ratio", 100.0),
-    ),
-    metric(
-        "rtt_p99_us",
-        "rtt p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/rtt/p99", 1.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "pps_per_cpu_s",
-        "replies per LB CPU-s",
-        Better::Higher,
-        Source::PerLbCpu("/rate"),
-    ),
-    metric(
-        "host_cpu_us_per_reply",
-        "host CPU µs per reply",
-        Better::Lower,
-        Source::HostCpuPerOp("/counts/received"),
-    ),
-];
-
-const LATENCY_METRICS: &[MetricDef] = &[
-    metric(
-        "p50_us",
-        "rtt p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/rtt/p50", 1.0),
-    ),
-    metric(
-        "p90_us",
-        "rtt p90 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/rtt/p90", 1.0),
-    ),
-    metric(
-        "p99_us",
-        "rtt p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/rtt/p99", 1.0),
-    ),
-    metric(
-        "p99_9_us",
-        "rtt p99.9 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/rtt/p99_9", 1.0),
-    ),
-    metric(
-        "max_us",
-        "rtt max (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/rtt/max", 1.0),
-    ),
-    metric(
-        "loss_pct",
-        "loss (%)",
-        Better::Lower,
-        Source::Report("/loss_ratio", 100.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "host_cpu_us_per_req",
-        "host CPU µs per request",
-        Better::Lower,
-        Source::HostCpuPerOp("/counts/received"),
-    ),
-];
-
-const SERVER_CLOSE_METRICS: &[MetricDef] = &[
-    metric(
-        "conns_per_s",
-        "connections/s (all intervals)",
-        Better::Higher,
-        Source::Report("/rate", 1.0),
-    ),
-    metric(
-        "conns_total",
-        "connections (total)",
-        Better::Higher,
-        Source::Report("/counts/completed", 1.0),
-    ),
-    metric(
-        "first_interval_cps",
-        "first interval conn/s",
-        Better::Higher,
-        Source::Report("/first_interval_rate", 1.0),
-    ),
-    metric(
-        "last_interval_cps",
-        "last interval conn/s",
-        Better::Higher,
-        Source::Report("/last_interval_rate", 1.0),
-    ),
-    metric(
-        "min_interval_cps",
-        "slowest interval conn/s",
-        Better::Higher,
-        Source::Report("/min_interval_rate", 1.0),
-    ),
-    metric(
-        "last_vs_first",
-        "last / first interval",
-        Better::Higher,
-        Source::Report("/last_vs_first", 1.0),
-    ),
-    metric(
-        "last_connect_p99_us",
-        "last interval connect p99 (µs)",
-        Better::Lower,
-        Source::Report("/last_interval_connect_p99_us", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed connections",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "host_cpu_us_per_conn",
-        "host CPU µs per connection",
-        Better::Lower,
-        Source::HostCpuPerOp("/counts/completed"),
-    ),
-];
-
-const HTTP_RPS_METRICS: &[MetricDef] = &[
-    metric("rps", "requests/s", Better::Higher, Source::Report("/rate", 1.0)),
-    metric(
-        "response_p50_us",
-        "response p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p50", 1.0),
-    ),
-    metric(
-        "response_p99_us",
-        "response p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p99", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed requests",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
-    metric(
-        "connections_opened",
-        "client connections opened",
-        Better::Lower,
-        Source::Report("/counts/connections_opened", 1.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "rps_per_cpu_s",
-        "requests per LB CPU-s",
-        Better::Higher,
-        Source::PerLbCpu("/rate"),
-    ),
-    metric(
-        "host_cpu_us_per_req",
-        "host CPU µs per request",
-        Better::Lower,
-        Source::HostCpuPerOp("/counts/completed"),
-    ),
-];
-
-const HTTP_CPS_METRICS: &[MetricDef] = &[
-    metric(
-        "conns_per_s",
-        "connections/s",
-        Better::Higher,
-        Source::Report("/rate", 1.0),
-    ),
-    metric(
-        "connect_p50_us",
-        "connect p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/connect/p50", 1.0),
-    ),
-    metric(
-        "connect_p99_us",
-        "connect p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/connect/p99", 1.0),
-    ),
-    metric(
-        "response_p99_us",
-        "response p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p99", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed requests",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "conns_per_cpu_s",
-        "connections per LB CPU-s",
-        Better::Higher,
-        Source::PerLbCpu("/rate"),
-    ),
-    metric(
-        "host_cpu_us_per_conn",
-        "host CPU µs per connection",
-        Better::Lower,
-        Source::HostCpuPerOp("/counts/completed"),
-    ),
-];
-
-const HTTPS_RPS_METRICS: &[MetricDef] = &[
-    metric("rps", "requests/s", Better::Higher, Source::Report("/rate", 1.0)),
-    metric(
-        "response_p50_us",
-        "response p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p50", 1.0),
-    ),
-    metric(
-        "response_p99_us",
-        "response p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p99", 1.0),
-    ),
-    metric(
-        "response_p99_9_us",
-        "response p99.9 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p99_9", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed requests",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
-    metric(
-        "connections_opened",
-        "client connections opened",
-        Better::Lower,
-        Source::Report("/counts/connections_opened", 1.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "lb_cpu_us_per_req",
-        "LB CPU µs per request",
-        Better::Lower,
-        Source::LbCpuUsPerOp("/counts/completed"),
-    ),
-    metric(
-        "generator_cores",
-        "generator CPU (cores)",
-        Better::Lower,
-        Source::GeneratorCores,
-    ),
-];
-
-const TLS_HANDSHAKE_METRICS: &[MetricDef] = &[
-    metric(
-        "handshakes_per_s",
-        "handshakes/s",
-        Better::Higher,
-        Source::Report("/rate", 1.0),
-    ),
-    metric(
-        "handshake_p50_us",
-        "handshake p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/handshake/p50", 1.0),
-    ),
-    metric(
-        "handshake_p99_us",
-        "handshake p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/handshake/p99", 1.0),
-    ),
-    metric(
-        "handshake_p99_9_us",
-        "handshake p99.9 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/handshake/p99_9", 1.0),
-    ),
-    metric(
-        "response_p99_us",
-        "response p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/response/p99", 1.0),
-    ),
-    metric(
-        "client_full",
-        "full handshakes (client)",
-        Better::Higher,
-        Source::Report("/handshakes/full", 1.0),
-    ),
-    metric(
-        "client_resumed",
-        "resumed handshakes (client)",
-        Better::Higher,
-        Source::Report("/handshakes/resumed", 1.0),
-    ),
-    metric("resumed_pct", "resumed (%)", Better::Higher, Source::ResumedPct),
-    metric(
-        "server_full",
-        "full handshakes (xlb counter)",
-        Better::Higher,
-        Source::Optional("/server/tls_full_handshakes", 1.0),
-    ),
-    metric(
-        "server_resumed",
-        "resumed handshakes (xlb counter)",
-        Better::Higher,
-        Source::Optional("/server/tls_resumed_handshakes", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed connections",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-    metric(
-        "lb_cpu_us_per_hs",
-        "LB CPU µs per handshake",
-        Better::Lower,
-        Source::LbCpuUsPerOp("/counts/completed"),
-    ),
-    metric(
-        "pool_cpu_s",
-        "of it: xlb handshake threads",
-        Better::Lower,
-        Source::Optional("/xlb_threads/handshake_pool_cpu_s", 1.0),
-    ),
-    metric(
-        "worker_cpu_s",
-        "of it: xlb worker and rest",
-        Better::Lower,
-        Source::Optional("/xlb_threads/other_cpu_s", 1.0),
-    ),
-    metric(
-        "generator_cores",
-        "generator CPU (cores)",
-        Better::Lower,
-        Source::GeneratorCores,
-    ),
-];
-
-const TLS_IDLE_METRICS: &[MetricDef] = &[
-    metric(
-        "bytes_per_conn",
-        "RSS growth per idle TLS conn (B)",
-        Better::Lower,
-        Source::Report("/memory/bytes_per_conn", 1.0),
-    ),
-    metric(
-        "rss_growth_mib",
-        "RSS growth (MiB)",
-        Better::Lower,
-        Source::Report("/memory/rss_growth_bytes", 1.0 / 1_048_576.0),
-    ),
-    metric(
-        "rss_held_mib",
-        "RSS while held (MiB)",
-        Better::Lower,
-        Source::Report("/memory/rss_held_bytes", 1.0 / 1_048_576.0),
-    ),
-    metric("held", "connections held", Better::Higher, Source::Report("/held", 1.0)),
-    metric(
-        "failed",
-        "failed connections",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-];
-
-/// Kept-alive TLS client connections of `https_rps_keepalive`.
-pub const HTTPS_RPS_CONNECTIONS: usize = 32;
-/// Concurrent client connections (a new one per request) of the handshake scenarios.
-pub const TLS_HANDSHAKE_CONNECTIONS: usize = 16;
-/// Idle TLS connections held by `tls_idle_memory`, full mode.
-pub const TLS_IDLE_FULL: usize = 10_000;
-/// The same in quick mode.
-pub const TLS_IDLE_QUICK: usize = 2_000;
-/// Threads opening the idle connections.
-pub const TLS_IDLE_THREADS: usize = 8;
-/// Longest the generator may take to open the idle connections (its `--duration`).
-pub const TLS_IDLE_OPEN_S: u64 = 120;
-/// Longest the generator holds them (the suite stops it as soon as it has measured).
-pub const TLS_IDLE_HOLD_S: u64 = 60;
-
-/// Kept-alive client connections of `http_rps_keepalive`.
-pub const HTTP_RPS_CONNECTIONS: usize = 32;
-/// Concurrent client connections (one request each) of `http_cps`.
-pub const HTTP_CPS_CONNECTIONS: usize = 16;
-
-const SYNFLOOD_METRICS: &[MetricDef] = &[
-    metric(
-        "success_pct",
-        "legit connections ok (%)",
-        Better::Higher,
-        Source::SuccessPct,
-    ),
-    metric(
-        "conns_per_s",
-        "legit connections/s",
-        Better::Higher,
-        Source::Report("/rate", 1.0),
-    ),
-    metric(
-        "connect_p50_us",
-        "connect p50 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/connect/p50", 1.0),
-    ),
-    metric(
-        "connect_p99_us",
-        "connect p99 (µs)",
-        Better::Lower,
-        Source::Report("/latency_us/connect/p99", 1.0),
-    ),
-    metric(
-        "failed",
-        "failed connections",
-        Better::Lower,
-        Source::Report("/counts/failed", 1.0),
-    ),
-    metric(
-        "flood_sps",
-        "flood SYNs/s sent",
-        Better::Higher,
-        Source::Report("/flood/rate", 1.0),
-    ),
-    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
-];
-
-/// Spoofed source addresses of the SYN flood (from 198.18.128.0, each with varying ports).
-pub const SYNFLOOD_SOURCES: u32 = 32_768;
-/// SYNs per second of the flood: a rate the lab delivers to both systems. Unpaced, one sender thread reached
-/// about 110 000/s against xlb (its XDP filter redirects in the sender's softirq) but only about 13 000/s against
-/// the kernel (conntrack and NAT of every SYN run in the sender's softirq and slow it down), so the two systems
-/// would not face the same flood.
-pub const SYNFLOOD_RATE: u32 = 10_000;
-
-/// Client connections of the server-close scenario (as `wrk -c16` in issue 9's reproduction).
-pub const SERVER_CLOSE_CONNECTIONS: usize = 16;
-/// Intervals of the server-close scenario and their length, full mode: one minute, as long as Linux keeps
-/// TIME_WAIT, so every source tuple a system hands out more than once in a minute meets its TIME_WAIT state.
-pub const SERVER_CLOSE_FULL: (usize, f64) = (6, 10.0);
-/// The same in quick mode.
-pub const SERVER_CLOSE_QUICK: (usize, f64) = (2, 5.0);
-
-/// Fixed rate of the latency scenario, datagrams per second.
-pub const LATENCY_RATE: u32 = 10_000;
-
-/// Keys of the latency percentiles, in plot order, with their x-axis labels and quantiles (`None`: max).
-pub const LATENCY_PERCENTILES: [(&str, &str, Option<f64>); 5] = [
-    ("p50_us", "p50", Some(0.5)),
-    ("p90_us", "p90", Some(0.9)),
-    ("p99_us", "p99", Some(0.99)),
-    ("p99_9_us", "p99.9", Some(0.999)),
-    ("max_us", "max", None),
-];
-
 impl Scenario {
     /// The arguments of the flood that runs beside the generator (`xlb-bench syn-flood`, without `--json`), if
     /// the scenario has one: `macs` are the LB's and the client's MAC on the client link.
@@ -683,7 +201,7 @@ impl Scenario {
     }
 
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 12] = [
+    pub const ALL: [Scenario; 13] = [
         Scenario::TcpCps,
         Scenario::UdpPps64,
         Scenario::Latency,
@@ -699,6 +217,7 @@ impl Scenario {
         Scenario::TlsHandshakesEcdsa,
         Scenario::TlsHandshakesRsa,
         Scenario::TlsResumed,
+        Scenario::TlsKeyserverOutage,
     ];
 
     /// The name used in the table and the results file.
@@ -716,6 +235,7 @@ impl Scenario {
             Scenario::TlsHandshakesEcdsa => "tls_handshakes_ecdsa",
             Scenario::TlsHandshakesRsa => "tls_handshakes_rsa",
             Scenario::TlsResumed => "tls_resumed",
+            Scenario::TlsKeyserverOutage => "tls_keyserver_outage",
         }
     }
 
@@ -727,7 +247,8 @@ impl Scenario {
             | Scenario::HttpsRpsKeepalive
             | Scenario::TlsHandshakesEcdsa
             | Scenario::TlsHandshakesRsa
-            | Scenario::TlsResumed => Layer::Https,
+            | Scenario::TlsResumed
+            | Scenario::TlsKeyserverOutage => Layer::Https,
             _ => Layer::L4,
         }
     }
@@ -745,13 +266,23 @@ impl Scenario {
     pub fn new_connections(self) -> bool {
         matches!(
             self,
-            Scenario::HttpCps | Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed
+            Scenario::HttpCps
+                | Scenario::TlsHandshakesEcdsa
+                | Scenario::TlsHandshakesRsa
+                | Scenario::TlsResumed
+                | Scenario::TlsKeyserverOutage
         )
     }
 
-    /// The systems this scenario runs on, xlb first.
+    /// The systems this scenario runs on, in the order of its layer's.
     pub fn systems(self) -> &'static [SystemKind] {
-        self.layer().systems()
+        match self {
+            // Only full handshakes use the key: the Key Server runs in their rows.
+            Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed => Layer::Https.systems(),
+            Scenario::TlsKeyserverOutage => &[SystemKind::XlbKs],
+            Scenario::TlsIdleMemory | Scenario::HttpsRpsKeepalive => &Layer::Https.systems()[..3],
+            _ => self.layer().systems(),
+        }
     }
 
     /// The scenario called `name` (see [`Scenario::name`]).
@@ -772,6 +303,7 @@ impl Scenario {
             Scenario::TlsIdleMemory => TLS_IDLE_METRICS,
             Scenario::HttpsRpsKeepalive => HTTPS_RPS_METRICS,
             Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed => TLS_HANDSHAKE_METRICS,
+            Scenario::TlsKeyserverOutage => OUTAGE_METRICS,
         }
     }
 
@@ -788,6 +320,7 @@ impl Scenario {
             Scenario::TlsIdleMemory => "bytes_per_conn",
             Scenario::HttpsRpsKeepalive => "rps",
             Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed => "handshakes_per_s",
+            Scenario::TlsKeyserverOutage => "resumed_down_per_s",
         }
     }
 
@@ -902,6 +435,7 @@ impl Scenario {
                 args.push("--resume".into());
                 args
             }
+            Scenario::TlsKeyserverOutage => return outage_loads().remove(0).1,
         };
         args.into_iter().chain(["--duration".into(), secs]).collect()
     }
@@ -1042,6 +576,11 @@ mod tests {
                 assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "120".to_owned()]);
                 continue;
             }
+            if s == Scenario::TlsKeyserverOutage {
+                // A fixed length: the Key Server is killed and restarted at fixed times within it.
+                assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "9".to_owned()]);
+                continue;
+            }
             assert_eq!(args[args.len() - 2..], ["--duration".to_owned(), "3".to_owned()]);
         }
     }
@@ -1063,8 +602,32 @@ mod tests {
     #[test]
     fn layers_pick_the_systems() {
         for s in Scenario::ALL {
+            if s == Scenario::TlsKeyserverOutage {
+                assert_eq!(s.systems(), [SystemKind::XlbKs]);
+                continue;
+            }
             assert_eq!(s.systems()[0], SystemKind::Xlb, "{}", s.name());
+            // Every scenario's systems are columns of its layer's table.
+            assert!(
+                s.systems().iter().all(|k| s.layer().systems().contains(k)),
+                "{}",
+                s.name()
+            );
         }
+        // xlb with the Key Server runs the rows with full handshakes, not the keep-alive and memory ones.
+        for s in [
+            Scenario::TlsHandshakesEcdsa,
+            Scenario::TlsHandshakesRsa,
+            Scenario::TlsResumed,
+        ] {
+            assert_eq!(s.systems().last(), Some(&SystemKind::XlbKs));
+        }
+        for s in [Scenario::TlsIdleMemory, Scenario::HttpsRpsKeepalive] {
+            assert!(!s.systems().contains(&SystemKind::XlbKs));
+        }
+        assert_eq!(Layer::Https.peers(), [SystemKind::Nginx, SystemKind::Haproxy]);
+        assert_eq!(Layer::Https.key_server_peers(), [SystemKind::Nginx, SystemKind::Xlb]);
+        assert!(Layer::L7.key_server_peers().is_empty());
         assert_eq!(Scenario::TcpCps.systems(), [SystemKind::Xlb, SystemKind::Kernel]);
         assert_eq!(Scenario::HttpCps.layer(), Layer::L7);
         assert_eq!(

@@ -43,6 +43,11 @@ use super::report::{self, FailureKind, Failures, Latency, Report, ServerCounts};
 use super::tls::{HandshakeCounts, Stream, TlsClient, TlsOptions};
 use super::{server_name, LiveCounters, Pacer, Progress, RunLimits, StopFlag};
 
+mod hold;
+pub mod phases;
+
+pub use hold::{hold, HoldReport, HOLDING};
+
 /// Largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -71,6 +76,8 @@ pub struct HttpConfig {
     pub tls: Option<TlsOptions>,
     /// Duration, count and per-step timeout.
     pub limits: RunLimits,
+    /// Phase boundaries, from the start of the run ([`phases`]); empty: one phase, none reported.
+    pub phases: Vec<Duration>,
 }
 
 /// The parameters as reported.
@@ -175,6 +182,9 @@ pub struct HttpReport {
     pub servers: ServerCounts,
     /// HTTPS: TLS handshakes by kind, as the client saw them.
     pub handshakes: Option<HandshakeCounts>,
+    /// With `--phases`: each phase's counts and latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phases: Option<Vec<phases::PhaseReport>>,
 }
 
 impl Report for HttpReport {
@@ -222,6 +232,9 @@ impl Report for HttpReport {
         }
         lines.push(self.latency_us.response.human("response"));
         lines.extend(report::servers_human(&self.servers));
+        if let Some(p) = &self.phases {
+            lines.extend(phases::human(p));
+        }
         lines.join("\n")
     }
 }
@@ -239,6 +252,9 @@ struct WorkerResult {
     handshakes: HandshakeCounts,
     last_completed: Option<Instant>,
     first_error: Option<String>,
+    /// With phases: when the run started, and each phase's result.
+    phase_origin: Option<Instant>,
+    phases: Vec<phases::PhaseResult>,
 }
 
 impl WorkerResult {
@@ -256,7 +272,17 @@ impl WorkerResult {
             handshakes: HandshakeCounts::default(),
             last_completed: None,
             first_error: None,
+            phase_origin: None,
+            phases: Vec::new(),
         }
+    }
+
+    /// The phase `at` falls into and how far into it, if the run has phases.
+    fn phase_at(&mut self, bounds: &[Duration], at: Instant) -> Option<(&mut phases::PhaseResult, Duration)> {
+        let since = at.saturating_duration_since(self.phase_origin?);
+        let i = phases::index(bounds, since);
+        let into = since.saturating_sub(phases::phase_start(bounds, i));
+        self.phases.get_mut(i).map(|p| (p, into))
     }
 
     /// Opens a connection to the target (TCP, then TLS with `tls`), recording its latencies.
@@ -278,8 +304,12 @@ impl WorkerResult {
             Some((client, worker_config)) => {
                 let started = Instant::now();
                 let (stream, kind) = client.handshake(worker_config, tcp)?;
-                report::record(&mut self.handshake, started.elapsed());
+                let took = started.elapsed();
+                report::record(&mut self.handshake, took);
                 self.handshakes.add(kind);
+                if let Some((phase, _)) = self.phase_at(&config.phases, Instant::now()) {
+                    phase.handshake(kind, took);
+                }
                 stream
             }
         };
@@ -338,7 +368,18 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
     let mut handshakes = HandshakeCounts::default();
     let mut servers = ServerCounts::new();
     let mut last = pacer.start();
+    let mut merged = vec![
+        phases::PhaseResult::new();
+        if config.phases.is_empty() {
+            0
+        } else {
+            config.phases.len() + 1
+        }
+    ];
     for r in &results {
+        for (into, from) in merged.iter_mut().zip(&r.phases) {
+            into.merge(from);
+        }
         report::merge(&mut handshake, &r.handshake);
         handshakes.merge(&r.handshakes);
         counts.issued += r.issued;
@@ -391,200 +432,10 @@ pub fn run(config: &HttpConfig, stop: StopFlag) -> Result<HttpReport> {
         },
         servers,
         handshakes: config.tls.as_ref().map(|_| handshakes),
+        phases: (!merged.is_empty())
+            .then(|| phases::reports(&config.phases, &merged, config.limits.duration, config.tls.is_some())),
     })
 }
-
-/// Result of [`hold`]: connections opened, one request each, then held idle.
-#[derive(Debug, Clone, Serialize)]
-pub struct HoldReport {
-    /// Always `"http-hold"`.
-    pub scenario: &'static str,
-    /// What was asked for (`connections`: how many to hold; `duration_s`: longest time to open them).
-    pub params: HttpParams,
-    /// Threads that opened the connections.
-    pub threads: usize,
-    /// Seconds the connections were to be held.
-    pub hold_s: f64,
-    /// Seconds it took to open them (and get each one answer).
-    pub opening_s: f64,
-    /// Connections held idle, each after one answered request.
-    pub held: u64,
-    /// Request counts (one request per connection).
-    pub counts: HttpCounts,
-    /// Failed requests by kind.
-    pub failures: Failures,
-    /// Completed requests by status code.
-    pub status: BTreeMap<String, u64>,
-    /// Latency percentiles.
-    pub latency_us: HttpLatency,
-    /// HTTPS: TLS handshakes by kind.
-    pub handshakes: Option<HandshakeCounts>,
-}
-
-impl Report for HoldReport {
-    fn human(&self) -> String {
-        let mut lines = vec![
-            format!(
-                "http-hold {}: {} of {} connections held idle for {:.1} s after one request each (opened in {:.2} \
-                 s by {} threads); {}",
-                self.params.target,
-                self.held,
-                self.params.connections,
-                self.hold_s,
-                self.opening_s,
-                self.threads,
-                self.failures.human()
-            ),
-            self.latency_us.connect.human("connect"),
-        ];
-        if let Some(h) = &self.handshakes {
-            lines.push(format!("  TLS handshakes: {} full, {} resumed", h.full, h.resumed));
-            lines.push(self.latency_us.handshake.human("handshake"));
-        }
-        lines.push(self.latency_us.response.human("response"));
-        lines.join("\n")
-    }
-}
-
-/// The line [`hold`] writes to stderr once every connection is open (followed by their number).
-pub const HOLDING: &str = "http-hold: holding";
-
-/// Opens `config.connections` kept-alive connections with `threads` threads (within `config.limits.duration`),
-/// sends one request on each and reads its answer, then holds the connections idle for `hold_for` (or until
-/// stopped) and closes them. Once all are open it writes [`HOLDING`] and their number on a line to stderr, so
-/// a caller can measure the server while they are held.
-pub fn hold(config: &HttpConfig, threads: usize, hold_for: Duration, stop: StopFlag) -> Result<HoldReport> {
-    if config.connections == 0 || threads == 0 {
-        bail!("--connections and --threads must be at least 1");
-    }
-    raise_nofile(config.connections as u64 * 2 + 1024);
-    let host = config.host.clone().unwrap_or_else(|| config.target.to_string());
-    let request = request_bytes(&config.path, &host, true);
-    let tls = config.tls.as_ref().map(TlsClient::new).transpose()?;
-    let started = Instant::now();
-    let deadline = started + config.limits.duration;
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results = thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads.min(config.connections))
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut r = WorkerResult::new();
-                    let tls = tls.as_ref().map(|client| (client.clone(), client.worker_config()));
-                    let mut held = Vec::new();
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                        if next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= config.connections {
-                            break;
-                        }
-                        r.issued += 1;
-                        let outcome = (|| -> io::Result<(Conn<Stream>, Response)> {
-                            let mut conn = r.open(config, tls.as_ref())?;
-                            let sent_at = Instant::now();
-                            conn.stream.write_all(&request)?;
-                            let response = conn.read_response()?;
-                            report::record(&mut r.response, sent_at.elapsed());
-                            Ok((conn, response))
-                        })();
-                        match outcome {
-                            Ok((conn, response)) => {
-                                r.completed += 1;
-                                *r.status.entry(response.status).or_default() += 1;
-                                if response.keep_alive {
-                                    held.push(conn);
-                                }
-                            }
-                            Err(err) => r.fail(&err),
-                        }
-                    }
-                    (r, held)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| anyhow!("an http-hold worker panicked")))
-            .collect::<Result<Vec<_>>>()
-    })?;
-    let opening = started.elapsed();
-    let held: u64 = results.iter().map(|(_, h)| h.len() as u64).sum();
-    eprintln!("{HOLDING} {held}");
-    let _ = io::stderr().flush();
-    let hold_started = Instant::now();
-    while hold_started.elapsed() < hold_for && !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        thread::sleep((hold_for - hold_started.elapsed()).min(Duration::from_millis(50)));
-    }
-    let held_s = hold_started.elapsed().as_secs_f64();
-    let mut counts = HttpCounts::default();
-    let mut failures = Failures::default();
-    let mut status = BTreeMap::new();
-    let (mut connect, mut handshake, mut response) = (report::histogram(), report::histogram(), report::histogram());
-    let mut handshakes = HandshakeCounts::default();
-    for (r, conns) in results {
-        drop(conns);
-        counts.issued += r.issued;
-        counts.completed += r.completed;
-        counts.connections_opened += r.opened;
-        failures.merge(&r.failures);
-        for (code, n) in &r.status {
-            *status.entry(code.to_string()).or_default() += n;
-        }
-        report::merge(&mut connect, &r.connect);
-        report::merge(&mut handshake, &r.handshake);
-        report::merge(&mut response, &r.response);
-        handshakes.merge(&r.handshakes);
-        if let Some(err) = r.first_error {
-            eprintln!("http-hold: a failure: {err}");
-        }
-    }
-    counts.failed = failures.total();
-    Ok(HoldReport {
-        scenario: "http-hold",
-        params: HttpParams {
-            target: config.target.to_string(),
-            path: config.path.clone(),
-            host,
-            connections: config.connections,
-            keepalive: true,
-            server_close: false,
-            rate: None,
-            duration_s: config.limits.duration.as_secs_f64(),
-            count: None,
-            timeout_ms: config.limits.timeout.as_millis() as u64,
-            latency_from: "send",
-            tls: config.tls.as_ref().map(TlsParams::of),
-        },
-        threads,
-        hold_s: report::round3(held_s),
-        opening_s: report::round3(opening.as_secs_f64()),
-        held,
-        counts,
-        failures,
-        status,
-        latency_us: HttpLatency {
-            connect: Latency::from_histogram(&connect),
-            handshake: Latency::from_histogram(&handshake),
-            response: Latency::from_histogram(&response),
-        },
-        handshakes: config.tls.as_ref().map(|_| handshakes),
-    })
-}
-
-/// Raises the soft and hard limit of open files to `want` if they are lower (best effort: needs root to raise
-/// the hard limit).
-fn raise_nofile(want: u64) {
-    // SAFETY: an all-zero rlimit is a valid value for getrlimit(2) to overwrite.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 || limit.rlim_cur >= want {
-        return;
-    }
-    let raised = libc::rlimit {
-        rlim_cur: want,
-        rlim_max: limit.rlim_max.max(want),
-    };
-    // SAFETY: a valid rlimit for the call to read.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
-}
-
 /// The GET request sent (with `Connection: close` unless `keepalive`).
 fn request_bytes(path: &str, host: &str, keepalive: bool) -> Vec<u8> {
     let connection = if keepalive { "" } else { "Connection: close\r\n" };
@@ -600,6 +451,10 @@ fn worker(
     live: &LiveCounters,
 ) -> WorkerResult {
     let mut r = WorkerResult::new();
+    if !config.phases.is_empty() {
+        r.phase_origin = Some(pacer.start());
+        r.phases = vec![phases::PhaseResult::new(); config.phases.len() + 1];
+    }
     let tls = tls.map(|client| (client.clone(), client.worker_config()));
     let mut conn: Option<Conn<Stream>> = None;
     // Kept-alive connections are opened before the first request (as wrk does), so `connections` of them
@@ -631,7 +486,11 @@ fn worker(
         match outcome {
             Ok((response, sent_at)) => {
                 let now = Instant::now();
-                report::record(&mut r.response, now - slot.intended.unwrap_or(sent_at));
+                let latency = now - slot.intended.unwrap_or(sent_at);
+                report::record(&mut r.response, latency);
+                if let Some((phase, into)) = r.phase_at(&config.phases, now) {
+                    phase.complete(into, latency);
+                }
                 r.completed += 1;
                 r.last_completed = Some(now);
                 *r.status.entry(response.status).or_default() += 1;
@@ -645,6 +504,9 @@ fn worker(
             }
             Err(err) => {
                 r.fail(&err);
+                if let Some((phase, into)) = r.phase_at(&config.phases, Instant::now()) {
+                    phase.fail(into);
+                }
                 conn = None;
                 live.failed();
             }
