@@ -1,9 +1,9 @@
-//! `xlb-suite --quick` end to end: a real xlb, the kernel NAT peer and the NGINX and HAProxy proxies in a netns
-//! lab.
+//! `xlb-suite --quick` end to end: a real xlb (also with its keys on `xlb-keyserver`), the kernel NAT peer and the
+//! NGINX and HAProxy proxies in a netns lab.
 //!
 //! Checks that every scenario ran through the systems of its layer and produced numbers, and that the results file and
 //! plots are written and parse — never that anything is fast. Needs root and the workspace binaries (`xlb`,
-//! `xlbctl`, `xlb-bench`; `make test` builds them first). Takes about a minute.
+//! `xlbctl`, `xlb-bench`, `xlb-keyserver`; `make test` builds them first). Takes a few minutes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,15 +13,17 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use xlb_tests::lab::{require_root, workspace_bin};
 
-/// Upper bound for the whole quick run (it normally takes two to three minutes).
-const SUITE_TIMEOUT: Duration = Duration::from_secs(420);
+/// Upper bound for the whole quick run (it normally takes three to five minutes).
+const SUITE_TIMEOUT: Duration = Duration::from_secs(720);
 
-/// The systems of the L4 and of the L7 scenarios.
+/// The systems of the L4, L7 and HTTPS scenarios.
 const L4: &[&str] = &["xlb", "kernel"];
 const L7: &[&str] = &["xlb", "nginx", "haproxy"];
+const HTTPS_KS: &[&str] = &["xlb", "nginx", "haproxy", "xlb-ks"];
+const KS: &[&str] = &["xlb-ks"];
 
 /// Scenario names, the headline metric of each, as in the results file, and the systems it runs on.
-const SCENARIOS: [(&str, &str, &[&str]); 7] = [
+const SCENARIOS: [(&str, &str, &[&str]); 13] = [
     ("tcp_cps", "conns_per_s", L4),
     ("udp_pps_64", "pps", L4),
     ("latency", "p99_us", L4),
@@ -29,6 +31,12 @@ const SCENARIOS: [(&str, &str, &[&str]); 7] = [
     ("tcp_cps_synflood", "flood_sps", L4),
     ("http_rps_keepalive", "rps", L7),
     ("http_cps", "conns_per_s", L7),
+    ("tls_idle_memory", "bytes_per_conn", L7),
+    ("https_rps_keepalive", "rps", L7),
+    ("tls_handshakes_ecdsa", "handshakes_per_s", HTTPS_KS),
+    ("tls_handshakes_rsa", "handshakes_per_s", HTTPS_KS),
+    ("tls_resumed", "handshakes_per_s", HTTPS_KS),
+    ("tls_keyserver_outage", "resumed_down_per_s", KS),
 ];
 
 /// Intervals of `tcp_cps_server_close` in quick mode.
@@ -108,7 +116,7 @@ fn one_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
 #[test]
 fn quick_suite_measures_every_scenario_on_the_systems_of_its_layer() -> Result<()> {
     require_root()?;
-    for bin in ["xlb", "xlbctl", "xlb-bench"] {
+    for bin in ["xlb", "xlbctl", "xlb-bench", "xlb-keyserver"] {
         workspace_bin(bin)?;
     }
     let out = TempDir::new("xlb-suite-test-out")?;

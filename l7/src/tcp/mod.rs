@@ -421,13 +421,12 @@ impl TcpHost {
         let Some(c) = self.slots[index as usize].conn.as_mut() else {
             return;
         };
-        // Large buffers for open connections only; a closing one (FIN-WAIT, TIME-WAIT...) goes back to small
-        // buffers once they are empty, so connections xlb closes first do not hold 2 × 32 KiB through TIME-WAIT.
+        // Large buffers for open connections only; a closed one whose peer has sent everything (TIME-WAIT,
+        // CLOSING, LAST-ACK) goes back to small buffers once they are empty, so connections xlb closes first do
+        // not hold 2 × 32 KiB through TIME-WAIT. In FIN-WAIT the peer may still be sending (a lingering close
+        // discards an upload at full speed): those keep theirs.
         let open = matches!(c.socket.state(), State::Established | State::CloseWait);
-        let closing = matches!(
-            c.socket.state(),
-            State::FinWait1 | State::FinWait2 | State::Closing | State::TimeWait | State::LastAck
-        );
+        let closing = matches!(c.socket.state(), State::Closing | State::TimeWait | State::LastAck);
         if c.want_large == c.large || !(open || (closing && !c.want_large)) {
             return;
         }
