@@ -127,6 +127,14 @@ pub struct KeyServerConfig {
     /// How long a signature may take before the handshake fails (counted `timeout`).
     #[serde(default = "default_key_server_timeout")]
     pub timeout_ms: u64,
+    /// Full handshakes that may wait for a Key Server signature at once: the handshake pool gets this many
+    /// threads more (they mostly wait on the network, so several round trips are in flight).
+    #[serde(default = "default_key_server_waiters")]
+    pub waiting_handshakes: usize,
+}
+
+fn default_key_server_waiters() -> usize {
+    16
 }
 
 fn default_key_server_name() -> String {
@@ -192,6 +200,17 @@ impl L7Config {
                 "l7.http2_max_concurrent_streams: {} is outside 1..=10000",
                 self.http2_max_concurrent_streams
             ));
+        }
+        if let Some(ks) = &self.key_server {
+            if !(1..=256).contains(&ks.waiting_handshakes) {
+                return Err(format!(
+                    "l7.key_server.waiting_handshakes: {} is outside 1..=256",
+                    ks.waiting_handshakes
+                ));
+            }
+            if ks.endpoints.is_empty() {
+                return Err("l7.key_server.endpoints: at least one endpoint is needed".to_owned());
+            }
         }
         if !(1..=64).contains(&self.tls_handshake_threads) {
             return Err(format!(

@@ -191,7 +191,9 @@ impl PipelineFactory {
         let wake = Wake::new().map(Arc::new);
         let handshake_pool = if l7_listeners.iter().any(|l| l.tls.is_some()) {
             let pool = PoolConfig {
-                full_threads: config.l7.tls_handshake_threads,
+                // With keys on a Key Server, threads that wait for its signatures come on top.
+                full_threads: config.l7.tls_handshake_threads
+                    + config.l7.key_server.as_ref().map_or(0, |k| k.waiting_handshakes),
                 ..PoolConfig::default()
             };
             match HandshakePool::start(pool) {
