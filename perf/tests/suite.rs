@@ -23,7 +23,7 @@ const HTTPS_KS: &[&str] = &["xlb", "nginx", "haproxy", "xlb-ks"];
 const KS: &[&str] = &["xlb-ks"];
 
 /// Scenario names, the headline metric of each, as in the results file, and the systems it runs on.
-const SCENARIOS: [(&str, &str, &[&str]); 13] = [
+const SCENARIOS: [(&str, &str, &[&str]); 14] = [
     ("tcp_cps", "conns_per_s", L4),
     ("udp_pps_64", "pps", L4),
     ("latency", "p99_us", L4),
@@ -31,6 +31,7 @@ const SCENARIOS: [(&str, &str, &[&str]); 13] = [
     ("tcp_cps_synflood", "flood_sps", L4),
     ("http_rps_keepalive", "rps", L7),
     ("http_cps", "conns_per_s", L7),
+    ("http2_rps", "rps", L7),
     ("tls_idle_memory", "bytes_per_conn", L7),
     ("https_rps_keepalive", "rps", L7),
     ("tls_handshakes_ecdsa", "handshakes_per_s", HTTPS_KS),
@@ -162,6 +163,14 @@ fn quick_suite_measures_every_scenario_on_the_systems_of_its_layer() -> Result<(
             // The flood ran beside the generator and its report is kept.
             let flood = &run["generator"]["flood"];
             ensure!(flood["sent"].as_u64() > Some(0), "no flood report: {run}");
+        }
+        if run["scenario"] == "http2_rps" {
+            // h2load's summary was parsed and its per-request log read.
+            let g = &run["generator"];
+            ensure!(
+                g["summary"].is_array() && g["latency_us"]["request"]["logged"].as_u64() > Some(0),
+                "no h2load summary or log: {run}"
+            );
         }
         if run["scenario"] == "tcp_cps_server_close" {
             // One rate per interval, and connections closed by the server first: TIME_WAIT on the servers'

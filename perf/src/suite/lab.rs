@@ -20,6 +20,7 @@ use serde_json::Value;
 use xlb_tests::lab::{wait_until_ok, workspace_bin, Lab, Netns, Proc};
 
 use super::cpu::{CpuSample, CpuUsage};
+use super::h2load::{self, Generator};
 
 /// The virtual IP both systems serve.
 pub const VIP: &str = "198.18.0.100";
@@ -47,6 +48,9 @@ pub const UDP_PORT: u16 = 5353;
 pub const VIP_HTTP_PORT: u16 = 8000;
 /// Port of the L7 (HTTP proxy) listener of xlb, NGINX and HAProxy.
 pub const VIP_L7_PORT: u16 = 8080;
+/// Port of the cleartext HTTP/2 listener (h2c with prior knowledge) of xlb (an `http` listener, which takes
+/// both), NGINX (`listen ... http2`) and HAProxy (`bind ... proto h2`).
+pub const VIP_H2C_PORT: u16 = 8082;
 /// Port the HTTP sinks listen on (they close the connection after answering `Connection: close`).
 pub const HTTP_PORT: u16 = 8000;
 /// Port of the HTTPS listener with the ECDSA P-256 certificate (xlb, NGINX and HAProxy).
@@ -318,21 +322,43 @@ impl SuiteLab {
         parse_report(&out, &full.join(" "))
     }
 
-    /// Runs the generator `xlb-bench ARGS --json` (pinned to the generator core) from the client namespace
-    /// for at most `duration` plus a grace period, measuring CPU time around it. `lb_pids` are the load
-    /// balancer's processes (their CPU time is summed), if it has any.
-    pub fn run_generator(&self, args: &[String], duration: Duration, lb_pids: &[u32]) -> Result<GeneratorRun> {
-        let bench = self.bench.display().to_string();
+    /// Runs the generator — `xlb-bench ARGS --json`, or `h2load ARGS --log-file FILE` for
+    /// [`Generator::H2load`] — (pinned to the generator core) from the client namespace for at most `duration`
+    /// plus a grace period, measuring CPU time around it. `lb_pids` are the load balancer's processes (their CPU
+    /// time is summed), if it has any.
+    pub fn run_generator(
+        &self,
+        generator: Generator,
+        args: &[String],
+        duration: Duration,
+        lb_pids: &[u32],
+    ) -> Result<GeneratorRun> {
+        let program = match generator {
+            Generator::XlbBench => self.bench.display().to_string(),
+            Generator::H2load => {
+                ensure!(
+                    which("h2load"),
+                    "h2load (nghttp2-client, installed by `make deps`) is not in $PATH"
+                );
+                "h2load".to_owned()
+            }
+        };
+        let log = self.lab.dir().join("h2load-requests.log");
+        let log_arg = log.display().to_string();
+        let _ = std::fs::remove_file(&log);
         let core = GENERATOR_CORE.to_string();
         let mut argv: Vec<&str> = Vec::new();
         let program = if self.pinned {
-            argv.extend(["-c", &core, &bench]);
+            argv.extend(["-c", &core, &program]);
             "taskset"
         } else {
-            &bench
+            &program
         };
         argv.extend(args.iter().map(String::as_str));
-        argv.push("--json");
+        match generator {
+            Generator::XlbBench => argv.push("--json"),
+            Generator::H2load => argv.extend(["--log-file", &log_arg]),
+        }
         let sinks = self.sink_pids();
         let before = CpuSample::take(lb_pids, &sinks)?;
         let proc = self.lab.spawn(&self.client, program, &argv)?;
@@ -350,7 +376,14 @@ impl SuiteLab {
         if !status.success() {
             bail!("`{}` failed with {status}; stderr:\n{}", proc.cmdline(), proc.stderr());
         }
-        let report = parse_report(&proc.stdout(), proc.cmdline())?;
+        let report = match generator {
+            Generator::XlbBench => parse_report(&proc.stdout(), proc.cmdline())?,
+            Generator::H2load => {
+                let text = std::fs::read_to_string(&log).with_context(|| format!("h2load's log {log_arg}"))?;
+                let _ = std::fs::remove_file(&log);
+                h2load::report(&proc.stdout(), &text).with_context(|| proc.cmdline().to_owned())?
+            }
+        };
         Ok(GeneratorRun {
             cmdline: proc.cmdline().to_owned(),
             report,

@@ -82,6 +82,14 @@ pub fn params(opts: &SuiteOptions, pinned: bool) -> Value {
         },
         "kernel": {"nft_ruleset": NFT_RULESET, "ip_forward": 1, "vip_on": "ext0 (/32)"},
         "l7": {"vip_port": lab::VIP_L7_PORT, "backends": format!("the HTTP sinks on port {}", lab::HTTP_PORT)},
+        "http2": {
+            "vip_port": lab::VIP_H2C_PORT,
+            "generator": "h2load (nghttp2-client) with prior knowledge (http:// URI), one thread pinned like xlb-bench; \
+                          --log-file in the lab directory for the percentiles; generator.scenarios.http2_rps are its \
+                          arguments",
+            "systems": "xlb: an `http` listener on the port (h2c and HTTP/1.1); nginx: listen ... http2; haproxy: bind ... \
+                        proto h2; all proxy to the HTTP sinks over HTTP/1.1 with keep-alive as in the L7 rows",
+        },
         "nginx": {
             "core": XLB_CORE,
             "pinned_with": "taskset -c (master and its one worker)",
@@ -130,6 +138,7 @@ pub fn versions(host: &str) -> Value {
         "nft": first_line("nft", &["--version"]),
         "nginx": any_output("nginx", &["-v"]),
         "haproxy": any_output("haproxy", &["-v"]),
+        "h2load": first_line("h2load", &["--version"]),
         "xlb": env!("CARGO_PKG_VERSION"),
         "git": first_line("git", &["rev-parse", "--short", "HEAD"]),
         "host": host,

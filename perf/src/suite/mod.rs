@@ -12,6 +12,7 @@
 //! a step fails. Nothing here asserts speed: the suite measures and reports.
 
 pub mod cpu;
+pub mod h2load;
 pub mod intervals;
 pub mod keyserver;
 pub mod lab;
@@ -344,7 +345,7 @@ fn run_scenarios(
                     None => None,
                 };
                 let run = lab
-                    .run_generator(&args, opts.duration, &system.pids())
+                    .run_generator(scenario.generator(), &args, opts.duration, &system.pids())
                     .with_context(what);
                 let run = match (run, flood) {
                     (Ok(mut run), Some(proc)) => {
@@ -521,7 +522,9 @@ fn run_intervals(
     let mut cmdline = String::new();
     for i in 0..count {
         check_stop(stop)?;
-        let run = lab.run_generator(&args, duration, &system.pids()).with_context(what)?;
+        let run = lab
+            .run_generator(scenario.generator(), &args, duration, &system.pids())
+            .with_context(what)?;
         system.check()?;
         let time_wait = lab.time_wait()?;
         let interval = Interval {
@@ -806,6 +809,7 @@ mod tests {
                 [
                     Scenario::HttpRpsKeepalive,
                     Scenario::HttpCps,
+                    Scenario::Http2Rps,
                     Scenario::TlsIdleMemory,
                     Scenario::HttpsRpsKeepalive,
                     Scenario::TlsHandshakesEcdsa,

@@ -484,6 +484,7 @@ fn throughput_svg(runs: &[RunRecord], medians: &Medians, subtitle: &str) -> Stri
         ),
         panel(Scenario::HttpRpsKeepalive, "http_rps_keepalive: requests/s (L7)"),
         panel(Scenario::HttpCps, "http_cps: connections/s (L7)"),
+        panel(Scenario::Http2Rps, "http2_rps: requests/s (L7, h2c)"),
         panel(Scenario::HttpsRpsKeepalive, "https_rps_keepalive: requests/s"),
         panel(Scenario::TlsHandshakesEcdsa, "tls_handshakes_ecdsa: full handshakes/s"),
         panel(Scenario::TlsHandshakesRsa, "tls_handshakes_rsa: full handshakes/s"),

@@ -5,13 +5,13 @@
 //! see the load balancer's inner address as the source.
 //!
 //! - **xlb**: `xlb run` with TCP listeners on VIP:80 (TCP sinks) and VIP:8000 (HTTP sinks), a UDP listener
-//!   on VIP:53 and an `http` listener (L7, terminated in xlb's own TCP stack) on VIP:8080, its datapath
+//!   on VIP:53 and an `http` listener (L7, terminated in xlb's own TCP stack) on VIP:8080 (and one on VIP:8082 for h2c), its datapath
 //!   worker pinned to core [`XLB_CORE`] and busy-polling. Stopping it (SIGTERM) detaches its XDP filters.
 //! - **kernel**: `ip_forward`, the VIP as a local address on `ext0` (so the kernel answers ARP for it), the
 //!   inner address on `int0`, and the nftables ruleset [`NFT_RULESET`]: DNAT to `numgen inc mod 3` (round
 //!   robin per new conntrack flow) and SNAT to the inner address.
 //! - **nginx**, **haproxy**: the VIP on `ext0` and the inner address on `int0` as kernel addresses, and the
-//!   proxy listening on VIP:8080 ([`nginx_config`], [`haproxy_config`]): one worker process (NGINX) or one
+//!   proxy listening on VIP:8080 and for h2c on VIP:8082 ([`nginx_config`], [`haproxy_config`]): one worker process (NGINX) or one
 //!   thread (HAProxy), started with `taskset -c` [`XLB_CORE`] so it runs on xlb's core, proxying to the HTTP
 //!   sinks with idle upstream connections kept for reuse.
 
@@ -26,8 +26,8 @@ use xlb_tests::lab::Proc;
 
 use super::keyserver::{KeyServer, CERTS_DIR};
 use super::lab::{
-    SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_HTTPS_ECDSA_PORT,
-    VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
+    SuiteLab, HTTP_PORT, INT_PREFIX, LB_EXT_CIDR, LB_INT_IP, SERVERS, TCP_PORT, UDP_PORT, VIP, VIP_H2C_PORT,
+    VIP_HTTPS_ECDSA_PORT, VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT, XLB_CORE,
 };
 
 /// How a system is set up for a group of scenarios.
@@ -177,6 +177,7 @@ http {{
     }}
     server {{
         listen {VIP}:{VIP_L7_PORT} backlog=4096;
+        listen {VIP}:{VIP_H2C_PORT} http2 backlog=4096;
         location / {{
             proxy_pass http://sinks;
             proxy_http_version 1.1;
@@ -229,6 +230,7 @@ defaults
 
 frontend xlbbench
     bind {VIP}:{VIP_L7_PORT} backlog 4096
+    bind {VIP}:{VIP_H2C_PORT} proto h2 backlog 4096
     http-request set-header X-Forwarded-Proto http
     default_backend sinks
 
@@ -289,7 +291,7 @@ pub fn xlb_config(setup: Setup, pki: &Path, key_server: Option<&Path>) -> String
         ),
     };
     format!(
-        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{l7}{}\n{}\n{}\n{}\n{}\n{}\n{https}\
+        "[node]\nname = \"xlb-suite\"\ncontrol_socket = \"CONTROL_SOCKET\"\n\n{l7}{}\n{}\n{}\n{}\n{}\n{}\n{}\n{https}\
          [[group]]\nname = \"web\"\nservers = [{}]\n\n[[group]]\nname = \"dns\"\nservers = [{}]\n\n\
          [[group]]\nname = \"http\"\nservers = [{}]\n",
         interface("ext0", LB_EXT_CIDR),
@@ -298,6 +300,7 @@ pub fn xlb_config(setup: Setup, pki: &Path, key_server: Option<&Path>) -> String
         listener("dns", VIP_UDP_PORT, "udp", "dns"),
         listener("http", VIP_HTTP_PORT, "tcp", "http"),
         listener("l7", VIP_L7_PORT, "http", "http"),
+        listener("h2c", VIP_H2C_PORT, "http", "http"),
         servers(TCP_PORT),
         servers(UDP_PORT),
         servers(HTTP_PORT),
@@ -644,6 +647,7 @@ mod tests {
             "forwarding = \"fullnat\"",
             "port = 8080",
             "protocol = \"http\"",
+            "name = \"h2c\"\nvip = \"198.18.0.100\"\nport = 8082\nprotocol = \"http\"",
         ] {
             assert!(c.contains(needle), "{needle} missing from\n{c}");
         }
@@ -665,6 +669,7 @@ mod tests {
         }
         for needle in [
             "listen 198.18.0.100:8080",
+            "listen 198.18.0.100:8082 http2 backlog=4096;",
             "worker_processes 1;",
             "keepalive 32;",
             "proxy_http_version 1.1;",
@@ -675,6 +680,7 @@ mod tests {
         }
         for needle in [
             "bind 198.18.0.100:8080",
+            "bind 198.18.0.100:8082 proto h2 backlog 4096",
             "nbthread 1",
             "mode http",
             "http-reuse safe",
@@ -757,7 +763,7 @@ mod tests {
         assert!(c.find("[l7.key_server]").unwrap() < c.find("[[").unwrap(), "{c}");
         let parsed: toml::Value = toml::from_str(&c.replace("CONTROL_SOCKET", "/x")).unwrap();
         assert_eq!(parsed["l7"]["key_server"]["timeout_ms"].as_integer(), Some(1000));
-        assert!(parsed["listener"][4]["tls"]["cert"][0].get("key").is_none(), "{c}");
+        assert!(parsed["listener"][5]["tls"]["cert"][0].get("key").is_none(), "{c}");
         // The local-key config of the same setup is unchanged by the option.
         assert!(!xlb_config(Setup::Tls, Path::new("/c"), None).contains("key_server"));
     }

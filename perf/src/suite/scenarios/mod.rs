@@ -20,10 +20,11 @@ pub use l4::{
     LATENCY_PERCENTILES, LATENCY_RATE, SERVER_CLOSE_CONNECTIONS, SERVER_CLOSE_FULL, SERVER_CLOSE_QUICK, SYNFLOOD_RATE,
     SYNFLOOD_SOURCES,
 };
-pub use l7::{HTTP_CPS_CONNECTIONS, HTTP_RPS_CONNECTIONS};
-use l7::{HTTP_CPS_METRICS, HTTP_RPS_METRICS};
+pub use l7::{HTTP2_CONNECTIONS, HTTP2_STREAMS, HTTP_CPS_CONNECTIONS, HTTP_RPS_CONNECTIONS};
+use l7::{HTTP2_RPS_METRICS, HTTP_CPS_METRICS, HTTP_RPS_METRICS};
 
 use super::cpu::CpuUsage;
+use super::h2load::Generator;
 use super::lab::{
     TLS_NAME, VIP, VIP_HTTPS_ECDSA_PORT, VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT,
 };
@@ -51,6 +52,9 @@ pub enum Scenario {
     HttpRpsKeepalive,
     /// L7: one HTTP GET per new client connection through the reverse proxy: connections per second.
     HttpCps,
+    /// L7: HTTP/2 GETs (h2c with prior knowledge, `h2load`) on kept-alive client connections with many streams
+    /// each, proxied to the backends over HTTP/1.1: requests per second and request times.
+    Http2Rps,
     /// HTTPS: the memory a proxy holds per idle kept-alive TLS connection (ECDSA certificate): its resident
     /// memory's growth while [`TLS_IDLE_FULL`] connections (quick: [`TLS_IDLE_QUICK`]) are held after one
     /// request each, over their number. Runs first of the HTTPS scenarios.
@@ -201,7 +205,7 @@ impl Scenario {
     }
 
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 13] = [
+    pub const ALL: [Scenario; 14] = [
         Scenario::TcpCps,
         Scenario::UdpPps64,
         Scenario::Latency,
@@ -211,6 +215,7 @@ impl Scenario {
         Scenario::TcpCpsSynflood,
         Scenario::HttpRpsKeepalive,
         Scenario::HttpCps,
+        Scenario::Http2Rps,
         // First of the HTTPS scenarios: the memory growth includes what the proxy's first TLS connections cost.
         Scenario::TlsIdleMemory,
         Scenario::HttpsRpsKeepalive,
@@ -230,6 +235,7 @@ impl Scenario {
             Scenario::TcpCpsSynflood => "tcp_cps_synflood",
             Scenario::HttpRpsKeepalive => "http_rps_keepalive",
             Scenario::HttpCps => "http_cps",
+            Scenario::Http2Rps => "http2_rps",
             Scenario::TlsIdleMemory => "tls_idle_memory",
             Scenario::HttpsRpsKeepalive => "https_rps_keepalive",
             Scenario::TlsHandshakesEcdsa => "tls_handshakes_ecdsa",
@@ -242,7 +248,7 @@ impl Scenario {
     /// Whether the scenario compares packet forwarding (L4) or reverse proxies (L7).
     pub fn layer(self) -> Layer {
         match self {
-            Scenario::HttpRpsKeepalive | Scenario::HttpCps => Layer::L7,
+            Scenario::HttpRpsKeepalive | Scenario::HttpCps | Scenario::Http2Rps => Layer::L7,
             Scenario::TlsIdleMemory
             | Scenario::HttpsRpsKeepalive
             | Scenario::TlsHandshakesEcdsa
@@ -300,6 +306,7 @@ impl Scenario {
             Scenario::TcpCpsSynflood => SYNFLOOD_METRICS,
             Scenario::HttpRpsKeepalive => HTTP_RPS_METRICS,
             Scenario::HttpCps => HTTP_CPS_METRICS,
+            Scenario::Http2Rps => HTTP2_RPS_METRICS,
             Scenario::TlsIdleMemory => TLS_IDLE_METRICS,
             Scenario::HttpsRpsKeepalive => HTTPS_RPS_METRICS,
             Scenario::TlsHandshakesEcdsa | Scenario::TlsHandshakesRsa | Scenario::TlsResumed => TLS_HANDSHAKE_METRICS,
@@ -315,7 +322,7 @@ impl Scenario {
             Scenario::Latency => "p99_us",
             Scenario::TcpCpsServerClose => "conns_per_s",
             Scenario::TcpCpsSynflood => "success_pct",
-            Scenario::HttpRpsKeepalive => "rps",
+            Scenario::HttpRpsKeepalive | Scenario::Http2Rps => "rps",
             Scenario::HttpCps => "conns_per_s",
             Scenario::TlsIdleMemory => "bytes_per_conn",
             Scenario::HttpsRpsKeepalive => "rps",
@@ -333,7 +340,16 @@ impl Scenario {
         }
     }
 
-    /// `xlb-bench` arguments (without `--json`) for a run of `duration` (in `quick` mode).
+    /// Which program generates the load.
+    pub fn generator(self) -> Generator {
+        match self {
+            Scenario::Http2Rps => Generator::H2load,
+            _ => Generator::XlbBench,
+        }
+    }
+
+    /// The generator's arguments (`xlb-bench`: without `--json`; `h2load`: without `--log-file`) for a run of
+    /// `duration` (in `quick` mode).
     pub fn generator_args(self, duration: Duration, quick: bool) -> Vec<String> {
         let secs = format!("{}", duration.as_secs_f64());
         let https = |port: u16, mode: &str, connections: usize| -> Vec<String> {
@@ -427,6 +443,7 @@ impl Scenario {
                 ]);
                 return args;
             }
+            Scenario::Http2Rps => return l7::h2load_args(duration),
             Scenario::HttpsRpsKeepalive => https(VIP_HTTPS_ECDSA_PORT, "--keepalive", HTTPS_RPS_CONNECTIONS),
             Scenario::TlsHandshakesEcdsa => https(VIP_HTTPS_ECDSA_PORT, "--new-conn", TLS_HANDSHAKE_CONNECTIONS),
             Scenario::TlsHandshakesRsa => https(VIP_HTTPS_RSA_PORT, "--new-conn", TLS_HANDSHAKE_CONNECTIONS),
@@ -651,6 +668,31 @@ mod tests {
             "http --target 198.18.0.100:8080 --new-conn --connections 16 --duration 2.5"
         );
         assert_eq!(Scenario::HttpCps.intervals(false), None);
+    }
+
+    #[test]
+    fn http2_row_runs_h2load_with_prior_knowledge() {
+        let s = Scenario::Http2Rps;
+        assert_eq!((s.generator(), s.layer()), (Generator::H2load, Layer::L7));
+        assert_eq!(Scenario::HttpCps.generator(), Generator::XlbBench);
+        assert_eq!(
+            s.generator_args(Duration::from_secs(3), true).join(" "),
+            "http://198.18.0.100:8082/ --threads 1 --clients 16 --max-concurrent-streams 16 --duration 3"
+        );
+        assert_eq!(
+            s.generator_args(Duration::from_millis(2500), false).last().unwrap(),
+            "2500ms"
+        );
+        let report = json!({"rate": 4000.0, "counts": {"succeeded": 8000, "failed": 1, "non_2xx": 2},
+                            "latency_us": {"request": {"mean": 900.0, "max": 9000.0, "p50": 800, "p99": 3000}}});
+        let m = s.extract(&report, &cpu(1.0, 2.0)).unwrap();
+        let get = |k| m.iter().find(|(key, _)| *key == k).unwrap().1;
+        assert_eq!(
+            (get("rps"), get("request_p99_us"), get("non_2xx")),
+            (4000.0, 3000.0, 2.0)
+        );
+        // 1 s of LB CPU over 8000 requests; 3 s busy on the host.
+        assert_eq!((get("lb_cpu_us_per_req"), get("host_cpu_us_per_req")), (125.0, 375.0));
     }
 
     #[test]
