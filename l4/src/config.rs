@@ -158,6 +158,10 @@ pub struct GroupConfig {
     /// Health check; without one every server is considered healthy.
     #[serde(default)]
     pub health_check: Option<HealthCheckConfig>,
+    /// `[group.tls]`: HTTPS to the servers for `http`/`https` listeners (CA file, server name), kept as TOML
+    /// here and read by `xlb_l7::tls::upstream`. L4 listeners forward bytes untouched and ignore it.
+    #[serde(default)]
+    pub tls: Option<toml::Table>,
 }
 
 /// `[l4]`: connection table and FULLNAT settings (optional).

@@ -178,6 +178,7 @@ mod tests {
                 })
                 .collect(),
             health_check: Some(HealthCheckConfig::new(crate::health::CheckKind::Tcp)),
+            tls: None,
         }
     }
 

@@ -115,6 +115,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         name: "web".into(),
         servers: servers.iter().map(|a| ServerConfig { addr: *a, weight: 1 }).collect(),
         health_check: None,
+        tls: None,
     };
     let listener = ListenerConfig {
         name: "web".into(),

@@ -1,5 +1,7 @@
 //! Real HTTP backends for L7 tests: NGINX on each server address, port 8080.
 
+use std::path::Path;
+
 use anyhow::Result;
 
 use crate::lab::{Lab, Netns, Proc};
@@ -9,6 +11,18 @@ use crate::traffic::TIMEOUT;
 /// forwarding headers it got, `/whoami` the client-certificate headers, `/sess` sets a JSESSIONID cookie, `/upload` reads a body and answers its length,
 /// and `/big.bin` is a file of `big_mib` MiB of a fixed pattern (in `<lab>/nginx/www`).
 pub fn nginx(lab: &Lab, ns: &Netns, servers: &[&str], big_mib: u32) -> Result<Proc> {
+    nginx_with_tls(lab, ns, servers, big_mib, None)
+}
+
+/// [`nginx`], also serving HTTPS on port 8443 of every address with the certificate and key `tls` (PEM files);
+/// any path ending in `/scheme` answers `<scheme> <TLS version> <SNI> <requests on this connection>`.
+pub fn nginx_with_tls(
+    lab: &Lab,
+    ns: &Netns,
+    servers: &[&str],
+    big_mib: u32,
+    tls: Option<(&Path, &Path)>,
+) -> Result<Proc> {
     let dir = lab.dir().join("nginx");
     let www = dir.join("www");
     std::fs::create_dir_all(&www)?;
@@ -21,8 +35,17 @@ pub fn nginx(lab: &Lab, ns: &Netns, servers: &[&str], big_mib: u32) -> Result<Pr
         .iter()
         .enumerate()
         .map(|(i, ip)| {
+            let tls_listen = match tls {
+                Some((cert, key)) => format!(
+                    "listen {ip}:8443 ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate {}; ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                ),
+                None => String::new(),
+            };
             format!(
-                "server {{ listen {ip}:8080; root {www};
+                "server {{ listen {ip}:8080; {tls_listen} root {www};
+                   location ~ /scheme$ {{ return 200 \"$scheme $ssl_protocol $ssl_server_name $connection_requests\\n\"; }}
                    location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
                    location = /whoami {{ return 200 \"verify=$http_x_client_verify subject=$http_x_client_cert_subject\n\"; }}
                    location = /sess {{ add_header Set-Cookie \"JSESSIONID=abc{n}\"; return 200 \"s{n} cookie=$cookie_JSESSIONID\\n\"; }}
@@ -44,5 +67,8 @@ pub fn nginx(lab: &Lab, ns: &Netns, servers: &[&str], big_mib: u32) -> Result<Pr
     std::fs::write(&path, conf)?;
     let proc = lab.spawn(ns, "nginx", &["-c", &path.display().to_string(), "-g", "daemon off;"])?;
     ns.wait_tcp_listen(8080, TIMEOUT)?;
+    if tls.is_some() {
+        ns.wait_tcp_listen(8443, TIMEOUT)?;
+    }
     Ok(proc)
 }

@@ -21,9 +21,9 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Makes a CA (`ca.pem`, unless the directory has one) and, per `(file stem, DNS names)`, a P-256 certificate
-/// `<stem>.pem` and key `<stem>.key` it signs (names separated by commas; the first is the subject's CN). A stem
-/// starting with `client` makes a client certificate (clientAuth).
+/// Makes a CA (`ca.pem`, unless the directory has one) and, per `(file stem, names)`, a P-256 certificate
+/// `<stem>.pem` and key `<stem>.key` it signs (names separated by commas, DNS names or IP addresses; the first is
+/// the subject's CN). A stem starting with `client` makes a client certificate (clientAuth).
 pub fn make(dir: &Path, leaves: &[(&str, &str)]) -> Result<()> {
     make_with(dir, leaves, LeafKey::P256)
 }
@@ -58,7 +58,13 @@ pub fn make_with(dir: &Path, leaves: &[(&str, &str)], key_type: LeafKey) -> Resu
     }
     for (stem, names) in leaves {
         let name = names.split(',').next().unwrap_or(names);
-        let sans: Vec<String> = names.split(',').map(|n| format!("DNS:{n}")).collect();
+        let sans: Vec<String> = names
+            .split(',')
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(_) => format!("IP:{n}"),
+                Err(_) => format!("DNS:{n}"),
+            })
+            .collect();
         let (key, csr, pem, ext) = (
             format!("{stem}.key"),
             format!("{stem}.csr"),

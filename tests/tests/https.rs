@@ -342,3 +342,176 @@ fn https_is_terminated_in_stack_with_sni_alpn_and_resumption() -> Result<()> {
     xlb.proc().check_running()?;
     Ok(())
 }
+
+/// HTTPS to the servers: groups with `[group.tls]` (NGINX serving TLS on 8443), verified by name, by IP address,
+/// and against a CA that did not sign the servers' certificates.
+fn upstream_tls_config(pki: &Path, other_ca: &Path) -> String {
+    let p = |f: &str| pki.join(f).display().to_string();
+    let servers = |port: u16| {
+        SERVERS
+            .iter()
+            .map(|s| format!("{{ addr = \"{s}:{port}\" }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+{TWO_ARM_BASE}
+[[listener]]
+name = "plain"
+vip = "{VIP}"
+port = 80
+protocol = "http"
+scheduler = "rr"
+group = "secure"
+
+[[listener.rule]]
+path_prefix = "/byip/"
+group = "byip"
+
+[[listener.rule]]
+path_prefix = "/bad/"
+group = "bad"
+
+[[group]]
+name = "secure"
+servers = [{tls_servers}]
+health_check = {{ kind = "tcp", interval_ms = 500, timeout_ms = 300 }}
+
+[group.tls]
+ca = "{ca}"
+server_name = "app.internal"
+
+[[group]]
+name = "byip"
+servers = [{tls_servers}]
+
+[group.tls]
+ca = "{ca}"
+
+[[group]]
+name = "bad"
+servers = [{tls_servers}]
+
+[group.tls]
+ca = "{other_ca}"
+server_name = "app.internal"
+"#,
+        tls_servers = servers(8443),
+        ca = p("ca.pem"),
+        other_ca = other_ca.join("ca.pem").display(),
+    )
+}
+
+#[test]
+fn requests_go_to_https_servers_verified_against_the_group_ca() -> Result<()> {
+    let t = TwoArm::new("uptls", &SERVERS, 1)?;
+    let dir = t.lab.dir().join("pki");
+    let other = t.lab.dir().join("other-pki");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&other)?;
+    let names = format!("app.internal,{},{}", SERVERS[0], SERVERS[1]);
+    xlb_tests::pki::make(&dir, &[("backend", &names)])?;
+    xlb_tests::pki::make(&other, &[])?;
+    let _nginx = xlb_tests::backends::nginx_with_tls(
+        &t.lab,
+        &t.servers,
+        &SERVERS,
+        10,
+        Some((&dir.join("backend.pem"), &dir.join("backend.key"))),
+    )?;
+    // A health check speaking plain HTTP to a TLS group is refused with the reason.
+    let refused = upstream_tls_config(&dir, &other)
+        .replace("health_check = { kind = \"tcp\"", "health_check = { kind = \"http\"");
+    let out = match Appliance::start(&t.lab, &t.lb, "lb0", &refused) {
+        Ok(_) => anyhow::bail!("xlb started with an http health check on a TLS group"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        out.contains("group[0] (secure).health_check") && out.contains("plain HTTP"),
+        "{out}"
+    );
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &upstream_tls_config(&dir, &other))?;
+    let get = |path: &str, extra: &[&str]| -> Result<String> {
+        let url = format!("http://{VIP}{path}");
+        let mut args = vec!["-sS", "--max-time", "20", "-H", "Host: www.example.com"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        t.client.run("curl", &args)
+    };
+
+    // By name: TLS 1.3 with SNI app.internal.
+    let first = get("/scheme", &[])?;
+    ensure!(first.starts_with("https TLSv1.3 app.internal "), "{first:?}");
+    // By IP address (no server_name): verified against the IP SANs, no SNI.
+    let byip = get("/byip/scheme", &[])?;
+    ensure!(byip.starts_with("https TLSv1.3  "), "{byip:?}");
+
+    // Twenty requests on one client connection: the servers see a few TLS connections, each reused.
+    let urls: Vec<String> = (0..20).map(|_| format!("http://{VIP}/scheme")).collect();
+    let mut args = vec!["-sS", "--max-time", "30"];
+    args.extend(urls.iter().map(String::as_str));
+    let twenty = t.client.run("curl", &args)?;
+    ensure!(twenty.lines().count() == 20, "{twenty}");
+    ensure!(
+        twenty.lines().all(|l| l.starts_with("https TLSv1.3 app.internal ")),
+        "{twenty}"
+    );
+    let reused = twenty
+        .lines()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    ensure!(
+        reused >= 5,
+        "a server saw one TLS connection carry several requests: {twenty}"
+    );
+
+    // 10 MiB byte-exact, an upload (under the default 1 MiB body limit), and an HTTP/2 client: all over TLS to
+    // the servers.
+    let out = t.lab.dir().join("got.bin");
+    get("/big.bin", &["--max-time", "120", "-o", &out.display().to_string()])?;
+    ensure!(
+        std::fs::read(&out)? == std::fs::read(t.lab.dir().join("nginx/www/big.bin"))?,
+        "the download differs from the file"
+    );
+    let body = t.lab.dir().join("up.bin");
+    std::fs::write(&body, vec![b'x'; 1_000_000])?;
+    let up = get("/upload", &["--data-binary", &format!("@{}", body.display())])?;
+    ensure!(up.trim() == "got 1000000", "{up:?}");
+    let h2 = get("/scheme", &["--http2-prior-knowledge"])?;
+    ensure!(h2.starts_with("https TLSv1.3 app.internal "), "{h2:?}");
+
+    // A CA that did not sign the servers' certificates: 502, no request reaches them, counted.
+    let bad = t.client.output(
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://{VIP}/bad/scheme"),
+        ],
+    )?;
+    ensure!(String::from_utf8_lossy(&bad.stdout) == "502", "{bad:?}");
+
+    let l7 = wait_until_ok(TIMEOUT, "upstream TLS counters", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
+        ensure!(n("upstream_tls_failed") >= 1, "the bad group: {l7}");
+        ensure!(n("upstream_tls_full_handshakes") >= 2, "{l7}");
+        ensure!(n("upstream_reused") >= 15, "{l7}");
+        Ok(l7)
+    })?;
+    let n = |k: &str| l7["counts"][k].as_u64().unwrap_or(0);
+    let handshakes = n("upstream_tls_full_handshakes") + n("upstream_tls_resumed_handshakes");
+    ensure!(
+        handshakes <= 12,
+        "connections are kept: {handshakes} handshakes for 25 requests: {l7}"
+    );
+    eprintln!("L7 counts after the upstream TLS checks: {}", l7["counts"]);
+    ensure!(xlb.xlbctl(&["stats"])?.contains("upstream_tls_failed"), "xlbctl stats");
+    xlb.proc().check_running()?;
+    Ok(())
+}

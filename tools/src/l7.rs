@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use xlb_keyserver::client::KeyServerClient;
 use xlb_l4::config::{ListenerConfig, ListenerProtocol, PROBE_PORTS, PROBE_PORT_BASE};
+use xlb_l4::health::CheckKind;
 use xlb_l4::layout::Layout;
 use xlb_l4::sched::SchedulerKind;
 use xlb_l7::config::HttpListenerConfig;
@@ -14,6 +15,7 @@ use xlb_l7::stage::upstreams::{GroupSpec, ServerSpec};
 use xlb_l7::stage::StageListener;
 use xlb_l7::tls::certs::{CertStore, ListenerCert};
 use xlb_l7::tls::config::{load_certs, RemoteKeys, TlsListener, TlsListenerConfig};
+use xlb_l7::tls::upstream::{UpstreamTls, UpstreamTlsConfig};
 
 use crate::config::Config;
 
@@ -97,6 +99,7 @@ pub fn validate(config: &Config) -> Result<(), String> {
             TlsListener::build(&tls, remote).map_err(|e| format!("{at}: {e}"))?;
         }
     }
+    group_tls(config)?;
     let l7 = config.l7.local_port_min..=config.l7.local_port_max;
     let l4 = config.l4.local_port_min..=config.l4.local_port_max;
     let probes = PROBE_PORT_BASE..=PROBE_PORT_BASE + PROBE_PORTS - 1;
@@ -237,13 +240,44 @@ pub fn replace_certs(handles: &mut [TlsHandle], old: &Config, new: &Config) -> R
     Ok(n)
 }
 
-/// Every group (in config order: the rules' group ids), with the health-board targets of `layout`. A group's
-/// scheduler is that of the first `http` listener whose default group it is (else wrr).
-pub fn groups(config: &Config, layout: &Layout) -> Vec<GroupSpec> {
+/// The TLS towards the servers of every group with a `[group.tls]` table (reads its files); the error names the
+/// group and the field.
+fn group_tls(config: &Config) -> Result<Vec<Option<Arc<UpstreamTls>>>, String> {
     config
         .groups
         .iter()
-        .map(|g| GroupSpec {
+        .enumerate()
+        .map(|(i, g)| {
+            let Some(table) = &g.tls else { return Ok(None) };
+            let at = format!("group[{i}] ({})", g.name);
+            if g.health_check.as_ref().is_some_and(|h| h.kind == CheckKind::Http) {
+                return Err(format!(
+                    "{at}.health_check: kind = \"http\" sends plain HTTP, which a server that speaks TLS refuses: \
+                     use kind = \"tcp\""
+                ));
+            }
+            let tls = UpstreamTlsConfig::from_table(table, &at)?;
+            let built = UpstreamTls::build(&tls).map_err(|e| format!("{at}: {e}"))?;
+            Ok(Some(Arc::new(built)))
+        })
+        .collect()
+}
+
+/// Whether a group sends HTTPS to its servers (the handshake pool is needed then too).
+pub fn any_group_tls(config: &Config) -> bool {
+    config.groups.iter().any(|g| g.tls.is_some())
+}
+
+/// Every group (in config order: the rules' group ids), with the health-board targets of `layout` and its TLS
+/// towards the servers (built once here and shared by the workers: one TLS session cache per group). A
+/// group's scheduler is that of the first `http` listener whose default group it is (else wrr).
+pub fn groups(config: &Config, layout: &Layout) -> Result<Vec<GroupSpec>, String> {
+    let tls = group_tls(config)?;
+    Ok(config
+        .groups
+        .iter()
+        .zip(tls)
+        .map(|(g, tls)| GroupSpec {
             name: g.name.clone(),
             scheduler: http_listeners(config)
                 .find(|(_, l)| l.group == g.name)
@@ -260,8 +294,9 @@ pub fn groups(config: &Config, layout: &Layout) -> Vec<GroupSpec> {
                         .position(|t| t.group == g.name && t.addr == s.addr),
                 })
                 .collect(),
+            tls,
         })
-        .collect()
+        .collect())
 }
 
 /// Whether the change from `old` to `new` touches what the L7 stage reads only at start (its listeners and

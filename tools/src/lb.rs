@@ -22,6 +22,7 @@ use xlb_l4::layout::Layout;
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
 use xlb_l7::stage::access::AccessLine;
 use xlb_l7::stage::counters::{L7Counters, SharedL7Counters};
+use xlb_l7::stage::upstreams::GroupSpec;
 use xlb_l7::stage::{L7Stage, L7StageConfig, L7Update, StageListener, L7_STAGE};
 use xlb_l7::tls::handshake::{HandshakePool, PoolConfig};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
@@ -135,6 +136,8 @@ pub struct PipelineFactory {
     access_log: Option<Sender<AccessLine>>,
     /// The L7 listeners, built once for every worker (TLS configs and ticket keys shared).
     l7_listeners: Vec<StageListener>,
+    /// The groups as L7 sees them, built once for every worker (TLS towards servers and its sessions shared).
+    l7_groups: Vec<GroupSpec>,
     /// The TLS handshake pool (only with `https` listeners).
     handshake_pool: Option<HandshakePool>,
 }
@@ -188,8 +191,13 @@ impl PipelineFactory {
             rates: Vec::new(),
             last_totals: (now, Vec::new()),
         };
+        let l7_groups = crate::l7::groups(config, &layout).unwrap_or_else(|e| {
+            // The config was validated from the same files a moment ago.
+            tracing::error!("{e}: L7 listeners answer 503 until a reload succeeds");
+            Vec::new()
+        });
         let wake = Wake::new().map(Arc::new);
-        let handshake_pool = if l7_listeners.iter().any(|l| l.tls.is_some()) {
+        let handshake_pool = if l7_listeners.iter().any(|l| l.tls.is_some()) || crate::l7::any_group_tls(config) {
             let pool = PoolConfig {
                 // With keys on a Key Server, threads that wait for its signatures come on top.
                 full_threads: config.l7.tls_handshake_threads
@@ -249,6 +257,7 @@ impl PipelineFactory {
             l7_updates: l7_receivers.into_iter().map(Some).collect(),
             l7_counters,
             l7_listeners: l7_listeners.clone(),
+            l7_groups,
             handshake_pool,
             access_log: config.l7.access_log.as_deref().and_then(|path| {
                 match crate::access_log::start(std::path::Path::new(path)) {
@@ -322,7 +331,7 @@ impl PipelineFactory {
             L7StageConfig {
                 limits: config.l7.clone(),
                 listeners: self.l7_listeners.clone(),
-                groups: crate::l7::groups(config, &self.layout),
+                groups: self.l7_groups.clone(),
                 board: self.board.clone(),
                 worker: plan.index,
                 workers: plan.workers,
@@ -520,6 +529,8 @@ impl L4Runtime {
             summary.push_str(&format!("; certificates of {certs} https listener(s) re-read"));
         }
         let layout = Arc::new(self.layout.next(&new.listeners, &new.groups, new.l4.on_server_removed));
+        // Built before anything changes: a group's TLS file that does not load refuses the change.
+        let l7_groups = crate::l7::groups(&new, &layout)?;
         let old = &self.layout;
         let board = Arc::new(HealthBoard::carried_over(layout.targets.len(), &self.board, |i| {
             let t = &layout.targets[i];
@@ -577,7 +588,7 @@ impl L4Runtime {
         // L7 follows the groups' servers and the new board (applied between batches, like L4's update).
         for tx in &self.l7_updates {
             let update = L7Update {
-                groups: crate::l7::groups(&new, &layout),
+                groups: l7_groups.clone(),
                 board: board.clone(),
             };
             tx.send_timeout(update, Duration::from_secs(2))

@@ -1107,6 +1107,7 @@ fn web_with(servers: &[(SocketAddrV4, u32)], protocol: Proto, forwarding: Forwar
             .map(|(a, w)| ServerConfig { addr: *a, weight: *w })
             .collect(),
         health_check: None,
+        tls: None,
     };
     let listener = ListenerConfig {
         name: "web".into(),

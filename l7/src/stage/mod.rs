@@ -43,8 +43,8 @@ use crate::h2::H2Limits;
 use crate::proxy::{HttpProxy, ProxyConfig};
 use crate::rules::GroupId;
 use crate::tcp::{BadSegment, ConnId, Ingress, TcpConfig, TcpHost};
-use crate::tls::client_tls::ClientTls;
 use crate::tls::handshake::HandshakeClient;
+use crate::tls::link::TlsLink;
 use access::AccessLine;
 use counters::{L7Count, L7Counters, SharedL7Counters};
 use session::{Io, Session};
@@ -144,6 +144,8 @@ pub struct L7Stage {
     /// Listener names, shared with their sessions (access log).
     listener_names: Vec<Arc<str>>,
     handshakes: Option<HandshakeClient>,
+    /// Why the last TLS handshake with a server failed (logged with the interval's warning).
+    upstream_tls_error: Option<String>,
     /// HTTP/2 limits (`None`: HTTP/2 is off, `l7.http2 = false`).
     h2: Option<H2Limits>,
 }
@@ -199,6 +201,7 @@ impl L7Stage {
             access_log: config.access_log,
             listener_names,
             handshakes: config.handshakes,
+            upstream_tls_error: None,
             h2: config.limits.http2.then(|| config.limits.h2_limits()),
         }
     }
@@ -300,7 +303,7 @@ impl L7Stage {
         let name = self.listener_names[listener].clone();
         let tls = match &self.listeners[listener].tls {
             Some(config) => match rustls::ServerConnection::new(config.clone()) {
-                Ok(c) => Some(ClientTls::new(c)),
+                Ok(c) => Some(TlsLink::server(c)),
                 Err(e) => {
                     self.counters.bump(L7Count::TlsFailed);
                     tracing::debug!("TLS connection not created: {e}");
@@ -410,14 +413,17 @@ impl L7Stage {
             let Some(done) = self.handshakes.as_mut().and_then(HandshakeClient::receive) else {
                 break;
             };
-            let (index, generation) = done.key;
+            let (index, generation) = done.key.session;
             let session = self
                 .slots
                 .get_mut(index as usize)
                 .filter(|s| s.generation == generation)
                 .and_then(|s| s.session.as_mut());
             if let Some(session) = session {
-                session.handshake_step_done(now, done, &mut self.counters, self.h2.as_ref());
+                if let Some(why) = session.handshake_step_done(now, done, &mut self.counters, self.h2.as_ref()) {
+                    tracing::debug!(worker = self.worker, "TLS handshake with a server failed: {why}");
+                    self.upstream_tls_error = Some(why);
+                }
                 self.touched.push(index);
                 any = true;
             }
@@ -490,6 +496,11 @@ impl L7Stage {
                 "segments dropped between workers: the hand-off queue was full",
             ),
             (
+                L7Count::UpstreamTlsFailed,
+                "HTTPS to servers failed: check the group's tls.ca and tls.server_name against the servers' \
+                 certificates (last cause below)",
+            ),
+            (
                 L7Count::TlsPoolFull,
                 "TLS handshakes refused: the handshake pool is overloaded (l7.tls_handshake_threads) or its Key \
                  Server is slow",
@@ -498,7 +509,11 @@ impl L7Stage {
         for (count, fix) in fixes {
             let n = self.counters.get(count) - before.get(count);
             if n > 0 {
-                tracing::warn!(worker = self.worker, count = count.name(), n, "L7: {fix}");
+                let cause = (count == L7Count::UpstreamTlsFailed)
+                    .then_some(self.upstream_tls_error.as_deref())
+                    .flatten()
+                    .unwrap_or("");
+                tracing::warn!(worker = self.worker, count = count.name(), n, cause, "L7: {fix}");
             }
         }
     }

@@ -14,18 +14,18 @@ use smoltcp::socket::tcp::{self, State};
 use super::access::AccessLine;
 use super::counters::{L7Count, L7Counters};
 use super::token::Token;
-use super::upstreams::{NoUpstream, Upstreams};
+use super::upstreams::Upstreams;
 use crate::h2::{H2Front, H2Limits, Sniff};
-use crate::proxy::{AccessRecord, Action, Event, HttpProxy, UpstreamFailure, UpstreamId};
-use crate::rules::GroupId;
-use crate::sticky::ServerId;
+use crate::proxy::{AccessRecord, Action, Event, HttpProxy, UpstreamFailure};
 use crate::tcp::{ConnId, TcpHost};
-use crate::tls::client_tls::{ClientTls, StepResult};
-use crate::tls::handshake::{HandshakeClient, HandshakeDone};
+use crate::tls::handshake::{HandshakeClient, HandshakeDone, JobKey};
+use crate::tls::link::{StepResult, TlsLink};
 
 mod h2;
+mod upstream;
 
 pub use h2::StreamWork;
+use upstream::Upstream;
 
 /// Bytes waiting for room in a socket's send buffer.
 #[derive(Default)]
@@ -79,17 +79,6 @@ impl Outbox {
     }
 }
 
-/// The upstream side of a session.
-struct Upstream {
-    id: UpstreamId,
-    conn: ConnId,
-    group: GroupId,
-    server: usize,
-    connected: bool,
-    eof: bool,
-    out: Outbox,
-}
-
 /// What a session needs from the stage while it runs.
 pub(super) struct Io<'a> {
     pub now: Instant,
@@ -127,9 +116,11 @@ pub(super) struct Session {
     /// The listener's name (access log).
     listener: Arc<str>,
     /// TLS between the client and xlb (HTTPS listeners).
-    tls: Option<Box<ClientTls>>,
+    tls: Option<Box<TlsLink>>,
     /// The stage's handle for this session (slot index, generation): handshake results come back with it.
     key: (u32, u32),
+    /// Upstream connections opened so far (numbers them for their TLS handshake results).
+    upstream_serial: u64,
     /// HTTP/2: the client speaks it, or this session serves one stream of a client that does.
     h2: Option<h2::H2Role>,
     /// The first client bytes were looked at (the HTTP/2 preface or not).
@@ -145,7 +136,7 @@ impl Session {
         client_addr: SocketAddrV4,
         upstream_token: Token,
         listener: Arc<str>,
-        tls: Option<ClientTls>,
+        tls: Option<TlsLink>,
     ) -> Session {
         Session {
             proxy,
@@ -166,21 +157,26 @@ impl Session {
                 Token::Upstream { index, generation } => (index, generation),
                 _ => (u32::MAX, 0),
             },
+            upstream_serial: 0,
             h2: None,
             sniffed: false,
             aborted: false,
         }
     }
 
-    /// Takes back the TLS connection from a handshake pool thread.
+    /// Takes back a TLS connection from a handshake pool thread: the client's, or the upstream one's. Returns
+    /// why a handshake with a server failed, if one did (for the log).
     pub fn handshake_step_done(
         &mut self,
         now: Instant,
         done: HandshakeDone,
         counters: &mut L7Counters,
         h2: Option<&H2Limits>,
-    ) {
-        let Some(tls) = self.tls.as_mut() else { return };
+    ) -> Option<String> {
+        if done.key.upstream.is_some() {
+            return self.upstream_step_done(now, done, counters);
+        }
+        let tls = self.tls.as_mut()?;
         match tls.step_done(now, done) {
             StepResult::Continuing => {}
             StepResult::Done(outcome) => {
@@ -205,6 +201,7 @@ impl Session {
                 tracing::debug!(client = %self.client_addr, "TLS handshake failed: {e}");
             }
         }
+        None
     }
 
     /// When the proxy's next timer is due.
@@ -316,84 +313,6 @@ impl Session {
         sent | self.flush_upstream(io)
     }
 
-    fn flush_upstream(&mut self, io: &mut Io<'_>) -> bool {
-        let Some(up) = self.upstream.as_mut().filter(|u| u.connected && !u.out.is_empty()) else {
-            return false;
-        };
-        io.host
-            .socket(io.now, up.conn)
-            .is_some_and(|s| up.out.flush(s, &mut self.proxy))
-    }
-
-    fn upstream_side(&mut self, io: &mut Io<'_>) -> bool {
-        let Some(up) = self.upstream.as_mut() else { return false };
-        let now = io.now;
-        let Some(state) = io.host.state(up.conn) else {
-            // Gone: refused or never answered (not connected), or reset.
-            let failure = if up.connected {
-                UpstreamFailure::Reset
-            } else {
-                self.failed_servers.push(up.server);
-                UpstreamFailure::Refused
-            };
-            let id = up.id;
-            self.upstream = None;
-            if self.tunnel {
-                self.close_client = true;
-            } else {
-                self.proxy.handle_upstream_failed(now, id, failure);
-            }
-            return true;
-        };
-        let mut progress = false;
-        if !up.connected {
-            if !matches!(state, State::Established | State::CloseWait) {
-                return false;
-            }
-            up.connected = true;
-            self.failed_servers.clear();
-            let (id, server) = (up.id, up.server);
-            self.proxy.handle_upstream_connected(now, id, ServerId(server as u32));
-            return true;
-        }
-        if self.tunnel && self.tls.is_some() {
-            // Through TLS: the server's bytes are encrypted by `flush`, like responses.
-            let room = HIGH_WATER.saturating_sub(self.client_out.len).min(16 * 1024);
-            if room > 0 {
-                if let Some(s) = io.host.socket(now, up.conn) {
-                    let mut buf = vec![0; room];
-                    let n = s.recv_slice(&mut buf).unwrap_or(0);
-                    buf.truncate(n);
-                    self.client_out.push(buf);
-                    progress |= n > 0;
-                }
-            }
-        } else if self.tunnel {
-            let (from, to) = (up.conn, self.client);
-            progress |= relay(io, from, to);
-        } else if self.client_out.len < HIGH_WATER {
-            let proxy = &mut self.proxy;
-            let id = up.id;
-            if let Some(s) = io.host.socket(now, up.conn) {
-                progress |= read(s, |data| proxy.handle_upstream_bytes(now, id, data));
-            }
-        }
-        let Some(up) = self.upstream.as_mut() else {
-            return progress;
-        };
-        if !up.eof && at_eof(io.host, now, up.conn) {
-            up.eof = true;
-            if self.tunnel {
-                // Half-close: the client gets FIN once what the server sent is delivered.
-                self.close_client = true;
-            } else {
-                self.proxy.handle_upstream_eof(now, up.id);
-            }
-            progress = true;
-        }
-        progress
-    }
-
     fn client_side(&mut self, io: &mut Io<'_>) -> bool {
         let now = io.now;
         if self.is_stream() {
@@ -423,7 +342,17 @@ impl Session {
             return self.tls_client_side(io);
         }
         let mut progress = false;
-        if self.tunnel {
+        let tls_upstream = self.upstream.as_mut().filter(|u| u.tls.is_some());
+        if let Some(up) = tls_upstream.filter(|_| self.tunnel) {
+            let room = upstream::tunnel_room(up);
+            if let Some(s) = io.host.socket(now, self.client).filter(|_| room > 0) {
+                let mut buf = vec![0; room];
+                let n = s.recv_slice(&mut buf).unwrap_or(0);
+                buf.truncate(n);
+                progress |= n > 0;
+                up.out.push(buf);
+            }
+        } else if self.tunnel {
             if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
                 let (from, to) = (self.client, up.conn);
                 progress |= relay(io, from, to);
@@ -478,6 +407,7 @@ impl Session {
         if self.is_front() {
             self.front_eof(now);
         } else if self.tunnel {
+            self.flush_upstream(io); // what waits for TLS records
             if let Some(up) = self.upstream.as_ref() {
                 io.host.close(now, up.conn); // FIN to the server after the client's bytes
             }
@@ -498,7 +428,11 @@ impl Session {
             }
             let eof = at_eof(io.host, now, self.client);
             if let (Some(s), Some(pool)) = (io.host.socket(now, self.client), io.handshakes.as_deref_mut()) {
-                match tls.start_step(now, s, pool, self.key) {
+                let key = JobKey {
+                    session: self.key,
+                    upstream: None,
+                };
+                match tls.start_step(now, s, pool, key) {
                     Ok(sent) => progress |= sent,
                     Err(why) => {
                         io.counters.bump(L7Count::TlsPoolFull);
@@ -523,7 +457,16 @@ impl Session {
             self.close_client = true;
             return true;
         }
-        if self.tunnel {
+        let tls_upstream = self.upstream.as_mut().filter(|u| u.tls.is_some());
+        if let Some(up) = tls_upstream.filter(|_| self.tunnel) {
+            let room = upstream::tunnel_room(up);
+            let n = tls.plaintext().len().min(room);
+            if n > 0 {
+                up.out.push(tls.plaintext()[..n].to_vec());
+                tls.consume(n);
+                progress = true;
+            }
+        } else if self.tunnel {
             if let Some(up) = self.upstream.as_ref().filter(|u| u.connected) {
                 if let Some(s) = io.host.socket(now, up.conn) {
                     let n = s.send_slice(tls.plaintext()).unwrap_or(0);
@@ -584,31 +527,8 @@ impl Session {
                     sticky_server,
                 } => self.connect(io, id, group, sticky_server),
                 Action::CloseClient => self.close_client = true,
-                Action::CloseUpstream(id) => {
-                    if let Some(up) = self.upstream.take_if(|u| u.id == id) {
-                        if !up.connected {
-                            self.failed_servers.push(up.server); // the connect timed out
-                        }
-                        io.host.close(io.now, up.conn);
-                    }
-                }
-                Action::ReleaseUpstream(id) => {
-                    if let Some(up) = self.upstream.take_if(|u| u.id == id) {
-                        let token = Token::Idle {
-                            group: up.group.0 as u32,
-                            server: up.server as u32,
-                        };
-                        io.host.set_token(up.conn, token.encode());
-                        let kept = up.out.is_empty()
-                            && !up.eof
-                            && io.upstreams.keep_idle(io.now, up.group, up.server, up.conn);
-                        if kept {
-                            io.host.set_busy(up.conn, false);
-                        } else {
-                            io.host.close(io.now, up.conn);
-                        }
-                    }
-                }
+                Action::CloseUpstream(id) => self.close_upstream(io, id),
+                Action::ReleaseUpstream(id) => self.release_upstream(io, id),
                 Action::Tunnel { .. } => self.tunnel = true,
             }
         }
@@ -641,82 +561,6 @@ impl Session {
         if tx.try_send(line).is_err() {
             io.counters.bump(L7Count::AccessLogDropped);
         }
-    }
-
-    fn connect(&mut self, io: &mut Io<'_>, id: UpstreamId, group: GroupId, sticky: Option<ServerId>) {
-        if let Some(old) = self.upstream.take() {
-            io.host.close(io.now, old.conn);
-        }
-        match self.open(io, group, sticky) {
-            Ok((conn, server, reused)) => {
-                if reused {
-                    io.counters.bump(L7Count::UpstreamReused);
-                } else {
-                    io.counters.bump(L7Count::UpstreamConnects);
-                }
-                io.host.set_token(conn, self.upstream_token.encode());
-                io.host.set_busy(conn, true);
-                self.upstream = Some(Upstream {
-                    id,
-                    conn,
-                    group,
-                    server,
-                    connected: false,
-                    eof: false,
-                    out: Outbox::default(),
-                });
-            }
-            Err(why) => {
-                let failure = match why {
-                    NoUpstream::NoHealthyServer => UpstreamFailure::NoHealthyServer,
-                    NoUpstream::NoLocalPort => {
-                        io.counters.bump(L7Count::LocalPortsExhausted);
-                        UpstreamFailure::Refused
-                    }
-                    NoUpstream::ConnectionLimit => {
-                        io.counters.bump(L7Count::ConnectionLimit);
-                        UpstreamFailure::Refused
-                    }
-                };
-                self.proxy.handle_upstream_failed(io.now, id, failure);
-            }
-        }
-    }
-
-    /// An upstream connection to a server of `group`: a kept idle one, or a new one. Returns it, the server and
-    /// whether it was reused.
-    fn open(
-        &mut self,
-        io: &mut Io<'_>,
-        group: GroupId,
-        sticky: Option<ServerId>,
-    ) -> Result<(ConnId, usize, bool), NoUpstream> {
-        let server = io
-            .upstreams
-            .pick_avoiding(group, sticky, self.client_addr, &self.failed_servers)
-            .ok_or(NoUpstream::NoHealthyServer)?;
-        if let Some(conn) = io.upstreams.take_idle(io.now, io.host, group, server) {
-            return Ok((conn, server, true));
-        }
-        let addr = io.upstreams.addr(group, server).ok_or(NoUpstream::NoHealthyServer)?;
-        let Some(source) = (io.source)(*addr.ip()) else {
-            io.counters.bump(L7Count::NoRoute);
-            return Err(NoUpstream::NoLocalPort);
-        };
-        let port = io
-            .upstreams
-            .local_port(io.host, source, addr)
-            .ok_or(NoUpstream::NoLocalPort)?;
-        let conn = io
-            .host
-            .connect(
-                io.now,
-                SocketAddrV4::new(source, port),
-                addr,
-                self.upstream_token.encode(),
-            )
-            .ok_or(NoUpstream::ConnectionLimit)?;
-        Ok((conn, server, false))
     }
 }
 

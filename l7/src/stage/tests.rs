@@ -21,13 +21,19 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 1), 8080);
 const LIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 10);
 
-/// A tiny HTTP/1.1 server on an in-stack TCP host: answers each request head with `hello`, keeps alive.
+/// A tiny HTTP/1.1 server on an in-stack TCP host: answers each request head with `hello`, keeps alive. With
+/// `tls`, it speaks HTTPS (rustls).
 struct Server {
     host: TcpHost,
     conns: Vec<ConnId>,
     requests: Vec<String>,
     accepted: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// Each connection's TLS (HTTPS).
+    sessions: Vec<(ConnId, rustls::ServerConnection)>,
 }
+
+const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 impl Server {
     fn serve(&mut self, now: Instant) {
@@ -35,15 +41,47 @@ impl Server {
             let Some(s) = self.host.socket(now, c) else { continue };
             let mut buf = [0u8; 4096];
             let n = s.recv_slice(&mut buf).unwrap_or(0);
-            if n == 0 {
+            let Some(config) = &self.tls else {
+                if n == 0 {
+                    continue;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                for _ in text.matches("\r\n\r\n") {
+                    s.send_slice(HELLO).unwrap();
+                }
+                self.requests.push(text);
                 continue;
+            };
+            if !self.sessions.iter().any(|(id, _)| *id == c) {
+                self.sessions
+                    .push((c, rustls::ServerConnection::new(config.clone()).unwrap()));
             }
-            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-            for _ in text.matches("\r\n\r\n") {
-                s.send_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-                    .unwrap();
+            let Some((_, tls)) = self.sessions.iter_mut().find(|(id, _)| *id == c) else {
+                continue;
+            };
+            let ok = tls.read_tls(&mut &buf[..n]).is_ok() && tls.process_new_packets().is_ok();
+            let mut plain = Vec::new();
+            if ok {
+                let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut plain);
             }
-            self.requests.push(text);
+            if !plain.is_empty() {
+                let text = String::from_utf8_lossy(&plain).into_owned();
+                for _ in text.matches("\r\n\r\n") {
+                    std::io::Write::write_all(&mut tls.writer(), HELLO).unwrap();
+                }
+                self.requests.push(text);
+            }
+            let mut out = Vec::new();
+            while tls.wants_write() {
+                tls.write_tls(&mut out).unwrap();
+            }
+            if !out.is_empty() {
+                assert_eq!(
+                    s.send_slice(&out),
+                    Ok(out.len()),
+                    "the test server's buffer holds a flight"
+                );
+            }
         }
     }
 }
@@ -64,10 +102,18 @@ fn world() -> World {
 
 /// A world whose listener terminates TLS with `tls` (plain HTTP without).
 fn world_with(tls: Option<Arc<rustls::ServerConfig>>) -> World {
+    world_full(tls, None)
+}
+
+/// A world whose listener terminates TLS with `tls`, and whose server speaks HTTPS with `upstream`'s server
+/// config, the group holding its client side.
+fn world_full(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    upstream: Option<(Arc<rustls::ServerConfig>, Arc<crate::tls::upstream::UpstreamTls>)>,
+) -> World {
     let now = Instant::now();
-    let pool = tls
-        .as_ref()
-        .map(|_| HandshakePool::start(crate::tls::handshake::PoolConfig::default()).unwrap());
+    let pool = (tls.is_some() || upstream.is_some())
+        .then(|| HandshakePool::start(crate::tls::handshake::PoolConfig::default()).unwrap());
     let listener = HttpListenerConfig {
         protocol: ListenerProtocol::Http,
         group: "web".into(),
@@ -96,6 +142,7 @@ fn world_with(tls: Option<Arc<rustls::ServerConfig>>) -> World {
                     weight: 1,
                     target: Some(0),
                 }],
+                tls: upstream.as_ref().map(|(_, group)| group.clone()),
             }],
             board: board.clone(),
             worker: 0,
@@ -141,6 +188,8 @@ fn world_with(tls: Option<Arc<rustls::ServerConfig>>) -> World {
             conns: Vec::new(),
             requests: Vec::new(),
             accepted: 0,
+            tls: upstream.map(|(server, _)| server),
+            sessions: Vec::new(),
         },
         board,
         _pool: pool,
@@ -787,3 +836,5 @@ mod h2c {
         assert_eq!(w.counters().get(L7Count::Aborted), 0);
     }
 }
+
+mod upstream_tls;

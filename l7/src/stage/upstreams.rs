@@ -15,6 +15,8 @@ use xlb_l4::stats::HealthBoard;
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
 use crate::tcp::{ConnId, TcpHost, Tuple};
+use crate::tls::link::TlsLink;
+use crate::tls::upstream::UpstreamTls;
 
 /// A server of a group as the stage is configured with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +38,28 @@ pub struct GroupSpec {
     pub scheduler: SchedulerKind,
     /// Servers (index = [`ServerId`], also in sticky cookies).
     pub servers: Vec<ServerSpec>,
+    /// HTTPS to the servers (`None`: plain HTTP).
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+/// A kept idle connection.
+pub struct IdleConn {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its TLS (groups with `tls`).
+    pub tls: Option<Box<TlsLink>>,
+    since: Instant,
 }
 
 struct Server {
     spec: ServerSpec,
-    /// Idle kept connections, oldest first, with the time each became idle.
-    idle: VecDeque<(ConnId, Instant)>,
+    /// Idle kept connections, oldest first.
+    idle: VecDeque<IdleConn>,
 }
 
 struct Group {
     servers: Vec<Server>,
+    tls: Option<Arc<UpstreamTls>>,
     scheduler: Scheduler,
     views: Vec<ServerView>,
     /// The health board generation the views were built at.
@@ -103,6 +117,7 @@ impl Upstreams {
                         })
                         .collect(),
                     scheduler: Scheduler::new(g.scheduler, &views),
+                    tls: g.tls.clone(),
                     views,
                     seen: board.generation(),
                 }
@@ -126,9 +141,9 @@ impl Upstreams {
     /// Applies changed groups and a new health board (a live configuration change). Idle connections to servers
     /// still in the same group are kept; the others are closed.
     pub fn update(&mut self, now: Instant, host: &mut TcpHost, specs: &[GroupSpec], board: Arc<HealthBoard>) {
-        let mut old: Vec<(String, Server)> = Vec::new();
-        for (g, spec) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
-            old.extend(g.servers.into_iter().map(|s| (spec.clone(), s)));
+        let mut old: Vec<(String, Option<Arc<UpstreamTls>>, Server)> = Vec::new();
+        for (g, name) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
+            old.extend(g.servers.into_iter().map(|s| (name.clone(), g.tls.clone(), s)));
         }
         let fresh = Upstreams::new(
             specs,
@@ -142,24 +157,31 @@ impl Upstreams {
         self.names = fresh.names;
         self.board = fresh.board;
         self.idle_count = 0;
-        for (group, server) in old {
-            let target = self.names.iter().position(|n| *n == group).and_then(|g| {
-                Some((
-                    g,
-                    self.groups[g]
-                        .servers
-                        .iter()
-                        .position(|s| s.spec.addr == server.spec.addr)?,
-                ))
-            });
+        for (group, tls, server) in old {
+            // Kept only in the same group, over the same TLS settings.
+            let same = |g: usize| self.groups[g].tls == tls;
+            let target = self
+                .names
+                .iter()
+                .position(|n| *n == group)
+                .filter(|&g| same(g))
+                .and_then(|g| {
+                    Some((
+                        g,
+                        self.groups[g]
+                            .servers
+                            .iter()
+                            .position(|s| s.spec.addr == server.spec.addr)?,
+                    ))
+                });
             match target {
                 Some((g, s)) => {
                     self.idle_count += server.idle.len();
                     self.groups[g].servers[s].idle = server.idle;
                 }
                 None => {
-                    for (conn, _) in server.idle {
-                        host.close(now, conn);
+                    for idle in server.idle {
+                        host.close(now, idle.conn);
                     }
                 }
             }
@@ -169,6 +191,11 @@ impl Upstreams {
     /// The address of a server.
     pub fn addr(&self, group: GroupId, server: usize) -> Option<SocketAddrV4> {
         Some(self.groups.get(group.0)?.servers.get(server)?.spec.addr)
+    }
+
+    /// The TLS towards the servers of `group`, if it has any.
+    pub fn tls(&self, group: GroupId) -> Option<&Arc<UpstreamTls>> {
+        self.groups.get(group.0)?.tls.as_ref()
     }
 
     /// Idle connections kept.
@@ -241,22 +268,30 @@ impl Upstreams {
     }
 
     /// An idle kept connection to the server, still established with nothing received since, if there is one.
-    pub fn take_idle(&mut self, now: Instant, host: &mut TcpHost, group: GroupId, server: usize) -> Option<ConnId> {
+    pub fn take_idle(&mut self, now: Instant, host: &mut TcpHost, group: GroupId, server: usize) -> Option<IdleConn> {
         let s = self.groups.get_mut(group.0)?.servers.get_mut(server)?;
-        while let Some((conn, _)) = s.idle.pop_back() {
+        while let Some(idle) = s.idle.pop_back() {
             self.idle_count -= 1;
-            let clean = host.state(conn) == Some(State::Established)
-                && host.socket(now, conn).is_some_and(|sock| sock.recv_queue() == 0);
+            let clean = host.state(idle.conn) == Some(State::Established)
+                && host.socket(now, idle.conn).is_some_and(|sock| sock.recv_queue() == 0);
             if clean {
-                return Some(conn);
+                return Some(idle);
             }
-            host.abort(now, conn);
+            host.abort(now, idle.conn);
         }
         None
     }
 
-    /// Keeps an idle connection to the server for reuse; `false` if it is not kept (the caller closes it).
-    pub fn keep_idle(&mut self, now: Instant, group: GroupId, server: usize, conn: ConnId) -> bool {
+    /// Keeps an idle connection (and its TLS) to the server for reuse; `false` if it is not kept (the caller
+    /// closes it).
+    pub fn keep_idle(
+        &mut self,
+        now: Instant,
+        group: GroupId,
+        server: usize,
+        conn: ConnId,
+        tls: Option<Box<TlsLink>>,
+    ) -> bool {
         let keepalive = self.keepalive;
         let Some(s) = self.groups.get_mut(group.0).and_then(|g| g.servers.get_mut(server)) else {
             return false;
@@ -264,7 +299,7 @@ impl Upstreams {
         if s.idle.len() >= keepalive {
             return false;
         }
-        s.idle.push_back((conn, now));
+        s.idle.push_back(IdleConn { conn, tls, since: now });
         self.idle_count += 1;
         true
     }
@@ -275,7 +310,7 @@ impl Upstreams {
         let Some(s) = self.groups.get_mut(group.0).and_then(|g| g.servers.get_mut(server)) else {
             return;
         };
-        if let Some(i) = s.idle.iter().position(|(c, _)| *c == conn) {
+        if let Some(i) = s.idle.iter().position(|idle| idle.conn == conn) {
             s.idle.remove(i);
             self.idle_count -= 1;
             host.close(now, conn);
@@ -285,10 +320,11 @@ impl Upstreams {
     /// Closes idle connections older than the idle timeout.
     pub fn expire_idle(&mut self, now: Instant, host: &mut TcpHost) {
         for s in self.groups.iter_mut().flat_map(|g| g.servers.iter_mut()) {
-            while let Some(&(conn, since)) = s.idle.front() {
-                if now.saturating_duration_since(since) < self.idle_timeout {
+            while let Some(idle) = s.idle.front() {
+                if now.saturating_duration_since(idle.since) < self.idle_timeout {
                     break;
                 }
+                let conn = idle.conn;
                 s.idle.pop_front();
                 self.idle_count -= 1;
                 host.close(now, conn);
@@ -323,6 +359,7 @@ mod tests {
                     target: Some(usize::from(i) - 1),
                 })
                 .collect(),
+            tls: None,
         }]
     }
 
@@ -396,14 +433,14 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        assert!(u.keep_idle(now, GroupId(0), 0, conns[0]));
-        assert!(u.keep_idle(now, GroupId(0), 0, conns[1]));
-        assert!(!u.keep_idle(now, GroupId(0), 0, conns[2]), "keepalive = 2");
+        assert!(u.keep_idle(now, GroupId(0), 0, conns[0], None));
+        assert!(u.keep_idle(now, GroupId(0), 0, conns[1], None));
+        assert!(!u.keep_idle(now, GroupId(0), 0, conns[2], None), "keepalive = 2");
         assert_eq!(u.idle_count(), 2);
         // Not established (these never completed a handshake): not handed out, closed instead.
-        assert_eq!(u.take_idle(now, &mut host, GroupId(0), 0), None);
+        assert!(u.take_idle(now, &mut host, GroupId(0), 0).is_none());
         assert_eq!(u.idle_count(), 0);
-        assert!(u.keep_idle(now, GroupId(0), 0, conns[2]));
+        assert!(u.keep_idle(now, GroupId(0), 0, conns[2], None));
         u.expire_idle(now + Duration::from_secs(59), &mut host);
         assert_eq!(u.idle_count(), 1);
         u.expire_idle(now + Duration::from_secs(60), &mut host);

@@ -1,21 +1,25 @@
 //! The handshake pool: threads that run the expensive part of TLS handshakes for the workers.
 //!
-//! A worker never runs asymmetric crypto. While a client connection is handshaking, each batch of bytes the
-//! client sends travels with the connection's `ServerConnection` to a pool thread ([`HandshakeJob`]), which
-//! feeds them to rustls (ECDHE, the certificate signature — local, or a blocking Key Server round trip) and
-//! sends the connection back with the bytes to answer ([`HandshakeDone`]), waking the worker. Meanwhile the
-//! worker keeps serving every other connection; the client's next bytes wait in its socket buffer.
+//! A worker never runs asymmetric crypto. While a connection is handshaking, each batch of bytes the peer
+//! sends travels with the connection's rustls state to a pool thread ([`HandshakeJob`]), which feeds them to
+//! rustls (ECDHE, the certificate signature — local, or a blocking Key Server round trip — or, towards a
+//! server, the verification of its certificate) and sends the connection back with the bytes to answer
+//! ([`HandshakeDone`]), waking the worker. Meanwhile the worker keeps serving every other connection; the
+//! peer's next bytes wait in its socket buffer. A connection xlb opens to an HTTPS server is even created on
+//! the pool ([`PoolConn::NewClient`]): its ClientHello carries a freshly generated key share.
 //!
-//! Two lanes: full handshakes, and resumptions (a ClientHello offering a ticket or PSK) plus the client's
-//! second flight. A Key Server that is slow or down holds up only the full lane; a full lane's queue that is
-//! full refuses new handshakes at once (counted) instead of queuing them without bound.
+//! Two lanes: full handshakes of clients, and everything without a signature of xlb's own — resumptions (a
+//! ClientHello offering a ticket or PSK), a client's second flight and the handshakes towards servers. A Key
+//! Server that is slow or down holds up only the full lane; a lane's queue that is full refuses new handshakes
+//! at once (counted) instead of queuing them without bound.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use rustls::ServerConnection;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection};
 use xlb_stack::wake::Wake;
 
 /// Which lane a job goes to.
@@ -27,13 +31,30 @@ pub enum Lane {
     Light,
 }
 
+/// The TLS connection a job works on.
+pub enum PoolConn {
+    /// A connection in progress: a client's (rustls server side) or one towards a server (client side).
+    Conn(Box<Connection>),
+    /// A connection towards the server `name` to create (its ClientHello becomes the job's output).
+    NewClient(Arc<ClientConfig>, ServerName<'static>),
+}
+
+/// Which connection of a session a job is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobKey {
+    /// The worker's handle for the session (slot index, generation).
+    pub session: (u32, u32),
+    /// `None`: the client's connection; `Some(n)`: the session's `n`-th upstream connection.
+    pub upstream: Option<u64>,
+}
+
 /// A connection's handshake step for a pool thread.
 pub struct HandshakeJob {
-    /// The worker's handle for the session (slot index, generation).
-    pub key: (u32, u32),
+    /// Whose connection it is.
+    pub key: JobKey,
     /// The connection.
-    pub conn: Box<ServerConnection>,
-    /// Bytes the client sent.
+    pub conn: PoolConn,
+    /// Bytes the peer sent.
     pub input: Vec<u8>,
     reply: Sender<HandshakeDone>,
     wake: Option<Arc<Wake>>,
@@ -42,12 +63,12 @@ pub struct HandshakeJob {
 /// A handshake step done by a pool thread.
 pub struct HandshakeDone {
     /// See [`HandshakeJob::key`].
-    pub key: (u32, u32),
-    /// The connection.
-    pub conn: Box<ServerConnection>,
-    /// Bytes to send to the client (the handshake's answer, or an alert).
+    pub key: JobKey,
+    /// The connection (`None` if it could not be created).
+    pub conn: Option<Box<Connection>>,
+    /// Bytes to send to the peer (the handshake's next flight, or an alert).
     pub output: Vec<u8>,
-    /// The handshake failed (an alert is in `output`).
+    /// The handshake failed (an alert, if any, is in `output`).
     pub error: Option<rustls::Error>,
     /// Time the step took on the pool thread.
     pub took: Duration,
@@ -128,18 +149,24 @@ fn run(jobs: Receiver<HandshakeJob>) {
         let started = Instant::now();
         let HandshakeJob {
             key,
-            mut conn,
+            conn,
             input,
             reply,
             wake,
         } = job;
-        let error = feed(&mut conn, &input).err();
-        let mut output = Vec::new();
-        while conn.wants_write() {
-            match conn.write_tls(&mut output) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+        let (mut conn, error) = match conn {
+            PoolConn::Conn(mut conn) => {
+                let error = feed(&mut conn, &input).err();
+                (Some(conn), error)
             }
+            PoolConn::NewClient(config, name) => match ClientConnection::new(config, name) {
+                Ok(c) => (Some(Box::new(Connection::Client(c))), None),
+                Err(e) => (None, Some(e)),
+            },
+        };
+        let mut output = Vec::new();
+        if let Some(conn) = conn.as_deref_mut() {
+            write_out(conn, &mut output);
         }
         let done = HandshakeDone {
             key,
@@ -156,8 +183,18 @@ fn run(jobs: Receiver<HandshakeJob>) {
     }
 }
 
+/// What rustls wants to send, appended to `output`.
+fn write_out(conn: &mut Connection, output: &mut Vec<u8>) {
+    while conn.wants_write() {
+        match conn.write_tls(output) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
 /// Gives `input` to rustls and processes it (on a pool thread: this is where signatures happen).
-fn feed(conn: &mut ServerConnection, mut input: &[u8]) -> Result<(), rustls::Error> {
+fn feed(conn: &mut Connection, mut input: &[u8]) -> Result<(), rustls::Error> {
     while !input.is_empty() {
         match conn.read_tls(&mut input) {
             Ok(0) => break,
@@ -190,13 +227,7 @@ pub struct HandshakeClient {
 
 impl HandshakeClient {
     /// Sends a handshake step to the pool; on refusal the connection comes back.
-    pub fn send(
-        &mut self,
-        lane: Lane,
-        key: (u32, u32),
-        conn: Box<ServerConnection>,
-        input: Vec<u8>,
-    ) -> Result<(), (Refused, Box<ServerConnection>)> {
+    pub fn send(&mut self, lane: Lane, key: JobKey, conn: PoolConn, input: Vec<u8>) -> Result<(), (Refused, PoolConn)> {
         if self.in_flight >= self.reply.capacity().unwrap_or(usize::MAX) {
             return Err((Refused::TooManyInFlight, conn));
         }

@@ -10,16 +10,18 @@
 //!   `ServerConnection` travels to a pool thread with the bytes the client sent and comes back with the bytes
 //!   to answer. Resumptions have their own lane, so a slow Key Server cannot hold them up.
 //! - [`subject`]: a client certificate's subject as text, for the upstream request (mutual TLS).
-//! - [`client_tls`]: the TLS side of one client connection as the session sees it: ciphertext from and to the
-//!   in-stack socket, plaintext to and from the HTTP proxy.
+//! - [`link`]: the TLS of one in-stack connection as the session sees it (a client's, or one towards a server):
+//!   ciphertext from and to the socket, plaintext to and from the HTTP proxy.
+//! - [`upstream`]: HTTPS to servers — a group's `tls` table and the client side built from it.
 
 pub mod certs;
 pub mod client_hello;
-pub mod client_tls;
 pub mod config;
 pub mod handshake;
+pub mod link;
 pub mod policy;
 pub mod subject;
+pub mod upstream;
 
 #[cfg(test)]
 pub(crate) mod testpki;

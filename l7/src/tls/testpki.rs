@@ -14,6 +14,8 @@ pub struct TestCa {
     issuer: Issuer<'static, KeyPair>,
     /// Its certificate (the clients' trust anchor).
     pub cert: CertificateDer<'static>,
+    /// The same as PEM text.
+    pub pem: String,
 }
 
 impl TestCa {
@@ -22,10 +24,11 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap().der().clone();
+        let self_signed = params.self_signed(&key).unwrap();
         TestCa {
             issuer: Issuer::new(params, key),
-            cert,
+            cert: self_signed.der().clone(),
+            pem: self_signed.pem(),
         }
     }
 

@@ -1,12 +1,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
+use rustls::{ClientConnection, Connection, HandshakeKind, ServerConfig, ServerConnection};
 
 use super::certs::CertStore;
 use super::client_hello::offers_resumption;
 use super::config::{TlsListener, TlsListenerConfig};
-use super::handshake::{HandshakeDone, HandshakePool, Lane, PoolConfig};
+use super::handshake::{HandshakeDone, HandshakePool, JobKey, Lane, PoolConfig, PoolConn};
 use super::policy::TlsPolicy;
 use super::testpki::{client, TestCa};
 
@@ -23,6 +23,12 @@ fn server_config(ca: &TestCa, certs: &[&[&str]], policy: TlsPolicy) -> Arc<Serve
     Arc::new(config)
 }
 
+/// The job key of the tests' handshakes (a client's connection).
+const KEY: JobKey = JobKey {
+    session: (1, 2),
+    upstream: None,
+};
+
 /// The bytes the client wants to send.
 fn client_bytes(c: &mut ClientConnection) -> Vec<u8> {
     let mut out = Vec::new();
@@ -37,9 +43,9 @@ fn handshake_via_pool(
     pool: &HandshakePool,
     config: &Arc<ServerConfig>,
     c: &mut ClientConnection,
-) -> (Box<ServerConnection>, Vec<Lane>) {
+) -> (ServerConnection, Vec<Lane>) {
     let mut handle = pool.client(None);
-    let mut server = Box::new(ServerConnection::new(config.clone()).unwrap());
+    let mut server = Box::new(Connection::Server(ServerConnection::new(config.clone()).unwrap()));
     let mut lanes = Vec::new();
     for _ in 0..10 {
         let input = client_bytes(c);
@@ -52,16 +58,16 @@ fn handshake_via_pool(
             Lane::Light
         };
         lanes.push(lane);
-        assert!(handle.send(lane, (1, 2), server, input).is_ok());
+        assert!(handle.send(lane, KEY, PoolConn::Conn(server), input).is_ok());
         let done: HandshakeDone = loop {
             if let Some(done) = handle.receive() {
                 break done;
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        assert_eq!(done.key, (1, 2));
+        assert_eq!(done.key, KEY);
         assert!(done.error.is_none(), "{:?}", done.error);
-        server = done.conn;
+        server = done.conn.expect("the connection comes back");
         c.read_tls(&mut &done.output[..]).unwrap();
         c.process_new_packets().unwrap();
         if !server.is_handshaking() && !c.is_handshaking() {
@@ -69,6 +75,9 @@ fn handshake_via_pool(
         }
     }
     assert_eq!(handle.in_flight(), 0);
+    let Connection::Server(server) = *server else {
+        panic!("a server connection went to the pool")
+    };
     (server, lanes)
 }
 
@@ -169,8 +178,10 @@ fn a_tls13_only_policy_refuses_a_tls12_client() {
     let pool = HandshakePool::start(PoolConfig::default()).unwrap();
     let mut handle = pool.client(None);
     let mut c = client(&tls12, "www.example.com");
-    let server = Box::new(ServerConnection::new(config).unwrap());
-    assert!(handle.send(Lane::Full, (0, 0), server, client_bytes(&mut c)).is_ok());
+    let server = Box::new(Connection::Server(ServerConnection::new(config).unwrap()));
+    assert!(handle
+        .send(Lane::Full, KEY, PoolConn::Conn(server), client_bytes(&mut c))
+        .is_ok());
     let done = loop {
         if let Some(done) = handle.receive() {
             break done;

@@ -1,15 +1,19 @@
-//! The TLS side of one client connection: ciphertext from and to the in-stack socket, plaintext to and from
-//! the session's HTTP proxy. Handshake steps go to the [`handshake`](super::handshake) pool; once the
-//! handshake is done, records are decrypted and encrypted on the worker (symmetric crypto only).
+//! The TLS of one in-stack connection: ciphertext from and to the socket, plaintext to and from the session's
+//! HTTP proxy. Either side: a client's connection to an `https` listener (xlb is the TLS server) or a
+//! connection xlb opens to a server of a group with `tls` (xlb is the TLS client). Handshake steps go to the
+//! [`handshake`](super::handshake) pool; once the handshake is done, records are decrypted and encrypted on the
+//! worker (symmetric crypto only).
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{HandshakeKind, ProtocolVersion, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, Connection, HandshakeKind, ProtocolVersion, ServerConnection};
 use smoltcp::socket::tcp;
 
 use super::client_hello::offers_resumption;
-use super::handshake::{HandshakeClient, HandshakeDone, Lane, Refused};
+use super::handshake::{HandshakeClient, HandshakeDone, JobKey, Lane, PoolConn, Refused};
 
 /// Plaintext and ciphertext rustls may buffer for a connection (beyond, the session stops feeding it).
 const BUFFER_LIMIT: usize = 32 * 1024;
@@ -33,7 +37,7 @@ enum Phase {
 /// How a finished handshake went (for counters).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HandshakeOutcome {
-    /// The subject of the client's verified certificate (mutual TLS).
+    /// The subject of the peer's verified certificate (a client's, with mutual TLS; a server's).
     pub client_subject: Option<String>,
     /// ALPN chose HTTP/2.
     pub alpn_h2: bool,
@@ -41,7 +45,7 @@ pub struct HandshakeOutcome {
     pub resumed: bool,
     /// TLS 1.3 (else 1.2).
     pub tls13: bool,
-    /// From the client's first byte to the handshake's end.
+    /// From the first flight to the handshake's end.
     pub elapsed: Duration,
 }
 
@@ -56,9 +60,12 @@ pub enum StepResult {
     Failed(rustls::Error),
 }
 
-/// One client connection's TLS state.
-pub struct ClientTls {
-    conn: Option<Box<ServerConnection>>,
+/// One connection's TLS state.
+pub struct TlsLink {
+    /// `None` while a pool thread has it, or before it is created (`new_client`).
+    conn: Option<Box<Connection>>,
+    /// Towards a server: the connection to create on the pool (its first step).
+    new_client: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     phase: Phase,
     first_flight: bool,
     started: Option<Instant>,
@@ -68,17 +75,28 @@ pub struct ClientTls {
     /// Decrypted bytes not yet taken.
     plain: Vec<u8>,
     plain_at: usize,
-    /// The client sent close_notify or closed its side.
+    /// The peer sent close_notify or closed its side.
     peer_closed: bool,
     notified: bool,
 }
 
-impl ClientTls {
-    /// The TLS side of a new connection.
-    pub fn new(mut conn: ServerConnection) -> ClientTls {
+impl TlsLink {
+    /// The TLS of a client's new connection to an `https` listener.
+    pub fn server(conn: ServerConnection) -> TlsLink {
+        let mut conn = Connection::Server(conn);
         conn.set_buffer_limit(Some(BUFFER_LIMIT));
-        ClientTls {
-            conn: Some(Box::new(conn)),
+        TlsLink::with(Some(Box::new(conn)), None)
+    }
+
+    /// The TLS of a connection xlb opens to the server `name`; created by the first step, on the pool.
+    pub fn client(config: Arc<ClientConfig>, name: ServerName<'static>) -> TlsLink {
+        TlsLink::with(None, Some((config, name)))
+    }
+
+    fn with(conn: Option<Box<Connection>>, new_client: Option<(Arc<ClientConfig>, ServerName<'static>)>) -> TlsLink {
+        TlsLink {
+            conn,
+            new_client,
             phase: Phase::Handshaking,
             first_flight: true,
             started: None,
@@ -111,14 +129,19 @@ impl ClientTls {
         self.phase == Phase::Away
     }
 
-    /// Sends what the client sent since the last step to the pool, if anything. Returns whether a step was
-    /// sent; a refusal fails the handshake.
+    /// Whether xlb is the TLS client (a connection to a server).
+    fn towards_server(&self) -> bool {
+        self.new_client.is_some() || self.conn.as_deref().is_some_and(|c| matches!(c, Connection::Client(_)))
+    }
+
+    /// Sends what the peer sent since the last step to the pool, if anything (towards a server, the first
+    /// step creates the connection). Returns whether a step was sent; a refusal fails the handshake.
     pub fn start_step(
         &mut self,
         now: Instant,
         socket: &mut tcp::Socket<'_>,
         pool: &mut HandshakeClient,
-        key: (u32, u32),
+        key: JobKey,
     ) -> Result<bool, Refused> {
         if self.phase != Phase::Handshaking {
             return Ok(false);
@@ -137,16 +160,18 @@ impl ClientTls {
                 break;
             }
         }
-        if input.is_empty() {
-            return Ok(false);
-        }
-        self.started.get_or_insert(now);
-        let lane = if self.first_flight && offers_resumption(&input) != Some(true) {
-            Lane::Full
-        } else {
-            Lane::Light
+        let conn = match (self.conn.take(), self.new_client.take()) {
+            (Some(conn), _) if !input.is_empty() => PoolConn::Conn(conn),
+            (None, Some((config, name))) => PoolConn::NewClient(config, name),
+            (conn, _) => {
+                self.conn = conn;
+                return Ok(false);
+            }
         };
-        let Some(conn) = self.conn.take() else { return Ok(false) };
+        self.started.get_or_insert(now);
+        // Only a client's full ClientHello needs xlb's signature.
+        let full = self.first_flight && !self.towards_server() && offers_resumption(&input) != Some(true);
+        let lane = if full { Lane::Full } else { Lane::Light };
         match pool.send(lane, key, conn, input) {
             Ok(()) => {
                 self.first_flight = false;
@@ -154,7 +179,9 @@ impl ClientTls {
                 Ok(true)
             }
             Err((why, conn)) => {
-                self.conn = Some(conn);
+                if let PoolConn::Conn(conn) = conn {
+                    self.conn = Some(conn);
+                }
                 self.phase = Phase::Failed;
                 Err(why)
             }
@@ -164,11 +191,17 @@ impl ClientTls {
     /// Takes back the connection from a pool thread.
     pub fn step_done(&mut self, now: Instant, done: HandshakeDone) -> StepResult {
         self.out.extend_from_slice(&done.output);
-        let conn = self.conn.insert(done.conn);
         if let Some(e) = done.error {
+            self.conn = done.conn;
             self.phase = Phase::Failed;
             return StepResult::Failed(e);
         }
+        let Some(mut conn) = done.conn else {
+            self.phase = Phase::Failed;
+            return StepResult::Failed(rustls::Error::General("no connection came back".into()));
+        };
+        conn.set_buffer_limit(Some(BUFFER_LIMIT));
+        let conn = self.conn.insert(conn);
         if conn.is_handshaking() {
             self.phase = Phase::Handshaking;
             return StepResult::Continuing;
@@ -243,7 +276,7 @@ impl ClientTls {
         self.plain_at = (self.plain_at + n).min(self.plain.len());
     }
 
-    /// Whether the client closed and every plaintext byte was taken.
+    /// Whether the peer closed and every plaintext byte was taken.
     pub fn at_eof(&self) -> bool {
         self.peer_closed && self.plain_at >= self.plain.len()
     }
@@ -301,6 +334,11 @@ impl ClientTls {
         self.out_at < self.out.len()
             || (matches!(self.phase, Phase::Open | Phase::Failed)
                 && self.conn.as_ref().is_some_and(|c| c.wants_write()))
+    }
+
+    /// Whether the connection can be kept idle for another request: open, with nothing buffered either way.
+    pub fn is_clean(&self) -> bool {
+        self.phase == Phase::Open && self.plain_at >= self.plain.len() && !self.peer_closed && !self.has_output()
     }
 
     /// Frees the plaintext buffer of an idle connection.
