@@ -75,7 +75,7 @@ pub struct ListenerConfig {
     /// Port.
     pub port: u16,
     /// `tcp` or `udp` (forwarded by L4), or `http` (terminated and proxied by L7; the L7 keys of the listener,
-    /// `rule` and `sticky`, are read by `xlb_l7::config`).
+    /// `rule`, `sticky` and `hash`, are read by `xlb_l7::config`).
     pub protocol: ListenerProtocol,
     /// Scheduler.
     #[serde(default = "default_scheduler")]
@@ -94,6 +94,10 @@ pub struct ListenerConfig {
     /// `sticky` of an `http` listener, kept as TOML here and read by `xlb_l7::config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky: Option<toml::Table>,
+    /// `hash` of an `http` listener (consistent hashing on a header or cookie), kept as TOML here and read by
+    /// `xlb_l7::config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<toml::Table>,
     /// `[listener.tls]` of an `https` listener (certificates, policy), kept as TOML here and read by
     /// `xlb_l7::tls::config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,8 +327,10 @@ pub fn validate(
                 l.vip, l.port, l.protocol
             ));
         }
-        if !l.protocol.is_l7() && (!l.rules.is_empty() || l.sticky.is_some()) {
-            return Err(format!("{at}: rule and sticky need protocol = \"http\" or \"https\""));
+        if !l.protocol.is_l7() && (!l.rules.is_empty() || l.sticky.is_some() || l.hash.is_some()) {
+            return Err(format!(
+                "{at}: rule, sticky and hash need protocol = \"http\" or \"https\""
+            ));
         }
         if (l.protocol == ListenerProtocol::Https) != l.tls.is_some() {
             return Err(format!(

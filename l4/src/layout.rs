@@ -163,6 +163,7 @@ mod tests {
             max_conns: None,
             rules: Vec::new(),
             sticky: None,
+            hash: None,
             tls: None,
         }
     }

@@ -10,6 +10,7 @@
 //! protocol = "http"
 //! group = "web"                      # default group: requests no rule matches
 //! sticky = { mode = "insert", cookie = "XLBSRV", timeout_s = 3600 }
+//! hash = { cookie = "sid" }          # or { header = "X-User-Id" }: consistent hashing ([`crate::affinity`])
 //!
 //! [[listener.rule]]                  # first match wins
 //! host = "*.example.com"
@@ -24,6 +25,7 @@
 //! [`HttpListenerConfig`] reads only its own keys, so it can be read from the same table as the L4 listener
 //! (name, vip, port, scheduler).
 
+use crate::affinity::HashKeyConfig;
 use std::collections::HashSet;
 
 use serde::Deserialize;
@@ -258,6 +260,9 @@ pub struct HttpListenerConfig {
     /// Sticky sessions.
     #[serde(default)]
     pub sticky: Option<StickyConfig>,
+    /// Consistent hashing on a request header or cookie (`hash = { header = … }` or `{ cookie = … }`).
+    #[serde(default)]
+    pub hash: Option<HashKeyConfig>,
 }
 
 /// One `[[listener.rule]]`: conditions (all given must match; none: matches everything) and one action.
@@ -369,6 +374,11 @@ impl HttpListenerConfig {
                 RuleConfig::deserialize(t.clone()).map_err(|e| format!("{at}.rule[{i}]: {}", e.message().trim()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let hash = l
+            .hash
+            .as_ref()
+            .map(|t| HashKeyConfig::deserialize(t.clone()).map_err(|e| format!("{at}.hash: {}", e.message().trim())))
+            .transpose()?;
         let sticky = l
             .sticky
             .as_ref()
@@ -379,6 +389,7 @@ impl HttpListenerConfig {
             group: l.group.clone(),
             rules,
             sticky,
+            hash,
         })
     }
 
@@ -462,6 +473,9 @@ impl HttpListenerConfig {
                     ));
                 }
             }
+        }
+        if let Some(h) = &self.hash {
+            h.validate(at)?;
         }
         if let Some(s) = &self.sticky {
             if s.cookie.is_empty() || !s.cookie.bytes().all(is_tchar) {

@@ -12,6 +12,7 @@
 //! - [`proxy`]: the per-connection proxy state machine ([`proxy::HttpProxy`]).
 //! - [`h2`]: HTTP/2 to clients ([`h2::H2Front`]), each stream mapped to one HTTP/1.1 exchange of its own proxy.
 
+pub mod affinity;
 pub mod config;
 pub mod h2;
 pub mod http1;

@@ -161,6 +161,7 @@ mod tests {
                 rule(None, Some("/api/"), Some("api")),
             ],
             sticky: None,
+            hash: None,
         };
         RuleSet::new(&cfg, &["web", "api", "static"], "http").unwrap()
     }

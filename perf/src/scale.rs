@@ -130,6 +130,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         max_conns: None,
         rules: Vec::new(),
         sticky: None,
+        hash: None,
         tls: None,
     };
     // 50 000 local ports per local IP.

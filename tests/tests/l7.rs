@@ -86,6 +86,15 @@ group = "web"
 sticky = {{ mode = "rewrite", cookie = "JSESSIONID" }}
 
 [[listener]]
+name = "hashed"
+vip = "{VIP}"
+port = 86
+protocol = "http"
+scheduler = "rr"
+group = "web"
+hash = {{ header = "X-User" }}
+
+[[listener]]
 name = "bad"
 vip = "{VIP}"
 port = 85
@@ -372,6 +381,51 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
     );
     let text = xlb.xlbctl(&["stats"]).context("xlbctl stats")?;
     ensure!(text.contains("l7: ") && text.contains("upstream reuse"), "{text}");
+
+    // Consistent hashing on a header (after the counts above): each user stays on one server over new
+    // connections although the scheduler is rr; users spread over the servers; on one keep-alive connection
+    // alternating users still reach their own servers.
+    let hashed = format!("http://{VIP}:86/");
+    let mut home = std::collections::BTreeMap::new();
+    for user in 0..12 {
+        let header = format!("X-User: user{user}");
+        let first = curl(&t.client, &["-H", &header, &hashed])?;
+        let server = first.split_whitespace().next().unwrap_or("").to_string();
+        for _ in 0..8 {
+            let again = curl(&t.client, &["-H", &header, &hashed])?;
+            ensure!(
+                again.starts_with(&format!("{server} ")),
+                "user{user} on {server}: {again:?}"
+            );
+        }
+        home.insert(user, server);
+    }
+    let spread: std::collections::BTreeSet<_> = home.values().collect();
+    ensure!(spread.len() >= 2, "12 users over 3 servers: {home:?}");
+    let (a, b) = (
+        0,
+        (1..12)
+            .find(|u| home[u] != home[&0])
+            .context("two users on different servers")?,
+    );
+    let mut args = Vec::new();
+    for i in 0..10 {
+        if i > 0 {
+            args.push("--next".to_string());
+        }
+        let user = if i % 2 == 0 { a } else { b };
+        args.extend(["-sS".into(), "-H".into(), format!("X-User: user{user}"), hashed.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let alternating = t.client.run("curl", &args)?;
+    let got: Vec<&str> = alternating
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let want: Vec<&str> = (0..10)
+        .map(|i| home[if i % 2 == 0 { &a } else { &b }].as_str())
+        .collect();
+    ensure!(got == want, "one connection, alternating users: {alternating}");
     Ok(())
 }
 

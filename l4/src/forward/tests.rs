@@ -1120,6 +1120,7 @@ fn web_with(servers: &[(SocketAddrV4, u32)], protocol: Proto, forwarding: Forwar
         interface: None,
         rules: Vec::new(),
         sticky: None,
+        hash: None,
         tls: None,
         syn_proxy: None,
         max_conns: None,

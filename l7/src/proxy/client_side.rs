@@ -77,6 +77,7 @@ impl HttpProxy {
             websocket: false,
             sent_continue: false,
             sticky_server: None,
+            affinity: None,
             response_started: false,
             request_done: false,
             idempotent: matches!(
@@ -119,13 +120,17 @@ impl HttpProxy {
                 StickyMode::Rewrite => cfg.codec.strip_rewritten(&mut req.headers, &sticky.cookie),
             };
         }
+        exchange.affinity = cfg.hash.as_ref().and_then(|h| h.key_of(&req.headers));
         exchange.websocket = req.websocket;
-        // The upstream connection: the idle one if it serves this group (and the sticky server), else a new one.
-        let sticky_server = exchange.sticky_server;
-        let reuse = self
-            .upstream
-            .as_ref()
-            .is_some_and(|u| u.connected && u.group == group && sticky_server.is_none_or(|s| u.server == Some(s)));
+        // The upstream connection: the idle one if it serves this group (and the sticky server, or was picked
+        // for the same hash key), else a new one.
+        let (sticky_server, affinity) = (exchange.sticky_server, exchange.affinity);
+        let reuse = self.upstream.as_ref().is_some_and(|u| {
+            u.connected
+                && u.group == group
+                && sticky_server.is_none_or(|s| u.server == Some(s))
+                && (sticky_server.is_some() || u.affinity == affinity)
+        });
         if reuse {
             self.upstream_deadline = Some((
                 now + secs(cfg.limits.upstream_response_timeout_s),
@@ -140,11 +145,13 @@ impl HttpProxy {
                 group,
                 server: None,
                 connected: false,
+                affinity,
             });
             self.push(Action::ConnectUpstream {
                 id,
                 group,
                 sticky_server,
+                affinity,
             });
             self.upstream_deadline = Some((
                 now + secs(cfg.limits.upstream_connect_timeout_s),

@@ -31,6 +31,7 @@
 //!     group: "web".into(),
 //!     rules: vec![],
 //!     sticky: None,
+//!     hash: None,
 //! };
 //! let cfg = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 42).unwrap();
 //! let now = Instant::now();
@@ -52,6 +53,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::affinity::HashKeyConfig;
 use crate::config::{L7Config, StickyConfig, StickyMode};
 use crate::http1::body::{BodyDecoder, BodyEncoder, BodyEvent};
 use crate::http1::headers::{
@@ -79,6 +81,8 @@ pub enum Action {
         group: GroupId,
         /// Server named by the sticky cookie.
         sticky_server: Option<ServerId>,
+        /// The hash of the request's `hash` header or cookie (consistent hashing picks the server).
+        affinity: Option<u64>,
     },
     /// Send bytes to the client.
     SendToClient(Vec<u8>),
@@ -164,6 +168,8 @@ pub struct ProxyConfig {
     pub rules: RuleSet,
     /// Sticky sessions.
     pub sticky: Option<StickyConfig>,
+    /// Consistent hashing on a header or cookie.
+    pub hash: Option<HashKeyConfig>,
     /// Token codec for sticky cookies (same secret on every worker and HA peer).
     pub codec: StickyCodec,
     /// The listener's scheme (`http`), for X-Forwarded-Proto.
@@ -207,6 +213,7 @@ impl ProxyConfig {
             limits,
             rules,
             sticky: listener.sticky.clone(),
+            hash: listener.hash.clone(),
             codec: StickyCodec::new(sticky_secret),
             scheme: "http",
             access_log: false,
@@ -233,6 +240,8 @@ struct Upstream {
     group: GroupId,
     server: Option<ServerId>,
     connected: bool,
+    /// The hash key it was picked for (a request with another key does not reuse it).
+    affinity: Option<u64>,
 }
 
 /// The request being served.
@@ -244,6 +253,8 @@ struct Exchange {
     sent_continue: bool,
     /// Server named by the request's sticky cookie.
     sticky_server: Option<ServerId>,
+    /// The hash of the request's `hash` header or cookie.
+    affinity: Option<u64>,
     /// Bytes of the response were sent to the client.
     response_started: bool,
     /// The whole request (head and body) was read from the client.
@@ -735,6 +746,7 @@ impl HttpProxy {
             return false;
         }
         exchange.attempts += 1;
+        let affinity = exchange.affinity;
         let id = UpstreamId(self.next_upstream);
         self.next_upstream = self.next_upstream.wrapping_add(1);
         self.upstream = Some(Upstream {
@@ -742,13 +754,16 @@ impl HttpProxy {
             group,
             server: None,
             connected: false,
+            affinity,
         });
         self.events.push_back(Event::Retried);
-        // A sticky server that failed is not insisted on.
+        // A sticky server that failed is not insisted on; the hash's next choice is taken (the caller avoids
+        // the servers that failed).
         self.push(Action::ConnectUpstream {
             id,
             group,
             sticky_server: None,
+            affinity,
         });
         self.upstream_deadline = Some((
             now + secs(self.cfg.limits.upstream_connect_timeout_s),

@@ -41,6 +41,7 @@ fn listener(sticky: Option<StickyConfig>) -> HttpListenerConfig {
             },
         ],
         sticky,
+        hash: None,
     }
 }
 
@@ -119,6 +120,7 @@ impl Harness {
                     id,
                     group,
                     sticky_server,
+                    ..
                 } => {
                     let pooled = self
                         .pool

@@ -119,6 +119,7 @@ fn world_full(
         group: "web".into(),
         rules: vec![],
         sticky: None,
+        hash: None,
     };
     let mut proxy = ProxyConfig::new(L7Config::default(), &listener, "listener[0]", &["web"], 7).unwrap();
     if tls.is_some() {

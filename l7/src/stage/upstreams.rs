@@ -12,6 +12,7 @@ use xlb_l4::owner::local_port_owner;
 use xlb_l4::sched::{Scheduler, SchedulerKind, ServerView};
 use xlb_l4::stats::HealthBoard;
 
+use crate::affinity::{rendezvous, server_identity};
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
 use crate::tcp::{ConnId, TcpHost, Tuple};
@@ -206,6 +207,17 @@ impl Upstreams {
     /// Picks a server of `group` for a request from `client`: the sticky one if it is available, else by the
     /// group's scheduler among the available ones.
     pub fn pick(&mut self, group: GroupId, sticky: Option<ServerId>, client: SocketAddrV4) -> Option<usize> {
+        let g = self.group_now(group)?;
+        if let Some(ServerId(s)) = sticky {
+            if g.views.get(s as usize).is_some_and(ServerView::available) {
+                return Some(s as usize);
+            }
+        }
+        g.scheduler.pick(&g.views, client)
+    }
+
+    /// The group with its views (and scheduler) brought up to the health board's generation.
+    fn group_now(&mut self, group: GroupId) -> Option<&mut Group> {
         let board = &self.board;
         let g = self.groups.get_mut(group.0)?;
         let generation = board.generation();
@@ -216,23 +228,45 @@ impl Upstreams {
             g.scheduler.rebuild(&g.views);
             g.seen = generation;
         }
+        Some(g)
+    }
+
+    /// Picks a server for a request whose `hash` key hashes to `key`: the sticky one if it is available, else
+    /// by weighted rendezvous hashing among the available servers not in `failed` (all of them if every
+    /// available one failed).
+    fn pick_by_key(&mut self, group: GroupId, sticky: Option<ServerId>, key: u64, failed: &[usize]) -> Option<usize> {
+        let g = self.group_now(group)?;
         if let Some(ServerId(s)) = sticky {
             if g.views.get(s as usize).is_some_and(ServerView::available) {
                 return Some(s as usize);
             }
         }
-        g.scheduler.pick(&g.views, client)
+        let hashed = |avoid: bool| {
+            rendezvous(
+                key,
+                g.views.iter().enumerate().map(|(i, v)| {
+                    let usable = v.available() && !(avoid && failed.contains(&i));
+                    usable.then(|| (server_identity(v.addr), v.weight))
+                }),
+            )
+        };
+        hashed(true).or_else(|| hashed(false))
     }
 
-    /// [`Upstreams::pick`], avoiding the servers in `failed` while another is available (a retry).
+    /// [`Upstreams::pick`] (or consistent hashing on the request's `affinity` key), avoiding the servers in
+    /// `failed` while another is available (a retry).
     pub fn pick_avoiding(
         &mut self,
         group: GroupId,
         sticky: Option<ServerId>,
+        affinity: Option<u64>,
         client: SocketAddrV4,
         failed: &[usize],
     ) -> Option<usize> {
         let sticky = sticky.filter(|s| !failed.contains(&(s.0 as usize)));
+        if let Some(key) = affinity {
+            return self.pick_by_key(group, sticky, key, failed);
+        }
         let servers = self.groups.get(group.0)?.servers.len();
         let mut first = None;
         for _ in 0..servers.max(1) {
@@ -395,6 +429,51 @@ mod tests {
         }
         assert_eq!(u.pick(g, None, CLIENT), None);
         assert_eq!(u.pick(GroupId(5), None, CLIENT), None, "unknown group");
+    }
+
+    #[test]
+    fn a_hash_key_keeps_its_server_and_moves_only_when_that_server_fails_or_goes_down() {
+        let board = Arc::new(HealthBoard::new(3));
+        let mut u = Upstreams::new(
+            &specs(),
+            board.clone(),
+            62_000..=62_009,
+            (0, 1),
+            4,
+            Duration::from_secs(60),
+        );
+        let g = GroupId(0);
+        let homes: Vec<usize> = (0..30u64)
+            .map(|k| u.pick_avoiding(g, None, Some(k * 7919), CLIENT, &[]).unwrap())
+            .collect();
+        for (k, &home) in homes.iter().enumerate() {
+            let key = Some(k as u64 * 7919);
+            assert_eq!(
+                u.pick_avoiding(g, None, key, CLIENT, &[]),
+                Some(home),
+                "same key, same server"
+            );
+            let retry = u.pick_avoiding(g, None, key, CLIENT, &[home]).unwrap();
+            assert_ne!(retry, home, "a retry avoids the server that failed");
+            assert_eq!(
+                u.pick_avoiding(g, Some(ServerId(2)), key, CLIENT, &[]),
+                Some(2),
+                "a sticky cookie wins"
+            );
+        }
+        assert!(
+            (0..3).all(|s| homes.contains(&s)),
+            "30 keys reach all 3 servers: {homes:?}"
+        );
+        board.set(1, false);
+        for (k, &home) in homes.iter().enumerate() {
+            let now = u.pick_avoiding(g, None, Some(k as u64 * 7919), CLIENT, &[]).unwrap();
+            if home == 1 {
+                assert_ne!(now, 1, "the down server's keys move");
+            } else {
+                assert_eq!(now, home, "the other keys stay");
+            }
+        }
     }
 
     #[test]

@@ -292,11 +292,18 @@ impl Session {
     }
 
     /// Opens (or takes from the idle pool) a connection to a server of `group` for the proxy's upstream `id`.
-    pub(super) fn connect(&mut self, io: &mut Io<'_>, id: UpstreamId, group: GroupId, sticky: Option<ServerId>) {
+    pub(super) fn connect(
+        &mut self,
+        io: &mut Io<'_>,
+        id: UpstreamId,
+        group: GroupId,
+        sticky: Option<ServerId>,
+        affinity: Option<u64>,
+    ) {
         if let Some(old) = self.upstream.take() {
             io.host.close(io.now, old.conn);
         }
-        match self.open(io, group, sticky) {
+        match self.open(io, group, sticky, affinity) {
             Ok(Opened {
                 conn,
                 tls,
@@ -342,10 +349,16 @@ impl Session {
 
     /// An upstream connection to a server of `group`: a kept idle one, or a new one (with a new TLS client for
     /// groups with `tls`). Returns it, the server and whether it was reused.
-    fn open(&mut self, io: &mut Io<'_>, group: GroupId, sticky: Option<ServerId>) -> Result<Opened, NoUpstream> {
+    fn open(
+        &mut self,
+        io: &mut Io<'_>,
+        group: GroupId,
+        sticky: Option<ServerId>,
+        affinity: Option<u64>,
+    ) -> Result<Opened, NoUpstream> {
         let server = io
             .upstreams
-            .pick_avoiding(group, sticky, self.client_addr, &self.failed_servers)
+            .pick_avoiding(group, sticky, affinity, self.client_addr, &self.failed_servers)
             .ok_or(NoUpstream::NoHealthyServer)?;
         if let Some(idle) = io.upstreams.take_idle(io.now, io.host, group, server) {
             return Ok(Opened {
