@@ -465,6 +465,11 @@ impl L4Runtime {
         &self.layout
     }
 
+    /// The health board of the running layout.
+    pub fn board(&self) -> &Arc<HealthBoard> {
+        &self.board
+    }
+
     /// Whether a health target is up.
     pub fn target_up(&self, target: usize) -> bool {
         self.board.is_up(target)
