@@ -9,6 +9,7 @@ use std::sync::atomic::{
     Ordering::{Acquire, Relaxed, Release},
 };
 
+use crossbeam_channel::Sender;
 use xlb_stack::counters::DropReason;
 
 pub use crate::forward::lports::PortOccupancy;
@@ -398,6 +399,8 @@ pub struct HealthBoard {
     up: Vec<AtomicBool>,
     /// Bumped on every change, so a worker notices one with a single load before it schedules.
     generation: AtomicU64,
+    /// Signalled (never blocking) after a change: the control side rebuilds the Maglev tables off the workers.
+    watcher: Option<Sender<()>>,
 }
 
 impl HealthBoard {
@@ -406,13 +409,21 @@ impl HealthBoard {
         HealthBoard {
             up: (0..targets).map(|_| AtomicBool::new(true)).collect(),
             generation: AtomicU64::new(0),
+            watcher: None,
         }
     }
 
+    /// The board, signalling `watcher` after every change (a full channel is fine: a signal is pending).
+    pub fn watched_by(mut self, watcher: Sender<()>) -> Self {
+        self.watcher = Some(watcher);
+        self
+    }
+
     /// A board for `targets` targets whose states are taken from `old` where `carry(i)` names the old index of
-    /// target `i` (new targets start up).
+    /// target `i` (new targets start up). It signals the old board's watcher.
     pub fn carried_over(targets: usize, old: &HealthBoard, carry: impl Fn(usize) -> Option<usize>) -> Self {
-        let board = HealthBoard::new(targets);
+        let mut board = HealthBoard::new(targets);
+        board.watcher = old.watcher.clone();
         for i in 0..targets {
             if let Some(j) = carry(i) {
                 board.set(i, old.is_up(j));
@@ -436,6 +447,9 @@ impl HealthBoard {
         if let Some(slot) = self.up.get(target) {
             if slot.swap(up, Relaxed) != up {
                 self.generation.fetch_add(1, Release);
+                if let Some(watcher) = &self.watcher {
+                    let _ = watcher.try_send(());
+                }
             }
         }
     }

@@ -140,8 +140,11 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
             prefix: 16,
         })
         .collect();
+    let layout = Layout::new(&[listener], &[group], RemovedServerPolicy::Keep);
+    let board = Arc::new(HealthBoard::new(0));
     let config = ForwarderConfig {
-        layout: Arc::new(Layout::new(&[listener], &[group], RemovedServerPolicy::Keep)),
+        maglev: Arc::new(xlb_l4::sched::MaglevTables::build(&layout, &board, None)),
+        layout: Arc::new(layout),
         vip_ifaces: vec![0],
         l4: L4Config {
             conn_table_size: sessions + POOL,
@@ -162,7 +165,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         config,
         None,
         None,
-        Arc::new(HealthBoard::new(0)),
+        board,
         Arc::new(SharedL4Counters::new(&[3])),
         None,
         now,

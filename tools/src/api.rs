@@ -105,6 +105,11 @@ impl Api {
         self.runtime().sample_rates(Instant::now());
     }
 
+    /// After a health change: the Maglev tables that changed are built and sent to the workers.
+    pub fn refresh_maglev(&self) -> bool {
+        self.runtime().refresh_maglev()
+    }
+
     /// Re-reads the config file and applies the difference.
     pub fn reload(&self) -> Result<String, String> {
         let new = Config::load(&self.config_path)?;

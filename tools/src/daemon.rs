@@ -17,6 +17,7 @@ use crate::control::{ControlServer, Handler};
 use crate::ha;
 use crate::instance::{self, DatapathWatch};
 use crate::lb::PipelineFactory;
+use crate::maglev::MaglevRefresher;
 use crate::metrics;
 use crate::placement::{floating_ips, ha_interface, vip_interface};
 
@@ -67,6 +68,11 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
         api.set_ha(node.status(), node.drain_handle());
     }
     let api = Arc::new(api);
+    // Maglev tables are rebuilt here, off the workers, after each health change.
+    let maglev = match factory.take_board_changes() {
+        Some(changes) => Some(MaglevRefresher::start(api.clone(), changes)?),
+        None => None,
+    };
 
     let for_control = api.clone();
     let watched = watch.clone();
@@ -146,6 +152,7 @@ pub fn run(config: Config, config_path: PathBuf) -> Result<(), String> {
 
     // Hand mastership over first (priority-0 advert), while the datapath still forwards.
     drop(ha_node);
+    drop(maglev);
     drop(metrics_server);
     drop(control_tcp);
     drop(control);

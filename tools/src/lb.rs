@@ -6,6 +6,10 @@
 //! so live connections keep their meaning), a health board carried over from the current one, fresh counter
 //! slots and a new health checker, and sends each worker a [`ForwarderUpdate`] over a channel. Workers apply it
 //! between batches; nothing on the packet path takes a lock.
+//!
+//! The Maglev tables of the L4 listeners are built here too, never on a worker: with each update, and after
+//! each health change ([`L4Runtime::refresh_maglev`], called by [`MaglevRefresher`] when the board signals
+//! one), one snapshot is sent to every worker.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use xlb_l4::forward::{ConnFilter, ConnInfo, ControlMessage, Forwarder, Forwarder
 use xlb_l4::health::HealthCounters;
 use xlb_l4::health::{HealthChecker, ProbePorts, Target, TargetId};
 use xlb_l4::layout::Layout;
+use xlb_l4::sched::{MaglevBuilder, MaglevTables};
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
 use xlb_l7::stage::access::AccessLine;
 use xlb_l7::stage::counters::{L7Counters, SharedL7Counters};
@@ -121,6 +126,9 @@ pub struct PipelineFactory {
     updates: Vec<Option<Receiver<ControlMessage>>>,
     health: Option<HealthChecker>,
     board: Arc<HealthBoard>,
+    /// Signalled by the health board after each change (taken once, by the [`MaglevRefresher`]).
+    board_changes: Option<Receiver<()>>,
+    maglev: Arc<MaglevTables>,
     counters: Vec<Arc<SharedL4Counters>>,
     sync_events: (Sender<SyncEvent>, Option<Receiver<SyncEvent>>),
     /// HA traffic: the workers' tap (cloned into each), the outbound end for the transmitting worker, and the
@@ -171,7 +179,9 @@ impl PipelineFactory {
         } else {
             vec![None]
         };
-        let board = Arc::new(HealthBoard::new(layout.targets.len()));
+        let (changes_tx, changes_rx) = bounded(1);
+        let board = Arc::new(HealthBoard::new(layout.targets.len()).watched_by(changes_tx));
+        let maglev = MaglevBuilder::new(layout.clone(), board.clone());
         let counters: Vec<_> = (0..workers)
             .map(|_| Arc::new(SharedL4Counters::new(&layout.shape())))
             .collect();
@@ -183,6 +193,7 @@ impl PipelineFactory {
             config: config.clone(),
             layout: layout.clone(),
             board: board.clone(),
+            maglev,
             counters: counters.clone(),
             health_counters: health_counters.clone(),
             updates: senders,
@@ -245,6 +256,8 @@ impl PipelineFactory {
             neighbour_sync,
             updates: receivers.into_iter().map(Some).collect(),
             board,
+            board_changes: Some(changes_rx),
+            maglev: runtime.maglev.current().clone(),
             counters,
             sync_events: {
                 let (tx, rx) = bounded(SYNC_EVENTS_DEPTH);
@@ -270,6 +283,11 @@ impl PipelineFactory {
             }),
         };
         (factory, runtime)
+    }
+
+    /// The health board's change signal (taken once, by the [`MaglevRefresher`]).
+    pub fn take_board_changes(&mut self) -> Option<Receiver<()>> {
+        self.board_changes.take()
     }
 
     /// Session-sync events of every worker (HA only; taken once by the sync driver).
@@ -301,6 +319,7 @@ impl PipelineFactory {
                 worker: plan.index,
                 workers: plan.workers,
                 port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
+                maglev: self.maglev.clone(),
             },
             self.handoffs.get_mut(plan.index).and_then(Option::take),
             if plan.index == 0 { self.health.take() } else { None },
@@ -384,6 +403,8 @@ pub struct L4Runtime {
     config: Config,
     layout: Arc<Layout>,
     board: Arc<HealthBoard>,
+    /// Builds the Maglev tables of the L4 listeners (off the workers).
+    maglev: MaglevBuilder,
     counters: Vec<Arc<SharedL4Counters>>,
     /// The health checker's counters (whichever checker runs, across reloads).
     health_counters: Arc<SharedHealthCounters>,
@@ -451,6 +472,11 @@ impl L4Runtime {
     /// The current slots.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The health board of the running layout.
+    pub fn board(&self) -> &Arc<HealthBoard> {
+        &self.board
     }
 
     /// Whether a health target is up.
@@ -566,12 +592,15 @@ impl L4Runtime {
         for &(iface, vip) in after.iter().filter(|v| !before.contains(v)) {
             dp.add_address(iface, vip, AddrKind::Vip).map_err(|e| e.to_string())?;
         }
+        // One set of Maglev tables for every worker, built here (the unchanged ones are kept).
+        let maglev = self.maglev.rebind(layout.clone(), board.clone());
         let (applied_tx, applied_rx) = bounded(self.updates.len());
         for (w, tx) in self.updates.iter().enumerate() {
             let update = ForwarderUpdate {
                 layout: layout.clone(),
                 vip_ifaces: vip_ifaces(&new, &layout),
                 board: board.clone(),
+                maglev: maglev.clone(),
                 counters: counters[w].clone(),
                 health: if w == 0 { health.take() } else { None },
                 applied: Some(applied_tx.clone()),
@@ -603,6 +632,28 @@ impl L4Runtime {
         self.counters = counters;
         tracing::info!(change = %summary, "configuration applied");
         Ok(summary)
+    }
+
+    /// After the health board signalled a change: builds the Maglev tables that changed and sends the one new
+    /// snapshot to every worker (they swap it in between batches). Returns whether one was sent.
+    pub fn refresh_maglev(&mut self) -> bool {
+        let Some(tables) = self.maglev.refresh() else {
+            return false;
+        };
+        for (w, tx) in self.updates.iter().enumerate() {
+            if tx
+                .send_timeout(ControlMessage::Maglev(tables.clone()), Duration::from_secs(2))
+                .is_err()
+            {
+                tracing::error!(worker = w, "worker does not take new Maglev tables");
+            }
+        }
+        true
+    }
+
+    /// The Maglev tables the workers were last sent.
+    pub fn maglev_tables(&self) -> &Arc<MaglevTables> {
+        self.maglev.current()
     }
 
     /// The channels to every worker (for the HA driver: activation, imports, exports).

@@ -10,6 +10,7 @@
 //! - [`ha_config`]: the `[ha]` section.
 //! - [`http`]: the HTTP server of the control API and metrics (hyper on a single-threaded tokio runtime).
 //! - [`lb`]: builds each worker's pipeline (local stack + L4 forwarder + L7 stage) from the config.
+//! - [`maglev`]: the thread that has the L4 listeners' Maglev tables rebuilt after health changes.
 //! - [`l7`]: what the L7 stage is built from (`http` listeners, groups, `[l7]`) and its checks.
 //! - [`placement`]: which interface carries a VIP, the floating IPs, the HA interface; the HA channel ends.
 //! - [`daemon`]: `xlb run`: start the datapath, serve the control API, stop cleanly on a signal.
@@ -28,6 +29,7 @@ pub mod instance;
 pub mod key_server;
 pub mod l7;
 pub mod lb;
+pub mod maglev;
 pub mod metrics;
 pub mod placement;
 pub mod stats;

@@ -12,6 +12,7 @@ use crate::config::L4Config;
 use crate::conn::{Conn, FlowKey, Forwarding, TableFull};
 use crate::health::HealthChecker;
 use crate::layout::Layout;
+use crate::sched::MaglevTables;
 use crate::stats::{HealthBoard, SharedL4Counters};
 
 use super::scan::{ScanJob, TableScan};
@@ -33,6 +34,8 @@ pub struct ForwarderConfig {
     pub workers: usize,
     /// Interface index (config order) of each of this worker's ports.
     pub port_ifaces: Vec<usize>,
+    /// The Maglev tables for `layout` (built by the control side, shared by every worker).
+    pub maglev: Arc<MaglevTables>,
 }
 
 /// A new configuration for a running forwarder, published by the control thread.
@@ -43,6 +46,8 @@ pub struct ForwarderUpdate {
     pub vip_ifaces: Vec<usize>,
     /// The health board for the new layout's targets.
     pub board: Arc<HealthBoard>,
+    /// The Maglev tables for the new layout (shared by every worker).
+    pub maglev: Arc<MaglevTables>,
     /// Where to publish counters of the new shape.
     pub counters: Arc<SharedL4Counters>,
     /// The new health checker (for the worker that runs checks).
@@ -55,6 +60,8 @@ pub struct ForwarderUpdate {
 pub enum ControlMessage {
     /// Apply a new configuration.
     Update(Box<ForwarderUpdate>),
+    /// New Maglev tables after a health change (the same `Arc` goes to every worker).
+    Maglev(Arc<MaglevTables>),
     /// Send back up to `limit` connection entries matching `filter`.
     DumpConns {
         /// Which entries.
@@ -140,11 +147,13 @@ impl Forwarder {
     /// Applies a new configuration. Connections keep their listener and server slots.
     pub(super) fn apply(&mut self, update: ForwarderUpdate) {
         for (i, slot) in update.layout.listeners.iter().enumerate() {
+            let table = update.maglev.get(i);
             match self.listeners.get_mut(i) {
-                Some(l) => l.update(slot),
-                None => self.listeners.push(Listener::from_slot(slot)),
+                Some(l) => l.update(slot, table),
+                None => self.listeners.push(Listener::from_slot(slot, table)),
             }
         }
+        self.maglev = update.maglev;
         self.layout = update.layout;
         self.vip_ifaces = update.vip_ifaces;
         self.vips_dirty = true;
@@ -297,6 +306,7 @@ impl Forwarder {
         while let Some(message) = self.control.as_ref().and_then(|c| c.try_recv().ok()) {
             match message {
                 ControlMessage::Update(update) => self.apply(*update),
+                ControlMessage::Maglev(tables) => self.use_maglev(tables),
                 ControlMessage::DumpConns { filter, limit, reply } => {
                     self.scans.push_back(TableScan::new(ScanJob::Dump {
                         filter,

@@ -405,7 +405,7 @@ impl Forwarder {
         self.refresh_health();
         let listener = &self.listeners[l];
         let hash = hash_5tuple(key.proto as u8, key.src, key.dst);
-        let Some(server) = listener.maglev.as_ref().and_then(|m| m.lookup(hash)) else {
+        let Some(server) = listener.maglev.as_ref().and_then(|m| m.pick(hash, &listener.servers)) else {
             self.counters.listeners[l].no_server += 1;
             return Verdict::Drop(DropReason::NoHealthyServer);
         };

@@ -1,12 +1,13 @@
 //! Listeners at run time: their servers' weights, counts and health (from the shared health board), and the
-//! schedulers that pick among them.
+//! schedulers that pick among them. Maglev tables are not built here: they come with the configuration and
+//! after every health change from the control side ([`crate::sched::shared`]), the same `Arc` on every worker.
 
 use std::time::Instant;
 
 use crate::config::ListenerConfig;
 use crate::conn::Forwarding;
 use crate::layout::ListenerSlot;
-use crate::sched::{MaglevTable, Scheduler, ServerView};
+use crate::sched::{MaglevHash, MaglevTable, MaglevTables, Scheduler, SchedulerKind, ServerView};
 
 use super::synproxy::Guard;
 use super::*;
@@ -22,8 +23,8 @@ pub(super) struct Listener {
     pub(super) targets: Vec<Option<usize>>,
     pub(super) scheduler: Scheduler,
     /// DR listeners only: the Maglev table that sends packets of flows without a table entry to the same
-    /// server on every worker and node (FULLNAT cannot forward without an entry, so it needs none).
-    pub(super) maglev: Option<MaglevTable>,
+    /// server on every worker and node (FULLNAT cannot forward without an entry, so it needs none). Shared.
+    pub(super) maglev: Option<Arc<MaglevTable>>,
     /// Connection entries of this listener on this worker (its per-listener cap counts them).
     pub(super) entries: u32,
     /// Of which half-open (SYN_RECV): what switches an `auto` SYN proxy on.
@@ -33,7 +34,8 @@ pub(super) struct Listener {
 }
 
 impl Listener {
-    pub(super) fn from_slot(slot: &ListenerSlot) -> Listener {
+    /// Listener slot `slot` with its Maglev table (if it uses one) from `table`.
+    pub(super) fn from_slot(slot: &ListenerSlot, table: Option<&Arc<MaglevTable>>) -> Listener {
         let servers: Vec<ServerView> = slot
             .servers
             .iter()
@@ -46,8 +48,8 @@ impl Listener {
             })
             .collect();
         Listener {
-            scheduler: Scheduler::new(slot.config.scheduler, &servers),
-            maglev: stateless_table(&slot.config, &servers),
+            scheduler: scheduler(slot.config.scheduler, &servers, table),
+            maglev: stateless_table(slot.config.forwarding, table),
             config: slot.config.clone(),
             removed: slot.removed,
             removed_servers: slot.servers.iter().map(|s| s.removed).collect(),
@@ -59,10 +61,10 @@ impl Listener {
         }
     }
 
-    /// Takes a slot's new config, keeping connection counts and health of known servers.
-    pub(super) fn update(&mut self, slot: &ListenerSlot) {
+    /// Takes a slot's new config and Maglev table, keeping connection counts and health of known servers.
+    pub(super) fn update(&mut self, slot: &ListenerSlot, table: Option<&Arc<MaglevTable>>) {
         if slot.config.scheduler != self.config.scheduler {
-            self.scheduler = Scheduler::new(slot.config.scheduler, &self.servers);
+            self.scheduler = scheduler(slot.config.scheduler, &self.servers, table);
         }
         self.config = slot.config.clone();
         self.removed = slot.removed;
@@ -81,21 +83,54 @@ impl Listener {
         self.removed_servers = slot.servers.iter().map(|s| s.removed).collect();
         self.targets = slot.servers.iter().map(|s| s.target).collect();
         self.rebuild();
+        self.use_table(table);
     }
 
+    /// After a weight or health change: the schedulers that keep their own state rebuild it (small: at most
+    /// 256 buckets); a Maglev table is never built here, the next snapshot brings it.
     pub(super) fn rebuild(&mut self) {
-        self.scheduler.rebuild(&self.servers);
-        self.maglev = stateless_table(&self.config, &self.servers);
+        if !matches!(self.scheduler, Scheduler::Mh(_)) {
+            self.scheduler.rebuild(&self.servers);
+        }
+    }
+
+    /// Swaps in the listener's table from a new snapshot (an `Arc` swap, between batches).
+    pub(super) fn use_table(&mut self, table: Option<&Arc<MaglevTable>>) {
+        if let (Scheduler::Mh(mh), Some(t)) = (&mut self.scheduler, table) {
+            mh.set_table(t.clone());
+        }
+        self.maglev = stateless_table(self.config.forwarding, table);
     }
 }
 
-/// The Maglev table of a DR listener (`None` for FULLNAT): 65 537 entries, rebuilt on every health or weight
-/// change, so listeners that never forward without state do not pay for it.
-fn stateless_table(config: &ListenerConfig, servers: &[ServerView]) -> Option<MaglevTable> {
-    (config.forwarding == Forwarding::Dr).then(|| MaglevTable::new(servers, MaglevTable::DEFAULT_SIZE))
+/// The scheduler of `kind`; `mh` uses the shared table (built here only if a snapshot lacks it, which the
+/// control side never sends).
+fn scheduler(kind: SchedulerKind, servers: &[ServerView], table: Option<&Arc<MaglevTable>>) -> Scheduler {
+    match (kind, table) {
+        (SchedulerKind::Mh, Some(t)) => Scheduler::Mh(MaglevHash::from_table(t.clone())),
+        _ => Scheduler::new(kind, servers),
+    }
+}
+
+/// The Maglev table a DR listener forwards flows without an entry with (`None` for FULLNAT).
+fn stateless_table(forwarding: Forwarding, table: Option<&Arc<MaglevTable>>) -> Option<Arc<MaglevTable>> {
+    table.filter(|_| forwarding == Forwarding::Dr).cloned()
 }
 
 impl Forwarder {
+    /// Takes a new snapshot of the Maglev tables (from the control side, between batches).
+    pub(super) fn use_maglev(&mut self, tables: Arc<MaglevTables>) {
+        for (l, listener) in self.listeners.iter_mut().enumerate() {
+            listener.use_table(tables.get(l));
+        }
+        self.maglev = tables;
+    }
+
+    /// The Maglev tables in use (the snapshot last received).
+    pub fn maglev_tables(&self) -> &Arc<MaglevTables> {
+        &self.maglev
+    }
+
     /// Before a scheduling decision: takes health changes another worker's checker made since the last look
     /// (one atomic load), so no new flow goes to a server the board already says is down.
     pub(super) fn refresh_health(&mut self) {

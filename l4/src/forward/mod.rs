@@ -50,6 +50,7 @@ use crate::conn::{ConnTable, FlowHash, FlowKey, Proto};
 use crate::health::HealthChecker;
 use crate::layout::Layout;
 use crate::owner;
+use crate::sched::MaglevTables;
 use crate::stats::{HealthBoard, L4Counters, SharedL4Counters};
 use crate::sync_policy::SyncPolicy;
 use exhaustion::ExhaustionWarnings;
@@ -136,6 +137,8 @@ pub struct Forwarder {
     board: Arc<HealthBoard>,
     /// The board generation the servers' `healthy` flags reflect (`u64::MAX`: not read yet).
     board_seen: u64,
+    /// The Maglev tables of the listeners that use one, as last sent by the control side.
+    maglev: Arc<MaglevTables>,
     control: Option<Receiver<ControlMessage>>,
     /// Table walks for dumps and exports, done a chunk per turn.
     scans: scan::Scans,
@@ -186,7 +189,9 @@ impl Forwarder {
         control: Option<Receiver<ControlMessage>>,
         now: Instant,
     ) -> Self {
-        let listeners: Vec<Listener> = config.layout.listeners.iter().map(Listener::from_slot).collect();
+        let listeners: Vec<Listener> = (config.layout.listeners.iter().enumerate())
+            .map(|(l, slot)| Listener::from_slot(slot, config.maglev.get(l)))
+            .collect();
         let iface_ports = config
             .port_ifaces
             .iter()
@@ -233,6 +238,7 @@ impl Forwarder {
             health,
             board_seen: u64::MAX,
             board,
+            maglev: config.maglev,
             control,
             sync: None,
             scans: scan::Scans::new(),

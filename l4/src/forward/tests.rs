@@ -94,19 +94,38 @@ fn stack_with_updates(
     learn: bool,
     updates: Option<crossbeam_channel::Receiver<ControlMessage>>,
 ) -> LocalStack<Forwarder> {
-    let now = Instant::now();
+    let layout = layout_of(&setup);
+    let board = Arc::new(HealthBoard::new(layout.targets.len()));
+    let maglev = Arc::new(MaglevTables::build(&layout, &board, None));
+    stack_sharing(setup, handoff, learn, updates, (board, maglev))
+}
+
+/// The layout a worker built with `setup` runs.
+fn layout_of(setup: &Setup) -> Layout {
     let servers: Vec<(SocketAddrV4, u32)> = backends().into_iter().zip(setup.weights).collect();
     let (listener, mut group) = web_with(&servers, setup.protocol, setup.forwarding);
     if setup.checked {
         group.health_check = Some(toml::from_str("kind = \"tcp\"").unwrap());
     }
-    let layout = Layout::new(&[listener], &[group], setup.policy);
-    let board = Arc::new(HealthBoard::new(layout.targets.len()));
+    Layout::new(&[listener], &[group], setup.policy)
+}
+
+/// A worker with `setup` whose health board and Maglev tables come from outside (shared with other workers).
+fn stack_sharing(
+    setup: Setup,
+    handoff: Option<Handoff>,
+    learn: bool,
+    updates: Option<crossbeam_channel::Receiver<ControlMessage>>,
+    (board, maglev): (Arc<HealthBoard>, Arc<MaglevTables>),
+) -> LocalStack<Forwarder> {
+    let now = Instant::now();
+    let layout = layout_of(&setup);
     let int_addresses: Vec<xlb_stack::addr::Ipv4Net> = setup.int_addresses.iter().map(|a| a.parse().unwrap()).collect();
     let mut local_ips = vec![Ipv4Addr::new(198, 18, 0, 10)];
     local_ips.extend(int_addresses.iter().map(|n| n.addr));
     let config = ForwarderConfig {
         layout: Arc::new(layout),
+        maglev,
         vip_ifaces: vec![0],
         l4: L4Config {
             conn_table_size: setup.table,
@@ -1144,10 +1163,12 @@ fn reconfigure(
 /// Sends `layout` to a running forwarder and lets it apply it (one second after `now`).
 fn apply(s: &mut LocalStack<Forwarder>, tx: &crossbeam_channel::Sender<ControlMessage>, layout: Layout, now: Instant) {
     let shape = layout.shape();
+    let board = Arc::new(HealthBoard::new(0));
     tx.send(ControlMessage::Update(Box::new(ForwarderUpdate {
+        maglev: Arc::new(MaglevTables::build(&layout, &board, None)),
         layout: Arc::new(layout),
         vip_ifaces: vec![0],
-        board: Arc::new(HealthBoard::new(0)),
+        board,
         counters: Arc::new(SharedL4Counters::new(&shape)),
         health: None,
         applied: None,
@@ -2482,4 +2503,80 @@ fn a_fragmented_udp_datagram_is_reassembled_forwarded_and_cut_again_for_the_serv
     assert_eq!(udp.payload(), &payload[..]);
     assert_eq!(s.counters().reassembled, 1);
     assert_eq!(s.handler().conns().len(), 1);
+}
+
+#[test]
+fn workers_share_one_maglev_table_and_a_health_change_swaps_it_in() {
+    let now = Instant::now();
+    let setup = |worker| Setup {
+        forwarding: Forwarding::Dr,
+        checked: true,
+        worker,
+        workers: 2,
+        ..Default::default()
+    };
+    // The control side: one builder for the layout and board every worker runs.
+    let layout = Arc::new(layout_of(&setup(0)));
+    let board = Arc::new(HealthBoard::new(layout.targets.len()));
+    let mut builder = crate::sched::MaglevBuilder::new(layout, board.clone());
+    let first = builder.current().clone();
+    let mut mesh = Handoff::mesh(2, 16);
+    let (h1, h0) = (mesh.pop().unwrap(), mesh.pop().unwrap());
+    let (tx0, rx0) = crossbeam_channel::unbounded();
+    let (tx1, rx1) = crossbeam_channel::unbounded();
+    let mut w0 = stack_sharing(setup(0), Some(h0), true, Some(rx0), (board.clone(), first.clone()));
+    let mut w1 = stack_sharing(setup(1), Some(h1), true, Some(rx1), (board.clone(), first.clone()));
+    assert!(Arc::ptr_eq(w0.handler().maglev_tables(), w1.handler().maglev_tables()));
+    assert!(Arc::ptr_eq(
+        w0.handler().listeners[0].maglev.as_ref().unwrap(),
+        w1.handler().listeners[0].maglev.as_ref().unwrap()
+    ));
+
+    // Server 0 fails its check: the control side builds once and sends the same snapshot to both workers.
+    board.set(0, false);
+    let second = builder.refresh().expect("a new table");
+    let mut counts = [0u32; 2];
+    second.get(0).unwrap().slot_counts(&mut counts);
+    assert_eq!(counts, [0, 65537]);
+    // Before it arrives, packets without an entry already avoid the down server (the board says so).
+    let mid = |port: u16| {
+        packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 9], port),
+            vip(),
+            ACK,
+            b"x",
+        )
+    };
+    let mut forwarded = 0;
+    for port in 1000..1064 {
+        let (v, out) = run(&mut w0, now, 0, &mid(port));
+        if v == Verdict::Transmit(1) {
+            assert_eq!(&out[0..6], &B2_MAC.0, "not to the server the board says is down");
+            forwarded += 1;
+        }
+    }
+    assert!(forwarded > 0);
+    for tx in [&tx0, &tx1] {
+        tx.send(ControlMessage::Maglev(second.clone())).unwrap();
+    }
+    let later = now + Duration::from_secs(1);
+    w0.handle_timeout(later);
+    w1.handle_timeout(later);
+    for w in [&w0, &w1] {
+        assert!(Arc::ptr_eq(w.handler().maglev_tables(), &second));
+        assert!(Arc::ptr_eq(
+            w.handler().listeners[0].maglev.as_ref().unwrap(),
+            second.get(0).unwrap()
+        ));
+    }
+    assert!(!Arc::ptr_eq(first.get(0).unwrap(), second.get(0).unwrap()));
+    for port in 1000..1064 {
+        let (v, out) = run(&mut w0, later, 0, &mid(port));
+        if v == Verdict::Transmit(1) {
+            assert_eq!(&out[0..6], &B2_MAC.0);
+        }
+    }
 }

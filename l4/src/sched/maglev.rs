@@ -15,12 +15,16 @@
 
 use super::{flow_hash, hash::server_hashes, ServerView};
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 
 /// Marks a table slot that belongs to no server (only when no server is available).
 const EMPTY: u32 = u32::MAX;
 
 /// A Maglev lookup table: `size` (prime) slots, each holding a server index.
-#[derive(Clone)]
+///
+/// Immutable once built: an L4 listener's table is built off the datapath and shared between workers as an
+/// `Arc<MaglevTable>` (see [`super::shared`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct MaglevTable {
     entries: Vec<u32>,
 }
@@ -145,6 +149,24 @@ impl MaglevTable {
         self.slot(self.slot_of(hash))
     }
 
+    /// The server index for a flow hash among the servers that are available *now*: the table's own server if
+    /// it still is, else the next slot's server that is (the table may be a little older than `servers`' health
+    /// while a rebuilt one is on its way). `None` if no server is available. O(1) with a current table; a stale
+    /// one may scan further (never when no server at all is available).
+    #[inline]
+    pub fn pick(&self, hash: u64, servers: &[ServerView]) -> Option<usize> {
+        let start = self.slot_of(hash);
+        let usable = |i: &usize| servers.get(*i).is_some_and(ServerView::available);
+        if let Some(i) = self.slot(start).filter(usable) {
+            return Some(i);
+        }
+        if !servers.iter().any(ServerView::available) {
+            return None;
+        }
+        let size = self.size();
+        (1..size).filter_map(|k| self.slot((start + k) % size)).find(usable)
+    }
+
     /// Number of slots (the prime given to [`new`](Self::new)).
     #[inline]
     pub fn size(&self) -> usize {
@@ -179,9 +201,13 @@ impl MaglevTable {
 ///
 /// Hashing the port as well as the address (IPVS `mh` hashes the address only unless the `mh-port`
 /// flag is set) spreads the many flows of a NAT'd client population over all servers.
+///
+/// The table is shared (`Arc`): L4 listeners take theirs from the snapshot the control side builds
+/// ([`MaglevHash::from_table`], [`MaglevHash::set_table`]) and never call [`rebuild`](MaglevHash::rebuild);
+/// other users (L7 upstream groups) build their own.
 #[derive(Debug, Clone)]
 pub struct MaglevHash {
-    table: MaglevTable,
+    table: Arc<MaglevTable>,
 }
 
 impl MaglevHash {
@@ -200,36 +226,36 @@ impl MaglevHash {
     ///
     /// As [`MaglevTable::new`].
     pub fn with_size(servers: &[ServerView], size: usize) -> MaglevHash {
-        MaglevHash {
-            table: MaglevTable::new(servers, size),
-        }
+        MaglevHash::from_table(Arc::new(MaglevTable::new(servers, size)))
+    }
+
+    /// A scheduler using a table built elsewhere (no allocation).
+    pub fn from_table(table: Arc<MaglevTable>) -> MaglevHash {
+        MaglevHash { table }
     }
 
     /// Rebuilds the table (same size) for the new set of available servers. Allocates.
     pub fn rebuild(&mut self, servers: &[ServerView]) {
-        self.table = MaglevTable::new(servers, self.table.size());
+        self.table = Arc::new(MaglevTable::new(servers, self.table.size()));
+    }
+
+    /// Swaps in a table built elsewhere (no allocation).
+    pub fn set_table(&mut self, table: Arc<MaglevTable>) {
+        self.table = table;
     }
 
     /// The table in use.
-    pub fn table(&self) -> &MaglevTable {
+    pub fn table(&self) -> &Arc<MaglevTable> {
         &self.table
     }
 
     /// The server for a new flow from `client`, or `None`. O(1), no allocation.
     ///
-    /// If the table's server is no longer available (the caller has not rebuilt yet), the following
-    /// slots are tried in order (they belong to servers in proportion to their shares); in that stale
-    /// state a pick may scan up to the whole table before returning `None`.
+    /// If the table's server is no longer available (the table has not been rebuilt yet), the following
+    /// slots are tried in order (they belong to servers in proportion to their shares); see
+    /// [`MaglevTable::pick`].
     pub fn pick(&self, servers: &[ServerView], client: SocketAddrV4) -> Option<usize> {
-        let start = self.table.slot_of(flow_hash(client));
-        let usable = |i: &usize| servers.get(*i).is_some_and(ServerView::available);
-        if let Some(i) = self.table.slot(start).filter(usable) {
-            return Some(i);
-        }
-        let size = self.table.size();
-        (1..size)
-            .filter_map(|k| self.table.slot((start + k) % size))
-            .find(usable)
+        self.table.pick(flow_hash(client), servers)
     }
 }
 

@@ -20,7 +20,8 @@
 //! [`Scheduler::pick`] never allocates. rr, wrr and wlc take O(number of servers) at worst; sh and mh
 //! take O(1), plus at most 512 bucket probes when sh falls back from an unavailable server, and a table
 //! scan for mh only if its table is stale (servers changed without a rebuild). [`Scheduler::new`] and
-//! [`Scheduler::rebuild`] may allocate (mh builds a 65537-entry table). `pick` also stays correct, and terminates, when the servers slice changed without
+//! [`Scheduler::rebuild`] may allocate (mh builds a 65537-entry table; L4 listeners instead take theirs,
+//! built once off the datapath, from [`shared`]). `pick` also stays correct, and terminates, when the servers slice changed without
 //! a `rebuild` (it never returns an out-of-range or unavailable index), but the distribution is only
 //! guaranteed after `rebuild`.
 //!
@@ -33,6 +34,7 @@ pub mod hash;
 pub mod maglev;
 pub mod rr;
 pub mod sh;
+pub mod shared;
 pub mod wlc;
 pub mod wrr;
 
@@ -40,6 +42,7 @@ pub use hash::{flow_hash, hash_5tuple, hash_addr, HASH_SEED};
 pub use maglev::{MaglevHash, MaglevTable};
 pub use rr::RoundRobin;
 pub use sh::SourceHash;
+pub use shared::{MaglevBuilder, MaglevTables};
 pub use wlc::WeightedLeastConn;
 pub use wrr::WeightedRoundRobin;
 
