@@ -53,8 +53,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::affinity::HashKeyConfig;
-use crate::config::{L7Config, StickyConfig, StickyMode};
+use crate::config::StickyMode;
 use crate::http1::body::{BodyDecoder, BodyEncoder, BodyEvent};
 use crate::http1::headers::{
     write_client_response, write_local_response, write_upstream_request, ClientFraming, ClientInfo, CONTINUE,
@@ -62,178 +61,8 @@ use crate::http1::headers::{
 use crate::http1::request::{parse_request, RequestHead};
 use crate::http1::response::{parse_response, ResponseHead};
 use crate::http1::{BodyFraming, HeadScanner, Refusal, Version};
-use crate::rules::{GroupId, RuleAction, RuleSet};
-use crate::sticky::{ServerId, StickyCodec};
-
-/// An upstream connection of one client connection (numbered from 0 per client connection).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct UpstreamId(pub u32);
-
-/// What the caller must do, in order.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Open a connection to a server of `group` (to `sticky_server` if it is healthy), then report it with
-    /// `handle_upstream_connected` or `handle_upstream_failed`.
-    ConnectUpstream {
-        /// The new connection's id.
-        id: UpstreamId,
-        /// Group chosen by the listener rules.
-        group: GroupId,
-        /// Server named by the sticky cookie.
-        sticky_server: Option<ServerId>,
-        /// The hash of the request's `hash` header or cookie (consistent hashing picks the server).
-        affinity: Option<u64>,
-    },
-    /// Send bytes to the client.
-    SendToClient(Vec<u8>),
-    /// Send bytes to an upstream server.
-    SendToUpstream(UpstreamId, Vec<u8>),
-    /// Close the client connection (after sending what was queued).
-    CloseClient,
-    /// Close an upstream connection.
-    CloseUpstream(UpstreamId),
-    /// The proxy is done with an upstream connection that is idle and reusable (its last response was complete
-    /// and kept alive, nothing is pending): the caller may keep it for another client connection to the same
-    /// server, or close it.
-    ReleaseUpstream(UpstreamId),
-    /// The connection switched protocols (WebSocket): relay bytes both ways between the client and `upstream`
-    /// from now on, starting with unconsumed bytes; the proxy takes no more input.
-    Tunnel {
-        /// The upstream connection of the tunnel.
-        upstream: UpstreamId,
-    },
-}
-
-/// Why an upstream connection could not be used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// The group has no healthy server (503).
-    NoHealthyServer,
-    /// The server refused the connection (502).
-    Refused,
-    /// The server reset the connection (502).
-    Reset,
-}
-
-/// Which timer fired.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Timer {
-    /// No new request on a kept-alive connection (closed silently).
-    ClientIdle,
-    /// Request head not complete in time (408).
-    ClientHeader,
-    /// Pause in the request body (408 or close).
-    ClientBody,
-    /// Upstream connection not established (504).
-    UpstreamConnect,
-    /// No response (504) or a pause in it (close).
-    UpstreamResponse,
-}
-
-/// Something to count.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// A request was refused (answered with `reason.status()`).
-    ClientRefused(Refusal),
-    /// An upstream response was refused (answered 502 if nothing was sent yet).
-    UpstreamRefused(Refusal),
-    /// A timer fired.
-    Timeout(Timer),
-    /// An upstream connection failed.
-    UpstreamFailed(UpstreamFailure),
-    /// A response was completed (`local`: answered by xlb: redirect, fixed response or error).
-    Answered {
-        /// Status code sent.
-        status: u16,
-        /// Answered by xlb itself.
-        local: bool,
-        /// When the request's head was complete (`None` for a request refused before that): the response
-        /// time is from then to now.
-        started: Option<Instant>,
-    },
-    /// The exchange was cut short (connection closed mid-message).
-    Aborted,
-    /// The connection became a tunnel.
-    Tunnelled,
-    /// Connecting to a server failed or timed out and the idempotent request is sent to another.
-    Retried,
-}
-
-/// What every connection of a listener shares (immutable snapshot).
-#[derive(Clone, Debug)]
-pub struct ProxyConfig {
-    /// Limits and timeouts.
-    pub limits: L7Config,
-    /// Compiled listener rules.
-    pub rules: RuleSet,
-    /// Sticky sessions.
-    pub sticky: Option<StickyConfig>,
-    /// Consistent hashing on a header or cookie.
-    pub hash: Option<HashKeyConfig>,
-    /// Token codec for sticky cookies (same secret on every worker and HA peer).
-    pub codec: StickyCodec,
-    /// The listener's scheme (`http`), for X-Forwarded-Proto.
-    pub scheme: &'static str,
-    /// Keep an [`AccessRecord`] of every answered request ([`HttpProxy::poll_access`]).
-    pub access_log: bool,
-}
-
-/// One answered request, for the access log: kept when [`ProxyConfig::access_log`] is set, at the moment the
-/// response head is sent (by the server or by xlb).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessRecord {
-    /// Method, target and routing host of the request (`-` for a request refused before its head parsed).
-    pub method: String,
-    /// Request target (origin form).
-    pub target: String,
-    /// Host used for routing.
-    pub host: String,
-    /// When its head was complete.
-    pub started: Option<Instant>,
-    /// Status sent.
-    pub status: u16,
-    /// Answered by xlb itself (redirect, fixed response, error).
-    pub local: bool,
-}
-
-impl ProxyConfig {
-    /// The snapshot for one HTTP listener: `limits` and `listener` validated, rules compiled against `groups`
-    /// (the datapath's group list: [`GroupId`] indexes it), sticky tokens keyed with `sticky_secret`.
-    pub fn new(
-        limits: L7Config,
-        listener: &crate::config::HttpListenerConfig,
-        at: &str,
-        groups: &[&str],
-        sticky_secret: u64,
-    ) -> Result<Self, String> {
-        limits.validate()?;
-        listener.validate(at, groups)?;
-        let rules = RuleSet::new(listener, groups, "http").map_err(|e| format!("{at}: {e}"))?;
-        Ok(ProxyConfig {
-            limits,
-            rules,
-            sticky: listener.sticky.clone(),
-            hash: listener.hash.clone(),
-            codec: StickyCodec::new(sticky_secret),
-            scheme: "http",
-            access_log: false,
-        })
-    }
-
-    /// The listener's scheme (`https` behind TLS termination): X-Forwarded-Proto and redirects that keep it.
-    pub fn set_scheme(&mut self, scheme: &'static str) {
-        self.scheme = scheme;
-        self.rules.set_scheme(scheme);
-    }
-
-    fn max_body(&self) -> u64 {
-        if self.limits.max_body_bytes == 0 {
-            u64::MAX
-        } else {
-            self.limits.max_body_bytes
-        }
-    }
-}
+use crate::rules::{GroupId, RuleAction};
+use crate::sticky::ServerId;
 
 struct Upstream {
     id: UpstreamId,
@@ -824,8 +653,13 @@ impl HttpProxy {
     }
 }
 
+mod actions;
 mod client_side;
+mod snapshot;
 mod upstream_side;
+
+pub use actions::{Action, Event, Timer, UpstreamFailure, UpstreamId};
+pub use snapshot::{AccessRecord, ProxyConfig};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use super::*;
-use crate::config::{FixedResponseConfig, HttpListenerConfig, ListenerProtocol, RedirectConfig, RuleConfig};
+use crate::config::{
+    FixedResponseConfig, HttpListenerConfig, L7Config, ListenerProtocol, RedirectConfig, RuleConfig, StickyConfig,
+};
 use crate::http1::body::encode_last_chunk;
 use crate::testutil::{pattern, Rng};
 
