@@ -37,7 +37,7 @@ pub fn nginx_with_tls(
         .map(|(i, ip)| {
             let tls_listen = match tls {
                 Some((cert, key)) => format!(
-                    "listen {ip}:8443 ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate {}; ssl_certificate_key {};",
+                    "listen {ip}:8443 ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:1m; ssl_certificate {}; ssl_certificate_key {};",
                     cert.display(),
                     key.display()
                 ),

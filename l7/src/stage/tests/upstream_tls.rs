@@ -91,6 +91,34 @@ fn requests_reach_an_https_server_over_one_verified_kept_connection() {
 }
 
 #[test]
+fn a_new_connection_to_a_server_resumes_the_groups_tls_session() {
+    let ca = TestCa::new();
+    let ca_path = ca_file(&ca, "resume");
+    let mut w = world_full(
+        None,
+        Some((
+            server_config(&ca, &["app.internal"]),
+            group_tls(&ca_path, Some("app.internal")),
+        )),
+    );
+    let c = w.connect(40_000);
+    assert!(w.request(c, GET).ends_with("hello"));
+    // The server closes the kept connection; the next request needs a new one, which resumes.
+    let first = w.server.conns[0];
+    w.server.host.close(w.now, first);
+    w.settle();
+    w.advance(Duration::from_millis(300));
+    assert!(w.request(c, GET).ends_with("hello"));
+    assert_eq!(w.server.accepted, 2);
+    assert_eq!(w.counters().get(L7Count::UpstreamTlsFull), 1);
+    assert_eq!(
+        w.counters().get(L7Count::UpstreamTlsResumed),
+        1,
+        "the ticket from the first connection"
+    );
+}
+
+#[test]
 fn a_server_certificate_not_for_the_name_or_from_another_ca_is_refused_with_502() {
     let ca = TestCa::new();
     let other = TestCa::new();
