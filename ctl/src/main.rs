@@ -284,7 +284,7 @@ fn print_stats(doc: &StatsDoc) {
             l7.upstream_reuse * 100.0
         );
         for (name, n) in l7.counts.iter().filter(|(_, n)| **n > 0) {
-            out!("  {name:<24}{n:>14}");
+            out!("  {name:<32}{n:>8}");
         }
     }
     // The same drops where they belong to a listener's flows.

@@ -11,16 +11,18 @@ use crate::traffic::TIMEOUT;
 /// forwarding headers it got, `/whoami` the client-certificate headers, `/sess` sets a JSESSIONID cookie, `/upload` reads a body and answers its length,
 /// and `/big.bin` is a file of `big_mib` MiB of a fixed pattern (in `<lab>/nginx/www`).
 pub fn nginx(lab: &Lab, ns: &Netns, servers: &[&str], big_mib: u32) -> Result<Proc> {
-    nginx_with_tls(lab, ns, servers, big_mib, None)
+    nginx_with_tls(lab, ns, servers, big_mib, Some(8080), None)
 }
 
-/// [`nginx`], also serving HTTPS on port 8443 of every address with the certificate and key `tls` (PEM files);
-/// any path ending in `/scheme` answers `<scheme> <TLS version> <SNI> <requests on this connection>`.
+/// [`nginx`] with plain HTTP on `http_port` (or none), and HTTPS on port 8443 of every address with the
+/// certificate and key `tls` (PEM files); any path ending in `/scheme` answers
+/// `<scheme> <TLS version> <SNI> <requests on this connection> <server>`.
 pub fn nginx_with_tls(
     lab: &Lab,
     ns: &Netns,
     servers: &[&str],
     big_mib: u32,
+    http_port: Option<u16>,
     tls: Option<(&Path, &Path)>,
 ) -> Result<Proc> {
     let dir = lab.dir().join("nginx");
@@ -43,9 +45,10 @@ pub fn nginx_with_tls(
                 ),
                 None => String::new(),
             };
+            let http_listen = http_port.map_or(String::new(), |port| format!("listen {ip}:{port};"));
             format!(
-                "server {{ listen {ip}:8080; {tls_listen} root {www};
-                   location ~ /scheme$ {{ return 200 \"$scheme $ssl_protocol $ssl_server_name $connection_requests\\n\"; }}
+                "server {{ {http_listen} {tls_listen} root {www};
+                   location ~ /scheme$ {{ return 200 \"$scheme $ssl_protocol $ssl_server_name $connection_requests s{n}\\n\"; }}
                    location = / {{ return 200 \"s{n} xff=$http_x_forwarded_for proto=$http_x_forwarded_proto\\n\"; }}
                    location = /whoami {{ return 200 \"verify=$http_x_client_verify subject=$http_x_client_cert_subject\n\"; }}
                    location = /sess {{ add_header Set-Cookie \"JSESSIONID=abc{n}\"; return 200 \"s{n} cookie=$cookie_JSESSIONID\\n\"; }}
@@ -66,7 +69,9 @@ pub fn nginx_with_tls(
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf)?;
     let proc = lab.spawn(ns, "nginx", &["-c", &path.display().to_string(), "-g", "daemon off;"])?;
-    ns.wait_tcp_listen(8080, TIMEOUT)?;
+    if let Some(port) = http_port {
+        ns.wait_tcp_listen(port, TIMEOUT)?;
+    }
     if tls.is_some() {
         ns.wait_tcp_listen(8443, TIMEOUT)?;
     }

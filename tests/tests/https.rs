@@ -418,6 +418,7 @@ fn requests_go_to_https_servers_verified_against_the_group_ca() -> Result<()> {
         &t.servers,
         &SERVERS,
         10,
+        Some(8080),
         Some((&dir.join("backend.pem"), &dir.join("backend.key"))),
     )?;
     // A health check speaking plain HTTP to a TLS group is refused with the reason.
@@ -459,7 +460,7 @@ fn requests_go_to_https_servers_verified_against_the_group_ca() -> Result<()> {
     );
     let reused = twenty
         .lines()
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u32>().ok())
+        .filter_map(|l| l.split(' ').nth(3)?.parse::<u32>().ok())
         .max()
         .unwrap_or(0);
     ensure!(

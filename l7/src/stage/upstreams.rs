@@ -339,16 +339,28 @@ impl Upstreams {
     }
 
     /// Something happened on an idle connection (the server closed it or sent bytes): it is dropped from the
-    /// pool and closed.
+    /// pool and closed — unless it speaks TLS and what came were only TLS messages that carry no data (a
+    /// server's session tickets, which NGINX sends after its first response).
     pub fn idle_event(&mut self, now: Instant, host: &mut TcpHost, group: GroupId, server: usize, conn: ConnId) {
         let Some(s) = self.groups.get_mut(group.0).and_then(|g| g.servers.get_mut(server)) else {
             return;
         };
-        if let Some(i) = s.idle.iter().position(|idle| idle.conn == conn) {
-            s.idle.remove(i);
-            self.idle_count -= 1;
-            host.close(now, conn);
+        let Some(i) = s.idle.iter().position(|idle| idle.conn == conn) else {
+            return;
+        };
+        if let Some(tls) = s.idle[i].tls.as_deref_mut() {
+            if let Some(socket) = host.socket(now, conn) {
+                tls.receive(socket);
+            }
+            let quiet = host.state(conn) == Some(State::Established)
+                && host.socket(now, conn).is_some_and(|sock| sock.recv_queue() == 0);
+            if quiet && tls.is_clean() {
+                return;
+            }
         }
+        s.idle.remove(i);
+        self.idle_count -= 1;
+        host.close(now, conn);
     }
 
     /// Closes idle connections older than the idle timeout.

@@ -67,10 +67,28 @@ policy = "tls-1-2"
 cert = "CERT_DIR/www.pem"
 key = "CERT_DIR/www.key"
 
+[[listener]]
+name = "app"
+vip = "198.18.0.100"
+port = 82
+protocol = "http"
+scheduler = "rr"
+group = "app"
+hash = { header = "X-User" }
+
 [[group]]
 name = "web"
 servers = [{ addr = "198.19.0.2:8080", weight = 1 }, { addr = "198.19.0.3:8080", weight = 1 }, { addr = "198.19.0.4:8080", weight = 2 }]
 health_check = { kind = "http", path = "/", interval_ms = 500, timeout_ms = 300, rise = 2, fall = 2 }
+
+[[group]]
+name = "app"
+servers = [{ addr = "198.19.0.2:8443" }, { addr = "198.19.0.3:8443" }, { addr = "198.19.0.4:8443" }]
+health_check = { kind = "tcp", interval_ms = 500, timeout_ms = 300 }
+
+[group.tls]
+ca = "CERT_DIR/ca.pem"
+server_name = "app.internal"
 "#;
 
 const BACKENDS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
@@ -98,7 +116,16 @@ fn demo(hold: Duration) -> Result<()> {
     step("a throw-away CA and a certificate for www.example.com (openssl)");
     let pki = lab.dir().join("pki");
     std::fs::create_dir_all(&pki)?;
-    xlb_tests::pki::make(&pki, &[("www", "www.example.com")])?;
+    xlb_tests::pki::make(&pki, &[("www", "www.example.com"), ("app", "app.internal")])?;
+    step("NGINX on the backends' port 8443 with the certificate for app.internal (HTTPS backends)");
+    let _nginx = xlb_tests::backends::nginx_with_tls(
+        lab,
+        servers,
+        &BACKENDS,
+        1,
+        None,
+        Some((&pki.join("app.pem"), &pki.join("app.key"))),
+    )?;
     let config = CONFIG.replace("CERT_DIR", &pki.display().to_string());
 
     step("starting xlb with the embedded config");
@@ -147,6 +174,19 @@ fn demo(hold: Duration) -> Result<()> {
         show("curl", line);
     }
     show("curl", String::from_utf8_lossy(&https.stdout).trim());
+
+    step("L7: HTTPS to the servers on :82 (group `app` re-encrypts, verified against the lab CA as app.internal)");
+    step("     and consistent hashing on X-User: each user stays on one server");
+    for user in ["alice", "bob", "carol"] {
+        for _ in 0..2 {
+            let header = format!("X-User: {user}");
+            let got = client.run(
+                "curl",
+                &["-s", "-m", "3", "-H", &header, "http://198.18.0.100:82/scheme"],
+            )?;
+            show(user, got.trim());
+        }
+    }
 
     step("xlbctl list");
     show("xlbctl", &xlb.xlbctl(&["list"])?);

@@ -79,10 +79,15 @@ fn requests_reach_an_https_server_over_one_verified_kept_connection() {
     assert_eq!(w.counters().get(L7Count::UpstreamTlsFull), 1);
     assert_eq!(w.counters().get(L7Count::UpstreamTlsFailed), 0);
 
-    // The next client reuses the kept TLS connection: no new TCP connection, no new handshake.
+    // The next client reuses the kept TLS connection: no new TCP connection, no new handshake. A TLS message
+    // without data reaching the idle connection (here a KeyUpdate; NGINX sends its session tickets after the
+    // first response) does not end it.
     w.client.close(w.now, c);
     w.settle();
     assert_eq!(w.stack.handler().upstreams.idle_count(), 1);
+    w.server.sessions[0].1.refresh_traffic_keys().unwrap();
+    w.settle();
+    assert_eq!(w.stack.handler().upstreams.idle_count(), 1, "still kept");
     let c2 = w.connect(40_001);
     assert!(w.request(c2, GET).ends_with("hello"));
     assert_eq!(w.server.accepted, 1);
