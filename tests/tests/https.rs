@@ -448,6 +448,18 @@ fn requests_go_to_https_servers_verified_against_the_group_ca() -> Result<()> {
     let byip = get("/byip/scheme", &[])?;
     ensure!(byip.starts_with("https TLSv1.3  "), "{byip:?}");
 
+    // One request per client connection: the kept TLS connections carry them (NGINX's session tickets, which
+    // come after its first response, do not end an idle connection).
+    let mut counts = Vec::new();
+    for _ in 0..6 {
+        let got = get("/scheme", &[])?;
+        counts.push(got.split(' ').nth(3).and_then(|n| n.parse::<u32>().ok()).unwrap_or(0));
+    }
+    ensure!(
+        counts.iter().max() >= Some(&3),
+        "six new client connections over two kept server connections: {counts:?}"
+    );
+
     // Twenty requests on one client connection: the servers see a few TLS connections, each reused.
     let urls: Vec<String> = (0..20).map(|_| format!("http://{VIP}/scheme")).collect();
     let mut args = vec!["-sS", "--max-time", "30"];
