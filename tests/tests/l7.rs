@@ -454,8 +454,9 @@ while True:
 "#;
 
 /// A WebSocket-like echo server (Python, standard library): answers an upgrade request with 101, then echoes.
+/// With a certificate and key as third and fourth arguments, it speaks TLS.
 const UPGRADE_ECHO: &str = r#"
-import socket, sys, threading
+import socket, ssl, sys, threading
 def serve(c):
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -477,14 +478,20 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind((sys.argv[1], int(sys.argv[2])))
 s.listen(64)
+if len(sys.argv) > 4:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    s = ctx.wrap_socket(s, server_side=True)
 while True:
-    c, _ = s.accept()
+    try:
+        c, _ = s.accept()
+    except (ssl.SSLError, OSError):
+        continue
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
 #[test]
 fn websocket_upgrades_are_tunnelled_both_ways() -> Result<()> {
-    use std::io::{Read, Write};
     let t = TwoArm::new("l7ws", &SERVERS, 1)?;
     let script = t.lab.dir().join("upgrade_echo.py");
     std::fs::write(&script, UPGRADE_ECHO)?;
@@ -495,18 +502,42 @@ fn websocket_upgrades_are_tunnelled_both_ways() -> Result<()> {
     )?;
     t.servers.wait_tcp_listen(8080, TIMEOUT)?;
     let config = config().replace(
-        &format!("servers = [{}]", {
-            SERVERS
-                .iter()
-                .map(|ip| format!("{{ addr = \"{ip}:8080\", weight = 1 }}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }),
+        &web_servers(),
         &format!("servers = [{{ addr = \"{}:8080\", weight = 1 }}]", SERVERS[0]),
     );
     let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let echoed = echo_through_tunnel(&t.client)?;
+    ensure!(
+        echoed.iter().all(|ok| *ok),
+        "every message echoed through the tunnel: {echoed:?}"
+    );
+    let l7 = wait_until_ok(TIMEOUT, "the tunnel counted", || {
+        let l7 = xlb.stats()?["l7"].clone();
+        ensure!(l7["counts"]["tunnels"].as_u64() == Some(1), "{l7}");
+        Ok(l7)
+    })?;
+    ensure!(l7["counts"]["responses_1xx"].as_u64() == Some(1), "{l7}");
+    Ok(())
+}
+
+/// The `servers = [...]` line of the `web` group in [`config`].
+fn web_servers() -> String {
+    format!(
+        "servers = [{}]",
+        SERVERS
+            .iter()
+            .map(|ip| format!("{{ addr = \"{ip}:8080\", weight = 1 }}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// A WebSocket upgrade to the VIP's port 80 from `client`, then 50 messages of growing size; whether each came
+/// back unchanged.
+fn echo_through_tunnel(client: &Netns) -> Result<Vec<bool>> {
+    use std::io::{Read, Write};
     let target: std::net::SocketAddr = format!("{VIP}:80").parse()?;
-    let echoed = xlb_tests::traffic::in_ns(&t.client, move || {
+    xlb_tests::traffic::in_ns(client, move || {
         let mut s = std::net::TcpStream::connect_timeout(&target, TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.write_all(b"GET /ws HTTP/1.1\r\nHost: www.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")?;
@@ -527,17 +558,48 @@ fn websocket_upgrades_are_tunnelled_both_ways() -> Result<()> {
             echoed.push(String::from_utf8_lossy(&got).into_owned() == msg);
         }
         Ok(echoed)
-    })?;
+    })
+}
+
+#[test]
+fn websocket_upgrades_are_tunnelled_to_an_https_server() -> Result<()> {
+    let t = TwoArm::new("l7wss", &SERVERS, 1)?;
+    let pki = t.lab.dir().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    xlb_tests::pki::make(&pki, &[("echo", "echo.internal")])?;
+    let script = t.lab.dir().join("upgrade_echo.py");
+    std::fs::write(&script, UPGRADE_ECHO)?;
+    let (cert, key) = (pki.join("echo.pem"), pki.join("echo.key"));
+    let _echo = t.lab.spawn(
+        &t.servers,
+        "python3",
+        &[
+            &script.display().to_string(),
+            SERVERS[0],
+            "8443",
+            &cert.display().to_string(),
+            &key.display().to_string(),
+        ],
+    )?;
+    t.servers.wait_tcp_listen(8443, TIMEOUT)?;
+    let tls_group = format!(
+        "servers = [{{ addr = \"{}:8443\", weight = 1 }}]\n\n[group.tls]\nca = \"{}\"\nserver_name = \"echo.internal\"",
+        SERVERS[0],
+        pki.join("ca.pem").display()
+    );
+    let config = config().replace(&web_servers(), &tls_group);
+    let xlb = Appliance::start(&t.lab, &t.lb, "lb1", &config)?;
+    let echoed = echo_through_tunnel(&t.client)?;
     ensure!(
         echoed.iter().all(|ok| *ok),
-        "every message echoed through the tunnel: {echoed:?}"
+        "every message echoed through the tunnel and TLS: {echoed:?}"
     );
     let l7 = wait_until_ok(TIMEOUT, "the tunnel counted", || {
         let l7 = xlb.stats()?["l7"].clone();
         ensure!(l7["counts"]["tunnels"].as_u64() == Some(1), "{l7}");
         Ok(l7)
     })?;
-    ensure!(l7["counts"]["responses_1xx"].as_u64() == Some(1), "{l7}");
+    ensure!(l7["counts"]["upstream_tls_full_handshakes"].as_u64() == Some(1), "{l7}");
     Ok(())
 }
 
