@@ -22,9 +22,10 @@ use crate::counters::{BatchHistogram, DropReason, RingCounters, SharedCounters, 
 use crate::pipeline::{Frame, Pipeline, Verdict};
 use crate::xsk::port::Port;
 
-/// How long an adaptive worker keeps spinning after it last received a frame before it sleeps in poll(2). Only
-/// received frames count: the frames a worker originates itself (health probes, ARP) and its timers do not keep
-/// it spinning, or a few thousand health-checked servers would hold a core busy.
+/// How long an adaptive worker keeps spinning (yielding to other threads of its core) after it last received a
+/// frame before it sleeps in poll(2). Only received frames count: the frames a worker originates itself (health
+/// probes, ARP) and its timers do not keep it spinning, or a few thousand health-checked servers would hold a
+/// core busy.
 const SPIN_AFTER_RX: Duration = Duration::from_micros(100);
 /// Longest sleep, so a stop request is noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(100);
@@ -157,7 +158,9 @@ impl<P: Pipeline> Worker<P> {
                 .is_some_and(|t| now.saturating_duration_since(t) < SPIN_AFTER_RX);
             match self.options.idle {
                 Idle::Busy => std::hint::spin_loop(),
-                Idle::Adaptive if receiving => std::hint::spin_loop(),
+                // Spinning, but yielding the core to any other runnable thread on it (the TLS handshake pool
+                // shares cores with the workers): a pure spin took half a core from the handshakes.
+                Idle::Adaptive if receiving => std::thread::yield_now(),
                 Idle::Adaptive => self.sleep(now),
             }
         }
