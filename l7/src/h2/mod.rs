@@ -12,6 +12,8 @@
 //! reset streams; everything else is driven by the `now` passed in.
 //!
 //! # Contract with the caller
+//! - A front is made with [`H2Front::new`] (prior knowledge, ALPN) or [`H2Front::upgraded`] (`Upgrade: h2c`,
+//!   see [`upgrade`]).
 //! - Client bytes: [`H2Front::handle_client_bytes`] (returns how many were taken: leave the rest in the receive
 //!   buffer and offer them again after output was taken), [`H2Front::handle_client_eof`].
 //! - Output: loop [`H2Front::poll_transmit`] until `None` after every input, send the bytes to the client.
@@ -26,8 +28,7 @@
 //!   once everything was sent: close the TCP connection.
 //!
 //! # Not done here
-//! 1xx responses are dropped (no `100 Continue` or Early Hints to the client); server push and extended CONNECT
-//! are not offered; PING and idle timeouts are the caller's (the session's timers), not the front's.
+//! Server push and extended CONNECT are not offered; PING and idle timeouts are the caller's (the session's timers), not the front's.
 
 #[cfg(test)]
 mod abuse_tests;
@@ -37,6 +38,7 @@ mod response;
 mod stream;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -53,6 +55,7 @@ use bytes::Bytes;
 use io::{FrameScanner, MemIo, Pipe, SeenFrame};
 use request::{map_request, Refuse, ReqFraming};
 use stream::{Outcome, Stream};
+use upgrade::{H2cUpgrade, Splice};
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -245,6 +248,10 @@ pub struct H2Front {
     accepted: Vec<(http::Request<RecvStream>, SendResponse<Bytes>)>,
     seen: Vec<SeenFrame>,
     ids: Vec<u32>,
+    /// An `Upgrade: h2c` request to splice into the client's first bytes (see [`upgrade`]), and those bytes
+    /// until it can be.
+    upgrade: Option<Box<H2cUpgrade>>,
+    held: Vec<u8>,
 }
 
 impl H2Front {
@@ -283,7 +290,17 @@ impl H2Front {
             accepted: Vec::new(),
             seen: Vec::new(),
             ids: Vec::new(),
+            upgrade: None,
+            held: Vec::new(),
         }
+    }
+
+    /// A front for a connection that was just upgraded from HTTP/1.1 (`101 Switching Protocols` sent): the
+    /// upgrade request is served as stream 1 (feed the bytes the client sent after that request).
+    pub fn upgraded(limits: &H2Limits, upgrade: H2cUpgrade) -> H2Front {
+        let mut front = H2Front::new(limits);
+        front.upgrade = Some(Box::new(upgrade));
+        front
     }
 
     /// Whether `prefix` (the first bytes a client sent) is, could still be, or is not the HTTP/2 preface.
@@ -303,6 +320,25 @@ impl H2Front {
         if self.closed {
             return data.len();
         }
+        if let Some(up) = self.upgrade.as_ref() {
+            let n = data.len().min(H2cUpgrade::max_needed().saturating_sub(self.held.len()));
+            self.held.extend_from_slice(&data[..n]);
+            let spliced = match up.splice(&self.held) {
+                Splice::NeedMore => None,
+                Splice::Ready { consumed, mut bytes } => {
+                    bytes.extend_from_slice(&self.held[consumed..]);
+                    Some(bytes)
+                }
+                Splice::AsIs => Some(std::mem::take(&mut self.held)),
+            };
+            if let Some(bytes) = spliced {
+                self.upgrade = None;
+                self.held = Vec::new();
+                self.io.lock().inbound = bytes;
+            }
+            self.drive(now);
+            return n;
+        }
         let n = {
             let mut p = self.io.lock();
             let n = data
@@ -317,6 +353,9 @@ impl H2Front {
 
     /// The client closed its sending side.
     pub fn handle_client_eof(&mut self, now: Instant) {
+        if self.upgrade.take().is_some() {
+            self.io.lock().inbound = std::mem::take(&mut self.held); // incomplete: h2 refuses it
+        }
         self.io.lock().eof = true;
         self.drive(now);
     }

@@ -209,6 +209,12 @@ impl Stream {
                 Ok((n, step)) => {
                     taken += n;
                     match step {
+                        Step::Interim(resp) => {
+                            if let Some(respond) = self.respond.as_mut() {
+                                // Refused only once the stream is over: nothing then waits for it.
+                                let _ = respond.send_informational(resp);
+                            }
+                        }
                         Step::Head(resp, body) => self.send_head(resp, body),
                         Step::Data(d) => self.out.extend_from_slice(d),
                         Step::End(trailers) => self.end = Some(trailers),

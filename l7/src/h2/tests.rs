@@ -249,6 +249,49 @@ fn get_maps_to_exact_head_and_response_drops_hop_by_hop() {
 }
 
 #[test]
+fn interim_responses_reach_the_client_before_the_final_one() {
+    let (mut pair, mut client) = Pair::new(&H2Limits::default());
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://h/up")
+        .header("expect", "100-continue")
+        .header("content-length", "2")
+        .body(())
+        .unwrap();
+    let (mut fut, mut body) = send(&mut pair, &mut client, req, false);
+    let events = pair.take_events();
+    let (s, head) = request_of(&events);
+    assert!(String::from_utf8_lossy(&head).contains("\r\nexpect: 100-continue\r\n"));
+    // The stream's proxy answers the Expect itself, before any body byte.
+    pair.respond(s, b"HTTP/1.1 100 Continue\r\n\r\n");
+    let mut info = Box::pin(std::future::poll_fn(|cx| fut.poll_informational(cx)));
+    let got = pair.run(&mut info).expect("an informational response").expect("ok");
+    assert_eq!(got.status(), 100);
+    drop(info);
+    body.send_data(Bytes::from_static(b"hi"), true).expect("body");
+    assert_eq!(body_of(&pair.take_events(), s), b"hi");
+    // Early Hints from the server (fields kept, hop-by-hop ones dropped), then the final response.
+    pair.respond(
+        s,
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let mut info = Box::pin(std::future::poll_fn(|cx| fut.poll_informational(cx)));
+    let hints = pair.run(&mut info).expect("Early Hints").expect("ok");
+    assert_eq!(hints.status(), 103);
+    assert_eq!(hints.headers()["link"], "</s.css>; rel=preload");
+    assert!(hints.headers().get("x-hop").is_none());
+    let mut info = Box::pin(std::future::poll_fn(|cx| fut.poll_informational(cx)));
+    assert!(pair.run(&mut info).is_none(), "the final response is next");
+    drop(info);
+    let resp = response(&mut pair, fut);
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(pair.read_body(&mut body), (b"ok".to_vec(), None));
+    assert!(counts(&pair.take_events()).is_empty());
+}
+
+#[test]
 fn post_with_content_length_and_chunked() {
     let (mut pair, mut client) = Pair::new(&H2Limits::default());
     let req = Request::builder()

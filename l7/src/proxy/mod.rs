@@ -98,6 +98,9 @@ pub enum Action {
         /// The upstream connection of the tunnel.
         upstream: UpstreamId,
     },
+    /// The first request asked for `Upgrade: h2c` and it is taken up ([`HttpProxy::offer_h2c`]): answer 101 and
+    /// serve the request as stream 1 of HTTP/2 from the unconsumed bytes on; the proxy takes no more input.
+    UpgradeH2c(Box<crate::h2::upgrade::H2cUpgrade>),
 }
 
 /// Why an upstream connection could not be used.
@@ -316,6 +319,8 @@ pub struct HttpProxy {
     client_eof: bool,
     closed: bool,
     tunnelled: bool,
+    /// The first request may switch the connection to HTTP/2 (`Upgrade: h2c`).
+    h2c: bool,
 }
 
 fn secs(s: u64) -> Duration {
@@ -370,6 +375,7 @@ impl HttpProxy {
             client_eof: false,
             closed: false,
             tunnelled: false,
+            h2c: false,
         }
     }
 
@@ -482,7 +488,7 @@ impl HttpProxy {
             self.advance(now);
         }
         self.flush();
-        if self.closed {
+        if self.closed && !self.tunnelled {
             return data.len();
         }
         used
