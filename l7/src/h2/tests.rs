@@ -387,10 +387,14 @@ fn one_mebibyte_response_with_backpressure() {
     let mut recv = resp.into_body();
     let mut got = Vec::new();
     let mut refused = 0;
+    // The rest is offered again only when the front says the stream has room (a missing `Writable` stalls).
+    let mut writable = false;
     while got.len() < body.len() {
-        if at < msg.len() {
+        writable |= pair.events.drain(..).any(|e| e == H2Event::Writable { stream: s });
+        if at < msg.len() && writable {
             let n = pair.front.send_response_bytes(pair.now, s, &msg[at..]);
-            refused += usize::from(n < msg.len() - at);
+            writable = n == msg.len() - at;
+            refused += usize::from(!writable);
             at += n;
         }
         pair.pump();
@@ -595,6 +599,49 @@ fn bench_small_requests() {
         "{n} sequential requests: {:?}/request in all (client included), {:?}/request inside H2Front \
          (includes copying bytes into the client's pipe)",
         total / n,
+        pair.front_time / n
+    );
+}
+
+/// `cargo test -p xlb-l7 --release h2::tests::bench_concurrent_requests -- --ignored --nocapture`: 16 streams in
+/// flight (as `h2load -m 16`), answered one by one, each answer followed by a pump as the stage does.
+#[test]
+#[ignore]
+fn bench_concurrent_requests() {
+    let (mut pair, mut client) = Pair::new(&H2Limits::default());
+    let (rounds, in_flight) = (1_000u32, 16);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+    let start = Instant::now();
+    pair.front_time = Duration::ZERO;
+    for _ in 0..rounds {
+        let futs: Vec<_> = (0..in_flight)
+            .map(|_| send(&mut pair, &mut client, get("http://example.com/index.html"), true).0)
+            .collect();
+        pair.pump();
+        let streams: Vec<StreamRef> = std::mem::take(&mut pair.events)
+            .into_iter()
+            .filter_map(|e| match e {
+                H2Event::Request { stream, .. } => Some(stream),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(streams.len(), in_flight);
+        for s in streams {
+            let t = Instant::now();
+            pair.front.send_response_bytes(pair.now, s, resp);
+            pair.front.end_response(pair.now, s, true);
+            pair.front_time += t.elapsed();
+            pair.pump();
+        }
+        for f in futs {
+            assert_eq!(response(&mut pair, f).status(), 200);
+        }
+        pair.events.clear();
+    }
+    let n = rounds * in_flight as u32;
+    println!(
+        "{n} requests, {in_flight} in flight: {:?}/request in all (client included), {:?}/request inside H2Front",
+        start.elapsed() / n,
         pair.front_time / n
     );
 }

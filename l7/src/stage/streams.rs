@@ -57,17 +57,18 @@ impl L7Stage {
                         front.stream_done(now, stream, false);
                     }
                 }
+                StreamWork::Writable { stream } => {
+                    // Its response was waiting for the client's window: it tries again.
+                    if let Some((index, _)) = front.stream_session(stream) {
+                        self.touched.push(index);
+                    }
+                }
             }
         }
         if front.is_done() {
             // The connection is gone: so are its streams.
             for k in front.stream_sessions() {
                 self.reset_stream_session(now, k, cx);
-            }
-        } else {
-            // The client's window may have opened: streams with a response waiting try again.
-            for (index, _) in front.stream_sessions() {
-                self.touched.push(index);
             }
         }
     }

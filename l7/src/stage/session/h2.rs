@@ -24,6 +24,8 @@ pub enum StreamWork {
     End { stream: StreamRef },
     /// The client reset the stream: end its session.
     Reset { stream: StreamRef },
+    /// The stream takes response bytes again: run its session.
+    Writable { stream: StreamRef },
 }
 
 /// The HTTP/2 side of a session.
@@ -178,6 +180,7 @@ impl Session {
                 H2Event::RequestBody { stream, data } => StreamWork::Body { stream, data },
                 H2Event::RequestEnd { stream } => StreamWork::End { stream },
                 H2Event::Reset { stream } => StreamWork::Reset { stream },
+                H2Event::Writable { stream } => StreamWork::Writable { stream },
                 H2Event::Count(c) => {
                     counters.bump(L7Count::from_h2(c));
                     continue;
