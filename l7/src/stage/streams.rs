@@ -86,7 +86,14 @@ impl L7Stage {
             }
             return;
         };
-        let mut moved = child.drain_stream_response(|data| front.stream_response(now, stream, data));
+        // Any call into the front may have moved other streams too (their frames, their `Writable`): the front
+        // runs next whenever it was called, even if this stream's bytes were all refused.
+        let mut called = false;
+        let mut moved = child.drain_stream_response(|data| {
+            called = true;
+            front.stream_response(now, stream, data)
+        });
+        moved |= called;
         let taken = child.take_stream_body_taken();
         if taken > 0 {
             front.stream_body_taken(now, stream, taken);
