@@ -70,7 +70,8 @@ pub struct L7Config {
     pub upstream_idle_timeout_s: u64,
     /// File the access log is appended to, one line per answered request (none by default).
     pub access_log: Option<String>,
-    /// HTTP/2 to clients: h2c with prior knowledge on `http` listeners, ALPN `h2` on `https` listeners.
+    /// HTTP/2 to clients: h2c (prior knowledge or `Upgrade: h2c`) on `http` listeners, ALPN `h2` on `https`
+    /// listeners.
     pub http2: bool,
     /// Streams an HTTP/2 client may have open at once (more are refused with REFUSED_STREAM).
     pub http2_max_concurrent_streams: u32,

@@ -4,14 +4,18 @@
 //!
 //! # Driving `h2` without a runtime
 //! The protocol is the `h2` crate's, which is async. It runs here on an in-memory transport (`io::MemIo`:
-//! reads from an inbound queue, `Pending` when empty; writes into an outbound buffer) and is polled by hand with
-//! a no-op waker, on the caller's thread, never blocking. A no-op waker is enough because the only things that
-//! can make `h2` progress are inputs to the front (client bytes or end of file, response bytes, consumed request
-//! bytes, outbound bytes taken, a timeout), and every one of those entry points polls the connection and every
-//! stream again until nothing moves. `h2` reads the clock itself (`Instant::now`) only to expire the ids of
-//! reset streams; everything else is driven by the `now` passed in.
+//! reads from an inbound queue, `Pending` when empty; writes into an outbound buffer) and is polled by hand, on
+//! the caller's thread, never blocking. The only things that can make `h2` progress are inputs to the front
+//! (client bytes or end of file, response bytes, consumed request bytes, outbound bytes taken, a timeout), and
+//! every one of those entry points polls the connection (with a no-op waker) until nothing moves. Streams are
+//! polled with wakers of their own: a stream is polled again only once `h2` or the front woke it (see
+//! [`ready`]), so the cost of an input does not grow with the number of open streams. `h2` reads the clock
+//! itself (`Instant::now`) only to expire the ids of reset streams; everything else is driven by the `now`
+//! passed in.
 //!
 //! # Contract with the caller
+//! - A front is made with [`H2Front::new`] (prior knowledge, ALPN) or [`H2Front::upgraded`] (`Upgrade: h2c`,
+//!   see [`upgrade`]).
 //! - Client bytes: [`H2Front::handle_client_bytes`] (returns how many were taken: leave the rest in the receive
 //!   buffer and offer them again after output was taken), [`H2Front::handle_client_eof`].
 //! - Output: loop [`H2Front::poll_transmit`] until `None` after every input, send the bytes to the client.
@@ -20,23 +24,23 @@
 //!   [`H2Front::request_bytes_taken`]: flow-control credit is returned to the client only then); `RequestEnd`;
 //!   `Reset` → drop the proxy; `Count` → counters.
 //! - The proxy's `SendToClient` bytes go to [`H2Front::send_response_bytes`] (returns how many were taken: keep
-//!   the rest and offer it again after the client's window opened, i.e. after more client bytes or
-//!   `poll_transmit`); when the proxy is done (closed the virtual client, or failed), [`H2Front::end_response`].
+//!   the rest and offer it again on the stream's `Writable` event); when the proxy is done (closed the virtual client, or failed), [`H2Front::end_response`].
 //! - [`H2Front::poll_timeout`] / [`H2Front::handle_timeout`] for the GOAWAY grace period; [`H2Front::is_closed`]
 //!   once everything was sent: close the TCP connection.
 //!
 //! # Not done here
-//! 1xx responses are dropped (no `100 Continue` or Early Hints to the client); server push and extended CONNECT
-//! are not offered; PING and idle timeouts are the caller's (the session's timers), not the front's.
+//! Server push and extended CONNECT are not offered; PING and idle timeouts are the caller's (the session's timers), not the front's.
 
 #[cfg(test)]
 mod abuse_tests;
 pub(crate) mod io;
+mod ready;
 mod request;
 mod response;
 mod stream;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -51,8 +55,10 @@ use ahash::{AHashMap, AHashSet};
 use bytes::Bytes;
 
 use io::{FrameScanner, MemIo, Pipe, SeenFrame};
+use ready::{ReadySet, StreamWake};
 use request::{map_request, Refuse, ReqFraming};
 use stream::{Outcome, Stream};
+use upgrade::{H2cUpgrade, Splice};
 
 /// The HTTP/2 connection preface a client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -217,6 +223,12 @@ pub enum H2Event {
         /// The stream.
         stream: StreamRef,
     },
+    /// The stream refused response bytes ([`H2Front::send_response_bytes`] took fewer than offered) and has
+    /// room again: offer the rest.
+    Writable {
+        /// The stream.
+        stream: StreamRef,
+    },
     /// Something to count.
     Count(H2Count),
 }
@@ -229,6 +241,8 @@ pub struct H2Front {
     conn: Option<Connection<MemIo, Bytes>>,
     closed: bool,
     streams: AHashMap<u32, Stream>,
+    /// Streams to poll (see [`ready`]).
+    ready: Arc<ReadySet>,
     /// Accepted streams `h2` may still write frames for (for telling its own refusals from ours).
     live: AHashSet<u32>,
     /// The stream `h2` answered 431 (its RST_STREAM follows; counted once).
@@ -245,6 +259,10 @@ pub struct H2Front {
     accepted: Vec<(http::Request<RecvStream>, SendResponse<Bytes>)>,
     seen: Vec<SeenFrame>,
     ids: Vec<u32>,
+    /// An `Upgrade: h2c` request to splice into the client's first bytes (see [`upgrade`]), and those bytes
+    /// until it can be.
+    upgrade: Option<Box<H2cUpgrade>>,
+    held: Vec<u8>,
 }
 
 impl H2Front {
@@ -271,6 +289,7 @@ impl H2Front {
             conn: None,
             closed: false,
             streams: AHashMap::new(),
+            ready: Arc::default(),
             live: AHashSet::new(),
             answered_431: None,
             scanner: FrameScanner::default(),
@@ -283,7 +302,17 @@ impl H2Front {
             accepted: Vec::new(),
             seen: Vec::new(),
             ids: Vec::new(),
+            upgrade: None,
+            held: Vec::new(),
         }
+    }
+
+    /// A front for a connection that was just upgraded from HTTP/1.1 (`101 Switching Protocols` sent): the
+    /// upgrade request is served as stream 1 (feed the bytes the client sent after that request).
+    pub fn upgraded(limits: &H2Limits, upgrade: H2cUpgrade) -> H2Front {
+        let mut front = H2Front::new(limits);
+        front.upgrade = Some(Box::new(upgrade));
+        front
     }
 
     /// Whether `prefix` (the first bytes a client sent) is, could still be, or is not the HTTP/2 preface.
@@ -303,6 +332,25 @@ impl H2Front {
         if self.closed {
             return data.len();
         }
+        if let Some(up) = self.upgrade.as_ref() {
+            let n = data.len().min(H2cUpgrade::max_needed().saturating_sub(self.held.len()));
+            self.held.extend_from_slice(&data[..n]);
+            let spliced = match up.splice(&self.held) {
+                Splice::NeedMore => None,
+                Splice::Ready { consumed, mut bytes } => {
+                    bytes.extend_from_slice(&self.held[consumed..]);
+                    Some(bytes)
+                }
+                Splice::AsIs => Some(std::mem::take(&mut self.held)),
+            };
+            if let Some(bytes) = spliced {
+                self.upgrade = None;
+                self.held = Vec::new();
+                self.io.lock().inbound = bytes;
+            }
+            self.drive(now);
+            return n;
+        }
         let n = {
             let mut p = self.io.lock();
             let n = data
@@ -317,6 +365,9 @@ impl H2Front {
 
     /// The client closed its sending side.
     pub fn handle_client_eof(&mut self, now: Instant) {
+        if self.upgrade.take().is_some() {
+            self.io.lock().inbound = std::mem::take(&mut self.held); // incomplete: h2 refuses it
+        }
         self.io.lock().eof = true;
         self.drive(now);
     }
@@ -348,6 +399,7 @@ impl H2Front {
             return data.len();
         };
         let (taken, failed) = s.feed(data, self.limits.max_send_buffer);
+        s.wake();
         if failed {
             self.events.push_back(H2Event::Count(H2Count::BadResponse));
         }
@@ -360,6 +412,7 @@ impl H2Front {
     /// if no head was sent yet, else RST_STREAM(INTERNAL_ERROR).
     pub fn end_response(&mut self, now: Instant, stream: StreamRef, complete: bool) {
         if let Some(s) = self.streams.get_mut(&stream.0) {
+            s.wake();
             if s.end_response(complete) {
                 self.events.push_back(H2Count::BadResponse.into());
             }
@@ -372,6 +425,7 @@ impl H2Front {
     pub fn request_bytes_taken(&mut self, now: Instant, stream: StreamRef, n: usize) {
         if let Some(s) = self.streams.get_mut(&stream.0) {
             s.request_bytes_taken(n);
+            s.wake();
         }
         self.drive(now);
     }
@@ -413,14 +467,14 @@ impl H2Front {
         self.drive(now);
     }
 
-    /// Polls `h2` and every stream until nothing moves (see the module docs on the no-op waker).
+    /// Polls `h2`, and the streams that were woken, until nothing moves (see the module docs on wakers).
     fn drive(&mut self, now: Instant) {
         let mut cx = Context::from_waker(Waker::noop());
         for _ in 0..16 {
             let mut progress = self.poll_connection(&mut cx);
             self.scan_outbound();
-            progress |= self.poll_streams(now, &mut cx);
-            if !progress {
+            progress |= self.poll_streams(now);
+            if !progress && self.ready.is_empty() {
                 break;
             }
         }
@@ -486,7 +540,8 @@ impl H2Front {
                 } else {
                     Some(recv)
                 };
-                let s = Stream::new(recv, m.framing, respond, m.is_head, &self.limits);
+                let wake = StreamWake::new(id, &self.ready);
+                let s = Stream::new(recv, m.framing, respond, m.is_head, &self.limits, wake);
                 self.streams.insert(id, s);
             }
             Err(Refuse::Malformed) => {
@@ -520,17 +575,16 @@ impl H2Front {
         self.live.clear();
     }
 
-    /// Request bodies, resets, response data of every stream.
-    fn poll_streams(&mut self, now: Instant, cx: &mut Context<'_>) -> bool {
+    /// Request bodies, resets, response data of the streams that were woken.
+    fn poll_streams(&mut self, now: Instant) -> bool {
         let mut progress = false;
         let mut ids = std::mem::take(&mut self.ids);
-        ids.clear();
-        ids.extend(self.streams.keys().copied());
+        self.ready.take(&mut ids);
         for &id in &ids {
             let Some(s) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let (p, outcome) = s.poll(cx, StreamRef(id), &mut self.events);
+            let (p, outcome) = s.poll(StreamRef(id), &mut self.events);
             progress |= p;
             match outcome {
                 Outcome::Open => {}

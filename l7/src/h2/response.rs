@@ -1,7 +1,8 @@
 //! The HTTP/1.1 response a stream's proxy writes, parsed incrementally into an HTTP/2 response.
 //!
-//! The head is collected (bounded) and parsed with the crate's strict parser; 1xx interim responses are
-//! dropped (HTTP/2 needs no `100 Continue`, and Early Hints are not forwarded); the body is decoded with
+//! The head is collected (bounded) and parsed with the crate's strict parser; 1xx interim responses (the
+//! proxy's own `100 Continue` for a request with `Expect: 100-continue`, a server's 102 or 103 Early Hints) are
+//! passed on as informational HTTP/2 responses, before the final one; the body is decoded with
 //! [`BodyDecoder`] (Content-Length, chunked or until the proxy says it is done). Hop-by-hop fields are removed.
 //! Chunked trailers become HTTP/2 trailers (fields that are not valid or not allowed in trailers are dropped).
 
@@ -14,6 +15,8 @@ use crate::http1::{list_elements, BodyFraming, HeadScanner, Refusal};
 /// What one parsing step produced.
 #[derive(Debug)]
 pub(crate) enum Step<'a> {
+    /// An interim (1xx) response head; the final one follows.
+    Interim(http::Response<()>),
     /// A final response head, and whether it has a body.
     Head(http::Response<()>, bool),
     /// Body bytes (a slice of the input).
@@ -86,7 +89,7 @@ impl ResponseParser {
                 if head.is_interim() {
                     buf.clear();
                     *scanner = HeadScanner::default();
-                    return Ok((used, Step::NeedMore));
+                    return Ok((used, Step::Interim(to_h2(&head))));
                 }
                 if head.status == 101 {
                     return Err(Refusal::BadStartLine);

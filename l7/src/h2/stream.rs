@@ -3,13 +3,15 @@
 //! as the client's window allows).
 
 use std::collections::VecDeque;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 
 use ::h2::server::SendResponse;
 use ::h2::{Reason, RecvStream, SendStream};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 
+use super::ready::StreamWake;
 use super::request::{frame_body, last_chunk, ReqFraming};
 use super::response::{ResponseParser, Step};
 use super::{H2Event, H2Limits, StreamRef};
@@ -48,6 +50,11 @@ pub(crate) struct Stream {
     finished: bool,
     /// [`super::H2Front::end_response`] was called.
     proxy_done: bool,
+    /// Response bytes were refused (the send buffer was full): `Writable` once some were sent.
+    blocked: bool,
+    /// This stream's waker (see [`super::ready`]): it is polled when woken.
+    wake: Arc<StreamWake>,
+    waker: Waker,
 }
 
 impl Stream {
@@ -57,8 +64,11 @@ impl Stream {
         respond: SendResponse<Bytes>,
         is_head: bool,
         limits: &H2Limits,
+        (wake, waker): (Arc<StreamWake>, Waker),
     ) -> Self {
         Stream {
+            wake,
+            waker,
             req_done: recv.is_none(),
             recv,
             framing,
@@ -71,11 +81,21 @@ impl Stream {
             end: None,
             finished: false,
             proxy_done: false,
+            blocked: false,
         }
     }
 
-    /// Request body events, reset detection, response data; returns whether anything moved.
-    pub fn poll(&mut self, cx: &mut Context<'_>, id: StreamRef, events: &mut VecDeque<H2Event>) -> (bool, Outcome) {
+    /// The stream has work from the front's side (response bytes, its end, consumed request bytes): poll it.
+    pub fn wake(&self) {
+        self.wake.wake_by_ref();
+    }
+
+    /// Request body events, reset detection, response data; returns whether anything moved. `h2` wakes the
+    /// stream when it has more for it.
+    pub fn poll(&mut self, id: StreamRef, events: &mut VecDeque<H2Event>) -> (bool, Outcome) {
+        self.wake.polling();
+        let waker = self.waker.clone();
+        let cx = &mut Context::from_waker(&waker);
         let mut progress = false;
         if !self.req_done {
             match self.poll_request(cx, id, events) {
@@ -92,7 +112,12 @@ impl Stream {
             if reset.is_ready() {
                 return (true, self.reset_outcome());
             }
-            progress |= self.flush();
+            if self.flush() {
+                progress = true;
+                if std::mem::take(&mut self.blocked) {
+                    events.push_back(H2Event::Writable { stream: id });
+                }
+            }
         }
         let done = self.finished && ((self.req_done && self.unreleased.is_empty()) || self.proxy_done);
         (progress, if done { Outcome::Done } else { Outcome::Open })
@@ -209,6 +234,12 @@ impl Stream {
                 Ok((n, step)) => {
                     taken += n;
                     match step {
+                        Step::Interim(resp) => {
+                            if let Some(respond) = self.respond.as_mut() {
+                                // Refused only once the stream is over: nothing then waits for it.
+                                let _ = respond.send_informational(resp);
+                            }
+                        }
                         Step::Head(resp, body) => self.send_head(resp, body),
                         Step::Data(d) => self.out.extend_from_slice(d),
                         Step::End(trailers) => self.end = Some(trailers),
@@ -228,6 +259,7 @@ impl Stream {
                 self.end = Some(trailers);
             }
         }
+        self.blocked |= taken < data.len();
         (taken, false)
     }
 

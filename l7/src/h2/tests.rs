@@ -249,6 +249,49 @@ fn get_maps_to_exact_head_and_response_drops_hop_by_hop() {
 }
 
 #[test]
+fn interim_responses_reach_the_client_before_the_final_one() {
+    let (mut pair, mut client) = Pair::new(&H2Limits::default());
+    let req = Request::builder()
+        .method("POST")
+        .uri("http://h/up")
+        .header("expect", "100-continue")
+        .header("content-length", "2")
+        .body(())
+        .unwrap();
+    let (mut fut, mut body) = send(&mut pair, &mut client, req, false);
+    let events = pair.take_events();
+    let (s, head) = request_of(&events);
+    assert!(String::from_utf8_lossy(&head).contains("\r\nexpect: 100-continue\r\n"));
+    // The stream's proxy answers the Expect itself, before any body byte.
+    pair.respond(s, b"HTTP/1.1 100 Continue\r\n\r\n");
+    let mut info = Box::pin(std::future::poll_fn(|cx| fut.poll_informational(cx)));
+    let got = pair.run(&mut info).expect("an informational response").expect("ok");
+    assert_eq!(got.status(), 100);
+    drop(info);
+    body.send_data(Bytes::from_static(b"hi"), true).expect("body");
+    assert_eq!(body_of(&pair.take_events(), s), b"hi");
+    // Early Hints from the server (fields kept, hop-by-hop ones dropped), then the final response.
+    pair.respond(
+        s,
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
+    let mut info = Box::pin(std::future::poll_fn(|cx| fut.poll_informational(cx)));
+    let hints = pair.run(&mut info).expect("Early Hints").expect("ok");
+    assert_eq!(hints.status(), 103);
+    assert_eq!(hints.headers()["link"], "</s.css>; rel=preload");
+    assert!(hints.headers().get("x-hop").is_none());
+    let mut info = Box::pin(std::future::poll_fn(|cx| fut.poll_informational(cx)));
+    assert!(pair.run(&mut info).is_none(), "the final response is next");
+    drop(info);
+    let resp = response(&mut pair, fut);
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    assert_eq!(pair.read_body(&mut body), (b"ok".to_vec(), None));
+    assert!(counts(&pair.take_events()).is_empty());
+}
+
+#[test]
 fn post_with_content_length_and_chunked() {
     let (mut pair, mut client) = Pair::new(&H2Limits::default());
     let req = Request::builder()
@@ -344,10 +387,14 @@ fn one_mebibyte_response_with_backpressure() {
     let mut recv = resp.into_body();
     let mut got = Vec::new();
     let mut refused = 0;
+    // The rest is offered again only when the front says the stream has room (a missing `Writable` stalls).
+    let mut writable = false;
     while got.len() < body.len() {
-        if at < msg.len() {
+        writable |= pair.events.drain(..).any(|e| e == H2Event::Writable { stream: s });
+        if at < msg.len() && writable {
             let n = pair.front.send_response_bytes(pair.now, s, &msg[at..]);
-            refused += usize::from(n < msg.len() - at);
+            writable = n == msg.len() - at;
+            refused += usize::from(!writable);
             at += n;
         }
         pair.pump();
@@ -552,6 +599,49 @@ fn bench_small_requests() {
         "{n} sequential requests: {:?}/request in all (client included), {:?}/request inside H2Front \
          (includes copying bytes into the client's pipe)",
         total / n,
+        pair.front_time / n
+    );
+}
+
+/// `cargo test -p xlb-l7 --release h2::tests::bench_concurrent_requests -- --ignored --nocapture`: 16 streams in
+/// flight (as `h2load -m 16`), answered one by one, each answer followed by a pump as the stage does.
+#[test]
+#[ignore]
+fn bench_concurrent_requests() {
+    let (mut pair, mut client) = Pair::new(&H2Limits::default());
+    let (rounds, in_flight) = (1_000u32, 16);
+    let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+    let start = Instant::now();
+    pair.front_time = Duration::ZERO;
+    for _ in 0..rounds {
+        let futs: Vec<_> = (0..in_flight)
+            .map(|_| send(&mut pair, &mut client, get("http://example.com/index.html"), true).0)
+            .collect();
+        pair.pump();
+        let streams: Vec<StreamRef> = std::mem::take(&mut pair.events)
+            .into_iter()
+            .filter_map(|e| match e {
+                H2Event::Request { stream, .. } => Some(stream),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(streams.len(), in_flight);
+        for s in streams {
+            let t = Instant::now();
+            pair.front.send_response_bytes(pair.now, s, resp);
+            pair.front.end_response(pair.now, s, true);
+            pair.front_time += t.elapsed();
+            pair.pump();
+        }
+        for f in futs {
+            assert_eq!(response(&mut pair, f).status(), 200);
+        }
+        pair.events.clear();
+    }
+    let n = rounds * in_flight as u32;
+    println!(
+        "{n} requests, {in_flight} in flight: {:?}/request in all (client included), {:?}/request inside H2Front",
+        start.elapsed() / n,
         pair.front_time / n
     );
 }

@@ -43,6 +43,10 @@ pub enum Action {
         /// The upstream connection of the tunnel.
         upstream: UpstreamId,
     },
+    /// The first request asked for `Upgrade: h2c` and it is taken up ([`super::HttpProxy::offer_h2c`]): answer
+    /// 101 and serve the request as stream 1 of HTTP/2 from the unconsumed bytes on; the proxy takes no more
+    /// input.
+    UpgradeH2c(Box<crate::h2::upgrade::H2cUpgrade>),
 }
 
 /// Why an upstream connection could not be used.

@@ -1,6 +1,7 @@
 //! The client side of [`HttpProxy`]: request heads, the start of an exchange, request bodies.
 
 use super::*;
+use crate::h2::upgrade::{h2c_upgrade, H2cUpgrade};
 
 impl HttpProxy {
     /// Appends head bytes; returns how many of `data` belong to the head so far.
@@ -58,10 +59,27 @@ impl HttpProxy {
         let parsed = parse_request(&self.head[skip..end]);
         self.head.clear();
         self.scanner = HeadScanner::default();
+        let h2c = std::mem::take(&mut self.h2c);
         match parsed {
-            Ok(req) => self.start_exchange(now, req),
+            Ok(req) => match h2c.then(|| h2c_upgrade(&req)).flatten() {
+                Some(up) => self.switch_to_h2c(up),
+                None => self.start_exchange(now, req),
+            },
             Err(r) => self.refuse(r),
         }
+    }
+
+    /// Offers HTTP/2 to the connection's first request: an `Upgrade: h2c` the front can take up (see
+    /// [`crate::h2::upgrade`]) ends the proxy's work with [`Action::UpgradeH2c`].
+    pub fn offer_h2c(&mut self) {
+        self.h2c = self.exchange.is_none() && self.next_upstream == 0 && !self.closed;
+    }
+
+    fn switch_to_h2c(&mut self, up: H2cUpgrade) {
+        self.client_deadline = None;
+        self.closed = true;
+        self.tunnelled = true; // the bytes after the head are not consumed: they are HTTP/2
+        self.push(Action::UpgradeH2c(Box::new(up)));
     }
 
     pub(super) fn start_exchange(&mut self, now: Instant, mut req: RequestHead) {

@@ -156,6 +156,8 @@ pub struct HttpProxy {
     client_eof: bool,
     closed: bool,
     tunnelled: bool,
+    /// The first request may switch the connection to HTTP/2 (`Upgrade: h2c`).
+    h2c: bool,
 }
 
 fn secs(s: u64) -> Duration {
@@ -210,6 +212,7 @@ impl HttpProxy {
             client_eof: false,
             closed: false,
             tunnelled: false,
+            h2c: false,
         }
     }
 
@@ -322,7 +325,7 @@ impl HttpProxy {
             self.advance(now);
         }
         self.flush();
-        if self.closed {
+        if self.closed && !self.tunnelled {
             return data.len();
         }
         used

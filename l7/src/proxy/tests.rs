@@ -65,6 +65,8 @@ struct Harness {
     /// Upstreams handed back idle and reusable (also in `upstream_closed`: the proxy is done with them).
     released: Vec<UpstreamId>,
     tunnel: Option<UpstreamId>,
+    /// The proxy handed the connection over to HTTP/2 (`Upgrade: h2c`).
+    h2c: bool,
     events: Vec<Event>,
     /// The datapath's idle pool, as the L7 stage keeps it: released connections (by the id they were opened
     /// with, their group and server), handed out again for a later request to the same group.
@@ -93,6 +95,7 @@ impl Harness {
             upstream_closed: Vec::new(),
             released: Vec::new(),
             tunnel: None,
+            h2c: false,
             events: Vec::new(),
             pool: Vec::new(),
             opened: HashMap::new(),
@@ -162,6 +165,7 @@ impl Harness {
                     }
                 }
                 Action::Tunnel { upstream } => self.tunnel = Some(upstream),
+                Action::UpgradeH2c(_) => self.h2c = true,
             }
         }
         while let Some(e) = self.p.poll_event() {
@@ -1234,4 +1238,51 @@ fn an_idle_connection_releases_its_kept_buffers_and_serves_the_next_request() {
     h.client(b"GET /b HTTP/1.1\r\nHost: a\r\n");
     h.p.release_idle_buffers();
     assert!(!h.p.head.is_empty());
+}
+
+const H2C: &[u8] = b"GET /a HTTP/1.1\r\nHost: www.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\n\r\n";
+
+#[test]
+fn an_offered_h2c_upgrade_hands_the_connection_over_leaving_the_http2_bytes() {
+    let mut h = Harness::new();
+    h.p.offer_h2c();
+    h.client(H2C);
+    h.client(crate::h2::PREFACE);
+    assert!(h.h2c && h.connects.is_empty() && h.to_client.is_empty());
+    assert_eq!(
+        h.client_pending,
+        crate::h2::PREFACE,
+        "the HTTP/2 bytes are left for the front"
+    );
+    assert_eq!(h.p.poll_timeout(), None);
+    assert!(h.p.is_closed() && !h.p.wants_client_bytes());
+}
+
+#[test]
+fn h2c_is_ignored_unless_offered_and_only_on_the_first_request_without_a_body() {
+    // Not offered (HTTP/2 off, or HTTPS): an ordinary request, Upgrade not forwarded.
+    let mut h = Harness::new();
+    h.client(H2C);
+    h.connected(0, 0);
+    assert!(!h.h2c);
+    let up = h.take_upstream(0);
+    assert!(
+        up.starts_with("GET /a HTTP/1.1\r\n") && !up.to_ascii_lowercase().contains("h2c"),
+        "{up}"
+    );
+    // Offered, but with a body: answered over HTTP/1.1.
+    let mut h = Harness::new();
+    h.p.offer_h2c();
+    let post = String::from_utf8_lossy(H2C)
+        .replace("GET", "POST")
+        .replace("\r\n\r\n", "\r\nContent-Length: 2\r\n\r\nhi");
+    h.client(post.as_bytes());
+    h.connected(0, 0);
+    assert!(!h.h2c);
+    assert!(h.take_upstream(0).ends_with("\r\n\r\nhi"));
+    // Offered, then a second request asks: the offer was for the first one only.
+    h.upstream(0, OK5);
+    h.client(H2C);
+    assert!(!h.h2c && h.take_client().ends_with("hello"));
 }

@@ -71,6 +71,7 @@ l7_counts! {
     UpstreamTlsFailed => "upstream_tls_failed": "TLS handshakes with servers that failed: certificate not trusted or not for the name, no common version (502; the cause is logged).",
     H2Connections => "h2_connections": "Client connections that speak HTTP/2 (prior knowledge, or ALPN h2).",
     H2Streams => "h2_streams": "HTTP/2 streams (requests) opened by clients.",
+    H2Upgrades => "h2_upgrades": "HTTP/1.1 connections switched to HTTP/2 by `Upgrade: h2c` (101; counted in h2_connections too).",
     H2ClientProtocolError => "h2_client_protocol_error": "HTTP/2 connections ended on a client protocol error.",
     H2RapidReset => "h2_rapid_reset": "HTTP/2 connections ended for resetting too many streams (Rapid Reset, CVE-2023-44487): GOAWAY.",
     H2TooManyErrorResets => "h2_too_many_error_resets": "HTTP/2 connections ended for too many streams reset for the client's errors: GOAWAY.",

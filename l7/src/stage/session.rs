@@ -191,7 +191,7 @@ impl Session {
                     self.proxy.set_client_cert_subject(subject);
                 }
                 if let (true, Some(limits)) = (outcome.alpn_h2, h2) {
-                    self.become_front(now, limits);
+                    self.become_front(now, H2Front::new(limits));
                     self.sniffed = true;
                     counters.bump(L7Count::H2Connections);
                 }
@@ -386,9 +386,10 @@ impl Session {
                 match H2Front::sniff(data) {
                     Sniff::NeedMore => return 0,
                     Sniff::H2 => {
-                        self.become_front(now, limits);
+                        self.become_front(now, H2Front::new(limits));
                         counters.bump(L7Count::H2Connections);
                     }
+                    Sniff::Http1 if self.proxy.config().scheme == "http" => self.proxy.offer_h2c(),
                     Sniff::Http1 => {}
                 }
             }
@@ -531,6 +532,7 @@ impl Session {
                 Action::CloseUpstream(id) => self.close_upstream(io, id),
                 Action::ReleaseUpstream(id) => self.release_upstream(io, id),
                 Action::Tunnel { .. } => self.tunnel = true,
+                Action::UpgradeH2c(up) => self.upgrade_to_h2(io, *up),
             }
         }
         while let Some(event) = self.proxy.poll_event() {

@@ -57,17 +57,18 @@ impl L7Stage {
                         front.stream_done(now, stream, false);
                     }
                 }
+                StreamWork::Writable { stream } => {
+                    // Its response was waiting for the client's window: it tries again.
+                    if let Some((index, _)) = front.stream_session(stream) {
+                        self.touched.push(index);
+                    }
+                }
             }
         }
         if front.is_done() {
             // The connection is gone: so are its streams.
             for k in front.stream_sessions() {
                 self.reset_stream_session(now, k, cx);
-            }
-        } else {
-            // The client's window may have opened: streams with a response waiting try again.
-            for (index, _) in front.stream_sessions() {
-                self.touched.push(index);
             }
         }
     }
@@ -85,7 +86,14 @@ impl L7Stage {
             }
             return;
         };
-        let mut moved = child.drain_stream_response(|data| front.stream_response(now, stream, data));
+        // Any call into the front may have moved other streams too (their frames, their `Writable`): the front
+        // runs next whenever it was called, even if this stream's bytes were all refused.
+        let mut called = false;
+        let mut moved = child.drain_stream_response(|data| {
+            called = true;
+            front.stream_response(now, stream, data)
+        });
+        moved |= called;
         let taken = child.take_stream_body_taken();
         if taken > 0 {
             front.stream_body_taken(now, stream, taken);

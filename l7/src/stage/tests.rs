@@ -836,6 +836,176 @@ mod h2c {
         );
         assert_eq!(w.counters().get(L7Count::Aborted), 0);
     }
+
+    #[test]
+    fn expect_100_continue_over_h2_is_answered_100_before_any_body_byte() {
+        let mut w = world();
+        let c = w.connect(40_202);
+        let io = MemIo(Arc::new(Mutex::new(Pipe {
+            max_outbound: usize::MAX,
+            ..Pipe::default()
+        })));
+        let mut h = H2Client {
+            io: io.clone(),
+            conn: None,
+            c,
+        };
+        let mut hs = Box::pin(client::handshake(io));
+        let (mut send, conn) = w.h2_run(&mut h, &mut hs).expect("h2 handshake");
+        h.conn = Some(Box::pin(conn));
+        let req = http::Request::post("http://www.example.com/up")
+            .header("expect", "100-continue")
+            .header("content-length", "4")
+            .body(())
+            .unwrap();
+        let (mut resp, _body) = send.send_request(req, false).expect("send_request");
+        let mut info = Box::pin(std::future::poll_fn(|cx| resp.poll_informational(cx)));
+        let got = w
+            .h2_run(&mut h, &mut info)
+            .expect("an informational response")
+            .expect("ok");
+        assert_eq!(got.status(), 100);
+        drop(info);
+        // (The test server answers as soon as it has the head: the final response needs no body here.)
+        let mut resp = Box::pin(resp);
+        let resp = w.h2_run(&mut h, &mut resp).expect("response");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(w.server.requests.len(), 1);
+        assert!(w.server.requests[0].starts_with("POST /up HTTP/1.1\r\n"));
+        assert_eq!(w.counters().get(L7Count::Aborted), 0);
+    }
+
+    /// Everything the client received so far.
+    fn recv_all(w: &mut World, c: ConnId) -> Vec<u8> {
+        let mut buf = vec![0u8; 65536];
+        let n = w
+            .client
+            .socket(w.now, c)
+            .map_or(0, |s| s.recv_slice(&mut buf).unwrap_or(0));
+        buf.truncate(n);
+        buf
+    }
+
+    /// HTTP/2 frames: (type, flags, stream, payload).
+    fn frames(mut b: &[u8]) -> Vec<(u8, u8, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        while b.len() >= 9 {
+            let len = usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]);
+            let stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]);
+            out.push((b[3], b[4], stream, b[9..9 + len].to_vec()));
+            b = &b[9 + len..];
+        }
+        assert!(b.is_empty(), "a partial frame");
+        out
+    }
+
+    /// The response of `stream` in `frames`: whether its HEADERS say `:status 200` (HPACK static index 8) and
+    /// its DATA up to END_STREAM.
+    fn response_of(frames: &[(u8, u8, u32, Vec<u8>)], stream: u32) -> (bool, Vec<u8>, bool) {
+        let ok = frames
+            .iter()
+            .any(|f| f.0 == 1 && f.2 == stream && f.3.first() == Some(&0x88));
+        let data = frames.iter().filter(|f| f.0 == 0 && f.2 == stream);
+        let ended = data.clone().any(|f| f.1 & 1 != 0);
+        (ok, data.flat_map(|f| f.3.clone()).collect(), ended)
+    }
+
+    #[test]
+    fn an_upgrade_h2c_request_is_answered_101_and_served_as_stream_1() {
+        use crate::h2::upgrade::{frame_header, hpack_literal, SWITCHING_PROTOCOLS};
+        let mut w = world();
+        let c = w.connect(40_300);
+        let req = b"GET /x HTTP/1.1\r\nHost: www.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+            Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAQAA\r\nX-Req: 1\r\n\r\n";
+        w.client.socket(w.now, c).unwrap().send_slice(req).unwrap();
+        w.settle();
+        let got = recv_all(&mut w, c);
+        assert!(
+            got.starts_with(SWITCHING_PROTOCOLS),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+        let first = frames(&got[SWITCHING_PROTOCOLS.len()..]);
+        assert_eq!(
+            first.len(),
+            1,
+            "the server's SETTINGS, then it waits for the client's preface"
+        );
+        assert_eq!((first[0].0, first[0].1), (4, 0));
+        assert!(w.server.requests.is_empty());
+
+        // The client's preface and SETTINGS (with an ACK of the server's), then stream 3 on the same connection.
+        let mut h2 = crate::h2::PREFACE.to_vec();
+        frame_header(&mut h2, 0, 4, 0, 0);
+        frame_header(&mut h2, 0, 4, 1, 0);
+        w.client.socket(w.now, c).unwrap().send_slice(&h2).unwrap();
+        w.settle();
+        let mut block = Vec::new();
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/y"),
+            (":authority", "www.example.com"),
+        ] {
+            hpack_literal(&mut block, n.as_bytes(), v.as_bytes());
+        }
+        let mut h2 = Vec::new();
+        frame_header(&mut h2, block.len(), 1, 5, 3);
+        h2.extend_from_slice(&block);
+        w.client.socket(w.now, c).unwrap().send_slice(&h2).unwrap();
+        w.settle();
+        let frames = frames(&recv_all(&mut w, c));
+        assert!(
+            frames.iter().any(|f| f.0 == 4 && f.1 == 1),
+            "the client's SETTINGS acknowledged"
+        );
+        assert_eq!(
+            frames.iter().filter(|f| f.0 == 4 && f.1 == 1).count(),
+            1,
+            "once: the 101 acknowledged HTTP2-Settings"
+        );
+        assert_eq!(
+            response_of(&frames, 1),
+            (true, b"hello".to_vec(), true),
+            "stream 1: the upgraded request"
+        );
+        assert_eq!(response_of(&frames, 3), (true, b"hello".to_vec(), true));
+        assert!(
+            !frames.iter().any(|f| f.0 == 3 || f.0 == 7),
+            "no RST_STREAM or GOAWAY: {frames:?}"
+        );
+
+        assert_eq!(w.server.requests.len(), 2);
+        let upgraded = &w.server.requests[0];
+        assert!(
+            upgraded.starts_with("GET /x HTTP/1.1\r\nHost: www.example.com\r\nx-req: 1\r\n"),
+            "{upgraded}"
+        );
+        assert!(
+            !upgraded.to_ascii_lowercase().contains("upgrade") && !upgraded.contains("HTTP2"),
+            "{upgraded}"
+        );
+        assert!(w.server.requests[1].starts_with("GET /y HTTP/1.1\r\n"));
+        assert_eq!(w.counters().get(L7Count::H2Upgrades), 1);
+        assert_eq!(w.counters().get(L7Count::H2Connections), 1);
+        assert_eq!(w.counters().get(L7Count::H2Streams), 2);
+        assert_eq!(w.counters().get(L7Count::Aborted), 0);
+    }
+
+    #[test]
+    fn an_upgrade_h2c_request_with_a_body_is_answered_over_http1() {
+        let mut w = world();
+        let c = w.connect(40_301);
+        let req = b"POST /x HTTP/1.1\r\nHost: www.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+            Upgrade: h2c\r\nHTTP2-Settings: AAMAAABk\r\nContent-Length: 2\r\n\r\nhi";
+        let got = w.request(c, req);
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n") && got.ends_with("hello"),
+            "{got}"
+        );
+        assert_eq!(w.counters().get(L7Count::H2Upgrades), 0);
+        assert_eq!(w.counters().get(L7Count::H2Connections), 0);
+    }
 }
 
 mod upstream_tls;

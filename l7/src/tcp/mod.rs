@@ -158,7 +158,14 @@ pub struct TcpHost {
     events: VecDeque<(ConnId, u64)>,
     replies: VecDeque<(IpRepr, TcpRepr<'static>)>,
     counters: TcpCounters,
+    /// Empty large buffers given back by connections that went idle, for the next one that gets busy: a kept
+    /// upstream connection goes idle and busy again for every request it serves (HTTP/2 streams take one each),
+    /// and allocating and zeroing 2 x `rx_buffer` each time was the largest single cost of proxying them.
+    spare: Vec<tcp::SocketBuffer<'static>>,
 }
+
+/// Most spare large buffers a host keeps (each `rx_buffer` or `tx_buffer` bytes).
+const SPARE_BUFFERS: usize = 64;
 
 /// The device smoltcp's `Interface` is created with: xlb never polls the interface, it only uses it as the
 /// sockets' context (clock, random numbers, MTU, checksum capabilities).
@@ -217,6 +224,7 @@ impl TcpHost {
             events: VecDeque::new(),
             replies: VecDeque::new(),
             counters: TcpCounters::default(),
+            spare: Vec::new(),
         }
     }
 
@@ -435,14 +443,26 @@ impl TcpHost {
         } else {
             (small, small)
         };
-        let fresh = (
-            tcp::SocketBuffer::new(vec![0u8; rx]),
-            tcp::SocketBuffer::new(vec![0u8; tx]),
-        );
-        if let Ok((old_rx, old_tx)) = c.socket.replace_buffers(fresh.0, fresh.1) {
-            c.large = c.want_large;
-            let before = (old_rx.capacity() + old_tx.capacity()) as u64;
-            self.counters.buffer_bytes = self.counters.buffer_bytes - before + (rx + tx) as u64;
+        let spare = &mut self.spare;
+        let mut buffer = |n: usize| match spare.iter().rposition(|b| b.capacity() == n) {
+            Some(i) => spare.swap_remove(i),
+            None => tcp::SocketBuffer::new(vec![0u8; n]),
+        };
+        let fresh = (buffer(rx), buffer(tx));
+        let unused = match c.socket.replace_buffers(fresh.0, fresh.1) {
+            Ok(old) => {
+                c.large = c.want_large;
+                let before = (old.0.capacity() + old.1.capacity()) as u64;
+                self.counters.buffer_bytes = self.counters.buffer_bytes - before + (rx + tx) as u64;
+                old
+            }
+            Err(fresh) => fresh, // not empty after all (out-of-order data held): tried again later
+        };
+        for mut b in [unused.0, unused.1] {
+            if b.capacity() > small && self.spare.len() < SPARE_BUFFERS {
+                b.clear(); // empty already: its stale bytes are never read
+                self.spare.push(b);
+            }
         }
     }
 

@@ -260,6 +260,27 @@ fn half_open_and_idle_connections_hold_small_buffers_busy_ones_large() {
     server.set_busy(s, false);
     assert_eq!(server.counters().buffer_bytes, small, "idle again: small buffers");
     assert_eq!(server.state(s), Some(State::Established));
+
+    // Busy again: the large buffers it gave back are reused (not allocated and zeroed again), and what was in
+    // them before is never read.
+    assert_eq!(server.spare.len(), 2, "kept for the next busy connection");
+    server.set_busy(s, true);
+    assert!(server.spare.is_empty());
+    assert_eq!(server.counters().buffer_bytes, small - 2 * 2048 + 2 * 65_536);
+    let data: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut sent, mut got) = (0, Vec::new());
+    for _ in 0..50 {
+        sent += client.socket(now, c).unwrap().send_slice(&data[sent..]).unwrap();
+        shuttle(now, &mut client, &mut server, false);
+        let mut buf = vec![0u8; 65_536];
+        let n = server.socket(now, s).unwrap().recv_slice(&mut buf).unwrap();
+        got.extend_from_slice(&buf[..n]);
+        shuttle(now, &mut server, &mut client, false);
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    assert_eq!(got, data, "byte-exact through the reused buffers");
 }
 
 #[test]

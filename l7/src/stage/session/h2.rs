@@ -1,5 +1,5 @@
 //! HTTP/2 in sessions. A client connection whose first bytes are the HTTP/2 preface (or whose TLS handshake
-//! chose ALPN `h2`) becomes a *front*: its [`H2Front`] speaks HTTP/2 with the client, and each stream becomes a
+//! chose ALPN `h2`, or whose first request was an `Upgrade: h2c` taken up: `crate::h2::upgrade`) becomes a *front*: its [`H2Front`] speaks HTTP/2 with the client, and each stream becomes a
 //! session of its own, a *stream* session, whose client is not a socket but that stream: its proxy is fed the
 //! stream's request as HTTP/1.1 bytes and its HTTP/1.1 response goes back to the front. So rules, sticky
 //! sessions, retries and upstream keep-alive pools work for HTTP/2 unchanged. The stage carries the bytes
@@ -10,7 +10,8 @@ use std::time::Instant;
 use ahash::AHashMap;
 
 use super::{Session, HIGH_WATER};
-use crate::h2::{H2Event, H2Front, H2Limits, StreamRef};
+use crate::h2::upgrade::{H2cUpgrade, SWITCHING_PROTOCOLS};
+use crate::h2::{H2Event, H2Front, StreamRef};
 use crate::stage::counters::{L7Count, L7Counters};
 
 /// What a front's streams need from the stage, in order.
@@ -23,6 +24,8 @@ pub enum StreamWork {
     End { stream: StreamRef },
     /// The client reset the stream: end its session.
     Reset { stream: StreamRef },
+    /// The stream takes response bytes again: run its session.
+    Writable { stream: StreamRef },
 }
 
 /// The HTTP/2 side of a session.
@@ -104,13 +107,25 @@ impl Session {
     }
 
     /// Makes this session an HTTP/2 front (the preface was seen, or ALPN chose h2).
-    pub(super) fn become_front(&mut self, now: Instant, limits: &H2Limits) {
+    pub(super) fn become_front(&mut self, now: Instant, front: H2Front) {
         self.h2 = Some(H2Role::Front(Box::new(FrontSide {
-            front: H2Front::new(limits),
+            front,
             work: Vec::new(),
             streams: AHashMap::new(),
             idle_since: Some(now),
         })));
+    }
+
+    /// The proxy took up `Upgrade: h2c` on the first request: 101, then HTTP/2 with that request as stream 1.
+    pub(super) fn upgrade_to_h2(&mut self, io: &mut super::Io<'_>, upgrade: H2cUpgrade) {
+        let Some(limits) = io.h2 else {
+            self.close_client = true; // not offered without HTTP/2 on
+            return;
+        };
+        self.client_out.push(SWITCHING_PROTOCOLS.to_vec());
+        self.become_front(io.now, H2Front::upgraded(limits, upgrade));
+        io.counters.bump(L7Count::H2Upgrades);
+        io.counters.bump(L7Count::H2Connections);
     }
 
     fn front(&mut self) -> Option<&mut FrontSide> {
@@ -165,6 +180,7 @@ impl Session {
                 H2Event::RequestBody { stream, data } => StreamWork::Body { stream, data },
                 H2Event::RequestEnd { stream } => StreamWork::End { stream },
                 H2Event::Reset { stream } => StreamWork::Reset { stream },
+                H2Event::Writable { stream } => StreamWork::Writable { stream },
                 H2Event::Count(c) => {
                     counters.bump(L7Count::from_h2(c));
                     continue;
