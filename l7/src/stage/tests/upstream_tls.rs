@@ -39,17 +39,22 @@ fn group_tls(ca: &Path, server_name: Option<&str>) -> Arc<UpstreamTls> {
     Arc::new(UpstreamTls::build(&source).unwrap())
 }
 
-#[test]
-fn requests_reach_an_https_server_over_one_verified_kept_connection() {
+/// A world whose server presents a certificate for app.internal from a fresh CA the group trusts.
+fn app_world(case: &str) -> World {
     let ca = TestCa::new();
-    let ca_path = ca_file(&ca, "ok");
-    let mut w = world_full(
+    let ca_path = ca_file(&ca, case);
+    world_full(
         None,
         Some((
             server_config(&ca, &["app.internal"]),
             group_tls(&ca_path, Some("app.internal")),
         )),
-    );
+    )
+}
+
+#[test]
+fn requests_reach_an_https_server_over_one_verified_kept_connection() {
+    let mut w = app_world("ok");
     let c = w.connect(40_000);
     for i in 0..3 {
         let got = w.request(c, GET);
@@ -97,15 +102,7 @@ fn requests_reach_an_https_server_over_one_verified_kept_connection() {
 
 #[test]
 fn a_new_connection_to_a_server_resumes_the_groups_tls_session() {
-    let ca = TestCa::new();
-    let ca_path = ca_file(&ca, "resume");
-    let mut w = world_full(
-        None,
-        Some((
-            server_config(&ca, &["app.internal"]),
-            group_tls(&ca_path, Some("app.internal")),
-        )),
-    );
+    let mut w = app_world("resume");
     let c = w.connect(40_000);
     assert!(w.request(c, GET).ends_with("hello"));
     // The server closes the kept connection; the next request needs a new one, which resumes.
