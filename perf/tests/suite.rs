@@ -23,14 +23,16 @@ const HTTPS_KS: &[&str] = &["xlb", "nginx", "haproxy", "xlb-ks"];
 const KS: &[&str] = &["xlb-ks"];
 
 /// Scenario names, the headline metric of each, as in the results file, and the systems it runs on.
-const SCENARIOS: [(&str, &str, &[&str]); 14] = [
+const SCENARIOS: [(&str, &str, &[&str]); 16] = [
     ("tcp_cps", "conns_per_s", L4),
     ("udp_pps_64", "pps", L4),
     ("latency", "p99_us", L4),
+    ("tcp_connect_latency", "connect_p50_us", L4),
     ("tcp_cps_server_close", "conns_per_s", L4),
     ("tcp_cps_synflood", "flood_sps", L4),
     ("http_rps_keepalive", "rps", L7),
     ("http_cps", "conns_per_s", L7),
+    ("http_connect_latency", "connect_p50_us", L7),
     ("http2_rps", "rps", L7),
     ("tls_idle_memory", "bytes_per_conn", L7),
     ("https_rps_keepalive", "rps", L7),

@@ -43,8 +43,8 @@ struct Cli {
     /// Skip the raw AF_XDP loop reference (`xlb-perf xdp-loop`).
     #[arg(long)]
     no_raw_loop: bool,
-    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_cps_server_close, tcp_cps_synflood
-    /// (L4: xlb and kernel), http_rps_keepalive, http_cps, http2_rps (L7: xlb, nginx, haproxy), tls_idle_memory,
+    /// Run only this scenario (repeatable): tcp_cps, udp_pps_64, latency, tcp_connect_latency, tcp_cps_server_close, tcp_cps_synflood
+    /// (L4: xlb and kernel), http_rps_keepalive, http_cps, http_connect_latency, http2_rps (L7: xlb, nginx, haproxy), tls_idle_memory,
     /// https_rps_keepalive, tls_handshakes_ecdsa, tls_handshakes_rsa, tls_resumed (HTTPS: xlb, nginx, haproxy;
     /// the handshake rows also xlb-ks, xlb with its keys on a Key Server), tls_keyserver_outage (xlb-ks alone);
     /// or a whole layer: l4, l7, https. Default: all.

@@ -2,10 +2,12 @@
 //! shows what it does with real kernel peers. Everything is removed at the end (also on failure).
 //!
 //! `xlb-demo [--hold SECONDS]` keeps the lab up that long (at most an hour) before tearing it down, so it can be
-//! explored with `ip netns exec`.
+//! explored with `ip netns exec`; Ctrl-C (SIGINT) or SIGTERM ends the hold early and still removes the lab.
 
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use xlb_tests::appliance::Appliance;
@@ -229,11 +231,30 @@ fn demo(hold: Duration) -> Result<()> {
             lb.name(),
             servers.name()
         ));
-        std::thread::sleep(hold);
+        println!("  (Ctrl-C ends the hold and removes the lab)");
+        hold_until_signalled(hold)?;
     }
     step("stopping xlb (SIGTERM) and removing the lab");
     let status = xlb.terminate().context("stopping xlb")?;
     println!("  xlb exited: {status}");
+    Ok(())
+}
+
+/// Sleeps for `hold`, or until SIGINT or SIGTERM arrives: the caller then tears the lab down as usual, so
+/// interrupting a hold never leaves namespaces or processes behind.
+fn hold_until_signalled(hold: Duration) -> Result<()> {
+    let signalled = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&signalled)).context("installing a signal handler")?;
+    }
+    let end = Instant::now() + hold;
+    while Instant::now() < end {
+        if signalled.load(Ordering::Relaxed) {
+            println!("  signal received: ending the hold");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     Ok(())
 }
 

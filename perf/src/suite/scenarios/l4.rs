@@ -122,6 +122,41 @@ pub(super) const LATENCY_METRICS: &[MetricDef] = &[
     ),
 ];
 
+/// `tcp_connect_latency`: connect latency of new connections below saturation.
+pub(super) const TCP_CONNECT_LATENCY_METRICS: &[MetricDef] = &[
+    metric(
+        "conns_per_s",
+        "connections/s (fixed rate)",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "connect_p50_us",
+        "connect p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p50", 1.0),
+    ),
+    metric(
+        "connect_p90_us",
+        "connect p90 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p90", 1.0),
+    ),
+    metric(
+        "connect_p99_us",
+        "connect p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p99", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed connections",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+];
+
 pub(super) const SERVER_CLOSE_METRICS: &[MetricDef] = &[
     metric(
         "conns_per_s",
@@ -235,6 +270,11 @@ pub const SERVER_CLOSE_CONNECTIONS: usize = 16;
 pub const SERVER_CLOSE_FULL: (usize, f64) = (6, 10.0);
 /// The same in quick mode.
 pub const SERVER_CLOSE_QUICK: (usize, f64) = (2, 5.0);
+
+/// Fixed rate of the connect-latency scenarios (`tcp_connect_latency`, `http_connect_latency`), new connections
+/// per second: well below what every system sustains on the lab's two cores, so what they measure is the path
+/// a connection takes, not a queue.
+pub const CONNECT_LATENCY_RATE: u32 = 1_000;
 
 /// Fixed rate of the latency scenario, datagrams per second.
 pub const LATENCY_RATE: u32 = 10_000;

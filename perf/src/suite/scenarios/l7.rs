@@ -47,6 +47,48 @@ pub(super) const HTTP_RPS_METRICS: &[MetricDef] = &[
     ),
 ];
 
+/// `http_connect_latency`: latency of new client connections below saturation.
+pub(super) const HTTP_CONNECT_LATENCY_METRICS: &[MetricDef] = &[
+    metric(
+        "conns_per_s",
+        "connections/s (fixed rate)",
+        Better::Higher,
+        Source::Report("/rate", 1.0),
+    ),
+    metric(
+        "connect_p50_us",
+        "connect p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p50", 1.0),
+    ),
+    metric(
+        "connect_p99_us",
+        "connect p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/connect/p99", 1.0),
+    ),
+    metric(
+        "response_p50_us",
+        "response p50 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p50", 1.0),
+    ),
+    metric(
+        "response_p99_us",
+        "response p99 (µs)",
+        Better::Lower,
+        Source::Report("/latency_us/response/p99", 1.0),
+    ),
+    metric(
+        "failed",
+        "failed requests",
+        Better::Lower,
+        Source::Report("/counts/failed", 1.0),
+    ),
+    metric("non_200", "answers not 200", Better::Lower, Source::Non200),
+    metric("lb_cpu_s", "LB CPU seconds", Better::Lower, Source::LbCpu),
+];
+
 pub(super) const HTTP_CPS_METRICS: &[MetricDef] = &[
     metric(
         "conns_per_s",

@@ -2,28 +2,31 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use serde::Serialize;
-use serde_json::Value;
 
 mod https;
 mod l4;
 mod l7;
+mod metric;
 
 pub use https::{
     outage_loads, HTTPS_RPS_CONNECTIONS, OUTAGE_KILL_S, OUTAGE_PROBE_RATE, OUTAGE_RESTART_S, OUTAGE_SECONDS,
     TLS_HANDSHAKE_CONNECTIONS, TLS_IDLE_FULL, TLS_IDLE_HOLD_S, TLS_IDLE_OPEN_S, TLS_IDLE_QUICK, TLS_IDLE_THREADS,
 };
 use https::{HTTPS_RPS_METRICS, OUTAGE_METRICS, TLS_HANDSHAKE_METRICS, TLS_IDLE_METRICS};
-use l4::{LATENCY_METRICS, SERVER_CLOSE_METRICS, SYNFLOOD_METRICS, TCP_CPS_METRICS, UDP_PPS_METRICS};
 pub use l4::{
-    LATENCY_PERCENTILES, LATENCY_RATE, SERVER_CLOSE_CONNECTIONS, SERVER_CLOSE_FULL, SERVER_CLOSE_QUICK, SYNFLOOD_RATE,
-    SYNFLOOD_SOURCES,
+    CONNECT_LATENCY_RATE, LATENCY_PERCENTILES, LATENCY_RATE, SERVER_CLOSE_CONNECTIONS, SERVER_CLOSE_FULL,
+    SERVER_CLOSE_QUICK, SYNFLOOD_RATE, SYNFLOOD_SOURCES,
+};
+use l4::{
+    LATENCY_METRICS, SERVER_CLOSE_METRICS, SYNFLOOD_METRICS, TCP_CONNECT_LATENCY_METRICS, TCP_CPS_METRICS,
+    UDP_PPS_METRICS,
 };
 pub use l7::{HTTP2_CONNECTIONS, HTTP2_STREAMS, HTTP_CPS_CONNECTIONS, HTTP_RPS_CONNECTIONS};
-use l7::{HTTP2_RPS_METRICS, HTTP_CPS_METRICS, HTTP_RPS_METRICS};
+use l7::{HTTP2_RPS_METRICS, HTTP_CONNECT_LATENCY_METRICS, HTTP_CPS_METRICS, HTTP_RPS_METRICS};
+use metric::{metric, Source};
+pub use metric::{Better, MetricDef};
 
-use super::cpu::CpuUsage;
 use super::h2load::Generator;
 use super::lab::{
     TLS_NAME, VIP, VIP_HTTPS_ECDSA_PORT, VIP_HTTPS_RSA_PORT, VIP_HTTP_PORT, VIP_L7_PORT, VIP_TCP_PORT, VIP_UDP_PORT,
@@ -41,6 +44,9 @@ pub enum Scenario {
     UdpPps64,
     /// Open-loop UDP request/response at a fixed moderate rate: round-trip latency percentiles.
     Latency,
+    /// Open-loop new TCP connections at a fixed moderate rate ([`CONNECT_LATENCY_RATE`]): connect latency
+    /// percentiles below saturation, where `tcp_cps` (closed loop, saturating) measures queueing as well.
+    TcpConnectLatency,
     /// Short HTTP connections that the server closes first (`Connection: close`), for a minute in 10 s
     /// intervals: whether the rate holds once the servers hold TIME_WAIT states for the LB's source tuples.
     TcpCpsServerClose,
@@ -52,6 +58,9 @@ pub enum Scenario {
     HttpRpsKeepalive,
     /// L7: one HTTP GET per new client connection through the reverse proxy: connections per second.
     HttpCps,
+    /// L7: new client connections with one HTTP GET each, open loop at a fixed moderate rate
+    /// ([`CONNECT_LATENCY_RATE`]): connect and response latency below saturation.
+    HttpConnectLatency,
     /// L7: HTTP/2 GETs (h2c with prior knowledge, `h2load`) on kept-alive client connections with many streams
     /// each, proxied to the backends over HTTP/1.1: requests per second and request times.
     Http2Rps,
@@ -120,63 +129,6 @@ impl Layer {
     }
 }
 
-/// How a metric compares between systems.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Better {
-    /// More is better (rates).
-    Higher,
-    /// Less is better (latency, loss, CPU).
-    Lower,
-}
-
-/// A metric of a scenario.
-#[derive(Debug, Clone, Copy)]
-pub struct MetricDef {
-    /// Key in the results file.
-    pub key: &'static str,
-    /// Label in the table.
-    pub label: &'static str,
-    /// Which direction is better.
-    pub better: Better,
-    /// Where the value comes from.
-    source: Source,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Source {
-    /// A number in the generator report (JSON pointer), times a factor.
-    Report(&'static str, f64),
-    /// The load balancer's CPU seconds ([`CpuUsage::lb_cpu_s`]).
-    LbCpu,
-    /// The report number at the pointer divided by the load balancer's CPU seconds per wall second: work per
-    /// CPU-second.
-    PerLbCpu(&'static str),
-    /// Busy CPU time of the whole host in µs divided by the operation count at the pointer.
-    HostCpuPerOp(&'static str),
-    /// Completed connections in percent of attempted ones (`/counts/completed` over completed + failed).
-    SuccessPct,
-    /// Completed HTTP requests whose answer was not `200` (`/counts/completed` minus `/status/200`).
-    Non200,
-    /// A number at the pointer, times a factor, if the report has it (counters only some systems give).
-    Optional(&'static str, f64),
-    /// The load balancer's CPU time in µs divided by the operation count at the pointer.
-    LbCpuUsPerOp(&'static str),
-    /// The generator's CPU seconds per wall second (how close it was to its one core).
-    GeneratorCores,
-    /// Resumed handshakes in percent of all the client made (`/handshakes`).
-    ResumedPct,
-}
-
-const fn metric(key: &'static str, label: &'static str, better: Better, source: Source) -> MetricDef {
-    MetricDef {
-        key,
-        label,
-        better,
-        source,
-    }
-}
-
 impl Scenario {
     /// The arguments of the flood that runs beside the generator (`xlb-bench syn-flood`, without `--json`), if
     /// the scenario has one: `macs` are the LB's and the client's MAC on the client link.
@@ -205,16 +157,18 @@ impl Scenario {
     }
 
     /// Every scenario, in run order.
-    pub const ALL: [Scenario; 14] = [
+    pub const ALL: [Scenario; 16] = [
         Scenario::TcpCps,
         Scenario::UdpPps64,
         Scenario::Latency,
+        Scenario::TcpConnectLatency,
         Scenario::TcpCpsServerClose,
         // Last of the L4 scenarios: the flood leaves half-open state behind (conntrack entries of the kernel peer
         // until it is torn down, half-open entries of xlb until it is stopped).
         Scenario::TcpCpsSynflood,
         Scenario::HttpRpsKeepalive,
         Scenario::HttpCps,
+        Scenario::HttpConnectLatency,
         Scenario::Http2Rps,
         // First of the HTTPS scenarios: the memory growth includes what the proxy's first TLS connections cost.
         Scenario::TlsIdleMemory,
@@ -231,10 +185,12 @@ impl Scenario {
             Scenario::TcpCps => "tcp_cps",
             Scenario::UdpPps64 => "udp_pps_64",
             Scenario::Latency => "latency",
+            Scenario::TcpConnectLatency => "tcp_connect_latency",
             Scenario::TcpCpsServerClose => "tcp_cps_server_close",
             Scenario::TcpCpsSynflood => "tcp_cps_synflood",
             Scenario::HttpRpsKeepalive => "http_rps_keepalive",
             Scenario::HttpCps => "http_cps",
+            Scenario::HttpConnectLatency => "http_connect_latency",
             Scenario::Http2Rps => "http2_rps",
             Scenario::TlsIdleMemory => "tls_idle_memory",
             Scenario::HttpsRpsKeepalive => "https_rps_keepalive",
@@ -248,7 +204,9 @@ impl Scenario {
     /// Whether the scenario compares packet forwarding (L4) or reverse proxies (L7).
     pub fn layer(self) -> Layer {
         match self {
-            Scenario::HttpRpsKeepalive | Scenario::HttpCps | Scenario::Http2Rps => Layer::L7,
+            Scenario::HttpRpsKeepalive | Scenario::HttpCps | Scenario::HttpConnectLatency | Scenario::Http2Rps => {
+                Layer::L7
+            }
             Scenario::TlsIdleMemory
             | Scenario::HttpsRpsKeepalive
             | Scenario::TlsHandshakesEcdsa
@@ -273,6 +231,7 @@ impl Scenario {
         matches!(
             self,
             Scenario::HttpCps
+                | Scenario::HttpConnectLatency
                 | Scenario::TlsHandshakesEcdsa
                 | Scenario::TlsHandshakesRsa
                 | Scenario::TlsResumed
@@ -302,10 +261,12 @@ impl Scenario {
             Scenario::TcpCps => TCP_CPS_METRICS,
             Scenario::UdpPps64 => UDP_PPS_METRICS,
             Scenario::Latency => LATENCY_METRICS,
+            Scenario::TcpConnectLatency => TCP_CONNECT_LATENCY_METRICS,
             Scenario::TcpCpsServerClose => SERVER_CLOSE_METRICS,
             Scenario::TcpCpsSynflood => SYNFLOOD_METRICS,
             Scenario::HttpRpsKeepalive => HTTP_RPS_METRICS,
             Scenario::HttpCps => HTTP_CPS_METRICS,
+            Scenario::HttpConnectLatency => HTTP_CONNECT_LATENCY_METRICS,
             Scenario::Http2Rps => HTTP2_RPS_METRICS,
             Scenario::TlsIdleMemory => TLS_IDLE_METRICS,
             Scenario::HttpsRpsKeepalive => HTTPS_RPS_METRICS,
@@ -320,6 +281,7 @@ impl Scenario {
             Scenario::TcpCps => "conns_per_s",
             Scenario::UdpPps64 => "pps",
             Scenario::Latency => "p99_us",
+            Scenario::TcpConnectLatency | Scenario::HttpConnectLatency => "connect_p50_us",
             Scenario::TcpCpsServerClose => "conns_per_s",
             Scenario::TcpCpsSynflood => "success_pct",
             Scenario::HttpRpsKeepalive | Scenario::Http2Rps => "rps",
@@ -379,6 +341,17 @@ impl Scenario {
                 "--request".into(),
                 "64".into(),
             ],
+            Scenario::TcpConnectLatency => vec![
+                "tcp-cps".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_TCP_PORT}"),
+                "--conns-per-sec".into(),
+                CONNECT_LATENCY_RATE.to_string(),
+                "--concurrency".into(),
+                "8".into(),
+                "--request".into(),
+                "64".into(),
+            ],
             Scenario::UdpPps64 => vec![
                 "udp".into(),
                 "--target".into(),
@@ -427,6 +400,16 @@ impl Scenario {
                 "--connections".into(),
                 HTTP_CPS_CONNECTIONS.to_string(),
             ],
+            Scenario::HttpConnectLatency => vec![
+                "http".into(),
+                "--target".into(),
+                format!("{VIP}:{VIP_L7_PORT}"),
+                "--new-conn".into(),
+                "--rate".into(),
+                CONNECT_LATENCY_RATE.to_string(),
+                "--connections".into(),
+                HTTP_CPS_CONNECTIONS.to_string(),
+            ],
             Scenario::TlsIdleMemory => {
                 let mut args = https(
                     VIP_HTTPS_ECDSA_PORT,
@@ -456,107 +439,12 @@ impl Scenario {
         };
         args.into_iter().chain(["--duration".into(), secs]).collect()
     }
-
-    /// The metric values of one run, in [`Scenario::metrics`] order.
-    pub fn extract(self, report: &Value, cpu: &CpuUsage) -> Result<Vec<(&'static str, f64)>> {
-        let number = |pointer: &str| -> Result<f64> {
-            report
-                .pointer(pointer)
-                .and_then(Value::as_f64)
-                .with_context(|| format!("{}: no number at {pointer} in the generator report", self.name()))
-        };
-        self.metrics()
-            .iter()
-            .filter_map(|m| {
-                let value = match m.source {
-                    Source::Optional(pointer, factor) => {
-                        return report
-                            .pointer(pointer)
-                            .and_then(Value::as_f64)
-                            .map(|v| Ok((m.key, v * factor)))
-                    }
-                    _ => self.value(m.source, report, cpu, &number),
-                };
-                Some(value.map(|v| (m.key, v)))
-            })
-            .collect()
-    }
-
-    /// The value of a non-optional `source`.
-    fn value(
-        self,
-        source: Source,
-        report: &Value,
-        cpu: &CpuUsage,
-        number: &dyn Fn(&str) -> Result<f64>,
-    ) -> Result<f64> {
-        Ok(match source {
-            Source::Optional(pointer, factor) => number(pointer)? * factor,
-            Source::LbCpuUsPerOp(pointer) => {
-                let ops = number(pointer)?;
-                if ops > 0.0 {
-                    cpu.lb_cpu_s * 1e6 / ops
-                } else {
-                    0.0
-                }
-            }
-            Source::GeneratorCores => {
-                if cpu.wall_s > 0.0 {
-                    cpu.generator.total() / cpu.wall_s
-                } else {
-                    0.0
-                }
-            }
-            Source::ResumedPct => {
-                let (full, resumed) = (number("/handshakes/full")?, number("/handshakes/resumed")?);
-                if full + resumed > 0.0 {
-                    100.0 * resumed / (full + resumed)
-                } else {
-                    0.0
-                }
-            }
-            Source::Report(pointer, factor) => number(pointer)? * factor,
-            Source::LbCpu => cpu.lb_cpu_s,
-            Source::SuccessPct => {
-                let (ok, failed) = (number("/counts/completed")?, number("/counts/failed")?);
-                if ok + failed > 0.0 {
-                    100.0 * ok / (ok + failed)
-                } else {
-                    0.0
-                }
-            }
-            Source::Non200 => {
-                let ok = report.pointer("/status/200").and_then(Value::as_f64).unwrap_or(0.0);
-                (number("/counts/completed")? - ok).max(0.0)
-            }
-            Source::HostCpuPerOp(pointer) => {
-                let ops = number(pointer)?;
-                if ops > 0.0 {
-                    cpu.host.busy() * 1e6 / ops
-                } else {
-                    0.0
-                }
-            }
-            Source::PerLbCpu(pointer) => {
-                let cores = if cpu.wall_s > 0.0 {
-                    cpu.lb_cpu_s / cpu.wall_s
-                } else {
-                    0.0
-                };
-                if cores > 0.0 {
-                    number(pointer)? / cores
-                } else {
-                    0.0
-                }
-            }
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suite::cpu::{HostTimes, ProcTimes};
+    use crate::suite::cpu::{CpuUsage, HostTimes, ProcTimes};
     use serde_json::json;
 
     fn cpu(lb: f64, wall: f64) -> CpuUsage {
