@@ -18,6 +18,7 @@
 //! ([`TcpHost::poll_transmit`]), time passed in. The owner of the connections (the L7 stage) learns what
 //! changed from [`TcpHost::poll_event`] and reads and writes the sockets.
 
+mod spare;
 pub mod wire;
 
 use std::cmp::Reverse;
@@ -31,6 +32,7 @@ use smoltcp::socket::tcp::{self, CongestionControl, State};
 use smoltcp::socket::PollAt;
 use smoltcp::time::Instant as SmolInstant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpEndpoint, IpRepr, TcpControl, TcpRepr};
+use spare::SpareBuffers;
 
 pub use wire::{BadSegment, Tuple};
 
@@ -121,8 +123,14 @@ struct Conn {
     queued: bool,
     /// In the event queue.
     noticed: bool,
-    /// When its timer entry is due (the heap may hold older entries for it; only this one counts).
+    /// When it next needs attention (a smoltcp timer or its deadline).
     wake: Option<Instant>,
+    /// The earliest entry the timer heap holds for it (`None`: none that counts). Timers are re-armed lazily:
+    /// a wake-up that moves later keeps this entry, which re-files itself at `wake` when it fires, so the
+    /// heap gets one push per connection and timer instead of one per segment (smoltcp moves its ACK-delay
+    /// and retransmission timers on nearly every segment, and the stale entries made `handle_timeout`'s pops
+    /// a visible cost under HTTP/2 load).
+    armed: Option<Instant>,
     /// Abort if still handshaking / closing at this time.
     deadline: Option<(Instant, Deadline)>,
     /// Closed by the application: what the peer still sends is read and discarded (a lingering close, as
@@ -158,14 +166,9 @@ pub struct TcpHost {
     events: VecDeque<(ConnId, u64)>,
     replies: VecDeque<(IpRepr, TcpRepr<'static>)>,
     counters: TcpCounters,
-    /// Empty large buffers given back by connections that went idle, for the next one that gets busy: a kept
-    /// upstream connection goes idle and busy again for every request it serves (HTTP/2 streams take one each),
-    /// and allocating and zeroing 2 x `rx_buffer` each time was the largest single cost of proxying them.
-    spare: Vec<tcp::SocketBuffer<'static>>,
+    /// Emptied buffers for the next connection that needs some (see [`spare`]).
+    spare: SpareBuffers,
 }
-
-/// Most spare large buffers a host keeps (each `rx_buffer` or `tx_buffer` bytes).
-const SPARE_BUFFERS: usize = 64;
 
 /// The device smoltcp's `Interface` is created with: xlb never polls the interface, it only uses it as the
 /// sockets' context (clock, random numbers, MTU, checksum capabilities).
@@ -213,6 +216,7 @@ impl TcpHost {
         let mut iface = Interface::new(iface_config, &mut NoDevice, SmolInstant::from_micros(0));
         iface.set_any_ip(true);
         TcpHost {
+            spare: SpareBuffers::new(config.idle_buffer),
             config,
             epoch: now,
             iface,
@@ -224,7 +228,6 @@ impl TcpHost {
             events: VecDeque::new(),
             replies: VecDeque::new(),
             counters: TcpCounters::default(),
-            spare: Vec::new(),
         }
     }
 
@@ -335,8 +338,8 @@ impl TcpHost {
     fn new_socket(&mut self) -> tcp::Socket<'static> {
         let n = self.config.idle_buffer;
         self.counters.buffer_bytes += 2 * n as u64;
-        let rx = tcp::SocketBuffer::new(vec![0u8; n]);
-        let tx = tcp::SocketBuffer::new(vec![0u8; n]);
+        let rx = self.spare.take(n);
+        let tx = self.spare.take(n);
         let mut socket = tcp::Socket::new(rx, tx);
         socket.set_congestion_control(CongestionControl::Cubic);
         socket.set_nagle_enabled(false);
@@ -352,6 +355,7 @@ impl TcpHost {
             queued: false,
             noticed: false,
             wake: None,
+            armed: None,
             deadline: Some(deadline),
             discard: false,
             large: false,
@@ -443,12 +447,7 @@ impl TcpHost {
         } else {
             (small, small)
         };
-        let spare = &mut self.spare;
-        let mut buffer = |n: usize| match spare.iter().rposition(|b| b.capacity() == n) {
-            Some(i) => spare.swap_remove(i),
-            None => tcp::SocketBuffer::new(vec![0u8; n]),
-        };
-        let fresh = (buffer(rx), buffer(tx));
+        let fresh = (self.spare.take(rx), self.spare.take(tx));
         let unused = match c.socket.replace_buffers(fresh.0, fresh.1) {
             Ok(old) => {
                 c.large = c.want_large;
@@ -458,12 +457,8 @@ impl TcpHost {
             }
             Err(fresh) => fresh, // not empty after all (out-of-order data held): tried again later
         };
-        for mut b in [unused.0, unused.1] {
-            if b.capacity() > small && self.spare.len() < SPARE_BUFFERS {
-                b.clear(); // empty already: its stale bytes are never read
-                self.spare.push(b);
-            }
-        }
+        self.spare.give(unused.0);
+        self.spare.give(unused.1);
     }
 
     /// The caller's token of a connection (0 until [`TcpHost::set_token`]).
@@ -582,11 +577,12 @@ impl TcpHost {
             (Some(a), Some((b, _))) => Some(a.min(b)),
             (a, b) => a.or(b.map(|(t, _)| t)),
         };
-        if wake != c.wake {
-            c.wake = wake;
-            if let Some(t) = wake {
+        c.wake = wake;
+        if let Some(t) = wake.map(|t| t.max(now)) {
+            if c.armed.is_none_or(|armed| t < armed) {
+                c.armed = Some(t);
                 let generation = self.slots[index as usize].generation;
-                self.timers.push(Reverse((t.max(now), index, generation)));
+                self.timers.push(Reverse((t, index, generation)));
             }
         }
     }
@@ -680,10 +676,20 @@ impl TcpHost {
                 continue;
             }
             let Some(c) = slot.conn.as_mut() else { continue };
-            if c.wake != Some(t) {
-                continue; // re-armed since
+            if c.armed != Some(t) {
+                continue; // superseded by an earlier entry
             }
-            c.wake = None;
+            c.armed = None;
+            match c.wake {
+                None => continue, // nothing due any more
+                Some(wake) if wake > now => {
+                    // Moved later since this entry was filed: file it again at its time.
+                    c.armed = Some(wake);
+                    self.timers.push(Reverse((wake, index, generation)));
+                    continue;
+                }
+                Some(_) => c.wake = None,
+            }
             if let Some((deadline, kind)) = c.deadline {
                 if deadline <= now {
                     c.deadline = None;

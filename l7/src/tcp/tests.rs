@@ -263,9 +263,14 @@ fn half_open_and_idle_connections_hold_small_buffers_busy_ones_large() {
 
     // Busy again: the large buffers it gave back are reused (not allocated and zeroed again), and what was in
     // them before is never read.
-    assert_eq!(server.spare.len(), 2, "kept for the next busy connection");
+    assert_eq!(server.spare.count(65_536), 2, "kept for the next busy connection");
     server.set_busy(s, true);
-    assert!(server.spare.is_empty());
+    assert_eq!(
+        server.spare.count(65_536),
+        0,
+        "the large buffers given back are the ones reused"
+    );
+    assert_eq!(server.spare.count(2048), 2, "and the small ones are kept in turn");
     assert_eq!(server.counters().buffer_bytes, small - 2 * 2048 + 2 * 65_536);
     let data: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
     let (mut sent, mut got) = (0, Vec::new());
@@ -366,4 +371,46 @@ fn a_syn_reusing_a_tuple_in_time_wait_opens_a_new_connection() {
     assert_eq!(server.state(s), None, "the TIME-WAIT incarnation is gone");
     assert_eq!(server.counters().time_wait_reused, 1);
     assert_eq!(server.len(), 1);
+}
+
+#[test]
+fn timers_moved_later_keep_one_heap_entry_and_still_fire() {
+    let start = Instant::now();
+    let (mut client, mut server) = (host(start, 1), host(start, 2));
+    let (c, s) = open(start, &mut client, &mut server);
+    // A request/response exchange each millisecond for 100 ms: every one moves the server's retransmission
+    // timer later. The heap keeps one entry for the connection (re-filed when it fires early), not one per
+    // exchange.
+    let mut now = start;
+    for i in 0..100u8 {
+        now += Duration::from_millis(1);
+        client.socket(now, c).unwrap().send_slice(&[i]).unwrap();
+        shuttle(now, &mut client, &mut server, false);
+        server.handle_timeout(now);
+        let _ = server.socket(now, s).unwrap().recv(|d| (d.len(), ()));
+        server.socket(now, s).unwrap().send_slice(&[i]).unwrap();
+        shuttle(now, &mut server, &mut client, false);
+        client.handle_timeout(now);
+        let _ = client.socket(now, c).unwrap().recv(|d| (d.len(), ()));
+        assert!(
+            server.timers.len() <= 3,
+            "{} timer entries after {} exchanges",
+            server.timers.len(),
+            i + 1
+        );
+    }
+    // The last response is not acknowledged yet: the client's delayed ACK still goes out once its time has
+    // come (its heap entry may be an earlier one that re-files itself first: the host then wakes once more).
+    assert!(server.socket(now, s).unwrap().send_queue() > 0);
+    for _ in 0..3 {
+        let due = client.poll_timeout().expect("the client's ACK delay is armed");
+        assert!(due > now);
+        now = due;
+        client.handle_timeout(now);
+        shuttle(now, &mut client, &mut server, false);
+        if server.socket(now, s).unwrap().send_queue() == 0 {
+            return;
+        }
+    }
+    panic!("the client's delayed ACK never went out");
 }
