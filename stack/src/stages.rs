@@ -5,11 +5,15 @@
 //! the first, which passes what it does not want to the local stack. Originated frames are taken from both in
 //! turn, and the earliest timer of either wakes the worker. Nest `Stages` for more than two.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use crate::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
-use crate::pipeline::{Frame, PortId};
-use crate::service::StageId;
+use crate::counters::DropReason;
+use crate::pipeline::{Frame, PortId, Verdict};
+use crate::ports::LOCAL_PORTS_SLOT;
+use crate::service::{StageId, Transport};
+use crate::wire::ETH_HEADER_LEN;
 
 /// The first stage, and a second one that serves the services registered under `second_id`.
 pub struct Stages<A, B> {
@@ -36,6 +40,41 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Stages<A, B> {
     fn is_second(&self, ip: &Ipv4Meta) -> bool {
         ip.service.is_some_and(|s| s.stage == self.second_id)
     }
+
+    /// Offers the second stage what the first took from other workers and passed; returns the first frame to
+    /// send.
+    fn take_passed(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        while let Some((port, len)) = self.first.poll_passed(buf) {
+            let Some(ip) = passed_meta(&buf[..len], cx) else {
+                continue;
+            };
+            let mut frame = Frame::new(buf, len);
+            match self.second.handle(now, port, &mut frame, &ip, cx) {
+                Handled::Verdict(Verdict::Transmit(out)) => return Some((out, frame.len())),
+                Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
+                Handled::Pass => cx.counters.drop(DropReason::NoConnection),
+                Handled::Verdict(Verdict::Consumed) => {}
+            }
+        }
+        None
+    }
+}
+
+/// What the stack would have told a stage about a passed frame (a TCP or UDP packet to the local-port range,
+/// validated by the worker that received it).
+fn passed_meta(frame: &[u8], cx: &StackContext<'_>) -> Option<Ipv4Meta> {
+    let ip = frame.get(ETH_HEADER_LEN..ETH_HEADER_LEN + 20)?;
+    let l4 = ETH_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4;
+    let dport = frame.get(l4 + 2..l4 + 4)?;
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let transport = Transport::from_protocol(ip[9])?;
+    Some(Ipv4Meta {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst,
+        protocol: ip[9],
+        l4,
+        service: cx.services.lookup(dst, transport, u16::from_be_bytes([dport[0], dport[1]])),
+    })
 }
 
 impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
@@ -48,9 +87,13 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         cx: &mut StackContext<'_>,
     ) -> Handled {
         if self.is_second(ip) {
-            self.second.handle(now, port, frame, ip, cx)
-        } else {
-            self.first.handle(now, port, frame, ip, cx)
+            return self.second.handle(now, port, frame, ip, cx);
+        }
+        match self.first.handle(now, port, frame, ip, cx) {
+            Handled::Pass if ip.service.is_some_and(|s| s.slot == LOCAL_PORTS_SLOT) => {
+                self.second.handle(now, port, frame, ip, cx)
+            }
+            handled => handled,
         }
     }
 
@@ -66,8 +109,11 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        if let Some(out) = self.take_passed(now, buf, cx) {
+            return Some(out);
+        }
         self.second_first = !self.second_first;
-        if self.second_first {
+        let out = if self.second_first {
             self.second
                 .poll_transmit(now, buf, cx)
                 .or_else(|| self.first.poll_transmit(now, buf, cx))
@@ -75,7 +121,9 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
             self.first
                 .poll_transmit(now, buf, cx)
                 .or_else(|| self.second.poll_transmit(now, buf, cx))
-        }
+        };
+        // The first stage's transmit poll takes frames from other workers: what it passed goes on now.
+        out.or_else(|| self.take_passed(now, buf, cx))
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
