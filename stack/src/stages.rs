@@ -8,8 +8,8 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use crate::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use crate::counters::DropReason;
+use crate::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use crate::pipeline::{Frame, PortId, Verdict};
 use crate::ports::LOCAL_PORTS_SLOT;
 use crate::service::{StageId, Transport};
@@ -73,7 +73,9 @@ fn passed_meta(frame: &[u8], cx: &StackContext<'_>) -> Option<Ipv4Meta> {
         dst,
         protocol: ip[9],
         l4,
-        service: cx.services.lookup(dst, transport, u16::from_be_bytes([dport[0], dport[1]])),
+        service: cx
+            .services
+            .lookup(dst, transport, u16::from_be_bytes([dport[0], dport[1]])),
     })
 }
 

@@ -310,17 +310,20 @@ impl PipelineFactory {
             .flat_map(|i| i.addresses.iter().map(|n| n.addr))
             .collect();
         local_ips.extend(floating.iter().map(|(_, ip)| *ip));
+        let forwarder_config = ForwarderConfig {
+            layout: self.layout.clone(),
+            vip_ifaces: vip_ifaces(config, &self.layout),
+            l4: config.l4.clone(),
+            local_ips,
+            worker: plan.index,
+            workers: plan.workers,
+            port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
+            maglev: self.maglev.clone(),
+        };
+        // One pool of local ports per worker, for FULLNAT flows and L7 upstream connections alike.
+        let ports = forwarder_config.local_ports();
         let mut forwarder = Forwarder::new(
-            ForwarderConfig {
-                layout: self.layout.clone(),
-                vip_ifaces: vip_ifaces(config, &self.layout),
-                l4: config.l4.clone(),
-                local_ips,
-                worker: plan.index,
-                workers: plan.workers,
-                port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
-                maglev: self.maglev.clone(),
-            },
+            forwarder_config,
             self.handoffs.get_mut(plan.index).and_then(Option::take),
             if plan.index == 0 { self.health.take() } else { None },
             self.board.clone(),
@@ -372,12 +375,13 @@ impl PipelineFactory {
         if let Some(updates) = self.l7_updates.get_mut(plan.index).and_then(Option::take) {
             l7.set_updates(updates);
         }
-        let mut stack = LocalStack::with_handler(
+        let mut stack = LocalStack::with_ports(
             LocalConfig {
                 links: plan.links.clone(),
                 neighbours,
                 icmp_rate: config.datapath.icmp_rate,
             },
+            ports,
             Stages::new(forwarder, l7, L7_STAGE),
         );
         if let Some(sync) = self.neighbour_sync.get_mut(plan.index).and_then(Option::take) {

@@ -25,6 +25,7 @@ mod listener;
 /// The local ports, shared with the other stages of the worker (moved to the stack).
 pub use xlb_stack::ports as lports;
 pub mod nat;
+mod passed;
 mod scan;
 mod sync;
 pub mod synproxy;
@@ -127,6 +128,8 @@ pub struct Forwarder {
     conns: ConnTable,
     /// Keys and hashes of the received batch, from [`Ipv4Handler::prefetch`].
     prefetched: batch::Prefetched,
+    /// Handed-over replies for the next stage ([`Ipv4Handler::poll_passed`]).
+    passed: passed::PassedFrames,
     local_ips: Vec<Ipv4Addr>,
     worker: usize,
     workers: usize,
@@ -211,6 +214,7 @@ impl Forwarder {
             defence,
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
             prefetched: batch::Prefetched::new(),
+            passed: passed::PassedFrames::default(),
             counters: L4Counters::new(&config.layout.shape()),
             layout: config.layout,
             by_endpoint: HashMap::default(),
@@ -411,6 +415,10 @@ impl Ipv4Handler for Forwarder {
 
     fn attach(&mut self, cx: &mut StackContext<'_>) {
         self.register_services(cx);
+    }
+
+    fn poll_passed(&mut self, buf: &mut [u8]) -> Option<(PortId, usize)> {
+        self.passed.pop(buf)
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {

@@ -2169,11 +2169,7 @@ fn a_listener_at_its_cap_refuses_new_flows_by_name() {
         run(&mut s, now, 0, &syn(2)).0,
         Verdict::Drop(DropReason::ListenerConnLimit)
     );
-    assert_eq!(
-        s.local_ports().occupancy().in_use,
-        2,
-        "the refused flow took no port"
-    );
+    assert_eq!(s.local_ports().occupancy().in_use, 2, "the refused flow took no port");
     assert_eq!(
         s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit as usize],
         1

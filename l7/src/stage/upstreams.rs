@@ -1,21 +1,21 @@
 //! The servers L7 proxies to: groups with their scheduler and health (the board L4's health checker writes),
-//! local ports for new upstream connections, and the idle connections kept per server for reuse.
+//! local ports for new upstream connections (from the worker's pools, shared with L4: [`xlb_stack::ports`]),
+//! and the idle connections kept per server for reuse.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::socket::tcp::State;
-use xlb_l4::owner::local_port_owner;
 use xlb_l4::sched::{Scheduler, SchedulerKind, ServerView};
 use xlb_l4::stats::HealthBoard;
+use xlb_stack::ports::LocalPorts;
 
 use crate::affinity::{rendezvous, server_identity};
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
-use crate::tcp::{ConnId, TcpHost, Tuple};
+use crate::tcp::{ConnId, Gone, TcpHost};
 use crate::tls::link::TlsLink;
 use crate::tls::upstream::UpstreamTls;
 
@@ -84,26 +84,15 @@ pub struct Upstreams {
     /// Group names (index = [`GroupId`]).
     names: Vec<String>,
     board: Arc<HealthBoard>,
-    ports: RangeInclusive<u16>,
-    worker: usize,
-    workers: usize,
-    cursor: u16,
     keepalive: usize,
     idle_timeout: Duration,
     idle_count: usize,
 }
 
 impl Upstreams {
-    /// Groups `specs`, health from `board`, local ports `ports` (this worker's share of them), `keepalive` idle
-    /// connections kept per server for at most `idle_timeout`.
-    pub fn new(
-        specs: &[GroupSpec],
-        board: Arc<HealthBoard>,
-        ports: RangeInclusive<u16>,
-        (worker, workers): (usize, usize),
-        keepalive: usize,
-        idle_timeout: Duration,
-    ) -> Upstreams {
+    /// Groups `specs`, health from `board`, `keepalive` idle connections kept per server for at most
+    /// `idle_timeout`.
+    pub fn new(specs: &[GroupSpec], board: Arc<HealthBoard>, keepalive: usize, idle_timeout: Duration) -> Upstreams {
         let groups = specs
             .iter()
             .map(|g| {
@@ -124,15 +113,10 @@ impl Upstreams {
                 }
             })
             .collect();
-        let cursor = *ports.start();
         Upstreams {
             groups,
             names: specs.iter().map(|g| g.name.clone()).collect(),
             board,
-            ports,
-            worker,
-            workers: workers.max(1),
-            cursor,
             keepalive,
             idle_timeout,
             idle_count: 0,
@@ -146,14 +130,7 @@ impl Upstreams {
         for (g, name) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
             old.extend(g.servers.into_iter().map(|s| (name.clone(), g.tls.clone(), s)));
         }
-        let fresh = Upstreams::new(
-            specs,
-            board,
-            self.ports.clone(),
-            (self.worker, self.workers),
-            self.keepalive,
-            self.idle_timeout,
-        );
+        let fresh = Upstreams::new(specs, board, self.keepalive, self.idle_timeout);
         self.groups = fresh.groups;
         self.names = fresh.names;
         self.board = fresh.board;
@@ -279,26 +256,11 @@ impl Upstreams {
         first
     }
 
-    /// A local port of this worker for a new connection from `local_ip` to `server` that no connection of
-    /// `host` holds (rotating through the range, so a tuple is not reused while the server may still hold it).
-    pub fn local_port(&mut self, host: &TcpHost, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u16> {
-        let (min, max) = (*self.ports.start(), *self.ports.end());
-        let span = u32::from(max - min) + 1;
-        for _ in 0..span.min(4096) {
-            let port = self.cursor;
-            self.cursor = if self.cursor >= max { min } else { self.cursor + 1 };
-            if local_port_owner(port, self.workers) != self.worker {
-                continue;
-            }
-            let tuple = Tuple {
-                local: SocketAddrV4::new(local_ip, port),
-                remote: server,
-            };
-            if !host.holds(&tuple) {
-                return Some(port);
-            }
-        }
-        None
+    /// A local port of this worker for a new connection from `local_ip` to `server`, taken from the worker's
+    /// pools (rotating through the range, so a tuple is not reused while the server may still hold it). Given
+    /// back by [`release_port`] once the connection is gone.
+    pub fn local_port(ports: &mut LocalPorts, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u16> {
+        ports.take_upstream(local_ip, server).ok()
     }
 
     /// An idle kept connection to the server, still established with nothing received since, if there is one.
@@ -379,6 +341,18 @@ impl Upstreams {
     }
 }
 
+/// How long a server may hold a tuple in TIME-WAIT after it closed first (Linux: 60 s).
+pub const SERVER_TIME_WAIT: Duration = Duration::from_secs(60);
+
+/// Gives back the local port of an upstream connection that is gone: at once if this side closed first (it
+/// ran the TIME-WAIT), else quarantined for the server's TIME-WAIT ([`SERVER_TIME_WAIT`]), so neither an L4
+/// flow nor another upstream connection meets the server's old tuple.
+pub fn release_port(ports: &mut LocalPorts, now: Instant, gone: Gone) {
+    let until = gone.peer_may_wait.then(|| now + SERVER_TIME_WAIT);
+    let local = gone.tuple.local;
+    ports.give_back_upstream(*local.ip(), gone.tuple.remote, local.port(), until);
+}
+
 fn view(s: &ServerSpec, board: &HealthBoard) -> ServerView {
     ServerView {
         addr: s.addr,
@@ -414,14 +388,7 @@ mod tests {
     #[test]
     fn picks_follow_health_and_sticky_servers_while_they_are_up() {
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(
-            &specs(),
-            board.clone(),
-            62_000..=62_009,
-            (0, 1),
-            4,
-            Duration::from_secs(60),
-        );
+        let mut u = Upstreams::new(&specs(), board.clone(), 4, Duration::from_secs(60));
         let g = GroupId(0);
         let picks: Vec<_> = (0..6).map(|_| u.pick(g, None, CLIENT).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 2, "{picks:?}");
@@ -446,14 +413,7 @@ mod tests {
     #[test]
     fn a_hash_key_keeps_its_server_and_moves_only_when_that_server_fails_or_goes_down() {
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(
-            &specs(),
-            board.clone(),
-            62_000..=62_009,
-            (0, 1),
-            4,
-            Duration::from_secs(60),
-        );
+        let mut u = Upstreams::new(&specs(), board.clone(), 4, Duration::from_secs(60));
         let g = GroupId(0);
         let homes: Vec<usize> = (0..30u64)
             .map(|k| u.pick_avoiding(g, None, Some(k * 7919), CLIENT, &[]).unwrap())
@@ -492,29 +452,67 @@ mod tests {
     fn local_ports_are_this_workers_and_free() {
         let now = Instant::now();
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board, 62_000..=62_009, (1, 2), 4, Duration::from_secs(60));
-        let mut host = TcpHost::new(TcpConfig::default(), now, 1);
+        let u = Upstreams::new(&specs(), board, 4, Duration::from_secs(60));
         let lip = Ipv4Addr::new(198, 19, 0, 10);
+        let mut ports = LocalPorts::new(&[lip], 62_000, 62_009, 1, 2);
+        let mut host = TcpHost::new(TcpConfig::default(), now, 1);
         let server = u.addr(GroupId(0), 0).unwrap();
         let mut got = Vec::new();
         for _ in 0..5 {
-            let p = u.local_port(&host, lip, server).unwrap();
+            let p = Upstreams::local_port(&mut ports, lip, server).unwrap();
             assert_eq!(p % 2, 1, "worker 1 of 2 takes odd ports");
             host.connect(now, SocketAddrV4::new(lip, p), server, 1).unwrap();
             got.push(p);
         }
         got.sort();
         assert_eq!(got, vec![62_001, 62_003, 62_005, 62_007, 62_009]);
-        assert_eq!(u.local_port(&host, lip, server), None, "all five held");
+        assert_eq!(Upstreams::local_port(&mut ports, lip, server), None, "all five held");
         let other = u.addr(GroupId(0), 1).unwrap();
-        assert!(u.local_port(&host, lip, other).is_some(), "ports are per server");
+        assert!(
+            Upstreams::local_port(&mut ports, lip, other).is_some(),
+            "ports are per server"
+        );
+    }
+
+    #[test]
+    fn a_gone_connections_port_comes_back_at_once_or_after_the_servers_time_wait() {
+        let now = Instant::now();
+        let lip = Ipv4Addr::new(198, 19, 0, 10);
+        let server = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 1), 8080);
+        let mut ports = LocalPorts::new(&[lip], 62_000, 62_001, 0, 1);
+        let a = Upstreams::local_port(&mut ports, lip, server).unwrap();
+        let b = Upstreams::local_port(&mut ports, lip, server).unwrap();
+        assert_eq!(Upstreams::local_port(&mut ports, lip, server), None);
+        let gone = |port, peer_may_wait| Gone {
+            tuple: crate::tcp::Tuple {
+                local: SocketAddrV4::new(lip, port),
+                remote: server,
+            },
+            peer_may_wait,
+        };
+        release_port(&mut ports, now, gone(a, false));
+        assert_eq!(
+            Upstreams::local_port(&mut ports, lip, server),
+            Some(a),
+            "we ran the TIME-WAIT: free at once"
+        );
+        release_port(&mut ports, now, gone(b, true));
+        assert!(!ports.is_upstream(lip, server, b), "replies to it are no one's");
+        ports.release_due(now + SERVER_TIME_WAIT - Duration::from_secs(1));
+        assert_eq!(
+            Upstreams::local_port(&mut ports, lip, server),
+            None,
+            "the server may still hold the tuple"
+        );
+        ports.release_due(now + SERVER_TIME_WAIT);
+        assert_eq!(Upstreams::local_port(&mut ports, lip, server), Some(b));
     }
 
     #[test]
     fn idle_connections_are_bounded_taken_once_and_expire() {
         let now = Instant::now();
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board, 62_000..=62_009, (0, 1), 2, Duration::from_secs(60));
+        let mut u = Upstreams::new(&specs(), board, 2, Duration::from_secs(60));
         let mut host = TcpHost::new(TcpConfig::default(), now, 1);
         let server = u.addr(GroupId(0), 0).unwrap();
         let lip = Ipv4Addr::new(198, 19, 0, 10);
