@@ -616,4 +616,72 @@ mod tests {
         };
         assert_eq!(p.take(LIP, S1, other), Ok(40_000), "the oldest went back early");
     }
+
+    #[test]
+    fn fullnat_flows_and_upstream_connections_never_share_a_tuple() {
+        let mut p = LocalPorts::new(&[LIP], 40_000, 40_099, 0, 1);
+        let mut fullnat = std::collections::HashSet::new();
+        let mut upstream = std::collections::HashSet::new();
+        for i in 0..50u16 {
+            // Clients whose own ports fall where upstream connections took theirs.
+            assert!(fullnat.insert(p.take(LIP, S1, flow(40_000 + i)).unwrap()));
+            assert!(upstream.insert(p.take_upstream(LIP, S1).unwrap()));
+        }
+        assert!(fullnat.is_disjoint(&upstream), "{fullnat:?} {upstream:?}");
+        assert_eq!(p.take(LIP, S1, flow(40_000)), Err(NoPort::Exhausted), "one pool of 100");
+        assert_eq!(p.take_upstream(LIP, S1), Err(NoPort::Exhausted));
+        assert!(upstream.iter().all(|&port| p.is_upstream(LIP, S1, port)));
+        assert!(fullnat.iter().all(|&port| !p.is_upstream(LIP, S1, port)));
+        assert!(!p.is_upstream(LIP, S2, *upstream.iter().next().unwrap()), "per server");
+        assert!(p.take_upstream(LIP, S2).is_ok(), "another server's pool is free");
+    }
+
+    #[test]
+    fn upstream_ports_rotate_and_follow_the_worker_split() {
+        let mut w1 = LocalPorts::new(&[LIP], 10_000, 10_009, 1, 2);
+        let got: Vec<u16> = std::iter::from_fn(|| w1.take_upstream(LIP, S1).ok()).collect();
+        assert_eq!(got, vec![10_001, 10_003, 10_005, 10_007, 10_009]);
+        assert!(got.iter().all(|&port| local_port_owner(port, 2) == 1));
+        w1.give_back_upstream(LIP, S1, 10_003, None);
+        w1.give_back_upstream(LIP, S1, 10_007, None);
+        assert_eq!(
+            w1.take_upstream(LIP, S1),
+            Ok(10_003),
+            "the search goes on after the last port taken, round the range"
+        );
+        assert_eq!(w1.take_upstream(LIP, S1), Ok(10_007));
+        assert_eq!(
+            w1.take_upstream(Ipv4Addr::new(198, 19, 0, 99), S1),
+            Err(NoPort::NotLocal)
+        );
+        w1.add_local_ip(Ipv4Addr::new(198, 19, 0, 99));
+        assert_eq!(w1.take_upstream(Ipv4Addr::new(198, 19, 0, 99), S1), Ok(10_009));
+    }
+
+    #[test]
+    fn an_upstream_port_the_server_may_hold_in_time_wait_goes_to_no_one_until_due() {
+        let t0 = Instant::now();
+        let mut p = LocalPorts::new(&[LIP], 40_000, 40_001, 0, 1);
+        assert_eq!(p.take_upstream(LIP, S1), Ok(40_000));
+        assert_eq!(p.take(LIP, S1, flow(40_001)), Ok(40_001));
+        p.give_back_upstream(LIP, S1, 40_000, Some(t0 + Duration::from_secs(60)));
+        assert!(!p.is_upstream(LIP, S1, 40_000));
+        p.release_due(t0 + Duration::from_secs(59));
+        assert_eq!(
+            p.take(LIP, S1, flow(40_000)),
+            Err(NoPort::Exhausted),
+            "not for a FULLNAT flow, not even one whose client has that port"
+        );
+        assert_eq!(p.take_upstream(LIP, S1), Err(NoPort::Exhausted));
+        assert_eq!(
+            p.take(LIP, S2, flow(40_000)),
+            Ok(40_000),
+            "another server never saw the tuple"
+        );
+        p.release_due(t0 + Duration::from_secs(60));
+        assert_eq!(p.take(LIP, S1, flow(40_000)), Ok(40_000));
+        // Giving back what no upstream connection holds changes nothing (a FULLNAT flow's port).
+        p.give_back_upstream(LIP, S1, 40_001, None);
+        assert_eq!(p.free(LIP, S1), 0);
+    }
 }
