@@ -153,6 +153,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::RangeInclusive;
     use std::time::Duration;
 
     use super::*;
@@ -170,6 +171,10 @@ mod tests {
         seen: Vec<u16>,
         due: Option<Instant>,
         timeouts: usize,
+        /// Frames to pass to the next stage ([`Ipv4Handler::poll_passed`]).
+        passed: Vec<Vec<u8>>,
+        /// Port ranges it registers, with their slots.
+        ranges: Vec<(RangeInclusive<u16>, u32)>,
     }
 
     impl Recorder {
@@ -180,6 +185,8 @@ mod tests {
                 seen: Vec::new(),
                 due: None,
                 timeouts: 0,
+                passed: Vec::new(),
+                ranges: Vec::new(),
             }
         }
     }
@@ -208,12 +215,24 @@ mod tests {
                 slot: 0,
             };
             cx.services.set(XLB_IP, Transport::Tcp, self.port, Some(service));
+            for (ports, slot) in &self.ranges {
+                let service = Service {
+                    stage: self.id,
+                    slot: *slot,
+                };
+                cx.services.set_range(XLB_IP, Transport::Tcp, ports.clone(), service);
+            }
         }
         fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
             None
         }
         fn poll_timeout(&self) -> Option<Instant> {
             self.due
+        }
+        fn poll_passed(&mut self, buf: &mut [u8]) -> Option<(PortId, usize)> {
+            let frame = self.passed.pop()?;
+            buf[..frame.len()].copy_from_slice(&frame);
+            Some((0, frame.len()))
         }
         fn handle_timeout(&mut self, _: Instant, _: &mut StackContext<'_>) {
             self.timeouts += 1;
@@ -263,5 +282,52 @@ mod tests {
             "only the stage whose timer is due runs"
         );
         assert_eq!(stack.poll_timeout(), Some(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn the_local_port_range_is_shared_what_the_first_stage_passes_there_goes_to_the_second() {
+        let mut first = Recorder::new(1, 80);
+        first.ranges = vec![(10_000..=10_009, LOCAL_PORTS_SLOT), (20_000..=20_009, 7)];
+        let stages = Stages::new(first, Recorder::new(2, 81), 2);
+        let mut stack = LocalStack::with_handler(
+            LocalConfig {
+                links: vec![Link {
+                    mac: XLB_MAC,
+                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                    gateway: None,
+                }],
+                neighbours: NeighbourConfig::default(),
+                icmp_rate: 1000,
+            },
+            stages,
+        );
+        let now = Instant::now();
+        let send = |stack: &mut LocalStack<Stages<Recorder, Recorder>>, port| {
+            let mut bytes = tcp_frame(port, 1, 0, 0x02, b"");
+            let len = bytes.len();
+            bytes.resize(2048, 0);
+            stack.process(now, 0, &mut Frame::new(&mut bytes, len))
+        };
+        // Each stage passes what is not its own port: the local stack answers with an RST.
+        assert!(matches!(send(&mut stack, 10_005), Verdict::Transmit(_)));
+        assert!(matches!(send(&mut stack, 20_005), Verdict::Transmit(_)));
+        let s = stack.handler();
+        assert_eq!(
+            (s.first.seen.clone(), s.second.seen.clone()),
+            (vec![10_005, 20_005], vec![10_005]),
+            "only the local-port range goes on to the second stage"
+        );
+
+        // A frame the first stage took from another worker and passed.
+        let frame = tcp_frame(10_006, 1, 0, 0x10, b"");
+        stack.handler_mut().first.passed.push(frame);
+        let mut buf = vec![0u8; 2048];
+        assert_eq!(stack.poll_transmit(now, &mut buf), None);
+        assert_eq!(stack.handler().second.seen, vec![10_005, 10_006]);
+        assert_eq!(
+            stack.counters().drops[DropReason::NoConnection as usize],
+            1,
+            "the second passed it too: no one's"
+        );
     }
 }

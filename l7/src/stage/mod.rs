@@ -675,4 +675,6 @@ impl Ipv4Handler for L7Stage {
 }
 
 #[cfg(test)]
+mod shared_ports_tests;
+#[cfg(test)]
 mod tests;
