@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod counters;
+pub mod maglev;
 mod session;
 mod streams;
 mod token;
@@ -32,6 +33,7 @@ use crossbeam_channel::{Receiver, Sender};
 use xlb_l4::conn::{FlowHash, FlowKey, Proto};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
+use xlb_l4::sched::MaglevTables;
 use xlb_l4::stats::HealthBoard;
 use xlb_stack::counters::DropReason;
 use xlb_stack::local::{route, Handled, Ipv4Handler, Ipv4Meta, StackContext};
@@ -91,6 +93,8 @@ pub struct L7StageConfig {
     pub groups: Vec<GroupSpec>,
     /// The health board L4's checker writes.
     pub board: Arc<HealthBoard>,
+    /// The Maglev tables of the `mh` groups (built by the control side, shared by every worker: [`maglev`]).
+    pub maglev: Arc<MaglevTables>,
     /// This worker and the number of workers.
     pub worker: usize,
     /// Number of workers.
@@ -110,6 +114,16 @@ pub struct L7Update {
     pub groups: Vec<GroupSpec>,
     /// The new health board.
     pub board: Arc<HealthBoard>,
+    /// The Maglev tables of the new groups.
+    pub maglev: Arc<MaglevTables>,
+}
+
+/// What the control side sends a running stage (taken between batches).
+pub enum L7Message {
+    /// A configuration change of the groups.
+    Update(L7Update),
+    /// New Maglev tables of the `mh` groups after a health change (the same `Arc` goes to every worker).
+    Maglev(Arc<MaglevTables>),
 }
 
 /// A session slot.
@@ -140,7 +154,9 @@ pub struct L7Stage {
     port_ifaces: Vec<usize>,
     /// The latest time seen (a due time for work that cannot wait).
     last_now: Instant,
-    updates: Option<Receiver<L7Update>>,
+    updates: Option<Receiver<L7Message>>,
+    /// The `mh` groups' tables in use (the snapshot last received).
+    maglev: Arc<MaglevTables>,
     access_log: Option<Sender<AccessLine>>,
     /// Listener names, shared with their sessions (access log).
     listener_names: Vec<Arc<str>>,
@@ -171,6 +187,7 @@ impl L7Stage {
         let upstreams = Upstreams::new(
             &config.groups,
             config.board,
+            &config.maglev,
             limits.upstream_keepalive,
             Duration::from_secs(limits.upstream_idle_timeout_s),
         );
@@ -195,6 +212,7 @@ impl L7Stage {
             port_ifaces: config.port_ifaces,
             last_now: now,
             updates: None,
+            maglev: config.maglev,
             access_log: config.access_log,
             listener_names,
             handshakes: config.handshakes,
@@ -204,14 +222,33 @@ impl L7Stage {
     }
 
     /// Takes live changes from `updates` (applied between batches, in `handle_timeout`).
-    pub fn set_updates(&mut self, updates: Receiver<L7Update>) {
+    pub fn set_updates(&mut self, updates: Receiver<L7Message>) {
         self.updates = Some(updates);
     }
 
     fn apply_updates(&mut self, now: Instant) {
-        while let Some(update) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
-            self.upstreams.update(now, &mut self.host, &update.groups, update.board);
+        while let Some(message) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
+            match message {
+                L7Message::Update(update) => {
+                    (self.upstreams).update(now, &mut self.host, &update.groups, update.board, &update.maglev);
+                    self.maglev = update.maglev;
+                }
+                L7Message::Maglev(tables) => {
+                    self.upstreams.use_maglev(&tables);
+                    self.maglev = tables;
+                }
+            }
         }
+    }
+
+    /// The Maglev tables of the `mh` groups in use (the snapshot last received).
+    pub fn maglev_tables(&self) -> &Arc<MaglevTables> {
+        &self.maglev
+    }
+
+    /// The table group `group` schedules with, if it uses `mh`.
+    pub fn group_table(&self, group: usize) -> Option<&Arc<xlb_l4::sched::MaglevTable>> {
+        self.upstreams.maglev_table(GroupId(group))
     }
 
     /// The stage's counters so far (also published to its [`SharedL7Counters`]).

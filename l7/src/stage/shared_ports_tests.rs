@@ -100,6 +100,7 @@ fn l7_stage(board: &Arc<HealthBoard>, now: Instant) -> L7Stage {
                 tls: None,
             }],
             board: board.clone(),
+            maglev: Arc::default(),
             worker: 0,
             workers: 1,
             port_ifaces: vec![0, 1],

@@ -146,6 +146,7 @@ fn world_full(
                 tls: upstream.as_ref().map(|(_, group)| group.clone()),
             }],
             board: board.clone(),
+            maglev: Arc::default(),
             worker: 0,
             workers: 1,
             port_ifaces: vec![0, 1],

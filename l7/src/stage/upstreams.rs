@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::socket::tcp::State;
-use xlb_l4::sched::{Scheduler, SchedulerKind, ServerView};
+use xlb_l4::sched::{MaglevHash, MaglevTable, MaglevTables, Scheduler, SchedulerKind, ServerView};
 use xlb_l4::stats::HealthBoard;
 use xlb_stack::ports::LocalPorts;
 
@@ -90,13 +90,20 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Groups `specs`, health from `board`, `keepalive` idle connections kept per server for at most
-    /// `idle_timeout`.
-    pub fn new(specs: &[GroupSpec], board: Arc<HealthBoard>, keepalive: usize, idle_timeout: Duration) -> Upstreams {
+    /// Groups `specs`, health from `board`, the tables of `mh` groups from `maglev` (the control side's
+    /// snapshot, [`super::maglev`]), `keepalive` idle connections kept per server for at most `idle_timeout`.
+    pub fn new(
+        specs: &[GroupSpec],
+        board: Arc<HealthBoard>,
+        maglev: &MaglevTables,
+        keepalive: usize,
+        idle_timeout: Duration,
+    ) -> Upstreams {
         let groups = specs
             .iter()
-            .map(|g| {
-                let views: Vec<ServerView> = g.servers.iter().map(|s| view(s, &board)).collect();
+            .enumerate()
+            .map(|(i, g)| {
+                let views: Vec<ServerView> = g.servers.iter().map(|s| server_view(s, &board)).collect();
                 Group {
                     servers: g
                         .servers
@@ -106,7 +113,11 @@ impl Upstreams {
                             idle: VecDeque::new(),
                         })
                         .collect(),
-                    scheduler: Scheduler::new(g.scheduler, &views),
+                    scheduler: match (g.scheduler, maglev.get(i)) {
+                        (SchedulerKind::Mh, Some(table)) => Scheduler::Mh(MaglevHash::from_table(table.clone())),
+                        // Only a snapshot that lacks the group's table (never sent) makes the worker build one.
+                        (kind, _) => Scheduler::new(kind, &views),
+                    },
                     tls: g.tls.clone(),
                     views,
                     seen: board.generation(),
@@ -125,12 +136,19 @@ impl Upstreams {
 
     /// Applies changed groups and a new health board (a live configuration change). Idle connections to servers
     /// still in the same group are kept; the others are closed.
-    pub fn update(&mut self, now: Instant, host: &mut TcpHost, specs: &[GroupSpec], board: Arc<HealthBoard>) {
+    pub fn update(
+        &mut self,
+        now: Instant,
+        host: &mut TcpHost,
+        specs: &[GroupSpec],
+        board: Arc<HealthBoard>,
+        maglev: &MaglevTables,
+    ) {
         let mut old: Vec<(String, Option<Arc<UpstreamTls>>, Server)> = Vec::new();
         for (g, name) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
             old.extend(g.servers.into_iter().map(|s| (name.clone(), g.tls.clone(), s)));
         }
-        let fresh = Upstreams::new(specs, board, self.keepalive, self.idle_timeout);
+        let fresh = Upstreams::new(specs, board, maglev, self.keepalive, self.idle_timeout);
         self.groups = fresh.groups;
         self.names = fresh.names;
         self.board = fresh.board;
@@ -163,6 +181,23 @@ impl Upstreams {
                     }
                 }
             }
+        }
+    }
+
+    /// Swaps in the `mh` groups' tables of a new snapshot (an `Arc` swap, between batches).
+    pub fn use_maglev(&mut self, tables: &MaglevTables) {
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            if let (Scheduler::Mh(mh), Some(table)) = (&mut g.scheduler, tables.get(i)) {
+                mh.set_table(table.clone());
+            }
+        }
+    }
+
+    /// The Maglev table an `mh` group schedules with.
+    pub fn maglev_table(&self, group: GroupId) -> Option<&Arc<MaglevTable>> {
+        match &self.groups.get(group.0)?.scheduler {
+            Scheduler::Mh(mh) => Some(mh.table()),
+            _ => None,
         }
     }
 
@@ -200,9 +235,13 @@ impl Upstreams {
         let generation = board.generation();
         if generation != g.seen {
             for (v, s) in g.views.iter_mut().zip(&g.servers) {
-                *v = view(&s.spec, board);
+                *v = server_view(&s.spec, board);
             }
-            g.scheduler.rebuild(&g.views);
+            // An `mh` table is never built here: the next snapshot brings it, and until then its picks skip
+            // the servers that are down.
+            if !matches!(g.scheduler, Scheduler::Mh(_)) {
+                g.scheduler.rebuild(&g.views);
+            }
             g.seen = generation;
         }
         Some(g)
@@ -353,7 +392,8 @@ pub fn release_port(ports: &mut LocalPorts, now: Instant, gone: Gone) {
     ports.give_back_upstream(*local.ip(), gone.tuple.remote, local.port(), until);
 }
 
-fn view(s: &ServerSpec, board: &HealthBoard) -> ServerView {
+/// A server of a group as the schedulers see it: weight from the spec, health from the board.
+pub fn server_view(s: &ServerSpec, board: &HealthBoard) -> ServerView {
     ServerView {
         addr: s.addr,
         weight: s.weight,
@@ -388,7 +428,13 @@ mod tests {
     #[test]
     fn picks_follow_health_and_sticky_servers_while_they_are_up() {
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board.clone(), 4, Duration::from_secs(60));
+        let mut u = Upstreams::new(
+            &specs(),
+            board.clone(),
+            &MaglevTables::default(),
+            4,
+            Duration::from_secs(60),
+        );
         let g = GroupId(0);
         let picks: Vec<_> = (0..6).map(|_| u.pick(g, None, CLIENT).unwrap()).collect();
         assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 2, "{picks:?}");
@@ -413,7 +459,13 @@ mod tests {
     #[test]
     fn a_hash_key_keeps_its_server_and_moves_only_when_that_server_fails_or_goes_down() {
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board.clone(), 4, Duration::from_secs(60));
+        let mut u = Upstreams::new(
+            &specs(),
+            board.clone(),
+            &MaglevTables::default(),
+            4,
+            Duration::from_secs(60),
+        );
         let g = GroupId(0);
         let homes: Vec<usize> = (0..30u64)
             .map(|k| u.pick_avoiding(g, None, Some(k * 7919), CLIENT, &[]).unwrap())
@@ -452,7 +504,7 @@ mod tests {
     fn local_ports_are_this_workers_and_free() {
         let now = Instant::now();
         let board = Arc::new(HealthBoard::new(3));
-        let u = Upstreams::new(&specs(), board, 4, Duration::from_secs(60));
+        let u = Upstreams::new(&specs(), board, &MaglevTables::default(), 4, Duration::from_secs(60));
         let lip = Ipv4Addr::new(198, 19, 0, 10);
         let mut ports = LocalPorts::new(&[lip], 62_000, 62_009, 1, 2);
         let mut host = TcpHost::new(TcpConfig::default(), now, 1);
@@ -512,7 +564,7 @@ mod tests {
     fn idle_connections_are_bounded_taken_once_and_expire() {
         let now = Instant::now();
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board, 2, Duration::from_secs(60));
+        let mut u = Upstreams::new(&specs(), board, &MaglevTables::default(), 2, Duration::from_secs(60));
         let mut host = TcpHost::new(TcpConfig::default(), now, 1);
         let server = u.addr(GroupId(0), 0).unwrap();
         let lip = Ipv4Addr::new(198, 19, 0, 10);
