@@ -20,11 +20,8 @@ pub fn owner_of_hash(hash: FlowHash, workers: usize) -> usize {
     (hash.value() % workers.max(1) as u64) as usize
 }
 
-/// The worker that hands out (and so owns the connections of) FULLNAT local port `port`.
-#[inline]
-pub fn local_port_owner(port: u16, workers: usize) -> usize {
-    usize::from(port) % workers.max(1)
-}
+/// The worker that hands out (and so owns the connections of) a local port (FULLNAT and L7 upstream alike).
+pub use xlb_stack::ports::local_port_owner;
 
 /// The worker that runs the health checker and owns its probes' replies.
 pub const PROBE_OWNER: usize = 0;

@@ -51,12 +51,6 @@ pub struct L7Config {
     /// Longest wait for the response head, and between two reads of its body (504 before the head, else the
     /// connections are closed). NGINX `proxy_read_timeout`.
     pub upstream_response_timeout_s: u64,
-    /// Local ports of upstream connections (per local IP and server; each worker takes the ports `p` with
-    /// `p % workers == worker`). Kept apart from L4's FULLNAT ports (`l4.local_port_min..max`) and the
-    /// health-probe ports (61000-61999).
-    pub local_port_min: u16,
-    /// See `local_port_min`.
-    pub local_port_max: u16,
     /// In-stack TCP connections per worker at most, client and upstream (SYNs beyond are refused, counted).
     pub max_connections: usize,
     /// Receive and send buffer of each in-stack TCP connection (bytes each way).
@@ -92,8 +86,6 @@ impl Default for L7Config {
             client_idle_timeout_s: 75,
             upstream_connect_timeout_s: 60,
             upstream_response_timeout_s: 60,
-            local_port_min: 62_000,
-            local_port_max: 65_535,
             max_connections: 65_536,
             socket_buffer_bytes: 32 * 1024,
             idle_buffer_bytes: 1024,
@@ -174,12 +166,6 @@ impl L7Config {
             ("upstream_response_timeout_s", self.upstream_response_timeout_s),
             ("upstream_idle_timeout_s", self.upstream_idle_timeout_s),
         ];
-        if self.local_port_min < 1024 || self.local_port_min > self.local_port_max {
-            return Err(format!(
-                "l7.local_port_min..max: {}..{} must be a non-empty range above 1023",
-                self.local_port_min, self.local_port_max
-            ));
-        }
         if !(16..=4 * 1024 * 1024).contains(&self.max_connections) {
             return Err(format!(
                 "l7.max_connections: {} is outside 16..=4194304",

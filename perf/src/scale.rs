@@ -161,6 +161,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         workers: 1,
         port_ifaces: vec![0, 1],
     };
+    let ports = config.local_ports();
     let forwarder = Forwarder::new(
         config,
         None,
@@ -170,7 +171,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
         None,
         now,
     );
-    let mut stack = LocalStack::with_handler(
+    let mut stack = LocalStack::with_ports(
         LocalConfig {
             links: vec![
                 Link {
@@ -187,6 +188,7 @@ fn pipeline(sessions: usize, now: Instant) -> LocalStack<Forwarder> {
             neighbours: NeighbourConfig::default(),
             icmp_rate: 1000,
         },
+        ports,
         forwarder,
     );
     stack.add_owned(0, VIP);

@@ -5,11 +5,15 @@
 //! the first, which passes what it does not want to the local stack. Originated frames are taken from both in
 //! turn, and the earliest timer of either wakes the worker. Nest `Stages` for more than two.
 
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use crate::counters::DropReason;
 use crate::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
-use crate::pipeline::{Frame, PortId};
-use crate::service::StageId;
+use crate::pipeline::{Frame, PortId, Verdict};
+use crate::ports::LOCAL_PORTS_SLOT;
+use crate::service::{StageId, Transport};
+use crate::wire::ETH_HEADER_LEN;
 
 /// The first stage, and a second one that serves the services registered under `second_id`.
 pub struct Stages<A, B> {
@@ -36,6 +40,43 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Stages<A, B> {
     fn is_second(&self, ip: &Ipv4Meta) -> bool {
         ip.service.is_some_and(|s| s.stage == self.second_id)
     }
+
+    /// Offers the second stage what the first took from other workers and passed; returns the first frame to
+    /// send.
+    fn take_passed(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        while let Some((port, len)) = self.first.poll_passed(buf) {
+            let Some(ip) = passed_meta(&buf[..len], cx) else {
+                continue;
+            };
+            let mut frame = Frame::new(buf, len);
+            match self.second.handle(now, port, &mut frame, &ip, cx) {
+                Handled::Verdict(Verdict::Transmit(out)) => return Some((out, frame.len())),
+                Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
+                Handled::Pass => cx.counters.drop(DropReason::NoConnection),
+                Handled::Verdict(Verdict::Consumed) => {}
+            }
+        }
+        None
+    }
+}
+
+/// What the stack would have told a stage about a passed frame (a TCP or UDP packet to the local-port range,
+/// validated by the worker that received it).
+fn passed_meta(frame: &[u8], cx: &StackContext<'_>) -> Option<Ipv4Meta> {
+    let ip = frame.get(ETH_HEADER_LEN..ETH_HEADER_LEN + 20)?;
+    let l4 = ETH_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4;
+    let dport = frame.get(l4 + 2..l4 + 4)?;
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let transport = Transport::from_protocol(ip[9])?;
+    Some(Ipv4Meta {
+        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
+        dst,
+        protocol: ip[9],
+        l4,
+        service: cx
+            .services
+            .lookup(dst, transport, u16::from_be_bytes([dport[0], dport[1]])),
+    })
 }
 
 impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
@@ -48,9 +89,13 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         cx: &mut StackContext<'_>,
     ) -> Handled {
         if self.is_second(ip) {
-            self.second.handle(now, port, frame, ip, cx)
-        } else {
-            self.first.handle(now, port, frame, ip, cx)
+            return self.second.handle(now, port, frame, ip, cx);
+        }
+        match self.first.handle(now, port, frame, ip, cx) {
+            Handled::Pass if ip.service.is_some_and(|s| s.slot == LOCAL_PORTS_SLOT) => {
+                self.second.handle(now, port, frame, ip, cx)
+            }
+            handled => handled,
         }
     }
 
@@ -66,8 +111,11 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
+        if let Some(out) = self.take_passed(now, buf, cx) {
+            return Some(out);
+        }
         self.second_first = !self.second_first;
-        if self.second_first {
+        let out = if self.second_first {
             self.second
                 .poll_transmit(now, buf, cx)
                 .or_else(|| self.first.poll_transmit(now, buf, cx))
@@ -75,7 +123,9 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
             self.first
                 .poll_transmit(now, buf, cx)
                 .or_else(|| self.second.poll_transmit(now, buf, cx))
-        }
+        };
+        // The first stage's transmit poll takes frames from other workers: what it passed goes on now.
+        out.or_else(|| self.take_passed(now, buf, cx))
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -103,6 +153,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::RangeInclusive;
     use std::time::Duration;
 
     use super::*;
@@ -120,6 +171,10 @@ mod tests {
         seen: Vec<u16>,
         due: Option<Instant>,
         timeouts: usize,
+        /// Frames to pass to the next stage ([`Ipv4Handler::poll_passed`]).
+        passed: Vec<Vec<u8>>,
+        /// Port ranges it registers, with their slots.
+        ranges: Vec<(RangeInclusive<u16>, u32)>,
     }
 
     impl Recorder {
@@ -130,6 +185,8 @@ mod tests {
                 seen: Vec::new(),
                 due: None,
                 timeouts: 0,
+                passed: Vec::new(),
+                ranges: Vec::new(),
             }
         }
     }
@@ -158,12 +215,24 @@ mod tests {
                 slot: 0,
             };
             cx.services.set(XLB_IP, Transport::Tcp, self.port, Some(service));
+            for (ports, slot) in &self.ranges {
+                let service = Service {
+                    stage: self.id,
+                    slot: *slot,
+                };
+                cx.services.set_range(XLB_IP, Transport::Tcp, ports.clone(), service);
+            }
         }
         fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
             None
         }
         fn poll_timeout(&self) -> Option<Instant> {
             self.due
+        }
+        fn poll_passed(&mut self, buf: &mut [u8]) -> Option<(PortId, usize)> {
+            let frame = self.passed.pop()?;
+            buf[..frame.len()].copy_from_slice(&frame);
+            Some((0, frame.len()))
         }
         fn handle_timeout(&mut self, _: Instant, _: &mut StackContext<'_>) {
             self.timeouts += 1;
@@ -213,5 +282,52 @@ mod tests {
             "only the stage whose timer is due runs"
         );
         assert_eq!(stack.poll_timeout(), Some(now + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn the_local_port_range_is_shared_what_the_first_stage_passes_there_goes_to_the_second() {
+        let mut first = Recorder::new(1, 80);
+        first.ranges = vec![(10_000..=10_009, LOCAL_PORTS_SLOT), (20_000..=20_009, 7)];
+        let stages = Stages::new(first, Recorder::new(2, 81), 2);
+        let mut stack = LocalStack::with_handler(
+            LocalConfig {
+                links: vec![Link {
+                    mac: XLB_MAC,
+                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                    gateway: None,
+                }],
+                neighbours: NeighbourConfig::default(),
+                icmp_rate: 1000,
+            },
+            stages,
+        );
+        let now = Instant::now();
+        let send = |stack: &mut LocalStack<Stages<Recorder, Recorder>>, port| {
+            let mut bytes = tcp_frame(port, 1, 0, 0x02, b"");
+            let len = bytes.len();
+            bytes.resize(2048, 0);
+            stack.process(now, 0, &mut Frame::new(&mut bytes, len))
+        };
+        // Each stage passes what is not its own port: the local stack answers with an RST.
+        assert!(matches!(send(&mut stack, 10_005), Verdict::Transmit(_)));
+        assert!(matches!(send(&mut stack, 20_005), Verdict::Transmit(_)));
+        let s = stack.handler();
+        assert_eq!(
+            (s.first.seen.clone(), s.second.seen.clone()),
+            (vec![10_005, 20_005], vec![10_005]),
+            "only the local-port range goes on to the second stage"
+        );
+
+        // A frame the first stage took from another worker and passed.
+        let frame = tcp_frame(10_006, 1, 0, 0x10, b"");
+        stack.handler_mut().first.passed.push(frame);
+        let mut buf = vec![0u8; 2048];
+        assert_eq!(stack.poll_transmit(now, &mut buf), None);
+        assert_eq!(stack.handler().second.seen, vec![10_005, 10_006]);
+        assert_eq!(
+            stack.counters().drops[DropReason::NoConnection as usize],
+            1,
+            "the second passed it too: no one's"
+        );
     }
 }

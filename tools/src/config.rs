@@ -55,13 +55,14 @@ impl Config {
         crate::l7::validate(self)?;
         if let Some(ha) = &self.ha {
             ha.validate(&self.interfaces, &self.l4.timeouts)?;
-            // Sync datagrams to the node's own address are told apart by port: keep it off the FULLNAT and
-            // health-probe ports.
+            // Sync datagrams to the node's own address are told apart by port: keep it off the local ports
+            // (FULLNAT flows and L7 upstream connections take theirs from the same range) and the probe ports.
             let port = ha.sync_group.port();
             let probes = xlb_l4::config::PROBE_PORT_BASE..xlb_l4::config::PROBE_PORT_BASE + xlb_l4::config::PROBE_PORTS;
             if (self.l4.local_port_min..=self.l4.local_port_max).contains(&port) || probes.contains(&port) {
                 return Err(format!(
-                    "ha.sync_group: port {port} is inside the FULLNAT local ports (l4.local_port_min..max) or the \
+                    "ha.sync_group: port {port} is inside the local ports (l4.local_port_min..max, FULLNAT and L7 \
+                     upstream connections) or the \
                      health-probe ports {}..{}",
                     probes.start,
                     probes.end - 1

@@ -5,7 +5,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use xlb_keyserver::client::KeyServerClient;
-use xlb_l4::config::{ListenerConfig, ListenerProtocol, PROBE_PORTS, PROBE_PORT_BASE};
+use xlb_l4::config::{ListenerConfig, ListenerProtocol};
 use xlb_l4::health::CheckKind;
 use xlb_l4::layout::Layout;
 use xlb_l4::sched::SchedulerKind;
@@ -100,32 +100,8 @@ pub fn validate(config: &Config) -> Result<(), String> {
         }
     }
     group_tls(config)?;
-    let l7 = config.l7.local_port_min..=config.l7.local_port_max;
-    let l4 = config.l4.local_port_min..=config.l4.local_port_max;
-    let probes = PROBE_PORT_BASE..=PROBE_PORT_BASE + PROBE_PORTS - 1;
-    let overlaps = |a: &std::ops::RangeInclusive<u16>, b: &std::ops::RangeInclusive<u16>| {
-        a.start() <= b.end() && b.start() <= a.end()
-    };
-    if overlaps(&l7, &l4) || overlaps(&l7, &probes) {
-        return Err(format!(
-            "l7.local_port_min..max: {}..{} overlaps the FULLNAT ports (l4.local_port_min..max {}..{}) or the \
-             health-probe ports {}..{}",
-            l7.start(),
-            l7.end(),
-            l4.start(),
-            l4.end(),
-            probes.start(),
-            probes.end()
-        ));
-    }
-    if let Some(ha) = &config.ha {
-        if l7.contains(&ha.sync_group.port()) {
-            return Err(format!(
-                "ha.sync_group: port {} is inside l7.local_port_min..max",
-                ha.sync_group.port()
-            ));
-        }
-    }
+    // Upstream connections take their local ports from L4's pools (`l4.local_port_min..max`): the L4 checks
+    // (probe ports, `ha.sync_group`) cover them.
     Ok(())
 }
 

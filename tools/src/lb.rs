@@ -27,8 +27,9 @@ use xlb_l4::sched::{MaglevBuilder, MaglevTables};
 use xlb_l4::stats::{HealthBoard, L4Counters, SharedHealthCounters, SharedL4Counters};
 use xlb_l7::stage::access::AccessLine;
 use xlb_l7::stage::counters::{L7Counters, SharedL7Counters};
+use xlb_l7::stage::maglev::GroupMaglevBuilder;
 use xlb_l7::stage::upstreams::GroupSpec;
-use xlb_l7::stage::{L7Stage, L7StageConfig, L7Update, StageListener, L7_STAGE};
+use xlb_l7::stage::{L7Message, L7Stage, L7StageConfig, L7Update, StageListener, L7_STAGE};
 use xlb_l7::tls::handshake::{HandshakePool, PoolConfig};
 use xlb_stack::local::{route, Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::{NeighbourConfig, NeighbourSync};
@@ -138,7 +139,9 @@ pub struct PipelineFactory {
     ha_link: Option<HaLink>,
     /// The L7 stages' hand-off mesh, live-change channels and counters, per worker.
     l7_handoffs: Vec<Option<Handoff>>,
-    l7_updates: Vec<Option<Receiver<L7Update>>>,
+    l7_updates: Vec<Option<Receiver<L7Message>>>,
+    /// The Maglev tables of the L7 `mh` groups (built by the runtime, shared by every worker).
+    l7_maglev: Arc<MaglevTables>,
     l7_counters: Vec<Arc<SharedL7Counters>>,
     /// The access logger's queue (`[l7] access_log`).
     access_log: Option<Sender<AccessLine>>,
@@ -187,6 +190,12 @@ impl PipelineFactory {
             .collect();
         let health_counters = Arc::new(SharedHealthCounters::new());
         let (l7_listeners, tls_handles) = crate::l7::listeners(config);
+        let l7_groups = crate::l7::groups(config, &layout).unwrap_or_else(|e| {
+            // The config was validated from the same files a moment ago.
+            tracing::error!("{e}: L7 listeners answer 503 until a reload succeeds");
+            Vec::new()
+        });
+        let l7_maglev = GroupMaglevBuilder::new(l7_groups.clone(), board.clone());
         let runtime = L4Runtime {
             tls: tls_handles,
             key_server_retired: Default::default(),
@@ -194,6 +203,7 @@ impl PipelineFactory {
             layout: layout.clone(),
             board: board.clone(),
             maglev,
+            l7_maglev,
             counters: counters.clone(),
             health_counters: health_counters.clone(),
             updates: senders,
@@ -202,11 +212,6 @@ impl PipelineFactory {
             rates: Vec::new(),
             last_totals: (now, Vec::new()),
         };
-        let l7_groups = crate::l7::groups(config, &layout).unwrap_or_else(|e| {
-            // The config was validated from the same files a moment ago.
-            tracing::error!("{e}: L7 listeners answer 503 until a reload succeeds");
-            Vec::new()
-        });
         let wake = Wake::new().map(Arc::new);
         let handshake_pool = if l7_listeners.iter().any(|l| l.tls.is_some()) || crate::l7::any_group_tls(config) {
             let pool = PoolConfig {
@@ -268,6 +273,7 @@ impl PipelineFactory {
             ha_link,
             l7_handoffs,
             l7_updates: l7_receivers.into_iter().map(Some).collect(),
+            l7_maglev: runtime.l7_maglev.current().clone(),
             l7_counters,
             l7_listeners: l7_listeners.clone(),
             l7_groups,
@@ -310,17 +316,20 @@ impl PipelineFactory {
             .flat_map(|i| i.addresses.iter().map(|n| n.addr))
             .collect();
         local_ips.extend(floating.iter().map(|(_, ip)| *ip));
+        let forwarder_config = ForwarderConfig {
+            layout: self.layout.clone(),
+            vip_ifaces: vip_ifaces(config, &self.layout),
+            l4: config.l4.clone(),
+            local_ips,
+            worker: plan.index,
+            workers: plan.workers,
+            port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
+            maglev: self.maglev.clone(),
+        };
+        // One pool of local ports per worker, for FULLNAT flows and L7 upstream connections alike.
+        let ports = forwarder_config.local_ports();
         let mut forwarder = Forwarder::new(
-            ForwarderConfig {
-                layout: self.layout.clone(),
-                vip_ifaces: vip_ifaces(config, &self.layout),
-                l4: config.l4.clone(),
-                local_ips,
-                worker: plan.index,
-                workers: plan.workers,
-                port_ifaces: plan.ports.iter().map(|(iface, _)| *iface).collect(),
-                maglev: self.maglev.clone(),
-            },
+            forwarder_config,
             self.handoffs.get_mut(plan.index).and_then(Option::take),
             if plan.index == 0 { self.health.take() } else { None },
             self.board.clone(),
@@ -351,6 +360,7 @@ impl PipelineFactory {
                 limits: config.l7.clone(),
                 listeners: self.l7_listeners.clone(),
                 groups: self.l7_groups.clone(),
+                maglev: self.l7_maglev.clone(),
                 board: self.board.clone(),
                 worker: plan.index,
                 workers: plan.workers,
@@ -372,12 +382,13 @@ impl PipelineFactory {
         if let Some(updates) = self.l7_updates.get_mut(plan.index).and_then(Option::take) {
             l7.set_updates(updates);
         }
-        let mut stack = LocalStack::with_handler(
+        let mut stack = LocalStack::with_ports(
             LocalConfig {
                 links: plan.links.clone(),
                 neighbours,
                 icmp_rate: config.datapath.icmp_rate,
             },
+            ports,
             Stages::new(forwarder, l7, L7_STAGE),
         );
         if let Some(sync) = self.neighbour_sync.get_mut(plan.index).and_then(Option::take) {
@@ -409,7 +420,9 @@ pub struct L4Runtime {
     /// The health checker's counters (whichever checker runs, across reloads).
     health_counters: Arc<SharedHealthCounters>,
     updates: Vec<Sender<ControlMessage>>,
-    l7_updates: Vec<Sender<L7Update>>,
+    l7_updates: Vec<Sender<L7Message>>,
+    /// Builds the Maglev tables of the L7 groups that use `mh` (off the workers).
+    l7_maglev: GroupMaglevBuilder,
     l7_counters: Vec<Arc<SharedL7Counters>>,
     rates: Vec<u64>,
     last_totals: (Instant, Vec<u64>),
@@ -615,12 +628,14 @@ impl L4Runtime {
                 .map_err(|_| "a worker did not apply the update within 2 s".to_string())?;
         }
         // L7 follows the groups' servers and the new board (applied between batches, like L4's update).
+        let l7_maglev = self.l7_maglev.rebind(l7_groups.clone(), board.clone());
         for tx in &self.l7_updates {
             let update = L7Update {
                 groups: l7_groups.clone(),
                 board: board.clone(),
+                maglev: l7_maglev.clone(),
             };
-            tx.send_timeout(update, Duration::from_secs(2))
+            tx.send_timeout(L7Message::Update(update), Duration::from_secs(2))
                 .map_err(|_| "a worker's L7 stage does not take updates".to_string())?;
         }
         for &(iface, vip) in before.iter().filter(|v| !after.contains(v)) {
@@ -634,21 +649,38 @@ impl L4Runtime {
         Ok(summary)
     }
 
-    /// After the health board signalled a change: builds the Maglev tables that changed and sends the one new
-    /// snapshot to every worker (they swap it in between batches). Returns whether one was sent.
+    /// After the health board signalled a change: builds the Maglev tables that changed (L4 listeners' and L7
+    /// `mh` groups') and sends each new snapshot to every worker (they swap it in between batches). Returns
+    /// whether one was sent.
     pub fn refresh_maglev(&mut self) -> bool {
-        let Some(tables) = self.maglev.refresh() else {
-            return false;
-        };
-        for (w, tx) in self.updates.iter().enumerate() {
-            if tx
-                .send_timeout(ControlMessage::Maglev(tables.clone()), Duration::from_secs(2))
-                .is_err()
-            {
-                tracing::error!(worker = w, "worker does not take new Maglev tables");
+        let l4 = self.maglev.refresh();
+        if let Some(tables) = &l4 {
+            for (w, tx) in self.updates.iter().enumerate() {
+                if tx
+                    .send_timeout(ControlMessage::Maglev(tables.clone()), Duration::from_secs(2))
+                    .is_err()
+                {
+                    tracing::error!(worker = w, "worker does not take new Maglev tables");
+                }
             }
         }
-        true
+        let l7 = self.l7_maglev.refresh();
+        if let Some(tables) = &l7 {
+            for (w, tx) in self.l7_updates.iter().enumerate() {
+                if tx
+                    .send_timeout(L7Message::Maglev(tables.clone()), Duration::from_secs(2))
+                    .is_err()
+                {
+                    tracing::error!(worker = w, "worker's L7 stage does not take new Maglev tables");
+                }
+            }
+        }
+        l4.is_some() || l7.is_some()
+    }
+
+    /// The Maglev tables of the L7 `mh` groups the workers were last sent.
+    pub fn l7_maglev_tables(&self) -> &Arc<MaglevTables> {
+        self.l7_maglev.current()
     }
 
     /// The Maglev tables the workers were last sent.

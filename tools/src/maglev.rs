@@ -1,5 +1,6 @@
-//! The Maglev refresher: a control-side thread that has the L4 listeners' Maglev tables rebuilt after each
-//! health change (see [`crate::lb::L4Runtime::refresh_maglev`]), so no worker ever builds one.
+//! The Maglev refresher: a control-side thread that has the Maglev tables of the L4 listeners and of the L7
+//! `mh` groups rebuilt after each health change (see [`crate::lb::L4Runtime::refresh_maglev`]), so no worker
+//! ever builds one.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -60,11 +61,9 @@ mod tests {
     use crate::fuzzing::{LINK_MACS, PIPELINE_CONFIG};
     use crate::lb::PipelineFactory;
 
-    #[test]
-    fn workers_get_the_runtimes_tables_and_a_health_change_sends_new_ones() {
-        let now = Instant::now();
-        let config = Config::parse(PIPELINE_CONFIG).unwrap();
-        let plans: Vec<WorkerPlan> = (0..2)
+    /// Two workers' plans for `config` (the fuzz config's two interfaces).
+    fn plans(config: &Config) -> Vec<WorkerPlan> {
+        (0..2)
             .map(|w| WorkerPlan {
                 name: format!("w{w}"),
                 index: w,
@@ -80,7 +79,14 @@ mod tests {
                     .collect(),
                 idle: Idle::Adaptive,
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn workers_get_the_runtimes_tables_and_a_health_change_sends_new_ones() {
+        let now = Instant::now();
+        let config = Config::parse(PIPELINE_CONFIG).unwrap();
+        let plans = plans(&config);
         let (mut factory, mut runtime) = PipelineFactory::new(&config, &plans, now);
         let changes = factory.take_board_changes().unwrap();
         let mut workers: Vec<_> = plans.iter().map(|p| factory.make(p)).collect();
@@ -108,6 +114,50 @@ mod tests {
         for w in &mut workers {
             w.handle_timeout(now + Duration::from_secs(1));
             assert!(Arc::ptr_eq(w.handler().first.maglev_tables(), &second));
+        }
+    }
+
+    #[test]
+    fn l7_mh_groups_share_the_runtimes_tables_and_a_health_change_sends_new_ones() {
+        let now = Instant::now();
+        let http = "[[listener]]\nname = \"http\"\nvip = \"198.18.0.102\"\nport = 80\nprotocol = \"http\"\n\
+                    scheduler = \"mh\"\ngroup = \"web\"\n\n[[group]]\nname = \"web\"";
+        let config = Config::parse(&PIPELINE_CONFIG.replacen("[[group]]\nname = \"web\"", http, 1)).unwrap();
+        let plans = plans(&config);
+        let (mut factory, mut runtime) = PipelineFactory::new(&config, &plans, now);
+        let changes = factory.take_board_changes().unwrap();
+        let mut workers: Vec<_> = plans.iter().map(|p| factory.make(p)).collect();
+        let web = config.groups.iter().position(|g| g.name == "web").unwrap();
+        let dns = config.groups.iter().position(|g| g.name == "dns").unwrap();
+        let first = runtime.l7_maglev_tables().clone();
+        assert!(first.get(web).is_some(), "the group of an mh HTTP listener has a table");
+        assert!(first.get(dns).is_none(), "a group no HTTP listener uses has none");
+        let http_slot = runtime.layout().listener("http").unwrap();
+        assert!(
+            runtime.maglev_tables().get(http_slot).is_none(),
+            "L4 builds none for an HTTP listener"
+        );
+        for w in &workers {
+            let l7 = &w.handler().second;
+            assert!(Arc::ptr_eq(l7.maglev_tables(), &first));
+            assert!(
+                Arc::ptr_eq(l7.group_table(web).unwrap(), first.get(web).unwrap()),
+                "the one table"
+            );
+        }
+
+        // A `web` server fails its check: one new table, sent to every worker's L7 stage.
+        let target = runtime.layout().targets.iter().position(|t| t.group == "web").unwrap();
+        runtime.board().set(target, false);
+        assert!(changes.try_recv().is_ok());
+        assert!(runtime.refresh_maglev());
+        let second = runtime.l7_maglev_tables().clone();
+        assert!(!Arc::ptr_eq(second.get(web).unwrap(), first.get(web).unwrap()));
+        for w in &mut workers {
+            w.handle_timeout(now + Duration::from_secs(1));
+            let l7 = &w.handler().second;
+            assert!(Arc::ptr_eq(l7.maglev_tables(), &second));
+            assert!(Arc::ptr_eq(l7.group_table(web).unwrap(), second.get(web).unwrap()));
         }
     }
 }

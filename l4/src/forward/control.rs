@@ -38,6 +38,22 @@ pub struct ForwarderConfig {
     pub maglev: Arc<MaglevTables>,
 }
 
+impl ForwarderConfig {
+    /// The worker's local ports ([`xlb_stack::ports`]): `l4.local_port_min..max` of the local IPs, this worker's
+    /// share, with room in quarantine for as many ports as the table has entries. The stack holds them
+    /// ([`xlb_stack::local::LocalStack::with_ports`]); every stage of the worker takes its ports there.
+    pub fn local_ports(&self) -> LocalPorts {
+        LocalPorts::new(
+            &self.local_ips,
+            self.l4.local_port_min,
+            self.l4.local_port_max,
+            self.worker,
+            self.workers,
+        )
+        .with_quarantine(self.l4.conn_table_size)
+    }
+}
+
 /// A new configuration for a running forwarder, published by the control thread.
 pub struct ForwarderUpdate {
     /// The new slots (a successor of the current layout).
@@ -254,7 +270,7 @@ impl Forwarder {
 
     /// Installs a connection synced from a peer: it keeps its server, local port and remaining time. Returns
     /// false if its listener (VIP:port) or server is not configured here.
-    pub(super) fn import(&mut self, now: Instant, mut conn: Conn, remaining: Duration) -> bool {
+    pub(super) fn import(&mut self, now: Instant, mut conn: Conn, remaining: Duration, ports: &mut LocalPorts) -> bool {
         let Some(&l) = self.by_endpoint.get(&(conn.proto, conn.vip)) else {
             return false;
         };
@@ -265,7 +281,7 @@ impl Forwarder {
             let old = *self.conns.get(id);
             self.account(&old, old.state.is_active(), -1);
             if old.local != conn.local || old.backend != conn.backend {
-                self.release_port(now, &old, Ending::Normal);
+                self.release_port(now, &old, Ending::Normal, ports);
             }
         }
         conn.listener = l as u16;
@@ -274,10 +290,9 @@ impl Forwarder {
         let client_port = self.vip_ifaces.get(l).and_then(|iface| self.iface_ports.get(iface));
         conn.client_port = client_port.copied().unwrap_or(0) as u8;
         if conn.forwarding == Forwarding::Fullnat {
-            self.lports
-                .mark_taken(*conn.local.ip(), conn.backend, conn.local.port());
+            ports.mark_taken(*conn.local.ip(), conn.backend, conn.local.port());
         }
-        match self.insert_conn(now, conn, remaining) {
+        match self.insert_conn(now, conn, remaining, ports) {
             Ok(_) => {
                 self.account(&conn, conn.state.is_active(), 1);
                 self.counters.imported += 1;
@@ -285,7 +300,7 @@ impl Forwarder {
             }
             Err(TableFull) => {
                 if conn.forwarding == Forwarding::Fullnat {
-                    self.lports.give_back(*conn.local.ip(), conn.backend, conn.local.port());
+                    ports.give_back(*conn.local.ip(), conn.backend, conn.local.port());
                 }
                 false
             }
@@ -293,16 +308,16 @@ impl Forwarder {
     }
 
     /// Removes a connection a peer announced as ended (its entry expired there: its port is free).
-    pub(super) fn forget(&mut self, now: Instant, key: &FlowKey) {
+    pub(super) fn forget(&mut self, now: Instant, key: &FlowKey, ports: &mut LocalPorts) {
         if let Some(id) = self.conns.lookup(key) {
             let c = self.conns.remove(id);
             self.account(&c, c.state.is_active(), -1);
-            self.release_port(now, &c, Ending::Normal);
+            self.release_port(now, &c, Ending::Normal, ports);
         }
     }
 
     /// Applies what the control thread sent since the last call (between batches, never mid-packet).
-    pub(super) fn handle_control(&mut self, now: Instant) {
+    pub(super) fn handle_control(&mut self, now: Instant, ports: &mut LocalPorts) {
         while let Some(message) = self.control.as_ref().and_then(|c| c.try_recv().ok()) {
             match message {
                 ControlMessage::Update(update) => self.apply(*update),
@@ -317,7 +332,7 @@ impl Forwarder {
                 }
                 ControlMessage::Import(conns) => {
                     for (conn, remaining) in conns {
-                        if !self.import(now, conn, remaining) {
+                        if !self.import(now, conn, remaining, ports) {
                             self.counters.import_skipped += 1;
                         }
                     }
@@ -328,7 +343,7 @@ impl Forwarder {
                 }
                 ControlMessage::Forget(keys) => {
                     for key in &keys {
-                        self.forget(now, key);
+                        self.forget(now, key, ports);
                     }
                 }
                 ControlMessage::Export { reply } => {
@@ -353,7 +368,7 @@ impl Forwarder {
                 Some(Role::Listener(l).service()),
             );
         }
-        let (min, max) = self.lports.range();
+        let (min, max) = cx.ports.range();
         for &ip in &self.local_ips {
             for transport in [Transport::Tcp, Transport::Udp] {
                 cx.services.set_range(ip, transport, min..=max, Role::Reply.service());

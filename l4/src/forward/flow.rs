@@ -92,7 +92,7 @@ impl Forwarder {
 
     /// Returns a removed FULLNAT connection's local port to its pool: at once if the connection ran its course
     /// (or the server cannot hold the tuple in TIME_WAIT), else after the time the server may still hold it.
-    pub(super) fn release_port(&mut self, now: Instant, c: &Conn, ending: Ending) {
+    pub(super) fn release_port(&mut self, now: Instant, c: &Conn, ending: Ending, ports: &mut LocalPorts) {
         if c.forwarding != Forwarding::Fullnat {
             return;
         }
@@ -105,32 +105,38 @@ impl Forwarder {
         let hold = match ending {
             Ending::Early if server_may_wait => self.conns.timeouts().of(ConnState::TimeWait),
             Ending::Evicted(left) if server_may_wait => left,
-            _ => return self.lports.give_back(ip, c.backend, port),
+            _ => return ports.give_back(ip, c.backend, port),
         };
         let flow = FlowIds {
             client: c.client,
             vip: c.vip,
         };
-        self.lports.give_back_at(ip, c.backend, port, now + hold, flow);
+        ports.give_back_at(ip, c.backend, port, now + hold, flow);
     }
 
     /// Makes room in a full table by evicting its oldest closed or closing connection; false if none is
     /// evictable.
-    pub(super) fn make_room(&mut self, now: Instant) -> bool {
+    pub(super) fn make_room(&mut self, now: Instant, ports: &mut LocalPorts) -> bool {
         let Some((c, left)) = self.conns.evict_oldest(now) else {
             return false;
         };
         self.account(&c, c.state.is_active(), -1);
-        self.release_port(now, &c, Ending::Evicted(left));
+        self.release_port(now, &c, Ending::Evicted(left), ports);
         self.sync_ended(&c);
         self.counters.evicted += 1;
         true
     }
 
     /// Inserts a connection, evicting a closed one if the table is full.
-    pub(super) fn insert_conn(&mut self, now: Instant, conn: Conn, timeout: Duration) -> Result<ConnId, TableFull> {
+    pub(super) fn insert_conn(
+        &mut self,
+        now: Instant,
+        conn: Conn,
+        timeout: Duration,
+        ports: &mut LocalPorts,
+    ) -> Result<ConnId, TableFull> {
         match self.conns.insert_expiring(now, conn, timeout) {
-            Err(TableFull) if self.make_room(now) => self.conns.insert_expiring(now, conn, timeout),
+            Err(TableFull) if self.make_room(now, ports) => self.conns.insert_expiring(now, conn, timeout),
             result => result,
         }
     }
@@ -319,7 +325,7 @@ impl Forwarder {
                         client: key.src,
                         vip: key.dst,
                     };
-                    let taken = sources.find_map(|ip| self.lports.take(ip, backend, flow).ok().map(|p| (ip, p)));
+                    let taken = sources.find_map(|ip| cx.ports.take(ip, backend, flow).ok().map(|p| (ip, p)));
                     let Some((source, lport)) = taken else {
                         return Handled::Verdict(Verdict::Drop(DropReason::LocalPortsExhausted));
                     };
@@ -354,7 +360,7 @@ impl Forwarder {
             seq_delta: proxy.map_or(0, |(cookie, _)| cookie),
             answered: false,
         };
-        match self.insert_conn(now, conn, self.conns.timeout_of(&conn)) {
+        match self.insert_conn(now, conn, self.conns.timeout_of(&conn), cx.ports) {
             Ok(id) => {
                 self.account(&conn, conn.state.is_active(), 1);
                 if self.conns.is_short_lived(&conn) {
@@ -384,7 +390,7 @@ impl Forwarder {
             }
             Err(TableFull) => {
                 if forwarding == Forwarding::Fullnat {
-                    self.lports.give_back(*local.ip(), backend, local.port());
+                    cx.ports.give_back(*local.ip(), backend, local.port());
                     return Handled::Verdict(Verdict::Drop(DropReason::ConnTableFull));
                 }
                 Handled::Verdict(self.forward_stateless(now, l, frame, key, cx))
@@ -596,7 +602,7 @@ impl Forwarder {
             // would, reset it, and let the flow go: the client's next retransmission carries the cookie again
             // and opens the flow anew, on a tuple the server no longer holds.
             let ended = self.end_early(id);
-            self.release_port(now, &ended, Ending::Normal);
+            self.release_port(now, &ended, Ending::Normal, cx.ports);
             if let Some(held) = self.held.take(id, &ended.client_key()) {
                 self.held.recycle(held);
             }

@@ -46,6 +46,7 @@ impl Forwarder {
             let mut frame = Frame::new(buf, len);
             // The sender validated the frame before handing it over.
             let l4 = ETH_HEADER_LEN + usize::from(frame.data()[ETH_HEADER_LEN] & 0x0f) * 4;
+            let mut reply = false;
             let handled = match frame.data()[ETH_HEADER_LEN + 9] {
                 1 => self.handle_icmp(now, port, &mut frame, l4, cx),
                 protocol => {
@@ -56,12 +57,19 @@ impl Forwarder {
                         continue;
                     };
                     let hash = FlowHash::of(&key);
+                    reply = role == Role::Reply;
                     self.process_owned(now, port, &mut frame, l4, key, hash, role, cx)
                 }
             };
             match handled {
                 Handled::Verdict(Verdict::Transmit(q)) => return Some((q, frame.len())),
                 Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
+                // A reply to a port the next stage holds (see `Stages`): kept for it.
+                Handled::Pass if reply => {
+                    if !self.passed.push(port, frame.data()) {
+                        cx.counters.drop(DropReason::HandoffFull);
+                    }
+                }
                 Handled::Verdict(Verdict::Consumed) | Handled::Pass => {}
             }
         }

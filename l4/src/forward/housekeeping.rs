@@ -12,18 +12,18 @@ const PRESSURE_WALK_CHUNK: usize = 65_536;
 impl Forwarder {
     /// Expires connections whose time is up, with a budget that follows the insert rate; what is left over is
     /// done in the next turns (`poll_timeout` asks for them at once).
-    pub(super) fn expire(&mut self, now: Instant) {
+    pub(super) fn expire(&mut self, now: Instant, ports: &mut LocalPorts) {
         if !self.conns.expiry_due(now) {
             return;
         }
         let inserted = self.conns.inserted() - self.inserted_at_expiry;
         self.inserted_at_expiry = self.conns.inserted();
         let budget = EXPIRE_BASE_BUDGET + 2 * inserted as usize;
-        let (lports, listeners) = (&mut self.lports, &mut self.listeners);
+        let listeners = &mut self.listeners;
         let (sync, sync_policy, counters) = (&mut self.sync, &self.sync_policy, &mut self.counters);
         let expired = self.conns.expire(now, budget, |c| {
             if c.forwarding == Forwarding::Fullnat {
-                lports.give_back(*c.local.ip(), c.backend, c.local.port());
+                ports.give_back(*c.local.ip(), c.backend, c.local.port());
             }
             if let (true, Some(outbox)) = (sync_policy.on_end(c), sync.as_mut()) {
                 if !outbox.push(SyncEvent::Delete(c.client_key())) {
@@ -48,10 +48,10 @@ impl Forwarder {
 
     /// Whether the table or the fullest local port pool is above `[l4] pressure_percent`: then half-open TCP
     /// and unanswered UDP entries get the short timeouts, and `auto` SYN proxies switch on.
-    fn update_pressure(&mut self, now: Instant) {
+    fn update_pressure(&mut self, now: Instant, ports: &LocalPorts) {
         let pct = u64::from(self.defence.pressure_percent);
         let table = self.conns.len() as u64 * 100 >= self.conns.capacity() as u64 * pct;
-        let ports = self.lports.occupancy();
+        let ports = ports.occupancy();
         let pool = ports.per_pool > 0 && ports.busiest * 100 >= ports.per_pool * pct;
         let on = table || pool;
         if on != self.conns.under_pressure() {
@@ -158,9 +158,9 @@ impl Forwarder {
         self.counters.listeners[l].syn_proxy_on = u64::from(self.listeners[l].guard.engaged);
     }
 
-    pub(super) fn publish(&mut self) {
+    pub(super) fn publish(&mut self, ports: &LocalPorts) {
         self.counters.conns = self.conns.len() as u64;
-        self.counters.local_ports = self.lports.occupancy();
+        self.counters.local_ports = ports.occupancy();
         for (l, listener) in self.listeners.iter().enumerate() {
             for (s, view) in listener.servers.iter().enumerate() {
                 self.counters.servers[l][s].active = u64::from(view.active);
@@ -172,18 +172,18 @@ impl Forwarder {
 
     /// Every [`HOUSEKEEPING`]: quarantined ports come back, health changes are taken, counters are published and
     /// exhausted resources are warned about.
-    pub(super) fn housekeeping(&mut self, now: Instant) {
+    pub(super) fn housekeeping(&mut self, now: Instant, ports: &mut LocalPorts) {
         if now < self.next_housekeeping {
             return;
         }
         self.next_housekeeping = now + HOUSEKEEPING;
-        self.lports.release_due(now);
+        ports.release_due(now);
         self.sync_health();
-        self.update_pressure(now);
+        self.update_pressure(now, ports);
         for l in 0..self.listeners.len() {
             self.update_guard(now, l);
         }
-        self.publish();
+        self.publish(ports);
         let table_full = self
             .counters
             .listeners
@@ -197,7 +197,7 @@ impl Forwarder {
             .map(|l| l.drops[DropReason::LocalPortsExhausted as usize])
             .sum();
         self.warnings
-            .check(now, self.worker, ports_exhausted, table_full, &self.lports, &self.conns);
+            .check(now, self.worker, ports_exhausted, table_full, ports, &self.conns);
         let cookies_invalid = self
             .counters
             .listeners

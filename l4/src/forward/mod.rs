@@ -22,8 +22,10 @@ mod housekeeping;
 pub mod icmp;
 mod icmp_relay;
 mod listener;
-pub mod lports;
+/// The local ports, shared with the other stages of the worker (moved to the stack).
+pub use xlb_stack::ports as lports;
 pub mod nat;
+mod passed;
 mod scan;
 mod sync;
 pub mod synproxy;
@@ -70,7 +72,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// This stage's id in the stack's service table ([`xlb_stack::service`]).
 pub const L4_STAGE: StageId = 1;
 /// Service slot of the FULLNAT reply range of a local IP (other slots are listener indices).
-const REPLY_SLOT: u32 = u32::MAX;
+const REPLY_SLOT: u32 = lports::LOCAL_PORTS_SLOT;
 /// Service slot of the health-probe ports of a local IP.
 const PROBE_SLOT: u32 = u32::MAX - 1;
 
@@ -126,7 +128,8 @@ pub struct Forwarder {
     conns: ConnTable,
     /// Keys and hashes of the received batch, from [`Ipv4Handler::prefetch`].
     prefetched: batch::Prefetched,
-    lports: LocalPorts,
+    /// Handed-over replies for the next stage ([`Ipv4Handler::poll_passed`]).
+    passed: passed::PassedFrames,
     local_ips: Vec<Ipv4Addr>,
     worker: usize,
     workers: usize,
@@ -211,14 +214,7 @@ impl Forwarder {
             defence,
             conns: ConnTable::new(config.l4.conn_table_size, config.l4.timeouts.clone(), now),
             prefetched: batch::Prefetched::new(),
-            lports: LocalPorts::new(
-                &config.local_ips,
-                config.l4.local_port_min,
-                config.l4.local_port_max,
-                config.worker,
-                config.workers,
-            )
-            .with_quarantine(config.l4.conn_table_size),
+            passed: passed::PassedFrames::default(),
             counters: L4Counters::new(&config.layout.shape()),
             layout: config.layout,
             by_endpoint: HashMap::default(),
@@ -315,7 +311,7 @@ impl Forwarder {
                         let mut reusable = Some(old);
                         let handled = self.new_flow(now, l, port, frame, l4, key, &mut reusable, cx);
                         if let Some(old) = reusable {
-                            self.release_port(now, &old, Ending::Early);
+                            self.release_port(now, &old, Ending::Early, cx.ports);
                         }
                         handled
                     }
@@ -332,6 +328,8 @@ impl Forwarder {
                     self.count_listener_drop(l, &handled);
                     handled
                 }
+                // A reply to a port an upstream connection of the next stage holds is that stage's.
+                None if cx.ports.is_upstream(*key.dst.ip(), key.src, key.dst.port()) => Handled::Pass,
                 None => Handled::Verdict(Verdict::Drop(DropReason::NoConnection)),
             },
             Role::Probe => {
@@ -419,6 +417,10 @@ impl Ipv4Handler for Forwarder {
         self.register_services(cx);
     }
 
+    fn poll_passed(&mut self, buf: &mut [u8]) -> Option<(PortId, usize)> {
+        self.passed.pop(buf)
+    }
+
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
         // Called every turn after the batch: what packets queued for session sync leaves now.
         self.flush_sync();
@@ -455,7 +457,7 @@ impl Ipv4Handler for Forwarder {
 
     fn handle_timeout(&mut self, now: Instant, cx: &mut StackContext<'_>) {
         self.last_timer = now;
-        self.handle_control(now);
+        self.handle_control(now, cx.ports);
         self.scan_step(now);
         if self.services_dirty {
             self.register_services(cx);
@@ -465,9 +467,9 @@ impl Ipv4Handler for Forwarder {
         }
         self.own_ha_groups(cx);
         self.run_health(now);
-        self.expire(now);
+        self.expire(now, cx.ports);
         self.flush_sync();
-        self.housekeeping(now);
+        self.housekeeping(now, cx.ports);
     }
 }
 

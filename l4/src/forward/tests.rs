@@ -142,6 +142,7 @@ fn stack_sharing(
         workers: setup.workers,
         port_ifaces: vec![0, 1],
     };
+    let ports = config.local_ports();
     let forwarder = Forwarder::new(
         config,
         handoff,
@@ -151,7 +152,7 @@ fn stack_sharing(
         updates,
         now,
     );
-    let mut stack = LocalStack::with_handler(
+    let mut stack = LocalStack::with_ports(
         LocalConfig {
             links: vec![
                 Link {
@@ -168,6 +169,7 @@ fn stack_sharing(
             neighbours: NeighbourConfig::default(),
             icmp_rate: 1000,
         },
+        ports,
         forwarder,
     );
     stack.add_owned(0, *vip().ip());
@@ -410,12 +412,12 @@ fn expiry_frees_the_entry_and_its_local_port() {
     let mut s = stack(Setup::default());
     let (_, out) = run(&mut s, now, 0, &from_client(Proto::Tcp, SYN, b""));
     let local = inspect(&out).2;
-    let free_before = s.handler().lports.free(LIP, backends()[0]);
+    let free_before = s.local_ports().free(LIP, backends()[0]);
     s.handle_timeout(now + Duration::from_secs(59));
     assert_eq!(s.handler().conns().len(), 1);
     s.handle_timeout(now + Duration::from_secs(61));
     assert_eq!(s.handler().conns().len(), 0, "syn_recv timeout is 60 s");
-    assert_eq!(s.handler().lports.free(LIP, backends()[0]), free_before + 1);
+    assert_eq!(s.local_ports().free(LIP, backends()[0]), free_before + 1);
     assert_eq!(s.handler().listeners[0].servers[0].inactive, 0);
     // The port is reusable; the old tuple is no longer translated.
     let reply = packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], local, ACK, b"");
@@ -459,7 +461,7 @@ fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh_when_its_server
         &packet(Proto::Tcp, B1_MAC, INT_MAC, backends()[0], first, FINACK, b""),
     );
     assert_eq!(s.handler().conns().iter().next().unwrap().state, ConnState::TimeWait);
-    let free = s.handler().lports.free(LIP, backends()[0]);
+    let free = s.local_ports().free(LIP, backends()[0]);
 
     // Its server fails its health check, and the client reuses its port at once (as after a RST, or with
     // tcp_tw_reuse): a new connection, scheduled to the other server, from the client's own port again (a new
@@ -475,8 +477,8 @@ fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh_when_its_server
     let f = s.handler();
     assert_eq!(f.conns().len(), 1);
     assert_eq!(f.conns().iter().next().unwrap().state, ConnState::SynRecv);
-    assert_eq!(f.lports.free(LIP, backends()[0]), free, "held in quarantine");
-    assert_eq!(f.lports.occupancy().quarantined, 1);
+    assert_eq!(s.local_ports().free(LIP, backends()[0]), free, "held in quarantine");
+    assert_eq!(s.local_ports().occupancy().quarantined, 1);
     assert_eq!(f.counters().rescheduled, 1);
     assert_eq!(f.counters().listeners[0].conns_total, 2);
     assert_eq!(
@@ -489,9 +491,9 @@ fn new_syn_on_a_closed_connections_addresses_is_scheduled_afresh_when_its_server
     assert_eq!(run(&mut s, now, 1, &late).0, Verdict::Drop(DropReason::NoConnection));
     // The quarantine ends after the TIME_WAIT timeout.
     s.handle_timeout(now + Duration::from_secs(119));
-    assert_eq!(s.handler().lports.free(LIP, backends()[0]), free);
+    assert_eq!(s.local_ports().free(LIP, backends()[0]), free);
     s.handle_timeout(now + Duration::from_secs(121));
-    assert_eq!(s.handler().lports.free(LIP, backends()[0]), free + 1);
+    assert_eq!(s.local_ports().free(LIP, backends()[0]), free + 1);
 }
 
 /// Both sides close a connection from `client`; returns its tuple towards the server.
@@ -548,8 +550,8 @@ fn a_client_reusing_its_4_tuple_reaches_the_same_server_on_the_same_tuple() {
     assert_eq!((inspect(&out).2, inspect(&out).3), (local, backend));
     let f = s.handler();
     assert_eq!((f.counters().rescheduled, f.conns().len()), (1, 1));
-    assert_eq!(f.lports.occupancy().quarantined, 0);
-    assert_eq!(f.lports.occupancy().in_use, 1);
+    assert_eq!(s.local_ports().occupancy().quarantined, 0);
+    assert_eq!(s.local_ports().occupancy().in_use, 1);
     // Another client with the same source port, scheduled by rr to the other server, keeps its port there too
     // (each server has the whole range); a third goes back to the first server, where 40000 is taken.
     for (ip, server, port) in [(2, 1, 40_000), (3, 0, 40_001)] {
@@ -596,7 +598,7 @@ fn a_full_table_evicts_its_oldest_closed_connection_for_a_new_flow() {
     );
     let f = s.handler();
     assert_eq!((f.counters().evicted, f.conns().len()), (1, 2));
-    assert_eq!(f.lports.occupancy().quarantined, 1);
+    assert_eq!(s.local_ports().occupancy().quarantined, 1);
     let late = packet(Proto::Tcp, B1_MAC, INT_MAC, old_backend, old_local, ACK, b"");
     assert_eq!(run(&mut s, now, 1, &late).0, Verdict::Drop(DropReason::NoConnection));
     // Nothing closed is left: the next new flow is refused and counted.
@@ -1783,7 +1785,7 @@ fn packets_that_cannot_open_a_flow_are_counted_drops_and_get_no_entry() {
         assert_eq!(run(&mut s, now, 0, frame).0, Verdict::Drop(*reason), "{reason:?}");
     }
     assert_eq!(s.handler().conns().len(), 0, "no entry for any of them");
-    assert_eq!(s.handler().lports.occupancy().in_use, 0, "no local port either");
+    assert_eq!(s.local_ports().occupancy().in_use, 0, "no local port either");
     // A valid SYN opens its flow.
     assert_eq!(run(&mut s, now, 0, &syn_from(client())).0, Verdict::Transmit(1));
     assert_eq!(s.handler().conns().len(), 1);
@@ -1892,7 +1894,7 @@ fn syn_proxy_answers_syns_with_cookies_and_keeps_nothing() {
     assert_eq!(cookies.len(), 100, "every flow its own cookie");
     let f = s.handler();
     assert_eq!(f.conns().len(), 0, "no entry");
-    assert_eq!(f.lports.occupancy().in_use, 0, "no local port");
+    assert_eq!(s.local_ports().occupancy().in_use, 0, "no local port");
     assert_eq!(f.counters().listeners[0].syn_cookies_sent, 100);
     assert_eq!(
         f.counters().servers[0][0].conns_total + f.counters().servers[0][1].conns_total,
@@ -2028,7 +2030,7 @@ fn wrong_and_expired_cookies_are_dropped_and_counted_without_entry_or_port() {
     );
     let f = s.handler();
     assert_eq!(f.conns().len(), 0);
-    assert_eq!(f.lports.occupancy().in_use, 0);
+    assert_eq!(s.local_ports().occupancy().in_use, 0);
     assert_eq!(
         f.counters().listeners[0].drops[DropReason::SynCookieInvalid as usize],
         5
@@ -2137,7 +2139,7 @@ fn auto_syn_proxy_switches_on_above_the_half_open_threshold() {
         "answered with a cookie"
     );
     let f = s.handler();
-    assert_eq!((f.conns().len(), f.lports.occupancy().in_use), (4, 4));
+    assert_eq!((f.conns().len(), s.local_ports().occupancy().in_use), (4, 4));
     assert_eq!(f.counters().listeners[0].syn_proxy_on, 1);
     assert_eq!(f.counters().listeners[0].syn_cookies_sent, 1);
 }
@@ -2167,11 +2169,7 @@ fn a_listener_at_its_cap_refuses_new_flows_by_name() {
         run(&mut s, now, 0, &syn(2)).0,
         Verdict::Drop(DropReason::ListenerConnLimit)
     );
-    assert_eq!(
-        s.handler().lports.occupancy().in_use,
-        2,
-        "the refused flow took no port"
-    );
+    assert_eq!(s.local_ports().occupancy().in_use, 2, "the refused flow took no port");
     assert_eq!(
         s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit as usize],
         1
@@ -2290,7 +2288,7 @@ fn a_server_answer_that_is_not_for_the_proxied_syn_is_reset_and_the_client_retry
     assert_eq!((src, dst), (local, backends()[0]));
     assert_eq!(tcp_of(&out), (4242, 0, 0x04, None), "RST at the segment's ack");
     let f = s.handler();
-    assert_eq!((f.conns().len(), f.lports.occupancy().in_use), (0, 0));
+    assert_eq!((f.conns().len(), s.local_ports().occupancy().in_use), (0, 0));
     assert_eq!(f.counters().listeners[0].syn_proxy_server_resets, 1);
     // The client's retransmitted request carries the cookie again: a new SYN to a server.
     let data = client_segment(ACK, CLIENT_ISN.wrapping_add(1), cookie.wrapping_add(1), b"GET /");
@@ -2349,7 +2347,7 @@ fn when_pressure_starts_the_unanswered_and_half_open_entries_made_before_it_get_
     // And it goes at its new deadline, its port with it.
     u.handle_timeout(later + Duration::from_secs(10));
     assert_eq!(u.handler().conns().len(), 1);
-    assert_eq!(u.handler().lports.occupancy().in_use, 1);
+    assert_eq!(u.local_ports().occupancy().in_use, 1);
 }
 
 /// `frame` with its IPv4 TTL set to `ttl` (header checksum recomputed).
@@ -2395,7 +2393,7 @@ fn forwarding_decrements_the_ttl_and_a_packet_whose_ttl_ran_out_gets_time_exceed
         );
     }
     assert_eq!(s.handler().conns().len(), 0, "no entry");
-    assert_eq!(s.handler().lports.occupancy().in_use, 0, "no local port");
+    assert_eq!(s.local_ports().occupancy().in_use, 0, "no local port");
     assert_eq!(s.counters().drops_of(DropReason::TtlExceeded), 2);
     assert_eq!(s.counters().icmp_time_exceeded, 2);
     assert_eq!(

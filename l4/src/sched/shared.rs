@@ -13,7 +13,7 @@ use std::net::SocketAddrV4;
 use std::sync::Arc;
 
 use super::{MaglevTable, SchedulerKind, ServerView};
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerProtocol};
 use crate::conn::Forwarding;
 use crate::layout::{Layout, ListenerSlot};
 use crate::stats::HealthBoard;
@@ -30,9 +30,11 @@ pub struct MaglevTables {
     generation: u64,
 }
 
-/// Whether a listener uses a Maglev table: `mh` schedules with it, DR forwards flows without an entry with it.
+/// Whether an L4 listener uses a Maglev table: `mh` schedules with it, DR forwards flows without an entry with
+/// it. HTTP listeners do not: their groups' tables are L7's ([`MaglevTables::from_views`]).
 pub fn uses_maglev(config: &ListenerConfig) -> bool {
-    config.scheduler == SchedulerKind::Mh || config.forwarding == Forwarding::Dr
+    let l4 = matches!(config.protocol, ListenerProtocol::Tcp | ListenerProtocol::Udp);
+    l4 && (config.scheduler == SchedulerKind::Mh || config.forwarding == Forwarding::Dr)
 }
 
 /// The servers of a listener slot as a worker sees them: weights from the layout, health from the board.
@@ -54,16 +56,27 @@ impl MaglevTables {
     /// listener's available servers did not change.
     pub fn build(layout: &Layout, board: &HealthBoard, previous: Option<&MaglevTables>) -> MaglevTables {
         let generation = board.generation();
-        let mut empty: Option<Arc<MaglevTable>> = None;
-        let tables = layout
+        let slots = layout
             .listeners
             .iter()
+            .map(|slot| uses_maglev(&slot.config).then(|| server_views(slot, board)));
+        MaglevTables::from_views(generation, slots, previous)
+    }
+
+    /// The tables of slots given by their servers (`None`: the slot uses no table) at board generation
+    /// `generation` (read before the servers' health was), reusing from `previous` every table whose slot's
+    /// available servers did not change. L7 builds its `mh` groups' tables with it, a group per slot.
+    pub fn from_views(
+        generation: u64,
+        slots: impl IntoIterator<Item = Option<Vec<ServerView>>>,
+        previous: Option<&MaglevTables>,
+    ) -> MaglevTables {
+        let mut empty: Option<Arc<MaglevTable>> = None;
+        let tables = slots
+            .into_iter()
             .enumerate()
-            .map(|(l, slot)| {
-                if !uses_maglev(&slot.config) {
-                    return None;
-                }
-                let views = server_views(slot, board);
+            .map(|(l, views)| {
+                let views = views?;
                 let inputs: Inputs = views
                     .iter()
                     .enumerate()

@@ -1,12 +1,14 @@
 //! The L7 stage: HTTP listeners terminated in the worker's own stack and proxied to server groups.
 //!
 //! A stage of the worker's pipeline like L4 (see [`xlb_stack::stages`]): it registers its listeners'
-//! VIP:ports and the upstream reply ports of every local IP in the service table, and receives the TCP
-//! segments the table gives it. Segments go to the in-stack TCP host ([`crate::tcp`]); a SYN to a listener
-//! opens a client connection with its own [`HttpProxy`] ([`session`]); the proxy's upstream connections are
-//! opened by the same host from the local IP that routes to the server, on a local port this worker owns, so
-//! the server's replies come back to this worker (run to completion: a client connection and its upstream
-//! connections live on one worker). Servers are picked by the group's scheduler among those the health board
+//! VIP:ports in the service table, and receives the TCP segments the table gives it. Segments go to the
+//! in-stack TCP host ([`crate::tcp`]); a SYN to a listener opens a client connection with its own
+//! [`HttpProxy`] ([`session`]); the proxy's upstream connections are opened by the same host from the local IP
+//! that routes to the server, on a local port this worker owns, taken from the worker's pools that L4's
+//! FULLNAT flows take theirs from too ([`xlb_stack::ports`]); it goes back when the connection is gone. The
+//! replies come back to this worker (run to completion: a client connection and its upstream connections live
+//! on one worker): the local-port range is L4's service, which passes the replies it has no flow for, to ports
+//! upstream connections hold, on to this stage (a stage alone registers the range itself). Servers are picked by the group's scheduler among those the health board
 //! says are up (the checks are L4's); idle upstream connections are kept per server for the next request
 //! ([`upstreams`]).
 //!
@@ -15,6 +17,7 @@
 
 pub mod access;
 pub mod counters;
+pub mod maglev;
 mod session;
 mod streams;
 mod token;
@@ -23,7 +26,6 @@ pub mod upstreams;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,10 +33,12 @@ use crossbeam_channel::{Receiver, Sender};
 use xlb_l4::conn::{FlowHash, FlowKey, Proto};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
+use xlb_l4::sched::MaglevTables;
 use xlb_l4::stats::HealthBoard;
 use xlb_stack::counters::DropReason;
-use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use xlb_stack::local::{route, Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
+use xlb_stack::ports::{LocalPorts, LOCAL_PORTS_SLOT};
 use xlb_stack::service::{Service, StageId, Transport};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
@@ -54,8 +58,8 @@ use upstreams::{GroupSpec, Upstreams};
 /// The L7 stage's id in the service table.
 pub const L7_STAGE: StageId = 2;
 
-/// The service slot of upstream replies (local IP, L7 local ports); listeners use their index.
-const REPLY_SLOT: u32 = u32::MAX;
+/// The service slot of upstream replies (the local-port range of a local IP); listeners use their index.
+const REPLY_SLOT: u32 = LOCAL_PORTS_SLOT;
 
 /// How often counters are published and idle connections expired.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -89,6 +93,8 @@ pub struct L7StageConfig {
     pub groups: Vec<GroupSpec>,
     /// The health board L4's checker writes.
     pub board: Arc<HealthBoard>,
+    /// The Maglev tables of the `mh` groups (built by the control side, shared by every worker: [`maglev`]).
+    pub maglev: Arc<MaglevTables>,
     /// This worker and the number of workers.
     pub worker: usize,
     /// Number of workers.
@@ -108,6 +114,16 @@ pub struct L7Update {
     pub groups: Vec<GroupSpec>,
     /// The new health board.
     pub board: Arc<HealthBoard>,
+    /// The Maglev tables of the new groups.
+    pub maglev: Arc<MaglevTables>,
+}
+
+/// What the control side sends a running stage (taken between batches).
+pub enum L7Message {
+    /// A configuration change of the groups.
+    Update(L7Update),
+    /// New Maglev tables of the `mh` groups after a health change (the same `Arc` goes to every worker).
+    Maglev(Arc<MaglevTables>),
 }
 
 /// A session slot.
@@ -122,7 +138,6 @@ pub struct L7Stage {
     workers: usize,
     host: TcpHost,
     listeners: Vec<StageListener>,
-    local_ports: RangeInclusive<u16>,
     upstreams: Upstreams,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -139,7 +154,9 @@ pub struct L7Stage {
     port_ifaces: Vec<usize>,
     /// The latest time seen (a due time for work that cannot wait).
     last_now: Instant,
-    updates: Option<Receiver<L7Update>>,
+    updates: Option<Receiver<L7Message>>,
+    /// The `mh` groups' tables in use (the snapshot last received).
+    maglev: Arc<MaglevTables>,
     access_log: Option<Sender<AccessLine>>,
     /// Listener names, shared with their sessions (access log).
     listener_names: Vec<Arc<str>>,
@@ -167,12 +184,10 @@ impl L7Stage {
             idle_buffer: limits.idle_buffer_bytes,
             ..TcpConfig::default()
         };
-        let ports = limits.local_port_min..=limits.local_port_max;
         let upstreams = Upstreams::new(
             &config.groups,
             config.board,
-            ports.clone(),
-            (config.worker, config.workers),
+            &config.maglev,
             limits.upstream_keepalive,
             Duration::from_secs(limits.upstream_idle_timeout_s),
         );
@@ -183,7 +198,6 @@ impl L7Stage {
             workers: config.workers.max(1),
             host: TcpHost::new(tcp, now, seed ^ nanos_since_epoch()),
             listeners: config.listeners,
-            local_ports: ports,
             upstreams,
             slots: Vec::new(),
             free: Vec::new(),
@@ -198,6 +212,7 @@ impl L7Stage {
             port_ifaces: config.port_ifaces,
             last_now: now,
             updates: None,
+            maglev: config.maglev,
             access_log: config.access_log,
             listener_names,
             handshakes: config.handshakes,
@@ -207,14 +222,33 @@ impl L7Stage {
     }
 
     /// Takes live changes from `updates` (applied between batches, in `handle_timeout`).
-    pub fn set_updates(&mut self, updates: Receiver<L7Update>) {
+    pub fn set_updates(&mut self, updates: Receiver<L7Message>) {
         self.updates = Some(updates);
     }
 
     fn apply_updates(&mut self, now: Instant) {
-        while let Some(update) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
-            self.upstreams.update(now, &mut self.host, &update.groups, update.board);
+        while let Some(message) = self.updates.as_ref().and_then(|u| u.try_recv().ok()) {
+            match message {
+                L7Message::Update(update) => {
+                    (self.upstreams).update(now, &mut self.host, &update.groups, update.board, &update.maglev);
+                    self.maglev = update.maglev;
+                }
+                L7Message::Maglev(tables) => {
+                    self.upstreams.use_maglev(&tables);
+                    self.maglev = tables;
+                }
+            }
         }
+    }
+
+    /// The Maglev tables of the `mh` groups in use (the snapshot last received).
+    pub fn maglev_tables(&self) -> &Arc<MaglevTables> {
+        &self.maglev
+    }
+
+    /// The table group `group` schedules with, if it uses `mh`.
+    pub fn group_table(&self, group: usize) -> Option<&Arc<xlb_l4::sched::MaglevTable>> {
+        self.upstreams.maglev_table(GroupId(group))
     }
 
     /// The stage's counters so far (also published to its [`SharedL7Counters`]).
@@ -223,11 +257,17 @@ impl L7Stage {
     }
 
     /// What a session needs from the stage while it runs (`source`: the route's source address to a server).
-    fn io<'a>(&'a mut self, now: Instant, source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>) -> Io<'a> {
+    fn io<'a>(
+        &'a mut self,
+        now: Instant,
+        source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
+        ports: &'a mut LocalPorts,
+    ) -> Io<'a> {
         Io {
             now,
             host: &mut self.host,
             upstreams: &mut self.upstreams,
+            ports,
             counters: &mut self.counters,
             source,
             access_log: self.access_log.as_ref(),
@@ -256,7 +296,7 @@ impl L7Stage {
     }
 
     /// Hands a segment to the TCP host and lets the sessions it touched work.
-    fn segment(&mut self, now: Instant, ip: &[u8], service: Service, cx: &StackContext<'_>) -> Handled {
+    fn segment(&mut self, now: Instant, ip: &[u8], service: Service, cx: &mut StackContext<'_>) -> Handled {
         self.last_now = now;
         let listener = (service.slot != REPLY_SLOT)
             .then_some(service.slot as usize)
@@ -321,8 +361,16 @@ impl L7Stage {
         self.touched.push(index);
     }
 
-    /// Takes the TCP host's events and pumps every session they concern (and those already marked).
-    fn run_touched(&mut self, now: Instant, cx: &StackContext<'_>) {
+    /// Takes the TCP host's events and pumps every session they concern (and those already marked); gives back
+    /// the local ports of upstream connections that are gone.
+    fn run_touched(&mut self, now: Instant, cx: &mut StackContext<'_>) {
+        self.run_sessions(now, cx);
+        while let Some(gone) = self.host.poll_gone() {
+            upstreams::release_port(cx.ports, now, gone);
+        }
+    }
+
+    fn run_sessions(&mut self, now: Instant, cx: &mut StackContext<'_>) {
         for _ in 0..64 {
             while let Some((conn, raw)) = self.host.poll_event() {
                 match Token::decode(raw) {
@@ -353,15 +401,16 @@ impl L7Stage {
     }
 
     /// Runs one session (firing its timers first if `timer`); frees it when it is done.
-    fn pump(&mut self, now: Instant, index: u32, cx: &StackContext<'_>, timer: bool) {
+    fn pump(&mut self, now: Instant, index: u32, cx: &mut StackContext<'_>, timer: bool) {
         let Some(slot) = self.slots.get_mut(index as usize) else {
             return;
         };
         let generation = slot.generation;
         // Out of its slot while it runs, so HTTP/2 work can reach the sessions of its streams (or its front).
         let Some(mut session) = slot.session.take() else { return };
-        let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-        let mut io = self.io(now, &source);
+        let links = cx.links;
+        let source = move |server: Ipv4Addr| route(links, server).map(|r| r.source);
+        let mut io = self.io(now, &source, cx.ports);
         if timer {
             session.handle_timeout(&mut io);
         } else {
@@ -390,24 +439,24 @@ impl L7Stage {
         }
     }
 
-    fn registered_reply_ranges(&self, cx: &mut StackContext<'_>) {
+    /// Makes the link addresses local IPs of the port pools, and registers their local-port range for the
+    /// replies where no stage before this one did (L4 does, and passes on the replies that are this stage's).
+    fn register_reply_ranges(&self, cx: &mut StackContext<'_>) {
         let reply = Service {
             stage: L7_STAGE,
             slot: REPLY_SLOT,
         };
-        let ips: Vec<Ipv4Addr> = cx
-            .links
-            .iter()
-            .flat_map(|l| l.addresses.iter().map(|n| n.addr))
-            .collect();
-        for ip in ips {
-            cx.services
-                .set_range(ip, Transport::Tcp, self.local_ports.clone(), reply);
+        let (min, max) = cx.ports.range();
+        for ip in cx.links.iter().flat_map(|l| l.addresses.iter().map(|n| n.addr)) {
+            cx.ports.add_local_ip(ip);
+            if cx.services.lookup(ip, Transport::Tcp, min).is_none() {
+                cx.services.set_range(ip, Transport::Tcp, min..=max, reply);
+            }
         }
     }
 
     /// Gives the sessions back the connections the handshake pool is done with.
-    fn handshakes_done(&mut self, now: Instant, cx: &StackContext<'_>) {
+    fn handshakes_done(&mut self, now: Instant, cx: &mut StackContext<'_>) {
         let mut any = false;
         for _ in 0..1024 {
             let Some(done) = self.handshakes.as_mut().and_then(HandshakeClient::receive) else {
@@ -480,8 +529,8 @@ impl L7Stage {
             ),
             (
                 L7Count::LocalPortsExhausted,
-                "no free local port for an upstream connection: widen l7.local_port_min..max or raise \
-                 l7.upstream_keepalive",
+                "no free local port for an upstream connection: widen l4.local_port_min..max (shared with \
+                 FULLNAT), add local IPs, or raise l7.upstream_keepalive",
             ),
             (
                 L7Count::NoHealthyServer,
@@ -547,7 +596,8 @@ impl Ipv4Handler for L7Stage {
         ip: &Ipv4Meta,
         cx: &mut StackContext<'_>,
     ) -> Handled {
-        let Some(service) = ip.service.filter(|s| s.stage == L7_STAGE) else {
+        // Its own services, and replies to the local-port range the stage before passed on.
+        let Some(service) = ip.service.filter(|s| s.stage == L7_STAGE || s.slot == LOCAL_PORTS_SLOT) else {
             return Handled::Pass;
         };
         if ip.protocol != Transport::Tcp as u8 {
@@ -584,7 +634,7 @@ impl Ipv4Handler for L7Stage {
                 .set(*l.vip.ip(), Transport::Tcp, l.vip.port(), Some(service));
         }
         if !self.listeners.is_empty() {
-            self.registered_reply_ranges(cx);
+            self.register_reply_ranges(cx);
         }
     }
 
@@ -661,5 +711,7 @@ impl Ipv4Handler for L7Stage {
     }
 }
 
+#[cfg(test)]
+mod shared_ports_tests;
 #[cfg(test)]
 mod tests;

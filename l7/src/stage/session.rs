@@ -20,6 +20,7 @@ use crate::proxy::{AccessRecord, Action, Event, HttpProxy, UpstreamFailure};
 use crate::tcp::{ConnId, TcpHost};
 use crate::tls::handshake::{HandshakeClient, HandshakeDone, JobKey};
 use crate::tls::link::{StepResult, TlsLink};
+use xlb_stack::ports::LocalPorts;
 
 mod h2;
 mod upstream;
@@ -84,6 +85,8 @@ pub(super) struct Io<'a> {
     pub now: Instant,
     pub host: &'a mut TcpHost,
     pub upstreams: &'a mut Upstreams,
+    /// The worker's local ports (new upstream connections take theirs here).
+    pub ports: &'a mut LocalPorts,
     pub counters: &'a mut L7Counters,
     /// The source address towards a server (the stack's route), if it is reachable.
     pub source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-use xlb_stack::local::StackContext;
+use xlb_stack::local::{route, StackContext};
 
 use super::session::{Session, StreamWork};
 use super::token::Token;
@@ -20,7 +20,7 @@ impl L7Stage {
         now: Instant,
         key: (u32, u32),
         front: &mut Session,
-        cx: &StackContext<'_>,
+        cx: &mut StackContext<'_>,
     ) {
         for work in front.take_stream_work() {
             match work {
@@ -74,15 +74,16 @@ impl L7Stage {
     }
 
     /// Gives the response of the stream session `child` (out of its slot) to its front.
-    pub(super) fn stream_to_front(&mut self, now: Instant, child: &mut Session, cx: &StackContext<'_>) {
+    pub(super) fn stream_to_front(&mut self, now: Instant, child: &mut Session, cx: &mut StackContext<'_>) {
         let Some((parent, stream)) = child.stream_of() else {
             return;
         };
         let Some(front) = self.session_at(parent) else {
             // The client connection is gone.
             if !child.is_done() {
-                let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-                child.stream_reset(&mut self.io(now, &source));
+                let links = cx.links;
+                let source = move |server: Ipv4Addr| route(links, server).map(|r| r.source);
+                child.stream_reset(&mut self.io(now, &source, cx.ports));
             }
             return;
         };
@@ -110,13 +111,14 @@ impl L7Stage {
             self.touched.push(parent.0);
         }
         if finished.is_some() {
-            let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-            child.close_stream(&mut self.io(now, &source));
+            let links = cx.links;
+            let source = move |server: Ipv4Addr| route(links, server).map(|r| r.source);
+            child.close_stream(&mut self.io(now, &source, cx.ports));
         }
     }
 
     /// Ends the stream session at `key` (the client reset the stream or went away).
-    fn reset_stream_session(&mut self, now: Instant, key: (u32, u32), cx: &StackContext<'_>) {
+    fn reset_stream_session(&mut self, now: Instant, key: (u32, u32), cx: &mut StackContext<'_>) {
         // Out of its slot for the reset (the stage is borrowed whole by it), then back.
         let Some(mut child) = self
             .slots
@@ -126,8 +128,9 @@ impl L7Stage {
         else {
             return;
         };
-        let source = |server: Ipv4Addr| cx.route(server).map(|r| r.source);
-        child.stream_reset(&mut self.io(now, &source));
+        let links = cx.links;
+        let source = move |server: Ipv4Addr| route(links, server).map(|r| r.source);
+        child.stream_reset(&mut self.io(now, &source, cx.ports));
         self.slots[key.0 as usize].session = Some(child);
         self.touched.push(key.0);
     }

@@ -1,21 +1,21 @@
 //! The servers L7 proxies to: groups with their scheduler and health (the board L4's health checker writes),
-//! local ports for new upstream connections, and the idle connections kept per server for reuse.
+//! local ports for new upstream connections (from the worker's pools, shared with L4: [`xlb_stack::ports`]),
+//! and the idle connections kept per server for reuse.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smoltcp::socket::tcp::State;
-use xlb_l4::owner::local_port_owner;
-use xlb_l4::sched::{Scheduler, SchedulerKind, ServerView};
+use xlb_l4::sched::{MaglevHash, MaglevTable, MaglevTables, Scheduler, SchedulerKind, ServerView};
 use xlb_l4::stats::HealthBoard;
+use xlb_stack::ports::LocalPorts;
 
 use crate::affinity::{rendezvous, server_identity};
 use crate::rules::GroupId;
 use crate::sticky::ServerId;
-use crate::tcp::{ConnId, TcpHost, Tuple};
+use crate::tcp::{ConnId, Gone, TcpHost};
 use crate::tls::link::TlsLink;
 use crate::tls::upstream::UpstreamTls;
 
@@ -84,30 +84,26 @@ pub struct Upstreams {
     /// Group names (index = [`GroupId`]).
     names: Vec<String>,
     board: Arc<HealthBoard>,
-    ports: RangeInclusive<u16>,
-    worker: usize,
-    workers: usize,
-    cursor: u16,
     keepalive: usize,
     idle_timeout: Duration,
     idle_count: usize,
 }
 
 impl Upstreams {
-    /// Groups `specs`, health from `board`, local ports `ports` (this worker's share of them), `keepalive` idle
-    /// connections kept per server for at most `idle_timeout`.
+    /// Groups `specs`, health from `board`, the tables of `mh` groups from `maglev` (the control side's
+    /// snapshot, [`super::maglev`]), `keepalive` idle connections kept per server for at most `idle_timeout`.
     pub fn new(
         specs: &[GroupSpec],
         board: Arc<HealthBoard>,
-        ports: RangeInclusive<u16>,
-        (worker, workers): (usize, usize),
+        maglev: &MaglevTables,
         keepalive: usize,
         idle_timeout: Duration,
     ) -> Upstreams {
         let groups = specs
             .iter()
-            .map(|g| {
-                let views: Vec<ServerView> = g.servers.iter().map(|s| view(s, &board)).collect();
+            .enumerate()
+            .map(|(i, g)| {
+                let views: Vec<ServerView> = g.servers.iter().map(|s| server_view(s, &board)).collect();
                 Group {
                     servers: g
                         .servers
@@ -117,22 +113,21 @@ impl Upstreams {
                             idle: VecDeque::new(),
                         })
                         .collect(),
-                    scheduler: Scheduler::new(g.scheduler, &views),
+                    scheduler: match (g.scheduler, maglev.get(i)) {
+                        (SchedulerKind::Mh, Some(table)) => Scheduler::Mh(MaglevHash::from_table(table.clone())),
+                        // Only a snapshot that lacks the group's table (never sent) makes the worker build one.
+                        (kind, _) => Scheduler::new(kind, &views),
+                    },
                     tls: g.tls.clone(),
                     views,
                     seen: board.generation(),
                 }
             })
             .collect();
-        let cursor = *ports.start();
         Upstreams {
             groups,
             names: specs.iter().map(|g| g.name.clone()).collect(),
             board,
-            ports,
-            worker,
-            workers: workers.max(1),
-            cursor,
             keepalive,
             idle_timeout,
             idle_count: 0,
@@ -141,19 +136,19 @@ impl Upstreams {
 
     /// Applies changed groups and a new health board (a live configuration change). Idle connections to servers
     /// still in the same group are kept; the others are closed.
-    pub fn update(&mut self, now: Instant, host: &mut TcpHost, specs: &[GroupSpec], board: Arc<HealthBoard>) {
+    pub fn update(
+        &mut self,
+        now: Instant,
+        host: &mut TcpHost,
+        specs: &[GroupSpec],
+        board: Arc<HealthBoard>,
+        maglev: &MaglevTables,
+    ) {
         let mut old: Vec<(String, Option<Arc<UpstreamTls>>, Server)> = Vec::new();
         for (g, name) in std::mem::take(&mut self.groups).into_iter().zip(&self.names) {
             old.extend(g.servers.into_iter().map(|s| (name.clone(), g.tls.clone(), s)));
         }
-        let fresh = Upstreams::new(
-            specs,
-            board,
-            self.ports.clone(),
-            (self.worker, self.workers),
-            self.keepalive,
-            self.idle_timeout,
-        );
+        let fresh = Upstreams::new(specs, board, maglev, self.keepalive, self.idle_timeout);
         self.groups = fresh.groups;
         self.names = fresh.names;
         self.board = fresh.board;
@@ -186,6 +181,23 @@ impl Upstreams {
                     }
                 }
             }
+        }
+    }
+
+    /// Swaps in the `mh` groups' tables of a new snapshot (an `Arc` swap, between batches).
+    pub fn use_maglev(&mut self, tables: &MaglevTables) {
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            if let (Scheduler::Mh(mh), Some(table)) = (&mut g.scheduler, tables.get(i)) {
+                mh.set_table(table.clone());
+            }
+        }
+    }
+
+    /// The Maglev table an `mh` group schedules with.
+    pub fn maglev_table(&self, group: GroupId) -> Option<&Arc<MaglevTable>> {
+        match &self.groups.get(group.0)?.scheduler {
+            Scheduler::Mh(mh) => Some(mh.table()),
+            _ => None,
         }
     }
 
@@ -223,9 +235,13 @@ impl Upstreams {
         let generation = board.generation();
         if generation != g.seen {
             for (v, s) in g.views.iter_mut().zip(&g.servers) {
-                *v = view(&s.spec, board);
+                *v = server_view(&s.spec, board);
             }
-            g.scheduler.rebuild(&g.views);
+            // An `mh` table is never built here: the next snapshot brings it, and until then its picks skip
+            // the servers that are down.
+            if !matches!(g.scheduler, Scheduler::Mh(_)) {
+                g.scheduler.rebuild(&g.views);
+            }
             g.seen = generation;
         }
         Some(g)
@@ -279,26 +295,11 @@ impl Upstreams {
         first
     }
 
-    /// A local port of this worker for a new connection from `local_ip` to `server` that no connection of
-    /// `host` holds (rotating through the range, so a tuple is not reused while the server may still hold it).
-    pub fn local_port(&mut self, host: &TcpHost, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u16> {
-        let (min, max) = (*self.ports.start(), *self.ports.end());
-        let span = u32::from(max - min) + 1;
-        for _ in 0..span.min(4096) {
-            let port = self.cursor;
-            self.cursor = if self.cursor >= max { min } else { self.cursor + 1 };
-            if local_port_owner(port, self.workers) != self.worker {
-                continue;
-            }
-            let tuple = Tuple {
-                local: SocketAddrV4::new(local_ip, port),
-                remote: server,
-            };
-            if !host.holds(&tuple) {
-                return Some(port);
-            }
-        }
-        None
+    /// A local port of this worker for a new connection from `local_ip` to `server`, taken from the worker's
+    /// pools (rotating through the range, so a tuple is not reused while the server may still hold it). Given
+    /// back by [`release_port`] once the connection is gone.
+    pub fn local_port(ports: &mut LocalPorts, local_ip: Ipv4Addr, server: SocketAddrV4) -> Option<u16> {
+        ports.take_upstream(local_ip, server).ok()
     }
 
     /// An idle kept connection to the server, still established with nothing received since, if there is one.
@@ -379,7 +380,20 @@ impl Upstreams {
     }
 }
 
-fn view(s: &ServerSpec, board: &HealthBoard) -> ServerView {
+/// How long a server may hold a tuple in TIME-WAIT after it closed first (Linux: 60 s).
+pub const SERVER_TIME_WAIT: Duration = Duration::from_secs(60);
+
+/// Gives back the local port of an upstream connection that is gone: at once if this side closed first (it
+/// ran the TIME-WAIT), else quarantined for the server's TIME-WAIT ([`SERVER_TIME_WAIT`]), so neither an L4
+/// flow nor another upstream connection meets the server's old tuple.
+pub fn release_port(ports: &mut LocalPorts, now: Instant, gone: Gone) {
+    let until = gone.peer_may_wait.then(|| now + SERVER_TIME_WAIT);
+    let local = gone.tuple.local;
+    ports.give_back_upstream(*local.ip(), gone.tuple.remote, local.port(), until);
+}
+
+/// A server of a group as the schedulers see it: weight from the spec, health from the board.
+pub fn server_view(s: &ServerSpec, board: &HealthBoard) -> ServerView {
     ServerView {
         addr: s.addr,
         weight: s.weight,
@@ -417,8 +431,7 @@ mod tests {
         let mut u = Upstreams::new(
             &specs(),
             board.clone(),
-            62_000..=62_009,
-            (0, 1),
+            &MaglevTables::default(),
             4,
             Duration::from_secs(60),
         );
@@ -449,8 +462,7 @@ mod tests {
         let mut u = Upstreams::new(
             &specs(),
             board.clone(),
-            62_000..=62_009,
-            (0, 1),
+            &MaglevTables::default(),
             4,
             Duration::from_secs(60),
         );
@@ -492,29 +504,67 @@ mod tests {
     fn local_ports_are_this_workers_and_free() {
         let now = Instant::now();
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board, 62_000..=62_009, (1, 2), 4, Duration::from_secs(60));
-        let mut host = TcpHost::new(TcpConfig::default(), now, 1);
+        let u = Upstreams::new(&specs(), board, &MaglevTables::default(), 4, Duration::from_secs(60));
         let lip = Ipv4Addr::new(198, 19, 0, 10);
+        let mut ports = LocalPorts::new(&[lip], 62_000, 62_009, 1, 2);
+        let mut host = TcpHost::new(TcpConfig::default(), now, 1);
         let server = u.addr(GroupId(0), 0).unwrap();
         let mut got = Vec::new();
         for _ in 0..5 {
-            let p = u.local_port(&host, lip, server).unwrap();
+            let p = Upstreams::local_port(&mut ports, lip, server).unwrap();
             assert_eq!(p % 2, 1, "worker 1 of 2 takes odd ports");
             host.connect(now, SocketAddrV4::new(lip, p), server, 1).unwrap();
             got.push(p);
         }
         got.sort();
         assert_eq!(got, vec![62_001, 62_003, 62_005, 62_007, 62_009]);
-        assert_eq!(u.local_port(&host, lip, server), None, "all five held");
+        assert_eq!(Upstreams::local_port(&mut ports, lip, server), None, "all five held");
         let other = u.addr(GroupId(0), 1).unwrap();
-        assert!(u.local_port(&host, lip, other).is_some(), "ports are per server");
+        assert!(
+            Upstreams::local_port(&mut ports, lip, other).is_some(),
+            "ports are per server"
+        );
+    }
+
+    #[test]
+    fn a_gone_connections_port_comes_back_at_once_or_after_the_servers_time_wait() {
+        let now = Instant::now();
+        let lip = Ipv4Addr::new(198, 19, 0, 10);
+        let server = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 1), 8080);
+        let mut ports = LocalPorts::new(&[lip], 62_000, 62_001, 0, 1);
+        let a = Upstreams::local_port(&mut ports, lip, server).unwrap();
+        let b = Upstreams::local_port(&mut ports, lip, server).unwrap();
+        assert_eq!(Upstreams::local_port(&mut ports, lip, server), None);
+        let gone = |port, peer_may_wait| Gone {
+            tuple: crate::tcp::Tuple {
+                local: SocketAddrV4::new(lip, port),
+                remote: server,
+            },
+            peer_may_wait,
+        };
+        release_port(&mut ports, now, gone(a, false));
+        assert_eq!(
+            Upstreams::local_port(&mut ports, lip, server),
+            Some(a),
+            "we ran the TIME-WAIT: free at once"
+        );
+        release_port(&mut ports, now, gone(b, true));
+        assert!(!ports.is_upstream(lip, server, b), "replies to it are no one's");
+        ports.release_due(now + SERVER_TIME_WAIT - Duration::from_secs(1));
+        assert_eq!(
+            Upstreams::local_port(&mut ports, lip, server),
+            None,
+            "the server may still hold the tuple"
+        );
+        ports.release_due(now + SERVER_TIME_WAIT);
+        assert_eq!(Upstreams::local_port(&mut ports, lip, server), Some(b));
     }
 
     #[test]
     fn idle_connections_are_bounded_taken_once_and_expire() {
         let now = Instant::now();
         let board = Arc::new(HealthBoard::new(3));
-        let mut u = Upstreams::new(&specs(), board, 62_000..=62_009, (0, 1), 2, Duration::from_secs(60));
+        let mut u = Upstreams::new(&specs(), board, &MaglevTables::default(), 2, Duration::from_secs(60));
         let mut host = TcpHost::new(TcpConfig::default(), now, 1);
         let server = u.addr(GroupId(0), 0).unwrap();
         let lip = Ipv4Addr::new(198, 19, 0, 10);

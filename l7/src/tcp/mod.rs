@@ -140,6 +140,19 @@ struct Conn {
     large: bool,
     /// Should hold the large buffers (busy); applied as soon as its buffers are empty.
     want_large: bool,
+    /// Opened by [`TcpHost::connect`] (its local port was taken for it): reported by [`TcpHost::poll_gone`].
+    outbound: bool,
+    /// Has been in TIME-WAIT: this side closed first, so the peer holds no TIME-WAIT for the tuple.
+    time_waited: bool,
+}
+
+/// A connection opened by [`TcpHost::connect`] that is gone (its tuple is free in the host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gone {
+    /// Its tuple.
+    pub tuple: Tuple,
+    /// Whether the peer may still hold the tuple in TIME-WAIT (this side did not pass through TIME-WAIT).
+    pub peer_may_wait: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +179,8 @@ pub struct TcpHost {
     events: VecDeque<(ConnId, u64)>,
     replies: VecDeque<(IpRepr, TcpRepr<'static>)>,
     counters: TcpCounters,
+    /// Outbound connections gone since the last [`TcpHost::poll_gone`].
+    gone: Vec<Gone>,
     /// Emptied buffers for the next connection that needs some (see [`spare`]).
     spare: SpareBuffers,
 }
@@ -228,6 +243,7 @@ impl TcpHost {
             events: VecDeque::new(),
             replies: VecDeque::new(),
             counters: TcpCounters::default(),
+            gone: Vec::new(),
         }
     }
 
@@ -360,6 +376,8 @@ impl TcpHost {
             discard: false,
             large: false,
             want_large: false,
+            outbound: false,
+            time_waited: false,
         };
         let index = match self.free.pop() {
             Some(i) => {
@@ -407,7 +425,9 @@ impl TcpHost {
             .ok()?;
         let deadline = (now + self.config.handshake_timeout, Deadline::Handshake);
         let index = self.insert(socket, tuple, deadline);
-        self.slots[index as usize].conn.as_mut()?.token = token;
+        let c = self.slots[index as usize].conn.as_mut()?;
+        c.token = token;
+        c.outbound = true;
         self.counters.connected += 1;
         self.after_change(now, index);
         Some(self.id(index))
@@ -558,6 +578,7 @@ impl TcpHost {
             return;
         };
         let poll = c.socket.poll_at(cx);
+        c.time_waited |= c.socket.state() == State::TimeWait;
         if c.socket.state() == State::Closed && poll != PollAt::Now {
             self.remove(index);
             return;
@@ -612,6 +633,12 @@ impl TcpHost {
         };
         self.counters.buffer_bytes -= held as u64;
         self.free.push(index);
+        if c.outbound {
+            self.gone.push(Gone {
+                tuple: c.tuple,
+                peer_may_wait: !c.time_waited,
+            });
+        }
         if c.token != 0 {
             // The owner learns that it is gone: its id no longer resolves.
             self.events.push_back((id, c.token));
@@ -652,6 +679,12 @@ impl TcpHost {
             }
         }
         None
+    }
+
+    /// The next connection opened by [`TcpHost::connect`] that is gone since the last call (its local port can
+    /// be given back).
+    pub fn poll_gone(&mut self) -> Option<Gone> {
+        self.gone.pop()
     }
 
     /// Whether segments are waiting for [`TcpHost::poll_transmit`].

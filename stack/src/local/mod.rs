@@ -15,6 +15,7 @@ use crate::counters::{DropReason, StackCounters};
 use crate::neighbour::{ArpOutcome, NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
 use crate::offload;
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
+use crate::ports::LocalPorts;
 use crate::service::{Service, ServiceTable, Transport};
 use crate::wire::build::{self, ResetFor, Unreachable, ETHERTYPE_ARP, ETHERTYPE_IPV4};
 use crate::wire::{checksum, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
@@ -120,6 +121,8 @@ pub struct StackContext<'a> {
     pub counters: &'a mut StackCounters,
     /// What each address:port is: stages register their services here.
     pub services: &'a mut ServiceTable,
+    /// The worker's local ports, shared by the stages that connect to servers ([`crate::ports`]).
+    pub ports: &'a mut LocalPorts,
     owned: &'a mut OwnedAddrs,
 }
 
@@ -226,6 +229,14 @@ pub trait Ipv4Handler: Send {
     fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+
+    /// Writes into `buf` the next frame the stage took from another worker but does not serve (a reply to a
+    /// local port the next stage holds, see [`crate::ports`]); [`crate::stages::Stages`] offers it to the next
+    /// stage. The default has none.
+    fn poll_passed(&mut self, buf: &mut [u8]) -> Option<(PortId, usize)> {
+        let _ = buf;
+        None
+    }
 }
 
 /// No upper stage: the local stack answers everything itself.
@@ -275,6 +286,7 @@ pub struct LocalStack<H: Ipv4Handler = NoHandler> {
     links: Vec<Link>,
     owned: OwnedAddrs,
     services: ServiceTable,
+    ports: LocalPorts,
     neighbours: NeighbourTable,
     counters: StackCounters,
     limiter: RateLimiter,
@@ -327,8 +339,13 @@ impl LocalStack<NoHandler> {
 }
 
 impl<H: Ipv4Handler> LocalStack<H> {
-    /// A stack with the upper stage `handler`.
+    /// A stack with the upper stage `handler` (and no local ports to take).
     pub fn with_handler(config: LocalConfig, handler: H) -> Self {
+        LocalStack::with_ports(config, LocalPorts::none(), handler)
+    }
+
+    /// A stack with the upper stage `handler`, whose stages take local ports from `ports`.
+    pub fn with_ports(config: LocalConfig, ports: LocalPorts, handler: H) -> Self {
         assert!(config.links.len() <= 64, "at most 64 ports per worker");
         let mut owned = OwnedAddrs::default();
         for (port, link) in config.links.iter().enumerate() {
@@ -354,6 +371,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             links: config.links,
             owned,
             services: ServiceTable::default(),
+            ports,
             counters: StackCounters::default(),
             limiter: RateLimiter::new(config.icmp_rate),
             handler,
@@ -368,6 +386,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             neighbours: &mut stack.neighbours,
             counters: &mut stack.counters,
             services: &mut stack.services,
+            ports: &mut stack.ports,
             owned: &mut stack.owned,
         };
         stack.handler.attach(&mut cx);
@@ -407,6 +426,11 @@ impl<H: Ipv4Handler> LocalStack<H> {
     /// Shares what this stack learns from ARP with the other workers' stacks (and applies what they learn).
     pub fn set_neighbour_sync(&mut self, sync: NeighbourSync) {
         self.sync = Some(sync);
+    }
+
+    /// The local ports the stages take ([`crate::ports`]).
+    pub fn local_ports(&self) -> &LocalPorts {
+        &self.ports
     }
 
     /// The upper stage.
@@ -623,6 +647,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
             services: &mut self.services,
+            ports: &mut self.ports,
             owned: &mut self.owned,
         };
         let (tcp_reason, udp_reason) = match self.handler.handle(now, port, frame, &meta, &mut cx) {
@@ -877,6 +902,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
             services: &mut self.services,
+            ports: &mut self.ports,
             owned: &mut self.owned,
         };
         self.handler.poll_transmit(now, buf, &mut cx)
@@ -901,6 +927,7 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             neighbours: &mut self.neighbours,
             counters: &mut self.counters,
             services: &mut self.services,
+            ports: &mut self.ports,
             owned: &mut self.owned,
         };
         self.handler.handle_timeout(now, &mut cx);

@@ -12,7 +12,7 @@ use crate::proxy::{UpstreamFailure, UpstreamId};
 use crate::rules::GroupId;
 use crate::stage::counters::{L7Count, L7Counters};
 use crate::stage::token::Token;
-use crate::stage::upstreams::NoUpstream;
+use crate::stage::upstreams::{NoUpstream, Upstreams};
 use crate::sticky::ServerId;
 use crate::tcp::ConnId;
 use crate::tls::handshake::{HandshakeDone, JobKey};
@@ -373,19 +373,13 @@ impl Session {
             io.counters.bump(L7Count::NoRoute);
             return Err(NoUpstream::NoLocalPort);
         };
-        let port = io
-            .upstreams
-            .local_port(io.host, source, addr)
-            .ok_or(NoUpstream::NoLocalPort)?;
-        let conn = io
-            .host
-            .connect(
-                io.now,
-                SocketAddrV4::new(source, port),
-                addr,
-                self.upstream_token.encode(),
-            )
-            .ok_or(NoUpstream::ConnectionLimit)?;
+        let port = Upstreams::local_port(io.ports, source, addr).ok_or(NoUpstream::NoLocalPort)?;
+        let local = SocketAddrV4::new(source, port);
+        let Some(conn) = io.host.connect(io.now, local, addr, self.upstream_token.encode()) else {
+            // Never used: the port goes back at once.
+            io.ports.give_back_upstream(source, addr, port, None);
+            return Err(NoUpstream::ConnectionLimit);
+        };
         let tls = io
             .upstreams
             .tls(group)

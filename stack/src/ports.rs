@@ -1,29 +1,47 @@
-//! FULLNAT local ports, accounted per (local IP, server), chosen as Linux SNAT chooses them.
+//! Local ports of one worker, shared by its stages: FULLNAT flows (L4) and upstream connections (L7) take
+//! their source ports from the same pools, accounted per (local IP, server), chosen as Linux SNAT chooses them.
 //!
-//! A FULLNAT flow is `local IP:port → server IP:port` at the server, so a local port only has to be unique per
-//! (local IP, server): every server gets the whole port range of every local IP. The port is the client's own
-//! source port when that is free on the pair (moved into this worker's share, see below), else the next free
-//! one after it. So a client that reuses a 4-tuple (as every kernel does once it has cycled its ephemeral
-//! ports) reaches the server on the same tuple, with its own monotonic ISN and timestamps — which the server's
-//! TIME_WAIT accepts (RFC 6191, PAWS) — and never on a tuple another client left in TIME_WAIT there.
+//! A connection from the appliance is `local IP:port → server IP:port` at the server, so a local port only has
+//! to be unique per (local IP, server): every server gets the whole port range of every local IP. A FULLNAT
+//! flow's port is the client's own source port when that is free on the pair (moved into this worker's share,
+//! see below), else the next free one after it. So a client that reuses a 4-tuple (as every kernel does once
+//! it has cycled its ephemeral ports) reaches the server on the same tuple, with its own monotonic ISN and
+//! timestamps — which the server's TIME_WAIT accepts (RFC 6191, PAWS) — and never on a tuple another client
+//! left in TIME_WAIT there. An upstream connection has no client port: it takes the next free port after the
+//! last one upstream connections took ([`LocalPorts::take_upstream`]), so tuples rotate through the range.
 //!
-//! A port is held as long as its connection entry lives: the entry's TIME_WAIT/CLOSE timeouts (120 s) outlast
-//! the server's own TIME_WAIT (Linux: 60 s), so a port freed by expiry can go to anyone. A port whose entry ends
-//! early while the server may still be in TIME_WAIT (evicted from a full table, or a client's new SYN
+//! A FULLNAT port is held as long as its connection entry lives: the entry's TIME_WAIT/CLOSE timeouts (120 s)
+//! outlast the server's own TIME_WAIT (Linux: 60 s), so a port freed by expiry can go to anyone. A port whose
+//! entry ends early while the server may still be in TIME_WAIT (evicted from a full table, or a client's new SYN
 //! rescheduled to another server) is held in quarantine for the rest of that time instead — for everyone but
-//! the flow that had it: the same client flow coming back to that server takes its tuple over at once.
+//! the flow that had it: the same client flow coming back to that server takes its tuple over at once. An
+//! upstream connection's port is given back when the in-stack connection is gone; if the server may hold the
+//! tuple in TIME_WAIT (it closed first), the stage quarantines it for that time, for no one.
 //!
-//! Worker `w` of `n` owns the ports `p` with `p % n == w`, so a server's reply to `LIP:p` can be handed to the
-//! worker holding the connection without any shared state.
+//! Which stage holds a port: the pools mark the ports upstream connections hold. The first stage (L4)
+//! registers the range of every local IP in the service table ([`LOCAL_PORTS_SLOT`]) and looks a reply up in
+//! its own connection table first; only what it does not know is checked here
+//! ([`LocalPorts::is_upstream`]) and offered to the next stage, so FULLNAT replies pay nothing for the sharing.
 //!
-//! Each (local IP, server) pair gets its pool (a bitmap of the range, ~6 KiB for the default range) the first
-//! time a flow goes that way; pools are never freed, and at most [`MAX_POOLS`] exist per worker.
+//! Worker `w` of `n` owns the ports `p` with `p % n == w` ([`local_port_owner`]), so a server's reply to
+//! `LIP:p` can be handed to the worker holding the connection without any shared state.
+//!
+//! Each (local IP, server) pair gets its pool (two bitmaps of the range, ~12 KiB for the default range) the
+//! first time a connection goes that way; pools are never freed, and at most [`MAX_POOLS`] exist per worker.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Instant;
 
-use crate::owner::local_port_owner;
+/// The service slot (see [`crate::service`]) of the local-port range of every local IP: the stages that take
+/// ports from [`LocalPorts`] use this slot for the replies to them.
+pub const LOCAL_PORTS_SLOT: u32 = u32::MAX;
+
+/// The worker that hands out (and so owns the connections of) local port `port`, among `workers`.
+#[inline]
+pub fn local_port_owner(port: u16, workers: usize) -> usize {
+    usize::from(port) % workers.max(1)
+}
 
 /// Pools per worker at most (each is a bitmap of the port range).
 pub const MAX_POOLS: usize = 8192;
@@ -49,6 +67,8 @@ struct Pool {
     server: SocketAddrV4,
     /// Bit `i`: port `min + i` is in use (by a connection or in quarantine).
     taken: Box<[u64]>,
+    /// Bit `i`: port `min + i` is held by an upstream connection (the next stage's).
+    upstream: Box<[u64]>,
     in_use: u32,
 }
 
@@ -78,6 +98,14 @@ pub struct FlowIds {
     pub vip: SocketAddrV4,
 }
 
+impl FlowIds {
+    /// No client flow: what an upstream connection's quarantined port is held for (no one takes it over).
+    pub const NONE: FlowIds = FlowIds {
+        client: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        vip: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+    };
+}
+
 /// How full the pools are (for stats and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PortOccupancy {
@@ -98,6 +126,8 @@ pub struct PortOccupancy {
 /// Local port pools of one worker.
 #[derive(Debug)]
 pub struct LocalPorts {
+    /// Where the next upstream port search starts (an index into the range).
+    upstream_cursor: usize,
     pools: HashMap<(Ipv4Addr, SocketAddrV4), u32, ahash::RandomState>,
     sets: Vec<Pool>,
     local_ips: Vec<Ipv4Addr>,
@@ -130,6 +160,7 @@ impl LocalPorts {
             }
         }
         LocalPorts {
+            upstream_cursor: 0,
             pools: HashMap::default(),
             sets: Vec::new(),
             local_ips: local_ips.to_vec(),
@@ -145,6 +176,23 @@ impl LocalPorts {
             next_seq: 0,
             quarantine_overflow: 0,
         }
+    }
+
+    /// No pools: no address is local (a stack without stages that take ports).
+    pub fn none() -> Self {
+        LocalPorts::new(&[], 1, 1, 0, 1)
+    }
+
+    /// Makes `ip` a local IP (one whose ports can be taken), if it is not one yet.
+    pub fn add_local_ip(&mut self, ip: Ipv4Addr) {
+        if !self.local_ips.contains(&ip) {
+            self.local_ips.push(ip);
+        }
+    }
+
+    /// The local IPs.
+    pub fn local_ips(&self) -> &[Ipv4Addr] {
+        &self.local_ips
     }
 
     /// Room for `capacity` quarantined ports, reserved now. Each early-ended connection may hold one (as many
@@ -176,6 +224,7 @@ impl LocalPorts {
             local_ip,
             server,
             taken: vec![0; self.mine.len()].into_boxed_slice(),
+            upstream: vec![0; self.mine.len()].into_boxed_slice(),
             in_use: 0,
         });
         self.pools.insert((local_ip, server), id);
@@ -213,9 +262,14 @@ impl LocalPorts {
             self.holders.remove(&(pool, preferred));
             return Ok(preferred);
         }
+        self.take_from(pool, start).ok_or(NoPort::Exhausted)
+    }
+
+    /// Takes the first free port of this worker in `pool` at or after index `start`, wrapping round once.
+    fn take_from(&mut self, pool: u32, start: usize) -> Option<u16> {
         let words = self.mine.len();
         let set = &mut self.sets[pool as usize];
-        // Word by word from the preferred port, wrapping round once (the first word again for its low bits).
+        // Word by word from the start, wrapping round once (the first word again for its low bits).
         for step in 0..=words {
             let w = (start / 64 + step) % words;
             let mut free = self.mine[w] & !set.taken[w];
@@ -226,10 +280,51 @@ impl LocalPorts {
                 let i = w * 64 + free.trailing_zeros() as usize;
                 set.taken[w] |= 1 << (i % 64);
                 set.in_use += 1;
-                return Ok(self.min + i as u16);
+                return Some(self.min + i as u16);
             }
         }
-        Err(NoPort::Exhausted)
+        None
+    }
+
+    /// Takes a port on `local_ip` towards `server` for an upstream connection (the next stage's): the next free
+    /// one after the last port taken this way, so tuples rotate through the range. Replies to it are offered to
+    /// the next stage ([`LocalPorts::is_upstream`]) until [`LocalPorts::give_back_upstream`].
+    pub fn take_upstream(&mut self, local_ip: Ipv4Addr, server: SocketAddrV4) -> Result<u16, NoPort> {
+        let pool = self.pool_or_new(local_ip, server)?;
+        let port = self.take_from(pool, self.upstream_cursor).ok_or(NoPort::Exhausted)?;
+        let i = usize::from(port - self.min);
+        self.sets[pool as usize].upstream[i / 64] |= 1 << (i % 64);
+        let span = usize::from(self.max - self.min) + 1;
+        self.upstream_cursor = (i + 1) % span;
+        Ok(port)
+    }
+
+    /// Whether an upstream connection holds `port` on `local_ip` towards `server` (a reply to it is the next
+    /// stage's).
+    pub fn is_upstream(&self, local_ip: Ipv4Addr, server: SocketAddrV4, port: u16) -> bool {
+        if !self.in_range(port) {
+            return false;
+        }
+        let i = usize::from(port - self.min);
+        self.pool(local_ip, server)
+            .is_some_and(|p| self.sets[p as usize].upstream[i / 64] & (1 << (i % 64)) != 0)
+    }
+
+    /// Returns an upstream connection's port: free now (`None`: the server holds no TIME_WAIT for it), or
+    /// quarantined until `Some(until)` for no one (the server closed first and may hold the tuple until then).
+    pub fn give_back_upstream(&mut self, local_ip: Ipv4Addr, server: SocketAddrV4, port: u16, until: Option<Instant>) {
+        if !self.is_upstream(local_ip, server, port) {
+            return;
+        }
+        let Some(pool) = self.pool(local_ip, server) else {
+            return;
+        };
+        let i = usize::from(port - self.min);
+        self.sets[pool as usize].upstream[i / 64] &= !(1 << (i % 64));
+        match until {
+            Some(until) => self.give_back_at(local_ip, server, port, until, FlowIds::NONE),
+            None => self.give_back(local_ip, server, port),
+        }
     }
 
     fn set_free(&mut self, pool: u32, port: u16) {
@@ -310,17 +405,17 @@ impl LocalPorts {
         }
     }
 
-    /// The FULLNAT port range (every worker's), as (first, last).
+    /// The local port range (every worker's), as (first, last).
     pub fn range(&self) -> (u16, u16) {
         (self.min, self.max)
     }
 
-    /// Whether `port` is in the FULLNAT range (any worker's).
+    /// Whether `port` is in the local port range (any worker's).
     pub fn in_range(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)
     }
 
-    /// Whether `port` belongs to this worker ([`crate::owner::local_port_owner`]).
+    /// Whether `port` belongs to this worker ([`local_port_owner`]).
     pub fn owns(&self, port: u16) -> bool {
         self.in_range(port) && local_port_owner(port, usize::from(self.workers)) == usize::from(self.worker)
     }
@@ -520,5 +615,73 @@ mod tests {
             ..flow(40_000)
         };
         assert_eq!(p.take(LIP, S1, other), Ok(40_000), "the oldest went back early");
+    }
+
+    #[test]
+    fn fullnat_flows_and_upstream_connections_never_share_a_tuple() {
+        let mut p = LocalPorts::new(&[LIP], 40_000, 40_099, 0, 1);
+        let mut fullnat = std::collections::HashSet::new();
+        let mut upstream = std::collections::HashSet::new();
+        for i in 0..50u16 {
+            // Clients whose own ports fall where upstream connections took theirs.
+            assert!(fullnat.insert(p.take(LIP, S1, flow(40_000 + i)).unwrap()));
+            assert!(upstream.insert(p.take_upstream(LIP, S1).unwrap()));
+        }
+        assert!(fullnat.is_disjoint(&upstream), "{fullnat:?} {upstream:?}");
+        assert_eq!(p.take(LIP, S1, flow(40_000)), Err(NoPort::Exhausted), "one pool of 100");
+        assert_eq!(p.take_upstream(LIP, S1), Err(NoPort::Exhausted));
+        assert!(upstream.iter().all(|&port| p.is_upstream(LIP, S1, port)));
+        assert!(fullnat.iter().all(|&port| !p.is_upstream(LIP, S1, port)));
+        assert!(!p.is_upstream(LIP, S2, *upstream.iter().next().unwrap()), "per server");
+        assert!(p.take_upstream(LIP, S2).is_ok(), "another server's pool is free");
+    }
+
+    #[test]
+    fn upstream_ports_rotate_and_follow_the_worker_split() {
+        let mut w1 = LocalPorts::new(&[LIP], 10_000, 10_009, 1, 2);
+        let got: Vec<u16> = std::iter::from_fn(|| w1.take_upstream(LIP, S1).ok()).collect();
+        assert_eq!(got, vec![10_001, 10_003, 10_005, 10_007, 10_009]);
+        assert!(got.iter().all(|&port| local_port_owner(port, 2) == 1));
+        w1.give_back_upstream(LIP, S1, 10_003, None);
+        w1.give_back_upstream(LIP, S1, 10_007, None);
+        assert_eq!(
+            w1.take_upstream(LIP, S1),
+            Ok(10_003),
+            "the search goes on after the last port taken, round the range"
+        );
+        assert_eq!(w1.take_upstream(LIP, S1), Ok(10_007));
+        assert_eq!(
+            w1.take_upstream(Ipv4Addr::new(198, 19, 0, 99), S1),
+            Err(NoPort::NotLocal)
+        );
+        w1.add_local_ip(Ipv4Addr::new(198, 19, 0, 99));
+        assert_eq!(w1.take_upstream(Ipv4Addr::new(198, 19, 0, 99), S1), Ok(10_009));
+    }
+
+    #[test]
+    fn an_upstream_port_the_server_may_hold_in_time_wait_goes_to_no_one_until_due() {
+        let t0 = Instant::now();
+        let mut p = LocalPorts::new(&[LIP], 40_000, 40_001, 0, 1);
+        assert_eq!(p.take_upstream(LIP, S1), Ok(40_000));
+        assert_eq!(p.take(LIP, S1, flow(40_001)), Ok(40_001));
+        p.give_back_upstream(LIP, S1, 40_000, Some(t0 + Duration::from_secs(60)));
+        assert!(!p.is_upstream(LIP, S1, 40_000));
+        p.release_due(t0 + Duration::from_secs(59));
+        assert_eq!(
+            p.take(LIP, S1, flow(40_000)),
+            Err(NoPort::Exhausted),
+            "not for a FULLNAT flow, not even one whose client has that port"
+        );
+        assert_eq!(p.take_upstream(LIP, S1), Err(NoPort::Exhausted));
+        assert_eq!(
+            p.take(LIP, S2, flow(40_000)),
+            Ok(40_000),
+            "another server never saw the tuple"
+        );
+        p.release_due(t0 + Duration::from_secs(60));
+        assert_eq!(p.take(LIP, S1, flow(40_000)), Ok(40_000));
+        // Giving back what no upstream connection holds changes nothing (a FULLNAT flow's port).
+        p.give_back_upstream(LIP, S1, 40_001, None);
+        assert_eq!(p.free(LIP, S1), 0);
     }
 }
