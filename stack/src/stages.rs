@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use crate::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use crate::local::{Handled, Ipv4Handler, StackContext};
+use crate::wire::PacketSummary;
 use crate::pipeline::{Frame, PortId};
 use crate::service::StageId;
 
@@ -33,7 +34,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Stages<A, B> {
         }
     }
 
-    fn is_second(&self, ip: &Ipv4Meta) -> bool {
+    fn is_second(&self, ip: &PacketSummary) -> bool {
         ip.service.is_some_and(|s| s.stage == self.second_id)
     }
 }
@@ -44,7 +45,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         now: Instant,
         port: PortId,
         frame: &mut Frame<'_>,
-        ip: &Ipv4Meta,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         if self.is_second(ip) {
@@ -55,7 +56,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
     }
 
     #[inline]
-    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &PacketSummary) {
         // Services are not looked up before prefetching: only the first stage gets the hint.
         self.first.prefetch(port, frame, ip);
     }
@@ -140,11 +141,11 @@ mod tests {
             _: Instant,
             _: PortId,
             f: &mut Frame<'_>,
-            ip: &Ipv4Meta,
+            ip: &PacketSummary,
             _: &mut StackContext<'_>,
         ) -> Handled {
-            let d = f.data();
-            let port = u16::from_be_bytes([d[ip.l4 + 2], d[ip.l4 + 3]]);
+            let _ = f;
+            let port = ip.ports.expect("a TCP segment with its ports").dst;
             self.seen.push(port);
             if port == self.port {
                 Handled::Verdict(Verdict::Consumed)
