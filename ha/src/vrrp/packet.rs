@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use xlb_stack::wire::build::ipv4_header;
 use xlb_stack::wire::checksum::{fold, pseudo_header_sum, sum};
-use xlb_stack::wire::{EthernetAddress, IPV4_HEADER_LEN};
+use xlb_stack::wire::{EthernetAddress, Ipv4Header, IPV4_HEADER_LEN};
 
 use super::VrrpError;
 
@@ -218,6 +218,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VrrpPacket<T> {
         let c = self.compute_checksum(src, dst);
         self.set_checksum(c);
     }
+}
+
+/// The envelope of a received advertisement: the IPv4 packet's source, its TTL and its payload (the VRRP
+/// message), or `None` if `packet` does not start with a valid IPv4 header.
+pub fn open_envelope(packet: &[u8]) -> Option<(Ipv4Addr, u8, &[u8])> {
+    let ip = Ipv4Header::header_checked(packet).ok()?;
+    Some((ip.src(), ip.ttl(), &packet[ip.header_len()..]))
 }
 
 /// Writes a VRRP v3 advertisement (the IPv4 payload only) into the start of `buf`, checksummed for a packet

@@ -55,6 +55,11 @@ impl<T: AsRef<[u8]>> UdpHeader<T> {
         Ok(u)
     }
 
+    /// The underlying buffer.
+    pub fn into_inner(self) -> T {
+        self.buffer
+    }
+
     /// Source port.
     #[inline]
     pub fn src_port(&self) -> u16 {
