@@ -8,9 +8,9 @@
 use std::time::Instant;
 
 use crate::local::{Handled, Ipv4Handler, StackContext};
-use crate::wire::PacketSummary;
 use crate::pipeline::{Frame, PortId};
 use crate::service::StageId;
+use crate::wire::PacketSummary;
 
 /// The first stage, and a second one that serves the services registered under `second_id`.
 pub struct Stages<A, B> {

@@ -51,7 +51,11 @@ impl Forwarder {
             let handled = match (ip.protocol, ip.endpoints()) {
                 (Protocol::Icmp, _) => self.handle_icmp(now, port, &mut frame, &ip, cx),
                 (protocol, Some((src, dst))) => {
-                    let proto = if protocol == Protocol::Tcp { Proto::Tcp } else { Proto::Udp };
+                    let proto = if protocol == Protocol::Tcp {
+                        Proto::Tcp
+                    } else {
+                        Proto::Udp
+                    };
                     let key = FlowKey { proto, src, dst };
                     let Some(role) = Forwarder::role(cx, proto, dst) else {
                         continue;

@@ -369,7 +369,11 @@ impl Ipv4Handler for Forwarder {
             Protocol::Icmp => return self.handle_icmp(now, port, frame, ip, cx),
             Protocol::Other(_) => return Handled::Pass,
         };
-        let header = if proto == Proto::Tcp { TCP_HEADER_LEN } else { UDP_HEADER_LEN };
+        let header = if proto == Proto::Tcp {
+            TCP_HEADER_LEN
+        } else {
+            UDP_HEADER_LEN
+        };
         let Some((src, dst)) = ip.endpoints().filter(|_| ip.l4_len() >= header) else {
             return Handled::Pass; // the local stack counts it as malformed
         };

@@ -31,7 +31,10 @@ pub fn packet_endpoints(packet: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4
     let ip = Ipv4Header::new_unchecked(packet);
     // TCP and UDP have their ports at the same offsets.
     let t = TcpHeader::new_unchecked(&packet[l4..]);
-    (SocketAddrV4::new(ip.src(), t.src_port()), SocketAddrV4::new(ip.dst(), t.dst_port()))
+    (
+        SocketAddrV4::new(ip.src(), t.src_port()),
+        SocketAddrV4::new(ip.dst(), t.dst_port()),
+    )
 }
 
 /// Rewrites the packet's source to `src` and destination to `dst` (addresses and ports), updating the IPv4

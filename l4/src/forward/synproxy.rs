@@ -27,10 +27,12 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use xlb_stack::wire::build;
-use xlb_stack::wire::checksum::{self, update32};
 use xlb_stack::wire::build::ETHERTYPE_IPV4;
+use xlb_stack::wire::checksum::{self, update32};
 use xlb_stack::wire::tcp::field;
-use xlb_stack::wire::{EthernetAddress, PacketSummary, Protocol, TcpFlags, TcpHeader, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
+use xlb_stack::wire::{
+    EthernetAddress, PacketSummary, Protocol, TcpFlags, TcpHeader, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN,
+};
 
 use crate::conn::{ConnId, FlowKey};
 
@@ -263,7 +265,14 @@ struct Build {
 fn write(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddress, b: &Build) -> usize {
     let tcp_len = TCP_HEADER_LEN + if b.mss.is_some() { MSS_OPTION_LEN } else { 0 };
     build::ethernet(buf, eth_dst, eth_src, ETHERTYPE_IPV4);
-    build::ipv4_header(&mut buf[ETH_HEADER_LEN..], *b.src.ip(), *b.dst.ip(), Protocol::TCP, tcp_len, build::DEFAULT_TTL);
+    build::ipv4_header(
+        &mut buf[ETH_HEADER_LEN..],
+        *b.src.ip(),
+        *b.dst.ip(),
+        Protocol::TCP,
+        tcp_len,
+        build::DEFAULT_TTL,
+    );
     let t = &mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..ETH_HEADER_LEN + IPV4_HEADER_LEN + tcp_len];
     t[field::SRC_PORT].copy_from_slice(&b.src.port().to_be_bytes());
     t[field::DST_PORT].copy_from_slice(&b.dst.port().to_be_bytes());
@@ -468,7 +477,9 @@ impl HeldSegments {
 /// Sequence space the TCP segment summarised by `ip` takes: its payload length (up to the IP total length, to
 /// which the stack trimmed the frame: Ethernet padding is not payload), plus one for a FIN.
 pub fn seq_len(ip: &PacketSummary) -> usize {
-    ip.tcp.map_or(0, |t| ip.l4_len().saturating_sub(t.header_len) + usize::from(t.flags.fin()))
+    ip.tcp.map_or(0, |t| {
+        ip.l4_len().saturating_sub(t.header_len) + usize::from(t.flags.fin())
+    })
 }
 
 /// The auto mode of one listener on one worker: whether its SYN proxy is on, and what decides it.

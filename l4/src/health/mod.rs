@@ -82,9 +82,9 @@ pub use config::{
 };
 
 use packets::TcpOut;
-use xlb_stack::wire::{Protocol, TcpFlags};
 use tcp_probe::{Mode, Step, TcpProbe};
 use timers::TimerHeap;
+use xlb_stack::wire::{Protocol, TcpFlags};
 
 /// Largest packet [`HealthChecker::poll_transmit`] writes; its buffer must hold at least this many bytes.
 /// (The config limits keep the biggest probe, an HTTP request with the longest path and host, below it.)

@@ -175,7 +175,10 @@ mod tests {
         assert_eq!(u.payload(), b"xlb-health");
         buf[len - 1] ^= 0x40;
         let v = ipv4(&buf[..len]).unwrap();
-        assert!(!l4_checksum_ok(&v, UdpHeader::new_checked(v.payload()).unwrap().datagram()));
+        assert!(!l4_checksum_ok(
+            &v,
+            UdpHeader::new_checked(v.payload()).unwrap().datagram()
+        ));
     }
 
     #[test]

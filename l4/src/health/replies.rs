@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use xlb_stack::offload;
 
-use xlb_stack::wire::{icmp, IcmpMessage, Ipv4Header, Protocol, Quote, TcpHeader, UdpHeader};
 use super::*;
+use xlb_stack::wire::{icmp, IcmpMessage, Ipv4Header, Protocol, Quote, TcpHeader, UdpHeader};
 
 impl HealthChecker {
     /// The target whose live probe uses local `port` and whose kind carries `protocol`.

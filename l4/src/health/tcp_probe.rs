@@ -254,7 +254,10 @@ mod tests {
     #[test]
     fn rst_refuses_only_when_it_acks_our_syn() {
         let mut p = TcpProbe::new(u32::MAX);
-        assert_eq!(p.on_segment(Mode::Connect, &seg(TcpFlags::RST, 0, 0, &[]), ok2xx), Step::Ignored);
+        assert_eq!(
+            p.on_segment(Mode::Connect, &seg(TcpFlags::RST, 0, 0, &[]), ok2xx),
+            Step::Ignored
+        );
         assert_eq!(
             p.on_segment(Mode::Connect, &seg(TcpFlags::RST | TcpFlags::ACK, 0, 0, &[]), ok2xx),
             done(Err(Failure::Refused), false)
@@ -288,7 +291,11 @@ mod tests {
         );
         assert_eq!(p.poll_segment(req).unwrap().ack, 5011);
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(TcpFlags::ACK, 5011, p.snd_nxt, b"04 No Content"), ok2xx),
+            p.on_segment(
+                Mode::Http,
+                &seg(TcpFlags::ACK, 5011, p.snd_nxt, b"04 No Content"),
+                ok2xx
+            ),
             done(Ok(()), true)
         );
     }
@@ -336,7 +343,11 @@ mod tests {
         let mut p = TcpProbe::new(u32::MAX - 1);
         assert!(p.sent_seq(u32::MAX - 1));
         assert!(!p.sent_seq(5));
-        p.on_segment(Mode::Http, &seg(TcpFlags::SYN | TcpFlags::ACK, 10, u32::MAX, &[]), ok2xx);
+        p.on_segment(
+            Mode::Http,
+            &seg(TcpFlags::SYN | TcpFlags::ACK, 10, u32::MAX, &[]),
+            ok2xx,
+        );
         p.poll_segment(b"GET /");
         assert!(p.sent_seq(2), "inside the request, across the wrap");
         assert!(!p.sent_seq(9));

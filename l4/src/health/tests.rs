@@ -251,7 +251,13 @@ fn tcp_server(listening: Rc<Cell<bool>>) -> impl FnMut(Duration, &[u8]) -> Vec<V
             return vec![];
         }
         if listening.get() {
-            vec![reply(&s, TcpFlags::SYN | TcpFlags::ACK, 7000, s.seq.wrapping_add(1), &[])]
+            vec![reply(
+                &s,
+                TcpFlags::SYN | TcpFlags::ACK,
+                7000,
+                s.seq.wrapping_add(1),
+                &[],
+            )]
         } else {
             vec![reply(&s, TcpFlags::RST | TcpFlags::ACK, 0, s.seq.wrapping_add(1), &[])]
         }
@@ -263,11 +269,23 @@ fn http_server(response: &'static [u8]) -> impl FnMut(Duration, &[u8]) -> Vec<Ve
     move |_, pkt| {
         let s = read_tcp(pkt);
         if s.syn {
-            return vec![reply(&s, TcpFlags::SYN | TcpFlags::ACK, 7000, s.seq.wrapping_add(1), &[])];
+            return vec![reply(
+                &s,
+                TcpFlags::SYN | TcpFlags::ACK,
+                7000,
+                s.seq.wrapping_add(1),
+                &[],
+            )];
         }
         if !s.payload.is_empty() {
             let ack = s.seq.wrapping_add(s.payload.len() as u32);
-            return vec![reply(&s, TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN, s.ack, ack, response)];
+            return vec![reply(
+                &s,
+                TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN,
+                s.ack,
+                ack,
+                response,
+            )];
         }
         vec![]
     }
@@ -299,7 +317,13 @@ fn tcp_syn_ack_succeeds_and_is_reset_with_their_ack() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
     lab.at(ms(3));
-    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 555, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        555,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     assert_eq!(lab.hc.counters().successes, 1);
     assert_eq!(lab.hc.counters().failures, 0);
     let rst = read_tcp(&lab.transmit_one());
@@ -324,7 +348,13 @@ fn tcp_syn_ack_succeeds_and_is_reset_with_their_ack() {
 fn tcp_syn_ack_with_wrong_ack_is_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 555, syn.seq.wrapping_add(9), &[])));
+    assert!(lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        555,
+        syn.seq.wrapping_add(9),
+        &[]
+    )));
     assert_eq!(lab.hc.counters().successes, 0);
     assert!(lab.transmit().is_empty());
     lab.at(TIMEOUT);
@@ -369,7 +399,13 @@ fn tcp_rst_fails_at_once() {
     // A RST that does not acknowledge our SYN is not believed.
     assert!(lab.deliver(&reply(&syn, TcpFlags::RST, 0, 0, &[])));
     assert_eq!(lab.hc.counters().failures, 0);
-    assert!(lab.deliver(&reply(&syn, TcpFlags::RST | TcpFlags::ACK, 0, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(
+        &syn,
+        TcpFlags::RST | TcpFlags::ACK,
+        0,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     assert_eq!(lab.hc.counters().failures, 1);
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Refused));
     assert!(lab.transmit().is_empty(), "no RST answers a RST");
@@ -483,7 +519,13 @@ fn http_exchange_is_well_formed() {
     let syn = read_tcp(&lab.transmit_one());
     assert!(syn.syn);
     lab.at(ms(1));
-    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 7000, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        7000,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     let req = read_tcp(&lab.transmit_one());
     assert!(req.ack_flag && !req.syn && !req.rst);
     assert_eq!(req.seq, syn.seq.wrapping_add(1));
@@ -550,7 +592,13 @@ fn http_expect_status_is_exact() {
 fn http_status_line_split_across_segments() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        7000,
+        syn.seq.wrapping_add(1),
+        &[],
+    ));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     assert!(lab.deliver(&reply(&req, TcpFlags::ACK, 7001, snd_nxt, b"HTTP/1.1 2")));
@@ -569,7 +617,13 @@ fn http_status_line_split_across_segments() {
 fn http_out_of_order_segment_is_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        7000,
+        syn.seq.wrapping_add(1),
+        &[],
+    ));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     // The second half first: not used, a duplicate ACK says what is expected.
@@ -586,7 +640,13 @@ fn http_out_of_order_segment_is_ignored() {
 fn http_garbage_and_early_close_fail() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        7000,
+        syn.seq.wrapping_add(1),
+        &[],
+    ));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     assert!(lab.deliver(&reply(&req, TcpFlags::ACK | TcpFlags::FIN, 7001, snd_nxt, b"HTTP/1.")));
@@ -598,7 +658,13 @@ fn http_garbage_and_early_close_fail() {
 fn http_timeout_after_connect_resets_the_connection() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        7000,
+        syn.seq.wrapping_add(1),
+        &[],
+    ));
     let req = read_tcp(&lab.transmit_one());
     lab.at(TIMEOUT);
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Timeout));
@@ -623,11 +689,23 @@ fn replies_to_unknown_ports_are_not_consumed() {
     // From another address to the live port.
     let mut other = syn.clone();
     other.dst = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 99), 80);
-    assert!(!lab.deliver(&reply(&other, TcpFlags::SYN | TcpFlags::ACK, 1, syn.seq.wrapping_add(1), &[])));
+    assert!(!lab.deliver(&reply(
+        &other,
+        TcpFlags::SYN | TcpFlags::ACK,
+        1,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     // From the server's address but another port.
     let mut other = syn.clone();
     other.dst.set_port(81);
-    assert!(!lab.deliver(&reply(&other, TcpFlags::SYN | TcpFlags::ACK, 1, syn.seq.wrapping_add(1), &[])));
+    assert!(!lab.deliver(&reply(
+        &other,
+        TcpFlags::SYN | TcpFlags::ACK,
+        1,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     // UDP to the TCP probe's port.
     let mut buf = vec![0u8; 128];
     let len = packets::udp(&mut buf, syn.dst, syn.src, b"x");
@@ -650,7 +728,13 @@ fn bad_checksum_is_consumed_but_ignored() {
     assert_eq!(lab.hc.counters().bad_checksum, 1);
     assert_eq!(lab.hc.counters().successes, 0);
     assert!(lab.transmit().is_empty());
-    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 555, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        555,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     assert_eq!(lab.hc.counters().successes, 1);
 }
 
@@ -746,7 +830,13 @@ fn late_reply_counts_as_timeout() {
     let syn = read_tcp(&lab.transmit_one());
     // The caller ran no timer, but the reply comes after the deadline.
     lab.now = lab.t0 + TIMEOUT;
-    assert!(!lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 5, syn.seq.wrapping_add(1), &[])));
+    assert!(!lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        5,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Timeout));
     assert_eq!(lab.hc.counters().successes, 0);
 }
@@ -898,7 +988,13 @@ fn largest_probe_fits_max_packet_len() {
     assert_eq!(t.check.validate(), Ok(()));
     let mut lab = Lab::new(vec![t]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 1, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(
+        &syn,
+        TcpFlags::SYN | TcpFlags::ACK,
+        1,
+        syn.seq.wrapping_add(1),
+        &[],
+    ));
     let req = lab.transmit_one();
     assert!(req.len() <= MAX_PACKET_LEN);
     assert_eq!(read_tcp(&req).payload.len(), req.len() - 40);
@@ -955,7 +1051,13 @@ fn timer_work_follows_the_probes_not_the_targets() {
             assert!(syn.syn);
             sent_at.push(now);
             if k % 2 == 0 {
-                assert!(lab.deliver(&reply(&syn, TcpFlags::RST | TcpFlags::ACK, 0, syn.seq.wrapping_add(1), &[])));
+                assert!(lab.deliver(&reply(
+                    &syn,
+                    TcpFlags::RST | TcpFlags::ACK,
+                    0,
+                    syn.seq.wrapping_add(1),
+                    &[]
+                )));
             }
         }
         assert_eq!(lab.hc.timer_visits() - before, visits as u64, "sending visits no timer");

@@ -202,8 +202,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
         };
         // A zero checksum field means none was computed (allowed for UDP over IPv4).
         let datagram = udp.datagram();
-        if udp.checksum() != 0
-            && checksum::l4_checksum(ip.src.octets(), ip.dst.octets(), Protocol::UDP, datagram) != 0
+        if udp.checksum() != 0 && checksum::l4_checksum(ip.src.octets(), ip.dst.octets(), Protocol::UDP, datagram) != 0
         {
             return Verdict::Drop(self.bad_checksum(port, ip, datagram));
         }

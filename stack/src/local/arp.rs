@@ -150,5 +150,4 @@ impl<H: Ipv4Handler> LocalStack<H> {
         );
         log.refused = 0;
     }
-
 }

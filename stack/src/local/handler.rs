@@ -115,10 +115,10 @@ pub trait Ipv4Handler: Send {
     ) -> Handled;
 
     /// A hint for an IPv4 packet of a received batch, before the batch is processed (see
-    /// [`crate::pipeline::Pipeline::prefetch`]). Nothing about the packet has been checked but its IPv4 version and header length:
-    /// only what the summary holds may be used (its ports are `Some` only when the frame holds them), its
-    /// `service` is not looked up yet, and the packet may be dropped before [`Ipv4Handler::handle`] sees it. The
-    /// default does nothing.
+    /// [`crate::pipeline::Pipeline::prefetch`]). Nothing about the packet has been checked but its IPv4 version
+    /// and header length: only what the summary holds may be used (its ports are `Some` only when the frame holds
+    /// them), its `service` is not looked up yet, and the packet may be dropped before [`Ipv4Handler::handle`]
+    /// sees it. The default does nothing.
     #[inline]
     fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &PacketSummary) {
         let _ = (port, frame, ip);
@@ -149,7 +149,14 @@ pub trait Ipv4Handler: Send {
 pub struct NoHandler;
 
 impl Ipv4Handler for NoHandler {
-    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, _: &PacketSummary, _: &mut StackContext<'_>) -> Handled {
+    fn handle(
+        &mut self,
+        _: Instant,
+        _: PortId,
+        _: &mut Frame<'_>,
+        _: &PacketSummary,
+        _: &mut StackContext<'_>,
+    ) -> Handled {
         Handled::Pass
     }
     fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
@@ -185,4 +192,3 @@ pub fn route(links: &[Link], dst: Ipv4Addr) -> Option<Route> {
         })
     })
 }
-

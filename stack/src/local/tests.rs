@@ -1,7 +1,7 @@
 use super::*;
 use crate::counters::StackCounters;
-use crate::testutil::*;
 use crate::neighbour::NeighbourSync;
+use crate::testutil::*;
 use crate::wire::{
     checksum, ArpOperation, ArpPacket, EthernetFrame, Icmpv4Message, Icmpv4Packet, Ipv4Packet, TcpPacket,
 };
@@ -528,7 +528,14 @@ fn l4_checksums_sort_good_corrupt_and_partial_frames() {
 struct PrefetchLog(Vec<(PortId, usize, PacketSummary)>);
 
 impl Ipv4Handler for PrefetchLog {
-    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, _: &PacketSummary, _: &mut StackContext<'_>) -> Handled {
+    fn handle(
+        &mut self,
+        _: Instant,
+        _: PortId,
+        _: &mut Frame<'_>,
+        _: &PacketSummary,
+        _: &mut StackContext<'_>,
+    ) -> Handled {
         Handled::Pass
     }
     fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &PacketSummary) {
@@ -636,7 +643,14 @@ impl Ipv4Handler for OnePortStage {
             Some(service),
         );
     }
-    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, ip: &PacketSummary, _: &mut StackContext<'_>) -> Handled {
+    fn handle(
+        &mut self,
+        _: Instant,
+        _: PortId,
+        _: &mut Frame<'_>,
+        ip: &PacketSummary,
+        _: &mut StackContext<'_>,
+    ) -> Handled {
         self.0.push(ip.service);
         match ip.service {
             Some(_) => Handled::Verdict(Verdict::Consumed),

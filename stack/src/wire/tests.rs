@@ -27,7 +27,10 @@ fn unreachable_about(original: &[u8], quote_len: usize) -> Vec<u8> {
 fn summary_of_a_tcp_segment_reads_addresses_ports_flags_and_lengths() {
     let f = tcp_frame(80, 1000, 2000, 0x12, b"hello");
     let s = PacketSummary::parse(&f).unwrap();
-    assert_eq!((s.src, s.dst, s.protocol, s.ttl), (CLIENT_IP, XLB_IP, Protocol::Tcp, 61));
+    assert_eq!(
+        (s.src, s.dst, s.protocol, s.ttl),
+        (CLIENT_IP, XLB_IP, Protocol::Tcp, 61)
+    );
     assert_eq!((s.l4, s.len, s.l4_len()), (L4, f.len(), TCP_HEADER_LEN + 5));
     assert_eq!(s.ports, Some(Ports { src: 40000, dst: 80 }));
     let flags = s.tcp_flags().unwrap();
@@ -96,7 +99,11 @@ fn tcp_view_reads_fields_and_every_truncation_is_an_error() {
     assert_eq!(t.flags(), TcpFlags::FIN | TcpFlags::ACK);
     assert!(t.options().is_empty());
     for len in 0..TCP_HEADER_LEN {
-        assert_eq!(TcpHeader::new_checked(&seg[..len]).unwrap_err(), WireError::Truncated, "{len}");
+        assert_eq!(
+            TcpHeader::new_checked(&seg[..len]).unwrap_err(),
+            WireError::Truncated,
+            "{len}"
+        );
     }
     let mut bad = seg.to_vec();
     bad[tcp::field::DATA_OFFSET] = 0x40; // 16 bytes
@@ -113,7 +120,10 @@ fn udp_view_reads_fields_and_every_truncation_is_an_error() {
     assert_eq!((u.src_port(), u.dst_port(), u.len()), (40001, 53, 13));
     assert_eq!(u.payload(), b"query");
     assert_ne!(u.checksum(), 0);
-    assert_eq!(checksum::l4_checksum(CLIENT_IP.octets(), XLB_IP.octets(), 17, u.datagram()), 0);
+    assert_eq!(
+        checksum::l4_checksum(CLIENT_IP.octets(), XLB_IP.octets(), 17, u.datagram()),
+        0
+    );
     for len in 0..d.len() {
         assert!(UdpHeader::new_checked(&d[..len]).is_err(), "{len}");
     }
@@ -127,7 +137,10 @@ fn ipv4_view_reads_fields_and_every_truncation_is_an_error() {
     let f = udp_frame(53, b"x");
     let p = &f[L3..];
     let ip = Ipv4Header::new_checked(p).unwrap();
-    assert_eq!((ip.src(), ip.dst(), ip.protocol(), ip.ttl()), (CLIENT_IP, XLB_IP, Protocol::Udp, 61));
+    assert_eq!(
+        (ip.src(), ip.dst(), ip.protocol(), ip.ttl()),
+        (CLIENT_IP, XLB_IP, Protocol::Udp, 61)
+    );
     assert_eq!((ip.header_len(), ip.total_len(), ip.payload().len()), (20, 29, 9));
     assert!(ip.checksum_ok() && !ip.is_fragment() && !ip.is_later_fragment());
     for len in 0..p.len() {
@@ -145,7 +158,10 @@ fn ipv4_setters_keep_the_checksum_valid() {
     ip.set_addresses(Ipv4Addr::new(198, 19, 0, 1), Ipv4Addr::new(198, 19, 0, 2));
     ip.set_ttl(7);
     assert!(ip.checksum_ok());
-    assert_eq!((ip.src(), ip.dst(), ip.ttl()), ("198.19.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap(), 7));
+    assert_eq!(
+        (ip.src(), ip.dst(), ip.ttl()),
+        ("198.19.0.1".parse().unwrap(), "198.19.0.2".parse().unwrap(), 7)
+    );
     assert!(Ipv4Packet::new_checked(&f[L3..]).unwrap().verify_checksum());
 }
 
@@ -158,13 +174,20 @@ fn icmp_quote_reads_the_quoted_packet_and_every_truncation_is_an_error() {
     assert_eq!((m.msg_type(), m.code()), (icmp::kind::DEST_UNREACHABLE, 3));
     assert!(m.is_error() && m.checksum_ok());
     let q = m.quote().unwrap();
-    assert_eq!((q.ip().src(), q.ip().dst(), q.ip().protocol()), (CLIENT_IP, XLB_IP, Protocol::Tcp));
+    assert_eq!(
+        (q.ip().src(), q.ip().dst(), q.ip().protocol()),
+        (CLIENT_IP, XLB_IP, Protocol::Tcp)
+    );
     assert_eq!(q.ports(), (40000, 80));
     assert_eq!(q.tcp_seq(), Some(0x0a0b_0c0d));
     for len in 0..msg.len() {
         let cut = IcmpMessage::new_checked(&msg[..len]);
         let quoted = cut.and_then(|m| m.quote().map(|q| q.ports()));
-        assert_eq!(quoted.is_ok(), len >= icmp::ICMP_HEADER_LEN + IPV4_HEADER_LEN + 4, "{len}");
+        assert_eq!(
+            quoted.is_ok(),
+            len >= icmp::ICMP_HEADER_LEN + IPV4_HEADER_LEN + 4,
+            "{len}"
+        );
     }
     // Only the ports quoted: no sequence number.
     let e = unreachable_about(&original, 24);
