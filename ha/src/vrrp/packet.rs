@@ -357,6 +357,21 @@ mod tests {
     }
 
     #[test]
+    fn the_envelope_gives_source_ttl_and_message_and_a_cut_header_gives_nothing() {
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        let n = build_advert(&mut buf, SRC, 51, 150, 20, &[VIP]);
+        let (src, ttl, vrrp) = open_envelope(&buf[..n]).unwrap();
+        assert_eq!((src, ttl, vrrp.len()), (SRC, VRRP_TTL, advert_len(1)));
+        assert_eq!(VrrpPacket::new_checked(vrrp).unwrap().vrid(), 51);
+        for len in 0..IPV4_HEADER_LEN {
+            assert!(open_envelope(&buf[..len]).is_none(), "{len}");
+        }
+        let mut bad = buf;
+        bad[0] = 0x65; // IPv6 version nibble
+        assert!(open_envelope(&bad[..n]).is_none());
+    }
+
+    #[test]
     fn checksum_matches_a_from_scratch_computation_over_the_pseudo_header() {
         let vips = [VIP, Ipv4Addr::new(198, 18, 9, 7)];
         let mut buf = [0u8; 64];
