@@ -112,14 +112,14 @@ impl TcpProbe {
         match &mut self.state {
             State::SynSent => self.on_syn_sent(mode, seg),
             State::Established { rcv_nxt, status } => {
-                if seg.flags().contains(TcpFlags::RST) {
+                if seg.flags().rst() {
                     // RFC 5961: a RST is believed only if it lands in the receive window.
                     if seg.seq().wrapping_sub(*rcv_nxt) < u32::from(WINDOW) {
                         return done(Err(Failure::Reset), false);
                     }
                     return Step::Ignored;
                 }
-                if seg.flags().contains(TcpFlags::SYN | TcpFlags::ACK) {
+                if seg.flags().contains(TcpFlags::SYN_ACK) {
                     // Our ACK and request were lost and the server repeats its SYN-ACK.
                     if status.is_empty() && seg.ack_number() == self.isn.wrapping_add(1) {
                         self.owe_request = true;
@@ -127,7 +127,7 @@ impl TcpProbe {
                     }
                     return Step::Ignored;
                 }
-                let fin = seg.flags().contains(TcpFlags::FIN);
+                let fin = seg.flags().fin();
                 if seg.payload().is_empty() && !fin {
                     return Step::Pending; // a bare ACK of our request
                 }
@@ -153,14 +153,14 @@ impl TcpProbe {
     }
 
     fn on_syn_sent<T: AsRef<[u8]>>(&mut self, mode: Mode, seg: &TcpHeader<T>) -> Step {
-        let acks_syn = seg.flags().contains(TcpFlags::ACK) && seg.ack_number() == self.isn.wrapping_add(1);
+        let acks_syn = seg.flags().ack() && seg.ack_number() == self.isn.wrapping_add(1);
         if !acks_syn {
             return Step::Ignored;
         }
-        if seg.flags().contains(TcpFlags::RST) {
+        if seg.flags().rst() {
             return done(Err(Failure::Refused), false);
         }
-        if !seg.flags().contains(TcpFlags::SYN) {
+        if !seg.flags().syn() {
             return Step::Ignored;
         }
         match mode {
@@ -240,12 +240,12 @@ mod tests {
     fn connect_succeeds_on_syn_ack_acking_our_syn() {
         let mut p = TcpProbe::new(1000);
         assert_eq!(
-            p.on_segment(Mode::Connect, &seg(TcpFlags::SYN | TcpFlags::ACK, 7, 999, &[]), ok2xx),
+            p.on_segment(Mode::Connect, &seg(TcpFlags::SYN_ACK, 7, 999, &[]), ok2xx),
             Step::Ignored,
             "wrong ack"
         );
         assert_eq!(
-            p.on_segment(Mode::Connect, &seg(TcpFlags::SYN | TcpFlags::ACK, 7, 1001, &[]), ok2xx),
+            p.on_segment(Mode::Connect, &seg(TcpFlags::SYN_ACK, 7, 1001, &[]), ok2xx),
             done(Ok(()), true)
         );
         assert_eq!(p.snd_nxt, 1001);
@@ -269,7 +269,7 @@ mod tests {
         let mut p = TcpProbe::new(100);
         let req = b"GET / HTTP/1.0\r\n\r\n";
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(TcpFlags::SYN | TcpFlags::ACK, 5000, 101, &[]), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 5000, 101, &[]), ok2xx),
             Step::Pending
         );
         assert!(p.owes());
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn http_fin_before_status_fails() {
         let mut p = TcpProbe::new(1);
-        p.on_segment(Mode::Http, &seg(TcpFlags::SYN | TcpFlags::ACK, 10, 2, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx);
         p.poll_segment(b"GET");
         assert_eq!(
             p.on_segment(Mode::Http, &seg(TcpFlags::ACK | TcpFlags::FIN, 11, 5, b"HTTP"), ok2xx),
@@ -314,7 +314,7 @@ mod tests {
     #[test]
     fn established_rst_must_be_in_window() {
         let mut p = TcpProbe::new(1);
-        p.on_segment(Mode::Http, &seg(TcpFlags::SYN | TcpFlags::ACK, 10, 2, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx);
         assert_eq!(
             p.on_segment(Mode::Http, &seg(TcpFlags::RST, 10 + 5000, 0, &[]), ok2xx),
             Step::Ignored
@@ -328,10 +328,10 @@ mod tests {
     #[test]
     fn repeated_syn_ack_resends_the_request() {
         let mut p = TcpProbe::new(1);
-        p.on_segment(Mode::Http, &seg(TcpFlags::SYN | TcpFlags::ACK, 10, 2, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx);
         assert!(p.poll_segment(b"GET").is_some());
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(TcpFlags::SYN | TcpFlags::ACK, 10, 2, &[]), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx),
             Step::Pending
         );
         let again = p.poll_segment(b"GET").unwrap();
@@ -343,11 +343,7 @@ mod tests {
         let mut p = TcpProbe::new(u32::MAX - 1);
         assert!(p.sent_seq(u32::MAX - 1));
         assert!(!p.sent_seq(5));
-        p.on_segment(
-            Mode::Http,
-            &seg(TcpFlags::SYN | TcpFlags::ACK, 10, u32::MAX, &[]),
-            ok2xx,
-        );
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, u32::MAX, &[]), ok2xx);
         p.poll_segment(b"GET /");
         assert!(p.sent_seq(2), "inside the request, across the wrap");
         assert!(!p.sent_seq(9));

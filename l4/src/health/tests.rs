@@ -251,13 +251,7 @@ fn tcp_server(listening: Rc<Cell<bool>>) -> impl FnMut(Duration, &[u8]) -> Vec<V
             return vec![];
         }
         if listening.get() {
-            vec![reply(
-                &s,
-                TcpFlags::SYN | TcpFlags::ACK,
-                7000,
-                s.seq.wrapping_add(1),
-                &[],
-            )]
+            vec![reply(&s, TcpFlags::SYN_ACK, 7000, s.seq.wrapping_add(1), &[])]
         } else {
             vec![reply(&s, TcpFlags::RST | TcpFlags::ACK, 0, s.seq.wrapping_add(1), &[])]
         }
@@ -269,13 +263,7 @@ fn http_server(response: &'static [u8]) -> impl FnMut(Duration, &[u8]) -> Vec<Ve
     move |_, pkt| {
         let s = read_tcp(pkt);
         if s.syn {
-            return vec![reply(
-                &s,
-                TcpFlags::SYN | TcpFlags::ACK,
-                7000,
-                s.seq.wrapping_add(1),
-                &[],
-            )];
+            return vec![reply(&s, TcpFlags::SYN_ACK, 7000, s.seq.wrapping_add(1), &[])];
         }
         if !s.payload.is_empty() {
             let ack = s.seq.wrapping_add(s.payload.len() as u32);
@@ -317,13 +305,7 @@ fn tcp_syn_ack_succeeds_and_is_reset_with_their_ack() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
     lab.at(ms(3));
-    assert!(lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        555,
-        syn.seq.wrapping_add(1),
-        &[]
-    )));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.counters().successes, 1);
     assert_eq!(lab.hc.counters().failures, 0);
     let rst = read_tcp(&lab.transmit_one());
@@ -348,13 +330,7 @@ fn tcp_syn_ack_succeeds_and_is_reset_with_their_ack() {
 fn tcp_syn_ack_with_wrong_ack_is_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    assert!(lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        555,
-        syn.seq.wrapping_add(9),
-        &[]
-    )));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(9), &[])));
     assert_eq!(lab.hc.counters().successes, 0);
     assert!(lab.transmit().is_empty());
     lab.at(TIMEOUT);
@@ -519,13 +495,7 @@ fn http_exchange_is_well_formed() {
     let syn = read_tcp(&lab.transmit_one());
     assert!(syn.syn);
     lab.at(ms(1));
-    assert!(lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        7000,
-        syn.seq.wrapping_add(1),
-        &[]
-    )));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[])));
     let req = read_tcp(&lab.transmit_one());
     assert!(req.ack_flag && !req.syn && !req.rst);
     assert_eq!(req.seq, syn.seq.wrapping_add(1));
@@ -592,13 +562,7 @@ fn http_expect_status_is_exact() {
 fn http_status_line_split_across_segments() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        7000,
-        syn.seq.wrapping_add(1),
-        &[],
-    ));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     assert!(lab.deliver(&reply(&req, TcpFlags::ACK, 7001, snd_nxt, b"HTTP/1.1 2")));
@@ -617,13 +581,7 @@ fn http_status_line_split_across_segments() {
 fn http_out_of_order_segment_is_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        7000,
-        syn.seq.wrapping_add(1),
-        &[],
-    ));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     // The second half first: not used, a duplicate ACK says what is expected.
@@ -640,13 +598,7 @@ fn http_out_of_order_segment_is_ignored() {
 fn http_garbage_and_early_close_fail() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        7000,
-        syn.seq.wrapping_add(1),
-        &[],
-    ));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     assert!(lab.deliver(&reply(&req, TcpFlags::ACK | TcpFlags::FIN, 7001, snd_nxt, b"HTTP/1.")));
@@ -658,13 +610,7 @@ fn http_garbage_and_early_close_fail() {
 fn http_timeout_after_connect_resets_the_connection() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        7000,
-        syn.seq.wrapping_add(1),
-        &[],
-    ));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     lab.at(TIMEOUT);
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Timeout));
@@ -682,30 +628,18 @@ fn replies_to_unknown_ports_are_not_consumed() {
     let answer = |dst_port: u16| {
         let mut to = syn.clone();
         to.src.set_port(dst_port);
-        reply(&to, TcpFlags::SYN | TcpFlags::ACK, 1, syn.seq.wrapping_add(1), &[])
+        reply(&to, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[])
     };
     assert!(!lab.deliver(&answer(39999)), "not a checker port");
     assert!(!lab.deliver(&answer(40001)), "a checker port with no probe in flight");
     // From another address to the live port.
     let mut other = syn.clone();
     other.dst = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 99), 80);
-    assert!(!lab.deliver(&reply(
-        &other,
-        TcpFlags::SYN | TcpFlags::ACK,
-        1,
-        syn.seq.wrapping_add(1),
-        &[]
-    )));
+    assert!(!lab.deliver(&reply(&other, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[])));
     // From the server's address but another port.
     let mut other = syn.clone();
     other.dst.set_port(81);
-    assert!(!lab.deliver(&reply(
-        &other,
-        TcpFlags::SYN | TcpFlags::ACK,
-        1,
-        syn.seq.wrapping_add(1),
-        &[]
-    )));
+    assert!(!lab.deliver(&reply(&other, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[])));
     // UDP to the TCP probe's port.
     let mut buf = vec![0u8; 128];
     let len = packets::udp(&mut buf, syn.dst, syn.src, b"x");
@@ -722,19 +656,13 @@ fn replies_to_unknown_ports_are_not_consumed() {
 fn bad_checksum_is_consumed_but_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    let mut bad = reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 555, syn.seq.wrapping_add(1), &[]);
+    let mut bad = reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[]);
     bad[20 + 14] ^= 0x01; // window byte; the IPv4 header stays valid
     assert!(lab.deliver(&bad));
     assert_eq!(lab.hc.counters().bad_checksum, 1);
     assert_eq!(lab.hc.counters().successes, 0);
     assert!(lab.transmit().is_empty());
-    assert!(lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        555,
-        syn.seq.wrapping_add(1),
-        &[]
-    )));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.counters().successes, 1);
 }
 
@@ -789,7 +717,7 @@ fn partial_checksums_are_counted_published_and_explained_once() {
     let shared = Arc::new(SharedHealthCounters::new());
     lab.hc.share_counters(shared.clone());
     let syn = read_tcp(&lab.transmit_one());
-    let good = reply(&syn, TcpFlags::SYN | TcpFlags::ACK, 555, syn.seq.wrapping_add(1), &[]);
+    let good = reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[]);
     let log = logged(|| {
         // A corrupt reply: counted, no hint.
         let mut corrupt = good.clone();
@@ -830,13 +758,7 @@ fn late_reply_counts_as_timeout() {
     let syn = read_tcp(&lab.transmit_one());
     // The caller ran no timer, but the reply comes after the deadline.
     lab.now = lab.t0 + TIMEOUT;
-    assert!(!lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        5,
-        syn.seq.wrapping_add(1),
-        &[]
-    )));
+    assert!(!lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 5, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Timeout));
     assert_eq!(lab.hc.counters().successes, 0);
 }
@@ -988,13 +910,7 @@ fn largest_probe_fits_max_packet_len() {
     assert_eq!(t.check.validate(), Ok(()));
     let mut lab = Lab::new(vec![t]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(
-        &syn,
-        TcpFlags::SYN | TcpFlags::ACK,
-        1,
-        syn.seq.wrapping_add(1),
-        &[],
-    ));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[]));
     let req = lab.transmit_one();
     assert!(req.len() <= MAX_PACKET_LEN);
     assert_eq!(read_tcp(&req).payload.len(), req.len() - 40);
