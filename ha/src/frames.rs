@@ -8,11 +8,9 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xlb_stack::wire::build::{self, ETHERTYPE_IPV4};
-use xlb_stack::wire::checksum;
-use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN, IPV4_HEADER_LEN};
+use xlb_stack::wire::{checksum, udp, Ipv4Header, Protocol, UdpHeader};
+use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN};
 
-const UDP_HEADER_LEN: usize = 8;
-const UDP: u8 = 17;
 /// TTL of multicast sync datagrams: the group is link-local, as IPVS's sync daemon's default.
 pub const SYNC_MULTICAST_TTL: u8 = 1;
 
@@ -24,7 +22,7 @@ pub fn multicast_mac(group: Ipv4Addr) -> EthernetAddress {
 
 /// An Ethernet frame from `mac` carrying the multicast IPv4 `packet` (to its destination group's MAC).
 pub fn multicast_frame(mac: EthernetAddress, packet: &[u8]) -> Vec<u8> {
-    let group = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+    let group = Ipv4Header::new_unchecked(packet).dst();
     let mut frame = vec![0u8; ETH_HEADER_LEN + packet.len()];
     build::ethernet(&mut frame, multicast_mac(group), mac, ETHERTYPE_IPV4);
     frame[ETH_HEADER_LEN..].copy_from_slice(packet);
@@ -35,17 +33,17 @@ pub fn multicast_frame(mac: EthernetAddress, packet: &[u8]) -> Vec<u8> {
 pub fn udp_packet(src: SocketAddrV4, dst: SocketAddrV4, ttl: u8, payload: &[u8]) -> Vec<u8> {
     let udp_len = UDP_HEADER_LEN + payload.len();
     let mut p = vec![0u8; IPV4_HEADER_LEN + udp_len];
-    build::ipv4_header(&mut p, *src.ip(), *dst.ip(), UDP, udp_len, ttl);
+    build::ipv4_header(&mut p, *src.ip(), *dst.ip(), Protocol::UDP, udp_len, ttl);
     let u = &mut p[IPV4_HEADER_LEN..];
-    u[0..2].copy_from_slice(&src.port().to_be_bytes());
-    u[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u[udp::field::SRC_PORT].copy_from_slice(&src.port().to_be_bytes());
+    u[udp::field::DST_PORT].copy_from_slice(&dst.port().to_be_bytes());
+    u[udp::field::LENGTH].copy_from_slice(&(udp_len as u16).to_be_bytes());
     u[UDP_HEADER_LEN..].copy_from_slice(payload);
-    let mut c = checksum::l4_checksum(src.ip().octets(), dst.ip().octets(), UDP, u);
+    let mut c = checksum::l4_checksum(src.ip().octets(), dst.ip().octets(), Protocol::UDP, u);
     if c == 0 {
         c = 0xffff;
     }
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u[udp::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
     p
 }
 
@@ -66,21 +64,11 @@ pub fn garp_frame(mac: EthernetAddress, ip: Ipv4Addr) -> Vec<u8> {
 /// The source and payload of the UDP datagram in the IPv4 `packet` (validated by the stack up to the IPv4
 /// header), if its UDP header and length are consistent.
 pub fn udp_payload(packet: &[u8]) -> Option<(SocketAddrV4, &[u8])> {
-    let header_len = usize::from(packet.first()? & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?])).min(packet.len());
-    let udp = packet.get(header_len..total)?;
-    if udp.len() < UDP_HEADER_LEN {
-        return None;
-    }
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if udp_len < UDP_HEADER_LEN || udp_len > udp.len() {
-        return None;
-    }
-    let src = SocketAddrV4::new(
-        Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
-        u16::from_be_bytes([udp[0], udp[1]]),
-    );
-    Some((src, &udp[UDP_HEADER_LEN..udp_len]))
+    let ip = Ipv4Header::header_checked(packet).ok()?;
+    let total = ip.total_len().min(packet.len());
+    let udp = UdpHeader::new_checked(packet.get(ip.header_len()..total)?).ok()?;
+    let (src, end) = (SocketAddrV4::new(ip.src(), udp.src_port()), udp.len());
+    Some((src, &udp.into_inner()[UDP_HEADER_LEN..end]))
 }
 
 #[cfg(test)]

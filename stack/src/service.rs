@@ -4,7 +4,7 @@
 //! Stages register what they serve through [`crate::local::StackContext::services`]: the L4 stage its listeners'
 //! VIP:ports, the FULLNAT reply range and the health-probe ports of its local IPs; an L7 stage will register its
 //! listeners the same way. The stack looks the destination of every TCP and UDP packet up here and hands the
-//! result ([`Service`]) to the stages with the packet ([`crate::local::Ipv4Meta::service`]); a packet no stage
+//! result ([`Service`]) to the stages with the packet ([`crate::wire::PacketSummary::service`]); a packet no stage
 //! serves is the local stack's (RST, port unreachable). The table knows nothing of what a stage does: a
 //! service is a stage id and a slot the stage gives meaning to (a listener index, a port range's role).
 //!

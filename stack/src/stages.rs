@@ -5,15 +5,14 @@
 //! the first, which passes what it does not want to the local stack. Originated frames are taken from both in
 //! turn, and the earliest timer of either wakes the worker. Nest `Stages` for more than two.
 
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use crate::counters::DropReason;
-use crate::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use crate::local::{Handled, Ipv4Handler, StackContext};
 use crate::pipeline::{Frame, PortId, Verdict};
 use crate::ports::LOCAL_PORTS_SLOT;
 use crate::service::{StageId, Transport};
-use crate::wire::ETH_HEADER_LEN;
+use crate::wire::{PacketSummary, Protocol};
 
 /// The first stage, and a second one that serves the services registered under `second_id`.
 pub struct Stages<A, B> {
@@ -37,7 +36,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Stages<A, B> {
         }
     }
 
-    fn is_second(&self, ip: &Ipv4Meta) -> bool {
+    fn is_second(&self, ip: &PacketSummary) -> bool {
         ip.service.is_some_and(|s| s.stage == self.second_id)
     }
 
@@ -62,21 +61,15 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Stages<A, B> {
 
 /// What the stack would have told a stage about a passed frame (a TCP or UDP packet to the local-port range,
 /// validated by the worker that received it).
-fn passed_meta(frame: &[u8], cx: &StackContext<'_>) -> Option<Ipv4Meta> {
-    let ip = frame.get(ETH_HEADER_LEN..ETH_HEADER_LEN + 20)?;
-    let l4 = ETH_HEADER_LEN + usize::from(ip[0] & 0x0f) * 4;
-    let dport = frame.get(l4 + 2..l4 + 4)?;
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    let transport = Transport::from_protocol(ip[9])?;
-    Some(Ipv4Meta {
-        src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-        dst,
-        protocol: ip[9],
-        l4,
-        service: cx
-            .services
-            .lookup(dst, transport, u16::from_be_bytes([dport[0], dport[1]])),
-    })
+fn passed_meta(frame: &[u8], cx: &StackContext<'_>) -> Option<PacketSummary> {
+    let mut ip = PacketSummary::parse(frame).ok()?;
+    let transport = match ip.protocol {
+        Protocol::Tcp => Transport::Tcp,
+        Protocol::Udp => Transport::Udp,
+        _ => return None,
+    };
+    ip.service = cx.services.lookup(ip.dst, transport, ip.ports?.dst);
+    Some(ip)
 }
 
 impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
@@ -85,7 +78,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         now: Instant,
         port: PortId,
         frame: &mut Frame<'_>,
-        ip: &Ipv4Meta,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         if self.is_second(ip) {
@@ -100,7 +93,7 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
     }
 
     #[inline]
-    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &PacketSummary) {
         // Services are not looked up before prefetching: only the first stage gets the hint.
         self.first.prefetch(port, frame, ip);
     }
@@ -197,11 +190,11 @@ mod tests {
             _: Instant,
             _: PortId,
             f: &mut Frame<'_>,
-            ip: &Ipv4Meta,
+            ip: &PacketSummary,
             _: &mut StackContext<'_>,
         ) -> Handled {
-            let d = f.data();
-            let port = u16::from_be_bytes([d[ip.l4 + 2], d[ip.l4 + 3]]);
+            let _ = f;
+            let port = ip.ports.expect("a TCP segment with its ports").dst;
             self.seen.push(port);
             if port == self.port {
                 Handled::Verdict(Verdict::Consumed)

@@ -25,7 +25,7 @@ use xlb_ha::net::MulticastMembership;
 use xlb_ha::sync::{
     AuthKey, ConnKey, ConnRecord, RecvError, SyncAction, SyncConfig, SyncReceiver, SyncSender, MAX_MESSAGE_LEN,
 };
-use xlb_ha::vrrp::{VrrpConfig, VrrpEvent, VrrpRouter, VrrpState, VRRP_MULTICAST};
+use xlb_ha::vrrp::{open_envelope, VrrpConfig, VrrpEvent, VrrpRouter, VrrpState, VRRP_MULTICAST};
 use xlb_l4::conn::Conn;
 use xlb_l4::forward::ha_tap::HaOutbound;
 use xlb_l4::forward::{ControlMessage, SyncEvent};
@@ -380,14 +380,16 @@ impl VrrpLoop {
             if let Ok(first) = self.inbound.recv_timeout(wait) {
                 for packet in std::iter::once(first).chain(self.inbound.try_iter()) {
                     // The stack validated the IPv4 header.
-                    let ihl = usize::from(packet[0] & 0x0f) * 4;
-                    let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
                     if drained {
                         continue;
                     }
+                    let Some((src, ttl, vrrp)) = open_envelope(&packet) else {
+                        self.status.vrrp_rejected.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     if self
                         .router
-                        .handle_advertisement(Instant::now(), src, packet[8], &packet[ihl..])
+                        .handle_advertisement(Instant::now(), src, ttl, vrrp)
                         .is_err()
                     {
                         self.status.vrrp_rejected.fetch_add(1, Ordering::Relaxed);

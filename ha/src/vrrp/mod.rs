@@ -51,8 +51,9 @@ pub use config::{
     OWNER_PRIORITY,
 };
 pub use packet::{
-    advert_len, build_advert, emit_advert, packet_len, virtual_mac, VrrpPacket, HEADER_LEN, MAX_ADVER_INT_CS,
-    MAX_PACKET_LEN, MAX_VIPS, TYPE_ADVERTISEMENT, VRRP_MULTICAST, VRRP_PROTOCOL, VRRP_TTL, VRRP_VERSION,
+    advert_len, build_advert, emit_advert, open_envelope, packet_len, virtual_mac, VrrpPacket, HEADER_LEN,
+    MAX_ADVER_INT_CS, MAX_PACKET_LEN, MAX_VIPS, TYPE_ADVERTISEMENT, VRRP_MULTICAST, VRRP_PROTOCOL, VRRP_TTL,
+    VRRP_VERSION,
 };
 pub use router::VrrpRouter;
 

@@ -20,7 +20,7 @@ use std::net::Ipv4Addr;
 
 use xlb_stack::wire::build::ipv4_header;
 use xlb_stack::wire::checksum::{fold, pseudo_header_sum, sum};
-use xlb_stack::wire::{EthernetAddress, IPV4_HEADER_LEN};
+use xlb_stack::wire::{EthernetAddress, Ipv4Header, IPV4_HEADER_LEN};
 
 use super::VrrpError;
 
@@ -220,6 +220,13 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> VrrpPacket<T> {
     }
 }
 
+/// The envelope of a received advertisement: the IPv4 packet's source, its TTL and its payload (the VRRP
+/// message), or `None` if `packet` does not start with a valid IPv4 header.
+pub fn open_envelope(packet: &[u8]) -> Option<(Ipv4Addr, u8, &[u8])> {
+    let ip = Ipv4Header::header_checked(packet).ok()?;
+    Some((ip.src(), ip.ttl(), &packet[ip.header_len()..]))
+}
+
 /// Writes a VRRP v3 advertisement (the IPv4 payload only) into the start of `buf`, checksummed for a packet
 /// from `src` to `dst`, and returns its length. For senders whose socket writes the IPv4 header.
 ///
@@ -347,6 +354,21 @@ mod tests {
             "pseudo-header covers src"
         );
         assert_eq!(p.compute_checksum(SRC, VRRP_MULTICAST), p.checksum());
+    }
+
+    #[test]
+    fn the_envelope_gives_source_ttl_and_message_and_a_cut_header_gives_nothing() {
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        let n = build_advert(&mut buf, SRC, 51, 150, 20, &[VIP]);
+        let (src, ttl, vrrp) = open_envelope(&buf[..n]).unwrap();
+        assert_eq!((src, ttl, vrrp.len()), (SRC, VRRP_TTL, advert_len(1)));
+        assert_eq!(VrrpPacket::new_checked(vrrp).unwrap().vrid(), 51);
+        for len in 0..IPV4_HEADER_LEN {
+            assert!(open_envelope(&buf[..len]).is_none(), "{len}");
+        }
+        let mut bad = buf;
+        bad[0] = 0x65; // IPv6 version nibble
+        assert!(open_envelope(&bad[..n]).is_none());
     }
 
     #[test]

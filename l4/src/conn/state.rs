@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use xlb_stack::wire::TcpFlags;
+
 /// State of a tracked flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConnState {
@@ -54,31 +56,6 @@ pub enum Dir {
     FromServer,
 }
 
-/// The TCP flags the tracker looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TcpFlags {
-    /// SYN.
-    pub syn: bool,
-    /// ACK.
-    pub ack: bool,
-    /// FIN.
-    pub fin: bool,
-    /// RST.
-    pub rst: bool,
-}
-
-impl TcpFlags {
-    /// From the flags byte of a TCP header.
-    pub fn from_byte(b: u8) -> Self {
-        TcpFlags {
-            fin: b & 0x01 != 0,
-            syn: b & 0x02 != 0,
-            rst: b & 0x04 != 0,
-            ack: b & 0x10 != 0,
-        }
-    }
-}
-
 /// FINs seen so far, per direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FinSeen {
@@ -90,10 +67,10 @@ pub struct FinSeen {
 
 /// Next state after a segment in `dir` with `flags`.
 pub fn next_state(state: ConnState, fins: &mut FinSeen, dir: Dir, flags: TcpFlags) -> ConnState {
-    if flags.rst {
+    if flags.rst() {
         return ConnState::Close;
     }
-    if dir == Dir::FromClient && flags.syn && !flags.ack {
+    if dir == Dir::FromClient && flags.syn() && !flags.ack() {
         return match state {
             ConnState::TimeWait | ConnState::Close => {
                 *fins = FinSeen::default();
@@ -102,7 +79,7 @@ pub fn next_state(state: ConnState, fins: &mut FinSeen, dir: Dir, flags: TcpFlag
             other => other,
         };
     }
-    if flags.fin {
+    if flags.fin() {
         match dir {
             Dir::FromClient => fins.client = true,
             Dir::FromServer => fins.server = true,
@@ -114,7 +91,7 @@ pub fn next_state(state: ConnState, fins: &mut FinSeen, dir: Dir, flags: TcpFlag
         };
     }
     match (state, dir) {
-        (ConnState::SynRecv, Dir::FromClient) if flags.ack => ConnState::Established,
+        (ConnState::SynRecv, Dir::FromClient) if flags.ack() => ConnState::Established,
         (other, _) => other,
     }
 }
@@ -194,36 +171,11 @@ impl Timeouts {
 mod tests {
     use super::*;
 
-    const SYN: TcpFlags = TcpFlags {
-        syn: true,
-        ack: false,
-        fin: false,
-        rst: false,
-    };
-    const SYNACK: TcpFlags = TcpFlags {
-        syn: true,
-        ack: true,
-        fin: false,
-        rst: false,
-    };
-    const ACK: TcpFlags = TcpFlags {
-        syn: false,
-        ack: true,
-        fin: false,
-        rst: false,
-    };
-    const FIN: TcpFlags = TcpFlags {
-        syn: false,
-        ack: true,
-        fin: true,
-        rst: false,
-    };
-    const RST: TcpFlags = TcpFlags {
-        syn: false,
-        ack: false,
-        fin: false,
-        rst: true,
-    };
+    const SYN: TcpFlags = TcpFlags::SYN;
+    const SYNACK: TcpFlags = TcpFlags::SYN_ACK;
+    const ACK: TcpFlags = TcpFlags::ACK;
+    const FIN: TcpFlags = TcpFlags(TcpFlags::FIN.0 | TcpFlags::ACK.0);
+    const RST: TcpFlags = TcpFlags::RST;
 
     fn walk(steps: &[(Dir, TcpFlags)]) -> Vec<ConnState> {
         let mut s = ConnState::SynRecv;

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use xlb_stack::counters::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
-use xlb_stack::wire::EthernetAddress;
+use xlb_stack::wire::{EthernetAddress, PacketSummary};
 
 use crate::conn::state::next_state;
-use crate::conn::{Conn, ConnId, ConnState, Dir, FinSeen, FlowKey, Forwarding, Proto, ProxyPhase, TableFull, TcpFlags};
+use crate::conn::{Conn, ConnId, ConnState, Dir, FinSeen, FlowKey, Forwarding, Proto, ProxyPhase, TableFull};
 use crate::layout::RemovedServerPolicy;
 use crate::sched::hash::hash_5tuple;
 
@@ -59,12 +59,12 @@ impl Forwarder {
     /// (TIME_WAIT, CLOSE) or whose server is down or removed — sent on, it would be refused or unanswered — or
     /// any UDP datagram of a flow whose server is down. Established TCP to a down server keeps its server: a
     /// failed check does not prove the connection dead.
-    pub(super) fn starts_over(&mut self, id: ConnId, frame: &[u8], l4: usize) -> bool {
+    pub(super) fn starts_over(&mut self, id: ConnId, ip: &PacketSummary) -> bool {
         let proto = self.conns.get(id).proto;
         if proto == Proto::Tcp {
             // Only a SYN can start over: other segments cost no more than this look at their flags.
-            let flags = TcpFlags::from_byte(frame[l4 + 13]);
-            if !flags.syn || flags.ack {
+            let flags = ip.tcp_flags().unwrap_or_default();
+            if !flags.syn() || flags.ack() {
                 return false;
             }
         }
@@ -164,7 +164,7 @@ impl Forwarder {
         l: usize,
         port: PortId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         key: FlowKey,
         reusable: &mut Option<Conn>,
         cx: &mut StackContext<'_>,
@@ -181,13 +181,13 @@ impl Forwarder {
         let forwarding = listener.config.forwarding;
         let mut cookie_ack = false;
         if key.proto == Proto::Tcp {
-            let flags = TcpFlags::from_byte(frame.data()[l4 + 13]);
-            if !flags.syn || flags.ack {
+            let flags = ip.tcp_flags().unwrap_or_default();
+            if !flags.syn() || flags.ack() {
                 // An ACK may complete a SYN-proxied handshake while cookies may be out.
                 cookie_ack = forwarding == Forwarding::Fullnat
-                    && flags.ack
-                    && !flags.syn
-                    && !flags.rst
+                    && flags.ack()
+                    && !flags.syn()
+                    && !flags.rst()
                     && self.cookies_out(l, now);
                 if !cookie_ack {
                     // Mid-flow packet without state: DR can still send it where a stateless hash says (this keeps
@@ -199,24 +199,24 @@ impl Forwarder {
                 }
             }
         }
-        if let Some(reason) = validate::invalid_new_flow(&frame.data()[l4..], &key, |ip| cx.owns(ip)) {
+        if let Some(reason) = validate::invalid_new_flow(&frame.data()[ip.l4..], &key, |addr| cx.owns(addr)) {
             return Handled::Verdict(Verdict::Drop(reason));
         }
         if cookie_ack {
-            let seg = synproxy::Segment::of(frame.data(), l4);
+            let seg = synproxy::Segment::of(frame.data(), ip.l4);
             let (isn, cookie) = (seg.seq.wrapping_sub(1), seg.ack.wrapping_sub(1));
             return match self.cookies.check(now, key.src, key.dst, isn, cookie) {
                 Ok(mss) => {
                     self.counters.listeners[l].syn_cookies_valid += 1;
-                    self.open_flow(now, l, port, frame, l4, key, reusable, Some((cookie, mss)), cx)
+                    self.open_flow(now, l, port, frame, ip, key, reusable, Some((cookie, mss)), cx)
                 }
                 Err(_) => Handled::Verdict(Verdict::Drop(DropReason::SynCookieInvalid)),
             };
         }
         if key.proto == Proto::Tcp && self.listeners[l].guard.engaged {
-            return self.answer_with_cookie(now, l, port, frame, l4, key, cx);
+            return self.answer_with_cookie(now, l, port, frame, ip, key, cx);
         }
-        self.open_flow(now, l, port, frame, l4, key, reusable, None, cx)
+        self.open_flow(now, l, port, frame, ip, key, reusable, None, cx)
     }
 
     /// Whether an ACK without an entry may carry a cookie of listener `l`: its SYN proxy is on, or sent a cookie
@@ -234,20 +234,20 @@ impl Forwarder {
         l: usize,
         port: PortId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         key: FlowKey,
         cx: &StackContext<'_>,
     ) -> Handled {
         let data = frame.data();
-        let isn = synproxy::Segment::of(data, l4).seq;
-        let mss = synproxy::mss_option(&data[l4..]);
+        let isn = synproxy::Segment::of(data, ip.l4).seq;
+        let mss = synproxy::mss_option(&data[ip.l4..]);
         let (cookie, mss) = self.cookies.make(now, key.src, key.dst, isn, mss);
         let c = &mut self.counters.listeners[l];
         c.packets_in += 1;
         c.bytes_in += frame.len() as u64;
         c.syn_cookies_sent += 1;
         self.listeners[l].guard.last_cookie = Some(now);
-        let len = synproxy::answer_syn(frame.buffer_mut(), l4, cx.links[port].mac, cookie, mss);
+        let len = synproxy::answer_syn(frame.buffer_mut(), ip.l4, cx.links[port].mac, cookie, mss);
         frame.set_len(len);
         Handled::Verdict(Verdict::Transmit(port))
     }
@@ -269,7 +269,7 @@ impl Forwarder {
         l: usize,
         port: PortId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         key: FlowKey,
         reusable: &mut Option<Conn>,
         proxy: Option<(u32, u16)>,
@@ -372,19 +372,19 @@ impl Forwarder {
                     self.check_half_open(now, l);
                 }
                 let Some((_, mss)) = proxy else {
-                    return self.forward_client(now, id, port, frame, l4, cx);
+                    return self.forward_client(now, id, port, frame, ip, cx);
                 };
                 // The client's ACK (and any data with it: the client sends it again) becomes the server's SYN.
                 // Until the server answers, the entry's packet count holds the client's ISN, to check the
                 // server's SYN-ACK against.
                 let len = frame.len() as u64;
-                let isn = synproxy::Segment::of(frame.data(), l4).seq.wrapping_sub(1);
+                let isn = synproxy::Segment::of(frame.data(), ip.l4).seq.wrapping_sub(1);
                 self.conns.get_mut(id).client_packets = isn;
                 self.counters.listeners[l].packets_in += 1;
                 self.counters.listeners[l].bytes_in += len;
                 self.counters.servers[l][server].packets_in += 1;
                 self.counters.servers[l][server].bytes_in += len;
-                let len = synproxy::syn_to_server(frame.buffer_mut(), l4, local, backend, mss);
+                let len = synproxy::syn_to_server(frame.buffer_mut(), ip.l4, local, backend, mss);
                 frame.set_len(len);
                 Handled::Verdict(deliver(now, frame, *backend.ip(), cx))
             }
@@ -452,13 +452,13 @@ impl Forwarder {
     }
 
     /// Tracks TCP state for a segment in `dir`: updates the entry and the server's counts.
-    pub(super) fn track(&mut self, id: ConnId, dir: Dir, frame: &[u8], l4: usize) {
+    pub(super) fn track(&mut self, id: ConnId, dir: Dir, ip: &PacketSummary) {
         let conn = *self.conns.get(id);
         if conn.proto != Proto::Tcp {
             return;
         }
         let mut fins = conn.fins;
-        let state = next_state(conn.state, &mut fins, dir, TcpFlags::from_byte(frame[l4 + 13]));
+        let state = next_state(conn.state, &mut fins, dir, ip.tcp_flags().unwrap_or_default());
         self.set_state(id, state);
         self.conns.get_mut(id).fins = fins;
     }
@@ -470,7 +470,7 @@ impl Forwarder {
         id: ConnId,
         port: PortId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         if self.server_reset(id) {
@@ -490,12 +490,12 @@ impl Forwarder {
                     .live(id)
                     .is_some_and(|c| c.client_key() == *key && c.proxy == ProxyPhase::AwaitingServer)
             };
-            if synproxy::seq_len(data, l4) > 0 && self.held.hold(id, key, data, l4, waiting) {
+            if synproxy::seq_len(ip) > 0 && self.held.hold(id, key, data, ip.l4, waiting) {
                 return Handled::Verdict(Verdict::Consumed);
             }
             return Handled::Verdict(Verdict::Drop(DropReason::SynProxyPending));
         }
-        self.track(id, Dir::FromClient, frame.data(), l4);
+        self.track(id, Dir::FromClient, ip);
         self.conns.touch(id, now);
         let c = self.conns.get_mut(id);
         c.client_packets = c.client_packets.saturating_add(1);
@@ -511,9 +511,9 @@ impl Forwarder {
         self.counters.servers[l][s].packets_in += 1;
         self.counters.servers[l][s].bytes_in += len;
         if c.forwarding == Forwarding::Fullnat {
-            nat::rewrite(frame.data_mut(), l4, c.proto, c.local, c.backend);
+            nat::rewrite(frame.data_mut(), ip.l4, c.proto, c.local, c.backend);
             if c.proxy == ProxyPhase::Translating {
-                synproxy::translate_to_server(frame.data_mut(), l4, c.seq_delta);
+                synproxy::translate_to_server(frame.data_mut(), ip.l4, c.seq_delta);
             }
         }
         Handled::Verdict(deliver(now, frame, *c.backend.ip(), cx))
@@ -542,7 +542,7 @@ impl Forwarder {
         now: Instant,
         id: ConnId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Verdict {
         if self.server_reset(id) {
@@ -551,11 +551,11 @@ impl Forwarder {
         let c = self.conns.get_mut(id);
         c.answered = true;
         if c.proxy == ProxyPhase::AwaitingServer {
-            if let Some(verdict) = self.server_handshake(now, id, frame, l4, cx) {
+            if let Some(verdict) = self.server_handshake(now, id, frame, ip, cx) {
                 return verdict;
             }
         }
-        self.track(id, Dir::FromServer, frame.data(), l4);
+        self.track(id, Dir::FromServer, ip);
         self.conns.touch(id, now);
         self.maybe_sync(id, now);
         let c = *self.conns.get(id);
@@ -565,9 +565,9 @@ impl Forwarder {
         self.counters.listeners[l].bytes_out += len;
         self.counters.servers[l][s].packets_out += 1;
         self.counters.servers[l][s].bytes_out += len;
-        nat::rewrite(frame.data_mut(), l4, c.proto, c.vip, c.client);
+        nat::rewrite(frame.data_mut(), ip.l4, c.proto, c.vip, c.client);
         if c.proxy == ProxyPhase::Translating {
-            synproxy::translate_to_client(frame.data_mut(), l4, c.seq_delta);
+            synproxy::translate_to_client(frame.data_mut(), ip.l4, c.seq_delta);
         }
         toward_client(&c, frame, cx)
     }
@@ -582,21 +582,21 @@ impl Forwarder {
         now: Instant,
         id: ConnId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Option<Verdict> {
-        let seg = synproxy::Segment::of(frame.data(), l4);
-        let flags = TcpFlags::from_byte(seg.flags);
+        let seg = synproxy::Segment::of(frame.data(), ip.l4);
+        let flags = seg.flags;
         let c = *self.conns.get(id);
         let cookie = c.seq_delta;
-        if flags.rst {
+        if flags.rst() {
             let e = self.conns.get_mut(id);
             e.seq_delta = cookie.wrapping_add(1).wrapping_sub(seg.seq);
             e.proxy = ProxyPhase::Translating;
             return None;
         }
         let client_isn = c.client_packets; // while AwaitingServer (see `open_flow`)
-        if !(flags.syn && flags.ack && seg.ack == client_isn.wrapping_add(1)) {
+        if !(flags.syn() && flags.ack() && seg.ack == client_isn.wrapping_add(1)) {
             // Not the answer to our SYN: the server holds another connection on the tuple (a request or a
             // TIME_WAIT of an earlier client, which answers with an ACK or a SYN-ACK of its own). As a client
             // would, reset it, and let the flow go: the client's next retransmission carries the cookie again
@@ -607,7 +607,7 @@ impl Forwarder {
                 self.held.recycle(held);
             }
             self.counters.listeners[usize::from(c.listener)].syn_proxy_server_resets += 1;
-            let len = synproxy::reset_to_server(frame.buffer_mut(), l4, c.local, c.backend);
+            let len = synproxy::reset_to_server(frame.buffer_mut(), ip.l4, c.local, c.backend);
             frame.set_len(len);
             return Some(deliver(now, frame, *c.backend.ip(), cx));
         }
@@ -639,7 +639,7 @@ impl Forwarder {
                 if let Some(held) = other {
                     self.held.recycle(held);
                 }
-                let len = synproxy::ack_to_server(frame.buffer_mut(), l4, c.local, c.backend);
+                let len = synproxy::ack_to_server(frame.buffer_mut(), ip.l4, c.local, c.backend);
                 frame.set_len(len);
             }
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use xlb_stack::wake::Wake;
+use xlb_stack::wire::{udp, Ipv4Header, Protocol};
 
 /// The VRRP multicast group (RFC 5798), and IP protocol number.
 pub const VRRP_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
@@ -63,12 +64,12 @@ pub struct HaTap {
 impl HaTap {
     /// Whether the IPv4 `packet` (from its header on, validated by the stack) is HA traffic, and which.
     pub fn classify(&self, packet: &[u8]) -> Option<HaKind> {
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-        match packet[9] {
-            VRRP_PROTOCOL if dst == VRRP_GROUP => Some(HaKind::Vrrp),
-            17 if dst == *self.sync.ip() || dst == self.source => {
-                let l4 = usize::from(packet[0] & 0x0f) * 4;
-                let port = packet.get(l4 + 2..l4 + 4)?;
+        let ip = Ipv4Header::header_checked(packet).ok()?;
+        let dst = ip.dst();
+        match ip.protocol() {
+            Protocol::Other(VRRP_PROTOCOL) if dst == VRRP_GROUP => Some(HaKind::Vrrp),
+            Protocol::Udp if dst == *self.sync.ip() || dst == self.source => {
+                let port = ip.rest().get(udp::field::DST_PORT)?;
                 (u16::from_be_bytes([port[0], port[1]]) == self.sync.port()).then_some(HaKind::Sync)
             }
             _ => None,

@@ -6,7 +6,7 @@ use std::time::Instant;
 use xlb_stack::counters::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
-use xlb_stack::wire::ETH_HEADER_LEN;
+use xlb_stack::wire::{PacketSummary, Protocol};
 
 use crate::conn::{FlowHash, FlowKey, Proto};
 
@@ -44,22 +44,28 @@ impl Forwarder {
                 continue;
             };
             let mut frame = Frame::new(buf, len);
-            // The sender validated the frame before handing it over.
-            let l4 = ETH_HEADER_LEN + usize::from(frame.data()[ETH_HEADER_LEN] & 0x0f) * 4;
             let mut reply = false;
-            let handled = match frame.data()[ETH_HEADER_LEN + 9] {
-                1 => self.handle_icmp(now, port, &mut frame, l4, cx),
-                protocol => {
-                    let proto = if protocol == 6 { Proto::Tcp } else { Proto::Udp };
-                    let (src, dst) = nat::endpoints(frame.data(), l4);
+            // The sender validated the frame before handing it over: ICMP, or TCP/UDP with its ports.
+            let Ok(ip) = PacketSummary::parse(frame.data()) else {
+                continue;
+            };
+            let handled = match (ip.protocol, ip.endpoints()) {
+                (Protocol::Icmp, _) => self.handle_icmp(now, port, &mut frame, &ip, cx),
+                (protocol, Some((src, dst))) => {
+                    let proto = if protocol == Protocol::Tcp {
+                        Proto::Tcp
+                    } else {
+                        Proto::Udp
+                    };
                     let key = FlowKey { proto, src, dst };
                     let Some(role) = Forwarder::role(cx, proto, dst) else {
                         continue;
                     };
                     let hash = FlowHash::of(&key);
                     reply = role == Role::Reply;
-                    self.process_owned(now, port, &mut frame, l4, key, hash, role, cx)
+                    self.process_owned(now, port, &mut frame, &ip, key, hash, role, cx)
                 }
+                (_, None) => continue,
             };
             match handled {
                 Handled::Verdict(Verdict::Transmit(q)) => return Some((q, frame.len())),

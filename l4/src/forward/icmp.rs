@@ -9,16 +9,11 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xlb_stack::wire::checksum::checksum;
-use xlb_stack::wire::ETH_HEADER_LEN;
+use xlb_stack::wire::icmp::{field, ICMP_HEADER_LEN};
+use xlb_stack::wire::{IcmpMessage, Ipv4Header, Protocol, ETH_HEADER_LEN};
 
 use super::nat;
 use crate::conn::Proto;
-
-/// ICMP types that quote the packet they are about: destination unreachable, time exceeded, parameter problem.
-const ERROR_TYPES: [u8; 3] = [3, 11, 12];
-/// ICMP header length (type, code, checksum, 4 bytes of type-specific data such as the next-hop MTU).
-const ICMP_HEADER_LEN: usize = 8;
-const IPV4_HEADER_LEN: usize = 20;
 
 /// The TCP or UDP packet an ICMP error is about, as quoted in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,26 +29,24 @@ pub struct Quoted {
 /// The packet quoted by the ICMP message at `l4` in `frame`, if the message is an error that quotes at least
 /// the ports of a TCP or UDP packet.
 pub fn quoted(frame: &[u8], l4: usize) -> Option<Quoted> {
-    let icmp = frame.get(l4..ip_end(frame)?)?;
-    if icmp.len() < ICMP_HEADER_LEN + IPV4_HEADER_LEN || !ERROR_TYPES.contains(&icmp[0]) {
-        return None;
-    }
-    let inner = &icmp[ICMP_HEADER_LEN..];
-    let header_len = usize::from(inner[0] & 0x0f) * 4;
-    if inner[0] >> 4 != 4 || header_len < IPV4_HEADER_LEN || inner.len() < header_len + 4 {
-        return None;
-    }
+    let message = IcmpMessage::new_checked(frame.get(l4..ip_end(frame)?)?).ok()?;
+    let quote = message.quote().ok()?;
+    let inner = quote.ip();
     // Only a first fragment carries the ports.
-    if u16::from_be_bytes([inner[6], inner[7]]) & 0x1fff != 0 {
+    if inner.is_later_fragment() {
         return None;
     }
-    let proto = match inner[9] {
-        6 => Proto::Tcp,
-        17 => Proto::Udp,
+    let proto = match inner.protocol() {
+        Protocol::Tcp => Proto::Tcp,
+        Protocol::Udp => Proto::Udp,
         _ => return None,
     };
-    let (src, dst) = nat::packet_endpoints(inner, header_len);
-    Some(Quoted { proto, src, dst })
+    let (src_port, dst_port) = quote.ports();
+    Some(Quoted {
+        proto,
+        src: SocketAddrV4::new(inner.src(), src_port),
+        dst: SocketAddrV4::new(inner.dst(), dst_port),
+    })
 }
 
 /// Rewrites the ICMP error at `l4` in `frame` (which [`quoted`] accepted as about `q`): the outer packet goes
@@ -72,19 +65,18 @@ pub fn rewrite(
 
     let icmp = &mut frame[l4..end];
     let inner = &mut icmp[ICMP_HEADER_LEN..];
-    let header_len = usize::from(inner[0] & 0x0f) * 4;
+    let header_len = Ipv4Header::new_unchecked(&*inner).header_len();
     debug_assert_eq!(nat::packet_endpoints(inner, header_len), (q.src, q.dst));
     nat::rewrite_packet(inner, header_len, q.proto, inner_src, inner_dst);
-    icmp[2..4].copy_from_slice(&[0, 0]);
+    icmp[field::CHECKSUM].copy_from_slice(&[0, 0]);
     let c = checksum(icmp);
-    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    icmp[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
 }
 
 /// End of the IPv4 packet in `frame` (Ethernet padding excluded), if its total length fits the frame.
 fn ip_end(frame: &[u8]) -> Option<usize> {
-    let total = frame.get(ETH_HEADER_LEN + 2..ETH_HEADER_LEN + 4)?;
-    let end = ETH_HEADER_LEN + usize::from(u16::from_be_bytes([total[0], total[1]]));
-    (end <= frame.len()).then_some(end)
+    let ip = Ipv4Header::new_checked(frame.get(ETH_HEADER_LEN..)?).ok()?;
+    Some(ETH_HEADER_LEN + ip.total_len())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
-use xlb_stack::wire::ETH_HEADER_LEN;
+use xlb_stack::wire::{PacketSummary, ETH_HEADER_LEN};
 
 use crate::conn::{FlowHash, FlowKey, Forwarding};
 
@@ -19,10 +19,10 @@ impl Forwarder {
         now: Instant,
         port: PortId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Handled {
-        let Some(q) = icmp::quoted(frame.data(), l4) else {
+        let Some(q) = icmp::quoted(frame.data(), ip.l4) else {
             return Handled::Pass;
         };
         // The quoted packet went out from us: `q.src` is ours, and the flow's key is that of the packets the
@@ -63,7 +63,7 @@ impl Forwarder {
             Role::Listener(_) => {
                 if c.forwarding == Forwarding::Fullnat {
                     let outer = (*c.local.ip(), *c.backend.ip());
-                    icmp::rewrite(frame.data_mut(), l4, &q, outer, (c.backend, c.local));
+                    icmp::rewrite(frame.data_mut(), ip.l4, &q, outer, (c.backend, c.local));
                 }
                 deliver(now, frame, *c.backend.ip(), cx)
             }
@@ -71,7 +71,7 @@ impl Forwarder {
             Role::Reply | Role::Probe => {
                 icmp::rewrite(
                     frame.data_mut(),
-                    l4,
+                    ip.l4,
                     &q,
                     (*c.vip.ip(), *c.client.ip()),
                     (c.client, c.vip),

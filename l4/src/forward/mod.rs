@@ -42,10 +42,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use xlb_stack::counters::DropReason;
-use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use xlb_stack::local::{Handled, Ipv4Handler, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::service::{Service, StageId};
-use xlb_stack::wire::ETH_HEADER_LEN;
+use xlb_stack::wire::{Ipv4Header, PacketSummary, Protocol, ETH_HEADER_LEN, TCP_HEADER_LEN, UDP_HEADER_LEN};
 
 use crate::config::{SynProxyMode, PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::{ConnTable, FlowHash, FlowKey, Proto};
@@ -294,7 +294,7 @@ impl Forwarder {
         now: Instant,
         port: PortId,
         frame: &mut Frame<'_>,
-        l4: usize,
+        ip: &PacketSummary,
         key: FlowKey,
         hash: FlowHash,
         role: Role,
@@ -303,20 +303,20 @@ impl Forwarder {
         match role {
             Role::Listener(l) => {
                 let handled = match self.conns.lookup_hashed(&key, hash) {
-                    Some(id) if self.starts_over(id, frame.data(), l4) => {
+                    Some(id) if self.starts_over(id, ip) => {
                         // The old entry goes; its local port stays taken until the new flow has chosen its
                         // server: on the same server the new flow continues on the same tuple.
                         let old = self.end_early(id);
                         self.counters.rescheduled += 1;
                         let mut reusable = Some(old);
-                        let handled = self.new_flow(now, l, port, frame, l4, key, &mut reusable, cx);
+                        let handled = self.new_flow(now, l, port, frame, ip, key, &mut reusable, cx);
                         if let Some(old) = reusable {
                             self.release_port(now, &old, Ending::Early, cx.ports);
                         }
                         handled
                     }
-                    Some(id) => self.forward_client(now, id, port, frame, l4, cx),
-                    None => self.new_flow(now, l, port, frame, l4, key, &mut None, cx),
+                    Some(id) => self.forward_client(now, id, port, frame, ip, cx),
+                    None => self.new_flow(now, l, port, frame, ip, key, &mut None, cx),
                 };
                 self.count_listener_drop(l, &handled);
                 handled
@@ -324,7 +324,7 @@ impl Forwarder {
             Role::Reply => match self.conns.lookup_hashed(&key, hash) {
                 Some(id) => {
                     let l = usize::from(self.conns.get(id).listener);
-                    let handled = Handled::Verdict(self.forward_reply(now, id, frame, l4, cx));
+                    let handled = Handled::Verdict(self.forward_reply(now, id, frame, ip, cx));
                     self.count_listener_drop(l, &handled);
                     handled
                 }
@@ -354,7 +354,7 @@ impl Ipv4Handler for Forwarder {
         now: Instant,
         port: PortId,
         frame: &mut Frame<'_>,
-        ip: &Ipv4Meta,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         self.prefetched.stage(&self.conns);
@@ -362,16 +362,19 @@ impl Ipv4Handler for Forwarder {
             return handled;
         }
         let proto = match ip.protocol {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
-            1 => return self.handle_icmp(now, port, frame, ip.l4, cx),
-            _ => return Handled::Pass,
+            Protocol::Tcp => Proto::Tcp,
+            Protocol::Udp => Proto::Udp,
+            Protocol::Icmp => return self.handle_icmp(now, port, frame, ip, cx),
+            Protocol::Other(_) => return Handled::Pass,
         };
-        let header = if proto == Proto::Tcp { 20 } else { 8 };
-        if frame.len() < ip.l4 + header {
+        let header = if proto == Proto::Tcp {
+            TCP_HEADER_LEN
+        } else {
+            UDP_HEADER_LEN
+        };
+        let Some((src, dst)) = ip.endpoints().filter(|_| ip.l4_len() >= header) else {
             return Handled::Pass; // the local stack counts it as malformed
-        }
-        let (src, dst) = nat::endpoints(frame.data(), ip.l4);
+        };
         let key = FlowKey { proto, src, dst };
         let Some(role) = Role::of(ip.service) else {
             return Handled::Pass;
@@ -394,21 +397,20 @@ impl Ipv4Handler for Forwarder {
             }
             return handled;
         }
-        self.process_owned(now, port, frame, ip.l4, key, hash, role, cx)
+        self.process_owned(now, port, frame, ip, key, hash, role, cx)
     }
 
     /// Hashes the packet's flow key once for the batch and starts loading its index bucket.
     #[inline]
-    fn prefetch(&mut self, _port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+    fn prefetch(&mut self, _port: PortId, _frame: &[u8], ip: &PacketSummary) {
         let proto = match ip.protocol {
-            6 => Proto::Tcp,
-            17 => Proto::Udp,
+            Protocol::Tcp => Proto::Tcp,
+            Protocol::Udp => Proto::Udp,
             _ => return,
         };
-        if frame.len() < ip.l4 + 4 {
+        let Some((src, dst)) = ip.endpoints() else {
             return;
-        }
-        let (src, dst) = nat::endpoints(frame, ip.l4);
+        };
         let key = FlowKey { proto, src, dst };
         self.prefetched.push(&self.conns, key, FlowHash::of(&key));
     }
@@ -432,8 +434,7 @@ impl Ipv4Handler for Forwarder {
         }
         let health = self.health.as_mut()?;
         while let Some(len) = health.poll_transmit(now, &mut buf[ETH_HEADER_LEN..]) {
-            let ip = &buf[ETH_HEADER_LEN..];
-            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+            let dst = Ipv4Header::new_unchecked(&buf[ETH_HEADER_LEN..]).dst();
             if let Ok(port) = cx.deliver(now, buf, ETH_HEADER_LEN + len, dst) {
                 return Some((port, ETH_HEADER_LEN + len));
             }

@@ -7,15 +7,15 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use xlb_stack::wire::checksum::{update16, update32};
-use xlb_stack::wire::ETH_HEADER_LEN;
+use xlb_stack::wire::{tcp, udp, Ipv4Header, TcpHeader, ETH_HEADER_LEN};
 
 use crate::conn::Proto;
 
 /// Offset of the checksum field in the transport header.
 fn l4_checksum_at(proto: Proto) -> usize {
     match proto {
-        Proto::Tcp => 16,
-        Proto::Udp => 6,
+        Proto::Tcp => tcp::field::CHECKSUM.start,
+        Proto::Udp => udp::field::CHECKSUM.start,
     }
 }
 
@@ -28,15 +28,13 @@ pub fn endpoints(frame: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
 /// Source and destination of the IPv4 `packet` (from its IP header on) whose transport header starts at `l4`.
 #[inline(always)]
 pub fn packet_endpoints(packet: &[u8], l4: usize) -> (SocketAddrV4, SocketAddrV4) {
-    let src = SocketAddrV4::new(
-        [packet[12], packet[13], packet[14], packet[15]].into(),
-        u16::from_be_bytes([packet[l4], packet[l4 + 1]]),
-    );
-    let dst = SocketAddrV4::new(
-        [packet[16], packet[17], packet[18], packet[19]].into(),
-        u16::from_be_bytes([packet[l4 + 2], packet[l4 + 3]]),
-    );
-    (src, dst)
+    let ip = Ipv4Header::new_unchecked(packet);
+    // TCP and UDP have their ports at the same offsets.
+    let t = TcpHeader::new_unchecked(&packet[l4..]);
+    (
+        SocketAddrV4::new(ip.src(), t.src_port()),
+        SocketAddrV4::new(ip.dst(), t.dst_port()),
+    )
 }
 
 /// Rewrites the packet's source to `src` and destination to `dst` (addresses and ports), updating the IPv4
@@ -48,12 +46,7 @@ pub fn rewrite(frame: &mut [u8], l4: usize, proto: Proto, src: SocketAddrV4, dst
 /// Sets the IPv4 `packet`'s (from its header on) source and destination addresses, updating the header
 /// checksum incrementally. The transport checksum is the caller's.
 pub fn set_addresses(packet: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
-    let (os, od) = (addr(&packet[12..16]), addr(&packet[16..20]));
-    let (ns, nd) = (src.octets(), dst.octets());
-    let c = update32(update32(u16::from_be_bytes([packet[10], packet[11]]), os, ns), od, nd);
-    packet[10..12].copy_from_slice(&c.to_be_bytes());
-    packet[12..16].copy_from_slice(&ns);
-    packet[16..20].copy_from_slice(&nd);
+    Ipv4Header::new_unchecked(packet).set_addresses(src, dst);
 }
 
 /// Decrements the TTL of the IPv4 packet in `frame` (after its Ethernet header) as a router does when it
@@ -61,30 +54,19 @@ pub fn set_addresses(packet: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr) {
 /// packet may not be forwarded.
 #[inline]
 pub fn decrement_ttl(frame: &mut [u8]) -> bool {
-    let ip = &mut frame[ETH_HEADER_LEN..];
-    let ttl = ip[8];
+    let mut ip = Ipv4Header::new_unchecked(&mut frame[ETH_HEADER_LEN..]);
+    let ttl = ip.ttl();
     if ttl <= 1 {
         return false;
     }
-    let old = u16::from_be_bytes([ttl, ip[9]]);
-    ip[8] = ttl - 1;
-    let c = update16(
-        u16::from_be_bytes([ip[10], ip[11]]),
-        old,
-        u16::from_be_bytes([ip[8], ip[9]]),
-    );
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip.set_ttl(ttl - 1);
     true
 }
 
 /// Whether the IPv4 packet in `frame` may be forwarded: its TTL is above 1 (see [`decrement_ttl`]).
 #[inline]
 pub fn ttl_allows_forwarding(frame: &[u8]) -> bool {
-    frame[ETH_HEADER_LEN + 8] > 1
-}
-
-fn addr(b: &[u8]) -> [u8; 4] {
-    [b[0], b[1], b[2], b[3]]
+    Ipv4Header::new_unchecked(&frame[ETH_HEADER_LEN..]).ttl() > 1
 }
 
 /// [`rewrite`] on an IPv4 `packet` (from its IP header on) that may be cut short after the ports, as the copy
@@ -101,8 +83,8 @@ pub fn rewrite_packet(packet: &mut [u8], l4: usize, proto: Proto, src: SocketAdd
     set_addresses(packet, *src.ip(), *dst.ip());
 
     let t = &mut packet[l4..];
-    t[0..2].copy_from_slice(&src.port().to_be_bytes());
-    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    t[tcp::field::SRC_PORT].copy_from_slice(&src.port().to_be_bytes());
+    t[tcp::field::DST_PORT].copy_from_slice(&dst.port().to_be_bytes());
     let at = l4_checksum_at(proto);
     if t.len() < at + 2 {
         return;

@@ -27,8 +27,12 @@ use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use xlb_stack::wire::build;
+use xlb_stack::wire::build::ETHERTYPE_IPV4;
 use xlb_stack::wire::checksum::{self, update32};
-use xlb_stack::wire::{EthernetAddress, ETH_HEADER_LEN};
+use xlb_stack::wire::tcp::field;
+use xlb_stack::wire::{
+    EthernetAddress, PacketSummary, Protocol, TcpFlags, TcpHeader, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN,
+};
 
 use crate::conn::{ConnId, FlowKey};
 
@@ -38,8 +42,12 @@ pub const COOKIE_PERIOD: Duration = Duration::from_secs(64);
 pub const MSS_TABLE: [u16; 4] = [536, 1300, 1440, 1460];
 /// TCP window xlb advertises in its SYN-ACK and its ACK to the server (no window scaling under the proxy).
 const WINDOW: u16 = 65_535;
-const IPV4_LEN: usize = 20;
-const TTL: u8 = 64;
+/// TCP option kinds the proxy reads or writes (RFC 9293): end of list, no-operation, MSS.
+const OPTION_END: u8 = 0;
+const OPTION_NOP: u8 = 1;
+const OPTION_MSS: u8 = 2;
+/// Length of the MSS option.
+const MSS_OPTION_LEN: usize = 4;
 
 /// Why an ACK's cookie was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,18 +203,18 @@ pub fn siphash24(key: [u64; 2], m: &[u8]) -> u64 {
 
 /// The MSS option of a TCP header (`tcp` from the TCP header on, options included), if present.
 pub fn mss_option(tcp: &[u8]) -> Option<u16> {
-    let end = (usize::from(tcp[12] >> 4) * 4).min(tcp.len());
-    let mut i = 20;
+    let end = TcpHeader::new_unchecked(tcp).header_len().min(tcp.len());
+    let mut i = TCP_HEADER_LEN;
     while i < end {
         match tcp[i] {
-            0 => return None,
-            1 => i += 1,
+            OPTION_END => return None,
+            OPTION_NOP => i += 1,
             kind => {
                 let len = usize::from(*tcp.get(i + 1)?);
                 if len < 2 || i + len > end {
                     return None;
                 }
-                if kind == 2 && len == 4 {
+                if kind == OPTION_MSS && len == 4 {
                     return Some(u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]));
                 }
                 i += len;
@@ -223,8 +231,8 @@ pub struct Segment {
     pub seq: u32,
     /// Acknowledgement number.
     pub ack: u32,
-    /// Flags byte.
-    pub flags: u8,
+    /// Flags.
+    pub flags: TcpFlags,
     /// Window field.
     pub window: u16,
 }
@@ -232,12 +240,12 @@ pub struct Segment {
 impl Segment {
     /// The segment of the TCP header at `l4` in `frame`.
     pub fn of(frame: &[u8], l4: usize) -> Segment {
-        let t = &frame[l4..];
+        let t = TcpHeader::new_unchecked(&frame[l4..]);
         Segment {
-            seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
-            ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
-            flags: t[13],
-            window: u16::from_be_bytes([t[14], t[15]]),
+            seq: t.seq(),
+            ack: t.ack_number(),
+            flags: t.flags(),
+            window: t.window(),
         }
     }
 }
@@ -248,31 +256,38 @@ struct Build {
     dst: SocketAddrV4,
     seq: u32,
     ack: u32,
-    flags: u8,
+    flags: TcpFlags,
     window: u16,
     mss: Option<u16>,
 }
 
 /// Writes `b` as an Ethernet/IPv4/TCP frame into `buf` (Ethernet addresses as given); returns its length.
 fn write(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddress, b: &Build) -> usize {
-    let tcp_len = if b.mss.is_some() { 24 } else { 20 };
-    build::ethernet(buf, eth_dst, eth_src, 0x0800);
-    build::ipv4_header(&mut buf[ETH_HEADER_LEN..], *b.src.ip(), *b.dst.ip(), 6, tcp_len, TTL);
-    let t = &mut buf[ETH_HEADER_LEN + IPV4_LEN..ETH_HEADER_LEN + IPV4_LEN + tcp_len];
-    t[0..2].copy_from_slice(&b.src.port().to_be_bytes());
-    t[2..4].copy_from_slice(&b.dst.port().to_be_bytes());
-    t[4..8].copy_from_slice(&b.seq.to_be_bytes());
-    t[8..12].copy_from_slice(&b.ack.to_be_bytes());
-    t[12] = ((tcp_len / 4) as u8) << 4;
-    t[13] = b.flags;
-    t[14..16].copy_from_slice(&b.window.to_be_bytes());
-    t[16..20].copy_from_slice(&[0; 4]);
+    let tcp_len = TCP_HEADER_LEN + if b.mss.is_some() { MSS_OPTION_LEN } else { 0 };
+    build::ethernet(buf, eth_dst, eth_src, ETHERTYPE_IPV4);
+    build::ipv4_header(
+        &mut buf[ETH_HEADER_LEN..],
+        *b.src.ip(),
+        *b.dst.ip(),
+        Protocol::TCP,
+        tcp_len,
+        build::DEFAULT_TTL,
+    );
+    let t = &mut buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..ETH_HEADER_LEN + IPV4_HEADER_LEN + tcp_len];
+    t[field::SRC_PORT].copy_from_slice(&b.src.port().to_be_bytes());
+    t[field::DST_PORT].copy_from_slice(&b.dst.port().to_be_bytes());
+    t[field::SEQ].copy_from_slice(&b.seq.to_be_bytes());
+    t[field::ACK].copy_from_slice(&b.ack.to_be_bytes());
+    t[field::DATA_OFFSET] = ((tcp_len / 4) as u8) << 4;
+    t[field::FLAGS] = b.flags.bits();
+    t[field::WINDOW].copy_from_slice(&b.window.to_be_bytes());
+    t[field::CHECKSUM.start..TCP_HEADER_LEN].copy_from_slice(&[0; 4]); // checksum, urgent pointer
     if let Some(mss) = b.mss {
-        t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
+        t[TCP_HEADER_LEN..].copy_from_slice(&[OPTION_MSS, MSS_OPTION_LEN as u8, (mss >> 8) as u8, mss as u8]);
     }
-    let c = checksum::l4_checksum(b.src.ip().octets(), b.dst.ip().octets(), 6, t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    ETH_HEADER_LEN + IPV4_LEN + tcp_len
+    let c = checksum::l4_checksum(b.src.ip().octets(), b.dst.ip().octets(), Protocol::TCP, t);
+    t[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    ETH_HEADER_LEN + IPV4_HEADER_LEN + tcp_len
 }
 
 /// Rewrites a client's SYN (in `buf`, `len` bytes, TCP header at `l4`) into the SYN-ACK with `cookie` and `mss`
@@ -286,7 +301,7 @@ pub fn answer_syn(buf: &mut [u8], l4: usize, our_mac: EthernetAddress, cookie: u
         dst: client,
         seq: cookie,
         ack: syn.seq.wrapping_add(1),
-        flags: 0x12,
+        flags: TcpFlags::SYN_ACK,
         window: WINDOW,
         mss: Some(mss),
     };
@@ -303,7 +318,7 @@ pub fn syn_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: So
         dst: backend,
         seq: ack.seq.wrapping_sub(1),
         ack: 0,
-        flags: 0x02,
+        flags: TcpFlags::SYN,
         window: ack.window,
         mss: Some(mss),
     };
@@ -319,7 +334,7 @@ pub fn ack_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: So
         dst: backend,
         seq: synack.ack,
         ack: synack.seq.wrapping_add(1),
-        flags: 0x10,
+        flags: TcpFlags::ACK,
         window: WINDOW,
         mss: None,
     };
@@ -336,7 +351,7 @@ pub fn reset_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: 
         dst: backend,
         seq: seg.ack,
         ack: 0,
-        flags: 0x04,
+        flags: TcpFlags::RST,
         window: 0,
         mss: None,
     };
@@ -345,13 +360,13 @@ pub fn reset_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: 
 
 /// Server → client: adds `delta` to the sequence number of the TCP header at `l4`, checksum updated.
 pub fn translate_to_client(frame: &mut [u8], l4: usize, delta: u32) {
-    shift(frame, l4, 4, delta);
+    shift(frame, l4, field::SEQ.start, delta);
 }
 
 /// Client → server: takes `delta` from the acknowledgement number (if the ACK flag is set), checksum updated.
 pub fn translate_to_server(frame: &mut [u8], l4: usize, delta: u32) {
-    if frame[l4 + 13] & 0x10 != 0 {
-        shift(frame, l4, 8, delta.wrapping_neg());
+    if TcpHeader::new_unchecked(&frame[l4..]).flags().ack() {
+        shift(frame, l4, field::ACK.start, delta.wrapping_neg());
     }
 }
 
@@ -360,8 +375,8 @@ fn shift(frame: &mut [u8], l4: usize, at: usize, delta: u32) {
     let old = [t[at], t[at + 1], t[at + 2], t[at + 3]];
     let new = u32::from_be_bytes(old).wrapping_add(delta).to_be_bytes();
     t[at..at + 4].copy_from_slice(&new);
-    let c = update32(u16::from_be_bytes([t[16], t[17]]), old, new);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
+    let c = update32(TcpHeader::new_unchecked(&*t).checksum(), old, new);
+    t[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Most client segments held at once per worker ([`HeldSegments`]).
@@ -459,16 +474,12 @@ impl HeldSegments {
     }
 }
 
-/// Payload length of the TCP segment at `l4` in an Ethernet/IPv4 `frame` (by the IP total length: Ethernet
-/// padding is not payload), plus one for a FIN.
-pub fn seq_len(frame: &[u8], l4: usize) -> usize {
-    let total = usize::from(u16::from_be_bytes([
-        frame[ETH_HEADER_LEN + 2],
-        frame[ETH_HEADER_LEN + 3],
-    ]));
-    let header = usize::from(frame[l4 + 12] >> 4) * 4;
-    let payload = (ETH_HEADER_LEN + total).saturating_sub(l4 + header);
-    payload + usize::from(frame[l4 + 13] & 0x01)
+/// Sequence space the TCP segment summarised by `ip` takes: its payload length (up to the IP total length, to
+/// which the stack trimmed the frame: Ethernet padding is not payload), plus one for a FIN.
+pub fn seq_len(ip: &PacketSummary) -> usize {
+    ip.tcp.map_or(0, |t| {
+        ip.l4_len().saturating_sub(t.header_len) + usize::from(t.flags.fin())
+    })
 }
 
 /// The auto mode of one listener on one worker: whether its SYN proxy is on, and what decides it.

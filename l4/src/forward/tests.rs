@@ -1836,7 +1836,7 @@ fn segment(
 fn tcp_of(out: &[u8]) -> (u32, u32, u8, Option<u16>) {
     let t = &out[ETH_HEADER_LEN + 20..];
     let seg = synproxy::Segment::of(out, ETH_HEADER_LEN + 20);
-    (seg.seq, seg.ack, seg.flags, synproxy::mss_option(t))
+    (seg.seq, seg.ack, seg.flags.bits(), synproxy::mss_option(t))
 }
 
 const CLIENT_ISN: u32 = 0xfff0_0000;

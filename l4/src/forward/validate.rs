@@ -5,43 +5,32 @@
 use std::net::Ipv4Addr;
 
 use xlb_stack::counters::DropReason;
-use xlb_stack::wire::checksum;
+use xlb_stack::wire::{checksum, TcpHeader, UdpHeader};
 
-use crate::conn::{FlowKey, Proto, TcpFlags};
+use crate::conn::{FlowKey, Proto};
 
 /// Why the first packet of a flow (TCP SYN, or a UDP datagram without an entry) may not open one, if it may not.
 /// `segment` is the transport header and payload; `owned` says whether an address is the appliance's.
 pub fn invalid_new_flow(segment: &[u8], key: &FlowKey, owned: impl Fn(Ipv4Addr) -> bool) -> Option<DropReason> {
     let (src, dst) = (*key.src.ip(), *key.dst.ip());
     let protocol = key.proto as u8;
-    match key.proto {
-        Proto::Tcp => {
-            let data_offset = usize::from(segment[12] >> 4) * 4;
-            if data_offset < 20 || data_offset > segment.len() {
-                return Some(DropReason::MalformedTcp);
-            }
-        }
-        Proto::Udp => {
-            let len = usize::from(u16::from_be_bytes([segment[4], segment[5]]));
-            if len < 8 || len > segment.len() {
-                return Some(DropReason::MalformedUdp);
-            }
-        }
-    }
-    let stored = u16::from_be_bytes(match key.proto {
-        Proto::Tcp => [segment[16], segment[17]],
-        Proto::Udp => [segment[6], segment[7]],
-    });
+    let (stored, flags) = match key.proto {
+        Proto::Tcp => match TcpHeader::new_checked(segment) {
+            Ok(t) => (t.checksum(), Some(t.flags())),
+            Err(_) => return Some(DropReason::MalformedTcp),
+        },
+        Proto::Udp => match UdpHeader::new_checked(segment) {
+            Ok(u) => (u.checksum(), None),
+            Err(_) => return Some(DropReason::MalformedUdp),
+        },
+    };
     let sum = checksum::pseudo_header_sum(src.octets(), dst.octets(), protocol, segment.len() as u16);
     let unchecked_udp = key.proto == Proto::Udp && stored == 0;
     if !unchecked_udp && checksum::fold(sum + checksum::sum(segment)) != 0xffff {
         return Some(DropReason::BadL4Checksum);
     }
-    if key.proto == Proto::Tcp {
-        let flags = TcpFlags::from_byte(segment[13]);
-        if flags.syn && (flags.fin || flags.rst) {
-            return Some(DropReason::InvalidTcpFlags);
-        }
+    if flags.is_some_and(|f| f.syn() && (f.fin() || f.rst())) {
+        return Some(DropReason::InvalidTcpFlags);
     }
     let o = src.octets();
     let bogon = o[0] == 0 || src.is_loopback() || src.is_multicast() || o[0] >= 240 || owned(src);

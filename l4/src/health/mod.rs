@@ -84,6 +84,7 @@ pub use config::{
 use packets::TcpOut;
 use tcp_probe::{Mode, Step, TcpProbe};
 use timers::TimerHeap;
+use xlb_stack::wire::{Protocol, TcpFlags};
 
 /// Largest packet [`HealthChecker::poll_transmit`] writes; its buffer must hold at least this many bytes.
 /// (The config limits keep the biggest probe, an HTTP request with the longest path and host, below it.)
@@ -410,11 +411,11 @@ impl HealthChecker {
         let Some(ip) = packets::ipv4(packet) else {
             return false;
         };
-        let consumed = match ip.protocol {
-            packets::PROTO_TCP => self.handle_tcp(now, &ip),
-            packets::PROTO_UDP => self.handle_udp(now, &ip),
-            packets::PROTO_ICMP => self.handle_icmp(now, &ip),
-            _ => false,
+        let consumed = match ip.protocol() {
+            Protocol::Tcp => self.handle_tcp(now, &ip),
+            Protocol::Udp => self.handle_udp(now, &ip),
+            Protocol::Icmp => self.handle_icmp(now, &ip),
+            Protocol::Other(_) => false,
         };
         self.publish();
         consumed
@@ -595,7 +596,7 @@ impl HealthChecker {
                 dst: server,
                 seq: td.seq,
                 ack: 0,
-                flags: packets::RST,
+                flags: TcpFlags::RST,
                 mss: None,
                 payload: &[],
             };

@@ -6,16 +6,16 @@ use std::time::Instant;
 
 use xlb_stack::offload;
 
-use super::packets::{IcmpQuote, Ipv4View, TcpView, UdpView};
 use super::*;
+use xlb_stack::wire::{icmp, IcmpMessage, Ipv4Header, Protocol, Quote, TcpHeader, UdpHeader};
 
 impl HealthChecker {
     /// The target whose live probe uses local `port` and whose kind carries `protocol`.
-    fn live_probe(&self, port: u16, protocol: u8) -> Option<usize> {
+    fn live_probe(&self, port: u16, protocol: Protocol) -> Option<usize> {
         let i = self.slots[self.ports.index(port)?]?;
         let kind = self.targets[i].target.check.kind;
         let matches = match protocol {
-            packets::PROTO_UDP => kind == CheckKind::Udp,
+            Protocol::Udp => kind == CheckKind::Udp,
             _ => kind != CheckKind::Udp,
         };
         matches.then_some(i)
@@ -36,18 +36,18 @@ impl HealthChecker {
         late
     }
 
-    pub(super) fn handle_tcp(&mut self, now: Instant, ip: &Ipv4View<'_>) -> bool {
-        let Some(seg) = packets::tcp_view(ip.payload) else {
+    pub(super) fn handle_tcp(&mut self, now: Instant, ip: &Ipv4Header<&[u8]>) -> bool {
+        let Ok(seg) = TcpHeader::new_checked(ip.payload()) else {
             return false;
         };
-        let Some(i) = self.live_probe(seg.dst_port, packets::PROTO_TCP) else {
+        let Some(i) = self.live_probe(seg.dst_port(), Protocol::Tcp) else {
             return false;
         };
-        if !self.sent_by_server(i, ip.src, seg.src_port, ip.dst) || self.expired(now, i) {
+        if !self.sent_by_server(i, ip.src(), seg.src_port(), ip.dst()) || self.expired(now, i) {
             return false;
         }
-        if !packets::l4_checksum_ok(ip, ip.payload) {
-            self.bad_l4_checksum(ip, ip.payload, offload::TCP_CHECKSUM_OFFSET);
+        if !packets::l4_checksum_ok(ip, ip.payload()) {
+            self.bad_l4_checksum(ip, ip.payload(), offload::TCP_CHECKSUM_OFFSET);
             return true;
         }
         self.on_tcp_segment(i, &seg);
@@ -56,19 +56,19 @@ impl HealthChecker {
 
     /// Counts a reply about a live probe whose TCP/UDP checksum does not verify; a partial checksum (the
     /// server's TX checksum offload) logs the hint, once per our address.
-    fn bad_l4_checksum(&mut self, ip: &Ipv4View<'_>, segment: &[u8], csum_offset: usize) {
+    fn bad_l4_checksum(&mut self, ip: &Ipv4Header<&[u8]>, segment: &[u8], csum_offset: usize) {
         self.counters.bad_checksum += 1;
-        if offload::is_partial(ip.src, ip.dst, ip.protocol, segment, csum_offset) {
+        if offload::is_partial(ip.src(), ip.dst(), ip.protocol().number(), segment, csum_offset) {
             offload::warn_once(
-                &format!("health checks from {}", ip.dst),
+                &format!("health checks from {}", ip.dst()),
                 "health checker",
-                ip.src,
+                ip.src(),
                 "health-check reply (the server's health stays unknown and it will be marked DOWN)",
             );
         }
     }
 
-    fn on_tcp_segment(&mut self, i: usize, seg: &TcpView<'_>) {
+    fn on_tcp_segment(&mut self, i: usize, seg: &TcpHeader<&[u8]>) {
         let t = &mut self.targets[i];
         let check = &t.target.check;
         let mode = match check.kind {
@@ -85,19 +85,15 @@ impl HealthChecker {
         }
     }
 
-    pub(super) fn handle_udp(&mut self, now: Instant, ip: &Ipv4View<'_>) -> bool {
-        let Some(UdpView {
-            src_port,
-            dst_port,
-            datagram,
-        }) = packets::udp_view(ip.payload)
-        else {
+    pub(super) fn handle_udp(&mut self, now: Instant, ip: &Ipv4Header<&[u8]>) -> bool {
+        let Ok(udp) = UdpHeader::new_checked(ip.payload()) else {
             return false;
         };
-        let Some(i) = self.live_probe(dst_port, packets::PROTO_UDP) else {
+        let datagram = udp.datagram();
+        let Some(i) = self.live_probe(udp.dst_port(), Protocol::Udp) else {
             return false;
         };
-        if !self.sent_by_server(i, ip.src, src_port, ip.dst) || self.expired(now, i) {
+        if !self.sent_by_server(i, ip.src(), udp.src_port(), ip.dst()) || self.expired(now, i) {
             return false;
         }
         if !packets::l4_checksum_ok(ip, datagram) {
@@ -108,8 +104,12 @@ impl HealthChecker {
         true
     }
 
-    pub(super) fn handle_icmp(&mut self, now: Instant, ip: &Ipv4View<'_>) -> bool {
-        let Some(quote) = packets::icmp_quote(ip.payload) else {
+    pub(super) fn handle_icmp(&mut self, now: Instant, ip: &Ipv4Header<&[u8]>) -> bool {
+        let Ok(message) = IcmpMessage::new_checked(ip.payload()) else {
+            return false;
+        };
+        // RFC 792: the quote holds the IP header and 8 bytes of payload (ports and, for TCP, the sequence).
+        let Some(quote) = message.quote().ok().filter(|q| q.tcp_seq().is_some()) else {
             return false;
         };
         let Some(i) = self.quoted_probe(ip, &quote) else {
@@ -118,31 +118,34 @@ impl HealthChecker {
         if self.expired(now, i) {
             return false;
         }
-        if !quote.checksum_ok {
+        if !message.checksum_ok() {
             self.counters.bad_checksum += 1;
             return true;
         }
-        if quote.icmp_type == packets::ICMP_UNREACHABLE && quote.code != packets::ICMP_FRAG_NEEDED {
+        let (kind, code) = (message.msg_type(), message.code());
+        if kind == icmp::kind::DEST_UNREACHABLE && code != icmp::CODE_FRAG_NEEDED {
             // The server cannot be reached, so neither can a RST: no teardown.
-            self.finish(i, Err(Failure::Unreachable(quote.code)), false);
+            self.finish(i, Err(Failure::Unreachable(code)), false);
         }
         true
     }
 
     /// The target whose live probe `quote` quotes (sent from our address to its server, from its port, and
     /// for TCP with a sequence number it sent).
-    fn quoted_probe(&self, ip: &Ipv4View<'_>, quote: &IcmpQuote<'_>) -> Option<usize> {
+    fn quoted_probe(&self, ip: &Ipv4Header<&[u8]>, quote: &Quote<&[u8]>) -> Option<usize> {
         let (src_port, dst_port) = quote.ports();
-        let i = self.live_probe(src_port, quote.protocol)?;
+        let quoted = quote.ip();
+        let i = self.live_probe(src_port, quoted.protocol())?;
         let t = &self.targets[i];
-        let ours = quote.src == t.target.source
-            && ip.dst == t.target.source
-            && quote.dst == *t.target.server.ip()
+        let ours = quoted.src() == t.target.source
+            && ip.dst() == t.target.source
+            && quoted.dst() == *t.target.server.ip()
             && dst_port == t.target.server.port()
-            && matches!(quote.protocol, packets::PROTO_TCP | packets::PROTO_UDP);
-        let seq_ok = match t.probe.and_then(|p| p.tcp) {
-            Some(tcp) => tcp.sent_seq(quote.tcp_seq()),
-            None => true,
+            && matches!(quoted.protocol(), Protocol::Tcp | Protocol::Udp);
+        let seq_ok = match (t.probe.and_then(|p| p.tcp), quote.tcp_seq()) {
+            (Some(tcp), Some(seq)) => tcp.sent_seq(seq),
+            (Some(_), None) => false,
+            (None, _) => true,
         };
         (ours && seq_ok).then_some(i)
     }

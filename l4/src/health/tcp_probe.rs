@@ -12,7 +12,9 @@
 //! lost, so it is sent again.
 
 use super::http::{Status, StatusLine};
-use super::packets::{TcpView, ACK, FIN, PSH, RST, SYN, WINDOW};
+use xlb_stack::wire::{TcpFlags, TcpHeader};
+
+use super::packets::WINDOW;
 use super::Failure;
 
 /// What the probe checks once connected.
@@ -63,7 +65,7 @@ pub(crate) enum Step {
 pub(crate) struct Segment<'a> {
     pub seq: u32,
     pub ack: u32,
-    pub flags: u8,
+    pub flags: TcpFlags,
     pub payload: &'a [u8],
 }
 
@@ -84,7 +86,7 @@ impl TcpProbe {
         Segment {
             seq: self.isn,
             ack: 0,
-            flags: SYN,
+            flags: TcpFlags::SYN,
             payload: &[],
         }
     }
@@ -101,37 +103,42 @@ impl TcpProbe {
 
     /// Handles a segment from the server (addresses, ports and checksum already checked). `status_ok` judges
     /// an HTTP status code.
-    pub fn on_segment(&mut self, mode: Mode, seg: &TcpView<'_>, status_ok: impl Fn(u16) -> bool) -> Step {
+    pub fn on_segment<T: AsRef<[u8]>>(
+        &mut self,
+        mode: Mode,
+        seg: &TcpHeader<T>,
+        status_ok: impl Fn(u16) -> bool,
+    ) -> Step {
         match &mut self.state {
             State::SynSent => self.on_syn_sent(mode, seg),
             State::Established { rcv_nxt, status } => {
-                if seg.has(RST) {
+                if seg.flags().rst() {
                     // RFC 5961: a RST is believed only if it lands in the receive window.
-                    if seg.seq.wrapping_sub(*rcv_nxt) < u32::from(WINDOW) {
+                    if seg.seq().wrapping_sub(*rcv_nxt) < u32::from(WINDOW) {
                         return done(Err(Failure::Reset), false);
                     }
                     return Step::Ignored;
                 }
-                if seg.has(SYN | ACK) {
+                if seg.flags().contains(TcpFlags::SYN_ACK) {
                     // Our ACK and request were lost and the server repeats its SYN-ACK.
-                    if status.is_empty() && seg.ack == self.isn.wrapping_add(1) {
+                    if status.is_empty() && seg.ack_number() == self.isn.wrapping_add(1) {
                         self.owe_request = true;
                         return Step::Pending;
                     }
                     return Step::Ignored;
                 }
-                let fin = seg.has(FIN);
-                if seg.payload.is_empty() && !fin {
+                let fin = seg.flags().fin();
+                if seg.payload().is_empty() && !fin {
                     return Step::Pending; // a bare ACK of our request
                 }
-                if seg.seq != *rcv_nxt {
+                if seg.seq() != *rcv_nxt {
                     self.owe_ack = true; // out of order or repeated: say what we expect
                     return Step::Pending;
                 }
                 *rcv_nxt = rcv_nxt
-                    .wrapping_add(seg.payload.len() as u32)
+                    .wrapping_add(seg.payload().len() as u32)
                     .wrapping_add(u32::from(fin));
-                match status.push(seg.payload) {
+                match status.push(seg.payload()) {
                     Status::Code(code) if status_ok(code) => done(Ok(()), true),
                     Status::Code(code) => done(Err(Failure::BadStatus(code)), true),
                     Status::Invalid => done(Err(Failure::BadResponse), true),
@@ -145,22 +152,22 @@ impl TcpProbe {
         }
     }
 
-    fn on_syn_sent(&mut self, mode: Mode, seg: &TcpView<'_>) -> Step {
-        let acks_syn = seg.has(ACK) && seg.ack == self.isn.wrapping_add(1);
+    fn on_syn_sent<T: AsRef<[u8]>>(&mut self, mode: Mode, seg: &TcpHeader<T>) -> Step {
+        let acks_syn = seg.flags().ack() && seg.ack_number() == self.isn.wrapping_add(1);
         if !acks_syn {
             return Step::Ignored;
         }
-        if seg.has(RST) {
+        if seg.flags().rst() {
             return done(Err(Failure::Refused), false);
         }
-        if !seg.has(SYN) {
+        if !seg.flags().syn() {
             return Step::Ignored;
         }
         match mode {
             Mode::Connect => done(Ok(()), true),
             Mode::Http => {
                 self.state = State::Established {
-                    rcv_nxt: seg.seq.wrapping_add(1),
+                    rcv_nxt: seg.seq().wrapping_add(1),
                     status: StatusLine::default(),
                 };
                 self.owe_request = true;
@@ -182,7 +189,7 @@ impl TcpProbe {
             return Some(Segment {
                 seq,
                 ack: rcv_nxt,
-                flags: ACK | PSH,
+                flags: TcpFlags::ACK | TcpFlags::PSH,
                 payload: request,
             });
         }
@@ -191,7 +198,7 @@ impl TcpProbe {
             return Some(Segment {
                 seq: self.snd_nxt,
                 ack: rcv_nxt,
-                flags: ACK,
+                flags: TcpFlags::ACK,
                 payload: &[],
             });
         }
@@ -212,15 +219,17 @@ fn done(result: Result<(), Failure>, teardown: bool) -> Step {
 mod tests {
     use super::*;
 
-    fn seg(flags: u8, seq: u32, ack: u32, payload: &[u8]) -> TcpView<'_> {
-        TcpView {
-            src_port: 80,
-            dst_port: 40000,
-            seq,
-            ack,
-            flags,
-            payload,
-        }
+    /// A segment from the server (port 80 to our 40000) as received.
+    fn seg(flags: TcpFlags, seq: u32, ack: u32, payload: &[u8]) -> TcpHeader<Vec<u8>> {
+        let mut b = vec![0u8; 20];
+        b[0..2].copy_from_slice(&80u16.to_be_bytes());
+        b[2..4].copy_from_slice(&40000u16.to_be_bytes());
+        b[4..8].copy_from_slice(&seq.to_be_bytes());
+        b[8..12].copy_from_slice(&ack.to_be_bytes());
+        b[12] = 5 << 4;
+        b[13] = flags.bits();
+        b.extend_from_slice(payload);
+        TcpHeader::new_checked(b).unwrap()
     }
 
     fn ok2xx(code: u16) -> bool {
@@ -231,12 +240,12 @@ mod tests {
     fn connect_succeeds_on_syn_ack_acking_our_syn() {
         let mut p = TcpProbe::new(1000);
         assert_eq!(
-            p.on_segment(Mode::Connect, &seg(SYN | ACK, 7, 999, &[]), ok2xx),
+            p.on_segment(Mode::Connect, &seg(TcpFlags::SYN_ACK, 7, 999, &[]), ok2xx),
             Step::Ignored,
             "wrong ack"
         );
         assert_eq!(
-            p.on_segment(Mode::Connect, &seg(SYN | ACK, 7, 1001, &[]), ok2xx),
+            p.on_segment(Mode::Connect, &seg(TcpFlags::SYN_ACK, 7, 1001, &[]), ok2xx),
             done(Ok(()), true)
         );
         assert_eq!(p.snd_nxt, 1001);
@@ -245,9 +254,12 @@ mod tests {
     #[test]
     fn rst_refuses_only_when_it_acks_our_syn() {
         let mut p = TcpProbe::new(u32::MAX);
-        assert_eq!(p.on_segment(Mode::Connect, &seg(RST, 0, 0, &[]), ok2xx), Step::Ignored);
         assert_eq!(
-            p.on_segment(Mode::Connect, &seg(RST | ACK, 0, 0, &[]), ok2xx),
+            p.on_segment(Mode::Connect, &seg(TcpFlags::RST, 0, 0, &[]), ok2xx),
+            Step::Ignored
+        );
+        assert_eq!(
+            p.on_segment(Mode::Connect, &seg(TcpFlags::RST | TcpFlags::ACK, 0, 0, &[]), ok2xx),
             done(Err(Failure::Refused), false)
         );
     }
@@ -257,29 +269,33 @@ mod tests {
         let mut p = TcpProbe::new(100);
         let req = b"GET / HTTP/1.0\r\n\r\n";
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(SYN | ACK, 5000, 101, &[]), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 5000, 101, &[]), ok2xx),
             Step::Pending
         );
         assert!(p.owes());
         let s = p.poll_segment(req).unwrap();
-        assert_eq!((s.seq, s.ack, s.flags), (101, 5001, ACK | PSH));
+        assert_eq!((s.seq, s.ack, s.flags), (101, 5001, TcpFlags::ACK | TcpFlags::PSH));
         assert_eq!(s.payload, req);
         assert_eq!(p.snd_nxt, 101 + req.len() as u32);
         assert!(p.poll_segment(req).is_none());
         // Out of order: duplicate ACK, nothing consumed.
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(ACK, 5010, p.snd_nxt, b"xx"), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::ACK, 5010, p.snd_nxt, b"xx"), ok2xx),
             Step::Pending
         );
         let dup = p.poll_segment(req).unwrap();
-        assert_eq!((dup.ack, dup.flags), (5001, ACK));
+        assert_eq!((dup.ack, dup.flags), (5001, TcpFlags::ACK));
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(ACK, 5001, p.snd_nxt, b"HTTP/1.1 2"), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::ACK, 5001, p.snd_nxt, b"HTTP/1.1 2"), ok2xx),
             Step::Pending
         );
         assert_eq!(p.poll_segment(req).unwrap().ack, 5011);
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(ACK, 5011, p.snd_nxt, b"04 No Content"), ok2xx),
+            p.on_segment(
+                Mode::Http,
+                &seg(TcpFlags::ACK, 5011, p.snd_nxt, b"04 No Content"),
+                ok2xx
+            ),
             done(Ok(()), true)
         );
     }
@@ -287,10 +303,10 @@ mod tests {
     #[test]
     fn http_fin_before_status_fails() {
         let mut p = TcpProbe::new(1);
-        p.on_segment(Mode::Http, &seg(SYN | ACK, 10, 2, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx);
         p.poll_segment(b"GET");
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(ACK | FIN, 11, 5, b"HTTP"), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::ACK | TcpFlags::FIN, 11, 5, b"HTTP"), ok2xx),
             done(Err(Failure::BadResponse), true)
         );
     }
@@ -298,13 +314,13 @@ mod tests {
     #[test]
     fn established_rst_must_be_in_window() {
         let mut p = TcpProbe::new(1);
-        p.on_segment(Mode::Http, &seg(SYN | ACK, 10, 2, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx);
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(RST, 10 + 5000, 0, &[]), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::RST, 10 + 5000, 0, &[]), ok2xx),
             Step::Ignored
         );
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(RST, 11, 0, &[]), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::RST, 11, 0, &[]), ok2xx),
             done(Err(Failure::Reset), false)
         );
     }
@@ -312,10 +328,10 @@ mod tests {
     #[test]
     fn repeated_syn_ack_resends_the_request() {
         let mut p = TcpProbe::new(1);
-        p.on_segment(Mode::Http, &seg(SYN | ACK, 10, 2, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx);
         assert!(p.poll_segment(b"GET").is_some());
         assert_eq!(
-            p.on_segment(Mode::Http, &seg(SYN | ACK, 10, 2, &[]), ok2xx),
+            p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, 2, &[]), ok2xx),
             Step::Pending
         );
         let again = p.poll_segment(b"GET").unwrap();
@@ -327,7 +343,7 @@ mod tests {
         let mut p = TcpProbe::new(u32::MAX - 1);
         assert!(p.sent_seq(u32::MAX - 1));
         assert!(!p.sent_seq(5));
-        p.on_segment(Mode::Http, &seg(SYN | ACK, 10, u32::MAX, &[]), ok2xx);
+        p.on_segment(Mode::Http, &seg(TcpFlags::SYN_ACK, 10, u32::MAX, &[]), ok2xx);
         p.poll_segment(b"GET /");
         assert!(p.sent_seq(2), "inside the request, across the wrap");
         assert!(!p.sent_seq(9));

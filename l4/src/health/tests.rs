@@ -8,7 +8,7 @@ use std::sync::Arc;
 use xlb_stack::wire::build::{self, Unreachable};
 use xlb_stack::wire::{EthernetAddress, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, ETH_HEADER_LEN};
 
-use super::packets::{self, TcpOut, ACK, FIN, PSH, RST, SYN};
+use super::packets::{self, TcpOut};
 use super::*;
 use crate::stats::SharedHealthCounters;
 
@@ -102,7 +102,7 @@ fn read_udp(pkt: &[u8]) -> (SocketAddrV4, SocketAddrV4, Vec<u8>) {
 }
 
 /// The server's answer to `to` (a segment we sent).
-fn reply(to: &Seg, flags: u8, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+fn reply(to: &Seg, flags: TcpFlags, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
     let mut buf = vec![0u8; 2048];
     let len = packets::tcp(
         &mut buf,
@@ -251,9 +251,9 @@ fn tcp_server(listening: Rc<Cell<bool>>) -> impl FnMut(Duration, &[u8]) -> Vec<V
             return vec![];
         }
         if listening.get() {
-            vec![reply(&s, SYN | ACK, 7000, s.seq.wrapping_add(1), &[])]
+            vec![reply(&s, TcpFlags::SYN_ACK, 7000, s.seq.wrapping_add(1), &[])]
         } else {
-            vec![reply(&s, RST | ACK, 0, s.seq.wrapping_add(1), &[])]
+            vec![reply(&s, TcpFlags::RST | TcpFlags::ACK, 0, s.seq.wrapping_add(1), &[])]
         }
     }
 }
@@ -263,11 +263,17 @@ fn http_server(response: &'static [u8]) -> impl FnMut(Duration, &[u8]) -> Vec<Ve
     move |_, pkt| {
         let s = read_tcp(pkt);
         if s.syn {
-            return vec![reply(&s, SYN | ACK, 7000, s.seq.wrapping_add(1), &[])];
+            return vec![reply(&s, TcpFlags::SYN_ACK, 7000, s.seq.wrapping_add(1), &[])];
         }
         if !s.payload.is_empty() {
             let ack = s.seq.wrapping_add(s.payload.len() as u32);
-            return vec![reply(&s, ACK | PSH | FIN, s.ack, ack, response)];
+            return vec![reply(
+                &s,
+                TcpFlags::ACK | TcpFlags::PSH | TcpFlags::FIN,
+                s.ack,
+                ack,
+                response,
+            )];
         }
         vec![]
     }
@@ -299,7 +305,7 @@ fn tcp_syn_ack_succeeds_and_is_reset_with_their_ack() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
     lab.at(ms(3));
-    assert!(lab.deliver(&reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.counters().successes, 1);
     assert_eq!(lab.hc.counters().failures, 0);
     let rst = read_tcp(&lab.transmit_one());
@@ -324,7 +330,7 @@ fn tcp_syn_ack_succeeds_and_is_reset_with_their_ack() {
 fn tcp_syn_ack_with_wrong_ack_is_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    assert!(lab.deliver(&reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(9), &[])));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(9), &[])));
     assert_eq!(lab.hc.counters().successes, 0);
     assert!(lab.transmit().is_empty());
     lab.at(TIMEOUT);
@@ -367,9 +373,15 @@ fn tcp_rst_fails_at_once() {
     let syn = read_tcp(&lab.transmit_one());
     lab.at(ms(1));
     // A RST that does not acknowledge our SYN is not believed.
-    assert!(lab.deliver(&reply(&syn, RST, 0, 0, &[])));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::RST, 0, 0, &[])));
     assert_eq!(lab.hc.counters().failures, 0);
-    assert!(lab.deliver(&reply(&syn, RST | ACK, 0, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(
+        &syn,
+        TcpFlags::RST | TcpFlags::ACK,
+        0,
+        syn.seq.wrapping_add(1),
+        &[]
+    )));
     assert_eq!(lab.hc.counters().failures, 1);
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Refused));
     assert!(lab.transmit().is_empty(), "no RST answers a RST");
@@ -406,7 +418,7 @@ fn icmp_quoting_something_else_is_not_consumed() {
             dst: syn.dst,
             seq: syn.seq.wrapping_add(1000),
             ack: 0,
-            flags: SYN,
+            flags: TcpFlags::SYN,
             mss: None,
             payload: &[],
         },
@@ -420,7 +432,7 @@ fn icmp_quoting_something_else_is_not_consumed() {
             dst: syn.dst,
             seq: syn.seq,
             ack: 0,
-            flags: SYN,
+            flags: TcpFlags::SYN,
             mss: None,
             payload: &[],
         },
@@ -483,7 +495,7 @@ fn http_exchange_is_well_formed() {
     let syn = read_tcp(&lab.transmit_one());
     assert!(syn.syn);
     lab.at(ms(1));
-    assert!(lab.deliver(&reply(&syn, SYN | ACK, 7000, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[])));
     let req = read_tcp(&lab.transmit_one());
     assert!(req.ack_flag && !req.syn && !req.rst);
     assert_eq!(req.seq, syn.seq.wrapping_add(1));
@@ -492,7 +504,7 @@ fn http_exchange_is_well_formed() {
     lab.at(ms(2));
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let snd_nxt = req.seq.wrapping_add(REQUEST.len() as u32);
-    assert!(lab.deliver(&reply(&req, ACK | PSH, 7001, snd_nxt, response)));
+    assert!(lab.deliver(&reply(&req, TcpFlags::ACK | TcpFlags::PSH, 7001, snd_nxt, response)));
     assert_eq!(lab.hc.counters().successes, 1);
     let rst = read_tcp(&lab.transmit_one());
     assert!(rst.rst);
@@ -529,7 +541,7 @@ fn http_500_fails_and_goes_down() {
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::BadStatus(500)));
     assert_eq!(lab.hc.counters().failures, 2);
     assert_eq!(lab.hc.counters().timeouts, 0);
-    // Each probe: SYN, request, RST.
+    // Each probe: TcpFlags::SYN, request, RST.
     let kinds: Vec<_> = sent.iter().map(|s| (s.syn, !s.payload.is_empty(), s.rst)).collect();
     let probe = [(true, false, false), (false, true, false), (false, false, true)];
     assert_eq!(kinds, [probe, probe].concat());
@@ -550,15 +562,15 @@ fn http_expect_status_is_exact() {
 fn http_status_line_split_across_segments() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, SYN | ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
-    assert!(lab.deliver(&reply(&req, ACK, 7001, snd_nxt, b"HTTP/1.1 2")));
+    assert!(lab.deliver(&reply(&req, TcpFlags::ACK, 7001, snd_nxt, b"HTTP/1.1 2")));
     assert_eq!(lab.hc.counters().successes, 0);
     let ack = read_tcp(&lab.transmit_one());
     assert!(ack.ack_flag && ack.payload.is_empty() && !ack.rst);
     assert_eq!((ack.seq, ack.ack), (snd_nxt, 7011));
-    assert!(lab.deliver(&reply(&req, ACK, 7011, snd_nxt, b"04 No Content\r\n\r\n")));
+    assert!(lab.deliver(&reply(&req, TcpFlags::ACK, 7011, snd_nxt, b"04 No Content\r\n\r\n")));
     assert_eq!(lab.hc.counters().successes, 1);
     let rst = read_tcp(&lab.transmit_one());
     assert!(rst.rst);
@@ -569,16 +581,16 @@ fn http_status_line_split_across_segments() {
 fn http_out_of_order_segment_is_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, SYN | ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
     // The second half first: not used, a duplicate ACK says what is expected.
-    assert!(lab.deliver(&reply(&req, ACK, 7005, snd_nxt, b"1.0 200 OK\r\n")));
+    assert!(lab.deliver(&reply(&req, TcpFlags::ACK, 7005, snd_nxt, b"1.0 200 OK\r\n")));
     let dup = read_tcp(&lab.transmit_one());
     assert_eq!(dup.ack, 7001);
     assert_eq!(lab.hc.counters().successes, 0);
     // The server retransmits from the start.
-    assert!(lab.deliver(&reply(&req, ACK, 7001, snd_nxt, b"HTTP/1.0 200 OK\r\n")));
+    assert!(lab.deliver(&reply(&req, TcpFlags::ACK, 7001, snd_nxt, b"HTTP/1.0 200 OK\r\n")));
     assert_eq!(lab.hc.counters().successes, 1);
 }
 
@@ -586,10 +598,10 @@ fn http_out_of_order_segment_is_ignored() {
 fn http_garbage_and_early_close_fail() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, SYN | ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     let snd_nxt = req.seq.wrapping_add(req.payload.len() as u32);
-    assert!(lab.deliver(&reply(&req, ACK | FIN, 7001, snd_nxt, b"HTTP/1.")));
+    assert!(lab.deliver(&reply(&req, TcpFlags::ACK | TcpFlags::FIN, 7001, snd_nxt, b"HTTP/1.")));
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::BadResponse));
     assert!(read_tcp(&lab.transmit_one()).rst);
 }
@@ -598,7 +610,7 @@ fn http_garbage_and_early_close_fail() {
 fn http_timeout_after_connect_resets_the_connection() {
     let mut lab = Lab::new(vec![target(CheckKind::Http, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, SYN | ACK, 7000, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 7000, syn.seq.wrapping_add(1), &[]));
     let req = read_tcp(&lab.transmit_one());
     lab.at(TIMEOUT);
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Timeout));
@@ -616,18 +628,18 @@ fn replies_to_unknown_ports_are_not_consumed() {
     let answer = |dst_port: u16| {
         let mut to = syn.clone();
         to.src.set_port(dst_port);
-        reply(&to, SYN | ACK, 1, syn.seq.wrapping_add(1), &[])
+        reply(&to, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[])
     };
     assert!(!lab.deliver(&answer(39999)), "not a checker port");
     assert!(!lab.deliver(&answer(40001)), "a checker port with no probe in flight");
     // From another address to the live port.
     let mut other = syn.clone();
     other.dst = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 99), 80);
-    assert!(!lab.deliver(&reply(&other, SYN | ACK, 1, syn.seq.wrapping_add(1), &[])));
+    assert!(!lab.deliver(&reply(&other, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[])));
     // From the server's address but another port.
     let mut other = syn.clone();
     other.dst.set_port(81);
-    assert!(!lab.deliver(&reply(&other, SYN | ACK, 1, syn.seq.wrapping_add(1), &[])));
+    assert!(!lab.deliver(&reply(&other, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[])));
     // UDP to the TCP probe's port.
     let mut buf = vec![0u8; 128];
     let len = packets::udp(&mut buf, syn.dst, syn.src, b"x");
@@ -644,13 +656,13 @@ fn replies_to_unknown_ports_are_not_consumed() {
 fn bad_checksum_is_consumed_but_ignored() {
     let mut lab = Lab::new(vec![target(CheckKind::Tcp, 0)]);
     let syn = read_tcp(&lab.transmit_one());
-    let mut bad = reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(1), &[]);
+    let mut bad = reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[]);
     bad[20 + 14] ^= 0x01; // window byte; the IPv4 header stays valid
     assert!(lab.deliver(&bad));
     assert_eq!(lab.hc.counters().bad_checksum, 1);
     assert_eq!(lab.hc.counters().successes, 0);
     assert!(lab.transmit().is_empty());
-    assert!(lab.deliver(&reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(1), &[])));
+    assert!(lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.counters().successes, 1);
 }
 
@@ -705,7 +717,7 @@ fn partial_checksums_are_counted_published_and_explained_once() {
     let shared = Arc::new(SharedHealthCounters::new());
     lab.hc.share_counters(shared.clone());
     let syn = read_tcp(&lab.transmit_one());
-    let good = reply(&syn, SYN | ACK, 555, syn.seq.wrapping_add(1), &[]);
+    let good = reply(&syn, TcpFlags::SYN_ACK, 555, syn.seq.wrapping_add(1), &[]);
     let log = logged(|| {
         // A corrupt reply: counted, no hint.
         let mut corrupt = good.clone();
@@ -746,7 +758,7 @@ fn late_reply_counts_as_timeout() {
     let syn = read_tcp(&lab.transmit_one());
     // The caller ran no timer, but the reply comes after the deadline.
     lab.now = lab.t0 + TIMEOUT;
-    assert!(!lab.deliver(&reply(&syn, SYN | ACK, 5, syn.seq.wrapping_add(1), &[])));
+    assert!(!lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 5, syn.seq.wrapping_add(1), &[])));
     assert_eq!(lab.hc.last_failure(id(0)), Some(Failure::Timeout));
     assert_eq!(lab.hc.counters().successes, 0);
 }
@@ -898,7 +910,7 @@ fn largest_probe_fits_max_packet_len() {
     assert_eq!(t.check.validate(), Ok(()));
     let mut lab = Lab::new(vec![t]);
     let syn = read_tcp(&lab.transmit_one());
-    lab.deliver(&reply(&syn, SYN | ACK, 1, syn.seq.wrapping_add(1), &[]));
+    lab.deliver(&reply(&syn, TcpFlags::SYN_ACK, 1, syn.seq.wrapping_add(1), &[]));
     let req = lab.transmit_one();
     assert!(req.len() <= MAX_PACKET_LEN);
     assert_eq!(read_tcp(&req).payload.len(), req.len() - 40);
@@ -955,7 +967,13 @@ fn timer_work_follows_the_probes_not_the_targets() {
             assert!(syn.syn);
             sent_at.push(now);
             if k % 2 == 0 {
-                assert!(lab.deliver(&reply(&syn, RST | ACK, 0, syn.seq.wrapping_add(1), &[])));
+                assert!(lab.deliver(&reply(
+                    &syn,
+                    TcpFlags::RST | TcpFlags::ACK,
+                    0,
+                    syn.seq.wrapping_add(1),
+                    &[]
+                )));
             }
         }
         assert_eq!(lab.hc.timer_visits() - before, visits as u64, "sending visits no timer");

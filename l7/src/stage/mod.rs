@@ -36,11 +36,11 @@ use xlb_l4::owner::{local_port_owner, owner_of_hash};
 use xlb_l4::sched::MaglevTables;
 use xlb_l4::stats::HealthBoard;
 use xlb_stack::counters::DropReason;
-use xlb_stack::local::{route, Handled, Ipv4Handler, Ipv4Meta, StackContext};
+use xlb_stack::local::{route, Handled, Ipv4Handler, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::ports::{LocalPorts, LOCAL_PORTS_SLOT};
 use xlb_stack::service::{Service, StageId, Transport};
-use xlb_stack::wire::ETH_HEADER_LEN;
+use xlb_stack::wire::{PacketSummary, Protocol, ETH_HEADER_LEN};
 
 use crate::config::L7Config;
 use crate::h2::H2Limits;
@@ -489,7 +489,9 @@ impl L7Stage {
                 return;
             };
             let frame = &handed.buf[..handed.len];
-            let service = frame_endpoints(frame).and_then(|(_, dst)| {
+            // The sender validated the frame before handing it over.
+            let endpoints = PacketSummary::parse(frame).ok().and_then(|ip| ip.endpoints());
+            let service = endpoints.and_then(|(_, dst)| {
                 cx.services
                     .lookup(*dst.ip(), Transport::Tcp, dst.port())
                     .filter(|s| s.stage == L7_STAGE)
@@ -574,36 +576,23 @@ fn nanos_since_epoch() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Source and destination of the TCP segment in an Ethernet/IPv4 frame (already validated by the stack).
-fn frame_endpoints(frame: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4)> {
-    let ip = frame.get(ETH_HEADER_LEN..)?;
-    let l4 = usize::from(ip.first()? & 0x0f) * 4;
-    let tcp = ip.get(l4..l4 + 4)?;
-    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-    Some((
-        SocketAddrV4::new(src, u16::from_be_bytes([tcp[0], tcp[1]])),
-        SocketAddrV4::new(dst, u16::from_be_bytes([tcp[2], tcp[3]])),
-    ))
-}
-
 impl Ipv4Handler for L7Stage {
     fn handle(
         &mut self,
         now: Instant,
         port: PortId,
         frame: &mut Frame<'_>,
-        ip: &Ipv4Meta,
+        ip: &PacketSummary,
         cx: &mut StackContext<'_>,
     ) -> Handled {
         // Its own services, and replies to the local-port range the stage before passed on.
         let Some(service) = ip.service.filter(|s| s.stage == L7_STAGE || s.slot == LOCAL_PORTS_SLOT) else {
             return Handled::Pass;
         };
-        if ip.protocol != Transport::Tcp as u8 {
+        if ip.protocol != Protocol::Tcp {
             return Handled::Pass;
         }
-        let Some((src, dst)) = frame_endpoints(frame.data()) else {
+        let Some((src, dst)) = ip.endpoints() else {
             return Handled::Verdict(Verdict::Drop(DropReason::MalformedTcp));
         };
         let owner = self.owner(service, src, dst);

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::counters::{DropReason, StackCounters};
 use crate::pipeline::PortId;
-use crate::wire::{checksum, Ipv4Addr, ETH_HEADER_LEN};
+use crate::wire::{checksum, Ipv4Addr, Ipv4Header, ETH_HEADER_LEN};
 
 /// How long the fragments of a datagram are kept waiting for the rest.
 pub const REASSEMBLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,16 +187,17 @@ impl Reassembler {
     pub fn on_fragment(&mut self, now: Instant, buf: &mut [u8], len: usize, counters: &mut StackCounters) -> Outcome {
         self.expire(now, counters);
         let ip = &buf[ETH_HEADER_LEN..len];
-        let hl = usize::from(ip[0] & 0x0f) * 4;
+        let header = Ipv4Header::new_unchecked(ip);
+        let hl = header.header_len();
         let flags_frag = u16::from_be_bytes([ip[6], ip[7]]);
         let offset = usize::from(flags_frag & 0x1fff) * 8;
         let more = flags_frag & 0x2000 != 0;
         let payload_len = ip.len() - hl;
         let end = offset + payload_len;
         let key = Key {
-            src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-            dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-            protocol: ip[9],
+            src: header.src(),
+            dst: header.dst(),
+            protocol: header.protocol().number(),
             id: u16::from_be_bytes([ip[4], ip[5]]),
         };
         if payload_len == 0 || (more && !payload_len.is_multiple_of(8)) || hl + end > 65535 {

@@ -1,7 +1,10 @@
 use super::*;
 use crate::counters::StackCounters;
+use crate::neighbour::NeighbourSync;
 use crate::testutil::*;
-use crate::wire::{ArpOperation, ArpPacket, EthernetFrame, Icmpv4Message, Icmpv4Packet, Ipv4Packet, TcpPacket};
+use crate::wire::{
+    checksum, ArpOperation, ArpPacket, EthernetFrame, Icmpv4Message, Icmpv4Packet, Ipv4Packet, TcpPacket,
+};
 use std::time::Duration;
 
 fn stack() -> LocalStack {
@@ -522,13 +525,20 @@ fn l4_checksums_sort_good_corrupt_and_partial_frames() {
 
 /// Records what the stack offers to prefetch.
 #[derive(Default)]
-struct PrefetchLog(Vec<(PortId, usize, Ipv4Meta)>);
+struct PrefetchLog(Vec<(PortId, usize, PacketSummary)>);
 
 impl Ipv4Handler for PrefetchLog {
-    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, _: &Ipv4Meta, _: &mut StackContext<'_>) -> Handled {
+    fn handle(
+        &mut self,
+        _: Instant,
+        _: PortId,
+        _: &mut Frame<'_>,
+        _: &PacketSummary,
+        _: &mut StackContext<'_>,
+    ) -> Handled {
         Handled::Pass
     }
-    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &Ipv4Meta) {
+    fn prefetch(&mut self, port: PortId, frame: &[u8], ip: &PacketSummary) {
         self.0.push((port, frame.len(), *ip));
     }
     fn poll_transmit(&mut self, _: Instant, _: &mut [u8], _: &mut StackContext<'_>) -> Option<(PortId, usize)> {
@@ -569,7 +579,7 @@ fn prefetch_offers_ipv4_packets_to_the_handler_and_nothing_else() {
     let (port, len, meta) = log[0];
     assert_eq!((port, len), (0, tcp.len()));
     assert_eq!(meta.dst, Ipv4Addr::new(198, 18, 0, 10));
-    assert_eq!((meta.protocol, meta.l4), (6, ETH_HEADER_LEN + 20));
+    assert_eq!((meta.protocol, meta.l4), (Protocol::Tcp, ETH_HEADER_LEN + 20));
     assert_eq!(&tcp[26..30], &meta.src.octets());
     // Prefetching changes nothing: the frame is still answered (RST for the unserved port).
     assert!(matches!(run_with(&mut s, &tcp).0, Verdict::Transmit(0)));
@@ -633,7 +643,14 @@ impl Ipv4Handler for OnePortStage {
             Some(service),
         );
     }
-    fn handle(&mut self, _: Instant, _: PortId, _: &mut Frame<'_>, ip: &Ipv4Meta, _: &mut StackContext<'_>) -> Handled {
+    fn handle(
+        &mut self,
+        _: Instant,
+        _: PortId,
+        _: &mut Frame<'_>,
+        ip: &PacketSummary,
+        _: &mut StackContext<'_>,
+    ) -> Handled {
         self.0.push(ip.service);
         match ip.service {
             Some(_) => Handled::Verdict(Verdict::Consumed),

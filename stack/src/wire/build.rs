@@ -4,6 +4,8 @@
 //! so building allocates nothing.
 
 use super::checksum;
+use super::tcp::{self, TcpFlags};
+use super::Protocol;
 use super::{EthernetAddress, Ipv4Addr, ARP_LEN, ETH_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN};
 
 /// EtherType of IPv4.
@@ -93,24 +95,24 @@ pub fn tcp_reset(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddr
         &mut buf[ip_at..],
         seg.local.0,
         seg.peer.0,
-        6,
+        Protocol::TCP,
         TCP_HEADER_LEN,
         DEFAULT_TTL,
     );
     let (seq, ack, flags) = match seg.ack {
-        Some(ack) => (ack, 0, 0x04u8),                          // RST
-        None => (0, seg.seq.wrapping_add(seg.seq_len), 0x14u8), // RST|ACK
+        Some(ack) => (ack, 0, TcpFlags::RST),
+        None => (0, seg.seq.wrapping_add(seg.seq_len), TcpFlags::RST | TcpFlags::ACK),
     };
     let t = &mut buf[ip_at + IPV4_HEADER_LEN..ip_at + IPV4_HEADER_LEN + TCP_HEADER_LEN];
-    t[0..2].copy_from_slice(&seg.local.1.to_be_bytes());
-    t[2..4].copy_from_slice(&seg.peer.1.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..20].copy_from_slice(&[0; 6]);
-    let c = checksum::l4_checksum(seg.local.0.octets(), seg.peer.0.octets(), 6, t);
-    t[16..18].copy_from_slice(&c.to_be_bytes());
+    t[tcp::field::SRC_PORT].copy_from_slice(&seg.local.1.to_be_bytes());
+    t[tcp::field::DST_PORT].copy_from_slice(&seg.peer.1.to_be_bytes());
+    t[tcp::field::SEQ].copy_from_slice(&seq.to_be_bytes());
+    t[tcp::field::ACK].copy_from_slice(&ack.to_be_bytes());
+    t[tcp::field::DATA_OFFSET] = ((TCP_HEADER_LEN / 4) as u8) << 4;
+    t[tcp::field::FLAGS] = flags.bits();
+    t[tcp::field::WINDOW.start..TCP_HEADER_LEN].copy_from_slice(&[0; 6]); // window, checksum, urgent pointer
+    let c = checksum::l4_checksum(seg.local.0.octets(), seg.peer.0.octets(), Protocol::TCP, t);
+    t[tcp::field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
     ETH_HEADER_LEN + IPV4_HEADER_LEN + TCP_HEADER_LEN
 }
 
