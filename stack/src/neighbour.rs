@@ -30,7 +30,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 use crate::pipeline::PortId;
 use crate::wire::{build, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
 

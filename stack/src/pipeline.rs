@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 
 /// Index of a port (an AF_XDP socket on one interface queue) within its worker.
 pub type PortId = usize;

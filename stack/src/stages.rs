@@ -106,7 +106,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::counters::DropReason;
+    use crate::drops::DropReason;
     use crate::local::{Link, LocalConfig, LocalStack};
     use crate::neighbour::NeighbourConfig;
     use crate::pipeline::{Pipeline, Verdict};
@@ -202,7 +202,7 @@ mod tests {
             matches!(verdicts[2], Verdict::Transmit(_)),
             "port 82: RST from the local stack"
         );
-        assert_eq!(stack.counters().drops[DropReason::TcpNoListener as usize], 1);
+        assert_eq!(stack.counters().drops[DropReason::TcpNoListener.index()], 1);
 
         stack.handler_mut().first.due = Some(now + Duration::from_millis(5));
         stack.handler_mut().second.due = Some(now + Duration::from_millis(50));

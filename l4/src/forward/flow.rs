@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::EthernetAddress;
@@ -15,6 +15,7 @@ use crate::layout::RemovedServerPolicy;
 use crate::sched::hash::hash_5tuple;
 
 use super::*;
+use crate::drops::L4Drops;
 
 /// How a connection entry ended, for its local port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +142,7 @@ impl Forwarder {
             return;
         };
         if let Some(c) = self.counters.listeners.get_mut(l) {
-            c.drops[*reason as usize] += 1;
+            c.drops[reason.index()] += 1;
         }
     }
 

@@ -3,12 +3,13 @@
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
 use super::*;
+use crate::drops::L4Drops;
 
 impl Forwarder {
     /// Carries HA traffic for the HA driver (see [`ha_tap`]).

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::ETH_HEADER_LEN;
@@ -11,6 +11,7 @@ use xlb_stack::wire::ETH_HEADER_LEN;
 use crate::conn::{FlowHash, FlowKey, Proto};
 
 use super::*;
+use crate::drops::L4Drops;
 
 impl Forwarder {
     /// Copies a frame to its owner worker.

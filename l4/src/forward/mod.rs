@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::service::{Service, StageId};
@@ -47,6 +47,7 @@ use xlb_stack::wire::ETH_HEADER_LEN;
 
 use crate::config::{SynProxyMode, PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::{ConnTable, FlowHash, FlowKey, Proto};
+use crate::drops::L4Drops;
 use crate::health::HealthChecker;
 use crate::layout::Layout;
 use crate::owner;

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::NeighbourConfig;
 use xlb_stack::pipeline::{Frame, Pipeline, Verdict};
@@ -291,7 +291,7 @@ fn mid_flow_packet_without_state_is_dropped_in_fullnat() {
     );
     // The listener's packet counts under the listener too; the stray reply belongs to no listener.
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::NoConnection as usize],
+        s.handler().counters().listeners[0].drops[DropReason::NoConnection.index()],
         1
     );
     assert_eq!(s.counters().drops_of(DropReason::NoConnection), 2);
@@ -311,7 +311,7 @@ fn all_servers_drained_new_flows_get_rst_and_udp_unreachable() {
     assert_eq!(s.counters().tcp_resets, 1);
     assert_eq!(s.handler().counters().listeners[0].no_server, 1);
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::NoHealthyServer as usize],
+        s.handler().counters().listeners[0].drops[DropReason::NoHealthyServer.index()],
         1
     );
 
@@ -614,7 +614,7 @@ fn a_full_table_evicts_its_oldest_closed_connection_for_a_new_flow() {
         Verdict::Drop(DropReason::ConnTableFull)
     );
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::ConnTableFull as usize],
+        s.handler().counters().listeners[0].drops[DropReason::ConnTableFull.index()],
         1
     );
 }
@@ -2029,10 +2029,7 @@ fn wrong_and_expired_cookies_are_dropped_and_counted_without_entry_or_port() {
     let f = s.handler();
     assert_eq!(f.conns().len(), 0);
     assert_eq!(f.lports.occupancy().in_use, 0);
-    assert_eq!(
-        f.counters().listeners[0].drops[DropReason::SynCookieInvalid as usize],
-        5
-    );
+    assert_eq!(f.counters().listeners[0].drops[DropReason::SynCookieInvalid.index()], 5);
     assert_eq!(s.counters().drops_of(DropReason::SynCookieInvalid), 5);
 }
 
@@ -2173,7 +2170,7 @@ fn a_listener_at_its_cap_refuses_new_flows_by_name() {
         "the refused flow took no port"
     );
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit as usize],
+        s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit.index()],
         1
     );
     // When an entry goes, the listener may open one again (the packet waits for ARP: the neighbours expired).
@@ -2399,7 +2396,7 @@ fn forwarding_decrements_the_ttl_and_a_packet_whose_ttl_ran_out_gets_time_exceed
     assert_eq!(s.counters().drops_of(DropReason::TtlExceeded), 2);
     assert_eq!(s.counters().icmp_time_exceeded, 2);
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::TtlExceeded as usize],
+        s.handler().counters().listeners[0].drops[DropReason::TtlExceeded.index()],
         2
     );
 

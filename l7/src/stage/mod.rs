@@ -32,13 +32,14 @@ use xlb_l4::conn::{FlowHash, FlowKey, Proto};
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
 use xlb_l4::stats::HealthBoard;
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, Ipv4Handler, Ipv4Meta, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::service::{Service, StageId, Transport};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
 use crate::config::L7Config;
+use crate::drops::L7Drops;
 use crate::h2::H2Limits;
 use crate::proxy::{HttpProxy, ProxyConfig};
 use crate::rules::GroupId;
@@ -50,6 +51,7 @@ use counters::{L7Count, L7Counters, SharedL7Counters};
 use session::{Io, Session};
 use token::Token;
 use upstreams::{GroupSpec, Upstreams};
+use xlb_l4::drops::L4Drops;
 
 /// The L7 stage's id in the service table.
 pub const L7_STAGE: StageId = 2;

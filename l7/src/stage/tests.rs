@@ -438,7 +438,7 @@ fn stray_segments_are_refused_and_idle_clients_closed() {
     let ack = buf[..len].to_vec();
     w.send_to_xlb(&ack, CLIENT_MAC, 0);
     assert_eq!(w.counters().get(L7Count::NoConnection), 1);
-    assert_eq!(w.stack.counters().drops[DropReason::NoConnection as usize], 1);
+    assert_eq!(w.stack.counters().drops[DropReason::NoConnection.index()], 1);
     let _ = c;
 
     // A client that connects and says nothing is closed after the idle timeout (75 s by default).

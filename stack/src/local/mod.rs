@@ -11,7 +11,8 @@ use std::time::Instant;
 pub mod frag;
 
 use crate::addr::Ipv4Net;
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::{DropReason, STACK_DROPS};
 use crate::neighbour::{ArpOutcome, NeighbourConfig, NeighbourSync, NeighbourTable, Resolution};
 use crate::offload;
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
@@ -536,14 +537,15 @@ impl<H: Ipv4Handler> LocalStack<H> {
             .get(port)
             .cloned()
             .unwrap_or_else(|| format!("port {port}"));
+        let reason = STACK_DROPS.name(reason).unwrap_or_default();
         tracing::warn!(
             iface,
             sender = %ip,
             mac = %mac,
-            reason = reason.name(),
+            reason,
             refused = log.refused,
             "ARP claim not learned (counted under drop reason {}; {} refused since the last such line, which comes at              most every {} s): a host on this link claims an address it may not own here",
-            reason.name(),
+            reason,
             log.refused,
             ARP_LOG_INTERVAL.as_secs()
         );

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::config::Idle;
-use crate::counters::{BatchHistogram, DropReason, RingCounters, SharedCounters, WorkerSnapshot};
+use crate::counters::{BatchHistogram, RingCounters, SharedCounters, WorkerSnapshot};
+use crate::drops::DropReason;
 use crate::pipeline::{Frame, Pipeline, Verdict};
 use crate::xsk::port::Port;
 
@@ -399,7 +400,7 @@ impl<P: Pipeline> Worker<P> {
 
     fn publish(&mut self) {
         let mut stack = self.pipeline.counters().clone();
-        stack.drops[DropReason::TxRingFull as usize] += self.tx_ring_full_frames;
+        stack.drops[DropReason::TxRingFull.index()] += self.tx_ring_full_frames;
         self.shared.publish(&WorkerSnapshot {
             rings: self.rings.clone(),
             stack,
