@@ -101,6 +101,11 @@ pub trait Pipeline: Send {
         let _ = (port, frame);
     }
 
+    /// Delivers what processing the batch queued for other threads (frames handed to another worker, packets
+    /// for the HA driver, session-sync events): called once per turn after the received batch. Packet processing
+    /// itself does no channel operation. The default does nothing.
+    fn flush_events(&mut self) {}
+
     /// Writes the next frame the pipeline originated into `buf`; returns its port and length, or `None`.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)>;
 

@@ -65,6 +65,11 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         self.second.attach(cx);
     }
 
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        self.first.flush_events(cx);
+        self.second.flush_events(cx);
+    }
+
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
         self.second_first = !self.second_first;
         if self.second_first {

@@ -112,6 +112,10 @@ impl<P: Pipeline> Pipeline for Started<P> {
         self.inner.process(now, port, frame)
     }
 
+    fn flush_events(&mut self) {
+        self.inner.flush_events();
+    }
+
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
         self.inner.poll_transmit(now, buf)
     }

@@ -203,12 +203,15 @@ fn from_client(proto: Proto, flags: u8, payload: &[u8]) -> Vec<u8> {
     packet(proto, CLIENT_MAC, EXT_MAC, client(), vip(), flags, payload)
 }
 
+/// One worker turn with a batch of one frame: processes `pkt`, then delivers what it queued for other threads
+/// (as the worker does after every batch).
 fn run(stack: &mut LocalStack<Forwarder>, now: Instant, port: usize, pkt: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; 2048];
     buf[..pkt.len()].copy_from_slice(pkt);
     let mut f = Frame::new(&mut buf, pkt.len());
     let v = stack.process(now, port, &mut f);
     let len = f.len();
+    stack.flush_events();
     (v, buf[..len].to_vec())
 }
 
@@ -1042,6 +1045,75 @@ fn ha_packets_go_to_the_ha_driver_and_its_frames_leave_through_the_worker() {
     assert_eq!(&buf[ETH_HEADER_LEN..len], &unicast[ETH_HEADER_LEN..]);
     // The transmitting worker sleeps on the driver's wake-up too.
     assert_eq!(s.wake_fd(), Some(s.handler().ha.as_ref().unwrap().wake.fd()));
+}
+
+/// Processes `pkt` without the end of the worker's turn (nothing queued is delivered yet).
+fn process_only(stack: &mut LocalStack<Forwarder>, now: Instant, port: usize, pkt: &[u8]) -> Verdict {
+    let mut buf = vec![0u8; 2048];
+    buf[..pkt.len()].copy_from_slice(pkt);
+    stack.process(now, port, &mut Frame::new(&mut buf, pkt.len()))
+}
+
+#[test]
+fn ha_packets_reach_the_ha_driver_only_when_the_turn_flushes() {
+    use super::ha_tap::HaTap;
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let (sync_tx, sync_rx) = crossbeam_channel::bounded(4);
+    s.handler_mut().set_ha_tap(HaTap {
+        iface: 0,
+        source: Ipv4Addr::new(198, 18, 0, 10),
+        sync: "224.0.0.81:8848".parse().unwrap(),
+        vrrp: crossbeam_channel::bounded(4).0,
+        sync_in: sync_tx,
+        outbound: None,
+        wake: Arc::new(xlb_stack::wake::Wake::new().unwrap()),
+    });
+    s.handle_timeout(now);
+    let peer = sa([198, 18, 0, 11], 8848);
+    let to_us = packet(Proto::Udp, CLIENT_MAC, EXT_MAC, peer, sa([198, 18, 0, 10], 8848), 0, b"ack");
+    assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
+    assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
+    assert!(sync_rx.is_empty(), "nothing sent from inside packet processing");
+    s.flush_events();
+    assert_eq!(sync_rx.len(), 2, "both delivered by the flush");
+    assert_eq!(sync_rx.try_recv().unwrap(), to_us[ETH_HEADER_LEN..].to_vec());
+    // The channel's room counts what is already queued: 3 more fit (4 with the one still in the channel).
+    for _ in 0..3 {
+        assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
+    }
+    assert_eq!(
+        process_only(&mut s, now, 0, &to_us),
+        Verdict::Drop(DropReason::HaQueueFull)
+    );
+    s.flush_events();
+    assert_eq!(sync_rx.len(), 4);
+    assert_eq!(s.counters().drops_of(DropReason::HaQueueFull), 1);
+}
+
+#[test]
+fn handed_frames_reach_their_owner_only_when_the_turn_flushes() {
+    let now = Instant::now();
+    let (mut w0, mut w1) = two_workers(|_| Setup::default());
+    let mut buf = vec![0u8; 2048];
+    // Find a flow worker 1 owns, arriving at worker 0.
+    let mut handed = None;
+    for port in 0..16u16 {
+        let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([198, 18, 0, 1], 44000 + port), vip(), SYN, b"");
+        if process_only(&mut w0, now, 0, &syn) == Verdict::Consumed {
+            handed = Some(syn);
+            break;
+        }
+        w0.flush_events();
+    }
+    assert!(handed.is_some(), "one of 16 flows is worker 1's");
+    assert_eq!(w1.poll_transmit(now, &mut buf), None, "not sent during processing");
+    assert_eq!(w0.handler().counters().handoff_out, 0);
+    w0.flush_events();
+    assert_eq!(w0.handler().counters().handoff_out, 1);
+    let (port, _) = w1.poll_transmit(now, &mut buf).expect("worker 1 forwards the handed SYN");
+    assert_eq!(port, 1);
+    assert_eq!(w1.handler().conns().len(), 1);
 }
 
 #[test]

@@ -561,11 +561,9 @@ impl Ipv4Handler for L7Stage {
         let owner = self.owner(service, src, dst);
         if owner != self.worker {
             let iface = self.port_ifaces.get(port).copied().unwrap_or(0);
-            return match self.handoff.as_mut().map(|h| h.send(owner, iface, frame.data())) {
-                Some(Ok(())) => {
-                    self.counters.bump(L7Count::HandedOff);
-                    Handled::Verdict(Verdict::Consumed)
-                }
+            // Copied for the owner now, sent after the batch (`flush_events`).
+            return match self.handoff.as_mut().map(|h| h.queue(owner, iface, frame.data())) {
+                Some(Ok(())) => Handled::Verdict(Verdict::Consumed),
                 _ => {
                     self.counters.bump(L7Count::HandoffFull);
                     Handled::Verdict(Verdict::Drop(DropReason::HandoffFull))
@@ -588,6 +586,15 @@ impl Ipv4Handler for L7Stage {
         if !self.listeners.is_empty() {
             self.registered_reply_ranges(cx);
         }
+    }
+
+    /// Sends the segments queued for other workers during the batch.
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        let Some(handoff) = self.handoff.as_mut() else { return };
+        let (sent, lost) = handoff.flush();
+        self.counters.bump_by(L7Count::HandedOff, sent);
+        self.counters.bump_by(L7Count::HandoffFull, lost);
+        cx.counters.drops[DropReason::HandoffFull.index()] += lost;
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {

@@ -214,6 +214,12 @@ pub trait Ipv4Handler: Send {
         let _ = cx;
     }
 
+    /// Delivers what the stage queued while it processed the batch (frames for other workers, packets for
+    /// other threads): see [`Pipeline::flush_events`]. The default does nothing.
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        let _ = cx;
+    }
+
     /// Writes the next frame the stage originates into `buf` (see [`Pipeline::poll_transmit`]).
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)>;
 
@@ -847,6 +853,17 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             service: None,
         };
         self.handler.prefetch(port, frame, &meta);
+    }
+
+    fn flush_events(&mut self) {
+        let mut cx = StackContext {
+            links: &self.links,
+            neighbours: &mut self.neighbours,
+            counters: &mut self.counters,
+            services: &mut self.services,
+            owned: &mut self.owned,
+        };
+        self.handler.flush_events(&mut cx);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {

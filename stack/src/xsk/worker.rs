@@ -221,6 +221,8 @@ impl<P: Pipeline> Worker<P> {
         if received > 0 {
             self.last_rx = Some(now);
         }
+        // What the batch queued for other threads leaves now, never from inside packet processing.
+        self.pipeline.flush_events();
         work += received;
         work += self.originate(now);
         work += self.flush_tx();
