@@ -1071,7 +1071,15 @@ fn ha_packets_reach_the_ha_driver_only_when_the_turn_flushes() {
     });
     s.handle_timeout(now);
     let peer = sa([198, 18, 0, 11], 8848);
-    let to_us = packet(Proto::Udp, CLIENT_MAC, EXT_MAC, peer, sa([198, 18, 0, 10], 8848), 0, b"ack");
+    let to_us = packet(
+        Proto::Udp,
+        CLIENT_MAC,
+        EXT_MAC,
+        peer,
+        sa([198, 18, 0, 10], 8848),
+        0,
+        b"ack",
+    );
     assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
     assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
     assert!(sync_rx.is_empty(), "nothing sent from inside packet processing");
@@ -1099,7 +1107,15 @@ fn handed_frames_reach_their_owner_only_when_the_turn_flushes() {
     // Find a flow worker 1 owns, arriving at worker 0.
     let mut handed = None;
     for port in 0..16u16 {
-        let syn = packet(Proto::Tcp, CLIENT_MAC, EXT_MAC, sa([198, 18, 0, 1], 44000 + port), vip(), SYN, b"");
+        let syn = packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], 44000 + port),
+            vip(),
+            SYN,
+            b"",
+        );
         if process_only(&mut w0, now, 0, &syn) == Verdict::Consumed {
             handed = Some(syn);
             break;
@@ -1111,7 +1127,9 @@ fn handed_frames_reach_their_owner_only_when_the_turn_flushes() {
     assert_eq!(w0.handler().counters().handoff_out, 0);
     w0.flush_events();
     assert_eq!(w0.handler().counters().handoff_out, 1);
-    let (port, _) = w1.poll_transmit(now, &mut buf).expect("worker 1 forwards the handed SYN");
+    let (port, _) = w1
+        .poll_transmit(now, &mut buf)
+        .expect("worker 1 forwards the handed SYN");
     assert_eq!(port, 1);
     assert_eq!(w1.handler().conns().len(), 1);
 }

@@ -228,8 +228,10 @@ impl World {
         frame.resize(2048, 0);
         let len = ETH_HEADER_LEN + ip.len();
         let mut f = Frame::new(&mut frame, len);
-        if let Verdict::Transmit(_) = self.stack.process(self.now, port, &mut f) {
-            let out = f.data().to_vec();
+        let verdict = self.stack.process(self.now, port, &mut f);
+        let out = f.data().to_vec();
+        self.stack.flush_events(); // the end of the worker's turn
+        if let Verdict::Transmit(_) = verdict {
             self.deliver(&out);
         }
     }
