@@ -15,7 +15,6 @@ use crate::layout::RemovedServerPolicy;
 use crate::sched::hash::hash_5tuple;
 
 use super::*;
-use crate::drops::L4Drops;
 
 /// How a connection entry ended, for its local port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

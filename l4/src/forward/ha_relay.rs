@@ -15,7 +15,6 @@ use super::*;
 
 /// HA packets held at most between two flushes (HA traffic is a few packets per second).
 pub(super) const HA_OUTBOX: usize = 64;
-use crate::drops::L4Drops;
 
 impl Forwarder {
     /// Carries HA traffic for the HA driver (see [`ha_tap`]).

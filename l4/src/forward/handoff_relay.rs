@@ -11,7 +11,6 @@ use xlb_stack::wire::ETH_HEADER_LEN;
 use crate::conn::{FlowHash, FlowKey, Proto};
 
 use super::*;
-use crate::drops::L4Drops;
 
 impl Forwarder {
     /// Copies a frame for its owner worker; it is sent after the batch ([`Forwarder::flush_handoff`]).

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use xlb_l4::conn::{FlowHash, FlowKey, Proto};
+use xlb_l4::drops::L4Drops;
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
 use xlb_l4::stats::HealthBoard;
@@ -51,7 +52,6 @@ use counters::{L7Count, L7Counters, SharedL7Counters};
 use session::{Io, Session};
 use token::Token;
 use upstreams::{GroupSpec, Upstreams};
-use xlb_l4::drops::L4Drops;
 
 /// The L7 stage's id in the service table.
 pub const L7_STAGE: StageId = 2;
