@@ -370,15 +370,21 @@ impl<H: Ipv4Handler> LocalStack<H> {
             // The clock only initialises free slots; deadlines are set from the packets' times.
             frags: frag::Reassembler::new(frag::FragConfig::default(), Instant::now()),
         };
-        let mut cx = StackContext {
-            links: &stack.links,
-            neighbours: &mut stack.neighbours,
-            counters: &mut stack.counters,
-            services: &mut stack.services,
-            owned: &mut stack.owned,
-        };
-        stack.handler.attach(&mut cx);
+        let (handler, mut cx) = stack.stage();
+        handler.attach(&mut cx);
         stack
+    }
+
+    /// The upper stage, and the context it works in (the stack's parts it may use).
+    fn stage(&mut self) -> (&mut H, StackContext<'_>) {
+        let cx = StackContext {
+            links: &self.links,
+            neighbours: &mut self.neighbours,
+            counters: &mut self.counters,
+            services: &mut self.services,
+            owned: &mut self.owned,
+        };
+        (&mut self.handler, cx)
     }
 
     /// Names the links' interfaces (by port) in log messages; unnamed ports are called `port N`.
@@ -626,14 +632,8 @@ impl<H: Ipv4Handler> LocalStack<H> {
             l4,
             service,
         };
-        let mut cx = StackContext {
-            links: &self.links,
-            neighbours: &mut self.neighbours,
-            counters: &mut self.counters,
-            services: &mut self.services,
-            owned: &mut self.owned,
-        };
-        let (tcp_reason, udp_reason) = match self.handler.handle(now, port, frame, &meta, &mut cx) {
+        let (handler, mut cx) = self.stage();
+        let (tcp_reason, udp_reason) = match handler.handle(now, port, frame, &meta, &mut cx) {
             Handled::Verdict(verdict) => return verdict,
             Handled::Reject(DropReason::TtlExceeded) => return self.time_exceeded(now, port, frame, l4, src, dst),
             Handled::Reject(reason) => (reason, reason),
@@ -856,14 +856,8 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
     }
 
     fn flush_events(&mut self) {
-        let mut cx = StackContext {
-            links: &self.links,
-            neighbours: &mut self.neighbours,
-            counters: &mut self.counters,
-            services: &mut self.services,
-            owned: &mut self.owned,
-        };
-        self.handler.flush_events(&mut cx);
+        let (handler, mut cx) = self.stage();
+        handler.flush_events(&mut cx);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
@@ -891,14 +885,8 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
         if let Some(out) = self.neighbours.poll_transmit(now, buf, &mut self.counters) {
             return Some(out);
         }
-        let mut cx = StackContext {
-            links: &self.links,
-            neighbours: &mut self.neighbours,
-            counters: &mut self.counters,
-            services: &mut self.services,
-            owned: &mut self.owned,
-        };
-        self.handler.poll_transmit(now, buf, &mut cx)
+        let (handler, mut cx) = self.stage();
+        handler.poll_transmit(now, buf, &mut cx)
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
@@ -915,14 +903,8 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
     fn handle_timeout(&mut self, now: Instant) {
         self.neighbours.handle_timeout(now, &mut self.counters);
         self.frags.handle_timeout(now, &mut self.counters);
-        let mut cx = StackContext {
-            links: &self.links,
-            neighbours: &mut self.neighbours,
-            counters: &mut self.counters,
-            services: &mut self.services,
-            owned: &mut self.owned,
-        };
-        self.handler.handle_timeout(now, &mut cx);
+        let (handler, mut cx) = self.stage();
+        handler.handle_timeout(now, &mut cx);
     }
 
     fn counters(&self) -> &StackCounters {
