@@ -11,7 +11,7 @@ use crate::drops::DropReason;
 /// Counters of the sans-IO stack (owned by one worker, plain integers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackCounters {
-    /// Drops by [`DropReason`].
+    /// Drops by [`DropReason`] id (every crate's reasons; see [`crate::drops`]).
     pub drops: [u64; DropReason::CAPACITY],
     /// ARP requests for our addresses answered.
     pub arp_replies: u64,
