@@ -510,7 +510,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             Membership::None => Some(DropReason::ArpNotInSubnet),
             Membership::ThisLink => match self.neighbours.on_arp(now, port, ip, mac, reply) {
                 ArpOutcome::Learned => {
-                    if let Some(sync) = &self.sync {
+                    if let Some(sync) = &mut self.sync {
                         sync.publish(port, ip, mac);
                     }
                     None
@@ -520,7 +520,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
                 // A reply this worker did not ask for may answer another worker's request (replies land on any
                 // queue): passed on as a claim, which only a worker resolving that address accepts.
                 ArpOutcome::Unchanged | ArpOutcome::Unknown if self.sync.is_some() => {
-                    if let Some(sync) = &self.sync {
+                    if let Some(sync) = &mut self.sync {
                         sync.publish_claim(port, ip, mac);
                     }
                     None
@@ -856,6 +856,9 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
     }
 
     fn flush_events(&mut self) {
+        if let Some(sync) = &mut self.sync {
+            sync.flush();
+        }
         let (handler, mut cx) = self.stage();
         handler.flush_events(&mut cx);
     }
