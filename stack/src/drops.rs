@@ -124,7 +124,10 @@ pub const fn tables_line_up(tables: &[&DropTable]) -> bool {
 /// The stack itself declares inherent constants with `impl DropReason;` in place of the trait.
 #[macro_export]
 macro_rules! drop_reasons {
-    (@table $(#[$table_meta:meta])* $vis:vis $table:ident, $owner:literal, $first:expr; $($variant:ident $name:literal $doc:literal)*) => {
+    (
+        @table $(#[$table_meta:meta])* $vis:vis $table:ident, $owner:literal, $first:expr;
+        $($variant:ident $name:literal $doc:literal)*
+    ) => {
         /// Position of each reason in its table.
         #[allow(non_camel_case_types, clippy::enum_variant_names)]
         #[derive(Clone, Copy)]
@@ -171,7 +174,8 @@ macro_rules! drop_reasons {
 
         #[allow(non_upper_case_globals)]
         impl DropReason {
-            $(#[doc = $doc] pub const $variant: DropReason = DropReason::from_index($first + DropId::$variant as usize);)*
+            $(#[doc = $doc]
+            pub const $variant: DropReason = DropReason::from_index($first + DropId::$variant as usize);)*
         }
     };
 }
