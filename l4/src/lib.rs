@@ -2,6 +2,7 @@
 //! per-worker connection table, IPVS-style schedulers and health checks. Everything here is sans-IO.
 //!
 //! - [`config`]: `[[listener]]`, `[[group]]`, `[l4]`.
+//! - [`drops`]: the forwarder's drop reasons (after the stack's).
 //! - [`forward`]: the forwarder stage (FULLNAT, DR, hand-off between workers).
 //! - [`layout`]: stable listener / server slots across live reconfigurations.
 //! - [`owner`]: which worker owns a flow (the one rule for hand-off, port split and HA imports).
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod drops;
 pub mod forward;
 pub mod health;
 pub mod layout;

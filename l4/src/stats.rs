@@ -10,7 +10,7 @@ use std::sync::atomic::{
 };
 
 use crossbeam_channel::Sender;
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 
 pub use crate::forward::lports::PortOccupancy;
 use crate::health::HealthCounters;
@@ -42,7 +42,7 @@ pub struct ListenerCounters {
     /// the flow opened again by the client's retransmission.
     pub syn_proxy_server_resets: u64,
     /// Packets of the listener's flows dropped or refused, by [`DropReason`] (also counted per worker).
-    pub drops: [u64; DropReason::COUNT],
+    pub drops: [u64; DropReason::CAPACITY],
 }
 
 impl Default for ListenerCounters {
@@ -59,7 +59,7 @@ impl Default for ListenerCounters {
             syn_cookies_valid: 0,
             syn_proxy_on: 0,
             syn_proxy_server_resets: 0,
-            drops: [0; DropReason::COUNT],
+            drops: [0; DropReason::CAPACITY],
         }
     }
 }
@@ -83,7 +83,7 @@ pub struct ServerCounters {
     pub inactive: u64,
 }
 
-const LISTENER_FIELDS: usize = 11 + DropReason::COUNT;
+const LISTENER_FIELDS: usize = 11 + DropReason::CAPACITY;
 const SERVER_FIELDS: usize = 7;
 const GLOBAL_FIELDS: usize = 18;
 
@@ -468,6 +468,7 @@ impl HealthBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drops::L4Drops;
 
     #[test]
     fn publish_snapshot_round_trip() {
@@ -475,7 +476,7 @@ mod tests {
         c.conns = 5;
         c.handoff_in = 7;
         c.listeners[1].stateless = 3;
-        c.listeners[1].drops[DropReason::ConnTableFull as usize] = 4;
+        c.listeners[1].drops[DropReason::ConnTableFull.index()] = 4;
         c.servers[0][1].active = 9;
         c.servers[1][0].bytes_out = 11;
         c.evicted = 2;

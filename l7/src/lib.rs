@@ -9,11 +9,13 @@
 //! - [`rules`]: listener rules (host, path prefix → group, redirect or fixed response).
 //! - [`sticky`]: `Cookie` parsing and the insert / rewrite sticky-session cookies.
 //! - [`config`]: the serde config (`[l7]` limits and timeouts, listener rules, sticky) and its validation.
+//! - [`drops`]: the L7 stage's drop reasons (after the L4 forwarder's).
 //! - [`proxy`]: the per-connection proxy state machine ([`proxy::HttpProxy`]).
 //! - [`h2`]: HTTP/2 to clients ([`h2::H2Front`]), each stream mapped to one HTTP/1.1 exchange of its own proxy.
 
 pub mod affinity;
 pub mod config;
+pub mod drops;
 pub mod h2;
 pub mod http1;
 pub mod proxy;

@@ -281,6 +281,7 @@ pub fn measure(sessions: usize, packets: usize, batch: usize) -> Result<ScalePoi
             let v = stack.process(now, 0, &mut Frame::new(&mut bufs[j], lens[j]));
             debug_assert_eq!(v, Verdict::Transmit(1));
         }
+        stack.flush_events(); // as a worker does after each batch
         i += n;
     }
     let elapsed = started.elapsed();

@@ -6,83 +6,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-macro_rules! drop_reasons {
-    ($($variant:ident => $name:literal: $doc:literal,)*) => {
-        /// Why a frame was dropped. Every drop is counted under exactly one reason.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[repr(usize)]
-        pub enum DropReason {
-            $(#[doc = $doc] $variant,)*
-        }
-
-        impl DropReason {
-            /// Every reason, in counter order.
-            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
-            /// Number of reasons.
-            pub const COUNT: usize = Self::ALL.len();
-
-            /// The reason's name in stats and metrics (snake_case).
-            pub fn name(self) -> &'static str {
-                match self { $(DropReason::$variant => $name,)* }
-            }
-        }
-    };
-}
-
-drop_reasons! {
-    MalformedEthernet => "malformed_ethernet": "Frame shorter than an Ethernet header.",
-    NotOurMac => "not_our_mac": "Unicast frame for another MAC address.",
-    UnsupportedEthertype => "unsupported_ethertype": "Neither ARP nor IPv4.",
-    MalformedArp => "malformed_arp": "Truncated ARP, or not Ethernet/IPv4 ARP.",
-    ArpNotForUs => "arp_not_for_us": "ARP request for an address the appliance does not own.",
-    MalformedIpv4 => "malformed_ipv4": "Truncated IPv4 header, bad version, header or total length.",
-    BadIpv4Checksum => "bad_ipv4_checksum": "IPv4 header checksum does not verify.",
-    FragmentInvalid => "fragment_invalid": "An IPv4 fragment no valid datagram can have: a middle piece whose length is not a multiple of 8, an end past 65535 bytes, no payload, or a fragmented packet too short to be one.",
-    FragmentTiny => "fragment_tiny": "A first fragment too short to hold the whole TCP/UDP/ICMP header (RFC 1858's tiny-fragment attack): the datagram is discarded.",
-    FragmentOverlap => "fragment_overlap": "An IPv4 fragment overlapping (or repeating) part of its datagram already received: the whole datagram is discarded, as Linux does (RFC 5722's rule).",
-    FragmentTooBig => "fragment_too_big": "A fragmented datagram larger than a UMEM frame can carry once reassembled: not reassembled, every fragment dropped.",
-    FragmentTimeout => "fragment_timeout": "Fragments of a datagram that did not complete within the reassembly timeout (counted per fragment held).",
-    FragmentEvicted => "fragment_evicted": "Fragments of an incomplete datagram given up to make room for a new one (every reassembly slot busy; counted per fragment held).",
-    NotOurAddress => "not_our_address": "IPv4 packet for an address the appliance does not own.",
-    MalformedIcmp => "malformed_icmp": "Truncated ICMP or bad ICMP checksum.",
-    IcmpNotHandled => "icmp_not_handled": "ICMP other than an echo request.",
-    MalformedTcp => "malformed_tcp": "Truncated TCP header.",
-    MalformedUdp => "malformed_udp": "Truncated UDP header.",
-    BadL4Checksum => "bad_l4_checksum": "TCP or UDP checksum does not verify (also partial checksums from a peer with TX checksum offload: see the log).",
-    TcpNoListener => "tcp_no_listener": "TCP to a port nothing serves (answered with RST unless it was one).",
-    UdpNoListener => "udp_no_listener": "UDP to a port nothing serves (answered with ICMP port unreachable).",
-    UnsupportedProtocol => "unsupported_protocol": "IPv4 protocol other than ICMP, TCP or UDP.",
-    IcmpRateLimited => "icmp_rate_limited": "An ICMP error or RST was due but the rate limit was reached.",
-    NeighbourUnresolved => "neighbour_unresolved": "A packet waiting for ARP resolution timed out or found the queue full.",
-    NeighbourTableFull => "neighbour_table_full": "A new next hop found the neighbour table full of entries in use (none idle to evict): raise datapath.neighbours.",
-    ArpWrongLink => "arp_wrong_link": "ARP whose sender claims an address of another interface's subnet (e.g. a backend's address on the client link): not learned (answered if it was a request for us).",
-    ArpNotInSubnet => "arp_not_in_subnet": "ARP whose sender address is outside the receiving interface's subnets: not learned (answered if it was a request for us).",
-    ArpUnsolicited => "arp_unsolicited": "ARP reply (gratuitous or unsolicited) for an address the appliance was not resolving: ARP never creates neighbour entries.",
-    ArpLocked => "arp_locked": "ARP changing a neighbour's MAC within locktime (1 s) of its last change: ignored, the first answer wins.",
-    NoRoute => "no_route": "No interface or gateway reaches the destination.",
-    TxRingFull => "tx_ring_full": "The TX ring had no room for the frame.",
-    NoFreeFrame => "no_free_frame": "No free UMEM frame for an originated packet.",
-    InvalidSource => "invalid_source": "A new flow from a source that can never be a client (0/8, 127/8, multicast, 240/4, broadcast, or the appliance's own addresses): no entry, no server.",
-    InvalidTcpFlags => "invalid_tcp_flags": "A SYN that also carries FIN or RST (conntrack's invalid): no entry, no server.",
-    NoHealthyServer => "no_healthy_server": "New flow for a listener whose servers are all down or drained (answered with RST or ICMP unreachable).",
-    ConnTableFull => "conn_table_full": "New FULLNAT flow while the connection table is full.",
-    LocalPortsExhausted => "local_ports_exhausted": "New FULLNAT flow with no free local port on the local IP.",
-    NoConnection => "no_connection": "Packet of no known connection that cannot start one (not a SYN, or a reply to a free local port).",
-    SynCookieInvalid => "syn_cookie_invalid": "ACK without a connection to a SYN-proxied listener whose cookie is wrong or expired (forged, or a handshake older than 64-128 s): no entry, no server, no local port.",
-    SynProxyPending => "syn_proxy_pending": "Client segment of a SYN-proxied connection before the server's SYN-ACK reached xlb: dropped, the client retransmits it.",
-    ListenerConnLimit => "listener_conn_limit": "New flow of a listener at its connection cap (max_conns / [l4] listener_max_conns): no entry, no local port.",
-    HandoffFull => "handoff_full": "Frame for another worker's flow, but the hand-off queue was full.",
-    ServerRemoved => "server_removed": "Packet of a connection whose server was removed, with the reset policy (answered with RST or ICMP unreachable).",
-    L7ConnectionLimit => "l7_connection_limit": "SYN to an HTTP listener refused at l7.max_connections (answered with RST).",
-    HaQueueFull => "ha_queue_full": "VRRP or sync packet while the queue to the HA driver was full.",
-    TtlExceeded => "ttl_exceeded": "A packet to forward (FULLNAT either way, DR) arrived with TTL 0 or 1: dropped, answered with ICMP time exceeded (rate-limited, as icmp_rate), as a router does.",
-}
+use crate::drops::DropReason;
 
 /// Counters of the sans-IO stack (owned by one worker, plain integers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackCounters {
-    /// Drops by [`DropReason`].
-    pub drops: [u64; DropReason::COUNT],
+    /// Drops by [`DropReason`] id (every crate's reasons; see [`crate::drops`]).
+    pub drops: [u64; DropReason::CAPACITY],
     /// ARP requests for our addresses answered.
     pub arp_replies: u64,
     /// ARP requests sent to resolve neighbours.
@@ -102,7 +32,7 @@ pub struct StackCounters {
 impl Default for StackCounters {
     fn default() -> Self {
         StackCounters {
-            drops: [0; DropReason::COUNT],
+            drops: [0; DropReason::CAPACITY],
             arp_replies: 0,
             arp_requests: 0,
             icmp_echo_replies: 0,
@@ -118,12 +48,12 @@ impl StackCounters {
     /// Counts one drop.
     #[inline]
     pub fn drop(&mut self, reason: DropReason) {
-        self.drops[reason as usize] += 1;
+        self.drops[reason.index()] += 1;
     }
 
     /// The count for one drop reason.
     pub fn drops_of(&self, reason: DropReason) -> u64 {
-        self.drops[reason as usize]
+        self.drops[reason.index()]
     }
 }
 
@@ -196,7 +126,7 @@ pub struct WorkerSnapshot {
 
 const RING_FIELDS: usize = 9;
 const STACK_FIELDS: usize = 7;
-const HIST_AT: usize = RING_FIELDS + STACK_FIELDS + DropReason::COUNT + 2;
+const HIST_AT: usize = RING_FIELDS + STACK_FIELDS + DropReason::CAPACITY + 2;
 const SLOTS: usize = HIST_AT + BATCH_BUCKETS + 1;
 
 /// One worker's counters, written by the worker with relaxed stores and read by anyone.
@@ -252,8 +182,8 @@ impl SharedCounters {
     /// Reads the latest published snapshot.
     pub fn snapshot(&self) -> WorkerSnapshot {
         let v: Vec<u64> = self.slots.iter().map(|s| s.load(Relaxed)).collect();
-        let mut drops = [0; DropReason::COUNT];
-        drops.copy_from_slice(&v[RING_FIELDS + STACK_FIELDS..RING_FIELDS + STACK_FIELDS + DropReason::COUNT]);
+        let mut drops = [0; DropReason::CAPACITY];
+        drops.copy_from_slice(&v[RING_FIELDS + STACK_FIELDS..RING_FIELDS + STACK_FIELDS + DropReason::CAPACITY]);
         WorkerSnapshot {
             rings: RingCounters {
                 rx_frames: v[0],
@@ -321,8 +251,8 @@ mod tests {
         for us in [1, 2, 3, 900, 1_000_000] {
             s.batches.record(us);
         }
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            s.stack.drops[*r as usize] = 100 + i as u64;
+        for (i, d) in s.stack.drops.iter_mut().enumerate() {
+            *d = 100 + i as u64;
         }
         let shared = SharedCounters::default();
         shared.publish(&s);
@@ -347,13 +277,5 @@ mod tests {
         );
         assert_eq!(BatchHistogram::bound_us(3), Some(8));
         assert_eq!(BatchHistogram::bound_us(BATCH_BUCKETS - 1), None);
-    }
-
-    #[test]
-    fn reason_names_are_unique() {
-        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), DropReason::COUNT);
     }
 }

@@ -9,11 +9,13 @@
 //! - [`service`]: what each address:port of the appliance is, so one lookup decides the stage that serves it.
 //! - [`xsk`]: AF_XDP ports (UMEM, rings), the XDP filter program, and run-to-completion workers.
 //! - [`counters`]: per-worker counters readable while the datapath runs.
+//! - [`drops`]: drop reasons, each declared by the crate whose stage drops for it.
 //! - [`config`]: the `[node]` and `[[interface]]` parts of the appliance config.
 
 pub mod addr;
 pub mod config;
 pub mod counters;
+pub mod drops;
 pub mod local;
 pub mod neighbour;
 pub mod offload;

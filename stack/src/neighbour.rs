@@ -30,7 +30,8 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 use crate::pipeline::PortId;
 use crate::wire::{build, EthernetAddress, Ipv4Addr, ETH_HEADER_LEN};
 
@@ -634,9 +635,12 @@ pub struct NeighbourUpdate {
 /// so whatever a worker learns from ARP it passes to the others, and an ARP reply it did not ask for it passes on
 /// as a claim for the one that did (bounded channels; a full channel only means that worker resolves the
 /// neighbour itself). Updates carry the interface, so each worker applies them to its own port (link) of that
-/// interface: the per-link keying holds across workers.
+/// interface: the per-link keying holds across workers. Packet processing only queues them; the worker's turn
+/// sends them after the batch ([`NeighbourSync::flush`]).
 pub struct NeighbourSync {
     worker: usize,
+    /// Updates waiting for the next flush (room reserved up front).
+    outbox: Vec<NeighbourUpdate>,
     peers: Vec<crossbeam_channel::Sender<NeighbourUpdate>>,
     inbox: crossbeam_channel::Receiver<NeighbourUpdate>,
     port_ifaces: Vec<usize>,
@@ -651,6 +655,7 @@ impl NeighbourSync {
             .enumerate()
             .map(|(worker, (inbox, port_ifaces))| NeighbourSync {
                 worker,
+                outbox: Vec::with_capacity(Self::OUTBOX),
                 peers: tx.clone(),
                 inbox,
                 port_ifaces,
@@ -658,27 +663,40 @@ impl NeighbourSync {
             .collect()
     }
 
-    /// Tells the other workers that `ip` on this worker's `port` is at `mac` (accepted from ARP here).
-    pub fn publish(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
-        self.send(port, ip, mac, false);
+    /// Updates held at most between two flushes (ARP is rare traffic; beyond this, as with a full channel, the
+    /// other workers resolve the neighbour themselves).
+    const OUTBOX: usize = 256;
+
+    /// Tells the other workers (at the next flush) that `ip` on this worker's `port` is at `mac` (accepted from
+    /// ARP here).
+    pub fn publish(&mut self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        self.queue(port, ip, mac, false);
     }
 
     /// Passes an ARP reply received on `port` that this worker was not resolving to the others, one of which may
     /// be.
-    pub fn publish_claim(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
-        self.send(port, ip, mac, true);
+    pub fn publish_claim(&mut self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress) {
+        self.queue(port, ip, mac, true);
     }
 
-    fn send(&self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress, claim: bool) {
-        let update = NeighbourUpdate {
-            iface: self.port_ifaces[port],
-            ip,
-            mac,
-            claim,
-        };
-        for (w, peer) in self.peers.iter().enumerate() {
-            if w != self.worker {
-                let _ = peer.try_send(update);
+    fn queue(&mut self, port: PortId, ip: Ipv4Addr, mac: EthernetAddress, claim: bool) {
+        if self.outbox.len() < Self::OUTBOX {
+            self.outbox.push(NeighbourUpdate {
+                iface: self.port_ifaces[port],
+                ip,
+                mac,
+                claim,
+            });
+        }
+    }
+
+    /// Sends the queued updates to the other workers (called by the worker's turn after the batch).
+    pub fn flush(&mut self) {
+        for update in self.outbox.drain(..) {
+            for (w, peer) in self.peers.iter().enumerate() {
+                if w != self.worker {
+                    let _ = peer.try_send(update);
+                }
             }
         }
     }

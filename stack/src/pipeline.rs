@@ -8,7 +8,8 @@
 
 use std::time::Instant;
 
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 
 /// Index of a port (an AF_XDP socket on one interface queue) within its worker.
 pub type PortId = usize;
@@ -99,6 +100,11 @@ pub trait Pipeline: Send {
     fn prefetch(&mut self, port: PortId, frame: &[u8]) {
         let _ = (port, frame);
     }
+
+    /// Delivers what processing the batch queued for other threads (frames handed to another worker, packets
+    /// for the HA driver, session-sync events): called once per turn after the received batch. Packet processing
+    /// itself does no channel operation. The default does nothing.
+    fn flush_events(&mut self) {}
 
     /// Writes the next frame the pipeline originated into `buf`; returns its port and length, or `None`.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)>;

@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
 
 /// Reflects frames (swaps source and destination MAC) back out of the port they arrived on.

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::counters::DropReason;
+use crate::drops::DropReason;
 use crate::local::{Handled, Ipv4Handler, StackContext};
 use crate::pipeline::{Frame, PortId, Verdict};
 use crate::ports::LOCAL_PORTS_SLOT;
@@ -51,7 +51,9 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Stages<A, B> {
             match self.second.handle(now, port, &mut frame, &ip, cx) {
                 Handled::Verdict(Verdict::Transmit(out)) => return Some((out, frame.len())),
                 Handled::Verdict(Verdict::Drop(reason)) | Handled::Reject(reason) => cx.counters.drop(reason),
-                Handled::Pass => cx.counters.drop(DropReason::NoConnection),
+                // Neither stage serves it (nothing is answered for a frame taken from another worker).
+                Handled::Pass if ip.protocol == Protocol::Udp => cx.counters.drop(DropReason::UdpNoListener),
+                Handled::Pass => cx.counters.drop(DropReason::TcpNoListener),
                 Handled::Verdict(Verdict::Consumed) => {}
             }
         }
@@ -103,6 +105,11 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         self.second.attach(cx);
     }
 
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        self.first.flush_events(cx);
+        self.second.flush_events(cx);
+    }
+
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
         if let Some(out) = self.take_passed(now, buf, cx) {
             return Some(out);
@@ -150,7 +157,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::counters::DropReason;
+    use crate::drops::DropReason;
     use crate::local::{Link, LocalConfig, LocalStack};
     use crate::neighbour::NeighbourConfig;
     use crate::pipeline::{Pipeline, Verdict};
@@ -264,7 +271,7 @@ mod tests {
             matches!(verdicts[2], Verdict::Transmit(_)),
             "port 82: RST from the local stack"
         );
-        assert_eq!(stack.counters().drops[DropReason::TcpNoListener as usize], 1);
+        assert_eq!(stack.counters().drops[DropReason::TcpNoListener.index()], 1);
 
         stack.handler_mut().first.due = Some(now + Duration::from_millis(5));
         stack.handler_mut().second.due = Some(now + Duration::from_millis(50));
@@ -315,11 +322,12 @@ mod tests {
         let frame = tcp_frame(10_006, 1, 0, 0x10, b"");
         stack.handler_mut().first.passed.push(frame);
         let mut buf = vec![0u8; 2048];
+        let unserved = stack.counters().drops[DropReason::TcpNoListener.index()];
         assert_eq!(stack.poll_transmit(now, &mut buf), None);
         assert_eq!(stack.handler().second.seen, vec![10_005, 10_006]);
         assert_eq!(
-            stack.counters().drops[DropReason::NoConnection as usize],
-            1,
+            stack.counters().drops[DropReason::TcpNoListener.index()],
+            unserved + 1,
             "the second passed it too: no one's"
         );
     }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use xlb_stack::config::{Idle, XdpMode, ZeroCopy};
-use xlb_stack::counters::{DropReason, SharedCounters, StackCounters, WorkerSnapshot};
+use xlb_stack::counters::{SharedCounters, StackCounters, WorkerSnapshot};
+use xlb_stack::drops::DropReason;
 use xlb_stack::pipeline::{Frame, Pipeline, PortId, Verdict};
 use xlb_stack::reflect::Reflector;
 use xlb_stack::wire::build::{self, DEFAULT_TTL, ETHERTYPE_IPV4};
@@ -109,6 +110,10 @@ impl<P: Pipeline> Pipeline for Started<P> {
 
     fn process(&mut self, now: Instant, port: PortId, frame: &mut Frame<'_>) -> Verdict {
         self.inner.process(now, port, frame)
+    }
+
+    fn flush_events(&mut self) {
+        self.inner.flush_events();
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
@@ -396,7 +401,7 @@ fn check_frames(out: &Outcome) {
 fn check_reflected(out: &Outcome) {
     check_frames(out);
     let rings = &out.counters.rings;
-    let tx_full = out.counters.stack.drops_of(xlb_stack::counters::DropReason::TxRingFull);
+    let tx_full = out.counters.stack.drops_of(xlb_stack::drops::DropReason::TxRingFull);
     assert_eq!(
         rings.tx_frames + tx_full,
         rings.rx_frames,

@@ -218,6 +218,8 @@ pub fn run_frames(workers: &mut [LbPipeline], start: Instant, mut data: &[u8]) {
             let n = f.len();
             check_sent(out_port, &buf[..n]);
         }
+        // The end of the worker's turn: what the frame queued for other threads (hand-off, HA) leaves.
+        workers[w].flush_events();
         for worker in workers.iter_mut() {
             drain(worker, now, &mut out);
         }

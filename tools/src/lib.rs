@@ -6,6 +6,7 @@
 //! - [`control`]: the control API transport (HTTP+JSON on the node's Unix socket, optionally TCP with a token).
 //! - [`metrics`]: Prometheus text rendering of the stats document and its HTTP server.
 //! - [`stats`]: the stats document served by the control API.
+//! - [`drops`]: every drop reason (the stack's, L4's and L7's tables joined, checked at compile time).
 //! - [`ha`]: the HA driver: VRRP and session sync over the datapath's HA channels, driving the workers.
 //! - [`ha_config`]: the `[ha]` section.
 //! - [`http`]: the HTTP server of the control API and metrics (hyper on a single-threaded tokio runtime).
@@ -21,6 +22,7 @@ pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drops;
 pub mod fuzzing;
 pub mod ha;
 pub mod ha_config;

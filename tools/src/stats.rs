@@ -8,16 +8,16 @@ use xlb_api::stats::{
 };
 use xlb_l4::health::HealthCounters;
 use xlb_l4::stats::PortOccupancy;
-use xlb_stack::counters::{BatchHistogram, DropReason, WorkerSnapshot, BATCH_BUCKETS};
+use xlb_stack::counters::{BatchHistogram, WorkerSnapshot, BATCH_BUCKETS};
 use xlb_stack::xsk::filter::FilterStats;
 
+use crate::drops;
 use crate::lb::L4Runtime;
 
 /// One worker's counters.
 pub fn worker(name: &str, s: &WorkerSnapshot) -> Worker {
-    let drops: BTreeMap<String, u64> = DropReason::ALL
-        .iter()
-        .map(|r| (r.name().to_string(), s.stack.drops_of(*r)))
+    let drops: BTreeMap<String, u64> = drops::all()
+        .map(|r| (r.name.to_string(), s.stack.drops_of(r.reason)))
         .collect();
     Worker {
         name: name.to_string(),
@@ -138,10 +138,9 @@ pub fn l4(runtime: &L4Runtime) -> L4 {
                 syn_cookies_sent: lc.syn_cookies_sent,
                 syn_cookies_valid: lc.syn_cookies_valid,
                 syn_proxy_server_resets: lc.syn_proxy_server_resets,
-                drops: DropReason::ALL
-                    .iter()
-                    .filter(|r| lc.drops[**r as usize] > 0)
-                    .map(|r| (r.name().to_string(), lc.drops[*r as usize]))
+                drops: drops::all()
+                    .filter(|r| lc.drops[r.reason.index()] > 0)
+                    .map(|r| (r.name.to_string(), lc.drops[r.reason.index()]))
                     .collect(),
                 servers,
             }
@@ -226,6 +225,7 @@ pub fn l7(runtime: &L4Runtime) -> Option<xlb_api::stats::L7> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xlb_stack::drops::DropReason;
 
     #[test]
     fn totals_sum_counters_and_drops() {
@@ -247,8 +247,8 @@ mod tests {
     #[test]
     fn a_worker_has_every_drop_reason_and_the_batch_histogram() {
         let w = serde_json::to_value(worker("w0", &WorkerSnapshot::default())).unwrap();
-        for r in DropReason::ALL {
-            assert_eq!(w["drops"][r.name()], 0, "{}", r.name());
+        for r in drops::all() {
+            assert_eq!(w["drops"][r.name], 0, "{}", r.name);
         }
         assert_eq!(w["batch_us"]["le"].as_array().unwrap().len(), BATCH_BUCKETS);
         assert!(w["batch_us"]["le"][BATCH_BUCKETS - 1].is_null());

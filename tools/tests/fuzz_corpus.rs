@@ -190,7 +190,7 @@ fn pipeline_seeds_reach_forwarding_reassembly_and_ttl_handling() {
         fuzzing::run_frames(&mut workers, start, &seed(name));
         workers
     };
-    use xlb_stack::counters::DropReason;
+    use xlb_stack::drops::DropReason;
     use xlb_stack::pipeline::Pipeline;
     let conns = |w: &[xlb_tools::lb::LbPipeline], listener: usize| -> u64 {
         w.iter()

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::{EthernetAddress, PacketSummary};
@@ -147,7 +147,7 @@ impl Forwarder {
             return;
         };
         if let Some(c) = self.counters.listeners.get_mut(l) {
-            c.drops[*reason as usize] += 1;
+            c.drops[reason.index()] += 1;
         }
     }
 

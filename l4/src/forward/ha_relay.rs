@@ -1,31 +1,54 @@
 //! The forwarder's side of the HA tap: VRRP and sync packets to the HA driver, its frames out of this worker.
+//!
+//! Packet processing only queues the HA packets it recognises (a small bounded outbox); the worker's turn hands
+//! them to the HA driver after the batch ([`Forwarder::flush_ha`]).
 
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::ETH_HEADER_LEN;
 
 use super::*;
 
+/// HA packets held at most between two flushes (HA traffic is a few packets per second).
+pub(super) const HA_OUTBOX: usize = 64;
+
 impl Forwarder {
     /// Carries HA traffic for the HA driver (see [`ha_tap`]).
     pub fn set_ha_tap(&mut self, tap: HaTap) {
         self.ha = Some(tap);
         self.ha_groups_owned = false;
+        self.ha_outbox.reserve(HA_OUTBOX);
     }
 
-    /// Hands an HA packet (VRRP, session sync) to the HA driver.
+    /// Queues an HA packet (VRRP, session sync) for the HA driver; dropped if the driver's channel has no room
+    /// left for it or the outbox is full.
     pub(super) fn tap_ha(&mut self, frame: &Frame<'_>) -> Option<Handled> {
         let tap = self.ha.as_ref()?;
         let packet = &frame.data()[ETH_HEADER_LEN..];
         let kind = tap.classify(packet)?;
-        Some(match tap.sender(kind).try_send(packet.to_vec()) {
-            Ok(()) => Handled::Verdict(Verdict::Consumed),
-            Err(_) => Handled::Verdict(Verdict::Drop(DropReason::HaQueueFull)),
-        })
+        let channel = tap.sender(kind);
+        let queued = self.ha_outbox.iter().filter(|(k, _)| *k == kind).count();
+        let room = channel.capacity().is_none_or(|c| channel.len() + queued < c);
+        if !room || self.ha_outbox.len() >= HA_OUTBOX {
+            return Some(Handled::Verdict(Verdict::Drop(DropReason::HaQueueFull)));
+        }
+        self.ha_outbox.push((kind, packet.to_vec()));
+        Some(Handled::Verdict(Verdict::Consumed))
+    }
+
+    /// Hands the HA packets queued during the batch to the HA driver (the worker's turn, after the batch). One
+    /// its channel no longer takes (filled by another worker meanwhile, or the driver gone) is counted.
+    pub(super) fn flush_ha(&mut self, cx: &mut StackContext<'_>) {
+        let Some(tap) = &self.ha else { return };
+        for (kind, packet) in self.ha_outbox.drain(..) {
+            if tap.sender(kind).try_send(packet).is_err() {
+                cx.counters.drop(DropReason::HaQueueFull);
+            }
+        }
     }
 
     /// The next frame the HA driver wants sent, if this worker transmits for HA.

@@ -1,7 +1,7 @@
 //! HA traffic on the datapath: VRRP adverts and session-sync datagrams arrive through AF_XDP like every other
-//! frame for the appliance. The forwarder recognises them and hands a copy to the HA driver over a bounded
-//! channel; the frames the driver builds come back the same way and leave through a worker's TX ring (the
-//! driver signals a [`Wake`] so a sleeping worker sends them at once).
+//! frame for the appliance. The forwarder recognises them, queues a copy during the batch and hands it to the HA
+//! driver over a bounded channel after it; the frames the driver builds come back the same way and leave through
+//! a worker's TX ring (the driver signals a [`Wake`] so a sleeping worker sends them at once).
 //!
 //! No kernel socket carries HA traffic, so HA shares the datapath's fate: when the workers stop, the node stops
 //! advertising and a peer takes over. HA packets are control traffic (a few per second), so copying them into

@@ -2,8 +2,10 @@
 //!
 //! Frames arrive on whichever queue the NIC (or veth) picks; the owner of a flow is fixed by the flow itself
 //! (see `Forwarder::owner`). A frame that reached another worker is copied into a buffer from the sender's
-//! pre-allocated pool and sent over a bounded crossbeam channel; the owner processes it and returns the buffer
-//! to the sender's pool. Nothing is allocated per packet and no lock is taken.
+//! pre-allocated pool and queued ([`Handoff::queue`]); the worker's turn sends the queue over bounded crossbeam
+//! channels after the batch ([`Handoff::flush`]), so packet processing does no channel operation. The owner
+//! processes the frame and returns the buffer to the sender's pool. Nothing is allocated per packet and no lock
+//! is taken.
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
@@ -27,6 +29,8 @@ pub struct Handoff {
     return_to: Vec<Sender<Box<[u8]>>>,
     returned: Receiver<Box<[u8]>>,
     pool: Vec<Box<[u8]>>,
+    /// Frames queued for their owners (each holds a pool buffer: never more than the pool).
+    queued: Vec<(usize, HandedFrame)>,
 }
 
 /// Why a frame could not be handed over.
@@ -54,6 +58,7 @@ impl Handoff {
                 pool: (0..depth)
                     .map(|_| vec![0u8; HANDOFF_FRAME].into_boxed_slice())
                     .collect(),
+                queued: Vec::with_capacity(depth),
             })
             .collect()
     }
@@ -63,9 +68,9 @@ impl Handoff {
         self.worker
     }
 
-    /// Copies `frame` to worker `owner`. Fails (the caller counts a drop) when no buffer is free or the frame
-    /// does not fit.
-    pub fn send(&mut self, owner: usize, iface: usize, frame: &[u8]) -> Result<(), HandoffFull> {
+    /// Copies `frame` for worker `owner`, to be sent at the next [`Handoff::flush`]. Fails (the caller counts a
+    /// drop) when no buffer is free or the frame does not fit.
+    pub fn queue(&mut self, owner: usize, iface: usize, frame: &[u8]) -> Result<(), HandoffFull> {
         if frame.len() > HANDOFF_FRAME {
             return Err(HandoffFull);
         }
@@ -76,18 +81,30 @@ impl Handoff {
             return Err(HandoffFull);
         };
         buf[..frame.len()].copy_from_slice(frame);
-        match self.to[owner].try_send(HandedFrame {
+        let handed = HandedFrame {
             from: self.worker,
             iface,
             len: frame.len(),
             buf,
-        }) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => {
-                self.pool.push(f.buf);
-                Err(HandoffFull)
+        };
+        self.queued.push((owner, handed));
+        Ok(())
+    }
+
+    /// Sends the queued frames to their owners (called by the worker's turn after the batch). Returns how many
+    /// were sent and how many were lost (the owner's channel full or gone: the caller counts them as drops).
+    pub fn flush(&mut self) -> (u64, u64) {
+        let (mut sent, mut lost) = (0, 0);
+        for (owner, frame) in self.queued.drain(..) {
+            match self.to[owner].try_send(frame) {
+                Ok(()) => sent += 1,
+                Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => {
+                    self.pool.push(f.buf);
+                    lost += 1;
+                }
             }
         }
+        (sent, lost)
     }
 
     /// The next frame handed to this worker.
@@ -112,9 +129,11 @@ mod tests {
         let (a, b) = mesh.split_at_mut(1);
         let (w0, w1) = (&mut a[0], &mut b[0]);
         for i in 0..4u8 {
-            w0.send(1, 0, &[i; 60]).unwrap();
+            w0.queue(1, 0, &[i; 60]).unwrap();
         }
-        assert!(w0.send(1, 0, &[9; 60]).is_err(), "pool of 4 exhausted");
+        assert!(w0.queue(1, 0, &[9; 60]).is_err(), "pool of 4 exhausted");
+        assert!(w1.receive().is_none(), "nothing sent before the flush");
+        assert_eq!(w0.flush(), (4, 0));
         let mut got = vec![];
         while let Some(f) = w1.receive() {
             assert_eq!((f.from, f.len), (0, 60));
@@ -124,8 +143,22 @@ mod tests {
         assert_eq!(got, vec![0, 1, 2, 3]);
         // Buffers came back: sending works again, for as many frames as the pool holds.
         for _ in 0..4 {
-            w0.send(1, 0, &[7; 60]).unwrap();
+            w0.queue(1, 0, &[7; 60]).unwrap();
         }
-        assert!(w0.send(1, 0, &[0; HANDOFF_FRAME + 1]).is_err());
+        assert!(w0.queue(1, 0, &[0; HANDOFF_FRAME + 1]).is_err());
+        assert_eq!(w0.flush(), (4, 0));
+    }
+
+    #[test]
+    fn a_frame_its_owner_can_no_longer_take_is_lost_at_the_flush_and_its_buffer_kept() {
+        let mut mesh = Handoff::mesh(2, 2);
+        drop(mesh.pop()); // worker 1 is gone
+        let w0 = &mut mesh[0];
+        w0.queue(1, 0, &[1; 60]).unwrap();
+        assert_eq!(w0.flush(), (0, 1));
+        // Both buffers are still in the pool.
+        w0.queue(1, 0, &[2; 60]).unwrap();
+        w0.queue(1, 0, &[3; 60]).unwrap();
+        assert_eq!(w0.flush(), (0, 2));
     }
 }

@@ -1,9 +1,9 @@
-//! The forwarder's side of the hand-off: packets of flows another worker owns go there; handed packets are
-//! processed here as if received.
+//! The forwarder's side of the hand-off: packets of flows another worker owns are queued for it and sent after
+//! the batch; handed packets are processed here as if received.
 
 use std::time::Instant;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::wire::{PacketSummary, Protocol};
@@ -13,16 +13,21 @@ use crate::conn::{FlowHash, FlowKey, Proto};
 use super::*;
 
 impl Forwarder {
-    /// Copies a frame to its owner worker.
+    /// Copies a frame for its owner worker; it is sent after the batch ([`Forwarder::flush_handoff`]).
     pub(super) fn hand_off(&mut self, owner: usize, port: PortId, frame: &Frame<'_>) -> Handled {
         let iface = self.port_ifaces[port];
-        match self.handoff.as_mut().map(|h| h.send(owner, iface, frame.data())) {
-            Some(Ok(())) => {
-                self.counters.handoff_out += 1;
-                Handled::Verdict(Verdict::Consumed)
-            }
+        match self.handoff.as_mut().map(|h| h.queue(owner, iface, frame.data())) {
+            Some(Ok(())) => Handled::Verdict(Verdict::Consumed),
             _ => Handled::Verdict(Verdict::Drop(DropReason::HandoffFull)),
         }
+    }
+
+    /// Sends the frames queued for other workers during the batch (the worker's turn, after the batch).
+    pub(super) fn flush_handoff(&mut self, cx: &mut StackContext<'_>) {
+        let Some(handoff) = self.handoff.as_mut() else { return };
+        let (sent, lost) = handoff.flush();
+        self.counters.handoff_out += sent;
+        cx.counters.drops[DropReason::HandoffFull.index()] += lost;
     }
 
     /// Processes frames other workers handed over; returns the first that is to be sent.

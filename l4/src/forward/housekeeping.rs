@@ -188,13 +188,13 @@ impl Forwarder {
             .counters
             .listeners
             .iter()
-            .map(|l| l.drops[DropReason::ConnTableFull as usize])
+            .map(|l| l.drops[DropReason::ConnTableFull.index()])
             .sum();
         let ports_exhausted = self
             .counters
             .listeners
             .iter()
-            .map(|l| l.drops[DropReason::LocalPortsExhausted as usize])
+            .map(|l| l.drops[DropReason::LocalPortsExhausted.index()])
             .sum();
         self.warnings
             .check(now, self.worker, ports_exhausted, table_full, ports, &self.conns);
@@ -202,12 +202,12 @@ impl Forwarder {
             .counters
             .listeners
             .iter()
-            .map(|l| l.drops[DropReason::SynCookieInvalid as usize])
+            .map(|l| l.drops[DropReason::SynCookieInvalid.index()])
             .sum();
         let mut warnings = std::mem::take(&mut self.warnings);
         let capped: Vec<(u64, &str, Option<u32>)> = (0..self.listeners.len())
             .map(|l| {
-                let count = self.counters.listeners[l].drops[DropReason::ListenerConnLimit as usize];
+                let count = self.counters.listeners[l].drops[DropReason::ListenerConnLimit.index()];
                 (count, self.listeners[l].config.name.as_str(), self.conn_cap(l))
             })
             .collect();

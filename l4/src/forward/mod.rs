@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Handled, Ipv4Handler, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::service::{Service, StageId};
@@ -49,6 +49,7 @@ use xlb_stack::wire::{Ipv4Header, PacketSummary, Protocol, ETH_HEADER_LEN, TCP_H
 
 use crate::config::{SynProxyMode, PROBE_PORTS, PROBE_PORT_BASE};
 use crate::conn::{ConnTable, FlowHash, FlowKey, Proto};
+use crate::drops::L4Drops;
 use crate::health::HealthChecker;
 use crate::layout::Layout;
 use crate::owner;
@@ -152,6 +153,8 @@ pub struct Forwarder {
     sync_policy: SyncPolicy,
     /// HA traffic to and from the HA driver.
     ha: Option<HaTap>,
+    /// HA packets received in this batch, for the HA driver (see [`Forwarder::flush_ha`]).
+    ha_outbox: Vec<(ha_tap::HaKind, Vec<u8>)>,
     ha_groups_owned: bool,
     counters: L4Counters,
     shared: Arc<SharedL4Counters>,
@@ -241,6 +244,7 @@ impl Forwarder {
             last_timer: now,
             sync_policy: SyncPolicy::default(),
             ha: None,
+            ha_outbox: Vec::new(),
             ha_groups_owned: false,
             shared,
             next_housekeeping: now,
@@ -424,8 +428,6 @@ impl Ipv4Handler for Forwarder {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
-        // Called every turn after the batch: what packets queued for session sync leaves now.
-        self.flush_sync();
         if let Some(out) = self.ha_transmit(now, buf, cx) {
             return Some(out);
         }
@@ -440,6 +442,13 @@ impl Ipv4Handler for Forwarder {
             }
         }
         None
+    }
+
+    /// Delivers what the batch queued: frames for other workers, HA packets, session-sync events.
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        self.flush_handoff(cx);
+        self.flush_ha(cx);
+        self.flush_sync();
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -76,7 +76,7 @@ impl Forwarder {
     }
 
     /// Hands queued sync events to the sync thread: called by the worker's turn after each batch
-    /// ([`Ipv4Handler::poll_transmit`]) and with the timers.
+    /// ([`Ipv4Handler::flush_events`]) and with the timers.
     pub(super) fn flush_sync(&mut self) {
         if let Some(outbox) = &mut self.sync {
             outbox.flush();

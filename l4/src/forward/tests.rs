@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{Link, LocalConfig, LocalStack};
 use xlb_stack::neighbour::NeighbourConfig;
 use xlb_stack::pipeline::{Frame, Pipeline, Verdict};
@@ -205,12 +205,15 @@ fn from_client(proto: Proto, flags: u8, payload: &[u8]) -> Vec<u8> {
     packet(proto, CLIENT_MAC, EXT_MAC, client(), vip(), flags, payload)
 }
 
+/// One worker turn with a batch of one frame: processes `pkt`, then delivers what it queued for other threads
+/// (as the worker does after every batch).
 fn run(stack: &mut LocalStack<Forwarder>, now: Instant, port: usize, pkt: &[u8]) -> (Verdict, Vec<u8>) {
     let mut buf = vec![0u8; 2048];
     buf[..pkt.len()].copy_from_slice(pkt);
     let mut f = Frame::new(&mut buf, pkt.len());
     let v = stack.process(now, port, &mut f);
     let len = f.len();
+    stack.flush_events();
     (v, buf[..len].to_vec())
 }
 
@@ -293,7 +296,7 @@ fn mid_flow_packet_without_state_is_dropped_in_fullnat() {
     );
     // The listener's packet counts under the listener too; the stray reply belongs to no listener.
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::NoConnection as usize],
+        s.handler().counters().listeners[0].drops[DropReason::NoConnection.index()],
         1
     );
     assert_eq!(s.counters().drops_of(DropReason::NoConnection), 2);
@@ -313,7 +316,7 @@ fn all_servers_drained_new_flows_get_rst_and_udp_unreachable() {
     assert_eq!(s.counters().tcp_resets, 1);
     assert_eq!(s.handler().counters().listeners[0].no_server, 1);
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::NoHealthyServer as usize],
+        s.handler().counters().listeners[0].drops[DropReason::NoHealthyServer.index()],
         1
     );
 
@@ -616,7 +619,7 @@ fn a_full_table_evicts_its_oldest_closed_connection_for_a_new_flow() {
         Verdict::Drop(DropReason::ConnTableFull)
     );
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::ConnTableFull as usize],
+        s.handler().counters().listeners[0].drops[DropReason::ConnTableFull.index()],
         1
     );
 }
@@ -1044,6 +1047,93 @@ fn ha_packets_go_to_the_ha_driver_and_its_frames_leave_through_the_worker() {
     assert_eq!(&buf[ETH_HEADER_LEN..len], &unicast[ETH_HEADER_LEN..]);
     // The transmitting worker sleeps on the driver's wake-up too.
     assert_eq!(s.wake_fd(), Some(s.handler().ha.as_ref().unwrap().wake.fd()));
+}
+
+/// Processes `pkt` without the end of the worker's turn (nothing queued is delivered yet).
+fn process_only(stack: &mut LocalStack<Forwarder>, now: Instant, port: usize, pkt: &[u8]) -> Verdict {
+    let mut buf = vec![0u8; 2048];
+    buf[..pkt.len()].copy_from_slice(pkt);
+    stack.process(now, port, &mut Frame::new(&mut buf, pkt.len()))
+}
+
+#[test]
+fn ha_packets_reach_the_ha_driver_only_when_the_turn_flushes() {
+    use super::ha_tap::HaTap;
+    let now = Instant::now();
+    let mut s = stack(Setup::default());
+    let (sync_tx, sync_rx) = crossbeam_channel::bounded(4);
+    s.handler_mut().set_ha_tap(HaTap {
+        iface: 0,
+        source: Ipv4Addr::new(198, 18, 0, 10),
+        sync: "224.0.0.81:8848".parse().unwrap(),
+        vrrp: crossbeam_channel::bounded(4).0,
+        sync_in: sync_tx,
+        outbound: None,
+        wake: Arc::new(xlb_stack::wake::Wake::new().unwrap()),
+    });
+    s.handle_timeout(now);
+    let peer = sa([198, 18, 0, 11], 8848);
+    let to_us = packet(
+        Proto::Udp,
+        CLIENT_MAC,
+        EXT_MAC,
+        peer,
+        sa([198, 18, 0, 10], 8848),
+        0,
+        b"ack",
+    );
+    assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
+    assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
+    assert!(sync_rx.is_empty(), "nothing sent from inside packet processing");
+    s.flush_events();
+    assert_eq!(sync_rx.len(), 2, "both delivered by the flush");
+    assert_eq!(sync_rx.try_recv().unwrap(), to_us[ETH_HEADER_LEN..].to_vec());
+    // The channel's room counts what is already queued: 3 more fit (4 with the one still in the channel).
+    for _ in 0..3 {
+        assert_eq!(process_only(&mut s, now, 0, &to_us), Verdict::Consumed);
+    }
+    assert_eq!(
+        process_only(&mut s, now, 0, &to_us),
+        Verdict::Drop(DropReason::HaQueueFull)
+    );
+    s.flush_events();
+    assert_eq!(sync_rx.len(), 4);
+    assert_eq!(s.counters().drops_of(DropReason::HaQueueFull), 1);
+}
+
+#[test]
+fn handed_frames_reach_their_owner_only_when_the_turn_flushes() {
+    let now = Instant::now();
+    let (mut w0, mut w1) = two_workers(|_| Setup::default());
+    let mut buf = vec![0u8; 2048];
+    // Find a flow worker 1 owns, arriving at worker 0.
+    let mut handed = None;
+    for port in 0..16u16 {
+        let syn = packet(
+            Proto::Tcp,
+            CLIENT_MAC,
+            EXT_MAC,
+            sa([198, 18, 0, 1], 44000 + port),
+            vip(),
+            SYN,
+            b"",
+        );
+        if process_only(&mut w0, now, 0, &syn) == Verdict::Consumed {
+            handed = Some(syn);
+            break;
+        }
+        w0.flush_events();
+    }
+    assert!(handed.is_some(), "one of 16 flows is worker 1's");
+    assert_eq!(w1.poll_transmit(now, &mut buf), None, "not sent during processing");
+    assert_eq!(w0.handler().counters().handoff_out, 0);
+    w0.flush_events();
+    assert_eq!(w0.handler().counters().handoff_out, 1);
+    let (port, _) = w1
+        .poll_transmit(now, &mut buf)
+        .expect("worker 1 forwards the handed SYN");
+    assert_eq!(port, 1);
+    assert_eq!(w1.handler().conns().len(), 1);
 }
 
 #[test]
@@ -2031,10 +2121,7 @@ fn wrong_and_expired_cookies_are_dropped_and_counted_without_entry_or_port() {
     let f = s.handler();
     assert_eq!(f.conns().len(), 0);
     assert_eq!(s.local_ports().occupancy().in_use, 0);
-    assert_eq!(
-        f.counters().listeners[0].drops[DropReason::SynCookieInvalid as usize],
-        5
-    );
+    assert_eq!(f.counters().listeners[0].drops[DropReason::SynCookieInvalid.index()], 5);
     assert_eq!(s.counters().drops_of(DropReason::SynCookieInvalid), 5);
 }
 
@@ -2171,7 +2258,7 @@ fn a_listener_at_its_cap_refuses_new_flows_by_name() {
     );
     assert_eq!(s.local_ports().occupancy().in_use, 2, "the refused flow took no port");
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit as usize],
+        s.handler().counters().listeners[0].drops[DropReason::ListenerConnLimit.index()],
         1
     );
     // When an entry goes, the listener may open one again (the packet waits for ARP: the neighbours expired).
@@ -2397,7 +2484,7 @@ fn forwarding_decrements_the_ttl_and_a_packet_whose_ttl_ran_out_gets_time_exceed
     assert_eq!(s.counters().drops_of(DropReason::TtlExceeded), 2);
     assert_eq!(s.counters().icmp_time_exceeded, 2);
     assert_eq!(
-        s.handler().counters().listeners[0].drops[DropReason::TtlExceeded as usize],
+        s.handler().counters().listeners[0].drops[DropReason::TtlExceeded.index()],
         2
     );
 

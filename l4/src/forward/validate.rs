@@ -4,10 +4,11 @@
 
 use std::net::Ipv4Addr;
 
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::wire::{checksum, TcpHeader, UdpHeader};
 
 use crate::conn::{FlowKey, Proto};
+use crate::drops::L4Drops;
 
 /// Why the first packet of a flow (TCP SYN, or a UDP datagram without an entry) may not open one, if it may not.
 /// `segment` is the transport header and payload; `owned` says whether an address is the appliance's.

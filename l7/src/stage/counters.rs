@@ -169,6 +169,12 @@ impl L7Counters {
         self.counts[c as usize] += 1;
     }
 
+    /// Counts `n` of `c`.
+    #[inline]
+    pub fn bump_by(&mut self, c: L7Count, n: u64) {
+        self.counts[c as usize] += n;
+    }
+
     /// The value of `c`.
     pub fn get(&self, c: L7Count) -> u64 {
         self.counts[c as usize]

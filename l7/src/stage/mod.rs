@@ -31,11 +31,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use xlb_l4::conn::{FlowHash, FlowKey, Proto};
+use xlb_l4::drops::L4Drops;
 use xlb_l4::forward::handoff::Handoff;
 use xlb_l4::owner::{local_port_owner, owner_of_hash};
 use xlb_l4::sched::MaglevTables;
 use xlb_l4::stats::HealthBoard;
-use xlb_stack::counters::DropReason;
+use xlb_stack::drops::DropReason;
 use xlb_stack::local::{route, Handled, Ipv4Handler, StackContext};
 use xlb_stack::pipeline::{Frame, PortId, Verdict};
 use xlb_stack::ports::{LocalPorts, LOCAL_PORTS_SLOT};
@@ -43,6 +44,7 @@ use xlb_stack::service::{Service, StageId, Transport};
 use xlb_stack::wire::{PacketSummary, Protocol, ETH_HEADER_LEN};
 
 use crate::config::L7Config;
+use crate::drops::L7Drops;
 use crate::h2::H2Limits;
 use crate::proxy::{HttpProxy, ProxyConfig};
 use crate::rules::GroupId;
@@ -598,11 +600,9 @@ impl Ipv4Handler for L7Stage {
         let owner = self.owner(service, src, dst);
         if owner != self.worker {
             let iface = self.port_ifaces.get(port).copied().unwrap_or(0);
-            return match self.handoff.as_mut().map(|h| h.send(owner, iface, frame.data())) {
-                Some(Ok(())) => {
-                    self.counters.bump(L7Count::HandedOff);
-                    Handled::Verdict(Verdict::Consumed)
-                }
+            // Copied for the owner now, sent after the batch (`flush_events`).
+            return match self.handoff.as_mut().map(|h| h.queue(owner, iface, frame.data())) {
+                Some(Ok(())) => Handled::Verdict(Verdict::Consumed),
                 _ => {
                     self.counters.bump(L7Count::HandoffFull);
                     Handled::Verdict(Verdict::Drop(DropReason::HandoffFull))
@@ -625,6 +625,15 @@ impl Ipv4Handler for L7Stage {
         if !self.listeners.is_empty() {
             self.register_reply_ranges(cx);
         }
+    }
+
+    /// Sends the segments queued for other workers during the batch.
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        let Some(handoff) = self.handoff.as_mut() else { return };
+        let (sent, lost) = handoff.flush();
+        self.counters.bump_by(L7Count::HandedOff, sent);
+        self.counters.bump_by(L7Count::HandoffFull, lost);
+        cx.counters.drops[DropReason::HandoffFull.index()] += lost;
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {

@@ -111,6 +111,17 @@ fn world_full(
     tls: Option<Arc<rustls::ServerConfig>>,
     upstream: Option<(Arc<rustls::ServerConfig>, Arc<crate::tls::upstream::UpstreamTls>)>,
 ) -> World {
+    world_on(tls, upstream, 0, 1, None)
+}
+
+/// [`world_full`] on worker `worker` of `workers`, joined to the others by `handoff`.
+fn world_on(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    upstream: Option<(Arc<rustls::ServerConfig>, Arc<crate::tls::upstream::UpstreamTls>)>,
+    worker: usize,
+    workers: usize,
+    handoff: Option<Handoff>,
+) -> World {
     let now = Instant::now();
     let pool = (tls.is_some() || upstream.is_some())
         .then(|| HandshakePool::start(crate::tls::handshake::PoolConfig::default()).unwrap());
@@ -147,14 +158,14 @@ fn world_full(
             }],
             board: board.clone(),
             maglev: Arc::default(),
-            worker: 0,
-            workers: 1,
+            worker,
+            workers,
             port_ifaces: vec![0, 1],
             access_log: None,
             handshakes: pool.as_ref().map(|p| p.client(None)),
         },
         Arc::new(SharedL7Counters::default()),
-        None,
+        handoff,
         now,
     );
     let mut stack = LocalStack::with_ports(
@@ -231,8 +242,10 @@ impl World {
         frame.resize(2048, 0);
         let len = ETH_HEADER_LEN + ip.len();
         let mut f = Frame::new(&mut frame, len);
-        if let Verdict::Transmit(_) = self.stack.process(self.now, port, &mut f) {
-            let out = f.data().to_vec();
+        let verdict = self.stack.process(self.now, port, &mut f);
+        let out = f.data().to_vec();
+        self.stack.flush_events(); // the end of the worker's turn
+        if let Verdict::Transmit(_) = verdict {
             self.deliver(&out);
         }
     }
@@ -441,7 +454,7 @@ fn stray_segments_are_refused_and_idle_clients_closed() {
     let ack = buf[..len].to_vec();
     w.send_to_xlb(&ack, CLIENT_MAC, 0);
     assert_eq!(w.counters().get(L7Count::NoConnection), 1);
-    assert_eq!(w.stack.counters().drops[DropReason::NoConnection as usize], 1);
+    assert_eq!(w.stack.counters().drops[DropReason::NoConnection.index()], 1);
     let _ = c;
 
     // A client that connects and says nothing is closed after the idle timeout (75 s by default).
@@ -1012,3 +1025,46 @@ mod h2c {
 }
 
 mod upstream_tls;
+
+#[test]
+fn a_segment_for_another_worker_leaves_only_when_the_turn_flushes() {
+    let mut mesh = Handoff::mesh(2, 4);
+    let mut worker1 = mesh.pop().unwrap();
+    let mut w = world_on(None, None, 0, 2, mesh.pop());
+    let service = Service {
+        stage: L7_STAGE,
+        slot: 0,
+    };
+    // A client SYN to the VIP whose flow worker 1 owns, arriving at worker 0.
+    let src = (40000..40064)
+        .map(|port| SocketAddrV4::new(CLIENT, port))
+        .find(|src| w.stack.handler().owner(service, *src, VIP) == 1)
+        .expect("one of 64 flows is worker 1's");
+    let mut ip = [0u8; 40];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&CLIENT.octets());
+    ip[16..20].copy_from_slice(&VIP.ip().octets());
+    let c = xlb_stack::wire::checksum::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip[20..22].copy_from_slice(&src.port().to_be_bytes());
+    ip[22..24].copy_from_slice(&VIP.port().to_be_bytes());
+    ip[32] = 0x50;
+    ip[33] = 0x02; // SYN
+    let mut frame = ethernet(&ip, CLIENT_MAC, EXT_MAC);
+    let len = frame.len();
+    frame.resize(2048, 0);
+    let verdict = w.stack.process(w.now, 0, &mut Frame::new(&mut frame, len));
+    assert_eq!(verdict, Verdict::Consumed, "handed over");
+    assert!(
+        worker1.receive().is_none(),
+        "nothing sent from inside packet processing"
+    );
+    assert_eq!(w.stack.handler().counters().get(L7Count::HandedOff), 0);
+    w.stack.flush_events();
+    let handed = worker1.receive().expect("sent by the flush");
+    assert_eq!(&handed.buf[..handed.len], &frame[..len]);
+    assert_eq!(w.stack.handler().counters().get(L7Count::HandedOff), 1);
+}

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::{Ipv4Handler, LocalStack};
-use crate::counters::DropReason;
+use crate::drops::DropReason;
 use crate::offload;
 use crate::pipeline::{Frame, PortId, Verdict};
 use crate::wire::build::{self, ResetFor, Unreachable};

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use super::{Ipv4Handler, Link, LocalStack};
-use crate::counters::DropReason;
+use crate::drops::{DropReason, STACK_DROPS};
 use crate::neighbour::ArpOutcome;
 use crate::pipeline::{Frame, PortId, Verdict};
 use crate::wire::build::{self, ETHERTYPE_IPV4};
@@ -98,7 +98,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
             Membership::None => Some(DropReason::ArpNotInSubnet),
             Membership::ThisLink => match self.neighbours.on_arp(now, port, ip, mac, reply) {
                 ArpOutcome::Learned => {
-                    if let Some(sync) = &self.sync {
+                    if let Some(sync) = &mut self.sync {
                         sync.publish(port, ip, mac);
                     }
                     None
@@ -108,7 +108,7 @@ impl<H: Ipv4Handler> LocalStack<H> {
                 // A reply this worker did not ask for may answer another worker's request (replies land on any
                 // queue): passed on as a claim, which only a worker resolving that address accepts.
                 ArpOutcome::Unchanged | ArpOutcome::Unknown if self.sync.is_some() => {
-                    if let Some(sync) = &self.sync {
+                    if let Some(sync) = &mut self.sync {
                         sync.publish_claim(port, ip, mac);
                     }
                     None
@@ -137,14 +137,15 @@ impl<H: Ipv4Handler> LocalStack<H> {
             .get(port)
             .cloned()
             .unwrap_or_else(|| format!("port {port}"));
+        let reason = STACK_DROPS.name(reason).unwrap_or_default();
         tracing::warn!(
             iface,
             sender = %ip,
             mac = %mac,
-            reason = reason.name(),
+            reason,
             refused = log.refused,
             "ARP claim not learned (counted under drop reason {}; {} refused since the last such line, which comes at              most every {} s): a host on this link claims an address it may not own here",
-            reason.name(),
+            reason,
             log.refused,
             ARP_LOG_INTERVAL.as_secs()
         );

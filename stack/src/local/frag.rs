@@ -26,7 +26,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 use crate::pipeline::PortId;
 use crate::wire::{checksum, Ipv4Addr, Ipv4Header, ETH_HEADER_LEN};
 
@@ -356,7 +357,7 @@ impl Reassembler {
         for s in &mut self.slots {
             match s.state {
                 State::Assembling if s.deadline <= now => {
-                    counters.drops[DropReason::FragmentTimeout as usize] += s.held;
+                    counters.drops[DropReason::FragmentTimeout.index()] += s.held;
                     s.state = State::Free;
                 }
                 State::Discarding(_) if s.deadline <= now => s.state = State::Free,
@@ -388,7 +389,7 @@ impl Reassembler {
             })?;
         let s = &mut self.slots[victim];
         if s.state == State::Assembling {
-            counters.drops[DropReason::FragmentEvicted as usize] += s.held;
+            counters.drops[DropReason::FragmentEvicted.index()] += s.held;
         }
         s.state = State::Assembling;
         s.key = key;
@@ -407,7 +408,7 @@ impl Reassembler {
     /// later fragments of it are dropped under it until its deadline.
     fn discard(&mut self, i: usize, reason: DropReason, counters: &mut StackCounters) -> Outcome {
         let s = &mut self.slots[i];
-        counters.drops[reason as usize] += s.held;
+        counters.drops[reason.index()] += s.held;
         s.held = 0;
         s.state = State::Discarding(reason);
         Outcome::Drop(reason)

@@ -5,7 +5,8 @@
 use std::time::Instant;
 
 use super::{Link, OwnedAddrs};
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 use crate::neighbour::{NeighbourTable, Resolution};
 use crate::pipeline::{Frame, PortId, Verdict};
 use crate::ports::LocalPorts;
@@ -129,6 +130,12 @@ pub trait Ipv4Handler: Send {
 
     /// Called once when the stack is built: the stage registers its services ([`StackContext::services`]).
     fn attach(&mut self, cx: &mut StackContext<'_>) {
+        let _ = cx;
+    }
+
+    /// Delivers what the stage queued while it processed the batch (frames for other workers, packets for
+    /// other threads): see [`crate::pipeline::Pipeline::flush_events`]. The default does nothing.
+    fn flush_events(&mut self, cx: &mut StackContext<'_>) {
         let _ = cx;
     }
 

@@ -19,7 +19,8 @@ pub mod handler;
 pub use handler::{route, Handled, Ipv4Handler, NoHandler, Route, StackContext};
 
 use crate::addr::Ipv4Net;
-use crate::counters::{DropReason, StackCounters};
+use crate::counters::StackCounters;
+use crate::drops::DropReason;
 use crate::neighbour::{NeighbourConfig, NeighbourSync, NeighbourTable};
 use crate::pipeline::{Frame, Pipeline, PortId, Verdict};
 use crate::ports::LocalPorts;
@@ -286,6 +287,21 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
             return;
         }
         self.handler.prefetch(port, frame, &ip);
+    }
+
+    fn flush_events(&mut self) {
+        if let Some(sync) = &mut self.sync {
+            sync.flush();
+        }
+        let mut cx = StackContext {
+            links: &self.links,
+            neighbours: &mut self.neighbours,
+            counters: &mut self.counters,
+            services: &mut self.services,
+            ports: &mut self.ports,
+            owned: &mut self.owned,
+        };
+        self.handler.flush_events(&mut cx);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {

@@ -68,11 +68,14 @@ const BACKEND_MAC: EthernetAddress = EthernetAddress([0x02, 0, 0, 0, 2, 2]);
 const FORGED_MAC: EthernetAddress = EthernetAddress([0x02, 0x66, 0x66, 0, 0, 1]);
 
 /// Runs `packet` through the stack on `port` at `now`, returning the verdict.
+/// One worker turn with a batch of one frame: processes `packet`, then delivers what it queued for other workers.
 fn run_on(stack: &mut LocalStack, now: Instant, port: PortId, packet: &[u8]) -> Verdict {
     let mut buf = vec![0u8; 2048];
     buf[..packet.len()].copy_from_slice(packet);
     let mut frame = Frame::new(&mut buf, packet.len());
-    stack.process(now, port, &mut frame)
+    let verdict = stack.process(now, port, &mut frame);
+    stack.flush_events();
+    verdict
 }
 
 /// A stack that resolved BACKEND_IP on port 1 (its request answered by the backend).

@@ -137,9 +137,11 @@ fn learn_without_create_ignores_strangers() {
 fn sync_passes_learned_neighbours_to_the_other_workers_only() {
     let mut mesh = NeighbourSync::mesh(vec![vec![0, 1], vec![1, 0]]);
     let w1 = mesh.pop().unwrap();
-    let w0 = mesh.pop().unwrap();
+    let mut w0 = mesh.pop().unwrap();
     // Worker 0 learns PEER on its port 1, which is interface 1: worker 1 serves interface 1 on its port 0.
     w0.publish(1, PEER_IP, PEER_MAC);
+    assert_eq!(w1.receive(), None, "sent at the flush, not when learned");
+    w0.flush();
     let learned = NeighbourUpdate {
         iface: 1,
         ip: PEER_IP,
@@ -149,6 +151,7 @@ fn sync_passes_learned_neighbours_to_the_other_workers_only() {
     assert_eq!(w1.receive(), Some((0, learned)));
     assert_eq!(w1.receive(), None);
     w0.publish_claim(0, PEER_IP, OTHER_MAC);
+    w0.flush();
     let claim = NeighbourUpdate {
         iface: 0,
         mac: OTHER_MAC,

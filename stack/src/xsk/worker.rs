@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use xsk_rs::{FrameDesc, Umem};
 
 use crate::config::Idle;
-use crate::counters::{BatchHistogram, DropReason, RingCounters, SharedCounters, WorkerSnapshot};
+use crate::counters::{BatchHistogram, RingCounters, SharedCounters, WorkerSnapshot};
+use crate::drops::DropReason;
 use crate::pipeline::{Frame, Pipeline, Verdict};
 use crate::xsk::port::Port;
 
@@ -220,6 +221,8 @@ impl<P: Pipeline> Worker<P> {
         if received > 0 {
             self.last_rx = Some(now);
         }
+        // What the batch queued for other threads leaves now, never from inside packet processing.
+        self.pipeline.flush_events();
         work += received;
         work += self.originate(now);
         work += self.flush_tx();
@@ -399,7 +402,7 @@ impl<P: Pipeline> Worker<P> {
 
     fn publish(&mut self) {
         let mut stack = self.pipeline.counters().clone();
-        stack.drops[DropReason::TxRingFull as usize] += self.tx_ring_full_frames;
+        stack.drops[DropReason::TxRingFull.index()] += self.tx_ring_full_frames;
         self.shared.publish(&WorkerSnapshot {
             rings: self.rings.clone(),
             stack,
