@@ -51,7 +51,7 @@ use crate::rules::GroupId;
 use crate::tcp::{BadSegment, ConnId, Ingress, TcpConfig, TcpHost};
 use crate::tls::handshake::HandshakeClient;
 use crate::tls::link::TlsLink;
-use access::AccessLine;
+use access::{AccessLine, AccessOutbox};
 use counters::{L7Count, L7Counters, SharedL7Counters};
 use session::{Io, Session};
 use token::Token;
@@ -159,7 +159,7 @@ pub struct L7Stage {
     updates: Option<Receiver<L7Message>>,
     /// The `mh` groups' tables in use (the snapshot last received).
     maglev: Arc<MaglevTables>,
-    access_log: Option<Sender<AccessLine>>,
+    access_log: Option<AccessOutbox>,
     /// Listener names, shared with their sessions (access log).
     listener_names: Vec<Arc<str>>,
     handshakes: Option<HandshakeClient>,
@@ -215,7 +215,7 @@ impl L7Stage {
             last_now: now,
             updates: None,
             maglev: config.maglev,
-            access_log: config.access_log,
+            access_log: config.access_log.map(AccessOutbox::new),
             listener_names,
             handshakes: config.handshakes,
             upstream_tls_error: None,
@@ -272,7 +272,7 @@ impl L7Stage {
             ports,
             counters: &mut self.counters,
             source,
-            access_log: self.access_log.as_ref(),
+            access_log: self.access_log.as_mut(),
             handshakes: self.handshakes.as_mut(),
             h2: self.h2.as_ref(),
         }
@@ -629,6 +629,9 @@ impl Ipv4Handler for L7Stage {
 
     /// Sends the segments queued for other workers during the batch.
     fn flush_events(&mut self, cx: &mut StackContext<'_>) {
+        if let Some(log) = self.access_log.as_mut() {
+            log.flush();
+        }
         let Some(handoff) = self.handoff.as_mut() else { return };
         let (sent, lost) = handoff.flush();
         self.counters.bump_by(L7Count::HandedOff, sent);

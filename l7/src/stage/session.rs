@@ -7,11 +7,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use crossbeam_channel::Sender;
-
 use smoltcp::socket::tcp::{self, State};
 
-use super::access::AccessLine;
+use super::access::{AccessLine, AccessOutbox};
 use super::counters::{L7Count, L7Counters};
 use super::token::Token;
 use super::upstreams::Upstreams;
@@ -91,7 +89,7 @@ pub(super) struct Io<'a> {
     /// The source address towards a server (the stack's route), if it is reachable.
     pub source: &'a dyn Fn(Ipv4Addr) -> Option<Ipv4Addr>,
     /// Where access-log lines go, if anywhere.
-    pub access_log: Option<&'a Sender<AccessLine>>,
+    pub access_log: Option<&'a mut AccessOutbox>,
     /// The TLS handshake pool (HTTPS listeners).
     pub handshakes: Option<&'a mut HandshakeClient>,
     /// HTTP/2 limits (`None`: HTTP/2 is off).
@@ -550,7 +548,9 @@ impl Session {
 
     /// Hands an access record to the logger (counted when its queue is full).
     fn log(&self, io: &mut Io<'_>, record: AccessRecord) {
-        let Some(tx) = io.access_log else { return };
+        if io.access_log.is_none() {
+            return;
+        }
         let server = self
             .upstream
             .as_ref()
@@ -564,7 +564,7 @@ impl Session {
             server,
             record,
         };
-        if tx.try_send(line).is_err() {
+        if !io.access_log.as_mut().is_some_and(|log| log.push(line)) {
             io.counters.bump(L7Count::AccessLogDropped);
         }
     }

@@ -165,6 +165,8 @@ impl<P: Pipeline> Worker<P> {
                 Idle::Adaptive => self.sleep(now),
             }
         }
+        // What the last turn queued for other threads (hand-offs, HA, sync, access-log lines) still goes out.
+        self.pipeline.flush_events();
         // Let in-flight TX complete so the frame accounting settles before the worker is inspected or dropped.
         let deadline = Instant::now() + Duration::from_millis(200);
         while self.in_tx.iter().sum::<usize>() > 0 && Instant::now() < deadline {
