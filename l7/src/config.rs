@@ -74,6 +74,12 @@ pub struct L7Config {
     /// Threads running TLS full handshakes (certificate signatures) for the workers; resumptions have one
     /// more of their own. Used by `https` listeners only.
     pub tls_handshake_threads: usize,
+    /// Removed settings, read only to refuse them with the fix (`l7.local_port_min` / `local_port_max`: L7
+    /// upstream connections take their local ports from `[l4] local_port_min..max`, one pool with FULLNAT).
+    #[serde(rename = "local_port_min")]
+    pub(crate) removed_local_port_min: Option<u16>,
+    #[serde(rename = "local_port_max")]
+    pub(crate) removed_local_port_max: Option<u16>,
 }
 
 impl Default for L7Config {
@@ -96,6 +102,8 @@ impl Default for L7Config {
             key_server: None,
             http2: true,
             http2_max_concurrent_streams: 128,
+            removed_local_port_min: None,
+            removed_local_port_max: None,
         }
     }
 }
@@ -152,6 +160,14 @@ impl L7Config {
 
     /// Checks ranges; the error is one line naming the field.
     pub fn validate(&self) -> Result<(), String> {
+        if self.removed_local_port_min.is_some() || self.removed_local_port_max.is_some() {
+            return Err(
+                "l7.local_port_min/local_port_max: removed. L7 upstream connections take their local \
+                        ports from [l4] local_port_min..max (one pool shared with FULLNAT flows): delete them \
+                        from [l7] and widen the [l4] range if needed"
+                    .into(),
+            );
+        }
         if !(1024..=1024 * 1024).contains(&self.max_header_bytes) {
             return Err(format!(
                 "l7.max_header_bytes: {} is outside 1024..=1048576",
@@ -622,5 +638,10 @@ mod tests {
             toml::from_str::<L7Config>("max_header_byte = 1").is_err(),
             "unknown keys refused"
         );
+        // The removed local-port settings are refused with where the range lives now.
+        let old: L7Config = toml::from_str("local_port_min = 62000\nlocal_port_max = 65535").unwrap();
+        let err = old.validate().unwrap_err();
+        assert!(err.starts_with("l7.local_port_min/local_port_max: removed"), "{err}");
+        assert!(err.contains("[l4] local_port_min..max"), "{err}");
     }
 }
