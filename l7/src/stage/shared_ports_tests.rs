@@ -8,12 +8,12 @@ use xlb_l4::forward::{Forwarder, ForwarderConfig};
 use xlb_l4::layout::{Layout, RemovedServerPolicy};
 use xlb_l4::sched::{MaglevTables, SchedulerKind};
 use xlb_l4::stats::SharedL4Counters;
-use xlb_stack::local::{Link, LocalConfig, LocalStack};
-use xlb_stack::neighbour::NeighbourConfig;
+use xlb_stack::local::LocalStack;
 use xlb_stack::pipeline::Pipeline;
 use xlb_stack::stages::Stages;
 use xlb_stack::wire::{EthernetAddress, EthernetFrame, EthernetProtocol};
 
+use super::tests::two_links;
 use super::upstreams::ServerSpec;
 use super::*;
 use crate::config::{HttpListenerConfig, ListenerProtocol};
@@ -130,22 +130,7 @@ impl World {
         let board = Arc::new(HealthBoard::new(0));
         let (forwarder, ports) = l4_stage(&board, now);
         let mut stack = LocalStack::with_ports(
-            LocalConfig {
-                links: vec![
-                    Link {
-                        mac: EXT_MAC,
-                        addresses: vec!["198.18.0.10/24".parse().unwrap()],
-                        gateway: None,
-                    },
-                    Link {
-                        mac: INT_MAC,
-                        addresses: vec!["198.19.0.10/24".parse().unwrap()],
-                        gateway: None,
-                    },
-                ],
-                neighbours: NeighbourConfig::default(),
-                icmp_rate: 1000,
-            },
+            two_links(),
             ports,
             Stages::new(forwarder, l7_stage(&board, now), L7_STAGE),
         );

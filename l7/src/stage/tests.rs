@@ -100,6 +100,27 @@ fn world() -> World {
     world_with(None)
 }
 
+/// The worker's two links: the client side (198.18.0.10, `EXT_MAC`) and the server side (198.19.0.10,
+/// `INT_MAC`). Shared with the tests of L4 and L7 on one stack.
+pub(super) fn two_links() -> LocalConfig {
+    LocalConfig {
+        links: vec![
+            Link {
+                mac: EXT_MAC,
+                addresses: vec!["198.18.0.10/24".parse().unwrap()],
+                gateway: None,
+            },
+            Link {
+                mac: INT_MAC,
+                addresses: vec!["198.19.0.10/24".parse().unwrap()],
+                gateway: None,
+            },
+        ],
+        neighbours: NeighbourConfig::default(),
+        icmp_rate: 1000,
+    }
+}
+
 /// A world whose listener terminates TLS with `tls` (plain HTTP without).
 fn world_with(tls: Option<Arc<rustls::ServerConfig>>) -> World {
     world_full(tls, None)
@@ -169,22 +190,7 @@ fn world_on(
         now,
     );
     let mut stack = LocalStack::with_ports(
-        LocalConfig {
-            links: vec![
-                Link {
-                    mac: EXT_MAC,
-                    addresses: vec!["198.18.0.10/24".parse().unwrap()],
-                    gateway: None,
-                },
-                Link {
-                    mac: INT_MAC,
-                    addresses: vec!["198.19.0.10/24".parse().unwrap()],
-                    gateway: None,
-                },
-            ],
-            neighbours: NeighbourConfig::default(),
-            icmp_rate: 1000,
-        },
+        two_links(),
         // The stage makes the link addresses local IPs of the pools.
         LocalPorts::new(&[], 10_000, 60_999, 0, 1),
         stage,
