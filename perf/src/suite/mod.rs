@@ -289,6 +289,16 @@ fn run_scenarios(
                     cleared.how
                 ));
             }
+            // Nor the half-open connections a SYN flood left on the servers (they sit on the FULLNAT source
+            // tuples both systems use).
+            let half_open = lab.drain_half_open().with_context(|| scenario.name().to_owned())?;
+            if half_open > 0 {
+                progress(&format!(
+                    "  {} {}: waited for {half_open} half-open connections on the servers to expire",
+                    scenario.name(),
+                    system.kind().name(),
+                ));
+            }
         }
         let xlb_before = match (scenario.layer(), system.appliance()) {
             (Layer::Https, Some(xlb)) => Some((xlb.stats()?, cpu::thread_times(xlb.proc().pid())?)),
