@@ -62,7 +62,8 @@ pub enum ZeroCopy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Idle {
-    /// Spin: lowest latency, burns its core (appliance default on dedicated cores).
+    /// Spin: lowest latency, burns its core (appliance default on dedicated cores). Between empty turns it
+    /// yields the core to any other runnable thread on it (there is none on an isolated core).
     Busy,
     /// Spin briefly, then sleep in poll(2) on the sockets until traffic or a timer.
     #[default]

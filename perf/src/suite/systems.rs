@@ -240,6 +240,15 @@ backend sinks
     )
 }
 
+/// The idle strategy of xlb's worker in the [`Setup::Standard`] runs: `XLB_SUITE_IDLE` (`busy` or `adaptive`),
+/// default `busy`.
+fn standard_idle() -> &'static str {
+    match std::env::var("XLB_SUITE_IDLE").as_deref() {
+        Ok("adaptive") => "adaptive",
+        _ => "busy",
+    }
+}
+
 /// The xlb config the suite runs for `setup` (`CONTROL_SOCKET` is filled in by [`Appliance::start`]), with
 /// HTTPS listeners whose certificates are in `pki`; with `key_server` (its socket) the certificates come without
 /// their keys and xlb has the Key Server sign (`[l7.key_server]`, [`Setup::Tls`] only).
@@ -258,7 +267,7 @@ pub fn xlb_config(setup: Setup, pki: &Path, key_server: Option<&Path>) -> String
         )
     };
     let idle = match setup {
-        Setup::Standard => "busy",
+        Setup::Standard => standard_idle(),
         Setup::Tls => "adaptive",
     };
     let interface = |name: &str, cidr: &str| {

@@ -158,9 +158,11 @@ impl<P: Pipeline> Worker<P> {
                 .last_rx
                 .is_some_and(|t| now.saturating_duration_since(t) < SPIN_AFTER_RX);
             match self.options.idle {
-                Idle::Busy => std::hint::spin_loop(),
-                // Spinning, but yielding the core to any other runnable thread on it (the TLS handshake pool
-                // shares cores with the workers): a pure spin took half a core from the handshakes.
+                // Spinning, but yielding the core to any other runnable thread on it between empty turns (the
+                // TLS handshake pool, or servers on a shared host; on an isolated core there is none and the
+                // yield returns at once). A pure spin took half a core from the handshakes, and doubled the
+                // keep-alive p99 of the L7 benchmark, whose servers share the worker's core.
+                Idle::Busy => std::thread::yield_now(),
                 Idle::Adaptive if receiving => std::thread::yield_now(),
                 Idle::Adaptive => self.sleep(now),
             }
