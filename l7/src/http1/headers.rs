@@ -65,6 +65,11 @@ fn connection_tokens(headers: &[Header]) -> Vec<&[u8]> {
         .collect()
 }
 
+/// Bytes `headers` take as `name: value\r\n` lines.
+fn fields_len(headers: &[Header]) -> usize {
+    headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum()
+}
+
 fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -78,6 +83,8 @@ fn header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// Upgrade header is passed on with `Connection: upgrade`.
 pub fn write_upstream_request(req: &RequestHead, client: ClientInfo<'_>, websocket: bool, out: &mut Vec<u8>) {
     let tokens = connection_tokens(&req.headers);
+    // One allocation for the whole head (the fields as they came, plus what xlb adds).
+    out.reserve(fields_len(&req.headers) + req.target.len() + req.host.len() + 192);
     let _ = write!(out, "{} {} HTTP/1.1\r\n", req.method, req.target);
     let mut forwarded_for: Vec<u8> = Vec::new();
     let mut has_host = false;
@@ -143,6 +150,8 @@ pub struct ClientFraming {
 /// server's Content-Length, which then describes the representation, not this message.
 pub fn write_client_response(resp: &ResponseHead, to: ClientFraming, extra: &[(&str, &[u8])], out: &mut Vec<u8>) {
     let tokens = connection_tokens(&resp.headers);
+    let extra_len: usize = extra.iter().map(|(n, v)| n.len() + v.len() + 4).sum();
+    out.reserve(fields_len(&resp.headers) + resp.reason.len() + extra_len + 96);
     let switching = resp.status == 101;
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", resp.status, resp.reason);
     for h in &resp.headers {

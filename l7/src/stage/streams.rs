@@ -32,7 +32,7 @@ impl L7Stage {
                     let token = Token::Upstream { index, generation };
                     let mut child = front.new_stream(proxy, key, stream, token);
                     child.stream_push(&head, true);
-                    self.slots[index as usize].session = Some(child);
+                    self.slots[index as usize].session = Some(Box::new(child));
                     self.sessions += 1;
                     front.add_stream(stream, (index, generation));
                     self.touched.push(index);
@@ -140,7 +140,7 @@ impl L7Stage {
         self.slots
             .get_mut(key.0 as usize)
             .filter(|s| s.generation == key.1)
-            .and_then(|s| s.session.as_mut())
+            .and_then(|s| s.session.as_deref_mut())
     }
 
     /// A free slot's index (a new one if none is free).

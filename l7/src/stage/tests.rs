@@ -478,6 +478,37 @@ fn stray_segments_are_refused_and_idle_clients_closed() {
 }
 
 #[test]
+fn an_idle_deadline_moved_by_a_later_request_closes_the_client_only_then() {
+    let mut w = world();
+    let c = w.connect(40_000);
+    assert!(w.request(c, GET).starts_with("HTTP/1.1 200 "));
+    w.advance(Duration::from_secs(50));
+    // The idle deadline moves from 75 s to 125 s; the timer filed for 75 s fires early and is filed again.
+    assert!(w.request(c, GET).starts_with("HTTP/1.1 200 "));
+    w.advance(Duration::from_secs(30));
+    assert_eq!(
+        w.client.state(c),
+        Some(State::Established),
+        "closed at the old deadline"
+    );
+    assert_eq!(
+        w.stack.handler().timers.len(),
+        1,
+        "one live timer entry for the one session"
+    );
+    w.advance(Duration::from_secs(50));
+    assert!(
+        matches!(
+            w.client.state(c),
+            None | Some(State::CloseWait | State::TimeWait | State::Closed)
+        ),
+        "{:?}",
+        w.client.state(c)
+    );
+    assert_eq!(w.stack.handler().sessions, 0);
+}
+
+#[test]
 fn a_slow_request_head_is_answered_408() {
     let mut w = world();
     let c = w.connect(40_000);
@@ -857,6 +888,37 @@ mod h2c {
             "the streams' sessions are gone, the connection's is left"
         );
         assert_eq!(w.counters().get(L7Count::Aborted), 0);
+    }
+
+    #[test]
+    fn ended_streams_do_not_pile_up_in_the_timer_heap() {
+        let mut w = world();
+        let c = w.connect(40_201);
+        let io = MemIo(Arc::new(Mutex::new(Pipe {
+            max_outbound: usize::MAX,
+            ..Pipe::default()
+        })));
+        let mut h = H2Client {
+            io: io.clone(),
+            conn: None,
+            c,
+        };
+        let mut hs = Box::pin(client::handshake(io));
+        let (mut send, conn) = w.h2_run(&mut h, &mut hs).expect("h2 handshake");
+        h.conn = Some(Box::pin(conn));
+        let mut most = 0;
+        for i in 0..300 {
+            let (status, _) = w.h2_get(&mut h, &mut send, "/x");
+            assert_eq!(status, 200, "request {i}");
+            most = most.max(w.stack.handler().timers.len());
+        }
+        // Each stream's session filed its idle deadline (75 s away) and ended within the test's still clock.
+        let sessions = w.stack.handler().sessions;
+        assert!(
+            most <= 2 * (sessions + 2) + TIMER_SLACK + 1,
+            "{most} timer entries for {sessions} sessions"
+        );
+        assert_eq!(w.server.requests.len(), 300);
     }
 
     #[test]
