@@ -779,6 +779,24 @@ mod h2c {
     }
 
     impl World {
+        /// Connects from client port `port` and does the HTTP/2 handshake.
+        fn h2_connect(&mut self, port: u16) -> (H2Client, SendRequest<Bytes>) {
+            let c = self.connect(port);
+            let io = MemIo(Arc::new(Mutex::new(Pipe {
+                max_outbound: usize::MAX,
+                ..Pipe::default()
+            })));
+            let mut h = H2Client {
+                io: io.clone(),
+                conn: None,
+                c,
+            };
+            let mut hs = Box::pin(client::handshake(io));
+            let (send, conn) = self.h2_run(&mut h, &mut hs).expect("h2 handshake");
+            h.conn = Some(Box::pin(conn));
+            (h, send)
+        }
+
         /// Moves the client's frames to xlb and xlb's back, polling the client connection.
         fn h2_round(&mut self, h: &mut H2Client) {
             if let Some(conn) = h.conn.as_mut() {
@@ -839,19 +857,7 @@ mod h2c {
     #[test]
     fn h2c_requests_in_turn_and_at_once_are_proxied_over_kept_alive_upstreams() {
         let mut w = world();
-        let c = w.connect(40_200);
-        let io = MemIo(Arc::new(Mutex::new(Pipe {
-            max_outbound: usize::MAX,
-            ..Pipe::default()
-        })));
-        let mut h = H2Client {
-            io: io.clone(),
-            conn: None,
-            c,
-        };
-        let mut hs = Box::pin(client::handshake(io));
-        let (mut send, conn) = w.h2_run(&mut h, &mut hs).expect("h2 handshake");
-        h.conn = Some(Box::pin(conn));
+        let (mut h, mut send) = w.h2_connect(40_200);
         for i in 0..3 {
             let (status, body) = w.h2_get(&mut h, &mut send, "/x");
             assert_eq!((status, &body[..]), (200, &b"hello"[..]), "request {i}");
@@ -893,19 +899,7 @@ mod h2c {
     #[test]
     fn ended_streams_do_not_pile_up_in_the_timer_heap() {
         let mut w = world();
-        let c = w.connect(40_201);
-        let io = MemIo(Arc::new(Mutex::new(Pipe {
-            max_outbound: usize::MAX,
-            ..Pipe::default()
-        })));
-        let mut h = H2Client {
-            io: io.clone(),
-            conn: None,
-            c,
-        };
-        let mut hs = Box::pin(client::handshake(io));
-        let (mut send, conn) = w.h2_run(&mut h, &mut hs).expect("h2 handshake");
-        h.conn = Some(Box::pin(conn));
+        let (mut h, mut send) = w.h2_connect(40_201);
         let mut most = 0;
         for i in 0..300 {
             let (status, _) = w.h2_get(&mut h, &mut send, "/x");
@@ -924,19 +918,7 @@ mod h2c {
     #[test]
     fn expect_100_continue_over_h2_is_answered_100_before_any_body_byte() {
         let mut w = world();
-        let c = w.connect(40_202);
-        let io = MemIo(Arc::new(Mutex::new(Pipe {
-            max_outbound: usize::MAX,
-            ..Pipe::default()
-        })));
-        let mut h = H2Client {
-            io: io.clone(),
-            conn: None,
-            c,
-        };
-        let mut hs = Box::pin(client::handshake(io));
-        let (mut send, conn) = w.h2_run(&mut h, &mut hs).expect("h2 handshake");
-        h.conn = Some(Box::pin(conn));
+        let (mut h, mut send) = w.h2_connect(40_202);
         let req = http::Request::post("http://www.example.com/up")
             .header("expect", "100-continue")
             .header("content-length", "4")
