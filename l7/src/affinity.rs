@@ -101,7 +101,7 @@ mod tests {
     fn h(name: &str, value: &str) -> Header {
         Header {
             name: name.into(),
-            value: value.as_bytes().to_vec(),
+            value: value.as_bytes().into(),
         }
     }
 

@@ -155,7 +155,7 @@ impl StickyCodec {
             }
             let quoted = h.value.get(at) == Some(&b'"');
             let at = at + usize::from(quoted);
-            h.value.splice(at..at, token.iter().copied().chain([b'.']));
+            h.value.insert_many(at, token.iter().copied().chain([b'.']));
             done = true;
         }
         done
@@ -170,7 +170,7 @@ mod tests {
     fn h(n: &str, v: &str) -> Header {
         Header {
             name: n.into(),
-            value: v.as_bytes().to_vec(),
+            value: v.as_bytes().into(),
         }
     }
 
@@ -239,19 +239,19 @@ mod tests {
             h("Set-Cookie", "other=1"),
         ];
         assert!(c.rewrite_set_cookie(&mut resp, "JSESSIONID", ServerId(2)));
-        let v = String::from_utf8(resp[0].value.clone()).unwrap();
+        let v = String::from_utf8(resp[0].value.to_vec()).unwrap();
         assert!(
             v.starts_with("JSESSIONID=") && v.ends_with(".abc123; Path=/; HttpOnly"),
             "{v}"
         );
-        assert_eq!(resp[1].value, b"other=1");
+        assert_eq!(&resp[1].value[..], b"other=1");
         let token = &v[11..27];
         let mut req = vec![h("Cookie", &format!("a=1; JSESSIONID={token}.abc123; b=2"))];
         assert_eq!(c.strip_rewritten(&mut req, "JSESSIONID"), Some(ServerId(2)));
-        assert_eq!(req[0].value, b"a=1; JSESSIONID=abc123; b=2");
+        assert_eq!(&req[0].value[..], b"a=1; JSESSIONID=abc123; b=2");
         let mut req = vec![h("Cookie", "JSESSIONID=abc123")];
         assert_eq!(c.strip_rewritten(&mut req, "JSESSIONID"), None);
-        assert_eq!(req[0].value, b"JSESSIONID=abc123", "unprefixed cookies untouched");
+        assert_eq!(&req[0].value[..], b"JSESSIONID=abc123", "unprefixed cookies untouched");
         let mut quoted = vec![h("Set-Cookie", "JSESSIONID=\"q\"")];
         c.rewrite_set_cookie(&mut quoted, "JSESSIONID", ServerId(1));
         assert!(quoted[0].value.ends_with(b".q\""));
