@@ -336,6 +336,19 @@ impl World {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// xlb closed the client connection `c` and holds no session any more.
+    fn assert_closed_by_xlb(&mut self, c: ConnId) {
+        assert!(
+            matches!(
+                self.client.state(c),
+                None | Some(State::CloseWait | State::TimeWait | State::Closed)
+            ),
+            "{:?}",
+            self.client.state(c)
+        );
+        assert_eq!(self.stack.handler().sessions, 0);
+    }
+
     fn counters(&self) -> &L7Counters {
         self.stack.handler().counters()
     }
@@ -466,15 +479,7 @@ fn stray_segments_are_refused_and_idle_clients_closed() {
     // A client that connects and says nothing is closed after the idle timeout (75 s by default).
     let c = w.connect(40_000);
     w.advance(Duration::from_secs(76));
-    assert!(
-        matches!(
-            w.client.state(c),
-            None | Some(State::CloseWait | State::TimeWait | State::Closed)
-        ),
-        "{:?}",
-        w.client.state(c)
-    );
-    assert_eq!(w.stack.handler().sessions, 0);
+    w.assert_closed_by_xlb(c);
 }
 
 #[test]
@@ -497,15 +502,7 @@ fn an_idle_deadline_moved_by_a_later_request_closes_the_client_only_then() {
         "one live timer entry for the one session"
     );
     w.advance(Duration::from_secs(50));
-    assert!(
-        matches!(
-            w.client.state(c),
-            None | Some(State::CloseWait | State::TimeWait | State::Closed)
-        ),
-        "{:?}",
-        w.client.state(c)
-    );
-    assert_eq!(w.stack.handler().sessions, 0);
+    w.assert_closed_by_xlb(c);
 }
 
 #[test]
