@@ -96,7 +96,7 @@ impl Raw {
             let frames = &mut self.frames;
             self.scanner.scan(&b, &mut |f| frames.push(f));
         }
-        while let Some(e) = self.front.poll_event() {
+        while let Some(e) = self.front.poll_event(self.now) {
             self.events.push(e);
         }
     }
@@ -242,7 +242,7 @@ fn garbage_is_a_connection_error_never_a_panic() {
     front.handle_client_bytes(now, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\nmore");
     while front.poll_transmit(now).is_some() {}
     assert!(front.is_closed());
-    assert!(std::iter::from_fn(|| front.poll_event()).any(|e| e == H2Count::ClientProtocolError.into()));
+    assert!(std::iter::from_fn(|| front.poll_event(now)).any(|e| e == H2Count::ClientProtocolError.into()));
 
     // Random bytes after the preface and settings, in random pieces.
     let mut rng = Rng::new(99);

@@ -6,8 +6,10 @@
 //! The protocol is the `h2` crate's, which is async. It runs here on an in-memory transport (`io::MemIo`:
 //! reads from an inbound queue, `Pending` when empty; writes into an outbound buffer) and is polled by hand, on
 //! the caller's thread, never blocking. The only things that can make `h2` progress are inputs to the front
-//! (client bytes or end of file, response bytes, consumed request bytes, outbound bytes taken, a timeout), and
-//! every one of those entry points polls the connection (with a no-op waker) until nothing moves. Streams are
+//! (client bytes or end of file, response bytes, consumed request bytes, outbound bytes taken, a timeout). Client
+//! bytes, end of file and timeouts poll the connection (with a no-op waker) until nothing moves; the inputs of
+//! streams only wake them, and the next [`H2Front::poll_transmit`] or [`H2Front::poll_event`] polls once for
+//! all of them (a batch of responses costs one pass over `h2`, not one per response). Streams are
 //! polled with wakers of their own: a stream is polled again only once `h2` or the front woke it (see
 //! [`ready`]), so the cost of an input does not grow with the number of open streams. `h2` reads the clock
 //! itself (`Instant::now`) only to expire the ids of reset streams; everything else is driven by the `now`
@@ -240,6 +242,10 @@ pub struct H2Front {
     handshake: Option<Pin<Box<Handshake<MemIo, Bytes>>>>,
     conn: Option<Connection<MemIo, Bytes>>,
     closed: bool,
+    /// An input since the last [`H2Front::drive`] that only woke streams (response bytes, their end, request
+    /// credit): `h2` is polled once for all of them, by the next [`H2Front::poll_transmit`] or
+    /// [`H2Front::poll_event`], instead of once per input.
+    undriven: bool,
     streams: AHashMap<u32, Stream>,
     /// Streams to poll (see [`ready`]).
     ready: Arc<ReadySet>,
@@ -288,6 +294,7 @@ impl H2Front {
             handshake: Some(handshake),
             conn: None,
             closed: false,
+            undriven: true,
             streams: AHashMap::new(),
             ready: Arc::default(),
             live: AHashSet::new(),
@@ -374,12 +381,16 @@ impl H2Front {
 
     /// Bytes for the client (HTTP/2 frames); call until `None` after every input.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Vec<u8>> {
-        self.drive(now);
+        if self.undriven {
+            self.drive(now);
+        }
         let out = {
             let mut p = self.io.lock();
             if p.outbound.is_empty() {
                 return None;
             }
+            // `h2` was refused writes only if the buffer was full: then it has more once this is taken.
+            self.undriven |= p.outbound.len() >= p.max_outbound;
             std::mem::take(&mut p.outbound)
         };
         self.scanned = 0;
@@ -387,14 +398,17 @@ impl H2Front {
     }
 
     /// The next event, in order.
-    pub fn poll_event(&mut self) -> Option<H2Event> {
+    pub fn poll_event(&mut self, now: Instant) -> Option<H2Event> {
+        if self.undriven {
+            self.drive(now);
+        }
         self.events.pop_front()
     }
 
     /// HTTP/1.1 response bytes from `stream`'s proxy: returns how many were taken (fewer when the stream's send
     /// buffer is full: offer the rest again later). Bytes for an unknown or finished stream are all taken and
     /// dropped.
-    pub fn send_response_bytes(&mut self, now: Instant, stream: StreamRef, data: &[u8]) -> usize {
+    pub fn send_response_bytes(&mut self, stream: StreamRef, data: &[u8]) -> usize {
         let Some(s) = self.streams.get_mut(&stream.0) else {
             return data.len();
         };
@@ -403,31 +417,31 @@ impl H2Front {
         if failed {
             self.events.push_back(H2Event::Count(H2Count::BadResponse));
         }
-        self.drive(now);
+        self.undriven = true;
         taken
     }
 
     /// `stream`'s proxy is finished. `complete`: its response ended normally (this completes a body delimited
     /// by the end of the connection); otherwise, or if the response is still unfinished, the client gets a 502
     /// if no head was sent yet, else RST_STREAM(INTERNAL_ERROR).
-    pub fn end_response(&mut self, now: Instant, stream: StreamRef, complete: bool) {
+    pub fn end_response(&mut self, stream: StreamRef, complete: bool) {
         if let Some(s) = self.streams.get_mut(&stream.0) {
             s.wake();
             if s.end_response(complete) {
                 self.events.push_back(H2Count::BadResponse.into());
             }
         }
-        self.drive(now);
+        self.undriven = true;
     }
 
     /// The proxy consumed `n` bytes of `stream`'s `RequestBody` data: the client gets the flow-control credit
     /// of every DATA frame whose bytes were all consumed.
-    pub fn request_bytes_taken(&mut self, now: Instant, stream: StreamRef, n: usize) {
+    pub fn request_bytes_taken(&mut self, stream: StreamRef, n: usize) {
         if let Some(s) = self.streams.get_mut(&stream.0) {
             s.request_bytes_taken(n);
             s.wake();
         }
-        self.drive(now);
+        self.undriven = true;
     }
 
     /// When [`H2Front::handle_timeout`] must be called (the GOAWAY grace period).
@@ -470,14 +484,16 @@ impl H2Front {
     /// Polls `h2`, and the streams that were woken, until nothing moves (see the module docs on wakers).
     fn drive(&mut self, now: Instant) {
         let mut cx = Context::from_waker(Waker::noop());
+        self.undriven = false;
         for _ in 0..16 {
             let mut progress = self.poll_connection(&mut cx);
             self.scan_outbound();
             progress |= self.poll_streams(now);
             if !progress && self.ready.is_empty() {
-                break;
+                return;
             }
         }
+        self.undriven = true; // still moving: the next poll goes on
     }
 
     /// Handshake, then accepts new streams (which also reads and writes frames).

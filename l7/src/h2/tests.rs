@@ -85,7 +85,7 @@ impl Pair {
                 moved = true;
                 self.cio.lock().inbound.extend_from_slice(&b);
             }
-            while let Some(e) = self.front.poll_event() {
+            while let Some(e) = self.front.poll_event(self.now) {
                 self.events.push(e);
             }
             self.front_time += t.elapsed();
@@ -135,7 +135,7 @@ impl Pair {
     fn respond(&mut self, stream: StreamRef, bytes: &[u8]) {
         let mut at = 0;
         for _ in 0..10_000 {
-            at += self.front.send_response_bytes(self.now, stream, &bytes[at..]);
+            at += self.front.send_response_bytes(stream, &bytes[at..]);
             self.pump();
             if at == bytes.len() {
                 return;
@@ -349,7 +349,7 @@ fn chunked_and_close_delimited_responses() {
     let (s, _) = request_of(&pair.take_events());
     pair.respond(s, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nabc");
     pair.respond(s, b"def");
-    pair.front.end_response(pair.now, s, true);
+    pair.front.end_response(s, true);
     let resp = response(&mut pair, fut);
     assert_eq!(pair.read_body(&mut resp.into_body()), (b"abcdef".to_vec(), None));
 
@@ -374,7 +374,7 @@ fn one_mebibyte_response_with_backpressure() {
     // Without the client reading, the front takes at most its window plus its send buffer.
     let mut at = 0;
     loop {
-        let n = pair.front.send_response_bytes(pair.now, s, &msg[at..]);
+        let n = pair.front.send_response_bytes(s, &msg[at..]);
         pair.pump();
         if n == 0 {
             break;
@@ -392,7 +392,7 @@ fn one_mebibyte_response_with_backpressure() {
     while got.len() < body.len() {
         writable |= pair.events.drain(..).any(|e| e == H2Event::Writable { stream: s });
         if at < msg.len() && writable {
-            let n = pair.front.send_response_bytes(pair.now, s, &msg[at..]);
+            let n = pair.front.send_response_bytes(s, &msg[at..]);
             writable = n == msg.len() - at;
             refused += usize::from(!writable);
             at += n;
@@ -449,7 +449,7 @@ fn many_concurrent_streams_interleaved() {
         let k = rng.below(msgs.len());
         let (s, m, at) = &mut msgs[k];
         let end = (*at + rng.below(700) + 1).min(m.len());
-        *at += pair.front.send_response_bytes(pair.now, *s, &m[*at..end]);
+        *at += pair.front.send_response_bytes(*s, &m[*at..end]);
         pair.pump();
     }
     for (i, fut) in futs.into_iter().enumerate().rev() {
@@ -479,7 +479,7 @@ fn request_body_credit_follows_consumption() {
     let mut ended = false;
     for _ in 0..100 {
         let n = got.len();
-        pair.front.request_bytes_taken(pair.now, s, n);
+        pair.front.request_bytes_taken(s, n);
         let events = pair.take_events();
         got.extend(body_of(&events, s));
         ended |= events.contains(&H2Event::RequestEnd { stream: s });
@@ -497,14 +497,14 @@ fn incomplete_responses_are_502_or_reset() {
     let (fut, _) = send(&mut pair, &mut client, get("http://h/1"), true);
     let (s, _) = request_of(&pair.take_events());
     pair.respond(s, b"HTTP/1.1 200 OK\r\nContent-");
-    pair.front.end_response(pair.now, s, false);
+    pair.front.end_response(s, false);
     assert_eq!(response(&mut pair, fut).status(), 502);
     assert_eq!(counts(&pair.take_events()), [H2Count::BadResponse]);
 
     let (fut, _) = send(&mut pair, &mut client, get("http://h/2"), true);
     let (s, _) = request_of(&pair.take_events());
     pair.respond(s, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
-    pair.front.end_response(pair.now, s, true);
+    pair.front.end_response(s, true);
     let resp = response(&mut pair, fut);
     let mut recv = resp.into_body();
     let mut fut = Box::pin(std::future::poll_fn(|cx| recv.poll_data(cx)));
@@ -553,7 +553,7 @@ fn client_reset_is_reported() {
     body.send_reset(Reason::CANCEL);
     assert_eq!(pair.take_events(), [H2Event::Reset { stream: s }]);
     // Bytes for it afterwards are swallowed.
-    assert_eq!(pair.front.send_response_bytes(pair.now, s, b"HTTP/1.1 200 OK\r\n"), 17);
+    assert_eq!(pair.front.send_response_bytes(s, b"HTTP/1.1 200 OK\r\n"), 17);
 }
 
 #[test]
@@ -590,7 +590,7 @@ fn bench_small_requests() {
         pair.pump();
         pair.events.clear();
         let t = Instant::now();
-        pair.front.send_response_bytes(pair.now, StreamRef(2 * i + 1), resp);
+        pair.front.send_response_bytes(StreamRef(2 * i + 1), resp);
         pair.front_time += t.elapsed();
         assert_eq!(response(&mut pair, fut).status(), 200);
     }
@@ -628,8 +628,8 @@ fn bench_concurrent_requests() {
         assert_eq!(streams.len(), in_flight);
         for s in streams {
             let t = Instant::now();
-            pair.front.send_response_bytes(pair.now, s, resp);
-            pair.front.end_response(pair.now, s, true);
+            pair.front.send_response_bytes(s, resp);
+            pair.front.end_response(s, true);
             pair.front_time += t.elapsed();
             pair.pump();
         }

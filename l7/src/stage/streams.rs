@@ -92,12 +92,12 @@ impl L7Stage {
         let mut called = false;
         let mut moved = child.drain_stream_response(|data| {
             called = true;
-            front.stream_response(now, stream, data)
+            front.stream_response(stream, data)
         });
         moved |= called;
         let taken = child.take_stream_body_taken();
         if taken > 0 {
-            front.stream_body_taken(now, stream, taken);
+            front.stream_body_taken(stream, taken);
             moved = true;
         }
         let finished = child.stream_finished();

@@ -170,7 +170,7 @@ impl Session {
             self.client_out.push(bytes);
             progress = true;
         }
-        while let Some(event) = f.front.poll_event() {
+        while let Some(event) = f.front.poll_event(now) {
             progress = true;
             f.work.push(match event {
                 H2Event::Request { stream, head } => {
@@ -223,7 +223,7 @@ impl Session {
     pub fn stream_done(&mut self, now: Instant, stream: StreamRef, complete: bool) {
         if let Some(f) = self.front() {
             f.streams.remove(&stream.0);
-            f.front.end_response(now, stream, complete);
+            f.front.end_response(stream, complete);
             if f.streams.is_empty() {
                 f.idle_since = Some(now);
             }
@@ -231,15 +231,15 @@ impl Session {
     }
 
     /// Response bytes of `stream` for the client; returns how many were taken.
-    pub fn stream_response(&mut self, now: Instant, stream: StreamRef, data: &[u8]) -> usize {
+    pub fn stream_response(&mut self, stream: StreamRef, data: &[u8]) -> usize {
         self.front()
-            .map_or(data.len(), |f| f.front.send_response_bytes(now, stream, data))
+            .map_or(data.len(), |f| f.front.send_response_bytes(stream, data))
     }
 
     /// The stream's proxy consumed `n` body bytes (flow-control credit for the client).
-    pub fn stream_body_taken(&mut self, now: Instant, stream: StreamRef, n: usize) {
+    pub fn stream_body_taken(&mut self, stream: StreamRef, n: usize) {
         if let Some(f) = self.front() {
-            f.front.request_bytes_taken(now, stream, n);
+            f.front.request_bytes_taken(stream, n);
         }
     }
 
