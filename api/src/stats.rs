@@ -140,7 +140,8 @@ pub struct L4 {
     pub conns: u64,
     /// Closed or closing connections evicted from a full table for a new flow, all workers.
     pub evicted: u64,
-    /// FULLNAT local ports, all workers (no `quarantine_overflow`).
+    /// Local ports, all workers (no `quarantine_overflow`): L4 FULLNAT flows and L7 upstream connections share
+    /// the pools.
     pub local_ports: LocalPorts,
     /// Workers whose table or local ports are above `[l4] pressure_percent` now (short timeouts apply).
     #[serde(default)]
@@ -233,7 +234,8 @@ pub struct L4Worker {
     pub short_timeouts: u64,
 }
 
-/// FULLNAT local port occupancy: one pool per (local IP, server).
+/// Local port occupancy: one pool per (local IP, server), shared by L4 FULLNAT flows and L7 upstream
+/// connections.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPorts {
     pub pools: u64,

@@ -296,7 +296,7 @@ fn print_stats(doc: &StatsDoc) {
     let l4 = &doc.l4;
     let ports = &l4.local_ports;
     out!(
-        "\nconnections {}  evicted {}\nlocal ports: {} in use in {} pools of {} (fullest: {}), {} quarantined",
+        "\nconnections {}  evicted {}\nlocal ports (L4 flows and L7 upstream connections): {} in use in {} pools of {} (fullest: {}), {} quarantined",
         l4.conns,
         l4.evicted,
         ports.in_use,

@@ -460,27 +460,27 @@ fn families_after_histogram(d: &StatsDoc) -> Vec<Family> {
         ),
         (
             "xlb_local_port_pools",
-            "FULLNAT local port pools in use: one per (local IP, server) pair.",
+            "Local port pools in use (L4 FULLNAT flows and L7 upstream connections share them): one per (local IP, server) pair.",
             |w| w.local_ports.pools,
         ),
         (
             "xlb_local_port_pool_size",
-            "FULLNAT local ports each (local IP, server) pool has on the worker.",
+            "Local ports each (local IP, server) pool has on the worker.",
             |w| w.local_ports.per_pool,
         ),
         (
             "xlb_local_ports_in_use",
-            "FULLNAT local ports in use (including quarantined ones), over all pools.",
+            "Local ports in use by L4 FULLNAT flows and L7 upstream connections (including quarantined ones), over all pools.",
             |w| w.local_ports.in_use,
         ),
         (
             "xlb_local_ports_busiest_pool",
-            "FULLNAT local ports in use in the worker's fullest pool (compare with xlb_local_port_pool_size).",
+            "Local ports in use in the worker's fullest pool (compare with xlb_local_port_pool_size).",
             |w| w.local_ports.busiest_pool,
         ),
         (
             "xlb_local_ports_quarantined",
-            "FULLNAT local ports held back because their server may still hold the tuple in TIME_WAIT.",
+            "Local ports held back because their server may still hold the tuple in TIME_WAIT.",
             |w| w.local_ports.quarantined,
         ),
         (
