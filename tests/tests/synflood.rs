@@ -6,7 +6,8 @@
 //! hello to `xlb-bench sink` servers through the VIP. The FULLNAT local ports are few (1 000 per server), so a
 //! flood that took a port per SYN would exhaust them at once.
 
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use anyhow::{ensure, Context, Result};
 use xlb_tests::appliance::Appliance;
 use xlb_tests::lab::wait_until_ok;
 use xlb_tests::topology::{TwoArm, TWO_ARM_BASE};
-use xlb_tests::traffic::{hello, in_ns, TIMEOUT};
+use xlb_tests::traffic::{hello, hello_on, in_ns, TIMEOUT};
 
 const VIP: &str = "198.18.0.100";
 const SERVERS: [&str; 3] = ["198.19.0.2", "198.19.0.3", "198.19.0.4"];
@@ -363,7 +364,56 @@ fn kernel_clients_are_served_through_the_syn_proxy() -> Result<()> {
     // Every server saw its handshake completed by xlb and the data: replies came back translated.
     let servers = l["servers"].as_array().context("servers")?;
     ensure!(servers.iter().all(|s| u(s, "conns_total") == 10), "rr over 3: {l}");
+
+    // Timestamps survive the proxy: the client negotiated them with the cookie SYN-ACK (TSval 0) and took the
+    // servers' TSvals as they came. Those are random per connection, so about half of the 30 above were "older"
+    // than 0 and passed PAWS only because the cookie's TSval was 0. Without timestamps a client cannot reuse
+    // its TIME_WAIT ports (`tcp_tw_reuse`).
+    let options = in_ns(&t.client, move || {
+        let stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+        let probe = stream.try_clone()?;
+        hello_on(stream)?;
+        tcp_options(&probe)
+    })?;
+    ensure!(
+        options & TCPI_OPT_TIMESTAMPS != 0,
+        "no timestamps on a proxied connection (tcpi_options {options:#x})"
+    );
+    ensure!(
+        options & TCPI_OPT_WSCALE == 0,
+        "window scaling is not offered under the proxy"
+    );
+
+    // Servers with timestamps off: the clients' segments still carry them, the servers' carry none, and the
+    // clients take those too.
+    t.servers.sysctl("net.ipv4.tcp_timestamps", "0")?;
+    let names = in_ns(&t.client, move || {
+        (0..6).map(|_| hello(target)).collect::<Result<Vec<_>>>()
+    })?;
+    ensure!(names.len() == 6);
     Ok(())
+}
+
+/// `tcpi_options` bits (linux/tcp.h).
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_WSCALE: u8 = 4;
+
+/// The options a connected socket negotiated (`TCP_INFO`'s `tcpi_options`).
+fn tcp_options(stream: &TcpStream) -> Result<u8> {
+    // SAFETY: `info` is a plain C struct the kernel fills up to `len` bytes.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        ensure!(rc == 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        Ok(info.tcpi_options)
+    }
 }
 
 /// A UDP datagram from `src` to `dst` as an Ethernet frame, checksums valid.

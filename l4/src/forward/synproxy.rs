@@ -10,9 +10,17 @@
 //! numbers are shifted by `cookie − server ISN` towards the client, and the client's acknowledgements back
 //! ([`translate_to_client`], [`translate_to_server`]), with incremental checksum updates.
 //!
-//! What the client loses: the SYN-ACK it gets carries only an MSS option (from a table of four, as Linux's
-//! cookies without timestamps), so window scaling, SACK and timestamps are not negotiated on proxied
-//! connections (the SYN to the server carries no such options either, so both ends agree). The first segment
+//! Options: the SYN-ACK carries an MSS (from a table of four, as Linux's cookies) and, if the client's SYN
+//! offered timestamps, a timestamp option with TSval 0 echoing the client's TSval. Timestamps then run end to
+//! end, untranslated: the SYN to the server carries the client's TSval from its ACK, so the server negotiates
+//! them with the client's clock, and the client takes the server's TSvals as they come, because a peer whose
+//! last TSval was 0 is exempt from PAWS (Linux's `tcp_paws_check`, the BSDs' `ts_recent` test; some stacks send
+//! 0 in their SYN-ACK). Timestamps are what let a client reuse a TIME_WAIT port for a new connection
+//! (`tcp_tw_reuse`) and what guards its sequence space with PAWS, so a busy client keeps them under the proxy.
+//! Window scaling and SACK are still not negotiated on proxied connections: the server's scale is not known
+//! when the cookie is made (the SYN to the server offers neither, so both ends agree). A server with timestamps
+//! off leaves them one-way (the client's segments carry them, the server's do not): Linux clients accept that.
+//! The first segment
 //! with data the client sends before the server's SYN-ACK reaches xlb (with its ACK or just after) is held and
 //! sent with the server's handshake ([`HeldSegments`]); further ones are dropped (`syn_proxy_pending`) and
 //! retransmitted by the client.
@@ -42,12 +50,17 @@ pub const COOKIE_PERIOD: Duration = Duration::from_secs(64);
 pub const MSS_TABLE: [u16; 4] = [536, 1300, 1440, 1460];
 /// TCP window xlb advertises in its SYN-ACK and its ACK to the server (no window scaling under the proxy).
 const WINDOW: u16 = 65_535;
-/// TCP option kinds the proxy reads or writes (RFC 9293): end of list, no-operation, MSS.
+/// TCP option kinds the proxy reads or writes (RFC 9293, RFC 7323): end of list, no-operation, MSS, timestamps.
 const OPTION_END: u8 = 0;
 const OPTION_NOP: u8 = 1;
 const OPTION_MSS: u8 = 2;
+const OPTION_TIMESTAMPS: u8 = 8;
 /// Length of the MSS option.
 const MSS_OPTION_LEN: usize = 4;
+/// Length of the timestamps option.
+const TIMESTAMPS_OPTION_LEN: usize = 10;
+/// The timestamps option as written: two NOPs to align it, then kind, length, TSval, TSecr.
+const TIMESTAMPS_SPACE: usize = 2 + TIMESTAMPS_OPTION_LEN;
 
 /// Why an ACK's cookie was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,21 +216,37 @@ pub fn siphash24(key: [u64; 2], m: &[u8]) -> u64 {
 
 /// The MSS option of a TCP header (`tcp` from the TCP header on, options included), if present.
 pub fn mss_option(tcp: &[u8]) -> Option<u16> {
+    let v = option(tcp, OPTION_MSS, MSS_OPTION_LEN)?;
+    Some(u16::from_be_bytes([v[0], v[1]]))
+}
+
+/// The timestamps option of a TCP header (`tcp` from the TCP header on), if present: (TSval, TSecr).
+pub fn timestamps_option(tcp: &[u8]) -> Option<(u32, u32)> {
+    let v = option(tcp, OPTION_TIMESTAMPS, TIMESTAMPS_OPTION_LEN)?;
+    Some((
+        u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+        u32::from_be_bytes([v[4], v[5], v[6], v[7]]),
+    ))
+}
+
+/// The value of the first option `kind` of length `len` (kind and length bytes included) in a TCP header;
+/// `None` if it is absent or the options are malformed before it.
+fn option(tcp: &[u8], kind: u8, len: usize) -> Option<&[u8]> {
     let end = TcpHeader::new_unchecked(tcp).header_len().min(tcp.len());
     let mut i = TCP_HEADER_LEN;
     while i < end {
         match tcp[i] {
             OPTION_END => return None,
             OPTION_NOP => i += 1,
-            kind => {
-                let len = usize::from(*tcp.get(i + 1)?);
-                if len < 2 || i + len > end {
+            k => {
+                let n = usize::from(*tcp.get(i + 1)?);
+                if n < 2 || i + n > end {
                     return None;
                 }
-                if kind == OPTION_MSS && len == 4 {
-                    return Some(u16::from_be_bytes([tcp[i + 2], tcp[i + 3]]));
+                if k == kind && n == len {
+                    return Some(&tcp[i + 2..i + n]);
                 }
-                i += len;
+                i += n;
             }
         }
     }
@@ -250,7 +279,8 @@ impl Segment {
     }
 }
 
-/// A TCP segment to build: from `src` to `dst`, with an MSS option if `mss` is set.
+/// A TCP segment to build: from `src` to `dst`, with an MSS option if `mss` is set and a timestamps option
+/// (TSval, TSecr) if `timestamps` is.
 struct Build {
     src: SocketAddrV4,
     dst: SocketAddrV4,
@@ -259,11 +289,14 @@ struct Build {
     flags: TcpFlags,
     window: u16,
     mss: Option<u16>,
+    timestamps: Option<(u32, u32)>,
 }
 
 /// Writes `b` as an Ethernet/IPv4/TCP frame into `buf` (Ethernet addresses as given); returns its length.
 fn write(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddress, b: &Build) -> usize {
-    let tcp_len = TCP_HEADER_LEN + if b.mss.is_some() { MSS_OPTION_LEN } else { 0 };
+    let tcp_len = TCP_HEADER_LEN
+        + if b.mss.is_some() { MSS_OPTION_LEN } else { 0 }
+        + if b.timestamps.is_some() { TIMESTAMPS_SPACE } else { 0 };
     build::ethernet(buf, eth_dst, eth_src, ETHERTYPE_IPV4);
     build::ipv4_header(
         &mut buf[ETH_HEADER_LEN..],
@@ -282,8 +315,15 @@ fn write(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddress, b: 
     t[field::FLAGS] = b.flags.bits();
     t[field::WINDOW].copy_from_slice(&b.window.to_be_bytes());
     t[field::CHECKSUM.start..TCP_HEADER_LEN].copy_from_slice(&[0; 4]); // checksum, urgent pointer
+    let mut at = TCP_HEADER_LEN;
     if let Some(mss) = b.mss {
-        t[TCP_HEADER_LEN..].copy_from_slice(&[OPTION_MSS, MSS_OPTION_LEN as u8, (mss >> 8) as u8, mss as u8]);
+        t[at..at + MSS_OPTION_LEN].copy_from_slice(&[OPTION_MSS, MSS_OPTION_LEN as u8, (mss >> 8) as u8, mss as u8]);
+        at += MSS_OPTION_LEN;
+    }
+    if let Some((tsval, tsecr)) = b.timestamps {
+        t[at..at + 4].copy_from_slice(&[OPTION_NOP, OPTION_NOP, OPTION_TIMESTAMPS, TIMESTAMPS_OPTION_LEN as u8]);
+        t[at + 4..at + 8].copy_from_slice(&tsval.to_be_bytes());
+        t[at + 8..at + 12].copy_from_slice(&tsecr.to_be_bytes());
     }
     let c = checksum::l4_checksum(b.src.ip().octets(), b.dst.ip().octets(), Protocol::TCP, t);
     t[field::CHECKSUM].copy_from_slice(&c.to_be_bytes());
@@ -291,7 +331,8 @@ fn write(buf: &mut [u8], eth_dst: EthernetAddress, eth_src: EthernetAddress, b: 
 }
 
 /// Rewrites a client's SYN (in `buf`, `len` bytes, TCP header at `l4`) into the SYN-ACK with `cookie` and `mss`
-/// that answers it, from the VIP, to the MAC it came from, sent from `our_mac`. Returns the new length.
+/// that answers it, from the VIP, to the MAC it came from, sent from `our_mac`; with timestamps (TSval 0, see
+/// the module documentation) if the SYN offered them. Returns the new length.
 pub fn answer_syn(buf: &mut [u8], l4: usize, our_mac: EthernetAddress, cookie: u32, mss: u16) -> usize {
     let peer_mac = EthernetAddress::from_bytes(&buf[6..12]);
     let (client, vip) = super::nat::endpoints(buf, l4);
@@ -304,13 +345,14 @@ pub fn answer_syn(buf: &mut [u8], l4: usize, our_mac: EthernetAddress, cookie: u
         flags: TcpFlags::SYN_ACK,
         window: WINDOW,
         mss: Some(mss),
+        timestamps: timestamps_option(&buf[l4..]).map(|(tsval, _)| (0, tsval)),
     };
     write(buf, peer_mac, our_mac, &b)
 }
 
 /// Rewrites a client's ACK that carried a valid cookie into the SYN that opens the server's connection: from
-/// `local` to `backend`, with the client's ISN and window and the cookie's MSS. Ethernet addresses are left to
-/// the neighbour lookup. Returns the new length.
+/// `local` to `backend`, with the client's ISN and window, the cookie's MSS and the client's TSval if it uses
+/// timestamps. Ethernet addresses are left to the neighbour lookup. Returns the new length.
 pub fn syn_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: SocketAddrV4, mss: u16) -> usize {
     let ack = Segment::of(buf, l4);
     let b = Build {
@@ -321,12 +363,14 @@ pub fn syn_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: So
         flags: TcpFlags::SYN,
         window: ack.window,
         mss: Some(mss),
+        timestamps: timestamps_option(&buf[l4..]).map(|(tsval, _)| (tsval, 0)),
     };
     write(buf, EthernetAddress([0; 6]), EthernetAddress([0; 6]), &b)
 }
 
 /// Rewrites the server's SYN-ACK (TCP header at `l4`) into the ACK that completes the server's handshake: from
-/// `local` to `backend`. Returns the new length.
+/// `local` to `backend`; with timestamps if the server uses them (the client's TSval it echoed, and its own).
+/// Returns the new length.
 pub fn ack_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: SocketAddrV4) -> usize {
     let synack = Segment::of(buf, l4);
     let b = Build {
@@ -337,6 +381,7 @@ pub fn ack_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: So
         flags: TcpFlags::ACK,
         window: WINDOW,
         mss: None,
+        timestamps: timestamps_option(&buf[l4..]).map(|(tsval, tsecr)| (tsecr, tsval)),
     };
     write(buf, EthernetAddress([0; 6]), EthernetAddress([0; 6]), &b)
 }
@@ -354,6 +399,7 @@ pub fn reset_to_server(buf: &mut [u8], l4: usize, local: SocketAddrV4, backend: 
         flags: TcpFlags::RST,
         window: 0,
         mss: None,
+        timestamps: None,
     };
     write(buf, EthernetAddress([0; 6]), EthernetAddress([0; 6]), &b)
 }
@@ -697,6 +743,48 @@ mod tests {
         bad[12] = 6 << 4;
         bad[20..24].copy_from_slice(&[2, 9, 0, 0]);
         assert_eq!(mss_option(&bad), None, "an option running past the header");
+    }
+
+    #[test]
+    fn timestamps_option_is_found_among_others_and_written_back_aligned() {
+        let mut t = vec![0u8; 40];
+        t[12] = 10 << 4;
+        // MSS 1460, SACK permitted, timestamps (TSval 0x01020304, TSecr 7), NOP, window scale 7.
+        t[20..40].copy_from_slice(&[2, 4, 5, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 7, 1, 3, 3, 7]);
+        assert_eq!(timestamps_option(&t), Some((0x0102_0304, 7)));
+        assert_eq!(mss_option(&t), Some(1460));
+        t[12] = 8 << 4;
+        assert_eq!(timestamps_option(&t), None, "cut by the data offset");
+        t[12] = 10 << 4;
+        t[27] = 8;
+        assert_eq!(
+            timestamps_option(&t),
+            None,
+            "a timestamps option of the wrong length is not one"
+        );
+
+        // Written: MSS, then NOP NOP and the option, so TSval and TSecr sit on 32-bit boundaries.
+        let mut buf = vec![0u8; 128];
+        let b = Build {
+            src: sa([198, 18, 0, 1], 1000),
+            dst: sa([198, 18, 0, 2], 80),
+            seq: 1,
+            ack: 2,
+            flags: TcpFlags::SYN_ACK,
+            window: WINDOW,
+            mss: Some(1300),
+            timestamps: Some((0, 0xa0b0_c0d0)),
+        };
+        let len = write(&mut buf, EthernetAddress([2; 6]), EthernetAddress([4; 6]), &b);
+        let tcp = &buf[ETH_HEADER_LEN + IPV4_HEADER_LEN..len];
+        assert_eq!(tcp.len(), TCP_HEADER_LEN + 16);
+        assert_eq!(&tcp[TCP_HEADER_LEN..TCP_HEADER_LEN + 8], &[2, 4, 5, 0x14, 1, 1, 8, 10]);
+        assert_eq!(
+            (mss_option(tcp), timestamps_option(tcp)),
+            (Some(1300), Some((0, 0xa0b0_c0d0)))
+        );
+        let sum = checksum::l4_checksum([198, 18, 0, 1], [198, 18, 0, 2], Protocol::TCP, tcp);
+        assert_eq!(sum, 0, "the checksum covers the options");
     }
 
     #[test]

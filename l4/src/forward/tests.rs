@@ -2098,6 +2098,128 @@ fn syn_proxy_opens_the_server_connection_on_a_valid_cookie_and_translates_both_w
     assert_eq!(tcp_of(&out).1, SERVER_ISN.wrapping_add(21));
 }
 
+/// Timestamps run end to end under the SYN proxy: the SYN-ACK echoes the client's TSval with TSval 0, the
+/// server's SYN carries the client's TSval, the ACK that completes the server's handshake echoes the server's,
+/// and nothing of them is translated afterwards. A SYN without timestamps gets none.
+#[test]
+fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
+    const CLIENT_TS: u32 = 0x0100_0000;
+    const SERVER_TS: u32 = 0x7000_0000;
+    let ts = |tsval: u32, tsecr: u32| {
+        let mut o = vec![1, 1, 8, 10];
+        o.extend_from_slice(&tsval.to_be_bytes());
+        o.extend_from_slice(&tsecr.to_be_bytes());
+        o
+    };
+    let now = Instant::now() + Duration::from_millis(1);
+    let mut s = proxied(crate::config::SynProxyMode::Always);
+    s.handle_timeout(now);
+
+    let mut opts = vec![2, 4, 0x05, 0x78];
+    opts.extend(ts(CLIENT_TS, 0));
+    let syn = segment(client(), vip(), (CLIENT_MAC, EXT_MAC), SYN, CLIENT_ISN, 0, &opts, b"");
+    let (_, out) = run(&mut s, now, 0, &syn);
+    assert!(inspect(&out).4, "the SYN-ACK's checksums verify with its options");
+    let t = &out[ETH_HEADER_LEN + 20..];
+    assert_eq!(synproxy::mss_option(t), Some(1300));
+    assert_eq!(
+        synproxy::timestamps_option(t),
+        Some((0, CLIENT_TS)),
+        "TSval 0, the client's echoed"
+    );
+    let cookie = tcp_of(&out).0;
+
+    // The client's ACK echoes TSval 0: the server's SYN carries the client's clock.
+    let ack = segment(
+        client(),
+        vip(),
+        (CLIENT_MAC, EXT_MAC),
+        ACK,
+        CLIENT_ISN.wrapping_add(1),
+        cookie.wrapping_add(1),
+        &ts(CLIENT_TS + 1, 0),
+        b"",
+    );
+    let (v, out) = run(&mut s, now, 0, &ack);
+    assert_eq!(v, Verdict::Transmit(1));
+    let (_, _, local, _, ok) = inspect(&out);
+    assert!(ok);
+    let t = &out[ETH_HEADER_LEN + 20..];
+    assert_eq!(tcp_of(&out), (CLIENT_ISN, 0, SYN, Some(1300)));
+    assert_eq!(synproxy::timestamps_option(t), Some((CLIENT_TS + 1, 0)));
+
+    // The server answers with its own clock: xlb's ACK completes its handshake with both values.
+    let synack = segment(
+        backends()[0],
+        local,
+        (B1_MAC, INT_MAC),
+        SYNACK,
+        SERVER_ISN,
+        CLIENT_ISN.wrapping_add(1),
+        &ts(SERVER_TS, CLIENT_TS + 1),
+        b"",
+    );
+    let (v, out) = run(&mut s, now, 1, &synack);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert!(inspect(&out).4);
+    assert_eq!(tcp_of(&out).2, ACK);
+    let t = &out[ETH_HEADER_LEN + 20..];
+    assert_eq!(synproxy::timestamps_option(t), Some((CLIENT_TS + 1, SERVER_TS)));
+
+    // Data both ways: sequence space translated, timestamps as they came.
+    let reply = segment(
+        backends()[0],
+        local,
+        (B1_MAC, INT_MAC),
+        ACK | 0x08,
+        SERVER_ISN.wrapping_add(1),
+        CLIENT_ISN.wrapping_add(1),
+        &ts(SERVER_TS + 5, CLIENT_TS + 1),
+        b"hello",
+    );
+    let (v, out) = run(&mut s, now, 1, &reply);
+    assert_eq!(v, Verdict::Transmit(0));
+    assert!(inspect(&out).4);
+    assert_eq!(tcp_of(&out).0, cookie.wrapping_add(1));
+    let t = &out[ETH_HEADER_LEN + 20..];
+    assert_eq!(synproxy::timestamps_option(t), Some((SERVER_TS + 5, CLIENT_TS + 1)));
+    let data = segment(
+        client(),
+        vip(),
+        (CLIENT_MAC, EXT_MAC),
+        ACK | 0x08,
+        CLIENT_ISN.wrapping_add(1),
+        cookie.wrapping_add(6),
+        &ts(CLIENT_TS + 9, SERVER_TS + 5),
+        b"GET /",
+    );
+    let (v, out) = run(&mut s, now, 0, &data);
+    assert_eq!(v, Verdict::Transmit(1));
+    assert!(inspect(&out).4);
+    assert_eq!(tcp_of(&out).1, SERVER_ISN.wrapping_add(6));
+    let t = &out[ETH_HEADER_LEN + 20..];
+    assert_eq!(synproxy::timestamps_option(t), Some((CLIENT_TS + 9, SERVER_TS + 5)));
+
+    // A SYN without timestamps: an MSS alone.
+    let plain = segment(
+        sa([198, 18, 7, 9], 4000),
+        vip(),
+        (CLIENT_MAC, EXT_MAC),
+        SYN,
+        77,
+        0,
+        &[2, 4, 5, 0xb4],
+        b"",
+    );
+    let (_, out) = run(&mut s, now, 0, &plain);
+    let t = &out[ETH_HEADER_LEN + 20..];
+    assert_eq!(
+        (synproxy::mss_option(t), synproxy::timestamps_option(t)),
+        (Some(1460), None)
+    );
+    assert_eq!(out.len(), ETH_HEADER_LEN + 20 + 24);
+}
+
 #[test]
 fn wrong_and_expired_cookies_are_dropped_and_counted_without_entry_or_port() {
     let mut s = proxied(crate::config::SynProxyMode::Always);
