@@ -14,8 +14,8 @@
 //! offered timestamps, a timestamp option with TSval 0 echoing the client's TSval. Timestamps then run end to
 //! end, untranslated: the SYN to the server carries the client's TSval from its ACK, so the server negotiates
 //! them with the client's clock, and the client takes the server's TSvals as they come, because a peer whose
-//! last TSval was 0 is exempt from PAWS (Linux's `tcp_paws_check`, the BSDs' `ts_recent` test; some stacks send
-//! 0 in their SYN-ACK). Timestamps are what let a client reuse a TIME_WAIT port for a new connection
+//! last TSval was 0 is exempt from PAWS (Linux's `tcp_paws_check`, tested with kernel clients in
+//! `tests/synflood.rs`; FreeBSD's `ts_recent` test skips 0 too; some stacks send 0 in their SYN-ACK). Timestamps are what let a client reuse a TIME_WAIT port for a new connection
 //! (`tcp_tw_reuse`) and what guards its sequence space with PAWS, so a busy client keeps them under the proxy.
 //! Window scaling and SACK are still not negotiated on proxied connections: the server's scale is not known
 //! when the cookie is made (the SYN to the server offers neither, so both ends agree). A server with timestamps
