@@ -741,7 +741,8 @@ fn server_closed_connections_reuse_every_local_port_many_times_without_a_failure
         "servers rejected {} SYNs on tuples in TIME_WAIT",
         r.paws_rejects
     );
-    let stats = r.xlb.stats()?;
+    // (Read at once, the counters once showed 975 of the 1 500 connections and too few reuses.)
+    let stats = stats_covering(&r.xlb, n)?;
     ensure!(drops(&r.xlb, "local_ports_exhausted")? == 0, "ports exhausted: {stats}");
     let ports = &stats["l4"]["local_ports"];
     ensure!(ports["pools"] == 3 && ports["per_pool"] == 100, "pools: {ports}");
@@ -750,6 +751,15 @@ fn server_closed_connections_reuse_every_local_port_many_times_without_a_failure
         "client 4-tuples reused: {stats}"
     );
     Ok(())
+}
+
+/// xlb's stats once its counters cover `n` connections of the first listener (they are published every 100 ms).
+fn stats_covering(xlb: &Appliance, n: usize) -> Result<serde_json::Value> {
+    wait_until_ok(TIMEOUT, "counters of every connection", || {
+        let stats = xlb.stats()?;
+        ensure!(stats["l4"]["listeners"][0]["conns_total"] == n, "{stats}");
+        Ok(stats)
+    })
 }
 
 #[test]
@@ -764,12 +774,7 @@ fn a_full_table_evicts_closed_connections_and_new_ones_succeed() -> Result<()> {
         "servers rejected {} SYNs on tuples in TIME_WAIT",
         r.paws_rejects
     );
-    // Counters are published every 100 ms: wait until they cover every connection.
-    let stats = wait_until_ok(TIMEOUT, "counters of every connection", || {
-        let stats = r.xlb.stats()?;
-        ensure!(stats["l4"]["listeners"][0]["conns_total"] == n, "{stats}");
-        Ok(stats)
-    })?;
+    let stats = stats_covering(&r.xlb, n)?;
     let evicted = stats["l4"]["evicted"].as_u64().unwrap_or(0);
     // Every connection after the 32nd either found its client 4-tuple's entry (the kernel reuses some ports
     // sooner than others) and started over on it, or evicted the oldest closed entry.
