@@ -227,7 +227,7 @@ mod tests {
         let p = params(&opts, true);
         let nginx = p["nginx"]["config"].as_str().unwrap();
         assert!(
-            nginx.contains("pid LAB_DIR/nginx.pid;") && nginx.contains("keepalive 32;"),
+            nginx.contains("pid LAB_DIR/nginx.pid;") && nginx.contains("keepalive 768;"),
             "{nginx}"
         );
         assert!(p["haproxy"]["config"].as_str().unwrap().contains("http-reuse safe"));

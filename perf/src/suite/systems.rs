@@ -112,9 +112,10 @@ impl SystemKind {
     }
 }
 
-/// Idle upstream connections the proxies keep for reuse: xlb's `[l7] upstream_keepalive` default (per server
-/// and worker), NGINX's `keepalive` (per worker, all servers of the upstream).
-pub const UPSTREAM_KEEPALIVE: usize = 32;
+/// Idle upstream connections kept for reuse per server: xlb's `[l7] upstream_keepalive` default (per server
+/// and worker). NGINX's `keepalive` counts all servers of the upstream (per worker): it gets this times the
+/// number of sinks, so both keep the same pool. (HAProxy's `http-reuse` pool has no cap by default.)
+pub const UPSTREAM_KEEPALIVE: usize = 256;
 
 /// Placeholder for the lab directory in the proxies' configs as recorded in the results file.
 pub const LAB_DIR_PLACEHOLDER: &str = "LAB_DIR";
@@ -126,6 +127,7 @@ pub const LAB_DIR_PLACEHOLDER: &str = "LAB_DIR";
 /// count during a run.
 pub fn nginx_config(dir: &Path, pki: &Path) -> String {
     let d = dir.display();
+    let keepalive = UPSTREAM_KEEPALIVE * SERVERS.len();
     let servers: String = SERVERS
         .iter()
         .map(|ip| format!("        server {ip}:{HTTP_PORT};\n"))
@@ -172,7 +174,7 @@ http {{
     uwsgi_temp_path {d}/nginx-uwsgi;
     scgi_temp_path {d}/nginx-scgi;
     upstream sinks {{
-{servers}        keepalive {UPSTREAM_KEEPALIVE};
+{servers}        keepalive {keepalive};
         keepalive_requests 10000000;
     }}
     server {{
@@ -680,7 +682,7 @@ mod tests {
             "listen 198.18.0.100:8080",
             "listen 198.18.0.100:8082 http2 backlog=4096;",
             "worker_processes 1;",
-            "keepalive 32;",
+            "keepalive 768;",
             "proxy_http_version 1.1;",
             "proxy_set_header Connection \"\";",
             "pid /tmp/lab/nginx.pid;",
