@@ -126,7 +126,10 @@ pub struct PortOccupancy {
 /// Local port pools of one worker.
 #[derive(Debug)]
 pub struct LocalPorts {
-    /// Where the next upstream port search starts (an index into the range).
+    /// Where the next upstream port search starts (an index into the range). It starts at a random place: a
+    /// process that started over at the range's first ports would reuse the tuples of the previous process's
+    /// first connections, which the servers may still hold open (an idle keep-alive connection nobody closed),
+    /// and each such SYN would get a challenge ACK and wait a retransmission (1 s) before it is answered.
     upstream_cursor: usize,
     pools: HashMap<(Ipv4Addr, SocketAddrV4), u32, ahash::RandomState>,
     sets: Vec<Pool>,
@@ -146,6 +149,12 @@ pub struct LocalPorts {
     quarantine_overflow: u64,
 }
 
+/// A random index below `n` (different in every process: `RandomState` keys are random).
+fn random_index(n: usize) -> usize {
+    use std::hash::BuildHasher;
+    (std::collections::hash_map::RandomState::new().hash_one(n) % n.max(1) as u64) as usize
+}
+
 impl LocalPorts {
     /// Pools for `local_ips`, with the ports in `min..=max` that belong to `worker` of `workers`.
     pub fn new(local_ips: &[Ipv4Addr], min: u16, max: u16, worker: usize, workers: usize) -> Self {
@@ -160,7 +169,7 @@ impl LocalPorts {
             }
         }
         LocalPorts {
-            upstream_cursor: 0,
+            upstream_cursor: random_index(span),
             pools: HashMap::default(),
             sets: Vec::new(),
             local_ips: local_ips.to_vec(),
@@ -456,6 +465,12 @@ mod tests {
     const S1: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 2), 80);
     const S2: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 19, 0, 3), 80);
 
+    /// `p` with its upstream rotation moved to the first port of the range (it starts at a random one).
+    fn from_first_port(mut p: LocalPorts) -> LocalPorts {
+        p.upstream_cursor = 0;
+        p
+    }
+
     /// The flow of client 198.18.0.1:`port` to the VIP.
     fn flow(port: u16) -> FlowIds {
         FlowIds {
@@ -484,6 +499,25 @@ mod tests {
             p.take(Ipv4Addr::new(198, 19, 0, 99), S1, flow(1)),
             Err(NoPort::NotLocal)
         );
+    }
+
+    #[test]
+    fn upstream_ports_rotate_from_a_random_start() {
+        // A restarted process must not begin on the tuples its predecessor began on (servers may still hold
+        // them): eight fresh pools of 50 000 ports all starting on the same port would be a 1 in 10^32 event.
+        let firsts: Vec<u16> = (0..8)
+            .map(|_| {
+                LocalPorts::new(&[LIP], 10_000, 59_999, 0, 1)
+                    .take_upstream(LIP, S1)
+                    .unwrap()
+            })
+            .collect();
+        assert!(firsts.iter().any(|&p| p != firsts[0]), "always from {}", firsts[0]);
+        // From there, the next free port each time (wrapping at the end of the range).
+        let mut p = LocalPorts::new(&[LIP], 10_000, 10_009, 0, 1);
+        let a = p.take_upstream(LIP, S1).unwrap();
+        let b = p.take_upstream(LIP, S1).unwrap();
+        assert_eq!(b, if a == 10_009 { 10_000 } else { a + 1 });
     }
 
     #[test]
@@ -638,7 +672,7 @@ mod tests {
 
     #[test]
     fn upstream_ports_rotate_and_follow_the_worker_split() {
-        let mut w1 = LocalPorts::new(&[LIP], 10_000, 10_009, 1, 2);
+        let mut w1 = from_first_port(LocalPorts::new(&[LIP], 10_000, 10_009, 1, 2));
         let got: Vec<u16> = std::iter::from_fn(|| w1.take_upstream(LIP, S1).ok()).collect();
         assert_eq!(got, vec![10_001, 10_003, 10_005, 10_007, 10_009]);
         assert!(got.iter().all(|&port| local_port_owner(port, 2) == 1));
@@ -661,7 +695,7 @@ mod tests {
     #[test]
     fn an_upstream_port_the_server_may_hold_in_time_wait_goes_to_no_one_until_due() {
         let t0 = Instant::now();
-        let mut p = LocalPorts::new(&[LIP], 40_000, 40_001, 0, 1);
+        let mut p = from_first_port(LocalPorts::new(&[LIP], 40_000, 40_001, 0, 1));
         assert_eq!(p.take_upstream(LIP, S1), Ok(40_000));
         assert_eq!(p.take(LIP, S1, flow(40_001)), Ok(40_001));
         p.give_back_upstream(LIP, S1, 40_000, Some(t0 + Duration::from_secs(60)));
