@@ -106,6 +106,13 @@ pub trait Pipeline: Send {
     /// itself does no channel operation. The default does nothing.
     fn flush_events(&mut self) {}
 
+    /// The worker is stopping: end what cannot outlive the process (connections terminated in the stack),
+    /// leaving their last packets (RSTs) to [`Pipeline::poll_transmit`], so the peers do not hold them open.
+    /// What another node carries on (synchronised flows) is left alone. The default does nothing.
+    fn shutdown(&mut self, now: Instant) {
+        let _ = now;
+    }
+
     /// Writes the next frame the pipeline originated into `buf`; returns its port and length, or `None`.
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)>;
 

@@ -110,6 +110,11 @@ impl<A: Ipv4Handler, B: Ipv4Handler> Ipv4Handler for Stages<A, B> {
         self.second.flush_events(cx);
     }
 
+    fn shutdown(&mut self, now: Instant) {
+        self.first.shutdown(now);
+        self.second.shutdown(now);
+    }
+
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)> {
         if let Some(out) = self.take_passed(now, buf, cx) {
             return Some(out);

@@ -426,6 +426,25 @@ fn http_is_terminated_in_stack_and_proxied_to_nginx() -> Result<()> {
         .map(|i| home[if i % 2 == 0 { &a } else { &b }].as_str())
         .collect();
     ensure!(got == want, "one connection, alternating users: {alternating}");
+
+    // Stopping xlb resets the connections it terminated: NGINX keeps none of its idle upstream connections
+    // open (it would for its keepalive_timeout, 75 s, and the next xlb could meet one on the same tuple).
+    let held = || -> Result<usize> {
+        let out = t
+            .servers
+            .run("ss", &["-Htn", "state", "established", "dst", "198.19.0.10"])?;
+        Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+    };
+    ensure!(
+        held()? > 0,
+        "NGINX holds no idle upstream connection of xlb while it runs"
+    );
+    ensure!(xlb.terminate()?.success(), "xlb exits cleanly");
+    wait_until_ok(TIMEOUT, "NGINX lets go of xlb's connections", || {
+        let n = held()?;
+        ensure!(n == 0, "{n} connections from xlb still open on the servers");
+        Ok(())
+    })?;
     Ok(())
 }
 

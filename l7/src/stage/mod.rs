@@ -664,6 +664,12 @@ impl Ipv4Handler for L7Stage {
         }
     }
 
+    /// The worker is stopping: every in-stack connection, client or upstream, is reset (none outlives the
+    /// process, and a server would otherwise hold an idle upstream connection open until its own timeout).
+    fn shutdown(&mut self, now: Instant) {
+        self.host.abort_all(now);
+    }
+
     /// Sends the segments queued for other workers during the batch.
     fn flush_events(&mut self, cx: &mut StackContext<'_>) {
         if let Some(log) = self.access_log.as_mut() {

@@ -534,6 +534,18 @@ impl TcpHost {
         self.after_change(now, id.index);
     }
 
+    /// Resets every connection (the worker is stopping); the RSTs go out through [`TcpHost::poll_transmit`] and
+    /// no event is reported for them.
+    pub fn abort_all(&mut self, now: Instant) {
+        for index in 0..self.slots.len() as u32 {
+            if let Some(c) = self.slots[index as usize].conn.as_mut() {
+                c.socket.abort();
+                c.token = 0;
+                self.after_change(now, index);
+            }
+        }
+    }
+
     /// The next connection whose state changed (data or FIN received, established, gone), with its token;
     /// connections with token 0 are not reported.
     pub fn poll_event(&mut self) -> Option<(ConnId, u64)> {

@@ -414,3 +414,38 @@ fn timers_moved_later_keep_one_heap_entry_and_still_fire() {
     }
     panic!("the client's delayed ACK never went out");
 }
+
+#[test]
+fn abort_all_resets_every_connection_and_the_peers_let_go() {
+    let now = Instant::now();
+    let (mut client, mut server) = (host(now, 1), host(now, 2));
+    let (c, s) = open(now, &mut client, &mut server);
+    let c2 = client
+        .connect(now, "198.18.0.1:40001".parse().unwrap(), VIP.parse().unwrap(), 8)
+        .unwrap();
+    let syn = shuttle(now, &mut client, &mut server, true);
+    let Some(Ingress::Accepted(s2)) = syn.first().copied() else {
+        panic!("SYN not accepted: {syn:?}")
+    };
+    shuttle(now, &mut server, &mut client, false);
+    shuttle(now, &mut client, &mut server, false);
+    assert_eq!(server.state(s2), Some(State::Established));
+    while client.poll_event().is_some() {}
+
+    // The client host stops: one RST per connection, and its owners hear nothing of it.
+    client.abort_all(now);
+    let mut buf = [0u8; 2048];
+    let mut resets = 0;
+    while let Some((len, _)) = client.poll_transmit(now, &mut buf) {
+        resets += usize::from(smoltcp::wire::TcpPacket::new_unchecked(&buf[20..len]).rst());
+        server.ingress(now, &buf[..len], false);
+    }
+    assert_eq!(resets, 2);
+    assert_eq!(client.poll_event(), None);
+    assert_eq!((client.state(c), client.state(c2)), (None, None));
+    assert_eq!(
+        (server.state(s), server.state(s2)),
+        (None, None),
+        "the peer let go of both"
+    );
+}

@@ -139,6 +139,11 @@ pub trait Ipv4Handler: Send {
         let _ = cx;
     }
 
+    /// The worker is stopping: see [`crate::pipeline::Pipeline::shutdown`]. The default does nothing.
+    fn shutdown(&mut self, now: Instant) {
+        let _ = now;
+    }
+
     /// Writes the next frame the stage originates into `buf` (see [`crate::pipeline::Pipeline::poll_transmit`]).
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], cx: &mut StackContext<'_>) -> Option<(PortId, usize)>;
 

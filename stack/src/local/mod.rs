@@ -304,6 +304,10 @@ impl<H: Ipv4Handler> Pipeline for LocalStack<H> {
         self.handler.flush_events(&mut cx);
     }
 
+    fn shutdown(&mut self, now: Instant) {
+        self.handler.shutdown(now);
+    }
+
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<(PortId, usize)> {
         if let Some(sync) = &self.sync {
             while let Some((port, u)) = sync.receive() {

@@ -167,6 +167,12 @@ impl<P: Pipeline> Worker<P> {
                 Idle::Adaptive => self.sleep(now),
             }
         }
+        // Connections terminated in the stack end with the process: their peers get an RST now instead of holding
+        // them open (a server would keep an idle upstream connection until its own timeout, and the next process
+        // could meet it on the same tuple).
+        self.pipeline.shutdown(Instant::now());
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while self.poll_once(Instant::now()) > 0 && Instant::now() < deadline {}
         // What the last turn queued for other threads (hand-offs, HA, sync, access-log lines) still goes out.
         self.pipeline.flush_events();
         // Let in-flight TX complete so the frame accounting settles before the worker is inspected or dropped.
