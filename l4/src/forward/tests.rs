@@ -1922,6 +1922,11 @@ fn segment(
     f
 }
 
+/// The timestamps option (TSval, TSecr) of an output TCP frame.
+fn timestamps_of(out: &[u8]) -> Option<(u32, u32)> {
+    synproxy::timestamps_option(&out[ETH_HEADER_LEN + 20..])
+}
+
 /// The sequence number, acknowledgement number, flags byte and MSS option of an output TCP frame.
 fn tcp_of(out: &[u8]) -> (u32, u32, u8, Option<u16>) {
     let t = &out[ETH_HEADER_LEN + 20..];
@@ -2120,10 +2125,9 @@ fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
     let syn = segment(client(), vip(), (CLIENT_MAC, EXT_MAC), SYN, CLIENT_ISN, 0, &opts, b"");
     let (_, out) = run(&mut s, now, 0, &syn);
     assert!(inspect(&out).4, "the SYN-ACK's checksums verify with its options");
-    let t = &out[ETH_HEADER_LEN + 20..];
-    assert_eq!(synproxy::mss_option(t), Some(1300));
+    assert_eq!(tcp_of(&out).3, Some(1300));
     assert_eq!(
-        synproxy::timestamps_option(t),
+        timestamps_of(&out),
         Some((0, CLIENT_TS)),
         "TSval 0, the client's echoed"
     );
@@ -2144,9 +2148,8 @@ fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
     assert_eq!(v, Verdict::Transmit(1));
     let (_, _, local, _, ok) = inspect(&out);
     assert!(ok);
-    let t = &out[ETH_HEADER_LEN + 20..];
     assert_eq!(tcp_of(&out), (CLIENT_ISN, 0, SYN, Some(1300)));
-    assert_eq!(synproxy::timestamps_option(t), Some((CLIENT_TS + 1, 0)));
+    assert_eq!(timestamps_of(&out), Some((CLIENT_TS + 1, 0)));
 
     // The server answers with its own clock: xlb's ACK completes its handshake with both values.
     let synack = segment(
@@ -2163,8 +2166,7 @@ fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
     assert_eq!(v, Verdict::Transmit(1));
     assert!(inspect(&out).4);
     assert_eq!(tcp_of(&out).2, ACK);
-    let t = &out[ETH_HEADER_LEN + 20..];
-    assert_eq!(synproxy::timestamps_option(t), Some((CLIENT_TS + 1, SERVER_TS)));
+    assert_eq!(timestamps_of(&out), Some((CLIENT_TS + 1, SERVER_TS)));
 
     // Data both ways: sequence space translated, timestamps as they came.
     let reply = segment(
@@ -2181,8 +2183,7 @@ fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
     assert_eq!(v, Verdict::Transmit(0));
     assert!(inspect(&out).4);
     assert_eq!(tcp_of(&out).0, cookie.wrapping_add(1));
-    let t = &out[ETH_HEADER_LEN + 20..];
-    assert_eq!(synproxy::timestamps_option(t), Some((SERVER_TS + 5, CLIENT_TS + 1)));
+    assert_eq!(timestamps_of(&out), Some((SERVER_TS + 5, CLIENT_TS + 1)));
     let data = segment(
         client(),
         vip(),
@@ -2197,8 +2198,7 @@ fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
     assert_eq!(v, Verdict::Transmit(1));
     assert!(inspect(&out).4);
     assert_eq!(tcp_of(&out).1, SERVER_ISN.wrapping_add(6));
-    let t = &out[ETH_HEADER_LEN + 20..];
-    assert_eq!(synproxy::timestamps_option(t), Some((CLIENT_TS + 9, SERVER_TS + 5)));
+    assert_eq!(timestamps_of(&out), Some((CLIENT_TS + 9, SERVER_TS + 5)));
 
     // A SYN without timestamps: an MSS alone.
     let plain = segment(
@@ -2212,11 +2212,7 @@ fn syn_proxy_keeps_the_clients_timestamps_end_to_end() {
         b"",
     );
     let (_, out) = run(&mut s, now, 0, &plain);
-    let t = &out[ETH_HEADER_LEN + 20..];
-    assert_eq!(
-        (synproxy::mss_option(t), synproxy::timestamps_option(t)),
-        (Some(1460), None)
-    );
+    assert_eq!((tcp_of(&out).3, timestamps_of(&out)), (Some(1460), None));
     assert_eq!(out.len(), ETH_HEADER_LEN + 20 + 24);
 }
 
